@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams

@@ -107,11 +107,12 @@ def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, object]:
         torch.manual_seed(seed)
         if name == "tiny-gpt2":
             cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=4, n_head=4,
-                             n_inner=128, bos_token_id=256, eos_token_id=256)
+                             n_inner=128, initializer_range=0.3, bos_token_id=256, eos_token_id=256)
             model: nn.Module = GPT2LMHeadModel(cfg)
         elif name == "tiny-llama":
             cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              initializer_range=0.3,
                               bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=False)
             model = LlamaForCausalLM(cfg)
         else:
@@ -130,7 +131,8 @@ def state_digest(model: nn.Module) -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, name: str) -> torch.dtype:
-    """``auto``: float64 for the tiny test models (exactness checks see protocol error, not float32 noise), else float32."""
+    """``auto``: float64 for the tiny test models (exactness checks then see protocol error, not float32 noise),
+    float32 otherwise."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
