@@ -135,9 +135,32 @@ def _store(root: Path, key: CovarianceKey, cov: torch.Tensor, tokens_used: int,
 
 # ----------------------------------------------------------------------------------------- model running
 
-def _batches(texts: Sequence[str], batch_size: int) -> Iterator[list[str]]:
-    for i in range(0, len(texts), batch_size):
-        yield list(texts[i:i + batch_size])
+POOL_BATCHES = 16  # documents are sorted by length within pools of this many batches: less padding
+
+
+def _batches(tok, texts: Sequence[str], batch_size: int, max_seq_len: int
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded (input_ids, attention_mask), each (b, t), with documents sorted by length within a pool.
+
+    Wikipedia leads vary from a few to a few hundred tokens; batching them in file order wastes about half
+    of the forward pass on padding. The order stays deterministic.
+    """
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pool = batch_size * POOL_BATCHES
+    for start in range(0, len(texts), pool):
+        ids = tok(list(texts[start:start + pool]), truncation=True, max_length=max_seq_len)["input_ids"]
+        ids = sorted((x for x in ids if x), key=len)
+        chunks = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+        # batches in a pool in seeded order, so a budget ending mid-pool is not biased to short documents
+        random.Random(start).shuffle(chunks)
+        for chunk in chunks:
+            width = max(len(x) for x in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (b, t)
+            mask = torch.zeros((len(chunk), width), dtype=torch.bool)  # (b, t)
+            for row, x in enumerate(chunk):
+                input_ids[row, :len(x)] = torch.tensor(x)
+                mask[row, :len(x)] = True
+            yield input_ids, mask
 
 
 def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str], tokens: int,
@@ -146,7 +169,7 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     """Run ``texts`` through ``loaded.model`` until ``tokens`` non-padding tokens were seen.
 
     Returns ({layer: (d_k, d_k) float64 CPU}, tokens used). The budget is exact: in the last batch only the
-    first remaining tokens (row-major over the unpadded positions) are counted.
+    first remaining tokens (row-major over the unpadded positions) are counted. Batches follow ``_batches``.
     """
     from tqdm import tqdm
 
@@ -159,20 +182,17 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     top = layers[-1]
     accs = {layer: MomentAccumulator() for layer in layers}
     seen = 0
-    old_side = tok.padding_side
-    tok.padding_side = "right"  # real tokens keep positions 0..len-1 whatever the model does with the mask
     bar = tqdm(total=tokens, unit="tok", desc=f"covariance L{layers[0]}-{top}", disable=not progress,
                leave=False)
     try:
         with torch.no_grad(), ExitStack() as stack:
             stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
                                                                stop=layer == top)) for layer in layers}
-            for batch in _batches(texts, batch_size):
+            # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
+            for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
                 if seen >= tokens:
                     break
-                enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_seq_len)
-                ids = enc["input_ids"].to(loaded.device)  # (b, t)
-                mask = enc["attention_mask"].to(loaded.device).bool()  # (b, t)
+                ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
                 try:
                     model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
                 except StopForward:
@@ -188,7 +208,6 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
                 seen += n
                 bar.update(n)
     finally:
-        tok.padding_side = old_side
         bar.close()
     if seen == 0:
         raise ValueError("the corpus gave no tokens")
