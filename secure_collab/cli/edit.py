@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     requests = load_request_set(args.requests, args.format, args.limit)
     if args.parties < 1 or args.parties > len(requests):
-        console.print(f"[red]--parties must be between 1 and the number of requests ({len(requests)})")
+        print(f"secure-collab edit: --parties must be between 1 and the number of requests ({len(requests)})",
+              file=sys.stderr)
         return 2
     with console.status(f"loading {args.model}"):
         lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)

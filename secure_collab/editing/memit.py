@@ -61,14 +61,23 @@ def restore(lm: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
 
 
 def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, covs: dict[int, torch.Tensor],
-             method: str, templates: list[str], progress: Callable[[str], None] | None = None) -> EditOutcome:
-    """Edit ``lm`` in place with every party's requests; returns the applied ΔW per layer."""
+             method: str, templates: list[str], progress: Callable[[str], None] | None = None,
+             targets: list[TargetResult] | None = None) -> EditOutcome:
+    """Edit ``lm`` in place with every party's requests; returns the applied ΔW per layer.
+
+    ``targets`` (one per non-empty party, in order) skips the target optimisation: for sweeps over λ, whose
+    targets are the same. They must come from the unedited model and the same last edited layer.
+    """
     if method == "global":
         parties = [[r for p in parties for r in p]]
     parties = [p for p in parties if p]
     say = progress or (lambda _msg: None)
     out = EditOutcome()
-    for k, reqs in enumerate(parties):
+    if targets is not None:
+        if [len(t.z) for t in targets] != [len(p) for p in parties]:
+            raise ValueError("precomputed targets do not match the parties' requests")
+        out.targets = list(targets)
+    for k, reqs in enumerate(parties if targets is None else []):
         say(f"targets: party {k + 1}/{len(parties)} ({len(reqs)} requests)")
         out.targets.append(compute_targets(lm, reqs, hp, templates))
     zs = [t.z for t in out.targets]
