@@ -107,7 +107,7 @@ def completion_nlls(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_si
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             for i, (seq, n) in enumerate(chunk):
                 pos = torch.arange(len(seq) - n - 1, len(seq) - 1, device=logits.device)  # (n,)
-                logp = torch.log_softmax(logits[i, pos].float(), dim=-1)  # (n, V)
+                logp = torch.log_softmax(logits[i, pos].double(), dim=-1)  # (n, V)
                 target = torch.tensor(seq[len(seq) - n:], device=logits.device)  # (n,)
                 out.append(float(-logp.gather(1, target[:, None]).mean()))
     return out
