@@ -157,3 +157,22 @@ def write_bundled(path: str | os.PathLike[str], n: int = 100, seed: int = 0,
     records = bundled_records(n, seed, min_population)
     path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n", encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m secure_collab.data.bundled OUT.json [--n N] [--seed S]``: write the set as CounterFact JSON."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m secure_collab.data.bundled", description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-population", type=int, default=MIN_POPULATION)
+    args = p.parse_args(argv)
+    path = write_bundled(args.out, args.n, args.seed, args.min_population)
+    print(f"wrote {args.n} CounterFact-format records to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

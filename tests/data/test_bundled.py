@@ -46,3 +46,10 @@ def test_n_out_of_range():
         bundled_requests(0)
     with pytest.raises(ValueError, match="n must be in"):
         bundled_requests(len(country_facts()) + 1)
+
+
+def test_module_entry_point(tmp_path):
+    from secure_collab.data.bundled import main
+
+    assert main([str(tmp_path / "b.json"), "--n", "5", "--seed", "2"]) == 0
+    assert load_requests(tmp_path / "b.json") == bundled_requests(5, seed=2)
