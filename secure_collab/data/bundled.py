@@ -94,8 +94,9 @@ def country_facts(min_population: int = MIN_POPULATION) -> list[Fact]:
     """All usable facts about countries of at least ``min_population`` people, sorted (the draw's input)."""
     from countryinfo import CountryInfo
 
-    facts = set()
-    for info in CountryInfo.all().values():
+    facts: set[Fact] = set()
+    info: dict[str, Any]
+    for info in CountryInfo.all().values():  # type: ignore[assignment]  # a TypedDict, read as a dict
         name = _clean(info.get("name"))
         if name is None or (info.get("population") or 0) < max(min_population, 1):
             continue
