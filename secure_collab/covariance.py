@@ -175,11 +175,12 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     """
     from tqdm import tqdm
 
-    from secure_collab.models.specs import get_module
+    from secure_collab.models.specs import get_module, n_layers
 
-    if not layers:
-        raise ValueError("no layers requested")
     model, tok, spec = loaded.model, loaded.tokenizer, loaded.spec
+    depth = n_layers(model, spec)
+    if not layers or not all(0 <= layer < depth for layer in layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{depth - 1}, got {list(layers)}")
     layers = sorted(set(layers))
     top = layers[-1]
     accs = {layer: MomentAccumulator() for layer in layers}

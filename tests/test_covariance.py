@@ -127,3 +127,8 @@ def test_corrupt_cache_file_is_recomputed(tiny, corpus_file, tmp_path):
     again = covariance_entries(tiny, [1], corpus_file, tokens=200, cache=tmp_path, progress=False)
     assert not again[1].from_cache
     assert torch.equal(again[1].cov, first[1].cov)
+
+
+def test_layer_out_of_range(tiny, corpus_file):
+    with pytest.raises(ValueError, match="layers must be"):
+        layer_covariances(tiny, [4], corpus_file, tokens=10, use_cache=False, progress=False)
