@@ -6,7 +6,8 @@ requested layers at once and stops it at the input of the highest requested laye
 
 Cache: ``<cache_dir>/covariance/L<layer>-<key digest>.safetensors`` (one float64 tensor ``"cov"``) plus a JSON
 sidecar with the key, the number of tokens actually used and the sha256 of the tensor file. The key is
-(model source_digest, layer, corpus digest, token budget, max sequence length, document order seed).
+(model source_digest, layer, corpus digest, token budget, max sequence length, document order seed, model
+dtype).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class CovarianceKey:
     tokens: int  # the budget asked for
     max_seq_len: int
     order_seed: int | None  # documents shuffled with random.Random(order_seed); None: file order
+    dtype: str = "float32"  # the model's dtype: source_digest hashes float32 bytes, so it cannot tell
 
     def digest(self) -> str:
         return digest_json({"format": CACHE_FORMAT, **asdict(self)})
@@ -173,11 +175,12 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     """
     from tqdm import tqdm
 
-    from secure_collab.models.specs import get_module
+    from secure_collab.models.specs import get_module, n_layers
 
-    if not layers:
-        raise ValueError("no layers requested")
     model, tok, spec = loaded.model, loaded.tokenizer, loaded.spec
+    depth = n_layers(model, spec)
+    if not layers or not all(0 <= layer < depth for layer in layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{depth - 1}, got {list(layers)}")
     layers = sorted(set(layers))
     top = layers[-1]
     accs = {layer: MomentAccumulator() for layer in layers}
@@ -247,8 +250,9 @@ def covariance_entries(loaded, layers: Sequence[int], corpus: str | os.PathLike[
     corp = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
     root = cache_dir(cache) / "covariance"
     max_seq_len = min(max_seq_len, model_max_len(loaded.model))
+    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     keys = {layer: CovarianceKey(loaded.source_digest, int(layer), corp.digest, tokens, max_seq_len,
-                                 order_seed) for layer in sorted(set(layers))}
+                                 order_seed, dtype) for layer in sorted(set(layers))}
     out: dict[int, CovarianceEntry] = {}
     if use_cache:
         for layer, key in keys.items():

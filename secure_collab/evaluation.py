@@ -89,28 +89,47 @@ def encode_completion(tokenizer, prompt: str, target: str) -> tuple[list[int], i
     return p + t, len(t)
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def completion_nlls(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[float]:
-    """Mean per-token NLL of " " + target after prompt, for each (prompt, target); batched, right-padded."""
+    """Mean per-token NLL of " " + target after prompt, for each (prompt, target); batched, right-padded.
+
+    Identical pairs are computed once; sequences are batched by length so little is padding, and where the
+    model takes ``logits_to_keep`` only the last positions of a batch go through the unembedding (on SmolLM2
+    the 49k-word unembedding is a fifth of the forward).
+    """
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [encode_completion(tokenizer, p, t) for p, t in pairs]
-    out: list[float] = []
+    unique = list(dict.fromkeys(pairs))
+    encoded = [encode_completion(tokenizer, p, t) for p, t in unique]
+    order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]))
+    keep_ok = _accepts_logits_to_keep(model)
+    nll: dict[tuple[str, str], float] = {}
     with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            chunk = [encoded[j] for j in rows]
             width = max(len(ids) for ids, _ in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (b, t)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (b, t)
             for i, (seq, _) in enumerate(chunk):
                 ids[i, :len(seq)] = torch.tensor(seq)
                 mask[i, :len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            first = min(len(seq) - n - 1 for seq, n in chunk)  # earliest position that predicts a target
+            kwargs = {"logits_to_keep": width - first} if keep_ok else {}
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                           **kwargs).logits  # (b, t', V): the last t' positions
+            offset = width - logits.shape[1]
             for i, (seq, n) in enumerate(chunk):
-                pos = torch.arange(len(seq) - n - 1, len(seq) - 1, device=logits.device)  # (n,)
-                logp = torch.log_softmax(logits[i, pos].float(), dim=-1)  # (n, V)
+                pos = torch.arange(len(seq) - n - 1, len(seq) - 1, device=logits.device) - offset  # (n,)
+                logp = torch.log_softmax(logits[i, pos].double(), dim=-1)  # (n, V)
                 target = torch.tensor(seq[len(seq) - n:], device=logits.device)  # (n,)
-                out.append(float(-logp.gather(1, target[:, None]).mean()))
-    return out
+                nll[unique[rows[i]]] = float(-logp.gather(1, target[:, None]).mean())
+    return [nll[pair] for pair in pairs]
 
 
 def evaluate_requests(model, tokenizer, requests: Sequence[Request], batch_size: int = 32) -> EvalResult:

@@ -94,8 +94,9 @@ def country_facts(min_population: int = MIN_POPULATION) -> list[Fact]:
     """All usable facts about countries of at least ``min_population`` people, sorted (the draw's input)."""
     from countryinfo import CountryInfo
 
-    facts = set()
-    for info in CountryInfo.all().values():
+    facts: set[Fact] = set()
+    info: dict[str, Any]
+    for info in CountryInfo.all().values():  # type: ignore[assignment]  # a TypedDict, read as a dict
         name = _clean(info.get("name"))
         if name is None or (info.get("population") or 0) < max(min_population, 1):
             continue
@@ -157,3 +158,22 @@ def write_bundled(path: str | os.PathLike[str], n: int = 100, seed: int = 0,
     records = bundled_records(n, seed, min_population)
     path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n", encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m secure_collab.data.bundled OUT.json [--n N] [--seed S]``: write the set as CounterFact JSON."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m secure_collab.data.bundled", description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-population", type=int, default=MIN_POPULATION)
+    args = p.parse_args(argv)
+    path = write_bundled(args.out, args.n, args.seed, args.min_population)
+    print(f"wrote {args.n} CounterFact-format records to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

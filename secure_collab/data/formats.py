@@ -80,6 +80,12 @@ class _Record:
             raise self.error(label or field, "is empty")
         return value or None
 
+    def need(self, obj: dict, field: str, label: str | None = None) -> str:
+        """A required, non-empty string field."""
+        value = self.text(obj, field, label)
+        assert value is not None  # text() raises for a missing or empty required field
+        return value
+
     def texts(self, obj: dict, field: str, label: str | None = None) -> tuple[str, ...]:
         value = self.get(obj, field, list, label, required=False) or []
         out = []
@@ -136,8 +142,8 @@ def _parse_counterfact(rec: _Record) -> list[Request]:
 
 
 def _parse_counterfact_mend(rec: _Record) -> list[Request]:
-    subject = rec.text(rec.raw, "subject")
-    filled = rec.text(rec.raw, "prompt")
+    subject = rec.need(rec.raw, "subject")
+    filled = rec.need(rec.raw, "prompt")
     prompt, subject, extra = template_from_filled(rec, filled, subject, "prompt")
     true = rec.text(rec.raw, "ground_truth", required=False)
     loc = rec.text(rec.raw, "locality_prompt", required=False)
@@ -158,8 +164,8 @@ def _parse_counterfact_mend(rec: _Record) -> list[Request]:
 
 
 def _parse_zsre(rec: _Record) -> list[Request]:
-    subject = rec.text(rec.raw, "subject")
-    prompt, subject, extra = template_from_filled(rec, rec.text(rec.raw, "src"), subject, "src")
+    subject = rec.need(rec.raw, "subject")
+    prompt, subject, extra = template_from_filled(rec, rec.need(rec.raw, "src"), subject, "src")
     answers = rec.texts(rec.raw, "answers")
     rephrase = rec.text(rec.raw, "rephrase", required=False)
     for key in ("loc", "loc_ans"):
@@ -241,7 +247,7 @@ def _read_records(path: Path) -> tuple[list[tuple[Any, int | None]], bool]:
         except json.JSONDecodeError as e:
             raise RequestError(f"{path}: not valid JSON: {e}") from None
         return [(r, None) for r in data], False
-    records = []
+    records: list[tuple[Any, int | None]] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
