@@ -22,8 +22,11 @@ class ArrayAccumulator(Accumulator):
         self._sum = np.zeros(n_values, dtype=np.uint64 if dtype == "uint64" else np.float64)
         self._parties: list[str] = []
         self._extras: list[bytes] = []  # shares: the sealed seeds, forwarded unread
+        self._closed = False
 
     def add(self, payload: Payload, party: str | None = None) -> None:
+        if self._closed:
+            raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode=self._mode, kind="party", ctx=self._ctx, n_values=self._n,
                             chunk=self._chunk, public=self._public, extra_frames=self._extra)
         who = payload.header["party"]
@@ -58,6 +61,7 @@ class ArrayAccumulator(Accumulator):
             raise ProtectionError("no party has contributed yet")
         header = _wire.aggregate_header(self._mode, self._ctx, self._n, self._chunk, self._public,
                                         self.parties)
+        self._closed = True  # the frames below are views of the running sum: it must not change now
         return Payload(header, _wire.chunk_frames(self._sum, self._chunk) + tuple(self._extras))
 
 

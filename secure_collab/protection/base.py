@@ -26,6 +26,7 @@ opaque message.
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,11 +49,22 @@ class StatContext:
     statistic: str  # "G" (upper triangle of K Kᵀ) or "B" (R Kᵀ, row-major)
     party: str = ""  # authenticated party id; empty for an aggregate
 
+    def __post_init__(self) -> None:
+        for name in ("session_id", "statistic", "party"):
+            if not isinstance(getattr(self, name), str):
+                raise ProtectionError(f"StatContext.{name} must be a string")
+        if not self.session_id or not self.statistic:
+            raise ProtectionError("StatContext needs a session_id and a statistic")
+        for name in ("round", "layer"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ProtectionError(f"StatContext.{name} must be a non-negative int, got {value!r}")
+
     def label(self) -> bytes:
-        """Canonical byte encoding, used as associated data / HKDF info."""
-        return (
-            f"secure-collab/v1|{self.session_id}|{self.round}|{self.layer}|{self.statistic}|{self.party}"
-        ).encode()
+        """Canonical, unambiguous byte encoding (a JSON array: no field can run into the next), used as
+        AEAD associated data and in HKDF info."""
+        fields = ["secure-collab/v1", self.session_id, self.round, self.layer, self.statistic, self.party]
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
 
     def for_party(self, party: str) -> StatContext:
         return StatContext(self.session_id, self.round, self.layer, self.statistic, party)

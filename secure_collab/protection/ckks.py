@@ -169,8 +169,11 @@ class CkksAccumulator(Accumulator):
         self._sum: list[Any] = [None] * _wire.n_chunks(n_values, self._slots)
         self._parties: list[str] = []
         self._reference = _reference_parms(context)
+        self._closed = False
 
     def add(self, payload: Payload, party: str | None = None) -> None:
+        if self._closed:
+            raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode="ckks", kind="party", ctx=self._ctx, n_values=self._n,
                             chunk=self._slots, public=self._pub, extra_frames=0)
         who = payload.header["party"]
@@ -215,6 +218,7 @@ class CkksAccumulator(Accumulator):
         if not self._parties:
             raise ProtectionError("no party has contributed yet")
         header = _wire.aggregate_header("ckks", self._ctx, self._n, self._slots, self._pub, self.parties)
+        self._closed = True  # one aggregate per statistic: later contributions are refused
         return Payload(header, tuple(s.serialize() for s in self._sum))
 
 

@@ -66,8 +66,9 @@ def test_ciphertext_from_another_context_is_refused(session, rng):
     with pytest.raises(ProtectionError, match="other public parameters"):
         acc.add(foreign)
     # a party that lies about the context digest: parses (same parameters) but cannot decrypt sensibly
-    acc.add(scheme.protect(x, CTX.for_party("p0"), keys.public))
-    forged = Payload({**foreign.header, "public": acc.aggregate().header["public"]}, foreign.frames)
+    mine = scheme.protect(x, CTX.for_party("p0"), keys.public)
+    acc.add(mine)
+    forged = Payload({**foreign.header, "public": mine.header["public"]}, foreign.frames)
     acc.add(forged)
     with pytest.raises(ProtectionError, match="another key or was altered"):
         scheme.open(acc.aggregate(), keys, CTX)

@@ -102,6 +102,17 @@ def test_duplicate_party_and_impersonation(session):
         acc.add(scheme.protect(np.ones(10), party(2), keys.public), party="p3")
 
 
+def test_no_contribution_after_the_aggregate(session):
+    scheme, keys = session
+    acc = scheme.accumulator(keys.public, 10, CTX)
+    with pytest.raises(ProtectionError, match="no party has contributed"):
+        acc.aggregate()
+    acc.add(scheme.protect(np.ones(10), party(1), keys.public))
+    acc.aggregate()
+    with pytest.raises(ProtectionError, match="already aggregated"):
+        acc.add(scheme.protect(np.ones(10), party(2), keys.public))
+
+
 def test_fewer_than_min_parties_at_open(session):
     scheme, keys = session
     payloads = protect_all(scheme, keys, [np.ones(10)] * 3)
@@ -119,6 +130,15 @@ def test_open_with_another_context_is_refused(session):
             scheme.open(aggregate, keys, other)
     with pytest.raises(ProtectionError, match="no party"):
         scheme.open(aggregate, keys, party())
+
+
+def test_context_fields_are_checked_and_the_label_is_unambiguous():
+    for bad in (dict(round=-1), dict(layer=1.0), dict(round=True), dict(session_id=""), dict(statistic=3)):
+        with pytest.raises(ProtectionError, match="StatContext"):
+            StatContext(**(dict(session_id="s", round=0, layer=0, statistic="G") | bad))
+    # a session id containing the old separator cannot collide with another context
+    assert StatContext("a|1", 2, 3, "G").label() != StatContext("a", 1, 2, "3|G").label()
+    assert StatContext("s", 1, 2, "G", "p").label() == b'["secure-collab/v1","s",1,2,"G","p"]'
 
 
 def test_parameters_checked_at_setup():
