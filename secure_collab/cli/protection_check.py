@@ -161,7 +161,7 @@ def _uniform(seed: int, party: int, n: int, bound: float) -> Any:
     nonce = party.to_bytes(16, "big")
     raw = np.empty(n, dtype=np.uint64)
     enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
-    view = memoryview(raw).cast("B")
+    view = raw.data.cast("B")
     step = 1 << 20
     zeros = bytes(step)
     for off in range(0, view.nbytes, step):

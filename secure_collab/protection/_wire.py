@@ -160,7 +160,7 @@ def frame_array(frame: Buffer, dtype: str) -> np.ndarray:
 
 def chunk_frames(array: np.ndarray, chunk: int) -> tuple[memoryview, ...]:
     """Zero-copy frames over a contiguous array."""
-    view = memoryview(np.ascontiguousarray(array)).cast("B")
+    view = np.ascontiguousarray(array).data.cast("B")
     step = chunk * array.itemsize
     return tuple(view[i : i + step] for i in range(0, view.nbytes, step))
 

@@ -53,7 +53,7 @@ def mask_vector(encoded: np.ndarray, seed: bytes, ctx: StatContext, sign: int) -
     for start in range(0, encoded.shape[0], CHUNK):
         part = encoded[start : start + CHUNK]
         mask = buf[: part.shape[0]]
-        stream.fill(memoryview(mask))
+        stream.fill(mask.data)
         op(part, mask, out=part)
 
 
