@@ -29,11 +29,7 @@ class ArrayAccumulator(Accumulator):
             raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode=self._mode, kind="party", ctx=self._ctx, n_values=self._n,
                             chunk=self._chunk, public=self._public, extra_frames=self._extra)
-        who = payload.header["party"]
-        if party is not None and who != party:
-            raise ProtectionError(f"payload claims party {who!r} but came from {party!r}")
-        if who in self._parties:
-            raise ProtectionError(f"party {who!r} already contributed to this statistic")
+        who = _wire.admit_party(payload, party, self._parties, self._public.meta["max_parties"])
         _wire.check_array_frames(payload.frames, self._dtype, self._n, self._chunk)
         data_frames = len(payload.frames) - self._extra
         extras = [bytes(f) for f in payload.frames[data_frames:]]

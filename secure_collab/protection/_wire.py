@@ -121,6 +121,19 @@ def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n
         raise ProtectionError(f"payload has {got} frames, expected {expected} (truncated or padded?)")
 
 
+def admit_party(payload: Payload, party: str | None, added: list[str], max_parties: int) -> str:
+    """Coordinator side, after ``check_payload``: who contributes, and may they (once each, at most
+    max_parties in all: the overflow proof and the CKKS parameters assume no more)."""
+    who: str = payload.header["party"]
+    if party is not None and who != party:
+        raise ProtectionError(f"payload claims party {who!r} but came from {party!r}")
+    if who in added:
+        raise ProtectionError(f"party {who!r} already contributed to this statistic")
+    if len(added) >= max_parties:
+        raise ProtectionError(f"already {len(added)} contributions: max_parties={max_parties} reached")
+    return who
+
+
 def check_aggregate_header(aggregate: Payload, ctx: StatContext, min_parties: int,
                            max_parties: int) -> tuple[int, tuple[str, ...]]:
     """Solver side, first step: the vector length and the party list, and the min_parties rule."""

@@ -176,11 +176,7 @@ class CkksAccumulator(Accumulator):
             raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode="ckks", kind="party", ctx=self._ctx, n_values=self._n,
                             chunk=self._slots, public=self._pub, extra_frames=0)
-        who = payload.header["party"]
-        if party is not None and who != party:
-            raise ProtectionError(f"payload claims party {who!r} but came from {party!r}")
-        if who in self._parties:
-            raise ProtectionError(f"party {who!r} already contributed to this statistic")
+        who = _wire.admit_party(payload, party, self._parties, self._pub.meta["max_parties"])
         first = not self._parties
         done = 0
         try:

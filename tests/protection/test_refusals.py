@@ -102,6 +102,15 @@ def test_duplicate_party_and_impersonation(session):
         acc.add(scheme.protect(np.ones(10), party(2), keys.public), party="p3")
 
 
+def test_no_more_than_max_parties(session):
+    scheme, keys = session  # max_parties=5
+    acc = scheme.accumulator(keys.public, 3, CTX)
+    for i in range(5):
+        acc.add(scheme.protect(np.ones(3), party(i), keys.public))
+    with pytest.raises(ProtectionError, match="max_parties=5 reached"):
+        acc.add(scheme.protect(np.ones(3), party(5), keys.public))
+
+
 def test_no_contribution_after_the_aggregate(session):
     scheme, keys = session
     acc = scheme.accumulator(keys.public, 10, CTX)
