@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secure_collab.protection import ProtectionParams, StatContext, get_scheme
+from secure_collab.protection import (
+    ProtectionParams,
+    StatContext,
+    get_scheme,
+    pack_symmetric,
+    unpack_symmetric,
+)
 from secure_collab.protection.encoding import decode_fixed, encode_fixed, fixed_point_bits
 from secure_collab.protection.shares import CHUNK, SEALED_BYTES
 
@@ -95,23 +101,38 @@ def test_coordinator_holds_one_sum_whatever_the_party_count(rng):
     assert held[20] - held[2] == 18 * SEALED_BYTES  # only the forwarded 80-byte seals grow
 
 
+# a statistic is either G (symmetric d x d, sent as its triangle) or B (d_v x d_k, raveled)
+SHAPES = st.one_of(st.tuples(st.just("G"), st.integers(1, 24)),
+                   st.tuples(st.just("B"), st.integers(1, 16), st.integers(1, 16)))
+
+
+def random_statistic(gen, shape, bound):
+    if shape[0] == "G":
+        a = gen.uniform(-bound, bound, (shape[1], shape[1]))
+        full = np.triu(a) + np.triu(a, 1).T  # symmetric, entries within the bound
+        packed = pack_symmetric(full)
+        assert np.array_equal(unpack_symmetric(packed, shape[1]), full)
+        return packed
+    return gen.uniform(-bound, bound, shape[1:]).ravel()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(1, 300),
+    shape=SHAPES,
     parties=st.integers(2, 8),
     bound_exp=st.integers(-20, 20),
     data=st.data(),
 )
-def test_property_random_shapes_parties_and_subsets(n, parties, bound_exp, data):
+def test_property_random_shapes_parties_and_subsets(shape, parties, bound_exp, data):
     bound = 2.0**bound_exp * 1.37
     include = sorted(data.draw(st.sets(st.integers(0, parties - 1), min_size=2)))
     seed = data.draw(st.integers(0, 2**32 - 1))
     gen = np.random.default_rng(seed)
-    values = [gen.uniform(-bound, bound, n) for _ in range(parties)]
-    values[0][: min(n, 2)] = bound  # the bound itself is allowed
+    values = [random_statistic(gen, shape, bound) for _ in range(parties)]
+    values[0][:2] = bound  # the bound itself is allowed
     scheme = get_scheme("shares")
     keys = scheme.solver_setup(ProtectionParams("shares", max_parties=parties, bound=bound))
-    ctx = StatContext("prop", 0, 1, "B")
+    ctx = StatContext("prop", 0, 1, shape[0])
     aggregate = accumulate(scheme, keys, protect_all(scheme, keys, values, ctx), include, ctx)
     f = fixed_point_bits(bound, parties)
     encoded = scheme.open_encoded(aggregate, keys, ctx)
