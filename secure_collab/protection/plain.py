@@ -41,4 +41,6 @@ class PlainScheme(ProtectionScheme):
         pub = _wire.decode_public(secrets.public, self.mode)
         total, _ = read_aggregate(aggregate, self.mode, "float64", CHUNK, pub, ctx,
                                   secrets.params.min_parties, secrets.params.max_parties, 0)
+        if not np.all(np.isfinite(total)):  # raw float frames may carry NaN/Inf past the party's checks
+            raise ProtectionError(f"statistic {ctx.statistic!r} of layer {ctx.layer}: non-finite aggregate")
         return total

@@ -150,6 +150,15 @@ def test_context_fields_are_checked_and_the_label_is_unambiguous():
     assert StatContext("s", 1, 2, "G", "p").label() == b'["secure-collab/v1","s",1,2,"G","p"]'
 
 
+def test_plain_aggregate_with_raw_nan_frames_is_refused():
+    scheme = get_scheme("plain")
+    keys = scheme.solver_setup(ProtectionParams("plain", 3, 1.0))
+    good = protect_all(scheme, keys, [np.ones(4)] * 2)
+    raw = Payload(good[1].header, (np.array([np.nan, 0, 0, 0]).tobytes(),))  # skipped protect()'s checks
+    with pytest.raises(ProtectionError, match="layer 4: non-finite aggregate"):
+        scheme.open(accumulate(scheme, keys, [good[0], raw], [0, 1]), keys, CTX)
+
+
 def test_parameters_checked_at_setup():
     scheme = get_scheme("shares")
     for bad in (dict(bound=float("nan")), dict(bound=0.0), dict(bound=-1.0), dict(min_parties=1),
