@@ -6,13 +6,14 @@ prompt ("{subject} is a"). δ_j minimises NLL(target_new) + kl_factor·KL(curren
 + weight decay, with Adam, a norm clamp and an early stop, exactly as MEMIT does one request at a time.
 
 The losses of different requests share nothing but the batch: the gradient of their sum w.r.t. δ_j is the
-gradient of request j's own loss, and a request that reaches the early-stop loss is frozen while the others go
-on. The hidden states up to the edited layer are computed once; each step runs only the blocks above it,
-with the arguments (masks, rotary embeddings) captured from that one full forward.
+gradient of request j's own loss, and a request that reaches the early-stop loss is frozen and leaves the
+batch while the others go on. The hidden states up to the edited layer are computed once; each step runs only
+the blocks above it, with the arguments (masks, rotary embeddings) captured from that one full forward.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,23 @@ class _UpperStack:
         self.h0 = outs[0].detach()  # (b, t, d_v) residual stream after the edited layer
         self.args = [store[i] for i in range(len(self.blocks))]
 
+    def subset(self, rows: torch.Tensor) -> _UpperStack:
+        """The same stack restricted to some batch rows (per-row arguments such as the padding mask are sliced)."""
+        n = self.h0.shape[0]
+
+        def pick(x):
+            if torch.is_tensor(x) and x.ndim >= 2 and x.shape[0] == n and n > 1:
+                return x[rows]
+            if isinstance(x, tuple):
+                return tuple(pick(y) for y in x)
+            return x
+
+        new = copy.copy(self)
+        new.h0 = self.h0[rows]
+        new.args = [(tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()})
+                    for args, kwargs in self.args]
+        return new
+
     def log_probs(self, h: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         for blk, (args, kwargs) in zip(self.blocks, self.args, strict=True):
             out = blk(h, *args, **kwargs)
@@ -139,46 +157,62 @@ class _UpperStack:
 
 def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
                     progress: bool = False) -> TargetResult:
-    """Optimise z*_j for all requests at once on the model as it is now."""
+    """Optimise z*_j for all requests at once on the model as it is now.
+
+    Requests that reach the early-stop loss leave the batch: later steps run only the rows of the others.
+    """
     layer = hp.layers[-1]
     p = _prepare(lm, requests, hp, templates)
-    up = _UpperStack(lm, layer, p)
-    n = len(requests)
-    z_init = up.h0[p.bare_rows, p.lookup[p.bare_rows]]  # (n, d_v)
+    full = _UpperStack(lm, layer, p)
+    n, dev = len(requests), full.h0.device
+    z_init = full.h0[p.bare_rows, p.lookup[p.bare_rows]]  # (n, d_v)
     delta = torch.zeros_like(z_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    active = torch.ones(n, dtype=torch.bool, device=z_init.device)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
     steps = torch.zeros(n, dtype=torch.long)
     max_norm = hp.clamp_norm_factor * z_init.norm(dim=1)  # (n,)
-    rows_all = torch.arange(p.input_ids.shape[0], device=z_init.device)
-    read_rows = torch.cat([p.tgt_row, p.kl_rows])
-    read_pos = torch.cat([p.tgt_pos, p.lookup[p.kl_rows]])
-    m = len(p.tgt_row)
+    loss_j = torch.zeros(n, dtype=torch.float64, device=dev)
+    nll_j = torch.zeros(n, dtype=torch.float64, device=dev)
     kl_init = None
-    loss_j = nll_j = torch.zeros(n)
+    rows_of = None
     it_range = range(hp.v_num_grad_steps)
     if progress:
         from tqdm.auto import tqdm
 
         it_range = tqdm(it_range, desc=f"targets ({n} requests)", leave=False)
     for it in it_range:
-        h = up.h0.index_put((rows_all, p.lookup), delta[p.owner], accumulate=True)
+        act = torch.nonzero(active).flatten()  # (a,) active requests
+        if rows_of is None or len(act) != rows_of[0]:  # (re)build the batch of active rows
+            sel = torch.nonzero(active[p.owner]).flatten()  # rows of active requests
+            newidx = torch.full((p.owner.shape[0],), -1, dtype=torch.long, device=dev)
+            newidx[sel] = torch.arange(len(sel), device=dev)
+            up = full.subset(sel) if len(sel) < p.owner.shape[0] else full
+            t_mask = active[p.owner[p.tgt_row]]
+            read_rows = torch.cat([newidx[p.tgt_row[t_mask]], newidx[p.kl_rows[act]]])
+            read_pos = torch.cat([p.tgt_pos[t_mask], p.lookup[p.kl_rows[act]]])
+            rows_of = (len(act), sel, up, t_mask, read_rows, read_pos)
+        _, sel, up, t_mask, read_rows, read_pos = rows_of
+        h = up.h0.index_put((torch.arange(len(sel), device=dev), p.lookup[sel]), delta[p.owner[sel]],
+                            accumulate=True)
         lp = up.log_probs(h, read_rows, read_pos)
-        tok_lp = lp[:m].gather(1, p.tgt_id[:, None]).squeeze(1).double()  # (m,)
-        nll_j = -torch.zeros(n, dtype=torch.float64, device=h.device).index_add(
-            0, p.owner[p.tgt_row], tok_lp * p.tgt_weight)
-        kl_lp = lp[m:]  # (n, vocab) at the subject in "{subject} is a"
+        m = int(t_mask.sum())
+        tok_lp = lp[:m].gather(1, p.tgt_id[t_mask][:, None]).squeeze(1).double()  # (m,)
+        nll = torch.zeros(n, dtype=torch.float64, device=dev).index_add(
+            0, p.owner[p.tgt_row[t_mask]], -tok_lp * p.tgt_weight[t_mask])[act]  # (a,)
+        kl_lp = lp[m:]  # (a, vocab) at the subject in "{subject} is a"
         if kl_init is None:
-            kl_init = kl_lp.detach()
-        kl_j = (kl_lp.exp() * (kl_lp - kl_init)).sum(1).double()  # KL(current ‖ initial), as MEMIT
-        wd_j = hp.v_weight_decay * (delta.norm(dim=1) / z_init.norm(dim=1) ** 2).double()
-        loss_j = nll_j + hp.kl_factor * kl_j + wd_j
+            kl_init = kl_lp.detach()  # every request is active at the first step
+        kl = (kl_lp.exp() * (kl_lp - kl_init[act])).sum(1).double()  # KL(current ‖ initial), as MEMIT
+        wd = hp.v_weight_decay * (delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2).double()
+        loss = nll + hp.kl_factor * kl + wd  # (a,)
         with torch.no_grad():
-            active &= loss_j.detach() >= hp.v_loss_early_stop
+            loss_j[act], nll_j[act] = loss.detach(), nll.detach()
+            still = loss.detach() >= hp.v_loss_early_stop
+            active[act[~still]] = False
         if not bool(active.any()) or it == hp.v_num_grad_steps - 1:
             break
         opt.zero_grad()
-        (loss_j * active).sum().backward()
+        (loss * still).sum().backward()
         before = delta.detach().clone()
         opt.step()
         with torch.no_grad():
@@ -188,5 +222,4 @@ def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, 
             scale = torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))
             delta.mul_(scale[:, None])
     z = (z_init + delta).detach()
-    return TargetResult(z=z, z_init=z_init.detach(), loss=loss_j.detach().tolist(), nll=nll_j.detach().tolist(),
-                        steps=steps.tolist())
+    return TargetResult(z=z, z_init=z_init.detach(), loss=loss_j.tolist(), nll=nll_j.tolist(), steps=steps.tolist())

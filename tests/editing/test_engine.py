@@ -177,3 +177,18 @@ def test_combine_methods_on_fixed_statistics():
 def test_split_parties():
     assert [len(p) for p in split_parties(list(range(7)), 3)] == [3, 2, 2]
     assert sum(split_parties(list(range(7)), 3), []) == list(range(7))
+
+
+def test_early_stopped_requests_leave_the_batch_without_changing_the_others(tiny, capitals):
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=8)
+    templates = ["{}", "Some text. {}"]
+    start = compute_targets(tiny, capitals, hp.with_(v_num_grad_steps=1), templates)
+    threshold = sorted(start.loss)[len(capitals) // 2]  # about half stop at once, the rest go on
+    hp = hp.with_(v_loss_early_stop=threshold)
+    batched = compute_targets(tiny, capitals, hp, templates)
+    assert 0 in batched.steps and max(batched.steps) > 0
+    for j, req in enumerate(capitals):
+        single = compute_targets(tiny, [req], hp, templates)
+        torch.testing.assert_close(batched.z[j], single.z[0], rtol=1e-9, atol=1e-9)
+        assert batched.steps[j] == single.steps[0]
+        assert batched.loss[j] == pytest.approx(single.loss[0], rel=1e-9)
