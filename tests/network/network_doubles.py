@@ -224,3 +224,42 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     th.join(timeout)
     return SessionRun(th.results["coordinator"], th.results["solver"], {n: th.results[n] for n in engines},
                       engines, {n: th.results.get(n) for n in (extra or {})})
+
+
+class RawClient:
+    """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
+
+    def __init__(self, cfg: Config, name: str, ctx: Any) -> None:
+        import zmq
+
+        from secure_collab.keys import load_curve_pair
+        from secure_collab.protocol import transport
+        from secure_collab.protocol.messages import Sequencer
+
+        self.cfg, self.name, self.zmq = cfg, name, zmq
+        self.keys = load_curve_pair(cfg.paths.keys / f"party-{name}.key_secret")
+        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator, cfg.network)
+        self.sock.setsockopt(zmq.RCVTIMEO, 20000)
+        self.seq = Sequencer()
+
+    def msg(self, mtype: Any, round_: int = -1, layer: int = -1, stat: str = "", body: dict | None = None,
+            frames: tuple[bytes, ...] = (), session: str | None = None, config: str | None = None) -> Any:
+        from secure_collab.protocol.messages import Message
+
+        return Message(mtype, session or self.cfg.session.id, round_, layer, stat, self.name, self.seq.next(),
+                       config or self.cfg.digest, body or {}, frames)
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, want: Any = None) -> Any:
+        """Next message (of type ``want`` if given; others are skipped)."""
+        from secure_collab.protocol.messages import Message
+
+        while True:
+            msg = Message.from_frames(self.sock.recv_multipart())
+            if want is None or msg.type is want:
+                return msg
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

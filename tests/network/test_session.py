@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from network_doubles import make_config, reference_deltas, run_session
@@ -18,8 +20,9 @@ def test_session_matches_single_process(tmp_path, variant):
     assert set(run.solver.releases) == set(ref)
     for key, delta in ref.items():
         np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
-        for name, engine in run.engines.items():
-            assert run.parties[name].ok, run.parties[name].reason
+    for name in run.engines:
+        assert run.parties[name].ok, run.parties[name].reason
+        assert set(run.parties[name].applied) == set(ref)
     for engine in run.engines.values():
         for layer in cfg.session.layers:
             np.testing.assert_allclose(engine.w[layer], ref[(0, layer)], rtol=1e-12, atol=1e-12)
@@ -35,6 +38,5 @@ def test_solver_only_receives_aggregates(tmp_path):
         handoffs = ledger.rows("handoffs")
     assert {r["type"] for r in to_solver} <= {"aggregate", "end"}
     assert len([r for r in to_solver if r["type"] == "aggregate"]) == len(handoffs) > 0
-    import json
     assert all(len(json.loads(h["parties"])) >= cfg.session.min_parties for h in handoffs)
     assert all(len(parties) >= cfg.session.min_parties for *_, parties in run.solver.received)
