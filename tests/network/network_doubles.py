@@ -125,18 +125,22 @@ def closed_form_solve(layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.nd
     return np.linalg.solve(c.T, np.linalg.solve(c, b_sum.T)).T  # (d_v, d_k) = B A⁻¹
 
 
-def reference_deltas(cfg: Config, names: Iterable[str]) -> dict[tuple[int, int], np.ndarray]:
-    """The single-process computation of every ΔW of a session among ``names``."""
-    engines = [SyntheticEngine(n, cfg) for n in names]
+def reference_deltas(cfg: Config, names: Iterable[str],
+                     members: dict[tuple[int, int], Iterable[str]] | None = None
+                     ) -> dict[tuple[int, int], np.ndarray]:
+    """The single-process computation of every ΔW of a session among ``names`` (``members`` overrides
+    who contributes to a given (round, layer))."""
+    engines = {n: SyntheticEngine(n, cfg) for n in names}
     out = {}
     for round_, layers in cfg.session.steps():
-        stats = {lay: [e.compute_statistics(round_, lay) for e in engines] for lay in layers}
+        stats = {lay: [engines[n].compute_statistics(round_, lay)
+                       for n in (members or {}).get((round_, lay), engines)] for lay in layers}
         for lay in layers:
             g = sum(st["G"] for st in stats[lay])
             b = sum(st["B"] for st in stats[lay])
             out[(round_, lay)] = closed_form_solve(lay, g, b)
         for lay in layers:
-            for e in engines:
+            for e in engines.values():
                 e.apply_delta(lay, out[(round_, lay)])
     return out
 
