@@ -29,22 +29,23 @@ class Handlers:
     ledger: Any
     step: Any
     stage: Stage
+    welcomed: set[str]
 
-    def _on_hello(self: Any, m: Inbound, rejoined: bool) -> None:
+    def _on_hello(self: Any, m: Inbound) -> None:
+        """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats."""
         if m.name == "solver":
-            self._solver_hello(m, rejoined)
-            return
-        if m.msg.body["role"] != "party" or m.msg.frames:
+            self._solver_hello(m)
+        elif m.msg.body["role"] != "party" or m.msg.frames:
             raise ProtocolError("a party HELLO carries role 'party' and no payload")
-        if not rejoined:
-            return  # heartbeat
-        self._accept(m, "joined")
-        if self.stage is Stage.JOINING:
-            self.active.add(m.name)
-        if self.public is not None:
-            self._welcome(m.name)
+        elif m.name not in self.welcomed:
+            self.welcomed.add(m.name)
+            self._accept(m, "joined")
+            if self.stage is Stage.JOINING:
+                self.active.add(m.name)
+            if self.public is not None:
+                self._welcome(m.name)
 
-    def _solver_hello(self: Any, m: Inbound, rejoined: bool) -> None:
+    def _solver_hello(self: Any, m: Inbound) -> None:
         body = m.msg.body
         if body["role"] != "solver" or not body["public"] or len(m.msg.frames) != 2:
             raise ProtocolError("a solver HELLO carries role 'solver' and [public params, signature]")
@@ -52,17 +53,18 @@ class Handlers:
         if self.public is not None:
             if public != self.public:
                 raise ProtocolError("solver public parameters differ from this session's")
-            if rejoined:
+            if "solver" not in self.welcomed:
+                self.welcomed.add("solver")
                 self._accept(m, "solver rejoined")
             return
         self._verify_setup(public, signature)
         self.public, self.public_sig = public, signature
+        self.welcomed.add("solver")
         self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, signature,
                                  {"solver": self.cfg.roster.solver, **self.cfg.roster.parties})
         self._accept(m, "solver public parameters")
-        for name in sorted(self.routes):
-            if name != "solver":
-                self._welcome(name)
+        for name in sorted(self.welcomed - {"solver"}):
+            self._welcome(name)
 
     def _welcome(self: Any, name: str) -> None:
         """Send setup, every release so far (parties ignore ones they applied), and an open request."""

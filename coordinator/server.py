@@ -73,10 +73,11 @@ class Coordinator(Handlers):
         self.stage = Stage.JOINING
         self.abort_reason = ""
         self.outcome = Outcome(False, "")
+        self.welcomed: set[str] = set()  # peers whose current connection has been welcomed
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
-            MsgType.CONTRIB: self._on_contrib, MsgType.RELEASE: self._on_release,
-            MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
-        }  # HELLO is dispatched with the rejoin flag
+            MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
+            MsgType.RELEASE: self._on_release, MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
+        }
 
     # ---- life cycle -------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -223,18 +224,13 @@ class Coordinator(Handlers):
         except ProtocolError as exc:
             self._refuse(name, route, None, str(exc), digest, nbytes)
             return
-        if self.routes.get(name) != route:
+        if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
             self.routes[name] = route
-            rejoined = True
-        else:
-            rejoined = False
+            self.welcomed.discard(name)
         inbound = Inbound(msg, name, route, raw, nbytes, digest)
         try:
             self._check(inbound)
-            if msg.type is MsgType.HELLO:
-                self._on_hello(inbound, rejoined)
-            else:
-                self.handlers[msg.type](inbound)
+            self.handlers[msg.type](inbound)
         except (ProtocolError, ProtectionError) as exc:
             self._refuse(name, route, msg, str(exc), digest, nbytes)
 
