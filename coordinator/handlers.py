@@ -83,6 +83,9 @@ class Handlers:
     def _on_contrib(self: Any, m: Inbound) -> None:
         step = self.step
         key = validate_contrib(m.msg, m.name, step, self.s)
+        claimed = m.msg.body["payload"].get("party")
+        if claimed is not None and claimed != m.name:  # an accumulator may count parties by this field
+            raise ProtocolError(f"payload claims party {claimed!r} but authenticated as {m.name!r}")
         acc = step.accumulator(key, self.scheme, self.public, self.s)
         acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames))  # ProtectionError: refused
         step.accepted.setdefault(m.name, set()).add(key)

@@ -129,10 +129,16 @@ class Coordinator(Handlers):
     def _join(self) -> bool:
         deadline = self.clock() + self.cfg.network.join_timeout_s
         parties = set(self.cfg.roster.parties)
-        while not (self.public is not None and self.active >= parties) and self.clock() < deadline:
+
+        def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
+            return self.public is not None and "solver" in self.welcomed
+
+        while not (solver_ready() and self.active >= parties) and self.clock() < deadline:
             if not self._pump(deadline):
                 return False
-        return self.public is not None and len(self.active) >= self.s.min_parties
+        if not solver_ready():
+            self.abort_reason = "the solver did not connect before the join deadline"
+        return solver_ready() and len(self.active) >= self.s.min_parties
 
     def _run_step(self, round_: int, layers: tuple[int, ...], attempt: int) -> bool:
         while True:
@@ -285,6 +291,9 @@ class Coordinator(Handlers):
         route = self.routes.get(name)
         if route is not None:
             self._send_route(name, route, msg)
+        else:
+            self.ledger.message(self.s.id, "out", name, msg.type.value, sha256_hex(msg.to_frames()[0]),
+                                msg.nbytes, "unsent", "peer not connected", **self._where(msg))
 
     def _send_route(self, name: str, route: bytes, msg: Message) -> None:
         self._send_frames(name, route, msg.to_frames(), msg.type.value, self._where(msg))

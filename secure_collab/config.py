@@ -25,9 +25,11 @@ Example (every field of [session] is bound into each message through ``Config.di
     stage_timeout_s = 600.0
     solve_timeout_s = 600.0
     heartbeat_s = 1.0
-    max_message_bytes = 67108864
+    max_message_bytes = 67108864   # per message, checked before decoding (libzmq MAXMSGSIZE per frame)
+    max_frames = 1024
     hwm = 1000
     linger_ms = 1000
+    send_timeout_s = 10.0          # a send blocked this long (peer's queue full) counts as failed
 
     [paths]
     keys = "keys"                # directory written by `secure-collab keys init`
@@ -93,8 +95,10 @@ class NetworkConfig:
     solve_timeout_s: float = 600.0
     heartbeat_s: float = 1.0
     max_message_bytes: int = 64 << 20
+    max_frames: int = 1024
     hwm: int = 1000
     linger_ms: int = 1000
+    send_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "edit": "edit",
     "stats": "stats",
+    "keys": "keys",
+    "ledger": "ledger",
+    "coordinator": "coordinator",
+    "solver": "solver",
+    "party": "party",
 }
 
 

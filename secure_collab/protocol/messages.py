@@ -83,7 +83,7 @@ HEADER_KEYS = ("v", "type", "session", "round", "layer", "stat", "sender", "seq"
 class Limits:
     """Bounds applied before decoding; the coordinator derives them from its config."""
 
-    max_frames: int = 64
+    max_frames: int = 1024
     max_header_bytes: int = 1 << 20
     max_total_bytes: int = 64 << 20
 
@@ -171,7 +171,7 @@ def _decode_header(raw: bytes, limits: Limits) -> dict[str, Any]:
         header = msgpack.unpackb(
             raw, raw=False, strict_map_key=True, use_list=True, max_ext_len=0,
             max_bin_len=limits.max_header_bytes, max_str_len=limits.max_header_bytes,
-            max_array_len=4096, max_map_len=256,
+            max_array_len=limits.max_frames + 4096, max_map_len=256,
         )
     except Exception as exc:  # msgpack raises several unrelated types on malformed input
         raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None

@@ -17,7 +17,7 @@ from secure_collab.protocol.messages import Limits, Message
 
 
 def limits_for(net: NetworkConfig) -> Limits:
-    return Limits(max_frames=64, max_header_bytes=1 << 20, max_total_bytes=net.max_message_bytes)
+    return Limits(max_frames=net.max_frames, max_header_bytes=1 << 20, max_total_bytes=net.max_message_bytes)
 
 
 def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
@@ -28,7 +28,7 @@ def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
     sock.setsockopt(zmq.SNDHWM, net.hwm)
     sock.setsockopt(zmq.RCVHWM, net.hwm)
     sock.setsockopt(zmq.LINGER, net.linger_ms)
-    sock.setsockopt(zmq.SNDTIMEO, int(net.stage_timeout_s * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int(net.send_timeout_s * 1000))
     sock.setsockopt(zmq.RCVTIMEO, int(net.heartbeat_s * 1000))
 
 

@@ -64,6 +64,8 @@ def _bad_messages(cfg, other_cfg, client):
         "bad chunking": [msgpack.packb(dict(header, body=dict(header["body"], offset=1))), frames[1]],
         "non-finite": _contrib(client, cfg, values=nan).to_frames(),
         "forged sender": [msgpack.packb(dict(header, sender="a")), frames[1]],
+        "forged payload party": [msgpack.packb(dict(header, body=dict(
+            header["body"], payload=dict(header["body"]["payload"], party="a")))), frames[1]],
         "wrong type": client.msg(MsgType.RELEASE, 0, 1, body={
             "attempt": 0, "shape": [4, 6], "dtype": "<f8", "sha256": "0" * 64, "parties": []}).to_frames(),
     }
@@ -84,6 +86,7 @@ EXPECTED = {
     "bad chunking": "chunk 0 must cover",
     "non-finite": "non-finite",
     "forged sender": "sender claims 'a'",
+    "forged payload party": "payload claims party 'a'",
     "wrong type": "not accepted from c",
 }
 
