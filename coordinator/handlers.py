@@ -30,6 +30,7 @@ class Handlers:
     step: Any
     stage: Stage
     welcomed: set[str]
+    public: bytes | None
 
     def _on_hello(self: Any, m: Inbound) -> None:
         """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats."""

@@ -157,6 +157,7 @@ class Party:
         self.sent.add((msg.round, layers, attempt))
 
     def _send_layer(self, round_: int, layer: int, attempt: int) -> None:
+        assert self.public is not None, "requests are refused before setup"
         for stat in STATISTICS:
             flat = self.cache[(round_, layer)][stat]
             bounds = chunk_bounds(flat.size, self.s.chunk_values)

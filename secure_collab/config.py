@@ -119,8 +119,9 @@ class Config:
     @property
     def digest(self) -> str:
         """sha256 over the session section and the roster: what every party must agree on."""
-        doc = {"session": asdict(self.session), "roster": self.roster.digest()}
-        doc["session"]["layers"] = list(self.session.layers)
+        session = asdict(self.session)
+        session["layers"] = list(self.session.layers)
+        doc = {"session": session, "roster": self.roster.digest()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -165,3 +165,36 @@ def test_party_refuses_anything_signed_by_another_key(tmp_path, forged):
     result, engine = _drive(cfg, script)
     assert not result.ok and f"{forged}: signature does not verify" in result.reason
     assert engine.compute_calls == [] and result.bytes_sent == 0 and result.applied == {}
+
+
+def test_solver_refuses_an_aggregate_of_fewer_than_min_parties(tmp_path):
+    from network_doubles import closed_form_solve
+
+    from coordinator.solver import run_solver
+
+    cfg = make_config(tmp_path)
+    ctx = zmq.Context()
+    fake = FakeCoordinator(cfg, ctx)
+    out = {}
+    solver = threading.Thread(target=lambda: out.setdefault("r", run_solver(cfg, PlainSumScheme(),
+                                                                            closed_form_solve)))
+    solver.start()
+    try:
+        route, hello = fake.recv(MsgType.HELLO)
+        assert hello.body == {"role": "solver", "public": True}
+        one = {"scheme": "test-plain-sum", "parties": ["a"], "n": 7}
+        body = {"attempt": 0, "chunk": 0, "n_chunks": 3, "offset": 0, "count": 7, "payload": one,
+                "parties": ["a"], "n_values": 21}
+        msg = Message(MsgType.AGGREGATE, cfg.session.id, 0, 1, "G", "coordinator", 1, cfg.digest, body,
+                      (np.ones(7).tobytes(),))
+        fake.send(route, msg)
+        _, error = fake.recv(MsgType.ERROR)
+        fake.send(route, fake.msg(MsgType.END, body={"ok": False, "reason": "test over"}))
+        solver.join(15)
+        assert not solver.is_alive()
+    finally:
+        fake.sock.close(linger=0)
+        fake.auth.stop()
+        ctx.term()
+    assert "min_parties" in error.body["reason"]
+    assert out["r"].received == [] and out["r"].releases == {}

@@ -156,3 +156,41 @@ def test_replay_from_earlier_round_is_refused(tmp_path):
     ref = reference_deltas(cfg, ["a", "b", "c"])
     for key, delta in ref.items():
         np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
+
+
+def test_frame_over_maxmsgsize_drops_the_connection_and_the_coordinator_goes_on(tmp_path):
+    """libzmq enforces MAXMSGSIZE per frame by disconnecting the peer: no reply is possible there."""
+    import threading
+
+    from zmq.utils.monitor import recv_monitor_message
+
+    from coordinator.server import run_coordinator
+
+    cfg = make_config(tmp_path)
+    stop = threading.Event()
+    coordinator = threading.Thread(target=run_coordinator, args=(cfg, PlainSumScheme()),
+                                   kwargs={"stop": stop})
+    coordinator.start()
+    ctx = zmq.Context()
+    client = RawClient(cfg, "c", ctx)
+    monitor = client.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    monitor.setsockopt(zmq.RCVTIMEO, 10000)
+    try:
+        huge = _contrib(client, cfg).to_frames()[:1] + [b"x" * (cfg.network.max_message_bytes + (2 << 20))]
+        client.send(huge)
+
+        def wait_event(event):  # events before the one wanted (the first handshake) are skipped
+            while recv_monitor_message(monitor)["event"] != event:
+                pass
+
+        wait_event(zmq.EVENT_DISCONNECTED)
+        wait_event(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # libzmq reconnects by itself
+        client.send(_contrib(client, cfg).to_frames())
+        assert "unexpected contrib in stage joining" in client.recv(MsgType.ERROR).body["reason"]
+    finally:
+        client.sock.disable_monitor()
+        monitor.close(linger=0)
+        client.close()
+        ctx.term()
+        stop.set()
+        coordinator.join(10)
