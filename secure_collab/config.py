@@ -174,6 +174,16 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
 
 
+def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,
+                 paths: dict[str, Any] | None = None) -> Config:
+    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo."""
+    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_toml(doc))
+    return load_config(path)
+
+
 def dump_toml(doc: dict[str, dict[str, Any]]) -> str:
     """Write the small subset of TOML our configs use (tables of scalars, lists, one nesting level)."""
     out: list[str] = []

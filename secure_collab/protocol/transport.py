@@ -16,6 +16,15 @@ from secure_collab.keys import CurveKeyPair
 from secure_collab.protocol.messages import Limits, Message
 
 
+def free_loopback_endpoint() -> str:
+    """A tcp://127.0.0.1 endpoint on a port that was free a moment ago (for tests and the demo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
 def limits_for(net: NetworkConfig) -> Limits:
     return Limits(max_frames=net.max_frames, max_header_bytes=1 << 20, max_total_bytes=net.max_message_bytes)
 

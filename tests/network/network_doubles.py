@@ -9,7 +9,6 @@ applied, so the sequential variant really depends on the order of releases.
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from secure_collab.config import Config, dump_toml, load_config
+from secure_collab.config import Config, write_config
 from secure_collab.keys import init_keys
 from secure_collab.protection.base import (
     Accumulator,
@@ -28,6 +27,7 @@ from secure_collab.protection.base import (
     ProtectionScheme,
     StatContext,
 )
+from secure_collab.protocol.transport import free_loopback_endpoint
 
 LAMBDA = 2.0
 
@@ -145,18 +145,12 @@ def reference_deltas(cfg: Config, names: Iterable[str],
     return out
 
 
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
 def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_dir: Path | None = None,
                 network: dict | None = None, **session: Any) -> Config:
     keys = keys_dir or tmp / "keys"
     if not (keys / "roster.toml").exists():
         init_keys(keys, list(parties))
-    endpoint = free_endpoint()
+    endpoint = free_loopback_endpoint()
     doc = {
         "session": {"id": "s1", "mode": "plain", "layers": [1, 2], "d_k": 6, "d_v": 4, "min_parties": 2,
                     "chunk_values": 7, "variant": "sequential", "rounds": 1, **session},
@@ -166,10 +160,7 @@ def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_d
         "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
                   "solver_state": "solver"},
     }
-    tmp.mkdir(parents=True, exist_ok=True)
-    path = tmp / f"config-{doc['session']['id']}.toml"
-    path.write_text(dump_toml(doc))
-    return load_config(path)
+    return write_config(tmp / f"config-{doc['session']['id']}.toml", **doc)
 
 
 @dataclass
