@@ -51,3 +51,32 @@ def test_ledger_show(tmp_path, capsys):
 def test_unknown_protection_mode_is_an_error():
     with pytest.raises(RuntimeError, match="not available"):
         _roles.load_scheme("rot13")
+
+
+def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
+    """coordinator / solver / party commands, with the engine plug-in points monkeypatched."""
+    from network_doubles import PlainSumScheme, SyntheticEngine, Threads, closed_form_solve
+
+    from secure_collab.cli import coordinator as coordinator_cli
+    from secure_collab.cli import party as party_cli
+    from secure_collab.cli import solver as solver_cli
+
+    cfg = make_config(tmp_path)
+    config_path = str(next(tmp_path.glob("config-*.toml")))
+    monkeypatch.setattr(_roles, "load_scheme", lambda mode: PlainSumScheme())
+    monkeypatch.setattr(solver_cli, "engine_solve", lambda config: closed_form_solve)
+    engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
+    monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: party_cli.PartyEngine(
+        engines[name].compute_statistics, engines[name].apply_delta, lambda result: {"edits": 3}))
+    th = Threads()
+    th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
+    th.start("solver", lambda: _run(solver_cli, ["--config", config_path]))
+    for n in engines:
+        th.start(n, lambda n=n: _run(party_cli, ["--config", config_path, "--name", n,
+                                                 "--json", str(tmp_path / f"{n}.json")]))
+    th.join(40)
+    assert all(code == 0 for code in th.results.values()), th.results
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["ok"] and report["edits"] == 3 and set(report["applied"]) == {"0/1", "0/2"}
+    assert report["bytes_sent"] > 0
+    assert "session s1: done" in capsys.readouterr().out
