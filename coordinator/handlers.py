@@ -7,7 +7,7 @@ from typing import Any
 
 from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
-from secure_collab.protection.base import Payload
+from secure_collab.protection.base import Payload, ProtectionError
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
 
 
@@ -88,7 +88,15 @@ class Handlers:
         if claimed is not None and claimed != m.name:  # an accumulator may count parties by this field
             raise ProtocolError(f"payload claims party {claimed!r} but authenticated as {m.name!r}")
         acc = step.accumulator(key, self.scheme, self.public, self.s)
-        acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames))  # ProtectionError: refused
+        try:
+            acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames))
+        except ProtectionError:
+            raise  # the contract: validated before anything was added; refused, the sum is intact
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # Outside the contract: the running sum may be half-updated. Refuse, and make this party
+            # count as partial so the step is collected again without it.
+            step.poisoned.add(m.name)
+            raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
         step.accepted.setdefault(m.name, set()).add(key)
         self._accept(m)
 

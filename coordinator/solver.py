@@ -126,6 +126,9 @@ class Solver:
         bounds = chunk_bounds(self.s.n_values(stat), self.s.chunk_values)
         if not 0 <= b["chunk"] < len(bounds) or (b["offset"], b["count"]) != bounds[b["chunk"]]:
             raise ProtocolError(f"aggregate chunk {b['chunk']} does not fit the configured chunking")
+        claimed = b["payload"].get("parties")
+        if claimed is not None and sorted(claimed) != list(parties):
+            raise ProtocolError("aggregate payload and hand-off name different parties")
         key = (msg.round, msg.layer)
         earlier = self.released_parties.get(key)
         if earlier is not None and earlier != parties:

@@ -59,6 +59,7 @@ class Step:
     accs: dict[Key, Accumulator] = field(default_factory=dict)
     accepted: dict[str, set[Key]] = field(default_factory=dict)
     included: tuple[str, ...] = ()
+    poisoned: set[str] = field(default_factory=set)  # parties whose payload broke an accumulator
     released: dict[int, list[bytes]] = field(default_factory=dict)
 
     def move(self, to: Stage) -> None:
@@ -71,11 +72,13 @@ class Step:
 
     def complete(self, cfg: SessionConfig) -> list[str]:
         want = self.all_keys(cfg)
-        return sorted(p for p in self.expected if self.accepted.get(p, set()) == want)
+        return sorted(p for p in self.expected - self.poisoned if self.accepted.get(p, set()) == want)
 
     def partial(self, cfg: SessionConfig) -> list[str]:
+        """Parties whose chunks are in the running sums but who did not complete: the sums are unusable."""
         done = set(self.complete(cfg))
-        return sorted(p for p, keys in self.accepted.items() if keys and p not in done)
+        touched = {p for p, keys in self.accepted.items() if keys} | self.poisoned
+        return sorted(touched - done)
 
     def accumulator(
         self, key: Key, scheme: ProtectionScheme, public: bytes, cfg: SessionConfig

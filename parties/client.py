@@ -205,7 +205,10 @@ class Party:
                        body or {}, tuple(frames))
 
     def _send(self, msg: Message) -> int:
-        return transport.send(self.sock, msg)
+        try:
+            return transport.send(self.sock, msg)
+        except zmq.Again:  # the queue to the coordinator stayed full for send_timeout_s
+            raise Fatal("coordinator unreachable: send timed out") from None
 
 
 def run_party(config: Config, name: str, scheme: ProtectionScheme, compute_statistics: ComputeStatistics,

@@ -201,13 +201,14 @@ class SessionRun:
 
 
 def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
-                extra: dict[str, Callable[[], Any]] | None = None, timeout: float = 40.0) -> SessionRun:
+                extra: dict[str, Callable[[], Any]] | None = None, timeout: float = 40.0,
+                scheme: ProtectionScheme | None = None) -> SessionRun:
     """Solver, coordinator and honest parties in threads (each with its own zmq context), plus extras."""
     from coordinator.server import run_coordinator
     from coordinator.solver import run_solver
     from parties import run_party
 
-    scheme = PlainSumScheme()
+    scheme = scheme or PlainSumScheme()
     engines = {n: SyntheticEngine(n, cfg) for n in honest}
     th = Threads()
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zmq
 from network_doubles import (
+    PlainSumAccumulator,
     PlainSumScheme,
     RawClient,
     SyntheticEngine,
@@ -101,3 +102,34 @@ def test_below_min_parties_aborts_cleanly(tmp_path):
     with Ledger(cfg.paths.ledger) as ledger:
         assert ledger.rows("handoffs") == []
         assert ledger.rows("stages")[-1]["event"] == "aborted"
+
+
+class _BrittleAccumulator(PlainSumAccumulator):
+    def add(self, payload):
+        if "boom" in payload.header:
+            self.total[0] += 1e9  # half-updated, then an error outside the contract
+            raise KeyError("boom")
+        super().add(payload)
+
+
+class BrittleScheme(PlainSumScheme):
+    def accumulator(self, public, n_values, ctx):
+        return _BrittleAccumulator(n_values, ctx)
+
+
+def test_accumulator_failure_outside_the_contract_discards_the_sum(tmp_path):
+    cfg = make_config(tmp_path, network=SHORT)
+
+    def boom(client, request):
+        s = client.cfg.session
+        payload = PlainSumScheme().protect(np.ones(s.chunk_values), StatContext(s.id, 0, 1, "G", "c"), b"")
+        body = {"attempt": 0, "chunk": 0, "n_chunks": s.n_chunks("G"), "offset": 0, "count": s.chunk_values,
+                "payload": {**payload.header, "boom": 1}}
+        client.send(client.msg(MsgType.CONTRIB, 0, 1, "G", body, payload.frames).to_frames())
+        return client.recv(MsgType.ERROR).body["reason"]
+
+    run = run_session(cfg, ["a", "b"], extra={"c": _join_then(cfg, boom)}, scheme=BrittleScheme())
+    assert run.extra["c"] == "payload rejected by the accumulator (KeyError)"
+    assert run.outcome.ok, run.outcome.reason
+    for key, delta in reference_deltas(cfg, ["a", "b"]).items():
+        np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
