@@ -89,7 +89,7 @@ class Handlers:
             raise ProtocolError(f"payload claims party {claimed!r} but authenticated as {m.name!r}")
         acc = step.accumulator(key, self.scheme, self.public, self.s)
         try:
-            acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames))
+            acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames), party=m.name)
         except ProtectionError:
             raise  # the contract: validated before anything was added; refused, the sum is intact
         except (KeyError, TypeError, ValueError, IndexError) as exc:

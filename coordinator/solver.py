@@ -22,7 +22,13 @@ import zmq
 
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair, load_signing_key
-from secure_collab.protection.base import Payload, ProtectionError, ProtectionParams, ProtectionScheme
+from secure_collab.protection.base import (
+    Payload,
+    ProtectionError,
+    ProtectionParams,
+    ProtectionScheme,
+    StatContext,
+)
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
@@ -70,7 +76,7 @@ class Solver:
     def run(self) -> SolverResult:
         params = ProtectionParams(mode=self.s.mode, max_parties=len(self.cfg.roster.parties),
                                   bound=self.s.value_bound, min_parties=self.s.min_parties,
-                                  extra={"solver_sealing_public": self.cfg.roster.solver_sealing.hex()})
+                                  extra=dict(self.s.protection))
         self.secrets = self.scheme.solver_setup(params)
         public = bytes(self.secrets.public)
         signature = self.signing.sign(setup_bytes(self.s.id, self.cfg.digest, public))
@@ -140,7 +146,8 @@ class Solver:
         if pend.attempt != b["attempt"] or pend.parties != parties or (stat, b["chunk"]) in pend.got:
             raise ProtocolError("stale, duplicate or inconsistent aggregate chunk")
         self.result.received.append((msg.round, msg.layer, stat, b["chunk"], parties))
-        total = self.scheme.open(Payload(header=dict(b["payload"]), frames=msg.frames), self.secrets)
+        ctx = StatContext(self.s.id, msg.round, msg.layer, stat)  # the aggregate's context: no party
+        total = self.scheme.open(Payload(header=dict(b["payload"]), frames=msg.frames), self.secrets, ctx)
         total = np.asarray(total, dtype=np.float64)
         if total.shape != (b["count"],) or not np.isfinite(total).all():
             raise ProtocolError("opened aggregate has the wrong size or non-finite values")

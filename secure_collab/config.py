@@ -17,6 +17,7 @@ Example (every field of [session] is bound into each message through ``Config.di
     template_seed = 0
     [session.hparams]            # MEMIT hyper-parameters, free-form, digested
     mom2_update_weight = 1000.0
+    [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
 
     [network]
     coordinator_bind = "tcp://127.0.0.1:5555"
@@ -73,6 +74,7 @@ class SessionConfig:
     model: str = "smollm2"
     template_seed: int = 0
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
+    protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
     def n_values(self, stat: str) -> int:
         return self.d_k * (self.d_k + 1) // 2 if stat == "G" else self.d_v * self.d_k

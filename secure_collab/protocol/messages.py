@@ -99,7 +99,7 @@ class Message:
     seq: int = 0
     config: str = ""
     body: Mapping[str, Any] = field(default_factory=dict)
-    frames: tuple[bytes, ...] = ()
+    frames: tuple[bytes | memoryview, ...] = ()  # memoryviews are sent zero-copy
     version: int = PROTOCOL_VERSION
 
     def header(self) -> dict[str, Any]:
@@ -109,12 +109,12 @@ class Message:
             "config": self.config, "digests": [sha256_hex(f) for f in self.frames], "body": dict(self.body),
         }
 
-    def to_frames(self) -> list[bytes]:
+    def to_frames(self) -> list[bytes | memoryview]:
         return [msgpack.packb(self.header(), use_bin_type=True), *self.frames]
 
     @property
     def nbytes(self) -> int:
-        return sum(len(f) for f in self.frames)
+        return sum(memoryview(f).nbytes for f in self.frames)
 
     @classmethod
     def from_frames(cls, frames: Sequence[Any], limits: Limits = Limits()) -> Message:
@@ -148,7 +148,7 @@ class Message:
         )
 
 
-def sha256_hex(data: bytes | memoryview) -> str:
+def sha256_hex(data: bytes | memoryview) -> str:  # a memoryview is hashed as its raw bytes
     return hashlib.sha256(data).hexdigest()
 
 

@@ -65,7 +65,7 @@ def send(sock: zmq.Socket, msg: Message, route: bytes | None = None) -> int:
     """Send one message (prefixed with the routing id on a ROUTER); returns the bytes sent."""
     frames = msg.to_frames()
     sock.send_multipart([route, *frames] if route is not None else frames, copy=False)
-    return sum(len(f) for f in frames)
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 def recv_raw(sock: zmq.Socket) -> list[Any]:

@@ -44,12 +44,14 @@ class PlainSumAccumulator(Accumulator):
         self.total = np.zeros(n_values)
         self._parties: list[str] = []
 
-    def add(self, payload: Payload) -> None:
+    def add(self, payload: Payload, party: str | None = None) -> None:
         h = payload.header
         if h.get("scheme") != "test-plain-sum" or h.get("n") != self.n or len(payload.frames) != 1:
             raise ProtectionError("payload does not fit this accumulator")
         if len(payload.frames[0]) != self.n * 8:
             raise ProtectionError(f"payload has {len(payload.frames[0])} bytes, want {self.n * 8}")
+        if party is not None and h.get("party") != party:
+            raise ProtectionError(f"payload claims party {h.get('party')!r} but came from {party!r}")
         party = str(h.get("party", ""))
         if h.get("label") != StatContext(self.ctx.session_id, self.ctx.round, self.ctx.layer,
                                          self.ctx.statistic, party).label().decode():
@@ -65,6 +67,10 @@ class PlainSumAccumulator(Accumulator):
     @property
     def parties(self) -> tuple[str, ...]:
         return tuple(self._parties)
+
+    @property
+    def held_bytes(self) -> int:
+        return self.total.nbytes
 
     def aggregate(self) -> Payload:
         return Payload({"scheme": "test-plain-sum", "parties": list(self._parties), "n": self.n},
@@ -87,7 +93,9 @@ class PlainSumScheme(ProtectionScheme):
     def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> Accumulator:
         return PlainSumAccumulator(n_values, ctx)
 
-    def open(self, aggregate: Payload, secrets: Any) -> np.ndarray:
+    def open(self, aggregate: Payload, secrets: Any, ctx: StatContext | None = None) -> np.ndarray:
+        if ctx is not None and ctx.party:
+            raise ProtectionError("open() takes the aggregate's context")
         if len(aggregate.header["parties"]) < secrets.min_parties:
             raise ProtectionError("fewer than min_parties")
         return np.frombuffer(aggregate.frames[0], dtype="<f8").copy()

@@ -105,11 +105,11 @@ def test_below_min_parties_aborts_cleanly(tmp_path):
 
 
 class _BrittleAccumulator(PlainSumAccumulator):
-    def add(self, payload):
+    def add(self, payload, party=None):
         if "boom" in payload.header:
             self.total[0] += 1e9  # half-updated, then an error outside the contract
             raise KeyError("boom")
-        super().add(payload)
+        super().add(payload, party)
 
 
 class BrittleScheme(PlainSumScheme):
