@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import Any
 
 
 def load_scheme(mode: str) -> Any:
-    """The ProtectionScheme implementing ``mode``, found in ``secure_collab.protection.<mode>``."""
-    from secure_collab.protection.base import ProtectionScheme
-
+    """The ProtectionScheme for ``mode`` (named explicitly: plain is never a default)."""
     try:
-        module = importlib.import_module(f"secure_collab.protection.{mode}")
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(f"protection mode {mode!r} is not available: {exc}") from None
-    found = [obj for obj in vars(module).values()
-             if inspect.isclass(obj) and issubclass(obj, ProtectionScheme) and not inspect.isabstract(obj)
-             and getattr(obj, "mode", None) == mode and obj.__module__ == module.__name__]
-    if len(found) != 1:
-        raise RuntimeError(f"secure_collab.protection.{mode} must define exactly one scheme "
-                           f"with mode={mode!r}, found {len(found)}")
-    return found[0]()
+        from secure_collab.protection import get_scheme
+    except ImportError as exc:
+        raise RuntimeError(f"the protection layer is not available: {exc}") from None
+    return get_scheme(mode)
 
 
 def set_threads(n: int | None) -> None:
