@@ -2,7 +2,7 @@
 
 It makes the session's protection secrets (``scheme.solver_setup``), signs the public part so parties can
 tell the coordinator did not substitute it, opens each aggregate chunk as it arrives, calls the engine's
-``solve(layer, g_sum, b_sum)`` once a layer's G and B are complete, and signs the release (Ed25519).
+``solve(round, layer, g_sum, b_sum)`` once a layer's G and B are complete, and signs the release (Ed25519).
 It refuses an aggregate over fewer than ``min_parties`` parties, and a second release of a (round, layer)
 over a different set of parties (two such releases would let their difference single parties out).
 Releases and the signed public parameters are kept under ``paths.solver_state/<session>/``.
@@ -36,8 +36,12 @@ from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 
 
 class SolveFn(Protocol):
-    def __call__(self, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
-        """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; returns ΔW (d_v, d_k) float64."""
+    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
+        """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; returns ΔW (d_v, d_k) float64.
+
+        May be called again for the same (round, layer) with the same parties (a coordinator restart
+        re-collects a step): an engine that carries state across rounds (the dynamic covariance)
+        must key it by (round, layer) rather than count calls."""
         ...
 
 
@@ -161,7 +165,7 @@ class Solver:
         s = self.s
         g = unpack_g(pend.values["G"], s.d_k)  # (d_k, d_k)
         b = pend.values["B"].reshape(s.d_v, s.d_k)  # (d_v, d_k)
-        delta = np.asarray(self.solve(layer, g, b), dtype=np.float64)
+        delta = np.asarray(self.solve(round_, layer, g, b), dtype=np.float64)
         if delta.shape != (s.d_v, s.d_k) or not np.isfinite(delta).all():
             raise ProtocolError(f"solve returned shape {delta.shape} or non-finite values")
         raw, dtype, shape = encode_delta(delta)

@@ -14,10 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_solve(config: Any) -> Any:
-    """The engine's ``solve(layer, g_sum, b_sum) -> ΔW`` for this session (covariance, λ, Cholesky).
+    """The engine's ``solve(round, layer, g_sum, b_sum) -> ΔW`` for this session (covariance, λ, Cholesky).
 
-    Plug-in point for the editing engine: return a callable taking g_sum (d_k, d_k) symmetric,
-    b_sum (d_v, d_k), both float64 sums over the included parties, returning ΔW (d_v, d_k) float64.
+    Plug-in point for the editing engine: return a callable taking g_sum (d_k, d_k) symmetric and
+    b_sum (d_v, d_k), float64 numpy sums over the included parties, returning ΔW (d_v, d_k) float64
+    (see coordinator.solver.SolveFn).
     """
     raise NotImplementedError("the editing engine's solve is not plugged in yet (secure_collab.cli.solver)")
 

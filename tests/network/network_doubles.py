@@ -127,7 +127,7 @@ class SyntheticEngine:
         self.w[layer] = self.w[layer] + delta
 
 
-def closed_form_solve(layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
+def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
     a = LAMBDA * np.eye(g_sum.shape[0]) + g_sum  # (d_k, d_k), symmetric positive definite
     c = np.linalg.cholesky(a)
     return np.linalg.solve(c.T, np.linalg.solve(c, b_sum.T)).T  # (d_v, d_k) = B A⁻¹
@@ -146,7 +146,7 @@ def reference_deltas(cfg: Config, names: Iterable[str],
         for lay in layers:
             g = sum(st["G"] for st in stats[lay])
             b = sum(st["B"] for st in stats[lay])
-            out[(round_, lay)] = closed_form_solve(lay, g, b)
+            out[(round_, lay)] = closed_form_solve(round_, lay, g, b)
         for lay in layers:
             for e in engines.values():
                 e.apply_delta(lay, out[(round_, lay)])
