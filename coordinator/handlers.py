@@ -78,7 +78,7 @@ class Handlers:
             self._send_frames(name, self.routes[name], rel.frames, "release",
                               {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt})
         step = self.step
-        if step is not None and step.stage is Stage.COLLECTING and name in step.expected:
+        if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
             self._send(name, self._request(step))
 
     def _on_contrib(self: Any, m: Inbound) -> None:

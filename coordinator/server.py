@@ -142,16 +142,12 @@ class Coordinator(Handlers):
 
     def _run_step(self, round_: int, layers: tuple[int, ...], attempt: int) -> bool:
         while True:
-            step = Step(round_, layers, attempt, frozenset(self.active),
-                        self.clock() + self.cfg.network.stage_timeout_s)
+            step = Step(round_, layers, attempt, frozenset(self.active))
             self.step, self.stage = step, Stage.COLLECTING
             self.ledger.stage_event(self.s.id, round_, layers, attempt, "open",
                                     json.dumps(sorted(self.active)))
-            for name in sorted(step.expected):
-                self._send(name, self._request(step))
-            while len(step.complete(self.s)) < len(step.expected) and self.clock() < step.deadline:
-                if not self._pump(step.deadline):
-                    return False
+            if not self._collect(step):
+                return False
             complete, partial = step.complete(self.s), step.partial(self.s)
             left_out = sorted(step.expected - set(complete))
             if len(complete) < self.s.min_parties:
@@ -166,6 +162,23 @@ class Coordinator(Handlers):
             attempt += 1
             step.move(Stage.COLLECTING)
         return self._solve(step, left_out)
+
+    def _collect(self, step: Step) -> bool:
+        """Request the step's statistics from every expected party at once, or one party at a time
+        (``network.request_in_turn``: parties sharing a machine's cores then do not slow each other
+        down); each wait is bounded by ``stage_timeout_s``. False when the session aborts."""
+        timeout = self.cfg.network.stage_timeout_s
+        turns = ([[n] for n in sorted(step.expected)] if self.cfg.network.request_in_turn
+                 else [sorted(step.expected)])
+        for turn in turns:
+            step.requested.update(turn)
+            for name in turn:
+                self._send(name, self._request(step))
+            deadline = self.clock() + timeout
+            while not set(turn) <= set(step.complete(self.s)) and self.clock() < deadline:
+                if not self._pump(deadline):
+                    return False
+        return True
 
     def _solve(self, step: Step, left_out: list[str]) -> bool:
         step.included = tuple(sorted(step.expected & self.active))

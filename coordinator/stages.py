@@ -54,8 +54,8 @@ class Step:
     layers: tuple[int, ...]
     attempt: int
     expected: frozenset[str]
-    deadline: float
     stage: Stage = Stage.COLLECTING
+    requested: set[str] = field(default_factory=set)
     accs: dict[Key, Accumulator] = field(default_factory=dict)
     accepted: dict[str, set[Key]] = field(default_factory=dict)
     included: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ Example (every field of [session] is bound into each message through ``Config.di
     hwm = 1000
     linger_ms = 1000
     send_timeout_s = 10.0          # a send blocked this long (peer's queue full) counts as failed
+    request_in_turn = false        # ask parties for statistics one at a time (shared cores)
 
     [paths]
     keys = "keys"                # directory written by `secure-collab keys init`
@@ -101,6 +102,7 @@ class NetworkConfig:
     hwm: int = 1000
     linger_ms: int = 1000
     send_timeout_s: float = 10.0
+    request_in_turn: bool = False
 
 
 @dataclass(frozen=True)

@@ -40,3 +40,18 @@ def test_solver_only_receives_aggregates(tmp_path):
     assert len([r for r in to_solver if r["type"] == "aggregate"]) == len(handoffs) > 0
     assert all(len(json.loads(h["parties"])) >= cfg.session.min_parties for h in handoffs)
     assert all(len(parties) >= cfg.session.min_parties for *_, parties in run.solver.received)
+
+
+def test_parties_in_turn(tmp_path):
+    cfg = make_config(tmp_path, network={"request_in_turn": True})
+    run = run_session(cfg)
+    assert run.outcome.ok, run.outcome.reason
+    for key, delta in reference_deltas(cfg, ["a", "b", "c"]).items():
+        np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
+    with Ledger(cfg.paths.ledger) as ledger:
+        rows = ledger.rows("messages")
+    flow = [(r["type"], r["peer"]) for r in rows if r["type"] in ("request", "contrib")]
+    runs = [x for i, x in enumerate(flow) if i == 0 or flow[i - 1] != x]  # collapse repeats
+    one_step = [("request", "a"), ("contrib", "a"), ("request", "b"), ("contrib", "b"),
+                ("request", "c"), ("contrib", "c")]
+    assert runs == one_step * len(cfg.session.layers)
