@@ -9,6 +9,7 @@ parties, who ignore duplicates) and the interrupted step is collected again unde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -81,19 +82,18 @@ class Coordinator(Handlers):
 
     # ---- life cycle -------------------------------------------------------------------------------
     def run(self) -> Outcome:
-        auth = ThreadAuthenticator(self.ctx)
-        auth.start()
-        auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys()))
-        self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
-        self.ledger = Ledger(self.cfg.paths.ledger)
-        try:
-            return self._session()
-        finally:
-            self.sock.close(linger=self.cfg.network.linger_ms)
-            auth.stop()
-            self.ledger.close()
+        with contextlib.ExitStack() as stack:  # closed in reverse order, whatever fails
             if self._own_ctx:
-                self.ctx.term()
+                stack.callback(self.ctx.term)
+            self.ledger = stack.enter_context(Ledger(self.cfg.paths.ledger))
+            auth = ThreadAuthenticator(self.ctx)
+            auth.start()
+            stack.callback(auth.stop)
+            auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys()))
+            self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
+            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            return self._session()
+        raise AssertionError("unreachable")
 
     def _session(self) -> Outcome:
         resume = self.ledger.resume_state(self.s.id)

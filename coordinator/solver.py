@@ -10,6 +10,7 @@ Releases and the signed public parameters are kept under ``paths.solver_state/<s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -87,13 +88,12 @@ class Solver:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "public.bin").write_bytes(public)
         hello = {"role": "solver", "public": True}
-        self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
-        try:
-            self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, signature)))
-        finally:
-            self.sock.close(linger=self.cfg.network.linger_ms)
+        with contextlib.ExitStack() as stack:
             if self._own_ctx:
-                self.ctx.term()
+                stack.callback(self.ctx.term)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, signature)))
         return self.result
 
     def _loop(self, hello: Any) -> None:

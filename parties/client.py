@@ -12,6 +12,7 @@ is collected again (a new attempt) is re-protected with fresh randomness but not
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ class PartyResult:
     reason: str = ""
     applied: dict[tuple[int, int], str] = field(default_factory=dict)  # (round, layer) -> sha256 of ΔW
     refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
+    left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
     bytes_sent: int = 0
     seconds: float = 0.0
 
@@ -75,16 +77,16 @@ class Party:
 
     def run(self) -> PartyResult:
         start = time.monotonic()
-        self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
-        try:
-            self._loop()
-        except Fatal as exc:
-            self.result.ok, self.result.reason = False, str(exc)
-        finally:
-            self.sock.close(linger=self.cfg.network.linger_ms)
+        with contextlib.ExitStack() as stack:
             if self._own_ctx:
-                self.ctx.term()
-            self.result.seconds = time.monotonic() - start
+                stack.callback(self.ctx.term)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            try:
+                self._loop()
+            except Fatal as exc:
+                self.result.ok, self.result.reason = False, str(exc)
+        self.result.seconds = time.monotonic() - start
         return self.result
 
     def _loop(self) -> None:
@@ -190,6 +192,8 @@ class Party:
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]
+        if self.name not in b["parties"]:
+            self.result.left_out.append(key)
         self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": True, "reason": ""}))
         for round_, layers in self.s.steps():
             if all((round_, lay) in self.result.applied for lay in layers):

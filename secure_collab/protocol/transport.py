@@ -43,21 +43,29 @@ def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
 
 def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
-    _common(sock, own, net)
-    sock.curve_server = True
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises instead of vanishing
-    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-    sock.zap_domain = b"secure-collab"
-    sock.bind(bind or net.coordinator_bind)
+    try:
+        _common(sock, own, net)
+        sock.curve_server = True
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises instead of vanishing
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler answering: nobody gets in
+        sock.zap_domain = b"secure-collab"
+        sock.bind(bind or net.coordinator_bind)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 
 def dealer(ctx: zmq.Context, own: CurveKeyPair, server_public: bytes, net: NetworkConfig,
            endpoint: str | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
-    _common(sock, own, net)
-    sock.curve_serverkey = server_public
-    sock.connect(endpoint or net.coordinator_endpoint)
+    try:
+        _common(sock, own, net)
+        sock.curve_serverkey = server_public
+        sock.connect(endpoint or net.coordinator_endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 

@@ -45,6 +45,7 @@ def test_party_dropping_between_layers_is_left_out(tmp_path):
     for key, delta in ref.items():
         np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
     assert run.extra["c"].reason == "simulated drop-out"
+    assert all(run.parties[n].left_out == [] for n in ("a", "b"))
 
 
 def _join_then(cfg, action):
