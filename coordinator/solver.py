@@ -129,8 +129,10 @@ class Solver:
     def _on_aggregate(self, msg: Message) -> None:
         b, stat = msg.body, msg.stat
         parties = tuple(sorted(b["parties"]))
-        if len(set(parties)) < self.s.min_parties or not set(parties) <= set(self.cfg.roster.parties):
-            raise ProtocolError(f"aggregate over {len(set(parties))} roster parties < min_parties")
+        if len(set(parties)) != len(parties) or not set(parties) <= set(self.cfg.roster.parties):
+            raise ProtocolError("aggregate party list has repeats or names outside the roster")
+        if len(parties) < self.s.min_parties:
+            raise ProtocolError(f"aggregate over {len(parties)} parties < min_parties {self.s.min_parties}")
         if msg.layer not in self.s.layers or stat not in STATISTICS or b["n_values"] != self.s.n_values(stat):
             raise ProtocolError(f"aggregate for unknown layer/statistic {msg.layer}/{stat}")
         bounds = chunk_bounds(self.s.n_values(stat), self.s.chunk_values)

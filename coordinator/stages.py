@@ -33,12 +33,13 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 }
 
 # Which inbound message types each stage accepts, and from which role.
+# An ERROR from a peer (what it refused, and why) is always taken, for the ledger.
 ACCEPTS: dict[Stage, frozenset[MsgType]] = {
-    Stage.JOINING: frozenset({MsgType.HELLO, MsgType.ACK}),
-    Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK}),
-    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.ERROR, MsgType.ACK}),
-    Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK}),
-    Stage.ABORTED: frozenset({MsgType.HELLO}),
+    Stage.JOINING: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
+    Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK, MsgType.ERROR}),
+    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.ACK, MsgType.ERROR}),
+    Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
+    Stage.ABORTED: frozenset({MsgType.HELLO, MsgType.ERROR}),
 }
 ROLE_OF: dict[MsgType, str] = {
     MsgType.HELLO: "any", MsgType.CONTRIB: "party", MsgType.ACK: "party",
