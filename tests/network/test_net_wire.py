@@ -129,3 +129,16 @@ def test_ledger_is_append_only_and_resumable(tmp_path):
             ledger._db.execute("DELETE FROM releases")
     assert state.setup_public == b"pub" and state.attempts == {(0, "[1]"): 1} and state.ended is None
     assert state.releases[(0, 1)].frames == [b"head", b"", b"delta"]
+
+
+def test_golden_message():
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[1] / "vectors" / "protocol_golden_message.json").read_text())
+    m = doc["message"]
+    msg = Message(MsgType(m["type"]), m["session"], m["round"], m["layer"], m["stat"], m["sender"], m["seq"],
+                  m["config"], m["body"], tuple(bytes.fromhex(f) for f in m["frames_hex"]))
+    wire = [bytes.fromhex(f) for f in doc["wire_hex"]]
+    assert msg.to_frames() == wire
+    assert Message.from_frames(wire) == msg
