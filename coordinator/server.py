@@ -27,7 +27,7 @@ from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protection.base import ProtectionError, ProtectionScheme
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import release_bytes, setup_bytes, verify
 
 ZAP_DOMAIN = "secure-collab"
@@ -292,7 +292,7 @@ class Coordinator(Handlers):
 
     # ---- sending ------------------------------------------------------------------------------------
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[bytes, ...] = ()) -> Message:
+             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return Message(mtype, self.s.id, round_, layer, stat, "coordinator", self.seq.next(), self.cfg.digest,
                        body or {}, tuple(frames))
 
@@ -311,7 +311,7 @@ class Coordinator(Handlers):
     def _send_route(self, name: str, route: bytes, msg: Message) -> None:
         self._send_frames(name, route, msg.to_frames(), msg.type.value, self._where(msg))
 
-    def _send_frames(self, name: str, route: bytes, frames: list[bytes], mtype: str, where: dict) -> None:
+    def _send_frames(self, name: str, route: bytes, frames: list[Frame], mtype: str, where: dict) -> None:
         outcome, reason = "sent", ""
         try:
             self.sock.send_multipart([route, *frames], copy=False)

@@ -126,7 +126,7 @@ class Party:
     def _on_setup(self, msg: Message) -> None:
         if len(msg.frames) != 2:
             raise Fatal("setup must carry [public params, solver signature]")
-        public, signature = msg.frames
+        public, signature = (bytes(f) for f in msg.frames)
         if self.public is not None:
             if public != self.public:
                 raise Fatal("setup: public parameters changed during the session")
@@ -178,7 +178,7 @@ class Party:
         try:
             if len(msg.frames) != 2 or msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
-            raw, signature = msg.frames
+            raw, signature = (bytes(f) for f in msg.frames)
             if sha256_hex(raw) != b["sha256"]:
                 raise ProtocolError("release: ΔW bytes do not match their sha256")
             verify(self.cfg.roster.signing_public(), signature,

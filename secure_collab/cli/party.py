@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the runtime import happens in run(): --help stays fast
+    from parties.client import ApplyDelta, ComputeStatistics
 
 HELP = "take part in a session: send protected statistics, verify and apply each signed update"
 
@@ -14,8 +17,8 @@ HELP = "take part in a session: send protected statistics, verify and apply each
 class PartyEngine:
     """What the editing engine gives the party runtime (see parties.client for the contracts)."""
 
-    compute_statistics: Callable[[int, int], Any]  # (round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k)}
-    apply_delta: Callable[[int, Any], None]  # (layer, ΔW (d_v, d_k) float64), already verified
+    compute_statistics: ComputeStatistics  # (round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k)}
+    apply_delta: ApplyDelta  # (layer, ΔW (d_v, d_k) float64), already verified
     finish: Callable[[Any], dict] | None = None  # (PartyResult) -> report (evaluation, saving the model)
 
 

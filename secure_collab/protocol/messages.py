@@ -40,6 +40,7 @@ from typing import Any
 import msgpack
 
 PROTOCOL_VERSION = 1
+Frame = bytes | memoryview  # received frames are bytes; sent ones may be zero-copy views
 
 
 class ProtocolError(ValueError):
@@ -99,7 +100,7 @@ class Message:
     seq: int = 0
     config: str = ""
     body: Mapping[str, Any] = field(default_factory=dict)
-    frames: tuple[bytes | memoryview, ...] = ()  # memoryviews are sent zero-copy
+    frames: tuple[Frame, ...] = ()
     version: int = PROTOCOL_VERSION
 
     def header(self) -> dict[str, Any]:
@@ -109,7 +110,7 @@ class Message:
             "config": self.config, "digests": [sha256_hex(f) for f in self.frames], "body": dict(self.body),
         }
 
-    def to_frames(self) -> list[bytes | memoryview]:
+    def to_frames(self) -> list[Frame]:
         return [msgpack.packb(self.header(), use_bin_type=True), *self.frames]
 
     @property
@@ -148,7 +149,7 @@ class Message:
         )
 
 
-def sha256_hex(data: bytes | memoryview) -> str:  # a memoryview is hashed as its raw bytes
+def sha256_hex(data: Frame) -> str:  # a memoryview is hashed as its raw bytes
     return hashlib.sha256(data).hexdigest()
 
 
