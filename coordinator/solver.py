@@ -31,7 +31,7 @@ from secure_collab.protection.base import (
     StatContext,
 )
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 
@@ -195,7 +195,7 @@ class Solver:
         return out
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: dict | None = None,
-             frames: tuple[bytes, ...] = ()) -> Message:
+             frames: tuple[Frame, ...] = ()) -> Message:
         return Message(mtype, self.s.id, round_, layer, "", "solver", self.seq.next(), self.cfg.digest,
                        body or {}, frames)
 

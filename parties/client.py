@@ -26,7 +26,7 @@ from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.protection.base import ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import decode_delta, release_bytes, setup_bytes, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics
 
@@ -204,7 +204,7 @@ class Party:
         self.result.refusals.append(msg.body["reason"])
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[bytes, ...] = ()) -> Message:
+             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return Message(mtype, self.s.id, round_, layer, stat, self.name, self.seq.next(), self.cfg.digest,
                        body or {}, tuple(frames))
 

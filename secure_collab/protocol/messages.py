@@ -40,7 +40,7 @@ from typing import Any
 import msgpack
 
 PROTOCOL_VERSION = 1
-Frame = bytes | memoryview  # received frames are bytes; sent ones may be zero-copy views
+Frame = bytes | bytearray | memoryview  # received frames are bytes; sent ones may be zero-copy views
 
 
 class ProtocolError(ValueError):
