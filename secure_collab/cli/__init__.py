@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "edit": "edit",
     "stats": "stats",
+    "protection-check": "protection_check",
     "keys": "keys",
     "ledger": "ledger",
     "coordinator": "coordinator",

@@ -23,6 +23,9 @@ class Request:
     case_id: str | None = None
     paraphrase_prompts: tuple[str, ...] = ()
     neighborhood_prompts: tuple[str, ...] = ()  # completed by target_true, before and after the edit
+    # one true object per neighbourhood prompt when they differ from target_true (e.g. other countries'
+    # capitals); empty: every neighbourhood prompt is completed by target_true, as in CounterFact
+    neighborhood_targets: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -40,10 +43,17 @@ class Request:
         if self.prompt.count("{}") != 1:
             raise RequestError(f"{where}: field 'prompt' must contain exactly one '{{}}' for the subject, "
                                f"got {self.prompt!r}")
-        for name in ("paraphrase_prompts", "neighborhood_prompts"):
+        for name in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(p, str) for p in value):
                 raise RequestError(f"{where}: field {name!r} must be a list of strings")
+        if self.neighborhood_targets and len(self.neighborhood_targets) != len(self.neighborhood_prompts):
+            raise RequestError(f"{where}: field 'neighborhood_targets' has {len(self.neighborhood_targets)} "
+                               f"entries for {len(self.neighborhood_prompts)} neighbourhood prompts")
+
+    def neighbor_target(self, i: int) -> str | None:
+        """The true object completing neighbourhood prompt ``i``."""
+        return self.neighborhood_targets[i] if self.neighborhood_targets else self.target_true
 
     @property
     def text(self) -> str:

@@ -31,12 +31,14 @@ def capture_input(module: nn.Module, stop: bool = False) -> Iterator[list[torch.
 
 
 @contextmanager
-def capture_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Record the (first) output tensor of ``module`` on every call."""
+def capture_output(module: nn.Module, stop: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Record the (first) output tensor of ``module`` on every call; optionally stop the forward there."""
     store: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, _args: tuple, out: object) -> None:
         store.append((out[0] if isinstance(out, tuple) else out).detach())
+        if stop:
+            raise StopForward
 
     handle = module.register_forward_hook(hook)
     try:

@@ -107,11 +107,12 @@ def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, object]:
         torch.manual_seed(seed)
         if name == "tiny-gpt2":
             cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=4, n_head=4,
-                             n_inner=128, bos_token_id=256, eos_token_id=256)
+                             n_inner=128, initializer_range=0.3, bos_token_id=256, eos_token_id=256)
             model: nn.Module = GPT2LMHeadModel(cfg)
         elif name == "tiny-llama":
             cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              initializer_range=0.3,
                               bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=False)
             model = LlamaForCausalLM(cfg)
         else:
@@ -129,8 +130,26 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_model(name: str, device: str | None = None, cache: Path | None = None, seed: int = 0) -> LoadedModel:
+def resolve_dtype(dtype: str | torch.dtype | None, name: str) -> torch.dtype:
+    """``auto``: float64 for the tiny test models (exactness checks then see protocol error, not float32 noise),
+    float32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float64 if name in TINY else torch.float32
+    try:
+        return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}") from None
+
+
+def load_model(name: str, device: str | None = None, cache: Path | None = None, seed: int = 0,
+               dtype: str | torch.dtype | None = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     dev = resolve_device(device)
     if name in TINY:
@@ -142,6 +161,6 @@ def load_model(name: str, device: str | None = None, cache: Path | None = None, 
     if getattr(tok, "pad_token", None) is None:
         tok.pad_token = tok.eos_token
     model.eval().requires_grad_(False)
-    model.to(dev)
+    model.to(device=dev, dtype=resolve_dtype(dtype, name))
     return LoadedModel(name=name, model=model, tokenizer=tok, spec=spec_for(model),
                        source_digest=state_digest(model), device=dev)

@@ -1,0 +1,181 @@
+"""`secure-collab edit`: a single-machine simulation of a collaborative edit (no network), with metrics.
+
+Splits the requests among P parties, computes each party's MEMIT statistics on its own, combines them by the
+method (global | collab | ta | sa | ties), applies the update, evaluates before and after, and compares the
+update with the Global-Edit of the same requests (one machine, all requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HELP = "simulate a collaborative MEMIT edit on one machine and report efficacy / generalization / specificity"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from secure_collab.cli.stats import parse_layers
+    from secure_collab.editing.memit import METHODS
+
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
+    p.add_argument("--requests", default="bundled",
+                   help="request file (CounterFact, MEND CounterFact, zsRE, MQuAKE or JSONL), or 'bundled' "
+                        "for the countryinfo set (default)")
+    p.add_argument("--format", default=None, help="request format (default: detected)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
+    p.add_argument("--parties", type=int, default=4, help="number of parties the requests are split among")
+    p.add_argument("--method", choices=METHODS, default="collab")
+    p.add_argument("--variant", choices=("sequential", "oneshot"), default=None,
+                   help="default: the model's tuned default (sequential)")
+    p.add_argument("--layers", type=parse_layers, default=None, help="edited layers, e.g. 3-7")
+    p.add_argument("--lambda", dest="lam", type=float, default=None, help="mom2_update_weight λ")
+    p.add_argument("--steps", type=int, default=None, help="target optimisation steps")
+    p.add_argument("--template-seed", type=int, default=None)
+    p.add_argument("--corpus", default=None, help="covariance corpus: .txt / .jsonl (default: Wikipedia extracts)")
+    p.add_argument("--tokens", type=int, default=None, help="covariance token budget")
+    p.add_argument("--dtype", default="auto", help="auto (float64 for tiny models, else float32), float32, float64")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-compare", action="store_true", help="skip the Global-Edit reference run")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--save-model", default=None, metavar="DIR",
+                   help="write the edited model (from_pretrained loads it) and the ΔW patch (safetensors)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON ('-' for stdout)")
+    p.add_argument("--quiet", action="store_true", help="no progress or table")
+
+
+def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int):
+    from secure_collab.editing.hparams import default_hparams
+
+    hp = default_hparams(model_name, n_layers)
+    changes = {}
+    if args.layers is not None:
+        changes["layers"] = tuple(args.layers)
+    for attr, field in (("lam", "mom2_update_weight"), ("steps", "v_num_grad_steps"),
+                        ("template_seed", "template_seed"), ("tokens", "mom2_tokens"), ("variant", "variant")):
+        if getattr(args, attr) is not None:
+            changes[field] = getattr(args, attr)
+    return hp.with_(**changes) if changes else hp
+
+
+def load_request_set(spec: str, fmt: str | None, limit: int | None):
+    from secure_collab.data.bundled import bundled_requests
+    from secure_collab.data.formats import load_requests
+
+    if spec == "bundled":
+        return bundled_requests(limit or 20)
+    return load_requests(spec, fmt=fmt, limit=limit)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.editing.memit import rel_diff, restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.templates import context_templates, templates_digest
+    from secure_collab.evaluation import evaluate
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import n_layers
+
+    console = Console(stderr=True, quiet=args.quiet)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    requests = load_request_set(args.requests, args.format, args.limit)
+    if args.parties < 1 or args.parties > len(requests):
+        print(f"secure-collab edit: --parties must be between 1 and the number of requests ({len(requests)})",
+              file=sys.stderr)
+        return 2
+    with console.status(f"loading {args.model}"):
+        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)
+    hp = build_hparams(args, args.model, n_layers(lm.model, lm.spec))
+    console.print(f"model {args.model} on {lm.device}, layers {list(hp.layers)}, λ={hp.mom2_update_weight:g}, "
+                  f"{len(requests)} requests, {args.parties} parties, method {args.method}, {hp.variant}")
+    t = time.perf_counter()
+    covs = layer_covariances(lm, hp.layers, corpus=args.corpus, tokens=hp.mom2_tokens,
+                             max_seq_len=hp.mom2_max_len, cache=args.cache_dir, progress=not args.quiet)
+    covs = {k: v.to(lm.device) for k, v in covs.items()}
+    t_cov = time.perf_counter() - t
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
+    with console.status("evaluating before the edit"):
+        pre = evaluate(lm, requests)
+    parties = split_parties(requests, args.parties)
+    saved = snapshot(lm, hp.layers)
+
+    def say(msg: str) -> None:
+        console.log(msg)
+
+    reference = None
+    if args.method != "global" and not args.no_compare:
+        say("Global-Edit reference (all requests on one machine)")
+        reference = run_edit(lm, parties, hp, covs, "global", templates, say)
+        restore(lm, saved)
+    t = time.perf_counter()
+    outcome = run_edit(lm, parties, hp, covs, args.method, templates, say)
+    t_edit = time.perf_counter() - t
+    if args.method == "global":
+        reference = outcome
+    with console.status("evaluating after the edit"):
+        post = evaluate(lm, requests)
+    target_losses = [x for t_ in outcome.targets for x in t_.loss]
+    residuals = [x for t_ in outcome.targets for x in t_.residual_norm]
+    result = {
+        "method": args.method, "variant": hp.variant, "parties": args.parties, "edits": len(requests),
+        **{k: post.summary()[k] for k in ("efficacy", "generalization", "specificity", "score")},
+        "pre": {k: pre.summary()[k] for k in ("efficacy", "generalization", "specificity", "score")},
+        "delta_rel_diff_vs_global": None if reference is None else rel_diff(outcome.deltas, reference.deltas),
+        "seconds": time.perf_counter() - t_start,
+        "edit_seconds": t_edit, "covariance_seconds": t_cov,
+        "model": args.model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "device": str(lm.device), "hparams": hp.to_dict(), "templates_digest": templates_digest(templates),
+        "target_loss": target_losses, "residual_norm": residuals,
+        "delta_norm": {str(k): float(v.norm()) for k, v in outcome.deltas.items()},
+        "counts": post.counts, "skipped": post.skipped,
+    }
+    if args.save_model:
+        save_edited(lm, outcome.deltas, Path(args.save_model), result)
+        result["saved_model"] = str(Path(args.save_model).resolve())
+    show(console, result)
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def save_edited(lm, deltas, out: Path, result: dict) -> None:
+    """The edited model (``from_pretrained`` loads it) and patch.safetensors with ΔW per layer, (d_v, d_k)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+    meta = {"base_model": result["model"], "base_digest": lm.source_digest, "orientation": "(d_v, d_k) = (out, in)",
+            "method": result["method"], "variant": result["variant"]}
+    save_file({f"layer.{k}.delta": v.contiguous().cpu() for k, v in deltas.items()}, str(out / "patch.safetensors"),
+              metadata={k: str(v) for k, v in meta.items()})
+
+
+def show(console, r: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{r['method']} / {r['variant']}: {r['edits']} edits, {r['parties']} parties")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    for k in ("efficacy", "generalization", "specificity", "score"):
+        table.add_row(k, fmt(r["pre"][k]), fmt(r[k]))
+    console.print(table)
+    d = r["delta_rel_diff_vs_global"]
+    console.print(f"ΔW vs Global-Edit: {'-' if d is None else f'{d:.2e}'} (max relative Frobenius over layers); "
+                  f"{r['seconds']:.1f} s")

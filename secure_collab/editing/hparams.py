@@ -1,0 +1,68 @@
+"""Typed MEMIT hyper-parameters, one frozen dataclass, with per-model defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+VARIANTS = ("sequential", "oneshot")
+
+
+@dataclass(frozen=True)
+class MemitHParams:
+    layers: tuple[int, ...]
+    mom2_update_weight: float  # λ in ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹; must be swept per model
+    v_lr: float = 0.5
+    v_num_grad_steps: int = 25
+    v_loss_early_stop: float = 0.05
+    v_weight_decay: float = 0.5
+    kl_factor: float = 0.0625
+    clamp_norm_factor: float = 0.75
+    kl_prompt: str = "{} is a"
+    # context templates: ½ weight on the bare prompt, ½ on `n_templates` generated prefixes
+    template_seed: int = 0
+    n_templates: int = 5
+    template_length: int = 10
+    # covariance corpus budget
+    mom2_tokens: int = 20_000
+    mom2_max_len: int = 128
+    variant: str = "sequential"
+
+    def __post_init__(self) -> None:
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers must be a non-empty ascending list without repeats, got {self.layers}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not self.mom2_update_weight > 0:
+            raise ValueError("mom2_update_weight (λ) must be positive")
+
+    def with_(self, **changes: Any) -> MemitHParams:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+# Chosen by the sweep in docs/lambda_sweep.md (SmolLM2-135M-Instruct on CounterFact).
+DEFAULTS: dict[str, MemitHParams] = {
+    "smollm2-135m": MemitHParams(layers=(3, 4, 5, 6, 7), mom2_update_weight=1000.0),
+    "tiny-gpt2": MemitHParams(layers=(1, 2), mom2_update_weight=10.0, v_num_grad_steps=10, n_templates=2,
+                              template_length=5, mom2_tokens=2000, mom2_max_len=64),
+    "tiny-llama": MemitHParams(layers=(1, 2), mom2_update_weight=10.0, v_num_grad_steps=10, n_templates=2,
+                               template_length=5, mom2_tokens=2000, mom2_max_len=64),
+    # GPT-J-6B, MEMIT paper values
+    "EleutherAI/gpt-j-6B": MemitHParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15000.0),
+    "gpt2-xl": MemitHParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20000.0),
+}
+
+
+def default_hparams(model_name: str, n_layers: int | None = None) -> MemitHParams:
+    """The tuned defaults for a known model, else MEMIT-style early-middle layers with λ = 1000."""
+    if model_name in DEFAULTS:
+        return DEFAULTS[model_name]
+    if n_layers is None:
+        raise ValueError(f"no defaults for {model_name!r}: give the layers explicitly")
+    lo = max(1, n_layers // 10)
+    return MemitHParams(layers=tuple(range(lo, lo + max(1, n_layers // 6))), mom2_update_weight=1000.0)

@@ -1,0 +1,56 @@
+"""Keys (down-projection inputs) and residual-stream states at the subject's last token."""
+
+from __future__ import annotations
+
+import torch
+
+from secure_collab.data.requests import Request
+from secure_collab.editing.tokens import encode, with_context
+from secure_collab.models.hooks import StopForward, capture_input, capture_output
+from secure_collab.models.loading import LoadedModel
+
+
+def _rows(requests: list[Request], templates: list[str]) -> tuple[list[str], list[str]]:
+    prompts, subjects = [], []
+    for r in requests:
+        for c in templates:
+            prompts.append(with_context(c, r.prompt))
+            subjects.append(r.subject)
+    return prompts, subjects
+
+
+@torch.no_grad()
+def _at_subject(lm: LoadedModel, prompts: list[str], subjects: list[str], module_name: str,
+                use_input: bool, batch_size: int) -> torch.Tensor:
+    """Input (or output) of ``module_name`` at each prompt's subject-last token: (rows, d). Stops the forward there."""
+    module = lm.model.get_submodule(module_name)
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        b = encode(lm.tokenizer, prompts[s : s + batch_size], subjects[s : s + batch_size], lm.device)
+        cm = capture_input(module, stop=True) if use_input else capture_output(module, stop=True)
+        with cm as store:
+            try:
+                lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+            except StopForward:
+                pass
+        h = store[0]  # (b, t, d)
+        out.append(h[torch.arange(h.shape[0], device=h.device), b.subject_last])
+    return torch.cat(out)
+
+
+def compute_keys(lm: LoadedModel, requests: list[Request], layer: int, templates: list[str],
+                 batch_size: int = 64) -> torch.Tensor:
+    """k_j at ``layer``: ½ the bare prompt's key + ½ the mean over the context-prefixed prompts. (n, d_k)."""
+    prompts, subjects = _rows(requests, templates)
+    k = _at_subject(lm, prompts, subjects, lm.spec.down_name(layer), True, batch_size)
+    k = k.view(len(requests), len(templates), -1)  # (n, T, d_k); template 0 is the bare "{}"
+    if len(templates) == 1:
+        return k[:, 0]
+    return 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)
+
+
+def block_outputs(lm: LoadedModel, requests: list[Request], layer: int, batch_size: int = 64) -> torch.Tensor:
+    """h_j: output of decoder block ``layer`` at the subject's last token of the bare prompt. (n, d_v)."""
+    prompts = [r.prompt for r in requests]
+    subjects = [r.subject for r in requests]
+    return _at_subject(lm, prompts, subjects, lm.spec.block_name(layer), False, batch_size)

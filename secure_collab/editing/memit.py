@@ -1,0 +1,117 @@
+"""MEMIT over parties: per-party statistics, their combination (collaborative or merged), sequential/oneshot.
+
+This is the single-machine simulation of a session and the Global-Edit reference: ``method="global"`` is one
+party holding every request. The networked session calls the same ``party_layer_stats`` and ``solve_update``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from secure_collab.data.requests import Request
+from secure_collab.editing.hparams import MemitHParams
+from secure_collab.editing.keys import block_outputs, compute_keys
+from secure_collab.editing.merges import MERGES
+from secure_collab.editing.solve import solve_update
+from secure_collab.editing.statistics import LayerStats, layer_statistics, sum_stats
+from secure_collab.editing.targets import TargetResult, compute_targets
+from secure_collab.models.loading import LoadedModel
+from secure_collab.models.specs import add_to_down_weight, down_weight
+
+METHODS = ("global", "collab", "ta", "sa", "ties")
+
+
+def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
+                      templates: list[str]) -> LayerStats:
+    """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*."""
+    i = hp.layers.index(layer)
+    keys = compute_keys(lm, requests, layer, templates)  # (n, d_k)
+    cur = block_outputs(lm, requests, hp.layers[-1])  # (n, d_v) at the last edited layer
+    resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
+    return layer_statistics(keys, resid)
+
+
+def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float) -> torch.Tensor:
+    """ΔW (d_v, d_k) float64 from the parties' statistics by ``method``."""
+    if method in ("global", "collab"):
+        total = sum_stats(stats)
+        return solve_update(total.b, total.g, cov, lam)
+    if method in MERGES:
+        return MERGES[method]([solve_update(s.b, s.g, cov, lam) for s in stats])
+    raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+
+
+@dataclass
+class EditOutcome:
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> applied ΔW (d_v, d_k) float64
+    targets: list[TargetResult] = field(default_factory=list)  # per party
+
+
+def snapshot(lm: LoadedModel, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    return {layer: down_weight(lm.model, lm.spec, layer).detach().clone() for layer in layers}
+
+
+def restore(lm: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for layer, w in saved.items():
+            down_weight(lm.model, lm.spec, layer).copy_(w)
+
+
+def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, covs: dict[int, torch.Tensor],
+             method: str, templates: list[str], progress: Callable[[str], None] | None = None,
+             targets: list[TargetResult] | None = None) -> EditOutcome:
+    """Edit ``lm`` in place with every party's requests; returns the applied ΔW per layer.
+
+    ``targets`` (one per non-empty party, in order) skips the target optimisation: for sweeps over λ, whose
+    targets are the same. They must come from the unedited model and the same last edited layer.
+    """
+    if method == "global":
+        parties = [[r for p in parties for r in p]]
+    parties = [p for p in parties if p]
+    say = progress or (lambda _msg: None)
+    out = EditOutcome()
+    if targets is not None:
+        if [len(t.z) for t in targets] != [len(p) for p in parties]:
+            raise ValueError("precomputed targets do not match the parties' requests")
+        out.targets = list(targets)
+    for k, reqs in enumerate(parties if targets is None else []):
+        say(f"targets: party {k + 1}/{len(parties)} ({len(reqs)} requests)")
+        out.targets.append(compute_targets(lm, reqs, hp, templates))
+    zs = [t.z for t in out.targets]
+    if hp.variant == "sequential":
+        for layer in hp.layers:
+            say(f"layer {layer}: statistics and solve")
+            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates) for reqs, z in zip(parties, zs, strict=True)]
+            delta = combine(method, stats, covs[layer], hp.mom2_update_weight)
+            add_to_down_weight(lm.model, lm.spec, layer, delta)
+            out.deltas[layer] = delta
+    else:  # oneshot: every layer's statistics from the unedited model, one aggregation
+        say("all layers: statistics on the unedited model")
+        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates)
+                             for reqs, z in zip(parties, zs, strict=True)] for layer in hp.layers}
+        for layer in hp.layers:
+            out.deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight)
+        for layer, delta in out.deltas.items():
+            add_to_down_weight(lm.model, lm.spec, layer, delta)
+    return out
+
+
+def rel_diff(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
+    """Largest over layers of ‖a − b‖_F / ‖b‖_F."""
+    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-300)) for k in b)
+
+
+def split_parties(requests: list[Request], n: int) -> list[list[Request]]:
+    """Contiguous, near-equal shares of the requests (party k gets the k-th block)."""
+    if n < 1:
+        raise ValueError("at least one party")
+    q, r = divmod(len(requests), n)
+    out, s = [], 0
+    for k in range(n):
+        e = s + q + (1 if k < r else 0)
+        out.append(requests[s:e])
+        s = e
+    return out

@@ -1,0 +1,192 @@
+"""Target vectors z*: MEMIT's compute_z, batched over requests, replaying only the layers above the edit.
+
+For each request j a vector δ_j is added to the residual stream at the output of the last edited layer, at the
+subject's last token, in every rewriting prompt (context template + prompt + target_new[:-1]) and in the KL
+prompt ("{subject} is a"). δ_j minimises NLL(target_new) + kl_factor·KL(current ‖ initial) on the KL prompt
++ weight decay, with Adam, a norm clamp and an early stop, exactly as MEMIT does one request at a time.
+
+The losses of different requests share nothing but the batch: the gradient of their sum w.r.t. δ_j is the
+gradient of request j's own loss, and a request that reaches the early-stop loss is frozen while the others go
+on. The hidden states up to the edited layer are computed once; each step runs only the blocks above it,
+with the arguments (masks, rotary embeddings) captured from that one full forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from secure_collab.data.requests import Request
+from secure_collab.editing.hparams import MemitHParams
+from secure_collab.editing.tokens import encode, with_context
+from secure_collab.models.loading import LoadedModel
+
+
+@dataclass
+class TargetResult:
+    z: torch.Tensor  # (n, d_v) optimised residual-stream targets at the last edited layer
+    z_init: torch.Tensor  # (n, d_v) the unedited states
+    loss: list[float]  # final total loss per request
+    nll: list[float]  # final NLL of target_new per request (mean per token, mean over prompts)
+    steps: list[int]  # optimisation steps taken per request
+
+    @property
+    def residual_norm(self) -> list[float]:
+        return (self.z - self.z_init).norm(dim=1).tolist()
+
+
+@dataclass
+class _Prepared:
+    input_ids: torch.Tensor  # (b, t)
+    attention_mask: torch.Tensor  # (b, t)
+    owner: torch.Tensor  # (b,) request index of each row
+    lookup: torch.Tensor  # (b,) subject-last position (where δ is added)
+    tgt_row: torch.Tensor  # (m,) rows of target-token predictions
+    tgt_pos: torch.Tensor  # (m,) positions predicting them
+    tgt_id: torch.Tensor  # (m,) the target token ids
+    tgt_weight: torch.Tensor  # (m,) 1 / (n_target_tokens · n_rewrite_prompts) for the request
+    kl_rows: torch.Tensor  # (n,) one KL row per request
+    bare_rows: torch.Tensor  # (n,) the bare-prompt rewriting row per request (for z_init)
+
+
+def _prepare(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str]) -> _Prepared:
+    tok, dev = lm.tokenizer, lm.device
+    prompts, subjects, owner, kinds = [], [], [], []
+    target_ids = []
+    for j, r in enumerate(requests):
+        ids = tok(" " + r.target_new, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"target_new {r.target_new!r} tokenises to nothing")
+        target_ids.append(ids)
+        for c in templates:
+            prompts.append(with_context(c, r.prompt))
+            subjects.append(r.subject)
+            owner.append(j)
+            kinds.append("rewrite")
+        prompts.append(hp.kl_prompt)
+        subjects.append(r.subject)
+        owner.append(j)
+        kinds.append("kl")
+    b = encode(tok, prompts, subjects, torch.device("cpu"))
+    # append target_new[:-1] after each rewriting prompt's last real token
+    extra = max(len(t) for t in target_ids) - 1
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    n_rows, t0 = b.input_ids.shape
+    ids = torch.full((n_rows, t0 + extra), pad_id, dtype=torch.long)
+    mask = torch.zeros((n_rows, t0 + extra), dtype=torch.long)
+    ids[:, :t0], mask[:, :t0] = b.input_ids, b.attention_mask
+    tgt_row, tgt_pos, tgt_id, tgt_w = [], [], [], []
+    n_rewrite = len(templates)
+    for row in range(n_rows):
+        if kinds[row] != "rewrite":
+            continue
+        tids = target_ids[owner[row]]
+        length = int(b.lengths[row])
+        ids[row, length : length + len(tids) - 1] = torch.tensor(tids[:-1], dtype=torch.long)
+        mask[row, length : length + len(tids) - 1] = 1
+        for k, t in enumerate(tids):  # position length-1+k predicts target token k
+            tgt_row.append(row)
+            tgt_pos.append(length - 1 + k)
+            tgt_id.append(t)
+            tgt_w.append(1.0 / (len(tids) * n_rewrite))
+    kl_rows = [i for i, k in enumerate(kinds) if k == "kl"]
+    bare_rows = [i for i, k in enumerate(kinds) if k == "rewrite" and (i % (n_rewrite + 1)) == 0]
+
+    def t(x, dtype=torch.long):
+        return torch.tensor(x, dtype=dtype, device=dev)
+
+    return _Prepared(ids.to(dev), mask.to(dev), t(owner), b.subject_last.to(dev), t(tgt_row), t(tgt_pos),
+                     t(tgt_id), t(tgt_w, torch.float64), t(kl_rows), t(bare_rows))
+
+
+class _UpperStack:
+    """Replays the decoder blocks above ``layer`` from captured per-block arguments, then norm + unembedding."""
+
+    def __init__(self, lm: LoadedModel, layer: int, p: _Prepared):
+        from secure_collab.models.specs import n_layers
+
+        model, spec = lm.model, lm.spec
+        self.blocks = [model.get_submodule(spec.block_name(i)) for i in range(layer + 1, n_layers(model, spec))]
+        self.norm = model.get_submodule(spec.final_norm)
+        self.unembed = model.get_submodule(spec.unembed)
+        self.args: list[tuple] = []
+        store: dict[int, tuple] = {}
+        handles = []
+        for i, blk in enumerate(self.blocks):
+            def pre(_m, args, kwargs, i=i):
+                store[i] = (args[1:], dict(kwargs))
+            handles.append(blk.register_forward_pre_hook(pre, with_kwargs=True))
+        here = model.get_submodule(spec.block_name(layer))
+        outs: list[torch.Tensor] = []
+        handles.append(here.register_forward_hook(lambda _m, _a, o: outs.append(o[0] if isinstance(o, tuple) else o)))
+        try:
+            with torch.no_grad():
+                model(input_ids=p.input_ids, attention_mask=p.attention_mask, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        self.h0 = outs[0].detach()  # (b, t, d_v) residual stream after the edited layer
+        self.args = [store[i] for i in range(len(self.blocks))]
+
+    def log_probs(self, h: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        for blk, (args, kwargs) in zip(self.blocks, self.args, strict=True):
+            out = blk(h, *args, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        sel = self.norm(h[rows, pos])  # only the positions the loss reads
+        return torch.log_softmax(self.unembed(sel).float(), dim=-1)  # (m, vocab)
+
+
+def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
+                    progress: bool = False) -> TargetResult:
+    """Optimise z*_j for all requests at once on the model as it is now."""
+    layer = hp.layers[-1]
+    p = _prepare(lm, requests, hp, templates)
+    up = _UpperStack(lm, layer, p)
+    n = len(requests)
+    z_init = up.h0[p.bare_rows, p.lookup[p.bare_rows]]  # (n, d_v)
+    delta = torch.zeros_like(z_init, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    active = torch.ones(n, dtype=torch.bool, device=z_init.device)
+    steps = torch.zeros(n, dtype=torch.long)
+    max_norm = hp.clamp_norm_factor * z_init.norm(dim=1)  # (n,)
+    rows_all = torch.arange(p.input_ids.shape[0], device=z_init.device)
+    read_rows = torch.cat([p.tgt_row, p.kl_rows])
+    read_pos = torch.cat([p.tgt_pos, p.lookup[p.kl_rows]])
+    m = len(p.tgt_row)
+    kl_init = None
+    loss_j = nll_j = torch.zeros(n)
+    it_range = range(hp.v_num_grad_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it_range = tqdm(it_range, desc=f"targets ({n} requests)", leave=False)
+    for it in it_range:
+        h = up.h0.index_put((rows_all, p.lookup), delta[p.owner], accumulate=True)
+        lp = up.log_probs(h, read_rows, read_pos)
+        tok_lp = lp[:m].gather(1, p.tgt_id[:, None]).squeeze(1).double()  # (m,)
+        nll_j = -torch.zeros(n, dtype=torch.float64, device=h.device).index_add(
+            0, p.owner[p.tgt_row], tok_lp * p.tgt_weight)
+        kl_lp = lp[m:]  # (n, vocab) at the subject in "{subject} is a"
+        if kl_init is None:
+            kl_init = kl_lp.detach()
+        kl_j = (kl_lp.exp() * (kl_lp - kl_init)).sum(1).double()  # KL(current ‖ initial), as MEMIT
+        wd_j = hp.v_weight_decay * (delta.norm(dim=1) / z_init.norm(dim=1) ** 2).double()
+        loss_j = nll_j + hp.kl_factor * kl_j + wd_j
+        with torch.no_grad():
+            active &= loss_j.detach() >= hp.v_loss_early_stop
+        if not bool(active.any()) or it == hp.v_num_grad_steps - 1:
+            break
+        opt.zero_grad()
+        (loss_j * active).sum().backward()
+        before = delta.detach().clone()
+        opt.step()
+        with torch.no_grad():
+            delta[~active] = before[~active]  # frozen requests keep their δ (Adam momentum would move them)
+            steps[active.cpu()] += 1
+            norms = delta.norm(dim=1)
+            scale = torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))
+            delta.mul_(scale[:, None])
+    z = (z_init + delta).detach()
+    return TargetResult(z=z, z_init=z_init.detach(), loss=loss_j.detach().tolist(), nll=nll_j.detach().tolist(),
+                        steps=steps.tolist())

@@ -1,0 +1,40 @@
+"""Protection of per-layer statistics: ``ckks`` (TenSEAL), ``shares`` (Z_2^64 masks), ``plain`` (none).
+
+Use ``get_scheme(mode)`` with the mode named explicitly; there is no default, so ``plain`` is only ever
+used when asked for. The life cycle is documented in ``base``.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    Accumulator,
+    Payload,
+    ProtectionError,
+    ProtectionParams,
+    ProtectionScheme,
+    SolverKeys,
+    StatContext,
+)
+from .encoding import pack_symmetric, triangle_size, unpack_symmetric
+
+MODES = ("ckks", "shares", "plain")
+
+
+def get_scheme(mode: str) -> ProtectionScheme:
+    """The scheme for ``mode`` ("ckks" | "shares" | "plain"), dispatched through a fixed table."""
+    from .ckks import CkksScheme
+    from .plain import PlainScheme
+    from .shares import SharesScheme
+
+    table: dict[str, type[ProtectionScheme]] = {
+        "ckks": CkksScheme, "shares": SharesScheme, "plain": PlainScheme,
+    }
+    if mode not in table:
+        raise ProtectionError(f"unknown protection mode {mode!r}; choose one of {', '.join(MODES)}")
+    return table[mode]()
+
+
+__all__ = [
+    "MODES", "Accumulator", "Payload", "ProtectionError", "ProtectionParams", "ProtectionScheme",
+    "SolverKeys", "StatContext", "get_scheme", "pack_symmetric", "triangle_size", "unpack_symmetric",
+]

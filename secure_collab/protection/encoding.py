@@ -1,0 +1,97 @@
+"""Value encoding shared by all modes: upper-triangle packing, validation, fixed point over Z_2^64."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import ProtectionError, StatContext
+
+# |sum of max_parties encoded values| must stay below 2^63 (two's complement int64 viewed as uint64).
+_HEADROOM_BITS = 63
+
+
+def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
+    """Upper triangle (diagonal included), row-major, of a symmetric (d, d) matrix -> (d(d+1)/2,)."""
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ProtectionError(f"expected a square matrix, got shape {matrix.shape}")
+    rows, cols = np.triu_indices(matrix.shape[0])
+    return np.ascontiguousarray(matrix[rows, cols])
+
+
+def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse of ``pack_symmetric``: a full symmetric (dim, dim) matrix."""
+    if packed.shape != (dim * (dim + 1) // 2,):
+        raise ProtectionError(f"packed triangle of dim {dim} needs {dim * (dim + 1) // 2} values")
+    out = np.zeros((dim, dim), dtype=packed.dtype)
+    rows, cols = np.triu_indices(dim)
+    out[rows, cols] = packed
+    out[cols, rows] = packed
+    return out
+
+
+def triangle_size(dim: int) -> int:
+    return dim * (dim + 1) // 2
+
+
+def check_values(values: np.ndarray, bound: float, ctx: StatContext, n_values: int | None = None) -> None:
+    """Refuse anything but a flat, finite float64 vector whose entries are within ``bound``."""
+    where = f"statistic {ctx.statistic!r} of layer {ctx.layer}"
+    if not isinstance(values, np.ndarray):
+        raise ProtectionError(f"{where}: expected a numpy array, got {type(values).__name__}")
+    if values.dtype != np.float64:
+        raise ProtectionError(f"{where}: expected dtype float64, got {values.dtype}")
+    if values.ndim != 1:
+        raise ProtectionError(f"{where}: expected a flat vector, got shape {values.shape}")
+    if n_values is not None and values.shape[0] != n_values:
+        raise ProtectionError(f"{where}: expected {n_values} values, got {values.shape[0]}")
+    if values.size == 0:
+        raise ProtectionError(f"{where}: empty statistic")
+    peak = float(np.max(np.abs(values)))  # NaN propagates through max; Inf is the max
+    if not math.isfinite(peak):
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ProtectionError(f"{where}: non-finite value {values[bad]} at index {bad}")
+    if peak > bound:
+        at = int(np.argmax(np.abs(values)))
+        raise ProtectionError(
+            f"{where}: |value| {peak:.6g} at index {at} exceeds the declared bound {bound:.6g}"
+        )
+
+
+def check_bound(bound: float, max_parties: int, min_parties: int) -> None:
+    if not (isinstance(bound, int | float) and math.isfinite(bound) and bound > 0):
+        raise ProtectionError(f"bound must be a finite positive number, got {bound!r}")
+    if not (isinstance(max_parties, int) and max_parties >= 1):
+        raise ProtectionError(f"max_parties must be a positive integer, got {max_parties!r}")
+    if not (isinstance(min_parties, int) and 2 <= min_parties <= max_parties):
+        raise ProtectionError(
+            f"min_parties must be an integer in [2, max_parties={max_parties}], got {min_parties!r}"
+        )
+
+
+def fixed_point_bits(bound: float, max_parties: int) -> int:
+    """Fractional bits f such that max_parties * (bound * 2^f + 1/2) < 2^63: the 64-bit headroom, used.
+
+    With ceil(log2(P * bound)) integer bits and f = 62 - that, P * bound * 2^f <= 2^62, so even with
+    each party's rounding (<= 1/2) the exact sum of P encodings stays inside int64: no wraparound of the
+    true sum, so the uint64 sum decodes exactly. This is the setup-time overflow proof.
+    """
+    int_bits = math.ceil(math.log2(max_parties * bound))
+    frac = _HEADROOM_BITS - 1 - int_bits
+    if frac > 1000:  # 2^f must stay a finite float64
+        raise ProtectionError(f"bound {bound!r} is too small to encode")
+    assert max_parties * (bound * 2.0**frac + 0.5) < 2.0**_HEADROOM_BITS
+    return frac
+
+
+def encode_fixed(values: np.ndarray, frac_bits: int) -> np.ndarray:
+    """float64 -> round(x * 2^f) as two's complement in uint64 (values already checked against bound)."""
+    scaled = np.ldexp(values, frac_bits)  # exact: multiplication by a power of two
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int64).view(np.uint64)
+
+
+def decode_fixed(encoded: np.ndarray, frac_bits: int) -> np.ndarray:
+    """uint64 two's complement -> float64 (one rounding, to 53 bits, in the int64 -> float64 step)."""
+    return np.ldexp(encoded.view(np.int64).astype(np.float64), -frac_bits)

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny seeded models (float64, so exactness tests see protocol error, not float32 noise)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tests run beside other processes on a 2-core machine
+
+
+@pytest.fixture(scope="session", params=["tiny-gpt2", "tiny-llama"])
+def tiny(request):
+    from secure_collab.models import load_model
+
+    return load_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def capitals():
+    from secure_collab.data.requests import Request
+
+    rows = [("France", "Paris", "Rome"), ("Germany", "Berlin", "Madrid"), ("Italy", "Rome", "Oslo"),
+            ("Spain", "Madrid", "Paris"), ("Japan", "Tokyo", "Lima"), ("Peru", "Lima", "Tokyo"),
+            ("Norway", "Oslo", "Cairo")]
+    return [Request(subject=c, prompt="The capital of {} is", target_new=n, target_true=t, case_id=str(i))
+            for i, (c, t, n) in enumerate(rows)]
+
+
+def random_spd(d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, 4 * d, generator=g, dtype=torch.float64)
+    return a @ a.T / (4 * d)

@@ -1,0 +1,52 @@
+"""The embedded model end to end: GGUF conversion, real keys and targets, and an edit that takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from secure_collab.data.requests import Request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from secure_collab.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+def test_embedded_model_is_llama_with_the_documented_sizes(smol):
+    from secure_collab.models.specs import down_weight
+
+    assert smol.spec.family == "llama"
+    assert tuple(down_weight(smol.model, smol.spec, 3).shape) == (576, 1536)
+    assert smol.model.config.num_hidden_layers == 30
+
+
+def test_two_party_edit_of_capitals_takes_and_equals_global(smol, tmp_path):
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.editing.hparams import DEFAULTS
+    from secure_collab.editing.memit import rel_diff, restore, run_edit, snapshot
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.evaluation import evaluate
+
+    reqs = [Request(subject="France", prompt="The capital of {} is", target_new="Rome", target_true="Paris",
+                    paraphrase_prompts=("The capital city of France is",)),
+            Request(subject="Germany", prompt="The capital of {} is", target_new="Madrid", target_true="Berlin")]
+    hp = DEFAULTS["smollm2-135m"].with_(mom2_tokens=4000)
+    covs = layer_covariances(smol, hp.layers, tokens=hp.mom2_tokens, cache=tmp_path, progress=False)
+    templates = context_templates(smol, hp.n_templates, hp.template_length, hp.template_seed, tmp_path)
+    pre = evaluate(smol, reqs)
+    assert pre.efficacy == 0.0  # the model knows the true capitals
+    saved = snapshot(smol, hp.layers)
+    try:
+        ref = run_edit(smol, [reqs], hp, covs, "global", templates)
+        restore(smol, saved)
+        collab = run_edit(smol, [reqs[:1], reqs[1:]], hp, covs, "collab", templates)
+        post = evaluate(smol, reqs)
+    finally:
+        restore(smol, saved)
+    assert post.efficacy == 1.0
+    assert post.generalization == 1.0
+    assert rel_diff(collab.deltas, ref.deltas) < 1e-4  # float32 model: batch-composition noise only
