@@ -75,6 +75,7 @@ class Coordinator(Handlers):
         self.abort_reason = ""
         self.outcome = Outcome(False, "")
         self.welcomed: set[str] = set()  # peers whose current connection has been welcomed
+        self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
             MsgType.RELEASE: self._on_release, MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
@@ -246,6 +247,12 @@ class Coordinator(Handlers):
         if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
             self.routes[name] = route
             self.welcomed.discard(name)
+            self.last_seq[name] = 0
+        if msg.seq <= self.last_seq[name]:  # one connection delivers in order: this was replayed
+            self._refuse(name, route, msg, f"sequence number {msg.seq} is not above {self.last_seq[name]} "
+                         "(replayed or reordered)", digest, nbytes)
+            return
+        self.last_seq[name] = msg.seq
         inbound = Inbound(msg, name, route, raw, nbytes, digest)
         try:
             self._check(inbound)

@@ -15,7 +15,8 @@ Header keys (all required):
     stat     str    statistic: "G" (upper triangle of K Kᵀ), "B" (R Kᵀ) or ""
     sender   str    the sender's roster name, informational only: a receiver identifies a peer by
                     its authenticated CURVE key, and refuses a message whose claim differs
-    seq      int    per-sender sequence number (monotonic within one process)
+    seq      int    per-sender sequence number, strictly increasing on one connection (ZeroMQ keeps
+                    a connection's order, so the coordinator refuses a repeat as a replay)
     config   str    hex sha256 of the session configuration (``SessionConfig.digest``)
     digests  list   hex sha256 of each payload frame, in order; len(digests) == n
     body     map    type-specific fields, checked against ``BODY_SCHEMA``

@@ -71,9 +71,8 @@ def _one_chunk(client, request):
     payload = PlainSumScheme().protect(np.ones(s.chunk_values), ctx, b"")
     body = {"attempt": request.body["attempt"], "chunk": 0, "n_chunks": s.n_chunks("G"), "offset": 0,
             "count": s.chunk_values, "payload": dict(payload.header)}
-    frames = client.msg(MsgType.CONTRIB, 0, 1, "G", body, payload.frames).to_frames()
-    client.send(frames)
-    client.send(frames)  # the same chunk again
+    for _ in range(2):  # the same chunk twice, each time in a fresh, well-formed message
+        client.send(client.msg(MsgType.CONTRIB, 0, 1, "G", body, payload.frames).to_frames())
     return client.recv(MsgType.ERROR).body["reason"]
 
 

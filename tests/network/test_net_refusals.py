@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import numpy as np
 import zmq
@@ -42,18 +44,20 @@ def _bad_messages(cfg, other_cfg, client):
     good = _contrib(client, cfg)
     frames = good.to_frames()
     header = msgpack.unpackb(frames[0])
-    wrong_digest = dict(header, digests=["0" * 64])
-    wrong_version = dict(header, v=2)
     nan = np.ones(7)
     nan[3] = np.nan
-    big = [msgpack.packb(dict(header, digests=header["digests"] * 3)), frames[1], b"x" * 40000, b"y" * 40000]
+
+    def edited(**changes):  # the good header, changed, under a fresh sequence number
+        return msgpack.packb(dict(header, seq=client.seq.next(), **changes))
+
+    # built in sending order, so that sequence numbers increase as an honest sender's do
     return {
         "truncated": [frames[0]],
         "short payload": client.msg(MsgType.CONTRIB, 0, 1, "G", good.body,
                                     (np.ones(3).tobytes(),)).to_frames(),
-        "oversized": big,
-        "wrong digest": [msgpack.packb(wrong_digest), frames[1]],
-        "wrong version": [msgpack.packb(wrong_version), frames[1]],
+        "oversized": [edited(digests=header["digests"] * 3), frames[1], b"x" * 40000, b"y" * 40000],
+        "wrong digest": [edited(digests=["0" * 64]), frames[1]],
+        "wrong version": [edited(v=2), frames[1]],
         "garbage header": [b"\xc1\xff\x00", frames[1]],
         "wrong session": _contrib(client, other_cfg, session=other_cfg.session.id,
                                   config=other_cfg.digest).to_frames(),
@@ -61,13 +65,14 @@ def _bad_messages(cfg, other_cfg, client):
         "wrong layer": _contrib(client, cfg, layer=2).to_frames(),
         "wrong round": _contrib(client, cfg, round_=1).to_frames(),
         "stale attempt": _contrib(client, cfg, attempt=5).to_frames(),
-        "bad chunking": [msgpack.packb(dict(header, body=dict(header["body"], offset=1))), frames[1]],
+        "bad chunking": [edited(body=dict(header["body"], offset=1)), frames[1]],
         "non-finite": _contrib(client, cfg, values=nan).to_frames(),
-        "forged sender": [msgpack.packb(dict(header, sender="a")), frames[1]],
-        "forged payload party": [msgpack.packb(dict(header, body=dict(
-            header["body"], payload=dict(header["body"]["payload"], party="a")))), frames[1]],
+        "forged sender": [edited(sender="a"), frames[1]],
+        "forged payload party": [edited(body=dict(
+            header["body"], payload=dict(header["body"]["payload"], party="a"))), frames[1]],
         "wrong type": client.msg(MsgType.RELEASE, 0, 1, body={
             "attempt": 0, "shape": [4, 6], "dtype": "<f8", "sha256": "0" * 64, "parties": []}).to_frames(),
+        "replayed": frames,  # a well-formed message, byte for byte again
     }
 
 
@@ -88,6 +93,7 @@ EXPECTED = {
     "forged sender": "sender claims 'a'",
     "forged payload party": "payload claims party 'a'",
     "wrong type": "not accepted from c",
+    "replayed": "sequence number",
 }
 
 
@@ -124,19 +130,23 @@ def test_bad_contributions_are_refused_and_session_completes(tmp_path):
 
 
 class ReplayingParty(Party):
-    """An authenticated party that replays its round-0 contributions in round 1 (then behaves)."""
+    """An authenticated party that, in round 1, replays its round-0 contributions twice: byte for byte,
+    then re-numbered so the sequence check passes (then behaves)."""
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.round0: list[list[bytes]] = []
+        self.round0: list = []
 
     def _send(self, msg):
         if msg.type is MsgType.CONTRIB and msg.round == 0:
-            self.round0.append(msg.to_frames())
+            self.round0.append(msg)
         if msg.type is MsgType.CONTRIB and msg.round == 1 and self.round0:
-            for frames in self.round0:
-                self.sock.send_multipart(frames)
+            for old in self.round0:
+                self.sock.send_multipart(old.to_frames())
+            for old in self.round0:
+                self.sock.send_multipart(dataclasses.replace(old, seq=self.seq.next()).to_frames())
             self.round0 = []
+            msg = dataclasses.replace(msg, seq=self.seq.next())  # numbered after the replays
         return super()._send(msg)
 
 
@@ -152,7 +162,9 @@ def test_replay_from_earlier_round_is_refused(tmp_path):
     assert run.outcome.ok, run.outcome.reason
     refusals = run.extra["c"].refusals
     n_chunks = cfg.session.n_chunks("G") + cfg.session.n_chunks("B")
-    assert len(refusals) == n_chunks and all("round 0 is not open" in r for r in refusals)
+    assert len(refusals) == 2 * n_chunks
+    assert all("sequence number" in r for r in refusals[:n_chunks])
+    assert all("round 0 is not open" in r for r in refusals[n_chunks:])
     ref = reference_deltas(cfg, ["a", "b", "c"])
     for key, delta in ref.items():
         np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
