@@ -1,4 +1,4 @@
-"""The real protection schemes drop into the session (runs once secure_collab.protection is merged)."""
+"""The real protection schemes in a networked session: ΔW against the single-process one."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 from network_doubles import make_config, reference_deltas, run_session
 
-try:
-    from secure_collab.protection import get_scheme
-except ImportError:  # the protection layer is on its own branch until merged
-    pytest.skip("secure_collab.protection.get_scheme is not available yet", allow_module_level=True)
+from secure_collab.protection import get_scheme
 
 
 @pytest.mark.parametrize("mode, tolerance", [("plain", 1e-12), ("shares", 1e-12), ("ckks", 1e-6)])
