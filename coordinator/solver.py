@@ -77,6 +77,7 @@ class Solver:
         self.pending: dict[tuple[int, int], _Pending] = {}
         self.released_parties = self._load_released()
         self.result = SolverResult()
+        self.ended = False
 
     def run(self) -> SolverResult:
         params = ProtectionParams(mode=self.s.mode, max_parties=len(self.cfg.roster.parties),
@@ -92,7 +93,8 @@ class Solver:
             if self._own_ctx:
                 stack.callback(self.ctx.term)
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
-            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            # after END nothing we still queue matters (the coordinator is gone): do not wait for it
+            stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, signature)))
         return self.result
 
@@ -118,6 +120,7 @@ class Solver:
                     raise ProtocolError("wrong session or configuration digest")
                 if msg.type is MsgType.END:
                     self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
+                    self.ended = True
                     return
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)

@@ -72,6 +72,7 @@ class Party:
         self.cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self.sent: set[tuple[int, tuple[int, ...], int]] = set()
         self.result = PartyResult()
+        self.ended = False
         self.handlers = {MsgType.SETUP: self._on_setup, MsgType.REQUEST: self._on_request,
                          MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error}
 
@@ -81,7 +82,8 @@ class Party:
             if self._own_ctx:
                 stack.callback(self.ctx.term)
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
-            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            # after END nothing we still queue matters (the coordinator is gone): do not wait for it
+            stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             try:
                 self._loop()
             except Fatal as exc:
@@ -113,6 +115,7 @@ class Party:
                 continue
             if msg.type is MsgType.END:
                 self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
+                self.ended = True
                 return
             handler = self.handlers.get(msg.type)
             if handler is None:

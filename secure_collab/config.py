@@ -29,7 +29,7 @@ Example (every field of [session] is bound into each message through ``Config.di
     max_message_bytes = 67108864   # per message, checked before decoding (libzmq MAXMSGSIZE per frame)
     max_frames = 1024
     hwm = 1000
-    linger_ms = 1000
+    linger_ms = 10000              # on close, time to flush what is queued (the last ΔW and END)
     send_timeout_s = 10.0          # a send blocked this long (peer's queue full) counts as failed
     request_in_turn = false        # ask parties for statistics one at a time (shared cores)
 
@@ -100,7 +100,7 @@ class NetworkConfig:
     max_message_bytes: int = 64 << 20
     max_frames: int = 1024
     hwm: int = 1000
-    linger_ms: int = 1000
+    linger_ms: int = 10000
     send_timeout_s: float = 10.0
     request_in_turn: bool = False
 

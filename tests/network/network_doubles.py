@@ -164,7 +164,7 @@ def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_d
                     "chunk_values": 7, "variant": "sequential", "rounds": 1, **session},
         "network": {"coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": 20.0,
                     "stage_timeout_s": 20.0, "solve_timeout_s": 20.0, "heartbeat_s": 0.1,
-                    "max_message_bytes": 1 << 16, "linger_ms": 0, **(network or {})},
+                    "max_message_bytes": 1 << 16, "linger_ms": 5000, **(network or {})},
         "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
                   "solver_state": "solver"},
     }
@@ -226,8 +226,13 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     for name, fn in (extra or {}).items():
         th.start(name, fn)
     th.join(timeout)
-    return SessionRun(th.results["coordinator"], th.results["solver"], {n: th.results[n] for n in engines},
-                      engines, {n: th.results.get(n) for n in (extra or {})})
+    run = SessionRun(th.results["coordinator"], th.results["solver"], {n: th.results[n] for n in engines},
+                     engines, {n: th.results.get(n) for n in (extra or {})})
+    if run.outcome.ok:  # every honest party heard the end and applied every release
+        for name, result in run.parties.items():
+            assert result.ok, (name, result.reason)
+            assert set(result.applied) == set(run.outcome.releases), name
+    return run
 
 
 class RawClient:
