@@ -176,6 +176,8 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
             raise ConfigError(f"session.{key} must be >= 1")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
+    if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW
+        raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)")
 
 
 def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,

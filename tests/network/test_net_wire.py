@@ -109,7 +109,8 @@ def test_config_paths_digest_and_validation(tmp_path):
     base = {"session": {"id": "x", "mode": "plain", "layers": [1], "d_k": 2, "d_v": 2},
             "paths": {"roster": str(tmp_path / "keys" / "roster.toml")}}
     for change, reason in [({"mode": "rot13"}, "mode"), ({"layers": [2, 1]}, "ascending"),
-                           ({"bogus": 1}, "unknown"), ({"min_parties": 0}, "min_parties")]:
+                           ({"bogus": 1}, "unknown"), ({"min_parties": 0}, "min_parties"),
+                           ({"d_k": 4096, "d_v": 4096}, "hold one ΔW")]:
         with pytest.raises(ConfigError, match=reason):
             config_from_dict({**base, "session": {**base["session"], **change}}, tmp_path)
 
