@@ -100,7 +100,8 @@ class Solver:
 
     def _loop(self, hello: Any) -> None:
         net = self.cfg.network
-        idle_limit = net.join_timeout_s + net.stage_timeout_s + net.solve_timeout_s
+        # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
+        idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
         transport.send(self.sock, hello())
         last = time.monotonic()
         limits = transport.limits_for(net)

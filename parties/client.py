@@ -93,7 +93,8 @@ class Party:
 
     def _loop(self) -> None:
         net = self.cfg.network
-        idle_limit = net.join_timeout_s + net.stage_timeout_s + net.solve_timeout_s
+        # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
+        idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
         limits = transport.limits_for(net)
         hello = {"role": "party", "public": False}
         self._send(self._msg(MsgType.HELLO, body=hello))
