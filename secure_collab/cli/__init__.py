@@ -16,6 +16,11 @@ COMMANDS: dict[str, str] = {
     "edit": "edit",
     "stats": "stats",
     "protection-check": "protection_check",
+    "keys": "keys",
+    "ledger": "ledger",
+    "coordinator": "coordinator",
+    "solver": "solver",
+    "party": "party",
 }
 
 

@@ -1,0 +1,348 @@
+"""The coordinator: a CurveZMQ ROUTER that admits roster keys only, adds protected chunks into running
+sums without reading them, hands aggregates to the solver and relays its signed releases to the parties.
+
+Every inbound message is logged to the ledger as accepted or refused (with the reason, which is also sent
+back to the sender in an ERROR message); a refused message never stops the session. A restarted
+coordinator resumes from the ledger: released steps are skipped (their releases re-sent to rejoining
+parties, who ignore duplicates) and the interrupted step is collected again under a new attempt number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from coordinator.handlers import Handlers, Inbound
+from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step
+from secure_collab.config import Config
+from secure_collab.keys import CurveKeyPair, load_curve_pair
+from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.protection.base import ProtectionError, ProtectionScheme
+from secure_collab.protocol import transport
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.release import release_bytes, setup_bytes, verify
+
+ZAP_DOMAIN = "secure-collab"
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    reason: str
+    releases: dict[tuple[int, int], str] = field(default_factory=dict)  # (round, layer) -> sha256 of ΔW
+    included: dict[tuple[int, tuple[int, ...]], tuple[str, ...]] = field(default_factory=dict)
+
+
+class _RosterKeys:
+    """ZAP credentials provider: admit a CURVE client only if its public key is in the roster."""
+
+    def __init__(self, allowed: frozenset[bytes]) -> None:
+        self.allowed = allowed
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return domain == ZAP_DOMAIN and key in self.allowed
+
+
+class Coordinator(Handlers):
+    def __init__(self, config: Config, scheme: ProtectionScheme, *, ctx: zmq.Context | None = None,
+                 keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = config
+        self.s = config.session
+        self.scheme = scheme
+        self.keys = keys or load_curve_pair(config.paths.keys / "coordinator.key_secret")
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.limits = transport.limits_for(config.network)
+        self.seq = Sequencer()
+        self.routes: dict[str, bytes] = {}
+        self.public: bytes | None = None
+        self.public_sig = b""
+        self.releases: dict[tuple[int, int], StoredRelease] = {}
+        self.active: set[str] = set()
+        self.step: Step | None = None
+        self.stage = Stage.JOINING
+        self.abort_reason = ""
+        self.outcome = Outcome(False, "")
+        self.welcomed: set[str] = set()  # peers whose current connection has been welcomed
+        self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
+        self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
+            MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
+            MsgType.RELEASE: self._on_release, MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
+        }
+
+    # ---- life cycle -------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        with contextlib.ExitStack() as stack:  # closed in reverse order, whatever fails
+            if self._own_ctx:
+                stack.callback(self.ctx.term)
+            self.ledger = stack.enter_context(Ledger(self.cfg.paths.ledger))
+            auth = ThreadAuthenticator(self.ctx)
+            auth.start()
+            stack.callback(auth.stop)
+            auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys()))
+            self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
+            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            return self._session()
+        raise AssertionError("unreachable")
+
+    def _session(self) -> Outcome:
+        resume = self.ledger.resume_state(self.s.id)
+        attempts: dict[tuple[int, str], int] = {}
+        if resume is not None:
+            if resume.ended:
+                return Outcome(resume.ended == "done", f"session already {resume.ended}")
+            self.public, self.public_sig = resume.setup_public, resume.setup_signature
+            self.releases, attempts = dict(resume.releases), resume.attempts
+        if not self._join():
+            return self._end(False, self.abort_reason or "not enough parties joined before the deadline")
+        for round_, layers in self.s.steps():
+            if all((round_, lay) in self.releases for lay in layers):
+                continue
+            attempt = attempts.get((round_, json.dumps(list(layers))), -1) + 1
+            if not self._run_step(round_, layers, attempt):
+                return self._end(False, self.abort_reason)
+        return self._end(True, "session complete")
+
+    def _end(self, ok: bool, reason: str) -> Outcome:
+        self.stage = Stage.DONE if ok else Stage.ABORTED
+        if self.step is not None and self.step.stage not in (Stage.DONE, Stage.ABORTED):
+            self.step.move(self.stage)
+        self.ledger.stage_event(self.s.id, -1, (), -1, "done" if ok else "aborted", reason)
+        end = self._msg(MsgType.END, body={"ok": ok, "reason": reason})
+        for name in sorted(self.routes):
+            self._send(name, end)
+        self.outcome.ok, self.outcome.reason = ok, reason
+        self.outcome.releases = {k: r.sha256 for k, r in self.releases.items()}
+        return self.outcome
+
+    # ---- phases -----------------------------------------------------------------------------------
+    def _join(self) -> bool:
+        deadline = self.clock() + self.cfg.network.join_timeout_s
+        parties = set(self.cfg.roster.parties)
+
+        def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
+            return self.public is not None and "solver" in self.welcomed
+
+        while not (solver_ready() and self.active >= parties) and self.clock() < deadline:
+            if not self._pump(deadline):
+                return False
+        if not solver_ready():
+            self.abort_reason = "the solver did not connect before the join deadline"
+        return solver_ready() and len(self.active) >= self.s.min_parties
+
+    def _run_step(self, round_: int, layers: tuple[int, ...], attempt: int) -> bool:
+        while True:
+            step = Step(round_, layers, attempt, frozenset(self.active))
+            self.step, self.stage = step, Stage.COLLECTING
+            self.ledger.stage_event(self.s.id, round_, layers, attempt, "open",
+                                    json.dumps(sorted(self.active)))
+            if not self._collect(step):
+                return False
+            complete, partial = step.complete(self.s), step.partial(self.s)
+            left_out = sorted(step.expected - set(complete))
+            if len(complete) < self.s.min_parties:
+                self.abort_reason = (f"round {round_} layers {list(layers)}: {len(complete)} complete "
+                                     f"contributions < min_parties {self.s.min_parties} (missing {left_out})")
+                return False
+            self.active = set(complete)  # a party that dropped out is left out from now on
+            if not partial:
+                break
+            self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                    f"partial contributions from {partial}")
+            attempt += 1
+            step.move(Stage.COLLECTING)
+        return self._solve(step, left_out)
+
+    def _collect(self, step: Step) -> bool:
+        """Request the step's statistics from every expected party at once, or one party at a time
+        (``network.request_in_turn``: parties sharing a machine's cores then do not slow each other
+        down); each wait is bounded by ``stage_timeout_s``. False when the session aborts."""
+        timeout = self.cfg.network.stage_timeout_s
+        turns = ([[n] for n in sorted(step.expected)] if self.cfg.network.request_in_turn
+                 else [sorted(step.expected)])
+        for turn in turns:
+            step.requested.update(turn)
+            for name in turn:
+                self._send(name, self._request(step))
+            deadline = self.clock() + timeout
+            while not set(turn) <= set(step.complete(self.s)) and self.clock() < deadline:
+                if not self._pump(deadline):
+                    return False
+        return True
+
+    def _solve(self, step: Step, left_out: list[str]) -> bool:
+        step.included = tuple(sorted(step.expected & self.active))
+        step.move(Stage.SOLVING)
+        self.stage = Stage.SOLVING
+        self.outcome.included[(step.round, step.layers)] = step.included
+        detail = json.dumps({"included": list(step.included), "left_out": left_out})
+        self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "handoff", detail)
+        for key in sorted(step.accs):
+            self._hand_off(step, key)
+        deadline = self.clock() + self.cfg.network.solve_timeout_s
+        while len(step.released) < len(step.layers) and self.clock() < deadline:
+            if not self._pump(deadline):
+                return False
+        if len(step.released) < len(step.layers):
+            self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
+            return False
+        self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
+        return True
+
+    def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
+        layer, stat, chunk = key
+        acc = step.accs[key]
+        assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
+        agg = acc.aggregate()
+        n_values = self.s.n_values(stat)
+        offset = chunk * self.s.chunk_values
+        body = {"attempt": step.attempt, "chunk": chunk, "n_chunks": self.s.n_chunks(stat), "offset": offset,
+                "count": min(self.s.chunk_values, n_values - offset), "payload": dict(agg.header),
+                "parties": list(step.included), "n_values": n_values}
+        msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
+        self._send("solver", msg)
+        self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,
+                            sha256_hex(msg.to_frames()[0]), agg.nbytes)
+
+    # ---- receiving ----------------------------------------------------------------------------------
+    def _pump(self, deadline: float) -> bool:
+        """Handle at most one message, waiting until the deadline or a heartbeat; False when aborting."""
+        if self.stop.is_set():
+            self.abort_reason = "coordinator stopped"
+            return False
+        wait_ms = max(0, min(deadline - self.clock(), self.cfg.network.heartbeat_s)) * 1000
+        if self.sock.poll(int(wait_ms), zmq.POLLIN):
+            self._receive()
+        return not self.abort_reason
+
+    def _receive(self) -> None:
+        frames = transport.recv_raw(self.sock)
+        route, parts = frames[0].bytes, frames[1:]
+        if not parts:
+            return
+        user = parts[0].get("User-Id")
+        name = self.cfg.roster.name_for(user.encode()) if user else None
+        raw = [p.bytes for p in parts]
+        nbytes, digest = sum(len(r) for r in raw), sha256_hex(raw[0])
+        if name is None:  # unreachable while ZAP is on; never answer an unauthenticated peer
+            self.ledger.message(self.s.id, "in", "unauthenticated", "?", digest, nbytes, "refused",
+                                "no roster key")
+            return
+        try:
+            msg = Message.from_frames(raw, self.limits)
+        except ProtocolError as exc:
+            self._refuse(name, route, None, str(exc), digest, nbytes)
+            return
+        if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
+            self.routes[name] = route
+            self.welcomed.discard(name)
+            self.last_seq[name] = 0
+        if msg.seq <= self.last_seq[name]:  # one connection delivers in order: this was replayed
+            self._refuse(name, route, msg, f"sequence number {msg.seq} is not above {self.last_seq[name]} "
+                         "(replayed or reordered)", digest, nbytes)
+            return
+        self.last_seq[name] = msg.seq
+        inbound = Inbound(msg, name, route, raw, nbytes, digest)
+        try:
+            self._check(inbound)
+            self.handlers[msg.type](inbound)
+        except (ProtocolError, ProtectionError) as exc:
+            self._refuse(name, route, msg, str(exc), digest, nbytes)
+
+    def _check(self, m: Inbound) -> None:
+        """Validation common to all types, run before any handler (and so before any crypto)."""
+        msg = m.msg
+        if msg.session != self.s.id:
+            raise ProtocolError(f"wrong session {msg.session!r}")
+        if msg.config != self.cfg.digest:
+            raise ProtocolError("configuration digest mismatch")
+        if msg.sender and msg.sender != m.name:
+            raise ProtocolError(f"sender claims {msg.sender!r} but authenticated as {m.name!r}")
+        role = ROLE_OF.get(msg.type)
+        is_solver = m.name == "solver"
+        if role is None or (role == "party" and is_solver) or (role == "solver" and not is_solver):
+            raise ProtocolError(f"{msg.type.value} is not accepted from {m.name}")
+        stage = self.step.stage if self.step is not None and self.stage is not Stage.JOINING else self.stage
+        if msg.type not in ACCEPTS[stage]:
+            raise ProtocolError(f"late or unexpected {msg.type.value} in stage {stage.value}")
+
+    def _refuse(self, name: str, route: bytes, msg: Message | None, reason: str, digest: str,
+                nbytes: int) -> None:
+        kw = self._where(msg)
+        self.ledger.message(self.s.id, "in", name, msg.type.value if msg else "?", digest, nbytes,
+                            "refused", reason, **kw)
+        error = self._msg(MsgType.ERROR, body={"refused_seq": msg.seq if msg else -1, "reason": reason})
+        self._send_route(name, route, error)
+
+    @staticmethod
+    def _where(msg: Message | None) -> dict[str, Any]:
+        if msg is None:
+            return {}
+        body = msg.body
+        return {"round_": msg.round, "layer": msg.layer, "stat": msg.stat or None,
+                "chunk": body.get("chunk"), "attempt": body.get("attempt")}
+
+    def _accept(self, m: Inbound, reason: str = "") -> None:
+        self.ledger.message(self.s.id, "in", m.name, m.msg.type.value, m.digest, m.nbytes, "accepted",
+                            reason, **self._where(m.msg))
+
+    # ---- sending ------------------------------------------------------------------------------------
+    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
+             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
+        return Message(mtype, self.s.id, round_, layer, stat, "coordinator", self.seq.next(), self.cfg.digest,
+                       body or {}, tuple(frames))
+
+    def _request(self, step: Step) -> Message:
+        body = {"layers": list(step.layers), "attempt": step.attempt}
+        return self._msg(MsgType.REQUEST, step.round, body=body)
+
+    def _send(self, name: str, msg: Message) -> None:
+        route = self.routes.get(name)
+        if route is not None:
+            self._send_route(name, route, msg)
+        else:
+            self.ledger.message(self.s.id, "out", name, msg.type.value, sha256_hex(msg.to_frames()[0]),
+                                msg.nbytes, "unsent", "peer not connected", **self._where(msg))
+
+    def _send_route(self, name: str, route: bytes, msg: Message) -> None:
+        self._send_frames(name, route, msg.to_frames(), msg.type.value, self._where(msg))
+
+    def _send_frames(self, name: str, route: bytes, frames: list[Frame], mtype: str, where: dict) -> None:
+        outcome, reason = "sent", ""
+        try:
+            self.sock.send_multipart([route, *frames], copy=False)
+        except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or send timeout
+            outcome, reason = "unsent", exc.strerror or type(exc).__name__
+        self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
+                            sum(len(f) for f in frames), outcome, reason, **where)
+
+    def _verify_setup(self, public: bytes, signature: bytes) -> None:
+        verify(self.cfg.roster.signing_public(), signature, setup_bytes(self.s.id, self.cfg.digest, public),
+               "solver setup")
+
+    def _verify_release(self, msg: Message, delta: bytes, signature: bytes) -> None:
+        b = msg.body
+        data = release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
+                             b["shape"], b["sha256"], b["parties"])
+        if sha256_hex(delta) != b["sha256"]:
+            raise ProtocolError("release: ΔW bytes do not match their sha256")
+        verify(self.cfg.roster.signing_public(), signature, data, "release")
+
+
+def run_coordinator(config: Config, scheme: ProtectionScheme, *, stop: threading.Event | None = None,
+                    ctx: zmq.Context | None = None) -> Outcome:
+    """Run one session to completion (or abort) and return its outcome."""
+    return Coordinator(config, scheme, ctx=ctx, stop=stop).run()
+
+

@@ -1,0 +1,226 @@
+"""A party's network loop: join, check the solver-signed setup, send protected statistics in chunks,
+verify each signed ΔW before applying it.
+
+The engine supplies two callbacks and never sees a socket:
+
+    compute_statistics(round, layer) -> {"G": (d_k, d_k) or packed upper triangle, "B": (d_v, d_k)}
+    apply_delta(layer, delta)        # delta: (d_v, d_k) float64, already verified
+
+Statistics of a step are computed once and cached until the step's releases are applied, so a step that
+is collected again (a new attempt) is re-protected with fresh randomness but not recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from secure_collab.config import STATISTICS, Config
+from secure_collab.keys import CurveKeyPair, load_curve_pair
+from secure_collab.protection.base import ProtectionError, ProtectionScheme, StatContext
+from secure_collab.protocol import transport
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.release import decode_delta, release_bytes, setup_bytes, verify
+from secure_collab.protocol.statistics import chunk_bounds, pack_statistics
+
+
+class ComputeStatistics(Protocol):
+    def __call__(self, round: int, layer: int) -> Mapping[str, np.ndarray]: ...
+
+
+class ApplyDelta(Protocol):
+    def __call__(self, layer: int, delta: np.ndarray) -> None: ...
+
+
+class Fatal(Exception):
+    """The party stops: the coordinator sent something that must not be acted on."""
+
+
+@dataclass
+class PartyResult:
+    ok: bool = False
+    reason: str = ""
+    applied: dict[tuple[int, int], str] = field(default_factory=dict)  # (round, layer) -> sha256 of ΔW
+    refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
+    left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+
+class Party:
+    def __init__(self, config: Config, name: str, scheme: ProtectionScheme,
+                 compute_statistics: ComputeStatistics, apply_delta: ApplyDelta, *,
+                 ctx: zmq.Context | None = None, stop: threading.Event | None = None,
+                 keys: CurveKeyPair | None = None) -> None:
+        if name not in config.roster.parties:
+            raise ValueError(f"party {name!r} is not in the roster")
+        self.cfg, self.s, self.name, self.scheme = config, config.session, name, scheme
+        self.compute, self.apply = compute_statistics, apply_delta
+        self.keys = keys or load_curve_pair(config.paths.keys / f"party-{name}.key_secret")
+        self.stop = stop or threading.Event()
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.seq = Sequencer()
+        self.public: bytes | None = None
+        self.cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self.sent: set[tuple[int, tuple[int, ...], int]] = set()
+        self.result = PartyResult()
+        self.ended = False
+        self.handlers = {MsgType.SETUP: self._on_setup, MsgType.REQUEST: self._on_request,
+                         MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error}
+
+    def run(self) -> PartyResult:
+        start = time.monotonic()
+        with contextlib.ExitStack() as stack:
+            if self._own_ctx:
+                stack.callback(self.ctx.term)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            # after END nothing we still queue matters (the coordinator is gone): do not wait for it
+            stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
+            try:
+                self._loop()
+            except Fatal as exc:
+                self.result.ok, self.result.reason = False, str(exc)
+        self.result.seconds = time.monotonic() - start
+        return self.result
+
+    def _loop(self) -> None:
+        net = self.cfg.network
+        # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
+        idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
+        limits = transport.limits_for(net)
+        hello = {"role": "party", "public": False}
+        self._send(self._msg(MsgType.HELLO, body=hello))
+        last = time.monotonic()
+        while not self.stop.is_set():
+            if not self.sock.poll(int(net.heartbeat_s * 1000), zmq.POLLIN):
+                if time.monotonic() - last > idle_limit:
+                    raise Fatal("no word from the coordinator")
+                self._send(self._msg(MsgType.HELLO, body=hello))  # heartbeat / rejoin after a restart
+                continue
+            last = time.monotonic()
+            try:
+                msg = Message.from_frames(self.sock.recv_multipart(), limits)
+            except ProtocolError as exc:
+                self.result.refusals.append(f"unreadable message from coordinator: {exc}")
+                continue
+            if msg.session != self.s.id or msg.config != self.cfg.digest:
+                self.result.refusals.append("message for another session or configuration ignored")
+                continue
+            if msg.type is MsgType.END:
+                self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
+                self.ended = True
+                return
+            handler = self.handlers.get(msg.type)
+            if handler is None:
+                continue
+            try:
+                handler(msg)
+            except (ProtocolError, ProtectionError) as exc:
+                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": str(exc)}))
+        raise Fatal("party stopped")
+
+    def _on_setup(self, msg: Message) -> None:
+        if len(msg.frames) != 2:
+            raise Fatal("setup must carry [public params, solver signature]")
+        public, signature = (bytes(f) for f in msg.frames)
+        if self.public is not None:
+            if public != self.public:
+                raise Fatal("setup: public parameters changed during the session")
+            return
+        try:
+            verify(self.cfg.roster.signing_public(), signature,
+                   setup_bytes(self.s.id, self.cfg.digest, public), "setup")
+        except ProtocolError as exc:
+            raise Fatal(str(exc)) from None
+        self.public = public
+
+    def _on_request(self, msg: Message) -> None:
+        layers, attempt = tuple(msg.body["layers"]), msg.body["attempt"]
+        if self.public is None:
+            raise ProtocolError("request before setup")
+        if (msg.round, layers) not in self.s.steps():
+            raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
+        if (msg.round, layers, attempt) in self.sent:
+            return
+        earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
+        missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self.result.applied]
+        if missing:
+            raise ProtocolError(f"request before the releases of {missing} were applied")
+        for layer in layers:
+            key = (msg.round, layer)
+            if key not in self.cache:
+                self.cache[key] = pack_statistics(self.compute(msg.round, layer), self.s.d_k, self.s.d_v)
+        for layer in layers:
+            self._send_layer(msg.round, layer, attempt)
+        self.sent.add((msg.round, layers, attempt))
+
+    def _send_layer(self, round_: int, layer: int, attempt: int) -> None:
+        assert self.public is not None, "requests are refused before setup"
+        for stat in STATISTICS:
+            flat = self.cache[(round_, layer)][stat]
+            bounds = chunk_bounds(flat.size, self.s.chunk_values)
+            ctx = StatContext(self.s.id, round_, layer, stat, self.name)
+            for i, (off, count) in enumerate(bounds):
+                payload = self.scheme.protect(flat[off:off + count], ctx, self.public)
+                body = {"attempt": attempt, "chunk": i, "n_chunks": len(bounds), "offset": off,
+                        "count": count, "payload": dict(payload.header)}
+                self.result.bytes_sent += self._send(
+                    self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
+
+    def _on_release(self, msg: Message) -> None:
+        key, b = (msg.round, msg.layer), msg.body
+        if key in self.result.applied:
+            return  # re-sent after a coordinator restart, or re-solved: already applied
+        try:
+            if len(msg.frames) != 2 or msg.layer not in self.s.layers:
+                raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
+            raw, signature = (bytes(f) for f in msg.frames)
+            if sha256_hex(raw) != b["sha256"]:
+                raise ProtocolError("release: ΔW bytes do not match their sha256")
+            verify(self.cfg.roster.signing_public(), signature,
+                   release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
+                                 b["shape"], b["sha256"], b["parties"]), "release")
+            delta = decode_delta(raw, b["dtype"], b["shape"])
+            if delta.shape != (self.s.d_v, self.s.d_k):
+                raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")
+        except ProtocolError as exc:
+            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": str(exc)}))
+            raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
+        self.apply(msg.layer, delta)
+        self.result.applied[key] = b["sha256"]
+        if self.name not in b["parties"]:
+            self.result.left_out.append(key)
+        self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": True, "reason": ""}))
+        for round_, layers in self.s.steps():
+            if all((round_, lay) in self.result.applied for lay in layers):
+                for lay in layers:
+                    self.cache.pop((round_, lay), None)
+
+    def _on_error(self, msg: Message) -> None:
+        self.result.refusals.append(msg.body["reason"])
+
+    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
+             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
+        return Message(mtype, self.s.id, round_, layer, stat, self.name, self.seq.next(), self.cfg.digest,
+                       body or {}, tuple(frames))
+
+    def _send(self, msg: Message) -> int:
+        try:
+            return transport.send(self.sock, msg)
+        except zmq.Again:  # the queue to the coordinator stayed full for send_timeout_s
+            raise Fatal("coordinator unreachable: send timed out") from None
+
+
+def run_party(config: Config, name: str, scheme: ProtectionScheme, compute_statistics: ComputeStatistics,
+              apply_delta: ApplyDelta, *, stop: threading.Event | None = None,
+              ctx: zmq.Context | None = None) -> PartyResult:
+    """Take part in one session until the coordinator ends it (or a release is refused)."""
+    return Party(config, name, scheme, compute_statistics, apply_delta, ctx=ctx, stop=stop).run()

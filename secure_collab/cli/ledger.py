@@ -1,0 +1,68 @@
+"""`secure-collab ledger show --ledger L [--json]`: every message the coordinator accepted or refused."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "print the coordinator's ledger: one row per message with digest, size, time and outcome"
+
+COLUMNS = ("time", "direction", "peer", "type", "round", "layer", "stat", "chunk", "attempt", "bytes",
+           "digest", "outcome", "reason")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="ledger_command", metavar="ACTION")
+    sub.required = True
+    show = sub.add_parser("show", help="print the ledger")
+    show.add_argument("--ledger", required=True, help="path of the SQLite ledger")
+    show.add_argument("--json", action="store_true", help="one JSON document with every table")
+    show.add_argument("--session", help="only this session")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(args.ledger)
+    if not path.is_file():
+        print(f"no ledger at {path}")
+        return 2
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # read-only: never touches the ledger
+    try:
+        tables = {t: _rows(db, t, args.session) for t in ("sessions", "stages", "messages", "handoffs",
+                                                            "releases")}
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(tables, indent=1, default=lambda b: {"bytes": len(b)}))
+        return 0
+    _print_table(tables["messages"])
+    print(f"\n{len(tables['messages'])} messages, {len(tables['handoffs'])} hand-offs to the solver, "
+          f"{len(tables['releases'])} releases; stages:")
+    for r in tables["stages"]:
+        print(f"  {_time(r['time'])} round {r['round']} layers {r['layers']} attempt {r['attempt']}: "
+              f"{r['event']} {r['detail']}")
+    return 0
+
+
+def _rows(db, table: str, session: str | None) -> list[dict]:
+    cur = db.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 - fixed table names
+    names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cur]
+    return [r for r in rows if session is None or r["session_id"] == session]
+
+
+def _time(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _print_table(rows: list[dict]) -> None:
+    shown = [{**r, "time": _time(r["time"]), "digest": r["digest"][:16]} for r in rows]
+    cells = [[("" if r[c] is None else str(r[c])) for c in COLUMNS] for r in shown]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
+    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))

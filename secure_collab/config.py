@@ -1,0 +1,221 @@
+"""Session configuration: frozen dataclasses loaded from TOML; paths resolve relative to the file.
+
+Example (every field of [session] is bound into each message through ``Config.digest``)::
+
+    [session]
+    id = "demo-1"
+    mode = "shares"              # ckks | shares | plain
+    variant = "sequential"       # sequential | oneshot
+    rounds = 1
+    layers = [3, 4, 5, 6, 7]
+    d_k = 1536                   # down-projection input size (G has d_k(d_k+1)/2 values)
+    d_v = 576                    # down-projection output size (B has d_v*d_k values)
+    min_parties = 2
+    value_bound = 1e6            # declared max |entry| of one party's statistic
+    chunk_values = 262144        # values per CONTRIB message
+    model = "smollm2"
+    template_seed = 0
+    [session.hparams]            # MEMIT hyper-parameters, free-form, digested
+    mom2_update_weight = 1000.0
+    [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
+
+    [network]
+    coordinator_bind = "tcp://127.0.0.1:5555"
+    coordinator_endpoint = "tcp://127.0.0.1:5555"
+    join_timeout_s = 60.0
+    stage_timeout_s = 600.0
+    solve_timeout_s = 600.0
+    heartbeat_s = 1.0
+    max_message_bytes = 67108864   # per message, checked before decoding (libzmq MAXMSGSIZE per frame)
+    max_frames = 1024
+    hwm = 1000
+    linger_ms = 10000              # on close, time to flush what is queued (the last ΔW and END)
+    send_timeout_s = 10.0          # a send blocked this long (peer's queue full) counts as failed
+    request_in_turn = false        # ask parties for statistics one at a time (shared cores)
+
+    [paths]
+    keys = "keys"                # directory written by `secure-collab keys init`
+    roster = "keys/roster.toml"
+    ledger = "coordinator/ledger.sqlite"
+    solver_state = "solver"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from secure_collab.keys import Roster, load_roster
+
+MODES = ("ckks", "shares", "plain")
+VARIANTS = ("sequential", "oneshot")
+STATISTICS = ("G", "B")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    id: str
+    mode: str
+    layers: tuple[int, ...]
+    d_k: int
+    d_v: int
+    variant: str = "sequential"
+    rounds: int = 1
+    min_parties: int = 2
+    value_bound: float = 1e6
+    chunk_values: int = 262144
+    model: str = "smollm2"
+    template_seed: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict, hash=False)
+    protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
+
+    def n_values(self, stat: str) -> int:
+        return self.d_k * (self.d_k + 1) // 2 if stat == "G" else self.d_v * self.d_k
+
+    def n_chunks(self, stat: str) -> int:
+        return -(-self.n_values(stat) // self.chunk_values)
+
+    def steps(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(round, layers) aggregated together: one layer per step (sequential) or all (oneshot)."""
+        per_round = [(lay,) for lay in self.layers] if self.variant == "sequential" else [self.layers]
+        return [(r, layers) for r in range(self.rounds) for layers in per_round]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    coordinator_bind: str = "tcp://127.0.0.1:5555"
+    coordinator_endpoint: str = "tcp://127.0.0.1:5555"
+    join_timeout_s: float = 60.0
+    stage_timeout_s: float = 600.0
+    solve_timeout_s: float = 600.0
+    heartbeat_s: float = 1.0
+    max_message_bytes: int = 64 << 20
+    max_frames: int = 1024
+    hwm: int = 1000
+    linger_ms: int = 10000
+    send_timeout_s: float = 10.0
+    request_in_turn: bool = False
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    keys: Path
+    roster: Path
+    ledger: Path
+    solver_state: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    session: SessionConfig
+    network: NetworkConfig
+    paths: PathsConfig
+    roster: Roster
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the session section and the roster: what every party must agree on."""
+        session = asdict(self.session)
+        session["layers"] = list(self.session.layers)
+        doc = {"session": session, "roster": self.roster.digest()}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def load_config(path: Path) -> Config:
+    path = Path(path).resolve()
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    return config_from_dict(data, path.parent)
+
+
+def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
+    session = _build(SessionConfig, data.get("session", {}), "session")
+    network = _build(NetworkConfig, data.get("network", {}), "network")
+    raw_paths = data.get("paths", {})
+    defaults = {"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
+                "solver_state": "solver"}
+    unknown = set(raw_paths) - set(defaults)
+    if unknown:
+        raise ConfigError(f"unknown [paths] keys: {sorted(unknown)}")
+    paths = PathsConfig(**{k: (Path(base_dir) / raw_paths.get(k, v)).resolve() for k, v in defaults.items()})
+    _validate(session, network)
+    return Config(session=session, network=network, paths=paths, roster=load_roster(paths.roster))
+
+
+def _build(cls: type, table: dict[str, Any], name: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown [{name}] keys: {sorted(unknown)}")
+    values = dict(table)
+    if "layers" in values:
+        values["layers"] = tuple(int(x) for x in values["layers"])
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def _validate(s: SessionConfig, n: NetworkConfig) -> None:
+    if s.mode not in MODES:
+        raise ConfigError(f"session.mode must be one of {MODES}, got {s.mode!r}")
+    if s.variant not in VARIANTS:
+        raise ConfigError(f"session.variant must be one of {VARIANTS}, got {s.variant!r}")
+    if not s.layers or len(set(s.layers)) != len(s.layers) or list(s.layers) != sorted(s.layers):
+        raise ConfigError("session.layers must be distinct and ascending")
+    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"session.{key} must be >= 1")
+    if s.chunk_values * 64 > n.max_message_bytes:
+        raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
+    if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW
+        raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)")
+
+
+def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,
+                 paths: dict[str, Any] | None = None) -> Config:
+    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo."""
+    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_toml(doc))
+    return load_config(path)
+
+
+def dump_toml(doc: dict[str, dict[str, Any]]) -> str:
+    """Write the small subset of TOML our configs use (tables of scalars, lists, one nesting level)."""
+    out: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        out.append(f"[{prefix}]")
+        nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+        for key, value in table.items():
+            if not isinstance(value, dict):
+                out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+        for key, value in nested.items():
+            emit(f"{prefix}.{key}", value)
+
+    for name, table in doc.items():
+        emit(name, table)
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,43 @@
+"""How the two per-layer statistics are laid out as flat float64 vectors on the wire.
+
+    G: the upper triangle (diagonal included) of the symmetric (d_k, d_k) matrix K Kᵀ, in the row-major
+       order of ``numpy.triu_indices(d_k)``: d_k (d_k + 1) / 2 values.
+    B: R Kᵀ of shape (d_v, d_k), raveled row-major: d_v d_k values.
+
+Chunk i of a statistic with n values and chunk size c covers values [i c, min(n, (i + 1) c)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def pack_statistics(stats: Mapping[str, np.ndarray], d_k: int, d_v: int) -> dict[str, np.ndarray]:
+    """Flatten {"G": (d_k, d_k) or packed, "B": (d_v, d_k) or flat} to wire vectors, checking sizes."""
+    if set(stats) != {"G", "B"}:
+        raise ValueError(f"statistics must be exactly G and B, got {sorted(stats)}")
+    g = np.asarray(stats["G"], dtype=np.float64)
+    if g.ndim == 2:
+        if g.shape != (d_k, d_k):
+            raise ValueError(f"G has shape {g.shape}, want ({d_k}, {d_k})")
+        g = g[np.triu_indices(d_k)]
+    b = np.asarray(stats["B"], dtype=np.float64).reshape(-1)
+    if g.shape != (d_k * (d_k + 1) // 2,) or b.shape != (d_v * d_k,):
+        raise ValueError(f"packed sizes G {g.shape} B {b.shape} do not fit d_k={d_k}, d_v={d_v}")
+    return {"G": np.ascontiguousarray(g), "B": np.ascontiguousarray(b)}
+
+
+def unpack_g(flat: np.ndarray, d_k: int) -> np.ndarray:
+    """Rebuild the symmetric (d_k, d_k) matrix from its packed upper triangle."""
+    g = np.zeros((d_k, d_k), dtype=np.float64)
+    rows, cols = np.triu_indices(d_k)
+    g[rows, cols] = flat
+    g[cols, rows] = flat
+    return g
+
+
+def chunk_bounds(n_values: int, chunk_values: int) -> list[tuple[int, int]]:
+    """(offset, count) of each chunk."""
+    return [(off, min(chunk_values, n_values - off)) for off in range(0, n_values, chunk_values)]

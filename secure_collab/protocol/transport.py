@@ -1,0 +1,81 @@
+"""CurveZMQ sockets with every limit set, and send/receive of checked ``Message``s.
+
+Only the role runtimes (coordinator, solver, party) call these; they own their sockets. Every socket has
+CURVE keys, MAXMSGSIZE (libzmq drops a peer that sends a larger frame), send/receive high-water marks,
+LINGER, and send/receive timeouts, so nothing blocks forever and closing never hangs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from secure_collab.config import NetworkConfig
+from secure_collab.keys import CurveKeyPair
+from secure_collab.protocol.messages import Limits, Message
+
+
+def free_loopback_endpoint() -> str:
+    """A tcp://127.0.0.1 endpoint on a port that was free a moment ago (for tests and the demo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def limits_for(net: NetworkConfig) -> Limits:
+    return Limits(max_frames=net.max_frames, max_header_bytes=1 << 20, max_total_bytes=net.max_message_bytes)
+
+
+def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
+    sock.curve_secretkey = own.secret
+    sock.curve_publickey = own.public
+    # libzmq checks MAXMSGSIZE per frame; the whole-message limit is checked in Message.from_frames.
+    sock.setsockopt(zmq.MAXMSGSIZE, net.max_message_bytes + (1 << 20))
+    sock.setsockopt(zmq.SNDHWM, net.hwm)
+    sock.setsockopt(zmq.RCVHWM, net.hwm)
+    sock.setsockopt(zmq.LINGER, net.linger_ms)
+    sock.setsockopt(zmq.SNDTIMEO, int(net.send_timeout_s * 1000))
+    sock.setsockopt(zmq.RCVTIMEO, int(net.heartbeat_s * 1000))
+
+
+def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | None = None) -> zmq.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    try:
+        _common(sock, own, net)
+        sock.curve_server = True
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises instead of vanishing
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler answering: nobody gets in
+        sock.zap_domain = b"secure-collab"
+        sock.bind(bind or net.coordinator_bind)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def dealer(ctx: zmq.Context, own: CurveKeyPair, server_public: bytes, net: NetworkConfig,
+           endpoint: str | None = None) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        _common(sock, own, net)
+        sock.curve_serverkey = server_public
+        sock.connect(endpoint or net.coordinator_endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def send(sock: zmq.Socket, msg: Message, route: bytes | None = None) -> int:
+    """Send one message (prefixed with the routing id on a ROUTER); returns the bytes sent."""
+    frames = msg.to_frames()
+    sock.send_multipart([route, *frames] if route is not None else frames, copy=False)
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+def recv_raw(sock: zmq.Socket) -> list[Any]:
+    """Receive one multipart message as zmq.Frame objects (so User-Id can be read)."""
+    return sock.recv_multipart(copy=False)

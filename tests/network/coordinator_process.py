@@ -1,0 +1,14 @@
+"""`python coordinator_process.py CONFIG`: a coordinator with the test-double scheme, as a real process."""
+
+import json
+import sys
+
+from network_doubles import PlainSumScheme
+
+from coordinator.server import run_coordinator
+from secure_collab.config import load_config
+
+if __name__ == "__main__":
+    outcome = run_coordinator(load_config(sys.argv[1]), PlainSumScheme())
+    print(json.dumps({"ok": outcome.ok, "reason": outcome.reason,
+                      "releases": {f"{r}/{lay}": sha for (r, lay), sha in outcome.releases.items()}}))

@@ -1,0 +1,274 @@
+"""Test doubles for the network tests: a plain-sum protection scheme and a synthetic editing engine.
+
+``PlainSumScheme`` is a stand-in for secure_collab.protection until that lands: it implements the
+ProtectionScheme/Accumulator contract of protection/base.py with no protection at all. The synthetic
+engine makes per-party statistics from seeded random keys/residuals; its residuals depend on ΔW already
+applied, so the sequential variant really depends on the order of releases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secure_collab.config import Config, write_config
+from secure_collab.keys import init_keys
+from secure_collab.protection.base import (
+    Accumulator,
+    Payload,
+    ProtectionError,
+    ProtectionParams,
+    ProtectionScheme,
+    StatContext,
+)
+from secure_collab.protocol.transport import free_loopback_endpoint
+
+LAMBDA = 2.0
+
+
+@dataclass(frozen=True)
+class _Secrets:
+    public: bytes
+    min_parties: int
+
+
+class PlainSumAccumulator(Accumulator):
+    def __init__(self, n_values: int, ctx: StatContext) -> None:
+        self.n, self.ctx = n_values, ctx
+        self.total = np.zeros(n_values)
+        self._parties: list[str] = []
+
+    def add(self, payload: Payload, party: str | None = None) -> None:
+        h = payload.header
+        if h.get("scheme") != "test-plain-sum" or h.get("n") != self.n or len(payload.frames) != 1:
+            raise ProtectionError("payload does not fit this accumulator")
+        if len(payload.frames[0]) != self.n * 8:
+            raise ProtectionError(f"payload has {len(payload.frames[0])} bytes, want {self.n * 8}")
+        if party is not None and h.get("party") != party:
+            raise ProtectionError(f"payload claims party {h.get('party')!r} but came from {party!r}")
+        party = str(h.get("party", ""))
+        if h.get("label") != StatContext(self.ctx.session_id, self.ctx.round, self.ctx.layer,
+                                         self.ctx.statistic, party).label().decode():
+            raise ProtectionError("payload is bound to another context")
+        if party in self._parties:
+            raise ProtectionError(f"party {party} already added")
+        values = np.frombuffer(payload.frames[0], dtype="<f8")
+        if not np.isfinite(values).all():
+            raise ProtectionError("non-finite values")
+        self.total += values
+        self._parties.append(party)
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(self._parties)
+
+    @property
+    def held_bytes(self) -> int:
+        return self.total.nbytes
+
+    def aggregate(self) -> Payload:
+        return Payload({"scheme": "test-plain-sum", "parties": list(self._parties), "n": self.n},
+                       (self.total.tobytes(),))
+
+
+class PlainSumScheme(ProtectionScheme):
+    mode = "plain"
+
+    def solver_setup(self, params: ProtectionParams) -> _Secrets:
+        return _Secrets(f"test-plain-sum/{params.min_parties}".encode(), params.min_parties)
+
+    def protect(self, values: np.ndarray, ctx: StatContext, public: bytes) -> Payload:
+        v = np.ascontiguousarray(values, dtype="<f8")
+        if not np.isfinite(v).all():
+            raise ProtectionError("non-finite values")
+        return Payload({"scheme": "test-plain-sum", "label": ctx.label().decode(), "party": ctx.party,
+                        "n": int(v.size)}, (v.tobytes(),))
+
+    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> Accumulator:
+        return PlainSumAccumulator(n_values, ctx)
+
+    def open(self, aggregate: Payload, secrets: Any, ctx: StatContext | None = None) -> np.ndarray:
+        if ctx is not None and ctx.party:
+            raise ProtectionError("open() takes the aggregate's context")
+        if len(aggregate.header["parties"]) < secrets.min_parties:
+            raise ProtectionError("fewer than min_parties")
+        return np.frombuffer(aggregate.frames[0], dtype="<f8").copy()
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+class SyntheticEngine:
+    """One party's 'model': W per layer, n edits with seeded keys K (d_k, n) and base residuals."""
+
+    def __init__(self, name: str, cfg: Config, n_edits: int = 3) -> None:
+        self.name, self.s, self.n = name, cfg.session, n_edits
+        self.w = {lay: np.zeros((self.s.d_v, self.s.d_k)) for lay in self.s.layers}
+        self.compute_calls: list[tuple[int, int]] = []
+
+    def compute_statistics(self, round_: int, layer: int) -> dict[str, np.ndarray]:
+        self.compute_calls.append((round_, layer))
+        rng = np.random.default_rng(_seed(self.name, round_, layer))
+        k = rng.standard_normal((self.s.d_k, self.n))  # (d_k, n)
+        r = rng.standard_normal((self.s.d_v, self.n))  # (d_v, n)
+        for lay in self.s.layers:
+            if lay < layer:
+                r = r - 0.1 * self.w[lay] @ k  # residuals shrink once earlier layers are edited
+        return {"G": k @ k.T, "B": r @ k.T}
+
+    def apply_delta(self, layer: int, delta: np.ndarray) -> None:
+        self.w[layer] = self.w[layer] + delta
+
+
+def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
+    a = LAMBDA * np.eye(g_sum.shape[0]) + g_sum  # (d_k, d_k), symmetric positive definite
+    c = np.linalg.cholesky(a)
+    return np.linalg.solve(c.T, np.linalg.solve(c, b_sum.T)).T  # (d_v, d_k) = B A⁻¹
+
+
+def reference_deltas(cfg: Config, names: Iterable[str],
+                     members: dict[tuple[int, int], Iterable[str]] | None = None
+                     ) -> dict[tuple[int, int], np.ndarray]:
+    """The single-process computation of every ΔW of a session among ``names`` (``members`` overrides
+    who contributes to a given (round, layer))."""
+    engines = {n: SyntheticEngine(n, cfg) for n in names}
+    out = {}
+    for round_, layers in cfg.session.steps():
+        stats = {lay: [engines[n].compute_statistics(round_, lay)
+                       for n in (members or {}).get((round_, lay), engines)] for lay in layers}
+        for lay in layers:
+            g = sum(st["G"] for st in stats[lay])
+            b = sum(st["B"] for st in stats[lay])
+            out[(round_, lay)] = closed_form_solve(round_, lay, g, b)
+        for lay in layers:
+            for e in engines.values():
+                e.apply_delta(lay, out[(round_, lay)])
+    return out
+
+
+def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_dir: Path | None = None,
+                network: dict | None = None, **session: Any) -> Config:
+    keys = keys_dir or tmp / "keys"
+    if not (keys / "roster.toml").exists():
+        init_keys(keys, list(parties))
+    endpoint = free_loopback_endpoint()
+    doc = {
+        "session": {"id": "s1", "mode": "plain", "layers": [1, 2], "d_k": 6, "d_v": 4, "min_parties": 2,
+                    "chunk_values": 7, "variant": "sequential", "rounds": 1, **session},
+        "network": {"coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": 20.0,
+                    "stage_timeout_s": 20.0, "solve_timeout_s": 20.0, "heartbeat_s": 0.1,
+                    "max_message_bytes": 1 << 16, "linger_ms": 5000, **(network or {})},
+        "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
+                  "solver_state": "solver"},
+    }
+    return write_config(tmp / f"config-{doc['session']['id']}.toml", **doc)
+
+
+@dataclass
+class Threads:
+    """Run callables in threads, keep their results or exceptions; join with a hard limit."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, name: str, fn: Callable[[], Any]) -> None:
+        def target() -> None:
+            try:
+                self.results[name] = fn()
+            except BaseException as exc:  # reported by join()
+                self.errors[name] = exc
+
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def join(self, timeout: float = 30.0) -> None:
+        for t in self.threads:
+            t.join(timeout)
+            assert not t.is_alive(), f"thread {t.name} did not finish"
+        if self.errors:
+            name, exc = next(iter(self.errors.items()))
+            raise AssertionError(f"thread {name} failed: {exc!r}") from exc
+
+
+@dataclass
+class SessionRun:
+    outcome: Any
+    solver: Any
+    parties: dict[str, Any]
+    engines: dict[str, SyntheticEngine]
+    extra: dict[str, Any]
+
+
+def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
+                extra: dict[str, Callable[[], Any]] | None = None, timeout: float = 40.0,
+                scheme: ProtectionScheme | None = None) -> SessionRun:
+    """Solver, coordinator and honest parties in threads (each with its own zmq context), plus extras."""
+    from coordinator.server import run_coordinator
+    from coordinator.solver import run_solver
+    from parties import run_party
+
+    scheme = scheme or PlainSumScheme()
+    engines = {n: SyntheticEngine(n, cfg) for n in honest}
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
+    th.start("coordinator", lambda: run_coordinator(cfg, scheme))
+    for n, e in engines.items():
+        th.start(n, lambda n=n, e=e: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta))
+    for name, fn in (extra or {}).items():
+        th.start(name, fn)
+    th.join(timeout)
+    run = SessionRun(th.results["coordinator"], th.results["solver"], {n: th.results[n] for n in engines},
+                     engines, {n: th.results.get(n) for n in (extra or {})})
+    if run.outcome.ok:  # every honest party heard the end and applied every release
+        for name, result in run.parties.items():
+            assert result.ok, (name, result.reason)
+            assert set(result.applied) == set(run.outcome.releases), name
+    return run
+
+
+class RawClient:
+    """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
+
+    def __init__(self, cfg: Config, name: str, ctx: Any) -> None:
+        import zmq
+
+        from secure_collab.keys import load_curve_pair
+        from secure_collab.protocol import transport
+        from secure_collab.protocol.messages import Sequencer
+
+        self.cfg, self.name, self.zmq = cfg, name, zmq
+        self.keys = load_curve_pair(cfg.paths.keys / f"party-{name}.key_secret")
+        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator, cfg.network)
+        self.sock.setsockopt(zmq.RCVTIMEO, 20000)
+        self.seq = Sequencer()
+
+    def msg(self, mtype: Any, round_: int = -1, layer: int = -1, stat: str = "", body: dict | None = None,
+            frames: tuple[bytes, ...] = (), session: str | None = None, config: str | None = None) -> Any:
+        from secure_collab.protocol.messages import Message
+
+        return Message(mtype, session or self.cfg.session.id, round_, layer, stat, self.name, self.seq.next(),
+                       config or self.cfg.digest, body or {}, frames)
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, want: Any = None) -> Any:
+        """Next message (of type ``want`` if given; others are skipped)."""
+        from secure_collab.protocol.messages import Message
+
+        while True:
+            msg = Message.from_frames(self.sock.recv_multipart())
+            if want is None or msg.type is want:
+                return msg
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,145 @@
+"""Framing, signed releases, statistics layout, keys, config and ledger, without sockets."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import msgpack
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from network_doubles import make_config
+
+from secure_collab.config import ConfigError, config_from_dict
+from secure_collab.keys import KeyFileError, init_keys, load_curve_pair, load_roster
+from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.protocol.messages import Limits, Message, MsgType, ProtocolError
+from secure_collab.protocol.release import decode_delta, encode_delta, release_bytes, verify
+from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
+
+
+def _msg(**kw):
+    body = {"attempt": 0, "chunk": 0, "n_chunks": 1, "offset": 0, "count": 2, "payload": {"n": 2}}
+    return Message(MsgType.CONTRIB, "s1", 0, 3, "G", "a", 7, "f" * 64, body, (b"abc", b"defg"), **kw)
+
+
+def test_message_round_trip():
+    msg = _msg()
+    frames = msg.to_frames()
+    assert len(frames) == 3 and frames[1:] == [b"abc", b"defg"]
+    assert Message.from_frames(frames) == msg
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda f: f[:2], "frame count mismatch"),
+    (lambda f: [f[0], f[1], f[2] + b"x"], "sha256 mismatch on payload frame 1"),
+    (lambda f: [msgpack.packb({**msgpack.unpackb(f[0]), "v": 9}), *f[1:]], "unsupported protocol version 9"),
+    (lambda f: [msgpack.packb({**msgpack.unpackb(f[0]), "type": "nope"}), *f[1:]], "unknown message type"),
+    (lambda f: [msgpack.packb({**msgpack.unpackb(f[0]), "round": "0"}), *f[1:]], "field 'round'"),
+    (lambda f: [msgpack.packb({**msgpack.unpackb(f[0]), "extra": 1}), *f[1:]], "header keys"),
+    (lambda f: [msgpack.packb({**msgpack.unpackb(f[0]), "body": {}}), *f[1:]], "body keys"),
+    (lambda f: [msgpack.packb([1, 2]), *f[1:]], "not a map"),
+    (lambda f: [b"\xc1", *f[1:]], "not valid msgpack"),
+    (lambda f: [], "empty message"),
+    (lambda f: f + [b""] * 10, "too many frames"),
+    (lambda f: [f[0], f[1], f[2] * 200], "message too large"),
+])
+def test_message_checks(mutate, reason):
+    with pytest.raises(ProtocolError, match=reason):
+        Message.from_frames(mutate(_msg().to_frames()), Limits(max_frames=8, max_total_bytes=600))
+
+
+def test_release_signature_binds_every_field():
+    key = Ed25519PrivateKey.generate()
+    delta = np.arange(6.0).reshape(2, 3)
+    raw, dtype, shape = encode_delta(delta)
+    args = ["s1", "c" * 64, 0, 3, 1, dtype, shape, "d" * 64, ["b", "a"]]
+    sig = key.sign(release_bytes(*args))
+    verify(key.public_key(), sig, release_bytes(*args[:-1], ["a", "b"]), "release")  # party order is free
+    for i, other in enumerate(["s2", "e" * 64, 1, 4, 2, "<f4", [3, 2], "0" * 64, ["a"]]):
+        changed = list(args)
+        changed[i] = other
+        with pytest.raises(ProtocolError, match="signature does not verify"):
+            verify(key.public_key(), sig, release_bytes(*changed), "release")
+    np.testing.assert_array_equal(decode_delta(raw, dtype, shape), delta)
+    for buf, dt, sh, reason in [(raw, "|O", shape, "not allowed"), (raw[:-8], dtype, shape, "needs 48"),
+                                (raw, dtype, [3, 3], "needs"), (raw, dtype, [6], "bad"),
+                                (np.full(6, np.inf).tobytes(), dtype, shape, "non-finite")]:
+        with pytest.raises(ProtocolError, match=reason):
+            decode_delta(buf, dt, sh)
+
+
+def test_statistics_layout():
+    rng = np.random.default_rng(0)
+    k, r = rng.standard_normal((5, 3)), rng.standard_normal((4, 3))
+    packed = pack_statistics({"G": k @ k.T, "B": r @ k.T}, d_k=5, d_v=4)
+    assert packed["G"].shape == (15,) and packed["B"].shape == (20,)
+    np.testing.assert_array_equal(unpack_g(packed["G"], 5), k @ k.T)
+    assert chunk_bounds(15, 7) == [(0, 7), (7, 7), (14, 1)]
+    with pytest.raises(ValueError, match="shape"):
+        pack_statistics({"G": np.eye(4), "B": r @ k.T}, d_k=5, d_v=4)
+
+
+def test_keys_are_private_and_roster_round_trips(tmp_path):
+    roster = init_keys(tmp_path / "k", ["a", "b"])
+    for path in (tmp_path / "k").glob("*.key_secret"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_roster(tmp_path / "k" / "roster.toml") == roster
+    pair = load_curve_pair(tmp_path / "k" / "party-a.key_secret")
+    assert roster.name_for(pair.public) == "a" and roster.name_for(roster.solver) == "solver"
+    os.chmod(tmp_path / "k" / "party-a.key_secret", 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_curve_pair(tmp_path / "k" / "party-a.key_secret")
+    with pytest.raises(FileExistsError):
+        init_keys(tmp_path / "k", ["a", "b"])
+    with pytest.raises(KeyFileError, match="bad party name"):
+        init_keys(tmp_path / "k2", ["solver"])
+
+
+def test_config_paths_digest_and_validation(tmp_path):
+    cfg = make_config(tmp_path)
+    assert cfg.paths.ledger == tmp_path / "ledger.sqlite"  # relative to the config file
+    assert cfg.session.n_values("G") == 21 and cfg.session.n_chunks("B") == 4
+    assert cfg.session.steps() == [(0, (1,)), (0, (2,))]
+    other = make_config(tmp_path / "o", keys_dir=tmp_path / "keys", id="s2")
+    same = make_config(tmp_path / "p", keys_dir=tmp_path / "keys")
+    assert other.digest != cfg.digest and same.digest == cfg.digest  # endpoints are not bound
+    base = {"session": {"id": "x", "mode": "plain", "layers": [1], "d_k": 2, "d_v": 2},
+            "paths": {"roster": str(tmp_path / "keys" / "roster.toml")}}
+    for change, reason in [({"mode": "rot13"}, "mode"), ({"layers": [2, 1]}, "ascending"),
+                           ({"bogus": 1}, "unknown"), ({"min_parties": 0}, "min_parties"),
+                           ({"d_k": 4096, "d_v": 4096}, "hold one ΔW")]:
+        with pytest.raises(ConfigError, match=reason):
+            config_from_dict({**base, "session": {**base["session"], **change}}, tmp_path)
+
+
+def test_ledger_is_append_only_and_resumable(tmp_path):
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        assert ledger.resume_state("s") is None
+        ledger.open_session("s", "d", "plain", b"pub", b"sig", {"a": b"k" * 40})
+        ledger.stage_event("s", 0, (1,), 0, "open")
+        ledger.stage_event("s", 0, (1,), 1, "open")
+        ledger.message("s", "in", "a", "contrib", "h" * 64, 10, "refused", "duplicate", round_=0, layer=1)
+        ledger.release("s", StoredRelease(0, 1, 1, "x" * 64, ("a", "b"), [b"head", b"", b"delta"]))
+        state = ledger.resume_state("s")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            ledger._db.execute("UPDATE messages SET outcome='accepted'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            ledger._db.execute("DELETE FROM releases")
+    assert state.setup_public == b"pub" and state.attempts == {(0, "[1]"): 1} and state.ended is None
+    assert state.releases[(0, 1)].frames == [b"head", b"", b"delta"]
+
+
+def test_golden_message():
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[1] / "vectors" / "protocol_golden_message.json").read_text())
+    m = doc["message"]
+    msg = Message(MsgType(m["type"]), m["session"], m["round"], m["layer"], m["stat"], m["sender"], m["seq"],
+                  m["config"], m["body"], tuple(bytes.fromhex(f) for f in m["frames_hex"]))
+    wire = [bytes.fromhex(f) for f in doc["wire_hex"]]
+    assert msg.to_frames() == wire
+    assert Message.from_frames(wire) == msg
