@@ -1,6 +1,7 @@
 """Seconds per edit for the target optimisation: all requests in one batch vs one request at a time.
 
-    python benchmarks/targets_speed.py --model smollm2-135m --limit 8 --threads 1 --json benchmarks/results/targets_speed.json
+    python benchmarks/targets_speed.py --model smollm2-135m --limit 8 --threads 1 \
+        --json benchmarks/results/targets_speed.json
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="mom2_update_weight λ")
     p.add_argument("--steps", type=int, default=None, help="target optimisation steps")
     p.add_argument("--template-seed", type=int, default=None)
+    p.add_argument("--request-batch", type=int, default=None,
+                   help="requests per batch in keys and target optimisation; 0: all. Default: 1 on a CPU "
+                        "(as fast there, and every request's arithmetic is independent of the others, so "
+                        "collab equals Global-Edit bit for bit), 0 on a GPU")
     p.add_argument("--corpus", default=None, help="covariance corpus: .txt / .jsonl (default: Wikipedia extracts)")
     p.add_argument("--tokens", type=int, default=None, help="covariance token budget")
     p.add_argument("--dtype", default="auto", help="auto (float64 for tiny models, else float32), float32, float64")
@@ -47,18 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress or table")
 
 
-def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int):
-    from secure_collab.editing.hparams import default_hparams
+def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, device_type: str = "cpu"):
+    from secure_collab.editing.hparams import auto_request_batch, default_hparams
 
     hp = default_hparams(model_name, n_layers)
-    changes = {}
+    changes = {"request_batch": args.request_batch if args.request_batch is not None
+               else auto_request_batch(device_type)}
     if args.layers is not None:
         changes["layers"] = tuple(args.layers)
     for attr, field in (("lam", "mom2_update_weight"), ("steps", "v_num_grad_steps"),
                         ("template_seed", "template_seed"), ("tokens", "mom2_tokens"), ("variant", "variant")):
         if getattr(args, attr) is not None:
             changes[field] = getattr(args, attr)
-    return hp.with_(**changes) if changes else hp
+    return hp.with_(**changes)
 
 
 def load_request_set(spec: str, fmt: str | None, limit: int | None):
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with console.status(f"loading {args.model}"):
         lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)
-    hp = build_hparams(args, args.model, n_layers(lm.model, lm.spec))
+    hp = build_hparams(args, args.model, n_layers(lm.model, lm.spec), lm.device.type)
     console.print(f"model {args.model} on {lm.device}, layers {list(hp.layers)}, λ={hp.mom2_update_weight:g}, "
                   f"{len(requests)} requests, {args.parties} parties, method {args.method}, {hp.variant}")
     t = time.perf_counter()

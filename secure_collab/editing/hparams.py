@@ -27,12 +27,20 @@ class MemitHParams:
     mom2_tokens: int = 20_000
     mom2_max_len: int = 128
     variant: str = "sequential"
+    # requests per forward / optimisation batch; 0: all (targets) or ~64 rows (forwards). One request per
+    # batch makes every request's float arithmetic independent of the others (the padded length changes
+    # attention's reduction order), so a party's statistics equal Global-Edit's bit for bit; on a CPU it
+    # costs nothing (compute-bound).
+    request_batch: int = 0
+    mom2_past_weight: float = 1.0  # λ_past: weight of earlier rounds' Σ K Kᵀ (dynamic covariance)
 
     def __post_init__(self) -> None:
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
             raise ValueError(f"layers must be a non-empty ascending list without repeats, got {self.layers}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.request_batch < 0:
+            raise ValueError("request_batch must be >= 0 (0: all requests in one batch)")
         if not self.mom2_update_weight > 0:
             raise ValueError("mom2_update_weight (λ) must be positive")
 
@@ -56,6 +64,11 @@ DEFAULTS: dict[str, MemitHParams] = {
     "EleutherAI/gpt-j-6B": MemitHParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15000.0),
     "gpt2-xl": MemitHParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20000.0),
 }
+
+
+def auto_request_batch(device_type: str) -> int:
+    """One request per batch on a CPU (compute-bound: no loss, and bit-exact against Global-Edit); all on GPU."""
+    return 1 if device_type == "cpu" else 0
 
 
 def default_hparams(model_name: str, n_layers: int | None = None) -> MemitHParams:

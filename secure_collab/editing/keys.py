@@ -38,10 +38,17 @@ def _at_subject(lm: LoadedModel, prompts: list[str], subjects: list[str], module
     return torch.cat(out)
 
 
+def rows_per_batch(request_batch: int, n_requests: int, rows_per_request: int) -> int:
+    """Forward batch size in rows: whole requests only, ``request_batch`` of them (0: up to about 64 rows)."""
+    per = request_batch if request_batch > 0 else max(1, min(n_requests, 64 // rows_per_request))
+    return per * rows_per_request
+
+
 def compute_keys(lm: LoadedModel, requests: list[Request], layer: int, templates: list[str],
-                 batch_size: int = 64) -> torch.Tensor:
+                 request_batch: int = 0) -> torch.Tensor:
     """k_j at ``layer``: ½ the bare prompt's key + ½ the mean over the context-prefixed prompts. (n, d_k)."""
     prompts, subjects = _rows(requests, templates)
+    batch_size = rows_per_batch(request_batch, len(requests), len(templates))
     k = _at_subject(lm, prompts, subjects, lm.spec.down_name(layer), True, batch_size)
     k = k.view(len(requests), len(templates), -1)  # (n, T, d_k); template 0 is the bare "{}"
     if len(templates) == 1:
@@ -49,8 +56,9 @@ def compute_keys(lm: LoadedModel, requests: list[Request], layer: int, templates
     return 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)
 
 
-def block_outputs(lm: LoadedModel, requests: list[Request], layer: int, batch_size: int = 64) -> torch.Tensor:
+def block_outputs(lm: LoadedModel, requests: list[Request], layer: int, request_batch: int = 0) -> torch.Tensor:
     """h_j: output of decoder block ``layer`` at the subject's last token of the bare prompt. (n, d_v)."""
+    batch_size = rows_per_batch(request_batch, len(requests), 1)
     prompts = [r.prompt for r in requests]
     subjects = [r.subject for r in requests]
     return _at_subject(lm, prompts, subjects, lm.spec.block_name(layer), False, batch_size)

@@ -28,8 +28,8 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
                       templates: list[str]) -> LayerStats:
     """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*."""
     i = hp.layers.index(layer)
-    keys = compute_keys(lm, requests, layer, templates)  # (n, d_k)
-    cur = block_outputs(lm, requests, hp.layers[-1])  # (n, d_v) at the last edited layer
+    keys = compute_keys(lm, requests, layer, templates, hp.request_batch)  # (n, d_k)
+    cur = block_outputs(lm, requests, hp.layers[-1], hp.request_batch)  # (n, d_v) at the last edited layer
     resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
     return layer_statistics(keys, resid)
 

@@ -157,10 +157,19 @@ class _UpperStack:
 
 def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
                     progress: bool = False) -> TargetResult:
-    """Optimise z*_j for all requests at once on the model as it is now.
+    """Optimise z*_j on the model as it is now, ``hp.request_batch`` requests per batch (0: all at once)."""
+    per = hp.request_batch or len(requests)
+    if per >= len(requests):
+        return _optimise(lm, requests, hp, templates, progress)
+    parts = [_optimise(lm, requests[s : s + per], hp, templates, progress) for s in range(0, len(requests), per)]
+    return TargetResult(z=torch.cat([p.z for p in parts]), z_init=torch.cat([p.z_init for p in parts]),
+                        loss=[x for p in parts for x in p.loss], nll=[x for p in parts for x in p.nll],
+                        steps=[x for p in parts for x in p.steps])
 
-    Requests that reach the early-stop loss leave the batch: later steps run only the rows of the others.
-    """
+
+def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
+              progress: bool) -> TargetResult:
+    """One batch. Requests that reach the early-stop loss leave it: later steps run only the others' rows."""
     layer = hp.layers[-1]
     p = _prepare(lm, requests, hp, templates)
     full = _UpperStack(lm, layer, p)
