@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # name -> module under secure_collab.cli. Add a line here to add a command.
 COMMANDS: dict[str, str] = {
+    "demo": "demo",
     "edit": "edit",
     "stats": "stats",
     "protection-check": "protection_check",

@@ -29,11 +29,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", help="directory to save the edited model to")
     parser.add_argument("--threads", type=int, default=0, help="math threads for this process (0: default)")
     parser.add_argument("--json", help="write the party's report here")
+    parser.add_argument("--patch", help="write the applied ΔW per (round, layer) here (safetensors)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--cache-dir", default=None, help="cache of converted models and templates")
 
 
 def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyEngine:
-    """Plug-in point for the editing engine: load the model and requests, return the callbacks."""
-    raise NotImplementedError("the editing engine is not plugged in yet (secure_collab.cli.party)")
+    """Load the model and this party's requests; return the engine's callbacks for the network loop."""
+    from pathlib import Path
+
+    from parties.engine import PartyEditor
+    from secure_collab.data.formats import load_requests
+
+    if not args.requests:
+        raise SystemExit("party: --requests is required (this party's edit requests)")
+    requests = load_requests(args.requests)
+    editor = PartyEditor(config.session, requests, device=args.device,
+                         cache=Path(args.cache_dir) if args.cache_dir else None,
+                         log=lambda msg: print(f"party {name}: {msg}", flush=True))
+
+    def finish(_result: Any) -> dict:
+        return editor.finish(save=Path(args.save) if args.save else None,
+                             patch=Path(args.patch) if args.patch else None)
+
+    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ HELP = "run the solver: open aggregates only, solve ΔW in float64, sign each re
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="session configuration (TOML)")
     parser.add_argument("--threads", type=int, default=0, help="math threads for this process (0: default)")
+    parser.add_argument("--cache-dir", default=None, help="cache of converted models and covariances")
 
 
 def engine_solve(config: Any) -> Any:
@@ -20,7 +21,9 @@ def engine_solve(config: Any) -> Any:
     b_sum (d_v, d_k), float64 numpy sums over the included parties, returning ΔW (d_v, d_k) float64
     (see coordinator.solver.SolveFn).
     """
-    raise NotImplementedError("the editing engine's solve is not plugged in yet (secure_collab.cli.solver)")
+    from coordinator.engine import SessionSolve
+
+    return SessionSolve(config.session)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     config = load_config(args.config)
+    if args.cache_dir:
+        import os
+
+        os.environ["SECURE_COLLAB_CACHE"] = args.cache_dir
     result = run_solver(config, load_scheme(config.session.mode), engine_solve(config))
     print(f"solver: {'done' if result.ok else 'stopped'}: {result.reason}; "
           f"{len(result.releases)} releases, {len(result.received)} aggregate chunks received")

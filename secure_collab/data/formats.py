@@ -313,3 +313,19 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if fmt is None:
         raise RequestError(f"{path}: cannot tell the format from record 0")
     return fmt
+
+
+def write_jsonl(requests: Iterable[Request], path: str | os.PathLike[str]) -> Path:
+    """Write requests as the plain JSONL format (evaluation prompts included); ``load_requests`` reads it back."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for r in requests:
+            rec: dict[str, Any] = {"subject": r.subject, "prompt": r.prompt, "target_new": r.target_new}
+            for key in ("target_true", "relation"):
+                if getattr(r, key) is not None:
+                    rec[key] = getattr(r, key)
+            for key in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets"):
+                if getattr(r, key):
+                    rec[key] = list(getattr(r, key))
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path

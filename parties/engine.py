@@ -1,0 +1,90 @@
+"""The editing engine behind a party's network loop: statistics per (round, layer), ΔW application, report.
+
+z* is optimised once per round on the model as it is at the round's start; in the sequential variant each
+layer's keys and residuals come from the model with the earlier layers' ΔW applied, in the oneshot variant
+all layers' statistics come from the round's starting model (the network loop asks for them together).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_collab.editing.hparams import auto_request_batch
+from secure_collab.editing.memit import party_layer_stats
+from secure_collab.editing.session import rounds_of, session_hparams
+from secure_collab.editing.statistics import pack_upper
+from secure_collab.editing.targets import TargetResult, compute_targets
+from secure_collab.editing.templates import context_templates, templates_digest
+from secure_collab.models.specs import add_to_down_weight, n_layers
+
+
+class PartyEditor:
+    def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
+                 dtype: str | None = None, log=print) -> None:
+        from secure_collab.evaluation import evaluate
+        from secure_collab.models import load_model
+
+        self.s, self.log = session, log
+        self.lm = load_model(session.model, device=device, cache=cache,
+                             dtype=dtype or session.hparams.get("dtype", "auto"))
+        self.hp = session_hparams(session.model, n_layers(self.lm.model, self.lm.spec), session.layers,
+                                  session.variant, session.template_seed, session.hparams,
+                                  auto_request_batch(self.lm.device.type))
+        given = session.hparams.get("context_templates")
+        self.templates = list(given) if given else context_templates(
+            self.lm, self.hp.n_templates, self.hp.template_length, self.hp.template_seed, cache)
+        self.requests = requests
+        self.rounds = rounds_of(requests, session.rounds)
+        self.targets: dict[int, TargetResult] = {}
+        self.applied: dict[tuple[int, int], np.ndarray] = {}
+        self.compute_seconds = 0.0
+        self.pre = evaluate(self.lm, requests)
+
+    def compute_statistics(self, round: int, layer: int) -> dict[str, np.ndarray]:
+        """{"G": packed upper triangle of K Kᵀ, "B": R Kᵀ (d_v, d_k)}, float64, for this party only."""
+        t = time.perf_counter()
+        reqs = self.rounds[round]
+        if not reqs:  # nothing to edit this round: contribute zeros (the coordinator cannot tell)
+            d_v, d_k = self.s.d_v, self.s.d_k
+            out = {"G": np.zeros(d_k * (d_k + 1) // 2), "B": np.zeros((d_v, d_k))}
+        else:
+            if round not in self.targets:
+                self.log(f"round {round}: optimising targets for {len(reqs)} requests")
+                self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates)
+            stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates)
+            out = {"G": pack_upper(stats.g).cpu().numpy(), "B": stats.b.cpu().numpy()}
+        self.compute_seconds += time.perf_counter() - t
+        return out
+
+    def apply_delta(self, layer: int, delta: np.ndarray) -> None:
+        key = (sum(1 for _, lay in self.applied if lay == layer), layer)  # releases arrive round by round
+        add_to_down_weight(self.lm.model, self.lm.spec, layer, torch.from_numpy(np.ascontiguousarray(delta)))
+        self.applied[key] = delta
+
+    def finish(self, save: Path | None = None, patch: Path | None = None) -> dict[str, Any]:
+        """Evaluate this party's own edits on the final model; save the model and the applied ΔW if asked."""
+        from secure_collab.evaluation import evaluate
+
+        post = evaluate(self.lm, self.requests)
+        keys = ("efficacy", "generalization", "specificity", "score")
+        report = {"edits": len(self.requests), "pre": {k: self.pre.summary()[k] for k in keys},
+                  "post": {k: post.summary()[k] for k in keys}, "counts": post.counts,
+                  "compute_seconds": round(self.compute_seconds, 3),
+                  "templates_digest": templates_digest(self.templates),
+                  "target_loss": [x for t in self.targets.values() for x in t.loss]}
+        if patch is not None:
+            from safetensors.numpy import save_file
+
+            save_file({f"round.{r}.layer.{lay}.delta": np.ascontiguousarray(d) for (r, lay), d in
+                       self.applied.items()}, str(patch))
+            report["patch"] = str(patch)
+        if save is not None:
+            self.lm.model.save_pretrained(save)
+            self.lm.tokenizer.save_pretrained(save)
+            report["saved_model"] = str(save)
+        return report

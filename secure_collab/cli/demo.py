@@ -1,0 +1,266 @@
+"""`secure-collab demo`: a whole networked edit session on this machine, with its Global-Edit reference.
+
+Makes keys and a session configuration in a work directory, starts the solver, the coordinator and each party
+as separate processes talking CurveZMQ over loopback, and meanwhile computes the single-machine Global-Edit of
+the same requests in this process. At the end it prints a table per party, compares the ΔW the parties applied
+with Global-Edit's, and says where the ledger is.
+
+Processes that share a machine share its cores: each process gets ``--threads`` math threads (default 1), and
+the coordinator asks parties for their statistics in turn (``--in-turn``, default on), so on a 2-core machine
+one party computes while this process computes the reference on the other core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "run a whole session (solver, coordinator, parties as processes over CurveZMQ) and compare with Global-Edit"
+METRICS = ("efficacy", "generalization", "specificity", "score")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("ckks", "shares", "plain"), default="shares")
+    p.add_argument("--parties", type=int, default=3)
+    p.add_argument("--edits-per-party", type=int, default=4)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential")
+    p.add_argument("--requests", default="bundled",
+                   help="'bundled' (countryinfo set, default) or a request file; split among the parties")
+    p.add_argument("--min-parties", type=int, default=2)
+    p.add_argument("--value-bound", type=float, default=1e5,
+                   help="declared max |entry| of one party's statistic (parties refuse to send beyond it)")
+    p.add_argument("--precision-bits", type=int, default=48, help="ckks: precision below the bound")
+    p.add_argument("--threads", type=int, default=1, help="math threads per process (0: torch's default)")
+    p.add_argument("--in-turn", action=argparse.BooleanOptionalAction, default=True,
+                   help="parties compute their statistics one at a time (shared cores)")
+    p.add_argument("--no-reference", action="store_true", help="skip the Global-Edit comparison")
+    p.add_argument("--workdir", default=None, help="where keys, config, logs and ledger go (default: a temp dir)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON ('-' for stdout)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _requests(args: argparse.Namespace) -> list:
+    from secure_collab.data.bundled import bundled_requests
+    from secure_collab.data.formats import load_requests
+
+    n = args.parties * args.edits_per_party
+    reqs = bundled_requests(n) if args.requests == "bundled" else load_requests(args.requests, limit=n)
+    if len(reqs) < n:
+        raise SystemExit(f"demo: {args.requests} has {len(reqs)} requests, {n} needed")
+    return reqs[:n]
+
+
+def _spawn(role: str, argv: list[str], logs: Path, threads: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    log = (logs / f"{role}.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "secure_collab", *argv], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, stdin=subprocess.DEVNULL)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from secure_collab.config import write_config
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.data.formats import write_jsonl
+    from secure_collab.editing.hparams import auto_request_batch, default_hparams
+    from secure_collab.editing.memit import rel_diff, run_edit, split_parties
+    from secure_collab.editing.session import session_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.keys import init_keys
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import down_weight, n_layers
+    from secure_collab.protocol.transport import free_loopback_endpoint
+
+    console = Console(stderr=True, quiet=args.quiet)
+    if args.parties < args.min_parties or args.parties > 26:
+        print(f"demo: --parties must be between --min-parties ({args.min_parties}) and 26", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="secure-collab-demo-")).resolve()
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir).resolve() if args.cache_dir else None
+    names = [chr(ord("a") + i) for i in range(args.parties)]
+    requests = _requests(args)
+    shares = dict(zip(names, split_parties(requests, args.parties), strict=True))
+
+    # the public, shared pieces first (cached, so the solver and the parties find them): C and the templates
+    with console.status(f"loading {args.model}"):
+        lm = load_model(args.model, cache=cache)
+    depth = n_layers(lm.model, lm.spec)
+    hp = session_hparams(args.model, depth, default_hparams(args.model, depth).layers, args.variant, 0, {},
+                         auto_request_batch(lm.device.type))
+    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
+                             progress=not args.quiet)
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
+
+    init_keys(work / "keys", names)
+    endpoint = free_loopback_endpoint()
+    table = {k: v for k, v in hp.to_dict().items() if k not in ("layers", "variant", "template_seed",
+                                                                 "request_batch")}
+    cfg_path = work / "session.toml"
+    cfg = write_config(cfg_path, session={
+        "id": f"demo-{secrets.token_hex(4)}", "mode": args.mode, "variant": args.variant, "rounds": 1,
+        "layers": list(hp.layers), "d_k": int(d_k), "d_v": int(d_v), "min_parties": args.min_parties,
+        "value_bound": args.value_bound, "model": args.model, "template_seed": hp.template_seed,
+        "hparams": table, "protection": {"precision_bits": args.precision_bits} if args.mode == "ckks" else {},
+    }, network={
+        "coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": 900.0,
+        "stage_timeout_s": max(600.0, 120.0 * args.edits_per_party), "solve_timeout_s": 600.0,
+        "request_in_turn": bool(args.in_turn),
+    }, paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
+              "solver_state": "solver"})
+
+    common = ["--threads", str(args.threads)] + (["--cache-dir", str(cache)] if cache else [])
+    procs: dict[str, subprocess.Popen] = {
+        "solver": _spawn("solver", ["solver", "--config", str(cfg_path), *common], logs, args.threads),
+        "coordinator": _spawn("coordinator", ["coordinator", "--config", str(cfg_path)], logs, args.threads),
+    }
+    for name in names:
+        req_path = write_jsonl(shares[name], work / f"requests-{name}.jsonl")
+        procs[f"party-{name}"] = _spawn(f"party-{name}", [
+            "party", "--config", str(cfg_path), "--name", name, "--requests", str(req_path),
+            "--json", str(work / f"report-{name}.json"), "--patch", str(work / f"patch-{name}.safetensors"),
+            *common], logs, args.threads)
+    console.print(f"session {cfg.session.id}: {args.mode}, {args.variant}, {args.parties} parties × "
+                  f"{args.edits_per_party} edits, layers {list(hp.layers)}; work dir {work}")
+
+    reference: dict[str, Any] = {}
+
+    def compute_reference() -> None:
+        try:
+            reference["outcome"] = run_edit(lm, list(shares.values()), hp, covs, "global", templates)
+        except BaseException as exc:  # reported below
+            reference["error"] = exc
+
+    ref_thread = None
+    if not args.no_reference:
+        ref_thread = threading.Thread(target=compute_reference, name="global-edit", daemon=True)
+        ref_thread.start()
+
+    releases_dir = cfg.paths.solver_state / cfg.session.id
+    n_steps = len(hp.layers) * cfg.session.rounds
+    deadline = time.monotonic() + args.timeout
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        t_rel = progress.add_task("ΔW released", total=n_steps)
+        t_done = progress.add_task("processes finished", total=len(procs))
+        t_ref = progress.add_task("Global-Edit reference", total=1) if ref_thread else None
+        while True:
+            progress.update(t_rel, completed=len(list(releases_dir.glob("release-r*-l*.json"))))
+            progress.update(t_done, completed=sum(p.poll() is not None for p in procs.values()))
+            if t_ref is not None:
+                progress.update(t_ref, completed=int(not ref_thread.is_alive()))
+            if all(p.poll() is not None for p in procs.values()) and not (ref_thread and ref_thread.is_alive()):
+                break
+            if time.monotonic() > deadline:
+                for p in procs.values():
+                    p.kill()
+                console.print("[red]demo: timed out; processes killed")
+                break
+            time.sleep(0.5)
+    codes = {role: p.wait() for role, p in procs.items()}
+    result = _collect(args, work, names, cfg, codes, reference, rel_diff, t0)
+    _show(console, result)
+    if args.json:
+        text = json.dumps(result, indent=2)
+        sys.stdout.write(text + "\n") if args.json == "-" else Path(args.json).write_text(text + "\n")
+    return 0 if result["ok"] else 1
+
+
+def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], reference: dict, rel_diff,
+             t0: float) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    reports = {}
+    for name in names:
+        path = work / f"report-{name}.json"
+        reports[name] = json.loads(path.read_text()) if path.is_file() else {"ok": False, "reason": "no report"}
+    ok = all(c == 0 for c in codes.values()) and all(r.get("ok") for r in reports.values())
+    patches = {n: load_file(str(work / f"patch-{n}.safetensors")) for n in names
+               if (work / f"patch-{n}.safetensors").is_file()}
+    applied = {}
+    if patches:
+        first = next(iter(patches.values()))
+        applied = {int(k.split(".")[3]): v for k, v in first.items() if k.startswith("round.0.")}
+    agree = len(patches) == len(names) and all(
+        set(p) == set(next(iter(patches.values()))) and all(torch.equal(p[k], next(iter(patches.values()))[k])
+                                                            for k in p) for p in patches.values())
+    diff = None
+    if "outcome" in reference and applied:
+        diff = rel_diff(applied, {k: v.cpu() for k, v in reference["outcome"].deltas.items()})
+    elif "error" in reference:
+        ok = False
+
+    def pooled(which: str, metric: str) -> float | None:
+        num = den = 0.0
+        for r in reports.values():
+            value = (r.get(which) or {}).get(metric)
+            count = (r.get("counts") or {}).get(metric, r.get("edits", 0))
+            if value is not None and count:
+                num, den = num + value * count, den + count
+        return None if den == 0 else num / den
+
+    def harmonic(vals: list[float | None]) -> float | None:
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)
+
+    post = {m: pooled("post", m) for m in METRICS[:3]}
+    pre = {m: pooled("pre", m) for m in METRICS[:3]}
+    post["score"], pre["score"] = harmonic(list(post.values())), harmonic(list(pre.values()))
+    return {
+        "ok": ok, "mode": args.mode, "variant": args.variant, "parties": args.parties,
+        "edits": args.parties * args.edits_per_party, **post, "pre": pre,
+        "delta_rel_diff_vs_global": diff, "parties_applied_identical_updates": agree,
+        "bytes_to_coordinator": {n: r.get("bytes_sent") for n, r in reports.items()},
+        "seconds": time.perf_counter() - t0, "model": args.model, "threads": args.threads,
+        "in_turn": bool(args.in_turn), "session": cfg.session.id, "exit_codes": codes,
+        "per_party": reports, "ledger": str(cfg.paths.ledger), "workdir": str(work),
+        "reference_error": repr(reference["error"]) if "error" in reference else None,
+    }
+
+
+def _show(console, r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    table = Table(title=f"session {r['session']}: {r['mode']} / {r['variant']}, {r['parties']} parties")
+    for col in ("party", "edits", "efficacy", "general.", "specificity", "MB sent", "seconds"):
+        table.add_column(col, justify="left" if col == "party" else "right")
+    for name, rep in r["per_party"].items():
+        pre, post = rep.get("pre") or {}, rep.get("post") or {}
+        table.add_row(name, str(rep.get("edits", "-")),
+                      *[f"{f(pre.get(m))}→{f(post.get(m))}" for m in METRICS[:3]],
+                      f"{(rep.get('bytes_sent') or 0) / 1e6:.1f}", f"{rep.get('seconds') or 0:.0f}")
+    table.add_row("all", str(r["edits"]), *[f"{f(r['pre'][m])}→{f(r[m])}" for m in METRICS[:3]], "", "")
+    console.print(table)
+    d = r["delta_rel_diff_vs_global"]
+    console.print(f"ΔW applied vs Global-Edit: {'-' if d is None else f'{d:.2e}'}; parties applied identical "
+                  f"updates: {r['parties_applied_identical_updates']}; {r['seconds']:.0f} s; "
+                  f"{'ok' if r['ok'] else 'FAILED: see ' + r['workdir'] + '/logs'}")
+    console.print(f"ledger: {r['ledger']}  (secure-collab ledger show --ledger {r['ledger']})")
