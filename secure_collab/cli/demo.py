@@ -66,9 +66,9 @@ def _spawn(role: str, argv: list[str], logs: Path, threads: int) -> subprocess.P
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    log = (logs / f"{role}.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "secure_collab", *argv], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, stdin=subprocess.DEVNULL)
+    with (logs / f"{role}.log").open("w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "secure_collab", *argv], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
 
 
 def run(args: argparse.Namespace) -> int:
