@@ -84,7 +84,7 @@ class PartyEditor:
                        self.applied.items()}, str(patch))
             report["patch"] = str(patch)
         if save is not None:
-            self.lm.model.save_pretrained(save)
+            self.lm.model.save_pretrained(save)  # type: ignore[operator]  # a transformers PreTrainedModel
             self.lm.tokenizer.save_pretrained(save)
             report["saved_model"] = str(save)
         return report

@@ -34,7 +34,7 @@ def test_two_party_edit_of_capitals_takes_and_equals_global(smol, tmp_path):
     reqs = [Request(subject="France", prompt="The capital of {} is", target_new="Rome", target_true="Paris",
                     paraphrase_prompts=("The capital city of France is",)),
             Request(subject="Germany", prompt="The capital of {} is", target_new="Madrid", target_true="Berlin")]
-    hp = DEFAULTS["smollm2-135m"].with_(mom2_tokens=4000)
+    hp = DEFAULTS["smollm2-135m"].with_(mom2_tokens=4000, request_batch=1)
     covs = layer_covariances(smol, hp.layers, tokens=hp.mom2_tokens, cache=tmp_path, progress=False)
     templates = context_templates(smol, hp.n_templates, hp.template_length, hp.template_seed, tmp_path)
     pre = evaluate(smol, reqs)
@@ -49,4 +49,5 @@ def test_two_party_edit_of_capitals_takes_and_equals_global(smol, tmp_path):
         restore(smol, saved)
     assert post.efficacy == 1.0
     assert post.generalization == 1.0
-    assert rel_diff(collab.deltas, ref.deltas) < 1e-4  # float32 model: batch-composition noise only
+    # one request per batch: each request's float32 arithmetic is the same in both runs
+    assert rel_diff(collab.deltas, ref.deltas) <= 1e-9

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         while True:
             progress.update(t_rel, completed=len(list(releases_dir.glob("release-r*-l*.json"))))
             progress.update(t_done, completed=sum(p.poll() is not None for p in procs.values()))
-            if t_ref is not None:
+            if t_ref is not None and ref_thread is not None:
                 progress.update(t_ref, completed=int(not ref_thread.is_alive()))
             if all(p.poll() is not None for p in procs.values()) and not (ref_thread and ref_thread.is_alive()):
                 break
@@ -193,7 +193,7 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     import torch
     from safetensors.torch import load_file
 
-    reports = {}
+    reports: dict[str, dict[str, Any]] = {}
     for name in names:
         path = work / f"report-{name}.json"
         reports[name] = json.loads(path.read_text()) if path.is_file() else {"ok": False, "reason": "no report"}
@@ -222,8 +222,8 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
                 num, den = num + value * count, den + count
         return None if den == 0 else num / den
 
-    def harmonic(vals: list[float | None]) -> float | None:
-        vals = [v for v in vals if v is not None]
+    def harmonic(values: list[float | None]) -> float | None:
+        vals = [v for v in values if v is not None]
         if not vals:
             return None
         return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)

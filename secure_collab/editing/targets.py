@@ -86,10 +86,10 @@ def _prepare(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templat
         length = int(b.lengths[row])
         ids[row, length : length + len(tids) - 1] = torch.tensor(tids[:-1], dtype=torch.long)
         mask[row, length : length + len(tids) - 1] = 1
-        for k, t in enumerate(tids):  # position length-1+k predicts target token k
+        for k, token in enumerate(tids):  # position length-1+k predicts target token k
             tgt_row.append(row)
             tgt_pos.append(length - 1 + k)
-            tgt_id.append(t)
+            tgt_id.append(token)
             tgt_w.append(1.0 / (len(tids) * n_rewrite))
     kl_rows = [i for i, k in enumerate(kinds) if k == "kl"]
     bare_rows = [i for i, k in enumerate(kinds) if k == "rewrite" and (i % (n_rewrite + 1)) == 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def capture_output(module: nn.Module, stop: bool = False) -> Iterator[list[torch
     store: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, _args: tuple, out: object) -> None:
-        store.append((out[0] if isinstance(out, tuple) else out).detach())
+        store.append(cast(torch.Tensor, out[0] if isinstance(out, tuple) else out).detach())
         if stop:
             raise StopForward
 

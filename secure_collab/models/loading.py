@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ TINY = ("tiny-gpt2", "tiny-llama")
 class LoadedModel:
     name: str
     model: nn.Module
-    tokenizer: object
+    tokenizer: Any  # a Hugging Face fast tokenizer
     spec: ArchSpec
     source_digest: str  # identifies the weights as loaded (before any edit)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -98,13 +99,14 @@ def _byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eot, bos_token=eot, pad_token=eot)
 
 
-def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, object]:
+def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
     """Seeded small random models: fast enough for unit tests, real HF architectures."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tok = _byte_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        cfg: Any
         if name == "tiny-gpt2":
             cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=4, n_head=4,
                              n_inner=128, initializer_range=0.3, bos_token_id=256, eos_token_id=256)
@@ -152,6 +154,7 @@ def load_model(name: str, device: str | None = None, cache: Path | None = None, 
     hf_logging.disable_progress_bar()
 
     dev = resolve_device(device)
+    tok: Any
     if name in TINY:
         model, tok = tiny_model(name, seed)
     else:

@@ -8,6 +8,7 @@ down-projection goes through ``down_weight`` / ``add_to_down_weight`` here so th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,12 +31,9 @@ class ArchSpec:
         return self.block.format(layer)
 
 
-_LLAMA_LIKE = dict(
-    down_proj="model.layers.{}.mlp.down_proj",
-    block="model.layers.{}",
-    final_norm="model.norm",
-    unembed="lm_head",
-)
+def _llama_like(family: str) -> ArchSpec:
+    return ArchSpec(family, "model.layers.{}.mlp.down_proj", "model.layers.{}", "model.norm", "lm_head")
+
 
 SPECS: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(
@@ -50,12 +48,12 @@ SPECS: dict[str, ArchSpec] = {
         "gpt_neox", "gpt_neox.layers.{}.mlp.dense_4h_to_h", "gpt_neox.layers.{}",
         "gpt_neox.final_layer_norm", "embed_out",
     ),
-    **{name: ArchSpec(name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "gemma", "gemma2")},
+    **{name: _llama_like(name) for name in ("llama", "mistral", "qwen2", "gemma", "gemma2")},
 }
 
 
 def spec_for(model: nn.Module) -> ArchSpec:
-    model_type = getattr(model.config, "model_type", None)
+    model_type = str(getattr(model.config, "model_type", ""))
     try:
         return SPECS[model_type]
     except KeyError:
@@ -74,13 +72,13 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
 def down_weight(model: nn.Module, spec: ArchSpec, layer: int) -> torch.Tensor:
     """The down-projection weight as (d_v, d_k) = (out, in), a view (Conv1D transposed)."""
-    w = get_module(model, spec.down_name(layer)).weight
+    w = cast(torch.Tensor, get_module(model, spec.down_name(layer)).weight)
     return w.T if spec.conv1d else w
 
 
 def add_to_down_weight(model: nn.Module, spec: ArchSpec, layer: int, delta: torch.Tensor) -> None:
     """W += delta, with delta given as (d_v, d_k); cast to the weight's dtype and device."""
-    w = get_module(model, spec.down_name(layer)).weight
+    w = cast(torch.Tensor, get_module(model, spec.down_name(layer)).weight)
     d = delta.T if spec.conv1d else delta  # Conv1D stores (in, out)
     if d.shape != w.shape:
         raise ValueError(f"delta shape {tuple(delta.shape)} does not fit layer {layer} weight {tuple(w.shape)}")
