@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+# ../shared/data beside the checkout (CI lays it there): real CounterFact / zsRE / MQuAKE records
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 torch.set_num_threads(1)  # tests run beside other processes on a 2-core machine
 

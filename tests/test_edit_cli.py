@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from secure_collab.cli import main
+from tests.conftest import SHARED
 
 FIELDS = {"method", "variant", "parties", "edits", "efficacy", "generalization", "specificity", "score", "pre",
           "delta_rel_diff_vs_global", "seconds"}
@@ -16,7 +17,7 @@ FIELDS = {"method", "variant", "parties", "edits", "efficacy", "generalization",
 @pytest.mark.parametrize("variant", ["sequential", "oneshot"])
 def test_edit_collab_equals_global(tmp_path, variant):
     out = tmp_path / "r.json"
-    rc = main(["edit", "--model", "tiny-llama", "--requests", "../shared/data/counterfact.json", "--limit", "6",
+    rc = main(["edit", "--model", "tiny-llama", "--requests", str(SHARED / "counterfact.json"), "--limit", "6",
                "--parties", "3", "--method", "collab", "--variant", variant, "--tokens", "600",
                "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--quiet"])
     assert rc == 0
@@ -36,7 +37,7 @@ def test_edit_ta_differs_and_saved_model_reloads(tmp_path):
     from secure_collab.models.specs import down_weight
 
     out, saved = tmp_path / "r.json", tmp_path / "model"
-    rc = main(["edit", "--model", "tiny-gpt2", "--requests", "../shared/data/counterfact.json", "--limit", "6",
+    rc = main(["edit", "--model", "tiny-gpt2", "--requests", str(SHARED / "counterfact.json"), "--limit", "6",
                "--parties", "3", "--method", "ta", "--tokens", "600", "--cache-dir", str(tmp_path / "cache"),
                "--save-model", str(saved), "--json", str(out), "--quiet"])
     assert rc == 0

@@ -9,8 +9,8 @@ import pytest
 
 from secure_collab.data.formats import FORMATS, detect_format, load_requests, parse_records
 from secure_collab.data.requests import Request, RequestError
+from tests.conftest import SHARED  # noqa: E402
 
-SHARED = Path("/work/shared/data")
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not on this machine")
 
 
