@@ -17,7 +17,6 @@ import torch
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import party_layer_stats
 from secure_collab.editing.session import rounds_of, session_hparams
-from secure_collab.editing.statistics import pack_upper
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
@@ -46,18 +45,18 @@ class PartyEditor:
         self.pre = evaluate(self.lm, requests)
 
     def compute_statistics(self, round: int, layer: int) -> dict[str, np.ndarray]:
-        """{"G": packed upper triangle of K Kᵀ, "B": R Kᵀ (d_v, d_k)}, float64, for this party only."""
+        """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)}, float64, for this party only."""
         t = time.perf_counter()
         reqs = self.rounds[round]
         if not reqs:  # nothing to edit this round: contribute zeros (the coordinator cannot tell)
             d_v, d_k = self.s.d_v, self.s.d_k
-            out = {"G": np.zeros(d_k * (d_k + 1) // 2), "B": np.zeros((d_v, d_k))}
+            out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k))}
         else:
             if round not in self.targets:
                 self.log(f"round {round}: optimising targets for {len(reqs)} requests")
                 self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates)
             stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates)
-            out = {"G": pack_upper(stats.g).cpu().numpy(), "B": stats.b.cpu().numpy()}
+            out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy()}  # packed by the wire layer
         self.compute_seconds += time.perf_counter() - t
         return out
 

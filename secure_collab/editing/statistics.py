@@ -1,7 +1,7 @@
 """The two sufficient statistics a party contributes per layer, and their packing for transport.
 
-G = K Kᵀ (d_k, d_k), symmetric: only its upper triangle (row-major, diagonal included) travels.
-B = R Kᵀ (d_v, d_k), raveled row-major. Both in float64.
+G = K Kᵀ (d_k, d_k), symmetric, and B = R Kᵀ (d_v, d_k), both float64. How they travel (G as its upper
+triangle) is the wire layer's business: ``secure_collab.protocol.statistics``.
 """
 
 from __future__ import annotations
@@ -36,21 +36,3 @@ def sum_stats(stats: list[LayerStats]) -> LayerStats:
     for s in stats[1:]:
         total = total + s
     return total
-
-
-def pack_upper(g: torch.Tensor) -> torch.Tensor:
-    """Upper triangle (diagonal included) of a square matrix, row-major: d(d+1)/2 values."""
-    d = g.shape[0]
-    i, j = torch.triu_indices(d, d, device=g.device)
-    return g[i, j]
-
-
-def unpack_upper(flat: torch.Tensor, d: int) -> torch.Tensor:
-    """Inverse of ``pack_upper``: the symmetric (d, d) matrix."""
-    if flat.numel() != d * (d + 1) // 2:
-        raise ValueError(f"{flat.numel()} values do not form the upper triangle of a {d}x{d} matrix")
-    i, j = torch.triu_indices(d, d, device=flat.device)
-    g = torch.zeros((d, d), dtype=flat.dtype, device=flat.device)
-    g[i, j] = flat
-    g[j, i] = flat
-    return g

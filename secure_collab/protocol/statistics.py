@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from secure_collab.protection.encoding import pack_symmetric, unpack_symmetric
+
 
 def pack_statistics(stats: Mapping[str, np.ndarray], d_k: int, d_v: int) -> dict[str, np.ndarray]:
     """Flatten {"G": (d_k, d_k) or packed, "B": (d_v, d_k) or flat} to wire vectors, checking sizes."""
@@ -22,7 +24,7 @@ def pack_statistics(stats: Mapping[str, np.ndarray], d_k: int, d_v: int) -> dict
     if g.ndim == 2:
         if g.shape != (d_k, d_k):
             raise ValueError(f"G has shape {g.shape}, want ({d_k}, {d_k})")
-        g = g[np.triu_indices(d_k)]
+        g = pack_symmetric(g)
     b = np.asarray(stats["B"], dtype=np.float64).reshape(-1)
     if g.shape != (d_k * (d_k + 1) // 2,) or b.shape != (d_v * d_k,):
         raise ValueError(f"packed sizes G {g.shape} B {b.shape} do not fit d_k={d_k}, d_v={d_v}")
@@ -31,11 +33,7 @@ def pack_statistics(stats: Mapping[str, np.ndarray], d_k: int, d_v: int) -> dict
 
 def unpack_g(flat: np.ndarray, d_k: int) -> np.ndarray:
     """Rebuild the symmetric (d_k, d_k) matrix from its packed upper triangle."""
-    g = np.zeros((d_k, d_k), dtype=np.float64)
-    rows, cols = np.triu_indices(d_k)
-    g[rows, cols] = flat
-    g[cols, rows] = flat
-    return g
+    return unpack_symmetric(np.asarray(flat, dtype=np.float64), d_k)
 
 
 def chunk_bounds(n_values: int, chunk_values: int) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ from secure_collab.editing.hparams import DEFAULTS
 from secure_collab.editing.keys import compute_keys
 from secure_collab.editing.memit import combine, rel_diff, restore, run_edit, snapshot, split_parties
 from secure_collab.editing.solve import solve_update
-from secure_collab.editing.statistics import layer_statistics, pack_upper, unpack_upper
+from secure_collab.editing.statistics import layer_statistics
 from secure_collab.editing.targets import compute_targets
 from secure_collab.editing.templates import generate_context_templates, templates_digest
 from secure_collab.editing.tokens import encode
@@ -96,16 +96,6 @@ def test_solve_refuses_an_indefinite_system():
     with pytest.raises(ValueError, match="not positive definite"):
         solve_update(torch.ones(2, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64),
                      -torch.eye(3, dtype=torch.float64), 1.0)
-
-
-def test_pack_upper_roundtrip():
-    g = random_spd(7)
-    g = 0.5 * (g + g.T)  # exactly symmetric
-    flat = pack_upper(g)
-    assert flat.numel() == 28
-    torch.testing.assert_close(unpack_upper(flat, 7), g, rtol=0, atol=0)
-    with pytest.raises(ValueError):
-        unpack_upper(flat[:-1], 7)
 
 
 def test_templates_deterministic_from_seed(tiny):
