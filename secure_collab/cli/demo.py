@@ -193,6 +193,8 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     import torch
     from safetensors.torch import load_file
 
+    from secure_collab.evaluation import harmonic_mean
+
     reports: dict[str, dict[str, Any]] = {}
     for name in names:
         path = work / f"report-{name}.json"
@@ -223,10 +225,8 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
         return None if den == 0 else num / den
 
     def harmonic(values: list[float | None]) -> float | None:
-        vals = [v for v in values if v is not None]
-        if not vals:
-            return None
-        return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)
+        present = [v for v in values if v is not None]
+        return harmonic_mean(present) if present else None
 
     post = {m: pooled("post", m) for m in METRICS[:3]}
     pre = {m: pooled("pre", m) for m in METRICS[:3]}
