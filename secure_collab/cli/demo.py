@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.covariance import layer_covariances
     from secure_collab.data.formats import write_jsonl
     from secure_collab.editing.hparams import auto_request_batch, default_hparams
-    from secure_collab.editing.memit import rel_diff, run_edit, split_parties
+    from secure_collab.editing.memit import run_edit, split_parties
     from secure_collab.editing.session import session_hparams
     from secure_collab.editing.templates import context_templates
     from secure_collab.keys import init_keys
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.5)
     codes = {role: p.wait() for role, p in procs.items()}
-    result = _collect(args, work, names, cfg, codes, reference, rel_diff, t0)
+    result = _collect(args, work, names, cfg, codes, reference, t0)
     _show(console, result)
     if args.json:
         text = json.dumps(result, indent=2)
@@ -188,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], reference: dict, rel_diff,
+def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], reference: dict,
              t0: float) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
+    from secure_collab.editing.memit import rel_diff_per_layer
     from secure_collab.evaluation import harmonic_mean
 
     reports: dict[str, dict[str, Any]] = {}
@@ -209,9 +210,10 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     agree = len(patches) == len(names) and all(
         set(p) == set(next(iter(patches.values()))) and all(torch.equal(p[k], next(iter(patches.values()))[k])
                                                             for k in p) for p in patches.values())
-    diff = None
+    diff, per_layer = None, None
     if "outcome" in reference and applied:
-        diff = rel_diff(applied, {k: v.cpu() for k, v in reference["outcome"].deltas.items()})
+        per_layer = rel_diff_per_layer(applied, {k: v.cpu() for k, v in reference["outcome"].deltas.items()})
+        diff = max(per_layer.values())
     elif "error" in reference:
         ok = False
 
@@ -234,7 +236,9 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     return {
         "ok": ok, "mode": args.mode, "variant": args.variant, "parties": args.parties,
         "edits": args.parties * args.edits_per_party, **post, "pre": pre,
-        "delta_rel_diff_vs_global": diff, "parties_applied_identical_updates": agree,
+        "delta_rel_diff_vs_global": diff,
+        "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
+        "parties_applied_identical_updates": agree,
         "bytes_to_coordinator": {n: r.get("bytes_sent") for n, r in reports.items()},
         "seconds": time.perf_counter() - t0, "model": args.model, "threads": args.threads,
         "in_turn": bool(args.in_turn), "session": cfg.session.id, "exit_codes": codes,

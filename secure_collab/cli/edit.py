@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from secure_collab.covariance import layer_covariances
-    from secure_collab.editing.memit import rel_diff, restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
     from secure_collab.editing.templates import context_templates, templates_digest
     from secure_collab.evaluation import evaluate
     from secure_collab.models import load_model
@@ -126,13 +126,15 @@ def run(args: argparse.Namespace) -> int:
         reference = outcome
     with console.status("evaluating after the edit"):
         post = evaluate(lm, requests)
+    per_layer = None if reference is None else rel_diff_per_layer(outcome.deltas, reference.deltas)
     target_losses = [x for t_ in outcome.targets for x in t_.loss]
     residuals = [x for t_ in outcome.targets for x in t_.residual_norm]
     result = {
         "method": args.method, "variant": hp.variant, "parties": args.parties, "edits": len(requests),
         **{k: post.summary()[k] for k in ("efficacy", "generalization", "specificity", "score")},
         "pre": {k: pre.summary()[k] for k in ("efficacy", "generalization", "specificity", "score")},
-        "delta_rel_diff_vs_global": None if reference is None else rel_diff(outcome.deltas, reference.deltas),
+        "delta_rel_diff_vs_global": None if per_layer is None else max(per_layer.values()),
+        "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
         "seconds": time.perf_counter() - t_start,
         "edit_seconds": t_edit, "covariance_seconds": t_cov,
         "model": args.model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),

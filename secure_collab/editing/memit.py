@@ -99,9 +99,14 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
     return out
 
 
+def rel_diff_per_layer(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> dict[int, float]:
+    """‖a − b‖_F / ‖b‖_F for each layer of b."""
+    return {k: float((a[k].double() - b[k].double()).norm() / b[k].double().norm().clamp_min(1e-300)) for k in b}
+
+
 def rel_diff(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
     """Largest over layers of ‖a − b‖_F / ‖b‖_F."""
-    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-300)) for k in b)
+    return max(rel_diff_per_layer(a, b).values())
 
 
 def split_parties(requests: list[Request], n: int) -> list[list[Request]]:
