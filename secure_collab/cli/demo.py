@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--value-bound", type=float, default=1e5,
                    help="declared max |entry| of one party's statistic (parties refuse to send beyond it)")
     p.add_argument("--precision-bits", type=int, default=48, help="ckks: precision below the bound")
+    p.add_argument("--dtype", default="auto",
+                   help="model dtype in every process: auto (float64 for tiny models, else float32), float64 "
+                        "(removes float32 rounding from the comparison with Global-Edit, at twice the compute)")
     p.add_argument("--threads", type=int, default=1, help="math threads per process (0: torch's default)")
     p.add_argument("--in-turn", action=argparse.BooleanOptionalAction, default=True,
                    help="parties compute their statistics one at a time (shared cores)")
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     # the public, shared pieces first (cached, so the solver and the parties find them): C and the templates
     with console.status(f"loading {args.model}"):
-        lm = load_model(args.model, cache=cache)
+        lm = load_model(args.model, cache=cache, dtype=args.dtype)
     depth = n_layers(lm.model, lm.spec)
     hp = session_hparams(args.model, depth, default_hparams(args.model, depth).layers, args.variant, 0, {},
                          auto_request_batch(lm.device.type))
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     endpoint = free_loopback_endpoint()
     table = {k: v for k, v in hp.to_dict().items() if k not in ("layers", "variant", "template_seed",
                                                                  "request_batch")}
+    table["dtype"] = args.dtype  # parties and solver load the model with it
     cfg_path = work / "session.toml"
     cfg = write_config(cfg_path, session={
         "id": f"demo-{secrets.token_hex(4)}", "mode": args.mode, "variant": args.variant, "rounds": 1,
