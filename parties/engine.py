@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from secure_collab.editing.hparams import auto_request_batch
-from secure_collab.editing.memit import party_layer_stats
+from secure_collab.editing.memit import current_outputs, party_layer_stats
 from secure_collab.editing.session import rounds_of, session_hparams
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
@@ -40,6 +40,7 @@ class PartyEditor:
         self.requests = requests
         self.rounds = rounds_of(requests, session.rounds)
         self.targets: dict[int, TargetResult] = {}
+        self.oneshot_cur: dict[int, torch.Tensor] = {}  # round -> h at the last layer, unedited (oneshot only)
         self.applied: dict[tuple[int, int], np.ndarray] = {}
         self.compute_seconds = 0.0
         self.pre = evaluate(self.lm, requests)
@@ -55,7 +56,12 @@ class PartyEditor:
             if round not in self.targets:
                 self.log(f"round {round}: optimising targets for {len(reqs)} requests")
                 self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates)
-            stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates)
+            cur = None
+            if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
+                if round not in self.oneshot_cur:
+                    self.oneshot_cur[round] = current_outputs(self.lm, reqs, self.hp)
+                cur = self.oneshot_cur[round]
+            stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates, cur)
             out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy()}  # packed by the wire layer
         self.compute_seconds += time.perf_counter() - t
         return out

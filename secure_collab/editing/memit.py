@@ -24,12 +24,22 @@ from secure_collab.models.specs import add_to_down_weight, down_weight
 METHODS = ("global", "collab", "ta", "sa", "ties")
 
 
+def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) -> torch.Tensor:
+    """h_j at the last edited layer on the model as it is now (n, d_v): what the residuals are measured from."""
+    return block_outputs(lm, requests, hp.layers[-1], hp.request_batch)
+
+
 def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
-                      templates: list[str]) -> LayerStats:
-    """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*."""
+                      templates: list[str], cur: torch.Tensor | None = None) -> LayerStats:
+    """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*.
+
+    ``cur`` (from ``current_outputs``) may be passed when the model has not changed since it was taken, as in
+    the oneshot variant, where every layer's residuals come from the same unedited model.
+    """
     i = hp.layers.index(layer)
     keys = compute_keys(lm, requests, layer, templates, hp.request_batch)  # (n, d_k)
-    cur = block_outputs(lm, requests, hp.layers[-1], hp.request_batch)  # (n, d_v) at the last edited layer
+    if cur is None:
+        cur = current_outputs(lm, requests, hp)  # (n, d_v) at the last edited layer
     resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
     return layer_statistics(keys, resid)
 
@@ -90,8 +100,9 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             out.deltas[layer] = delta
     else:  # oneshot: every layer's statistics from the unedited model, one aggregation
         say("all layers: statistics on the unedited model")
-        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates)
-                             for reqs, z in zip(parties, zs, strict=True)] for layer in hp.layers}
+        curs = [current_outputs(lm, reqs, hp) for reqs in parties]  # once: the model does not change here
+        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur)
+                             for reqs, z, cur in zip(parties, zs, curs, strict=True)] for layer in hp.layers}
         for layer in hp.layers:
             out.deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight)
         for layer, delta in out.deltas.items():
