@@ -174,6 +174,11 @@ class Solver:
             except (ProtocolError, ProtectionError) as exc:
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)[:512]})
                 transport.send(self.sock, error)
+            except Exception:  # the solver never dies on bad data: its secrets would go with it
+                log.exception("solver: message %d could not be processed", seq)
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": "message could not be "
+                                                       "processed (malformed); refused"})
+                transport.send(self.sock, error)
         self.result.reason = "solver stopped"
 
     # ---- collecting -------------------------------------------------------------------------------

@@ -71,3 +71,30 @@ def test_honest_party_refuses_to_send_what_the_solver_would_refuse(tmp_path):
     assert run.outcome.ok and run.solver["verdicts"] == []
     for (r, lay), delta in reference_deltas(cfg, ["a", "b"]).items():
         np.testing.assert_allclose(np.array(run.solver["releases"][f"{r}/{lay}"]), delta, rtol=1e-9, atol=1e-9)
+
+
+class BadSeal(SharesScheme):
+    """A party's own code, altered: a sealed seed the solver cannot open, correctly signed by the party
+    (so the coordinator's signature check passes and only the solver can tell)."""
+
+    def protect(self, values, ctx, public, secrets, signer):
+        from secure_collab.protection.base import contribution_statement
+
+        payload = super().protect(values, ctx, public, secrets, signer)
+        garbage = bytes(len(payload.frames[-2]))
+        signature = signer.sign(contribution_statement(ctx, self._public(public).digest, values.shape[0], garbage))
+        return type(payload)(payload.header, (*payload.frames[:-2], garbage, signature))
+
+
+def test_bad_seal_is_attributed_before_opening_and_the_others_go_on(tmp_path):
+    cfg = make_config(tmp_path, mode="shares", network={"stage_timeout_s": 5.0})
+    bad = _hostile(cfg, BadSeal(), SyntheticEngine("c", cfg))
+    run = run_with_solver_process(cfg, next(tmp_path.glob("config-*.toml")), Coordinator(cfg, get_scheme("shares")),
+                                  ("a", "b"), extra={"c": bad})
+    verdict = run.solver["verdicts"][0]
+    assert not verdict["opened"] and verdict["exclude"] == ["c"] and "do not authenticate" in verdict["reason"]
+    assert run.outcome.ok, run.outcome.reason  # collected again from a and b, and released
+    assert run.outcome.included[(0, (1,))] == ("a", "b")
+    for (r, lay), delta in reference_deltas(cfg, ["a", "b"]).items():
+        np.testing.assert_allclose(np.array(run.solver["releases"][f"{r}/{lay}"]), delta, rtol=1e-9, atol=1e-9)
+    assert run.parties["a"].ok and run.parties["b"].ok
