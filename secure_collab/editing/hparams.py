@@ -68,10 +68,13 @@ class MemitHParams:
 # Chosen by the sweep in docs/lambda_sweep.md (SmolLM2-135M-Instruct on CounterFact).
 DEFAULTS: dict[str, MemitHParams] = {
     "smollm2-135m": MemitHParams(layers=(3, 4, 5, 6, 7), mom2_update_weight=1000.0),
+    # tiny models: AlphaEdit's threshold near the median eigenvalue of C (half of the key space preserved)
     "tiny-gpt2": MemitHParams(layers=(1, 2), mom2_update_weight=10.0, v_num_grad_steps=10, n_templates=2,
-                              template_length=5, mom2_tokens=2000, mom2_max_len=64),
+                              template_length=5, mom2_tokens=2000, mom2_max_len=64, nullspace_threshold=0.4,
+                              alphaedit_l2=1.0),
     "tiny-llama": MemitHParams(layers=(1, 2), mom2_update_weight=10.0, v_num_grad_steps=10, n_templates=2,
-                               template_length=5, mom2_tokens=2000, mom2_max_len=64),
+                               template_length=5, mom2_tokens=2000, mom2_max_len=64, nullspace_threshold=8.0,
+                               alphaedit_l2=1.0),
     # GPT-J-6B, MEMIT paper values
     "EleutherAI/gpt-j-6B": MemitHParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15000.0),
     "gpt2-xl": MemitHParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20000.0),

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The SmolLM2 runs behind docs/rounds.md (issue 11), in order. Every step resumes from the caches (targets per
+# request and model state, experiment cells per round), so the script can be run again after an interruption.
+# Each step takes the shared heavy-job lock on its own.
+#   bash benchmarks/rounds_runs.sh            (from the repository root; DATA defaults to ../shared/data)
+set -euo pipefail
+PY=${PY:-/work/main/.venv/bin/python}
+DATA=${DATA:-../shared/data}
+LOCK=${LOCK:-/tmp/sc-heavy.lock}
+RES=${RES:-benchmarks/results}
+run() { echo "== $(date +%T) $*"; flock "$LOCK" nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=. "$@"; }
+
+# 1. AlphaEdit's null-space threshold and L2 on tuning records 0-23 of counterfact.json (rule fixed in the script)
+run "$PY" benchmarks/alphaedit_tune.py --requests "$DATA/counterfact.json" --start 0 --out "$RES/alphaedit_tune.json"
+read -r THR L2 < <("$PY" -c "import json,sys; c=json.load(open(sys.argv[1]))['chosen']; \
+print(c['nullspace_threshold'], c['alphaedit_l2'])" "$RES/alphaedit_tune.json")
+echo "== chosen: nullspace_threshold $THR, L2 $L2"
+# 2. forgetting on report records 140-187: 4 rounds x 3 parties x 4 edits, the three update rules
+run "$PY" -m secure_collab experiment forgetting --model smollm2-135m --requests "$DATA/counterfact.json" \
+    --start 140 --rounds 4 --parties 3 --edits-per-party 4 --nullspace-threshold "$THR" --alphaedit-l2 "$L2" \
+    --threads 1 --out "$RES/forgetting_smollm2"
+echo "== $(date +%T) done"
