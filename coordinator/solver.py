@@ -49,14 +49,18 @@ from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
+from secure_collab.protection.encoding import pack_symmetric
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 
 log = logging.getLogger(__name__)
 
 
 class SolveFn(Protocol):
-    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
-        """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; returns ΔW (d_v, d_k) float64.
+    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+                 past_g: np.ndarray | None) -> np.ndarray:
+        """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; past_g: (d_k, d_k) Σ of the earlier
+        rounds' g_sum for this layer (None in round 0, or when the session's update rule does not read it);
+        returns ΔW (d_v, d_k) float64.
 
         Called at most once per (round, layer) per session: the solver never opens a step twice."""
         ...
@@ -286,14 +290,40 @@ class Solver:
         if problems:
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(problems), opened=True)
+        past = self._past(round_, layer)
         try:
-            delta = np.asarray(self.solve(round_, layer, g, b), dtype=np.float64)
+            delta = np.asarray(self.solve(round_, layer, g, b, past), dtype=np.float64)
         except (ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. λC + ΣG not positive definite
             raise Refusal(f"round {round_} layer {layer}: the solve failed ({exc})", opened=True) from None
         if delta.shape != (s.d_v, s.d_k) or not np.isfinite(delta).all():
             raise Refusal(f"round {round_} layer {layer}: the solve gave shape {delta.shape} or non-finite values",
                           opened=True)
+        self._keep_past(round_, layer, g, past)
         return delta
+
+    # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
+    def _uses_past(self) -> bool:
+        return self.s.update_rule != "memit-static" and self.s.rounds > 1
+
+    def _past(self, round_: int, layer: int) -> np.ndarray | None:
+        """Σ_{r < round_} ΣG_r of ``layer`` from the sealed record of the previous round (None in round 0)."""
+        if round_ == 0 or not self._uses_past():
+            return None
+        stored = self.state.load(f"past-r{round_ - 1}-l{layer}")
+        if stored is None:
+            raise Refusal(f"round {round_} layer {layer}: the cross-round state of round {round_ - 1} is missing "
+                          "from the solver's store; nothing is released", opened=True)
+        return unpack_g(np.frombuffer(stored[1], dtype="<f8"), self.s.d_k)
+
+    def _keep_past(self, round_: int, layer: int, g: np.ndarray, past: np.ndarray | None) -> None:
+        """Write Σ_{r <= round_} ΣG_r before the release (a restarted solver resumes from it); drop the older."""
+        if not self._uses_past() or round_ == self.s.rounds - 1:
+            return
+        total = g if past is None else past + g
+        self.state.save(f"past-r{round_}-l{layer}", {"round": round_, "layer": layer},
+                        pack_symmetric(total).astype("<f8").tobytes())
+        if round_ > 0:
+            self.state.drop(f"past-r{round_ - 1}-l{layer}")
 
     def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
         s = self.s

@@ -8,7 +8,9 @@ flushed to disk and renamed, so a crash leaves the old record or the new one, ne
 
 Records: ``setup`` (public parameters, bundles, signature and the session secrets), ``opened-r{R}-l{L}``
 (written *before* an aggregate is opened: that step is never opened again), ``release-r{R}-l{L}`` (the
-signed, encrypted release) and ``failed-r{R}-l{L}`` (opened, then refused: no release, ever).
+signed, encrypted release) and ``failed-r{R}-l{L}`` (opened, then refused: no release, ever) and ``past-r{R}-l{L}`` (Σ of the ΣG of rounds
+0..R of layer L, for update rules that read earlier rounds; written before round R's release of L, replacing
+``past-r{R-1}-l{L}``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class SolverState:
         data = open_state(self._key, record.encode(), path.read_bytes())
         (size,) = struct.unpack(">I", data[:4])
         return json.loads(data[4:4 + size]), data[4 + size:]
+
+    def drop(self, record: str) -> None:
+        """Remove a record that a newer one replaces (missing is fine)."""
+        self._path(record).unlink(missing_ok=True)
 
     def steps(self, kind: str) -> dict[tuple[int, int], dict[str, Any]]:
         """Every ``<kind>-r{R}-l{L}`` record's meta, by (round, layer)."""

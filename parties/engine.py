@@ -16,7 +16,7 @@ import torch
 
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
-from secure_collab.editing.session import rounds_of, session_hparams
+from secure_collab.editing.session import requests_by_round, session_hparams
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
@@ -24,7 +24,9 @@ from secure_collab.models.specs import add_to_down_weight, n_layers
 
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
-                 dtype: str | None = None, log=print) -> None:
+                 dtype: str | None = None, log=print, rounds: list[list] | None = None) -> None:
+        """``requests``: this party's requests; ``rounds``: the same grouped by round (default: by their
+        ``round`` field, else contiguous blocks; see ``requests_by_round``)."""
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
 
@@ -38,7 +40,7 @@ class PartyEditor:
         self.templates = list(given) if given else context_templates(
             self.lm, self.hp.n_templates, self.hp.template_length, self.hp.template_seed, cache)
         self.requests = requests
-        self.rounds = rounds_of(requests, session.rounds)
+        self.rounds = rounds if rounds is not None else requests_by_round([requests], session.rounds)
         self.targets: dict[int, TargetResult] = {}
         self.oneshot_cur: dict[int, torch.Tensor] = {}  # round -> h at the last layer, unedited (oneshot only)
         self.applied: dict[tuple[int, int], np.ndarray] = {}

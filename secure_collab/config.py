@@ -19,6 +19,12 @@ Example (every field of [session] is bound into each message through ``Config.di
     chunk_values = 262144        # values per CONTRIB message
     model = "smollm2"
     template_seed = 0
+    update_rule = "memit-static" # memit-static | memit-dynamic | alphaedit (secure_collab.editing.rules)
+    dedupe = false               # keyed tags (OPRF held by the solver): a fact at several parties counts once
+    conflict_policy = "none"     # none | priority | majority | first: same subject+relation, other objects
+    party_priority = []          # roster names, highest first (priority policy and ties; default roster order)
+    known_residual = 0.0         # a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
+    augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     [session.hparams]            # MEMIT hyper-parameters, free-form, digested
     mom2_update_weight = 1000.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
@@ -57,6 +63,9 @@ from secure_collab.keys import Roster, load_roster
 
 MODES = ("ckks", "shares", "plain")
 VARIANTS = ("sequential", "oneshot")
+CONFLICT_POLICIES = ("none", "priority", "majority", "first")
+TAG_BYTES = 32  # one keyed tag (OPRF output, truncated); a request has two, for (s, r) and (s, r, o)
+ELEMENT_BYTES = 32  # one ristretto255 element
 STATISTICS = ("G", "B", "N")  # upper triangle of K Kᵀ, R Kᵀ, and the edit count (one value)
 
 
@@ -82,6 +91,12 @@ class SessionConfig:
     chunk_values: int = 262144
     model: str = "smollm2"
     template_seed: int = 0
+    update_rule: str = "memit-static"
+    dedupe: bool = False
+    conflict_policy: str = "none"
+    party_priority: tuple[str, ...] = ()
+    known_residual: float = 0.0
+    augment: int = 2
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
@@ -90,6 +105,16 @@ class SessionConfig:
 
     def n_chunks(self, stat: str) -> int:
         return -(-self.n_values(stat) // self.chunk_values)
+
+    @property
+    def tags(self) -> bool:
+        """Whether each round starts with the keyed-tag exchange (dedupe or conflict resolution)."""
+        return self.dedupe or self.conflict_policy != "none"
+
+    @property
+    def tag_slots(self) -> int:
+        """Blinded elements (and tags) per party and round: two per request, padded to the declared maximum."""
+        return 2 * self.max_edits_per_party
 
     def steps(self) -> list[tuple[int, tuple[int, ...]]]:
         """(round, layers) aggregated together: one layer per step (sequential) or all (oneshot)."""
@@ -133,6 +158,7 @@ class Config:
         """sha256 over the session section and the roster: what every party must agree on."""
         session = asdict(self.session)
         session["layers"] = list(self.session.layers)
+        session["party_priority"] = list(self.session.party_priority)
         doc = {"session": session, "roster": self.roster.digest()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -156,6 +182,10 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     paths = PathsConfig(**{k: (Path(base_dir) / raw_paths.get(k, v)).resolve() for k, v in defaults.items()})
     _validate(session, network)
     roster = load_roster(paths.roster)
+    unknown_parties = [p for p in session.party_priority if p not in roster.parties]
+    if unknown_parties or len(set(session.party_priority)) != len(session.party_priority):
+        raise ConfigError(f"session.party_priority must list distinct roster parties; not in the roster: "
+                          f"{unknown_parties}")
     if not session.roster_sha256:
         raise ConfigError(f"session.roster_sha256 is missing: pin the roster's digest ({roster.digest()} for "
                           f"{paths.roster}) after checking its fingerprints with every site")
@@ -173,6 +203,10 @@ def _build(cls: type, table: dict[str, Any], name: str) -> Any:
     values = dict(table)
     if "layers" in values:
         values["layers"] = tuple(int(x) for x in values["layers"])
+    if "party_priority" in values:
+        if not isinstance(values["party_priority"], list):
+            raise ConfigError(f"[{name}] party_priority must be a list of roster names")
+        values["party_priority"] = tuple(str(x) for x in values["party_priority"])
     try:
         return cls(**values)
     except TypeError as exc:
@@ -192,6 +226,21 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
         if not 0 < getattr(s, key) < float("inf"):
             raise ConfigError(f"session.{key} must be a finite positive number")
+    from secure_collab.editing import UPDATE_RULES
+
+    if s.update_rule not in UPDATE_RULES:
+        raise ConfigError(f"session.update_rule must be one of {UPDATE_RULES}, got {s.update_rule!r}")
+    if s.conflict_policy not in CONFLICT_POLICIES:
+        raise ConfigError(f"session.conflict_policy must be one of {CONFLICT_POLICIES}, got {s.conflict_policy!r}")
+    if not isinstance(s.dedupe, bool):
+        raise ConfigError("session.dedupe must be true or false")
+    if not 0 <= s.known_residual < float("inf"):
+        raise ConfigError("session.known_residual must be a finite number >= 0")
+    if not 0 <= s.augment <= 16:
+        raise ConfigError("session.augment must be between 0 and 16")
+    if s.tags and s.tag_slots * ELEMENT_BYTES * 2 + 4096 > n.max_message_bytes:
+        raise ConfigError(f"network.max_message_bytes must hold a party's padded tags ({s.tag_slots} slots of "
+                          f"{ELEMENT_BYTES} bytes, twice): lower session.max_edits_per_party or raise it")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
     if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW

@@ -25,7 +25,10 @@ class PartyEngine:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="session configuration (TOML)")
     parser.add_argument("--name", required=True, help="this party's roster name")
-    parser.add_argument("--requests", help="this party's edit requests (JSON / JSONL)")
+    parser.add_argument("--requests", action="append", metavar="FILE",
+                        help="this party's edit requests (JSON / JSONL). Repeat it once per round (file r is round "
+                             "r), or give one file whose records carry a 'round' field (else its requests are "
+                             "split into contiguous blocks, one per round)")
     parser.add_argument("--save", help="directory to save the edited model to")
     parser.add_argument("--threads", type=int, default=0, help="math threads for this process (0: default)")
     parser.add_argument("--json", help="write the party's report here")
@@ -41,12 +44,18 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
     from parties.engine import PartyEditor
     from secure_collab.data.formats import load_requests
 
+    from secure_collab.editing.session import requests_by_round
+
     if not args.requests:
         raise SystemExit("party: --requests is required (this party's edit requests)")
-    requests = load_requests(args.requests)
-    editor = PartyEditor(config.session, requests, device=args.device,
+    files = [load_requests(path) for path in args.requests]
+    try:
+        rounds = requests_by_round(files, config.session.rounds)
+    except ValueError as exc:
+        raise SystemExit(f"party: {exc}") from None
+    editor = PartyEditor(config.session, [r for f in files for r in f], device=args.device,
                          cache=Path(args.cache_dir) if args.cache_dir else None,
-                         log=lambda msg: print(f"party {name}: {msg}", flush=True))
+                         log=lambda msg: print(f"party {name}: {msg}", flush=True), rounds=rounds)
 
     def finish(_result: Any) -> dict:
         return editor.finish(save=Path(args.save) if args.save else None,

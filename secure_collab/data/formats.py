@@ -18,6 +18,8 @@ Formats (``FORMATS``):
 - ``mquake``: MQuAKE records; each ``requested_rewrite`` entry becomes one request (case_id ``"<id>.<i>"``).
 - ``jsonl``: one JSON object per line, ``{"subject", "prompt", "target_new"[, "target_true", "relation",
   "case_id", "paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets"]}``; the prompt holds "{}".
+
+Every format may carry a top-level ``"round"`` (an integer >= 0): the session round the request is for.
   A ``.json`` file holding a list of such objects is read the same way.
 
 Filled-in prompts (MEND formats) are turned into templates by replacing the first exact occurrence of the
@@ -98,7 +100,7 @@ class _Record:
     def build(self, **fields: Any) -> Request:
         try:
             default = self.case_id if self.case_id is not None else str(self.index)  # zsRE has no ids
-            return Request(case_id=fields.pop("case_id", default), **fields)
+            return Request(case_id=fields.pop("case_id", default), round=self.raw.get("round"), **fields)
         except RequestError as e:  # re-raise with the file and record index in front
             raise RequestError(f"{self.where}: {e}") from None
 

@@ -23,7 +23,7 @@ import torch
 
 from secure_collab.editing.solve import solve_update
 
-UPDATE_RULES = ("memit-static", "memit-dynamic", "alphaedit")
+from secure_collab.editing import UPDATE_RULES
 
 
 def nullspace_basis(cov: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -51,8 +51,12 @@ class SyntheticEngine:
         self.w[layer] = self.w[layer] + delta
 
 
-def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
+def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+                      past_g: np.ndarray | None = None) -> np.ndarray:
+    """B (λI + G [+ G_past])⁻¹: the synthetic stand-in for the update rules (G_past when the rule reads it)."""
     a = LAMBDA * np.eye(g_sum.shape[0]) + g_sum  # (d_k, d_k), symmetric positive definite
+    if past_g is not None:
+        a = a + past_g
     c = np.linalg.cholesky(a)
     return np.linalg.solve(c.T, np.linalg.solve(c, b_sum.T)).T  # (d_v, d_k) = B A⁻¹
 
@@ -64,13 +68,16 @@ def reference_deltas(cfg: Config, names: Iterable[str],
     who contributes to a given (round, layer))."""
     engines = {n: SyntheticEngine(n, cfg) for n in names}
     out = {}
+    past: dict[int, np.ndarray] = {}  # Σ of earlier rounds' ΣG, for update rules that read it
+    reads_past = cfg.session.update_rule != "memit-static"
     for round_, layers in cfg.session.steps():
         stats = {lay: [engines[n].compute_statistics(round_, lay)
                        for n in (members or {}).get((round_, lay), engines)] for lay in layers}
         for lay in layers:
             g = sum(st["G"] for st in stats[lay])
             b = sum(st["B"] for st in stats[lay])
-            out[(round_, lay)] = closed_form_solve(round_, lay, g, b)
+            out[(round_, lay)] = closed_form_solve(round_, lay, g, b, past.get(lay) if reads_past else None)
+            past[lay] = past[lay] + g if lay in past else g
         for lay in layers:
             for e in engines.values():
                 e.apply_delta(lay, out[(round_, lay)])
