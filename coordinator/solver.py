@@ -32,6 +32,7 @@ import numpy as np
 import zmq
 
 from coordinator.solver_state import SolverState
+from coordinator.solver_tags import TagDesk
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
@@ -42,14 +43,15 @@ from secure_collab.protection import (
     ProtectionParams,
     ProtectionScheme,
     StatContext,
+    oprf,
 )
 from secure_collab.protection import _primitives as hazmat
+from secure_collab.protection.encoding import pack_symmetric
 from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
-from secure_collab.protection.encoding import pack_symmetric
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 
 log = logging.getLogger(__name__)
@@ -126,15 +128,25 @@ class Solver:
             meta, _ = stored
             public, bundles = bytes.fromhex(meta["public"]), bytes.fromhex(meta["bundles"])
             self.secrets = self.scheme.restore(params, public, bundles, meta["secrets"])
+            self._tag_desk(bytes.fromhex(meta["oprf_key"]))
             log.info("solver: rejoining session %s with its stored setup", self.s.id)
             return public, bundles, bytes.fromhex(meta["signature"])
         recipients = {name: ident.sealing for name, ident in self.cfg.roster.parties.items()}
         self.secrets = self.scheme.solver_setup(params, recipients)
         public, bundles = bytes(self.secrets.public), bytes(self.secrets.bundles)
         signature = self.signing.sign(setup_bytes(self.s.id, self.cfg.digest, public, bundles))
+        oprf_key = oprf.new_key()  # the session's tag key: tags of one fact differ between sessions
         self.state.save("setup", {"public": public.hex(), "bundles": bundles.hex(), "signature": signature.hex(),
-                                  "secrets": self.scheme.export(self.secrets)})
+                                  "secrets": self.scheme.export(self.secrets), "oprf_key": oprf_key.hex()})
+        self._tag_desk(oprf_key)
         return public, bundles, signature
+
+    def _tag_desk(self, oprf_key: bytes) -> None:
+        def send(mtype: MsgType, round_: int, body: dict, frames: tuple[bytes, ...]) -> None:
+            transport.send(self.sock, self._msg(mtype, round_, -1, body, frames))
+
+        self.tags = (TagDesk(self.cfg, self.state, self.signing, self.secrets.seal_private, oprf_key, send)
+                     if self.s.tags else None)
 
     def run(self) -> SolverResult:
         public, bundles, signature = self._setup()
@@ -175,6 +187,11 @@ class Solver:
                     return
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
+                elif msg.type in (MsgType.BLINDED, MsgType.TAGS, MsgType.DECIDE):
+                    if self.tags is None:
+                        raise ProtocolError("this session exchanges no tags")
+                    {MsgType.BLINDED: self.tags.on_blinded, MsgType.TAGS: self.tags.on_tags,
+                     MsgType.DECIDE: self.tags.on_decide}[msg.type](msg)
             except (ProtocolError, ProtectionError) as exc:
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)[:512]})
                 transport.send(self.sock, error)
@@ -290,6 +307,14 @@ class Solver:
         if problems:
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(problems), opened=True)
+        if self.tags is not None:  # the edit count must be what the round's decisions leave
+            try:
+                want = self.tags.expected_edits(round_, pend.parties)
+            except ValueError as exc:
+                raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
+            if abs(n - want) > 0.5:
+                raise Refusal(f"round {round_} layer {layer}: the parties contributed {n:g} edits, their tags and "
+                              f"the round's decisions allow {want}", opened=True)
         past = self._past(round_, layer)
         try:
             delta = np.asarray(self.solve(round_, layer, g, b, past), dtype=np.float64)

@@ -6,11 +6,12 @@ name, so a file copied without the key file reveals nothing and cannot be swappe
 The directory is 0700 and every file 0600 whatever the umask; a record is written to a temporary file,
 flushed to disk and renamed, so a crash leaves the old record or the new one, never half of one.
 
-Records: ``setup`` (public parameters, bundles, signature and the session secrets), ``opened-r{R}-l{L}``
-(written *before* an aggregate is opened: that step is never opened again), ``release-r{R}-l{L}`` (the
-signed, encrypted release) and ``failed-r{R}-l{L}`` (opened, then refused: no release, ever) and ``past-r{R}-l{L}`` (Σ of the ΣG of rounds
-0..R of layer L, for update rules that read earlier rounds; written before round R's release of L, replacing
-``past-r{R-1}-l{L}``).
+Records: ``setup`` (public parameters, bundles, signature, the session secrets and the OPRF tag key),
+``opened-r{R}-l{L}`` (written *before* an aggregate is opened: that step is never opened again),
+``release-r{R}-l{L}`` (the signed, encrypted release), ``failed-r{R}-l{L}`` (opened, then refused: no release,
+ever), ``past-r{R}-l{L}`` (Σ of the ΣG of rounds 0..R of layer L, for update rules that read earlier rounds;
+written before round R's release of L, replacing ``past-r{R-1}-l{L}``), ``tags-r{R}`` (the round's OPRF
+evaluations, tags and decisions) and ``facts`` (the facts kept in earlier rounds, by tag).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
 
-_RECORD = re.compile(r"^[a-z]+(-r\d+-l\d+)?$")
+_RECORD = re.compile(r"^[a-z]+(-r\d+)?(-l\d+)?$")
 
 
 def private_dir(path: Path) -> Path:

@@ -43,7 +43,6 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
 
     from parties.engine import PartyEditor
     from secure_collab.data.formats import load_requests
-
     from secure_collab.editing.session import requests_by_round
 
     if not args.requests:

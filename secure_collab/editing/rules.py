@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from secure_collab.editing.solve import solve_update
-
 from secure_collab.editing import UPDATE_RULES
+from secure_collab.editing.solve import solve_update
 
 
 def nullspace_basis(cov: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -72,7 +71,8 @@ class UpdateRule:
             return solve_update(b_sum, g_sum, cov, self.lam)
         if self.name == "memit-dynamic":
             return solve_update(b_sum, g_sum, cov, self.lam, past_g=past_g, lam_past=self.lam_past)
-        return alphaedit_update(b_sum, g_sum, basis if basis is not None else self.basis(cov), past_g, self.l2)
+        basis = basis if basis is not None else nullspace_basis(cov, self.nullspace_threshold)
+        return alphaedit_update(b_sum, g_sum, basis, past_g, self.l2)
 
 
 def alphaedit_update(b_sum: torch.Tensor, g_sum: torch.Tensor, basis: torch.Tensor,

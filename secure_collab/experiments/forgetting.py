@@ -103,7 +103,7 @@ def _run_rule(lm: LoadedModel, rounds: list[list[list[Request]]], hp: MemitHPara
         details = evaluate(lm, so_far).details
         n0 = sum(len(p) for p in rounds[0])
         start = sum(len(p) for rnd in rounds[:r] for p in rnd)
-        row = {"rule": hp.update_rule, "round": r + 1, "first_round": metrics(details[:n0]),
+        row: dict[str, Any] = {"rule": hp.update_rule, "round": r + 1, "first_round": metrics(details[:n0]),
                "this_round": metrics(details[start:]), "so_far": metrics(details),
                "target_loss": [x for t_ in tr for x in t_.loss],
                "delta_norm": {str(k): float(v.norm()) for k, v in res.deltas.items()},

@@ -59,6 +59,13 @@ class MsgType(StrEnum):
     ACK = "ack"  # party -> coordinator: a release was applied (ok) or refused (reason)
     ERROR = "error"  # any -> peer: the message with seq `refused_seq` was refused for `reason`
     END = "end"  # coordinator -> all: session done (ok) or aborted (reason)
+    # the keyed-tag exchange that opens a round with dedupe or conflict resolution (protocol/tags.py)
+    TAG_OPEN = "tag-open"  # coordinator -> party: send the round's blinded tag inputs
+    BLINDED = "blinded"  # party -> coordinator -> solver: [padded blinded batch, sealed count, signature]
+    EVALUATED = "evaluated"  # solver -> coordinator -> party: [padded answer, solver signature]
+    TAGS = "tags"  # party -> coordinator -> solver: [sealed fixed-size tags, signature]
+    DECIDE = "decide"  # coordinator -> solver: decide over the tags of these parties
+    DECISION = "decision"  # solver -> coordinator -> party: [sealed verdicts, signature], public records
 
 
 # body key -> required type, per message type. Extra keys are refused too.
@@ -78,7 +85,38 @@ BODY_SCHEMA: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.ACK: {"ok": bool, "reason": str},
     MsgType.ERROR: {"refused_seq": int, "reason": str},
     MsgType.END: {"ok": bool, "reason": str},
+    # party: "" from a party (the sender is the authenticated key), its name when the coordinator forwards
+    MsgType.TAG_OPEN: {"attempt": int},
+    MsgType.BLINDED: {"party": str, "slots": int},
+    MsgType.EVALUATED: {"party": str, "slots": int},
+    MsgType.TAGS: {"party": str, "slots": int},
+    MsgType.DECIDE: {"parties": list},
+    MsgType.DECISION: {"party": str, "records": list},
 }
+
+# Bounds of the tag exchange's fields, checked by the receivers before use (``check_tag_body``).
+MAX_DECISION_RECORDS = 1 << 16
+DECISION_KINDS = ("duplicate", "conflict")
+
+
+def check_tag_body(msg: Message, slots: int, parties: frozenset[str] | set[str]) -> None:
+    """Bounds of a tag-exchange body: the slot count of the session, a roster party (or "" from a party
+    itself), at most as many parties as the roster, decision records of (64-hex id, known kind)."""
+    b = msg.body
+    if "slots" in b and b["slots"] != slots:
+        raise ProtocolError(f"{msg.type.value}: {b['slots']} slots, the session has {slots}")
+    if "party" in b and b["party"] and b["party"] not in parties:
+        raise ProtocolError(f"{msg.type.value}: party {b['party'][:40]!r} is not in the roster")
+    if "parties" in b:
+        names = b["parties"]
+        if len(names) > len(parties) or len(set(names)) != len(names) or not set(names) <= set(parties):
+            raise ProtocolError(f"{msg.type.value}: party list is not a set of roster parties")
+    if "records" in b:
+        recs = b["records"]
+        if len(recs) > MAX_DECISION_RECORDS or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and len(r[0]) == 64
+                and isinstance(r[1], str) and r[1] in DECISION_KINDS for r in recs):
+            raise ProtocolError(f"{msg.type.value}: decision records must be [64-hex id, kind] pairs")
 
 HEADER_KEYS = ("v", "type", "session", "round", "layer", "stat", "sender", "seq", "config", "digests", "body")
 
