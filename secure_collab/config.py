@@ -23,7 +23,7 @@ Example (every field of [session] is bound into each message through ``Config.di
     dedupe = false               # keyed tags (OPRF held by the solver): a fact at several parties counts once
     conflict_policy = "none"     # none | priority | majority | first: same subject+relation, other objects
     party_priority = []          # roster names, highest first (priority policy and ties; default roster order)
-    known_residual = 0.0         # a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
+    known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     [session.hparams]            # MEMIT hyper-parameters, free-form, digested
     mom2_update_weight = 1000.0

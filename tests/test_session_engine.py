@@ -16,7 +16,7 @@ from secure_collab.editing.solve import solve_update
 
 def _session(tmp_path, **kw):
     base = dict(model="tiny-llama", layers=(1, 2), variant="sequential", template_seed=0, rounds=2, d_k=96,
-                update_rule="memit-static",
+                update_rule="memit-static", known_residual=0.0, dedupe=False, augment=2,
                 d_v=64, hparams={"mom2_tokens": 600, "v_num_grad_steps": 3, "n_templates": 1,
                                  "template_length": 3})
     return SimpleNamespace(**{**base, **kw})
@@ -62,3 +62,24 @@ def test_party_splits_rounds_and_tracks_applied_updates(tmp_path, capitals):
     assert sorted(editor.applied) == [(0, 1), (0, 2), (1, 1)]
     report = editor.finish(patch=tmp_path / "patch.safetensors")
     assert report["edits"] == 3 and (tmp_path / "patch.safetensors").is_file()
+
+
+def test_party_withholds_known_requests_and_follows_the_solvers_verdicts(tmp_path, capitals):
+    from secure_collab.overlap import fact_inputs
+
+    session = _session(tmp_path, rounds=1, known_residual=0.0, dedupe=True, augment=2)
+    reqs = [capitals[0], capitals[1], capitals[0], capitals[2]]  # a repeat of request 0
+    editor = PartyEditor(session, reqs, cache=tmp_path, log=lambda _m: None)
+    assert editor.tag_inputs(0) == [fact_inputs(r) for r in (capitals[0], capitals[1], capitals[2])]
+    assert editor.withheld[0] == [capitals[0].case_id]
+    editor.decided(0, [(0, "augment", "conflict", "ab" * 32), (1, "withdraw", "duplicate", "cd" * 32),
+                       (2, "keep", "", "")])
+    plan = editor.plan[0]
+    assert [r.subject for r in plan] == ["France", "Italy", "France", "France"]  # kept, then two augmented
+    assert all(r.target_new == capitals[0].target_new and r.prompt != capitals[0].prompt for r in plan[2:])
+    assert editor.targets[0].z.shape[0] == 4
+    stats = editor.compute_statistics(0, 1)
+    assert stats["N"] == 4
+    # a request whose residual is (near) zero is withheld: the model already gives it
+    known = _session(tmp_path, rounds=1, known_residual=1e9)
+    assert PartyEditor(known, capitals[:2], cache=tmp_path, log=lambda _m: None).tag_inputs(0) == []

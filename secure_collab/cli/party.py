@@ -20,6 +20,7 @@ class PartyEngine:
     compute_statistics: ComputeStatistics  # (round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k)}
     apply_delta: ApplyDelta  # (layer, ΔW (d_v, d_k) float64), already verified
     finish: Callable[[Any], dict] | None = None  # (PartyResult) -> report (evaluation, saving the model)
+    tagger: Any = None  # parties.tags.Tagger: tag inputs and the solver's verdicts (sessions with tags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
         return editor.finish(save=Path(args.save) if args.save else None,
                              patch=Path(args.patch) if args.patch else None)
 
-    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish)
+    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish, editor)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     engine = engine_callbacks(config, args.name, args)
     result = run_party(config, args.name, load_scheme(config.session.mode), engine.compute_statistics,
-                       engine.apply_delta)
+                       engine.apply_delta, tagger=engine.tagger if config.session.tags else None)
     report = {"party": args.name, "ok": result.ok, "reason": result.reason, "bytes_sent": result.bytes_sent,
               "seconds": round(result.seconds, 3), "refusals": result.refusals,
               "applied": {f"{r}/{lay}": sha for (r, lay), sha in sorted(result.applied.items())}}
