@@ -40,6 +40,30 @@ def add_round_experiments(sub: Any) -> None:
                    help="update rules, comma-separated")
     f.set_defaults(_experiment_run=run_forgetting_cli)
 
+    o = sub.add_parser("overlap", formatter_class=fmt,
+                       help="one edit held by k parties, with and without dedupe, against one copy",
+                       description="P parties with E requests each, one more request copied to k of them (k = 2..P); "
+                                   "ΔW with dedupe against ΔW with one copy, and the known-fact check.")
+    _common(o, requests_default=None)
+    o.add_argument("--parties", type=int, default=3)
+    o.add_argument("--edits-per-party", type=int, default=2)
+    o.add_argument("--known", type=int, default=4, help="true facts for the known-fact check")
+    o.add_argument("--known-residual", type=float, default=0.02, help="the known-fact threshold to report")
+    o.add_argument("--update-rule", choices=("memit-static", "memit-dynamic", "alphaedit"), default="memit-static")
+    o.set_defaults(_experiment_run=run_overlap_cli)
+
+    c = sub.add_parser("conflict", formatter_class=fmt,
+                       help="two parties, two objects for one fact: unresolved, resolved, augmented, across rounds",
+                       description="Party A wants a record's target_new, party B another object of the same relation.")
+    _common(c, requests_default=None)
+    c.add_argument("--facts", type=int, default=8, help="conflicting facts")
+    c.add_argument("--augment", type=int, default=2, help="augmented requests per fact the winner adds")
+    c.add_argument("--rules", type=_names, default=("memit-static", "memit-dynamic"),
+                   help="update rules of the cross-round case (empty: skip it)")
+    c.add_argument("--update-rule", choices=("memit-static", "memit-dynamic", "alphaedit"), default="memit-static",
+                   help="the rule of the one-round cases")
+    c.set_defaults(_experiment_run=run_conflict_cli)
+
 
 def _common(p: argparse.ArgumentParser, requests_default: str | None) -> None:
     from secure_collab.cli.stats import parse_layers
@@ -91,8 +115,9 @@ def setup(args: argparse.Namespace, n_records: int) -> Any:
     console = Console(stderr=True, quiet=args.quiet)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        records = load_request_set(args.requests, args.format, args.start + n_records)[args.start:]
+    try:  # n_records == 0: every record after --start (the experiment picks what it needs)
+        limit = args.start + n_records if n_records else None
+        records = load_request_set(args.requests, args.format, limit)[args.start:]
     except (OSError, ValueError) as exc:
         return fail(args, str(exc))
     if len(records) < n_records:
@@ -154,4 +179,46 @@ def run_forgetting_cli(args: argparse.Namespace) -> int:
     table = forgetting_table(result)
     env.console.print(table)
     finish(args, result, table, lambda out: plot_forgetting(result, out / "forgetting.png"), t0)
+    return 0
+
+
+def run_overlap_cli(args: argparse.Namespace) -> int:
+    from secure_collab.experiments.overlap import run_overlap
+    from secure_collab.experiments.report import overlap_table, plot_overlap
+
+    t0 = time.perf_counter()
+    need = 1 + args.parties * args.edits_per_party + args.known
+    env = setup(args, need)
+    if isinstance(env, int):
+        return env
+    try:
+        result = run_overlap(env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs,
+                             env.templates, parties=args.parties, edits_per_party=args.edits_per_party,
+                             known=args.known, known_residual=args.known_residual, cache=args.cache_dir,
+                             say=env.console.log)
+    except ValueError as exc:
+        return fail(args, str(exc))
+    table = overlap_table(result)
+    env.console.print(table)
+    finish(args, result, table, lambda out: plot_overlap(result, out / "overlap.png"), t0)
+    return 0
+
+
+def run_conflict_cli(args: argparse.Namespace) -> int:
+    from secure_collab.experiments.conflict import run_conflict
+    from secure_collab.experiments.report import conflict_table, plot_conflict
+
+    t0 = time.perf_counter()
+    env = setup(args, 0)
+    if isinstance(env, int):
+        return env
+    try:
+        result = run_conflict(env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs,
+                              env.templates, facts=args.facts, augment=args.augment, rules=args.rules,
+                              cache=args.cache_dir, say=env.console.log)
+    except ValueError as exc:
+        return fail(args, str(exc))
+    table = conflict_table(result)
+    env.console.print(table)
+    finish(args, result, table, lambda out: plot_conflict(result, out / "conflict.png"), t0)
     return 0
