@@ -47,13 +47,15 @@ def conflict_pairs(requests: Sequence[Request], k: int) -> list[tuple[Request, R
 
 def landing(lm: LoadedModel, pairs: Sequence[tuple[Request, Request]]) -> dict[str, Any]:
     """Per fact, which of o_A, o_B and the true object the model prefers, on the edit prompt and paraphrases."""
-    asks, index = [], []
+    asks: list[tuple[str, str]] = []
+    index: list[tuple[bool, int]] = []
     for a, b in pairs:
         for prompt in (a.text, *a.paraphrase_prompts):
             index.append((prompt == a.text, len(asks)))
             asks += [(prompt, a.target_new), (prompt, b.target_new), (prompt, a.target_true or "")]
     nll = completion_nlls(lm.model, lm.tokenizer, asks)
-    edit, para = [], []
+    edit: list[str] = []
+    para: list[str] = []
     for is_edit, at in index:
         winner = ("a", "b", "true")[min(range(3), key=lambda j: nll[at + j])]
         (edit if is_edit else para).append(winner)

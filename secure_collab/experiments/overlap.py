@@ -54,7 +54,7 @@ def run_overlap(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParams, 
 
     say("one copy of the duplicated edit (the reference)")
     once, once_eval = edit([own[0] + [dup], *own[1:]])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for k in range(2, parties + 1):
         split = [own[p] + ([dup] if p < k else []) for p in range(parties)]
         say(f"{k} copies: without dedupe")
