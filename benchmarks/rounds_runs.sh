@@ -19,4 +19,12 @@ echo "== chosen: nullspace_threshold $THR, L2 $L2"
 run "$PY" -m secure_collab experiment forgetting --model smollm2-135m --requests "$DATA/counterfact.json" \
     --start 140 --rounds 4 --parties 3 --edits-per-party 4 --nullspace-threshold "$THR" --alphaedit-l2 "$L2" \
     --threads 1 --out "$RES/forgetting_smollm2"
+# 3. conflict on report records from 188 on: 8 facts, 2 augmented requests per fact, cross-round under two rules
+run "$PY" -m secure_collab experiment conflict --model smollm2-135m --requests "$DATA/counterfact.json" \
+    --start 188 --facts 8 --augment 2 --rules memit-static,memit-dynamic --threads 1 --out "$RES/conflict_smollm2"
+# 4. overlap: the acceptance on a tiny float64 model, and SmolLM2 on records 240-250
+run "$PY" -m secure_collab experiment overlap --model tiny-llama --requests "$DATA/counterfact.json" \
+    --parties 3 --edits-per-party 2 --threads 1 --out "$RES/overlap_tiny"
+run "$PY" -m secure_collab experiment overlap --model smollm2-135m --requests "$DATA/counterfact.json" \
+    --start 240 --parties 3 --edits-per-party 2 --threads 1 --out "$RES/overlap_smollm2"
 echo "== $(date +%T) done"
