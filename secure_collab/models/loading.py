@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,16 @@ def _byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eot, bos_token=eot, pad_token=eot)
 
 
+_TINY_LOCK = threading.Lock()
+
+
 def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
     """Seeded small random models: fast enough for unit tests, real HF architectures."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tok = _byte_tokenizer()
-    with torch.random.fork_rng(devices=[]):
+    # the global RNG is shared by threads (tests run parties in threads): one seeded construction at a time
+    with _TINY_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cfg: Any
         if name == "tiny-gpt2":
