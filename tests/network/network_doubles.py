@@ -347,13 +347,13 @@ def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple[Fact, int]]]
 
 
 def run_fact_session(cfg: Config, facts: dict[str, dict[int, list[Fact]]], *, coordinator: Any = None,
-                     timeout: float = 40.0) -> SessionRun:
+                     timeout: float = 40.0, engine: dict[str, type] | None = None) -> SessionRun:
     """Solver, coordinator (honest unless given) and FactEngine parties in threads."""
     from coordinator.solver import run_solver
     from parties import run_party
 
     scheme = get_scheme(cfg.session.mode)
-    engines = {n: FactEngine(n, cfg, f) for n, f in facts.items()}
+    engines = {n: (engine or {}).get(n, FactEngine)(n, cfg, f) for n, f in facts.items()}
     coord = coordinator or Watching(cfg, scheme)
     th = Threads()
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))

@@ -181,3 +181,19 @@ def test_solver_killed_between_rounds_keeps_its_tag_key_and_the_applied_facts(tm
     ref = fact_reference(cfg, KEPT)
     for lay in (1, 2):
         np.testing.assert_allclose(np.array(result["releases"][f"1/{lay}"]), ref[(1, lay)], rtol=1e-9, atol=1e-12)
+
+
+def test_a_party_contributing_other_than_its_decisions_allow_gets_no_release(tmp_path):
+    """b asks for tags of two requests but contributes three edits (it could have tested a third fact against
+    the others' tags for free): the opened edit count does not match the decisions, nothing is released."""
+    from network_doubles import FactEngine
+
+    class Padding(FactEngine):
+        def compute_statistics(self, round_, layer):
+            out = super().compute_statistics(round_, layer)
+            return {**out, "N": out["N"] + 1}
+
+    cfg = _config(tmp_path, rounds=1)
+    run = run_fact_session(cfg, {n: {0: f[0]} for n, f in FACTS.items()}, engine={"b": Padding})
+    assert not run.outcome.ok and "their tags and the round's decisions allow" in run.outcome.reason
+    assert run.solver.releases == {}
