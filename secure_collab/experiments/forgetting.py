@@ -20,6 +20,7 @@ import torch
 
 from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams
+from secure_collab.editing.keys import compute_keys
 from secure_collab.editing.memit import restore, snapshot
 from secure_collab.editing.round_targets import cached_targets, weights_digest
 from secure_collab.editing.rounds import CrossRound, edit_round
@@ -86,6 +87,10 @@ def _run_rule(lm: LoadedModel, rounds: list[list[list[Request]]], hp: MemitHPara
     work.mkdir(parents=True, exist_ok=True)
     done = [r for r in range(len(rounds)) if (work / f"round-{r}.json").is_file()]
     first = max(done) + 1 if done else 0
+    # round 1's keys on the unedited model: how much each round's ΔW moves them is the mechanism in question
+    first_reqs = [req for p in rounds[0] for req in p]
+    keys1 = {lay: compute_keys(lm, first_reqs, lay, templates, hp.request_batch).T.double()  # (d_k, n)
+             for lay in hp.layers}
     state = CrossRound()
     if first > 0:
         state = _load_weights(lm, hp.layers, work / "weights.safetensors")
@@ -107,6 +112,8 @@ def _run_rule(lm: LoadedModel, rounds: list[list[list[Request]]], hp: MemitHPara
                "this_round": metrics(details[start:]), "so_far": metrics(details),
                "target_loss": [x for t_ in tr for x in t_.loss],
                "delta_norm": {str(k): float(v.norm()) for k, v in res.deltas.items()},
+               # ‖ΔW_l K₁‖_F: how far this round's update moves round 1's keys (per layer)
+               "moves_round1_keys": {str(k): float((v.double() @ keys1[k]).norm()) for k, v in res.deltas.items()},
                "seconds": round(time.perf_counter() - t, 1)}
         _save_weights(lm, hp.layers, state, work / "weights.safetensors")
         atomic_json(work / f"round-{r}.json", row)
@@ -123,7 +130,7 @@ def run_forgetting(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
     """Every rule of ``plan`` over the same rounds; returns the JSON-ready result (``retention``, ``rounds``)."""
     rounds = assign(requests, plan)
     used = [req for rnd in rounds for p in rnd for req in p]
-    key = {"model": lm.source_digest, "dtype": str(next(lm.model.parameters()).dtype), "templates":
+    key = {"format": 2, "model": lm.source_digest, "dtype": str(next(lm.model.parameters()).dtype), "templates":
            templates_digest(templates), "requests": [[r.case_id, r.subject, r.prompt, r.target_new] for r in used],
            "plan": [plan.rounds, plan.parties, plan.edits_per_party],
            "hparams": hp.with_(update_rule="memit-static").to_dict(),
@@ -140,6 +147,9 @@ def run_forgetting(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
         finally:
             restore(lm, saved)
     last = {rule: next(r for r in rows if r["rule"] == rule and r["round"] == plan.rounds) for rule in plan.rules}
+    for row in rows:  # later rounds' push on round 1's keys, relative to round 1's own
+        own = next(r for r in rows if r["rule"] == row["rule"] and r["round"] == 1)["moves_round1_keys"]
+        row["disturbance"] = sum(row["moves_round1_keys"].values()) / max(sum(own.values()), 1e-300)
     return {
         "experiment": "forgetting", "model": lm.name, "plan": asdict(plan), "method": "collab",
         "variant": hp.variant, "hparams": hp.to_dict(), "covariance_tokens": hp.mom2_tokens,

@@ -20,15 +20,17 @@ def _pyplot() -> Any:
 
 
 def forgetting_table(res: dict[str, Any]) -> str:
-    lines = ["| rule | round | round-1 efficacy | round-1 generalization | this round's efficacy | "
-             "all edits so far: efficacy | specificity |", "|---|---|---|---|---|---|---|"]
+    lines = ["| rule | round | round-1 efficacy | round-1 margin | round-1 generalization | this round's efficacy | "
+             "all edits so far: efficacy | specificity | ‖ΔW K₁‖ vs round 1's |",
+             "|---|---|---|---|---|---|---|---|---|"]
     pre = res["pre_first_round"]
-    lines.append(f"| (unedited) | 0 | {_fmt(pre['efficacy'])} | {_fmt(pre['generalization'])} | - | - | "
-                 f"{_fmt(pre['specificity'])} |")
+    lines.append(f"| (unedited) | 0 | {_fmt(pre['efficacy'])} | {_fmt(pre.get('margin'))} | "
+                 f"{_fmt(pre['generalization'])} | - | - | {_fmt(pre['specificity'])} | - |")
     for row in res["rounds"]:
         lines.append(f"| {row['rule']} | {row['round']} | {_fmt(row['first_round']['efficacy'])} | "
-                     f"{_fmt(row['first_round']['generalization'])} | {_fmt(row['this_round']['efficacy'])} | "
-                     f"{_fmt(row['so_far']['efficacy'])} | {_fmt(row['so_far']['specificity'])} |")
+                     f"{_fmt(row['first_round'].get('margin'))} | {_fmt(row['first_round']['generalization'])} | "
+                     f"{_fmt(row['this_round']['efficacy'])} | {_fmt(row['so_far']['efficacy'])} | "
+                     f"{_fmt(row['so_far']['specificity'])} | {_fmt(row.get('disturbance'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -37,22 +39,24 @@ def plot_forgetting(res: dict[str, Any], path: Path, title: str | None = None) -
     from matplotlib.ticker import MaxNLocator
 
     panels = (("first_round", "efficacy", "round-1 edits: efficacy"),
-              ("first_round", "generalization", "round-1 edits: generalization"),
-              ("this_round", "efficacy", "the round's own edits: efficacy"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True)
+              ("first_round", "margin", "round-1 edits: NLL(true) − NLL(new)"),
+              ("this_round", "efficacy", "the round's own edits: efficacy"),
+              ("", "disturbance", "‖ΔW_r K₁‖ / ‖ΔW_1 K₁‖ (round-1 keys)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6))
     pre = res["pre_first_round"]
     for ax, (group, metric, label) in zip(axes, panels, strict=True):
         for rule in res["plan"]["rules"]:
             rows = sorted((r for r in res["rounds"] if r["rule"] == rule), key=lambda r: r["round"])
             xs = [r["round"] for r in rows]
-            ys = [r[group][metric] for r in rows]
+            ys = [(r[group] if group else r).get(metric) for r in rows]
             if group == "first_round":
-                xs, ys = [0, *xs], [pre[metric], *ys]
+                xs, ys = [0, *xs], [pre.get(metric), *ys]
             ax.plot(xs, ys, marker="o", label=rule)
-        ax.set_title(label, fontsize=10)
+        ax.set_title(label, fontsize=9)
         ax.set_xlabel("after round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(-0.02, 1.02)
+        if metric in ("efficacy", "generalization"):
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction")
     axes[0].legend(fontsize=8)
