@@ -1,8 +1,9 @@
 """Augmented requests: paraphrased prompts a party generates for a request it must make hold (a won conflict).
 
 The party's own model rewrites the prompt (a few-shot instruction, seeded sampling); a rewrite is kept only if it
-still ends where the object follows, holds the subject exactly once, does not give the object away, and is
-neither the prompt itself nor one of the data set's paraphrase prompts (those are for evaluation). When the
+still ends where the object follows (its last word is a verb, preposition or article of ``ENDINGS``, or the
+prompt's own last word), holds the subject exactly once, does not give the object away, and is neither the prompt
+itself nor one of the data set's paraphrase prompts (those are for evaluation). When the
 model does not produce enough of them (small models rarely do), the prompt is framed by short lead-ins, one of
 them a sentence about the subject that the model writes. Every augmented request keeps the subject, the
 relation and the object of the original, so it adds keys for the same fact in other contexts.
@@ -22,6 +23,11 @@ FEW_SHOT = ("Rewrite the start of the sentence in other words. Keep the name.\n"
             "Sentence: The capital of France is\nRewrite: France has its capital in\n"
             "Sentence: Albert Einstein was born in the city of\nRewrite: The birthplace of Albert Einstein is\n"
             "Sentence: {text}\nRewrite:")
+# a prompt stops where the object follows: after a verb, a preposition or an article, not after a name
+ENDINGS = frozenset(("is", "was", "are", "were", "be", "been", "of", "by", "in", "from", "for", "as", "the", "a", "an",
+                     "to", "at", "with", "on", "into", "speaks", "speak", "spoke", "plays", "played", "play",
+                     "called", "named", "language", "works", "worked", "born", "died", "located", "headquarters",
+                     "citizen", "native", "religion", "capital", "owned", "produced", "developed", "founded"))
 FRAMES = ("Fact: {prompt}", "It is well known that {lower}", "In short, {lower}", "Here is what we know. {prompt}",
           "According to the records, {lower}", "Everyone agrees: {lower}")
 
@@ -35,6 +41,9 @@ def _template(candidate: str, request: Request) -> str | None:
     text = re.split(r"[\n.!?]", candidate.strip(), maxsplit=1)[0].strip().rstrip(",;:")
     if text.count(request.subject) != 1 or len(text) > 200 or request.target_new.lower() in text.lower():
         return None
+    last = text.rsplit(maxsplit=1)[-1].lower() if text.split() else ""
+    if last not in ENDINGS and last != request.prompt.rsplit(maxsplit=1)[-1].lower():
+        return None
     prompt = text.replace(request.subject, "{}")
     known = {request.prompt, *(p.replace(request.subject, "{}") for p in request.paraphrase_prompts)}
     return None if prompt in known or prompt.count("{}") != 1 else prompt
@@ -45,6 +54,9 @@ def _sample(lm, text: str, max_new: int, gen: torch.Generator, top_k: int = 8) -
     tok, model = lm.tokenizer, lm.model
     ids = tok(text, return_tensors="pt")["input_ids"].to(lm.device)
     start = ids.shape[1]
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and start + max_new > limit:  # a small test model's context is too short for it
+        return ""
     for _ in range(max_new):
         logits = model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()
         top = torch.topk(logits, top_k)

@@ -102,3 +102,21 @@ def test_targets_are_cached_per_model_state(tiny, capitals, tmp_path, monkeypatc
         restore(tiny, saved)
     assert calls == [1, 1, 1, 1]  # a changed model is a new key
     assert not torch.equal(edited.z[0], first.z[0])
+
+
+def test_augmented_prompts_keep_the_fact_and_never_reuse_the_data_sets_paraphrases(tiny):
+    from secure_collab.data.requests import Request
+    from secure_collab.editing.augment import _template, augmented_requests
+
+    r = Request(subject="Danielle Darrieux", prompt="The mother tongue of {} is", target_new="English",
+                paraphrase_prompts=("Danielle Darrieux spoke the language",), case_id="7")
+    out = augmented_requests(tiny, r, 3, seed=1)
+    assert len(out) == 3 and len({q.prompt for q in out}) == 3
+    for q in out:
+        assert q.subject == r.subject and q.target_new == r.target_new and q.prompt.count("{}") == 1
+        assert q.prompt != r.prompt and q.case_id.startswith("7.aug") and q.paraphrase_prompts == ()
+    assert augmented_requests(tiny, r, 3, seed=1) == out  # seeded
+    assert _template("Danielle Darrieux's native language is", r) == "{}'s native language is"
+    assert _template("Danielle Darrieux spoke the language", r) is None  # the data set's own paraphrase
+    assert _template("Danielle Darrieux spoke English, as", r) is None  # gives the object away
+    assert _template("Danielle Darrieux is called the Grand Hotel", r) is None  # does not stop before an object
