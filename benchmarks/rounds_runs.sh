@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The SmolLM2 runs behind docs/rounds.md (issue 11), in order. Every step resumes from the caches (targets per
 # request and model state, experiment cells per round), so the script can be run again after an interruption.
-# Each step takes the shared heavy-job lock on its own.
+# Each step takes the shared heavy-job lock on its own; LOCK= (empty) runs them without it, e.g. when the whole
+# script already holds the lock:  flock /tmp/sc-heavy.lock env LOCK= bash benchmarks/rounds_runs.sh
 #   bash benchmarks/rounds_runs.sh            (from the repository root; DATA defaults to ../shared/data)
 set -euo pipefail
 PY=${PY:-/work/main/.venv/bin/python}
 DATA=${DATA:-../shared/data}
-LOCK=${LOCK:-/tmp/sc-heavy.lock}
+LOCK=${LOCK-/tmp/sc-heavy.lock}
 RES=${RES:-benchmarks/results}
-run() { echo "== $(date +%T) $*"; flock "$LOCK" nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=. "$@"; }
+run() {
+  echo "== $(date +%T) $*"
+  set -- nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=. "$@"
+  if [ -n "$LOCK" ]; then set -- flock "$LOCK" "$@"; fi
+  "$@"
+}
 
 # 1. AlphaEdit's null-space threshold and L2 on tuning records 0-23 of counterfact.json (rule fixed in the script)
 run "$PY" benchmarks/alphaedit_tune.py --requests "$DATA/counterfact.json" --start 0 --out "$RES/alphaedit_tune.json"
