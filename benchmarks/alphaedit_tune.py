@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--thresholds", default="5e-3,1e-2,2e-2")
     ap.add_argument("--l2", default="1,10")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the memit-static/dynamic reference cells (the forgetting run compares the rules)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -68,7 +70,7 @@ def main() -> None:
             print(f"threshold {thr:g} L2 {l2:g}: score {row['score']:.3f} (retention {row['retention']:.3f}, "
                   f"plasticity {row['plasticity']:.3f}, specificity {row['specificity']:.3f})", flush=True)
     best = max(grid, key=lambda g: (g["score"], g["nullspace_threshold"]))
-    reference = cell(("memit-static", "memit-dynamic"))
+    reference = None if args.no_reference else cell(("memit-static", "memit-dynamic"))
     result = {"model": args.model, "requests": args.requests, "records": [args.start, args.start + plan.needed - 1],
               "rule": "max harmonic mean of (retention, plasticity, specificity) after round 2; ties: larger threshold",
               "chosen": {"nullspace_threshold": best["nullspace_threshold"], "alphaedit_l2": best["alphaedit_l2"]},
