@@ -26,7 +26,16 @@ from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.protection.base import ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    sha256_hex,
+)
 from secure_collab.protocol.release import decode_delta, release_bytes, setup_bytes, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics
 
@@ -96,14 +105,13 @@ class Party:
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
         idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
         limits = transport.limits_for(net)
-        hello = {"role": "party", "public": False}
-        self._send(self._msg(MsgType.HELLO, body=hello))
+        self._send(self._hello())
         last = time.monotonic()
         while not self.stop.is_set():
             if not self.sock.poll(int(net.heartbeat_s * 1000), zmq.POLLIN):
                 if time.monotonic() - last > idle_limit:
                     raise Fatal("no word from the coordinator")
-                self._send(self._msg(MsgType.HELLO, body=hello))  # heartbeat / rejoin after a restart
+                self._send(self._hello())  # heartbeat / rejoin after a restart
                 continue
             last = time.monotonic()
             try:
@@ -124,8 +132,15 @@ class Party:
             try:
                 handler(msg)
             except (ProtocolError, ProtectionError) as exc:
-                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": str(exc)}))
+                reason = clean_text(str(exc), STORED_TEXT)
+                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": reason}))
         raise Fatal("party stopped")
+
+    def _hello(self) -> Message:
+        """Join / heartbeat; says what this party already holds, so a rejoin re-sends only what it lacks."""
+        applied = [[r, lay] for r, lay in sorted(self.result.applied)]
+        body = {"role": "party", "public": False, "setup": self.public is not None, "applied": applied}
+        return self._msg(MsgType.HELLO, body=body)
 
     def _on_setup(self, msg: Message) -> None:
         if len(msg.frames) != 2:
@@ -192,7 +207,8 @@ class Party:
             if delta.shape != (self.s.d_v, self.s.d_k):
                 raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")
         except ProtocolError as exc:
-            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": str(exc)}))
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": reason}))
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]

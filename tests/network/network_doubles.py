@@ -238,7 +238,7 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
 class RawClient:
     """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
 
-    def __init__(self, cfg: Config, name: str, ctx: Any) -> None:
+    def __init__(self, cfg: Config, name: str, ctx: Any, options: dict | None = None) -> None:
         import zmq
 
         from secure_collab.keys import load_curve_pair
@@ -247,7 +247,15 @@ class RawClient:
 
         self.cfg, self.name, self.zmq = cfg, name, zmq
         self.keys = load_curve_pair(cfg.paths.keys / f"party-{name}.key_secret")
-        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator, cfg.network)
+        if options:  # socket options that must be set before connecting (buffer sizes)
+            self.sock = ctx.socket(zmq.DEALER)
+            transport._common(self.sock, self.keys, cfg.network)
+            for opt, value in options.items():
+                self.sock.setsockopt(opt, value)
+            self.sock.curve_serverkey = cfg.roster.coordinator
+            self.sock.connect(cfg.network.coordinator_endpoint)
+        else:
+            self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator, cfg.network)
         self.sock.setsockopt(zmq.RCVTIMEO, 20000)
         self.seq = Sequencer()
 
