@@ -5,7 +5,8 @@ tell the coordinator did not substitute it, opens each aggregate chunk as it arr
 ``solve(round, layer, g_sum, b_sum)`` once a layer's G and B are complete, and signs the release (Ed25519).
 It refuses an aggregate over fewer than ``min_parties`` parties, and a second release of a (round, layer)
 over a different set of parties (two such releases would let their difference single parties out).
-Releases and the signed public parameters are kept under ``paths.solver_state/<session>/``.
+Releases and the signed public parameters are kept under ``paths.solver_state/<session>/`` (directories
+0700, files 0600, whatever the umask).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import zmq
 
 from secure_collab.config import STATISTICS, Config
+from secure_collab.files import open_private, private_dir, write_private
 from secure_collab.keys import CurveKeyPair, load_curve_pair, load_signing_key
 from secure_collab.protection.base import (
     Payload,
@@ -86,8 +88,9 @@ class Solver:
         self.secrets = self.scheme.solver_setup(params)
         public = bytes(self.secrets.public)
         signature = self.signing.sign(setup_bytes(self.s.id, self.cfg.digest, public))
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "public.bin").write_bytes(public)
+        private_dir(self.cfg.paths.solver_state)  # the solver's own: 0700 whatever the umask
+        private_dir(self.state_dir)
+        write_private(self.state_dir / "public.bin", public)
         hello = {"role": "solver", "public": True}
         with contextlib.ExitStack() as stack:
             if self._own_ctx:
@@ -188,8 +191,9 @@ class Solver:
 
     def _persist(self, round_: int, layer: int, delta: np.ndarray, body: dict, signature: bytes) -> None:
         stem = self.state_dir / f"release-r{round_}-l{layer}"
-        np.save(stem.with_suffix(".npy"), delta, allow_pickle=False)
-        stem.with_suffix(".json").write_text(json.dumps({**body, "signature": signature.hex()}))
+        with open_private(stem.with_suffix(".npy")) as f:
+            np.save(f, delta, allow_pickle=False)
+        write_private(stem.with_suffix(".json"), json.dumps({**body, "signature": signature.hex()}))
 
     def _load_released(self) -> dict[tuple[int, int], tuple[str, ...]]:
         out = {}

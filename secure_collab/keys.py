@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.files import private_dir
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ROSTER_FILE = "roster.toml"
 _RAW = serialization.Encoding.Raw
@@ -91,6 +93,7 @@ def check_name(name: str) -> str:
 
 def _write_secret(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask (0o277 would have made it 0400)
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
@@ -118,7 +121,7 @@ def init_keys(directory: Path, parties: list[str]) -> Roster:
     names = [check_name(p) for p in parties]
     if len(set(names)) != len(names) or not names:
         raise KeyFileError(f"party names must be distinct and non-empty: {parties}")
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory, tighten=False)  # a new key directory is 0700 whatever the umask
     pubs: dict[str, bytes] = {}
     for role in ["coordinator", "solver", *(f"party-{n}" for n in names)]:
         text, pubs[role] = _curve_secret_text(role)

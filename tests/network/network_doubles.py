@@ -154,7 +154,7 @@ def reference_deltas(cfg: Config, names: Iterable[str],
 
 
 def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_dir: Path | None = None,
-                network: dict | None = None, **session: Any) -> Config:
+                network: dict | None = None, paths: dict | None = None, **session: Any) -> Config:
     keys = keys_dir or tmp / "keys"
     if not (keys / "roster.toml").exists():
         init_keys(keys, list(parties))
@@ -166,7 +166,7 @@ def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_d
                     "stage_timeout_s": 20.0, "solve_timeout_s": 20.0, "heartbeat_s": 0.1,
                     "max_message_bytes": 1 << 16, "linger_ms": 5000, **(network or {})},
         "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
-                  "solver_state": "solver"},
+                  "solver_state": "solver", **(paths or {})},
     }
     return write_config(tmp / f"config-{doc['session']['id']}.toml", **doc)
 
