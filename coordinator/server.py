@@ -272,6 +272,10 @@ class Coordinator(Handlers):
         except ProtocolError as exc:
             self._refuse(name, route, None, str(exc), digest, nbytes)
             return
+        except Exception as exc:  # a parser bug must not end the session for everyone
+            log.exception("coordinator: internal error parsing a message from %s", name)
+            self._refuse(name, route, None, f"internal error ({type(exc).__name__})", digest, nbytes)
+            return
         if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
             self.routes[name] = route
             self.welcomed.discard(name)

@@ -258,7 +258,7 @@ def _decode_header(raw: bytes, limits: Limits) -> dict[str, Any]:
         unexpected = sorted((k for k in header if k not in HEADER_SCHEMA), key=str)
         raise ProtocolError(f"header keys differ: missing {sorted(set(HEADER_KEYS) - set(header))}, "
                             f"unexpected {clean_text(repr(unexpected), 60)}")
-    if header.get("type") not in _TYPES:
+    if not isinstance(header.get("type"), str) or header["type"] not in _TYPES:
         raise ProtocolError(f"unknown message type {clean_text(repr(header.get('type')), 40)}")
     for key, spec in HEADER_SCHEMA.items():
         spec.check(header[key], f"header field {key!r}")
