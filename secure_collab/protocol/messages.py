@@ -159,6 +159,20 @@ BODY_SCHEMA: dict[MsgType, Field] = {
 }
 
 
+# Payload frames each type may carry (the frame count of a message is also bounded by ``Limits``).
+MAX_PAYLOAD_FRAMES: dict[MsgType, int] = {
+    MsgType.HELLO: 2,  # the solver's [public params, signature]; a party's carries none (its handler checks)
+    MsgType.SETUP: 2 + MAX_PARTIES,  # [public params, signature], room for per-party sealed keys
+    MsgType.REQUEST: 0,
+    MsgType.CONTRIB: 1 << 16,
+    MsgType.AGGREGATE: 1 << 16,
+    MsgType.RELEASE: 8,  # [ΔW, signature], room for an encrypted release's parts
+    MsgType.ACK: 0,
+    MsgType.ERROR: 0,
+    MsgType.END: 0,
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds applied before decoding; the coordinator derives them from its config."""
@@ -220,6 +234,9 @@ class Message:
             if sha256_hex(frame) != want:
                 raise ProtocolError(f"sha256 mismatch on payload frame {i}")
         mtype = MsgType(header["type"])
+        if len(payload) > MAX_PAYLOAD_FRAMES[mtype]:
+            raise ProtocolError(f"a {mtype.value} carries at most {MAX_PAYLOAD_FRAMES[mtype]} payload frames, "
+                                f"got {len(payload)}")
         _check_body(mtype, header["body"])
         return cls(
             type=mtype, session=header["session"], round=header["round"], layer=header["layer"],

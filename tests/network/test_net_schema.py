@@ -8,6 +8,7 @@ import pytest
 from secure_collab.protocol.messages import (
     BODY_SCHEMA,
     HEADER_SCHEMA,
+    MAX_PAYLOAD_FRAMES,
     MAX_TEXT,
     PAYLOAD_SCHEMA,
     STORED_TEXT,
@@ -36,11 +37,12 @@ VALID_BODIES = {
 OVERFLOWS = [2**64 - 1, 2**63, INT64_MIN]  # msgpack carries [-2**63, 2**64 - 1]; SQLite takes signed 64-bit
 
 
-def _frames(mtype=MsgType.CONTRIB, body=None, **header):
+def _frames(mtype=MsgType.CONTRIB, body=None, payload=None, **header):
+    frames = (b"abc",) if (MAX_PAYLOAD_FRAMES[mtype] if payload is None else payload) else ()
     msg = Message(mtype, "s1", 0, 3, "G", "a", 7, "f" * 64, VALID_BODIES[mtype] if body is None else body,
-                  (b"abc",))
+                  frames)
     h = {**msg.header(), **header}
-    return [msgpack.packb(h), b"abc"]
+    return [msgpack.packb(h), *frames]
 
 
 def _int_paths(spec: Field, value, path=()):
@@ -125,6 +127,12 @@ def test_body_fields_are_bounded(mtype, path, value, reason):
         Message.from_frames(_frames(mtype, _replace(VALID_BODIES[mtype], path, value)))
 
 
+@pytest.mark.parametrize("mtype", [MsgType.ACK, MsgType.ERROR, MsgType.END, MsgType.REQUEST])
+def test_control_messages_carry_no_payload(mtype):
+    with pytest.raises(ProtocolError, match="at most 0 payload frames"):
+        Message.from_frames(_frames(mtype, payload=True))
+
+
 def test_hello_fields_added_for_rejoins_are_optional():
     assert Message.from_frames(_frames(MsgType.HELLO, {"role": "party", "public": False})).body["role"] == "party"
 
@@ -143,7 +151,7 @@ def test_reasons_are_quoted_short_and_clean():
     assert "\x1b" not in str(err.value) and len(str(err.value)) < 200
     huge_key = {**msgpack.unpackb(_frames()[0]), "k" * 100_000: 1}
     with pytest.raises(ProtocolError) as err:
-        Message.from_frames([msgpack.packb(huge_key), b"abc"])
+        Message.from_frames([msgpack.packb(huge_key), b"abc"])  # a contrib with one payload frame
     assert len(str(err.value)) < 300
     text = clean_text("line\nbreak\u202eevil" + "x" * 1000, STORED_TEXT)
     assert "\n" not in text and "\u202e" not in text and len(text) < STORED_TEXT + 40
