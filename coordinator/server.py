@@ -120,6 +120,9 @@ class Coordinator(Handlers):
                 return Outcome(resume.ended == "done", f"session already {resume.ended}")
             self.public, self.public_sig = resume.setup_public, resume.setup_signature
             self.releases, attempts = dict(resume.releases), resume.attempts
+            for name in resume.cut_off:  # cut off before the restart: still out (no second ledger row)
+                if name in self.cfg.roster.parties:
+                    self.guard.cut(name)
         if not self._join():
             return self._end(False, self.abort_reason or "not enough parties joined before the deadline")
         for round_, layers in self.s.steps():
@@ -134,8 +137,9 @@ class Coordinator(Handlers):
         reason = clean_text(reason, STORED_TEXT)  # may quote the solver; END carries it to every party
         self._summarise()
         for name, dropped in sorted(self.guard.cut_off.items()):
-            self.ledger.message(self.s.id, "in", name, "?", "", dropped.nbytes, "dropped",
-                                f"{dropped.messages} messages dropped unread after the cut-off")
+            if dropped.messages:
+                self.ledger.message(self.s.id, "in", name, "?", "", dropped.nbytes, "dropped",
+                                    f"{dropped.messages} messages dropped unread after the cut-off")
         self.stage = Stage.DONE if ok else Stage.ABORTED
         if self.step is not None and self.step.stage not in (Stage.DONE, Stage.ABORTED):
             self.step.move(self.stage)

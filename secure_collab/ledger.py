@@ -68,6 +68,7 @@ class ResumeState:
     releases: dict[tuple[int, int], StoredRelease]
     attempts: dict[tuple[int, str], int]  # (round, layers json) -> highest attempt opened
     ended: str | None  # "done" / "aborted" when the session already finished
+    cut_off: tuple[str, ...] = ()  # parties cut off for flooding: they stay out after a restart
 
 
 class Ledger:
@@ -143,7 +144,9 @@ class Ledger:
         ended = self._db.execute(
             "SELECT event FROM stages WHERE session_id=? AND event IN ('done','aborted')", (session_id,)
         ).fetchone()
-        return ResumeState(row[0], row[1], releases, attempts, ended[0] if ended else None)
+        cut_off = tuple(sorted(peer for (peer,) in self._db.execute(
+            "SELECT DISTINCT peer FROM messages WHERE session_id=? AND outcome='cut off'", (session_id,))))
+        return ResumeState(row[0], row[1], releases, attempts, ended[0] if ended else None, cut_off)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         if table not in ("sessions", "roster", "stages", "messages", "handoffs", "releases"):

@@ -329,3 +329,38 @@ def _wait(predicate, timeout):
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
+    """The ledger of an interrupted session says c was cut off: the restarted coordinator refuses c's key at
+    the handshake and finishes with a and b."""
+    from secure_collab.keys import load_signing_key
+    from secure_collab.protocol.release import setup_bytes
+
+    cfg = make_config(tmp_path, network={**SHORT, "join_timeout_s": 3.0})
+    public = b"test-plain-sum/2"  # what PlainSumScheme's solver publishes for min_parties = 2
+    signature = load_signing_key(cfg.paths.keys / "solver_signing.key_secret").sign(
+        setup_bytes(cfg.session.id, cfg.digest, public))
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.open_session(cfg.session.id, cfg.digest, "plain", public, signature,
+                            {"solver": cfg.roster.solver, **cfg.roster.parties})
+        ledger.message(cfg.session.id, "in", "c", "?", "", 1 << 20, "cut off", "over its budget")
+
+    def knock():
+        ctx = zmq.Context()
+        client = RawClient(cfg, "c", ctx)
+        monitor = client.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor.setsockopt(zmq.RCVTIMEO, 10000)
+        try:
+            client.send(client.msg(MsgType.HELLO, body=HELLO).to_frames())
+            return recv_monitor_message(monitor)["event"]
+        finally:
+            client.sock.disable_monitor()
+            monitor.close(linger=0)
+            client.close()
+            ctx.term()
+
+    run = run_session(cfg, ["a", "b"], extra={"c": knock})
+    _assert_honest_result(cfg, run)
+    assert run.extra["c"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    assert [r["outcome"] for r in _rows(cfg, "c")] == ["cut off"]  # no rows after a restart either

@@ -122,6 +122,7 @@ def test_ledger_is_append_only_and_resumable(tmp_path):
         ledger.stage_event("s", 0, (1,), 0, "open")
         ledger.stage_event("s", 0, (1,), 1, "open")
         ledger.message("s", "in", "a", "contrib", "h" * 64, 10, "refused", "duplicate", round_=0, layer=1)
+        ledger.message("s", "in", "b", "?", "", 10, "cut off", "over its budget")
         ledger.release("s", StoredRelease(0, 1, 1, "x" * 64, ("a", "b"), [b"head", b"", b"delta"]))
         state = ledger.resume_state("s")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -129,6 +130,7 @@ def test_ledger_is_append_only_and_resumable(tmp_path):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             ledger._db.execute("DELETE FROM releases")
     assert state.setup_public == b"pub" and state.attempts == {(0, "[1]"): 1} and state.ended is None
+    assert state.cut_off == ("b",)
     assert state.releases[(0, 1)].frames == [b"head", b"", b"delta"]
 
 
