@@ -4,7 +4,9 @@ sums without reading them, hands aggregates to the solver and relays its signed 
 Every inbound message is logged to the ledger as accepted or refused (with the reason, which is also sent
 back to the sender in an ERROR message); a refused message never stops the session. A restarted
 coordinator resumes from the ledger: released steps are skipped (their releases re-sent to rejoining
-parties, who ignore duplicates) and the interrupted step is collected again under a new attempt number.
+parties whose HELLO does not list them) and the interrupted step is collected again under a new attempt
+number. What a peer may cost the loop (budgets, refusal rows, welcomes, handshakes) is in ``guard.py``;
+sends never block: a peer whose queue is full loses that message, recorded in the ledger.
 """
 
 from __future__ import annotations
