@@ -33,7 +33,16 @@ from secure_collab.protection.base import (
     StatContext,
 )
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    sha256_hex,
+)
 from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 
@@ -129,7 +138,8 @@ class Solver:
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
             except (ProtocolError, ProtectionError) as exc:
-                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)})
+                reason = clean_text(str(exc), STORED_TEXT)  # within the wire's bound for reasons
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
                 transport.send(self.sock, error)
         self.result.reason = "solver stopped"
 

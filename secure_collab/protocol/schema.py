@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_KEY = 64  # characters of any map key
 _QUOTE = 40  # characters of an offending value quoted back in a reason
 
 
@@ -113,8 +114,8 @@ def _map(f: Field, v: Any, path: str) -> None:
         extra = sorted(set(v) - set(known), key=str)
         raise ProtocolError(f"{path} keys differ: missing {missing}, unexpected {_quote(extra)}")
     for key, value in v.items():
-        if type(key) is not str:
-            raise ProtocolError(f"{path} has a non-string key")
+        if type(key) is not str or len(key) > MAX_KEY:
+            raise ProtocolError(f"{path} has a key that is not a string of at most {MAX_KEY} characters")
         spec = known.get(key, f.extra)
         if spec is None:
             raise ProtocolError(f"{path} has an unexpected key {_quote(key)}")

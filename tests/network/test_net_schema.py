@@ -121,6 +121,7 @@ def test_header_strings_are_bounded(change, reason):
     (MsgType.CONTRIB, ("payload", "extra-key"), "x" * (MAX_TEXT + 1), "has length"),
     (MsgType.CONTRIB, ("payload", "nested"), {"a": 1}, "not a scalar"),
     (MsgType.CONTRIB, ("payload", "huge"), 2**62, "is outside"),
+    (MsgType.CONTRIB, ("payload", "k" * 65), 1, "a key that is not a string of at most 64"),
 ])
 def test_body_fields_are_bounded(mtype, path, value, reason):
     with pytest.raises(ProtocolError, match=reason):
