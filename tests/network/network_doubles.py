@@ -238,7 +238,9 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
 class RawClient:
     """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
 
-    def __init__(self, cfg: Config, name: str, ctx: Any, options: dict | None = None) -> None:
+    def __init__(self, cfg: Config, name: str, ctx: Any, options: dict | None = None, monitor: int = 0) -> None:
+        """``options``: socket options set before connecting; ``monitor``: socket events to watch from before
+        the connection (``self.monitor``, a PAIR socket for zmq.utils.monitor.recv_monitor_message)."""
         import zmq
 
         from secure_collab.keys import load_curve_pair
@@ -247,11 +249,15 @@ class RawClient:
 
         self.cfg, self.name, self.zmq = cfg, name, zmq
         self.keys = load_curve_pair(cfg.paths.keys / f"party-{name}.key_secret")
-        if options:  # socket options that must be set before connecting (buffer sizes)
+        self.monitor = None
+        if options or monitor:
             self.sock = ctx.socket(zmq.DEALER)
             transport._common(self.sock, self.keys, cfg.network)
-            for opt, value in options.items():
+            for opt, value in (options or {}).items():
                 self.sock.setsockopt(opt, value)
+            if monitor:
+                self.monitor = self.sock.get_monitor_socket(monitor)
+                self.monitor.setsockopt(zmq.RCVTIMEO, 10000)
             self.sock.curve_serverkey = cfg.roster.coordinator
             self.sock.connect(cfg.network.coordinator_endpoint)
         else:
@@ -279,4 +285,7 @@ class RawClient:
                 return msg
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)

@@ -18,6 +18,7 @@ from secure_collab.protection.base import StatContext
 from secure_collab.protocol.messages import Message, MsgType
 
 SHORT = {"stage_timeout_s": 1.0}
+HANDSHAKE = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
 HELLO = {"role": "party", "public": False}
 
 
@@ -151,16 +152,12 @@ def test_flooding_party_is_cut_off_and_the_others_complete(tmp_path):
                 break
         assert _wait(lambda: any(r["outcome"] == "cut off" for r in _rows(cfg, "c")), 20)
         # cut off for good: a fresh connection with the same key fails the CURVE handshake (ZAP 400)
-        fresh = RawClient(cfg, "c", client.sock.context)
-        monitor = fresh.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        monitor.setsockopt(zmq.RCVTIMEO, 10000)
+        fresh = RawClient(cfg, "c", client.sock.context, monitor=HANDSHAKE)
         try:
             fresh.send(fresh.msg(MsgType.HELLO, body=HELLO).to_frames())
-            return recv_monitor_message(monitor)["event"]
+            return recv_monitor_message(fresh.monitor)["event"]
         finally:
             gate.set()
-            fresh.sock.disable_monitor()
-            monitor.close(linger=0)
             fresh.close()
 
     run = run_session(cfg, ["a"], extra={"b": _gated(cfg, "b", gate), "c": _hostile(cfg, attack)})
@@ -233,7 +230,7 @@ def test_peer_that_never_reads_does_not_stall_the_others(tmp_path):
     def config(where):
         return make_config(where, layers=list(range(1, 9)), d_k=128, d_v=1024, chunk_values=1 << 16,
                            network={**SHORT, "join_timeout_s": 1.5, "max_message_bytes": 4 << 20, "hwm": 4,
-                                    "send_timeout_s": 5.0})
+                                    "send_timeout_s": 5.0, "linger_ms": 500})  # c's queue is not flushed at exit
 
     control_cfg = config(tmp_path / "control")
     control_run = run_session(control_cfg, ["a", "b"], timeout=120)
@@ -308,7 +305,7 @@ def test_reconnect_storm_resends_only_what_is_missing(tmp_path):
     assert sum(r["type"] == "release" for r in out) == cfg.network.welcome_burst - 1 + 2  # + layers 2, 3 relayed
 
 
-def _drain(client, wait=0.3):
+def _drain(client, wait=0.15):
     """Types (and release layers, error reasons) that arrive on this connection within ``wait`` seconds."""
     got = []
     while client.sock.poll(int(wait * 1000)):
@@ -337,7 +334,7 @@ def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
     from secure_collab.keys import load_signing_key
     from secure_collab.protocol.release import setup_bytes
 
-    cfg = make_config(tmp_path, network={**SHORT, "join_timeout_s": 3.0})
+    cfg = make_config(tmp_path, network={"stage_timeout_s": 10.0, "join_timeout_s": 3.0})
     public = b"test-plain-sum/2"  # what PlainSumScheme's solver publishes for min_parties = 2
     signature = load_signing_key(cfg.paths.keys / "solver_signing.key_secret").sign(
         setup_bytes(cfg.session.id, cfg.digest, public))
@@ -346,21 +343,20 @@ def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
                             {"solver": cfg.roster.solver, **cfg.roster.parties})
         ledger.message(cfg.session.id, "in", "c", "?", "", 1 << 20, "cut off", "over its budget")
 
+    gate = threading.Event()  # b holds layer 2 open until c has knocked
+
     def knock():
         ctx = zmq.Context()
-        client = RawClient(cfg, "c", ctx)
-        monitor = client.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        monitor.setsockopt(zmq.RCVTIMEO, 10000)
+        client = RawClient(cfg, "c", ctx, monitor=HANDSHAKE)
         try:
             client.send(client.msg(MsgType.HELLO, body=HELLO).to_frames())
-            return recv_monitor_message(monitor)["event"]
+            return recv_monitor_message(client.monitor)["event"]
         finally:
-            client.sock.disable_monitor()
-            monitor.close(linger=0)
+            gate.set()
             client.close()
             ctx.term()
 
-    run = run_session(cfg, ["a", "b"], extra={"c": knock})
+    run = run_session(cfg, ["a"], extra={"b": _gated(cfg, "b", gate), "c": knock})
     _assert_honest_result(cfg, run)
     assert run.extra["c"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
     assert [r["outcome"] for r in _rows(cfg, "c")] == ["cut off"]  # no rows after a restart either
