@@ -14,8 +14,9 @@ A party that overdraws either bucket is cut off: its later messages are dropped 
 one row says it was cut off and one at the end counts what was dropped), its CURVE key is refused at the
 next handshake, and it is excluded from the step. The solver is trusted and has no budget.
 
-Refusals are recorded (and answered with an ERROR) one by one up to ``max_refusal_rows`` per peer and step;
-later ones are counted and written as one summary row, so a peer's ledger rows per step are bounded.
+Refusals (and a party's ERROR reports) are recorded one by one up to ``max_refusal_rows`` per peer and
+step, refusals answered with an ERROR; later ones are counted and written as one summary row. With one row
+per accepted chunk and per acknowledged release, a party's ledger rows per step are bounded.
 """
 
 from __future__ import annotations

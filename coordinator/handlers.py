@@ -33,6 +33,7 @@ class Handlers:
     public: bytes | None
     guard: Any
     holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]
+    acked: set[tuple[str, int, int]]
 
     def _on_hello(self: Any, m: Inbound) -> None:
         """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats.
@@ -136,11 +137,18 @@ class Handlers:
                                   {"round_": msg.round, "layer": msg.layer, "attempt": step.attempt})
 
     def _on_ack(self: Any, m: Inbound) -> None:
-        body = m.msg.body
+        """One row per (party, round, layer): an ACK is an answer to a release, and a release is sent once."""
+        body, key = m.msg.body, (m.name, m.msg.round, m.msg.layer)
+        if key in self.acked:
+            raise ProtocolError(f"round {m.msg.round} layer {m.msg.layer} was acknowledged already")
+        self.acked.add(key)
         self._accept(m, "applied" if body["ok"] else f"party refused release: {body['reason']}")
 
     def _on_error(self: Any, m: Inbound) -> None:
         reason = m.msg.body["reason"]
-        self._accept(m, reason)
-        if m.name == "solver" and self.stage is Stage.SOLVING:
-            self.abort_reason = f"solver refused: {reason}"
+        if m.name == "solver":
+            self._accept(m, reason)
+            if self.stage is Stage.SOLVING:
+                self.abort_reason = f"solver refused: {reason}"
+        elif self.guard.record_refusal(m.name, m.nbytes):  # a party's error reports share its row window
+            self._accept(m, reason)

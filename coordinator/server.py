@@ -92,6 +92,7 @@ class Coordinator(Handlers):
         self.welcomed: set[str] = set()  # peers whose current connection has been welcomed
         self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
         self.holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]] = {}  # what a HELLO said it holds
+        self.acked: set[tuple[str, int, int]] = set()  # (party, round, layer) releases acknowledged
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
@@ -320,8 +321,9 @@ class Coordinator(Handlers):
         """One row per peer for the refusals of the closing window that were not recorded one by one."""
         for name, missed in self.guard.new_step():
             self.ledger.message(self.s.id, "in", name, "?", "", missed.nbytes, "refused",
-                                f"{missed.messages} more refused messages, not recorded or answered one by one "
-                                f"(over network.max_refusal_rows = {self.cfg.network.max_refusal_rows})")
+                                f"{missed.messages} more refused messages or error reports, not recorded or "
+                                f"answered one by one (over network.max_refusal_rows = "
+                                f"{self.cfg.network.max_refusal_rows})")
 
     def _check(self, m: Inbound) -> None:
         """Validation common to all types, run before any handler (and so before any crypto)."""

@@ -29,8 +29,14 @@ def test_fuzzed_frames_do_not_stop_the_coordinator(tmp_path):
     assert {r["peer"] for r in rows} <= {"a", "b", "c", "solver"}  # nothing from the unknown key or raw TCP
     assert not [r for r in rows if r["reason"].startswith("internal error")]  # every refusal was a check
     refused = [r for r in rows if r["outcome"] == "refused"]
-    # one window of refusal rows per step (and attempt) opened, plus one summary row each
-    windows = len(cfg.session.layers) + 1
-    assert len(refused) <= windows * (cfg.network.max_refusal_rows + 1)
     summaries = [r for r in refused if "more refused messages" in r["reason"]]
     assert sum(int(r["reason"].split()[0]) for r in summaries) > 9_000
+    # c's rows are bounded whatever it sends: per step opened, max_refusal_rows refusals or error reports and
+    # one summary; one row per accepted chunk and per acknowledged release; one per (rate-limited) welcome
+    s, windows = cfg.session, len(cfg.session.layers) + 1
+    c_in = [r for r in rows if r["peer"] == "c" and r["direction"] == "in"]
+    joins = sum(r["reason"] == "joined" for r in c_in)
+    chunks = sum(s.n_chunks(st) for st in ("G", "B")) * len(s.layers)
+    assert len(c_in) <= windows * (cfg.network.max_refusal_rows + 1) + chunks + len(s.layers) + joins
+    # the first join, the honest party after the fuzz, and the welcome budget over the fuzz
+    assert joins <= 2 + cfg.network.welcome_burst + report.fuzz_seconds / cfg.network.welcome_interval_s

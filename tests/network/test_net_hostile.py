@@ -214,7 +214,7 @@ def test_refusal_rows_per_step_are_capped_and_summarised(tmp_path):
     _assert_honest_result(cfg, run)
     assert run.extra["c"] == 10  # answered one by one up to the limit, then silently counted
     refused = [r for r in _rows(cfg, "c") if r["outcome"] == "refused"]
-    assert len(refused) == 11 and refused[-1]["reason"].startswith("190 more refused messages")
+    assert len(refused) == 11 and refused[-1]["reason"].startswith("190 more refused messages or error reports")
 
 
 def _ledger_bytes(cfg):
