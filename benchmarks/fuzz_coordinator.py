@@ -42,7 +42,6 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 from fuzzing import fuzz_roster_key, fuzz_session  # noqa: E402
 from network_doubles import (  # noqa: E402
-    PlainSumScheme,
     RawClient,
     SyntheticEngine,
     Threads,
@@ -53,6 +52,7 @@ from network_doubles import (  # noqa: E402
 
 from coordinator.solver import run_solver  # noqa: E402
 from parties import run_party  # noqa: E402
+from secure_collab.protection import get_scheme  # noqa: E402
 from secure_collab.protocol.messages import Message, MsgType  # noqa: E402
 
 
@@ -133,7 +133,7 @@ def parser_scenario(work: Path, messages: int, seed: int) -> dict[str, Any]:
 def _held_session(cfg: Any, coord: CoordinatorProcess, attack: Any) -> tuple[Any, Any]:
     """a and b honest (b's layer 2 waits until ``attack`` returns); c is ``attack``. Returns (outcome, attack
     result)."""
-    scheme, th, gate = PlainSumScheme(), Threads(), threading.Event()
+    scheme, th, gate = get_scheme(cfg.session.mode), Threads(), threading.Event()
     a, b = SyntheticEngine("a", cfg), SyntheticEngine("b", cfg)
     b_compute = b.compute_statistics
 

@@ -108,7 +108,7 @@ class PeerGuard:
         """Cut a party off; returns the reason recorded once in the ledger."""
         peer = self.peers[name]
         self.cut_off[name] = Dropped()
-        self.connects.block(self.cfg.roster.parties[name])
+        self.connects.block(self.cfg.roster.parties[name].curve)
         return (f"cut off: over its budget (messages {peer.msgs.level:.0f} left of burst {peer.msgs.burst:.0f}, "
                 f"bytes {peer.nbytes.level:.0f}); later messages are dropped unread")
 

@@ -29,7 +29,7 @@ from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
-from secure_collab.protection.base import ProtectionError, ProtectionScheme
+from secure_collab.protection import Payload, ProtectionError, ProtectionScheme
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -82,7 +82,9 @@ class Coordinator(Handlers):
         self.seq = Sequencer()
         self.routes: dict[str, bytes] = {}
         self.public: bytes | None = None
+        self.bundles = b""
         self.public_sig = b""
+        self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
@@ -96,7 +98,8 @@ class Coordinator(Handlers):
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
-            MsgType.RELEASE: self._on_release, MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
+            MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
+            MsgType.ERROR: self._on_error,
         }
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -121,7 +124,8 @@ class Coordinator(Handlers):
         if resume is not None:
             if resume.ended:
                 return Outcome(resume.ended == "done", f"session already {resume.ended}")
-            self.public, self.public_sig = resume.setup_public, resume.setup_signature
+            self.public, self.bundles = resume.setup_public, resume.setup_bundles
+            self.public_sig = resume.setup_signature
             self.releases, attempts = dict(resume.releases), resume.attempts
             for name in resume.cut_off:  # cut off before the restart: still out (no second ledger row)
                 if name in self.cfg.roster.parties:
@@ -185,13 +189,24 @@ class Coordinator(Handlers):
                                      f"contributions < min_parties {self.s.min_parties} (missing {left_out})")
                 return False
             self.active = set(complete)  # a party that dropped out is left out from now on
-            if not partial:
-                break
-            self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
-                                    f"partial contributions from {partial}")
+            if partial:
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        f"partial contributions from {partial}")
+            else:
+                outcome = self._solve(step, left_out)
+                if outcome != "recollect":
+                    return outcome == "released"
+                # the solver named parties it could not authenticate; nothing was opened: go on without them
+                self.active -= step.excluded
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        f"solver excluded {sorted(step.excluded)}")
+                if len(self.active) < self.s.min_parties:
+                    self.abort_reason = (f"round {round_} layers {list(layers)}: {len(self.active)} parties left "
+                                         f"after the solver excluded {sorted(step.excluded)} < min_parties "
+                                         f"{self.s.min_parties}")
+                    return False
             attempt += 1
             step.move(Stage.COLLECTING)
-        return self._solve(step, left_out)
 
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time
@@ -212,7 +227,9 @@ class Coordinator(Handlers):
                     return False
         return True
 
-    def _solve(self, step: Step, left_out: list[str]) -> bool:
+    def _solve(self, step: Step, left_out: list[str]) -> str:
+        """Hand the aggregate off and wait: "released", "recollect" (the solver excluded parties before
+        opening anything) or "failed" (abort_reason says why)."""
         step.included = tuple(sorted(step.expected & self.active))
         step.move(Stage.SOLVING)
         self.stage = Stage.SOLVING
@@ -222,25 +239,38 @@ class Coordinator(Handlers):
         for key in sorted(step.accs):
             self._hand_off(step, key)
         deadline = self.clock() + self.cfg.network.solve_timeout_s
-        while len(step.released) < len(step.layers) and self.clock() < deadline:
+        while (len(step.released) < len(step.layers) and not step.excluded and not step.refused
+               and self.clock() < deadline):
             if not self._pump(deadline):
-                return False
+                return "failed"
+        if len(step.released) == len(step.layers):  # released (perhaps re-sent after a restart)
+            self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
+            return "released"
+        if step.refused:
+            self.abort_reason = step.refused
+            return "failed"
+        if step.excluded:
+            return "recollect"
         if len(step.released) < len(step.layers):
             self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
-            return False
+            return "failed"
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-        return True
+        return "released"
+
+    def _aggregate(self, step: Step, key: tuple[int, str, int]) -> Payload:
+        """The running sum of one chunk, as handed to the solver."""
+        acc = step.accs[key]
+        assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
+        return acc.aggregate()
 
     def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
         layer, stat, chunk = key
-        acc = step.accs[key]
-        assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
-        agg = acc.aggregate()
+        agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
         offset = chunk * self.s.chunk_values
         body = {"attempt": step.attempt, "chunk": chunk, "n_chunks": self.s.n_chunks(stat), "offset": offset,
                 "count": min(self.s.chunk_values, n_values - offset), "payload": dict(agg.header),
-                "parties": list(step.included), "n_values": n_values}
+                "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
         self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,
@@ -397,16 +427,16 @@ class Coordinator(Handlers):
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
                             sum(len(f) for f in frames), outcome, reason, **where)
 
-    def _verify_setup(self, public: bytes, signature: bytes) -> None:
-        verify(self.cfg.roster.signing_public(), signature, setup_bytes(self.s.id, self.cfg.digest, public),
-               "solver setup")
+    def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None:
+        verify(self.cfg.roster.signing_public(), signature,
+               setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message, delta: bytes, signature: bytes) -> None:
+    def _verify_release(self, msg: Message, ciphertext: bytes, signature: bytes) -> None:
         b = msg.body
         data = release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
                              b["shape"], b["sha256"], b["parties"])
-        if sha256_hex(delta) != b["sha256"]:
-            raise ProtocolError("release: ΔW bytes do not match their sha256")
+        if sha256_hex(ciphertext) != b["sha256"]:
+            raise ProtocolError("release: ciphertext bytes do not match their sha256")
         verify(self.cfg.roster.signing_public(), signature, data, "release")
 
 

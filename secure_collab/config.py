@@ -11,7 +11,11 @@ Example (every field of [session] is bound into each message through ``Config.di
     d_k = 1536                   # down-projection input size (G has d_k(d_k+1)/2 values)
     d_v = 576                    # down-projection output size (B has d_v*d_k values)
     min_parties = 2
+    roster_sha256 = "..."        # the roster's digest, agreed out of band (`Roster.digest`); pinned
     value_bound = 1e6            # declared max |entry| of one party's statistic
+    key_norm_bound = 1e3         # declared max ‖k‖ of one key (plausibility: tr ΣG ≤ κ² · Σ edits)
+    residual_norm_bound = 1e3    # declared max ‖r‖ of one residual (‖ΣB‖_F ≤ ρ κ · Σ edits)
+    max_edits_per_party = 1000   # declared max edit requests of one party in one round
     chunk_values = 262144        # values per CONTRIB message
     model = "smollm2"
     template_seed = 0
@@ -80,7 +84,11 @@ class SessionConfig:
     variant: str = "sequential"
     rounds: int = 1
     min_parties: int = 2
+    roster_sha256: str = ""
     value_bound: float = 1e6
+    key_norm_bound: float = 1e3
+    residual_norm_bound: float = 1e3
+    max_edits_per_party: int = 1000
     chunk_values: int = 262144
     model: str = "smollm2"
     template_seed: int = 0
@@ -88,7 +96,7 @@ class SessionConfig:
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
     def n_values(self, stat: str) -> int:
-        return self.d_k * (self.d_k + 1) // 2 if stat == "G" else self.d_v * self.d_k
+        return {"G": self.d_k * (self.d_k + 1) // 2, "B": self.d_v * self.d_k, "N": 1}[stat]
 
     def n_chunks(self, stat: str) -> int:
         return -(-self.n_values(stat) // self.chunk_values)
@@ -166,6 +174,12 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     roster = load_roster(paths.roster)
     if len(roster.parties) > wire.MAX_PARTIES:
         raise ConfigError(f"the roster lists {len(roster.parties)} parties; at most {wire.MAX_PARTIES}")
+    if not session.roster_sha256:
+        raise ConfigError(f"session.roster_sha256 is missing: pin the roster's digest ({roster.digest()} for "
+                          f"{paths.roster}) after checking its fingerprints with every site")
+    if roster.digest() != session.roster_sha256:
+        raise ConfigError(f"the roster {paths.roster} does not match session.roster_sha256: its digest is "
+                          f"{roster.digest()}; a key was added, removed or changed since it was pinned")
     return Config(session=session, network=network, paths=paths, roster=roster)
 
 
@@ -193,9 +207,12 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError(f"session.variant must be one of {VARIANTS}, got {s.variant!r}")
     if not s.layers or len(set(s.layers)) != len(s.layers) or list(s.layers) != sorted(s.layers):
         raise ConfigError("session.layers must be distinct and ascending")
-    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values"):
+    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values", "max_edits_per_party"):
         if getattr(s, key) < 1:
             raise ConfigError(f"session.{key} must be >= 1")
+    for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
+        if not 0 < getattr(s, key) < float("inf"):
+            raise ConfigError(f"session.{key} must be a finite positive number")
     bounds = {"rounds": wire.MAX_ROUND + 1, "chunk_values": wire.MAX_VALUES, "min_parties": wire.MAX_PARTIES}
     for key, top in bounds.items():
         if getattr(s, key) > top:
@@ -220,10 +237,17 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
 
 
 def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,
-                 paths: dict[str, Any] | None = None) -> Config:
-    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo."""
-    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
+                 paths: dict[str, Any] | None = None, *, pin_roster: bool = True) -> Config:
+    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo.
+
+    ``pin_roster``: fill in ``session.roster_sha256`` from the roster file when the caller made that roster
+    itself (demo, tests); a real deployment pins the digest its sites agreed on instead."""
     path = Path(path)
+    if pin_roster and "roster_sha256" not in session:
+        roster_path = Path((paths or {}).get("roster", "keys/roster.toml"))
+        roster_path = roster_path if roster_path.is_absolute() else path.parent / roster_path
+        session = {**session, "roster_sha256": load_roster(roster_path).digest()}
+    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_toml(doc))
     return load_config(path)

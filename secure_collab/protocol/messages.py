@@ -29,10 +29,10 @@ capped at ``MAX_TEXT`` characters on the wire and passed through ``clean_text`` 
 
 Checks in ``Message.from_frames``, in this order, before any payload byte is interpreted: frame count,
 header size, total size, msgpack decoding with bounded lengths, version, header schema (types and bounds),
-digest count == payload frame count (a truncated message fails here), sha256 of every payload frame,
-body schema. Failures raise ``ProtocolError`` whose text is the reason sent back to the peer.
-Nothing is ever unpickled or evaluated; numeric arrays travel as raw little-endian float64 bytes with
-their shape in the body (see ``secure_collab.protocol.release``).
+digest count == payload frame count (a truncated message fails here), payload frames allowed for the type
+(``MAX_PAYLOAD_FRAMES``), sha256 of every payload frame, body schema. Failures raise ``ProtocolError``
+whose text is the reason sent back to the peer. Nothing is ever unpickled or evaluated; numeric arrays
+travel as raw little-endian float64 bytes with their shape in the body (see ``secure_collab.protocol.release``).
 """
 
 from __future__ import annotations
@@ -60,17 +60,18 @@ from secure_collab.protocol.schema import (
 )
 from secure_collab.protocol.schema import clean_text as clean_text  # re-exported: the wire's text sanitiser
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 Frame = bytes | bytearray | memoryview  # received frames are bytes; sent ones may be zero-copy views
 
 
 class MsgType(StrEnum):
-    HELLO = "hello"  # party/solver -> coordinator: join / heartbeat (solver's carries public params)
-    SETUP = "setup"  # coordinator -> party: public protection params signed by the solver
+    HELLO = "hello"  # party/solver -> coordinator: join / heartbeat (solver's carries the signed setup)
+    SETUP = "setup"  # coordinator -> party: [public params, sealed bundles, solver signature]
     REQUEST = "request"  # coordinator -> party: send statistics for (round, layers, attempt)
-    CONTRIB = "contrib"  # party -> coordinator: one chunk of one protected statistic
-    AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate
-    RELEASE = "release"  # solver -> coordinator -> parties: signed ΔW of one layer
+    CONTRIB = "contrib"  # party -> coordinator: one chunk of one protected, signed statistic
+    AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate (with each party's seal+signature)
+    VERDICT = "verdict"  # solver -> coordinator: an aggregate refused (parties to exclude, or opened and failed)
+    RELEASE = "release"  # solver -> coordinator -> parties: signed, encrypted ΔW of one layer
     ACK = "ack"  # party -> coordinator: a release was applied (ok) or refused (reason)
     ERROR = "error"  # any -> peer: the message with seq `refused_seq` was refused for `reason`
     END = "end"  # coordinator -> all: session done (ok) or aborted (reason)
@@ -79,7 +80,7 @@ class MsgType(StrEnum):
 # ---- bounds shared by the wire and the configuration (config.py validates sessions against them) ----------
 MODES = ("ckks", "shares", "plain")
 VARIANTS = ("sequential", "oneshot")
-STATISTICS = ("G", "B")
+STATISTICS = ("G", "B", "N")  # upper triangle of K Kᵀ, R Kᵀ, and the edit count (one value)
 MAX_SEQ = (1 << 53) - 1  # exact in JSON and float64 too; a sender would need 285 years at 1 M msg/s
 MAX_ROUND = (1 << 20) - 1
 MAX_LAYER = (1 << 16) - 1
@@ -127,9 +128,12 @@ PAYLOAD_SCHEMA = MapOf({
     "round": Int(0, MAX_ROUND),
     "layer": Int(0, MAX_LAYER),
     "statistic": OneOf(*STATISTICS),
+    "chunk_index": Int(0, MAX_VALUES - 1),
+    "attempt": _ATTEMPT,
     "party": _NAME,
     "parties": _PARTIES,
     "n_values": Int(1, MAX_VALUES),
+    "tag_values": Int(0, 1 << 16),
     "chunk": Int(1, MAX_VALUES),
     "public": _HEX64,
 }, extra=Scalar(max_len=MAX_TEXT, lo=-MAX_VALUES, hi=MAX_VALUES), max_keys=32)
@@ -151,6 +155,8 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.REQUEST: MapOf({"layers": _LAYERS, "attempt": _ATTEMPT}),
     MsgType.CONTRIB: MapOf(_CHUNKING),
     MsgType.AGGREGATE: MapOf({**_CHUNKING, "parties": _PARTIES, "n_values": Int(1, MAX_VALUES)}),
+    MsgType.VERDICT: MapOf({"attempt": _ATTEMPT, "layers": _LAYERS, "opened": Bool(), "exclude": _PARTIES,
+                            "reason": _TEXT}),
     MsgType.RELEASE: MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(0, MAX_DIM), 4), "dtype": Str(16),
                             "sha256": _HEX64, "parties": _PARTIES}),
     MsgType.ACK: MapOf({"ok": Bool(), "reason": _TEXT}),
@@ -161,12 +167,13 @@ BODY_SCHEMA: dict[MsgType, Field] = {
 
 # Payload frames each type may carry (the frame count of a message is also bounded by ``Limits``).
 MAX_PAYLOAD_FRAMES: dict[MsgType, int] = {
-    MsgType.HELLO: 2,  # the solver's [public params, signature]; a party's carries none (its handler checks)
-    MsgType.SETUP: 2 + MAX_PARTIES,  # [public params, signature], room for per-party sealed keys
+    MsgType.HELLO: 3,  # the solver's [public params, sealed bundles, signature]; a party's carries none
+    MsgType.SETUP: 3,  # [public params, sealed bundles, solver signature]
     MsgType.REQUEST: 0,
     MsgType.CONTRIB: 1 << 16,
     MsgType.AGGREGATE: 1 << 16,
-    MsgType.RELEASE: 8,  # [ΔW, signature], room for an encrypted release's parts
+    MsgType.VERDICT: 0,
+    MsgType.RELEASE: 2,  # [encrypted ΔW, signature]
     MsgType.ACK: 0,
     MsgType.ERROR: 0,
     MsgType.END: 0,
@@ -230,13 +237,13 @@ class Message:
                 f"frame count mismatch: header lists {len(header['digests'])} payload frames, "
                 f"got {len(payload)} (truncated?)"
             )
+        mtype = MsgType(header["type"])
+        if len(payload) > MAX_PAYLOAD_FRAMES[mtype]:  # before hashing them
+            raise ProtocolError(f"a {mtype.value} carries at most {MAX_PAYLOAD_FRAMES[mtype]} payload frames, "
+                                f"got {len(payload)}")
         for i, (want, frame) in enumerate(zip(header["digests"], payload, strict=True)):
             if sha256_hex(frame) != want:
                 raise ProtocolError(f"sha256 mismatch on payload frame {i}")
-        mtype = MsgType(header["type"])
-        if len(payload) > MAX_PAYLOAD_FRAMES[mtype]:
-            raise ProtocolError(f"a {mtype.value} carries at most {MAX_PAYLOAD_FRAMES[mtype]} payload frames, "
-                                f"got {len(payload)}")
         _check_body(mtype, header["body"])
         return cls(
             type=mtype, session=header["session"], round=header["round"], layer=header["layer"],

@@ -22,8 +22,8 @@ import numpy as np
 import zmq
 
 from secure_collab.config import Config
-from secure_collab.protection.base import StatContext
-from secure_collab.protocol.messages import Message, MsgType, sha256_hex
+from secure_collab.protection import Payload, StatContext, get_scheme
+from secure_collab.protocol.messages import Message, sha256_hex
 
 EXTREMES = [0, -1, 1, 2**31 - 1, 2**31, 2**32, 2**53, 2**53 - 1, 2**63 - 1, 2**63, 2**64 - 1, -(2**31),
             -(2**63)]
@@ -43,11 +43,12 @@ class Mutator:
     """Builds fuzzed frame lists from valid messages of a session (as party ``name``)."""
 
     def __init__(self, cfg: Config, name: str, seed: int, max_len: int,
-                 truth: dict[tuple[int, str], np.ndarray] | None = None, attempt: int = 0) -> None:
+                 pool: dict[tuple[int, str, int, int], Payload] | None = None, attempt: int = 0) -> None:
         self.cfg, self.s, self.name, self.rng, self.max_len = cfg, cfg.session, name, random.Random(seed), max_len
-        # (layer, stat) -> this party's real flat statistic for round 0: chunks are made only for these
-        # layers, and never the last B chunk, so the fuzz alone cannot complete the party's contribution
-        self.truth = truth or {}
+        # (layer, stat, chunk, attempt) -> a real, signed payload of this party (``payload_pool``): a mutation
+        # that happens to stay valid adds what the party would have added anyway, so the session's result can
+        # still be checked exactly. The pool lacks one chunk, so the fuzz alone never completes the party.
+        self.pool = pool or {}
         self.attempt = attempt
         self.seq = 0
 
@@ -59,26 +60,26 @@ class Mutator:
     def valid(self) -> tuple[dict[str, Any], list[bytes]]:
         """A valid message (header dict, payload frames) of a random type, numbered in order."""
         s, rng = self.s, self.rng
-        layer = rng.choice(sorted({lay for lay, _ in self.truth}) or list(s.layers))
-        stat = rng.choice(["G", "B"])
+        layer = rng.choice(sorted({key[0] for key in self.pool}) or list(s.layers))
+        stat = rng.choice(["G", "B", "N"])
         n = s.n_values(stat)
-        chunk = rng.randrange(s.n_chunks(stat) - (stat == "B" and bool(self.truth)))
+        chunk = rng.randrange(s.n_chunks(stat))
         count = min(s.chunk_values, n - chunk * s.chunk_values)
+        attempt = rng.choice([self.attempt, self.attempt, self.attempt + 1])
         kind = rng.choice(["contrib", "contrib", "hello", "ack", "error", "release", "setup", "request", "end",
                            "aggregate"])
         frames: list[bytes] = []
         body: dict[str, Any]
         if kind in ("contrib", "aggregate"):
-            ctx = StatContext(s.id, 0, layer, stat, self.name)
-            # the party's real values where known: a mutation that happens to stay valid adds what the party
-            # would have added anyway, so the session's result can still be checked exactly
-            real = self.truth.get((layer, stat))
-            off = chunk * s.chunk_values
-            values = (real[off:off + count] if real is not None else np.full(count, rng.uniform(-1, 1))).astype("<f8")
-            payload = {"scheme": "test-plain-sum", "label": ctx.label().decode(), "party": self.name, "n": count}
-            frames = [values.tobytes()]
-            body = {"attempt": rng.choice([self.attempt, self.attempt, self.attempt + 1]), "chunk": chunk,
-                    "n_chunks": s.n_chunks(stat),
+            real = self.pool.get((layer, stat, chunk, attempt))
+            if real is not None:
+                payload, frames = dict(real.header), [bytes(f) for f in real.frames]
+            else:  # a well-formed header over junk frames: refused by the accumulator, or earlier
+                payload = {"v": 2, "mode": s.mode, "kind": "party", "session": s.id, "round": 0, "layer": layer,
+                           "statistic": stat, "chunk_index": chunk, "attempt": attempt, "party": self.name,
+                           "n_values": count, "tag_values": 4, "chunk": count, "public": "0" * 64}
+                frames = [rng.randbytes(8 * count), rng.randbytes(80), rng.randbytes(64)]
+            body = {"attempt": attempt, "chunk": chunk, "n_chunks": s.n_chunks(stat),
                     "offset": chunk * s.chunk_values, "count": count, "payload": payload}
             if kind == "aggregate":
                 body.update(parties=["a", "b"], n_values=n)
@@ -222,15 +223,35 @@ def _put(value: Any, path: tuple, new: Any) -> Any:
 
 
 # ---- senders ---------------------------------------------------------------------------------------------------
+def payload_pool(client: Any, request: Message, truth: dict[tuple[int, str], np.ndarray] | None = None
+                 ) -> dict[tuple[int, str, int, int], Payload]:
+    """Real, signed payloads of a joined RawClient for every chunk of the requested step (this attempt and
+    the next) but the last chunk of B, with the party's real values (``truth``: (layer, stat) -> flat
+    statistic) or values within every bound."""
+    s, attempt = client.cfg.session, request.body["attempt"]
+    pool = {}
+    for layer in request.body["layers"]:
+        for stat in ("G", "B", "N"):
+            for chunk in range(s.n_chunks(stat) - (stat == "B")):
+                off = chunk * s.chunk_values
+                count = min(s.chunk_values, s.n_values(stat) - off)
+                real = (truth or {}).get((layer, stat))
+                values = real[off:off + count] if real is not None else np.ones(count)
+                for att in (attempt, attempt + 1):
+                    ctx = StatContext(s.id, request.round, layer, stat, client.name, chunk, att)
+                    pool[(layer, stat, chunk, att)] = client.protect(values, ctx)
+    return pool
+
+
 def fuzz_roster_key(cfg: Config, name: str, seed: int, count: int, deadline: float,
-                    reconnect_every: int = 500, truth: dict | None = None, attempt: int = 0) -> Stats:
+                    reconnect_every: int = 500, pool: dict | None = None, attempt: int = 0) -> Stats:
     """``count`` fuzzed messages from party ``name``'s key (until ``deadline``, time.monotonic()); a fresh
     connection every ``reconnect_every`` messages, so a huge accepted sequence number does not make the rest
     replays. Replies are drained and ignored."""
     from network_doubles import RawClient
 
     stats = Stats()
-    mutator = Mutator(cfg, name, seed, cfg.network.max_message_bytes, truth, attempt)
+    mutator = Mutator(cfg, name, seed, cfg.network.max_message_bytes, pool, attempt)
     ctx = zmq.Context()
     client = None
     try:
@@ -271,7 +292,7 @@ def fuzz_unknown_key(cfg: Config, seed: int, count: int, per_connection: int = 2
     try:
         while stats.messages < count:
             public, secret = zmq.curve_keypair()
-            sock = transport.dealer(ctx, CurveKeyPair(public, secret), cfg.roster.coordinator, cfg.network)
+            sock = transport.dealer(ctx, CurveKeyPair(public, secret), cfg.roster.coordinator.curve, cfg.network)
             try:
                 for _ in range(per_connection):
                     _, frames = mutator.frames()
@@ -334,14 +355,14 @@ def fuzz_session(cfg: Config, *, count: int, unknown: int, tcp: int, seed: int, 
     not in the roster, ``tcp`` raw TCP connections), then takes part honestly (a real Party on a new
     connection). ``coordinator`` replaces the in-thread coordinator (a callable returning its outcome);
     ``on_fuzz(phase)`` is called with "start" and "end" around the fuzzing."""
-    from network_doubles import PlainSumScheme, RawClient, SyntheticEngine, Threads, closed_form_solve
+    from network_doubles import RawClient, SyntheticEngine, Threads, closed_form_solve
 
     from coordinator.server import run_coordinator
     from coordinator.solver import run_solver
     from parties import run_party
     from secure_collab.protocol.statistics import pack_statistics
 
-    scheme, th, started = PlainSumScheme(), Threads(), time.monotonic()
+    scheme, th, started = get_scheme(cfg.session.mode), Threads(), time.monotonic()
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
     th.start("coordinator", coordinator or (lambda: run_coordinator(cfg, scheme)))
@@ -353,24 +374,23 @@ def fuzz_session(cfg: Config, *, count: int, unknown: int, tcp: int, seed: int, 
         ctx = zmq.Context()
         client = RawClient(cfg, "c", ctx)
         try:
-            client.send(Message(MsgType.HELLO, cfg.session.id, sender="c", seq=1, config=cfg.digest,
-                                body={"role": "party", "public": False}).to_frames())
-            request = client.recv(MsgType.REQUEST)
+            request = client.join()
+            truth = {}
+            for layer in request.body["layers"]:
+                packed = pack_statistics(SyntheticEngine("c", cfg).compute_statistics(0, layer), cfg.session.d_k,
+                                         cfg.session.d_v)
+                truth.update({(layer, stat): packed[stat] for stat in packed})
+            pool = payload_pool(client, request, truth)
         finally:
             client.close()
             ctx.term()
-        truth = {}
-        for layer in request.body["layers"]:
-            packed = pack_statistics(SyntheticEngine("c", cfg).compute_statistics(0, layer), cfg.session.d_k,
-                                     cfg.session.d_v)
-            truth.update({(layer, stat): packed[stat] for stat in packed})
         if on_fuzz:
             on_fuzz("start")
         t0 = time.monotonic()
         side = Threads()
         side.start("unknown", lambda: fuzz_unknown_key(cfg, seed + 1, unknown))
         side.start("tcp", lambda: fuzz_raw_tcp(cfg.network.coordinator_endpoint, seed + 2, tcp))
-        roster = fuzz_roster_key(cfg, "c", seed, count, started + time_limit, truth=truth,
+        roster = fuzz_roster_key(cfg, "c", seed, count, started + time_limit, pool=pool,
                                  attempt=request.body["attempt"])
         side.join(time_limit)
         timing["fuzz"] = time.monotonic() - t0

@@ -7,6 +7,8 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from network_doubles import make_config
 
 from coordinator.guard import PeerGuard
@@ -22,12 +24,17 @@ class Clock:
 
 
 def _chunk_bytes(mode: str, count: int) -> int:
-    """Bytes of one CONTRIB of ``count`` values as the real scheme makes it (frames + a header)."""
+    """Bytes of one CONTRIB of ``count`` values as the real scheme makes it (signed, with its integrity
+    tags and sealed seed), plus its message header."""
     scheme = get_scheme(mode)
     extra = {"precision_bits": 48} if mode == "ckks" else {}
-    keys = scheme.solver_setup(ProtectionParams(mode=mode, max_parties=3, bound=1e5, min_parties=2, extra=extra))
+    signing, sealing = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+    other = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    keys = scheme.solver_setup(ProtectionParams(mode, 2, 1e5, 2, extra),
+                               {"a": sealing.public_key().public_bytes_raw(), "b": other})
+    secrets = scheme.join(keys.public, keys.bundles, "a", sealing.private_bytes_raw())
     payload = scheme.protect(np.random.default_rng(0).uniform(-1, 1, count), StatContext("s", 0, 3, "G", "a"),
-                             keys.public)
+                             keys.public, secrets, signing)
     return payload.nbytes + 256 + len(msgpack.packb(dict(payload.header))) + 70 * len(payload.frames)
 
 
@@ -60,7 +67,7 @@ def _honest(guard, clock, cfg, per_value, compute_s=600.0, hello=300, ack=250):
         if not idle(compute_s):  # computing: heartbeats only
             return False
         for _layer in layers:
-            for stat in ("G", "B"):
+            for stat in ("G", "B", "N"):
                 for off in range(0, s.n_values(stat), s.chunk_values):
                     count = min(s.chunk_values, s.n_values(stat) - off)
                     if not guard.admit("a", int(per_value * count) + 4096):

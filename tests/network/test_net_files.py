@@ -7,10 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from network_doubles import PlainSumScheme, SyntheticEngine, make_config, reference_deltas, run_session
+from network_doubles import SyntheticEngine, make_config, reference_deltas, run_session
 
 from parties import run_party
 from secure_collab.files import open_private, private_dir, touch_private, write_private
+from secure_collab.protection import get_scheme
 
 
 @pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
@@ -49,12 +50,12 @@ def test_ledger_solver_state_and_keys_are_private_during_a_session(tmp_path, uma
 
     engine = Inspecting("c", cfg)
     run = run_session(cfg, ["a", "b"], extra={
-        "c": lambda: run_party(cfg, "c", PlainSumScheme(), engine.compute_statistics, engine.apply_delta)})
+        "c": lambda: run_party(cfg, "c", get_scheme("plain"), engine.compute_statistics, engine.apply_delta)})
     assert run.outcome.ok and set(run.solver.releases) == set(reference_deltas(cfg, ["a", "b", "c"]))
     assert "error" not in seen, seen
     names = {p.name for p in seen}
-    assert {"ledger.sqlite-wal", "ledger.sqlite-shm", "public.bin", "release-r0-l1.npy", "release-r0-l1.json",
-            "coordinator", "solver", cfg.session.id} <= names
+    assert {"ledger.sqlite-wal", "ledger.sqlite-shm", "setup.sealed", "opened-r0-l1.sealed",
+            "release-r0-l1.sealed", "coordinator", "solver", cfg.session.id} <= names
     assert {str(p): oct(m) for p, m in seen.items() if m != (0o700 if p.is_dir() else 0o600)} == {}
     keys = cfg.paths.keys
     assert _mode(keys) == 0o700 and all(_mode(p) == 0o600 for p in keys.glob("*.key_secret"))

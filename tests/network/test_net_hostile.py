@@ -14,7 +14,7 @@ from network_doubles import RawClient, make_config, reference_deltas, run_sessio
 from zmq.utils.monitor import recv_monitor_message
 
 from secure_collab.ledger import Ledger
-from secure_collab.protection.base import StatContext
+from secure_collab.protection import StatContext, get_scheme
 from secure_collab.protocol.messages import Message, MsgType
 
 SHORT = {"stage_timeout_s": 1.0}
@@ -23,14 +23,14 @@ HELLO = {"role": "party", "public": False}
 
 
 def _hostile(cfg, action, name="c"):
-    """A raw authenticated party that joins, then runs ``action(client)``; returns what it returns."""
+    """A raw authenticated party that joins (takes the setup and its first REQUEST), then runs
+    ``action(client, request)``; returns what it returns."""
 
     def body():
         ctx = zmq.Context()
         client = RawClient(cfg, name, ctx)
         try:
-            client.send(client.msg(MsgType.HELLO, body=HELLO).to_frames())
-            return action(client)
+            return action(client, client.join())
         finally:
             client.close()
             ctx.term()
@@ -47,7 +47,7 @@ def _assert_honest_result(cfg, run, honest=("a", "b")):
 
 def _gated(cfg, name, gate):
     """An honest party whose statistics for layer 2 wait for ``gate``: it holds the session open."""
-    from network_doubles import PlainSumScheme, SyntheticEngine
+    from network_doubles import SyntheticEngine
 
     from parties import run_party
 
@@ -58,7 +58,8 @@ def _gated(cfg, name, gate):
             return super().compute_statistics(round_, layer)
 
     engine = Gated(name, cfg)
-    return lambda: run_party(cfg, name, PlainSumScheme(), engine.compute_statistics, engine.apply_delta)
+    return lambda: run_party(cfg, name, get_scheme(cfg.session.mode), engine.compute_statistics,
+                             engine.apply_delta)
 
 
 def _rows(cfg, peer=None):
@@ -67,21 +68,19 @@ def _rows(cfg, peer=None):
 
 
 def _chunk(client, request, chunk=0):
-    from network_doubles import PlainSumScheme
-
-    s = client.cfg.session
+    """A well-formed, signed chunk of G for layer 1 (values 1: within every bound)."""
+    s, attempt = client.cfg.session, request.body["attempt"]
     count = min(s.chunk_values, s.n_values("G") - chunk * s.chunk_values)
-    payload = PlainSumScheme().protect(np.ones(count), StatContext(s.id, 0, 1, "G", client.name), b"")
-    body = {"attempt": request.body["attempt"], "chunk": chunk, "n_chunks": s.n_chunks("G"),
+    payload = client.protect(np.ones(count), StatContext(s.id, 0, 1, "G", client.name, chunk, attempt))
+    body = {"attempt": attempt, "chunk": chunk, "n_chunks": s.n_chunks("G"),
             "offset": chunk * s.chunk_values, "count": count, "payload": dict(payload.header)}
     return client.msg(MsgType.CONTRIB, 0, 1, "G", body, payload.frames)
 
 
 # ---- 1. integers out of range ------------------------------------------------------------------------------
-def _overflowing(client):
+def _overflowing(client, request):
     """Valid msgpack, authenticated sender, integers SQLite cannot hold: (label, frames)."""
     top, big = 2**64 - 1, 2**63
-    request = client.recv(MsgType.REQUEST)
     good = _chunk(client, request)
     head = msgpack.unpackb(good.to_frames()[0])
 
@@ -91,7 +90,7 @@ def _overflowing(client):
     def body(**changes):
         return {**head["body"], **changes}
 
-    return request, [
+    return [
         ("hello seq", Message(MsgType.HELLO, client.cfg.session.id, sender="c", seq=big, config=client.cfg.digest,
                               body=HELLO).to_frames()),
         ("error seq", [msgpack.packb({**msgpack.unpackb(client.msg(MsgType.ERROR, body={
@@ -105,7 +104,7 @@ def _overflowing(client):
         ("chunk", edited(body=body(chunk=big))),
         ("offset", edited(body=body(offset=top))),
         ("count", edited(body=body(count=top))),
-        ("payload n", edited(body=body(payload={**head["body"]["payload"], "n": top}))),
+        ("payload n_values", edited(body=body(payload={**head["body"]["payload"], "n_values": top}))),
         ("negative", edited(round=-(2**63))),
     ]
 
@@ -113,8 +112,8 @@ def _overflowing(client):
 def test_integer_overflow_headers_are_refused_and_the_session_completes(tmp_path):
     cfg = make_config(tmp_path, network=SHORT)
 
-    def attack(client):
-        request, cases = _overflowing(client)
+    def attack(client, request):
+        cases = _overflowing(client, request)
         reasons = {}
         for label, frames in cases:
             client.send(frames)
@@ -140,8 +139,7 @@ def test_flooding_party_is_cut_off_and_the_others_complete(tmp_path):
     flood = 3000
     gate = threading.Event()  # b holds layer 2 open until c has checked that its key is refused
 
-    def attack(client):
-        request = client.recv(MsgType.REQUEST)
+    def attack(client, request):
         client.send(_chunk(client, request).to_frames())  # in the running sum: the step must drop it
         junk = [b"\xc1" * 64]
         for i in range(flood):  # as fast as the socket takes them; the session may end meanwhile
@@ -180,8 +178,7 @@ def test_junk_from_a_party_adds_bounded_ledger_rows(tmp_path):
     budget."""
     cfg = make_config(tmp_path, network=SHORT)
 
-    def attack(client):
-        client.recv(MsgType.REQUEST)
+    def attack(client, request):
         header = msgpack.unpackb(client.msg(MsgType.HELLO, body=HELLO).to_frames()[0])
         for _ in range(200):
             junk = {**header, "seq": client.seq.next(), "x" * 60_000: 1}
@@ -201,8 +198,7 @@ def test_refusal_rows_per_step_are_capped_and_summarised(tmp_path):
     max_refusal_rows per step, then counted in one summary row."""
     cfg = make_config(tmp_path, network={**SHORT, "budget_headroom": 1e6, "max_refusal_rows": 10})
 
-    def attack(client):
-        client.recv(MsgType.REQUEST)
+    def attack(client, request):
         for _ in range(200):
             client.send([b"\xc1"])
         answers = 0
@@ -329,34 +325,64 @@ def _wait(predicate, timeout):
 
 
 def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
-    """The ledger of an interrupted session says c was cut off: the restarted coordinator refuses c's key at
-    the handshake and finishes with a and b."""
-    from secure_collab.keys import load_signing_key
-    from secure_collab.protocol.release import setup_bytes
+    """A coordinator process is SIGKILLed mid-session after cutting c off (here written into its ledger while
+    it is down); the restarted one refuses c's key at the handshake, writes no row for it, and finishes the
+    session with a and b."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    cfg = make_config(tmp_path, network={"stage_timeout_s": 10.0, "join_timeout_s": 3.0})
-    public = b"test-plain-sum/2"  # what PlainSumScheme's solver publishes for min_parties = 2
-    signature = load_signing_key(cfg.paths.keys / "solver_signing.key_secret").sign(
-        setup_bytes(cfg.session.id, cfg.digest, public))
+    from network_doubles import SyntheticEngine, Threads, closed_form_solve
+
+    from coordinator.solver import run_solver
+    from parties import run_party
+
+    here = Path(__file__).parent
+    cfg = make_config(tmp_path, network={"stage_timeout_s": 30.0, "join_timeout_s": 1.0})
+    config_path = next(tmp_path.glob("config-*.toml"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent.parent), str(here)]))
+
+    def coordinator():
+        return subprocess.Popen([sys.executable, str(here / "coordinator_process.py"), str(config_path)],
+                                cwd=here.parent.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    gate, scheme, a = threading.Event(), get_scheme("plain"), SyntheticEngine("a", cfg)
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
+    th.start("a", lambda: run_party(cfg, "a", scheme, a.compute_statistics, a.apply_delta))
+    th.start("b", _gated(cfg, "b", gate))
+    first = coordinator()
+    try:
+        assert _wait(lambda: any(r["type"] == "release" for r in _rows(cfg)), 30)  # layer 1 done, layer 2 open
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
     with Ledger(cfg.paths.ledger) as ledger:
-        ledger.open_session(cfg.session.id, cfg.digest, "plain", public, signature,
-                            {"solver": cfg.roster.solver, **cfg.roster.parties})
         ledger.message(cfg.session.id, "in", "c", "?", "", 1 << 20, "cut off", "over its budget")
-
-    gate = threading.Event()  # b holds layer 2 open until c has knocked
-
-    def knock():
+    second = coordinator()
+    try:
         ctx = zmq.Context()
         client = RawClient(cfg, "c", ctx, monitor=HANDSHAKE)
         try:
             client.send(client.msg(MsgType.HELLO, body=HELLO).to_frames())
-            return recv_monitor_message(client.monitor)["event"]
+            event = recv_monitor_message(client.monitor)["event"]
         finally:
-            gate.set()
             client.close()
             ctx.term()
-
-    run = run_session(cfg, ["a"], extra={"b": _gated(cfg, "b", gate), "c": knock})
-    _assert_honest_result(cfg, run)
-    assert run.extra["c"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    assert [r["outcome"] for r in _rows(cfg, "c")] == ["cut off"]  # no rows after a restart either
+        gate.set()
+        out, err = second.communicate(timeout=60)
+    finally:
+        gate.set()
+        if second.poll() is None:
+            second.kill()
+            second.communicate()
+    th.join(30)
+    assert second.returncode == 0, err
+    assert event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    assert '"ok": true' in out
+    for key, delta in reference_deltas(cfg, ["a", "b"]).items():
+        np.testing.assert_allclose(th.results["solver"].releases[key], delta, rtol=1e-12, atol=1e-12)
+    assert [r["outcome"] for r in _rows(cfg, "c")] == ["cut off"]  # and no row after the restart

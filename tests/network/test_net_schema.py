@@ -19,8 +19,9 @@ from secure_collab.protocol.messages import (
 )
 from secure_collab.protocol.schema import INT64_MAX, INT64_MIN, Field
 
-PAYLOAD = {"v": 1, "mode": "shares", "kind": "party", "session": "s1", "round": 0, "layer": 3, "statistic": "G",
-           "party": "a", "n_values": 2, "chunk": 2, "public": "ab" * 32}
+PAYLOAD = {"v": 2, "mode": "shares", "kind": "party", "session": "s1", "round": 0, "layer": 3, "statistic": "G",
+           "chunk_index": 0, "attempt": 0, "party": "a", "n_values": 2, "tag_values": 4, "chunk": 2,
+           "public": "ab" * 32}
 CHUNK = {"attempt": 0, "chunk": 0, "n_chunks": 1, "offset": 0, "count": 2, "payload": PAYLOAD}
 VALID_BODIES = {
     MsgType.HELLO: {"role": "party", "public": False, "setup": True, "applied": [[0, 3], [0, 4]]},
@@ -29,6 +30,7 @@ VALID_BODIES = {
     MsgType.CONTRIB: CHUNK,
     MsgType.AGGREGATE: {**CHUNK, "payload": {**PAYLOAD, "kind": "aggregate", "parties": ["a", "b"]},
                         "parties": ["a", "b"], "n_values": 2},
+    MsgType.VERDICT: {"attempt": 1, "layers": [3], "opened": False, "exclude": ["c"], "reason": "bad seal"},
     MsgType.RELEASE: {"attempt": 0, "shape": [4, 6], "dtype": "<f8", "sha256": "0" * 64, "parties": ["a", "b"]},
     MsgType.ACK: {"ok": True, "reason": ""},
     MsgType.ERROR: {"refused_seq": 5, "reason": "bad"},
@@ -128,7 +130,7 @@ def test_body_fields_are_bounded(mtype, path, value, reason):
         Message.from_frames(_frames(mtype, _replace(VALID_BODIES[mtype], path, value)))
 
 
-@pytest.mark.parametrize("mtype", [MsgType.ACK, MsgType.ERROR, MsgType.END, MsgType.REQUEST])
+@pytest.mark.parametrize("mtype", [MsgType.ACK, MsgType.ERROR, MsgType.END, MsgType.REQUEST, MsgType.VERDICT])
 def test_control_messages_carry_no_payload(mtype):
     with pytest.raises(ProtocolError, match="at most 0 payload frames"):
         Message.from_frames(_frames(mtype, payload=True))
