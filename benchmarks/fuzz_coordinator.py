@@ -170,7 +170,7 @@ def _held_session(cfg: Any, coord: CoordinatorProcess, attack: Any) -> tuple[Any
 
 
 def budget_scenario(work: Path, messages: int, seed: int) -> dict[str, Any]:
-    cfg, path = _config(work, {"stage_timeout_s": 5.0})
+    cfg, path = _config(work, {})  # b's gate holds layer 2 open: the stage timeout must outlast the attack
     coord = CoordinatorProcess(cfg, path)
     t0: dict[str, float] = {}
 
@@ -181,12 +181,22 @@ def budget_scenario(work: Path, messages: int, seed: int) -> dict[str, Any]:
         return stats
 
     outcome, stats = _held_session(cfg, coord, attack)
-    return _figures(stats, t0["seconds"], coord, outcome)
+    return {**_figures(stats, t0["seconds"], coord, outcome), "cut_off": _cut_off_rows(cfg)}
+
+
+def _cut_off_rows(cfg: Any) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{cfg.paths.ledger}?mode=ro", uri=True) as db:
+        return [f"{peer}: {reason}" for peer, reason in db.execute(
+            "SELECT peer, reason FROM messages WHERE outcome IN ('cut off', 'dropped')")]
 
 
 def big_scenario(work: Path, count: int, headroom: float) -> dict[str, Any]:
     size = 8 << 20
-    cfg, path = _config(work, {"stage_timeout_s": 5.0, "max_message_bytes": 16 << 20, "budget_headroom": headroom})
+    # without a budget c is not cut off: the first step waits stage_timeout_s for it, which must outlast the
+    # attack (b's gate holds layer 2 open until then)
+    cfg, path = _config(work, {"max_message_bytes": 16 << 20, "budget_headroom": headroom, "stage_timeout_s": 30.0})
     coord = CoordinatorProcess(cfg, path)
     t0: dict[str, float] = {}
 
@@ -213,7 +223,7 @@ def big_scenario(work: Path, count: int, headroom: float) -> dict[str, Any]:
         return stats
 
     outcome, stats = _held_session(cfg, coord, attack)
-    return {**_figures(stats, t0["seconds"], coord, outcome), "message_bytes": size,
+    return {**_figures(stats, t0["seconds"], coord, outcome), "cut_off": _cut_off_rows(cfg), "message_bytes": size,
             "rcvhwm": cfg.network.recv_buffer_bytes // cfg.network.max_message_bytes,
             "budget_headroom": headroom}
 

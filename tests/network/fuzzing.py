@@ -254,6 +254,7 @@ def fuzz_roster_key(cfg: Config, name: str, seed: int, count: int, deadline: flo
     mutator = Mutator(cfg, name, seed, cfg.network.max_message_bytes, pool, attempt)
     ctx = zmq.Context()
     client = None
+    stalled = 0.0
     try:
         while stats.messages < count and time.monotonic() < deadline:
             if stats.messages % reconnect_every == 0:
@@ -264,9 +265,13 @@ def fuzz_roster_key(cfg: Config, name: str, seed: int, count: int, deadline: flo
             kind, frames = mutator.frames()
             try:
                 client.sock.send_multipart(frames, flags=zmq.DONTWAIT)
-            except zmq.Again:  # the coordinator is behind: let it catch up
+            except zmq.Again:  # the coordinator is behind: let it catch up (or it is gone: stop)
+                stalled = stalled or time.monotonic()
+                if time.monotonic() - stalled > 10.0:
+                    break
                 time.sleep(0.01)
                 continue
+            stalled = 0.0
             stats.messages += 1
             stats.frames += len(frames)
             stats.nbytes += sum(len(f) for f in frames)
