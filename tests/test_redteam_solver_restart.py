@@ -21,7 +21,7 @@ from coordinator.engine import SessionSolve
 def test_redteam_restarted_solver_forgets_the_dynamic_covariance(tmp_path, monkeypatch):
     monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path))
     session = SimpleNamespace(model="tiny-llama", layers=(1,), variant="sequential", template_seed=0, rounds=2,
-                              d_k=96, d_v=64, hparams={"mom2_tokens": 600, "n_templates": 1, "template_length": 3})
+                              d_k=96, d_v=64, hparams={"mom2_tokens": 200, "n_templates": 1, "template_length": 3})
     rng = np.random.default_rng(0)
     k0, k1 = rng.normal(size=(3, 96)), rng.normal(size=(2, 96))  # (n, d_k) keys of round 0 and round 1
     g0, g1, b1 = k0.T @ k0, k1.T @ k1, rng.normal(size=(64, 96))
