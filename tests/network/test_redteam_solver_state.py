@@ -32,41 +32,45 @@ class Captured(Solver):
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
         self.sent_releases: list[tuple[int, int, list[str]]] = []
-        self.sent_verdicts: list[tuple[str, bool]] = []
+        self.sent_verdicts: list[tuple[str, bool, tuple[str, ...]]] = []
 
     def _send_release(self, round_, layer, meta, ciphertext):
         self.sent_releases.append((round_, layer, meta["parties"]))
 
     def _refuse(self, round_, layers, attempt, exc):
-        self.sent_verdicts.append((str(exc), exc.opened))
+        self.sent_verdicts.append((str(exc), exc.opened, exc.exclude))
 
 
-def _hand_off(cfg, solver, public, bundles, parties, attempt, layer=1):
-    """Every chunk of (round 0, layer) from ``parties``, protected by each party with its own keys, summed by
-    the coordinator's accumulator and handed to ``solver`` as AGGREGATE messages."""
+def _hand_off(cfg, solver, public, bundles, parties, attempt, layers=(1,), tamper=None):
+    """Every chunk of (round 0, ``layers``) from ``parties``, protected by each party with its own keys, summed
+    by the coordinator's accumulator and handed to ``solver`` as AGGREGATE messages. ``tamper(ctx, frames)``
+    may rewrite an aggregate's frames on the way (the cheating coordinator)."""
     s, scheme = cfg.session, get_scheme(cfg.session.mode)
-    contributions = {}
+    keys = {}
     for name in parties:
         ident = load_identity(cfg.paths.keys / f"party-{name}.key_secret")
-        secrets = scheme.join(public, bundles, name, ident.sealing.private_bytes_raw())
-        stats = pack_statistics(SyntheticEngine(name, cfg).compute_statistics(0, layer), s.d_k, s.d_v)
-        contributions[name] = (ident, secrets, stats)
+        keys[name] = (ident, scheme.join(public, bundles, name, ident.sealing.private_bytes_raw()))
     seq = 0
-    for stat_name in STATISTICS:
-        for i, (off, count) in enumerate(chunk_bounds(s.n_values(stat_name), s.chunk_values)):
-            ctx = StatContext(s.id, 0, layer, stat_name, "", i, attempt)
-            acc = scheme.accumulator(public, count, ctx)
-            for name, (ident, secrets, stats) in contributions.items():
-                acc.add(scheme.protect(stats[stat_name][off:off + count], ctx.for_party(name), public, secrets,
-                                       ident.signing), party=name)
-            agg = acc.aggregate()
-            body = {"attempt": attempt, "chunk": i, "n_chunks": s.n_chunks(stat_name), "offset": off,
-                    "count": count, "payload": dict(agg.header), "parties": list(agg.header["parties"]),
-                    "n_values": s.n_values(stat_name)}
-            seq += 1
-            wire = Message(MsgType.AGGREGATE, s.id, 0, layer, stat_name, "coordinator", seq, cfg.digest, body,
-                           tuple(bytes(f) for f in agg.frames)).to_frames()
-            solver._on_aggregate(Message.from_frames(wire))
+    for layer in layers:
+        stats = {n: pack_statistics(SyntheticEngine(n, cfg).compute_statistics(0, layer), s.d_k, s.d_v)
+                 for n in parties}
+        for stat_name in STATISTICS:
+            for i, (off, count) in enumerate(chunk_bounds(s.n_values(stat_name), s.chunk_values)):
+                ctx = StatContext(s.id, 0, layer, stat_name, "", i, attempt)
+                acc = scheme.accumulator(public, count, ctx)
+                for name, (ident, secrets) in keys.items():
+                    acc.add(scheme.protect(stats[name][stat_name][off:off + count], ctx.for_party(name), public,
+                                           secrets, ident.signing), party=name)
+                agg = acc.aggregate()
+                frames = tuple(bytes(f) for f in agg.frames)
+                frames = tamper(ctx, frames) if tamper else frames
+                body = {"attempt": attempt, "chunk": i, "n_chunks": s.n_chunks(stat_name), "offset": off,
+                        "count": count, "payload": dict(agg.header), "parties": list(agg.header["parties"]),
+                        "n_values": s.n_values(stat_name)}
+                seq += 1
+                wire = Message(MsgType.AGGREGATE, s.id, 0, layer, stat_name, "coordinator", seq, cfg.digest, body,
+                               frames).to_frames()
+                solver._on_aggregate(Message.from_frames(wire))
 
 
 def _two_openings(tmp_path, rollback: bool):
@@ -103,8 +107,37 @@ def test_redteam_restarted_solver_refuses_to_open_a_step_again(tmp_path):
     _, solved, second = _two_openings(tmp_path, rollback=False)
     assert len(solved) == 1
     assert second.sent_releases == [(0, 1, ["a", "b", "c"])]
-    reason, opened = second.sent_verdicts[0]
+    reason, opened, _ = second.sent_verdicts[0]
     assert opened and "never opened twice" in reason
+
+
+def test_redteam_oneshot_step_is_authenticated_whole_before_any_layer_opens(tmp_path):
+    """Defence, oneshot (one step = layers 1 and 2): the coordinator corrupts c's seal in one chunk of the
+    last layer only. Nothing is opened, not even layer 1 whose chunks all authenticate; c is named; the step
+    collected again from {a, b} opens both layers once, over {a, b}."""
+    cfg = make_config(tmp_path, mode="shares", layers=[1, 2], variant="oneshot")
+    scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
+
+    def solve(round_, layer, g, b):
+        solved.append(layer)
+        return closed_form_solve(round_, layer, g, b)
+
+    def spoil_c(agg_ctx, frames):  # extras follow the data frames in list order a, b, c: c's seal is frames[-2]
+        if (agg_ctx.layer, agg_ctx.statistic, agg_ctx.chunk) != (2, "B", 3):
+            return frames
+        return (*frames[:-2], bytes(len(frames[-2])), frames[-1])
+
+    try:
+        solver = Captured(cfg, scheme, solve, ctx=ctx)
+        public, bundles, _ = solver._setup()
+        _hand_off(cfg, solver, public, bundles, ("a", "b", "c"), attempt=0, layers=(1, 2), tamper=spoil_c)
+        assert solved == [] and solver.sent_releases == [] and solver.opened == {}
+        reason, opened, exclude = solver.sent_verdicts[0]
+        assert not opened and exclude == ("c",) and "layer 2" in reason
+        _hand_off(cfg, solver, public, bundles, ("a", "b"), attempt=1, layers=(1, 2))
+    finally:
+        ctx.term()
+    assert solved == [1, 2] and solver.sent_releases == [(0, 1, ["a", "b"]), (0, 2, ["a", "b"])]
 
 
 @pytest.mark.xfail(strict=True, reason="BREAK (needs write access to the solver's state directory, e.g. a "

@@ -150,3 +150,23 @@ def test_redteam_refusal_text_after_opening_answers_a_threshold_query():
         return str(err.value)
 
     assert refusal(u0 - 1) == refusal(u0), "the refusal text tells whether U_0 > threshold"
+
+
+def test_redteam_setup_bundles_do_not_open_for_another_party_name_or_another_setup():
+    """Beneath the solver's setup signature: a sealed (mac_key, release_key) bundle is bound to the party's
+    X25519 key, its name and the public parameters' digest. Relabelled for another name (even opened by the
+    party it was sealed to), or moved into another setup, it does not open."""
+    from secure_collab.protection import ProtectionError
+    from secure_collab.protection._wire import decode_bundles, encode_bundles
+
+    s, other = make_session("plain", 3, 50.0), make_session("plain", 3, 50.0)
+    own = decode_bundles(s.keys.bundles)
+    key = {name: k.private_bytes_raw() for name, k in s.sealing.items()}
+    assert s.scheme.join(s.keys.public, s.keys.bundles, "p0", key["p0"]).mac_key == s.keys.mac_key
+    as_p0 = encode_bundles({**own, "p0": own["p1"]})
+    for holder in ("p0", "p1"):  # p0 cannot open p1's bundle; p1 cannot open its own bundle as p0's
+        with pytest.raises(ProtectionError, match="authentication failed"):
+            s.scheme.join(s.keys.public, as_p0, "p0", key[holder])
+    moved = encode_bundles({**decode_bundles(other.keys.bundles), "p0": own["p0"]})  # p0's sealing key differs
+    with pytest.raises(ProtectionError, match="authentication failed"):
+        other.scheme.join(other.keys.public, moved, "p0", key["p0"])  # the right key, the wrong setup
