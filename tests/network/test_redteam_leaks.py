@@ -100,7 +100,7 @@ def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, cap
     ledger timestamps alone tell them apart."""
     from parties.engine import PartyEditor
 
-    hparams = {"v_num_grad_steps": 5, "n_templates": 1, "template_length": 3}
+    hparams = {"v_num_grad_steps": 10, "n_templates": 1, "template_length": 3}
     cfg = make_config(tmp_path, ("a", "b"), mode="shares", model="tiny-llama", layers=[1], d_k=96, d_v=64,
                       value_bound=1e6, chunk_values=8192, hparams=hparams,
                       network={"request_in_turn": True, "max_message_bytes": 1 << 20})
@@ -124,4 +124,4 @@ def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, cap
         return min(r["time"] for r in rows if (r["peer"], r["type"], r["direction"]) == (name, mtype, direction))
 
     delay = {name: first(name, "contrib", "in") - first(name, "request", "out") for name in editors}
-    assert delay["b"] < 2 * delay["a"] + 0.05, f"answer delays {delay}: b's 7 edits show"
+    assert delay["b"] < 2 * delay["a"] + 0.1, f"answer delays {delay}: b's 7 edits show"
