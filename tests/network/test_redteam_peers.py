@@ -82,11 +82,6 @@ def _party_against(cfg, script):
     return th.results.get("a"), th.errors.get("a"), engine, acks
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK (a party crashes instead of refusing): RELEASE body.parties is only "
-                   "checked to be a list; release_bytes sorts it and JSON-encodes it before the signature is "
-                   "checked, so mixed types or bytes raise TypeError out of Party.run. Fix: check the body "
-                   "(parties a list of roster names, shape a list of ints, attempt in range) before use, and "
-                   "refuse anything else with an ACK(ok=False) like any bad release.")
 @pytest.mark.parametrize("parties", [[1, "a"], [b"a"]], ids=["mixed", "bytes"])
 def test_redteam_malformed_release_body_is_refused_not_a_crash(tmp_path, parties):
     cfg = make_config(tmp_path)
