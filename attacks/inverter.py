@@ -305,7 +305,7 @@ def _fit(dec: KeyDecoder, keys, targets, index, mean, std, n_train: int, cfg: In
         saved = load_file(str(ckpt))
         dec.load_state_dict({k[4:]: v for k, v in saved.items() if k.startswith("dec.")}, strict=False)
         state = opt.state_dict()
-        for i, p in enumerate(params):
+        for i in range(len(params)):
             state["state"][i] = {"step": saved[f"opt.{i}.step"], "exp_avg": saved[f"opt.{i}.m"],
                                  "exp_avg_sq": saved[f"opt.{i}.v"]}
         opt.load_state_dict(state)
