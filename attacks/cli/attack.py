@@ -60,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inverter-epochs", type=int, default=None, help="inverter: epochs (default: 5)")
     p.add_argument("--mode", default="ckks,shares", help="wire: protection modes (default: %(default)s)")
     p.add_argument("--ledger", default=None, help="wire: a finished session's ledger for the metadata attack")
+    p.add_argument("--session-edits", default=None, metavar="N,N,...",
+                   help="wire: also run real sessions (one party per count) for the metadata attack")
+    p.add_argument("--session-model", default="tiny-llama", help="wire: model of those sessions (default: %(default)s)")
+    p.add_argument("--sessions", type=int, default=4, help="wire: sessions per mode (default: %(default)s)")
+    p.add_argument("--session-dir", default=None, help="wire: where the sessions' work directories go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
