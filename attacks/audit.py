@@ -45,7 +45,8 @@ def read_ledger(path: Path) -> SessionRecord:
         sessions = rows("sessions")
         if not sessions:
             raise ValueError(f"ledger {path} holds no session")
-        rec = SessionRecord(sessions[-1], [r["name"] for r in rows("roster")], rows("messages"), rows("handoffs"),
+        parties = [r["name"] for r in rows("roster") if r["name"] not in ("solver", "coordinator")]
+        rec = SessionRecord(sessions[-1], parties, rows("messages"), rows("handoffs"),
                             rows("releases"), ledger_traffic(path))
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path} is not a secure-collab ledger: {exc}") from None
@@ -166,8 +167,12 @@ def verdicts(rec: SessionRecord, results: dict[str, list[dict]]) -> dict[str, tu
         pmin = min(r["binomial_p_vs_chance"] for r in wire)
         coord.append(f"Attacks on those bytes did no better than chance (best recall {worst:.3f}, "
                      f"smallest p-value against chance {pmin:.2f}).")
-    if len(sizes) <= 2 * len(set(r.get("stat") for r in rec.messages if r.get("stat"))):
-        coord.append("Message sizes do not depend on what was edited.")
+    per_party = {tuple(sorted(set(t["sizes"]))) for t in rec.traffic.values()}
+    if len(per_party) == 1:
+        coord.append("Every party's messages had the same sizes, whatever it edited.")
+    else:
+        coord.append(f"Message sizes vary by {max(sizes) - min(sizes)} bytes at most between contributions "
+                     f"(ciphertext serialisation); see the size attack for whether they follow the edits.")
     if meta and meta.get("spearman_latency", 0) > 0.5:
         level = "warn"
         coord.append(f"But timing does: the delay between its request and each party's answer follows the "
@@ -208,7 +213,7 @@ def verdicts(rec: SessionRecord, results: dict[str, list[dict]]) -> dict[str, tu
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f0f0f0}.ok{background:#e3f4e1}.warn{background:#fdf1d6}.leak{background:#f9dcdc}
+th{background:#f0f0f0}div.scroll{overflow-x:auto;font-size:.85em}.ok{background:#e3f4e1}.warn{background:#fdf1d6}.leak{background:#f9dcdc}
 .verdict{padding:.8em 1em;margin:.6em 0;border-radius:6px}img{max-width:100%;border:1px solid #ddd}"""
 
 
@@ -222,7 +227,7 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def render(rec: SessionRecord, results: dict[str, list[dict]], requests: list | None = None) -> str:
@@ -238,7 +243,7 @@ def render(rec: SessionRecord, results: dict[str, list[dict]], requests: list | 
         parts.append(f"<div class='verdict {level}'><b>{role}</b> ({level}): {html.escape(text)}</div>")
     parts.append("<h2>What the coordinator saw</h2>")
     rows = [{"party": p, "edits": rec.edits.get(p), "contributions": t["contribs"], "bytes": t["bytes"],
-             "distinct sizes": len(set(t["sizes"])),
+             "message sizes (bytes)": ", ".join(str(x) for x in sorted(set(t["sizes"]))),
              "first latency (s)": t["latency"][0] if t["latency"] else None} for p, t in sorted(rec.traffic.items())]
     parts.append(_table(rows, list(rows[0]) if rows else ["party"]))
     parts.append(f"<img alt='figure: traffic per party' src='{traffic_figure(rec)}'>")
@@ -257,7 +262,8 @@ def render(rec: SessionRecord, results: dict[str, list[dict]], requests: list | 
     for view in ("keys", "gram", "stats", "aggregate", "delta", "model", "wire"):
         if view in results:
             parts.append(f"<h3>{view}</h3>")
-            parts.append(_table(results[view], cols))
+            used = [c for c in cols if any(r.get(c) is not None for r in results[view])]
+            parts.append(_table(results[view], used))
             parts.append(f"<img alt='figure: {view}' src='{results_figure(results[view], view)}'>")
     if requests:
         parts.append(f"<h2>Requests of this session</h2><p>{len(requests)} edit requests were given to the "
