@@ -310,8 +310,9 @@ def _fit(dec: KeyDecoder, keys, targets, index, mean, std, n_train: int, cfg: In
                                  "exp_avg_sq": saved[f"opt.{i}.v"]}
         opt.load_state_dict(state)
         step, elapsed = int(saved["step"]), float(saved["elapsed"])
-        for _ in range(step):
-            sched.step()
+        sched.last_epoch = step  # continue the schedule where it stopped (no optimiser step in between)
+        for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * max(0.05, 1.0 - step / max(1, total))
         say(f"inverter: resuming at step {step}/{total}")
     k_all = (keys - mean) / std
     t0 = time.monotonic() - elapsed
@@ -329,7 +330,7 @@ def _fit(dec: KeyDecoder, keys, targets, index, mean, std, n_train: int, cfg: In
         opt.step()
         sched.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % cfg.checkpoint_every == 0 or step == total:
             say(f"inverter: step {step}/{total} (epoch {epoch + 1}), loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
                 f"{time.monotonic() - t0:.0f} s")
