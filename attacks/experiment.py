@@ -101,7 +101,27 @@ def run_attack(args: Namespace, say: Callable[[str], None]) -> dict[str, Any]:
             "parties": args.parties, "seed": args.seed}
     if exp.inverter is not None:
         meta["inverter"] = {k: v for k, v in exp.inverter.meta.items() if not k.startswith("val_")}
+        meta["inverter_validation"] = validate_inverter(exp.inverter, exp.judge)
     return {"meta": meta, "results": rows}
+
+
+def validate_inverter(inv, judge, n: int = 500) -> dict[str, Any]:
+    """Inverter vs nearest-neighbour retrieval on held-out public keys (sentences never trained on)."""
+    import numpy as np
+
+    from attacks import metrics
+
+    keys, truth = inv.meta["val_keys"][:n], inv.meta["val_texts"][:n]
+    out: dict[str, Any] = {"n": len(truth), "what": "held-out public sentences, last <= window tokens"}
+    for name, texts in (("inverter", inv.invert(keys)), ("nearest", inv.nearest(keys))):
+        sims = np.diag(judge.similarity(truth, texts))
+        mean, lo, hi = metrics.bootstrap_ci(sims.tolist())
+        f1 = float(np.mean([metrics.token_f1(a, b) for a, b in zip(texts, truth, strict=True)]))
+        exact = float(np.mean([a.strip() == b.strip() for a, b in zip(texts, truth, strict=True)]))
+        out[name] = {"judge_similarity": mean, "judge_similarity_ci": [lo, hi], "token_f1": f1, "exact": exact,
+                     "examples": [{"true": t, "recovered": r} for t, r in list(zip(truth, texts, strict=True))[:5]]}
+    out["inverter_beats_nearest"] = out["inverter"]["judge_similarity"] > out["nearest"]["judge_similarity"]
+    return out
 
 
 def _inverter(exp, args: Namespace, say):
