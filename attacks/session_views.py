@@ -13,7 +13,7 @@ import torch
 
 from attacks import spectral
 from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
-from attacks.target import model_shift_scores
+from attacks.target import model_shift_scores, residual_from_stats
 from attacks.views import cached_targets, delta_view, gram_view, keys_view, split
 from secure_collab.data.requests import Request
 from secure_collab.editing.memit import restore, snapshot
@@ -40,16 +40,10 @@ def aggregate_rows(exp: Experiment, parties: list[list[Request]], objects: Seque
         total = sum_stats([stats_view(exp.setup, p, z, exp.layer) for p, z in zip(parties, zs, strict=True)])
         k = keys_view(exp.setup, flat, exp.layer)  # keys of the (recovered) subjects, public model
         n_layers = len(exp.setup.hp.layers)
-        res = [n_layers * _residual(total.b, total.g, k[j]) for j in range(len(flat))]
+        res = list(n_layers * residual_from_stats(total.b, total.g, k))
         rows.append(target_rows(exp, "aggregate", res, flat, [r.subject for r in flat], objects, len(flat),
                                 parties=len(parties)))
     return rows
-
-
-def _residual(b: torch.Tensor, g: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    from attacks.target import residual_from_stats
-
-    return residual_from_stats(b, g, key)
 
 
 def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[str]) -> tuple[list[dict], dict]:
@@ -161,7 +155,7 @@ def stats_rows(exp: Experiment, pool: list[Request], ms: Sequence[int], objects:
             basis = spectral.basis_from_gram(st.g, m)
             ranks.append(ranks_of(projection_scores(basis, exp.cand_keys), [exp.index(r.subject) for r in reqs]))
             k = keys_view(exp.setup, reqs, exp.layer)
-            res += [n_layers * _residual(st.b, st.g, k[j]) for j in range(m)]
+            res += list(n_layers * residual_from_stats(st.b, st.g, k))
             edited += reqs
         rows.append(_ranking_row("stats", "subspace", m, exp.n, ranks))
         rows.append(target_rows(exp, "stats", res, edited, [r.subject for r in edited], objects, m))

@@ -63,10 +63,13 @@ def rank_objects(logprobs: torch.Tensor, first_tokens: dict[int, list[str]], tru
     return int((scores > own).sum()) + int(((scores == own) & (ids != t)).sum())
 
 
-def residual_from_stats(b: torch.Tensor, g: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """r̂ = B G⁺ k: exactly r_j for k = k_j when the edited keys are linearly independent."""
-    x = torch.linalg.lstsq(g.double(), key.double()[:, None], rcond=None).solution  # G⁺ k (min-norm)
-    return (b.double() @ x)[:, 0]
+def residual_from_stats(b: torch.Tensor, g: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """r̂_j = B G⁺ k_j for each row of ``keys`` (n, d_k) -> (n, d_v): exactly r_j for the edited keys when they
+    are linearly independent (Kᵀ (K Kᵀ)⁺ K = I)."""
+    evals, evecs = torch.linalg.eigh(0.5 * (g.double() + g.double().T))
+    keep = evals > 1e-10 * evals.abs().max()
+    pinv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T  # G⁺ on its numeric range
+    return (b.double() @ (pinv @ keys.double().T)).T
 
 
 @torch.no_grad()

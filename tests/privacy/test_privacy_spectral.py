@@ -59,3 +59,12 @@ def test_basis_from_delta_is_the_span_of_the_keys():
 def test_effective_rank_ignores_round_off():
     assert spectral.effective_rank(torch.tensor([3.0, 1e-3, 1e-14])) == 2
     assert spectral.effective_rank(torch.zeros(3)) == 0
+
+
+def test_residuals_from_the_statistics_are_exact():
+    from attacks.target import residual_from_stats
+
+    k = _keys(3, 20, 4)
+    r = torch.randn(3, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = residual_from_stats(r.T @ k, k.T @ k, k)  # B = R Kᵀ, G = K Kᵀ in MEMIT's convention
+    assert torch.allclose(got, r, atol=1e-9)
