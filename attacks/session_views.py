@@ -137,7 +137,7 @@ def _load(lm, weights: dict[int, torch.Tensor]) -> None:
 
 
 def stats_rows(exp: Experiment, pool: list[Request], ms: Sequence[int], objects: Sequence[str],
-               trials: int = 4) -> list[dict]:
+               trials: int | None = None) -> list[dict]:
     """One party's (K Kᵀ, R Kᵀ): subject ranking from G and object recovery from B G⁺ k̂ (L · r̂ patched)."""
     from attacks.runner import _ranking_row
     from attacks.subspace import projection_scores, ranks_of
@@ -146,7 +146,7 @@ def stats_rows(exp: Experiment, pool: list[Request], ms: Sequence[int], objects:
     rows = []
     n_layers = len(exp.setup.hp.layers)
     for m in ms:
-        draws = draw_trials(pool, m, trials, exp.seed)
+        draws = draw_trials(pool, m, trials or max(4, len(pool) // m), exp.seed)
         ranks, edited, res = [], [], []
         for idx in draws:
             reqs = [pool[i] for i in idx]
