@@ -84,6 +84,18 @@ def best_match(sim: np.ndarray) -> np.ndarray:
     return sim.max(axis=1) if sim.size else np.zeros(sim.shape[0])
 
 
+def greedy_matching(sim: np.ndarray) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs of a similarity matrix, highest similarity first."""
+    s = np.array(sim, dtype=float)
+    pairs = []
+    for _ in range(min(s.shape)):
+        i, j = np.unravel_index(int(np.argmax(s)), s.shape)
+        pairs.append((int(i), int(j)))
+        s[i, :] = -np.inf
+        s[:, j] = -np.inf
+    return sorted(pairs)
+
+
 def random_pair_baseline(sim_all: np.ndarray, seed: int = 0, n: int = 2000) -> float:
     """Mean similarity of random pairs (i ≠ j) from a square similarity matrix of unrelated true texts."""
     k = sim_all.shape[0]

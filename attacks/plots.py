@@ -20,9 +20,10 @@ def fig5(rows: list[dict], view: str, out: Path) -> Path:
         if any(r.get("nn_judge_similarity") is not None for r in text):
             a1.errorbar(ms, [r["nn_judge_similarity"] for r in text], yerr=_err(text, "nn_judge_similarity"),
                         marker="s", capsize=3, label="nearest neighbour")
-        base = [r["random_baseline"] for r in text if r.get("random_baseline") is not None]
+        base = [(r["m"], r["random_baseline"]) for r in text if r.get("random_baseline") is not None]
         if base:
-            a1.axhline(base[0], color="grey", ls="--", label="random pairs")
+            a1.plot([b[0] for b in base], [b[1] for b in base], color="grey", ls="--",
+                    label="random public texts, same matching")
         a1.legend(fontsize=8)
     else:
         a1.text(0.5, 0.5, "no text attack in this run", ha="center", va="center", transform=a1.transAxes)

@@ -98,9 +98,11 @@ def main() -> None:
                 alpha=0.45,
                 label=f"{view} nearest neighbour",
             )
-    base = [r["random_baseline"] for r in rows if r.get("random_baseline")]
-    if base:
-        a2.axhline(base[0], color="grey", ls="--", label="random pairs")
+    for view, style in (("keys", "o"), ("gram", "s")):
+        sel = sorted((r for r in rows if r["view"] == view and r["attack"] == "inverter"), key=lambda r: r["m"])
+        if sel:
+            a2.plot([r["m"] for r in sel], [r["random_baseline"] for r in sel], style, color="grey", ls="--",
+                    label=f"{view}: random public texts")
     a2.set(
         xscale="log", xlabel="m (sequences in the statistic)", ylabel="judge similarity", title="text recovery (Fig. 5)"
     )

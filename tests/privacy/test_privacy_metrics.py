@@ -68,3 +68,8 @@ def test_judge_on_hand_made_pairs():
     assert s[0, 0] > 0.8 > 0.3 > s[0, 1]
     e = j.embed(["anything"])
     assert e.shape == (1, 384) and abs(float(np.linalg.norm(e)) - 1.0) < 1e-5
+
+
+def test_greedy_matching_is_one_to_one():
+    sim = np.array([[0.9, 0.8, 0.1], [0.85, 0.2, 0.3]])
+    assert metrics.greedy_matching(sim) == [(0, 0), (1, 2)]  # row 1 cannot reuse column 0
