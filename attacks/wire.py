@@ -40,6 +40,7 @@ from secure_collab.protocol.statistics import chunk_bounds
 
 SESSION = "attack-wire"
 UNIFORMITY = "Pearson chi-square goodness-of-fit, bytes vs uniform(0..255)"
+SIZE_TEST = "two-sided permutation test of the mean message size, real vs all-zero statistic"
 HOMOGENEITY = "Pearson chi-square two-sample homogeneity, byte histograms (real vs all-zero statistic)"
 
 
@@ -113,6 +114,18 @@ def byte_homogeneity(a: bytes, b: bytes) -> dict[str, float]:
     return {"test": HOMOGENEITY, "statistic": stat, "df": df, "p_value": chi2_sf(stat, df)}
 
 
+def permutation_p(a: Sequence[float], b: Sequence[float], n: int = 10000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of the difference of means (1.0 when both samples are constant)."""
+    x = np.concatenate([np.asarray(a, float), np.asarray(b, float)])
+    obs = abs(np.mean(a) - np.mean(b))
+    if np.ptp(x) == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    k = len(a)
+    hits = sum(abs(p[:k].mean() - p[k:].mean()) >= obs - 1e-12 for p in (rng.permutation(x) for _ in range(n)))
+    return (hits + 1) / (n + 1)
+
+
 def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Callable[[str], None]) -> list[dict]:
     """Ranking attack on each mode's bytes, byte uniformity and homogeneity tests; one row per (mode, m)."""
     from attacks import metrics, spectral, subspace
@@ -124,8 +137,10 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
     rows = []
     for mode in modes:
         scheme, keys = solver_public(mode, parties=10, bound=1e6)
-        zero = payload_bytes(coordinator_frames(scheme, keys.public, np.zeros(d_k * (d_k + 1) // 2), "G", "a",
-                                                exp.layer))
+        zero_msgs = [coordinator_frames(scheme, keys.public, np.zeros(d_k * (d_k + 1) // 2), "G", "a", exp.layer)
+                     for _ in range(trials)]
+        zero = payload_bytes(zero_msgs[0])
+        zero_sizes = [sum(len(f) for msg in msgs for f in msg) for msgs in zero_msgs]
         for m in ms:
             draws = draw_trials(exp.requests, m, trials, exp.seed)
             ranks, unif, homo, sizes, secs = [], [], [], [], []
@@ -158,6 +173,8 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
                 "homogeneity": {"test": HOMOGENEITY, "p_values": homo,
                                 "min_p": min(homo)},
                 "bytes_per_statistic": sorted(set(sizes)), "protect_seconds": float(np.mean(secs)),
+                "size_test": {"test": SIZE_TEST, "p_value": permutation_p(sizes, zero_sizes),
+                              "mean_real": float(np.mean(sizes)), "mean_zero": float(np.mean(zero_sizes))},
             })
     return rows
 

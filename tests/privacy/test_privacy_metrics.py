@@ -73,3 +73,9 @@ def test_judge_on_hand_made_pairs():
 def test_greedy_matching_is_one_to_one():
     sim = np.array([[0.9, 0.8, 0.1], [0.85, 0.2, 0.3]])
     assert metrics.greedy_matching(sim) == [(0, 0), (1, 2)]  # row 1 cannot reuse column 0
+
+
+def test_permutation_test_of_sizes():
+    assert wire.permutation_p([5, 5, 5], [5, 5, 5]) == 1.0
+    assert wire.permutation_p([10, 11, 12, 10, 11, 12], [1, 2, 1, 2, 1, 2], n=2000) < 0.01
+    assert wire.permutation_p([1, 2, 3, 4], [2, 3, 1, 4], n=2000) > 0.5
