@@ -143,9 +143,11 @@ def load_results(directory: Path | None) -> dict[str, list[dict]]:
             data = json.loads(p.read_text())
         except json.JSONDecodeError:
             continue
+        meta = data.get("meta", {}) if isinstance(data, dict) else {}
+        source = f"{p.name} ({meta.get('model', '?')}, {Path(str(meta.get('requests', '?'))).name})"
         for r in data.get("results", []) if isinstance(data, dict) else []:
             if isinstance(r, dict) and "view" in r:
-                out.setdefault(r["view"], []).append(r)
+                out.setdefault(r["view"], []).append({**r, "source": source})
     return out
 
 
@@ -175,7 +177,7 @@ def verdicts(rec: SessionRecord, results: dict[str, list[dict]]) -> dict[str, tu
                      f"(ciphertext serialisation); see the size attack for whether they follow the edits.")
     if meta and meta.get("spearman_latency", 0) > 0.5:
         level = "warn"
-        coord.append(f"But timing does: the delay between its request and each party's answer follows the "
+        coord.append(f"Its timing does, though: the delay between its request and each party's answer follows the "
                      f"party's edit count (Spearman ρ = {meta['spearman_latency']:.2f}), so it can tell who edited "
                      f"the most.")
     clear = release_in_clear(rec)
@@ -257,11 +259,12 @@ def render(rec: SessionRecord, results: dict[str, list[dict]], requests: list | 
     if not results:
         parts.append("<p>No attack results were given (<code>--results DIR</code> with the JSON of "
                      "<code>secure-collab attack</code>).</p>")
-    cols = ["view", "attack", "mode", "m", "n", "subject_top1", "subject_top1_ci", "subject_top5", "chance_top1",
-            "object_top1", "judge_similarity", "nn_judge_similarity", "random_baseline"]
+    cols = ["source", "view", "attack", "mode", "m", "n", "subject_top1", "subject_top1_ci", "subject_top5",
+            "chance_top1", "object_top1", "judge_similarity", "nn_judge_similarity", "random_baseline"]
     for view in ("keys", "gram", "stats", "aggregate", "delta", "model", "wire"):
         if view in results:
-            parts.append(f"<h3>{view}</h3>")
+            parts.append(f"<h3>{view}</h3><p>Measured on: "
+                         f"{html.escape(', '.join(sorted({r['source'] for r in results[view]})))}.</p>")
             used = [c for c in cols if any(r.get(c) is not None for r in results[view])]
             parts.append(_table(results[view], used))
             parts.append(f"<img alt='figure: {view}' src='{results_figure(results[view], view)}'>")
