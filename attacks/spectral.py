@@ -1,7 +1,7 @@
 """Spectral attacks: K up to a rotation from a Gram matrix, and the span of the edited keys from any view.
 
 G = K Kᵀ = U Λ Uᵀ gives K = U Λ^½ Q for an unknown orthogonal Q (m × m). At m = 1 that is k = ±√λ₁ u₁:
-exact up to its sign, which the public mean key settles (keys of a trained model share a mean direction).
+exact up to its sign, which the mean of public keys settles (keys of a trained model share a mean direction).
 Every view whose range is the span of the edited keys yields that span:
 - G or ΣG: its eigenvectors with non-negligible eigenvalues;
 - B = R Kᵀ or ΣB: its right singular vectors (rows of B are combinations of the keys);

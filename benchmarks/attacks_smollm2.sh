@@ -19,7 +19,7 @@ run() { local name=$1; shift; echo "== $name: secure-collab attack $*"; date
 run delta     --view delta --parties 10 --m 30 --attack subspace,target
 run stats     --view stats --m 1,2,4,8 --attack subspace,target
 run aggregate --view aggregate --parties 10 --m 30 --attack subspace,target
-run keys      --view keys --attack subspace,spectral,inverter --m 1,2,4,8,16,32
-run gram      --view gram --attack subspace,spectral,inverter --m 1,2,4,8,16,32
-run aggregate-grid --view aggregate --parties 4 --attack subspace,spectral,inverter --m 4,8,16,32
+run keys      --view keys --attack subspace,spectral,inverter --m 1,2,4,8,16,32 --trials 32
+run gram      --view gram --attack subspace,spectral,inverter --m 1,2,4,8,16,32 --trials 32
+run aggregate-grid --view aggregate --parties 4 --attack subspace,spectral,inverter --m 4,8,16,32 --trials 32
 date; echo "== done"
