@@ -28,11 +28,14 @@ import sqlite3
 import time
 from argparse import Namespace
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secure_collab.protection import ProtectionParams, StatContext, get_scheme
 from secure_collab.protocol.messages import Message, MsgType
@@ -44,24 +47,43 @@ SIZE_TEST = "two-sided permutation test of the mean message size, real vs all-ze
 HOMOGENEITY = "Pearson chi-square two-sample homogeneity, byte histograms (real vs all-zero statistic)"
 
 
-def solver_public(mode: str, parties: int, bound: float, precision_bits: int = 48):
-    """A real solver_setup: (scheme, keys). keys.public is what parties and coordinator receive."""
+@dataclass
+class WireSession:
+    """A real solver setup and the parties' own keys: what it takes to produce exactly a party's messages."""
+
+    scheme: Any
+    keys: Any  # SolverKeys: .public and .bundles are what parties and coordinator receive
+    signing: dict[str, Ed25519PrivateKey]
+    secrets: dict[str, Any]  # each party's opened bundle (MAC and release keys)
+
+    @property
+    def public(self) -> bytes:
+        return self.keys.public
+
+
+def solver_public(mode: str, parties: int, bound: float, precision_bits: int = 48) -> WireSession:
+    """A real solver_setup for parties "a", "b", ... each with its own long-term keys, and their bundles opened."""
     scheme = get_scheme(mode)
     extra = {"precision_bits": precision_bits} if mode == "ckks" else {}
+    names = [chr(ord("a") + i) for i in range(parties)]
+    signing = {n: Ed25519PrivateKey.generate() for n in names}
+    sealing = {n: X25519PrivateKey.generate() for n in names}
     keys = scheme.solver_setup(ProtectionParams(mode, max_parties=parties, bound=bound,
-                                                min_parties=min(2, parties), extra=extra))
-    return scheme, keys
+                                                min_parties=min(2, parties), extra=extra),
+                               {n: k.public_key().public_bytes_raw() for n, k in sealing.items()})
+    secrets = {n: scheme.join(keys.public, keys.bundles, n, k.private_bytes_raw()) for n, k in sealing.items()}
+    return WireSession(scheme, keys, signing, secrets)
 
 
-def coordinator_frames(scheme, public: bytes, flat: np.ndarray, stat: str, party: str, layer: int,
+def coordinator_frames(ws: WireSession, flat: np.ndarray, stat: str, party: str, layer: int,
                        chunk_values: int = 262144, round_: int = 0, seq0: int = 1) -> list[list[bytes]]:
     """The CONTRIB messages (lists of frames, header first) that carry one packed statistic, as a party sends
-    them (parties/client.py ``_send_layer``)."""
+    them (parties/client.py ``_send_layer``): protected, tagged and signed with the party's own key."""
     out = []
     bounds = chunk_bounds(flat.size, chunk_values)
-    ctx = StatContext(SESSION, round_, layer, stat, party)
     for i, (off, count) in enumerate(bounds):
-        payload = scheme.protect(flat[off:off + count], ctx, public)
+        ctx = StatContext(SESSION, round_, layer, stat, party, i, 0)
+        payload = ws.scheme.protect(flat[off:off + count], ctx, ws.public, ws.secrets[party], ws.signing[party])
         body = {"attempt": 0, "chunk": i, "n_chunks": len(bounds), "offset": off, "count": count,
                 "payload": dict(payload.header)}
         msg = Message(MsgType.CONTRIB, SESSION, round_, layer, stat, party, seq0 + i, "0" * 64, body,
@@ -136,8 +158,8 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
     d_k = exp.cand_keys.shape[1]
     rows = []
     for mode in modes:
-        scheme, keys = solver_public(mode, parties=10, bound=1e6)
-        zero_msgs = [coordinator_frames(scheme, keys.public, np.zeros(d_k * (d_k + 1) // 2), "G", "a", exp.layer)
+        ws = solver_public(mode, parties=10, bound=1e6)
+        zero_msgs = [coordinator_frames(ws, np.zeros(d_k * (d_k + 1) // 2), "G", "a", exp.layer)
                      for _ in range(trials)]
         zero = payload_bytes(zero_msgs[0])
         zero_sizes = [sum(len(f) for msg in msgs for f in msg) for msgs in zero_msgs]
@@ -148,7 +170,7 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
                 reqs = [exp.requests[i] for i in idx]
                 g = gram_view(exp.setup, reqs, exp.layer)
                 t0 = time.perf_counter()
-                msgs = coordinator_frames(scheme, keys.public, pack_symmetric(g.numpy()), "G", "a", exp.layer)
+                msgs = coordinator_frames(ws, pack_symmetric(g.numpy()), "G", "a", exp.layer)
                 secs.append(time.perf_counter() - t0)
                 raw = payload_bytes(msgs)
                 sizes.append(sum(len(f) for msg in msgs for f in msg))

@@ -101,6 +101,7 @@ def test_audit_page_renders_in_chromium(session, tmp_path):
     v = json.loads(verdicts.read_text())["verdicts"]
     assert set(v) == {"coordinator", "solver", "parties"}
     assert "timing" in v["coordinator"]["verdict"] or v["coordinator"]["level"] in ("ok", "leak")
+    assert "readable ΔW" not in json.dumps(v["coordinator"], ensure_ascii=False)  # releases are encrypted (v2)
 
     exe = _chromium()
     shot = tmp_path / "shot.png"
