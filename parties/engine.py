@@ -49,7 +49,8 @@ class PartyEditor:
         """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
         t = time.perf_counter()
         reqs = self.rounds[round]
-        if not reqs:  # nothing to edit this round: contribute zeros (the coordinator cannot tell)
+        if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
+            # unless session.answer_pad_s hides it)
             d_v, d_k = self.s.d_v, self.s.d_k
             out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k)), "N": 0}
         else:

@@ -16,6 +16,8 @@ Example (every field of [session] is bound into each message through ``Config.di
     key_norm_bound = 1e3         # declared max ‖k‖ of one key (plausibility: tr ΣG ≤ κ² · Σ edits)
     residual_norm_bound = 1e3    # declared max ‖r‖ of one residual (‖ΣB‖_F ≤ ρ κ · Σ edits)
     max_edits_per_party = 1000   # declared max edit requests of one party in one round
+    answer_pad_s = 0.0           # parties answer a request no earlier than this many seconds (0: at once);
+                                 # set it above the statistics time of max_edits_per_party to hide edit counts
     chunk_values = 262144        # values per CONTRIB message
     model = "smollm2"
     template_seed = 0
@@ -89,6 +91,7 @@ class SessionConfig:
     key_norm_bound: float = 1e3
     residual_norm_bound: float = 1e3
     max_edits_per_party: int = 1000
+    answer_pad_s: float = 0.0  # a party answers a request no earlier than this (hides its edit count's timing)
     chunk_values: int = 262144
     model: str = "smollm2"
     template_seed: int = 0
@@ -210,6 +213,8 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values", "max_edits_per_party"):
         if getattr(s, key) < 1:
             raise ConfigError(f"session.{key} must be >= 1")
+    if not 0 <= s.answer_pad_s < float("inf"):
+        raise ConfigError("session.answer_pad_s must be a finite number >= 0")
     for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
         if not 0 < getattr(s, key) < float("inf"):
             raise ConfigError(f"session.{key} must be a finite positive number")

@@ -292,6 +292,25 @@ def _decode_header(raw: bytes, limits: Limits) -> dict[str, Any]:
 _TYPES = frozenset(t.value for t in MsgType)
 
 
+def peek(frames: Sequence[Any], limits: Limits = Limits()) -> tuple[MsgType, int, int] | None:
+    """(type, round, layer) of a message that ``from_frames`` refused, when its header still says them within
+    bounds: lets a receiver answer a refused message of a known type (a party refuses a malformed RELEASE
+    as it refuses a bad one). None when the header is unreadable."""
+    try:
+        raw = _as_bytes(frames[0])
+        if len(raw) > limits.max_header_bytes:
+            return None
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_ext_len=0,
+                                 max_bin_len=limits.max_header_bytes, max_str_len=limits.max_header_bytes,
+                                 max_array_len=max(limits.max_frames, MAX_STEPS) + 16, max_map_len=256)
+        HEADER_SCHEMA["type"].check(header["type"], "type")
+        HEADER_SCHEMA["round"].check(header["round"], "round")
+        HEADER_SCHEMA["layer"].check(header["layer"], "layer")
+    except Exception:  # anything malformed: nothing to say about it
+        return None
+    return MsgType(header["type"]), header["round"], header["layer"]
+
+
 def _check_body(mtype: MsgType, body: dict[str, Any]) -> None:
     BODY_SCHEMA[mtype].check(body, f"{mtype.value} body")
 
