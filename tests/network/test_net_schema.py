@@ -163,3 +163,14 @@ def test_reasons_are_quoted_short_and_clean():
 def test_header_schema_names_every_header_key():
     msg = Message(MsgType.ACK, "s1", body={"ok": True, "reason": ""})
     assert set(msg.header()) == set(HEADER_SCHEMA)
+
+
+def test_peek_names_a_refused_message_only_when_its_header_says_so_within_bounds():
+    from secure_collab.protocol.messages import peek
+
+    bad_release = _frames(MsgType.RELEASE, {**VALID_BODIES[MsgType.RELEASE], "parties": [1]})
+    with pytest.raises(ProtocolError):
+        Message.from_frames(bad_release)
+    assert peek(bad_release) == (MsgType.RELEASE, 0, 3)
+    assert peek(_frames(MsgType.RELEASE, round=2**64 - 1)) is None
+    assert peek([b"\xc1"]) is None and peek([msgpack.packb([1])]) is None
