@@ -46,7 +46,16 @@ from secure_collab.protection import (
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    sha256_hex,
+)
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
@@ -172,7 +181,8 @@ class Solver:
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
             except (ProtocolError, ProtectionError) as exc:
-                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)[:512]})
+                reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
                 transport.send(self.sock, error)
             except Exception:  # the solver never dies on bad data: its secrets would go with it
                 log.exception("solver: message %d could not be processed", seq)

@@ -29,7 +29,17 @@ from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protection.sealing import decrypt_release
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    peek,
+    sha256_hex,
+)
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
@@ -107,20 +117,20 @@ class Party:
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
         idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
         limits = transport.limits_for(net)
-        hello = {"role": "party", "public": False}
-        self._send(self._msg(MsgType.HELLO, body=hello))
+        self._send(self._hello())
         last = time.monotonic()
         while not self.stop.is_set():
             if not self.sock.poll(int(net.heartbeat_s * 1000), zmq.POLLIN):
                 if time.monotonic() - last > idle_limit:
                     raise Fatal("no word from the coordinator")
-                self._send(self._msg(MsgType.HELLO, body=hello))  # heartbeat / rejoin after a restart
+                self._send(self._hello())  # heartbeat / rejoin after a restart
                 continue
             last = time.monotonic()
+            frames = self.sock.recv_multipart()
             try:
-                msg = Message.from_frames(self.sock.recv_multipart(), limits)
+                msg = Message.from_frames(frames, limits)
             except ProtocolError as exc:
-                self.result.refusals.append(f"unreadable message from coordinator: {exc}")
+                self._unreadable(frames, exc)
                 continue
             if msg.session != self.s.id or msg.config != self.cfg.digest:
                 self.result.refusals.append("message for another session or configuration ignored")
@@ -135,8 +145,26 @@ class Party:
             try:
                 handler(msg)
             except (ProtocolError, ProtectionError) as exc:
-                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": str(exc)}))
+                reason = clean_text(str(exc), STORED_TEXT)
+                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": reason}))
         raise Fatal("party stopped")
+
+    def _unreadable(self, frames: list[bytes], exc: ProtocolError) -> None:
+        """A message from the coordinator that the wire schema refused. A RELEASE among them is refused as a
+        bad release is (a failed ACK, then stop): the party must not go on without a ΔW it was sent."""
+        self.result.refusals.append(clean_text(f"unreadable message from coordinator: {exc}", STORED_TEXT))
+        seen = peek(frames, transport.limits_for(self.cfg.network))
+        if seen is not None and seen[0] is MsgType.RELEASE:
+            _, round_, layer = seen
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, round_, layer, body={"ok": False, "reason": reason}))
+            raise Fatal(f"refused release of round {round_} layer {layer}: {reason}")
+
+    def _hello(self) -> Message:
+        """Join / heartbeat; says what this party already holds, so a rejoin re-sends only what it lacks."""
+        applied = [[r, lay] for r, lay in sorted(self.result.applied)]
+        body = {"role": "party", "public": False, "setup": self.public is not None, "applied": applied}
+        return self._msg(MsgType.HELLO, body=body)
 
     def _on_setup(self, msg: Message) -> None:
         if len(msg.frames) != 3:
@@ -260,7 +288,8 @@ class Party:
             if delta.shape != (self.s.d_v, self.s.d_k):
                 raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")
         except ProtocolError as exc:
-            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": str(exc)}))
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": reason}))
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]

@@ -86,10 +86,16 @@ class PartyEditor:
         if patch is not None:
             from safetensors.numpy import save_file
 
+            from secure_collab.files import touch_private
+
+            touch_private(patch)  # the applied ΔW carry the edits: 0600 (save_file keeps an existing mode)
             save_file({f"round.{r}.layer.{lay}.delta": np.ascontiguousarray(d) for (r, lay), d in
                        self.applied.items()}, str(patch))
             report["patch"] = str(patch)
         if save is not None:
+            from secure_collab.files import private_dir
+
+            private_dir(save)  # the edited model carries the edits: a 0700 directory
             self.lm.model.save_pretrained(save)  # type: ignore[operator]  # a transformers PreTrainedModel
             self.lm.tokenizer.save_pretrained(save)
             report["saved_model"] = str(save)
