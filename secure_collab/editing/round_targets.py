@@ -71,10 +71,13 @@ def _load(path: Path, key: str, device: torch.device) -> TargetResult | None:
 def _store(path: Path, key: str, t: TargetResult, j: int) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from secure_collab.files import private_dir
+
+    private_dir(path.parent)  # z* follows from the request it edits: the caller's private data, 0700 / 0600
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     save_file({"z": t.z[j].detach().contiguous().cpu(), "z_init": t.z_init[j].detach().contiguous().cpu()},
               str(tmp), metadata={"key": key, "loss": repr(t.loss[j]), "nll": repr(t.nll[j]), "steps": str(t.steps[j])})
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 

@@ -3,6 +3,8 @@ is Σ of earlier rounds' ΣG; targets are cached per model state (a later round'
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 import torch
 
@@ -92,6 +94,10 @@ def test_targets_are_cached_per_model_state(tiny, capitals, tmp_path, monkeypatc
     again = round_targets.cached_targets(tiny, capitals[:3], hp, TEMPLATES, cache=tmp_path)
     assert calls == [1, 1, 1]  # the second call read every target from the cache
     assert torch.equal(first.z, again.z) and first.steps == again.steps
+    stored = list((tmp_path / "round-targets").rglob("*.safetensors"))
+    assert len(stored) == 3  # private whatever the umask: z* follows from the request
+    assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
+    assert {stat.S_IMODE(f.parent.stat().st_mode) for f in stored} == {0o700}
     layer = hp.layers[0]
     saved = snapshot(tiny, (layer,))
     w = down_weight(tiny.model, tiny.spec, layer)
