@@ -15,9 +15,12 @@ def session_hparams(model: str, n_layers: int, layers: tuple[int, ...], variant:
                     update_rule: str = "memit-static") -> MemitHParams:
     """The model's defaults, overridden by the session's [session.hparams] table (unknown keys refused)."""
     known = {f.name for f in fields(MemitHParams)} - {"update_rule"}  # chosen by session.update_rule
-    unknown = set(table) - known - {"dtype", "context_templates"}
+    unknown = set(table) - known - {"dtype", "context_templates", "update_rule"}
     if unknown:
         raise ValueError(f"unknown [session.hparams] keys: {sorted(unknown)}")
+    if table.get("update_rule", update_rule) != update_rule:  # a full MemitHParams table may carry it
+        raise ValueError(f"[session.hparams] update_rule {table['update_rule']!r} differs from session.update_rule "
+                         f"{update_rule!r}: set it there")
     changes = {k: (tuple(v) if k == "layers" else v) for k, v in table.items() if k in known}
     hp = default_hparams(model, n_layers)
     return hp.with_(**{**changes, "layers": tuple(layers), "variant": variant, "template_seed": template_seed,

@@ -91,3 +91,18 @@ def test_bad_rules_are_refused_with_the_field_named():
     with pytest.raises(ValueError, match="must be one of"):
         MemitHParams(layers=(1,), mom2_update_weight=1.0, update_rule="memit")
     assert set(UPDATE_RULES) == {"memit-static", "memit-dynamic", "alphaedit"}
+
+
+def test_session_hparams_take_a_full_table_and_refuse_a_second_update_rule():
+    """Roles copy a whole MemitHParams table into [session.hparams] (the demo, the attack sessions); the rule
+    is the session's own field, so the table may repeat it but not contradict it."""
+    from secure_collab.editing.hparams import default_hparams
+    from secure_collab.editing.session import session_hparams
+
+    table = default_hparams("tiny-llama", 4).to_dict()
+    hp = session_hparams("tiny-llama", 4, (1, 2), "sequential", 0, table, 1, "memit-static")
+    assert hp.update_rule == "memit-static" and hp.layers == (1, 2)
+    with pytest.raises(ValueError, match="differs from session.update_rule"):
+        session_hparams("tiny-llama", 4, (1, 2), "sequential", 0, table, 1, "alphaedit")
+    with pytest.raises(ValueError, match="unknown"):
+        session_hparams("tiny-llama", 4, (1, 2), "sequential", 0, {"lamda": 1.0}, 1)
