@@ -79,7 +79,7 @@ def _two_openings(tmp_path, rollback: bool):
     cfg = make_config(tmp_path, mode="shares", layers=[1])
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         solved.append(g.copy())
         return closed_form_solve(round_, layer, g, b)
 
@@ -118,7 +118,7 @@ def test_redteam_oneshot_step_is_authenticated_whole_before_any_layer_opens(tmp_
     cfg = make_config(tmp_path, mode="shares", layers=[1, 2], variant="oneshot")
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         solved.append(layer)
         return closed_form_solve(round_, layer, g, b)
 
@@ -166,7 +166,7 @@ def test_redteam_two_solver_processes_on_one_state_directory_open_a_step_twice(t
     cfg = make_config(tmp_path, mode="shares", layers=[1])
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         solved.append(g.copy())
         return closed_form_solve(round_, layer, g, b)
 
