@@ -38,7 +38,9 @@ def test_redteam_restarted_solver_keeps_the_dynamic_covariance(tmp_path, monkeyp
     uninterrupted = straight.solve_step(1, 1, g1, b1)
 
     cfg = make_config(tmp_path / "restarted", **common)
-    Solver(cfg, get_scheme("plain"), solve, ctx=ctx).solve_step(0, 1, g0, b0)  # round 0 opened, then it dies
+    first = Solver(cfg, get_scheme("plain"), solve, ctx=ctx)
+    first.solve_step(0, 1, g0, b0)  # round 0 opened, then the process dies (and its lock on the store goes)
+    first.state.close()
     after_restart = Solver(cfg, get_scheme("plain"), solve, ctx=ctx).solve_step(1, 1, g1, b1)  # same store
     ctx.term()
 
