@@ -221,3 +221,29 @@ def test_redteam_ckks_decompression_bomb_in_one_contrib_frame(tmp_path):
     assert control < 32, f"control: a genuine chunk raised the coordinator's peak memory by {control:.0f} MB"
     assert "ciphertext" in refusal  # refused: the frame is not one ciphertext of `count` values
     assert grown < 32, f"one {len(bomb)}-byte frame raised the coordinator's peak memory by {grown:.0f} MB"
+
+
+@pytest.mark.xfail(strict=True, reason="BREAK: a party takes the coordinator's unsigned END at its word "
+                   "(parties/client.py: result.ok = body['ok']): a cheating coordinator that withholds layer 2's "
+                   "release and sends END ok=True makes the party report success, and the party CLI then evaluates "
+                   "and saves (--save/--patch) a half-edited model as done. Fix: a party's result is ok only when "
+                   "every (round, layer) of session.steps() is in result.applied; otherwise fail naming the "
+                   "missing releases.")
+def test_redteam_unsigned_end_makes_a_party_report_success_without_the_releases(tmp_path):
+    cfg = make_config(tmp_path)  # sequential, layers 1 and 2
+    key = load_signing_key(cfg.paths.keys / "solver.key_secret")
+    per_layer = sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))
+
+    def script(fake, route):
+        _setup(fake, route, key)
+        fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 0}))
+        for _ in range(per_layer):
+            fake.recv(MsgType.CONTRIB)
+        fake.send(route, fake.release(1, np.full((4, 6), 0.5), key))  # genuine release of layer 1
+        fake.recv(MsgType.ACK)
+        fake.send(route, fake.msg(MsgType.END, body={"ok": True, "reason": "session complete"}))  # layer 2: never
+
+    result, error, engine, _ = _party_against(cfg, script)
+    assert error is None, f"party a died of {error!r}"
+    assert list(result.applied) == [(0, 1)]  # layer 2's release never reached it
+    assert not result.ok, "party a reports the session done without layer 2's release"
