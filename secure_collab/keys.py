@@ -28,12 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.errors import UserError
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ROSTER_FILE = "roster.toml"
 _RAW = serialization.Encoding.Raw
 
 
-class KeyFileError(ValueError):
+class KeyFileError(UserError, ValueError):
     """A key file is missing, malformed or readable by others."""
 
 
