@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,8 @@ from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
 from secure_collab.protection.base import Payload, ProtectionError
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
+
+log = logging.getLogger("coordinator")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Handlers:
         elif m.name not in self.welcomed:
             self.welcomed.add(m.name)
             self._accept(m, "joined")
+            log.info("party %s joined", m.name)
             if self.stage is Stage.JOINING:
                 self.active.add(m.name)
             if self.public is not None:
@@ -64,6 +68,7 @@ class Handlers:
         self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, signature,
                                  {"solver": self.cfg.roster.solver, **self.cfg.roster.parties})
         self._accept(m, "solver public parameters")
+        log.info("solver joined; its public parameters are signed")
         for name in sorted(self.welcomed - {"solver"}):
             self._welcome(name)
 
@@ -99,6 +104,8 @@ class Handlers:
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
         step.accepted.setdefault(m.name, set()).add(key)
         self._accept(m)
+        if m.name in step.complete(self.s):
+            log.info("round %d: statistics of %s complete", step.round, m.name)
 
     def _on_release(self: Any, m: Inbound) -> None:
         msg, step = m.msg, self.step
@@ -116,6 +123,8 @@ class Handlers:
         self.releases[(msg.round, msg.layer)] = rel
         step.released[msg.layer] = m.raw
         self._accept(m)
+        log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,
+                 msg.body["sha256"][:16])
         for name in sorted(self.routes):
             if name != "solver":
                 self._send_frames(name, self.routes[name], m.raw, "release",

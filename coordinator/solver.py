@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
+from secure_collab.protocol.watch import ConnectionWatch
+
+log = logging.getLogger("solver")
 
 
 class SolveFn(Protocol):
@@ -95,6 +99,8 @@ class Solver:
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
+            stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
+                                           self.cfg.network.join_timeout_s).start().stop)
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, signature)))
         return self.result
 
@@ -122,10 +128,14 @@ class Solver:
                 if msg.type is MsgType.END:
                     self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
                     self.ended = True
+                    (log.info if self.result.ok else log.error)("the coordinator ended the session: %s%s",
+                                                                "" if self.result.ok else "ABORTED: ",
+                                                                self.result.reason)
                     return
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
             except (ProtocolError, ProtectionError) as exc:
+                log.warning("refused a message from the coordinator: %s", str(exc)[:200])
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)})
                 transport.send(self.sock, error)
         self.result.reason = "solver stopped"
@@ -164,6 +174,8 @@ class Solver:
         pend.values[stat][b["offset"]:b["offset"] + b["count"]] = total
         pend.got.add((stat, b["chunk"]))
         if len(pend.got) == sum(self.s.n_chunks(st) for st in STATISTICS):
+            log.info("round %d layer %d: opened the sums over %s; solving", msg.round, msg.layer,
+                     ", ".join(parties))
             del self.pending[key]
             self._release(msg.round, msg.layer, pend)
 
@@ -185,6 +197,8 @@ class Solver:
         self.result.releases[(round_, layer)] = delta
         release = self._msg(MsgType.RELEASE, round_, layer, body=body, frames=(raw, signature))
         transport.send(self.sock, release)
+        log.info("round %d layer %d: released ΔW (sha256 %s…, ‖ΔW‖ %.3g), signed", round_, layer, sha[:16],
+                 float(np.linalg.norm(delta)))
 
     def _persist(self, round_: int, layer: int, delta: np.ndarray, body: dict, signature: bytes) -> None:
         stem = self.state_dir / f"release-r{round_}-l{layer}"
