@@ -65,8 +65,9 @@ class Handlers:
         self._verify_setup(public, signature)
         self.public, self.public_sig = public, signature
         self.welcomed.add("solver")
-        self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, signature,
-                                 {"solver": self.cfg.roster.solver, **self.cfg.roster.parties})
+        roster = self.cfg.roster
+        curves = {"solver": roster.solver.curve, **{n: i.curve for n, i in roster.parties.items()}}
+        self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, signature, curves)
         self._accept(m, "solver public parameters")
         log.info("solver joined; its public parameters are signed")
         for name in sorted(self.welcomed - {"solver"}):

@@ -72,7 +72,7 @@ class Solver:
                  keys: CurveKeyPair | None = None, signing_key: Any = None) -> None:
         self.cfg, self.s, self.scheme, self.solve = config, config.session, scheme, solve
         self.keys = keys or load_curve_pair(config.paths.keys / "solver.key_secret")
-        self.signing = signing_key or load_signing_key(config.paths.keys / "solver_signing.key_secret")
+        self.signing = signing_key or load_signing_key(config.paths.keys / "solver.key_secret")
         self.stop = stop or threading.Event()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -96,7 +96,7 @@ class Solver:
         with contextlib.ExitStack() as stack:
             if self._own_ctx:
                 stack.callback(self.ctx.term)
-            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,

@@ -84,7 +84,7 @@ class Party:
         with contextlib.ExitStack() as stack:
             if self._own_ctx:
                 stack.callback(self.ctx.term)
-            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             self.watch = ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, self.log,

@@ -14,7 +14,11 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     d_k = 1536                   # down-projection input size (G has d_k(d_k+1)/2 values)
     d_v = 576                    # down-projection output size (B has d_v*d_k values)
     min_parties = 2
+    roster_sha256 = "..."        # the roster's digest, agreed out of band (`Roster.digest`); pinned
     value_bound = 1e6            # declared max |entry| of one party's statistic
+    key_norm_bound = 1e3         # declared max ‖k‖ of one key (plausibility: tr ΣG ≤ κ² · Σ edits)
+    residual_norm_bound = 1e3    # declared max ‖r‖ of one residual (‖ΣB‖_F ≤ ρ κ · Σ edits)
+    max_edits_per_party = 10000  # declared max edit requests of one party in one round
     chunk_values = 262144        # values per CONTRIB message
     model = "smollm2-135m"
     weights_digest = "…"         # sha256 of the base weights; every role checks it at start
@@ -71,7 +75,11 @@ class SessionConfig:
     variant: str = "sequential"
     rounds: int = 1
     min_parties: int = 2
+    roster_sha256: str = ""
     value_bound: float = 1e6
+    key_norm_bound: float = 1e3
+    residual_norm_bound: float = 1e3
+    max_edits_per_party: int = 10000
     chunk_values: int = 262144
     model: str = "smollm2-135m"
     weights_digest: str = ""  # sha256 of the base weights (LoadedModel.source_digest); "" = unchecked
@@ -159,7 +167,14 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     _validate(session, network)
     if not paths.roster.is_file():
         raise ConfigError(f"no roster at {paths.roster} ([paths] roster)")
-    return Config(session=session, network=network, paths=paths, roster=load_roster(paths.roster))
+    roster = load_roster(paths.roster)
+    if not session.roster_sha256:
+        raise ConfigError(f"session.roster_sha256 is missing: pin the roster's digest ({roster.digest()} for "
+                          f"{paths.roster}) after checking its fingerprints with every site")
+    if roster.digest() != session.roster_sha256:
+        raise ConfigError(f"the roster {paths.roster} does not match session.roster_sha256: its digest is "
+                          f"{roster.digest()}; a key was added, removed or changed since it was pinned")
+    return Config(session=session, network=network, paths=paths, roster=roster)
 
 
 def _build(cls: type, table: dict[str, Any], name: str) -> Any:
@@ -202,9 +217,12 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError(f"session.variant must be one of {VARIANTS}, got {s.variant!r}")
     if not s.layers or len(set(s.layers)) != len(s.layers) or list(s.layers) != sorted(s.layers):
         raise ConfigError("session.layers must be distinct and ascending")
-    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values"):
+    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values", "max_edits_per_party"):
         if getattr(s, key) < 1:
             raise ConfigError(f"session.{key} must be >= 1")
+    for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
+        if not 0 < getattr(s, key) < float("inf"):
+            raise ConfigError(f"session.{key} must be a finite positive number")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
     if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW
@@ -212,10 +230,17 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
 
 
 def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,
-                 paths: dict[str, Any] | None = None) -> Config:
-    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo."""
-    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
+                 paths: dict[str, Any] | None = None, *, pin_roster: bool = True) -> Config:
+    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo.
+
+    ``pin_roster``: fill in ``session.roster_sha256`` from the roster file when the caller made that roster
+    itself (demo, tests); a real deployment pins the digest its sites agreed on instead."""
     path = Path(path)
+    if pin_roster and "roster_sha256" not in session:
+        roster_path = Path((paths or {}).get("roster", "keys/roster.toml"))
+        roster_path = roster_path if roster_path.is_absolute() else path.parent / roster_path
+        session = {**session, "roster_sha256": load_roster(roster_path).digest()}
+    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_toml(doc))
     return load_config(path)

@@ -32,6 +32,7 @@ COMMENTS: dict[str, str] = {
     "d_k": "down-projection input size, from the model: do not edit",
     "d_v": "down-projection output size, from the model: do not edit",
     "min_parties": "the solver opens no sum of fewer parties' statistics",
+    "roster_sha256": "digest of the roster's fingerprints, agreed out of band: every role refuses another roster",
     "value_bound": "declared max |entry| of one party's statistic; parties refuse to send beyond it",
     "chunk_values": "values per message",
     "model": "the base model every party and the solver load (a built-in name, a directory or a hub id)",
@@ -74,6 +75,7 @@ class SessionChoices:
     """What the person writing the session chooses; everything else comes from the model."""
 
     parties: tuple[str, ...]
+    roster_sha256: str = ""  # the roster's digest (Roster.digest), pinned
     mode: str = "shares"
     variant: str = "sequential"
     rounds: int = 1
@@ -123,7 +125,8 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
     session = {
         "id": choices.session_id or f"session-{datetime.date.today():%Y%m%d}-{secrets.token_hex(3)}",
         "mode": choices.mode, "variant": choices.variant, "rounds": choices.rounds, "layers": list(hp.layers),
-        "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "value_bound": choices.value_bound,
+        "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
+        "value_bound": choices.value_bound,
         "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
         "template_seed": hp.template_seed, "hparams": table,
         "protection": {"precision_bits": choices.precision_bits} if choices.precision_bits is not None else {},
@@ -200,7 +203,7 @@ def describe(config: Config) -> dict[str, Any]:
         "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
         "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
         "min_parties": s.min_parties, "parties": sorted(config.roster.parties),
-        "roster_digest": config.roster.digest(),
+        "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
         "coordinator_endpoint": config.network.coordinator_endpoint,
         "coordinator_bind": config.network.coordinator_bind,
     }

@@ -66,7 +66,8 @@ def test_session_show_prints_what_sites_compare(session_dir, capsys):
     info = json.loads(out.out)
     config = load_config(session_dir / "session.toml")
     assert info["config_digest"] == config.digest and config.digest in out.err
-    assert info["roster_keys"]["a"] == config.roster.parties["a"].decode()
+    assert info["fingerprints"]["party:a"] == config.roster.parties["a"].fingerprint()
+    assert info["roster_sha256"] == config.session.roster_sha256 == config.roster.digest()
 
 
 def test_hparams_lambda_is_mom2_update_weight_and_both_are_refused():

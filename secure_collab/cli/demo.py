@@ -122,11 +122,12 @@ def run(args: argparse.Namespace) -> int:
                              progress=not args.quiet)
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
 
-    init_keys(work / "keys", names)
+    roster = init_keys(work / "keys", names)
     endpoint = free_loopback_endpoint()
     cfg_path = work / "session.toml"
     choices = SessionChoices(
-        parties=tuple(names), mode=args.mode, variant=args.variant, layers=hp.layers, min_parties=args.min_parties,
+        parties=tuple(names), roster_sha256=roster.digest(), mode=args.mode, variant=args.variant,
+        layers=hp.layers, min_parties=args.min_parties,
         value_bound=args.value_bound, precision_bits=args.precision_bits if args.mode == "ckks" else None,
         session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),

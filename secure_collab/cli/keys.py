@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise KeyFileError(f"{exc.filename} exists: keys init never overwrites a key") from None
     say(args, f"wrote secret keys (mode 0600) for coordinator, solver and parties {', '.join(roster.parties)}")
     say(args, f"roster (public keys, share it): {Path(args.dir) / ROSTER_FILE}")
+    say(args, f'pin it in session.toml: roster_sha256 = "{roster.digest()}"')
     write_json(args, {"dir": str(Path(args.dir).resolve()), "roster": str(Path(args.dir) / ROSTER_FILE),
                       "roster_digest": roster.digest(), "parties": sorted(roster.parties)})
     return 0

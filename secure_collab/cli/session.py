@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated party names, e.g. a,b,c (default: the roster's parties)")
     init.add_argument("--roster", default=d.paths["roster"],
                       help="roster of every site's public keys (`secure-collab keys roster`), relative to --out")
+    init.add_argument("--roster-sha256", default=None,
+                      help="the roster digest the sites agreed on; refuse a roster file with another (default: "
+                           "pin the given roster's digest, which `keys check` lets each site verify)")
     init.add_argument("--out", default="session.toml", help="where to write the session file")
     init.add_argument("--id", default=None, help="session id (default: session-DATE-RANDOM)")
     init.add_argument("--mode", choices=("shares", "ckks", "plain"), default=d.mode,
@@ -81,13 +84,16 @@ def _init(args: argparse.Namespace) -> int:
     if not roster_path.is_file():
         raise ConfigError(f"no roster at {roster_path}: assemble it first with `secure-collab keys roster`")
     roster = load_roster(roster_path)
+    if args.roster_sha256 and args.roster_sha256 != roster.digest():
+        raise ConfigError(f"the roster {roster_path} has digest {roster.digest()}, not the agreed "
+                          f"{args.roster_sha256}: check its fingerprints with `secure-collab keys check`")
     parties = parse_parties(args.parties) if args.parties else tuple(sorted(roster.parties))
     if set(parties) != set(roster.parties):
         raise ConfigError(f"--parties {','.join(parties)} differ from the roster's {','.join(sorted(roster.parties))}")
     if not 1 <= args.min_parties <= len(parties):
         raise ConfigError(f"--min-parties must be between 1 and the number of parties ({len(parties)})")
     choices = SessionChoices(
-        parties=parties, mode=args.mode, variant=args.variant, rounds=args.rounds,
+        parties=parties, roster_sha256=roster.digest(), mode=args.mode, variant=args.variant, rounds=args.rounds,
         layers=tuple(args.layers) if args.layers else None, lam=args.lam, min_parties=args.min_parties,
         value_bound=args.value_bound, precision_bits=args.precision_bits, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
@@ -111,8 +117,6 @@ def _show(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     info = {"path": str(args.config), **describe(config)}
-    info["roster_keys"] = {"coordinator": config.roster.coordinator.decode(), "solver": config.roster.solver.decode(),
-                           **{n: k.decode() for n, k in sorted(config.roster.parties.items())}}
     _print(args, info)
     write_json(args, info)
     return 0
@@ -126,5 +130,7 @@ def _print(args: argparse.Namespace, info: dict) -> None:
     say(args, f"  model           {info['model']}, weights sha256 {info['weights_digest'] or '(unchecked)'}")
     say(args, f"  {info['mode']}, {info['variant']}, layers {info['layers']}, d_k {info['d_k']}, d_v {info['d_v']}, "
               f"min_parties {info['min_parties']}")
-    say(args, f"  parties         {', '.join(info['parties'])}; roster digest {info['roster_digest']}")
+    say(args, f"  roster sha256   {info['roster_sha256']}   <- pinned; fingerprints:")
+    for who, fp in info["fingerprints"].items():
+        say(args, f"    {who:<20} {fp}")
     say(args, f"  coordinator     binds {info['coordinator_bind']}, reached at {info['coordinator_endpoint']}")

@@ -40,10 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     config = load_config(args.config)
-    for name in ("solver", "solver_signing", "solver_sealing"):
-        path = config.paths.keys / f"{name}.key_secret"
-        if not path.is_file():
-            require_secret(path, "the solver")
     require_secret(config.paths.keys / "solver.key_secret", "the solver")
     check_solver_state(config)
     solve = engine_solve(config, args)

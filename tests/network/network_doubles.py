@@ -247,7 +247,7 @@ class RawClient:
 
         self.cfg, self.name, self.zmq = cfg, name, zmq
         self.keys = load_curve_pair(cfg.paths.keys / f"party-{name}.key_secret")
-        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator, cfg.network)
+        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator.curve, cfg.network)
         self.sock.setsockopt(zmq.RCVTIMEO, 20000)
         self.seq = Sequencer()
 

@@ -27,7 +27,7 @@ def test_key_not_in_roster_is_refused(tmp_path):
     coordinator.start()
     ctx = zmq.Context()
     public, secret = zmq.curve_keypair()
-    sock = transport.dealer(ctx, CurveKeyPair(public, secret), cfg.roster.coordinator, cfg.network)
+    sock = transport.dealer(ctx, CurveKeyPair(public, secret), cfg.roster.coordinator.curve, cfg.network)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
     monitor.setsockopt(zmq.RCVTIMEO, 10000)
     try:
@@ -124,7 +124,7 @@ def _setup(fake, route, key):
 
 def test_party_refuses_release_whose_signature_does_not_verify(tmp_path):
     cfg = make_config(tmp_path)
-    key = load_signing_key(cfg.paths.keys / "solver_signing.key_secret")
+    key = load_signing_key(cfg.paths.keys / "solver.key_secret")
     good = np.full((4, 6), 0.5)
     acks = []
 
@@ -153,7 +153,7 @@ def test_party_refuses_release_whose_signature_does_not_verify(tmp_path):
 @pytest.mark.parametrize("forged", ["setup", "release"])
 def test_party_refuses_anything_signed_by_another_key(tmp_path, forged):
     cfg = make_config(tmp_path)
-    real = load_signing_key(cfg.paths.keys / "solver_signing.key_secret")
+    real = load_signing_key(cfg.paths.keys / "solver.key_secret")
     other = Ed25519PrivateKey.generate()
 
     def script(fake, route):

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from network_doubles import make_config
 
 from secure_collab.config import ConfigError, config_from_dict
-from secure_collab.keys import KeyFileError, init_keys, load_curve_pair, load_roster
+from secure_collab.keys import KeyFileError, init_keys, load_curve_pair, load_public_identity, load_roster
 from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protocol.messages import Limits, Message, MsgType, ProtocolError
 from secure_collab.protocol.release import decode_delta, encode_delta, release_bytes, verify
@@ -88,7 +88,10 @@ def test_keys_are_private_and_roster_round_trips(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_roster(tmp_path / "k" / "roster.toml") == roster
     pair = load_curve_pair(tmp_path / "k" / "party-a.key_secret")
-    assert roster.name_for(pair.public) == "a" and roster.name_for(roster.solver) == "solver"
+    assert roster.name_for(pair.public) == "a" and roster.name_for(roster.solver.curve) == "solver"
+    # the public file each site sends is what the roster holds, and carries no secret
+    assert load_public_identity(tmp_path / "k" / "party-a.public.toml") == roster.parties["a"]
+    assert "secret" not in (tmp_path / "k" / "party-a.public.toml").read_text()
     os.chmod(tmp_path / "k" / "party-a.key_secret", 0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_curve_pair(tmp_path / "k" / "party-a.key_secret")
