@@ -124,3 +124,21 @@ def test_apply_refuses_other_weights_and_non_patches(tmp_path, capsys):
                  "--out", str(tmp_path / "m")]) == 2
     assert "is not a safetensors file" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_tiny_models_built_in_threads_have_the_same_weights():
+    """Roles run as threads (tests, the Python API) each build the tiny model: torch's one global generator
+    interleaved their draws, and the weights-digest check at start caught the different weights."""
+    import threading
+
+    from secure_collab.models import load_model
+
+    digests: list[str] = []
+    threads = [threading.Thread(target=lambda: digests.append(load_model("tiny-llama").source_digest))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(digests) == 4 and len(set(digests)) == 1
+    assert digests[0] == load_model("tiny-llama").source_digest

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = ("tiny-gpt2", "tiny-llama")
 KNOWN = (SMOLLM2, *TINY)
 ALLOW_DOWNLOAD_ENV = "SECURE_COLLAB_ALLOW_DOWNLOAD"
+# torch's default generator is one per process: two threads building tiny models at once would interleave
+# their draws and get different weights (roles of a session run as threads in tests and the Python API)
+_TINY_INIT = threading.Lock()
 
 
 @dataclass
@@ -110,7 +114,7 @@ def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tok = _byte_tokenizer()
-    with torch.random.fork_rng(devices=[]):
+    with _TINY_INIT, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cfg: Any
         if name == "tiny-gpt2":
