@@ -107,6 +107,32 @@ def test_json_dash_is_stdout_and_nothing_else(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "-").exists()
 
 
+def test_json_dash_for_the_model_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"paragraph {i} " * 20 for i in range(6)))
+    assert main(["stats", "--model", "tiny-llama", "--layers", "1", "--corpus", str(corpus), "--tokens", "200",
+                 "--cache-dir", str(tmp_path / "cache"), "--json", "-"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["layers"][0]["layer"] == 1 and "layer   1" in out.err
+    assert main(["edit", "--model", "tiny-llama", "--limit", "2", "--parties", "2", "--tokens", "200",
+                 "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--json", "-", "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["edits"] == 2 and doc["delta_rel_diff_vs_global"] <= 1e-9
+    assert not (tmp_path / "-").exists()
+
+
+def test_the_documented_default_model_exists():
+    """Issue 9: the template in config.py named a model ("smollm2") that does not exist."""
+    from secure_collab.config import SessionConfig
+    from secure_collab.models.loading import KNOWN
+
+    assert SessionConfig(id="s", mode="shares", layers=(1,), d_k=1, d_v=1).model in KNOWN
+    import secure_collab.config
+
+    assert 'model = "smollm2-135m"' in secure_collab.config.__doc__
+
+
 # ---- one line and exit code 2 for every user mistake ------------------------------------------------------
 
 def test_missing_session_file(tmp_path, capsys):
