@@ -8,7 +8,7 @@ from typing import Any
 
 from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
-from secure_collab.protection.base import Payload, ProtectionError
+from secure_collab.protection import Payload, ProtectionError
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
 
 log = logging.getLogger("coordinator")
@@ -52,22 +52,22 @@ class Handlers:
 
     def _solver_hello(self: Any, m: Inbound) -> None:
         body = m.msg.body
-        if body["role"] != "solver" or not body["public"] or len(m.msg.frames) != 2:
-            raise ProtocolError("a solver HELLO carries role 'solver' and [public params, signature]")
-        public, signature = m.msg.frames
+        if body["role"] != "solver" or not body["public"] or len(m.msg.frames) != 3:
+            raise ProtocolError("a solver HELLO carries role 'solver' and [public params, bundles, signature]")
+        public, bundles, signature = (bytes(f) for f in m.msg.frames)
         if self.public is not None:
-            if public != self.public:
-                raise ProtocolError("solver public parameters differ from this session's")
+            if public != self.public or bundles != self.bundles:
+                raise ProtocolError("solver setup differs from this session's")
             if "solver" not in self.welcomed:
                 self.welcomed.add("solver")
                 self._accept(m, "solver rejoined")
             return
-        self._verify_setup(public, signature)
-        self.public, self.public_sig = public, signature
+        self._verify_setup(public, bundles, signature)
+        self.public, self.bundles, self.public_sig = public, bundles, signature
         self.welcomed.add("solver")
         roster = self.cfg.roster
         curves = {"solver": roster.solver.curve, **{n: i.curve for n, i in roster.parties.items()}}
-        self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, signature, curves)
+        self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, bundles, signature, curves)
         self._accept(m, "solver public parameters")
         log.info("solver joined; its public parameters are signed")
         for name in sorted(self.welcomed - {"solver"}):
@@ -77,7 +77,7 @@ class Handlers:
         """Send setup, every release so far (parties ignore ones they applied), and an open request."""
         setup = self._msg(MsgType.SETUP, body={"mode": self.s.mode, "layers": list(self.s.layers),
                                                "rounds": self.s.rounds, "variant": self.s.variant},
-                          frames=(self.public, self.public_sig))
+                          frames=(self.public, self.bundles, self.public_sig))
         self._send(name, setup)
         for key in sorted(self.releases):
             rel = self.releases[key]
@@ -93,6 +93,8 @@ class Handlers:
         claimed = m.msg.body["payload"].get("party")
         if claimed is not None and claimed != m.name:  # an accumulator may count parties by this field
             raise ProtocolError(f"payload claims party {claimed!r} but authenticated as {m.name!r}")
+        self.scheme.check_signature(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames),
+                                    step.context(self.s, key, m.name), self.verify_keys[m.name], self.public)
         acc = step.accumulator(key, self.scheme, self.public, self.s)
         try:
             acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames), party=m.name)
@@ -109,17 +111,18 @@ class Handlers:
             log.info("round %d: statistics of %s complete", step.round, m.name)
 
     def _on_release(self: Any, m: Inbound) -> None:
+        """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party.
+
+        Its attempt and party list may be an earlier attempt's: after a coordinator restart the solver
+        sends what it released before instead of opening the step again."""
         msg, step = m.msg, self.step
         if msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
             raise ProtocolError(f"unexpected release for round {msg.round} layer {msg.layer}")
-        if msg.body["attempt"] != step.attempt:
-            raise ProtocolError(f"stale release attempt {msg.body['attempt']} (current {step.attempt})")
-        if sorted(msg.body["parties"]) != sorted(step.included):
-            raise ProtocolError("release names other parties than the hand-off")
         if len(msg.frames) != 2:
-            raise ProtocolError("release carries [ΔW, signature]")
+            raise ProtocolError("release carries [ΔW ciphertext, signature]")
         self._verify_release(msg, *msg.frames)
-        rel = StoredRelease(msg.round, msg.layer, step.attempt, msg.body["sha256"], step.included, m.raw)
+        parties = tuple(sorted(msg.body["parties"]))
+        rel = StoredRelease(msg.round, msg.layer, msg.body["attempt"], msg.body["sha256"], parties, m.raw)
         self.ledger.release(self.s.id, rel)
         self.releases[(msg.round, msg.layer)] = rel
         step.released[msg.layer] = m.raw
@@ -130,6 +133,19 @@ class Handlers:
             if name != "solver":
                 self._send_frames(name, self.routes[name], m.raw, "release",
                                   {"round_": msg.round, "layer": msg.layer, "attempt": step.attempt})
+
+    def _on_verdict(self: Any, m: Inbound) -> None:
+        """The solver refused the step's aggregate: exclude the parties it could not authenticate and collect
+        again (nothing was opened), or end the step (it was opened and failed a check)."""
+        msg, step, body = m.msg, self.step, m.msg.body
+        if msg.round != step.round or body["attempt"] != step.attempt or tuple(body["layers"]) != step.layers:
+            raise ProtocolError(f"verdict for round {msg.round} attempt {body['attempt']} is not about this step")
+        self._accept(m, body["reason"])
+        unknown = set(body["exclude"]) - set(step.included)
+        if body["opened"] or not body["exclude"] or unknown:
+            step.refused = f"solver refused round {step.round} layers {list(step.layers)}: {body['reason']}"
+        else:
+            step.excluded = set(body["exclude"])
 
     def _on_ack(self: Any, m: Inbound) -> None:
         body = m.msg.body

@@ -26,7 +26,7 @@ from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
-from secure_collab.protection.base import ProtectionError, ProtectionScheme
+from secure_collab.protection import ProtectionError, ProtectionScheme
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import release_bytes, setup_bytes, verify
@@ -69,7 +69,9 @@ class Coordinator(Handlers):
         self.seq = Sequencer()
         self.routes: dict[str, bytes] = {}
         self.public: bytes | None = None
+        self.bundles = b""
         self.public_sig = b""
+        self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
@@ -80,7 +82,8 @@ class Coordinator(Handlers):
         self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
-            MsgType.RELEASE: self._on_release, MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
+            MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
+            MsgType.ERROR: self._on_error,
         }
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -107,7 +110,8 @@ class Coordinator(Handlers):
         if resume is not None:
             if resume.ended:
                 return Outcome(resume.ended == "done", f"session already {resume.ended}")
-            self.public, self.public_sig = resume.setup_public, resume.setup_signature
+            self.public, self.bundles = resume.setup_public, resume.setup_bundles
+            self.public_sig = resume.setup_signature
             self.releases, attempts = dict(resume.releases), resume.attempts
         if not self._join():
             return self._end(False, self.abort_reason or "not enough parties joined before the deadline")
@@ -173,13 +177,24 @@ class Coordinator(Handlers):
                                      f"contributions < min_parties {self.s.min_parties} (missing {left_out})")
                 return False
             self.active = set(complete)  # a party that dropped out is left out from now on
-            if not partial:
-                break
-            self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
-                                    f"partial contributions from {partial}")
+            if partial:
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        f"partial contributions from {partial}")
+            else:
+                outcome = self._solve(step, left_out)
+                if outcome != "recollect":
+                    return outcome == "released"
+                # the solver named parties it could not authenticate; nothing was opened: go on without them
+                self.active -= step.excluded
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        f"solver excluded {sorted(step.excluded)}")
+                if len(self.active) < self.s.min_parties:
+                    self.abort_reason = (f"round {round_} layers {list(layers)}: {len(self.active)} parties left "
+                                         f"after the solver excluded {sorted(step.excluded)} < min_parties "
+                                         f"{self.s.min_parties}")
+                    return False
             attempt += 1
             step.move(Stage.COLLECTING)
-        return self._solve(step, left_out)
 
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time
@@ -198,7 +213,9 @@ class Coordinator(Handlers):
                     return False
         return True
 
-    def _solve(self, step: Step, left_out: list[str]) -> bool:
+    def _solve(self, step: Step, left_out: list[str]) -> str:
+        """Hand the aggregate off and wait: "released", "recollect" (the solver excluded parties before
+        opening anything) or "failed" (abort_reason says why)."""
         step.included = tuple(sorted(step.expected & self.active))
         step.move(Stage.SOLVING)
         self.stage = Stage.SOLVING
@@ -211,14 +228,20 @@ class Coordinator(Handlers):
         for key in sorted(step.accs):
             self._hand_off(step, key)
         deadline = self.clock() + self.cfg.network.solve_timeout_s
-        while len(step.released) < len(step.layers) and self.clock() < deadline:
+        while (len(step.released) < len(step.layers) and not step.excluded and not step.refused
+               and self.clock() < deadline):
             if not self._pump(deadline):
-                return False
+                return "failed"
+        if step.refused:
+            self.abort_reason = step.refused
+            return "failed"
+        if step.excluded:
+            return "recollect"
         if len(step.released) < len(step.layers):
             self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
-            return False
+            return "failed"
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-        return True
+        return "released"
 
     def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
         layer, stat, chunk = key
@@ -348,16 +371,16 @@ class Coordinator(Handlers):
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
                             sum(len(f) for f in frames), outcome, reason, **where)
 
-    def _verify_setup(self, public: bytes, signature: bytes) -> None:
-        verify(self.cfg.roster.signing_public(), signature, setup_bytes(self.s.id, self.cfg.digest, public),
-               "solver setup")
+    def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None:
+        verify(self.cfg.roster.signing_public(), signature,
+               setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message, delta: bytes, signature: bytes) -> None:
+    def _verify_release(self, msg: Message, ciphertext: bytes, signature: bytes) -> None:
         b = msg.body
         data = release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
                              b["shape"], b["sha256"], b["parties"])
-        if sha256_hex(delta) != b["sha256"]:
-            raise ProtocolError("release: ΔW bytes do not match their sha256")
+        if sha256_hex(ciphertext) != b["sha256"]:
+            raise ProtocolError("release: ciphertext bytes do not match their sha256")
         verify(self.cfg.roster.signing_public(), signature, data, "release")
 
 

@@ -1,10 +1,11 @@
-"""A party's network loop: join, check the solver-signed setup, send protected statistics in chunks,
-verify each signed ΔW before applying it.
+"""A party's network loop: join, check the solver-signed setup and open its sealed session keys, send
+protected, signed statistics in chunks, verify and decrypt each signed ΔW before applying it.
 
 The engine supplies two callbacks and never sees a socket:
 
-    compute_statistics(round, layer) -> {"G": (d_k, d_k) or packed upper triangle, "B": (d_v, d_k)}
-    apply_delta(layer, delta)        # delta: (d_v, d_k) float64, already verified
+    compute_statistics(round, layer) -> {"G": (d_k, d_k) or packed upper triangle, "B": (d_v, d_k),
+                                         "N": this party's number of edit requests in the round}
+    apply_delta(layer, delta)        # delta: (d_v, d_k) float64, already verified and decrypted
 
 Statistics of a step are computed once and cached until the step's releases are applied, so a step that
 is collected again (a new attempt) is re-protected with fresh randomness but not recomputed.
@@ -24,12 +25,14 @@ import numpy as np
 import zmq
 
 from secure_collab.config import STATISTICS, Config
-from secure_collab.keys import CurveKeyPair, load_curve_pair
-from secure_collab.protection.base import ProtectionError, ProtectionScheme, StatContext
+from secure_collab.editing.statistics import Bounds, plausibility_problems
+from secure_collab.keys import CurveKeyPair, load_identity
+from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
+from secure_collab.protection.sealing import decrypt_release
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
-from secure_collab.protocol.release import decode_delta, release_bytes, setup_bytes, verify
-from secure_collab.protocol.statistics import chunk_bounds, pack_statistics
+from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
+from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 
 
@@ -65,7 +68,12 @@ class Party:
             raise ValueError(f"party {name!r} is not in the roster")
         self.cfg, self.s, self.name, self.scheme = config, config.session, name, scheme
         self.compute, self.apply = compute_statistics, apply_delta
-        self.keys = keys or load_curve_pair(config.paths.keys / f"party-{name}.key_secret")
+        ident = load_identity(config.paths.keys / f"party-{name}.key_secret")
+        if ident.signing is None or ident.sealing is None or ident.public != config.roster.parties[name]:
+            raise ValueError(f"party-{name}.key_secret does not hold party {name!r}'s identity in the pinned roster")
+        self.identity = ident
+        self.keys = keys or ident.curve
+        self.secrets: PartySecrets | None = None
         self.stop = stop or threading.Event()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -147,17 +155,19 @@ class Party:
         raise Fatal("party stopped")
 
     def _on_setup(self, msg: Message) -> None:
-        if len(msg.frames) != 2:
-            raise Fatal("setup must carry [public params, solver signature]")
-        public, signature = (bytes(f) for f in msg.frames)
+        if len(msg.frames) != 3:
+            raise Fatal("setup must carry [public params, sealed bundles, solver signature]")
+        public, bundles, signature = (bytes(f) for f in msg.frames)
         if self.public is not None:
             if public != self.public:
                 raise Fatal("setup: public parameters changed during the session")
             return
         try:
             verify(self.cfg.roster.signing_public(), signature,
-                   setup_bytes(self.s.id, self.cfg.digest, public), "setup")
-        except ProtocolError as exc:
+                   setup_bytes(self.s.id, self.cfg.digest, public, bundles), "setup")
+            assert self.identity.sealing is not None
+            self.secrets = self.scheme.join(public, bundles, self.name, self.identity.sealing.private_bytes_raw())
+        except (ProtocolError, ProtectionError) as exc:
             raise Fatal(str(exc)) from None
         self.public = public
         self.log.info("the solver's signed setup verifies (%s, layers %s)", self.s.mode, list(self.s.layers))
@@ -179,19 +189,35 @@ class Party:
         for layer in layers:
             key = (msg.round, layer)
             if key not in self.cache:
-                self.cache[key] = pack_statistics(self.compute(msg.round, layer), self.s.d_k, self.s.d_v)
+                self.cache[key] = self._checked(layer, pack_statistics(self.compute(msg.round, layer),
+                                                                       self.s.d_k, self.s.d_v))
         for layer in layers:
             self._send_layer(msg.round, layer, attempt)
         self.sent.add((msg.round, layers, attempt))
 
+    def _checked(self, layer: int, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Refuse to send statistics the solver would refuse (they break the session's declared bounds)."""
+        s = self.s
+        n = float(stats["N"][0])
+        if n > s.max_edits_per_party:
+            raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
+        problems = plausibility_problems(unpack_g(stats["G"], s.d_k), stats["B"].reshape(s.d_v, s.d_k), n, 1,
+                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party))
+        if problems:
+            raise Fatal(f"layer {layer}: this party's statistics break the session's bounds ({'; '.join(problems)});"
+                        " raise key_norm_bound / residual_norm_bound in the session configuration")
+        return stats
+
     def _send_layer(self, round_: int, layer: int, attempt: int) -> None:
-        assert self.public is not None, "requests are refused before setup"
+        assert self.public is not None and self.secrets is not None, "requests are refused before setup"
+        signer = self.identity.signing
+        assert signer is not None
         for stat in STATISTICS:
             flat = self.cache[(round_, layer)][stat]
             bounds = chunk_bounds(flat.size, self.s.chunk_values)
-            ctx = StatContext(self.s.id, round_, layer, stat, self.name)
             for i, (off, count) in enumerate(bounds):
-                payload = self.scheme.protect(flat[off:off + count], ctx, self.public)
+                ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
+                payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
                 body = {"attempt": attempt, "chunk": i, "n_chunks": len(bounds), "offset": off,
                         "count": count, "payload": dict(payload.header)}
                 self.result.bytes_sent += self._send(
@@ -204,12 +230,19 @@ class Party:
         try:
             if len(msg.frames) != 2 or msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
-            raw, signature = (bytes(f) for f in msg.frames)
-            if sha256_hex(raw) != b["sha256"]:
-                raise ProtocolError("release: ΔW bytes do not match their sha256")
+            ciphertext, signature = (bytes(f) for f in msg.frames)
+            if sha256_hex(ciphertext) != b["sha256"]:
+                raise ProtocolError("release: ciphertext bytes do not match their sha256")
             verify(self.cfg.roster.signing_public(), signature,
                    release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
                                  b["shape"], b["sha256"], b["parties"]), "release")
+            if self.secrets is None:
+                raise ProtocolError("release before setup")
+            label = release_label(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"])
+            try:
+                raw = decrypt_release(self.secrets.release_key, label, ciphertext)
+            except ProtectionError as exc:
+                raise ProtocolError(str(exc)) from None
             delta = decode_delta(raw, b["dtype"], b["shape"])
             if delta.shape != (self.s.d_v, self.s.d_k):
                 raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")

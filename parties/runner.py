@@ -9,7 +9,7 @@ from typing import Any
 
 from parties.client import ApplyDelta, ComputeStatistics, PartyResult, run_party
 from secure_collab.config import Config
-from secure_collab.protection.base import ProtectionScheme
+from secure_collab.protection import ProtectionScheme
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     value_bound = 1e6            # declared max |entry| of one party's statistic
     key_norm_bound = 1e3         # declared max ‖k‖ of one key (plausibility: tr ΣG ≤ κ² · Σ edits)
     residual_norm_bound = 1e3    # declared max ‖r‖ of one residual (‖ΣB‖_F ≤ ρ κ · Σ edits)
-    max_edits_per_party = 10000  # declared max edit requests of one party in one round
+    max_edits_per_party = 1000   # declared max edit requests of one party in one round
     chunk_values = 262144        # values per CONTRIB message
     model = "smollm2-135m"
     weights_digest = "…"         # sha256 of the base weights; every role checks it at start
@@ -62,7 +62,7 @@ from secure_collab.keys import Roster, load_roster
 
 MODES = ("ckks", "shares", "plain")
 VARIANTS = ("sequential", "oneshot")
-STATISTICS = ("G", "B")
+STATISTICS = ("G", "B", "N")  # upper triangle of K Kᵀ, R Kᵀ, and the edit count (one value)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class SessionConfig:
     value_bound: float = 1e6
     key_norm_bound: float = 1e3
     residual_norm_bound: float = 1e3
-    max_edits_per_party: int = 10000
+    max_edits_per_party: int = 1000
     chunk_values: int = 262144
     model: str = "smollm2-135m"
     weights_digest: str = ""  # sha256 of the base weights (LoadedModel.source_digest); "" = unchecked
@@ -88,7 +88,7 @@ class SessionConfig:
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
     def n_values(self, stat: str) -> int:
-        return self.d_k * (self.d_k + 1) // 2 if stat == "G" else self.d_v * self.d_k
+        return {"G": self.d_k * (self.d_k + 1) // 2, "B": self.d_v * self.d_k, "N": 1}[stat]
 
     def n_chunks(self, stat: str) -> int:
         return -(-self.n_values(stat) // self.chunk_values)

@@ -18,7 +18,7 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY, config_digest TEXT NOT NULL, mode TEXT NOT NULL, created REAL NOT NULL,
-    setup_public BLOB NOT NULL, setup_signature BLOB NOT NULL);
+    setup_public BLOB NOT NULL, setup_bundles BLOB NOT NULL, setup_signature BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS roster (
     session_id TEXT NOT NULL, name TEXT NOT NULL, curve_public TEXT NOT NULL, PRIMARY KEY (session_id, name));
 CREATE TABLE IF NOT EXISTS stages (
@@ -59,6 +59,7 @@ class StoredRelease:
 @dataclass(frozen=True)
 class ResumeState:
     setup_public: bytes
+    setup_bundles: bytes
     setup_signature: bytes
     releases: dict[tuple[int, int], StoredRelease]
     attempts: dict[tuple[int, str], int]  # (round, layers json) -> highest attempt opened
@@ -84,12 +85,12 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open_session(self, session_id: str, digest: str, mode: str, public: bytes, signature: bytes,
-                     roster: dict[str, bytes]) -> None:
+    def open_session(self, session_id: str, digest: str, mode: str, public: bytes, bundles: bytes,
+                     signature: bytes, roster: dict[str, bytes]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?)",
-                             (session_id, digest, mode, self._clock(), public, signature))
+            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?,?)",
+                             (session_id, digest, mode, self._clock(), public, bundles, signature))
             self._db.executemany("INSERT INTO roster VALUES (?,?,?)",
                                  [(session_id, n, k.decode()) for n, k in roster.items()])
 
@@ -119,8 +120,8 @@ class Ledger:
                           header, _pack_frames(payload), self._clock()))
 
     def resume_state(self, session_id: str) -> ResumeState | None:
-        row = self._db.execute("SELECT setup_public, setup_signature FROM sessions WHERE session_id=?",
-                               (session_id,)).fetchone()
+        row = self._db.execute("SELECT setup_public, setup_bundles, setup_signature FROM sessions "
+                               "WHERE session_id=?", (session_id,)).fetchone()
         if row is None:
             return None
         releases = {}
@@ -135,7 +136,7 @@ class Ledger:
         ended = self._db.execute(
             "SELECT event FROM stages WHERE session_id=? AND event IN ('done','aborted')", (session_id,)
         ).fetchone()
-        return ResumeState(row[0], row[1], releases, attempts, ended[0] if ended else None)
+        return ResumeState(row[0], row[1], row[2], releases, attempts, ended[0] if ended else None)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         if table not in ("sessions", "roster", "stages", "messages", "handoffs", "releases"):

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     new = sub.add_parser("new", help="this site's key pairs; prints the fingerprint to read to the other sites")
     new.add_argument("--role", required=True, choices=("party", "solver", "coordinator"), help="this site's role")
-    new.add_argument("--name", default=None, help="the party's name (parties only), e.g. a")
+    new.add_argument("--name", default=None, help="the party's name, e.g. a (default: none; parties only)")
     new.add_argument("--dir", default="keys", help="where the secret file and the public file are written")
     add_json_option(new)
     roster = sub.add_parser("roster", help="assemble roster.toml from every site's public file")

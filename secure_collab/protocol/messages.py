@@ -40,7 +40,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 Frame = bytes | bytearray | memoryview  # received frames are bytes; sent ones may be zero-copy views
 
 
@@ -49,12 +49,13 @@ class ProtocolError(ValueError):
 
 
 class MsgType(StrEnum):
-    HELLO = "hello"  # party/solver -> coordinator: join / heartbeat (solver's carries public params)
-    SETUP = "setup"  # coordinator -> party: public protection params signed by the solver
+    HELLO = "hello"  # party/solver -> coordinator: join / heartbeat (solver's carries the signed setup)
+    SETUP = "setup"  # coordinator -> party: [public params, sealed bundles, solver signature]
     REQUEST = "request"  # coordinator -> party: send statistics for (round, layers, attempt)
-    CONTRIB = "contrib"  # party -> coordinator: one chunk of one protected statistic
-    AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate
-    RELEASE = "release"  # solver -> coordinator -> parties: signed ΔW of one layer
+    CONTRIB = "contrib"  # party -> coordinator: one chunk of one protected, signed statistic
+    AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate (with each party's seal+signature)
+    VERDICT = "verdict"  # solver -> coordinator: an aggregate refused (parties to exclude, or opened and failed)
+    RELEASE = "release"  # solver -> coordinator -> parties: signed, encrypted ΔW of one layer
     ACK = "ack"  # party -> coordinator: a release was applied (ok) or refused (reason)
     ERROR = "error"  # any -> peer: the message with seq `refused_seq` was refused for `reason`
     END = "end"  # coordinator -> all: session done (ok) or aborted (reason)
@@ -72,6 +73,7 @@ BODY_SCHEMA: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
         "attempt": int, "chunk": int, "n_chunks": int, "offset": int, "count": int, "payload": dict,
         "parties": list, "n_values": int,
     },
+    MsgType.VERDICT: {"attempt": int, "layers": list, "opened": bool, "exclude": list, "reason": str},
     MsgType.RELEASE: {"attempt": int, "shape": list, "dtype": str, "sha256": str, "parties": list},
     MsgType.ACK: {"ok": bool, "reason": str},
     MsgType.ERROR: {"refused_seq": int, "reason": str},

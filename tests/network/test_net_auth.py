@@ -8,21 +8,23 @@ import numpy as np
 import pytest
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from network_doubles import PlainSumScheme, SyntheticEngine, make_config
+from network_doubles import SyntheticEngine, make_config
 
 from coordinator.server import run_coordinator
 from parties import run_party
 from secure_collab.keys import CurveKeyPair, load_curve_pair, load_signing_key
+from secure_collab.protection import ProtectionParams, get_scheme
+from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Message, MsgType, Sequencer, sha256_hex
-from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
+from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 
 
 def test_key_not_in_roster_is_refused(tmp_path):
     cfg = make_config(tmp_path)
     stop = threading.Event()
     done: dict = {}
-    coordinator = threading.Thread(target=lambda: done.setdefault("o", run_coordinator(cfg, PlainSumScheme(),
+    coordinator = threading.Thread(target=lambda: done.setdefault("o", run_coordinator(cfg, get_scheme("plain"),
                                                                                       stop=stop)))
     coordinator.start()
     ctx = zmq.Context()
@@ -86,12 +88,15 @@ class FakeCoordinator:
     def release(self, layer, delta, key, tamper=False):
         raw, dtype, shape = encode_delta(delta)
         parties = ["a", "b"]
-        sig = key.sign(release_bytes(self.s.id, self.cfg.digest, 0, layer, 0, dtype, shape, sha256_hex(raw),
-                                     parties))
+        label = release_label(self.s.id, self.cfg.digest, 0, layer, 0)
+        ciphertext = encrypt_release(self.release_key, label, raw, bytes(12))
+        sig = key.sign(release_bytes(self.s.id, self.cfg.digest, 0, layer, 0, dtype, shape,
+                                     sha256_hex(ciphertext), parties))
         if tamper:  # change ΔW after signing, keep its sha256 consistent
-            raw = encode_delta(delta + 1e-3)[0]
-        body = {"attempt": 0, "shape": shape, "dtype": dtype, "sha256": sha256_hex(raw), "parties": parties}
-        return self.msg(MsgType.RELEASE, 0, layer, body, (raw, sig))
+            ciphertext = encrypt_release(self.release_key, label, encode_delta(delta + 1e-3)[0], bytes(12))
+        body = {"attempt": 0, "shape": shape, "dtype": dtype, "sha256": sha256_hex(ciphertext),
+                "parties": parties}
+        return self.msg(MsgType.RELEASE, 0, layer, body, (ciphertext, sig))
 
 
 def _drive(cfg, script):
@@ -101,7 +106,7 @@ def _drive(cfg, script):
     engine = SyntheticEngine("a", cfg)
     out = {}
     party = threading.Thread(target=lambda: out.setdefault("r", run_party(
-        cfg, "a", PlainSumScheme(), engine.compute_statistics, engine.apply_delta)))
+        cfg, "a", get_scheme("plain"), engine.compute_statistics, engine.apply_delta)))
     party.start()
     try:
         route, _ = fake.recv(MsgType.HELLO)
@@ -116,10 +121,16 @@ def _drive(cfg, script):
 
 
 def _setup(fake, route, key):
-    public = b"test-plain-sum/2"
-    sig = key.sign(setup_bytes(fake.s.id, fake.cfg.digest, public))
+    """A real setup (public parameters and bundles sealed to each roster party), signed with ``key``."""
+    scheme = get_scheme("plain")
+    recipients = {n: ident.sealing for n, ident in fake.cfg.roster.parties.items()}
+    params = ProtectionParams("plain", len(recipients), fake.s.value_bound, fake.s.min_parties)
+    keys = scheme.solver_setup(params, recipients)
+    fake.release_key = keys.release_key
+    sig = key.sign(setup_bytes(fake.s.id, fake.cfg.digest, keys.public, keys.bundles))
     fake.send(route, fake.msg(MsgType.SETUP, body={"mode": "plain", "layers": [1, 2], "rounds": 1,
-                                                   "variant": "sequential"}, frames=(public, sig)))
+                                                   "variant": "sequential"},
+                              frames=(keys.public, keys.bundles, sig)))
 
 
 def test_party_refuses_release_whose_signature_does_not_verify(tmp_path):
@@ -131,12 +142,12 @@ def test_party_refuses_release_whose_signature_does_not_verify(tmp_path):
     def script(fake, route):
         _setup(fake, route, key)
         fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 0}))
-        for _ in range(cfg.session.n_chunks("G") + cfg.session.n_chunks("B")):
+        for _ in range(sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))):
             fake.recv(MsgType.CONTRIB)
         fake.send(route, fake.release(1, good, key))
         acks.append(fake.recv(MsgType.ACK)[1].body)
         fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [2], "attempt": 0}))
-        for _ in range(cfg.session.n_chunks("G") + cfg.session.n_chunks("B")):
+        for _ in range(sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))):
             fake.recv(MsgType.CONTRIB)
         fake.send(route, fake.release(2, good, key, tamper=True))
         acks.append(fake.recv(MsgType.ACK)[1].body)
@@ -176,7 +187,7 @@ def test_solver_refuses_an_aggregate_of_fewer_than_min_parties(tmp_path):
     ctx = zmq.Context()
     fake = FakeCoordinator(cfg, ctx)
     out = {}
-    solver = threading.Thread(target=lambda: out.setdefault("r", run_solver(cfg, PlainSumScheme(),
+    solver = threading.Thread(target=lambda: out.setdefault("r", run_solver(cfg, get_scheme("plain"),
                                                                             closed_form_solve)))
     solver.start()
     try:

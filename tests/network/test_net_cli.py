@@ -10,6 +10,7 @@ import pytest
 from network_doubles import make_config, run_session
 
 from secure_collab.cli import _roles, main
+from secure_collab.protection import get_scheme
 
 
 def _run(module, argv):
@@ -42,7 +43,7 @@ def test_ledger_show(tmp_path, capsys):
     assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger), "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
     contribs = [m for m in doc["messages"] if m["type"] == "contrib"]
-    assert len(contribs) == 3 * 2 * (3 + 4)  # parties x layers x chunks of G and B
+    assert len(contribs) == 3 * 2 * (3 + 4 + 1)  # parties x layers x chunks of G, B and N
     assert all(len(m["digest"]) == 64 and m["bytes"] > 0 and m["outcome"] == "accepted" for m in contribs)
     assert [r["layer"] for r in doc["releases"]] == [1, 2]
 
@@ -54,7 +55,7 @@ def test_unknown_protection_mode_is_an_error():
 
 def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
     """coordinator / solver / party commands, with the engine plug-in points monkeypatched."""
-    from network_doubles import PlainSumScheme, SyntheticEngine, Threads, closed_form_solve
+    from network_doubles import SyntheticEngine, Threads, closed_form_solve
 
     from secure_collab.cli import coordinator as coordinator_cli
     from secure_collab.cli import party as party_cli
@@ -62,7 +63,7 @@ def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
 
     cfg = make_config(tmp_path)
     config_path = str(next(tmp_path.glob("config-*.toml")))
-    monkeypatch.setattr(_roles, "load_scheme", lambda mode: PlainSumScheme())
+    monkeypatch.setattr(_roles, "load_scheme", lambda mode: get_scheme("plain"))
     monkeypatch.setattr(solver_cli, "engine_solve", lambda config, args=None: closed_form_solve)
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
     monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: party_cli.PartyEngine(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from network_doubles import (
-    PlainSumScheme,
     SyntheticEngine,
     Threads,
     closed_form_solve,
@@ -25,6 +24,7 @@ from network_doubles import (
 from coordinator.solver import run_solver
 from parties import run_party
 from secure_collab.ledger import Ledger
+from secure_collab.protection import get_scheme
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -72,7 +72,7 @@ class GatedEngine(SyntheticEngine):
 def test_coordinator_sigkill_mid_round_resumes_with_same_delta(tmp_path):
     cfg = make_config(tmp_path)
     config_path = next(tmp_path.glob("config-*.toml"))
-    scheme = PlainSumScheme()
+    scheme = get_scheme("plain")
     engines = {"a": SyntheticEngine("a", cfg), "b": SyntheticEngine("b", cfg), "c": GatedEngine("c", cfg)}
     th = Threads()
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
