@@ -160,6 +160,11 @@ def test_party_not_in_the_roster_and_missing_key(tmp_path, capsys):
     (tmp_path / "keys" / "party-a.key_secret").unlink()
     assert main(["party", "--config", str(cfg_path), "--name", "a", "--requests", "x.jsonl"]) == 2
     assert "party-a.key_secret is missing" in one_error_line(capsys, "party")
+    from secure_collab.keys import write_identity
+
+    write_identity(tmp_path / "keys", "party", "a")  # a new key pair, not the one the roster pins
+    assert main(["party", "--config", str(cfg_path), "--name", "a", "--requests", "x.jsonl"]) == 2
+    assert "is not the key the roster holds for party a" in one_error_line(capsys, "party")
 
 
 def test_missing_request_file(tmp_path, capsys):

@@ -51,16 +51,19 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
-def require_secret(path: Path, what: str) -> None:
-    """Fail at start, in one line, when this site's secret key file is missing or readable by others."""
+def require_secret(path: Path, what: str, expected: Any = None) -> None:
+    """Fail at start, in one line, when this site's secret key file is missing, readable by others, or not the
+    identity ``expected`` (the roster's public halves for this role)."""
     from secure_collab.errors import ConfigError
+    from secure_collab.keys import load_identity
 
     if not path.is_file():
         raise ConfigError(f"{what}'s secret key {path} is missing ([paths] keys); make it on this site with "
                           "`secure-collab keys new`")
-    from secure_collab.keys import load_curve_pair
-
-    load_curve_pair(path)  # permissions and format
+    identity = load_identity(path)  # permissions and format
+    if expected is not None and identity.public != expected:
+        raise ConfigError(f"{path} is not the key the roster holds for {what} (fingerprint "
+                          f"{identity.public.fingerprint()[:16]}…, roster {expected.fingerprint()[:16]}…)")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.preflight import check_coordinator_state
 
     config = load_config(args.config)
-    require_secret(config.paths.keys / "coordinator.key_secret", "the coordinator")
+    require_secret(config.paths.keys / "coordinator.key_secret", "the coordinator", config.roster.coordinator)
     check_coordinator_state(config)
     with stop_on_signals() as stop:
         outcome = run_coordinator(config, load_scheme(config.session.mode), stop=stop)

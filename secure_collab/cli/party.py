@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in config.roster.parties:
         raise ConfigError(f"party {args.name!r} is not in the roster (parties: "
                           f"{', '.join(sorted(config.roster.parties))})")
-    require_secret(config.paths.keys / f"party-{args.name}.key_secret", f"party {args.name}")
+    require_secret(config.paths.keys / f"party-{args.name}.key_secret", f"party {args.name}",
+                   config.roster.parties[args.name])
     engine = engine_callbacks(config, args.name, args)
     with stop_on_signals() as stop:
         report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     config = load_config(args.config)
-    require_secret(config.paths.keys / "solver.key_secret", "the solver")
+    require_secret(config.paths.keys / "solver.key_secret", "the solver", config.roster.solver)
     check_solver_state(config)
     solve = engine_solve(config, args)
     with stop_on_signals() as stop:
