@@ -18,6 +18,7 @@ import pytest
 
 from secure_collab import __version__
 from secure_collab.cli import COMMANDS, _leaves, build_parser, main
+from secure_collab.cli._output import JSON_HELP
 
 LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,8 @@ def test_every_option_shows_its_default_and_every_command_has_json():
     for name, parser in leaves.items():
         text = " ".join(parser.format_help().split())
         assert "--json OUT" in text, name
+        json_action = next(a for a in parser._actions if "--json" in a.option_strings)
+        assert json_action.help == JSON_HELP, name  # every command writes it through _output.write_json
         formatter = parser._get_formatter()
         for action in parser._actions:
             if (not action.option_strings or action.required or action.nargs == 0
@@ -239,14 +242,16 @@ def test_ctrl_c_on_the_coordinator_is_one_line_and_tells_the_parties(tmp_path):
     """SIGINT: one line, exit 2, and the END with the reason goes to every connected peer first."""
     cfg_path = _config_file(tmp_path, join_timeout_s=60.0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "secure_collab", "coordinator", "--config", str(cfg_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "secure_collab", "coordinator", "--config", str(cfg_path),
+                             "--json", "-"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_line(proc, "listening on")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
+    assert json.loads(out)["reason"] == "the coordinator was stopped by its operator"  # stdout: the JSON alone
     assert proc.returncode == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines[-1] == "secure-collab coordinator: error: interrupted"

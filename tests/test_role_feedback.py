@@ -55,7 +55,8 @@ def test_party_without_a_coordinator_says_so_within_10_s(tmp_path):
     (tmp_path / "r.jsonl").write_text(json.dumps({"subject": "France", "prompt": "The capital of {} is",
                                                   "target_new": "Rome", "target_true": "Paris"}) + "\n")
     proc = _spawn(["party", "--config", str(tmp_path / "session.toml"), "--name", "a", "--requests",
-                   str(tmp_path / "r.jsonl"), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
+                   str(tmp_path / "r.jsonl"), "--cache-dir", str(tmp_path / "cache"), "--threads", "1",
+                   "--json", "-"])
     try:
         lines = _lines_until(proc, "connecting to the coordinator", 120)
         t_connect = lines[-1][0]
@@ -68,7 +69,9 @@ def test_party_without_a_coordinator_says_so_within_10_s(tmp_path):
     assert proc.returncode == 1
     assert re.search(r"retrying in [\d.]+ s", "\n".join(line for _, line in lines) + err)
     assert f"stopped: could not reach the coordinator at {endpoint} within join_timeout_s (8 s)" in err
-    assert "party a: FAILED: could not reach the coordinator" in out
+    assert "party a: FAILED: could not reach the coordinator" in err  # human output on stderr with --json -
+    report = json.loads(out)  # stdout is the JSON report alone
+    assert report["ok"] is False and report["reason"].startswith("could not reach the coordinator")
     assert "Traceback" not in err
 
 
