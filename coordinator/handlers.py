@@ -61,6 +61,10 @@ class Handlers:
             if "solver" not in self.welcomed:
                 self.welcomed.add("solver")
                 self._accept(m, "solver rejoined")
+                step = self.step
+                if step is not None and step.stage is Stage.SOLVING and len(step.released) < len(step.layers):
+                    for key in sorted(step.accs):  # what it may have missed while it was away
+                        self._hand_off(step, key)
             return
         self._verify_setup(public, bundles, signature)
         self.public, self.bundles, self.public_sig = public, bundles, signature
@@ -123,8 +127,12 @@ class Handlers:
         self._verify_release(msg, *msg.frames)
         parties = tuple(sorted(msg.body["parties"]))
         rel = StoredRelease(msg.round, msg.layer, msg.body["attempt"], msg.body["sha256"], parties, m.raw)
-        self.ledger.release(self.s.id, rel)
-        self.releases[(msg.round, msg.layer)] = rel
+        known = self.releases.get((msg.round, msg.layer))
+        if known is not None and known.sha256 != rel.sha256:
+            raise ProtocolError(f"a second, different release of round {msg.round} layer {msg.layer}")
+        if known is None:
+            self.ledger.release(self.s.id, rel)
+            self.releases[(msg.round, msg.layer)] = rel
         step.released[msg.layer] = m.raw
         self._accept(m)
         log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,

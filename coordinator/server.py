@@ -26,7 +26,7 @@ from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
-from secure_collab.protection import ProtectionError, ProtectionScheme
+from secure_collab.protection import Payload, ProtectionError, ProtectionScheme
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
 from secure_collab.protocol.release import release_bytes, setup_bytes, verify
@@ -232,6 +232,9 @@ class Coordinator(Handlers):
                and self.clock() < deadline):
             if not self._pump(deadline):
                 return "failed"
+        if len(step.released) == len(step.layers):  # released (perhaps re-sent after a restart)
+            self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
+            return "released"
         if step.refused:
             self.abort_reason = step.refused
             return "failed"
@@ -243,16 +246,20 @@ class Coordinator(Handlers):
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
         return "released"
 
-    def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
-        layer, stat, chunk = key
+    def _aggregate(self, step: Step, key: tuple[int, str, int]) -> Payload:
+        """The running sum of one chunk, as handed to the solver."""
         acc = step.accs[key]
         assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
-        agg = acc.aggregate()
+        return acc.aggregate()
+
+    def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
+        layer, stat, chunk = key
+        agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
         offset = chunk * self.s.chunk_values
         body = {"attempt": step.attempt, "chunk": chunk, "n_chunks": self.s.n_chunks(stat), "offset": offset,
                 "count": min(self.s.chunk_values, n_values - offset), "payload": dict(agg.header),
-                "parties": list(step.included), "n_values": n_values}
+                "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
         self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,

@@ -33,7 +33,6 @@ import zmq
 
 from coordinator.solver_state import SolverState
 from secure_collab.config import STATISTICS, Config
-from secure_collab.editing.statistics import Bounds, plausibility_problems
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
     Authenticated,
@@ -48,6 +47,7 @@ from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
@@ -181,6 +181,11 @@ class Solver:
                 log.warning("refused a message from the coordinator: %s", str(exc)[:200])
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)[:512]})
                 transport.send(self.sock, error)
+            except Exception:  # the solver never dies on bad data: its secrets would go with it
+                log.exception("solver: message %d could not be processed", seq)
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": "message could not be "
+                                                       "processed (malformed); refused"})
+                transport.send(self.sock, error)
         self.result.reason = "solver stopped"
 
     # ---- collecting -------------------------------------------------------------------------------
@@ -230,15 +235,16 @@ class Solver:
     def _process(self, round_: int, layers: tuple[int, ...], pend: _Pending) -> None:
         done = [lay for lay in layers if (round_, lay) in self.opened]
         if done:
-            stored = [self.state.load(f"release-r{round_}-l{lay}") for lay in layers]
-            if len(done) == len(layers) and all(r is not None for r in stored):
-                # collected again after a coordinator restart: send what was released, open nothing
-                for lay, (meta, ciphertext) in zip(layers, stored, strict=True):  # type: ignore[misc]
-                    self._send_release(round_, lay, meta, ciphertext)
-                return
+            # Never opened twice. A coordinator that restarted may have missed the release: send again what
+            # was released (the same ciphertext; nothing is computed from the new contributions).
+            for lay in done:
+                stored = self.state.load(f"release-r{round_}-l{lay}")
+                if stored is not None:
+                    self._send_release(round_, lay, *stored)
             earlier = self.opened[(round_, done[0])]
             raise Refusal(f"round {round_} layer {done[0]} was already opened (attempt {earlier['attempt']}, "
-                          f"parties {earlier['parties']}): a step is never opened twice", opened=True)
+                          f"parties {earlier['parties']}): a step is never opened twice; its release, if any, "
+                          "was sent again", opened=True)
         auth: dict[tuple[int, str, int], Authenticated] = {}
         faults: set[str] = set()
         reasons = []

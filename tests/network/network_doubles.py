@@ -160,6 +160,58 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     return run
 
 
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+def solver_process(config_path: Path) -> Any:
+    """The real solver (closed-form solve) as its own process; ``.communicate()`` gives its JSON result."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(HERE / "solver_process.py"), str(config_path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@dataclass
+class ProcessRun:
+    outcome: Any  # the coordinator's Outcome
+    solver: dict[str, Any]  # the solver process's JSON result
+    parties: dict[str, Any]
+    engines: dict[str, SyntheticEngine]
+
+
+def run_with_solver_process(cfg: Config, config_path: Path, coordinator: Any, honest: Iterable[str] = ("a", "b", "c"),
+                            *, extra: dict[str, Callable[[], Any]] | None = None,
+                            timeout: float = 90.0) -> ProcessRun:
+    """The solver in its own process; ``coordinator`` (honest or a double) and the parties in threads."""
+    import json
+
+    from parties import run_party
+
+    solver = solver_process(config_path)
+    scheme = get_scheme(cfg.session.mode)
+    engines = {n: SyntheticEngine(n, cfg) for n in honest}
+    th = Threads()
+    th.start("coordinator", coordinator.run)
+    for n, e in engines.items():
+        th.start(n, lambda n=n, e=e: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta))
+    for name, fn in (extra or {}).items():
+        th.start(name, fn)
+    try:
+        th.join(timeout)
+        out, err = solver.communicate(timeout=60)
+    finally:
+        if solver.poll() is None:
+            solver.kill()
+            solver.communicate()
+    assert solver.returncode == 0, err
+    parties = {n: th.results[n] for n in engines} | {n: th.results.get(n) for n in (extra or {})}
+    return ProcessRun(th.results["coordinator"], json.loads(out), parties, engines)
+
+
 class RawClient:
     """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
 

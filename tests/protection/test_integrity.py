@@ -229,7 +229,7 @@ def test_over_bound_contribution_from_a_hostile_party_is_refused_after_opening()
     _, payloads, _ = honest(s, include=(0, 1))
     frames = list(payloads[2].frames)
     arr = np.frombuffer(frames[0], dtype=np.uint64).copy()
-    arr[3] += np.uint64(2**62)  # a huge value hidden under its own mask
+    np.add(arr[3:4], np.uint64(2**62), out=arr[3:4])  # a huge value hidden under its own mask (wraps)
     poisoned = Payload(payloads[2].header, (arr.tobytes(), *frames[1:]))
     with pytest.raises(IntegrityError, match="exceeds the bound|integrity check failed"):
         s.open(accumulate(s, [payloads[0], payloads[1], poisoned], (0, 1, 2)))
