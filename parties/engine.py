@@ -91,7 +91,7 @@ class PartyEditor:
                   "compute_seconds": round(self.compute_seconds, 3),
                   "templates_digest": templates_digest(self.templates),
                   "target_loss": [x for t in self.targets.values() for x in t.loss]}
-        info = {"method": "collab", "variant": self.s.variant, "session": self.s.id, "mode": self.s.mode}
+        info = {"method": "collab", **{k: getattr(self.s, k, "") for k in ("variant", "id", "mode")}}
         deltas = {k: torch.from_numpy(np.ascontiguousarray(d)) for k, d in self.applied.items()}
         if patch is not None:
             report["patch"] = str(write_patch(patch, self.lm, deltas, info, release_sha256))
