@@ -69,7 +69,7 @@ def write_patch(path: Path, lm: Any, deltas: dict[tuple[int, int], Any], info: d
     for (round_, layer), delta in sorted(deltas.items()):
         module = lm.spec.down_name(layer)
         name = f"r{round_}.{module}.weight"
-        tensors[name] = torch.as_tensor(delta).detach().to("cpu").contiguous()
+        tensors[name] = torch.as_tensor(delta).detach().to("cpu").contiguous().clone()  # no shared storage
         entries.append({"tensor": name, "module": module, "layer": int(layer), "round": int(round_),
                         "release_sha256": (release_sha256 or {}).get((round_, layer), "")})
     meta = {"format": FORMAT, "version": VERSION, "base_model": lm.name, "base_digest": lm.source_digest,
