@@ -54,7 +54,8 @@ class PartyEditor:
         """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
         t = time.perf_counter()
         reqs = self.rounds[round]
-        if not reqs:  # nothing to edit this round: contribute zeros (the coordinator cannot tell)
+        if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
+            # unless session.answer_pad_s hides it)
             d_v, d_k = self.s.d_v, self.s.d_k
             out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k)), "N": 0}
         else:
@@ -96,6 +97,9 @@ class PartyEditor:
         if patch is not None:
             report["patch"] = str(write_patch(patch, self.lm, deltas, info, release_sha256))
         if save is not None:
+            from secure_collab.files import private_dir
+
+            private_dir(save)  # the edited model carries the edits: a 0700 directory
             self.lm.model.save_pretrained(save)  # type: ignore[operator]  # a transformers PreTrainedModel
             self.lm.tokenizer.save_pretrained(save)
             write_patch(Path(save) / "patch.safetensors", self.lm, deltas, info, release_sha256)

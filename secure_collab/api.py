@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_collab.data.requests import Request
+from secure_collab.files import private_dir
 
 METRICS = ("efficacy", "generalization", "specificity", "score")
 
@@ -173,8 +174,7 @@ class Editor:
 
     def save(self, directory: str | Path) -> Path:
         """The edited model (``from_pretrained`` loads it) and patch.safetensors in ``directory``."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out = private_dir(Path(directory))  # the edited model carries the edits: a 0700 directory
         self.lm.model.save_pretrained(out)
         self.lm.tokenizer.save_pretrained(out)
         self.save_patch(out / "patch.safetensors")

@@ -63,7 +63,9 @@ class Patch:
 def write_patch(path: Path, lm: Any, deltas: dict[tuple[int, int], Any], info: dict[str, Any] | None = None,
                 release_sha256: dict[tuple[int, int], str] | None = None) -> Path:
     """Write ``deltas`` {(round, layer): (d_v, d_k) tensor or array} computed on ``lm``'s base weights."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from secure_collab.files import private_dir, write_private
 
     tensors, entries = {}, []
     for (round_, layer), delta in sorted(deltas.items()):
@@ -75,9 +77,8 @@ def write_patch(path: Path, lm: Any, deltas: dict[tuple[int, int], Any], info: d
     meta = {"format": FORMAT, "version": VERSION, "base_model": lm.name, "base_digest": lm.source_digest,
             "orientation": ORIENTATION, "entries": json.dumps(entries), "info": json.dumps(info or {})}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    private_dir(path.parent, tighten=False)  # missing parents 0700; an existing directory is the user's
+    return write_private(path, save(tensors, metadata=meta))  # the ΔW carry the edits: 0600, written atomically
 
 
 def read_patch(path: Path) -> Patch:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ import pytest
 from secure_collab import __version__
 from secure_collab.cli import COMMANDS, _leaves, build_parser, main
 from secure_collab.cli._output import JSON_HELP
+
+# the attack plugins as pyproject registers them (named here: the venv may predate the entry points)
+PLUGINS = [EntryPoint("attack", "attacks.cli.attack", "secure_collab.commands"),
+           EntryPoint("audit", "attacks.cli.audit", "secure_collab.commands")]
 
 LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +34,7 @@ from network_doubles import make_config, run_session  # noqa: E402
 
 
 def _leaf_parsers() -> dict[str, argparse.ArgumentParser]:
-    return {p.prog.removeprefix("secure-collab "): p for p in _leaves(build_parser())}
+    return {p.prog.removeprefix("secure-collab "): p for p in _leaves(build_parser(PLUGINS))}
 
 
 def one_error_line(capsys, command: str) -> str:
@@ -52,7 +57,7 @@ def test_version(capsys):
 
 def test_every_option_shows_its_default_and_every_command_has_json():
     leaves = _leaf_parsers()
-    assert {name.split()[0] for name in leaves} == set(COMMANDS)
+    assert {name.split()[0] for name in leaves} == set(COMMANDS) | {"attack", "audit"}
     missing = []
     for name, parser in leaves.items():
         text = " ".join(parser.format_help().split())
@@ -101,6 +106,9 @@ def test_json_dash_is_stdout_and_nothing_else(tmp_path, capsys, monkeypatch):
     assert run_session(cfg).outcome.ok
     assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["releases"]
+    html = tmp_path / "audit.html"
+    assert main(["audit", "--ledger", str(cfg.paths.ledger), "--html", str(html), "--json", "-"], PLUGINS) == 0
+    assert json.loads(capsys.readouterr().out)["html"] == str(html) and html.is_file()
     config_path = next((tmp_path / "s").glob("config-*.toml"))
     assert main(["session", "show", "--config", str(config_path), "--json", "-"]) == 0
     out = capsys.readouterr()

@@ -6,14 +6,20 @@ Modules import heavy libraries (torch, transformers, tenseal) inside ``run`` so 
 Every command also takes ``-v/--verbose``, ``-q/--quiet`` and ``--debug`` (before or after its name).
 Logging is configured here, once. A mistake the user can fix (a missing file, a bad configuration, a port in
 use, an unknown model, Ctrl-C) ends in one line on stderr and exit code 2; ``--debug`` adds the traceback.
+
+Other installed packages add commands through the ``secure_collab.commands`` entry-point group (name ->
+module with the same three members): attacks/ registers ``attack`` and ``audit`` that way, so the core never
+names it. A plugin cannot replace a built-in command.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from types import ModuleType
 from typing import Any
 
 # name -> module under secure_collab.cli. Add a line here to add a command.
@@ -43,19 +49,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or action.required
                 or not action.option_strings or isinstance(action, argparse._HelpAction | argparse._VersionAction)):
             return text
-        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+        shown = (",".join(map(str, default)) or "none") if isinstance(default, list | tuple) else default
         return f"{text} (default: {shown})" if text else f"(default: {shown})"
 
 
 def add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """-v/-q/--debug; on sub-commands they default to SUPPRESS so either position works."""
+    """-v/-q/--debug; on sub-commands they default to SUPPRESS so either position works. A plugin command that
+    defines one of these options itself keeps its own (argparse refuses a second definition)."""
     keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    taken = parser._option_string_actions
     group = parser.add_argument_group("output")
-    group.add_argument("-v", "--verbose", action="count", help="more log output (-vv: libraries too)",
-                       **({"default": 0} if top else keep))
-    group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars",
-                       **keep)
-    group.add_argument("--debug", action="store_true", help="show the traceback of an error", **keep)
+
+    def add(*flags: str, **kwargs: Any) -> None:
+        free = [f for f in flags if f not in taken]
+        if len(free) == len(flags):
+            group.add_argument(*free, **kwargs)
+
+    add("-v", "--verbose", action="count", help="more log output (-vv: libraries too)",
+        **({"default": 0} if top else keep))
+    add("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars", **keep)
+    add("--debug", action="store_true", help="show the traceback of an error", **keep)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -65,7 +78,35 @@ def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return [leaf for s in subs for p in dict.fromkeys(s.choices.values()) for leaf in _leaves(p)]
 
 
-def build_parser() -> argparse.ArgumentParser:
+PLUGIN_GROUP = "secure_collab.commands"
+
+
+def plugin_commands(entry_points: Iterable[Any] | None = None) -> dict[str, ModuleType]:
+    """Command modules registered by installed packages (``entry_points`` given: those instead, for tests).
+
+    A plugin that fails to import, lacks one of the three members or reuses a built-in name is skipped with a
+    warning on stderr: one broken package must not take the whole command line down."""
+    if entry_points is None:
+        entry_points = importlib.metadata.entry_points(group=PLUGIN_GROUP)
+    found: dict[str, ModuleType] = {}
+    for ep in entry_points:
+        if ep.name in COMMANDS or ep.name in found:
+            print(f"secure-collab: plugin command {ep.name!r} ignored (name taken)", file=sys.stderr)
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken plugin: report it, keep the built-in commands working
+            print(f"secure-collab: plugin command {ep.name!r} not loaded: {exc}", file=sys.stderr)
+            continue
+        if not all(hasattr(module, a) for a in ("HELP", "add_arguments", "run")):
+            print(f"secure-collab: plugin command {ep.name!r} ignored (needs HELP, add_arguments, run)",
+                  file=sys.stderr)
+            continue
+        found[ep.name] = module
+    return found
+
+
+def build_parser(entry_points: Iterable[Any] | None = None) -> argparse.ArgumentParser:
     from secure_collab import __version__
 
     parser = argparse.ArgumentParser(
@@ -76,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
     sub.required = True
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"secure_collab.cli.{module_name}")
+    modules = {name: importlib.import_module(f"secure_collab.cli.{m}") for name, m in COMMANDS.items()}
+    modules.update(plugin_commands(entry_points))
+    for name, module in modules.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_module=module)
@@ -115,10 +157,10 @@ def user_message(exc: BaseException) -> str | None:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, entry_points: Iterable[Any] | None = None) -> int:
     from secure_collab.progress import configure_logging
 
-    parser = build_parser()
+    parser = build_parser(entry_points)
     args = parser.parse_args(argv)
     configure_logging(-1 if args.quiet else args.verbose)
     try:

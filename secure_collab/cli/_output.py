@@ -41,8 +41,9 @@ def say(args: argparse.Namespace, text: str = "") -> None:
         print(text, file=human(args), flush=True)
 
 
-def write_json(args: argparse.Namespace, doc: Any) -> None:
-    """Write ``doc`` where ``--json`` says (nothing when it was not given)."""
+def write_json(args: argparse.Namespace, doc: Any, *, private: bool = False) -> None:
+    """Write ``doc`` where ``--json`` says (nothing when it was not given). ``private``: a report that counts or
+    scores one party's edits (DESIGN §1), so the file is 0600 whatever the umask."""
     dest = getattr(args, "json", None)
     if not dest:
         return
@@ -50,8 +51,14 @@ def write_json(args: argparse.Namespace, doc: Any) -> None:
     if dest == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
+        return
+    from secure_collab.files import private_dir, write_private
+
+    path = Path(dest)
+    if private:
+        private_dir(path.parent, tighten=False)  # missing parents 0700; an existing directory is the user's
+        write_private(path, text)
     else:
-        path = Path(dest)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from secure_collab.cli._output import say, write_json
+    from secure_collab.files import private_dir
     from secure_collab.models import load_model
     from secure_collab.patch import apply_patch, read_patch
 
@@ -30,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
                     allow_download=args.allow_download)
     apply_patch(lm, patch)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = private_dir(Path(args.out))  # the patched model carries the edits: a 0700 directory
     lm.model.save_pretrained(out)  # type: ignore[operator]  # a transformers PreTrainedModel
     lm.tokenizer.save_pretrained(out)
     info = {"model": args.model, "patch": str(args.patch), "out": str(out.resolve()),

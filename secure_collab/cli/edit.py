@@ -156,9 +156,10 @@ def run(args: argparse.Namespace) -> int:
 
 def save_edited(lm, deltas, out: Path, result: dict) -> None:
     """The edited model (``from_pretrained`` loads it) and patch.safetensors (secure_collab.patch, round 0)."""
+    from secure_collab.files import private_dir
     from secure_collab.patch import write_patch
 
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)  # the edited model carries the edits: a 0700 directory
     lm.model.save_pretrained(out)
     lm.tokenizer.save_pretrained(out)
     write_patch(out / "patch.safetensors", lm, {(0, k): v for k, v in deltas.items()},

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
     show(args, report)
-    write_json(args, report)
+    write_json(args, report, private=True)  # the report counts and scores this party's edits (DESIGN §1)
     if stop.is_set():
         raise KeyboardInterrupt
     return 0 if report["ok"] else 1

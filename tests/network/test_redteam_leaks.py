@@ -40,10 +40,6 @@ def _ledger_reasons(cfg) -> str:
             r["detail"] for r in ledger.rows("stages"))
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: the solver's VERDICT after a failed plausibility check carries "
-                   "figures of the opened aggregate (N via κ²N, tr ΣG, ‖ΣB‖_F, λ_min), and the coordinator "
-                   "forwards them in END to every party and keeps them in its ledger. Fix: a VERDICT names the "
-                   "failed check only; the figures stay in the solver's local log.")
 def test_redteam_verdict_reveals_the_other_partys_edit_count_and_trace(tmp_path):
     """Hostile c and honest a (min_parties = 2). c sends G = 1000 I, B = 0, N = 0 (in bound, PSD). The step
     opens over {a, c} and fails ``tr ΣG <= κ² N``; the END message c receives reads
@@ -74,10 +70,6 @@ class OverBoundEntry(SyntheticEngine):
         return {**stats, "G": g}
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: an honest party whose statistic exceeds value_bound sends the "
-                   "coordinator an ERROR quoting the offending value and its index (check_values' message), "
-                   "which the ledger keeps: a single party's statistic in the clear. Fix: the party stops "
-                   "locally (like its plausibility check) and tells the coordinator only 'over the declared bound'.")
 def test_redteam_party_error_quotes_its_own_statistic_to_the_coordinator(tmp_path):
     cfg = make_config(tmp_path, mode="shares", network={"stage_timeout_s": 1.5})
     engine = OverBoundEntry("c", cfg)
@@ -89,20 +81,16 @@ def test_redteam_party_error_quotes_its_own_statistic_to_the_coordinator(tmp_pat
     assert f"{value:.6g}" not in on_disk, f"c's G[0, 0] = {value:.6g} is in the coordinator's ledger"
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: a party answers a REQUEST after computing z* and statistics for "
-                   "its edits, so the delay REQUEST -> first CONTRIB (in the ledger) grows with its edit count; "
-                   "a party with no edits answers at once (parties/engine.py claims 'the coordinator cannot "
-                   "tell'). Fix: answer at a time that does not depend on N (e.g. compute every round's z* "
-                   "before joining and send at a deadline the party fixes from max_edits_per_party), or "
-                   "document the timing channel.")
-def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, capitals):
-    """Parties a (no edit this round) and b (7 edits) on a tiny Llama, asked in turn; the honest coordinator's
-    ledger timestamps alone tell them apart."""
+@pytest.mark.parametrize("pad", [0.0, 6.0], ids=["no-pad", "answer_pad_s"])
+def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, capitals, pad):
+    """Parties a (no edit this round) and b (7 edits) on a tiny Llama, asked in turn. Without padding the
+    honest coordinator's ledger timestamps alone tell them apart (the channel, a documented limit); with
+    ``session.answer_pad_s`` above b's compute time both answer at the pad."""
     from parties.engine import PartyEditor
 
     hparams = {"v_num_grad_steps": 10, "n_templates": 1, "template_length": 3}
     cfg = make_config(tmp_path, ("a", "b"), mode="shares", model="tiny-llama", layers=[1], d_k=96, d_v=64,
-                      value_bound=1e6, chunk_values=8192, hparams=hparams,
+                      value_bound=1e6, chunk_values=8192, hparams=hparams, answer_pad_s=pad,
                       network={"request_in_turn": True, "max_message_bytes": 1 << 20})
     editors = {"a": PartyEditor(cfg.session, [], cache=tmp_path / "cache", log=lambda _m: None),
                "b": PartyEditor(cfg.session, capitals, cache=tmp_path / "cache", log=lambda _m: None)}
@@ -124,4 +112,7 @@ def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, cap
         return min(r["time"] for r in rows if (r["peer"], r["type"], r["direction"]) == (name, mtype, direction))
 
     delay = {name: first(name, "contrib", "in") - first(name, "request", "out") for name in editors}
-    assert delay["b"] < 2 * delay["a"] + 0.1, f"answer delays {delay}: b's 7 edits show"
+    if pad:
+        assert min(delay.values()) >= pad and abs(delay["b"] - delay["a"]) < 0.5, delay
+    else:
+        assert delay["b"] > delay["a"] + 0.2, f"answer delays {delay}: the channel the pad closes"
