@@ -20,6 +20,7 @@ import pytest
 from secure_collab import __version__
 from secure_collab.cli import COMMANDS, _leaves, build_parser, main
 from secure_collab.cli._output import JSON_HELP
+from tests.conftest import SHARED
 
 # the attack plugins as pyproject registers them (named here: the venv may predate the entry points)
 PLUGINS = [EntryPoint("attack", "attacks.cli.attack", "secure_collab.commands"),
@@ -267,6 +268,72 @@ def test_ctrl_c_on_the_coordinator_is_one_line_and_tells_the_parties(tmp_path):
     assert any("ABORTED: the coordinator was stopped by its operator" in ln for ln in lines)
 
 
+def test_ctrl_c_on_the_solver_is_one_line_and_json_dash_is_its_stdout(tmp_path):
+    """The solver with --json -: interrupted while it waits for a coordinator, stdout still holds its JSON alone."""
+    cfg_path = _model_config(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "secure_collab", "solver", "--config", str(cfg_path),
+                             "--cache-dir", str(tmp_path / "cache"), "--json", "-"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(proc, "connecting to the coordinator", timeout=120)  # past the model and session checks
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["releases"] == [] and doc["session"]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == "secure-collab solver: error: interrupted" and not any("Traceback" in ln for ln in lines)
+    assert any(ln.startswith("solver: stopped: ") for ln in lines)  # the human summary went to stderr
+
+
+def test_ctrl_c_on_a_party_is_one_line_and_json_dash_is_its_stdout(tmp_path):
+    cfg_path = _model_config(tmp_path)
+    requests = _requests_file(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "secure_collab", "party", "--config", str(cfg_path), "--name", "a",
+                             "--requests", str(requests), "--cache-dir", str(tmp_path / "cache"), "--json", "-"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(proc, "connecting to the coordinator", timeout=120)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2
+    report = json.loads(out)
+    assert report["party"] == "a" and report["ok"] is False and report["applied"] == {}
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == "secure-collab party: error: interrupted" and not any("Traceback" in ln for ln in lines)
+    assert any(ln.startswith("party a: FAILED") for ln in lines)
+
+
+def test_malformed_context_templates_are_refused_by_a_party_at_start(tmp_path, capsys):
+    import tomllib
+
+    from secure_collab.config import dump_toml
+
+    cfg_path = _model_config(tmp_path)
+    doc = tomllib.loads(cfg_path.read_text())
+    doc["session"]["hparams"]["context_templates"] = ["The {} of {}", "{}"]  # hand-edited: two slots, "{}" not first
+    cfg_path.write_text(dump_toml(doc))
+    assert main(["party", "--config", str(cfg_path), "--name", "a", "--requests", str(_requests_file(tmp_path)),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "session.hparams.context_templates must be" in one_error_line(capsys, "party")
+
+
+def test_json_dash_for_the_attack_plugin(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["attack", "--model", "tiny-llama", "--requests", str(SHARED / "counterfact.json"), "--limit", "4",
+                 "--view", "keys", "--m", "1", "--trials", "4", "--attack", "spectral",
+                 "--cache-dir", str(tmp_path / "cache"), "--json", "-", "-q"], PLUGINS) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["meta"]["view"] == "keys" and [r["m"] for r in doc["results"]] == [1]
+    assert not (tmp_path / "-").exists()
+
+
 # ---- helpers --------------------------------------------------------------------------------------------
 
 def _config_file(tmp_path: Path, **network: float) -> Path:
@@ -294,6 +361,13 @@ def _model_config(tmp_path: Path, **session) -> Path:
     doc["session"].update(session)
     (tmp_path / "session.toml").write_text(dump_toml(doc))
     return tmp_path / "session.toml"
+
+
+def _requests_file(tmp_path: Path) -> Path:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"subject": "France", "prompt": "The capital of {} is", "target_new": "Rome",
+                                "target_true": "Paris"}) + "\n")
+    return path
 
 
 def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> str:

@@ -47,12 +47,21 @@ def test_roster_from_public_files_passes_check_and_is_pinned_by_session_init(sit
     assert info["roster_sha256"] == roster.digest() and sorted(roster.parties) == ["a", "b"]
     assert main(["keys", "check", "--roster", str(root / "roster.toml"), "--fingerprints", str(agreed)]) == 0
     assert "every fingerprint matches the 4 agreed" in capsys.readouterr().out
+    assert main(["keys", "check", "--roster", str(root / "roster.toml"), "--fingerprints", str(agreed),
+                 "--json", "-"]) == 0
+    out = capsys.readouterr()  # --json -: stdout is the JSON alone, the human line moves to stderr
+    checked = json.loads(out.out)
+    assert checked["ok"] and checked["roster_sha256"] == roster.digest() and "every fingerprint" in out.err
+    assert checked["fingerprints"] == {m["who"]: m["fingerprint"] for m in made.values()}
     assert main(["session", "init", "--model", "tiny-llama", "--roster", "roster.toml", "--out",
                  str(root / "session.toml"), "--roster-sha256", "0" * 64, "-q"]) == 2
     assert "not the agreed" in capsys.readouterr().err
     assert main(["session", "init", "--model", "tiny-llama", "--roster", "roster.toml", "--out",
-                 str(root / "session.toml"), "--roster-sha256", roster.digest(), "-q"]) == 0
+                 str(root / "session.toml"), "--roster-sha256", roster.digest(), "--json", "-"]) == 0
     assert f'roster_sha256 = "{roster.digest()}"' in (root / "session.toml").read_text()
+    out = capsys.readouterr()
+    written = json.loads(out.out)  # --json -: the session's summary on stdout, its table on stderr
+    assert written["path"] == str((root / "session.toml").resolve()) and written["config_digest"] in out.err
 
 
 @pytest.mark.parametrize("tamper", ["added", "swapped", "missing"])
