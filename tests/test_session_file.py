@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tomllib
 
 import pytest
@@ -93,11 +95,17 @@ def test_apply_writes_a_model_from_pretrained_loads(tmp_path, capsys, model):
     g = torch.Generator().manual_seed(0)
     d_v, d_k = lm.model.config.hidden_size, lm.model.config.n_inner if model == "tiny-gpt2" else 96
     deltas = {(r, lay): torch.randn(d_v, d_k, generator=g, dtype=torch.float64) for r in (0, 1) for lay in (1, 2)}
-    path = write_patch(tmp_path / "p.safetensors", lm, deltas, {"method": "test"}, {(0, 1): "ab" * 32})
+    old_umask = os.umask(0o022)
+    try:  # a patch and an edited model carry the edits: private whatever the umask
+        path = write_patch(tmp_path / "new" / "p.safetensors", lm, deltas, {"method": "test"}, {(0, 1): "ab" * 32})
+        assert main(["apply", "--model", model, "--patch", str(path), "--out", str(tmp_path / "m"), "--json",
+                     "-"]) == 0
+    finally:
+        os.umask(old_umask)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (path, path.parent, tmp_path / "m")] == [0o600, 0o700, 0o700]
     patch = read_patch(path)
     assert patch.base_model == model and patch.base_digest == lm.source_digest
     assert {e.module for e in patch.entries} == {lm.spec.down_name(1), lm.spec.down_name(2)}
-    assert main(["apply", "--model", model, "--patch", str(path), "--out", str(tmp_path / "m"), "--json", "-"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["layers"] == [1, 2] and info["rounds"] == [0, 1] and info["release_sha256"]["0/1"] == "ab" * 32
     edited = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float64).state_dict()
