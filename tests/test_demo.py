@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +24,9 @@ PUBLIC = {"session.toml", "roster.toml"}  # the configuration and the roster of 
     ("shares", "oneshot", 1e-9, 0o022, "file"),
     ("ckks", "sequential", 1e-6, 0o022, "-"),
 ])
-def test_demo_session_equals_global_edit(tmp_path, capsys, monkeypatch, mode, variant, tolerance, umask, json_out):
-    monkeypatch.chdir(tmp_path)  # with --json -, a file named "-" would land here
+def test_demo_session_equals_global_edit(tmp_path, capsys, mode, variant, tolerance, umask, json_out):
+    # no chdir: the demo's processes import secure_collab as this one does (from the checkout beside the cwd)
+    assert not Path("-").exists()
     out = tmp_path / "demo.json"
     old = os.umask(umask)  # inherited by the demo's processes
     try:
@@ -33,7 +35,7 @@ def test_demo_session_equals_global_edit(tmp_path, capsys, monkeypatch, mode, va
         os.umask(old)
     if json_out == "-":  # stdout is the JSON document alone
         out.write_text(capsys.readouterr().out)
-        assert not (tmp_path / "-").exists()
+        assert not Path("-").exists()  # with --json -, a file named "-" would land in the cwd
     else:
         assert stat.S_IMODE(out.stat().st_mode) == 0o600  # per-party reports and edit counts
     _check_demo(out, rc, mode, variant, tolerance)
