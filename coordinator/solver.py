@@ -143,9 +143,10 @@ class Solver:
         return public, bundles, signature
 
     def run(self) -> SolverResult:
-        public, bundles, signature = self._setup()
-        hello = {"role": "solver", "public": True}
         with contextlib.ExitStack() as stack:
+            stack.callback(self.state.close)  # a restarted solver may take the state directory
+            public, bundles, signature = self._setup()
+            hello = {"role": "solver", "public": True}
             if self._own_ctx:
                 stack.callback(self.ctx.term)
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
@@ -269,9 +270,13 @@ class Solver:
                 raise Refusal(f"aggregate refused before opening: {exc}", opened=False) from None
         if faults:
             raise Refusal(f"{reasons[0]} (before opening anything)", opened=False, exclude=tuple(sorted(faults)))
+        record = {"attempt": pend.attempt, "parties": list(pend.parties)}
         for layer in layers:  # write-ahead: from here on these layers are opened, whatever happens next
-            self.state.save(f"opened-r{round_}-l{layer}", {"attempt": pend.attempt, "parties": list(pend.parties)})
-            self.opened[(round_, layer)] = {"attempt": pend.attempt, "parties": list(pend.parties)}
+            if not self.state.claim_opening(round_, layer, record):  # the disk, not memory, decides
+                self.opened.update(self.state.steps("opened"))
+                raise Refusal(f"round {round_} layer {layer} was already opened by another solver process: a "
+                              "step is never opened twice", opened=True)
+            self.opened[(round_, layer)] = record
         for layer in layers:
             try:
                 delta = self._open_and_solve(round_, layer, pend, auth)
