@@ -8,11 +8,11 @@ instead of after target optimisation or as an unverifiable signature.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from secure_collab.errors import SessionMismatch, StaleStateError
+from secure_collab.files import private_dir, write_private
 
 log = logging.getLogger(__name__)
 SOLVER_DIGEST_FILE = "config_digest"
@@ -81,7 +81,7 @@ def check_solver_state(config: Any) -> None:
     """Refuse solver state of another configuration; record this configuration's digest for the next start."""
     state = Path(config.paths.solver_state) / config.session.id
     marker = state / SOLVER_DIGEST_FILE
-    if state.is_dir() and any(state.iterdir()):
+    if state.is_dir() and any(p.name != "lock" for p in state.iterdir()):  # the solver's lock file is no state
         found = marker.read_text().strip() if marker.is_file() else "unknown"
         if found != config.digest:
             raise StaleStateError(
@@ -89,7 +89,5 @@ def check_solver_state(config: Any) -> None:
                 f"(digest {found[:12]}…, this file {config.digest[:12]}…): remove {state} (and the "
                 "coordinator's ledger) or give the session a new id")
         return
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(config.digest + "\n")
+    private_dir(state)  # the solver's state directory: 0700 (its parents too when missing) whatever the umask
+    write_private(marker, config.digest + "\n")

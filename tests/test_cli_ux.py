@@ -235,6 +235,21 @@ def test_rerun_after_editing_the_configuration_names_what_to_remove(tmp_path, ca
     assert "solver state of session 's1' under another configuration" in one_error_line(capsys, "solver")
 
 
+def test_a_second_solver_on_the_same_state_is_one_line(tmp_path, capsys):
+    """The solver state is held by one process at a time (coordinator/solver_state.py): a second one is told so."""
+    from coordinator.solver_state import SolverState
+    from secure_collab.config import load_config
+
+    cfg_path = _model_config(tmp_path)
+    config = load_config(cfg_path)
+    held = SolverState(config.paths.solver_state / config.session.id, bytes(32), config.session.id, config.digest)
+    try:
+        assert main(["solver", "--config", str(cfg_path), "--cache-dir", str(tmp_path / "cache")]) == 2
+    finally:
+        held.close()
+    assert "another solver process is running on" in one_error_line(capsys, "solver")
+
+
 def test_port_in_use(tmp_path, capsys):
     cfg_path = _config_file(tmp_path)
     endpoint = _endpoint_of(cfg_path)
