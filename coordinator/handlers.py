@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from secure_collab.protection import Payload, ProtectionError
 from secure_collab.protection.sealing import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
+
+log = logging.getLogger("coordinator")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Handlers:
                                      frozenset((r, lay) for r, lay in body.get("applied", [])))
             self.welcomed.add(m.name)
             self._accept(m, "joined")
+            log.info("party %s joined", m.name)
             if self.stage is Stage.JOINING:
                 self.active.add(m.name)
             if self.public is not None:
@@ -86,6 +90,7 @@ class Handlers:
         curves = {"solver": roster.solver.curve, **{n: i.curve for n, i in roster.parties.items()}}
         self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, bundles, signature, curves)
         self._accept(m, "solver public parameters")
+        log.info("solver joined; its public parameters are signed")
         for name in sorted(self.welcomed - {"solver"}):
             self._welcome(name)
 
@@ -131,6 +136,8 @@ class Handlers:
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
         step.accepted.setdefault(m.name, set()).add(key)
         self._accept(m)
+        if m.name in step.complete(self.s):
+            log.info("round %d: statistics of %s complete", step.round, m.name)
 
     def _on_release(self: Any, m: Inbound) -> None:
         """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party.
@@ -153,6 +160,8 @@ class Handlers:
             self.releases[(msg.round, msg.layer)] = rel
         step.released[msg.layer] = m.raw
         self._accept(m)
+        log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,
+                 msg.body["sha256"][:16])
         for name in sorted(self.routes):
             if name != "solver":
                 self._send_frames(name, self.routes[name], m.raw, "release",
@@ -174,6 +183,8 @@ class Handlers:
     def _on_ack(self: Any, m: Inbound) -> None:
         """One row per (party, round, layer): an ACK is an answer to a release, and a release is sent once."""
         body, key = m.msg.body, (m.name, m.msg.round, m.msg.layer)
+        if (m.msg.round, m.msg.layer) not in self.releases:  # else any pair gives a row (and a false refusal)
+            raise ProtocolError(f"round {m.msg.round} layer {m.msg.layer} has no release to acknowledge")
         if key in self.acked:
             raise ProtocolError(f"round {m.msg.round} layer {m.msg.layer} was acknowledged already")
         self.acked.add(key)

@@ -62,6 +62,7 @@ from secure_collab.protocol.messages import (
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
+from secure_collab.protocol.watch import ConnectionWatch
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ class Solver:
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
+            stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
+                                           self.cfg.network.join_timeout_s).start().stop)
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, bundles, signature)))
         return self.result
 
@@ -194,6 +197,9 @@ class Solver:
                 if msg.type is MsgType.END:
                     self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
                     self.ended = True
+                    (log.info if self.result.ok else log.error)("the coordinator ended the session: %s%s",
+                                                                "" if self.result.ok else "ABORTED: ",
+                                                                self.result.reason)
                     return
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
@@ -204,6 +210,7 @@ class Solver:
                      MsgType.DECIDE: self.tags.on_decide}[msg.type](msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
+                log.warning("refused a message from the coordinator: %s", reason[:200])
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
                 transport.send(self.sock, error)
             except Exception:  # the solver never dies on bad data: its secrets would go with it

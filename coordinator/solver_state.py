@@ -27,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from secure_collab.errors import UserError
 from secure_collab.files import FILE_MODE, create_private, private_dir, write_private
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
@@ -34,8 +35,8 @@ from secure_collab.protection.sealing import open_state, seal_state, state_key
 _RECORD = re.compile(r"^[a-z]+(-r\d+)?(-l\d+)?$")
 
 
-class StateLocked(RuntimeError):
-    """Another solver process holds this state directory."""
+class StateLocked(UserError, RuntimeError):
+    """Another solver process holds this state directory (a user mistake: the CLI says so in one line)."""
 
 
 class SolverState:

@@ -173,9 +173,8 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     Returns ({layer: (d_k, d_k) float64 CPU}, tokens used). The budget is exact: in the last batch only the
     first remaining tokens (row-major over the unpadded positions) are counted. Batches follow ``_batches``.
     """
-    from tqdm import tqdm
-
     from secure_collab.models.specs import get_module, n_layers
+    from secure_collab.progress import progress as progress_bar
 
     model, tok, spec = loaded.model, loaded.tokenizer, loaded.spec
     depth = n_layers(model, spec)
@@ -185,33 +184,29 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     top = layers[-1]
     accs = {layer: MomentAccumulator() for layer in layers}
     seen = 0
-    bar = tqdm(total=tokens, unit="tok", desc=f"covariance L{layers[0]}-{top}", disable=not progress,
-               leave=False)
-    try:
-        with torch.no_grad(), ExitStack() as stack:
-            stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
-                                                               stop=layer == top)) for layer in layers}
-            # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
-            for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
-                if seen >= tokens:
-                    break
-                ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
-                try:
-                    model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-                except StopForward:
-                    pass
-                flat = mask.flatten()  # (b*t,)
-                keep = torch.cumsum(flat.long(), 0) <= tokens - seen
-                flat = flat & keep
-                n = int(flat.sum())
-                for layer in layers:
-                    (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
-                    stores[layer].clear()
-                    accs[layer].add(x.reshape(-1, x.shape[-1])[flat])  # (n, d_k)
-                seen += n
-                bar.update(n)
-    finally:
-        bar.close()
+    with progress_bar(f"covariance of layers {layers[0]}-{top}", tokens, "tokens", enabled=progress) as advance, \
+            torch.no_grad(), ExitStack() as stack:
+        stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
+                                                           stop=layer == top)) for layer in layers}
+        # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
+        for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
+            if seen >= tokens:
+                break
+            ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
+            try:
+                model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            except StopForward:
+                pass
+            flat = mask.flatten()  # (b*t,)
+            keep = torch.cumsum(flat.long(), 0) <= tokens - seen
+            flat = flat & keep
+            n = int(flat.sum())
+            for layer in layers:
+                (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
+                stores[layer].clear()
+                accs[layer].add(x.reshape(-1, x.shape[-1])[flat])  # (n, d_k)
+            seen += n
+            advance(n)
     if seen == 0:
         raise ValueError("the corpus gave no tokens")
     return {layer: acc.moment().cpu() for layer, acc in accs.items()}, seen
