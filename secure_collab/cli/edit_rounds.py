@@ -9,14 +9,13 @@ is compared with the Global-Edit of the same rounds (one machine, each round's r
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 
 def run_rounds_edit(args: argparse.Namespace, requests: list, console: Any, t_start: float) -> int:
+    from secure_collab.cli._output import write_json
     from secure_collab.cli.edit import build_hparams, save_edited
     from secure_collab.covariance import layer_covariances
     from secure_collab.editing.memit import rel_diff_per_layer, restore, snapshot, split_parties
@@ -24,14 +23,14 @@ def run_rounds_edit(args: argparse.Namespace, requests: list, console: Any, t_st
     from secure_collab.editing.rounds import ROUND_METHODS, run_rounds
     from secure_collab.editing.session import requests_by_round
     from secure_collab.editing.templates import context_templates, templates_digest
+    from secure_collab.errors import ConfigError
     from secure_collab.evaluation import evaluate
     from secure_collab.experiments.common import metrics
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 
-    def fail(msg: str) -> int:
-        print(f"secure-collab edit: {msg}", file=sys.stderr)
-        return 2
+    def fail(msg: str) -> int:  # a user mistake: one line (the CLI prints ConfigError's message alone)
+        raise ConfigError(msg)
 
     if args.method not in ROUND_METHODS:
         return fail(f"--method {args.method} is not available over rounds; one of {', '.join(ROUND_METHODS)}")
@@ -46,7 +45,8 @@ def run_rounds_edit(args: argparse.Namespace, requests: list, console: Any, t_st
                     f"{[len(rnd) for rnd in by_round]}")
     rounds = [split_parties(rnd, args.parties) for rnd in by_round]
     with console.status(f"loading {args.model}"):
-        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)
+        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype,
+                        allow_download=args.allow_download)
     try:
         hp = build_hparams(args, args.model, n_layers(lm.model, lm.spec), lm.device.type)
     except ValueError as exc:
@@ -106,17 +106,12 @@ def run_rounds_edit(args: argparse.Namespace, requests: list, console: Any, t_st
         "delta_norm": [{str(k): float(v.norm()) for k, v in o.deltas.items()} for o in outcome],
         "counts": post.counts, "skipped": post.skipped,
     }
-    if args.save_model:
+    if args.save:
         total = {lay: sum(o.deltas[lay] for o in outcome if lay in o.deltas) for lay in hp.layers}
-        save_edited(lm, total, Path(args.save_model), result)
-        result["saved_model"] = str(Path(args.save_model).resolve())
+        save_edited(lm, total, Path(args.save), result)
+        result["saved_model"] = str(Path(args.save).resolve())
     _show(console, result)
-    if args.json:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            Path(args.json).write_text(text + "\n")
+    write_json(args, result)
     return 0
 
 

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from secure_collab.cli._output import add_json_option, human
+from secure_collab.cli._output import write_json as write_args_json
+
 HELP = "run a multi-party experiment: forgetting over rounds, overlap (dedupe), conflict (resolution)"
 
 
@@ -87,8 +90,7 @@ def _common(p: argparse.ArgumentParser, requests_default: str | None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (set it when sharing cores)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", required=True, help="output directory (results.md, a PNG plot, results.json)")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the JSON here ('-' for stdout)")
-    p.add_argument("--quiet", action="store_true")
+    add_json_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +114,7 @@ def setup(args: argparse.Namespace, n_records: int) -> Any:
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 
-    console = Console(stderr=True, quiet=args.quiet)
+    console = Console(file=human(args), quiet=bool(getattr(args, "quiet", False)))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:  # n_records == 0: every record after --start (the experiment picks what it needs)
@@ -135,7 +137,7 @@ def setup(args: argparse.Namespace, n_records: int) -> Any:
     except ValueError as exc:
         return fail(args, str(exc))
     covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=args.cache_dir,
-                             progress=not args.quiet)
+                             progress=not getattr(args, "quiet", False))
     covs = {k: v.to(lm.device) for k, v in covs.items()}
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
     console.print(f"{args.model}: layers {list(hp.layers)}, λ={hp.mom2_update_weight:g}, λ_past="
@@ -156,7 +158,7 @@ def finish(args: argparse.Namespace, result: dict[str, Any], table: str, plot: A
     (out / "results.md").write_text(table)
     plot(out)
     write_json(result, out / "results.json")
-    write_json(result, args.json)
+    write_args_json(args, result)
 
 
 def run_forgetting_cli(args: argparse.Namespace) -> int:

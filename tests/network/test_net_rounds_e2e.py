@@ -30,6 +30,8 @@ def _jsonl(path, reqs, rounds=None):
 
 def _run(module, argv):
     parser = argparse.ArgumentParser()
+    parser.add_argument("-q", "--quiet", action="store_true")  # the CLI's global options (cli/__init__.py)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
     module.add_arguments(parser)
     return module.run(parser.parse_args(argv))
 
@@ -69,8 +71,6 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
                        "1": ["withdraw"]}, "c": {"0": ["keep", "withdraw"], "1": ["keep"]}}
 
     # the simulation of the same session: the same decision rule, augmentation and update rule on one machine
-    from safetensors.torch import load_file
-
     from secure_collab.covariance import layer_covariances
     from secure_collab.editing.hparams import auto_request_batch
     from secure_collab.editing.rounds import CrossRound, run_rounds
@@ -78,6 +78,7 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
     from secure_collab.editing.templates import context_templates
     from secure_collab.experiments.tagsim import TagSim, apply
     from secure_collab.models import load_model
+    from secure_collab.patch import read_patch
 
     s = cfg.session
     lm = load_model("tiny-llama")
@@ -92,8 +93,8 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
         kept = [apply(lm, plan[n][r], verdicts[n], s.augment, seed=s.template_seed) for n in "abc"]
         expected.append(run_rounds(lm, [kept], hp, covs, templates, state=state)[0].deltas)
     for n in "abc":
-        patch = load_file(str(tmp_path / f"{n}.safetensors"))
+        patch = read_patch(tmp_path / f"{n}.safetensors").deltas  # (round, layer) -> ΔW
         for r in range(2):
             for lay in s.layers:
-                got, want = patch[f"round.{r}.layer.{lay}.delta"], expected[r][lay]
+                got, want = patch[(r, lay)].double(), expected[r][lay].double()
                 assert float((got - want).norm() / want.norm()) < 1e-9, (n, r, lay)
