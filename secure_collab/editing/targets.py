@@ -226,7 +226,7 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
         wd = hp.v_weight_decay * (delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2)
         loss = nll + hp.kl_factor * kl + wd  # (a,)
         with torch.no_grad():
-            loss_j[act], nll_j[act] = loss.detach(), nll.detach()
+            loss_j[act], nll_j[act] = loss.detach().double(), nll.detach().double()
             still = loss.detach() >= hp.v_loss_early_stop
             active[act[~still]] = False
         if not bool(active.any()) or it == hp.v_num_grad_steps - 1:
