@@ -81,8 +81,9 @@ def evaluate_zsre(model, tokenizer, requests: Sequence[Request], unedited_loc: S
             continue
         pred, want = next(loc_got)
         answer.append(_accuracy(pred, want))
-        if unedited_loc is not None and unedited_loc[j] is not None:
-            local.append(_accuracy(pred, unedited_loc[j]))
+        before = None if unedited_loc is None else unedited_loc[j]
+        if before is not None:
+            local.append(_accuracy(pred, before))
     metrics = {"efficacy": _mean(eff), "generalization": _mean(gen), "locality": _mean(local)}
     reasons = {"efficacy": "no requests", "generalization": "no request has a rephrased question",
                "locality": "no request has loc / loc_ans, or no unedited predictions were given"}
