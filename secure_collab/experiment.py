@@ -106,14 +106,6 @@ def pre_key(ctx: Context, grid: MergeGrid, n: int) -> str:
                         "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed]})[:32]
 
 
-def _party_targets(targets: TargetResult, parties: list[list[Request]]) -> list[TargetResult]:
-    out, s = [], 0
-    for p in parties:
-        out.append(targets.take(list(range(s, s + len(p)))))
-        s += len(p)
-    return out
-
-
 def z_reach(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp: MemitHParams) -> float:
     """Mean over requests of (h − h₀)·(z* − h₀)/‖z* − h₀‖² at the last edited layer on the model as it is now."""
     h = block_outputs(lm, requests, hp.layers[-1], hp.request_batch).double()  # (n, d_v)
@@ -198,7 +190,8 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                     saved = snapshot(ctx.lm, hp.layers)
                     try:
                         t = time.perf_counter()
-                        pt = [targets.take(list(range(n)))] if method == "global" else _party_targets(targets, parties)
+                        sizes = [n] if method == "global" else [len(p) for p in parties]
+                        pt = targets.take(list(range(n))).split(sizes)
                         outcome = run_edit(ctx.lm, parties, hp, ctx.covs, method, ctx.templates, ctx.say, pt)
                         t_edit = time.perf_counter() - t
                         ctx.say(f"{variant}, {n} edits, {method}: evaluating")

@@ -42,6 +42,14 @@ class TargetResult:
         return TargetResult(self.z[idx], self.z_init[idx], [self.loss[i] for i in rows],
                             [self.nll[i] for i in rows], [self.steps[i] for i in rows])
 
+    def split(self, sizes: list[int]) -> list[TargetResult]:
+        """Consecutive blocks of ``sizes`` requests (one per party, as ``split_parties`` cuts them)."""
+        out, s = [], 0
+        for n in sizes:
+            out.append(self.take(list(range(s, s + n))))
+            s += n
+        return out
+
     @staticmethod
     def concat(parts: list[TargetResult]) -> TargetResult:
         return TargetResult(z=torch.cat([p.z for p in parts]), z_init=torch.cat([p.z_init for p in parts]),
