@@ -39,6 +39,18 @@ def measure(lm, requests) -> dict:
             "gen_efficacy": g["gen_efficacy"], "gen_generalization": g["gen_generalization"]}
 
 
+def pick(rows: list[dict], budget_slack: float = 0.01, plateau: float = 0.005) -> tuple[int | str, float]:
+    """The rule, fixed before the runs: the smallest budget whose best Score is within ``budget_slack`` of the best
+    over all budgets; at it, the middle (lower middle) of the λ values whose Score is within ``plateau`` of the
+    best there."""
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    best = {b: max(r["score"] for r in rows if r["budget"] == b) for b in budgets}
+    top = max(best.values())
+    chosen = next(b for b in budgets if best[b] >= top - budget_slack)
+    near = sorted(r["lambda"] for r in rows if r["budget"] == chosen and r["score"] >= best[chosen] - plateau)
+    return chosen, near[(len(near) - 1) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -49,7 +61,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="benchmarks/results/budget_sweep.json")
     ap.add_argument("--markdown", default="benchmarks/results/budget_sweep.md")
+    ap.add_argument("--pick", action="store_true", help="print 'TOKENS LAMBDA' chosen from --json by the rule")
     args = ap.parse_args()
+    if args.pick:
+        budget, lam = pick(json.loads(Path(args.json).read_text())["rows"])
+        print(ALL if budget == "all" else budget, f"{lam:g}")
+        return
     torch.set_num_threads(args.threads)
     start, stop = (int(x) for x in args.records.split(":"))
     requests = load_request_set(args.requests, None, stop)[start:]
