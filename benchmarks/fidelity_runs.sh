@@ -27,5 +27,5 @@ run "$PY" -m secure_collab experiment merge --model smollm2-135m --requests "$DA
 run "$PY" benchmarks/warm_targets.py "$DATA/zsre_mend_train_1k.json:0:100"
 run "$PY" -m secure_collab experiment merge --model smollm2-135m --requests "$DATA/zsre_mend_train_1k.json" \
     --parties 10 --edits 10,30,100 --variant sequential,oneshot --tokens "$TOKENS" --lambda "$LAMBDA" \
-    --methods global,collab,ta,sa,ties --threads 1 --quiet --out "$OUT/merge_zsre"
+    --methods global,collab,ta,sa,ties --threads 1 --out "$OUT/merge_zsre"
 echo "== $(date +%T) done"
