@@ -53,3 +53,17 @@ def test_merge_refuses_bad_input(tmp_path, capsys):
     assert "unknown methods" in capsys.readouterr().err
     assert main([*base, "--parties", "2", "--edits", "4", "--variant", "sideways"]) == 2
     assert "--variant" in capsys.readouterr().err
+
+
+def test_ten_point_drop_is_the_first_edit_count_10_points_below_collab():
+    from secure_collab.experiment import MergeGrid, ten_point_drops
+
+    grid = MergeGrid(edits=(10, 30, 100), parties=10, methods=("collab", "ta", "sa"), variants=("sequential",))
+    scores = {"collab": (0.90, 0.88, 0.85), "ta": (0.89, 0.80, 0.70), "sa": (0.85, 0.84, 0.80)}
+    rows = [{"method": m, "variant": "sequential", "edits": n, "score": s[i]}
+            for m, s in scores.items() for i, n in enumerate((10, 30, 100))]
+    drops = {d["method"]: d for d in ten_point_drops(rows, grid)}
+    assert drops["ta"] == {"method": "ta", "variant": "sequential", "edits": 100, "edits_per_party_max": 10,
+                           "largest_measured": 100}
+    assert drops["sa"] == {"method": "sa", "variant": "sequential", "edits": None, "edits_per_party_max": None,
+                           "largest_measured": 100}
