@@ -229,7 +229,7 @@ def ten_point_drops(rows: list[dict], grid: MergeGrid) -> list[dict]:
                 if a is None or b is None or a["score"] is None or b["score"] is None:
                     continue
                 largest = n
-                if a["score"] - b["score"] >= 0.10:
+                if a["score"] - b["score"] >= 0.10 - 1e-12:  # 10 points, not lost to float rounding
                     hit = n
                     break
             per_party = None if hit is None else -(-hit // grid.parties)
