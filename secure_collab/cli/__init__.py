@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "edit": "edit",
+    "experiment": "experiment",
     "stats": "stats",
     "protection-check": "protection_check",
     "keys": "keys",

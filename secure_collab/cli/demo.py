@@ -198,7 +198,7 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     from safetensors.torch import load_file
 
     from secure_collab.editing.memit import rel_diff_per_layer
-    from secure_collab.evaluation import harmonic_mean
+    from secure_collab.evaluation import score_of
 
     reports: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -230,13 +230,10 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
                 num, den = num + value * count, den + count
         return None if den == 0 else num / den
 
-    def harmonic(values: list[float | None]) -> float | None:
-        present = [v for v in values if v is not None]
-        return harmonic_mean(present) if present else None
 
     post = {m: pooled("post", m) for m in METRICS[:3]}
     pre = {m: pooled("pre", m) for m in METRICS[:3]}
-    post["score"], pre["score"] = harmonic(list(post.values())), harmonic(list(pre.values()))
+    post["score"], pre["score"] = score_of(list(post.values())), score_of(list(pre.values()))
     return {
         "ok": ok, "mode": args.mode, "variant": args.variant, "parties": args.parties,
         "edits": args.parties * args.edits_per_party, **post, "pre": pre,

@@ -36,6 +36,26 @@ class TargetResult:
     def residual_norm(self) -> list[float]:
         return (self.z - self.z_init).norm(dim=1).tolist()
 
+    def take(self, rows: list[int]) -> TargetResult:
+        """The targets of some requests, in the order given."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.z.device)
+        return TargetResult(self.z[idx], self.z_init[idx], [self.loss[i] for i in rows],
+                            [self.nll[i] for i in rows], [self.steps[i] for i in rows])
+
+    def split(self, sizes: list[int]) -> list[TargetResult]:
+        """Consecutive blocks of ``sizes`` requests (one per party, as ``split_parties`` cuts them)."""
+        out, s = [], 0
+        for n in sizes:
+            out.append(self.take(list(range(s, s + n))))
+            s += n
+        return out
+
+    @staticmethod
+    def concat(parts: list[TargetResult]) -> TargetResult:
+        return TargetResult(z=torch.cat([p.z for p in parts]), z_init=torch.cat([p.z_init for p in parts]),
+                            loss=[x for p in parts for x in p.loss], nll=[x for p in parts for x in p.nll],
+                            steps=[x for p in parts for x in p.steps])
+
 
 @dataclass
 class _Prepared:
@@ -152,7 +172,7 @@ class _UpperStack:
             out = blk(h, *args, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
         sel = self.norm(h[rows, pos])  # only the positions the loss reads
-        return torch.log_softmax(self.unembed(sel).float(), dim=-1)  # (m, vocab)
+        return torch.log_softmax(self.unembed(sel), dim=-1)  # (m, vocab), in the model's dtype as MEMIT
 
 
 def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
@@ -162,9 +182,7 @@ def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, 
     if per >= len(requests):
         return _optimise(lm, requests, hp, templates, progress)
     parts = [_optimise(lm, requests[s : s + per], hp, templates, progress) for s in range(0, len(requests), per)]
-    return TargetResult(z=torch.cat([p.z for p in parts]), z_init=torch.cat([p.z_init for p in parts]),
-                        loss=[x for p in parts for x in p.loss], nll=[x for p in parts for x in p.nll],
-                        steps=[x for p in parts for x in p.steps])
+    return TargetResult.concat(parts)
 
 
 def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
@@ -173,14 +191,15 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
     layer = hp.layers[-1]
     p = _prepare(lm, requests, hp, templates)
     full = _UpperStack(lm, layer, p)
-    n, dev = len(requests), full.h0.device
+    n, dev, dt = len(requests), full.h0.device, full.h0.dtype  # the loss stays in the model's dtype
+    weight = p.tgt_weight.to(dt)
     z_init = full.h0[p.bare_rows, p.lookup[p.bare_rows]]  # (n, d_v)
     delta = torch.zeros_like(z_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     active = torch.ones(n, dtype=torch.bool, device=dev)
     steps = torch.zeros(n, dtype=torch.long)
     max_norm = hp.clamp_norm_factor * z_init.norm(dim=1)  # (n,)
-    loss_j = torch.zeros(n, dtype=torch.float64, device=dev)
+    loss_j = torch.zeros(n, dtype=torch.float64, device=dev)  # reports only
     nll_j = torch.zeros(n, dtype=torch.float64, device=dev)
     kl_init = None
     rows_of = None
@@ -205,17 +224,17 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
                             accumulate=True)
         lp = up.log_probs(h, read_rows, read_pos)
         m = int(t_mask.sum())
-        tok_lp = lp[:m].gather(1, p.tgt_id[t_mask][:, None]).squeeze(1).double()  # (m,)
-        nll = torch.zeros(n, dtype=torch.float64, device=dev).index_add(
-            0, p.owner[p.tgt_row[t_mask]], -tok_lp * p.tgt_weight[t_mask])[act]  # (a,)
+        tok_lp = lp[:m].gather(1, p.tgt_id[t_mask][:, None]).squeeze(1)  # (m,)
+        nll = torch.zeros(n, dtype=dt, device=dev).index_add(
+            0, p.owner[p.tgt_row[t_mask]], -tok_lp * weight[t_mask])[act]  # (a,)
         kl_lp = lp[m:]  # (a, vocab) at the subject in "{subject} is a"
         if kl_init is None:
             kl_init = kl_lp.detach()  # every request is active at the first step
-        kl = (kl_lp.exp() * (kl_lp - kl_init[act])).sum(1).double()  # KL(current ‖ initial), as MEMIT
-        wd = hp.v_weight_decay * (delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2).double()
+        kl = (kl_lp.exp() * (kl_lp - kl_init[act])).sum(1)  # KL(current ‖ initial), as MEMIT
+        wd = hp.v_weight_decay * (delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2)
         loss = nll + hp.kl_factor * kl + wd  # (a,)
         with torch.no_grad():
-            loss_j[act], nll_j[act] = loss.detach(), nll.detach()
+            loss_j[act], nll_j[act] = loss.detach().double(), nll.detach().double()
             still = loss.detach() >= hp.v_loss_early_stop
             active[act[~still]] = False
         if not bool(active.any()) or it == hp.v_num_grad_steps - 1:
