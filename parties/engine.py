@@ -1,6 +1,9 @@
 """The editing engine behind a party's network loop: statistics per (round, layer), ΔW application, report.
 
-z* is optimised once per round on the model as it is at the round's start; in the sequential variant each
+z* is optimised once per round on the model as it is at the round's start (and kept in the target cache under
+the cache directory, keyed by the weights, the request and the target hyper-parameters: a session run again, in
+another protection mode or after a failure, reuses them; ``target_cache=False`` keeps them in memory only); in
+the sequential variant each
 layer's keys and residuals come from the model with the earlier layers' ΔW applied, in the oneshot variant
 all layers' statistics come from the round's starting model (the network loop asks for them together).
 """
@@ -17,6 +20,7 @@ import torch
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
 from secure_collab.editing.session import rounds_of, session_hparams
+from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
@@ -24,11 +28,12 @@ from secure_collab.models.specs import add_to_down_weight, n_layers
 
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
-                 dtype: str | None = None, log=print) -> None:
+                 dtype: str | None = None, log=print, target_cache: bool = True) -> None:
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
 
         self.s, self.log = session, log
+        self.cache, self.target_cache = cache, target_cache
         self.lm = load_model(session.model, device=device, cache=cache,
                              dtype=dtype or session.hparams.get("dtype", "auto"))
         self.hp = session_hparams(session.model, n_layers(self.lm.model, self.lm.spec), session.layers,
@@ -55,7 +60,9 @@ class PartyEditor:
         else:
             if round not in self.targets:
                 self.log(f"round {round}: optimising targets for {len(reqs)} requests")
-                self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates)
+                self.targets[round] = (cached_targets(self.lm, reqs, self.hp, self.templates, self.cache)
+                                       if self.target_cache else compute_targets(self.lm, reqs, self.hp,
+                                                                                 self.templates))
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
                 if round not in self.oneshot_cur:

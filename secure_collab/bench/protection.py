@@ -17,6 +17,7 @@ with them; ``integrity_bytes`` what the integrity costs per payload (tag values,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -66,7 +67,7 @@ def measure_mode(mode: str, parties: int, n_values: int, values: Callable[[int],
         if p == 0:
             sent = payload_bytes(payload, n_values)
         start = time.perf_counter()
-        _, (grown, transient) = traced(lambda payload=payload, name=name: acc.add(payload, party=name))
+        _, (grown, transient) = traced(functools.partial(acc.add, payload, party=name))
         t["accumulate"] += time.perf_counter() - start
         native = acc.held_bytes if mode == "ckks" else 0  # SEAL memory is invisible to tracemalloc
         peak = max(peak, persistent + transient + native + payload.nbytes)

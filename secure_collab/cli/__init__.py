@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "experiment": "experiment",
     "stats": "stats",
     "protection-check": "protection_check",
+    "bench": "bench",
     "keys": "keys",
     "ledger": "ledger",
     "coordinator": "coordinator",

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_party(config, args.name, load_scheme(config.session.mode), engine.compute_statistics,
                        engine.apply_delta)
     report = {"party": args.name, "ok": result.ok, "reason": result.reason, "bytes_sent": result.bytes_sent,
+              "bytes_received": result.bytes_received,
               "seconds": round(result.seconds, 3), "refusals": result.refusals,
               "applied": {f"{r}/{lay}": sha for (r, lay), sha in sorted(result.applied.items())}}
     if engine.finish is not None and result.ok:
