@@ -30,6 +30,10 @@ def test_demo_session_equals_global_edit(tmp_path, mode, variant, tolerance):
     assert r["delta_rel_diff_vs_global"] <= tolerance
     assert r["parties_applied_identical_updates"]
     assert set(r["bytes_to_coordinator"]) == {"a", "b", "c"} and min(r["bytes_to_coordinator"].values()) > 0
+    assert set(r["bytes_from_coordinator"]) == {"a", "b", "c"} and min(r["bytes_from_coordinator"].values()) > 0
+    assert 0 < r["session_seconds"] < r["seconds"]  # the processes' span, inside the whole command's
+    # each party kept its targets in the shared cache (a session in another mode reuses them)
+    assert len(list((tmp_path / "c" / "targets").rglob("*.safetensors"))) == 6
     # the solver only ever received aggregates: every hand-off in the ledger covers at least min_parties
     with sqlite3.connect(r["ledger"]) as db:
         db.row_factory = sqlite3.Row

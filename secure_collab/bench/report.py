@@ -176,8 +176,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
                 ax.errorbar([int(p) for p in ps], med, yerr=err, marker="o", capsize=4, color=colour, label=mode)
                 ax.axhline(LIMITS[key], color=colour, ls=":", lw=1)
             ax.axhline(1.0, color="grey", lw=0.8)
+            ax.legend()
         ax.set(xlabel="parties", ylabel="session wall time / plain", title="protection overhead, whole session")
-        ax.legend()
         ax = axes[1]
         if "memory" in results:
             for r_mode, colour in (("plain", "tab:green"), ("shares", "tab:blue"), ("ckks", "tab:orange")):
@@ -187,8 +187,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
                     ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", ls=ls, color=colour,
                             label=f"{r_mode}, d = {dim}")
             ax.set_yscale("log")
+            ax.legend(fontsize=7)
         ax.set(xlabel="parties", ylabel="coordinator peak (MB)", title="coordinator memory")
-        ax.legend(fontsize=7)
         fig.tight_layout()
         path = out / "protection_overhead.png"
         fig.savefig(path, dpi=120)
