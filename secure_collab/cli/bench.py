@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--fresh", action="store_true", help="measure again even where a kept result matches")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--target-requests", default="../shared/data/counterfact.json", metavar="FILE",
+                   help="requests for the target and key timings (default: ../shared/data/counterfact.json; "
+                        "records from 100 on)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: unknown sections {unknown}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    cfg = BenchConfig.preset(args.quick, model=args.model, sections=sections)
+    cfg = BenchConfig.preset(args.quick, model=args.model, sections=sections, target_requests=args.target_requests)
 
     def say(msg: str) -> None:
         if not args.quiet:
