@@ -210,3 +210,112 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         made.append(path)
     return made
+
+
+def _mr(x: dict[str, Any], fmt: str = "{:.3g}") -> str:
+    """median [min-max] of a ``summary``."""
+    return f"{fmt.format(x['median'])} [{fmt.format(x['min'])}-{fmt.format(x['max'])}]"
+
+
+def markdown(whole: dict[str, Any]) -> str:
+    """The tables of BENCHMARKS.md from one bench result (sections that did not run are left out)."""
+    sec = whole["sections"]
+    out: list[str] = []
+    if "sessions" in sec:
+        s = sec["sessions"]
+        out += [f"### (a) Sessions ({s['by_parties'][min(s['by_parties'], key=int)]['edits_per_party']} edits per "
+                f"party, layers {s['layers']}, d_k = {s['d_k']}, d_v = {s['d_v']})", "",
+                "| parties | mode | wall s, median [min-max] | / plain, median [min-max] | MB sent per party "
+                "| MB received per party | bytes per value sent |", "|---|---|---|---|---|---|---|"]
+        for p, r in sorted(s["by_parties"].items(), key=lambda kv: int(kv[0])):
+            for m in ("plain", "shares", "ckks"):
+                ratio = "1" if m == "plain" else _mr(r[f"{m}_over_plain"])
+                recv = r[m]["bytes_received_per_party"]
+                out.append(f"| {p} | {m} | {_mr(r[m]['seconds'], '{:.1f}')} | {ratio} | "
+                           f"{r[m]['bytes_sent_per_party'] / 1e6:.1f} | {'-' if recv is None else f'{recv / 1e6:.1f}'} "
+                           f"| {r[m]['bytes_per_value']:.2f} |")
+        out.append("")
+    if "anchors" in sec:
+        for p, row in sorted(sec["anchors"]["by_parties"].items(), key=lambda kv: int(kv[0])):
+            out += [f"### (b) Anchors: {p} parties' G (upper triangle) and B at layer {row['layer']}, "
+                    f"{row['n_values']:,} values per party, max |value| {row['max_abs_value']:.4g}, bound "
+                    f"{row['bound']:g}", "",
+                    "| method | data bytes/value | wire bytes/value | integrity bytes per payload | protect s/Mvalue "
+                    "| add s/Mvalue | open s/Mvalue | max abs error | max rel error | parameters |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
+            for name, r in row["methods"].items():
+                if "skipped" in r:
+                    out.append(f"| {name} | skipped: {r['skipped']} |||||||||")
+                    continue
+                par = r.get("parameters", {})
+                brief = {k: par[k] for k in ("poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
+                                             "precision_bits", "quantization_range", "modulus_range",
+                                             "clipping_range") if k in par}
+                out.append(f"| {name} | {r['data_bytes_per_value']:.2f} | {r['bytes_per_value']:.2f} | "
+                           f"{r.get('integrity_bytes', 0)} | {r['protect_seconds_per_mvalue']:.3f} | "
+                           f"{r['accumulate_seconds_per_mvalue']:.3f} | {r['open_seconds_per_mvalue']:.3f} | "
+                           f"{r['max_abs_err']:.2e} | {r['max_rel_err']:.2e} | {brief} |")
+            out.append("")
+    if "memory" in sec:
+        out += ["### (c) Coordinator peak memory", "",
+                "| mode | d | parameters for | parties sending | peak MB | held MB |", "|---|---|---|---|---|---|"]
+        for r in sorted(sec["memory"]["rows"], key=lambda r: (r["mode"], r["dim"], r["kind"], r["sending"])):
+            out.append(f"| {r['mode']} | {r['dim']} | {r['parameters_for']} | {r['sending']} | "
+                       f"{r['coordinator_peak_bytes'] / 1e6:.1f} | {r['coordinator_held_bytes'] / 1e6:.1f} |")
+        out.append("")
+    if "solve" in sec:
+        out += ["### (d) Solve, float64, one thread", "",
+                "| d_k | condition number | Cholesky s | explicit inverse s | inverse / Cholesky | Cholesky residual "
+                "| inverse residual |", "|---|---|---|---|---|---|---|"]
+        for d, r in sorted(sec["solve"]["by_dim"].items(), key=lambda kv: int(kv[0])):
+            out.append(f"| {d} | {r['condition_number']:.1e} | {_mr(r['cholesky_seconds'])} | "
+                       f"{_mr(r['inverse_seconds'])} | {_mr(r['inverse_over_cholesky'], '{:.2f}')} | "
+                       f"{r['cholesky_rel_residual']:.1e} | {r['inverse_rel_residual']:.1e} |")
+        out.append("")
+    if "covariance" in sec:
+        c = sec["covariance"]
+        out += [f"### (e) Covariance tokens per second ({c['tokens']:,} tokens, layers {c['layers']} of "
+                f"{c['depth']})", "", "| forward | tokens/s, median [min-max] |", "|---|---|",
+                f"| stopped after layer {max(c['layers'])}'s down-projection input | "
+                f"{_mr(c['stopped_tokens_per_second'], '{:.0f}')} |",
+                f"| full (to the logits) | {_mr(c['full_tokens_per_second'], '{:.0f}')} |",
+                f"| speedup | {_mr(c['speedup'], '{:.2f}')} |", ""]
+    if "targets" in sec:
+        t = sec["targets"]
+        cpu = t["cpu"]
+        out += [f"### (f) Statistics per edit on the CPU ({cpu['edits']} edits: {t['requests']} from record "
+                f"{t['offset']}, one thread)", "",
+                "| target optimisation | s/edit, median [min-max] | GFLOP/edit | achieved GFLOP/s | steps |",
+                "|---|---|---|---|---|"]
+        for name in ("before", "after"):
+            gf = cpu.get(f"gflop_per_edit_{name}")
+            ach = cpu.get(f"achieved_gflops_{name}")
+            out.append(f"| {name} | {_mr(cpu[f'{name}_seconds_per_edit'], '{:.2f}')} | "
+                       f"{'-' if gf is None else f'{gf:.1f}'} | {'-' if ach is None else f'{ach:.1f}'} | "
+                       f"{cpu[f'steps_{name}']} |")
+        out += ["", f"Speedup (paired, median [min-max]): {_mr(cpu['speedup'], '{:.2f}')}; the same steps: "
+                f"{cpu['same_steps']}; largest relative difference of z*: {cpu['z_rel_diff_max']:.1e}.", "",
+                "| core's float32 matmul | shape (m, k, n) | GFLOP/s, median [min-max] |", "|---|---|---|"]
+        for name, r in t["matmul"].items():
+            out.append(f"| {name} | {tuple(r['shape'])} | {_mr(r['gflops'], '{:.1f}')} |")
+        k = t["keys_cpu"]
+        out += ["", "| keys at layer " + str(k["layer"]) + f" ({k['edits']} edits) | s/edit, median [min-max] |",
+                "|---|---|", f"| one request per forward | {_mr(k['one_at_a_time_seconds_per_edit'])} |",
+                f"| all in one batch | {_mr(k['batched_seconds_per_edit'])} |",
+                f"| one at a time / batched | {_mr(k['one_at_a_time_over_batched'], '{:.2f}')} |", ""]
+        if "efficacy" in t:
+            e = t["efficacy"]
+            out += ["| Global-Edit of these edits | efficacy | generalization | specificity |", "|---|---|---|---|"]
+            for name in ("pre", "before", "after"):
+                out.append(f"| {name} | {e[name].get('efficacy')} | {e[name].get('generalization')} | "
+                           f"{e[name].get('specificity')} |")
+            out.append("")
+        gpu = t.get("gpu", {})
+        out += [f"GPU: {gpu['skipped']}." if "skipped" in gpu else
+                f"GPU: targets {_mr(gpu['after_seconds_per_edit'])} s/edit after, "
+                f"{_mr(gpu['before_seconds_per_edit'])} before.", ""]
+    out += ["### Targets", "", "| target | value | limit | met | note |", "|---|---|---|---|---|"]
+    for c in whole.get("targets_check", []):
+        value = "-" if c["value"] is None else f"{c['value']:.4g}"
+        out.append(f"| {c['target']} | {value} | {c['limit']:.4g} | {'yes' if c['met'] else '**no**'} | {c['note']} |")
+    return "\n".join(out) + "\n"

@@ -99,6 +99,7 @@ def run_bench(cfg: BenchConfig, out: Path, cache: Path | None = None, fresh: boo
     summary = report.summarise(results)
     whole = {"quick": cfg.quick, "config": json.loads(json.dumps(asdict(cfg))), **summary, "sections": results}
     report.plots(results, out)
+    (out / "bench.md").write_text(report.markdown(whole))
     return whole
 
 
