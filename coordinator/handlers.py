@@ -31,14 +31,24 @@ class Handlers:
     stage: Stage
     welcomed: set[str]
     public: bytes | None
+    guard: Any
+    holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]
+    acked: set[tuple[str, int, int]]
 
     def _on_hello(self: Any, m: Inbound) -> None:
-        """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats."""
+        """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats.
+        Welcomes are rate-limited per party (``guard.may_welcome``): a refused HELLO is simply sent again
+        by the party's next heartbeat."""
         if m.name == "solver":
             self._solver_hello(m)
         elif m.msg.body["role"] != "party" or m.msg.frames:
             raise ProtocolError("a party HELLO carries role 'party' and no payload")
         elif m.name not in self.welcomed:
+            if not self.guard.may_welcome(m.name):
+                raise ProtocolError("too many re-joins: welcome deferred to a later HELLO")
+            body = m.msg.body
+            self.holdings[m.name] = (body.get("setup", False),
+                                     frozenset((r, lay) for r, lay in body.get("applied", [])))
             self.welcomed.add(m.name)
             self._accept(m, "joined")
             if self.stage is Stage.JOINING:
@@ -73,12 +83,17 @@ class Handlers:
             self._welcome(name)
 
     def _welcome(self: Any, name: str) -> None:
-        """Send setup, every release so far (parties ignore ones they applied), and an open request."""
-        setup = self._msg(MsgType.SETUP, body={"mode": self.s.mode, "layers": list(self.s.layers),
-                                               "rounds": self.s.rounds, "variant": self.s.variant},
-                          frames=(self.public, self.bundles, self.public_sig))
-        self._send(name, setup)
-        for key in sorted(self.releases):
+        """Send what the party's HELLO said it lacks: the setup, the releases so far that it has not applied,
+        and an open request."""
+        has_setup, applied = self.holdings.get(name, (False, frozenset()))
+        if not has_setup:
+            setup = self._msg(MsgType.SETUP, body={"mode": self.s.mode, "layers": list(self.s.layers),
+                                                   "rounds": self.s.rounds, "variant": self.s.variant},
+                              frames=(self.public, self.bundles, self.public_sig))
+            self._send(name, setup)
+        missing = [key for key in sorted(self.releases) if key not in applied]
+        self.guard.grant_acks(name, len(missing))
+        for key in missing:
             rel = self.releases[key]
             self._send_frames(name, self.routes[name], rel.frames, "release",
                               {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt})
@@ -147,11 +162,18 @@ class Handlers:
             step.excluded = set(body["exclude"])
 
     def _on_ack(self: Any, m: Inbound) -> None:
-        body = m.msg.body
+        """One row per (party, round, layer): an ACK is an answer to a release, and a release is sent once."""
+        body, key = m.msg.body, (m.name, m.msg.round, m.msg.layer)
+        if key in self.acked:
+            raise ProtocolError(f"round {m.msg.round} layer {m.msg.layer} was acknowledged already")
+        self.acked.add(key)
         self._accept(m, "applied" if body["ok"] else f"party refused release: {body['reason']}")
 
     def _on_error(self: Any, m: Inbound) -> None:
         reason = m.msg.body["reason"]
-        self._accept(m, reason)
-        if m.name == "solver" and self.stage is Stage.SOLVING:
-            self.abort_reason = f"solver refused: {reason}"
+        if m.name == "solver":
+            self._accept(m, reason)
+            if self.stage is Stage.SOLVING:
+                self.abort_reason = f"solver refused: {reason}"
+        elif self.guard.record_refusal(m.name, m.nbytes):  # a party's error reports share its row window
+            self._accept(m, reason)

@@ -46,8 +46,17 @@ from secure_collab.protection import (
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
-from secure_collab.protocol.plausibility import Bounds, plausibility_problems
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    sha256_hex,
+)
+from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 
@@ -172,7 +181,8 @@ class Solver:
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
             except (ProtocolError, ProtectionError) as exc:
-                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)[:512]})
+                reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
                 transport.send(self.sock, error)
             except Exception:  # the solver never dies on bad data: its secrets would go with it
                 log.exception("solver: message %d could not be processed", seq)
@@ -277,15 +287,17 @@ class Solver:
                     values[st][off:off + count] = total
             quantum = 2.0 ** -self.scheme.frac_bits(self.secrets.public)
         except ProtectionError as exc:
+            log.warning("solver: round %d layer %d: %s (%s)", round_, layer, exc, getattr(exc, "detail", ""))
             raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
         g = unpack_g(values["G"], s.d_k)  # (d_k, d_k)
         b = values["B"].reshape(s.d_v, s.d_k)  # (d_v, d_k)
         n = float(values["N"][0])
         bounds = Bounds(self.bounds.key_norm, self.bounds.residual_norm, self.bounds.max_edits, quantum)
         problems = plausibility_problems(g, b, n, len(pend.parties), bounds)
-        if problems:
+        if problems:  # the figures stay here: they would give other parties' counts and traces away
+            log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
-                          + "; ".join(problems), opened=True)
+                          + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
         try:
             delta = np.asarray(self.solve(round_, layer, g, b), dtype=np.float64)
         except (ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. λC + ΣG not positive definite

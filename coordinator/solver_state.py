@@ -20,18 +20,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from secure_collab.files import private_dir  # missing parents are made 0700 too
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
 
 _RECORD = re.compile(r"^[a-z]+(-r\d+-l\d+)?$")
-
-
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it 0700 whatever the umask."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 def write_private_atomic(path: Path, data: bytes) -> None:

@@ -14,6 +14,7 @@ is collected again (a new attempt) is re-protected with fresh randomness but not
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -28,10 +29,22 @@ from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protection.sealing import decrypt_release
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    peek,
+    sha256_hex,
+)
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
+
+log = logging.getLogger(__name__)
 
 
 class ComputeStatistics(Protocol):
@@ -105,22 +118,21 @@ class Party:
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
         idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
         limits = transport.limits_for(net)
-        hello = {"role": "party", "public": False}
-        self._send(self._msg(MsgType.HELLO, body=hello))
+        self._send(self._hello())
         last = time.monotonic()
         while not self.stop.is_set():
             if not self.sock.poll(int(net.heartbeat_s * 1000), zmq.POLLIN):
                 if time.monotonic() - last > idle_limit:
                     raise Fatal("no word from the coordinator")
-                self._send(self._msg(MsgType.HELLO, body=hello))  # heartbeat / rejoin after a restart
+                self._send(self._hello())  # heartbeat / rejoin after a restart
                 continue
             last = time.monotonic()
+            frames = self.sock.recv_multipart()
+            self.result.bytes_received += sum(len(f) for f in frames)
             try:
-                frames = self.sock.recv_multipart()
-                self.result.bytes_received += sum(len(f) for f in frames)
                 msg = Message.from_frames(frames, limits)
             except ProtocolError as exc:
-                self.result.refusals.append(f"unreadable message from coordinator: {exc}")
+                self._unreadable(frames, exc)
                 continue
             if msg.session != self.s.id or msg.config != self.cfg.digest:
                 self.result.refusals.append("message for another session or configuration ignored")
@@ -135,8 +147,26 @@ class Party:
             try:
                 handler(msg)
             except (ProtocolError, ProtectionError) as exc:
-                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": str(exc)}))
+                reason = clean_text(str(exc), STORED_TEXT)
+                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": reason}))
         raise Fatal("party stopped")
+
+    def _unreadable(self, frames: list[bytes], exc: ProtocolError) -> None:
+        """A message from the coordinator that the wire schema refused. A RELEASE among them is refused as a
+        bad release is (a failed ACK, then stop): the party must not go on without a ΔW it was sent."""
+        self.result.refusals.append(clean_text(f"unreadable message from coordinator: {exc}", STORED_TEXT))
+        seen = peek(frames, transport.limits_for(self.cfg.network))
+        if seen is not None and seen[0] is MsgType.RELEASE:
+            _, round_, layer = seen
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, round_, layer, body={"ok": False, "reason": reason}))
+            raise Fatal(f"refused release of round {round_} layer {layer}: {reason}")
+
+    def _hello(self) -> Message:
+        """Join / heartbeat; says what this party already holds, so a rejoin re-sends only what it lacks."""
+        applied = [[r, lay] for r, lay in sorted(self.result.applied)]
+        body = {"role": "party", "public": False, "setup": self.public is not None, "applied": applied}
+        return self._msg(MsgType.HELLO, body=body)
 
     def _on_setup(self, msg: Message) -> None:
         if len(msg.frames) != 3:
@@ -156,6 +186,7 @@ class Party:
         self.public = public
 
     def _on_request(self, msg: Message) -> None:
+        started = time.monotonic()
         layers, attempt = tuple(msg.body["layers"]), msg.body["attempt"]
         if self.public is None:
             raise ProtocolError("request before setup")
@@ -163,6 +194,11 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
             return
+        if all((msg.round, lay) in self.result.applied for lay in layers):
+            # a released step collected again: a second opening over another party set would give a party's
+            # statistics away, so an honest party never contributes twice (a check beside the solver's own)
+            raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
+                                "to a step twice")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
         missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self.result.applied]
         if missing:
@@ -172,20 +208,41 @@ class Party:
             if key not in self.cache:
                 self.cache[key] = self._checked(layer, pack_statistics(self.compute(msg.round, layer),
                                                                        self.s.d_k, self.s.d_v))
+        self._pad_answer(started)
         for layer in layers:
             self._send_layer(msg.round, layer, attempt)
         self.sent.add((msg.round, layers, attempt))
 
+    def _pad_answer(self, started: float) -> None:
+        """Answer no earlier than ``session.answer_pad_s`` after the request: the time a party takes to answer
+        grows with its edit count, and the coordinator sees it (docs/threat-model.md)."""
+        pad = self.s.answer_pad_s
+        if pad <= 0:
+            return
+        left = started + pad - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        elif left < -0.5:
+            log.warning("party %s: its statistics took %.1f s, longer than answer_pad_s=%.1f s: the answer time "
+                        "may reveal its edit count", self.name, pad - left, pad)
+
     def _checked(self, layer: int, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Refuse to send statistics the solver would refuse (they break the session's declared bounds)."""
+        """Refuse to send statistics the solver would refuse (they break the session's declared bounds).
+
+        The reason stays here (Fatal): it holds this party's own figures, which must not reach the coordinator."""
         s = self.s
+        peak = max(float(np.max(np.abs(v))) for v in stats.values())
+        if not np.isfinite(peak) or peak > s.value_bound:
+            raise Fatal(f"layer {layer}: a statistic entry of {peak:.6g} exceeds session.value_bound="
+                        f"{s.value_bound:.6g}; raise value_bound in the session configuration")
         n = float(stats["N"][0])
         if n > s.max_edits_per_party:
             raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
         problems = plausibility_problems(unpack_g(stats["G"], s.d_k), stats["B"].reshape(s.d_v, s.d_k), n, 1,
                                          Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party))
         if problems:
-            raise Fatal(f"layer {layer}: this party's statistics break the session's bounds ({'; '.join(problems)});"
+            raise Fatal(f"layer {layer}: this party's statistics break the session's bounds "
+                        f"({'; '.join(map(str, problems))});"
                         " raise key_norm_bound / residual_norm_bound in the session configuration")
         return stats
 
@@ -211,6 +268,11 @@ class Party:
         try:
             if len(msg.frames) != 2 or msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
+            parties, shape = b["parties"], b["shape"]
+            if (not all(isinstance(p, str) and p in self.cfg.roster.parties for p in parties)
+                    or len(set(parties)) != len(parties) or len(shape) != 2
+                    or not all(type(x) is int for x in shape)):
+                raise ProtocolError("release body: parties must be distinct roster names and shape two integers")
             ciphertext, signature = (bytes(f) for f in msg.frames)
             if sha256_hex(ciphertext) != b["sha256"]:
                 raise ProtocolError("release: ciphertext bytes do not match their sha256")
@@ -228,7 +290,8 @@ class Party:
             if delta.shape != (self.s.d_v, self.s.d_k):
                 raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")
         except ProtocolError as exc:
-            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": str(exc)}))
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": reason}))
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]

@@ -34,6 +34,8 @@ import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.files import private_dir
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ROSTER_FILE = "roster.toml"
 ROLES = ("coordinator", "solver", "party")
@@ -172,6 +174,7 @@ def role_file_stem(role: str, name: str = "") -> str:
 def write_private_file(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 whatever the umask; refuses to overwrite."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask (0o277 would have made it 0400)
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
@@ -208,8 +211,7 @@ def new_identity(role: str, name: str = "") -> tuple[str, PublicIdentity]:
 
 def write_identity(directory: Path, role: str, name: str = "") -> PublicIdentity:
     """Write ``<stem>.key_secret`` (0600) and ``<stem>.public.toml`` under ``directory``; refuses to overwrite."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(directory, tighten=False)  # a new key directory is 0700 whatever the umask
     stem = role_file_stem(role, name)
     text, public = new_identity(role, name)
     write_private_file(directory / f"{stem}.key_secret", text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secure_collab.protocol.plausibility import Bounds, plausibility_problems
+from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
 
 BOUNDS = Bounds(key_norm=2.0, residual_norm=3.0, max_edits=5)
 
@@ -34,7 +34,8 @@ def test_honest_sums_at_the_bounds_are_plausible():
 def test_implausible_aggregates_name_the_check(change, why):
     g, b, n = stats([[2.0, 0, 0], [0, 0, 2.0]], [[3.0, 0], [0, -3.0]])
     problems = plausibility_problems(*change(g, b, n), parties=2, bounds=BOUNDS)
-    assert any(why in p for p in problems), problems
+    assert any(why in str(p) for p in problems), problems
+    assert all(p.check in CHECKS for p in problems)
 
 
 def test_fixed_point_slack_tolerates_rounding_but_not_more():

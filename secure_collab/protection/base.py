@@ -48,7 +48,16 @@ class PartyFault(ProtectionError):
 
 
 class IntegrityError(ProtectionError):
-    """Found after opening: the aggregate is not exactly the sum of the listed parties' contributions."""
+    """Found after opening: the aggregate is not exactly the sum of the listed parties' contributions.
+
+    One text for every cause (range, tags, MAC), so a coordinator that alters a sum learns nothing from the
+    refusal about the values it cannot see (a range check that answered differently from the MAC would
+    tell it whether an entry exceeds a threshold); ``detail`` says which check, for the solver's own log."""
+
+    def __init__(self, where: str, detail: str = "") -> None:
+        super().__init__(f"{where}: integrity check failed: the aggregate is not exactly the sum of the listed "
+                         "parties' in-bound, authenticated contributions")
+        self.detail = detail
 
 
 @dataclass(frozen=True)

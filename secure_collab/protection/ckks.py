@@ -171,8 +171,8 @@ class CkksScheme(ProtectionScheme):
         # Under the right key the slots are integers Σ u_p plus noise below a quarter of the grid step.
         # Garbage (a ciphertext under another key, altered bytes) is uniform mod q: huge, or not finite.
         if not np.all(np.isfinite(total)) or float(np.max(np.abs(total))) >= 2.0**62:
-            raise IntegrityError(f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}: decrypted values "
-                                 "are out of range (a ciphertext under another key, or altered)")
+            raise IntegrityError(f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}",
+                                 "range: decrypted values far out of range (another key, or altered bytes)")
         return np.rint(total).astype(np.int64)
 
     def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:

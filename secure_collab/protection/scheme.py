@@ -232,16 +232,14 @@ class ProtectionScheme(abc.ABC):
         where = f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}"
         limit = self._aggregate_bound(pub, len(auth.parties))
         if np.any(data > limit) or np.any(data < -limit):  # not abs(): |−2^63| wraps in int64
-            raise IntegrityError(f"{where}: the opened sum exceeds the bound of {len(auth.parties)} in-bound "
-                                 "contributions (an altered sum, or an over-bound contribution)")
+            raise IntegrityError(where, "range: the sum exceeds the bound of the listed in-bound contributions")
         if np.any(limbs < 0) or int(np.max(limbs)) > len(auth.parties) * ((1 << limb_bits) - 1):
-            raise IntegrityError(f"{where}: the integrity tags are out of range")
+            raise IntegrityError(where, "range: the tag limbs are out of range")
         pads = [[integrity.tag_pad(hazmat.hkdf_sha256(seed, None, integrity.TAG_KEY_INFO
                                                       + ctx.for_party(p).label(), 32), j)
                  for j in range(integrity.TAGS)] for p, seed in zip(auth.parties, auth.seeds, strict=True)]
         if not integrity.verify(data, limbs, keys.mac_key, ctx.aggregate().label(), pads, limb_bits):
-            raise IntegrityError(f"{where}: integrity check failed: the aggregate is not the sum of the listed "
-                                 f"parties' authenticated contributions ({', '.join(auth.parties)})")
+            raise IntegrityError(where, "mac: the tags do not match the opened sum")
         return data
 
     def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:

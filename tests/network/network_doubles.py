@@ -78,7 +78,7 @@ def reference_deltas(cfg: Config, names: Iterable[str],
 
 
 def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_dir: Path | None = None,
-                network: dict | None = None, **session: Any) -> Config:
+                network: dict | None = None, paths: dict | None = None, **session: Any) -> Config:
     keys = keys_dir or tmp / "keys"
     if not (keys / "roster.toml").exists():
         init_keys(keys, list(parties))
@@ -91,7 +91,7 @@ def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_d
                     "stage_timeout_s": 20.0, "solve_timeout_s": 20.0, "heartbeat_s": 0.1,
                     "max_message_bytes": 1 << 16, "linger_ms": 5000, **(network or {})},
         "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
-                  "solver_state": "solver"},
+                  "solver_state": "solver", **(paths or {})},
     }
     return write_config(tmp / f"config-{doc['session']['id']}.toml", **doc)
 
@@ -215,7 +215,9 @@ def run_with_solver_process(cfg: Config, config_path: Path, coordinator: Any, ho
 class RawClient:
     """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
 
-    def __init__(self, cfg: Config, name: str, ctx: Any) -> None:
+    def __init__(self, cfg: Config, name: str, ctx: Any, options: dict | None = None, monitor: int = 0) -> None:
+        """``options``: socket options set before connecting; ``monitor``: socket events to watch from before
+        the connection (``self.monitor``, a PAIR socket for zmq.utils.monitor.recv_monitor_message)."""
         import zmq
 
         from secure_collab.keys import load_identity
@@ -225,7 +227,19 @@ class RawClient:
         self.cfg, self.name, self.zmq = cfg, name, zmq
         self.identity = load_identity(cfg.paths.keys / f"party-{name}.key_secret")
         self.keys = self.identity.curve
-        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator.curve, cfg.network)
+        self.monitor = None
+        if options or monitor:
+            self.sock = ctx.socket(zmq.DEALER)
+            transport._common(self.sock, self.keys, cfg.network)
+            for opt, value in (options or {}).items():
+                self.sock.setsockopt(opt, value)
+            if monitor:
+                self.monitor = self.sock.get_monitor_socket(monitor)
+                self.monitor.setsockopt(zmq.RCVTIMEO, 10000)
+            self.sock.curve_serverkey = cfg.roster.coordinator.curve
+            self.sock.connect(cfg.network.coordinator_endpoint)
+        else:
+            self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator.curve, cfg.network)
         self.sock.setsockopt(zmq.RCVTIMEO, 20000)
         self.seq = Sequencer()
         self.scheme = get_scheme(cfg.session.mode)
@@ -272,4 +286,7 @@ class RawClient:
                 return msg
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)

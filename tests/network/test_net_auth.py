@@ -82,6 +82,14 @@ class FakeCoordinator:
             if msg.type is want:
                 return route, msg
 
+    def recv_any(self):
+        """The next message other than a heartbeat HELLO."""
+        while True:
+            route, *frames = self.sock.recv_multipart()
+            msg = Message.from_frames(frames)
+            if msg.type is not MsgType.HELLO:
+                return route, msg
+
     def send(self, route, msg):
         self.sock.send_multipart([route, *msg.to_frames()])
 
@@ -209,3 +217,27 @@ def test_solver_refuses_an_aggregate_of_fewer_than_min_parties(tmp_path):
         ctx.term()
     assert "min_parties" in error.body["reason"]
     assert out["r"].received == [] and out["r"].releases == {}
+
+
+def test_party_never_contributes_to_a_step_it_applied_a_release_of(tmp_path):
+    """A coordinator that asks again for a released step (hoping for a second opening over another party set,
+    e.g. after rolling the solver's disk back) gets a refusal and no contribution from an honest party."""
+    cfg = make_config(tmp_path)
+    key = load_signing_key(cfg.paths.keys / "solver.key_secret")
+    seen = {}
+
+    def script(fake, route):
+        _setup(fake, route, key)
+        fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 0}))
+        for _ in range(sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))):
+            fake.recv(MsgType.CONTRIB)
+        fake.send(route, fake.release(1, np.full((4, 6), 0.5), key))
+        fake.recv(MsgType.ACK)
+        fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 1}))
+        _, reply = fake.recv_any()
+        seen["reply"] = reply
+        fake.send(route, fake.msg(MsgType.END, body={"ok": False, "reason": "test over"}))
+
+    result, engine = _drive(cfg, script)
+    assert seen["reply"].type is MsgType.ERROR and "already released" in seen["reply"].body["reason"]
+    assert engine.compute_calls == [(0, 1)]  # nothing computed or sent for the second request

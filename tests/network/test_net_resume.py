@@ -107,5 +107,10 @@ def test_coordinator_sigkill_mid_round_resumes_with_same_delta(tmp_path):
     with Ledger(cfg.paths.ledger) as ledger:
         stages = [(r["layers"], r["attempt"], r["event"]) for r in ledger.rows("stages")]
         releases = ledger.rows("releases")
+        sent = [(r["peer"], r["type"], r["layer"]) for r in ledger.rows("messages")
+                if r["direction"] == "out" and r["type"] in ("release", "setup") and r["outcome"] == "sent"]
+    # the rejoining parties said what they held: neither the setup nor layer 1's release was sent twice
+    assert sorted(sent) == sorted([(n, "setup", -1) for n in engines] + [(n, "release", lay) for n in engines
+                                                                           for lay in (1, 2)])
     assert ("[2]", 0, "open") in stages and ("[2]", 1, "handoff") in stages
     assert [(r["layer"], r["attempt"]) for r in releases] == [(1, 0), (2, 1)]

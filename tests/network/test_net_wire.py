@@ -129,6 +129,7 @@ def test_ledger_is_append_only_and_resumable(tmp_path):
         ledger.stage_event("s", 0, (1,), 0, "open")
         ledger.stage_event("s", 0, (1,), 1, "open")
         ledger.message("s", "in", "a", "contrib", "h" * 64, 10, "refused", "duplicate", round_=0, layer=1)
+        ledger.message("s", "in", "b", "?", "", 10, "cut off", "over its budget")
         ledger.release("s", StoredRelease(0, 1, 1, "x" * 64, ("a", "b"), [b"head", b"", b"delta"]))
         state = ledger.resume_state("s")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -137,6 +138,7 @@ def test_ledger_is_append_only_and_resumable(tmp_path):
             ledger._db.execute("DELETE FROM releases")
     assert state.setup_public == b"pub" and state.setup_bundles == b"bundles"
     assert state.attempts == {(0, "[1]"): 1} and state.ended is None
+    assert state.cut_off == ("b",)
     assert state.releases[(0, 1)].frames == [b"head", b"", b"delta"]
 
 

@@ -82,7 +82,7 @@ def test_ciphertext_from_another_context_is_refused(session, rng):
     liar = s.protect(x, CTX.for_party("p1"))  # its own seal and signature, another key's ciphertexts
     forged = Payload(liar.header, foreign.frames[:-2] + liar.frames[-2:])
     acc.add(forged)
-    with pytest.raises(IntegrityError, match="out of range|exceeds the bound|integrity check failed"):
+    with pytest.raises(IntegrityError, match="integrity check failed"):
         s.open(acc.aggregate())
 
 

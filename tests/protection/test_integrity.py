@@ -124,13 +124,13 @@ def test_shifted_sum_is_refused(session, delta):
     if session.scheme.mode == "ckks" and abs(delta) > 2**45:
         delta = int(np.sign(delta)) * 2**45 + 3
     values, _, aggregate = honest(session)
-    with pytest.raises(IntegrityError, match="integrity check failed|exceeds the bound|out of range"):
+    with pytest.raises(IntegrityError, match="integrity check failed"):
         session.open(shifted(session, aggregate, 17, delta))
 
 
 def test_shifted_tag_is_refused(session):
     _, _, aggregate = honest(session)
-    with pytest.raises(IntegrityError, match="integrity check failed|tags are out of range"):
+    with pytest.raises(IntegrityError, match="integrity check failed"):
         session.open(shifted(session, aggregate, 300, 1))  # the first tag limb follows the 300 data values
 
 
@@ -231,5 +231,6 @@ def test_over_bound_contribution_from_a_hostile_party_is_refused_after_opening()
     arr = np.frombuffer(frames[0], dtype=np.uint64).copy()
     np.add(arr[3:4], np.uint64(2**62), out=arr[3:4])  # a huge value hidden under its own mask (wraps)
     poisoned = Payload(payloads[2].header, (arr.tobytes(), *frames[1:]))
-    with pytest.raises(IntegrityError, match="exceeds the bound|integrity check failed"):
+    with pytest.raises(IntegrityError, match="integrity check failed") as err:
         s.open(accumulate(s, [payloads[0], payloads[1], poisoned], (0, 1, 2)))
+    assert err.value.detail.startswith("range")  # for the solver's own log only
