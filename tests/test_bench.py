@@ -118,3 +118,21 @@ def test_bench_cli_refuses_unknown_sections_and_writes_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert "--quick" in capsys.readouterr().out
+
+
+def test_bench_set_changes_one_setting_and_refuses_bad_ones(tmp_path, capsys):
+    cfg = BenchConfig.preset(False).with_settings(["session_parties=3,10", "session_reps=2", "efficacy=no"])
+    assert cfg.session_parties == (3, 10) and cfg.session_reps == 2 and cfg.efficacy is False
+    assert cfg.memory_dims == BenchConfig.preset(False).memory_dims  # the rest of the preset stays
+    for bad in ("session_reps=two", "nonsense=1", "session_reps", "efficacy=maybe", "target_edits=-1", "quick=1"):
+        with pytest.raises(ValueError, match="--set"):
+            BenchConfig.preset(True).with_settings([bad])
+    assert main(["bench", "--set", "session_reps=two", "--only", "solve", "--out", str(tmp_path)]) == 2
+    assert "session_reps" in capsys.readouterr().err and not (tmp_path / "sections").exists()
+
+
+def test_bench_memory_measures_the_large_dim_at_its_own_party_counts(tmp_path):
+    r = run_bench(_tiny(sections=("memory",), memory_parties=(2, 3), memory_dims=(8, 16), memory_large_parties=(2,)),
+                  tmp_path / "bench")
+    rows = r["sections"]["memory"]["rows"]
+    assert {(x["dim"], x["sending"]) for x in rows if x["kind"] == "own"} == {(8, 2), (8, 3), (16, 2)}

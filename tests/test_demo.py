@@ -30,7 +30,7 @@ def test_demo_session_equals_global_edit(tmp_path, mode, variant, tolerance, uma
         rc = _demo(tmp_path, mode, variant, out)
     finally:
         os.umask(old)
-    _check_demo(out, rc, mode, variant, tolerance)
+    _check_demo(out, rc, mode, variant, tolerance, tmp_path / "c")
     # the work directory's secrets (requests, keys, reports, patches, logs, ledger, solver state) are private
     work = tmp_path / "work"
     secret = [p for p in [work, *work.rglob("*")] if p.name not in PUBLIC and not p.name.endswith(".public.toml")]
@@ -46,7 +46,7 @@ def _demo(tmp_path, mode, variant, out):
                  str(tmp_path / "c"), "--timeout", "600", "--json", str(out), "--quiet"])
 
 
-def _check_demo(out, rc, mode, variant, tolerance):
+def _check_demo(out, rc, mode, variant, tolerance, cache):
     r = json.loads(out.read_text())
     assert rc == 0, r
     assert FIELDS <= set(r)
@@ -57,7 +57,7 @@ def _check_demo(out, rc, mode, variant, tolerance):
     assert set(r["bytes_from_coordinator"]) == {"a", "b", "c"} and min(r["bytes_from_coordinator"].values()) > 0
     assert 0 < r["session_seconds"] < r["seconds"]  # the processes' span, inside the whole command's
     # each party kept its targets in the shared cache (a session in another mode reuses them)
-    assert len(list((tmp_path / "c" / "targets").rglob("*.safetensors"))) == 6
+    assert len(list((cache / "targets").rglob("*.safetensors"))) == 6
     # the solver only ever received aggregates: every hand-off in the ledger covers at least min_parties
     with sqlite3.connect(r["ledger"]) as db:
         db.row_factory = sqlite3.Row

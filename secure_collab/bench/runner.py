@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class BenchConfig:
     anchor_parties: tuple[int, ...] = (3, 10)
     memory_parties: tuple[int, ...] = (2, 10, 20)
     memory_dims: tuple[int, ...] = (1536, 6400)
+    memory_large_parties: tuple[int, ...] = (2, 10, 20)  # party counts at the dims above the smallest
     solve_dims: tuple[int, ...] = (1536, 6400)
     solve_reps: int = 3
     covariance_tokens: int = 10_000
@@ -59,6 +60,32 @@ class BenchConfig:
             solve_reps=2, covariance_tokens=2_000, covariance_reps=2, target_edits=2, target_reps=1,
             target_flop_edits=1, key_edits=4, key_reps=2, efficacy=False), **changes})
 
+    def with_settings(self, items: list[str]) -> BenchConfig:
+        """A copy with ``NAME=VALUE`` overrides (tuples comma-separated); ValueError names a bad one."""
+        changes: dict[str, Any] = {}
+        names = {f.name: f for f in fields(self) if f.name not in ("quick", "model", "sections", "extra")}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name = name.strip()
+            if not sep or name not in names:
+                raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}")
+            current = getattr(self, name)
+            try:
+                if isinstance(current, bool):
+                    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(text)
+                    changes[name] = text.lower() in ("true", "1", "yes")
+                elif isinstance(current, tuple):
+                    changes[name] = tuple(int(x) for x in text.split(","))
+                else:
+                    changes[name] = type(current)(text)
+            except ValueError:
+                raise ValueError(f"--set {item!r}: {text!r} is not a {type(current).__name__} "
+                                 f"like {current!r}") from None
+            if isinstance(changes[name], int) and not isinstance(changes[name], bool) and changes[name] < 0:
+                raise ValueError(f"--set {item!r}: must not be negative")
+        return replace(self, **changes)
+
     def settings(self, section: str) -> dict[str, Any]:
         """The settings a section's result depends on (a cached result is reused only if they match)."""
         d = asdict(self)
@@ -67,8 +94,8 @@ class BenchConfig:
             "covariance": ("covariance_",), "targets": ("target_", "key_", "efficacy")}
         prefix = prefixes[section]
         keep = {k: v for k, v in d.items() if k.startswith(prefix)} | {"model": self.model}
-        if section == "anchors":
-            keep |= {k: v for k, v in d.items() if k.startswith("session_")}
+        if section == "anchors":  # the anchors run on the sessions' requests, split the same way
+            keep |= {k: d[k] for k in ("session_edits", "session_requests")}
         return json.loads(json.dumps(keep))
 
 
@@ -197,7 +224,7 @@ def _memory(cfg: BenchConfig, cache: Path | None, say: Callable[[str], None]) ->
     for dim in cfg.memory_dims:
         n = triangle_size(dim)
         for mode in ("plain", "shares", "ckks"):
-            for p in cfg.memory_parties:
+            for p in (cfg.memory_parties if dim == min(cfg.memory_dims) else cfg.memory_large_parties):
                 # own: the parameters a session of p parties gets; fixed: parameters for the most parties,
                 # p of them sending (only the party count changes)
                 for kind, parties, dropouts in (("own", p, 0), ("fixed", top, top - p)):

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where each section's JSON and the plots go (default: runs/bench)")
     p.add_argument("--only", default=None, metavar="SECTIONS",
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="change one setting of the preset, e.g. session_parties=3,10 session_reps=2 "
+                        "target_edits=4 memory_large_parties=2 (repeatable; names: the fields of "
+                        "secure_collab.bench.runner.BenchConfig; what ran is in the JSON's config)")
     p.add_argument("--fresh", action="store_true", help="measure again even where a kept result matches")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--target-requests", default="../shared/data/counterfact.json", metavar="FILE",
@@ -53,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(1)
     cfg = BenchConfig.preset(args.quick, model=args.model, sections=sections, target_requests=args.target_requests)
+    try:
+        cfg = cfg.with_settings(args.set)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
 
     def say(msg: str) -> None:
         if not args.quiet:
