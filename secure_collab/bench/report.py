@@ -221,6 +221,12 @@ def markdown(whole: dict[str, Any]) -> str:
     """The tables of BENCHMARKS.md from one bench result (sections that did not run are left out)."""
     sec = whole["sections"]
     out: list[str] = []
+    first = next(iter(sec.values()), None)
+    if first:
+        m = first["machine"]
+        versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "numpy", "transformers", "tenseal",
+                                                      "cryptography", "zmq", "flwr") if m.get(k))
+        out += [f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['torch_threads']} math thread; {versions}.", ""]
     if "sessions" in sec:
         s = sec["sessions"]
         out += [f"### (a) Sessions ({s['by_parties'][min(s['by_parties'], key=int)]['edits_per_party']} edits per "
