@@ -37,11 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "target_edits=4 memory_large_parties=2 (repeatable; names: the fields of "
                         "secure_collab.bench.runner.BenchConfig; what ran is in the JSON's config)")
     p.add_argument("--fresh", action="store_true", help="measure again even where a kept result matches")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m", help="model to measure (default: smollm2-135m)")
     p.add_argument("--target-requests", default="../shared/data/counterfact.json", metavar="FILE",
                    help="requests for the target and key timings (default: ../shared/data/counterfact.json; "
                         "records from 100 on)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="shared cache (default: ~/.cache/secure-collab)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
