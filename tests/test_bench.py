@@ -105,7 +105,7 @@ def test_bench_writes_the_issue_fields_and_resumes(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_bench_sessions_on_tiny_llama(tmp_path):
     """Whole sessions (processes over CurveZMQ) in the three modes: ratios and bytes per party."""
-    r = run_bench(_tiny(sections=("sessions",)), tmp_path / "bench", tmp_path / "cache")
+    r = run_bench(_tiny(sections=("sessions",), warmup=False), tmp_path / "bench", tmp_path / "cache")
     assert set(r["shares_over_plain"]) == {"2"} and r["shares_over_plain"]["2"] > 0
     assert r["ckks_over_plain"]["2"] > 0
     sent = r["session_bytes_per_party"]["2"]

@@ -45,6 +45,7 @@ class BenchConfig:
     key_edits: int = 16
     key_reps: int = 3
     efficacy: bool = True  # edit with the targets of before and after and compare efficacy
+    warmup: bool = True  # an untimed session per party count first (fills the target and page caches)
     sections: tuple[str, ...] = SECTIONS
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -155,7 +156,7 @@ def _sessions(cfg: BenchConfig, cache: Path | None, say: Callable[[str], None]) 
     lm, hp, _ = _load(cfg, cache)
     d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
     del lm
-    for p in cfg.session_parties:  # untimed: fills the target cache and the page cache for every mode
+    for p in cfg.session_parties if cfg.warmup else ():  # untimed: fills the target and page caches
         say(f"sessions: warm-up, {p} parties")
         with tempfile.TemporaryDirectory(prefix="bench-warmup-") as tmp:
             run_session("plain", p, cfg.session_edits, cfg.session_requests, cfg.model, Path(tmp), cache)
