@@ -123,6 +123,8 @@ def _memory(sec: dict[str, Any], s: dict[str, Any], checks: list) -> None:
                    f"max/min over {sorted(by_p, key=int)} parties")
     for mode, dims in own.items():
         for dim, by_p in dims.items():
+            if len(by_p) < 2:  # one party count says nothing about flatness
+                continue
             ratio = max(by_p.values()) / min(by_p.values())
             _check(checks, f"coordinator memory flat in party count ({mode}, d = {dim}, each count's parameters)",
                    ratio, LIMITS["memory_flat"], ratio <= LIMITS["memory_flat"],
