@@ -136,3 +136,5 @@ def test_bench_memory_measures_the_large_dim_at_its_own_party_counts(tmp_path):
                   tmp_path / "bench")
     rows = r["sections"]["memory"]["rows"]
     assert {(x["dim"], x["sending"]) for x in rows if x["kind"] == "own"} == {(8, 2), (8, 3), (16, 2)}
+    flat = [c["target"] for c in r["targets_check"] if c["target"].startswith("coordinator memory flat")]
+    assert flat and not [t for t in flat if "d = 16" in t]  # one party count says nothing about flatness
