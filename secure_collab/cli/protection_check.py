@@ -12,27 +12,26 @@ The measurement itself (and what coordinator_peak_bytes and the byte figures cou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 HELP = "Check a protection mode end to end on random statistics: error, bytes per value, timings, memory."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
+
     parser.add_argument("--mode", required=True, choices=["ckks", "shares", "plain"],
                         help="protection mode (plain is no protection: baselines only)")
     parser.add_argument("--parties", type=int, required=True, metavar="P", help="number of parties")
     parser.add_argument("--dim", type=int, required=True, metavar="D",
                         help="statistic dimension d: each party protects d(d+1)/2 values")
-    parser.add_argument("--dropouts", type=int, default=0, metavar="K", help="parties left out (default 0)")
-    parser.add_argument("--bound", type=float, default=1.0, help="declared max |entry| (default 1.0)")
-    parser.add_argument("--min-parties", type=int, default=2, help="solver refuses fewer (default 2)")
+    parser.add_argument("--dropouts", type=int, default=0, metavar="K", help="parties left out")
+    parser.add_argument("--value-bound", type=float, default=1.0, help="declared max |entry| of a statistic")
+    parser.add_argument("--min-parties", type=int, default=2, help="solver refuses fewer")
     parser.add_argument("--precision-bits", type=int, default=None,
                         help="ckks only: target precision relative to the bound (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed (>= 0) of the random statistics")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the result here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from secure_collab.bench.protection import TARGET_REL_ERR, measure_mode, uniform
+    from secure_collab.cli._output import say, write_json
     from secure_collab.protection import ProtectionError, triangle_size
 
     err = Console(stderr=True)
@@ -56,19 +56,20 @@ def run(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), console=err, disable=args.quiet, transient=True) as progress:
         task = progress.add_task(f"{args.mode}: {included} parties x {n:,} values", total=included)
         try:
-            result = measure_mode(args.mode, args.parties, n, lambda p: uniform(args.seed, p, n, args.bound),
-                                  dropouts=args.dropouts, bound=args.bound, min_parties=args.min_parties,
+            result = measure_mode(args.mode, args.parties, n, lambda p: uniform(args.seed, p, n, args.value_bound),
+                                  dropouts=args.dropouts, bound=args.value_bound, min_parties=args.min_parties,
                                   extra=extra, label=f"protection-check-{args.seed}",
                                   advance=lambda: progress.advance(task))
         except ProtectionError as exc:
             err.print(f"[red]refused at setup: {exc}[/red]")
             return 2
-    result = {"dim": args.dim, **result}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    result = {"dim": args.dim, "value_bound": args.value_bound, **result}
+    rel_err, peak = result["max_rel_err"], result["coordinator_peak_bytes"]
+    say(args, f"{args.mode}: {included} of {args.parties} parties x {n:,} values: max relative error "
+              f"{rel_err:.3g} (target {TARGET_REL_ERR[args.mode]:g}), {result['bytes_per_value']:.2f} bytes/value, "
+              f"protect {result['protect_seconds_per_mvalue']:.3f} s/Mvalue, coordinator peak "
+              f"{peak / 1e6:.1f} MB")
+    write_json(args, result)
     if not result["ok"]:
         print(f"max_rel_err {result['max_rel_err']:.3g} exceeds the target {TARGET_REL_ERR[args.mode]:g}",
               file=sys.stderr)

@@ -274,16 +274,19 @@ def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, 
     ``window``: replay only the positions δ can change (see ``_UpperStack``); False replays every position (the
     slower original, kept for the benchmark's before/after and the equality tests).
     """
+    from secure_collab.progress import progress as progress_bar
+
     per = hp.request_batch or len(requests)
-    if per >= len(requests):
-        return _optimise(lm, requests, hp, templates, progress, window)
-    parts = [_optimise(lm, requests[s : s + per], hp, templates, progress, window)
-             for s in range(0, len(requests), per)]
-    return TargetResult.concat(parts)
+    parts = []
+    with progress_bar("target optimisation", len(requests), "requests", enabled=progress) as advance:
+        for s in range(0, len(requests), per):
+            parts.append(_optimise(lm, requests[s : s + per], hp, templates, window))
+            advance(len(parts[-1].loss))
+    return parts[0] if len(parts) == 1 else TargetResult.concat(parts)
 
 
 def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
-              progress: bool, window: bool = True) -> TargetResult:
+              window: bool = True) -> TargetResult:
     """One batch. Requests that reach the early-stop loss leave it: later steps run only the others' rows."""
     layer = hp.layers[-1]
     p = _prepare(lm, requests, hp, templates)
@@ -300,12 +303,7 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
     nll_j = torch.zeros(n, dtype=torch.float64, device=dev)
     kl_init = None
     rows_of = None
-    it_range = range(hp.v_num_grad_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it_range = tqdm(it_range, desc=f"targets ({n} requests)", leave=False)
-    for it in it_range:
+    for it in range(hp.v_num_grad_steps):
         act = torch.nonzero(active).flatten()  # (a,) active requests
         if rows_of is None or len(act) != rows_of[0]:  # (re)build the batch of active rows
             sel = torch.nonzero(active[p.owner]).flatten()  # rows of active requests
