@@ -14,7 +14,6 @@ only figures of the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,11 +22,11 @@ HELP = "run the benchmarks (sessions, anchors, memory, solve, covariance, target
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from secure_collab.bench.runner import SECTIONS
+    from secure_collab.cli._output import add_json_option
 
     p.add_argument("--quick", action="store_true",
                    help="minutes instead of about two hours: 3 parties x 1 edit per session, two repetitions, "
                         "memory at d = 256 and 1536, fewer tokens and edits (what is smaller is in the JSON)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--out", default="runs/bench", metavar="DIR",
                    help="where each section's JSON and the plots go (default: runs/bench)")
     p.add_argument("--only", default=None, metavar="SECTIONS",
@@ -35,20 +34,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="change one setting of the preset, e.g. session_parties=3,10 session_reps=2 "
                         "target_edits=4 memory_large_parties=2 (repeatable; names: the fields of "
-                        "secure_collab.bench.runner.BenchConfig; what ran is in the JSON's config)")
+                        "secure_collab.bench.runner.BenchConfig; what ran is in the JSON's config; default: none)")
     p.add_argument("--fresh", action="store_true", help="measure again even where a kept result matches")
     p.add_argument("--model", default="smollm2-135m", help="model to measure (default: smollm2-135m)")
     p.add_argument("--target-requests", default="../shared/data/counterfact.json", metavar="FILE",
                    help="requests for the target and key timings (default: ../shared/data/counterfact.json; "
                         "records from 100 on)")
     p.add_argument("--cache-dir", default=None, help="shared cache (default: ~/.cache/secure-collab)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_json_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from secure_collab.bench.runner import SECTIONS, BenchConfig, run_bench
+    from secure_collab.cli._output import write_json
 
     sections = tuple(s.strip() for s in args.only.split(",")) if args.only else SECTIONS
     unknown = [s for s in sections if s not in SECTIONS]
@@ -63,17 +63,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
 
-    def say(msg: str) -> None:
-        if not args.quiet:
+    def say(msg: str) -> None:  # progress and the verdicts: stderr, so `--json -` leaves stdout to the JSON
+        if not getattr(args, "quiet", False):
             print(f"bench: {msg}", file=sys.stderr, flush=True)
 
     result = run_bench(cfg, Path(args.out), Path(args.cache_dir) if args.cache_dir else None, args.fresh, say)
-    text = json.dumps(result, indent=1)
-    if args.json == "-":
-        sys.stdout.write(text + "\n")
-    elif args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    write_json(args, result)
     for c in result["targets_check"]:
         value = "-" if c["value"] is None else f"{c['value']:.4g}"
         say(f"{'met    ' if c['met'] else 'MISSED '} {c['target']}: {value} (limit {c['limit']:.4g}) {c['note']}")

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_merge_arguments(m: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
     from secure_collab.cli.stats import parse_layers
 
     m.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
@@ -62,14 +63,14 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--out", required=True, help="output directory: cells/ (the cache), results.csv, results.md, "
                                                 "fig1.png, results.json")
     m.add_argument("--title", default=None, help="figure title")
-    m.add_argument("--json", default=None, metavar="OUT", help="also write the JSON here ('-' for stdout)")
-    m.add_argument("--quiet", action="store_true")
+    add_json_option(m)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from secure_collab.cli._output import write_json
     from secure_collab.cli.edit import load_request_set
     from secure_collab.covariance import covariance_entries
     from secure_collab.editing.hparams import VARIANTS, auto_request_batch, default_hparams
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"secure-collab experiment merge: {msg}", file=sys.stderr)
         return 2
 
-    console = Console(stderr=True, quiet=args.quiet)
+    quiet = bool(getattr(args, "quiet", False))
+    console = Console(stderr=True, quiet=quiet)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = ("sequential", "oneshot") if args.variant == ("both",) else args.variant
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.start + len(records) - 1}), {args.parties} parties, edits {list(grid.edits)}, "
                   f"{metrics} metrics")
     entries = covariance_entries(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len,
-                                 cache=args.cache_dir, progress=not args.quiet)
+                                 cache=args.cache_dir, progress=not quiet)
     covs = {k: e.cov.to(lm.device) for k, e in entries.items()}
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
     ctx = Context(lm, records, hp, covs, templates, cov_digest="-".join(e.key.digest()[:16] for e in entries.values()),
@@ -134,13 +136,9 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
              f"{args.parties} parties, λ={hp.mom2_update_weight:g}") if args.title is None else args.title
     plot_fig1(result, out / "fig1.png", title)
-    text = json.dumps(result, indent=1)
-    (out / "results.json").write_text(text + "\n")
-    if args.json == "-":
-        sys.stdout.write(text + "\n")
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
-    if not args.quiet:
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args, result)
+    if not quiet:
         print(markdown(result, metrics), file=sys.stderr)
     console.print(f"wrote {out}/results.csv, results.md, fig1.png, results.json in {time.perf_counter() - t0:.0f} s")
     return 0
