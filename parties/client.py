@@ -66,6 +66,7 @@ class PartyResult:
     refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
     left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
     bytes_sent: int = 0
+    bytes_received: int = 0  # every frame the coordinator sent us (setup, requests, encrypted releases)
     seconds: float = 0.0
 
 
@@ -136,6 +137,7 @@ class Party:
                 continue
             last, heard = time.monotonic(), True
             frames = self.sock.recv_multipart()
+            self.result.bytes_received += sum(len(f) for f in frames)
             try:
                 msg = Message.from_frames(frames, limits)
             except ProtocolError as exc:

@@ -26,8 +26,10 @@ from typing import Any
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "edit": "edit",
+    "experiment": "experiment",
     "stats": "stats",
     "protection-check": "protection_check",
+    "bench": "bench",
     "keys": "keys",
     "session": "session",
     "ledger": "ledger",

@@ -1,0 +1,144 @@
+"""`secure-collab experiment merge`: the merge grid of CollabEdit's Fig. 1 (a thin shell over
+``secure_collab.experiment``): methods × variants × edit counts over P parties, cached per cell, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HELP = "run experiment grids (merge: collab vs Global-Edit vs TA / SA / TIES over edit counts, CollabEdit's Fig. 1)"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    sub.required = True
+    m = sub.add_parser("merge", help="collab vs Global-Edit vs naive merges over edit counts (Fig. 1)",
+                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_merge_arguments(m)
+
+
+def add_merge_arguments(m: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
+    from secure_collab.cli.stats import parse_layers
+
+    m.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
+    m.add_argument("--requests", required=True, help="request file (CounterFact, MEND CounterFact, zsRE, JSONL) "
+                                                     "or 'bundled'")
+    m.add_argument("--format", default=None, help="request format (default: detected)")
+    m.add_argument("--start", type=int, default=0, help="skip this many records first (e.g. those tuned on)")
+    m.add_argument("--parties", type=int, default=10)
+    m.add_argument("--edits", type=_ints, default=(10, 30, 100), help="edit counts (all parties together)")
+    m.add_argument("--methods", type=_names, default=("global", "collab", "ta", "sa", "ties"),
+                   help="global, collab, ta, sa, ties, ta-lockstep, sa-lockstep, ties-lockstep")
+    m.add_argument("--variant", type=_names, default=("sequential",), help="sequential, oneshot or both: "
+                                                                          "sequential,oneshot")
+    m.add_argument("--metrics", choices=("auto", "counterfact", "zsre"), default="auto",
+                   help="auto: zsRE metrics for zsRE requests, else CounterFact's")
+    m.add_argument("--layers", type=parse_layers, default=None, help="edited layers (default: the model's)")
+    m.add_argument("--lambda", dest="lam", type=float, default=None, help="λ (default: the model's)")
+    m.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the model's)")
+    m.add_argument("--fluency-sample", type=_ints, default=(10, 2), metavar="REQUESTS,PROMPTS",
+                   help="fluency on the first REQUESTS requests' first PROMPTS generation prompts")
+    m.add_argument("--dtype", default="auto", help="auto (float64 for tiny models, else float32), float32, float64")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--threads", type=int, default=None, help="torch threads (set it when sharing cores)")
+    m.add_argument("--cache-dir", default=None)
+    m.add_argument("--out", required=True, help="output directory: cells/ (the cache), results.csv, results.md, "
+                                                "fig1.png, results.json")
+    m.add_argument("--title", default=None, help="figure title")
+    add_json_option(m)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from secure_collab.cli._output import write_json
+    from secure_collab.cli.edit import load_request_set
+    from secure_collab.covariance import covariance_entries
+    from secure_collab.editing.hparams import VARIANTS, auto_request_batch, default_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.experiment import Context, MergeGrid, detect_metrics, run_merge_grid
+    from secure_collab.experiment_report import markdown, plot_fig1, write_csv
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import n_layers
+
+    def fail(msg: str) -> int:
+        print(f"secure-collab experiment merge: {msg}", file=sys.stderr)
+        return 2
+
+    quiet = bool(getattr(args, "quiet", False))
+    console = Console(stderr=True, quiet=quiet)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = ("sequential", "oneshot") if args.variant == ("both",) else args.variant
+    if any(v not in VARIANTS for v in variants):
+        return fail(f"--variant must be among {', '.join(VARIANTS)} (or both), got {','.join(variants)}")
+    if len(args.fluency_sample) != 2:
+        return fail("--fluency-sample takes two numbers, REQUESTS,PROMPTS")
+    try:
+        records = load_request_set(args.requests, args.format, args.start + max(args.edits))[args.start:]
+    except (OSError, ValueError) as e:
+        return fail(str(e))
+    if len(records) < max(args.edits):
+        return fail(f"{max(args.edits)} edits asked for, {len(records)} requests after --start {args.start}")
+    metrics = detect_metrics(records) if args.metrics == "auto" else args.metrics
+    try:
+        grid = MergeGrid(edits=tuple(sorted(set(args.edits))), parties=args.parties, methods=args.methods,
+                         variants=tuple(variants), metrics=metrics, fluency_requests=args.fluency_sample[0],
+                         fluency_prompts=args.fluency_sample[1])
+    except ValueError as e:
+        return fail(str(e))
+    t0 = time.perf_counter()
+    with console.status(f"loading {args.model}"):
+        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)
+    hp = default_hparams(args.model, n_layers(lm.model, lm.spec)).with_(request_batch=auto_request_batch(
+        lm.device.type))
+    for attr, name in (("layers", "layers"), ("lam", "mom2_update_weight"), ("tokens", "mom2_tokens")):
+        if getattr(args, attr) is not None:
+            hp = hp.with_(**{name: tuple(args.layers) if attr == "layers" else getattr(args, attr)})
+    console.print(f"{args.model}: layers {list(hp.layers)}, λ={hp.mom2_update_weight:g}, C from {hp.mom2_tokens} "
+                  f"tokens; {len(records)} requests from {args.requests} (records {args.start}-"
+                  f"{args.start + len(records) - 1}), {args.parties} parties, edits {list(grid.edits)}, "
+                  f"{metrics} metrics")
+    entries = covariance_entries(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len,
+                                 cache=args.cache_dir, progress=not quiet)
+    covs = {k: e.cov.to(lm.device) for k, e in entries.items()}
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
+    ctx = Context(lm, records, hp, covs, templates, cov_digest="-".join(e.key.digest()[:16] for e in entries.values()),
+                  cache=args.cache_dir, say=console.log)
+    out = Path(args.out)
+    result = run_merge_grid(ctx, grid, out)
+    result["setup"] = {"model": args.model, "requests": args.requests, "start": args.start,
+                       "records": [args.start, args.start + max(grid.edits) - 1], "parties": args.parties,
+                       "metrics": metrics, "hparams": hp.to_dict(), "seconds": time.perf_counter() - t0,
+                       "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+                       "command": "secure-collab " + " ".join(sys.argv[1:])}
+    write_csv(result["rows"], out / "results.csv")
+    (out / "results.md").write_text(markdown(result, metrics))
+    title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
+             f"{args.parties} parties, λ={hp.mom2_update_weight:g}") if args.title is None else args.title
+    plot_fig1(result, out / "fig1.png", title)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args, result)
+    if not quiet:
+        print(markdown(result, metrics), file=sys.stderr)
+    console.print(f"wrote {out}/results.csv, results.md, fig1.png, results.json in {time.perf_counter() - t0:.0f} s")
+    return 0
