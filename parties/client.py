@@ -70,6 +70,7 @@ class PartyResult:
     own_tags: dict[int, list[bytes]] = field(default_factory=dict)  # round -> this party's tags (its own)
     left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
     bytes_sent: int = 0
+    bytes_received: int = 0  # every frame the coordinator sent us (setup, requests, encrypted releases)
     seconds: float = 0.0
 
 
@@ -146,6 +147,7 @@ class Party:
                 continue
             last, heard = time.monotonic(), True
             frames = self.sock.recv_multipart()
+            self.result.bytes_received += sum(len(f) for f in frames)
             try:
                 msg = Message.from_frames(frames, limits)
             except ProtocolError as exc:

@@ -1,6 +1,9 @@
 """The editing engine behind a party's network loop: statistics per (round, layer), ΔW application, report.
 
-z* is optimised once per round on the model as it is at the round's start; in the sequential variant each
+z* is optimised once per round on the model as it is at the round's start (and kept in the target cache under
+the cache directory, keyed by the weights, the request and the target hyper-parameters: a session run again, in
+another protection mode or after a failure, reuses them; ``target_cache=False`` keeps them in memory only); in
+the sequential variant each
 layer's keys and residuals come from the model with the earlier layers' ΔW applied, in the oneshot variant
 all layers' statistics come from the round's starting model (the network loop asks for them together).
 """
@@ -20,6 +23,7 @@ from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
 from secure_collab.editing.round_targets import concat
 from secure_collab.editing.session import requests_by_round, session_hparams
+from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
@@ -34,9 +38,10 @@ def _take(t: TargetResult, rows: list[int]) -> TargetResult:
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
                  dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True,
-                 rounds: list[list] | None = None) -> None:
+                 target_cache: bool = True, rounds: list[list] | None = None) -> None:
         """``requests``: this party's requests; ``rounds``: the same grouped by round (default: by their
-        ``round`` field, else contiguous blocks; see ``requests_by_round``)."""
+        ``round`` field, else contiguous blocks; see ``requests_by_round``); ``target_cache``: z* read from and
+        written to the per-request cache (``editing/target_cache.py``)."""
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
         from secure_collab.preflight import check_model, check_templates
@@ -44,6 +49,7 @@ class PartyEditor:
         self.s, self.log = session, log or logging.getLogger("party").info
         self.progress = progress
         check_templates(session)
+        self.cache, self.target_cache = cache, target_cache
         self.lm = load_model(session.model, device=device, cache=cache,
                              dtype=dtype or session.hparams.get("dtype", "auto"), allow_download=allow_download)
         check_model(self.lm, session)  # before target optimisation: a mismatch fails in one line, at once
@@ -64,6 +70,12 @@ class PartyEditor:
         self.compute_seconds = 0.0
         self.pre = evaluate(self.lm, requests)
 
+    def _targets(self, reqs: list) -> TargetResult:
+        """z* on the model as it is now: from the per-request cache (keyed by the weights) unless it is off."""
+        if self.target_cache:
+            return cached_targets(self.lm, reqs, self.hp, self.templates, self.cache, progress=self.progress)
+        return compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress)
+
     # ---- the round's requests: withheld when known, then the solver's verdicts ------------------------------
     def _round_plan(self, round: int) -> list:
         """The round's requests after this party's own checks (targets optimised on the model as it is now): a
@@ -74,7 +86,7 @@ class PartyEditor:
         reqs, keep, seen, withheld = self.rounds[round], [], set(), []
         if reqs:
             self.log(f"round {round}: optimising targets for {len(reqs)} requests")
-            t = compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress)
+            t = self._targets(reqs)
             rel = (t.z - t.z_init).norm(dim=1) / t.z_init.norm(dim=1).clamp_min(1e-30)
             for j, req in enumerate(reqs):
                 fact = fact_inputs(req)
@@ -103,7 +115,7 @@ class PartyEditor:
         self.verdicts[round] = verdicts
         targets = _take(self.targets[round], keep) if keep else None
         if extra:  # optimised on the same model as the round's other targets: nothing was applied in between
-            more = compute_targets(self.lm, extra, self.hp, self.templates, progress=self.progress)
+            more = self._targets(extra)
             targets = more if targets is None else concat([targets, more])
         self.plan[round] = [reqs[i] for i in keep] + extra
         if targets is not None:

@@ -167,11 +167,26 @@ def _batches(tok, texts: Sequence[str], batch_size: int, max_seq_len: int
 
 def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str], tokens: int,
                              batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                             progress: bool = True) -> tuple[dict[int, torch.Tensor], int]:
+                             progress: bool = True, stop_early: bool = True) -> tuple[dict[int, torch.Tensor], int]:
     """Run ``texts`` through ``loaded.model`` until ``tokens`` non-padding tokens were seen.
 
     Returns ({layer: (d_k, d_k) float64 CPU}, tokens used). The budget is exact: in the last batch only the
     first remaining tokens (row-major over the unpadded positions) are counted. Batches follow ``_batches``.
+    """
+    moments = accumulate_budget_moments(loaded, layers, texts, [tokens], batch_size, max_seq_len, progress,
+                                        stop_early)
+    return moments[tokens]
+
+
+def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str], budgets: Sequence[int],
+                              batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+                              progress: bool = True, stop_early: bool = True
+                              ) -> dict[int, tuple[dict[int, torch.Tensor], int]]:
+    """``accumulate_layer_moments`` for several token budgets in one pass: {budget: (moments, tokens used)}.
+    ``stop_early=False`` runs every forward to the logits (only the benchmark of what stopping saves wants it).
+
+    The first b tokens of the pass are the same whatever the largest budget, so a budget's moment is a snapshot
+    taken when the running sum reaches it; a budget the corpus cannot fill gets the whole corpus.
     """
     from secure_collab.models.specs import get_module, n_layers
     from secure_collab.progress import progress as progress_bar
@@ -180,36 +195,60 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
     depth = n_layers(model, spec)
     if not layers or not all(0 <= layer < depth for layer in layers):
         raise ValueError(f"layers must be a non-empty subset of 0..{depth - 1}, got {list(layers)}")
+    if not budgets or min(budgets) <= 0:
+        raise ValueError("token budgets must be positive")
     layers = sorted(set(layers))
-    top = layers[-1]
+    pending = sorted(set(budgets))
+    top, total = layers[-1], pending[-1]
     accs = {layer: MomentAccumulator() for layer in layers}
+    out: dict[int, tuple[dict[int, torch.Tensor], int]] = {}
     seen = 0
-    with progress_bar(f"covariance of layers {layers[0]}-{top}", tokens, "tokens", enabled=progress) as advance, \
+
+    def snapshot(budget: int) -> None:
+        out[budget] = ({layer: acc.moment().cpu().clone() for layer, acc in accs.items()}, seen)
+
+    with progress_bar(f"covariance of layers {layers[0]}-{top}", total, "tokens", enabled=progress) as advance, \
             torch.no_grad(), ExitStack() as stack:
         stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
-                                                           stop=layer == top)) for layer in layers}
+                                                           stop=stop_early and layer == top))
+                  for layer in layers}
         # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
         for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
-            if seen >= tokens:
+            if seen >= total:
                 break
             ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
             try:
                 model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
             except StopForward:
                 pass
-            flat = mask.flatten()  # (b*t,)
-            keep = torch.cumsum(flat.long(), 0) <= tokens - seen
-            flat = flat & keep
-            n = int(flat.sum())
+            keys = {}
             for layer in layers:
                 (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
                 stores[layer].clear()
-                accs[layer].add(x.reshape(-1, x.shape[-1])[flat])  # (n, d_k)
-            seen += n
-            advance(n)
+                keys[layer] = x.reshape(-1, x.shape[-1])  # (b*t, d_k)
+            flat = mask.flatten()  # (b*t,)
+            rank = torch.cumsum(flat.long(), 0)  # 1-based index of each real token within the batch
+            done = 0  # tokens of this batch already added
+            while True:  # up to each budget that falls inside this batch, then the rest
+                stop = min(pending[0] - seen + done, int(flat.sum()))
+                take = flat & (rank > done) & (rank <= stop)
+                for layer in layers:
+                    accs[layer].add(keys[layer][take])  # (n, d_k)
+                seen += stop - done
+                advance(stop - done)
+                done = stop
+                if seen < pending[0]:
+                    break
+                snapshot(pending.pop(0))
+                if not pending:
+                    break
+            if not pending:
+                break
     if seen == 0:
         raise ValueError("the corpus gave no tokens")
-    return {layer: acc.moment().cpu() for layer, acc in accs.items()}, seen
+    for budget in pending:  # the corpus ran out before these
+        snapshot(budget)
+    return out
 
 
 def model_max_len(model) -> int:
@@ -240,30 +279,46 @@ def covariance_entries(loaded, layers: Sequence[int], corpus: str | os.PathLike[
                        use_cache: bool = True, order_seed: int | None = 0,
                        progress: bool = True) -> dict[int, CovarianceEntry]:
     """C_l for each layer with its cache entry; layers not in the cache are computed in one shared pass."""
-    if tokens <= 0 or batch_size <= 0 or max_seq_len <= 0:
+    return covariance_budget_entries(loaded, layers, [tokens], corpus, batch_size, max_seq_len, cache, use_cache,
+                                     order_seed, progress)[tokens]
+
+
+def covariance_budget_entries(loaded, layers: Sequence[int], budgets: Sequence[int],
+                              corpus: str | os.PathLike[str] | Corpus | None = None,
+                              batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+                              cache: str | os.PathLike[str] | None = None, use_cache: bool = True,
+                              order_seed: int | None = 0,
+                              progress: bool = True) -> dict[int, dict[int, CovarianceEntry]]:
+    """{budget: {layer: entry}} for several token budgets; everything missing from the cache in one pass."""
+    if min(budgets, default=0) <= 0 or batch_size <= 0 or max_seq_len <= 0:
         raise ValueError("tokens, batch_size and max_seq_len must be positive")
     corp = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
     root = cache_dir(cache) / "covariance"
     max_seq_len = min(max_seq_len, model_max_len(loaded.model))
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-    keys = {layer: CovarianceKey(loaded.source_digest, int(layer), corp.digest, tokens, max_seq_len,
-                                 order_seed, dtype) for layer in sorted(set(layers))}
-    out: dict[int, CovarianceEntry] = {}
+    keys = {(b, layer): CovarianceKey(loaded.source_digest, int(layer), corp.digest, int(b), max_seq_len,
+                                      order_seed, dtype) for b in set(budgets) for layer in set(layers)}
+    out: dict[int, dict[int, CovarianceEntry]] = {b: {} for b in set(budgets)}
     if use_cache:
-        for layer, key in keys.items():
+        for (b, layer), key in keys.items():
             if (entry := _load_cached(root, key)) is not None:
-                out[layer] = entry
-    missing = [layer for layer in keys if layer not in out]
+                out[b][layer] = entry
+    missing = sorted({layer for (b, layer) in keys if layer not in out[b]})
+    todo = sorted({b for (b, layer) in keys if layer not in out[b]})
     if missing:
-        moments, used = accumulate_layer_moments(loaded, missing, corpus_texts(corp, order_seed), tokens,
-                                                 batch_size, max_seq_len, progress)
-        if used < tokens:
-            log.warning("corpus %s ran out after %d of %d tokens", corp.name, used, tokens)
+        moments = accumulate_budget_moments(loaded, missing, corpus_texts(corp, order_seed), todo, batch_size,
+                                            max_seq_len, progress)
         info = {"model": loaded.name, "corpus": corp.name}
-        for layer in missing:
-            out[layer] = (_store(root, keys[layer], moments[layer], used, info) if use_cache else
-                          CovarianceEntry(keys[layer], moments[layer], used, None, None, from_cache=False))
-    return dict(sorted(out.items()))
+        for b in todo:
+            mom, used = moments[b]
+            if used < b:
+                log.warning("corpus %s ran out after %d of %d tokens", corp.name, used, b)
+            for layer in missing:
+                if layer in out[b]:
+                    continue
+                out[b][layer] = (_store(root, keys[b, layer], mom[layer], used, info) if use_cache else
+                                 CovarianceEntry(keys[b, layer], mom[layer], used, None, None, from_cache=False))
+    return {b: dict(sorted(v.items())) for b, v in out.items()}
 
 
 def layer_covariances(loaded, layers: Sequence[int], corpus: str | os.PathLike[str] | Corpus | None = None,

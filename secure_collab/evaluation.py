@@ -6,9 +6,10 @@ For a prompt and a target the measure is the mean per-token NLL of ``" " + targe
   requests (MEMIT's summarize: mean of per-case means);
 - specificity: per request the fraction of neighbourhood prompts with NLL(true) < NLL(new), where "true" is
   the prompt's own object (``Request.neighbor_target``), averaged over requests;
-- score: harmonic mean of the metrics that could be computed.
-A metric with no request to measure it on is None and named in ``skipped`` with the reason. Requests without
-``target_true`` are reported with NLL(new) only and are left out of all three metrics.
+- score: MEMIT's harmonic mean of exactly these three metrics (``score_of``).
+A metric with no request to measure it on is None and named in ``skipped`` with the reason; the score is then
+None too (a harmonic mean of two metrics is not MEMIT's Score). Requests without ``target_true`` are reported
+with NLL(new) only and are left out of all three metrics.
 
 Tokenisation: the prompt and ``prompt + " " + target`` are tokenised; when the second starts with the first
 (BPE tokenizers, where a word with its leading space never merges with the text before it) the target is the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -77,6 +79,15 @@ def harmonic_mean(values: Sequence[float]) -> float:
     return len(values) / sum(1.0 / v for v in values)
 
 
+def score_of(values: Sequence[float | None]) -> float | None:
+    """MEMIT's Score: the harmonic mean of exactly three metrics (efficacy, generalization, specificity or
+    locality); None when any of them is missing."""
+    if len(values) != 3:
+        raise ValueError(f"the score is the harmonic mean of three metrics, got {len(values)}")
+    present = [v for v in values if v is not None]
+    return harmonic_mean(present) if len(present) == 3 else None
+
+
 def encode_completion(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
     """(token ids of prompt + " " + target, number of trailing ids that are the target)."""
     p = tokenizer(prompt)["input_ids"]
@@ -96,7 +107,27 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 def completion_nlls(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[float]:
-    """Mean per-token NLL of " " + target after prompt, for each (prompt, target); batched, right-padded.
+    """Mean per-token NLL of " " + target after prompt, for each (prompt, target); batched, right-padded."""
+
+    def nll(logp: torch.Tensor, target: torch.Tensor) -> float:
+        return float(-logp.gather(1, target[:, None]).mean())
+
+    return completion_scores(model, tokenizer, pairs, nll, batch_size)
+
+
+def completion_argmax(model, tokenizer, pairs: Sequence[tuple[str, str]],
+                      batch_size: int = 32) -> list[tuple[list[int], list[int]]]:
+    """Teacher-forced (predicted, target) token ids of " " + target after prompt: the argmax at each position
+    that predicts a target token, and that token (zsRE's token-level accuracy)."""
+
+    def pick(logp: torch.Tensor, target: torch.Tensor) -> tuple[list[int], list[int]]:
+        return logp.argmax(-1).tolist(), target.tolist()
+
+    return completion_scores(model, tokenizer, pairs, pick, batch_size)
+
+
+def completion_scores(model, tokenizer, pairs: Sequence[tuple[str, str]], fn, batch_size: int = 32) -> list:
+    """``fn(log_probs (n, V) float64, target ids (n,))`` for each (prompt, target), n the target's tokens.
 
     Identical pairs are computed once; sequences are batched by length so little is padding, and where the
     model takes ``logits_to_keep`` only the last positions of a batch go through the unembedding (on SmolLM2
@@ -108,7 +139,7 @@ def completion_nlls(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_si
     encoded = [encode_completion(tokenizer, p, t) for p, t in unique]
     order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]))
     keep_ok = _accepts_logits_to_keep(model)
-    nll: dict[tuple[str, str], float] = {}
+    out: dict[tuple[str, str], Any] = {}
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
@@ -128,8 +159,8 @@ def completion_nlls(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_si
                 pos = torch.arange(len(seq) - n - 1, len(seq) - 1, device=logits.device) - offset  # (n,)
                 logp = torch.log_softmax(logits[i, pos].double(), dim=-1)  # (n, V)
                 target = torch.tensor(seq[len(seq) - n:], device=logits.device)  # (n,)
-                nll[unique[rows[i]]] = float(-logp.gather(1, target[:, None]).mean())
-    return [nll[pair] for pair in pairs]
+                out[unique[rows[i]]] = fn(logp, target)
+    return [out[pair] for pair in pairs]
 
 
 def evaluate_requests(model, tokenizer, requests: Sequence[Request], batch_size: int = 32) -> EvalResult:
@@ -167,10 +198,9 @@ def evaluate_requests(model, tokenizer, requests: Sequence[Request], batch_size:
                "generalization": "no request has paraphrase prompts and target_true",
                "specificity": "no request has neighbourhood prompts and target_true"}
     metrics = {k: (_mean(v) if v else None) for k, v in values.items()}
-    present = [m for m in metrics.values() if m is not None]
     return EvalResult(
         efficacy=metrics["efficacy"], generalization=metrics["generalization"],
-        specificity=metrics["specificity"], score=harmonic_mean(present) if present else None,
+        specificity=metrics["specificity"], score=score_of(list(metrics.values())),
         counts={k: len(v) for k, v in values.items()},
         skipped={k: reasons[k] for k, m in metrics.items() if m is None},
         details=details,

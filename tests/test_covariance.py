@@ -89,6 +89,20 @@ def test_token_budget_is_exact(tiny, corpus_file, tmp_path):
     assert e[0].tokens_used == 137 and e[0].key.tokens == 137
 
 
+def test_several_budgets_in_one_pass_equal_separate_passes(tiny, corpus_file, tmp_path):
+    budgets = [50, 51, 137, 10**6]  # two inside one batch, one mid-corpus, one past its end
+    together = cov_mod.covariance_budget_entries(tiny, [0, 2], budgets, corpus_file, batch_size=3,
+                                                 cache=tmp_path / "a", progress=False)
+    for b in budgets:
+        alone = covariance_entries(tiny, [0, 2], corpus_file, tokens=b, batch_size=3, cache=tmp_path / "b",
+                                   progress=False)
+        for layer in (0, 2):
+            assert together[b][layer].tokens_used == alone[layer].tokens_used
+            torch.testing.assert_close(together[b][layer].cov, alone[layer].cov, rtol=1e-13, atol=1e-15)
+            assert together[b][layer].key == alone[layer].key
+    assert together[50][0].tokens_used == 50 and together[10**6][0].tokens_used < 10**6
+
+
 def test_forward_stops_after_highest_layer(tiny, corpus_file):
     calls = []
     later = tiny.model.get_submodule(tiny.spec.block_name(3))
@@ -109,7 +123,7 @@ def test_cache_hit_second_time(tiny, corpus_file, tmp_path, monkeypatch):
     def no_forward(*args, **kwargs):
         raise AssertionError("cache miss: the model was run")
 
-    monkeypatch.setattr(cov_mod, "accumulate_layer_moments", no_forward)
+    monkeypatch.setattr(cov_mod, "accumulate_budget_moments", no_forward)
     second = covariance_entries(tiny, [1, 3], corpus_file, tokens=300, cache=tmp_path, progress=False)
     assert all(e.from_cache for e in second.values())
     for layer in (1, 3):

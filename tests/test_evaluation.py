@@ -17,6 +17,7 @@ from secure_collab.evaluation import (
     evaluate,
     evaluate_requests,
     harmonic_mean,
+    score_of,
 )
 from secure_collab.models import load_model
 
@@ -80,7 +81,7 @@ def test_missing_prompts_are_skipped_and_said(byte_tok, unigram):
     res = evaluate_requests(model, byte_tok, reqs)
     assert res.efficacy == 1.0 and res.generalization is None and res.specificity is None
     assert set(res.skipped) == {"generalization", "specificity"}
-    assert res.score == 1.0  # harmonic mean of what could be measured
+    assert res.score is None  # MEMIT's score needs all three metrics; two are missing
     none = evaluate_requests(model, byte_tok, [Request(subject="X", prompt="{} is", target_new="a")])
     assert none.score is None and set(none.skipped) == {"efficacy", "generalization", "specificity"}
 
@@ -88,6 +89,13 @@ def test_missing_prompts_are_skipped_and_said(byte_tok, unigram):
 def test_harmonic_mean():
     assert harmonic_mean([1.0, 0.5]) == pytest.approx(2 / 3)
     assert harmonic_mean([0.0, 1.0]) == 0.0
+
+
+def test_score_is_exactly_three_metrics():
+    assert score_of([1.0, 0.5, 0.25]) == pytest.approx(3 / (1 + 2 + 4))
+    assert score_of([1.0, None, 0.5]) is None  # not the harmonic mean of the two that are there
+    with pytest.raises(ValueError, match="three"):
+        score_of([1.0, 0.5])
 
 
 def manual_nll(loaded, prompt: str, target: str) -> float:

@@ -7,7 +7,8 @@ engine and the evaluation complete a prompt with ``" " + target``.
 
 Formats (``FORMATS``):
 - ``counterfact``: MEMIT/ROME (Multi-)CounterFact records, ``requested_rewrite{prompt, subject,
-  target_new{str}, target_true{str}, relation_id}``, ``paraphrase_prompts``, ``neighborhood_prompts``.
+  target_new{str}, target_true{str}, relation_id}``, ``paraphrase_prompts``, ``neighborhood_prompts``,
+  ``generation_prompts``.
   The non-upstream key ``neighborhood_targets`` (one true object per neighbourhood prompt, written by
   the bundled set) is read too.
 - ``counterfact_mend``: EasyEdit/MEND reduced CounterFact, ``prompt`` (filled in), ``subject``,
@@ -17,10 +18,11 @@ Formats (``FORMATS``):
   unrelated NQ question, not a neighbour of the subject, so they go to ``extra``, not to the neighbours.
 - ``mquake``: MQuAKE records; each ``requested_rewrite`` entry becomes one request (case_id ``"<id>.<i>"``).
 - ``jsonl``: one JSON object per line, ``{"subject", "prompt", "target_new"[, "target_true", "relation",
-  "case_id", "paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets"]}``; the prompt holds "{}".
+  "case_id", "paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets", "generation_prompts"]}``;
+  the prompt holds "{}".
+  A ``.json`` file holding a list of such objects is read the same way.
 
 Every format may carry a top-level ``"round"`` (an integer >= 0): the session round the request is for.
-  A ``.json`` file holding a list of such objects is read the same way.
 
 Filled-in prompts (MEND formats) are turned into templates by replacing the first exact occurrence of the
 subject with "{}". Fallback when the subject does not occur verbatim: a unique case-insensitive occurrence is
@@ -139,6 +141,7 @@ def _parse_counterfact(rec: _Record) -> list[Request]:
         paraphrase_prompts=rec.texts(rec.raw, "paraphrase_prompts"),
         neighborhood_prompts=rec.texts(rec.raw, "neighborhood_prompts"),
         neighborhood_targets=rec.texts(rec.raw, "neighborhood_targets"),
+        generation_prompts=rec.texts(rec.raw, "generation_prompts"),
         extra=extra,
     )]
 
@@ -211,6 +214,7 @@ def _parse_plain(rec: _Record) -> list[Request]:
         paraphrase_prompts=rec.texts(rec.raw, "paraphrase_prompts"),
         neighborhood_prompts=rec.texts(rec.raw, "neighborhood_prompts"),
         neighborhood_targets=rec.texts(rec.raw, "neighborhood_targets"),
+        generation_prompts=rec.texts(rec.raw, "generation_prompts"),
     )]
 
 
@@ -326,7 +330,7 @@ def write_jsonl(requests: Iterable[Request], path: str | os.PathLike[str]) -> Pa
             for key in ("target_true", "relation"):
                 if getattr(r, key) is not None:
                     rec[key] = getattr(r, key)
-            for key in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets"):
+            for key in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets", "generation_prompts"):
                 if getattr(r, key):
                     rec[key] = list(getattr(r, key))
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")

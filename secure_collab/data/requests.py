@@ -28,6 +28,7 @@ class Request:
     # one true object per neighbourhood prompt when they differ from target_true (e.g. other countries'
     # capitals); empty: every neighbourhood prompt is completed by target_true, as in CounterFact
     neighborhood_targets: tuple[str, ...] = ()
+    generation_prompts: tuple[str, ...] = ()  # CounterFact's prompts for free generation (fluency)
     round: int | None = None  # the session round this request belongs to, when its source says so
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
@@ -49,7 +50,7 @@ class Request:
         if self.prompt.count("{}") != 1:
             raise RequestError(f"{where}: field 'prompt' must contain exactly one '{{}}' for the subject, "
                                f"got {self.prompt!r}")
-        for name in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets"):
+        for name in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets", "generation_prompts"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(p, str) for p in value):
                 raise RequestError(f"{where}: field {name!r} must be a list of strings")

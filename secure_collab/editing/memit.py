@@ -2,6 +2,16 @@
 
 This is the single-machine simulation of a session and the Global-Edit reference: ``method="global"`` is one
 party holding every request. The networked session calls the same ``party_layer_stats`` and ``solve_update``.
+
+Methods (``METHODS``):
+- ``global``: one machine, every request; ``collab``: the parties' statistics summed (equal to global).
+- ``ta``, ``sa``, ``ties``: the merge baselines as CollabEdit defines them. Each party runs MEMIT alone on its
+  own copy of the model (layer by layer in the sequential variant, on its own requests), and the per-party
+  ΔW_p of each layer are merged by Task Arithmetic, Simple Average or TIES (``merges.py``).
+- ``ta-lockstep``, ``sa-lockstep``, ``ties-lockstep``: the parties move through the layers together; at each
+  layer every party solves alone on the model that already carries the merged earlier layers, and the merge
+  is applied before the next layer. In the oneshot variant every statistic comes from the unedited model, so
+  a lockstep merge and the independent one are the same computation.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.models.loading import LoadedModel
 from secure_collab.models.specs import add_to_down_weight, down_weight
 
-METHODS = ("global", "collab", "ta", "sa", "ties")
+INDEPENDENT = ("ta", "sa", "ties")
+LOCKSTEP = ("ta-lockstep", "sa-lockstep", "ties-lockstep")
+METHODS = ("global", "collab", *INDEPENDENT, *LOCKSTEP)
 
 
 def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) -> torch.Tensor:
@@ -45,19 +57,22 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
 
 
 def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float) -> torch.Tensor:
-    """ΔW (d_v, d_k) float64 from the parties' statistics by ``method``."""
+    """ΔW (d_v, d_k) float64 of one layer from the parties' statistics: summed (global, collab) or each party
+    solved alone and merged (``ta``/``sa``/``ties``, with or without ``-lockstep``: per layer they are the same)."""
     if method in ("global", "collab"):
         total = sum_stats(stats)
         return solve_update(total.b, total.g, cov, lam)
-    if method in MERGES:
-        return MERGES[method]([solve_update(s.b, s.g, cov, lam) for s in stats])
-    raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+    merge = MERGES.get(method.removesuffix("-lockstep"))
+    if merge is None:
+        raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+    return merge([solve_update(s.b, s.g, cov, lam) for s in stats])
 
 
 @dataclass
 class EditOutcome:
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> applied ΔW (d_v, d_k) float64
     targets: list[TargetResult] = field(default_factory=list)  # per party
+    party_deltas: list[dict[int, torch.Tensor]] = field(default_factory=list)  # independent merges: each ΔW_p
 
 
 def snapshot(lm: LoadedModel, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -73,11 +88,14 @@ def restore(lm: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
 def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, covs: dict[int, torch.Tensor],
              method: str, templates: list[str], progress: Callable[[str], None] | None = None,
              targets: list[TargetResult] | None = None) -> EditOutcome:
-    """Edit ``lm`` in place with every party's requests; returns the applied ΔW per layer.
+    """Edit ``lm`` in place with every party's requests by ``method``; returns the applied ΔW per layer.
 
-    ``targets`` (one per non-empty party, in order) skips the target optimisation: for sweeps over λ, whose
-    targets are the same. They must come from the unedited model and the same last edited layer.
+    ``targets`` (one per non-empty party, in order; for ``global`` one for all requests) skips the target
+    optimisation: for sweeps and grids, whose targets are the same. They must come from the unedited model and
+    the same last edited layer (``target_cache.cached_targets`` gives them).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {METHODS}")
     if method == "global":
         parties = [[r for p in parties for r in p]]
     parties = [p for p in parties if p]
@@ -91,23 +109,41 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
         say(f"targets: party {k + 1}/{len(parties)} ({len(reqs)} requests)")
         out.targets.append(compute_targets(lm, reqs, hp, templates))
     zs = [t.z for t in out.targets]
+    if method in INDEPENDENT:
+        saved = snapshot(lm, hp.layers)
+        for k, (reqs, z) in enumerate(zip(parties, zs, strict=True)):
+            say(f"party {k + 1}/{len(parties)}: MEMIT alone on its own copy")
+            out.party_deltas.append(edit_layers(lm, [reqs], [z], hp, covs, templates, "collab", say))
+            restore(lm, saved)
+        for layer in hp.layers:
+            out.deltas[layer] = MERGES[method]([d[layer] for d in out.party_deltas])
+            add_to_down_weight(lm.model, lm.spec, layer, out.deltas[layer])
+    else:
+        out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say)
+    return out
+
+
+def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Tensor], hp: MemitHParams,
+                covs: dict[int, torch.Tensor], templates: list[str], method: str,
+                say: Callable[[str], None]) -> dict[int, torch.Tensor]:
+    """The layer loop: per layer each party's statistics, ``combine`` by ``method``, apply. Returns ΔW per layer."""
+    deltas: dict[int, torch.Tensor] = {}
     if hp.variant == "sequential":
         for layer in hp.layers:
             say(f"layer {layer}: statistics and solve")
             stats = [party_layer_stats(lm, reqs, z, layer, hp, templates) for reqs, z in zip(parties, zs, strict=True)]
-            delta = combine(method, stats, covs[layer], hp.mom2_update_weight)
-            add_to_down_weight(lm.model, lm.spec, layer, delta)
-            out.deltas[layer] = delta
+            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight)
+            add_to_down_weight(lm.model, lm.spec, layer, deltas[layer])
     else:  # oneshot: every layer's statistics from the unedited model, one aggregation
         say("all layers: statistics on the unedited model")
         curs = [current_outputs(lm, reqs, hp) for reqs in parties]  # once: the model does not change here
         per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur)
                              for reqs, z, cur in zip(parties, zs, curs, strict=True)] for layer in hp.layers}
         for layer in hp.layers:
-            out.deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight)
-        for layer, delta in out.deltas.items():
+            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight)
+        for layer, delta in deltas.items():
             add_to_down_weight(lm.model, lm.spec, layer, delta)
-    return out
+    return deltas
 
 
 def rel_diff_per_layer(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> dict[int, float]:

@@ -1,0 +1,238 @@
+"""The merge experiment (CollabEdit's Fig. 1): methods × variants × edit counts over P parties, on one machine.
+
+For each variant and each number of edits N (the first N requests, split among the parties as
+``split_parties`` does), every method edits the model from the same start and is evaluated; the model is then
+restored. Targets z* are optimised once per request through the engine's target cache (they depend only on the
+unedited model), so methods, variants and edit counts share them. Each finished cell is written to
+``<out>/cells/<key>.json`` (key: a digest of everything the cell depends on), so an interrupted grid resumes
+where it stopped; Global-Edit's ΔW per cell is kept beside it (float64 safetensors) to compare the others with.
+
+Rows (``ROW_FIELDS``): the probability metrics (CounterFact: efficacy, generalization, specificity; zsRE:
+efficacy, generalization, locality), ``score`` (their harmonic mean, None when one is missing), the greedy
+generation metrics, fluency on a fixed sample, ΔW's relative difference from Global-Edit, and ``z_reach``: how
+far the edited model's state at the last edited layer moved toward z*, (h − h₀)·(z* − h₀)/‖z* − h₀‖², mean over
+requests (1: reached; the oneshot variant overshoots).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from secure_collab.cache import digest_json
+from secure_collab.data.requests import Request
+from secure_collab.editing.hparams import MemitHParams
+from secure_collab.editing.keys import block_outputs
+from secure_collab.editing.memit import METHODS, rel_diff_per_layer, restore, run_edit, snapshot, split_parties
+from secure_collab.editing.target_cache import cached_targets
+from secure_collab.editing.targets import TargetResult
+from secure_collab.editing.templates import templates_digest
+from secure_collab.models.loading import LoadedModel
+
+CELL_FORMAT = 1
+ROW_FIELDS = ("method", "variant", "edits", "parties", "edits_per_party", "efficacy", "generalization",
+              "specificity", "locality", "score", "gen_efficacy", "gen_generalization", "fluency",
+              "delta_rel_diff_vs_global", "z_reach", "edit_seconds", "eval_seconds")
+NAIVE = ("ta", "sa", "ties", "ta-lockstep", "sa-lockstep", "ties-lockstep")
+
+
+@dataclass(frozen=True)
+class MergeGrid:
+    edits: tuple[int, ...]
+    parties: int
+    methods: tuple[str, ...]
+    variants: tuple[str, ...]
+    metrics: str = "counterfact"  # or "zsre"
+    fluency_requests: int = 10  # fixed sample per cell: the first requests' first generation prompts
+    fluency_prompts: int = 2
+    fluency_seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+        if self.metrics not in ("counterfact", "zsre"):
+            raise ValueError("metrics must be 'counterfact' or 'zsre'")
+        if not self.edits or min(self.edits) < self.parties or self.parties < 1:
+            raise ValueError(f"every edit count must be at least the number of parties ({self.parties})")
+
+
+@dataclass
+class Context:
+    """What every cell shares: the model, the requests, hyper-parameters, covariances and templates."""
+
+    lm: LoadedModel
+    requests: list[Request]
+    hp: MemitHParams
+    covs: dict[int, torch.Tensor]
+    templates: list[str]
+    cov_digest: str  # identifies the covariances (their cache keys)
+    cache: str | os.PathLike[str] | None = None
+    say: Callable[[str], None] = field(default=lambda _m: None)
+
+
+def detect_metrics(requests: Sequence[Request]) -> str:
+    """zsRE when the requests carry zsRE's loc question, else CounterFact."""
+    return "zsre" if requests and all("loc" in r.extra for r in requests) else "counterfact"
+
+
+def _request_digest(requests: Sequence[Request]) -> str:
+    return digest_json([{k: v for k, v in asdict(r).items()} for r in requests])
+
+
+def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -> str:
+    if variant == "oneshot":  # every statistic from the unedited model: lockstep and independent are one thing
+        method = method.removesuffix("-lockstep")
+    dtype = str(next(ctx.lm.model.parameters()).dtype)
+    return digest_json({"format": CELL_FORMAT, "model": ctx.lm.source_digest, "dtype": dtype,
+                        "requests": _request_digest(ctx.requests[:n]), "parties": grid.parties, "method": method,
+                        "hparams": ctx.hp.with_(variant=variant).to_dict(), "covariance": ctx.cov_digest,
+                        "templates": templates_digest(ctx.templates), "metrics": grid.metrics,
+                        "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed]})[:32]
+
+
+def pre_key(ctx: Context, grid: MergeGrid, n: int) -> str:
+    """The unedited model's cell: the model, the first n requests and the metric settings."""
+    dtype = str(next(ctx.lm.model.parameters()).dtype)
+    return digest_json({"format": CELL_FORMAT, "model": ctx.lm.source_digest, "dtype": dtype,
+                        "requests": _request_digest(ctx.requests[:n]), "metrics": grid.metrics,
+                        "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed]})[:32]
+
+
+def z_reach(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp: MemitHParams) -> float:
+    """Mean over requests of (h − h₀)·(z* − h₀)/‖z* − h₀‖² at the last edited layer on the model as it is now."""
+    h = block_outputs(lm, requests, hp.layers[-1], hp.request_batch).double()  # (n, d_v)
+    h0, z = targets.z_init.double(), targets.z.double()
+    want = z - h0
+    return float(((h - h0) * want).sum(1).div(want.pow(2).sum(1).clamp_min(1e-300)).mean())
+
+
+def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | None) -> dict[str, Any]:
+    """Every metric of the model as it is now on ``requests`` (``pre``: the unedited cell, for zsRE locality)."""
+    from secure_collab.eval_generation import fluency, fluency_prompts, generation_metrics
+    from secure_collab.eval_zsre import evaluate_zsre, loc_predictions
+    from secure_collab.evaluation import evaluate
+
+    lm = ctx.lm
+    row: dict[str, Any] = {}
+    if grid.metrics == "zsre":
+        before = pre["loc_predictions"] if pre is not None else loc_predictions(lm.model, lm.tokenizer, requests)
+        z = evaluate_zsre(lm.model, lm.tokenizer, requests, before).summary()
+        row.update({k: z[k] for k in ("efficacy", "generalization", "locality", "score", "loc_answer_accuracy")})
+        row["specificity"] = None
+        if pre is None:
+            row["loc_predictions"] = before
+    else:
+        e = evaluate(lm, requests).summary()
+        row.update({k: e[k] for k in ("efficacy", "generalization", "specificity", "score")})
+        row["locality"] = None
+    row.update(generation_metrics(lm.model, lm.tokenizer, requests).summary())
+    prompts = fluency_prompts(requests, grid.fluency_requests, grid.fluency_prompts)
+    row["fluency"] = fluency(lm.model, lm.tokenizer, prompts, seed=grid.fluency_seed)
+    return row
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
+    """Every cell of the grid (cached ones read back), then the summary: rows, pre-edit rows, 10-point drops."""
+    from safetensors.torch import load_file, save_file
+
+    cells = out / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    n_max = max(grid.edits)
+    if len(ctx.requests) < n_max:
+        raise ValueError(f"{n_max} edits asked for, {len(ctx.requests)} requests given")
+    ctx.say(f"targets for {n_max} requests (cached per request)")
+    targets = cached_targets(ctx.lm, ctx.requests[:n_max], ctx.hp, ctx.templates, ctx.cache, progress=True)
+    rows, pre_rows = [], []
+    methods = ["global", *[m for m in grid.methods if m != "global"]]  # global first: the others compare with it
+    for n in sorted(grid.edits):
+        reqs = ctx.requests[:n]
+        parties = split_parties(reqs, grid.parties)
+        pre_path = cells / f"pre-{pre_key(ctx, grid, n)}.json"
+        pre = _load_json(pre_path)
+        if pre is None:
+            ctx.say(f"{n} edits: evaluating the unedited model")
+            t = time.perf_counter()
+            pre = {"edits": n, **measure(ctx, grid, reqs, None), "eval_seconds": time.perf_counter() - t}
+            _write_json(pre_path, pre)
+        pre_rows.append({k: v for k, v in pre.items() if k != "loc_predictions"})
+        for variant in grid.variants:
+            hp = ctx.hp.with_(variant=variant)
+            ref_path = cells / f"{cell_key(ctx, grid, n, variant, 'global')}.deltas.safetensors"
+            for method in methods:
+                key = cell_key(ctx, grid, n, variant, method)
+                path, dpath = cells / f"{key}.json", cells / f"{key}.deltas.safetensors"
+                row = _load_json(path)
+                if method == "global" and row is not None and not dpath.is_file():
+                    row = None  # the comparison needs Global-Edit's ΔW: recompute it
+                if row is None:
+                    ctx.say(f"{variant}, {n} edits, {method}: editing")
+                    saved = snapshot(ctx.lm, hp.layers)
+                    try:
+                        t = time.perf_counter()
+                        sizes = [n] if method == "global" else [len(p) for p in parties]
+                        pt = targets.take(list(range(n))).split(sizes)
+                        outcome = run_edit(ctx.lm, parties, hp, ctx.covs, method, ctx.templates, ctx.say, pt)
+                        t_edit = time.perf_counter() - t
+                        ctx.say(f"{variant}, {n} edits, {method}: evaluating")
+                        t = time.perf_counter()
+                        row = measure(ctx, grid, reqs, pre)
+                        row["z_reach"] = z_reach(ctx.lm, reqs, targets.take(list(range(n))), hp)
+                        row["eval_seconds"], row["edit_seconds"] = time.perf_counter() - t, t_edit
+                    finally:
+                        restore(ctx.lm, saved)
+                    deltas = {k: v.detach().cpu().contiguous() for k, v in outcome.deltas.items()}
+                    if method == "global":
+                        save_file({str(k): v for k, v in deltas.items()}, str(dpath))
+                    ref = {int(k): v for k, v in load_file(str(ref_path)).items()}
+                    per_layer = rel_diff_per_layer(deltas, ref)
+                    row["delta_rel_diff_vs_global"] = max(per_layer.values())
+                    row["delta_rel_diff_per_layer"] = {str(k): v for k, v in per_layer.items()}
+                    row["delta_norm"] = {str(k): float(v.norm()) for k, v in deltas.items()}
+                    _write_json(path, row)
+                rows.append({"method": method, "variant": variant, "edits": n, "parties": grid.parties,
+                             "edits_per_party": [len(p) for p in parties], **row})
+    rows = [r for r in rows if r["method"] in grid.methods]
+    return {"rows": rows, "pre": pre_rows, "falls_10_points": ten_point_drops(rows, grid)}
+
+
+def ten_point_drops(rows: list[dict], grid: MergeGrid) -> list[dict]:
+    """Per naive merge and variant: the smallest edit count whose Score is ≥ 0.10 below collab's, or None with the
+    largest count measured."""
+    out = []
+    by = {(r["method"], r["variant"], r["edits"]): r for r in rows}
+    for variant in grid.variants:
+        for method in [m for m in grid.methods if m in NAIVE]:
+            hit, largest = None, None
+            for n in sorted(grid.edits):
+                a, b = by.get(("collab", variant, n)), by.get((method, variant, n))
+                if a is None or b is None or a["score"] is None or b["score"] is None:
+                    continue
+                largest = n
+                if a["score"] - b["score"] >= 0.10 - 1e-12:  # 10 points, not lost to float rounding
+                    hit = n
+                    break
+            per_party = None if hit is None else -(-hit // grid.parties)
+            out.append({"method": method, "variant": variant, "edits": hit, "edits_per_party_max": per_party,
+                        "largest_measured": largest})
+    return out

@@ -1,0 +1,100 @@
+"""Write a merge grid's results: results.csv, a markdown table, and the paper's Fig. 1 as PNG (Score and greedy
+generation efficacy against the number of edits, one line per method, one column per variant)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from secure_collab.experiment import ROW_FIELDS
+
+METRIC_COLUMNS = ("efficacy", "generalization", "specificity", "locality", "score", "gen_efficacy",
+                  "gen_generalization", "fluency")
+
+
+def _per_party(r: dict) -> str:
+    counts = r.get("edits_per_party") or []
+    return "" if not counts else (str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.2e}" if v != 0 and abs(v) < 1e-3 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(ROW_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: r.get(k) for k in ROW_FIELDS}, "edits_per_party": _per_party(r)})
+
+
+def markdown(result: dict, metrics: str) -> str:
+    """The table (one row per cell, pre-edit first per edit count) and the 10-point-drop lines."""
+    third = "locality" if metrics == "zsre" else "specificity"
+    cols = ["efficacy", "generalization", third, "score", "gen_efficacy", "gen_generalization", "fluency"]
+    head = ["variant", "edits (per party)", "method", *cols, "ΔW vs global", "z reach"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    pre = {p["edits"]: p for p in result.get("pre", [])}
+    seen_pre = set()
+    for r in sorted(result["rows"], key=lambda r: (r["variant"] != "sequential", r["variant"], r["edits"])):
+        if (r["variant"], r["edits"]) not in seen_pre and r["edits"] in pre:
+            seen_pre.add((r["variant"], r["edits"]))
+            p = pre[r["edits"]]
+            lines.append(f"| {r['variant']} | {r['edits']} ({_per_party(r)}) | *unedited* | "
+                         + " | ".join(_fmt(p.get(c)) for c in cols) + " | | |")
+        lines.append(f"| {r['variant']} | {r['edits']} ({_per_party(r)}) | {r['method']} | "
+                     + " | ".join(_fmt(r.get(c)) for c in cols)
+                     + f" | {_fmt(r.get('delta_rel_diff_vs_global'))} | {_fmt(r.get('z_reach'), 2)} |")
+    drops = []
+    for d in result.get("falls_10_points", []):
+        if d["edits"] is None:
+            drops.append(f"- {d['method']} ({d['variant']}): never 10 points of Score below collab, up to "
+                         f"{d['largest_measured']} edits measured")
+        else:
+            drops.append(f"- {d['method']} ({d['variant']}): 10 points of Score below collab at {d['edits']} edits "
+                         f"(up to {d['edits_per_party_max']} per party)")
+    return "\n".join(lines) + ("\n\n" + "\n".join(drops) if drops else "") + "\n"
+
+
+def plot_fig1(result: dict, path: Path, title: str) -> None:
+    """Score and gen_efficacy (rows) against edits (log axis), one column per variant, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: (v != "sequential", v))
+    fig, axes = plt.subplots(2, len(variants), figsize=(5.2 * len(variants), 7.5), squeeze=False, sharex=True)
+    for col, variant in enumerate(variants):
+        for row, metric in enumerate(("score", "gen_efficacy")):
+            ax = axes[row][col]
+            for method in dict.fromkeys(r["method"] for r in rows):
+                pts = sorted((r["edits"], r[metric]) for r in rows if r["method"] == method
+                             and r["variant"] == variant and r.get(metric) is not None)
+                if pts:
+                    style = "--" if method.endswith("-lockstep") else "-"
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=method)
+            pre = sorted((p["edits"], p.get(metric)) for p in result.get("pre", []) if p.get(metric) is not None)
+            if pre:
+                ax.plot([p[0] for p in pre], [p[1] for p in pre], ":", color="grey", label="unedited")
+            ax.set_xscale("log")
+            ticks = sorted({r["edits"] for r in rows})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{variant}: {metric.replace('_', ' ')}")
+            ax.set_xlabel("edits (all parties)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+"""The target cache: a hit returns exactly what was optimised, keys follow the model, request and hyper-parameters."""
+
+from __future__ import annotations
+
+import torch
+
+from secure_collab.editing.hparams import DEFAULTS
+from secure_collab.editing.memit import restore, snapshot
+from secure_collab.editing.target_cache import cached_targets, target_key, weights_digest
+from secure_collab.editing.targets import compute_targets
+from secure_collab.models.specs import add_to_down_weight, down_weight
+
+TEMPLATES = ["{}", "Some text. {}"]
+
+
+def _files(root):
+    return sorted((root / "targets").rglob("*.safetensors"))
+
+
+def test_cache_hit_equals_fresh_optimisation(tiny, capitals, tmp_path):
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=4, request_batch=1)
+    first = cached_targets(tiny, capitals[:3], hp, TEMPLATES, cache=tmp_path)
+    assert len(_files(tmp_path)) == 3
+    stamps = [f.stat().st_mtime_ns for f in _files(tmp_path)]
+    again = cached_targets(tiny, [capitals[2], capitals[0], capitals[2]], hp, TEMPLATES, cache=tmp_path)
+    assert [f.stat().st_mtime_ns for f in _files(tmp_path)] == stamps  # nothing recomputed
+    assert torch.equal(again.z, first.z[[2, 0, 2]]) and torch.equal(again.z_init, first.z_init[[2, 0, 2]])
+    assert again.steps == [first.steps[i] for i in (2, 0, 2)]
+    fresh = compute_targets(tiny, capitals[:3], hp, TEMPLATES)
+    assert torch.equal(fresh.z, first.z)
+
+
+def test_key_depends_on_what_z_depends_on(tiny, capitals):
+    hp = DEFAULTS[tiny.name]
+    d = weights_digest(tiny)
+    base = target_key(d, capitals[0], hp, TEMPLATES)
+    assert target_key(d, capitals[0], hp.with_(mom2_update_weight=5.0, request_batch=3), TEMPLATES) == base
+    assert target_key(d, capitals[0], hp.with_(kl_factor=0.1), TEMPLATES) != base
+    assert target_key(d, capitals[0], hp.with_(layers=(1, 3)), TEMPLATES) != base
+    assert target_key(d, capitals[0], hp, TEMPLATES[:1]) != base
+    assert target_key(d, capitals[1], hp, TEMPLATES) != base
+
+
+def test_an_edited_model_gets_new_keys(tiny, capitals, tmp_path):
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=2)
+    before = weights_digest(tiny)
+    saved = snapshot(tiny, (1,))
+    try:
+        w = down_weight(tiny.model, tiny.spec, 1)
+        add_to_down_weight(tiny.model, tiny.spec, 1, torch.full_like(w, 1e-3, dtype=torch.float64))
+        assert weights_digest(tiny) != before
+        cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
+    finally:
+        restore(tiny, saved)
+    assert weights_digest(tiny) == before
+    cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
+    assert len(_files(tmp_path)) == 2
+
+
+def test_a_foreign_file_is_ignored_and_replaced(tiny, capitals, tmp_path):
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=2)
+    first = cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
+    (path,) = _files(tmp_path)
+    path.write_bytes(b"not a tensor file")
+    again = cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
+    assert torch.equal(again.z, first.z)

@@ -1,0 +1,69 @@
+"""`secure-collab experiment merge` on a tiny model: files, fields, collab = global, and a resumed run."""
+
+from __future__ import annotations
+
+import json
+
+from secure_collab.cli import main
+
+
+def test_merge_grid_writes_results_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "grid"
+    argv = ["experiment", "merge", "--model", "tiny-gpt2", "--requests", "bundled", "--parties", "3",
+            "--edits", "3,6", "--methods", "global,collab,ta,sa,ties,sa-lockstep", "--variant", "both",
+            "--out", str(out), "--threads", "1", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 6
+    need = {"method", "variant", "edits", "parties", "efficacy", "generalization", "specificity", "score",
+            "gen_efficacy", "delta_rel_diff_vs_global"}
+    assert all(need <= set(r) for r in rows)
+    by = {(r["method"], r["variant"], r["edits"]): r for r in rows}
+    for variant in ("sequential", "oneshot"):
+        for n in (3, 6):
+            assert by["collab", variant, n]["delta_rel_diff_vs_global"] <= 1e-12
+            assert by["global", variant, n]["delta_rel_diff_vs_global"] == 0.0
+            assert by["sa", variant, n]["delta_rel_diff_vs_global"] > 1e-3
+            assert by["collab", variant, n]["edits_per_party"] == [n // 3] * 3
+    # oneshot: a lockstep merge is the independent one (same cell); sequential: they differ
+    assert by["sa-lockstep", "oneshot", 6]["delta_rel_diff_vs_global"] == by["sa", "oneshot", 6][
+        "delta_rel_diff_vs_global"]
+    assert by["sa-lockstep", "sequential", 6]["delta_rel_diff_vs_global"] != by["sa", "sequential", 6][
+        "delta_rel_diff_vs_global"]
+    assert {d["method"] for d in result["falls_10_points"]} == {"ta", "sa", "ties", "sa-lockstep"}
+    for name in ("results.csv", "results.md", "results.json"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["method", "variant", "edits", "parties", "edits_per_party"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    assert main(argv) == 0  # resumed: every cell read back, none recomputed
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+
+
+def test_merge_refuses_bad_input(tmp_path, capsys):
+    base = ["experiment", "merge", "--model", "tiny-gpt2", "--requests", "bundled", "--out", str(tmp_path)]
+    assert main([*base, "--parties", "4", "--edits", "3"]) == 2
+    assert "at least the number of parties" in capsys.readouterr().err
+    assert main([*base, "--parties", "2", "--edits", "4", "--methods", "collab,avg"]) == 2
+    assert "unknown methods" in capsys.readouterr().err
+    assert main([*base, "--parties", "2", "--edits", "4", "--variant", "sideways"]) == 2
+    assert "--variant" in capsys.readouterr().err
+
+
+def test_ten_point_drop_is_the_first_edit_count_10_points_below_collab():
+    from secure_collab.experiment import MergeGrid, ten_point_drops
+
+    grid = MergeGrid(edits=(10, 30, 100), parties=10, methods=("collab", "ta", "sa"), variants=("sequential",))
+    scores = {"collab": (0.90, 0.88, 0.85), "ta": (0.89, 0.80, 0.70), "sa": (0.85, 0.84, 0.80)}
+    rows = [{"method": m, "variant": "sequential", "edits": n, "score": s[i]}
+            for m, s in scores.items() for i, n in enumerate((10, 30, 100))]
+    drops = {d["method"]: d for d in ten_point_drops(rows, grid)}
+    assert drops["ta"] == {"method": "ta", "variant": "sequential", "edits": 100, "edits_per_party_max": 10,
+                           "largest_measured": 100}
+    assert drops["sa"] == {"method": "sa", "variant": "sequential", "edits": None, "edits_per_party_max": None,
+                           "largest_measured": 100}
