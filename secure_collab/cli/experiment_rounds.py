@@ -16,6 +16,7 @@ from typing import Any
 from secure_collab.cli._output import add_json_option, human
 from secure_collab.cli._output import write_json as write_args_json
 
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
