@@ -1,8 +1,8 @@
-"""The solver's math for a session: ΔW = ΣB (λC + ΣG + λ_past·Σ_earlier rounds ΣG)⁻¹ per (round, layer).
+"""The solver's math for a session: ΔW of each (round, layer) by the session's update rule.
 
-C comes from the public corpus (cached by model, layer and corpus digests). The dynamic covariance keeps each
-earlier round's aggregate ΣG per layer, keyed by (round, layer) so a step solved again after a coordinator
-restart is not counted twice.
+C comes from the public corpus (cached by model, layer and corpus digests); AlphaEdit's null-space basis is
+taken from it once per layer. The cross-round state (Σ of earlier rounds' ΣG per layer) is the solver's, kept
+sealed in its state store; it is passed in per call, so this object holds nothing secret.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from secure_collab.editing.session import session_hparams
-from secure_collab.editing.solve import solve_update
 
 
 class SessionSolve:
@@ -29,18 +28,16 @@ class SessionSolve:
                         allow_download=allow_download)
         check_model(lm, session)  # a wrong d_v or other weights: refused here, before any party waits on us
         self.hp = session_hparams(session.model, n_layers(lm.model, lm.spec), session.layers, session.variant,
-                                  session.template_seed, session.hparams, 0)
+                                  session.template_seed, session.hparams, 0, session.update_rule)
         self.covs = layer_covariances(lm, self.hp.layers, tokens=self.hp.mom2_tokens,
                                       max_seq_len=self.hp.mom2_max_len, cache=cache, progress=progress)
         del lm  # the solver needs only C
-        self.past_g: dict[tuple[int, int], torch.Tensor] = {}
+        self.rule = self.hp.rule
+        self.bases = {layer: self.rule.basis(self.covs[layer]) for layer in self.hp.layers}
 
-    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
+    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+                 past_g: np.ndarray | None = None) -> np.ndarray:
         g = torch.from_numpy(np.ascontiguousarray(g_sum, dtype=np.float64))
         b = torch.from_numpy(np.ascontiguousarray(b_sum, dtype=np.float64))
-        earlier = [v for (r, lay), v in self.past_g.items() if lay == layer and r < round]
-        past = torch.stack(earlier).sum(0) if earlier else None
-        delta = solve_update(b, g, self.covs[layer], self.hp.mom2_update_weight, past_g=past,
-                             lam_past=self.hp.mom2_past_weight)
-        self.past_g[(round, layer)] = g
-        return delta.numpy()
+        past = None if past_g is None else torch.from_numpy(np.ascontiguousarray(past_g, dtype=np.float64))
+        return self.rule.solve(b, g, self.covs[layer], past_g=past, basis=self.bases[layer]).numpy()

@@ -8,7 +8,9 @@ Budgets are token buckets per party, derived from what an honest party legitimat
   burst of ``headroom * (16 + layers per step)`` messages;
 - each step the party is asked for (a REQUEST, once per attempt) credits the step's CONTRIB messages and
   bytes (``HONEST_BYTES_PER_VALUE`` per value plus ``CHUNK_OVERHEAD`` per chunk), times the headroom;
-- each re-sent release (a welcome) credits its ACK.
+- each re-sent release (a welcome) credits its ACK;
+- each round's keyed-tag exchange a party is invited to (TAG_OPEN) credits its BLINDED and TAGS messages
+  (``tag_slots`` group elements or tags each, plus ``CHUNK_OVERHEAD``).
 
 A party that overdraws either bucket is cut off: its later messages are dropped unread (no ledger row each;
 one row says it was cut off and one at the end counts what was dropped), its CURVE key is refused at the
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from secure_collab.config import STATISTICS, Config
+from secure_collab.protocol.tags import ELEMENT_BYTES
 
 HONEST_BYTES_PER_VALUE = 64  # what config validation already allows a chunk (CKKS: about 32)
 CHUNK_OVERHEAD = 16 << 10  # header, digests, payload header, tags and signatures of one CONTRIB
@@ -62,6 +65,7 @@ class _Peer:
     nbytes: Bucket
     welcomes: Bucket
     granted: set[tuple[int, tuple[int, ...], int]] = field(default_factory=set)  # steps credited
+    tagged: set[tuple[str, int]] = field(default_factory=set)  # tag exchanges credited
     refused_rows: int = 0
     unrecorded: Dropped = field(default_factory=Dropped)  # refusals over the row limit
 
@@ -131,6 +135,15 @@ class PeerGuard:
         msgs, nbytes = self.step_cost(layers)
         peer.msgs.level += self.headroom * msgs
         peer.nbytes.level += self.headroom * nbytes
+
+    def grant_tags(self, name: str, round_: int) -> None:
+        """Credit the two messages of one round's tag exchange (at most once per party and round)."""
+        peer = self.peers.get(name)
+        if peer is None or ("tags", round_) in peer.tagged:
+            return
+        peer.tagged.add(("tags", round_))
+        peer.msgs.level += self.headroom * 2
+        peer.nbytes.level += self.headroom * 2 * (self.s.tag_slots * ELEMENT_BYTES + CHUNK_OVERHEAD)
 
     def grant_acks(self, name: str, count: int) -> None:
         peer = self.peers.get(name)

@@ -6,10 +6,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+
 from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
 from secure_collab.protection import Payload, ProtectionError
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError
+from secure_collab.protection.sealing import SEALED_OVERHEAD
+from secure_collab.protocol import tags as wire
+from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
 
 log = logging.getLogger("coordinator")
 
@@ -75,6 +79,9 @@ class Handlers:
                 if step is not None and step.stage is Stage.SOLVING and len(step.released) < len(step.layers):
                     for key in sorted(step.accs):  # what it may have missed while it was away
                         self._hand_off(step, key)
+                phase = getattr(self, "phase", None)
+                for msg in phase.forwarded if phase is not None else ():  # the solver answers each the same way
+                    self._send("solver", msg)
             return
         self._verify_setup(public, bundles, signature)
         self.public, self.bundles, self.public_sig = public, bundles, signature
@@ -105,6 +112,9 @@ class Handlers:
         step = self.step
         if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
             self._send(name, self._request(step))
+        phase = getattr(self, "phase", None)
+        if phase is not None and name in phase.expected:  # rejoined during a tag exchange
+            self._send(name, self._msg(MsgType.TAG_OPEN, phase.round, body={"attempt": 0}))
 
     def _on_contrib(self: Any, m: Inbound) -> None:
         step = self.step
@@ -188,3 +198,89 @@ class Handlers:
                 self.abort_reason = f"solver refused: {reason}"
         elif self.guard.record_refusal(m.name, m.nbytes):  # a party's error reports share its row window
             self._accept(m, reason)
+
+
+class TagHandlers:
+    """Mixin of ``Coordinator`` for a round's keyed-tag exchange: it relays, checks shapes and signatures it can
+    check, and keeps the round's public decision records in the ledger. It reads nothing: blinded elements,
+    sealed boxes and signatures only."""
+
+    cfg: Any
+    s: Any
+    ledger: Any
+    phase: Any
+
+    def _tag_check(self: Any, m: Inbound, frames: int) -> Any:
+        phase = self.phase
+        if phase is None or m.msg.round != phase.round:
+            raise ProtocolError(f"no tag exchange open for round {m.msg.round}")
+        check_tag_body(m.msg, self.s.tag_slots, set(self.cfg.roster.parties))
+        if len(m.msg.frames) != frames:
+            raise ProtocolError(f"{m.msg.type.value} carries {frames} frames")
+        return phase
+
+    def _on_blinded(self: Any, m: Inbound) -> None:
+        phase = self._tag_check(m, 3)
+        batch, sealed, signature = (bytes(f) for f in m.msg.frames)
+        if m.msg.body["party"] or m.name not in phase.expected:
+            raise ProtocolError(f"blinded tags from {m.name}, who is not in round {phase.round}'s exchange")
+        if len(batch) != self.s.tag_slots * wire.ELEMENT_BYTES or len(sealed) != SEALED_OVERHEAD + 4:
+            raise ProtocolError("blinded tags have the wrong size")
+        self._verify_party(m.name, signature, wire.blinded_statement(self.s.id, self.cfg.digest, phase.round,
+                                                                     m.name, batch, sealed))
+        self._accept(m)
+        phase.blinded.add(m.name)
+        self._to_solver(phase, self._msg(MsgType.BLINDED, phase.round, body={"party": m.name,
+                                                                            "slots": self.s.tag_slots},
+                                         frames=(batch, sealed, signature)))
+
+    def _on_tags(self: Any, m: Inbound) -> None:
+        phase = self._tag_check(m, 2)
+        sealed, signature = (bytes(f) for f in m.msg.frames)
+        if m.msg.body["party"] or m.name not in phase.blinded:
+            raise ProtocolError(f"tags from {m.name} before its blinded batch")
+        if len(sealed) != SEALED_OVERHEAD + wire.tags_plain_size(self.s.tag_slots):
+            raise ProtocolError("sealed tags have the wrong size")
+        self._verify_party(m.name, signature, wire.tags_statement(self.s.id, self.cfg.digest, phase.round, m.name,
+                                                                  sealed))
+        self._accept(m)
+        phase.tagged.add(m.name)
+        self._to_solver(phase, self._msg(MsgType.TAGS, phase.round, body={"party": m.name,
+                                                                         "slots": self.s.tag_slots},
+                                         frames=(sealed, signature)))
+
+    def _to_solver(self: Any, phase: Any, msg: Message) -> None:
+        phase.forwarded.append(msg)
+        self._send("solver", msg)
+
+    def _on_evaluated(self: Any, m: Inbound) -> None:
+        phase = self._tag_check(m, 2)
+        party = m.msg.body["party"]
+        if party not in phase.blinded:
+            raise ProtocolError(f"an evaluation for {party!r}, who sent no blinded tags")
+        self._accept(m)
+        self._relay(party, m)
+
+    def _on_decision(self: Any, m: Inbound) -> None:
+        phase = self._tag_check(m, 2)
+        party = m.msg.body["party"]
+        if phase.decide is None or party not in phase.decide:
+            raise ProtocolError(f"a decision for {party!r}, who is not among the parties to decide over")
+        self._accept(m)
+        if not phase.logged:  # the public part, by decision id only: the same list for every party
+            for did, kind in m.msg.body["records"]:
+                self.ledger.decision(self.s.id, phase.round, did, kind)
+            phase.logged = True
+        phase.decided.add(party)
+        self._relay(party, m)
+
+    def _relay(self: Any, party: str, m: Inbound) -> None:
+        route = self.routes.get(party)
+        if route is not None:
+            self._send_frames(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
+
+    def _verify_party(self: Any, party: str, signature: bytes, statement: bytes) -> None:
+        try:
+            self.verify_keys[party].verify(signature, statement)
+        except InvalidSignature:
+            raise ProtocolError(f"{party}: signature does not verify") from None

@@ -24,8 +24,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from coordinator.guard import ConnectLimiter, PeerGuard
-from coordinator.handlers import Handlers, Inbound
-from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step
+from coordinator.handlers import Handlers, Inbound, TagHandlers
+from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step, TagPhase
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
@@ -66,7 +66,7 @@ class _RosterKeys:
         return domain == ZAP_DOMAIN and key in self.allowed and self.limiter.admit(key)
 
 
-class Coordinator(Handlers):
+class Coordinator(Handlers, TagHandlers):
     def __init__(self, config: Config, scheme: ProtectionScheme, *, ctx: zmq.Context | None = None,
                  keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -88,6 +88,7 @@ class Coordinator(Handlers):
         self.releases: dict[tuple[int, int], StoredRelease] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
+        self.phase: TagPhase | None = None  # the open keyed-tag exchange, if any
         self.stage = Stage.JOINING
         self.abort_reason = ""
         self.outcome = Outcome(False, "")
@@ -99,7 +100,8 @@ class Coordinator(Handlers):
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
             MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
-            MsgType.ERROR: self._on_error,
+            MsgType.ERROR: self._on_error, MsgType.BLINDED: self._on_blinded, MsgType.TAGS: self._on_tags,
+            MsgType.EVALUATED: self._on_evaluated, MsgType.DECISION: self._on_decision,
         }
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -135,9 +137,14 @@ class Coordinator(Handlers):
                     self.guard.cut(name)
         if not self._join():
             return self._end(False, self.abort_reason or "not enough parties joined before the deadline")
+        tagged: set[int] = set()
         for round_, layers in self.s.steps():
             if all((round_, lay) in self.releases for lay in layers):
                 continue
+            if self.s.tags and round_ not in tagged:  # the round opens with its keyed-tag exchange
+                tagged.add(round_)
+                if not self._run_tags(round_):
+                    return self._end(False, self.abort_reason)
             attempt = attempts.get((round_, json.dumps(list(layers))), -1) + 1
             if not self._run_step(round_, layers, attempt):
                 return self._end(False, self.abort_reason)
@@ -223,6 +230,37 @@ class Coordinator(Handlers):
                     return False
             attempt += 1
             step.move(Stage.COLLECTING)
+
+    def _run_tags(self, round_: int) -> bool:
+        """The round's keyed-tag exchange: every active party blinds, the solver evaluates, the parties send
+        their tags, the solver decides over those who did and each party gets its signed decision. Parties
+        that do not finish within ``stage_timeout_s`` are left out of the round. False when it aborts."""
+        phase = TagPhase(round_, frozenset(self.active))
+        self.step, self.phase, self.stage = None, phase, Stage.TAGGING
+        self.ledger.stage_event(self.s.id, round_, (), 0, "tags", json.dumps(sorted(phase.expected)))
+        for name in sorted(phase.expected):
+            self.guard.grant_tags(name, round_)
+            self._send(name, self._msg(MsgType.TAG_OPEN, round_, body={"attempt": 0}))
+        deadline = self.clock() + self.cfg.network.stage_timeout_s
+        while phase.decide is None and phase.tagged < phase.expected and self.clock() < deadline:
+            if not self._pump(deadline):
+                return False
+        if len(phase.tagged) < self.s.min_parties:
+            self.abort_reason = (f"round {round_}: tags from {sorted(phase.tagged)} only, fewer than min_parties "
+                                 f"{self.s.min_parties}")
+            return False
+        phase.decide = tuple(sorted(phase.tagged))
+        self._to_solver(phase, self._msg(MsgType.DECIDE, round_, body={"parties": list(phase.decide)}))
+        deadline = self.clock() + self.cfg.network.solve_timeout_s
+        while phase.decided < set(phase.decide) and self.clock() < deadline:
+            if not self._pump(deadline):
+                return False
+        if len(phase.decided) < self.s.min_parties:
+            self.abort_reason = f"round {round_}: the solver decided for {sorted(phase.decided)} only"
+            return False
+        self.active = set(phase.decided)
+        self.phase = None
+        return True
 
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time
@@ -387,7 +425,8 @@ class Coordinator(Handlers):
         is_solver = m.name == "solver"
         if role is None or (role == "party" and is_solver) or (role == "solver" and not is_solver):
             raise ProtocolError(f"{msg.type.value} is not accepted from {m.name}")
-        stage = self.step.stage if self.step is not None and self.stage is not Stage.JOINING else self.stage
+        stage = (self.step.stage if self.step is not None and self.stage not in (Stage.JOINING, Stage.TAGGING)
+                 else self.stage)
         if msg.type not in ACCEPTS[stage]:
             raise ProtocolError(f"late or unexpected {msg.type.value} in stage {stage.value}")
 

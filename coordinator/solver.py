@@ -32,6 +32,7 @@ import numpy as np
 import zmq
 
 from coordinator.solver_state import SolverState
+from coordinator.solver_tags import TagDesk
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
@@ -42,8 +43,10 @@ from secure_collab.protection import (
     ProtectionParams,
     ProtectionScheme,
     StatContext,
+    oprf,
 )
 from secure_collab.protection import _primitives as hazmat
+from secure_collab.protection.encoding import pack_symmetric
 from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
@@ -65,8 +68,11 @@ log = logging.getLogger(__name__)
 
 
 class SolveFn(Protocol):
-    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
-        """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; returns ΔW (d_v, d_k) float64.
+    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+                 past_g: np.ndarray | None) -> np.ndarray:
+        """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; past_g: (d_k, d_k) Σ of the earlier
+        rounds' g_sum for this layer (None in round 0, or when the session's update rule does not read it);
+        returns ΔW (d_v, d_k) float64.
 
         Called at most once per (round, layer) per session: the solver never opens a step twice."""
         ...
@@ -132,15 +138,25 @@ class Solver:
             meta, _ = stored
             public, bundles = bytes.fromhex(meta["public"]), bytes.fromhex(meta["bundles"])
             self.secrets = self.scheme.restore(params, public, bundles, meta["secrets"])
+            self._tag_desk(bytes.fromhex(meta["oprf_key"]))
             log.info("solver: rejoining session %s with its stored setup", self.s.id)
             return public, bundles, bytes.fromhex(meta["signature"])
         recipients = {name: ident.sealing for name, ident in self.cfg.roster.parties.items()}
         self.secrets = self.scheme.solver_setup(params, recipients)
         public, bundles = bytes(self.secrets.public), bytes(self.secrets.bundles)
         signature = self.signing.sign(setup_bytes(self.s.id, self.cfg.digest, public, bundles))
+        oprf_key = oprf.new_key()  # the session's tag key: tags of one fact differ between sessions
         self.state.save("setup", {"public": public.hex(), "bundles": bundles.hex(), "signature": signature.hex(),
-                                  "secrets": self.scheme.export(self.secrets)})
+                                  "secrets": self.scheme.export(self.secrets), "oprf_key": oprf_key.hex()})
+        self._tag_desk(oprf_key)
         return public, bundles, signature
+
+    def _tag_desk(self, oprf_key: bytes) -> None:
+        def send(mtype: MsgType, round_: int, body: dict, frames: tuple[bytes, ...]) -> None:
+            transport.send(self.sock, self._msg(mtype, round_, -1, body, frames))
+
+        self.tags = (TagDesk(self.cfg, self.state, self.signing, self.secrets.seal_private, oprf_key, send)
+                     if self.s.tags else None)
 
     def run(self) -> SolverResult:
         with contextlib.ExitStack() as stack:
@@ -187,6 +203,11 @@ class Solver:
                     return
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
+                elif msg.type in (MsgType.BLINDED, MsgType.TAGS, MsgType.DECIDE):
+                    if self.tags is None:
+                        raise ProtocolError("this session exchanges no tags")
+                    {MsgType.BLINDED: self.tags.on_blinded, MsgType.TAGS: self.tags.on_tags,
+                     MsgType.DECIDE: self.tags.on_decide}[msg.type](msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
                 log.warning("refused a message from the coordinator: %s", reason[:200])
@@ -310,14 +331,56 @@ class Solver:
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
+        if self.tags is not None:  # the edit count must be what the round's decisions leave
+            try:
+                want = self.tags.expected_edits(round_, pend.parties)
+            except ValueError as exc:
+                raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
+            if abs(n - want) > 0.5:  # the figures stay here, as above
+                log.warning("solver: round %d layer %d: %g edits contributed, the decisions allow %d",
+                            round_, layer, n, want)
+                raise Refusal(f"round {round_} layer {layer}: the parties' edit count is not what their tags and "
+                              "the round's decisions allow", opened=True)
+        return self.solve_step(round_, layer, g, b)
+
+    def solve_step(self, round_: int, layer: int, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """ΔW of one opened (round, layer) by the session's update rule, with Σ of the earlier rounds' ΣG read
+        from the sealed state and this round's added to it before anything is released."""
+        s = self.s
+        past = self._past(round_, layer)
         try:
-            delta = np.asarray(self.solve(round_, layer, g, b), dtype=np.float64)
+            delta = np.asarray(self.solve(round_, layer, g, b, past), dtype=np.float64)
         except (ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. λC + ΣG not positive definite
             raise Refusal(f"round {round_} layer {layer}: the solve failed ({exc})", opened=True) from None
         if delta.shape != (s.d_v, s.d_k) or not np.isfinite(delta).all():
             raise Refusal(f"round {round_} layer {layer}: the solve gave shape {delta.shape} or non-finite values",
                           opened=True)
+        self._keep_past(round_, layer, g, past)
         return delta
+
+    # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
+    def _uses_past(self) -> bool:
+        return self.s.update_rule != "memit-static" and self.s.rounds > 1
+
+    def _past(self, round_: int, layer: int) -> np.ndarray | None:
+        """Σ_{r < round_} ΣG_r of ``layer`` from the sealed record of the previous round (None in round 0)."""
+        if round_ == 0 or not self._uses_past():
+            return None
+        stored = self.state.load(f"past-r{round_ - 1}-l{layer}")
+        if stored is None:
+            raise Refusal(f"round {round_} layer {layer}: the cross-round state of round {round_ - 1} is missing "
+                          "from the solver's store; nothing is released", opened=True)
+        return unpack_g(np.frombuffer(stored[1], dtype="<f8"), self.s.d_k)
+
+    def _keep_past(self, round_: int, layer: int, g: np.ndarray, past: np.ndarray | None) -> None:
+        """Write Σ_{r <= round_} ΣG_r before the release (a restarted solver resumes from it); drop the older."""
+        if not self._uses_past() or round_ == self.s.rounds - 1:
+            return
+        total = g if past is None else past + g
+        self.state.save(f"past-r{round_}-l{layer}", {"round": round_, "layer": layer},
+                        pack_symmetric(total).astype("<f8").tobytes())
+        if round_ > 0:
+            self.state.drop(f"past-r{round_ - 1}-l{layer}")
 
     def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
         s = self.s

@@ -9,9 +9,12 @@ never half of one. One solver process at a time holds the directory (an exclusiv
 file), and an ``opened`` record is *created exclusively* (a hard link that fails when the name exists): the
 test-and-set that keeps a step opened once even where the lock is not honoured (some network filesystems).
 
-Records: ``setup`` (public parameters, bundles, signature and the session secrets), ``opened-r{R}-l{L}``
-(written *before* an aggregate is opened: that step is never opened again), ``release-r{R}-l{L}`` (the
-signed, encrypted release) and ``failed-r{R}-l{L}`` (opened, then refused: no release, ever).
+Records: ``setup`` (public parameters, bundles, signature, the session secrets and the OPRF tag key),
+``opened-r{R}-l{L}`` (written *before* an aggregate is opened: that step is never opened again),
+``release-r{R}-l{L}`` (the signed, encrypted release), ``failed-r{R}-l{L}`` (opened, then refused: no release,
+ever), ``past-r{R}-l{L}`` (Σ of the ΣG of rounds 0..R of layer L, for update rules that read earlier rounds;
+written before round R's release of L, replacing ``past-r{R-1}-l{L}``), ``tags-r{R}`` (the round's OPRF
+evaluations, tags and decisions) and ``facts`` (the facts kept in earlier rounds, by tag).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from secure_collab.files import FILE_MODE, create_private, private_dir, write_pr
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
 
-_RECORD = re.compile(r"^[a-z]+(-r\d+-l\d+)?$")
+_RECORD = re.compile(r"^[a-z]+(-r\d+)?(-l\d+)?$")
 
 
 class StateLocked(UserError, RuntimeError):
@@ -86,6 +89,10 @@ class SolverState:
         data = open_state(self._key, record.encode(), path.read_bytes())
         (size,) = struct.unpack(">I", data[:4])
         return json.loads(data[4:4 + size]), data[4 + size:]
+
+    def drop(self, record: str) -> None:
+        """Remove a record that a newer one replaces (missing is fine)."""
+        self._path(record).unlink(missing_ok=True)
 
     def steps(self, kind: str) -> dict[tuple[int, int], dict[str, Any]]:
         """Every ``<kind>-r{R}-l{L}`` record's meta, by (round, layer)."""

@@ -18,6 +18,7 @@ from secure_collab.protocol.statistics import chunk_bounds
 
 class Stage(StrEnum):
     JOINING = "joining"
+    TAGGING = "tagging"  # a round's keyed-tag exchange (dedupe / conflicts), before its first step
     COLLECTING = "collecting"
     SOLVING = "solving"
     DONE = "done"
@@ -26,6 +27,7 @@ class Stage(StrEnum):
 
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.JOINING: frozenset({Stage.COLLECTING, Stage.ABORTED}),
+    Stage.TAGGING: frozenset({Stage.COLLECTING, Stage.ABORTED}),
     Stage.COLLECTING: frozenset({Stage.COLLECTING, Stage.SOLVING, Stage.ABORTED}),
     Stage.SOLVING: frozenset({Stage.COLLECTING, Stage.DONE, Stage.ABORTED}),
     Stage.DONE: frozenset(),
@@ -36,6 +38,8 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 # An ERROR from a peer (what it refused, and why) is always taken, for the ledger.
 ACCEPTS: dict[Stage, frozenset[MsgType]] = {
     Stage.JOINING: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
+    Stage.TAGGING: frozenset({MsgType.HELLO, MsgType.BLINDED, MsgType.TAGS, MsgType.EVALUATED, MsgType.DECISION,
+                              MsgType.ACK, MsgType.ERROR}),
     Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK, MsgType.ERROR}),
     Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.VERDICT, MsgType.ACK, MsgType.ERROR}),
     Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
@@ -44,6 +48,7 @@ ACCEPTS: dict[Stage, frozenset[MsgType]] = {
 ROLE_OF: dict[MsgType, str] = {
     MsgType.HELLO: "any", MsgType.CONTRIB: "party", MsgType.ACK: "party",
     MsgType.RELEASE: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
+    MsgType.BLINDED: "party", MsgType.TAGS: "party", MsgType.EVALUATED: "solver", MsgType.DECISION: "solver",
 }
 
 Key = tuple[int, str, int]  # (layer, statistic, chunk)
@@ -95,6 +100,20 @@ class Step:
             _, count = chunk_bounds(cfg.n_values(stat), cfg.chunk_values)[chunk]
             self.accs[key] = scheme.accumulator(public, count, self.context(cfg, key))
         return self.accs[key]
+
+
+@dataclass
+class TagPhase:
+    """A round's keyed-tag exchange as the coordinator sees it: who sent what, and the decision's party list."""
+
+    round: int
+    expected: frozenset[str]
+    blinded: set[str] = field(default_factory=set)
+    tagged: set[str] = field(default_factory=set)
+    decided: set[str] = field(default_factory=set)
+    decide: tuple[str, ...] | None = None  # the parties the solver was asked to decide over
+    logged: bool = False  # the round's public decision records are in the ledger
+    forwarded: list[Message] = field(default_factory=list)  # to the solver, in order: sent again if it rejoins
 
 
 def validate_contrib(msg: Message, party: str, step: Step, cfg: SessionConfig) -> Key:

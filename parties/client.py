@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
+from parties.tags import PartyTags, Tagger
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
@@ -36,6 +37,7 @@ from secure_collab.protocol.messages import (
     MsgType,
     ProtocolError,
     Sequencer,
+    check_tag_body,
     clean_text,
     peek,
     sha256_hex,
@@ -64,6 +66,8 @@ class PartyResult:
     reason: str = ""
     applied: dict[tuple[int, int], str] = field(default_factory=dict)  # (round, layer) -> sha256 of ΔW
     refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
+    decisions: dict[int, list[tuple[int, str, str, str]]] = field(default_factory=dict)  # round -> verdicts
+    own_tags: dict[int, list[bytes]] = field(default_factory=dict)  # round -> this party's tags (its own)
     left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
     bytes_sent: int = 0
     bytes_received: int = 0  # every frame the coordinator sent us (setup, requests, encrypted releases)
@@ -74,7 +78,7 @@ class Party:
     def __init__(self, config: Config, name: str, scheme: ProtectionScheme,
                  compute_statistics: ComputeStatistics, apply_delta: ApplyDelta, *,
                  ctx: zmq.Context | None = None, stop: threading.Event | None = None,
-                 keys: CurveKeyPair | None = None) -> None:
+                 keys: CurveKeyPair | None = None, tagger: Tagger | None = None) -> None:
         if name not in config.roster.parties:
             raise ValueError(f"party {name!r} is not in the roster")
         self.cfg, self.s, self.name, self.scheme = config, config.session, name, scheme
@@ -96,7 +100,13 @@ class Party:
         self.ended = False
         self.log = logging.getLogger(f"party.{name}")
         self.handlers = {MsgType.SETUP: self._on_setup, MsgType.REQUEST: self._on_request,
-                         MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error}
+                         MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error,
+                         MsgType.TAG_OPEN: self._on_tag_open, MsgType.EVALUATED: self._on_evaluated,
+                         MsgType.DECISION: self._on_decision}
+        if config.session.tags and tagger is None:
+            raise ValueError("this session exchanges tags (dedupe or conflict_policy): the engine must give a tagger")
+        self.tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger)
+                     if config.session.tags and tagger is not None else None)
 
     def run(self) -> PartyResult:
         start = time.monotonic()
@@ -225,6 +235,9 @@ class Party:
             # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
             raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
                                 "to a step twice")
+        if self.tags is not None and not self.tags.decided(msg.round):
+            raise ProtocolError(f"request for round {msg.round} before the solver's signed decision on its tags: "
+                                "nothing is sent")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
         missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self.result.applied]
         if missing:
@@ -335,6 +348,39 @@ class Party:
         self.result.refusals.append(msg.body["reason"])
         self.log.warning("the coordinator refused a message of ours: %s", str(msg.body["reason"])[:200])
 
+    # ---- the keyed-tag exchange (parties/tags.py) ------------------------------------------------------
+    def _tag_desk(self, msg: Message) -> PartyTags:
+        if self.tags is None or self.public is None:
+            raise ProtocolError(f"{msg.type.value}: no tag exchange in this session, or before setup")
+        check_tag_body(msg, self.s.tag_slots, set(self.cfg.roster.parties))
+        return self.tags
+
+    def _on_tag_open(self, msg: Message) -> None:
+        desk = self._tag_desk(msg)
+        try:
+            frames = desk.blinded(msg.round, self.public or b"", self.scheme)
+        except ValueError as exc:
+            raise Fatal(str(exc)) from None
+        self._send(self._msg(MsgType.BLINDED, msg.round, body={"party": "", "slots": self.s.tag_slots},
+                             frames=frames))
+
+    def _on_evaluated(self, msg: Message) -> None:
+        desk = self._tag_desk(msg)
+        frames = desk.on_evaluated(msg, self.public or b"", self.scheme)
+        self.result.own_tags[msg.round] = list(desk.rounds[msg.round].values)
+        self._send(self._msg(MsgType.TAGS, msg.round, body={"party": "", "slots": self.s.tag_slots}, frames=frames))
+
+    def _on_decision(self, msg: Message) -> None:
+        desk = self._tag_desk(msg)
+        try:
+            verdicts = desk.on_decision(msg)
+        except ProtocolError as exc:  # a forged or misdirected decision: refused, nothing withdrawn
+            self.result.refusals.append(str(exc))
+            raise
+        if verdicts is not None:
+            desk.tagger.decided(msg.round, verdicts)
+            self.result.decisions[msg.round] = verdicts
+
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
              body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return Message(mtype, self.s.id, round_, layer, stat, self.name, self.seq.next(), self.cfg.digest,
@@ -349,6 +395,6 @@ class Party:
 
 def run_party(config: Config, name: str, scheme: ProtectionScheme, compute_statistics: ComputeStatistics,
               apply_delta: ApplyDelta, *, stop: threading.Event | None = None,
-              ctx: zmq.Context | None = None) -> PartyResult:
+              ctx: zmq.Context | None = None, tagger: Tagger | None = None) -> PartyResult:
     """Take part in one session until the coordinator ends it (or a release is refused)."""
-    return Party(config, name, scheme, compute_statistics, apply_delta, ctx=ctx, stop=stop).run()
+    return Party(config, name, scheme, compute_statistics, apply_delta, ctx=ctx, stop=stop, tagger=tagger).run()

@@ -18,19 +18,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from secure_collab.editing.augment import augmented_requests
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
-from secure_collab.editing.session import rounds_of, session_hparams
+from secure_collab.editing.round_targets import concat
+from secure_collab.editing.session import requests_by_round, session_hparams
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
+from secure_collab.overlap import fact_inputs
+
+
+def _take(t: TargetResult, rows: list[int]) -> TargetResult:
+    return TargetResult(t.z[rows], t.z_init[rows], [t.loss[i] for i in rows], [t.nll[i] for i in rows],
+                        [t.steps[i] for i in rows])
 
 
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
                  dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True,
-                 target_cache: bool = True) -> None:
+                 target_cache: bool = True, rounds: list[list] | None = None) -> None:
+        """``requests``: this party's requests; ``rounds``: the same grouped by round (default: by their
+        ``round`` field, else contiguous blocks; see ``requests_by_round``); ``target_cache``: z* read from and
+        written to the per-request cache (``editing/target_cache.py``)."""
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
         from secure_collab.preflight import check_model, check_templates
@@ -44,33 +55,82 @@ class PartyEditor:
         check_model(self.lm, session)  # before target optimisation: a mismatch fails in one line, at once
         self.hp = session_hparams(session.model, n_layers(self.lm.model, self.lm.spec), session.layers,
                                   session.variant, session.template_seed, session.hparams,
-                                  auto_request_batch(self.lm.device.type))
+                                  auto_request_batch(self.lm.device.type), session.update_rule)
         given = session.hparams.get("context_templates")
         self.templates = list(given) if given else context_templates(
             self.lm, self.hp.n_templates, self.hp.template_length, self.hp.template_seed, cache)
         self.requests = requests
-        self.rounds = rounds_of(requests, session.rounds)
+        self.rounds = rounds if rounds is not None else requests_by_round([requests], session.rounds)
         self.targets: dict[int, TargetResult] = {}
+        self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
+        self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
+        self.verdicts: dict[int, list] = {}
         self.oneshot_cur: dict[int, torch.Tensor] = {}  # round -> h at the last layer, unedited (oneshot only)
         self.applied: dict[tuple[int, int], np.ndarray] = {}
         self.compute_seconds = 0.0
         self.pre = evaluate(self.lm, requests)
 
+    def _targets(self, reqs: list) -> TargetResult:
+        """z* on the model as it is now: from the per-request cache (keyed by the weights) unless it is off."""
+        if self.target_cache:
+            return cached_targets(self.lm, reqs, self.hp, self.templates, self.cache, progress=self.progress)
+        return compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress)
+
+    # ---- the round's requests: withheld when known, then the solver's verdicts ------------------------------
+    def _round_plan(self, round: int) -> list:
+        """The round's requests after this party's own checks (targets optimised on the model as it is now): a
+        request whose residual ‖z* − h‖ / ‖h‖ is at most ``known_residual`` (> 0) is withheld (the model knows it),
+        and with dedupe on, a repeat of an earlier request of the round is dropped."""
+        if round in self.plan:
+            return self.plan[round]
+        reqs, keep, seen, withheld = self.rounds[round], [], set(), []
+        if reqs:
+            self.log(f"round {round}: optimising targets for {len(reqs)} requests")
+            t = self._targets(reqs)
+            rel = (t.z - t.z_init).norm(dim=1) / t.z_init.norm(dim=1).clamp_min(1e-30)
+            for j, req in enumerate(reqs):
+                fact = fact_inputs(req)
+                known = self.s.known_residual > 0 and float(rel[j]) <= self.s.known_residual
+                if known or (self.s.dedupe and fact in seen):
+                    withheld.append(req.case_id)
+                else:
+                    keep.append(j)
+                    seen.add(fact)
+            self.targets[round] = _take(t, keep)
+        self.plan[round], self.withheld[round] = [reqs[j] for j in keep], withheld
+        if withheld:
+            self.log(f"round {round}: withheld {len(withheld)} requests the model already knows or repeats")
+        return self.plan[round]
+
+    def tag_inputs(self, round: int) -> list[tuple[bytes, bytes]]:
+        """The OPRF inputs of the round's requests (``parties.tags.Tagger``)."""
+        return [fact_inputs(r) for r in self._round_plan(round)]
+
+    def decided(self, round: int, verdicts: list) -> None:
+        """Apply the solver's verdicts: drop withdrawn requests, add augmented ones for a won conflict."""
+        reqs = self._round_plan(round)
+        keep = [i for i, action, _, _ in verdicts if action != "withdraw"]
+        extra = [aug for i, action, _, _ in verdicts if action == "augment"
+                 for aug in augmented_requests(self.lm, reqs[i], self.s.augment, seed=self.s.template_seed + i)]
+        self.verdicts[round] = verdicts
+        targets = _take(self.targets[round], keep) if keep else None
+        if extra:  # optimised on the same model as the round's other targets: nothing was applied in between
+            more = self._targets(extra)
+            targets = more if targets is None else concat([targets, more])
+        self.plan[round] = [reqs[i] for i in keep] + extra
+        if targets is not None:
+            self.targets[round] = targets
+        self.log(f"round {round}: the solver's decision: {len(reqs) - len(keep)} withdrawn, {len(extra)} augmented")
+
     def compute_statistics(self, round: int, layer: int) -> dict[str, Any]:
         """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
         t = time.perf_counter()
-        reqs = self.rounds[round]
+        reqs = self._round_plan(round)
         if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
             # unless session.answer_pad_s hides it)
             d_v, d_k = self.s.d_v, self.s.d_k
             out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k)), "N": 0}
         else:
-            if round not in self.targets:
-                self.log(f"round {round}: optimising targets for {len(reqs)} requests")
-                self.targets[round] = (
-                    cached_targets(self.lm, reqs, self.hp, self.templates, self.cache, progress=self.progress)
-                    if self.target_cache else
-                    compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress))
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
                 if round not in self.oneshot_cur:
@@ -99,6 +159,8 @@ class PartyEditor:
                   "post": {k: post.summary()[k] for k in keys}, "counts": post.counts,
                   "compute_seconds": round(self.compute_seconds, 3),
                   "templates_digest": templates_digest(self.templates),
+                  "withheld": {str(r): ids for r, ids in self.withheld.items() if ids},
+                  "decisions": {str(r): [list(v) for v in vs] for r, vs in self.verdicts.items()},
                   "target_loss": [x for t in self.targets.values() for x in t.loss]}
         info = {"method": "collab", **{k: getattr(self.s, k, "") for k in ("variant", "id", "mode")}}
         deltas = {k: torch.from_numpy(np.ascontiguousarray(d)) for k, d in self.applied.items()}

@@ -19,12 +19,14 @@ class PartyEngine:
     compute_statistics: ComputeStatistics  # (round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k)}
     apply_delta: ApplyDelta  # (layer, ΔW (d_v, d_k) float64), already verified
     finish: Callable[[PartyResult], dict] | None = None  # (PartyResult) -> report (evaluation, saving the model)
+    tagger: Any = None  # parties.tags.Tagger: tag inputs and the solver's verdicts (sessions with tags)
 
 
 def run_party_session(config: Config, name: str, scheme: ProtectionScheme, engine: PartyEngine, *,
                       stop: threading.Event | None = None) -> dict[str, Any]:
     """Take part in the session until the coordinator ends it; the report (JSON-ready) says what happened."""
-    result = run_party(config, name, scheme, engine.compute_statistics, engine.apply_delta, stop=stop)
+    result = run_party(config, name, scheme, engine.compute_statistics, engine.apply_delta, stop=stop,
+                       tagger=engine.tagger if config.session.tags else None)
     report: dict[str, Any] = {
         "party": name, "session": config.session.id, "config_digest": config.digest, "ok": result.ok,
         "reason": result.reason, "bytes_sent": result.bytes_sent,

@@ -25,6 +25,12 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     model = "smollm2-135m"
     weights_digest = "…"         # sha256 of the base weights; every role checks it at start
     template_seed = 0
+    update_rule = "memit-static" # memit-static | memit-dynamic | alphaedit (secure_collab.editing.rules)
+    dedupe = false               # keyed tags (OPRF held by the solver): a fact at several parties counts once
+    conflict_policy = "none"     # none | priority | majority | first: same subject+relation, other objects
+    party_priority = []          # roster names, highest first (priority policy and ties; default roster order)
+    known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
+    augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
     lambda = 1000.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
@@ -72,9 +78,11 @@ from secure_collab.errors import ConfigError
 from secure_collab.keys import Roster, load_roster
 from secure_collab.protocol import messages as wire
 from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
+from secure_collab.protocol.tags import ELEMENT_BYTES
 
-__all__ = ["MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig", "PathsConfig",
-           "SessionConfig", "config_from_dict", "load_config", "write_config"]
+CONFLICT_POLICIES = ("none", "priority", "majority", "first")
+__all__ = ["CONFLICT_POLICIES", "MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig",
+           "PathsConfig", "SessionConfig", "config_from_dict", "load_config", "write_config"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,12 @@ class SessionConfig:
     model: str = "smollm2-135m"
     weights_digest: str = ""  # sha256 of the base weights (LoadedModel.source_digest); "" = unchecked
     template_seed: int = 0
+    update_rule: str = "memit-static"
+    dedupe: bool = False
+    conflict_policy: str = "none"
+    party_priority: tuple[str, ...] = ()
+    known_residual: float = 0.0
+    augment: int = 2
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
@@ -105,6 +119,16 @@ class SessionConfig:
 
     def n_chunks(self, stat: str) -> int:
         return -(-self.n_values(stat) // self.chunk_values)
+
+    @property
+    def tags(self) -> bool:
+        """Whether each round starts with the keyed-tag exchange (dedupe or conflict resolution)."""
+        return self.dedupe or self.conflict_policy != "none"
+
+    @property
+    def tag_slots(self) -> int:
+        """Blinded elements (and tags) per party and round: two per request, padded to the declared maximum."""
+        return 2 * self.max_edits_per_party
 
     def steps(self) -> list[tuple[int, tuple[int, ...]]]:
         """(round, layers) aggregated together: one layer per step (sequential) or all (oneshot)."""
@@ -154,6 +178,7 @@ class Config:
         """sha256 over the session section and the roster: what every party must agree on."""
         session = asdict(self.session)
         session["layers"] = list(self.session.layers)
+        session["party_priority"] = list(self.session.party_priority)
         doc = {"session": session, "roster": self.roster.digest()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -189,6 +214,10 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     roster = load_roster(paths.roster)
     if len(roster.parties) > wire.MAX_PARTIES:
         raise ConfigError(f"the roster lists {len(roster.parties)} parties; at most {wire.MAX_PARTIES}")
+    unknown_parties = [p for p in session.party_priority if p not in roster.parties]
+    if unknown_parties or len(set(session.party_priority)) != len(session.party_priority):
+        raise ConfigError(f"session.party_priority must list distinct roster parties; not in the roster: "
+                          f"{unknown_parties}")
     if not session.roster_sha256:
         raise ConfigError(f"session.roster_sha256 is missing: pin the roster's digest ({roster.digest()} for "
                           f"{paths.roster}) after checking its fingerprints with every site")
@@ -210,6 +239,8 @@ def _build(cls: type, table: dict[str, Any], name: str) -> Any:
                               f"got {values[f.name]!r}")
     if "layers" in values:
         values["layers"] = tuple(values["layers"])
+    if "party_priority" in values:
+        values["party_priority"] = tuple(values["party_priority"])
     try:
         return cls(**values)
     except TypeError as exc:
@@ -217,7 +248,8 @@ def _build(cls: type, table: dict[str, Any], name: str) -> Any:
 
 
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-               "tuple[int, ...]": "a list of integers", "dict[str, Any]": "a table"}
+               "tuple[int, ...]": "a list of integers", "tuple[str, ...]": "a list of names",
+               "dict[str, Any]": "a table"}
 
 
 def _has_type(value: Any, annotation: str) -> bool:
@@ -228,6 +260,7 @@ def _has_type(value: Any, annotation: str) -> bool:
         "int": is_int(value), "float": is_int(value) or isinstance(value, float), "str": isinstance(value, str),
         "bool": isinstance(value, bool), "dict[str, Any]": isinstance(value, dict),
         "tuple[int, ...]": isinstance(value, list | tuple) and all(is_int(v) for v in value),
+        "tuple[str, ...]": isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
     }.get(annotation, True)
 
 
@@ -259,6 +292,24 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError(f"session.d_k and d_v must be <= {wire.MAX_DIM} (and d_v * d_k <= {wire.MAX_VALUES})")
     if s.rounds * len(s.layers) > wire.MAX_STEPS:
         raise ConfigError(f"session.rounds * len(layers) must be <= {wire.MAX_STEPS}")
+    from secure_collab.editing import UPDATE_RULES
+
+    if s.update_rule not in UPDATE_RULES:
+        raise ConfigError(f"session.update_rule must be one of {UPDATE_RULES}, got {s.update_rule!r}")
+    if s.conflict_policy not in CONFLICT_POLICIES:
+        raise ConfigError(f"session.conflict_policy must be one of {CONFLICT_POLICIES}, got {s.conflict_policy!r}")
+    if not isinstance(s.dedupe, bool):
+        raise ConfigError("session.dedupe must be true or false")
+    if not 0 <= s.known_residual < float("inf"):
+        raise ConfigError("session.known_residual must be a finite number >= 0")
+    if not 0 <= s.augment <= 16:
+        raise ConfigError("session.augment must be between 0 and 16")
+    if s.tags and s.tag_slots > wire.MAX_TAG_SLOTS:
+        raise ConfigError(f"session.max_edits_per_party must be <= {wire.MAX_TAG_SLOTS // 2} with dedupe or a "
+                          "conflict policy (two tag slots per request)")
+    if s.tags and s.tag_slots * ELEMENT_BYTES * 2 + 4096 > n.max_message_bytes:
+        raise ConfigError(f"network.max_message_bytes must hold a party's padded tags ({s.tag_slots} slots of "
+                          f"{ELEMENT_BYTES} bytes, twice): lower session.max_edits_per_party or raise it")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
     if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW

@@ -1,4 +1,5 @@
-"""The coordinator's append-only SQLite ledger: sessions, roster, stage events, messages, hand-offs, releases.
+"""The coordinator's append-only SQLite ledger: sessions, roster, stage events, messages, hand-offs, releases,
+and the solver's collision decisions by id.
 
 Rows are only ever inserted (triggers refuse UPDATE and DELETE), each in its own transaction, with the
 database in WAL mode so a reader (``secure-collab ledger show``, a test) never blocks the coordinator and
@@ -42,11 +43,14 @@ CREATE TABLE IF NOT EXISTS releases (
     session_id TEXT NOT NULL, round INTEGER NOT NULL, layer INTEGER NOT NULL, attempt INTEGER NOT NULL,
     sha256 TEXT NOT NULL, parties TEXT NOT NULL, header BLOB NOT NULL, frames BLOB NOT NULL,
     time REAL NOT NULL, PRIMARY KEY (session_id, round, layer));
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, round INTEGER NOT NULL, decision_id TEXT NOT NULL,
+    kind TEXT NOT NULL, time REAL NOT NULL);
 """
 APPEND_ONLY = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op} BEFORE {op} ON {t} "
     f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;"
-    for t in ("sessions", "roster", "stages", "messages", "handoffs", "releases")
+    for t in ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions")
     for op in ("UPDATE", "DELETE")
 )
 
@@ -128,6 +132,11 @@ class Ledger:
                          (session_id, rel.round, rel.layer, rel.attempt, rel.sha256, json.dumps(rel.parties),
                           header, _pack_frames(payload), self._clock()))
 
+    def decision(self, session_id: str, round_: int, decision_id: str, kind: str) -> None:
+        """A collision decision of the solver, by its public id (a hash, never a tag or a text)."""
+        self._db.execute("INSERT INTO decisions (session_id, round, decision_id, kind, time) VALUES (?,?,?,?,?)",
+                         (session_id, round_, decision_id, kind, self._clock()))
+
     def resume_state(self, session_id: str) -> ResumeState | None:
         row = self._db.execute("SELECT setup_public, setup_bundles, setup_signature FROM sessions "
                                "WHERE session_id=?", (session_id,)).fetchone()
@@ -150,7 +159,7 @@ class Ledger:
         return ResumeState(row[0], row[1], row[2], releases, attempts, ended[0] if ended else None, cut_off)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
-        if table not in ("sessions", "roster", "stages", "messages", "handoffs", "releases"):
+        if table not in ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions"):
             raise ValueError(f"no table {table!r}")
         cur = self._db.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 - fixed allow-list
         names = [d[0] for d in cur.description]

@@ -1,32 +1,54 @@
 """Red team: what a restarted solver forgets. The solver process is restarted (crash, or an operator after the
-coordinator went silent past the solver's idle limit); its sealed state brings back the keys and the opened
-steps, but the dynamic covariance of a multi-round session lives in ``SessionSolve`` memory only."""
+coordinator went silent past the solver's idle limit) between rounds of a multi-round session with the dynamic
+covariance; its sealed state brings back the keys, the opened steps and Σ of the earlier rounds' ΣG (record
+``past-r{R}-l{L}``), so round 1 is solved as if nothing had happened. Over real sockets with a SIGKILL:
+tests/network/test_net_rounds.py."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import sys
+from pathlib import Path
 
 import numpy as np
-import pytest
+import zmq
 
 from coordinator.engine import SessionSolve
+from coordinator.solver import Solver
+from secure_collab.protection import get_scheme
+
+sys.path.insert(0, str(Path(__file__).parent / "network"))
+from network_doubles import make_config  # noqa: E402
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK (correctness after a restart): SessionSolve.past_g, the earlier "
-                   "rounds' ΣG of the dynamic covariance, is kept in memory only, so a solver restarted between "
-                   "rounds solves round 1 as if round 0 had not happened and releases a different ΔW (DESIGN §4 "
-                   "says the solver keeps the dynamic covariance in its state directory). Fix: save each opened "
-                   "step's ΣG in the sealed solver state (a record per (round, layer)) and load it into the solve "
-                   "at start.")
-def test_redteam_restarted_solver_forgets_the_dynamic_covariance(tmp_path, monkeypatch):
-    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path))
-    session = SimpleNamespace(model="tiny-llama", layers=(1,), variant="sequential", template_seed=0, rounds=2,
-                              d_k=96, d_v=64, hparams={"mom2_tokens": 200, "n_templates": 1, "template_length": 3})
+def test_redteam_restarted_solver_keeps_the_dynamic_covariance(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    hparams = {"mom2_tokens": 200, "n_templates": 1, "template_length": 3}
+    common = dict(model="tiny-llama", layers=[1], d_k=96, d_v=64, rounds=2, update_rule="memit-dynamic",
+                  hparams=hparams)
     rng = np.random.default_rng(0)
     k0, k1 = rng.normal(size=(3, 96)), rng.normal(size=(2, 96))  # (n, d_k) keys of round 0 and round 1
-    g0, g1, b1 = k0.T @ k0, k1.T @ k1, rng.normal(size=(64, 96))
-    before = SessionSolve(session, cache=tmp_path)
-    before(0, 1, g0, rng.normal(size=(64, 96)))
-    uninterrupted = before(1, 1, g1, b1)
-    after_restart = SessionSolve(session, cache=tmp_path)  # round 0 was opened (and released) before the restart
-    np.testing.assert_allclose(after_restart(1, 1, g1, b1), uninterrupted, rtol=1e-12)
+    g0, g1 = k0.T @ k0, k1.T @ k1
+    b0, b1 = rng.normal(size=(64, 96)), rng.normal(size=(64, 96))
+
+    ctx = zmq.Context()  # no socket is opened: the solver's step from an opened aggregate to ΔW only
+    cfg = make_config(tmp_path / "straight", **common)
+    solve = SessionSolve(cfg.session, cache=tmp_path / "cache")
+    straight = Solver(cfg, get_scheme("plain"), solve, ctx=ctx)
+    straight.solve_step(0, 1, g0, b0)
+    uninterrupted = straight.solve_step(1, 1, g1, b1)
+
+    cfg = make_config(tmp_path / "restarted", **common)
+    first = Solver(cfg, get_scheme("plain"), solve, ctx=ctx)
+    first.solve_step(0, 1, g0, b0)  # round 0 opened, then the process dies (and its lock on the store goes)
+    first.state.close()
+    after_restart = Solver(cfg, get_scheme("plain"), solve, ctx=ctx).solve_step(1, 1, g1, b1)  # same store
+    ctx.term()
+
+    np.testing.assert_allclose(after_restart, uninterrupted, rtol=1e-12)
+    # independent reference: the dynamic rule's direct formula with round 0's ΣG, and it is not the forgetful one
+    hp = solve.hp
+    c = solve.covs[1].double().numpy()
+    direct = b1 @ np.linalg.inv(hp.mom2_update_weight * c + g1 + hp.mom2_past_weight * g0)
+    np.testing.assert_allclose(after_restart, direct, rtol=1e-8, atol=1e-12)
+    forgetful = b1 @ np.linalg.inv(hp.mom2_update_weight * c + g1)
+    assert not np.allclose(after_restart, forgetful, rtol=1e-6)

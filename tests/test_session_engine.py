@@ -5,40 +5,48 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from coordinator.engine import SessionSolve
 from parties.engine import PartyEditor
+from secure_collab.editing.rules import UpdateRule
 from secure_collab.editing.solve import solve_update
 
 
 def _session(tmp_path, **kw):
     base = dict(model="tiny-llama", layers=(1, 2), variant="sequential", template_seed=0, rounds=2, d_k=96,
+                update_rule="memit-static", known_residual=0.0, dedupe=False, augment=2,
                 d_v=64, hparams={"mom2_tokens": 600, "v_num_grad_steps": 3, "n_templates": 1,
                                  "template_length": 3})
     return SimpleNamespace(**{**base, **kw})
 
 
-def test_solver_adds_earlier_rounds_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("rule", ["memit-static", "memit-dynamic", "alphaedit"])
+def test_solver_applies_the_session_rule_to_the_past_it_is_given(tmp_path, monkeypatch, rule):
+    """The solver's math is stateless: the cross-round ΣG comes from the solver's sealed store (tested over the
+    network in test_net_rounds.py), and each rule reads it as its formula says."""
     monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path))
-    solve = SessionSolve(_session(tmp_path))
+    solve = SessionSolve(_session(tmp_path, update_rule=rule))
     rng = np.random.default_rng(0)
     k0, k1 = rng.normal(size=(3, 96)), rng.normal(size=(2, 96))
     g0, g1 = k0.T @ k0, k1.T @ k1
-    b0, b1 = rng.normal(size=(64, 96)), rng.normal(size=(64, 96))
-    cov, lam = solve.covs[1], solve.hp.mom2_update_weight
-    d0 = solve(0, 1, g0, b0)
-    np.testing.assert_allclose(d0, solve_update(torch.from_numpy(b0), torch.from_numpy(g0), cov, lam).numpy())
-    d1 = solve(1, 1, g1, b1)
-    want = solve_update(torch.from_numpy(b1), torch.from_numpy(g1), cov, lam, past_g=torch.from_numpy(g0),
-                        lam_past=solve.hp.mom2_past_weight).numpy()
-    np.testing.assert_allclose(d1, want)
-    assert not np.allclose(d1, solve_update(torch.from_numpy(b1), torch.from_numpy(g1), cov, lam).numpy())
-    # a step solved again after a coordinator restart is not counted twice
-    np.testing.assert_allclose(solve(1, 1, g1, b1), want)
-    # another layer has its own history
-    np.testing.assert_allclose(solve(1, 2, g1, b1), solve_update(
-        torch.from_numpy(b1), torch.from_numpy(g1), solve.covs[2], lam).numpy())
+    b1 = rng.normal(size=(64, 96))
+    hp = solve.hp
+    assert hp.update_rule == rule
+    t = torch.from_numpy
+    d1 = solve(1, 1, g1, b1, g0)
+    if rule == "memit-static":
+        want = solve_update(t(b1), t(g1), solve.covs[1], hp.mom2_update_weight).numpy()
+    elif rule == "memit-dynamic":
+        want = solve_update(t(b1), t(g1), solve.covs[1], hp.mom2_update_weight, past_g=t(g0),
+                            lam_past=hp.mom2_past_weight).numpy()
+    else:
+        want = UpdateRule("alphaedit", nullspace_threshold=hp.nullspace_threshold, l2=hp.alphaedit_l2).solve(
+            t(b1), t(g1), solve.covs[1], past_g=t(g0)).numpy()
+    np.testing.assert_allclose(d1, want, rtol=1e-12, atol=1e-14)
+    without_past = solve(1, 1, g1, b1, None)
+    assert np.allclose(d1, without_past) == (rule == "memit-static")
 
 
 def test_party_splits_rounds_and_tracks_applied_updates(tmp_path, capitals):
@@ -54,6 +62,27 @@ def test_party_splits_rounds_and_tracks_applied_updates(tmp_path, capitals):
     assert sorted(editor.applied) == [(0, 1), (0, 2), (1, 1)]
     report = editor.finish(patch=tmp_path / "patch.safetensors")
     assert report["edits"] == 3 and (tmp_path / "patch.safetensors").is_file()
+
+
+def test_party_withholds_known_requests_and_follows_the_solvers_verdicts(tmp_path, capitals):
+    from secure_collab.overlap import fact_inputs
+
+    session = _session(tmp_path, rounds=1, known_residual=0.0, dedupe=True, augment=2)
+    reqs = [capitals[0], capitals[1], capitals[0], capitals[2]]  # a repeat of request 0
+    editor = PartyEditor(session, reqs, cache=tmp_path, log=lambda _m: None)
+    assert editor.tag_inputs(0) == [fact_inputs(r) for r in (capitals[0], capitals[1], capitals[2])]
+    assert editor.withheld[0] == [capitals[0].case_id]
+    editor.decided(0, [(0, "augment", "conflict", "ab" * 32), (1, "withdraw", "duplicate", "cd" * 32),
+                       (2, "keep", "", "")])
+    plan = editor.plan[0]
+    assert [r.subject for r in plan] == ["France", "Italy", "France", "France"]  # kept, then two augmented
+    assert all(r.target_new == capitals[0].target_new and r.prompt != capitals[0].prompt for r in plan[2:])
+    assert editor.targets[0].z.shape[0] == 4
+    stats = editor.compute_statistics(0, 1)
+    assert stats["N"] == 4
+    # a request whose residual is (near) zero is withheld: the model already gives it
+    known = _session(tmp_path, rounds=1, known_residual=1e9)
+    assert PartyEditor(known, capitals[:2], cache=tmp_path, log=lambda _m: None).tag_inputs(0) == []
 
 
 def test_party_targets_are_cached_across_sessions(tmp_path, capitals, monkeypatch):

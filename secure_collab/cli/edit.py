@@ -29,6 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N requests (default: all; 20 bundled)")
     p.add_argument("--parties", type=int, default=4, help="number of parties the requests are split among")
     p.add_argument("--method", choices=METHODS, default="collab", help="how the parties' edits are combined")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="edit rounds: the requests are split into R rounds (by their 'round' field, else in "
+                        "contiguous blocks), each round among the parties; targets are optimised each round on "
+                        "the model as it then is")
+    p.add_argument("--update-rule", choices=("memit-static", "memit-dynamic", "alphaedit"), default="memit-static",
+                   help="how the solver turns the summed statistics into ΔW (secure_collab.editing.rules)")
+    p.add_argument("--past-weight", type=float, default=None, help="memit-dynamic's λ_past (default: the model's)")
+    p.add_argument("--nullspace-threshold", type=float, default=None,
+                   help="alphaedit: eigenvalues of C below this span the null space (default: the model's)")
+    p.add_argument("--alphaedit-l2", type=float, default=None, help="alphaedit's ridge term (default: the model's)")
     p.add_argument("--variant", choices=("sequential", "oneshot"), default=None,
                    help="default: the model's tuned default (sequential)")
     p.add_argument("--layers", type=parse_layers, default=None,
@@ -64,8 +74,10 @@ def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, devi
     if args.layers is not None:
         changes["layers"] = tuple(args.layers)
     for attr, field in (("lam", "mom2_update_weight"), ("steps", "v_num_grad_steps"),
-                        ("template_seed", "template_seed"), ("tokens", "mom2_tokens"), ("variant", "variant")):
-        if getattr(args, attr) is not None:
+                        ("template_seed", "template_seed"), ("tokens", "mom2_tokens"), ("variant", "variant"),
+                        ("update_rule", "update_rule"), ("past_weight", "mom2_past_weight"),
+                        ("nullspace_threshold", "nullspace_threshold"), ("alphaedit_l2", "alphaedit_l2")):
+        if getattr(args, attr, None) is not None:
             changes[field] = getattr(args, attr)
     return hp.with_(**changes)
 
@@ -97,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     t_start = time.perf_counter()
     requests = load_request_set(args.requests, args.format, args.limit)
+    if args.rounds != 1 or args.update_rule != "memit-static":
+        from secure_collab.cli.edit_rounds import run_rounds_edit
+
+        return run_rounds_edit(args, requests, console, t_start)
     if args.parties < 1 or args.parties > len(requests):
         raise ConfigError(f"--parties must be between 1 and the number of requests ({len(requests)})")
     with console.status(f"loading {args.model}"):

@@ -1,5 +1,6 @@
-"""`secure-collab experiment merge`: the merge grid of CollabEdit's Fig. 1 (a thin shell over
-``secure_collab.experiment``): methods × variants × edit counts over P parties, cached per cell, resumable."""
+"""`secure-collab experiment merge|forgetting|overlap|conflict`. merge: the merge grid of CollabEdit's Fig. 1 (a
+thin shell over ``secure_collab.experiment``): methods × variants × edit counts over P parties, cached per cell,
+resumable; the multi-round experiments are in ``experiment_rounds``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-HELP = "run experiment grids (merge: collab vs Global-Edit vs TA / SA / TIES over edit counts, CollabEdit's Fig. 1)"
+HELP = ("run experiments: merge (collab vs Global-Edit vs TA / SA / TIES over edit counts, CollabEdit's Fig. 1), "
+        "forgetting over rounds, overlap (dedupe), conflict (resolution)")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -32,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = sub.add_parser("merge", help="collab vs Global-Edit vs naive merges over edit counts (Fig. 1)",
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_merge_arguments(m)
+    from secure_collab.cli.experiment_rounds import add_round_experiments
+
+    add_round_experiments(sub)
 
 
 def add_merge_arguments(m: argparse.ArgumentParser) -> None:
@@ -67,6 +72,8 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "_experiment_run", None) is not None:  # forgetting | overlap | conflict
+        return int(args._experiment_run(args))
     import torch
     from rich.console import Console
 

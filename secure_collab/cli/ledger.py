@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # read-only: never touches the ledger
     try:
         tables = {t: _rows(db, t, args.session) for t in ("sessions", "stages", "messages", "handoffs",
-                                                            "releases")}
+                                                            "releases", "decisions")
+                  if t != "decisions" or _has_table(db, t)}  # a ledger written before decisions existed
     finally:
         db.close()
     write_json(args, tables)
@@ -46,7 +47,13 @@ def run(args: argparse.Namespace) -> int:
     for r in tables["stages"]:
         print(f"  {_time(r['time'])} round {r['round']} layers {r['layers']} attempt {r['attempt']}: "
               f"{r['event']} {r['detail']}", file=out)
+    for r in tables.get("decisions", []):
+        print(f"  {_time(r['time'])} round {r['round']} decision {r['decision_id'][:16]}: {r['kind']}", file=out)
     return 0
+
+
+def _has_table(db, table: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
 
 
 def _rows(db, table: str, session: str | None) -> list[dict]:

@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_role_options(parser)
     parser.add_argument("--name", required=True, help="this party's roster name")
-    parser.add_argument("--requests", required=True,
-                        help="this party's edit requests (CounterFact, zsRE, MQuAKE or JSONL)")
+    parser.add_argument("--requests", required=True, action="append", metavar="FILE",
+                        help="this party's edit requests (CounterFact, zsRE, MQuAKE or JSONL). Over several rounds: "
+                             "repeat it once per round (file r is round r), or give one file whose records carry a "
+                             "'round' field (else its requests are split into contiguous blocks, one per round)")
     parser.add_argument("--save", metavar="DIR", default=None,
                         help="write the edited model (from_pretrained loads it) and patch.safetensors here "
                              "(default: not saved)")
@@ -34,20 +36,25 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
 
     from parties.engine import PartyEditor
     from secure_collab.data.formats import load_requests
+    from secure_collab.editing.session import requests_by_round
     from secure_collab.errors import ConfigError
 
     if not args.requests:
         raise ConfigError("--requests is required: this party's edit requests")
-    requests = load_requests(args.requests)
-    editor = PartyEditor(config.session, requests, device=args.device,
+    files = [load_requests(path) for path in args.requests]
+    try:
+        rounds = requests_by_round(files, config.session.rounds)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    editor = PartyEditor(config.session, [r for f in files for r in f], device=args.device,
                          cache=Path(args.cache_dir) if args.cache_dir else None,
-                         allow_download=args.allow_download, progress=not args.quiet)
+                         allow_download=args.allow_download, progress=not args.quiet, rounds=rounds)
 
     def finish(result: Any) -> dict:
         return editor.finish(save=Path(args.save) if args.save else None,
                              patch=Path(args.patch) if args.patch else None, release_sha256=result.applied)
 
-    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish)
+    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish, editor)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ Formats (``FORMATS``):
   the prompt holds "{}".
   A ``.json`` file holding a list of such objects is read the same way.
 
+Every format may carry a top-level ``"round"`` (an integer >= 0): the session round the request is for.
+
 Filled-in prompts (MEND formats) are turned into templates by replacing the first exact occurrence of the
 subject with "{}". Fallback when the subject does not occur verbatim: a unique case-insensitive occurrence is
 accepted, and the subject becomes the prompt's spelling (the source's spelling is kept in
@@ -100,7 +102,7 @@ class _Record:
     def build(self, **fields: Any) -> Request:
         try:
             default = self.case_id if self.case_id is not None else str(self.index)  # zsRE has no ids
-            return Request(case_id=fields.pop("case_id", default), **fields)
+            return Request(case_id=fields.pop("case_id", default), round=self.raw.get("round"), **fields)
         except RequestError as e:  # re-raise with the file and record index in front
             raise RequestError(f"{self.where}: {e}") from None
 

@@ -29,6 +29,7 @@ class Request:
     # capitals); empty: every neighbourhood prompt is completed by target_true, as in CounterFact
     neighborhood_targets: tuple[str, ...] = ()
     generation_prompts: tuple[str, ...] = ()  # CounterFact's prompts for free generation (fluency)
+    round: int | None = None  # the session round this request belongs to, when its source says so
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -43,6 +44,9 @@ class Request:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise RequestError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+        if self.round is not None and (not isinstance(self.round, int) or isinstance(self.round, bool)
+                                       or self.round < 0):
+            raise RequestError(f"{where}: field 'round' must be an integer >= 0, got {self.round!r}")
         if self.prompt.count("{}") != 1:
             raise RequestError(f"{where}: field 'prompt' must contain exactly one '{{}}' for the subject, "
                                f"got {self.prompt!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from secure_collab.editing.rules import UpdateRule
+
 VARIANTS = ("sequential", "oneshot")
 
 
@@ -33,6 +35,10 @@ class MemitHParams:
     # costs nothing (compute-bound).
     request_batch: int = 0
     mom2_past_weight: float = 1.0  # λ_past: weight of earlier rounds' Σ K Kᵀ (dynamic covariance)
+    # how the solver turns aggregates into ΔW (``secure_collab.editing.rules``) and AlphaEdit's two knobs
+    update_rule: str = "memit-static"
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span AlphaEdit's preserved null space
+    alphaedit_l2: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
@@ -43,6 +49,12 @@ class MemitHParams:
             raise ValueError("request_batch must be >= 0 (0: all requests in one batch)")
         if not self.mom2_update_weight > 0:
             raise ValueError("mom2_update_weight (λ) must be positive")
+        _ = self.rule  # validates update_rule and its hyper-parameters
+
+    @property
+    def rule(self) -> UpdateRule:
+        return UpdateRule(self.update_rule, self.mom2_update_weight, self.mom2_past_weight,
+                          self.nullspace_threshold, self.alphaedit_l2)
 
     def with_(self, **changes: Any) -> MemitHParams:
         return replace(self, **changes)
@@ -56,10 +68,13 @@ class MemitHParams:
 # Chosen by the sweep in docs/lambda_sweep.md (SmolLM2-135M-Instruct on CounterFact).
 DEFAULTS: dict[str, MemitHParams] = {
     "smollm2-135m": MemitHParams(layers=(3, 4, 5, 6, 7), mom2_update_weight=1000.0),
+    # tiny models: AlphaEdit's threshold near the median eigenvalue of C (half of the key space preserved)
     "tiny-gpt2": MemitHParams(layers=(1, 2), mom2_update_weight=10.0, v_num_grad_steps=10, n_templates=2,
-                              template_length=5, mom2_tokens=2000, mom2_max_len=64),
+                              template_length=5, mom2_tokens=2000, mom2_max_len=64, nullspace_threshold=0.4,
+                              alphaedit_l2=1.0),
     "tiny-llama": MemitHParams(layers=(1, 2), mom2_update_weight=10.0, v_num_grad_steps=10, n_templates=2,
-                               template_length=5, mom2_tokens=2000, mom2_max_len=64),
+                               template_length=5, mom2_tokens=2000, mom2_max_len=64, nullspace_threshold=8.0,
+                               alphaedit_l2=1.0),
     # GPT-J-6B, MEMIT paper values
     "EleutherAI/gpt-j-6B": MemitHParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15000.0),
     "gpt2-xl": MemitHParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20000.0),

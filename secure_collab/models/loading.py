@@ -114,6 +114,7 @@ def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tok = _byte_tokenizer()
+    # the global RNG is shared by threads (tests run parties in threads): one seeded construction at a time
     with _TINY_INIT, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cfg: Any

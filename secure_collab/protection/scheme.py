@@ -171,6 +171,10 @@ class ProtectionScheme(abc.ABC):
         """Fractional bits of the integer encoding: one encoded step is 2^-frac_bits in value units."""
         return int(self._public(public).meta["frac_bits"])
 
+    def solver_seal_key(self, public: bytes) -> bytes:
+        """The solver's session X25519 key in the (signature-checked) public parameters: what parties seal to."""
+        return bytes.fromhex(self._public(public).meta["solver_x25519"])
+
     def n_tag_values(self, public: bytes) -> int:
         return integrity.tag_values(self._public(public).meta["limb_bits"])
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -75,6 +76,13 @@ class MsgType(StrEnum):
     ACK = "ack"  # party -> coordinator: a release was applied (ok) or refused (reason)
     ERROR = "error"  # any -> peer: the message with seq `refused_seq` was refused for `reason`
     END = "end"  # coordinator -> all: session done (ok) or aborted (reason)
+    # the keyed-tag exchange that opens a round with dedupe or conflict resolution (protocol/tags.py)
+    TAG_OPEN = "tag-open"  # coordinator -> party: send the round's blinded tag inputs
+    BLINDED = "blinded"  # party -> coordinator -> solver: [padded blinded batch, sealed count, signature]
+    EVALUATED = "evaluated"  # solver -> coordinator -> party: [padded answer, solver signature]
+    TAGS = "tags"  # party -> coordinator -> solver: [sealed fixed-size tags, signature]
+    DECIDE = "decide"  # coordinator -> solver: decide over the tags of these parties
+    DECISION = "decision"  # solver -> coordinator -> party: [sealed verdicts, signature], public records
 
 
 # ---- bounds shared by the wire and the configuration (config.py validates sessions against them) ----------
@@ -102,6 +110,14 @@ _ATTEMPT = Int(0, MAX_ATTEMPT)
 _LAYERS = ListOf(Int(0, MAX_LAYER), MAX_LAYERS, min_len=1)
 _PARTIES = ListOf(_NAME, MAX_PARTIES)
 _TEXT = Str(MAX_TEXT)
+# the tag exchange (protocol/tags.py): slots per party and round (two per request; a verdict's index is 16-bit)
+MAX_TAG_SLOTS = 1 << 16
+MAX_DECISION_RECORDS = 1 << 16
+DECISION_KINDS = ("duplicate", "conflict")
+_HEX64_RE = re.compile("[0-9a-f]{64}")
+_TAG_PARTY = Str(32, f"|{NAME_RE.pattern.strip('^$')}")
+_SLOTS = Int(2, MAX_TAG_SLOTS)
+_RECORD = ListOf(Str(64, f"[0-9a-f]{{64}}|{'|'.join(DECISION_KINDS)}"), 2, min_len=2)  # [decision id, kind]
 
 HEADER_SCHEMA: dict[str, Field] = {
     "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
@@ -162,6 +178,15 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.ACK: MapOf({"ok": Bool(), "reason": _TEXT}),
     MsgType.ERROR: MapOf({"refused_seq": Int(-1, MAX_SEQ), "reason": _TEXT}),
     MsgType.END: MapOf({"ok": Bool(), "reason": _TEXT}),
+    # the tag exchange. party: "" from a party (the sender is its authenticated key), its name when the
+    # coordinator forwards; the slot count and the party names are checked against the session in
+    # ``check_tag_body`` once the receiver knows them
+    MsgType.TAG_OPEN: MapOf({"attempt": _ATTEMPT}),
+    MsgType.BLINDED: MapOf({"party": _TAG_PARTY, "slots": _SLOTS}),
+    MsgType.EVALUATED: MapOf({"party": _TAG_PARTY, "slots": _SLOTS}),
+    MsgType.TAGS: MapOf({"party": _TAG_PARTY, "slots": _SLOTS}),
+    MsgType.DECIDE: MapOf({"parties": _PARTIES}),
+    MsgType.DECISION: MapOf({"party": _TAG_PARTY, "records": ListOf(_RECORD, MAX_DECISION_RECORDS)}),
 }
 
 
@@ -177,7 +202,29 @@ MAX_PAYLOAD_FRAMES: dict[MsgType, int] = {
     MsgType.ACK: 0,
     MsgType.ERROR: 0,
     MsgType.END: 0,
+    MsgType.TAG_OPEN: 0,
+    MsgType.BLINDED: 3,  # [padded blinded batch, count sealed to the solver, party signature]
+    MsgType.EVALUATED: 2,  # [padded answer, solver signature]
+    MsgType.TAGS: 2,  # [fixed-size tags sealed to the solver, party signature]
+    MsgType.DECIDE: 0,
+    MsgType.DECISION: 2,  # [verdicts sealed to the party, solver signature]
 }
+
+
+def check_tag_body(msg: Message, slots: int, parties: frozenset[str] | set[str]) -> None:
+    """What the tables cannot know: the session's slot count, roster parties (or "" from a party itself),
+    a set of at most as many parties as the roster, decision records of [64-hex id, known kind]."""
+    b = msg.body
+    if "slots" in b and b["slots"] != slots:
+        raise ProtocolError(f"{msg.type.value}: {b['slots']} slots, the session has {slots}")
+    if "party" in b and b["party"] and b["party"] not in parties:
+        raise ProtocolError(f"{msg.type.value}: party {clean_text(b['party'], 40)!r} is not in the roster")
+    if "parties" in b:
+        names = b["parties"]
+        if len(names) > len(parties) or len(set(names)) != len(names) or not set(names) <= set(parties):
+            raise ProtocolError(f"{msg.type.value}: party list is not a set of roster parties")
+    if "records" in b and not all(_HEX64_RE.fullmatch(r[0]) and r[1] in DECISION_KINDS for r in b["records"]):
+        raise ProtocolError(f"{msg.type.value}: decision records must be [64-hex id, kind] pairs")
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,12 @@ class SyntheticEngine:
         self.w[layer] = self.w[layer] + delta
 
 
-def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
+def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+                      past_g: np.ndarray | None = None) -> np.ndarray:
+    """B (λI + G [+ G_past])⁻¹: the synthetic stand-in for the update rules (G_past when the rule reads it)."""
     a = LAMBDA * np.eye(g_sum.shape[0]) + g_sum  # (d_k, d_k), symmetric positive definite
+    if past_g is not None:
+        a = a + past_g
     c = np.linalg.cholesky(a)
     return np.linalg.solve(c.T, np.linalg.solve(c, b_sum.T)).T  # (d_v, d_k) = B A⁻¹
 
@@ -64,13 +68,16 @@ def reference_deltas(cfg: Config, names: Iterable[str],
     who contributes to a given (round, layer))."""
     engines = {n: SyntheticEngine(n, cfg) for n in names}
     out = {}
+    past: dict[int, np.ndarray] = {}  # Σ of earlier rounds' ΣG, for update rules that read it
+    reads_past = cfg.session.update_rule != "memit-static"
     for round_, layers in cfg.session.steps():
         stats = {lay: [engines[n].compute_statistics(round_, lay)
                        for n in (members or {}).get((round_, lay), engines)] for lay in layers}
         for lay in layers:
             g = sum(st["G"] for st in stats[lay])
             b = sum(st["B"] for st in stats[lay])
-            out[(round_, lay)] = closed_form_solve(round_, lay, g, b)
+            out[(round_, lay)] = closed_form_solve(round_, lay, g, b, past.get(lay) if reads_past else None)
+            past[lay] = past[lay] + g if lay in past else g
         for lay in layers:
             for e in engines.values():
                 e.apply_delta(lay, out[(round_, lay)])
@@ -290,3 +297,110 @@ class RawClient:
             self.sock.disable_monitor()
             self.monitor.close(linger=0)
         self.sock.close(linger=0)
+
+
+Fact = tuple[str, str, str]  # (subject, relation, object)
+
+
+class FactEngine(SyntheticEngine):
+    """A party whose statistics come from named facts: a fact's key and residual depend on the fact alone, so
+    one fact at several parties gives the same statistics (a deduplicated aggregate equals one copy exactly).
+    It tags its facts and follows the solver's verdicts (withdrawals, augmented copies of a won conflict)."""
+
+    def __init__(self, name: str, cfg: Config, facts: dict[int, list[Fact]]) -> None:
+        super().__init__(name, cfg)
+        self.facts = facts
+        self.kept: dict[int, list[tuple[Fact, int]]] = {}  # round -> (fact, augmented copy number or -1)
+        self.verdicts: dict[int, list] = {}
+
+    def tag_inputs(self, round_: int) -> list[tuple[bytes, bytes]]:
+        from secure_collab.data.requests import Request
+        from secure_collab.overlap import fact_inputs
+
+        return [fact_inputs(Request(subject=s, prompt="{} has", target_new=o, relation=r))
+                for s, r, o in self.facts.get(round_, [])]
+
+    def decided(self, round_: int, verdicts: list) -> None:
+        self.verdicts[round_] = verdicts
+        kept: list[tuple[Fact, int]] = []
+        for (_i, action, _kind, _id), fact in zip(verdicts, self.facts.get(round_, []), strict=True):
+            if action != "withdraw":
+                kept.append((fact, -1))
+            if action == "augment":
+                kept += [(fact, j) for j in range(self.s.augment)]
+        self.kept[round_] = kept
+
+    def compute_statistics(self, round_: int, layer: int) -> dict[str, np.ndarray]:
+        self.compute_calls.append((round_, layer))
+        kept = self.kept.get(round_, [(f, -1) for f in self.facts.get(round_, [])])
+        return fact_statistics(self.s, kept, layer, self.w)
+
+
+def fact_statistics(s: Any, kept: list[tuple[Fact, int]], layer: int, w: dict[int, np.ndarray]) -> dict:
+    g, b = np.zeros((s.d_k, s.d_k)), np.zeros((s.d_v, s.d_k))
+    for fact, copy in kept:
+        rng = np.random.default_rng(_seed(*fact, copy, layer))
+        k, r = rng.standard_normal((s.d_k, 1)), rng.standard_normal((s.d_v, 1))
+        for lay in s.layers:
+            if lay < layer:
+                r = r - 0.1 * w[lay] @ k
+        g, b = g + k @ k.T, b + r @ k.T
+    return {"G": g, "B": b, "N": len(kept)}
+
+
+def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple[Fact, int]]]) -> dict[tuple[int, int], np.ndarray]:
+    """Every ΔW of a session whose rounds contribute exactly these (fact, copy) pairs, computed in one place."""
+    s = cfg.session
+    w = {lay: np.zeros((s.d_v, s.d_k)) for lay in s.layers}
+    out, past = {}, {}
+    reads_past = s.update_rule != "memit-static"
+    for round_, layers in s.steps():
+        for lay in layers:
+            st = fact_statistics(s, kept_by_round.get(round_, []), lay, w)
+            out[(round_, lay)] = closed_form_solve(round_, lay, st["G"], st["B"], past.get(lay) if reads_past else None)
+            past[lay] = past[lay] + st["G"] if lay in past else st["G"]
+            w[lay] = w[lay] + out[(round_, lay)]
+    return out
+
+
+def run_fact_session(cfg: Config, facts: dict[str, dict[int, list[Fact]]], *, coordinator: Any = None,
+                     timeout: float = 40.0, engine: dict[str, type] | None = None) -> SessionRun:
+    """Solver, coordinator (honest unless given) and FactEngine parties in threads."""
+    from coordinator.solver import run_solver
+    from parties import run_party
+
+    scheme = get_scheme(cfg.session.mode)
+    engines = {n: (engine or {}).get(n, FactEngine)(n, cfg, f) for n, f in facts.items()}
+    coord = coordinator or Watching(cfg, scheme)
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
+    th.start("coordinator", coord.run)
+    for n, e in engines.items():
+        th.start(n, lambda n=n, e=e: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta, tagger=e))
+    th.join(timeout)
+    return SessionRun(th.results["coordinator"], th.results["solver"], {n: th.results[n] for n in engines},
+                      engines, {"coordinator": coord})
+
+
+def _watching() -> type:
+    from coordinator.server import Coordinator
+
+    class Watching(Coordinator):
+        """The honest coordinator, keeping every frame it received or sent (its 'memory' of the session)."""
+
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            self.frames: list[bytes] = []
+
+        def _check(self, m: Any) -> None:
+            self.frames.extend(m.raw)
+            super()._check(m)
+
+        def _send_frames(self, name: str, route: bytes, frames: Any, mtype: str, where: dict) -> None:
+            self.frames.extend(bytes(f) for f in frames)
+            super()._send_frames(name, route, frames, mtype, where)
+
+    return Watching
+
+
+Watching = _watching()

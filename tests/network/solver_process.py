@@ -17,9 +17,9 @@ if __name__ == "__main__":
     cfg = load_config(sys.argv[1])
     calls = []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         calls.append([round_, layer])
-        return closed_form_solve(round_, layer, g, b)
+        return closed_form_solve(round_, layer, g, b, past_g)
 
     result = run_solver(cfg, get_scheme(cfg.session.mode), solve)
     print(json.dumps({"ok": result.ok, "reason": result.reason, "solve_calls": calls,

@@ -120,3 +120,23 @@ def test_control_traffic_at_ten_times_the_heartbeat_is_cut_off(tmp_path):
         if not guard.admit("a", 300):
             break
     assert clock.now < 60  # the burst lasts seconds, not minutes
+
+
+def test_an_honest_party_exchanging_tags_every_round_is_never_cut_off(tmp_path):
+    """Dedupe on, 1000 requests per party at most: each round's BLINDED and TAGS carry 2000 padded slots
+    (64 kB each, far above a control message); the TAG_OPEN invitation credits them, once per round."""
+    cfg = make_config(tmp_path, layers=[3, 4], d_k=1536, d_v=576, chunk_values=262144, rounds=4, dedupe=True,
+                      max_edits_per_party=1000, network={"heartbeat_s": 1.0, "max_message_bytes": 64 << 20})
+    slots = cfg.session.tag_slots
+    blinded, tags = slots * 32 + 4 + 96 + 64 + 1024, 4 + slots * 32 + 96 + 64 + 1024  # + seal, signature, header
+
+    def rounds(guard, grant):
+        for round_ in range(cfg.session.rounds):
+            if grant:
+                guard.grant_tags("a", round_)
+            if not (guard.admit("a", blinded) and guard.admit("a", tags)):
+                return False
+        return True
+
+    assert rounds(PeerGuard(cfg, Clock()), grant=True)
+    assert not rounds(PeerGuard(cfg, Clock()), grant=False)  # the control budget alone would cut it off

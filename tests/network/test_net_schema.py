@@ -35,6 +35,12 @@ VALID_BODIES = {
     MsgType.ACK: {"ok": True, "reason": ""},
     MsgType.ERROR: {"refused_seq": 5, "reason": "bad"},
     MsgType.END: {"ok": False, "reason": "aborted"},
+    MsgType.TAG_OPEN: {"attempt": 0},
+    MsgType.BLINDED: {"party": "", "slots": 8},
+    MsgType.EVALUATED: {"party": "a", "slots": 8},
+    MsgType.TAGS: {"party": "b", "slots": 8},
+    MsgType.DECIDE: {"parties": ["a", "b"]},
+    MsgType.DECISION: {"party": "a", "records": [["0f" * 32, "duplicate"], ["a1" * 32, "conflict"]]},
 }
 OVERFLOWS = [2**64 - 1, 2**63, INT64_MIN]  # msgpack carries [-2**63, 2**64 - 1]; SQLite takes signed 64-bit
 
@@ -84,7 +90,7 @@ def test_every_body_integer_is_bounded_within_int64(mtype):
     """Walks the schema for each integer in a valid body (the nested payload header too) and sends the
     values that crashed the ledger: each is refused by the schema."""
     paths = list(_int_paths(BODY_SCHEMA[mtype], VALID_BODIES[mtype]))
-    assert paths or mtype in (MsgType.ACK, MsgType.END)
+    assert paths or mtype in (MsgType.ACK, MsgType.END, MsgType.DECIDE, MsgType.DECISION)
     for path, spec in paths:
         assert spec.lo is not None and spec.hi is not None and INT64_MIN <= spec.lo <= spec.hi <= INT64_MAX
         for value in OVERFLOWS + [spec.lo - 1, spec.hi + 1]:
@@ -130,7 +136,8 @@ def test_body_fields_are_bounded(mtype, path, value, reason):
         Message.from_frames(_frames(mtype, _replace(VALID_BODIES[mtype], path, value)))
 
 
-@pytest.mark.parametrize("mtype", [MsgType.ACK, MsgType.ERROR, MsgType.END, MsgType.REQUEST, MsgType.VERDICT])
+@pytest.mark.parametrize("mtype", [MsgType.ACK, MsgType.ERROR, MsgType.END, MsgType.REQUEST, MsgType.VERDICT,
+                                   MsgType.TAG_OPEN, MsgType.DECIDE])
 def test_control_messages_carry_no_payload(mtype):
     with pytest.raises(ProtocolError, match="at most 0 payload frames"):
         Message.from_frames(_frames(mtype, payload=True))
@@ -174,3 +181,29 @@ def test_peek_names_a_refused_message_only_when_its_header_says_so_within_bounds
     assert peek(bad_release) == (MsgType.RELEASE, 0, 3)
     assert peek(_frames(MsgType.RELEASE, round=2**64 - 1)) is None
     assert peek([b"\xc1"]) is None and peek([msgpack.packb([1])]) is None
+
+
+@pytest.mark.parametrize("mtype, frames", [(MsgType.BLINDED, 3), (MsgType.EVALUATED, 2), (MsgType.TAGS, 2),
+                                           (MsgType.DECISION, 2)])
+def test_tag_messages_carry_their_frames_and_no_more(mtype, frames):
+    msg = Message(mtype, "s1", 0, -1, "", "a", 7, "f" * 64, VALID_BODIES[mtype], (b"x",) * (frames + 1))
+    with pytest.raises(ProtocolError, match=f"at most {frames} payload frames"):
+        Message.from_frames(msg.to_frames())
+
+
+@pytest.mark.parametrize("mtype, change, reason", [
+    (MsgType.BLINDED, {"slots": 16}, "16 slots, the session has 8"),
+    (MsgType.EVALUATED, {"party": "zed"}, "not in the roster"),
+    (MsgType.DECIDE, {"parties": ["a", "a"]}, "not a set of roster parties"),
+    (MsgType.DECIDE, {"parties": ["a", "b", "c", "zed"]}, "not a set of roster parties"),
+    (MsgType.DECISION, {"records": [["duplicate", "0f" * 32]]}, "must be \\[64-hex id, kind\\] pairs"),
+])
+def test_tag_bodies_are_checked_against_the_session(mtype, change, reason):
+    """What the table cannot know (the session's slots, the roster) is checked by ``check_tag_body``."""
+    from secure_collab.protocol.messages import check_tag_body
+
+    good = Message.from_frames(_frames(mtype))
+    check_tag_body(good, 8, {"a", "b", "c"})
+    bad = Message.from_frames(_frames(mtype, {**VALID_BODIES[mtype], **change}))
+    with pytest.raises(ProtocolError, match=reason):
+        check_tag_body(bad, 8, {"a", "b", "c"})

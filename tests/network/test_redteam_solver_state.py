@@ -80,7 +80,7 @@ def _two_openings(tmp_path, rollback: bool):
     cfg = make_config(tmp_path, mode="shares", layers=[1])
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         solved.append(g.copy())
         return closed_form_solve(round_, layer, g, b)
 
@@ -120,7 +120,7 @@ def test_redteam_oneshot_step_is_authenticated_whole_before_any_layer_opens(tmp_
     cfg = make_config(tmp_path, mode="shares", layers=[1, 2], variant="oneshot")
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         solved.append(layer)
         return closed_form_solve(round_, layer, g, b)
 
@@ -181,7 +181,7 @@ def test_redteam_two_solver_processes_open_a_step_once_even_without_the_lock(tmp
     cfg = make_config(tmp_path, mode="shares", layers=[1])
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
-    def solve(round_, layer, g, b):
+    def solve(round_, layer, g, b, past_g=None):
         solved.append(g.copy())
         return closed_form_solve(round_, layer, g, b)
 

@@ -1,0 +1,115 @@
+"""The keyed-tag exchange that opens a round when dedupe or conflict resolution is on: what is signed and sealed.
+
+    party  -> coordinator -> solver   BLINDED  [padded blinded batch, count sealed to the solver, party signature]
+    solver -> coordinator -> party    EVALUATED [padded answer, solver signature]
+    party  -> coordinator -> solver   TAGS     [tags sealed to the solver (fixed size), party signature]
+    coordinator -> solver             DECIDE   {"parties": the parties whose tags it forwarded}
+    solver -> coordinator -> party    DECISION [verdicts sealed to the party (fixed size), solver signature];
+                                               body "records": the public (decision id, kind) list of the round
+
+Every signed statement is domain-separated and binds session, configuration digest, round and party, so the
+coordinator can neither forge nor move a message between parties or rounds; everything it can read is a
+blinded group element, a digest, a signature, a fixed-size sealed box or a decision id. Sizes are fixed by
+``SessionConfig.tag_slots`` (two slots per request, padded to ``2 * max_edits_per_party``), so they say
+nothing about a party's number of requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+
+from secure_collab.protocol.messages import ProtocolError
+
+TAG_BYTES = 32
+ELEMENT_BYTES = 32
+ACTIONS = ("keep", "withdraw", "augment")
+KINDS = ("", "duplicate", "conflict")
+_VERDICT = struct.Struct(">HBB32s")  # index, action, kind, decision id
+COUNT_INFO = b"secure-collab/v2/seal-tag-count|"
+TAGS_INFO = b"secure-collab/v2/seal-tags|"
+DECISION_INFO = b"secure-collab/v2/seal-decision|"
+
+
+def _statement(kind: str, *fields: object) -> bytes:
+    return f"secure-collab/v2/{kind}\0".encode() + json.dumps(list(fields), separators=(",", ":")).encode()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def seal_ad(session: str, config: str, round_: int, party: str) -> bytes:
+    return json.dumps([session, config, round_, party], separators=(",", ":")).encode()
+
+
+def blinded_statement(session: str, config: str, round_: int, party: str, batch: bytes, sealed: bytes) -> bytes:
+    return _statement("blinded", session, config, round_, party, sha(batch), sha(sealed))
+
+
+def evaluated_statement(session: str, config: str, round_: int, party: str, batch_sha: str, answer: bytes) -> bytes:
+    return _statement("evaluated", session, config, round_, party, batch_sha, sha(answer))
+
+
+def tags_statement(session: str, config: str, round_: int, party: str, sealed: bytes) -> bytes:
+    return _statement("tags", session, config, round_, party, sha(sealed))
+
+
+def decision_statement(session: str, config: str, round_: int, party: str, sealed: bytes,
+                       records: Sequence[Sequence[str]]) -> bytes:
+    return _statement("decision", session, config, round_, party, sha(sealed), [list(r) for r in records])
+
+
+# ---- fixed-size plaintexts ------------------------------------------------------------------------------
+def tags_plain_size(slots: int) -> int:
+    return 4 + slots * TAG_BYTES
+
+
+def encode_tags(pairs: Sequence[tuple[bytes, bytes]], slots: int, padding: bytes) -> bytes:
+    """count ‖ sr_0 ‖ sro_0 ‖ ... padded to ``tags_plain_size(slots)`` with ``padding`` (random bytes)."""
+    body = b"".join(sr + sro for sr, sro in pairs)
+    if 2 * len(pairs) > slots or any(len(sr) != TAG_BYTES or len(sro) != TAG_BYTES for sr, sro in pairs):
+        raise ValueError("tags do not fit the slots")
+    out = len(pairs).to_bytes(4, "big") + body
+    return out + padding[:tags_plain_size(slots) - len(out)]
+
+
+def decode_tags(plain: bytes, slots: int) -> list[tuple[bytes, bytes]]:
+    if len(plain) != tags_plain_size(slots):
+        raise ProtocolError("sealed tags have the wrong size")
+    n = int.from_bytes(plain[:4], "big")
+    if 2 * n > slots:
+        raise ProtocolError(f"{n} tag pairs do not fit {slots} slots")
+    body = plain[4:4 + 2 * n * TAG_BYTES]
+    return [(body[i:i + TAG_BYTES], body[i + TAG_BYTES:i + 2 * TAG_BYTES]) for i in range(0, len(body), 2 * TAG_BYTES)]
+
+
+def verdicts_plain_size(max_requests: int) -> int:
+    return 4 + max_requests * _VERDICT.size
+
+
+def encode_verdicts(verdicts: Sequence[tuple[int, str, str, str]], max_requests: int, padding: bytes) -> bytes:
+    """[(index, action, kind, decision id hex)] as a fixed-size plaintext (random ``padding`` after the end)."""
+    if len(verdicts) > max_requests:
+        raise ValueError("more verdicts than requests")
+    rows = b"".join(_VERDICT.pack(i, ACTIONS.index(a), KINDS.index(k), bytes.fromhex(d) if d else bytes(32))
+                    for i, a, k, d in verdicts)
+    out = len(verdicts).to_bytes(4, "big") + rows
+    return out + padding[:verdicts_plain_size(max_requests) - len(out)]
+
+
+def decode_verdicts(plain: bytes, max_requests: int) -> list[tuple[int, str, str, str]]:
+    if len(plain) != verdicts_plain_size(max_requests):
+        raise ProtocolError("sealed decision has the wrong size")
+    n = int.from_bytes(plain[:4], "big")
+    if n > max_requests:
+        raise ProtocolError("decision lists more verdicts than requests")
+    out = []
+    for j in range(n):
+        i, a, k, d = _VERDICT.unpack_from(plain, 4 + j * _VERDICT.size)
+        if a >= len(ACTIONS) or k >= len(KINDS):
+            raise ProtocolError("decision holds an unknown action or kind")
+        out.append((i, ACTIONS[a], KINDS[k], d.hex() if KINDS[k] else ""))
+    return out

@@ -1,0 +1,100 @@
+"""A whole multi-round session with dedupe and a conflict, through the role commands over real sockets, on a
+tiny model: the real solver engine and the real party engine (per-round request files, a 'round' field and
+contiguous blocks), and every applied ΔW equal to the single-machine simulation of the same decisions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+from network_doubles import Threads, make_config
+
+from secure_collab.data.formats import load_requests
+from tests.conftest import SHARED
+
+HP = {"mom2_tokens": 600, "v_num_grad_steps": 4, "n_templates": 1, "template_length": 3}
+
+
+def _jsonl(path, reqs, rounds=None):
+    rows = []
+    for i, r in enumerate(reqs):
+        row = {"subject": r.subject, "prompt": r.prompt, "target_new": r.target_new, "target_true": r.target_true,
+               "relation": r.relation, "case_id": r.case_id}
+        if rounds is not None:
+            row["round"] = rounds[i]
+        rows.append(json.dumps(row))
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def _run(module, argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-q", "--quiet", action="store_true")  # the CLI's global options (cli/__init__.py)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simulation(tmp_path, monkeypatch):
+    from secure_collab.cli import coordinator as coordinator_cli
+    from secure_collab.cli import party as party_cli
+    from secure_collab.cli import solver as solver_cli
+
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    cf = load_requests(SHARED / "counterfact.json", limit=8)
+    other = replace(cf[0], target_new=cf[1].target_new, case_id="0b")  # the same fact, another object
+    plan = {"a": [[cf[0], cf[1]], [cf[4]]], "b": [[cf[0], cf[2]], [cf[1]]], "c": [[cf[3], other], [cf[5]]]}
+    files = {"a": [_jsonl(tmp_path / "a0.jsonl", plan["a"][0]), _jsonl(tmp_path / "a1.jsonl", plan["a"][1])],
+             "b": [_jsonl(tmp_path / "b.jsonl", plan["b"][1] + plan["b"][0], rounds=[1, 0, 0])],
+             "c": [_jsonl(tmp_path / "c.jsonl", plan["c"][0] + plan["c"][1])]}
+    cfg = make_config(tmp_path, model="tiny-llama", d_k=96, d_v=64, layers=[1, 2], chunk_values=8192, rounds=2,
+                      dedupe=True, conflict_policy="priority", update_rule="memit-dynamic", augment=2,
+                      max_edits_per_party=8, value_bound=1e5, key_norm_bound=1e4, residual_norm_bound=1e4,
+                      hparams=HP, network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0,
+                                           "solve_timeout_s": 120.0, "join_timeout_s": 60.0})
+    config_path = str(next(tmp_path.glob("config-*.toml")))
+    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy imports race across threads)
+
+    th = Threads()
+    th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
+    th.start("solver", lambda: _run(solver_cli, ["--config", config_path]))
+    for n in "abc":
+        argv = ["--config", config_path, "--name", n, "--json", str(tmp_path / f"{n}.json"),
+                "--patch", str(tmp_path / f"{n}.safetensors")]
+        th.start(n, lambda argv=argv, n=n: _run(party_cli, argv + [x for f in files[n] for x in ("--requests", f)]))
+    th.join(240)
+    assert all(code == 0 for code in th.results.values()), th.results
+    reports = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc"}
+    actions = {n: {r: [v[1] for v in vs] for r, vs in rep["decisions"].items()} for n, rep in reports.items()}
+    assert actions == {"a": {"0": ["augment", "keep"], "1": ["keep"]}, "b": {"0": ["withdraw", "keep"],
+                       "1": ["withdraw"]}, "c": {"0": ["keep", "withdraw"], "1": ["keep"]}}
+
+    # the simulation of the same session: the same decision rule, augmentation and update rule on one machine
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.editing.hparams import auto_request_batch
+    from secure_collab.editing.rounds import CrossRound, run_rounds
+    from secure_collab.editing.session import session_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.experiments.tagsim import TagSim, apply
+    from secure_collab.models import load_model
+    from secure_collab.patch import read_patch
+
+    s = cfg.session
+    lm = load_model("tiny-llama")
+    hp = session_hparams(s.model, 4, s.layers, s.variant, s.template_seed, s.hparams, auto_request_batch("cpu"),
+                         s.update_rule)
+    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, progress=False)
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed)
+    sim, state = TagSim(priority=["a", "b", "c"], dedupe=True, policy="priority"), CrossRound()
+    expected = []
+    for r in range(2):
+        verdicts = sim.round(r, {n: plan[n][r] for n in "abc"})
+        kept = [apply(lm, plan[n][r], verdicts[n], s.augment, seed=s.template_seed) for n in "abc"]
+        expected.append(run_rounds(lm, [kept], hp, covs, templates, state=state)[0].deltas)
+    for n in "abc":
+        patch = read_patch(tmp_path / f"{n}.safetensors").deltas  # (round, layer) -> ΔW
+        for r in range(2):
+            for lay in s.layers:
+                got, want = patch[(r, lay)].double(), expected[r][lay].double()
+                assert float((got - want).norm() / want.norm()) < 1e-9, (n, r, lay)

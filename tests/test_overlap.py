@@ -1,0 +1,91 @@
+"""The solver's overlap/conflict rule on tags, and the normalised fact inputs the tags are computed from."""
+
+from __future__ import annotations
+
+import pytest
+
+from secure_collab.data.requests import Request
+from secure_collab.overlap import AUGMENT, KEEP, WITHDRAW, Applied, decide, fact_inputs, relation_key
+
+PRIO = ["a", "b", "c"]
+
+
+def _t(s: str, o: str) -> tuple[bytes, bytes]:
+    return (b"sr:" + s.encode(), b"sro:" + s.encode() + b"/" + o.encode())
+
+
+def _actions(d, party):
+    return [v.action for v in d.verdicts[party]]
+
+
+def test_normalised_inputs_ignore_case_spacing_and_unicode_form_and_follow_the_format():
+    a = Request(subject="Danielle  Darrieux", prompt="The mother tongue of {} is", target_new="English",
+                relation="P103")
+    b = Request(subject="danielle darrieux", prompt="{} spoke", target_new="ENGLISH ", relation="p103")
+    assert fact_inputs(a) == fact_inputs(b)  # CounterFact: the relation id, not the prompt
+    z1 = Request(subject="Paris", prompt="Which country is {} in?", target_new="Italy")
+    z2 = Request(subject="Paris", prompt="Where is {}?", target_new="Italy")
+    assert relation_key(z1) == "template:which country is {} in?"
+    assert fact_inputs(z1) != fact_inputs(z2)  # zsRE / JSONL: the template with the subject removed
+    assert fact_inputs(Request(subject="ｐａｒｉｓ", prompt="Which country is {} in?", target_new="Italy")) == \
+        fact_inputs(z1)  # NFKC
+    # length prefixes: moving text between fields changes the input
+    x = Request(subject="ab", prompt="{} c", target_new="d", relation="r")
+    y = Request(subject="a", prompt="{} c", target_new="d", relation="br")
+    assert fact_inputs(x)[0] != fact_inputs(y)[0]
+    assert fact_inputs(a)[0] != fact_inputs(a)[1]
+
+
+def test_a_duplicate_counts_once_and_the_highest_priority_copy_stays():
+    tags = {"a": [_t("s1", "o")], "b": [_t("s1", "o"), _t("s2", "o")], "c": [_t("s1", "o")]}
+    d = decide(tags, round_=0, label=b"L", dedupe=True, policy="none", priority=PRIO)
+    assert _actions(d, "a") == [KEEP] and _actions(d, "b") == [WITHDRAW, KEEP] and _actions(d, "c") == [WITHDRAW]
+    assert d.verdicts["a"][0].kind == "duplicate" and d.verdicts["b"][1].kind == ""
+    assert [k for _, k in d.records] == ["duplicate"]
+    assert d.verdicts["a"][0].decision == d.verdicts["c"][0].decision == d.records[0][0]
+    assert all(b"s1" not in did.encode() for did, _ in d.records)  # an id, not the tag
+    nod = decide(tags, round_=0, label=b"L", dedupe=False, policy="none", priority=PRIO)
+    assert all(v.action == KEEP for vs in nod.verdicts.values() for v in vs) and nod.records == []
+    # decision ids are bound to the round's label
+    assert decide(tags, round_=1, label=b"M", dedupe=True, policy="none", priority=PRIO).records != d.records
+
+
+def test_a_fact_applied_in_an_earlier_round_is_withdrawn_everywhere():
+    history = {b"sr:s1": Applied(b"sro:s1/o", "c", 0)}
+    d = decide({"a": [_t("s1", "o")], "b": [_t("s1", "o")]}, round_=1, label=b"L", dedupe=True, policy="none",
+               priority=PRIO, history=history)
+    assert _actions(d, "a") == [WITHDRAW] and _actions(d, "b") == [WITHDRAW]
+    assert "earlier round" in d.verdicts["a"][0].reason
+
+
+@pytest.mark.parametrize(("policy", "winner"), [("priority", "o2"), ("majority", "o1"), ("first", "o1")])
+def test_conflict_policies_pick_a_winner_that_augments(policy, winner):
+    # a (top priority) wants o2; b and c want o1; b's tags arrived first
+    tags = {"a": [_t("s", "o2")], "b": [_t("s", "o1")], "c": [_t("s", "o1")]}
+    d = decide(tags, round_=0, label=b"L", dedupe=True, policy=policy, priority=PRIO, arrival=["b", "c", "a"])
+    if winner == "o2":
+        assert _actions(d, "a") == [AUGMENT] and _actions(d, "b") == [WITHDRAW] and _actions(d, "c") == [WITHDRAW]
+        assert d.verdicts["b"][0].kind == "conflict"
+    else:
+        assert _actions(d, "b") == [AUGMENT] and _actions(d, "a") == [WITHDRAW] and _actions(d, "c") == [WITHDRAW]
+        assert d.verdicts["c"][0].kind == "duplicate" and d.verdicts["a"][0].kind == "conflict"
+    assert [k for _, k in d.records] == ["conflict"]
+    assert d.applied[b"sr:s"].sro == b"sro:s/" + winner.encode()
+
+
+def test_conflict_with_an_applied_fact_and_the_unresolved_case():
+    history = {b"sr:s": Applied(b"sro:s/o1", "c", 0)}
+    tags = {"a": [_t("s", "o2")], "b": [_t("s", "o3")]}
+    first = decide(tags, round_=1, label=b"L", dedupe=True, policy="first", priority=PRIO, history=history)
+    assert _actions(first, "a") == [WITHDRAW] and _actions(first, "b") == [WITHDRAW]  # the applied one stands
+    prio = decide(tags, round_=1, label=b"L", dedupe=True, policy="priority", priority=PRIO, history=history)
+    assert _actions(prio, "a") == [AUGMENT] and _actions(prio, "b") == [WITHDRAW]  # a overrides c's edit
+    none = decide(tags, round_=1, label=b"L", dedupe=True, policy="none", priority=PRIO, history=history)
+    assert _actions(none, "a") == [KEEP] and _actions(none, "b") == [KEEP] and none.records == []
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="unknown conflict policy"):
+        decide({}, round_=0, label=b"", dedupe=True, policy="vote", priority=PRIO)
+    with pytest.raises(ValueError, match="without a priority"):
+        decide({"z": []}, round_=0, label=b"", dedupe=True, policy="none", priority=PRIO)
