@@ -4,13 +4,16 @@ sums without reading them, hands aggregates to the solver and relays its signed 
 Every inbound message is logged to the ledger as accepted or refused (with the reason, which is also sent
 back to the sender in an ERROR message); a refused message never stops the session. A restarted
 coordinator resumes from the ledger: released steps are skipped (their releases re-sent to rejoining
-parties, who ignore duplicates) and the interrupted step is collected again under a new attempt number.
+parties whose HELLO does not list them) and the interrupted step is collected again under a new attempt
+number. What a peer may cost the loop (budgets, refusal rows, welcomes, handshakes) is in ``guard.py``;
+sends never block: a peer whose queue is full loses that message, recorded in the ledger.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,17 +23,28 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from coordinator.guard import ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound
 from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
-from secure_collab.protection.base import ProtectionError, ProtectionScheme
+from secure_collab.protection import Payload, ProtectionError, ProtectionScheme
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    sha256_hex,
+)
 from secure_collab.protocol.release import release_bytes, setup_bytes, verify
 
 ZAP_DOMAIN = "secure-collab"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,13 +56,14 @@ class Outcome:
 
 
 class _RosterKeys:
-    """ZAP credentials provider: admit a CURVE client only if its public key is in the roster."""
+    """ZAP credentials provider: admit a CURVE client only if its public key is in the roster, is not cut
+    off, and has not opened more than its share of connections (``network.connects_per_minute``)."""
 
-    def __init__(self, allowed: frozenset[bytes]) -> None:
-        self.allowed = allowed
+    def __init__(self, allowed: frozenset[bytes], limiter: ConnectLimiter) -> None:
+        self.allowed, self.limiter = allowed, limiter
 
     def callback(self, domain: str, key: bytes) -> bool:
-        return domain == ZAP_DOMAIN and key in self.allowed
+        return domain == ZAP_DOMAIN and key in self.allowed and self.limiter.admit(key)
 
 
 class Coordinator(Handlers):
@@ -67,7 +82,9 @@ class Coordinator(Handlers):
         self.seq = Sequencer()
         self.routes: dict[str, bytes] = {}
         self.public: bytes | None = None
+        self.bundles = b""
         self.public_sig = b""
+        self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
@@ -76,9 +93,13 @@ class Coordinator(Handlers):
         self.outcome = Outcome(False, "")
         self.welcomed: set[str] = set()  # peers whose current connection has been welcomed
         self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
+        self.holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]] = {}  # what a HELLO said it holds
+        self.acked: set[tuple[str, int, int]] = set()  # (party, round, layer) releases acknowledged
+        self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
-            MsgType.RELEASE: self._on_release, MsgType.ACK: self._on_ack, MsgType.ERROR: self._on_error,
+            MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
+            MsgType.ERROR: self._on_error,
         }
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -90,7 +111,8 @@ class Coordinator(Handlers):
             auth = ThreadAuthenticator(self.ctx)
             auth.start()
             stack.callback(auth.stop)
-            auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys()))
+            auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys(),
+                                                                  self.guard.connects))
             self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
             stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
             return self._session()
@@ -102,8 +124,12 @@ class Coordinator(Handlers):
         if resume is not None:
             if resume.ended:
                 return Outcome(resume.ended == "done", f"session already {resume.ended}")
-            self.public, self.public_sig = resume.setup_public, resume.setup_signature
+            self.public, self.bundles = resume.setup_public, resume.setup_bundles
+            self.public_sig = resume.setup_signature
             self.releases, attempts = dict(resume.releases), resume.attempts
+            for name in resume.cut_off:  # cut off before the restart: still out (no second ledger row)
+                if name in self.cfg.roster.parties:
+                    self.guard.cut(name)
         if not self._join():
             return self._end(False, self.abort_reason or "not enough parties joined before the deadline")
         for round_, layers in self.s.steps():
@@ -115,6 +141,12 @@ class Coordinator(Handlers):
         return self._end(True, "session complete")
 
     def _end(self, ok: bool, reason: str) -> Outcome:
+        reason = clean_text(reason, STORED_TEXT)  # may quote the solver; END carries it to every party
+        self._summarise()
+        for name, dropped in sorted(self.guard.cut_off.items()):
+            if dropped.messages:
+                self.ledger.message(self.s.id, "in", name, "?", "", dropped.nbytes, "dropped",
+                                    f"{dropped.messages} messages dropped unread after the cut-off")
         self.stage = Stage.DONE if ok else Stage.ABORTED
         if self.step is not None and self.step.stage not in (Stage.DONE, Stage.ABORTED):
             self.step.move(self.stage)
@@ -134,7 +166,7 @@ class Coordinator(Handlers):
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
             return self.public is not None and "solver" in self.welcomed
 
-        while not (solver_ready() and self.active >= parties) and self.clock() < deadline:
+        while not (solver_ready() and self.active >= parties - set(self.guard.cut_off)) and self.clock() < deadline:
             if not self._pump(deadline):
                 return False
         if not solver_ready():
@@ -145,6 +177,7 @@ class Coordinator(Handlers):
         while True:
             step = Step(round_, layers, attempt, frozenset(self.active))
             self.step, self.stage = step, Stage.COLLECTING
+            self._summarise()
             self.ledger.stage_event(self.s.id, round_, layers, attempt, "open",
                                     json.dumps(sorted(self.active)))
             if not self._collect(step):
@@ -156,13 +189,24 @@ class Coordinator(Handlers):
                                      f"contributions < min_parties {self.s.min_parties} (missing {left_out})")
                 return False
             self.active = set(complete)  # a party that dropped out is left out from now on
-            if not partial:
-                break
-            self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
-                                    f"partial contributions from {partial}")
+            if partial:
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        f"partial contributions from {partial}")
+            else:
+                outcome = self._solve(step, left_out)
+                if outcome != "recollect":
+                    return outcome == "released"
+                # the solver named parties it could not authenticate; nothing was opened: go on without them
+                self.active -= step.excluded
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        f"solver excluded {sorted(step.excluded)}")
+                if len(self.active) < self.s.min_parties:
+                    self.abort_reason = (f"round {round_} layers {list(layers)}: {len(self.active)} parties left "
+                                         f"after the solver excluded {sorted(step.excluded)} < min_parties "
+                                         f"{self.s.min_parties}")
+                    return False
             attempt += 1
             step.move(Stage.COLLECTING)
-        return self._solve(step, left_out)
 
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time
@@ -174,14 +218,18 @@ class Coordinator(Handlers):
         for turn in turns:
             step.requested.update(turn)
             for name in turn:
+                self.guard.grant_step(name, step.round, step.layers, step.attempt)
                 self._send(name, self._request(step))
             deadline = self.clock() + timeout
-            while not set(turn) <= set(step.complete(self.s)) and self.clock() < deadline:
+            while (not set(turn) - set(self.guard.cut_off) <= set(step.complete(self.s))
+                   and self.clock() < deadline):
                 if not self._pump(deadline):
                     return False
         return True
 
-    def _solve(self, step: Step, left_out: list[str]) -> bool:
+    def _solve(self, step: Step, left_out: list[str]) -> str:
+        """Hand the aggregate off and wait: "released", "recollect" (the solver excluded parties before
+        opening anything) or "failed" (abort_reason says why)."""
         step.included = tuple(sorted(step.expected & self.active))
         step.move(Stage.SOLVING)
         self.stage = Stage.SOLVING
@@ -191,25 +239,38 @@ class Coordinator(Handlers):
         for key in sorted(step.accs):
             self._hand_off(step, key)
         deadline = self.clock() + self.cfg.network.solve_timeout_s
-        while len(step.released) < len(step.layers) and self.clock() < deadline:
+        while (len(step.released) < len(step.layers) and not step.excluded and not step.refused
+               and self.clock() < deadline):
             if not self._pump(deadline):
-                return False
+                return "failed"
+        if len(step.released) == len(step.layers):  # released (perhaps re-sent after a restart)
+            self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
+            return "released"
+        if step.refused:
+            self.abort_reason = step.refused
+            return "failed"
+        if step.excluded:
+            return "recollect"
         if len(step.released) < len(step.layers):
             self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
-            return False
+            return "failed"
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-        return True
+        return "released"
+
+    def _aggregate(self, step: Step, key: tuple[int, str, int]) -> Payload:
+        """The running sum of one chunk, as handed to the solver."""
+        acc = step.accs[key]
+        assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
+        return acc.aggregate()
 
     def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
         layer, stat, chunk = key
-        acc = step.accs[key]
-        assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
-        agg = acc.aggregate()
+        agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
         offset = chunk * self.s.chunk_values
         body = {"attempt": step.attempt, "chunk": chunk, "n_chunks": self.s.n_chunks(stat), "offset": offset,
                 "count": min(self.s.chunk_values, n_values - offset), "payload": dict(agg.header),
-                "parties": list(step.included), "n_values": n_values}
+                "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
         self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,
@@ -233,16 +294,24 @@ class Coordinator(Handlers):
             return
         user = parts[0].get("User-Id")
         name = self.cfg.roster.name_for(user.encode()) if user else None
-        raw = [p.bytes for p in parts]
-        nbytes, digest = sum(len(r) for r in raw), sha256_hex(raw[0])
+        nbytes = sum(len(p) for p in parts)
         if name is None:  # unreachable while ZAP is on; never answer an unauthenticated peer
-            self.ledger.message(self.s.id, "in", "unauthenticated", "?", digest, nbytes, "refused",
-                                "no roster key")
+            self.ledger.message(self.s.id, "in", "unauthenticated", "?", "", nbytes, "refused", "no roster key")
             return
+        if not self.guard.admit(name, nbytes):  # before any copy, hash or parse
+            if name not in self.guard.cut_off:  # it just overdrew: else it was cut off before
+                self._cut_off(name, nbytes)
+            return
+        raw = [p.bytes for p in parts]
+        digest = sha256_hex(raw[0])
         try:
             msg = Message.from_frames(raw, self.limits)
         except ProtocolError as exc:
             self._refuse(name, route, None, str(exc), digest, nbytes)
+            return
+        except Exception as exc:  # a parser bug must not end the session for everyone
+            log.exception("coordinator: internal error parsing a message from %s", name)
+            self._refuse(name, route, None, f"internal error ({type(exc).__name__})", digest, nbytes)
             return
         if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
             self.routes[name] = route
@@ -259,6 +328,32 @@ class Coordinator(Handlers):
             self.handlers[msg.type](inbound)
         except (ProtocolError, ProtectionError) as exc:
             self._refuse(name, route, msg, str(exc), digest, nbytes)
+        except Exception as exc:  # a bug must not end the session for everyone: refuse, record, go on
+            log.exception("coordinator: internal error on a %s from %s", msg.type.value, name)
+            step = self.step
+            if msg.type is MsgType.CONTRIB and step is not None and step.accepted.get(name):
+                step.poisoned.add(name)  # its chunks may be half-added: collect the step again without it
+            self._refuse(name, route, msg, f"internal error ({type(exc).__name__})", digest, nbytes)
+
+    def _cut_off(self, name: str, nbytes: int) -> None:
+        """A party overdrew its budget: record it once, stop talking to it, leave it out of the step."""
+        reason = self.guard.cut(name)
+        self.guard.cut_off[name].messages, self.guard.cut_off[name].nbytes = 1, nbytes
+        self.ledger.message(self.s.id, "in", name, "?", "", nbytes, "cut off", reason)
+        self.routes.pop(name, None)
+        self.welcomed.discard(name)
+        self.active.discard(name)
+        step = self.step
+        if step is not None and step.stage is Stage.COLLECTING and step.accepted.get(name):
+            step.poisoned.add(name)  # its chunks are in the running sums: collect the step again without it
+
+    def _summarise(self) -> None:
+        """One row per peer for the refusals of the closing window that were not recorded one by one."""
+        for name, missed in self.guard.new_step():
+            self.ledger.message(self.s.id, "in", name, "?", "", missed.nbytes, "refused",
+                                f"{missed.messages} more refused messages or error reports, not recorded or "
+                                f"answered one by one (over network.max_refusal_rows = "
+                                f"{self.cfg.network.max_refusal_rows})")
 
     def _check(self, m: Inbound) -> None:
         """Validation common to all types, run before any handler (and so before any crypto)."""
@@ -279,6 +374,9 @@ class Coordinator(Handlers):
 
     def _refuse(self, name: str, route: bytes, msg: Message | None, reason: str, digest: str,
                 nbytes: int) -> None:
+        if not self.guard.record_refusal(name, nbytes):
+            return  # over the per-step row limit: counted for one summary row, not answered
+        reason = clean_text(reason, STORED_TEXT)
         kw = self._where(msg)
         self.ledger.message(self.s.id, "in", name, msg.type.value if msg else "?", digest, nbytes,
                             "refused", reason, **kw)
@@ -320,23 +418,25 @@ class Coordinator(Handlers):
 
     def _send_frames(self, name: str, route: bytes, frames: list[Frame], mtype: str, where: dict) -> None:
         outcome, reason = "sent", ""
-        try:
-            self.sock.send_multipart([route, *frames], copy=False)
-        except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or send timeout
+        try:  # never wait: a peer that does not read must not stall the loop for the others
+            self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
+        except zmq.Again:  # its queue is full (network.hwm messages): drop this one and record it
+            outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
+        except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
                             sum(len(f) for f in frames), outcome, reason, **where)
 
-    def _verify_setup(self, public: bytes, signature: bytes) -> None:
-        verify(self.cfg.roster.signing_public(), signature, setup_bytes(self.s.id, self.cfg.digest, public),
-               "solver setup")
+    def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None:
+        verify(self.cfg.roster.signing_public(), signature,
+               setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message, delta: bytes, signature: bytes) -> None:
+    def _verify_release(self, msg: Message, ciphertext: bytes, signature: bytes) -> None:
         b = msg.body
         data = release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
                              b["shape"], b["sha256"], b["parties"])
-        if sha256_hex(delta) != b["sha256"]:
-            raise ProtocolError("release: ΔW bytes do not match their sha256")
+        if sha256_hex(ciphertext) != b["sha256"]:
+            raise ProtocolError("release: ciphertext bytes do not match their sha256")
         verify(self.cfg.roster.signing_public(), signature, data, "release")
 
 

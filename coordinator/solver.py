@@ -1,48 +1,73 @@
-"""The trusted solver: a separate process with its own CURVE and signing keys that sees only aggregates.
+"""The trusted solver: a separate process with its own keys that sees only authenticated aggregates.
 
-It makes the session's protection secrets (``scheme.solver_setup``), signs the public part so parties can
-tell the coordinator did not substitute it, opens each aggregate chunk as it arrives, calls the engine's
-``solve(round, layer, g_sum, b_sum)`` once a layer's G and B are complete, and signs the release (Ed25519).
-It refuses an aggregate over fewer than ``min_parties`` parties, and a second release of a (round, layer)
-over a different set of parties (two such releases would let their difference single parties out).
-Releases and the signed public parameters are kept under ``paths.solver_state/<session>/``.
+It makes the session's protection secrets and seals the MAC and release keys to each roster party
+(``scheme.solver_setup``), signs the setup, and then, for each step (round, layers):
+
+1. collects every chunk of every statistic of the step's layers (nothing is opened while chunks arrive);
+2. authenticates them: each listed party is in the pinned roster, signed each chunk with its own key and
+   sealed a seed the solver can open. A party that fails is named in a VERDICT (nothing opened), so the
+   coordinator can collect the step again without it;
+3. records, sealed on disk, that the step's layers are opened, *then* opens them (a (round, layer) is opened
+   at most once, whatever the attempt or the party set: two opened sums over different party sets give a
+   single party's statistics away), checks the sums' integrity (range and MAC, docs/integrity.md) and their
+   plausibility (``plausibility_problems``);
+4. solves, encrypts ΔW for the parties, signs and sends the release; a failure after opening ends the step
+   with a VERDICT and no release.
+
+It never dies on bad data: every refusal is a message to the coordinator. Its state (secrets, opened
+steps, releases) is sealed under ``paths.solver_state/<session>/`` so a restarted solver rejoins with the
+same setup and never opens a step twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import zmq
 
+from coordinator.solver_state import SolverState
 from secure_collab.config import STATISTICS, Config
-from secure_collab.keys import CurveKeyPair, load_curve_pair, load_signing_key
-from secure_collab.protection.base import (
+from secure_collab.keys import CurveKeyPair, load_identity
+from secure_collab.protection import (
+    Authenticated,
+    PartyFault,
     Payload,
     ProtectionError,
     ProtectionParams,
     ProtectionScheme,
     StatContext,
 )
+from secure_collab.protection import _primitives as hazmat
+from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
-from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    sha256_hex,
+)
+from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
+from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
+
+log = logging.getLogger(__name__)
 
 
 class SolveFn(Protocol):
     def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray) -> np.ndarray:
         """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; returns ΔW (d_v, d_k) float64.
 
-        May be called again for the same (round, layer) with the same parties (a coordinator restart
-        re-collects a step): an engine that carries state across rounds (the dynamic covariance)
-        must key it by (round, layer) rather than count calls."""
+        Called at most once per (round, layer) per session: the solver never opens a step twice."""
         ...
 
 
@@ -52,14 +77,24 @@ class SolverResult:
     reason: str = ""
     releases: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     received: list[tuple[int, int, str, int, tuple[str, ...]]] = field(default_factory=list)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # every refusal sent, for tests and logs
 
 
 @dataclass
 class _Pending:
+    """Aggregate chunks of one step and attempt, held unopened until the step is complete."""
+
     attempt: int
     parties: tuple[str, ...]
-    values: dict[str, np.ndarray]
-    got: set[tuple[str, int]] = field(default_factory=set)
+    chunks: dict[tuple[int, str, int], Payload] = field(default_factory=dict)  # (layer, stat, chunk)
+
+
+class Refusal(Exception):
+    """An aggregate the solver will not release: sent to the coordinator as a VERDICT."""
+
+    def __init__(self, reason: str, *, opened: bool, exclude: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.opened, self.exclude = opened, exclude
 
 
 class Solver:
@@ -67,35 +102,55 @@ class Solver:
                  ctx: zmq.Context | None = None, stop: threading.Event | None = None,
                  keys: CurveKeyPair | None = None, signing_key: Any = None) -> None:
         self.cfg, self.s, self.scheme, self.solve = config, config.session, scheme, solve
-        self.keys = keys or load_curve_pair(config.paths.keys / "solver.key_secret")
-        self.signing = signing_key or load_signing_key(config.paths.keys / "solver_signing.key_secret")
+        ident = load_identity(config.paths.keys / "solver.key_secret")
+        if ident.signing is None or ident.sealing is None or ident.public != config.roster.solver:
+            raise ProtocolError("solver.key_secret does not hold the solver identity of the pinned roster")
+        self.keys = keys or ident.curve
+        self.signing = signing_key or ident.signing
+        self.state = SolverState(config.paths.solver_state / self.s.id, ident.sealing.private_bytes_raw(),
+                                 self.s.id, config.digest)
+        self.verify_keys = config.roster.party_verify_keys()
+        self.bounds = Bounds(self.s.key_norm_bound, self.s.residual_norm_bound, self.s.max_edits_per_party)
         self.stop = stop or threading.Event()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
-        self.state_dir = Path(config.paths.solver_state) / self.s.id
         self.seq = Sequencer()
-        self.pending: dict[tuple[int, int], _Pending] = {}
-        self.released_parties = self._load_released()
+        self.pending: dict[tuple[int, tuple[int, ...]], _Pending] = {}
+        self.opened = self.state.steps("opened")  # (round, layer) -> {"attempt", "parties"}
         self.result = SolverResult()
         self.ended = False
 
-    def run(self) -> SolverResult:
+    # ---- setup ------------------------------------------------------------------------------------
+    def _setup(self) -> tuple[bytes, bytes, bytes]:
+        """The session's signed setup: made once, reloaded from the sealed state after a restart."""
         params = ProtectionParams(mode=self.s.mode, max_parties=len(self.cfg.roster.parties),
                                   bound=self.s.value_bound, min_parties=self.s.min_parties,
                                   extra=dict(self.s.protection))
-        self.secrets = self.scheme.solver_setup(params)
-        public = bytes(self.secrets.public)
-        signature = self.signing.sign(setup_bytes(self.s.id, self.cfg.digest, public))
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "public.bin").write_bytes(public)
+        stored = self.state.load("setup")
+        if stored is not None:
+            meta, _ = stored
+            public, bundles = bytes.fromhex(meta["public"]), bytes.fromhex(meta["bundles"])
+            self.secrets = self.scheme.restore(params, public, bundles, meta["secrets"])
+            log.info("solver: rejoining session %s with its stored setup", self.s.id)
+            return public, bundles, bytes.fromhex(meta["signature"])
+        recipients = {name: ident.sealing for name, ident in self.cfg.roster.parties.items()}
+        self.secrets = self.scheme.solver_setup(params, recipients)
+        public, bundles = bytes(self.secrets.public), bytes(self.secrets.bundles)
+        signature = self.signing.sign(setup_bytes(self.s.id, self.cfg.digest, public, bundles))
+        self.state.save("setup", {"public": public.hex(), "bundles": bundles.hex(), "signature": signature.hex(),
+                                  "secrets": self.scheme.export(self.secrets)})
+        return public, bundles, signature
+
+    def run(self) -> SolverResult:
+        public, bundles, signature = self._setup()
         hello = {"role": "solver", "public": True}
         with contextlib.ExitStack() as stack:
             if self._own_ctx:
                 stack.callback(self.ctx.term)
-            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
-            self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, signature)))
+            self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, bundles, signature)))
         return self.result
 
     def _loop(self, hello: Any) -> None:
@@ -126,77 +181,159 @@ class Solver:
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
             except (ProtocolError, ProtectionError) as exc:
-                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": str(exc)})
+                reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
+                transport.send(self.sock, error)
+            except Exception:  # the solver never dies on bad data: its secrets would go with it
+                log.exception("solver: message %d could not be processed", seq)
+                error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": "message could not be "
+                                                       "processed (malformed); refused"})
                 transport.send(self.sock, error)
         self.result.reason = "solver stopped"
 
+    # ---- collecting -------------------------------------------------------------------------------
+    def _step_of(self, round_: int, layer: int) -> tuple[int, ...]:
+        for r, layers in self.s.steps():
+            if r == round_ and layer in layers:
+                return layers
+        raise ProtocolError(f"round {round_} layer {layer} is not a step of this session")
+
     def _on_aggregate(self, msg: Message) -> None:
+        """Check the hand-off's shape and keep the chunk unopened; process the step once complete."""
         b, stat = msg.body, msg.stat
         parties = tuple(sorted(b["parties"]))
-        if len(set(parties)) != len(parties) or not set(parties) <= set(self.cfg.roster.parties):
-            raise ProtocolError("aggregate party list has repeats or names outside the roster")
-        if len(parties) < self.s.min_parties:
-            raise ProtocolError(f"aggregate over {len(parties)} parties < min_parties {self.s.min_parties}")
-        if msg.layer not in self.s.layers or stat not in STATISTICS or b["n_values"] != self.s.n_values(stat):
-            raise ProtocolError(f"aggregate for unknown layer/statistic {msg.layer}/{stat}")
+        if len(set(parties)) != len(parties) or len(parties) < self.s.min_parties:
+            raise ProtocolError(f"aggregate party list {list(parties)} repeats a party or holds fewer than "
+                                f"min_parties={self.s.min_parties}")
+        if stat not in STATISTICS or b["n_values"] != self.s.n_values(stat):
+            raise ProtocolError(f"aggregate for unknown statistic {stat!r} or size")
+        layers = self._step_of(msg.round, msg.layer)
         bounds = chunk_bounds(self.s.n_values(stat), self.s.chunk_values)
         if not 0 <= b["chunk"] < len(bounds) or (b["offset"], b["count"]) != bounds[b["chunk"]]:
             raise ProtocolError(f"aggregate chunk {b['chunk']} does not fit the configured chunking")
         claimed = b["payload"].get("parties")
-        if claimed is not None and sorted(claimed) != list(parties):
+        if not isinstance(claimed, list) or sorted(claimed) != list(parties):
             raise ProtocolError("aggregate payload and hand-off name different parties")
-        key = (msg.round, msg.layer)
-        earlier = self.released_parties.get(key)
-        if earlier is not None and earlier != parties:
-            raise ProtocolError(f"round {msg.round} layer {msg.layer} was released over other parties")
+        key = (msg.round, layers)
         pend = self.pending.get(key)
         if pend is None or pend.attempt < b["attempt"]:
-            pend = self.pending[key] = _Pending(b["attempt"], parties, {
-                st: np.zeros(self.s.n_values(st)) for st in STATISTICS})
-        if pend.attempt != b["attempt"] or pend.parties != parties or (stat, b["chunk"]) in pend.got:
-            raise ProtocolError("stale, duplicate or inconsistent aggregate chunk")
+            pend = self.pending[key] = _Pending(b["attempt"], parties)
+        chunk_key = (msg.layer, stat, b["chunk"])
+        if pend.attempt != b["attempt"] or pend.parties != parties or chunk_key in pend.chunks:
+            raise ProtocolError("stale, duplicate or inconsistent aggregate chunk (every chunk of a step must "
+                                "list the same parties under the same attempt)")
         self.result.received.append((msg.round, msg.layer, stat, b["chunk"], parties))
-        ctx = StatContext(self.s.id, msg.round, msg.layer, stat)  # the aggregate's context: no party
-        total = self.scheme.open(Payload(header=dict(b["payload"]), frames=msg.frames), self.secrets, ctx)
-        total = np.asarray(total, dtype=np.float64)
-        if total.shape != (b["count"],) or not np.isfinite(total).all():
-            raise ProtocolError("opened aggregate has the wrong size or non-finite values")
-        pend.values[stat][b["offset"]:b["offset"] + b["count"]] = total
-        pend.got.add((stat, b["chunk"]))
-        if len(pend.got) == sum(self.s.n_chunks(st) for st in STATISTICS):
+        pend.chunks[chunk_key] = Payload(header=dict(b["payload"]), frames=tuple(msg.frames))
+        if len(pend.chunks) == len(layers) * sum(self.s.n_chunks(st) for st in STATISTICS):
             del self.pending[key]
-            self._release(msg.round, msg.layer, pend)
+            try:
+                self._process(msg.round, layers, pend)
+            except Refusal as exc:
+                self._refuse(msg.round, layers, pend.attempt, exc)
 
-    def _release(self, round_: int, layer: int, pend: _Pending) -> None:
+    # ---- authenticate, open, check, solve, release ------------------------------------------------
+    def _ctx(self, round_: int, layer: int, stat: str, chunk: int, attempt: int) -> StatContext:
+        return StatContext(self.s.id, round_, layer, stat, "", chunk, attempt)
+
+    def _process(self, round_: int, layers: tuple[int, ...], pend: _Pending) -> None:
+        done = [lay for lay in layers if (round_, lay) in self.opened]
+        if done:
+            # Never opened twice. A coordinator that restarted may have missed the release: send again what
+            # was released (the same ciphertext; nothing is computed from the new contributions).
+            for lay in done:
+                stored = self.state.load(f"release-r{round_}-l{lay}")
+                if stored is not None:
+                    self._send_release(round_, lay, *stored)
+            earlier = self.opened[(round_, done[0])]
+            raise Refusal(f"round {round_} layer {done[0]} was already opened (attempt {earlier['attempt']}, "
+                          f"parties {earlier['parties']}): a step is never opened twice; its release, if any, "
+                          "was sent again", opened=True)
+        auth: dict[tuple[int, str, int], Authenticated] = {}
+        faults: set[str] = set()
+        reasons = []
+        for (layer, stat, chunk), payload in sorted(pend.chunks.items()):
+            ctx = self._ctx(round_, layer, stat, chunk, pend.attempt)
+            try:
+                auth[(layer, stat, chunk)] = self.scheme.authenticate(payload, self.secrets, ctx, self.verify_keys)
+            except PartyFault as exc:
+                faults.update(exc.parties)
+                reasons.append(str(exc))
+            except ProtectionError as exc:  # malformed hand-off: nobody to blame but the coordinator
+                raise Refusal(f"aggregate refused before opening: {exc}", opened=False) from None
+        if faults:
+            raise Refusal(f"{reasons[0]} (before opening anything)", opened=False, exclude=tuple(sorted(faults)))
+        for layer in layers:  # write-ahead: from here on these layers are opened, whatever happens next
+            self.state.save(f"opened-r{round_}-l{layer}", {"attempt": pend.attempt, "parties": list(pend.parties)})
+            self.opened[(round_, layer)] = {"attempt": pend.attempt, "parties": list(pend.parties)}
+        for layer in layers:
+            try:
+                delta = self._open_and_solve(round_, layer, pend, auth)
+            except Refusal as exc:
+                self.state.save(f"failed-r{round_}-l{layer}", {"reason": str(exc)})
+                raise
+            self._release(round_, layer, pend, delta)
+
+    def _open_and_solve(self, round_: int, layer: int, pend: _Pending,
+                        auth: dict[tuple[int, str, int], Authenticated]) -> np.ndarray:
         s = self.s
-        g = unpack_g(pend.values["G"], s.d_k)  # (d_k, d_k)
-        b = pend.values["B"].reshape(s.d_v, s.d_k)  # (d_v, d_k)
-        delta = np.asarray(self.solve(round_, layer, g, b), dtype=np.float64)
+        values = {st: np.empty(s.n_values(st)) for st in STATISTICS}
+        quantum = 0.0
+        try:
+            for st in STATISTICS:
+                for i, (off, count) in enumerate(chunk_bounds(s.n_values(st), s.chunk_values)):
+                    payload = pend.chunks[(layer, st, i)]
+                    ctx = self._ctx(round_, layer, st, i, pend.attempt)
+                    total = self.scheme.open(payload, self.secrets, ctx, auth[(layer, st, i)])
+                    values[st][off:off + count] = total
+            quantum = 2.0 ** -self.scheme.frac_bits(self.secrets.public)
+        except ProtectionError as exc:
+            log.warning("solver: round %d layer %d: %s (%s)", round_, layer, exc, getattr(exc, "detail", ""))
+            raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
+        g = unpack_g(values["G"], s.d_k)  # (d_k, d_k)
+        b = values["B"].reshape(s.d_v, s.d_k)  # (d_v, d_k)
+        n = float(values["N"][0])
+        bounds = Bounds(self.bounds.key_norm, self.bounds.residual_norm, self.bounds.max_edits, quantum)
+        problems = plausibility_problems(g, b, n, len(pend.parties), bounds)
+        if problems:  # the figures stay here: they would give other parties' counts and traces away
+            log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
+            raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
+                          + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
+        try:
+            delta = np.asarray(self.solve(round_, layer, g, b), dtype=np.float64)
+        except (ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. λC + ΣG not positive definite
+            raise Refusal(f"round {round_} layer {layer}: the solve failed ({exc})", opened=True) from None
         if delta.shape != (s.d_v, s.d_k) or not np.isfinite(delta).all():
-            raise ProtocolError(f"solve returned shape {delta.shape} or non-finite values")
+            raise Refusal(f"round {round_} layer {layer}: the solve gave shape {delta.shape} or non-finite values",
+                          opened=True)
+        return delta
+
+    def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
+        s = self.s
         raw, dtype, shape = encode_delta(delta)
-        sha = sha256_hex(raw)
+        label = release_label(s.id, self.cfg.digest, round_, layer, pend.attempt)
+        ciphertext = encrypt_release(self.secrets.release_key, label, raw, hazmat.random_bytes(hazmat.NONCE_BYTES))
+        sha = sha256_hex(ciphertext)
         body = {"attempt": pend.attempt, "shape": shape, "dtype": dtype, "sha256": sha,
                 "parties": list(pend.parties)}
         signature = self.signing.sign(release_bytes(s.id, self.cfg.digest, round_, layer, pend.attempt,
                                                     dtype, shape, sha, list(pend.parties)))
-        self._persist(round_, layer, delta, body, signature)
-        self.released_parties[(round_, layer)] = pend.parties
+        meta = {**body, "signature": signature.hex()}
+        self.state.save(f"release-r{round_}-l{layer}", meta, ciphertext)
         self.result.releases[(round_, layer)] = delta
-        release = self._msg(MsgType.RELEASE, round_, layer, body=body, frames=(raw, signature))
-        transport.send(self.sock, release)
+        log.info("solver: released round %d layer %d over %s", round_, layer, ", ".join(pend.parties))
+        self._send_release(round_, layer, meta, ciphertext)
 
-    def _persist(self, round_: int, layer: int, delta: np.ndarray, body: dict, signature: bytes) -> None:
-        stem = self.state_dir / f"release-r{round_}-l{layer}"
-        np.save(stem.with_suffix(".npy"), delta, allow_pickle=False)
-        stem.with_suffix(".json").write_text(json.dumps({**body, "signature": signature.hex()}))
+    def _send_release(self, round_: int, layer: int, meta: dict[str, Any], ciphertext: bytes) -> None:
+        body = {k: meta[k] for k in ("attempt", "shape", "dtype", "sha256", "parties")}
+        frames = (ciphertext, bytes.fromhex(meta["signature"]))
+        transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=frames))
 
-    def _load_released(self) -> dict[tuple[int, int], tuple[str, ...]]:
-        out = {}
-        for path in sorted(self.state_dir.glob("release-r*-l*.json")):
-            r, lay = path.stem.removeprefix("release-r").split("-l")
-            out[(int(r), int(lay))] = tuple(sorted(json.loads(path.read_text())["parties"]))
-        return out
+    def _refuse(self, round_: int, layers: tuple[int, ...], attempt: int, exc: Refusal) -> None:
+        body = {"attempt": attempt, "layers": list(layers), "opened": exc.opened, "exclude": list(exc.exclude),
+                "reason": str(exc)[:1024]}
+        self.result.verdicts.append(body)
+        log.warning("solver: refused round %d layers %s: %s", round_, list(layers), exc)
+        transport.send(self.sock, self._msg(MsgType.VERDICT, round_, layers[0], body=body))
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: dict | None = None,
              frames: tuple[Frame, ...] = ()) -> Message:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from secure_collab.config import STATISTICS, SessionConfig
-from secure_collab.protection.base import Accumulator, ProtectionScheme, StatContext
+from secure_collab.protection import Accumulator, ProtectionScheme, StatContext
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
 from secure_collab.protocol.statistics import chunk_bounds
 
@@ -37,13 +37,13 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 ACCEPTS: dict[Stage, frozenset[MsgType]] = {
     Stage.JOINING: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
     Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK, MsgType.ERROR}),
-    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.ACK, MsgType.ERROR}),
+    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.VERDICT, MsgType.ACK, MsgType.ERROR}),
     Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
     Stage.ABORTED: frozenset({MsgType.HELLO, MsgType.ERROR}),
 }
 ROLE_OF: dict[MsgType, str] = {
     MsgType.HELLO: "any", MsgType.CONTRIB: "party", MsgType.ACK: "party",
-    MsgType.RELEASE: "solver", MsgType.ERROR: "any",
+    MsgType.RELEASE: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
 }
 
 Key = tuple[int, str, int]  # (layer, statistic, chunk)
@@ -62,6 +62,8 @@ class Step:
     included: tuple[str, ...] = ()
     poisoned: set[str] = field(default_factory=set)  # parties whose payload broke an accumulator
     released: dict[int, list[bytes]] = field(default_factory=dict)
+    excluded: set[str] = field(default_factory=set)  # parties the solver could not authenticate (not opened)
+    refused: str = ""  # the solver's reason when it refused the step
 
     def move(self, to: Stage) -> None:
         if to not in TRANSITIONS[self.stage]:
@@ -81,14 +83,17 @@ class Step:
         touched = {p for p, keys in self.accepted.items() if keys} | self.poisoned
         return sorted(touched - done)
 
+    def context(self, cfg: SessionConfig, key: Key, party: str = "") -> StatContext:
+        layer, stat, chunk = key
+        return StatContext(cfg.id, self.round, layer, stat, party, chunk, self.attempt)
+
     def accumulator(
         self, key: Key, scheme: ProtectionScheme, public: bytes, cfg: SessionConfig
     ) -> Accumulator:
         if key not in self.accs:
             layer, stat, chunk = key
             _, count = chunk_bounds(cfg.n_values(stat), cfg.chunk_values)[chunk]
-            ctx = StatContext(session_id=cfg.id, round=self.round, layer=layer, statistic=stat)
-            self.accs[key] = scheme.accumulator(public, count, ctx)
+            self.accs[key] = scheme.accumulator(public, count, self.context(cfg, key))
         return self.accs[key]
 
 

@@ -1,10 +1,11 @@
-"""A party's network loop: join, check the solver-signed setup, send protected statistics in chunks,
-verify each signed ΔW before applying it.
+"""A party's network loop: join, check the solver-signed setup and open its sealed session keys, send
+protected, signed statistics in chunks, verify and decrypt each signed ΔW before applying it.
 
 The engine supplies two callbacks and never sees a socket:
 
-    compute_statistics(round, layer) -> {"G": (d_k, d_k) or packed upper triangle, "B": (d_v, d_k)}
-    apply_delta(layer, delta)        # delta: (d_v, d_k) float64, already verified
+    compute_statistics(round, layer) -> {"G": (d_k, d_k) or packed upper triangle, "B": (d_v, d_k),
+                                         "N": this party's number of edit requests in the round}
+    apply_delta(layer, delta)        # delta: (d_v, d_k) float64, already verified and decrypted
 
 Statistics of a step are computed once and cached until the step's releases are applied, so a step that
 is collected again (a new attempt) is re-protected with fresh randomness but not recomputed.
@@ -13,6 +14,7 @@ is collected again (a new attempt) is re-protected with fresh randomness but not
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -23,12 +25,26 @@ import numpy as np
 import zmq
 
 from secure_collab.config import STATISTICS, Config
-from secure_collab.keys import CurveKeyPair, load_curve_pair
-from secure_collab.protection.base import ProtectionError, ProtectionScheme, StatContext
+from secure_collab.keys import CurveKeyPair, load_identity
+from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
+from secure_collab.protection.sealing import decrypt_release
 from secure_collab.protocol import transport
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, Sequencer, sha256_hex
-from secure_collab.protocol.release import decode_delta, release_bytes, setup_bytes, verify
-from secure_collab.protocol.statistics import chunk_bounds, pack_statistics
+from secure_collab.protocol.messages import (
+    STORED_TEXT,
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    Sequencer,
+    clean_text,
+    peek,
+    sha256_hex,
+)
+from secure_collab.protocol.plausibility import Bounds, plausibility_problems
+from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
+from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
+
+log = logging.getLogger(__name__)
 
 
 class ComputeStatistics(Protocol):
@@ -63,7 +79,12 @@ class Party:
             raise ValueError(f"party {name!r} is not in the roster")
         self.cfg, self.s, self.name, self.scheme = config, config.session, name, scheme
         self.compute, self.apply = compute_statistics, apply_delta
-        self.keys = keys or load_curve_pair(config.paths.keys / f"party-{name}.key_secret")
+        ident = load_identity(config.paths.keys / f"party-{name}.key_secret")
+        if ident.signing is None or ident.sealing is None or ident.public != config.roster.parties[name]:
+            raise ValueError(f"party-{name}.key_secret does not hold party {name!r}'s identity in the pinned roster")
+        self.identity = ident
+        self.keys = keys or ident.curve
+        self.secrets: PartySecrets | None = None
         self.stop = stop or threading.Event()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -81,7 +102,7 @@ class Party:
         with contextlib.ExitStack() as stack:
             if self._own_ctx:
                 stack.callback(self.ctx.term)
-            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator, self.cfg.network)
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             try:
@@ -96,20 +117,20 @@ class Party:
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
         idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
         limits = transport.limits_for(net)
-        hello = {"role": "party", "public": False}
-        self._send(self._msg(MsgType.HELLO, body=hello))
+        self._send(self._hello())
         last = time.monotonic()
         while not self.stop.is_set():
             if not self.sock.poll(int(net.heartbeat_s * 1000), zmq.POLLIN):
                 if time.monotonic() - last > idle_limit:
                     raise Fatal("no word from the coordinator")
-                self._send(self._msg(MsgType.HELLO, body=hello))  # heartbeat / rejoin after a restart
+                self._send(self._hello())  # heartbeat / rejoin after a restart
                 continue
             last = time.monotonic()
+            frames = self.sock.recv_multipart()
             try:
-                msg = Message.from_frames(self.sock.recv_multipart(), limits)
+                msg = Message.from_frames(frames, limits)
             except ProtocolError as exc:
-                self.result.refusals.append(f"unreadable message from coordinator: {exc}")
+                self._unreadable(frames, exc)
                 continue
             if msg.session != self.s.id or msg.config != self.cfg.digest:
                 self.result.refusals.append("message for another session or configuration ignored")
@@ -124,25 +145,46 @@ class Party:
             try:
                 handler(msg)
             except (ProtocolError, ProtectionError) as exc:
-                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": str(exc)}))
+                reason = clean_text(str(exc), STORED_TEXT)
+                self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": reason}))
         raise Fatal("party stopped")
 
+    def _unreadable(self, frames: list[bytes], exc: ProtocolError) -> None:
+        """A message from the coordinator that the wire schema refused. A RELEASE among them is refused as a
+        bad release is (a failed ACK, then stop): the party must not go on without a ΔW it was sent."""
+        self.result.refusals.append(clean_text(f"unreadable message from coordinator: {exc}", STORED_TEXT))
+        seen = peek(frames, transport.limits_for(self.cfg.network))
+        if seen is not None and seen[0] is MsgType.RELEASE:
+            _, round_, layer = seen
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, round_, layer, body={"ok": False, "reason": reason}))
+            raise Fatal(f"refused release of round {round_} layer {layer}: {reason}")
+
+    def _hello(self) -> Message:
+        """Join / heartbeat; says what this party already holds, so a rejoin re-sends only what it lacks."""
+        applied = [[r, lay] for r, lay in sorted(self.result.applied)]
+        body = {"role": "party", "public": False, "setup": self.public is not None, "applied": applied}
+        return self._msg(MsgType.HELLO, body=body)
+
     def _on_setup(self, msg: Message) -> None:
-        if len(msg.frames) != 2:
-            raise Fatal("setup must carry [public params, solver signature]")
-        public, signature = (bytes(f) for f in msg.frames)
+        if len(msg.frames) != 3:
+            raise Fatal("setup must carry [public params, sealed bundles, solver signature]")
+        public, bundles, signature = (bytes(f) for f in msg.frames)
         if self.public is not None:
             if public != self.public:
                 raise Fatal("setup: public parameters changed during the session")
             return
         try:
             verify(self.cfg.roster.signing_public(), signature,
-                   setup_bytes(self.s.id, self.cfg.digest, public), "setup")
-        except ProtocolError as exc:
+                   setup_bytes(self.s.id, self.cfg.digest, public, bundles), "setup")
+            assert self.identity.sealing is not None
+            self.secrets = self.scheme.join(public, bundles, self.name, self.identity.sealing.private_bytes_raw())
+        except (ProtocolError, ProtectionError) as exc:
             raise Fatal(str(exc)) from None
         self.public = public
 
     def _on_request(self, msg: Message) -> None:
+        started = time.monotonic()
         layers, attempt = tuple(msg.body["layers"]), msg.body["attempt"]
         if self.public is None:
             raise ProtocolError("request before setup")
@@ -150,6 +192,11 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
             return
+        if all((msg.round, lay) in self.result.applied for lay in layers):
+            # a released step collected again: a second opening over another party set would give a party's
+            # statistics away, so an honest party never contributes twice (a check beside the solver's own)
+            raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
+                                "to a step twice")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
         missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self.result.applied]
         if missing:
@@ -157,19 +204,56 @@ class Party:
         for layer in layers:
             key = (msg.round, layer)
             if key not in self.cache:
-                self.cache[key] = pack_statistics(self.compute(msg.round, layer), self.s.d_k, self.s.d_v)
+                self.cache[key] = self._checked(layer, pack_statistics(self.compute(msg.round, layer),
+                                                                       self.s.d_k, self.s.d_v))
+        self._pad_answer(started)
         for layer in layers:
             self._send_layer(msg.round, layer, attempt)
         self.sent.add((msg.round, layers, attempt))
 
+    def _pad_answer(self, started: float) -> None:
+        """Answer no earlier than ``session.answer_pad_s`` after the request: the time a party takes to answer
+        grows with its edit count, and the coordinator sees it (docs/threat-model.md)."""
+        pad = self.s.answer_pad_s
+        if pad <= 0:
+            return
+        left = started + pad - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        elif left < -0.5:
+            log.warning("party %s: its statistics took %.1f s, longer than answer_pad_s=%.1f s: the answer time "
+                        "may reveal its edit count", self.name, pad - left, pad)
+
+    def _checked(self, layer: int, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Refuse to send statistics the solver would refuse (they break the session's declared bounds).
+
+        The reason stays here (Fatal): it holds this party's own figures, which must not reach the coordinator."""
+        s = self.s
+        peak = max(float(np.max(np.abs(v))) for v in stats.values())
+        if not np.isfinite(peak) or peak > s.value_bound:
+            raise Fatal(f"layer {layer}: a statistic entry of {peak:.6g} exceeds session.value_bound="
+                        f"{s.value_bound:.6g}; raise value_bound in the session configuration")
+        n = float(stats["N"][0])
+        if n > s.max_edits_per_party:
+            raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
+        problems = plausibility_problems(unpack_g(stats["G"], s.d_k), stats["B"].reshape(s.d_v, s.d_k), n, 1,
+                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party))
+        if problems:
+            raise Fatal(f"layer {layer}: this party's statistics break the session's bounds "
+                        f"({'; '.join(map(str, problems))});"
+                        " raise key_norm_bound / residual_norm_bound in the session configuration")
+        return stats
+
     def _send_layer(self, round_: int, layer: int, attempt: int) -> None:
-        assert self.public is not None, "requests are refused before setup"
+        assert self.public is not None and self.secrets is not None, "requests are refused before setup"
+        signer = self.identity.signing
+        assert signer is not None
         for stat in STATISTICS:
             flat = self.cache[(round_, layer)][stat]
             bounds = chunk_bounds(flat.size, self.s.chunk_values)
-            ctx = StatContext(self.s.id, round_, layer, stat, self.name)
             for i, (off, count) in enumerate(bounds):
-                payload = self.scheme.protect(flat[off:off + count], ctx, self.public)
+                ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
+                payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
                 body = {"attempt": attempt, "chunk": i, "n_chunks": len(bounds), "offset": off,
                         "count": count, "payload": dict(payload.header)}
                 self.result.bytes_sent += self._send(
@@ -182,17 +266,30 @@ class Party:
         try:
             if len(msg.frames) != 2 or msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
-            raw, signature = (bytes(f) for f in msg.frames)
-            if sha256_hex(raw) != b["sha256"]:
-                raise ProtocolError("release: ΔW bytes do not match their sha256")
+            parties, shape = b["parties"], b["shape"]
+            if (not all(isinstance(p, str) and p in self.cfg.roster.parties for p in parties)
+                    or len(set(parties)) != len(parties) or len(shape) != 2
+                    or not all(type(x) is int for x in shape)):
+                raise ProtocolError("release body: parties must be distinct roster names and shape two integers")
+            ciphertext, signature = (bytes(f) for f in msg.frames)
+            if sha256_hex(ciphertext) != b["sha256"]:
+                raise ProtocolError("release: ciphertext bytes do not match their sha256")
             verify(self.cfg.roster.signing_public(), signature,
                    release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
                                  b["shape"], b["sha256"], b["parties"]), "release")
+            if self.secrets is None:
+                raise ProtocolError("release before setup")
+            label = release_label(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"])
+            try:
+                raw = decrypt_release(self.secrets.release_key, label, ciphertext)
+            except ProtectionError as exc:
+                raise ProtocolError(str(exc)) from None
             delta = decode_delta(raw, b["dtype"], b["shape"])
             if delta.shape != (self.s.d_v, self.s.d_k):
                 raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")
         except ProtocolError as exc:
-            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": str(exc)}))
+            reason = clean_text(str(exc), STORED_TEXT)
+            self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": reason}))
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]

@@ -45,13 +45,14 @@ class PartyEditor:
         self.compute_seconds = 0.0
         self.pre = evaluate(self.lm, requests)
 
-    def compute_statistics(self, round: int, layer: int) -> dict[str, np.ndarray]:
-        """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)}, float64, for this party only."""
+    def compute_statistics(self, round: int, layer: int) -> dict[str, Any]:
+        """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
         t = time.perf_counter()
         reqs = self.rounds[round]
-        if not reqs:  # nothing to edit this round: contribute zeros (the coordinator cannot tell)
+        if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
+            # unless session.answer_pad_s hides it)
             d_v, d_k = self.s.d_v, self.s.d_k
-            out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k))}
+            out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k)), "N": 0}
         else:
             if round not in self.targets:
                 self.log(f"round {round}: optimising targets for {len(reqs)} requests")
@@ -62,7 +63,7 @@ class PartyEditor:
                     self.oneshot_cur[round] = current_outputs(self.lm, reqs, self.hp)
                 cur = self.oneshot_cur[round]
             stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates, cur)
-            out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy()}  # packed by the wire layer
+            out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out
 
@@ -85,10 +86,16 @@ class PartyEditor:
         if patch is not None:
             from safetensors.numpy import save_file
 
+            from secure_collab.files import touch_private
+
+            touch_private(patch)  # the applied ΔW carry the edits: 0600 (save_file keeps an existing mode)
             save_file({f"round.{r}.layer.{lay}.delta": np.ascontiguousarray(d) for (r, lay), d in
                        self.applied.items()}, str(patch))
             report["patch"] = str(patch)
         if save is not None:
+            from secure_collab.files import private_dir
+
+            private_dir(save)  # the edited model carries the edits: a 0700 directory
             self.lm.model.save_pretrained(save)  # type: ignore[operator]  # a transformers PreTrainedModel
             self.lm.tokenizer.save_pretrained(save)
             report["saved_model"] = str(save)

@@ -11,7 +11,13 @@ Example (every field of [session] is bound into each message through ``Config.di
     d_k = 1536                   # down-projection input size (G has d_k(d_k+1)/2 values)
     d_v = 576                    # down-projection output size (B has d_v*d_k values)
     min_parties = 2
+    roster_sha256 = "..."        # the roster's digest, agreed out of band (`Roster.digest`); pinned
     value_bound = 1e6            # declared max |entry| of one party's statistic
+    key_norm_bound = 1e3         # declared max ‖k‖ of one key (plausibility: tr ΣG ≤ κ² · Σ edits)
+    residual_norm_bound = 1e3    # declared max ‖r‖ of one residual (‖ΣB‖_F ≤ ρ κ · Σ edits)
+    max_edits_per_party = 1000   # declared max edit requests of one party in one round
+    answer_pad_s = 0.0           # parties answer a request no earlier than this many seconds (0: at once);
+                                 # set it above the statistics time of max_edits_per_party to hide edit counts
     chunk_values = 262144        # values per CONTRIB message
     model = "smollm2"
     template_seed = 0
@@ -30,8 +36,16 @@ Example (every field of [session] is bound into each message through ``Config.di
     max_frames = 1024
     hwm = 1000
     linger_ms = 10000              # on close, time to flush what is queued (the last ΔW and END)
-    send_timeout_s = 10.0          # a send blocked this long (peer's queue full) counts as failed
+    send_timeout_s = 10.0          # parties and solver: a send blocked this long counts as failed (the
+                                   # coordinator never blocks: a send to a full queue is dropped and recorded)
     request_in_turn = false        # ask parties for statistics one at a time (shared cores)
+    recv_buffer_bytes = 268435456  # coordinator: complete messages queued per connection, in bytes
+                                   # (RCVHWM = recv_buffer_bytes // max_message_bytes, at least 1)
+    budget_headroom = 4.0          # per-party budgets: this many times what an honest party sends
+    max_refusal_rows = 64          # refusals recorded (and answered) one by one per peer and step
+    welcome_burst = 3              # full re-welcomes (setup + missing releases) a party gets at once,
+    welcome_interval_s = 10.0      #   then one more per interval
+    connects_per_minute = 30.0     # CURVE handshakes admitted per roster key (a burst of as many)
 
     [paths]
     keys = "keys"                # directory written by `secure-collab keys init`
@@ -44,16 +58,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from secure_collab.keys import Roster, load_roster
+from secure_collab.protocol import messages as wire
+from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
 
-MODES = ("ckks", "shares", "plain")
-VARIANTS = ("sequential", "oneshot")
-STATISTICS = ("G", "B")
+__all__ = ["MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig", "PathsConfig",
+           "SessionConfig", "config_from_dict", "load_config", "write_config"]
 
 
 class ConfigError(ValueError):
@@ -70,7 +86,12 @@ class SessionConfig:
     variant: str = "sequential"
     rounds: int = 1
     min_parties: int = 2
+    roster_sha256: str = ""
     value_bound: float = 1e6
+    key_norm_bound: float = 1e3
+    residual_norm_bound: float = 1e3
+    max_edits_per_party: int = 1000
+    answer_pad_s: float = 0.0  # a party answers a request no earlier than this (hides its edit count's timing)
     chunk_values: int = 262144
     model: str = "smollm2"
     template_seed: int = 0
@@ -78,7 +99,7 @@ class SessionConfig:
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
     def n_values(self, stat: str) -> int:
-        return self.d_k * (self.d_k + 1) // 2 if stat == "G" else self.d_v * self.d_k
+        return {"G": self.d_k * (self.d_k + 1) // 2, "B": self.d_v * self.d_k, "N": 1}[stat]
 
     def n_chunks(self, stat: str) -> int:
         return -(-self.n_values(stat) // self.chunk_values)
@@ -103,6 +124,12 @@ class NetworkConfig:
     linger_ms: int = 10000
     send_timeout_s: float = 10.0
     request_in_turn: bool = False
+    recv_buffer_bytes: int = 256 << 20
+    budget_headroom: float = 4.0
+    max_refusal_rows: int = 64
+    welcome_burst: int = 3
+    welcome_interval_s: float = 10.0
+    connects_per_minute: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +174,16 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
         raise ConfigError(f"unknown [paths] keys: {sorted(unknown)}")
     paths = PathsConfig(**{k: (Path(base_dir) / raw_paths.get(k, v)).resolve() for k, v in defaults.items()})
     _validate(session, network)
-    return Config(session=session, network=network, paths=paths, roster=load_roster(paths.roster))
+    roster = load_roster(paths.roster)
+    if len(roster.parties) > wire.MAX_PARTIES:
+        raise ConfigError(f"the roster lists {len(roster.parties)} parties; at most {wire.MAX_PARTIES}")
+    if not session.roster_sha256:
+        raise ConfigError(f"session.roster_sha256 is missing: pin the roster's digest ({roster.digest()} for "
+                          f"{paths.roster}) after checking its fingerprints with every site")
+    if roster.digest() != session.roster_sha256:
+        raise ConfigError(f"the roster {paths.roster} does not match session.roster_sha256: its digest is "
+                          f"{roster.digest()}; a key was added, removed or changed since it was pinned")
+    return Config(session=session, network=network, paths=paths, roster=roster)
 
 
 def _build(cls: type, table: dict[str, Any], name: str) -> Any:
@@ -165,26 +201,58 @@ def _build(cls: type, table: dict[str, Any], name: str) -> Any:
 
 
 def _validate(s: SessionConfig, n: NetworkConfig) -> None:
+    """Everything a session puts on the wire must fit the wire's bounds (``protocol.messages``)."""
+    if not isinstance(s.id, str) or not re.fullmatch(wire.SESSION_ID, s.id):
+        raise ConfigError("session.id must be 1-128 printable ASCII characters without spaces")
     if s.mode not in MODES:
         raise ConfigError(f"session.mode must be one of {MODES}, got {s.mode!r}")
     if s.variant not in VARIANTS:
         raise ConfigError(f"session.variant must be one of {VARIANTS}, got {s.variant!r}")
     if not s.layers or len(set(s.layers)) != len(s.layers) or list(s.layers) != sorted(s.layers):
         raise ConfigError("session.layers must be distinct and ascending")
-    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values"):
+    for key in ("d_k", "d_v", "rounds", "min_parties", "chunk_values", "max_edits_per_party"):
         if getattr(s, key) < 1:
             raise ConfigError(f"session.{key} must be >= 1")
+    if not 0 <= s.answer_pad_s < float("inf"):
+        raise ConfigError("session.answer_pad_s must be a finite number >= 0")
+    for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
+        if not 0 < getattr(s, key) < float("inf"):
+            raise ConfigError(f"session.{key} must be a finite positive number")
+    bounds = {"rounds": wire.MAX_ROUND + 1, "chunk_values": wire.MAX_VALUES, "min_parties": wire.MAX_PARTIES}
+    for key, top in bounds.items():
+        if getattr(s, key) > top:
+            raise ConfigError(f"session.{key} must be <= {top}")
+    if max(s.layers) > wire.MAX_LAYER or min(s.layers) < 0 or len(s.layers) > wire.MAX_LAYERS:
+        raise ConfigError(f"session.layers must be at most {wire.MAX_LAYERS} layers in 0..{wire.MAX_LAYER}")
+    if max(s.d_k, s.d_v) > wire.MAX_DIM or max(s.n_values(st) for st in STATISTICS) > wire.MAX_VALUES:
+        raise ConfigError(f"session.d_k and d_v must be <= {wire.MAX_DIM} (and d_v * d_k <= {wire.MAX_VALUES})")
+    if s.rounds * len(s.layers) > wire.MAX_STEPS:
+        raise ConfigError(f"session.rounds * len(layers) must be <= {wire.MAX_STEPS}")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
     if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW
         raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)")
+    positive = ("heartbeat_s", "recv_buffer_bytes", "budget_headroom", "max_refusal_rows", "welcome_burst",
+                "welcome_interval_s", "connects_per_minute", "hwm", "max_frames")
+    for key in positive:
+        if not getattr(n, key) > 0:
+            raise ConfigError(f"network.{key} must be > 0")
+    if n.budget_headroom < 1:
+        raise ConfigError("network.budget_headroom must be >= 1 (below it an honest party is cut off)")
 
 
 def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,
-                 paths: dict[str, Any] | None = None) -> Config:
-    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo."""
-    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
+                 paths: dict[str, Any] | None = None, *, pin_roster: bool = True) -> Config:
+    """Write a configuration file (tables as documented above) and load it back, e.g. for the demo.
+
+    ``pin_roster``: fill in ``session.roster_sha256`` from the roster file when the caller made that roster
+    itself (demo, tests); a real deployment pins the digest its sites agreed on instead."""
     path = Path(path)
+    if pin_roster and "roster_sha256" not in session:
+        roster_path = Path((paths or {}).get("roster", "keys/roster.toml"))
+        roster_path = roster_path if roster_path.is_absolute() else path.parent / roster_path
+        session = {**session, "roster_sha256": load_roster(roster_path).digest()}
+    doc: dict[str, dict[str, Any]] = {"session": session, "network": network or {}, "paths": paths or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_toml(doc))
     return load_config(path)

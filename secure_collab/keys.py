@@ -1,21 +1,28 @@
-"""Key material for a session: CurveZMQ key pairs per role, the solver's Ed25519/X25519 keys, the roster.
+"""Long-term identities and the session roster: every key a role holds, and the public halves it shares.
 
-Layout written by ``init_keys(D, parties)``::
+Each role has one identity. A party and the solver hold three key pairs, the coordinator one:
 
-    D/coordinator.key_secret      CURVE key pair of the coordinator         (mode 0600)
-    D/solver.key_secret           CURVE key pair of the solver              (mode 0600)
-    D/party-<name>.key_secret     CURVE key pair of each party              (mode 0600)
-    D/solver_signing.key_secret   Ed25519 key the solver signs releases with (mode 0600)
-    D/solver_sealing.key_secret   X25519 key share seeds are sealed to      (mode 0600)
-    D/roster.toml                 every public key above; the only file that is shared
+    curve     CurveZMQ (X25519) key pair: transport encryption and the ZAP allow-list
+    signing   Ed25519: the solver signs the setup and each release; a party signs each contribution
+    sealing   X25519: what others seal to it (the solver seals the session's MAC and release keys to each
+              party; nothing is sealed to the coordinator, so it has no sealing key)
 
-Secret files are TOML with z85 (CURVE) or hex (Ed25519/X25519) strings; loading refuses a file that
-group or others can read. Each institution only needs its own secret file and the roster.
+Files (``write_identity``; ``init_keys`` writes every role's into one directory, for demos and tests)::
+
+    <role>.key_secret     TOML with the secret halves, mode 0600 (never leaves its site)
+    <role>.public.toml    TOML with the public halves and the fingerprint (the only file a site sends)
+    roster.toml           every role's public halves (``Roster.to_toml``)
+
+where <role> is "coordinator", "solver" or "party-<name>". The roster's digest (``Roster.digest``: sha256
+over the canonical list of fingerprints) is pinned in each site's session configuration
+(``session.roster_sha256``), agreed out of band: an operator who edits the roster file (to add a key of its
+own as a party, say) is refused at start by every role.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -24,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.files import private_dir
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ROSTER_FILE = "roster.toml"
-_RAW = serialization.Encoding.Raw
+ROLES = ("coordinator", "solver", "party")
 
 
 class KeyFileError(ValueError):
@@ -44,53 +52,129 @@ class CurveKeyPair:
 
 
 @dataclass(frozen=True)
+class PublicIdentity:
+    """The public halves of one role's keys (signing and sealing are empty for the coordinator)."""
+
+    role: str  # "coordinator" | "solver" | "party"
+    name: str  # the party name, or the role for coordinator and solver
+    curve: bytes  # z85 CURVE public key, 40 bytes
+    signing: bytes = b""  # raw Ed25519 public key, 32 bytes
+    sealing: bytes = b""  # raw X25519 public key, 32 bytes
+
+    def fingerprint(self) -> str:
+        """sha256 over the canonical encoding of everything public about this identity."""
+        doc = [self.role, self.name, self.curve.decode(), self.signing.hex(), self.sealing.hex()]
+        return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+    def verify_key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.signing)
+
+    def to_toml(self) -> str:
+        lines = [f'role = "{self.role}"', f'name = "{self.name}"', f'curve_public = "{self.curve.decode()}"']
+        if self.role != "coordinator":
+            lines += [f'signing_public = "{self.signing.hex()}"', f'sealing_public = "{self.sealing.hex()}"']
+        return "\n".join(lines) + f'\nfingerprint = "{self.fingerprint()}"\n'
+
+
+@dataclass(frozen=True, repr=False)
+class Identity:
+    """One role's secret keys (loaded from its 0600 file)."""
+
+    public: PublicIdentity
+    curve: CurveKeyPair
+    signing: Ed25519PrivateKey | None
+    sealing: X25519PrivateKey | None
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"Identity({self.public.role} {self.public.name!r})"
+
+
+@dataclass(frozen=True)
 class Roster:
-    coordinator: bytes  # z85 CURVE public keys
-    solver: bytes
-    parties: dict[str, bytes]
-    solver_signing: bytes  # raw Ed25519 public key (32 bytes)
-    solver_sealing: bytes  # raw X25519 public key (32 bytes)
+    coordinator: PublicIdentity
+    solver: PublicIdentity
+    parties: dict[str, PublicIdentity]
 
     def name_for(self, z85_key: bytes) -> str | None:
         """Roster name of an authenticated CURVE key: a party name, "solver", or None."""
-        if z85_key == self.solver:
+        if z85_key == self.solver.curve:
             return "solver"
-        for name, key in self.parties.items():
-            if key == z85_key:
+        for name, ident in self.parties.items():
+            if ident.curve == z85_key:
                 return name
         return None
 
     def allowed_keys(self) -> frozenset[bytes]:
-        return frozenset([self.solver, *self.parties.values()])
+        return frozenset([self.solver.curve, *(p.curve for p in self.parties.values())])
 
     def signing_public(self) -> Ed25519PublicKey:
-        return Ed25519PublicKey.from_public_bytes(self.solver_signing)
+        """The solver's verification key (setup and releases)."""
+        return self.solver.verify_key()
 
-    def to_toml(self) -> str:
-        lines = [
-            "# secure-collab roster: public keys only",
-            "[coordinator]", f'curve_public = "{self.coordinator.decode()}"', "",
-            "[solver]", f'curve_public = "{self.solver.decode()}"',
-            f'signing_public = "{self.solver_signing.hex()}"',
-            f'sealing_public = "{self.solver_sealing.hex()}"',
-            "",
-        ]
-        for name, key in sorted(self.parties.items()):
-            lines += [f"[parties.{name}]", f'curve_public = "{key.decode()}"', ""]
-        return "\n".join(lines)
+    def party_verify_keys(self) -> dict[str, Ed25519PublicKey]:
+        return {name: ident.verify_key() for name, ident in self.parties.items()}
+
+    def fingerprints(self) -> dict[str, str]:
+        out = {"coordinator": self.coordinator.fingerprint(), "solver": self.solver.fingerprint()}
+        out.update({f"party:{n}": ident.fingerprint() for n, ident in sorted(self.parties.items())})
+        return out
 
     def digest(self) -> str:
-        return hashlib.sha256(self.to_toml().encode()).hexdigest()
+        """What every site pins (``session.roster_sha256``): sha256 of the sorted fingerprint list."""
+        doc = sorted(self.fingerprints().items())
+        return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+    def to_toml(self) -> str:
+        lines = ["# secure-collab roster: public keys only. Its digest is pinned in session.roster_sha256.",
+                 f'# roster_sha256 = "{self.digest()}"', ""]
+        for table, ident in (("coordinator", self.coordinator), ("solver", self.solver)):
+            lines += [f"[{table}]", _public_body(ident), ""]
+        for name, ident in sorted(self.parties.items()):
+            lines += [f"[parties.{name}]", _public_body(ident), ""]
+        return "\n".join(lines)
+
+    @classmethod
+    def from_identities(cls, identities: list[PublicIdentity]) -> Roster:
+        """Assemble a roster from public identities (one coordinator, one solver, at least one party)."""
+        coord = [i for i in identities if i.role == "coordinator"]
+        solver = [i for i in identities if i.role == "solver"]
+        parties = [i for i in identities if i.role == "party"]
+        if len(coord) != 1 or len(solver) != 1 or not parties:
+            raise KeyFileError("a roster needs exactly one coordinator, one solver and at least one party")
+        names = [p.name for p in parties]
+        if len(set(names)) != len(names):
+            raise KeyFileError(f"party names repeat: {sorted(names)}")
+        roster = cls(coord[0], solver[0], {p.name: p for p in parties})
+        _check_distinct(roster)
+        return roster
+
+
+def _public_body(ident: PublicIdentity) -> str:
+    lines = [f'curve_public = "{ident.curve.decode()}"']
+    if ident.role != "coordinator":
+        lines += [f'signing_public = "{ident.signing.hex()}"', f'sealing_public = "{ident.sealing.hex()}"']
+    return "\n".join(lines)
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name) or name in ("solver", "coordinator"):
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in ("solver", "coordinator"):
         raise KeyFileError(f"bad party name {name!r}: use 1-32 of [a-z0-9_-], not 'solver'/'coordinator'")
     return name
 
 
-def _write_secret(path: Path, text: str) -> None:
+def role_file_stem(role: str, name: str = "") -> str:
+    """"coordinator", "solver" or "party-<name>": the stem of a role's key files."""
+    if role == "party":
+        return f"party-{check_name(name)}"
+    if role not in ROLES:
+        raise KeyFileError(f"unknown role {role!r}; one of {ROLES}")
+    return role
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600 whatever the umask; refuses to overwrite."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask (0o277 would have made it 0400)
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
@@ -101,78 +185,143 @@ def _read_secret(path: Path) -> dict[str, str]:
         raise KeyFileError(f"missing key file {path}")
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         raise KeyFileError(f"{path} is readable by group/others; chmod 600 it")
-    with path.open("rb") as f:
-        return tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise KeyFileError(f"{path}: not a key file ({exc})") from None
 
 
-def _curve_secret_text(role: str) -> tuple[str, bytes]:
-    public, secret = zmq.curve_keypair()
-    text = (f'# CURVE key pair of {role}: keep secret\n'
-            f'public = "{public.decode()}"\nsecret = "{secret.decode()}"\n')
-    return text, public
+def new_identity(role: str, name: str = "") -> tuple[str, PublicIdentity]:
+    """Fresh key pairs for one role: (the secret file's text, the public identity)."""
+    stem = role_file_stem(role, name)
+    name = name if role == "party" else role
+    curve_public, curve_secret = zmq.curve_keypair()
+    lines = [f"# secure-collab identity of {stem}: secret keys, keep this file on its own site (mode 0600)",
+             f'role = "{role}"', f'name = "{name}"',
+             f'curve_public = "{curve_public.decode()}"', f'curve_secret = "{curve_secret.decode()}"']
+    signing_pub = sealing_pub = b""
+    if role != "coordinator":
+        signing, sealing = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+        signing_pub, sealing_pub = signing.public_key().public_bytes_raw(), sealing.public_key().public_bytes_raw()
+        lines += [f'ed25519_secret = "{signing.private_bytes_raw().hex()}"',
+                  f'x25519_secret = "{sealing.private_bytes_raw().hex()}"']
+    return "\n".join(lines) + "\n", PublicIdentity(role, name, curve_public, signing_pub, sealing_pub)
+
+
+def write_identity(directory: Path, role: str, name: str = "") -> PublicIdentity:
+    """Write ``<stem>.key_secret`` (0600) and ``<stem>.public.toml`` under ``directory``; refuses to overwrite."""
+    directory = private_dir(directory, tighten=False)  # a new key directory is 0700 whatever the umask
+    stem = role_file_stem(role, name)
+    text, public = new_identity(role, name)
+    write_private_file(directory / f"{stem}.key_secret", text)
+    (directory / f"{stem}.public.toml").write_text(public.to_toml())
+    return public
 
 
 def init_keys(directory: Path, parties: list[str]) -> Roster:
-    """Create every key pair and the roster under ``directory`` (refuses to overwrite)."""
+    """Every role's identity and the roster in one directory (demos and tests; refuses to overwrite).
+
+    In a real deployment each site runs ``write_identity`` for itself and sends only its public file."""
     directory = Path(directory)
     names = [check_name(p) for p in parties]
     if len(set(names)) != len(names) or not names:
         raise KeyFileError(f"party names must be distinct and non-empty: {parties}")
-    directory.mkdir(parents=True, exist_ok=True)
-    pubs: dict[str, bytes] = {}
-    for role in ["coordinator", "solver", *(f"party-{n}" for n in names)]:
-        text, pubs[role] = _curve_secret_text(role)
-        _write_secret(directory / f"{role}.key_secret", text)
-    signing = Ed25519PrivateKey.generate()
-    sealing = X25519PrivateKey.generate()
-    _write_secret(directory / "solver_signing.key_secret",
-                  f'ed25519_secret = "{signing.private_bytes_raw().hex()}"\n')
-    _write_secret(directory / "solver_sealing.key_secret",
-                  f'x25519_secret = "{sealing.private_bytes_raw().hex()}"\n')
-    roster = Roster(
-        coordinator=pubs["coordinator"], solver=pubs["solver"],
-        parties={n: pubs[f"party-{n}"] for n in names},
-        solver_signing=signing.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw),
-        solver_sealing=sealing.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw),
-    )
+    idents = [write_identity(directory, "coordinator"), write_identity(directory, "solver")]
+    idents += [write_identity(directory, "party", n) for n in names]
+    roster = Roster.from_identities(idents)
     (directory / ROSTER_FILE).write_text(roster.to_toml())
     return roster
 
 
-def load_curve_pair(path: Path) -> CurveKeyPair:
+def load_identity(path: Path) -> Identity:
+    """A role's secret identity file; checks that every public half matches its secret."""
     data = _read_secret(path)
     try:
-        pair = CurveKeyPair(public=data["public"].encode(), secret=data["secret"].encode())
-    except (KeyError, AttributeError):
-        raise KeyFileError(f"{path}: expected 'public' and 'secret' z85 strings") from None
-    if zmq.curve_public(pair.secret) != pair.public:
-        raise KeyFileError(f"{path}: public key does not match secret key")
-    return pair
+        role, name = str(data["role"]), str(data["name"])
+        curve = CurveKeyPair(public=data["curve_public"].encode(), secret=data["curve_secret"].encode())
+        signing = sealing = None
+        if role != "coordinator":
+            signing = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["ed25519_secret"]))
+            sealing = X25519PrivateKey.from_private_bytes(bytes.fromhex(data["x25519_secret"]))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        raise KeyFileError(f"{path}: not a secure-collab identity file (role, name, curve, ed25519, x25519)") from None
+    if role not in ROLES:
+        raise KeyFileError(f"{path}: unknown role {role!r}")
+    if zmq.curve_public(curve.secret) != curve.public:
+        raise KeyFileError(f"{path}: CURVE public key does not match its secret key")
+    public = PublicIdentity(
+        role, name, curve.public,
+        signing.public_key().public_bytes_raw() if signing else b"",
+        sealing.public_key().public_bytes_raw() if sealing else b"")
+    return Identity(public, curve, signing, sealing)
+
+
+def load_curve_pair(path: Path) -> CurveKeyPair:
+    return load_identity(path).curve
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(_read_secret(path)["ed25519_secret"]))
+    ident = load_identity(path)
+    if ident.signing is None:
+        raise KeyFileError(f"{path}: the {ident.public.role} has no signing key")
+    return ident.signing
 
 
-def load_sealing_key(path: Path) -> X25519PrivateKey:
-    return X25519PrivateKey.from_private_bytes(bytes.fromhex(_read_secret(path)["x25519_secret"]))
+def load_public_identity(path: Path) -> PublicIdentity:
+    """A ``<stem>.public.toml`` file; refuses one whose fingerprint line does not match its keys."""
+    try:
+        with Path(path).open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read a public identity ({exc})") from None
+    ident = _public_from_table(data, data.get("role", ""), data.get("name", ""), str(path))
+    if "fingerprint" in data and data["fingerprint"] != ident.fingerprint():
+        raise KeyFileError(f"{path}: fingerprint line does not match the keys in the file")
+    return ident
+
+
+def _public_from_table(table: dict, role: str, name: str, where: str) -> PublicIdentity:
+    try:
+        curve = table["curve_public"].encode()
+        signing = bytes.fromhex(table["signing_public"]) if role != "coordinator" else b""
+        sealing = bytes.fromhex(table["sealing_public"]) if role != "coordinator" else b""
+    except (KeyError, AttributeError, TypeError, ValueError):
+        raise KeyFileError(f"{where}: {role} {name!r} lacks curve/signing/sealing public keys") from None
+    if role not in ROLES:
+        raise KeyFileError(f"{where}: unknown role {role!r}")
+    if role == "party":
+        check_name(name)
+    if len(curve) != 40 or (role != "coordinator" and (len(signing) != 32 or len(sealing) != 32)):
+        raise KeyFileError(f"{where}: {role} {name!r} has keys of the wrong length")
+    return PublicIdentity(role, name, curve, signing, sealing)
 
 
 def load_roster(path: Path) -> Roster:
-    with Path(path).open("rb") as f:
-        data = tomllib.load(f)
     try:
-        parties = {check_name(n): v["curve_public"].encode() for n, v in data.get("parties", {}).items()}
-        roster = Roster(
-            coordinator=data["coordinator"]["curve_public"].encode(),
-            solver=data["solver"]["curve_public"].encode(),
-            parties=parties,
-            solver_signing=bytes.fromhex(data["solver"]["signing_public"]),
-            solver_sealing=bytes.fromhex(data["solver"]["sealing_public"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise KeyFileError(f"{path}: malformed roster ({exc})") from None
-    keys = [roster.coordinator, roster.solver, *parties.values()]
-    if any(len(k) != 40 for k in keys) or len(set(keys)) != len(keys):
-        raise KeyFileError(f"{path}: CURVE keys must be distinct 40-character z85 strings")
+        with Path(path).open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read roster {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KeyFileError(f"{path}: roster is not TOML ({exc})") from None
+    if not isinstance(data.get("coordinator"), dict) or not isinstance(data.get("solver"), dict):
+        raise KeyFileError(f"{path}: malformed roster (needs [coordinator] and [solver])")
+    parties = data.get("parties", {})
+    if not isinstance(parties, dict) or not parties:
+        raise KeyFileError(f"{path}: malformed roster (needs at least one [parties.<name>])")
+    roster = Roster(
+        _public_from_table(data["coordinator"], "coordinator", "coordinator", str(path)),
+        _public_from_table(data["solver"], "solver", "solver", str(path)),
+        {n: _public_from_table(v if isinstance(v, dict) else {}, "party", n, str(path))
+         for n, v in parties.items()})
+    _check_distinct(roster, str(path))
     return roster
+
+
+def _check_distinct(roster: Roster, where: str = "roster") -> None:
+    idents = [roster.coordinator, roster.solver, *roster.parties.values()]
+    curves = [i.curve for i in idents]
+    others = [k for i in idents for k in (i.signing, i.sealing) if k]
+    if len(set(curves)) != len(curves) or len(set(others)) != len(others):
+        raise KeyFileError(f"{where}: every key in a roster must be distinct")

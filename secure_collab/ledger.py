@@ -4,6 +4,8 @@ Rows are only ever inserted (triggers refuse UPDATE and DELETE), each in its own
 database in WAL mode so a reader (``secure-collab ledger show``, a test) never blocks the coordinator and
 a SIGKILLed coordinator loses at most the row it was writing. ``resume_state`` rebuilds what a restarted
 coordinator needs: the solver's signed public parameters, the signed releases, the last attempt per step.
+The database (and so its -wal and -shm files) is created 0600, its directory 0700, whatever the umask; free
+text is stored through ``clean_text`` (no control characters, ``STORED_TEXT`` characters at most).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secure_collab.files import private_dir, touch_private
+from secure_collab.protocol.messages import STORED_TEXT, clean_text
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY, config_digest TEXT NOT NULL, mode TEXT NOT NULL, created REAL NOT NULL,
-    setup_public BLOB NOT NULL, setup_signature BLOB NOT NULL);
+    setup_public BLOB NOT NULL, setup_bundles BLOB NOT NULL, setup_signature BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS roster (
     session_id TEXT NOT NULL, name TEXT NOT NULL, curve_public TEXT NOT NULL, PRIMARY KEY (session_id, name));
 CREATE TABLE IF NOT EXISTS stages (
@@ -59,16 +64,20 @@ class StoredRelease:
 @dataclass(frozen=True)
 class ResumeState:
     setup_public: bytes
+    setup_bundles: bytes
     setup_signature: bytes
     releases: dict[tuple[int, int], StoredRelease]
     attempts: dict[tuple[int, str], int]  # (round, layers json) -> highest attempt opened
     ended: str | None  # "done" / "aborted" when the session already finished
+    cut_off: tuple[str, ...] = ()  # parties cut off for flooding: they stay out after a restart
 
 
 class Ledger:
     def __init__(self, path: Path, clock: Any = time.time) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
+        # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database file's mode
+        private_dir(self.path.parent, tighten=False)
+        touch_private(self.path)
         self._clock = clock
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -84,18 +93,19 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open_session(self, session_id: str, digest: str, mode: str, public: bytes, signature: bytes,
-                     roster: dict[str, bytes]) -> None:
+    def open_session(self, session_id: str, digest: str, mode: str, public: bytes, bundles: bytes,
+                     signature: bytes, roster: dict[str, bytes]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?)",
-                             (session_id, digest, mode, self._clock(), public, signature))
+            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?,?)",
+                             (session_id, digest, mode, self._clock(), public, bundles, signature))
             self._db.executemany("INSERT INTO roster VALUES (?,?,?)",
                                  [(session_id, n, k.decode()) for n, k in roster.items()])
 
     def stage_event(self, session_id: str, round_: int, layers: tuple[int, ...], attempt: int,
                     event: str, detail: str = "") -> None:
-        row = (session_id, round_, json.dumps(list(layers)), attempt, event, detail, self._clock())
+        row = (session_id, round_, json.dumps(list(layers)), attempt, event, clean_text(detail, 1 << 16),
+               self._clock())
         self._db.execute("INSERT INTO stages VALUES (NULL,?,?,?,?,?,?,?)", row)
 
     def message(self, session_id: str, direction: str, peer: str, mtype: str, digest: str, nbytes: int,
@@ -104,7 +114,7 @@ class Ledger:
         self._db.execute(
             "INSERT INTO messages VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (session_id, self._clock(), direction, peer, mtype, round_, layer, stat, chunk, attempt,
-             digest, nbytes, outcome, reason))
+             digest, nbytes, outcome, clean_text(reason, STORED_TEXT)))
 
     def handoff(self, session_id: str, round_: int, layer: int, stat: str, chunk: int, attempt: int,
                 parties: tuple[str, ...], digest: str, nbytes: int) -> None:
@@ -119,8 +129,8 @@ class Ledger:
                           header, _pack_frames(payload), self._clock()))
 
     def resume_state(self, session_id: str) -> ResumeState | None:
-        row = self._db.execute("SELECT setup_public, setup_signature FROM sessions WHERE session_id=?",
-                               (session_id,)).fetchone()
+        row = self._db.execute("SELECT setup_public, setup_bundles, setup_signature FROM sessions "
+                               "WHERE session_id=?", (session_id,)).fetchone()
         if row is None:
             return None
         releases = {}
@@ -135,7 +145,9 @@ class Ledger:
         ended = self._db.execute(
             "SELECT event FROM stages WHERE session_id=? AND event IN ('done','aborted')", (session_id,)
         ).fetchone()
-        return ResumeState(row[0], row[1], releases, attempts, ended[0] if ended else None)
+        cut_off = tuple(sorted(peer for (peer,) in self._db.execute(
+            "SELECT DISTINCT peer FROM messages WHERE session_id=? AND outcome='cut off'", (session_id,))))
+        return ResumeState(row[0], row[1], row[2], releases, attempts, ended[0] if ended else None, cut_off)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         if table not in ("sessions", "roster", "stages", "messages", "handoffs", "releases"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -13,16 +15,38 @@ FIELDS = {"mode", "variant", "parties", "edits", "efficacy", "generalization", "
           "delta_rel_diff_vs_global", "bytes_to_coordinator", "seconds"}
 
 
-@pytest.mark.parametrize(("mode", "variant", "tolerance"), [
-    ("shares", "sequential", 1e-9),
-    ("shares", "oneshot", 1e-9),
-    ("ckks", "sequential", 1e-6),
+PUBLIC = {"session.toml", "roster.toml"}  # the configuration and the roster of public keys (and *.public.toml)
+
+
+@pytest.mark.parametrize(("mode", "variant", "tolerance", "umask"), [
+    ("shares", "sequential", 1e-9, 0o000),
+    ("shares", "oneshot", 1e-9, 0o022),
+    ("ckks", "sequential", 1e-6, 0o022),
 ])
-def test_demo_session_equals_global_edit(tmp_path, mode, variant, tolerance):
+def test_demo_session_equals_global_edit(tmp_path, mode, variant, tolerance, umask):
     out = tmp_path / "demo.json"
-    rc = main(["demo", "--model", "tiny-llama", "--mode", mode, "--variant", variant, "--parties", "3",
-               "--edits-per-party", "2", "--workdir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "c"),
-               "--timeout", "600", "--json", str(out), "--quiet"])
+    old = os.umask(umask)  # inherited by the demo's processes
+    try:
+        rc = _demo(tmp_path, mode, variant, out)
+    finally:
+        os.umask(old)
+    _check_demo(out, rc, mode, variant, tolerance)
+    # the work directory's secrets (requests, keys, reports, patches, logs, ledger, solver state) are private
+    work = tmp_path / "work"
+    secret = [p for p in [work, *work.rglob("*")] if p.name not in PUBLIC and not p.name.endswith(".public.toml")]
+    loose = {str(p.relative_to(work)): oct(stat.S_IMODE(p.stat().st_mode)) for p in secret
+             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)}
+    assert loose == {}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def _demo(tmp_path, mode, variant, out):
+    return main(["demo", "--model", "tiny-llama", "--mode", mode, "--variant", variant, "--parties", "3",
+                 "--edits-per-party", "2", "--workdir", str(tmp_path / "work"), "--cache-dir",
+                 str(tmp_path / "c"), "--timeout", "600", "--json", str(out), "--quiet"])
+
+
+def _check_demo(out, rc, mode, variant, tolerance):
     r = json.loads(out.read_text())
     assert rc == 0, r
     assert FIELDS <= set(r)

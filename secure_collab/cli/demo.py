@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from secure_collab.files import open_private, private_dir, touch_private
+
 HELP = "run a whole session (solver, coordinator, parties as processes over CurveZMQ) and compare with Global-Edit"
 METRICS = ("efficacy", "generalization", "specificity", "score")
 
@@ -69,7 +71,7 @@ def _spawn(role: str, argv: list[str], logs: Path, threads: int) -> subprocess.P
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    with (logs / f"{role}.log").open("w") as log:  # the child keeps its own descriptor
+    with open_private(logs / f"{role}.log", "w") as log:  # the child keeps its own descriptor
         return subprocess.Popen([sys.executable, "-m", "secure_collab", *argv], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
 
@@ -98,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="secure-collab-demo-")).resolve()
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    # the work directory holds every party's requests, keys and outputs: 0700 / 0600 whatever the umask
+    work = private_dir(Path(args.workdir or tempfile.mkdtemp(prefix="secure-collab-demo-")).resolve())
+    logs = private_dir(work / "logs")
     cache = Path(args.cache_dir).resolve() if args.cache_dir else None
     names = [chr(ord("a") + i) for i in range(args.parties)]
     requests = _requests(args)
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "coordinator": _spawn("coordinator", ["coordinator", "--config", str(cfg_path)], logs, args.threads),
     }
     for name in names:
-        req_path = write_jsonl(shares[name], work / f"requests-{name}.jsonl")
+        req_path = write_jsonl(shares[name], touch_private(work / f"requests-{name}.jsonl"))  # "w" keeps 0600
         procs[f"party-{name}"] = _spawn(f"party-{name}", [
             "party", "--config", str(cfg_path), "--name", name, "--requests", str(req_path),
             "--json", str(work / f"report-{name}.json"), "--patch", str(work / f"patch-{name}.safetensors"),
@@ -188,7 +190,11 @@ def run(args: argparse.Namespace) -> int:
     _show(console, result)
     if args.json:
         text = json.dumps(result, indent=2)
-        sys.stdout.write(text + "\n") if args.json == "-" else Path(args.json).write_text(text + "\n")
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:  # per-party reports and edit counts
+            with open_private(args.json, "w") as f:
+                f.write(text + "\n")
     return 0 if result["ok"] else 1
 
 

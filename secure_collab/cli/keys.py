@@ -28,4 +28,5 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote secret keys (mode 0600) for coordinator, solver and parties {', '.join(roster.parties)}")
     print(f"roster (public keys, share it): {Path(args.dir) / ROSTER_FILE}")
+    print(f'pin it in session.toml: roster_sha256 = "{roster.digest()}"')
     return 0

@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
               "applied": {f"{r}/{lay}": sha for (r, lay), sha in sorted(result.applied.items())}}
     if engine.finish is not None and result.ok:
         report.update(engine.finish(result))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:  # the report counts this party's edits: private (DESIGN §1)
+        from secure_collab.files import open_private
+
+        with open_private(args.json, "w") as f:
             json.dump(report, f, indent=1)
     print(f"party {args.name}: {'done' if result.ok else 'FAILED'}: {result.reason}; "
           f"{result.bytes_sent} bytes sent in {result.seconds:.1f} s")

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -69,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
                               min_parties=min(args.min_parties, args.parties), extra=extra)
     scheme = get_scheme(args.mode)
     ctx = StatContext(f"protection-check-{args.seed}", 0, 0, "G")
+    names = [f"party-{p}" for p in range(args.parties)]
+    signing = {name: Ed25519PrivateKey.generate() for name in names}  # each party's long-term keys
+    sealing = {name: X25519PrivateKey.generate() for name in names}
     try:
-        keys = scheme.solver_setup(params)
+        keys = scheme.solver_setup(params, {n: k.public_key().public_bytes_raw() for n, k in sealing.items()})
     except ProtectionError as exc:
         err.print(f"[red]refused at setup: {exc}[/red]")
         return 2
@@ -91,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
             values = _uniform(args.seed, p, n, args.bound)
             np.add(truth, values, out=truth)
             start = time.perf_counter()
-            payload = scheme.protect(values, ctx.for_party(f"party-{p}"), keys.public)
+            name = f"party-{p}"
+            secrets = scheme.join(keys.public, keys.bundles, name, sealing[name].private_bytes_raw())
+            payload = scheme.protect(values, ctx.for_party(name), keys.public, secrets, signing[name])
             t["protect"] += time.perf_counter() - start
             if p == 0:
                 sent_bytes = payload.nbytes + len(json.dumps(payload.header).encode())
@@ -107,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         aggregate = acc.aggregate()
         t["accumulate"] += time.perf_counter() - start
         start = time.perf_counter()
-        total = scheme.open(aggregate, keys, ctx)
+        verify = {n: k.public_key() for n, k in signing.items()}
+        total = scheme.open(aggregate, keys, ctx, scheme.authenticate(aggregate, keys, ctx, verify))
         t["open"] += time.perf_counter() - start
         progress.advance(task)
 

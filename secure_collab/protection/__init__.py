@@ -1,21 +1,25 @@
 """Protection of per-layer statistics: ``ckks`` (TenSEAL), ``shares`` (Z_2^64 masks), ``plain`` (none).
 
 Use ``get_scheme(mode)`` with the mode named explicitly; there is no default, so ``plain`` is only ever
-used when asked for. The life cycle is documented in ``base``.
+used when asked for. The life cycle is documented in ``base``, the integrity checks in docs/integrity.md.
 """
 
 from __future__ import annotations
 
 from .base import (
     Accumulator,
+    Authenticated,
+    IntegrityError,
+    PartyFault,
+    PartySecrets,
     Payload,
     ProtectionError,
     ProtectionParams,
-    ProtectionScheme,
     SolverKeys,
     StatContext,
 )
 from .encoding import pack_symmetric, triangle_size, unpack_symmetric
+from .scheme import ProtectionScheme
 
 MODES = ("ckks", "shares", "plain")
 
@@ -35,6 +39,7 @@ def get_scheme(mode: str) -> ProtectionScheme:
 
 
 __all__ = [
-    "MODES", "Accumulator", "Payload", "ProtectionError", "ProtectionParams", "ProtectionScheme",
-    "SolverKeys", "StatContext", "get_scheme", "pack_symmetric", "triangle_size", "unpack_symmetric",
+    "MODES", "Accumulator", "Authenticated", "IntegrityError", "PartyFault", "PartySecrets", "Payload",
+    "ProtectionError", "ProtectionParams", "ProtectionScheme", "SolverKeys", "StatContext", "get_scheme",
+    "pack_symmetric", "triangle_size", "unpack_symmetric",
 ]

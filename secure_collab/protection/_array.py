@@ -1,48 +1,88 @@
-"""Running sum of array payloads (``plain`` float64, ``shares`` uint64 wraparound) for the coordinator."""
+"""Modes whose wire values are 64-bit integers (``plain`` in the clear, ``shares`` masked): their public
+parameters, and the coordinator's running sum (uint64, wrapping mod 2^64, one buffer whatever the party
+count; each party's sealed seed and signature kept beside it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from . import _wire
-from .base import Accumulator, Payload, ProtectionError, StatContext
+from . import _primitives as hazmat
+from . import _wire, integrity
+from .base import (
+    Accumulator,
+    Authenticated,
+    Buffer,
+    Payload,
+    ProtectionError,
+    ProtectionParams,
+    SolverKeys,
+    StatContext,
+)
+from .encoding import fixed_point_bits
+from .scheme import SEALED_SEED_BYTES, ProtectionScheme
+
+CHUNK = 1 << 17  # values per frame (1 MiB of uint64)
+LIMB_BITS = 31
+
+
+class ArrayScheme(ProtectionScheme):
+    """Fixed point with f = 59 − ceil(log2(P·bound)) fractional bits; vectors travel as they are (plain)
+    unless a subclass hides them (shares)."""
+
+    def _public_meta(self, params: ProtectionParams) -> tuple[dict[str, Any], bytes, Any]:
+        meta = {"frac_bits": fixed_point_bits(params.bound, params.max_parties), "limb_bits": LIMB_BITS,
+                "frame_values": CHUNK}
+        return meta, b"", None
+
+    def _check_public(self, pub: _wire.Public) -> None:
+        m = pub.meta
+        if (m["frac_bits"] != fixed_point_bits(m["bound"], m["max_parties"]) or m["limb_bits"] != LIMB_BITS
+                or m["frame_values"] != CHUNK):
+            raise ProtectionError(f"{self.mode} public parameters are inconsistent (scale, limbs or frames)")
+
+    def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
+        return _wire.chunk_frames(vector.astype(np.int64).view(np.uint64), CHUNK)
+
+    def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
+                pub: _wire.Public) -> np.ndarray:
+        return read_sum(aggregate, CHUNK).view(np.int64)
+
+    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> ArrayAccumulator:
+        return ArrayAccumulator(self.mode, CHUNK, self._public(public), n_values, ctx)
 
 
 class ArrayAccumulator(Accumulator):
-    """One running sum of n_values entries, whatever the party count; frames are added in place."""
-
-    def __init__(self, mode: str, dtype: str, chunk: int, public: _wire.Public, n_values: int,
-                 ctx: StatContext, extra_frames: int) -> None:
+    def __init__(self, mode: str, chunk: int, public: _wire.Public, n_values: int, ctx: StatContext) -> None:
         if ctx.party:
             raise ProtectionError("an accumulator is for an aggregate: its context has no party")
-        if not isinstance(n_values, int) or n_values <= 0:
+        if type(n_values) is not int or n_values <= 0:
             raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
-        self._mode, self._dtype, self._chunk = mode, dtype, chunk
-        self._public, self._n, self._ctx, self._extra = public, n_values, ctx, extra_frames
-        self._sum = np.zeros(n_values, dtype=np.uint64 if dtype == "uint64" else np.float64)
+        self._mode, self._chunk, self._public, self._n, self._ctx = mode, chunk, public, n_values, ctx
+        self._tags = integrity.tag_values(public.meta["limb_bits"])
+        self._sum = np.zeros(n_values + self._tags, dtype=np.uint64)
         self._parties: list[str] = []
-        self._extras: list[bytes] = []  # shares: the sealed seeds, forwarded unread
+        self._extras: list[bytes] = []  # per party: sealed seed, signature (forwarded, never opened here)
         self._closed = False
 
     def add(self, payload: Payload, party: str | None = None) -> None:
         if self._closed:
             raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode=self._mode, kind="party", ctx=self._ctx, n_values=self._n,
-                            chunk=self._chunk, public=self._public, extra_frames=self._extra)
+                            chunk=self._chunk, public=self._public, extra_frames=2, tag_values=self._tags)
         who = _wire.admit_party(payload, party, self._parties, self._public.meta["max_parties"])
-        _wire.check_array_frames(payload.frames, self._dtype, self._n, self._chunk)
-        data_frames = len(payload.frames) - self._extra
-        extras = [bytes(f) for f in payload.frames[data_frames:]]
-        self._check_extras(extras)
+        _wire.check_array_frames(payload.frames, "uint64", self._n + self._tags, self._chunk)
+        sealed, signature = (bytes(f) for f in payload.frames[-2:])
+        if len(sealed) != SEALED_SEED_BYTES or len(signature) != hazmat.SIGNATURE_BYTES:
+            raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
+                                  f"{hazmat.SIGNATURE_BYTES}-byte signature")
         # every check passed: now the add cannot fail half way
-        for i, frame in enumerate(payload.frames[:data_frames]):
+        for i, frame in enumerate(payload.frames[:-2]):
             part = self._sum[i * self._chunk : (i + 1) * self._chunk]
-            np.add(part, _wire.frame_array(frame, self._dtype), out=part)  # uint64: wraps mod 2^64
+            np.add(part, _wire.frame_array(frame, "uint64"), out=part)  # wraps mod 2^64
         self._parties.append(who)
-        self._extras.extend(extras)
-
-    def _check_extras(self, extras: list[bytes]) -> None:
-        """Hook for the mode's extra frames (sizes only: the coordinator cannot open them)."""
+        self._extras.extend((sealed, signature))
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -61,15 +101,11 @@ class ArrayAccumulator(Accumulator):
         return Payload(header, _wire.chunk_frames(self._sum, self._chunk) + tuple(self._extras))
 
 
-def read_aggregate(aggregate: Payload, mode: str, dtype: str, chunk: int, public: _wire.Public,
-                   ctx: StatContext, min_parties: int, max_parties: int,
-                   extra_per_party: int) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Solver side: validate an aggregate and copy its sum out (the solver then owns the buffer)."""
-    n, parties = _wire.check_aggregate_header(aggregate, ctx, min_parties, max_parties)
-    _wire.check_payload(aggregate, mode=mode, kind="aggregate", ctx=ctx, n_values=n, chunk=chunk,
-                        public=public, extra_frames=extra_per_party * len(parties))
-    _wire.check_array_frames(aggregate.frames, dtype, n, chunk)
-    total = np.empty(n, dtype=np.uint64 if dtype == "uint64" else np.float64)
+def read_sum(aggregate: Payload, chunk: int) -> np.ndarray:
+    """Solver side (after ``check_payload``): a copy of the aggregate's uint64 sum, data then tag limbs."""
+    n = aggregate.header["n_values"] + aggregate.header["tag_values"]
+    _wire.check_array_frames(aggregate.frames, "uint64", n, chunk)
+    total = np.empty(n, dtype=np.uint64)
     for i in range(_wire.n_chunks(n, chunk)):
-        total[i * chunk : (i + 1) * chunk] = _wire.frame_array(aggregate.frames[i], dtype)
-    return total, parties
+        total[i * chunk : (i + 1) * chunk] = _wire.frame_array(aggregate.frames[i], "uint64")
+    return total

@@ -1,4 +1,4 @@
-"""Raw primitives (hazmat): AES-CTR keystream, HKDF-SHA256, X25519, ChaCha20-Poly1305, randomness.
+"""Raw primitives (hazmat): AES-CTR keystream, HKDF-SHA256, X25519, Ed25519, ChaCha20-Poly1305, randomness.
 
 Nothing outside ``secure_collab.protection`` should import this module; parties, coordinator and solver
 use the recipes in ``shares``/``ckks``/``plain``. ``random_bytes`` is the only caller of ``os.urandom``;
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -19,7 +20,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 # 1 MiB: large enough to amortise the per-call overhead, small enough to stay in cache.
 KEYSTREAM_CHUNK = 1 << 20
 _ZEROS = bytes(KEYSTREAM_CHUNK)
-_AEAD_NONCE = bytes(12)  # every AEAD key here is fresh (derived from an ephemeral DH), so one nonce is safe
+_AEAD_NONCE = bytes(12)  # every single-use AEAD key (derived from an ephemeral DH) takes this one nonce
+NONCE_BYTES = 12
+SIGNATURE_BYTES = 64
 
 
 class AuthenticationFailed(Exception):
@@ -89,4 +92,34 @@ def aead_open(key: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
     try:
         return ChaCha20Poly1305(key).decrypt(_AEAD_NONCE, ciphertext, associated_data)
     except InvalidTag as exc:
+        raise AuthenticationFailed() from exc
+
+
+def aead_seal_random(key: bytes, plaintext: bytes, associated_data: bytes, nonce: bytes) -> bytes:
+    """ChaCha20-Poly1305 under a key used more than once: ``nonce`` (12 fresh random bytes) is prepended."""
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError("a ChaCha20-Poly1305 nonce has 12 bytes")
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated_data)
+
+
+def aead_open_random(key: bytes, sealed: bytes, associated_data: bytes) -> bytes:
+    if len(sealed) < NONCE_BYTES + 16:
+        raise AuthenticationFailed()
+    try:
+        return ChaCha20Poly1305(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
+    except InvalidTag as exc:
+        raise AuthenticationFailed() from exc
+
+
+def ed25519_sign(private: Ed25519PrivateKey, data: bytes) -> bytes:
+    return private.sign(data)
+
+
+def ed25519_verify(public: Ed25519PublicKey, signature: bytes, data: bytes) -> None:
+    """RFC 8032 verification; any failure (length, encoding, forgery) is the one opaque error."""
+    try:
+        if len(signature) != SIGNATURE_BYTES:
+            raise InvalidSignature()
+        public.verify(signature, data)
+    except InvalidSignature as exc:
         raise AuthenticationFailed() from exc

@@ -1,20 +1,23 @@
-"""Wire format of protection payloads and public session parameters, and their validators.
+"""Wire format of protection payloads, public session parameters and setup bundles, and their validators.
 
 Payload header (JSON-safe dict), identical keys in every mode:
 
-    v          1 (format version)
+    v          2 (format version)
     mode       "ckks" | "shares" | "plain"
     kind       "party" | "aggregate"
-    session, round, layer, statistic   the StatContext (party payloads also carry ``party``)
+    session, round, layer, statistic, chunk_index, attempt   the StatContext (party payloads also ``party``)
     parties    list of party ids (aggregate only; in order of addition)
-    n_values   length of the flat vector
-    chunk      values per data frame (the last one may be shorter)
+    n_values   number of data values
+    tag_values number of integrity-tag limbs appended to the data (``integrity.tag_values``)
+    chunk      values per data frame (the last one may be shorter); frames cover n_values + tag_values
     public     sha256 hex of the session's public parameters (binds a payload to one session/context)
 
-Frames: ceil(n_values / chunk) data frames, then (``shares`` only) one sealed seed per party.
+Frames: ceil((n_values + tag_values) / chunk) data frames, then per party its sealed seed and its
+Ed25519 signature (a party payload has one pair; an aggregate one per listed party, in list order).
 
 Public parameters: b"SCPP" + 4-byte big-endian length + canonical JSON + an opaque body (the CKKS
-public context in ``ckks`` mode, empty otherwise).
+public context in ``ckks`` mode, empty otherwise). Setup bundles: b"SCBN" + canonical JSON
+{party: hex(sealed bundle)}.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ from typing import Any
 import numpy as np
 
 from .base import Buffer, Payload, ProtectionError, StatContext
+from .integrity import tag_values as _tag_values
 
-VERSION = 1
+VERSION = 2
 _PUBLIC_MAGIC = b"SCPP"
+_BUNDLES_MAGIC = b"SCBN"
+_MAX_BUNDLES_BYTES = 1 << 20
 _DTYPES = {"uint64": np.dtype("<u8"), "float64": np.dtype("<f8")}  # the allow-list
-_HEADER_KEYS = {"v", "mode", "kind", "session", "round", "layer", "statistic", "n_values", "chunk", "public"}
+_HEADER_KEYS = {"v", "mode", "kind", "session", "round", "layer", "statistic", "chunk_index", "attempt",
+                "n_values", "tag_values", "chunk", "public"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,29 @@ def decode_public(blob: bytes, mode: str) -> Public:
     return Public(meta, bytes(blob[8 + size :]), hashlib.sha256(blob).hexdigest())
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_bundles(bundles: dict[str, bytes]) -> bytes:
+    return _BUNDLES_MAGIC + json.dumps({k: v.hex() for k, v in bundles.items()}, sort_keys=True,
+                                       separators=(",", ":")).encode()
+
+
+def decode_bundles(blob: bytes) -> dict[str, bytes]:
+    """Parse setup bundles, bounded before decoding; any malformation is a ProtectionError."""
+    if not isinstance(blob, bytes | bytearray) or blob[:4] != _BUNDLES_MAGIC or len(blob) > _MAX_BUNDLES_BYTES:
+        raise ProtectionError("setup bundles: not a secure-collab bundle blob")
+    try:
+        doc = json.loads(bytes(blob[4:]))
+        out = {str(k): bytes.fromhex(v) for k, v in doc.items()} if isinstance(doc, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        out = None
+    if out is None:
+        raise ProtectionError("setup bundles: malformed")
+    return out
+
+
 def n_chunks(n_values: int, chunk: int) -> int:
     return math.ceil(n_values / chunk)
 
@@ -70,7 +100,8 @@ def n_chunks(n_values: int, chunk: int) -> int:
 def party_header(mode: str, ctx: StatContext, n_values: int, chunk: int, public: Public) -> dict[str, Any]:
     return {
         "v": VERSION, "mode": mode, "kind": "party", "session": ctx.session_id, "round": ctx.round,
-        "layer": ctx.layer, "statistic": ctx.statistic, "party": ctx.party, "n_values": n_values,
+        "layer": ctx.layer, "statistic": ctx.statistic, "chunk_index": ctx.chunk, "attempt": ctx.attempt,
+        "party": ctx.party, "n_values": n_values, "tag_values": _tag_values(public.meta["limb_bits"]),
         "chunk": chunk, "public": public.digest,
     }
 
@@ -85,7 +116,7 @@ def aggregate_header(mode: str, ctx: StatContext, n_values: int, chunk: int, pub
 
 
 def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n_values: int, chunk: int,
-                  public: Public, extra_frames: int) -> None:
+                  public: Public, extra_frames: int, tag_values: int) -> None:
     """Check the header against what the receiver expects, and the frame count, before any buffer."""
     if not isinstance(payload, Payload) or not isinstance(payload.header, dict):
         raise ProtectionError("not a Payload with a dict header")
@@ -98,14 +129,15 @@ def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n
     if h["mode"] != mode or h["kind"] != kind:
         raise ProtectionError(f"payload is a {h['mode']!r} {h['kind']!r} payload, expected {mode!r} {kind!r}")
     for key, expect in (("session", ctx.session_id), ("round", ctx.round), ("layer", ctx.layer),
-                        ("statistic", ctx.statistic)):
+                        ("statistic", ctx.statistic), ("chunk_index", ctx.chunk), ("attempt", ctx.attempt)):
         if h[key] != expect or type(h[key]) is not type(expect):
             raise ProtectionError(f"payload is for {key} {h[key]!r}, expected {expect!r}")
     if h["public"] != public.digest:
         raise ProtectionError("payload was made under other public parameters (another session or context)")
-    if h["n_values"] != n_values or h["chunk"] != chunk:
+    if h["n_values"] != n_values or h["chunk"] != chunk or h["tag_values"] != tag_values:
         raise ProtectionError(
-            f"payload has n_values={h['n_values']!r}, chunk={h['chunk']!r}; expected {n_values}, {chunk}"
+            f"payload has n_values={h['n_values']!r}, chunk={h['chunk']!r}, tag_values={h['tag_values']!r}; "
+            f"expected {n_values}, {chunk}, {tag_values}"
         )
     if kind == "party" and (not isinstance(h["party"], str) or not h["party"]):
         raise ProtectionError("party payload without a party id")
@@ -115,7 +147,7 @@ def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n
             raise ProtectionError("aggregate header: parties must be a list of non-empty ids")
         if len(set(parties)) != len(parties):
             raise ProtectionError("aggregate header: a party is listed twice")
-    expected = n_chunks(n_values, chunk) + extra_frames
+    expected = n_chunks(n_values + tag_values, chunk) + extra_frames
     if not isinstance(payload.frames, tuple) or len(payload.frames) != expected:
         got = len(payload.frames) if isinstance(payload.frames, tuple) else "?"
         raise ProtectionError(f"payload has {got} frames, expected {expected} (truncated or padded?)")
@@ -142,7 +174,7 @@ def check_aggregate_header(aggregate: Payload, ctx: StatContext, min_parties: in
     header = aggregate.header if isinstance(aggregate, Payload) else None
     n = header.get("n_values") if isinstance(header, dict) else None
     parties = header.get("parties") if isinstance(header, dict) else None
-    if not isinstance(n, int) or n <= 0 or not isinstance(parties, list):
+    if type(n) is not int or n <= 0 or not isinstance(parties, list):
         raise ProtectionError("aggregate header lacks n_values or parties")
     if len(parties) < min_parties:
         raise ProtectionError(f"aggregate holds {len(parties)} parties; at least min_parties={min_parties} "

@@ -15,12 +15,17 @@ the HomomorphicEncryption.org Security Standard (Albrecht et al., 2018, Table 1,
 N = 2048: 54 bits, 4096: 109, 8192: 218, 16384: 438, 32768: 881 (SEAL enforces the same table).
 No rescaling or key switching happens, so one data prime (split into several if q_bits > 60) suffices.
 
+Exact integers (protocol v2). A party quantises each pre-scaled value to a grid 2^-g,
+g = min(⌊−error_bits⌋ − 2, 59 − ⌈log2 P⌉) (``grid_bits``), and encrypts the integers u (|u| ≤ 2^g, the
+integrity tag limbs appended) divided by 2^g. The decryption error of a sum of P ciphertexts stays below a
+quarter of the grid step, so the solver recovers Σ u exactly by rounding and checks the integrity MAC on
+it (docs/integrity.md): the released statistics carry no CKKS noise at all, so no key-dependent low-order
+bits (Li-Micciancio 2021) leave the solver.
+
 Checks: a received ciphertext must name the session's public-parameter digest, parse under the session
-context, hold exactly its chunk's slot count, two polynomials of degree N at the data level, the
+context, hold exactly its frame's slot count, two polynomials of degree N at the data level, the
 session's scale, and the session's parms_id. A ciphertext under another key with the same parameters
-cannot be told apart without the secret key: the solver refuses a decrypted sum over P·bound.
-Before release the solver rounds the sum to a power-of-two grid at the precision bound, so the low-order
-noise bits (which carry key-dependent information, Li-Micciancio 2021) are not released.
+cannot be told apart without the secret key: its decryption is out of range or fails the MAC.
 """
 
 from __future__ import annotations
@@ -30,22 +35,24 @@ from typing import Any
 
 import numpy as np
 
-from . import _wire
+from . import _wire, integrity
 from .base import (
     Accumulator,
+    Authenticated,
+    Buffer,
+    IntegrityError,
     Payload,
     ProtectionError,
     ProtectionParams,
-    ProtectionScheme,
     SolverKeys,
     StatContext,
 )
-from .encoding import check_bound, check_values
+from .scheme import SEALED_SEED_BYTES, ProtectionScheme
 
 HE_STANDARD_128 = {2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}  # max log2(q), 128-bit classical
 SIGMA = 3.2
 SPECIAL_PRIME_BITS = 20
-DEFAULT_PRECISION_BITS = 30
+DEFAULT_PRECISION_BITS = 32  # the exact-sum grid sits 2 bits above the noise: ~2^-30 of the bound
 _MAX_PRIME_BITS = 60
 
 
@@ -77,31 +84,58 @@ class CkksScheme(ProtectionScheme):
     def __init__(self) -> None:
         self._contexts: dict[str, Any] = {}  # public digest -> parsed public context (parsing is ~ms)
 
-    def solver_setup(self, params: ProtectionParams) -> SolverKeys:
+    def _public_meta(self, params: ProtectionParams) -> tuple[dict[str, Any], bytes, Any]:
         import tenseal as ts
 
-        if params.mode != self.mode:
-            raise ProtectionError(f"params are for mode {params.mode!r}, not {self.mode!r}")
-        check_bound(params.bound, params.max_parties, params.min_parties)
         unknown = set(params.extra) - {"precision_bits"}
         if unknown:
             raise ProtectionError(f"unknown ckks parameters {sorted(unknown)}")
         chosen = choose_parameters(params.max_parties, params.extra.get("precision_bits",
                                                                         DEFAULT_PRECISION_BITS))
+        grid = grid_bits(chosen["error_bits"], params.max_parties)
+        if grid < 8:
+            raise ProtectionError(f"ckks precision_bits={chosen['precision_bits']} leaves a {grid}-bit grid; the "
+                                  "exact sums and their integrity tags need at least 8 (precision_bits >= 12)")
         secret = ts.context(ts.SCHEME_TYPE.CKKS, chosen["poly_modulus_degree"],
                             coeff_mod_bit_sizes=chosen["coeff_mod_bit_sizes"])
         secret.global_scale = 2.0 ** chosen["scale_bits"]
         body = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
                                 save_relin_keys=False)
-        meta = {"v": _wire.VERSION, "mode": self.mode, "bound": float(params.bound),
-                "bound_bits": math.ceil(math.log2(params.bound)), "max_parties": params.max_parties,
-                "min_parties": params.min_parties, **chosen}
-        return SolverKeys(params, _wire.encode_public(meta, body), secret)
+        bound_bits = math.ceil(math.log2(params.bound))
+        meta = {**chosen, "bound_bits": bound_bits, "grid_bits": grid, "frac_bits": grid - bound_bits,
+                "limb_bits": min(31, grid), "frame_values": chosen["slots"]}
+        return meta, body, secret
 
-    def _session(self, public: bytes) -> tuple[_wire.Public, Any]:
+    def _check_public(self, pub: _wire.Public) -> None:
+        m = pub.meta
+        try:
+            ok = (m["bound_bits"] == math.ceil(math.log2(m["bound"])) and m["frame_values"] == m["slots"]
+                  and m["grid_bits"] == grid_bits(m["error_bits"], m["max_parties"])
+                  and m["frac_bits"] == m["grid_bits"] - m["bound_bits"] and m["limb_bits"] == min(31, m["grid_bits"]))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ProtectionError("ckks public parameters are inconsistent (grid, scale or limbs)")
+
+    def export_secret(self, secret: Any) -> bytes:
+        return bytes(secret.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                      save_relin_keys=False))
+
+    def import_secret(self, blob: bytes, pub: _wire.Public) -> Any:
         import tenseal as ts
 
-        pub = _wire.decode_public(public, self.mode)
+        context = ts.context_from(blob)
+        if not context.has_secret_key():
+            raise ProtectionError("the stored ckks context has no secret key")
+        return context
+
+    def _session(self, public: bytes) -> tuple[_wire.Public, Any]:
+        pub = self._public(public)
+        return pub, self._context_for(pub)
+
+    def _context_for(self, pub: _wire.Public) -> Any:
+        import tenseal as ts
+
         if pub.digest not in self._contexts:
             try:
                 context = ts.context_from(pub.body)
@@ -112,62 +146,64 @@ class CkksScheme(ProtectionScheme):
             if context.global_scale != 2.0 ** pub.meta["scale_bits"]:
                 raise ProtectionError("ckks public context scale differs from the declared parameters")
             self._contexts[pub.digest] = context
-        return pub, self._contexts[pub.digest]
+        return self._contexts[pub.digest]
 
-    def protect(self, values: np.ndarray, ctx: StatContext, public: bytes) -> Payload:
+    def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
         import tenseal as ts
 
-        pub, context = self._session(public)
-        if not ctx.party:
-            raise ProtectionError("protect() needs the party's context (ctx.party is empty)")
-        check_values(values, pub.meta["bound"], ctx)
-        scaled = np.ldexp(values, -pub.meta["bound_bits"])  # exact; entries now in [-1, 1]
+        context = self._context_for(pub)
+        scaled = np.ldexp(vector.astype(np.float64), -pub.meta["grid_bits"])  # exact: |u| ≤ 2^grid
         slots = pub.meta["slots"]
-        frames = tuple(ts.ckks_vector(context, scaled[i : i + slots]).serialize()
-                       for i in range(0, scaled.shape[0], slots))
-        return Payload(_wire.party_header(self.mode, ctx, values.shape[0], slots, pub), frames)
+        return tuple(ts.ckks_vector(context, scaled[i : i + slots]).serialize()
+                     for i in range(0, scaled.shape[0], slots))
+
+    def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
+                pub: _wire.Public) -> np.ndarray:
+        m = pub.meta
+        n = aggregate.header["n_values"] + aggregate.header["tag_values"]
+        reference = _reference_parms(keys.secret)
+        total = np.empty(n, dtype=np.float64)
+        for i in range(_wire.n_chunks(n, m["slots"])):
+            count = min(m["slots"], n - i * m["slots"])
+            vec = _load_checked(aggregate.frames[i], keys.secret, count, m, reference, f"aggregate frame {i}")
+            total[i * m["slots"] : i * m["slots"] + count] = vec.decrypt()
+        np.ldexp(total, m["grid_bits"], out=total)
+        # Under the right key the slots are integers Σ u_p plus noise below a quarter of the grid step.
+        # Garbage (a ciphertext under another key, altered bytes) is uniform mod q: huge, or not finite.
+        if not np.all(np.isfinite(total)) or float(np.max(np.abs(total))) >= 2.0**62:
+            raise IntegrityError(f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}",
+                                 "range: decrypted values far out of range (another key, or altered bytes)")
+        return np.rint(total).astype(np.int64)
+
+    def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:
+        return parties << pub.meta["grid_bits"]
 
     def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> CkksAccumulator:
         pub, context = self._session(public)
         return CkksAccumulator(pub, context, n_values, ctx)
 
-    def open(self, aggregate: Payload, secrets: SolverKeys, ctx: StatContext) -> np.ndarray:
-        pub = _wire.decode_public(secrets.public, self.mode)
-        m = pub.meta
-        n, parties = _wire.check_aggregate_header(aggregate, ctx, secrets.params.min_parties,
-                                                  m["max_parties"])
-        _wire.check_payload(aggregate, mode=self.mode, kind="aggregate", ctx=ctx, n_values=n,
-                            chunk=m["slots"], public=pub, extra_frames=0)
-        reference = _reference_parms(secrets.secret)
-        total = np.empty(n, dtype=np.float64)
-        for i, frame in enumerate(aggregate.frames):
-            count = min(m["slots"], n - i * m["slots"])
-            vec = _load_checked(frame, secrets.secret, count, m, reference, f"aggregate frame {i}")
-            total[i * m["slots"] : i * m["slots"] + count] = vec.decrypt()
-        # Under the right key |sum| <= parties (entries in [-1, 1]) plus tiny noise. Garbage from a
-        # ciphertext under another key, or altered bytes, is uniform mod q: far larger, or not finite.
-        limit = len(parties) * (1 + 2.0 ** -m["precision_bits"])
-        if not np.all(np.isfinite(total)) or float(np.max(np.abs(total))) > limit:
-            raise ProtectionError("decrypted aggregate exceeds parties x bound: a ciphertext was made under "
-                                  "another key or was altered")
-        # round to the precision grid (power of two at or above the error bound), then undo the pre-scale
-        step_bits = math.ceil(m["error_bits"])  # error_bits already covers max_parties noises
-        np.ldexp(np.rint(np.ldexp(total, -step_bits)), step_bits + m["bound_bits"], out=total)
-        return total
+
+def grid_bits(error_bits: float, max_parties: int) -> int:
+    """The integer grid 2^-g the decrypted sum is rounded to: the error (below 2^error_bits) stays under a
+    quarter step, and P · 2^(g+1) < q keeps every structured shift out of the bound (docs/integrity.md)."""
+    return min(math.floor(-error_bits) - 2, 59 - math.ceil(math.log2(max(max_parties, 2))))
 
 
 class CkksAccumulator(Accumulator):
-    """One running ciphertext per chunk of slots, whatever the party count."""
+    """One running ciphertext per frame of slots, whatever the party count; seals and signatures beside."""
 
     def __init__(self, pub: _wire.Public, context: Any, n_values: int, ctx: StatContext) -> None:
         if ctx.party:
             raise ProtectionError("an accumulator is for an aggregate: its context has no party")
-        if not isinstance(n_values, int) or n_values <= 0:
+        if type(n_values) is not int or n_values <= 0:
             raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
         self._pub, self._context, self._n, self._ctx = pub, context, n_values, ctx
         self._slots = pub.meta["slots"]
-        self._sum: list[Any] = [None] * _wire.n_chunks(n_values, self._slots)
+        self._tags = integrity.tag_values(pub.meta["limb_bits"])
+        self._total = n_values + self._tags
+        self._sum: list[Any] = [None] * _wire.n_chunks(self._total, self._slots)
         self._parties: list[str] = []
+        self._extras: list[bytes] = []
         self._reference = _reference_parms(context)
         self._closed = False
 
@@ -175,31 +211,23 @@ class CkksAccumulator(Accumulator):
         if self._closed:
             raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode="ckks", kind="party", ctx=self._ctx, n_values=self._n,
-                            chunk=self._slots, public=self._pub, extra_frames=0)
+                            chunk=self._slots, public=self._pub, extra_frames=2, tag_values=self._tags)
         who = _wire.admit_party(payload, party, self._parties, self._pub.meta["max_parties"])
-        first = not self._parties
-        done = 0
-        try:
-            for i, frame in enumerate(payload.frames):
-                count = min(self._slots, self._n - i * self._slots)
-                vec = _load_checked(frame, self._context, count, self._pub.meta, self._reference,
-                                    f"party {who!r} frame {i}")
-                if first:
-                    self._sum[i] = vec
-                else:
-                    self._sum[i] += vec
-                done = i + 1
-        except ProtectionError:
-            # all or nothing: take back the chunks already added (exact: ciphertext arithmetic mod q)
-            for i in range(done):
-                if first:
-                    self._sum[i] = None
-                else:
-                    self._sum[i] -= _load_checked(payload.frames[i], self._context,
-                                                  min(self._slots, self._n - i * self._slots),
-                                                  self._pub.meta, self._reference, "rollback")
-            raise
+        sealed, signature = (bytes(f) for f in payload.frames[-2:])
+        if len(sealed) != SEALED_SEED_BYTES or len(signature) != 64:
+            raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
+                                  "64-byte signature")
+        # parse every ciphertext before adding any: all or nothing
+        vecs = [_load_checked(frame, self._context, min(self._slots, self._total - i * self._slots),
+                              self._pub.meta, self._reference, f"party {who!r} frame {i}")
+                for i, frame in enumerate(payload.frames[:-2])]
+        for i, vec in enumerate(vecs):
+            if self._sum[i] is None:
+                self._sum[i] = vec
+            else:
+                self._sum[i] += vec
         self._parties.append(who)
+        self._extras.extend((sealed, signature))
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -208,14 +236,15 @@ class CkksAccumulator(Accumulator):
     @property
     def held_bytes(self) -> int:
         n, primes = self._pub.meta["poly_modulus_degree"], len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
-        return sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
+        held = sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
+        return held + sum(len(e) for e in self._extras)
 
     def aggregate(self) -> Payload:
         if not self._parties:
             raise ProtectionError("no party has contributed yet")
         header = _wire.aggregate_header("ckks", self._ctx, self._n, self._slots, self._pub, self.parties)
         self._closed = True  # one aggregate per statistic: later contributions are refused
-        return Payload(header, tuple(s.serialize() for s in self._sum))
+        return Payload(header, tuple(s.serialize() for s in self._sum) + tuple(self._extras))
 
 
 def _reference_parms(context: Any) -> list[int]:

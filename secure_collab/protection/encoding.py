@@ -8,8 +8,10 @@ import numpy as np
 
 from .base import ProtectionError, StatContext
 
-# |sum of max_parties encoded values| must stay below 2^63 (two's complement int64 viewed as uint64).
-_HEADROOM_BITS = 63
+# |sum of max_parties encoded values| must stay below 2^60 < q/2, q = 2^61 − 1 the integrity MAC's prime:
+# then no shift of the sum by a non-zero multiple of q (or of 2^64) fits in the bound the solver checks
+# (docs/integrity.md), and the int64 sum never wraps.
+_HEADROOM_BITS = 60
 
 
 def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
@@ -71,11 +73,12 @@ def check_bound(bound: float, max_parties: int, min_parties: int) -> None:
 
 
 def fixed_point_bits(bound: float, max_parties: int) -> int:
-    """Fractional bits f such that max_parties * (bound * 2^f + 1/2) < 2^63: the 64-bit headroom, used.
+    """Fractional bits f such that max_parties * (bound * 2^f + 1/2) < 2^60.
 
-    With ceil(log2(P * bound)) integer bits and f = 62 - that, P * bound * 2^f <= 2^62, so even with
-    each party's rounding (<= 1/2) the exact sum of P encodings stays inside int64: no wraparound of the
-    true sum, so the uint64 sum decodes exactly. This is the setup-time overflow proof.
+    With ceil(log2(P * bound)) integer bits and f = 59 - that, P * bound * 2^f <= 2^59, so even with
+    each party's rounding (<= 1/2) the exact sum of P encodings stays below 2^60: no wraparound of the
+    true sum in int64/uint64, and a sum within the bound cannot be shifted by a multiple of the MAC's prime
+    without leaving it. This is the setup-time overflow proof.
     """
     int_bits = math.ceil(math.log2(max_parties * bound))
     frac = _HEADROOM_BITS - 1 - int_bits
@@ -85,13 +88,19 @@ def fixed_point_bits(bound: float, max_parties: int) -> int:
     return frac
 
 
+def aggregate_bound(bound: float, parties: int, frac_bits: int) -> int:
+    """The largest |Σ_p round(x_p 2^f)| of ``parties`` in-bound contributions (the solver's range check)."""
+    return int(math.floor(parties * (bound * 2.0**frac_bits + 0.5)))
+
+
 def encode_fixed(values: np.ndarray, frac_bits: int) -> np.ndarray:
-    """float64 -> round(x * 2^f) as two's complement in uint64 (values already checked against bound)."""
+    """float64 -> round(x * 2^f) as int64 (values already checked against bound)."""
     scaled = np.ldexp(values, frac_bits)  # exact: multiplication by a power of two
     np.rint(scaled, out=scaled)
-    return scaled.astype(np.int64).view(np.uint64)
+    return scaled.astype(np.int64)
 
 
 def decode_fixed(encoded: np.ndarray, frac_bits: int) -> np.ndarray:
-    """uint64 two's complement -> float64 (one rounding, to 53 bits, in the int64 -> float64 step)."""
-    return np.ldexp(encoded.view(np.int64).astype(np.float64), -frac_bits)
+    """int64 (or uint64 two's complement) -> float64 (one rounding, to 53 bits, in the int -> float step)."""
+    ints = encoded.view(np.int64) if encoded.dtype == np.uint64 else encoded.astype(np.int64, copy=False)
+    return np.ldexp(ints.astype(np.float64), -frac_bits)

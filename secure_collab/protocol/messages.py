@@ -5,28 +5,34 @@ Every message is a list of ZeroMQ frames::
     frame 0      header: a msgpack map (string keys, no extension types)
     frame 1..n   payload frames: raw bytes, opaque to the transport
 
-Header keys (all required):
+Header keys (all required; bounds in ``HEADER_SCHEMA``):
 
     v        int    protocol version (``PROTOCOL_VERSION``); anything else is refused
     type     str    a ``MsgType`` value
-    session  str    session id
-    round    int    edit round (-1 when not bound to a round)
-    layer    int    edited layer (-1 when not bound to a layer)
+    session  str    session id (1-128 printable characters)
+    round    int    edit round, 0..MAX_ROUND (-1 when not bound to a round)
+    layer    int    edited layer, 0..MAX_LAYER (-1 when not bound to a layer)
     stat     str    statistic: "G" (upper triangle of K Kᵀ), "B" (R Kᵀ) or ""
     sender   str    the sender's roster name, informational only: a receiver identifies a peer by
                     its authenticated CURVE key, and refuses a message whose claim differs
-    seq      int    per-sender sequence number, strictly increasing on one connection (ZeroMQ keeps
-                    a connection's order, so the coordinator refuses a repeat as a replay)
+    seq      int    per-sender sequence number (0..MAX_SEQ), strictly increasing on one connection
+                    (ZeroMQ keeps a connection's order, so the coordinator refuses a repeat as a replay)
     config   str    hex sha256 of the session configuration (``SessionConfig.digest``)
     digests  list   hex sha256 of each payload frame, in order; len(digests) == n
     body     map    type-specific fields, checked against ``BODY_SCHEMA``
 
+Every integer, length and string of the header, of each body, and of the protection payload header nested
+in CONTRIB and AGGREGATE bodies is bounded by these tables (one line per field, see ``schema.Field``), so
+nothing out of range reaches SQLite (signed 64-bit), numpy, a dict key or an index. Free text (reasons) is
+capped at ``MAX_TEXT`` characters on the wire and passed through ``clean_text`` (control characters out,
+``STORED_TEXT`` characters at most) before it is stored or echoed.
+
 Checks in ``Message.from_frames``, in this order, before any payload byte is interpreted: frame count,
-header size, total size, msgpack decoding with bounded lengths, version, type, header field types,
-digest count == payload frame count (a truncated message fails here), sha256 of every payload frame,
-body schema. Failures raise ``ProtocolError`` whose text is the reason sent back to the peer.
-Nothing is ever unpickled or evaluated; numeric arrays travel as raw little-endian float64 bytes with
-their shape in the body (see ``secure_collab.protocol.release``).
+header size, total size, msgpack decoding with bounded lengths, version, header schema (types and bounds),
+digest count == payload frame count (a truncated message fails here), payload frames allowed for the type
+(``MAX_PAYLOAD_FRAMES``), sha256 of every payload frame, body schema. Failures raise ``ProtocolError``
+whose text is the reason sent back to the peer. Nothing is ever unpickled or evaluated; numeric arrays
+travel as raw little-endian float64 bytes with their shape in the body (see ``secure_collab.protocol.release``).
 """
 
 from __future__ import annotations
@@ -40,45 +46,138 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+from secure_collab.keys import NAME_RE
+from secure_collab.protocol.schema import (
+    Bool,
+    Field,
+    Int,
+    ListOf,
+    MapOf,
+    OneOf,
+    ProtocolError,
+    Scalar,
+    Str,
+)
+from secure_collab.protocol.schema import clean_text as clean_text  # re-exported: the wire's text sanitiser
+
+PROTOCOL_VERSION = 2
 Frame = bytes | bytearray | memoryview  # received frames are bytes; sent ones may be zero-copy views
 
 
-class ProtocolError(ValueError):
-    """A message was refused; the text is the reason given to the sender (never a secret)."""
-
-
 class MsgType(StrEnum):
-    HELLO = "hello"  # party/solver -> coordinator: join / heartbeat (solver's carries public params)
-    SETUP = "setup"  # coordinator -> party: public protection params signed by the solver
+    HELLO = "hello"  # party/solver -> coordinator: join / heartbeat (solver's carries the signed setup)
+    SETUP = "setup"  # coordinator -> party: [public params, sealed bundles, solver signature]
     REQUEST = "request"  # coordinator -> party: send statistics for (round, layers, attempt)
-    CONTRIB = "contrib"  # party -> coordinator: one chunk of one protected statistic
-    AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate
-    RELEASE = "release"  # solver -> coordinator -> parties: signed ΔW of one layer
+    CONTRIB = "contrib"  # party -> coordinator: one chunk of one protected, signed statistic
+    AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate (with each party's seal+signature)
+    VERDICT = "verdict"  # solver -> coordinator: an aggregate refused (parties to exclude, or opened and failed)
+    RELEASE = "release"  # solver -> coordinator -> parties: signed, encrypted ΔW of one layer
     ACK = "ack"  # party -> coordinator: a release was applied (ok) or refused (reason)
     ERROR = "error"  # any -> peer: the message with seq `refused_seq` was refused for `reason`
     END = "end"  # coordinator -> all: session done (ok) or aborted (reason)
 
 
-# body key -> required type, per message type. Extra keys are refused too.
-BODY_SCHEMA: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
-    MsgType.HELLO: {"role": str, "public": bool},
-    MsgType.SETUP: {"mode": str, "layers": list, "rounds": int, "variant": str},
-    MsgType.REQUEST: {"layers": list, "attempt": int},
-    MsgType.CONTRIB: {
-        "attempt": int, "chunk": int, "n_chunks": int, "offset": int, "count": int, "payload": dict,
-    },
-    MsgType.AGGREGATE: {
-        "attempt": int, "chunk": int, "n_chunks": int, "offset": int, "count": int, "payload": dict,
-        "parties": list, "n_values": int,
-    },
-    MsgType.RELEASE: {"attempt": int, "shape": list, "dtype": str, "sha256": str, "parties": list},
-    MsgType.ACK: {"ok": bool, "reason": str},
-    MsgType.ERROR: {"refused_seq": int, "reason": str},
-    MsgType.END: {"ok": bool, "reason": str},
+# ---- bounds shared by the wire and the configuration (config.py validates sessions against them) ----------
+MODES = ("ckks", "shares", "plain")
+VARIANTS = ("sequential", "oneshot")
+STATISTICS = ("G", "B", "N")  # upper triangle of K Kᵀ, R Kᵀ, and the edit count (one value)
+MAX_SEQ = (1 << 53) - 1  # exact in JSON and float64 too; a sender would need 285 years at 1 M msg/s
+MAX_ROUND = (1 << 20) - 1
+MAX_LAYER = (1 << 16) - 1
+MAX_ATTEMPT = (1 << 20) - 1
+MAX_VALUES = 1 << 40  # values of one statistic (d_v * d_k, or d_k (d_k + 1) / 2)
+MAX_DIM = 1 << 20  # one dimension of a released array
+MAX_PARTIES = 1024
+MAX_LAYERS = 1024  # layers per session
+MAX_STEPS = 1 << 14  # (round, layer) pairs per session, so a HELLO can list what it holds
+MAX_TEXT = 4096  # a reason on the wire; longer is refused
+STORED_TEXT = 512  # what is kept of any free text in the ledger or echoed back (``clean_text``)
+SESSION_ID = r"[\x21-\x7e]{1,128}"  # printable ASCII, no spaces
+
+_NAME = Str(32, NAME_RE.pattern.strip("^$"))
+_SENDER = Str(32, f"|{NAME_RE.pattern.strip('^$')}|solver|coordinator")
+_HEX64 = Str(64, "[0-9a-f]{64}")
+_ROUND, _LAYER = Int(-1, MAX_ROUND), Int(-1, MAX_LAYER)
+_ATTEMPT = Int(0, MAX_ATTEMPT)
+_LAYERS = ListOf(Int(0, MAX_LAYER), MAX_LAYERS, min_len=1)
+_PARTIES = ListOf(_NAME, MAX_PARTIES)
+_TEXT = Str(MAX_TEXT)
+
+HEADER_SCHEMA: dict[str, Field] = {
+    "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
+    "type": OneOf(*(t.value for t in MsgType)),
+    "session": Str(128, SESSION_ID),
+    "round": _ROUND,
+    "layer": _LAYER,
+    "stat": OneOf("", *STATISTICS),
+    "sender": _SENDER,
+    "seq": Int(0, MAX_SEQ),
+    "config": Str(64, "|[0-9a-f]{64}"),  # empty only in messages that a receiver then refuses by digest
+    "digests": ListOf(_HEX64, 1 << 16),  # the frame count limit (``Limits``) is checked before the header
+    "body": Field("map", max_len=64, exact=False, extra=Field("later")),  # BODY_SCHEMA, once the type is known
+}
+HEADER_KEYS = tuple(HEADER_SCHEMA)
+
+# The protection payload header (secure_collab.protection._wire) that the coordinator and solver read:
+# known keys are bounded here; a key a scheme adds later is a bounded scalar until it gets its own line.
+PAYLOAD_SCHEMA = MapOf({
+    "v": Int(0, 255),
+    "mode": OneOf(*MODES),
+    "kind": OneOf("party", "aggregate"),
+    "session": Str(128, SESSION_ID),
+    "round": Int(0, MAX_ROUND),
+    "layer": Int(0, MAX_LAYER),
+    "statistic": OneOf(*STATISTICS),
+    "chunk_index": Int(0, MAX_VALUES - 1),
+    "attempt": _ATTEMPT,
+    "party": _NAME,
+    "parties": _PARTIES,
+    "n_values": Int(1, MAX_VALUES),
+    "tag_values": Int(0, 1 << 16),
+    "chunk": Int(1, MAX_VALUES),
+    "public": _HEX64,
+}, extra=Scalar(max_len=MAX_TEXT, lo=-MAX_VALUES, hi=MAX_VALUES), max_keys=32)
+
+_CHUNKING = {"attempt": _ATTEMPT, "chunk": Int(0, MAX_VALUES - 1), "n_chunks": Int(1, MAX_VALUES),
+             "offset": Int(0, MAX_VALUES - 1), "count": Int(1, MAX_VALUES), "payload": PAYLOAD_SCHEMA}
+
+# Per message type: the body's fields and their bounds. Keys not listed are refused; keys in ``optional``
+# may be left out.
+BODY_SCHEMA: dict[MsgType, Field] = {
+    MsgType.HELLO: MapOf({
+        "role": OneOf("party", "solver"),
+        "public": Bool(),
+        "setup": Bool(),  # the sender holds the verified setup: do not send it again
+        "applied": ListOf(ListOf(Int(0, MAX_ROUND), 2, min_len=2), MAX_STEPS),  # [round, layer] releases held
+    }, optional=("setup", "applied")),
+    MsgType.SETUP: MapOf({"mode": OneOf(*MODES), "layers": _LAYERS, "rounds": Int(1, MAX_ROUND + 1),
+                          "variant": OneOf(*VARIANTS)}),
+    MsgType.REQUEST: MapOf({"layers": _LAYERS, "attempt": _ATTEMPT}),
+    MsgType.CONTRIB: MapOf(_CHUNKING),
+    MsgType.AGGREGATE: MapOf({**_CHUNKING, "parties": _PARTIES, "n_values": Int(1, MAX_VALUES)}),
+    MsgType.VERDICT: MapOf({"attempt": _ATTEMPT, "layers": _LAYERS, "opened": Bool(), "exclude": _PARTIES,
+                            "reason": _TEXT}),
+    MsgType.RELEASE: MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(0, MAX_DIM), 4), "dtype": Str(16),
+                            "sha256": _HEX64, "parties": _PARTIES}),
+    MsgType.ACK: MapOf({"ok": Bool(), "reason": _TEXT}),
+    MsgType.ERROR: MapOf({"refused_seq": Int(-1, MAX_SEQ), "reason": _TEXT}),
+    MsgType.END: MapOf({"ok": Bool(), "reason": _TEXT}),
 }
 
-HEADER_KEYS = ("v", "type", "session", "round", "layer", "stat", "sender", "seq", "config", "digests", "body")
+
+# Payload frames each type may carry (the frame count of a message is also bounded by ``Limits``).
+MAX_PAYLOAD_FRAMES: dict[MsgType, int] = {
+    MsgType.HELLO: 3,  # the solver's [public params, sealed bundles, signature]; a party's carries none
+    MsgType.SETUP: 3,  # [public params, sealed bundles, solver signature]
+    MsgType.REQUEST: 0,
+    MsgType.CONTRIB: 1 << 16,
+    MsgType.AGGREGATE: 1 << 16,
+    MsgType.VERDICT: 0,
+    MsgType.RELEASE: 2,  # [encrypted ΔW, signature]
+    MsgType.ACK: 0,
+    MsgType.ERROR: 0,
+    MsgType.END: 0,
+}
 
 
 @dataclass(frozen=True)
@@ -138,10 +237,13 @@ class Message:
                 f"frame count mismatch: header lists {len(header['digests'])} payload frames, "
                 f"got {len(payload)} (truncated?)"
             )
+        mtype = MsgType(header["type"])
+        if len(payload) > MAX_PAYLOAD_FRAMES[mtype]:  # before hashing them
+            raise ProtocolError(f"a {mtype.value} carries at most {MAX_PAYLOAD_FRAMES[mtype]} payload frames, "
+                                f"got {len(payload)}")
         for i, (want, frame) in enumerate(zip(header["digests"], payload, strict=True)):
             if sha256_hex(frame) != want:
                 raise ProtocolError(f"sha256 mismatch on payload frame {i}")
-        mtype = MsgType(header["type"])
         _check_body(mtype, header["body"])
         return cls(
             type=mtype, session=header["session"], round=header["round"], layer=header["layer"],
@@ -162,45 +264,55 @@ def _as_bytes(part: Any) -> bytes:
     raise ProtocolError(f"unexpected frame type {type(part).__name__}")
 
 
-_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
-    "v": int, "type": str, "session": str, "round": int, "layer": int, "stat": str, "sender": str,
-    "seq": int, "config": str, "digests": list, "body": dict,
-}
-
-
 def _decode_header(raw: bytes, limits: Limits) -> dict[str, Any]:
     try:
         header = msgpack.unpackb(
             raw, raw=False, strict_map_key=True, use_list=True, max_ext_len=0,
             max_bin_len=limits.max_header_bytes, max_str_len=limits.max_header_bytes,
-            max_array_len=limits.max_frames + 4096, max_map_len=256,
+            max_array_len=max(limits.max_frames, MAX_STEPS) + 16, max_map_len=256,
         )
     except Exception as exc:  # msgpack raises several unrelated types on malformed input
         raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a map")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {header.get('v')!r} (want {PROTOCOL_VERSION})")
+    if header.get("v") != PROTOCOL_VERSION or type(header.get("v")) is not int:
+        raise ProtocolError(f"unsupported protocol version {clean_text(repr(header.get('v')), 40)} "
+                            f"(want {PROTOCOL_VERSION})")
     if set(header) != set(HEADER_KEYS):
-        raise ProtocolError(f"header keys {sorted(header)} != {sorted(HEADER_KEYS)}")
-    for key, typ in _HEADER_TYPES.items():
-        if not isinstance(header[key], typ) or isinstance(header[key], bool) and typ is int:
-            raise ProtocolError(f"header field {key!r} has type {type(header[key]).__name__}")
-    if header["type"] not in {t.value for t in MsgType}:
-        raise ProtocolError(f"unknown message type {header['type']!r}")
-    if not all(isinstance(d, str) and len(d) == 64 for d in header["digests"]):
-        raise ProtocolError("header digests must be hex sha256 strings")
+        unexpected = sorted((k for k in header if k not in HEADER_SCHEMA), key=str)
+        raise ProtocolError(f"header keys differ: missing {sorted(set(HEADER_KEYS) - set(header))}, "
+                            f"unexpected {clean_text(repr(unexpected), 60)}")
+    if not isinstance(header.get("type"), str) or header["type"] not in _TYPES:
+        raise ProtocolError(f"unknown message type {clean_text(repr(header.get('type')), 40)}")
+    for key, spec in HEADER_SCHEMA.items():
+        spec.check(header[key], f"header field {key!r}")
     return header
 
 
+_TYPES = frozenset(t.value for t in MsgType)
+
+
+def peek(frames: Sequence[Any], limits: Limits = Limits()) -> tuple[MsgType, int, int] | None:
+    """(type, round, layer) of a message that ``from_frames`` refused, when its header still says them within
+    bounds: lets a receiver answer a refused message of a known type (a party refuses a malformed RELEASE
+    as it refuses a bad one). None when the header is unreadable."""
+    try:
+        raw = _as_bytes(frames[0])
+        if len(raw) > limits.max_header_bytes:
+            return None
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_ext_len=0,
+                                 max_bin_len=limits.max_header_bytes, max_str_len=limits.max_header_bytes,
+                                 max_array_len=max(limits.max_frames, MAX_STEPS) + 16, max_map_len=256)
+        HEADER_SCHEMA["type"].check(header["type"], "type")
+        HEADER_SCHEMA["round"].check(header["round"], "round")
+        HEADER_SCHEMA["layer"].check(header["layer"], "layer")
+    except Exception:  # anything malformed: nothing to say about it
+        return None
+    return MsgType(header["type"]), header["round"], header["layer"]
+
+
 def _check_body(mtype: MsgType, body: dict[str, Any]) -> None:
-    schema = BODY_SCHEMA[mtype]
-    if set(body) != set(schema):
-        raise ProtocolError(f"{mtype.value} body keys {sorted(body)} != {sorted(schema)}")
-    for key, typ in schema.items():
-        value = body[key]
-        if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
-            raise ProtocolError(f"{mtype.value} body field {key!r} has type {type(value).__name__}")
+    BODY_SCHEMA[mtype].check(body, f"{mtype.value} body")
 
 
 class Sequencer:

@@ -3,6 +3,8 @@
     G: the upper triangle (diagonal included) of the symmetric (d_k, d_k) matrix K Kᵀ, in the row-major
        order of ``numpy.triu_indices(d_k)``: d_k (d_k + 1) / 2 values.
     B: R Kᵀ of shape (d_v, d_k), raveled row-major: d_v d_k values.
+    N: the party's number of edit requests in the round: one value (protected like the others, so only the
+       total reaches the solver, where it bounds what the aggregate may hold).
 
 Chunk i of a statistic with n values and chunk size c covers values [i c, min(n, (i + 1) c)).
 """
@@ -16,10 +18,13 @@ import numpy as np
 from secure_collab.protection.encoding import pack_symmetric, unpack_symmetric
 
 
-def pack_statistics(stats: Mapping[str, np.ndarray], d_k: int, d_v: int) -> dict[str, np.ndarray]:
-    """Flatten {"G": (d_k, d_k) or packed, "B": (d_v, d_k) or flat} to wire vectors, checking sizes."""
-    if set(stats) != {"G", "B"}:
-        raise ValueError(f"statistics must be exactly G and B, got {sorted(stats)}")
+def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -> dict[str, np.ndarray]:
+    """Flatten {"G": (d_k, d_k) or packed, "B": (d_v, d_k) or flat, "N": count} to wire vectors."""
+    if set(stats) != {"G", "B", "N"}:
+        raise ValueError(f"statistics must be exactly G, B and N, got {sorted(stats)}")
+    n = stats["N"]
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"N must be a non-negative integer edit count, got {n!r}")
     g = np.asarray(stats["G"], dtype=np.float64)
     if g.ndim == 2:
         if g.shape != (d_k, d_k):
@@ -28,7 +33,7 @@ def pack_statistics(stats: Mapping[str, np.ndarray], d_k: int, d_v: int) -> dict
     b = np.asarray(stats["B"], dtype=np.float64).reshape(-1)
     if g.shape != (d_k * (d_k + 1) // 2,) or b.shape != (d_v * d_k,):
         raise ValueError(f"packed sizes G {g.shape} B {b.shape} do not fit d_k={d_k}, d_v={d_v}")
-    return {"G": np.ascontiguousarray(g), "B": np.ascontiguousarray(b)}
+    return {"G": np.ascontiguousarray(g), "B": np.ascontiguousarray(b), "N": np.array([float(n)])}
 
 
 def unpack_g(flat: np.ndarray, d_k: int) -> np.ndarray:

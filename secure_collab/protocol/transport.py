@@ -2,7 +2,8 @@
 
 Only the role runtimes (coordinator, solver, party) call these; they own their sockets. Every socket has
 CURVE keys, MAXMSGSIZE (libzmq drops a peer that sends a larger frame), send/receive high-water marks,
-LINGER, and send/receive timeouts, so nothing blocks forever and closing never hangs.
+LINGER, and send/receive timeouts, so nothing blocks forever and closing never hangs. The coordinator's
+ROUTER bounds what it buffers per connection in bytes (``router_rcvhwm``) and never blocks on a send.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ def free_loopback_endpoint() -> str:
 
 
 def limits_for(net: NetworkConfig) -> Limits:
-    return Limits(max_frames=net.max_frames, max_header_bytes=1 << 20, max_total_bytes=net.max_message_bytes)
+    return Limits(max_frames=net.max_frames, max_header_bytes=256 << 10, max_total_bytes=net.max_message_bytes)
+
+
+def router_rcvhwm(net: NetworkConfig) -> int:
+    """Complete messages libzmq queues per connection at the coordinator: ``recv_buffer_bytes`` worth of
+    messages of the largest allowed size (at least 1, at most ``hwm``)."""
+    return max(1, min(net.hwm, net.recv_buffer_bytes // net.max_message_bytes))
 
 
 def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
@@ -46,7 +53,11 @@ def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | 
     try:
         _common(sock, own, net)
         sock.curve_server = True
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises instead of vanishing
+        # bytes buffered per connection: RCVHWM complete messages of at most max_message_bytes, plus the one
+        # being decoded and the kernel's socket buffer (libzmq bounds frames, not frames per message)
+        sock.setsockopt(zmq.RCVHWM, router_rcvhwm(net))
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished or full peer raises (EHOSTUNREACH /
+        # EAGAIN): the coordinator sends with DONTWAIT and records the drop instead of waiting
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler answering: nobody gets in
         sock.zap_domain = b"secure-collab"
         sock.bind(bind or net.coordinator_bind)

@@ -1,9 +1,9 @@
-"""Test doubles for the network tests: a plain-sum protection scheme and a synthetic editing engine.
+"""Test doubles for the network tests: a synthetic editing engine and hand-driven peers.
 
-``PlainSumScheme`` is a stand-in for secure_collab.protection until that lands: it implements the
-ProtectionScheme/Accumulator contract of protection/base.py with no protection at all. The synthetic
-engine makes per-party statistics from seeded random keys/residuals; its residuals depend on ΔW already
-applied, so the sequential variant really depends on the order of releases.
+The protection is always the real one (``plain`` unless a test names another mode: the integrity tags,
+seals and signatures are the same in every mode). The synthetic engine makes per-party statistics from
+seeded random keys/residuals; its residuals depend on ΔW already applied, so the sequential variant really
+depends on the order of releases.
 """
 
 from __future__ import annotations
@@ -19,86 +19,10 @@ import numpy as np
 
 from secure_collab.config import Config, write_config
 from secure_collab.keys import init_keys
-from secure_collab.protection.base import (
-    Accumulator,
-    Payload,
-    ProtectionError,
-    ProtectionParams,
-    ProtectionScheme,
-    StatContext,
-)
+from secure_collab.protection import Payload, ProtectionScheme, StatContext, get_scheme
 from secure_collab.protocol.transport import free_loopback_endpoint
 
 LAMBDA = 2.0
-
-
-@dataclass(frozen=True)
-class _Secrets:
-    public: bytes
-    min_parties: int
-
-
-class PlainSumAccumulator(Accumulator):
-    def __init__(self, n_values: int, ctx: StatContext) -> None:
-        self.n, self.ctx = n_values, ctx
-        self.total = np.zeros(n_values)
-        self._parties: list[str] = []
-
-    def add(self, payload: Payload, party: str | None = None) -> None:
-        h = payload.header
-        if h.get("scheme") != "test-plain-sum" or h.get("n") != self.n or len(payload.frames) != 1:
-            raise ProtectionError("payload does not fit this accumulator")
-        if len(payload.frames[0]) != self.n * 8:
-            raise ProtectionError(f"payload has {len(payload.frames[0])} bytes, want {self.n * 8}")
-        if party is not None and h.get("party") != party:
-            raise ProtectionError(f"payload claims party {h.get('party')!r} but came from {party!r}")
-        party = str(h.get("party", ""))
-        if h.get("label") != StatContext(self.ctx.session_id, self.ctx.round, self.ctx.layer,
-                                         self.ctx.statistic, party).label().decode():
-            raise ProtectionError("payload is bound to another context")
-        if party in self._parties:
-            raise ProtectionError(f"party {party} already added")
-        values = np.frombuffer(payload.frames[0], dtype="<f8")
-        if not np.isfinite(values).all():
-            raise ProtectionError("non-finite values")
-        self.total += values
-        self._parties.append(party)
-
-    @property
-    def parties(self) -> tuple[str, ...]:
-        return tuple(self._parties)
-
-    @property
-    def held_bytes(self) -> int:
-        return self.total.nbytes
-
-    def aggregate(self) -> Payload:
-        return Payload({"scheme": "test-plain-sum", "parties": list(self._parties), "n": self.n},
-                       (self.total.tobytes(),))
-
-
-class PlainSumScheme(ProtectionScheme):
-    mode = "plain"
-
-    def solver_setup(self, params: ProtectionParams) -> _Secrets:
-        return _Secrets(f"test-plain-sum/{params.min_parties}".encode(), params.min_parties)
-
-    def protect(self, values: np.ndarray, ctx: StatContext, public: bytes) -> Payload:
-        v = np.ascontiguousarray(values, dtype="<f8")
-        if not np.isfinite(v).all():
-            raise ProtectionError("non-finite values")
-        return Payload({"scheme": "test-plain-sum", "label": ctx.label().decode(), "party": ctx.party,
-                        "n": int(v.size)}, (v.tobytes(),))
-
-    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> Accumulator:
-        return PlainSumAccumulator(n_values, ctx)
-
-    def open(self, aggregate: Payload, secrets: Any, ctx: StatContext | None = None) -> np.ndarray:
-        if ctx is not None and ctx.party:
-            raise ProtectionError("open() takes the aggregate's context")
-        if len(aggregate.header["parties"]) < secrets.min_parties:
-            raise ProtectionError("fewer than min_parties")
-        return np.frombuffer(aggregate.frames[0], dtype="<f8").copy()
 
 
 def _seed(*parts: object) -> int:
@@ -121,7 +45,7 @@ class SyntheticEngine:
         for lay in self.s.layers:
             if lay < layer:
                 r = r - 0.1 * self.w[lay] @ k  # residuals shrink once earlier layers are edited
-        return {"G": k @ k.T, "B": r @ k.T}
+        return {"G": k @ k.T, "B": r @ k.T, "N": self.n}
 
     def apply_delta(self, layer: int, delta: np.ndarray) -> None:
         self.w[layer] = self.w[layer] + delta
@@ -154,19 +78,20 @@ def reference_deltas(cfg: Config, names: Iterable[str],
 
 
 def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_dir: Path | None = None,
-                network: dict | None = None, **session: Any) -> Config:
+                network: dict | None = None, paths: dict | None = None, **session: Any) -> Config:
     keys = keys_dir or tmp / "keys"
     if not (keys / "roster.toml").exists():
         init_keys(keys, list(parties))
     endpoint = free_loopback_endpoint()
     doc = {
         "session": {"id": "s1", "mode": "plain", "layers": [1, 2], "d_k": 6, "d_v": 4, "min_parties": 2,
+                    "value_bound": 1000.0,
                     "chunk_values": 7, "variant": "sequential", "rounds": 1, **session},
         "network": {"coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": 20.0,
                     "stage_timeout_s": 20.0, "solve_timeout_s": 20.0, "heartbeat_s": 0.1,
                     "max_message_bytes": 1 << 16, "linger_ms": 5000, **(network or {})},
         "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
-                  "solver_state": "solver"},
+                  "solver_state": "solver", **(paths or {})},
     }
     return write_config(tmp / f"config-{doc['session']['id']}.toml", **doc)
 
@@ -216,7 +141,7 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     from coordinator.solver import run_solver
     from parties import run_party
 
-    scheme = scheme or PlainSumScheme()
+    scheme = scheme or get_scheme(cfg.session.mode)
     engines = {n: SyntheticEngine(n, cfg) for n in honest}
     th = Threads()
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
@@ -235,21 +160,111 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     return run
 
 
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+def solver_process(config_path: Path) -> Any:
+    """The real solver (closed-form solve) as its own process; ``.communicate()`` gives its JSON result."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(HERE / "solver_process.py"), str(config_path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@dataclass
+class ProcessRun:
+    outcome: Any  # the coordinator's Outcome
+    solver: dict[str, Any]  # the solver process's JSON result
+    parties: dict[str, Any]
+    engines: dict[str, SyntheticEngine]
+
+
+def run_with_solver_process(cfg: Config, config_path: Path, coordinator: Any, honest: Iterable[str] = ("a", "b", "c"),
+                            *, extra: dict[str, Callable[[], Any]] | None = None,
+                            timeout: float = 90.0) -> ProcessRun:
+    """The solver in its own process; ``coordinator`` (honest or a double) and the parties in threads."""
+    import json
+
+    from parties import run_party
+
+    solver = solver_process(config_path)
+    scheme = get_scheme(cfg.session.mode)
+    engines = {n: SyntheticEngine(n, cfg) for n in honest}
+    th = Threads()
+    th.start("coordinator", coordinator.run)
+    for n, e in engines.items():
+        th.start(n, lambda n=n, e=e: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta))
+    for name, fn in (extra or {}).items():
+        th.start(name, fn)
+    try:
+        th.join(timeout)
+        out, err = solver.communicate(timeout=60)
+    finally:
+        if solver.poll() is None:
+            solver.kill()
+            solver.communicate()
+    assert solver.returncode == 0, err
+    parties = {n: th.results[n] for n in engines} | {n: th.results.get(n) for n in (extra or {})}
+    return ProcessRun(th.results["coordinator"], json.loads(out), parties, engines)
+
+
 class RawClient:
     """A hand-driven DEALER with a roster key: sends whatever frames a test builds."""
 
-    def __init__(self, cfg: Config, name: str, ctx: Any) -> None:
+    def __init__(self, cfg: Config, name: str, ctx: Any, options: dict | None = None, monitor: int = 0) -> None:
+        """``options``: socket options set before connecting; ``monitor``: socket events to watch from before
+        the connection (``self.monitor``, a PAIR socket for zmq.utils.monitor.recv_monitor_message)."""
         import zmq
 
-        from secure_collab.keys import load_curve_pair
+        from secure_collab.keys import load_identity
         from secure_collab.protocol import transport
         from secure_collab.protocol.messages import Sequencer
 
         self.cfg, self.name, self.zmq = cfg, name, zmq
-        self.keys = load_curve_pair(cfg.paths.keys / f"party-{name}.key_secret")
-        self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator, cfg.network)
+        self.identity = load_identity(cfg.paths.keys / f"party-{name}.key_secret")
+        self.keys = self.identity.curve
+        self.monitor = None
+        if options or monitor:
+            self.sock = ctx.socket(zmq.DEALER)
+            transport._common(self.sock, self.keys, cfg.network)
+            for opt, value in (options or {}).items():
+                self.sock.setsockopt(opt, value)
+            if monitor:
+                self.monitor = self.sock.get_monitor_socket(monitor)
+                self.monitor.setsockopt(zmq.RCVTIMEO, 10000)
+            self.sock.curve_serverkey = cfg.roster.coordinator.curve
+            self.sock.connect(cfg.network.coordinator_endpoint)
+        else:
+            self.sock = transport.dealer(ctx, self.keys, cfg.roster.coordinator.curve, cfg.network)
         self.sock.setsockopt(zmq.RCVTIMEO, 20000)
         self.seq = Sequencer()
+        self.scheme = get_scheme(cfg.session.mode)
+        self.public: bytes | None = None
+        self.secrets: Any = None
+
+    def join(self) -> Any:
+        """HELLO, then take the setup (opening this party's bundle) and return the first REQUEST."""
+        from secure_collab.protocol.messages import MsgType
+
+        self.send(self.msg(MsgType.HELLO, body={"role": "party", "public": False}).to_frames())
+        while True:
+            msg = self.recv()
+            if msg.type is MsgType.SETUP:
+                public, bundles, _ = (bytes(f) for f in msg.frames)
+                self.public = public
+                self.secrets = self.scheme.join(public, bundles, self.name,
+                                                self.identity.sealing.private_bytes_raw())
+            elif msg.type is MsgType.REQUEST:
+                return msg
+
+    def protect(self, values: np.ndarray, ctx: StatContext) -> Payload:
+        """An honest, signed payload for ``ctx`` (a test may then alter it)."""
+        assert self.public is not None, "join() first"
+        return self.scheme.protect(values, ctx, self.public, self.secrets, self.identity.signing)
 
     def msg(self, mtype: Any, round_: int = -1, layer: int = -1, stat: str = "", body: dict | None = None,
             frames: tuple[bytes, ...] = (), session: str | None = None, config: str | None = None) -> Any:
@@ -271,4 +286,7 @@ class RawClient:
                 return msg
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)

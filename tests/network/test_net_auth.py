@@ -8,26 +8,28 @@ import numpy as np
 import pytest
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from network_doubles import PlainSumScheme, SyntheticEngine, make_config
+from network_doubles import SyntheticEngine, make_config
 
 from coordinator.server import run_coordinator
 from parties import run_party
 from secure_collab.keys import CurveKeyPair, load_curve_pair, load_signing_key
+from secure_collab.protection import ProtectionParams, get_scheme
+from secure_collab.protection.sealing import encrypt_release
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Message, MsgType, Sequencer, sha256_hex
-from secure_collab.protocol.release import encode_delta, release_bytes, setup_bytes
+from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 
 
 def test_key_not_in_roster_is_refused(tmp_path):
     cfg = make_config(tmp_path)
     stop = threading.Event()
     done: dict = {}
-    coordinator = threading.Thread(target=lambda: done.setdefault("o", run_coordinator(cfg, PlainSumScheme(),
+    coordinator = threading.Thread(target=lambda: done.setdefault("o", run_coordinator(cfg, get_scheme("plain"),
                                                                                       stop=stop)))
     coordinator.start()
     ctx = zmq.Context()
     public, secret = zmq.curve_keypair()
-    sock = transport.dealer(ctx, CurveKeyPair(public, secret), cfg.roster.coordinator, cfg.network)
+    sock = transport.dealer(ctx, CurveKeyPair(public, secret), cfg.roster.coordinator.curve, cfg.network)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
     monitor.setsockopt(zmq.RCVTIMEO, 10000)
     try:
@@ -80,18 +82,29 @@ class FakeCoordinator:
             if msg.type is want:
                 return route, msg
 
+    def recv_any(self):
+        """The next message other than a heartbeat HELLO."""
+        while True:
+            route, *frames = self.sock.recv_multipart()
+            msg = Message.from_frames(frames)
+            if msg.type is not MsgType.HELLO:
+                return route, msg
+
     def send(self, route, msg):
         self.sock.send_multipart([route, *msg.to_frames()])
 
     def release(self, layer, delta, key, tamper=False):
         raw, dtype, shape = encode_delta(delta)
         parties = ["a", "b"]
-        sig = key.sign(release_bytes(self.s.id, self.cfg.digest, 0, layer, 0, dtype, shape, sha256_hex(raw),
-                                     parties))
+        label = release_label(self.s.id, self.cfg.digest, 0, layer, 0)
+        ciphertext = encrypt_release(self.release_key, label, raw, bytes(12))
+        sig = key.sign(release_bytes(self.s.id, self.cfg.digest, 0, layer, 0, dtype, shape,
+                                     sha256_hex(ciphertext), parties))
         if tamper:  # change ΔW after signing, keep its sha256 consistent
-            raw = encode_delta(delta + 1e-3)[0]
-        body = {"attempt": 0, "shape": shape, "dtype": dtype, "sha256": sha256_hex(raw), "parties": parties}
-        return self.msg(MsgType.RELEASE, 0, layer, body, (raw, sig))
+            ciphertext = encrypt_release(self.release_key, label, encode_delta(delta + 1e-3)[0], bytes(12))
+        body = {"attempt": 0, "shape": shape, "dtype": dtype, "sha256": sha256_hex(ciphertext),
+                "parties": parties}
+        return self.msg(MsgType.RELEASE, 0, layer, body, (ciphertext, sig))
 
 
 def _drive(cfg, script):
@@ -101,7 +114,7 @@ def _drive(cfg, script):
     engine = SyntheticEngine("a", cfg)
     out = {}
     party = threading.Thread(target=lambda: out.setdefault("r", run_party(
-        cfg, "a", PlainSumScheme(), engine.compute_statistics, engine.apply_delta)))
+        cfg, "a", get_scheme("plain"), engine.compute_statistics, engine.apply_delta)))
     party.start()
     try:
         route, _ = fake.recv(MsgType.HELLO)
@@ -116,27 +129,33 @@ def _drive(cfg, script):
 
 
 def _setup(fake, route, key):
-    public = b"test-plain-sum/2"
-    sig = key.sign(setup_bytes(fake.s.id, fake.cfg.digest, public))
+    """A real setup (public parameters and bundles sealed to each roster party), signed with ``key``."""
+    scheme = get_scheme("plain")
+    recipients = {n: ident.sealing for n, ident in fake.cfg.roster.parties.items()}
+    params = ProtectionParams("plain", len(recipients), fake.s.value_bound, fake.s.min_parties)
+    keys = scheme.solver_setup(params, recipients)
+    fake.release_key = keys.release_key
+    sig = key.sign(setup_bytes(fake.s.id, fake.cfg.digest, keys.public, keys.bundles))
     fake.send(route, fake.msg(MsgType.SETUP, body={"mode": "plain", "layers": [1, 2], "rounds": 1,
-                                                   "variant": "sequential"}, frames=(public, sig)))
+                                                   "variant": "sequential"},
+                              frames=(keys.public, keys.bundles, sig)))
 
 
 def test_party_refuses_release_whose_signature_does_not_verify(tmp_path):
     cfg = make_config(tmp_path)
-    key = load_signing_key(cfg.paths.keys / "solver_signing.key_secret")
+    key = load_signing_key(cfg.paths.keys / "solver.key_secret")
     good = np.full((4, 6), 0.5)
     acks = []
 
     def script(fake, route):
         _setup(fake, route, key)
         fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 0}))
-        for _ in range(cfg.session.n_chunks("G") + cfg.session.n_chunks("B")):
+        for _ in range(sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))):
             fake.recv(MsgType.CONTRIB)
         fake.send(route, fake.release(1, good, key))
         acks.append(fake.recv(MsgType.ACK)[1].body)
         fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [2], "attempt": 0}))
-        for _ in range(cfg.session.n_chunks("G") + cfg.session.n_chunks("B")):
+        for _ in range(sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))):
             fake.recv(MsgType.CONTRIB)
         fake.send(route, fake.release(2, good, key, tamper=True))
         acks.append(fake.recv(MsgType.ACK)[1].body)
@@ -153,7 +172,7 @@ def test_party_refuses_release_whose_signature_does_not_verify(tmp_path):
 @pytest.mark.parametrize("forged", ["setup", "release"])
 def test_party_refuses_anything_signed_by_another_key(tmp_path, forged):
     cfg = make_config(tmp_path)
-    real = load_signing_key(cfg.paths.keys / "solver_signing.key_secret")
+    real = load_signing_key(cfg.paths.keys / "solver.key_secret")
     other = Ed25519PrivateKey.generate()
 
     def script(fake, route):
@@ -176,7 +195,7 @@ def test_solver_refuses_an_aggregate_of_fewer_than_min_parties(tmp_path):
     ctx = zmq.Context()
     fake = FakeCoordinator(cfg, ctx)
     out = {}
-    solver = threading.Thread(target=lambda: out.setdefault("r", run_solver(cfg, PlainSumScheme(),
+    solver = threading.Thread(target=lambda: out.setdefault("r", run_solver(cfg, get_scheme("plain"),
                                                                             closed_form_solve)))
     solver.start()
     try:
@@ -198,3 +217,27 @@ def test_solver_refuses_an_aggregate_of_fewer_than_min_parties(tmp_path):
         ctx.term()
     assert "min_parties" in error.body["reason"]
     assert out["r"].received == [] and out["r"].releases == {}
+
+
+def test_party_never_contributes_to_a_step_it_applied_a_release_of(tmp_path):
+    """A coordinator that asks again for a released step (hoping for a second opening over another party set,
+    e.g. after rolling the solver's disk back) gets a refusal and no contribution from an honest party."""
+    cfg = make_config(tmp_path)
+    key = load_signing_key(cfg.paths.keys / "solver.key_secret")
+    seen = {}
+
+    def script(fake, route):
+        _setup(fake, route, key)
+        fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 0}))
+        for _ in range(sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))):
+            fake.recv(MsgType.CONTRIB)
+        fake.send(route, fake.release(1, np.full((4, 6), 0.5), key))
+        fake.recv(MsgType.ACK)
+        fake.send(route, fake.msg(MsgType.REQUEST, 0, body={"layers": [1], "attempt": 1}))
+        _, reply = fake.recv_any()
+        seen["reply"] = reply
+        fake.send(route, fake.msg(MsgType.END, body={"ok": False, "reason": "test over"}))
+
+    result, engine = _drive(cfg, script)
+    assert seen["reply"].type is MsgType.ERROR and "already released" in seen["reply"].body["reason"]
+    assert engine.compute_calls == [(0, 1)]  # nothing computed or sent for the second request

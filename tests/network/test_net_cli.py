@@ -12,6 +12,7 @@ from network_doubles import make_config, run_session
 from secure_collab.cli import _roles
 from secure_collab.cli import keys as keys_cli
 from secure_collab.cli import ledger as ledger_cli
+from secure_collab.protection import get_scheme
 
 
 def _run(module, argv):
@@ -23,9 +24,8 @@ def _run(module, argv):
 def test_keys_init(tmp_path, capsys):
     assert _run(keys_cli, ["init", "--dir", str(tmp_path / "k"), "--parties", "a,b,c"]) == 0
     names = sorted(p.name for p in (tmp_path / "k").iterdir())
-    assert names == ["coordinator.key_secret", "party-a.key_secret", "party-b.key_secret",
-                     "party-c.key_secret", "roster.toml", "solver.key_secret", "solver_sealing.key_secret",
-                     "solver_signing.key_secret"]
+    assert names == sorted([f"{r}.{kind}" for r in ("coordinator", "solver", "party-a", "party-b", "party-c")
+                            for kind in ("key_secret", "public.toml")] + ["roster.toml"])
     assert all(stat.S_IMODE((tmp_path / "k" / n).stat().st_mode) == 0o600 for n in names if "secret" in n)
     assert "secret" not in (tmp_path / "k" / "roster.toml").read_text()
     assert _run(keys_cli, ["init", "--dir", str(tmp_path / "k"), "--parties", "a"]) == 2  # no overwrite
@@ -43,7 +43,7 @@ def test_ledger_show(tmp_path, capsys):
     assert _run(ledger_cli, ["show", "--ledger", str(cfg.paths.ledger), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     contribs = [m for m in doc["messages"] if m["type"] == "contrib"]
-    assert len(contribs) == 3 * 2 * (3 + 4)  # parties x layers x chunks of G and B
+    assert len(contribs) == 3 * 2 * (3 + 4 + 1)  # parties x layers x chunks of G, B and N
     assert all(len(m["digest"]) == 64 and m["bytes"] > 0 and m["outcome"] == "accepted" for m in contribs)
     assert [r["layer"] for r in doc["releases"]] == [1, 2]
 
@@ -55,7 +55,7 @@ def test_unknown_protection_mode_is_an_error():
 
 def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
     """coordinator / solver / party commands, with the engine plug-in points monkeypatched."""
-    from network_doubles import PlainSumScheme, SyntheticEngine, Threads, closed_form_solve
+    from network_doubles import SyntheticEngine, Threads, closed_form_solve
 
     from secure_collab.cli import coordinator as coordinator_cli
     from secure_collab.cli import party as party_cli
@@ -63,7 +63,7 @@ def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
 
     cfg = make_config(tmp_path)
     config_path = str(next(tmp_path.glob("config-*.toml")))
-    monkeypatch.setattr(_roles, "load_scheme", lambda mode: PlainSumScheme())
+    monkeypatch.setattr(_roles, "load_scheme", lambda mode: get_scheme("plain"))
     monkeypatch.setattr(solver_cli, "engine_solve", lambda config: closed_form_solve)
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
     monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: party_cli.PartyEngine(

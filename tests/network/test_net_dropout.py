@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import zmq
 from network_doubles import (
-    PlainSumAccumulator,
-    PlainSumScheme,
     RawClient,
     SyntheticEngine,
     make_config,
@@ -16,7 +14,8 @@ from network_doubles import (
 
 from parties.client import Fatal, Party
 from secure_collab.ledger import Ledger
-from secure_collab.protection.base import StatContext
+from secure_collab.protection import StatContext, get_scheme
+from secure_collab.protection._array import ArrayAccumulator, ArrayScheme
 from secure_collab.protocol.messages import MsgType
 
 SHORT = {"stage_timeout_s": 1.0}
@@ -36,7 +35,7 @@ def test_party_dropping_between_layers_is_left_out(tmp_path):
     engine = SyntheticEngine("c", cfg)
 
     def dropper():
-        return DroppingParty(cfg, "c", PlainSumScheme(), engine.compute_statistics, engine.apply_delta).run()
+        return DroppingParty(cfg, "c", get_scheme("plain"), engine.compute_statistics, engine.apply_delta).run()
 
     run = run_session(cfg, ["a", "b"], extra={"c": dropper})
     assert run.outcome.ok, run.outcome.reason
@@ -55,8 +54,7 @@ def _join_then(cfg, action):
         ctx = zmq.Context()
         client = RawClient(cfg, "c", ctx)
         try:
-            client.send(client.msg(MsgType.HELLO, body={"role": "party", "public": False}).to_frames())
-            request = client.recv(MsgType.REQUEST)
+            request = client.join()
             return action(client, request)
         finally:
             client.close()
@@ -67,8 +65,8 @@ def _join_then(cfg, action):
 
 def _one_chunk(client, request):
     s = client.cfg.session
-    ctx = StatContext(s.id, 0, 1, "G", "c")
-    payload = PlainSumScheme().protect(np.ones(s.chunk_values), ctx, b"")
+    ctx = StatContext(s.id, 0, 1, "G", "c", 0, request.body["attempt"])
+    payload = client.protect(np.ones(s.chunk_values), ctx)
     body = {"attempt": request.body["attempt"], "chunk": 0, "n_chunks": s.n_chunks("G"), "offset": 0,
             "count": s.chunk_values, "payload": dict(payload.header)}
     for _ in range(2):  # the same chunk twice, each time in a fresh, well-formed message
@@ -104,17 +102,19 @@ def test_below_min_parties_aborts_cleanly(tmp_path):
         assert ledger.rows("stages")[-1]["event"] == "aborted"
 
 
-class _BrittleAccumulator(PlainSumAccumulator):
+class _BrittleAccumulator(ArrayAccumulator):
     def add(self, payload, party=None):
         if "boom" in payload.header:
-            self.total[0] += 1e9  # half-updated, then an error outside the contract
+            self._sum[0] += np.uint64(12345)  # half-updated, then an error outside the contract
             raise KeyError("boom")
         super().add(payload, party)
 
 
-class BrittleScheme(PlainSumScheme):
+class BrittleScheme(ArrayScheme):
+    mode = "plain"
+
     def accumulator(self, public, n_values, ctx):
-        return _BrittleAccumulator(n_values, ctx)
+        return _BrittleAccumulator(self.mode, 1 << 17, self._public(public), n_values, ctx)
 
 
 def test_accumulator_failure_outside_the_contract_discards_the_sum(tmp_path):
@@ -122,7 +122,7 @@ def test_accumulator_failure_outside_the_contract_discards_the_sum(tmp_path):
 
     def boom(client, request):
         s = client.cfg.session
-        payload = PlainSumScheme().protect(np.ones(s.chunk_values), StatContext(s.id, 0, 1, "G", "c"), b"")
+        payload = client.protect(np.ones(s.chunk_values), StatContext(s.id, 0, 1, "G", "c"))
         body = {"attempt": 0, "chunk": 0, "n_chunks": s.n_chunks("G"), "offset": 0, "count": s.chunk_values,
                 "payload": {**payload.header, "boom": 1}}
         client.send(client.msg(MsgType.CONTRIB, 0, 1, "G", body, payload.frames).to_frames())

@@ -8,7 +8,6 @@ import msgpack
 import numpy as np
 import zmq
 from network_doubles import (
-    PlainSumScheme,
     RawClient,
     SyntheticEngine,
     make_config,
@@ -18,22 +17,21 @@ from network_doubles import (
 
 from parties.client import Party
 from secure_collab.ledger import Ledger
-from secure_collab.protection.base import StatContext
+from secure_collab.protection import StatContext, get_scheme
 from secure_collab.protocol.messages import MsgType
 
 
 def _contrib(client, cfg, *, layer=1, chunk=0, values=None, attempt=0, session=None, config=None,
-             stat="G", round_=0):
+             stat="G", round_=0, raw=False):
+    """A CONTRIB message; signed and protected for real unless ``raw`` (then dummy payload frames)."""
     s = cfg.session
     count = min(s.chunk_values, s.n_values(stat) - chunk * s.chunk_values)
     values = np.ones(count) if values is None else values
-    ctx = StatContext(session or s.id, round_, layer, stat, client.name)
-    payload = PlainSumScheme().protect(values, ctx, b"") if np.isfinite(values).all() else None
-    if payload is None:  # a dishonest party skips its own validation
-        payload_header = {"scheme": "test-plain-sum", "label": ctx.label().decode(), "party": client.name,
-                          "n": count}
-        frames = (np.asarray(values, "<f8").tobytes(),)
+    ctx = StatContext(session or s.id, round_, layer, stat, client.name, chunk, attempt)
+    if raw:
+        payload_header, frames = {"party": client.name}, (b"\0" * 8 * count,)
     else:
+        payload = client.protect(values, ctx)
         payload_header, frames = dict(payload.header), payload.frames
     body = {"attempt": attempt, "chunk": chunk, "n_chunks": s.n_chunks(stat),
             "offset": chunk * s.chunk_values, "count": count, "payload": payload_header}
@@ -44,8 +42,7 @@ def _bad_messages(cfg, other_cfg, client):
     good = _contrib(client, cfg)
     frames = good.to_frames()
     header = msgpack.unpackb(frames[0])
-    nan = np.ones(7)
-    nan[3] = np.nan
+    data, seal, signature = frames[1:-2], frames[-2], frames[-1]
 
     def edited(**changes):  # the good header, changed, under a fresh sequence number
         return msgpack.packb(dict(header, seq=client.seq.next(), **changes))
@@ -54,22 +51,23 @@ def _bad_messages(cfg, other_cfg, client):
     return {
         "truncated": [frames[0]],
         "short payload": client.msg(MsgType.CONTRIB, 0, 1, "G", good.body,
-                                    (np.ones(3).tobytes(),)).to_frames(),
-        "oversized": [edited(digests=header["digests"] * 3), frames[1], b"x" * 40000, b"y" * 40000],
-        "wrong digest": [edited(digests=["0" * 64]), frames[1]],
-        "wrong version": [edited(v=2), frames[1]],
-        "garbage header": [b"\xc1\xff\x00", frames[1]],
+                                    (bytes(data[0])[:24], *data[1:], seal, signature)).to_frames(),
+        "oversized": [edited(digests=header["digests"] * 3), *frames[1:], b"x" * 40000, b"y" * 40000],
+        "wrong digest": [edited(digests=["0" * 64] * len(frames[1:])), *frames[1:]],
+        "wrong version": [edited(v=1), *frames[1:]],
+        "garbage header": [b"\xc1\xff\x00", *frames[1:]],
         "wrong session": _contrib(client, other_cfg, session=other_cfg.session.id,
                                   config=other_cfg.digest).to_frames(),
         "wrong config": _contrib(client, cfg, config="ab" * 32).to_frames(),
         "wrong layer": _contrib(client, cfg, layer=2).to_frames(),
         "wrong round": _contrib(client, cfg, round_=1).to_frames(),
         "stale attempt": _contrib(client, cfg, attempt=5).to_frames(),
-        "bad chunking": [edited(body=dict(header["body"], offset=1)), frames[1]],
-        "non-finite": _contrib(client, cfg, values=nan).to_frames(),
-        "forged sender": [edited(sender="a"), frames[1]],
+        "bad chunking": [edited(body=dict(header["body"], offset=1)), *frames[1:]],
+        "bad signature": client.msg(MsgType.CONTRIB, 0, 1, "G", good.body,
+                                    (*data, seal, bytes(64))).to_frames(),
+        "forged sender": [edited(sender="a"), *frames[1:]],
         "forged payload party": [edited(body=dict(
-            header["body"], payload=dict(header["body"]["payload"], party="a"))), frames[1]],
+            header["body"], payload=dict(header["body"]["payload"], party="a"))), *frames[1:]],
         "wrong type": client.msg(MsgType.RELEASE, 0, 1, body={
             "attempt": 0, "shape": [4, 6], "dtype": "<f8", "sha256": "0" * 64, "parties": []}).to_frames(),
         "replayed": frames,  # a well-formed message, byte for byte again
@@ -78,7 +76,7 @@ def _bad_messages(cfg, other_cfg, client):
 
 EXPECTED = {
     "truncated": "frame count mismatch",
-    "short payload": "payload has 24 bytes, want 56",
+    "short payload": "frame 0: 24 bytes",
     "oversized": "message too large",
     "wrong digest": "sha256 mismatch",
     "wrong version": "unsupported protocol version",
@@ -89,7 +87,7 @@ EXPECTED = {
     "wrong round": "round 1 is not open",
     "stale attempt": "stale attempt",
     "bad chunking": "chunk 0 must cover",
-    "non-finite": "non-finite",
+    "bad signature": "party 'c': contribution signature does not verify",
     "forged sender": "sender claims 'a'",
     "forged payload party": "payload claims party 'a'",
     "wrong type": "not accepted from c",
@@ -106,8 +104,7 @@ def test_bad_contributions_are_refused_and_session_completes(tmp_path):
         ctx = zmq.Context()
         client = RawClient(cfg, "c", ctx)
         try:
-            client.send(client.msg(MsgType.HELLO, body={"role": "party", "public": False}).to_frames())
-            client.recv(MsgType.REQUEST)
+            client.join()
             for label, frames in _bad_messages(cfg, other, client).items():
                 client.send(frames)
                 seen[label] = client.recv(MsgType.ERROR).body["reason"]
@@ -153,7 +150,7 @@ class ReplayingParty(Party):
 def test_replay_from_earlier_round_is_refused(tmp_path):
     cfg = make_config(tmp_path, rounds=2, layers=[1])
     engine = SyntheticEngine("c", cfg)
-    scheme = PlainSumScheme()
+    scheme = get_scheme("plain")
 
     def replayer():
         return ReplayingParty(cfg, "c", scheme, engine.compute_statistics, engine.apply_delta).run()
@@ -161,7 +158,7 @@ def test_replay_from_earlier_round_is_refused(tmp_path):
     run = run_session(cfg, ["a", "b"], extra={"c": replayer})
     assert run.outcome.ok, run.outcome.reason
     refusals = run.extra["c"].refusals
-    n_chunks = cfg.session.n_chunks("G") + cfg.session.n_chunks("B")
+    n_chunks = sum(cfg.session.n_chunks(st) for st in ("G", "B", "N"))
     assert len(refusals) == 2 * n_chunks
     assert all("sequence number" in r for r in refusals[:n_chunks])
     assert all("round 0 is not open" in r for r in refusals[n_chunks:])
@@ -180,7 +177,7 @@ def test_frame_over_maxmsgsize_drops_the_connection_and_the_coordinator_goes_on(
 
     cfg = make_config(tmp_path)
     stop = threading.Event()
-    coordinator = threading.Thread(target=run_coordinator, args=(cfg, PlainSumScheme()),
+    coordinator = threading.Thread(target=run_coordinator, args=(cfg, get_scheme("plain")),
                                    kwargs={"stop": stop})
     coordinator.start()
     ctx = zmq.Context()
@@ -188,7 +185,7 @@ def test_frame_over_maxmsgsize_drops_the_connection_and_the_coordinator_goes_on(
     monitor = client.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
     monitor.setsockopt(zmq.RCVTIMEO, 10000)
     try:
-        huge = _contrib(client, cfg).to_frames()[:1] + [b"x" * (cfg.network.max_message_bytes + (2 << 20))]
+        huge = _contrib(client, cfg, raw=True).to_frames()[:1] + [b"x" * (cfg.network.max_message_bytes + (2 << 20))]
         client.send(huge)
 
         def wait_event(event):  # events before the one wanted (the first handshake) are skipped
@@ -197,7 +194,7 @@ def test_frame_over_maxmsgsize_drops_the_connection_and_the_coordinator_goes_on(
 
         wait_event(zmq.EVENT_DISCONNECTED)
         wait_event(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # libzmq reconnects by itself
-        client.send(_contrib(client, cfg).to_frames())
+        client.send(_contrib(client, cfg, raw=True).to_frames())
         assert "unexpected contrib in stage joining" in client.recv(MsgType.ERROR).body["reason"]
     finally:
         client.sock.disable_monitor()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from network_doubles import (
-    PlainSumScheme,
     SyntheticEngine,
     Threads,
     closed_form_solve,
@@ -25,6 +24,7 @@ from network_doubles import (
 from coordinator.solver import run_solver
 from parties import run_party
 from secure_collab.ledger import Ledger
+from secure_collab.protection import get_scheme
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -72,7 +72,7 @@ class GatedEngine(SyntheticEngine):
 def test_coordinator_sigkill_mid_round_resumes_with_same_delta(tmp_path):
     cfg = make_config(tmp_path)
     config_path = next(tmp_path.glob("config-*.toml"))
-    scheme = PlainSumScheme()
+    scheme = get_scheme("plain")
     engines = {"a": SyntheticEngine("a", cfg), "b": SyntheticEngine("b", cfg), "c": GatedEngine("c", cfg)}
     th = Threads()
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
@@ -107,5 +107,10 @@ def test_coordinator_sigkill_mid_round_resumes_with_same_delta(tmp_path):
     with Ledger(cfg.paths.ledger) as ledger:
         stages = [(r["layers"], r["attempt"], r["event"]) for r in ledger.rows("stages")]
         releases = ledger.rows("releases")
+        sent = [(r["peer"], r["type"], r["layer"]) for r in ledger.rows("messages")
+                if r["direction"] == "out" and r["type"] in ("release", "setup") and r["outcome"] == "sent"]
+    # the rejoining parties said what they held: neither the setup nor layer 1's release was sent twice
+    assert sorted(sent) == sorted([(n, "setup", -1) for n in engines] + [(n, "release", lay) for n in engines
+                                                                           for lay in (1, 2)])
     assert ("[2]", 0, "open") in stages and ("[2]", 1, "handoff") in stages
     assert [(r["layer"], r["attempt"]) for r in releases] == [(1, 0), (2, 1)]

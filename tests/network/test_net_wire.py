@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from network_doubles import make_config
 
 from secure_collab.config import ConfigError, config_from_dict
-from secure_collab.keys import KeyFileError, init_keys, load_curve_pair, load_roster
+from secure_collab.keys import KeyFileError, init_keys, load_curve_pair, load_public_identity, load_roster
 from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protocol.messages import Limits, Message, MsgType, ProtocolError
 from secure_collab.protocol.release import decode_delta, encode_delta, release_bytes, verify
@@ -74,12 +74,16 @@ def test_release_signature_binds_every_field():
 def test_statistics_layout():
     rng = np.random.default_rng(0)
     k, r = rng.standard_normal((5, 3)), rng.standard_normal((4, 3))
-    packed = pack_statistics({"G": k @ k.T, "B": r @ k.T}, d_k=5, d_v=4)
-    assert packed["G"].shape == (15,) and packed["B"].shape == (20,)
+    packed = pack_statistics({"G": k @ k.T, "B": r @ k.T, "N": 3}, d_k=5, d_v=4)
+    assert packed["G"].shape == (15,) and packed["B"].shape == (20,) and packed["N"].tolist() == [3.0]
     np.testing.assert_array_equal(unpack_g(packed["G"], 5), k @ k.T)
     assert chunk_bounds(15, 7) == [(0, 7), (7, 7), (14, 1)]
     with pytest.raises(ValueError, match="shape"):
-        pack_statistics({"G": np.eye(4), "B": r @ k.T}, d_k=5, d_v=4)
+        pack_statistics({"G": np.eye(4), "B": r @ k.T, "N": 3}, d_k=5, d_v=4)
+    with pytest.raises(ValueError, match="exactly G, B and N"):
+        pack_statistics({"G": k @ k.T, "B": r @ k.T}, d_k=5, d_v=4)
+    with pytest.raises(ValueError, match="edit count"):
+        pack_statistics({"G": k @ k.T, "B": r @ k.T, "N": -1}, d_k=5, d_v=4)
 
 
 def test_keys_are_private_and_roster_round_trips(tmp_path):
@@ -88,7 +92,10 @@ def test_keys_are_private_and_roster_round_trips(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_roster(tmp_path / "k" / "roster.toml") == roster
     pair = load_curve_pair(tmp_path / "k" / "party-a.key_secret")
-    assert roster.name_for(pair.public) == "a" and roster.name_for(roster.solver) == "solver"
+    assert roster.name_for(pair.public) == "a" and roster.name_for(roster.solver.curve) == "solver"
+    # the public file each site sends is what the roster holds, and carries no secret
+    assert load_public_identity(tmp_path / "k" / "party-a.public.toml") == roster.parties["a"]
+    assert "secret" not in (tmp_path / "k" / "party-a.public.toml").read_text()
     os.chmod(tmp_path / "k" / "party-a.key_secret", 0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_curve_pair(tmp_path / "k" / "party-a.key_secret")
@@ -118,17 +125,20 @@ def test_config_paths_digest_and_validation(tmp_path):
 def test_ledger_is_append_only_and_resumable(tmp_path):
     with Ledger(tmp_path / "l.sqlite") as ledger:
         assert ledger.resume_state("s") is None
-        ledger.open_session("s", "d", "plain", b"pub", b"sig", {"a": b"k" * 40})
+        ledger.open_session("s", "d", "plain", b"pub", b"bundles", b"sig", {"a": b"k" * 40})
         ledger.stage_event("s", 0, (1,), 0, "open")
         ledger.stage_event("s", 0, (1,), 1, "open")
         ledger.message("s", "in", "a", "contrib", "h" * 64, 10, "refused", "duplicate", round_=0, layer=1)
+        ledger.message("s", "in", "b", "?", "", 10, "cut off", "over its budget")
         ledger.release("s", StoredRelease(0, 1, 1, "x" * 64, ("a", "b"), [b"head", b"", b"delta"]))
         state = ledger.resume_state("s")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             ledger._db.execute("UPDATE messages SET outcome='accepted'")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             ledger._db.execute("DELETE FROM releases")
-    assert state.setup_public == b"pub" and state.attempts == {(0, "[1]"): 1} and state.ended is None
+    assert state.setup_public == b"pub" and state.setup_bundles == b"bundles"
+    assert state.attempts == {(0, "[1]"): 1} and state.ended is None
+    assert state.cut_off == ("b",)
     assert state.releases[(0, 1)].frames == [b"head", b"", b"delta"]
 
 

@@ -12,7 +12,8 @@ FIELDS = {"mode", "parties", "dim", "dropouts", "max_abs_err", "max_rel_err", "b
           "protect_seconds", "accumulate_seconds", "open_seconds", "coordinator_peak_bytes"}
 
 
-@pytest.mark.parametrize(("mode", "dim", "max_bytes"), [("shares", 40, 8.2), ("plain", 40, 8.2), ("ckks", 90, 33)])
+# ckks dim 89: 4,005 values + 6 integrity-tag limbs fill one 4,096-slot ciphertext
+@pytest.mark.parametrize(("mode", "dim", "max_bytes"), [("shares", 40, 8.2), ("plain", 40, 8.2), ("ckks", 89, 33)])
 def test_protection_check_writes_the_issue_fields(tmp_path, capsys, mode, dim, max_bytes):
     out = tmp_path / "r.json"
     code = main(["protection-check", "--mode", mode, "--parties", "4", "--dim", str(dim), "--dropouts", "1",

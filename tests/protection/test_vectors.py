@@ -9,16 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secure_collab.protection import Payload, ProtectionParams, StatContext
+from secure_collab.protection import Authenticated, PartySecrets, Payload, ProtectionParams, StatContext
 from secure_collab.protection import _primitives as hazmat
+from secure_collab.protection import integrity as mac
 from secure_collab.protection.encoding import decode_fixed, encode_fixed, fixed_point_bits
-from secure_collab.protection.shares import (
-    SharesScheme,
-    mask_vector,
-    open_sealed_seed,
-    seal_seed_for_solver,
-)
+from secure_collab.protection.sealing import SEED_INFO, open_sealed, seal_to
+from secure_collab.protection.shares import SharesScheme, mask_vector
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 
@@ -28,7 +26,8 @@ def load(name: str) -> dict:
 
 
 def ctx_of(d: dict) -> StatContext:
-    return StatContext(d["session_id"], d["round"], d["layer"], d["statistic"], d["party"])
+    return StatContext(d["session_id"], d["round"], d["layer"], d["statistic"], d["party"], d["chunk"],
+                       d["attempt"])
 
 
 # --- published vectors ---------------------------------------------------------------------------
@@ -113,22 +112,48 @@ def test_fixed_point_frozen(case):
     assert np.all(np.abs(decode_fixed(enc, f) - values) <= 2.0 ** -(f + 1))
 
 
+def test_mac_frozen():
+    v = load("mac.json")
+    ctx, seed, key = ctx_of(v["ctx"]), bytes.fromhex(v["seed"]), bytes.fromhex(v["mac_key"])
+    label = ctx.aggregate().label()
+    assert label.decode() == v["label"]
+    u = np.array([int(x) for x in v["u"]], dtype=np.int64)
+    tag_key = hazmat.hkdf_sha256(seed, None, mac.TAG_KEY_INFO + ctx.label(), 32)
+    assert [str(x) for x in mac.alpha(key, label, 0, 5)] == v["alpha_0_first_5"]
+    assert [str(mac.tag_pad(tag_key, j)) for j in range(mac.TAGS)] == v["pads"]
+    tags = mac.tags(u, key, label, tag_key)
+    assert [str(t) for t in tags] == v["tags"]
+    assert [str(x) for x in mac.to_limbs(tags, 31)] == v["limbs_31"]
+    # and the tag is what its definition says, in Python integers
+    for j in range(mac.TAGS):
+        alpha = [int(a) for a in mac.alpha(key, label, j, len(u))]
+        assert tags[j] == (sum(a * int(x) for a, x in zip(alpha, u, strict=True)) + int(v["pads"][j])) % mac.Q
+
+
 def test_sealed_seed_and_shares_payload_frozen():
     v = load("shares_golden.json")
     ctx = ctx_of(v["ctx"])
     solver, eph, seed = (bytes.fromhex(v[k]) for k in ("solver_private", "ephemeral_private", "seed"))
+    mac_key, release_key = bytes.fromhex(v["mac_key"]), bytes.fromhex(v["release_key"])
+    signer = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["signing_private"]))
     scheme = SharesScheme()
-    keys = scheme._setup_from_parts(ProtectionParams("shares", v["max_parties"], v["bound"]), solver)
-    assert keys.public.hex() == v["public"]
-    sealed = seal_seed_for_solver(seed, ctx, hazmat.x25519_public(solver), eph)
+    recipients = {k: bytes.fromhex(h) for k, h in v["recipients"].items()}
+    keys = scheme._setup_from_parts(ProtectionParams("shares", v["max_parties"], v["bound"]), recipients, solver,
+                                    mac_key, release_key, {k: eph for k in recipients})
+    assert keys.public.hex() == v["public"] and keys.bundles.hex() == v["bundles"]
+    sealed = seal_to(hazmat.x25519_public(solver), seed, SEED_INFO, ctx.label(), eph)
     assert sealed.hex() == v["sealed_seed"]
-    assert open_sealed_seed(sealed, ctx, solver) == seed
+    assert open_sealed(sealed, solver, SEED_INFO, ctx.label(), 32) == seed
     values = np.array([float.fromhex(x) for x in v["values"]])
-    payload = scheme._protect_from_parts(values, ctx, keys.public, seed, eph)
+    payload = scheme._protect_from_parts(values, ctx, keys.public, PartySecrets(mac_key, release_key), signer,
+                                         seed, eph)
     assert payload.header == v["payload_header"]
     assert [bytes(f).hex() for f in payload.frames] == v["payload_frames"]
     golden = Payload(v["payload_header"], tuple(bytes.fromhex(f) for f in v["payload_frames"]))
-    acc = scheme.accumulator(keys.public, len(values), StatContext(ctx.session_id, ctx.round, ctx.layer,
-                                                                    ctx.statistic))
+    acc = scheme.accumulator(keys.public, len(values), ctx.aggregate())
     acc.add(golden, party=ctx.party)
     assert acc.parties == (ctx.party,)
+    # one party's aggregate opens to its own values (min_parties is not checked at this level)
+    auth = Authenticated((ctx.party,), (seed,))
+    opened = scheme.open(acc.aggregate(), keys, ctx.aggregate(), auth)
+    assert np.all(np.abs(opened - values) <= 2.0 ** -(fixed_point_bits(v["bound"], v["max_parties"]) + 1))

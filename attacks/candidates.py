@@ -1,0 +1,105 @@
+"""Candidate subjects for ranking attacks, and their keys under the public model and templates (cached).
+
+Candidates = the request file's subjects + at least 2,000 public distractors: Wikipedia titles of the covariance
+corpus (its JSON is read, the wiki skill is never imported and none of its text is written into the
+repository), country names from ``countryinfo``, and subjects of other public edit records (../shared/data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from secure_collab.cache import cache_dir, digest_json
+from secure_collab.data.requests import Request
+from secure_collab.editing.keys import compute_keys
+
+MIN_DISTRACTORS = 2000
+
+
+def wikipedia_titles() -> list[str]:
+    from secure_collab.data.corpus import wikipedia_summaries_path
+
+    data = json.loads(wikipedia_summaries_path().read_text(encoding="utf-8"))
+    return [str(v.get("title") or k) for k, v in data.items() if isinstance(v, dict)]
+
+
+def country_names() -> list[str]:
+    from secure_collab.data.bundled import country_facts
+
+    return sorted({f.subject for f in country_facts(min_population=0)})
+
+
+def record_subjects(paths: Iterable[Path]) -> list[str]:
+    from secure_collab.data.formats import load_requests
+
+    out: list[str] = []
+    for p in paths:
+        if p.is_file():
+            out.extend(r.subject for r in load_requests(p, skip_invalid=True))
+    return out
+
+
+def _clean(names: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for n in names:
+        n = " ".join(n.split())
+        if 1 < len(n) <= 80 and "{" not in n and "}" not in n:
+            seen.setdefault(n, None)
+    return list(seen)
+
+
+def candidate_subjects(requests: Sequence[Request], n_wiki: int = 2000, other_records: Iterable[Path] = (),
+                       n_other: int = 1000, seed: int = 0) -> list[str]:
+    """Request subjects first, then distractors (seeded sample), duplicates removed."""
+    rng = random.Random(seed)
+    wiki = wikipedia_titles()
+    rng.shuffle(wiki)
+    others = _clean(record_subjects(list(other_records)))
+    rng.shuffle(others)
+    names = _clean([r.subject for r in requests] + wiki[:n_wiki] + country_names() + others[:n_other])
+    n_req = len(_clean(r.subject for r in requests))
+    if len(names) - n_req < MIN_DISTRACTORS:
+        raise ValueError(f"only {len(names) - n_req} distractor subjects; at least {MIN_DISTRACTORS} are needed")
+    return names
+
+
+def read_candidates(path: str | os.PathLike[str]) -> list[str]:
+    """A candidates file: one subject per line (blank lines and '#' comments skipped)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return _clean(x for x in lines if x.strip() and not x.lstrip().startswith("#"))
+
+
+def candidate_keys(setup, subjects: Sequence[str], layer: int, say=print, chunk: int = 256) -> torch.Tensor:
+    """(N, d_k) float64 keys of each subject under the public templates (prompt "{}": the relation is unknown).
+
+    For prompts that open with the subject (most CounterFact relations) this is exactly the edit's key: a
+    causal model's state at the subject's last token does not depend on what follows it. Cached per chunk.
+    """
+    lm = setup.lm
+    key = digest_json({"model": lm.source_digest, "layer": layer, "templates": setup.templates,
+                       "dtype": str(next(lm.model.parameters()).dtype)})[:16]
+    root = cache_dir(setup.cache) / "attacks" / "candidate-keys" / key
+    root.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import load_file, save_file
+
+    out = []
+    for s in range(0, len(subjects), chunk):
+        part = list(subjects[s:s + chunk])
+        path = root / f"{digest_json(part)[:24]}.safetensors"
+        if path.is_file():
+            out.append(load_file(str(path))["keys"])
+            continue
+        reqs = [Request(subject=n, prompt="{}", target_new="-") for n in part]
+        k = compute_keys(lm, reqs, layer, setup.templates, setup.hp.request_batch and 8).double().cpu()
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_file({"keys": k.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+        out.append(k)
+        say(f"candidate keys: {min(s + chunk, len(subjects))}/{len(subjects)}")
+    return torch.cat(out)

@@ -1,0 +1,1 @@
+"""`secure-collab attack` and `secure-collab audit`, registered as plugins of the core command line."""

@@ -1,0 +1,45 @@
+"""`secure-collab audit`: one self-contained HTML page on what each role of a finished session saw and leaks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "write the privacy audit of a finished session (ledger + measured attacks) as one self-contained HTML page"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ledger", required=True, help="the coordinator's SQLite ledger of the session")
+    p.add_argument("--html", required=True, metavar="OUT", help="where to write the page")
+    p.add_argument("--requests", nargs="*", default=[], help="the session's request files (ground truth)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="directory of `secure-collab attack --json` results to include (default: none)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the verdicts as JSON ('-' for stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from attacks.audit import load_results, read_ledger, render, verdicts
+    from secure_collab.data.formats import load_requests
+
+    try:
+        rec = read_ledger(Path(args.ledger))
+        requests = [r for f in args.requests for r in load_requests(f)]
+        if args.results and not Path(args.results).is_dir():
+            raise FileNotFoundError(f"results directory {args.results} not found")
+        results = load_results(Path(args.results) if args.results else None)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    page = render(rec, results, requests)
+    out = Path(args.html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    v = {role: {"level": lvl, "verdict": text} for role, (lvl, text) in verdicts(rec, results).items()}
+    if args.json:
+        text = json.dumps({"session": rec.session["session_id"], "html": str(out), "verdicts": v}, indent=1)
+        sys.stdout.write(text + "\n") if args.json == "-" else Path(args.json).write_text(text + "\n")
+    print(f"audit: {out} ({len(page) / 1e3:.0f} kB); " + "; ".join(f"{r}: {x['level']}" for r, x in v.items()),
+          file=sys.stderr)
+    return 0

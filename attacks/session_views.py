@@ -1,0 +1,162 @@
+"""Attacks on the views of a whole session: the solver's aggregate, the released ΔW, and the edited model.
+
+A session here is ``parties`` parties with ``per_party`` edits each, drawn from the report set; its ΔW comes
+from ``run_edit(method="collab")``, the single-machine simulation of the networked session (the networked
+session releases the same ΔW: tests/test_demo.py compares it with Global-Edit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from attacks import spectral
+from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
+from attacks.target import model_shift_scores, residual_from_stats
+from attacks.views import cached_targets, delta_view, gram_view, keys_view, split
+from secure_collab.data.requests import Request
+from secure_collab.editing.memit import restore, snapshot
+from secure_collab.editing.statistics import sum_stats
+
+MODEL_PROMPTS = ("{}", "{} is")
+
+
+def session_requests(exp: Experiment, parties: int, per_party: int, trial: int = 0) -> list[list[Request]]:
+    idx = draw_trials(exp.requests, parties * per_party, trial + 1, exp.seed + 7)[trial]
+    return split([exp.requests[i] for i in idx], parties)
+
+
+def aggregate_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[str], with_targets: bool
+                   ) -> list[dict]:
+    """The solver's ΣKKᵀ (subject ranking) and ΣRKᵀ (object recovery by patching)."""
+    flat = [r for p in parties for r in p]
+    g = sum(gram_view(exp.setup, p, exp.layer) for p in parties)
+    rows = [subspace_row(exp, "aggregate", spectral.basis_from_gram(g, len(flat)), flat, parties=len(parties))]
+    if with_targets:
+        from attacks.views import stats_view
+
+        zs = [cached_targets(exp.setup, p, exp.say).z for p in parties]
+        total = sum_stats([stats_view(exp.setup, p, z, exp.layer) for p, z in zip(parties, zs, strict=True)])
+        k = keys_view(exp.setup, flat, exp.layer)  # keys of the (recovered) subjects, public model
+        n_layers = len(exp.setup.hp.layers)
+        res = list(n_layers * residual_from_stats(total.b, total.g, k))
+        rows.append(target_rows(exp, "aggregate", res, flat, [r.subject for r in flat], objects, len(flat),
+                                parties=len(parties)))
+    return rows
+
+
+def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[str]) -> tuple[list[dict], dict]:
+    """Every party's view of the release (and a party that removes its own keys), plus the `model` floor."""
+    setup = exp.setup
+    flat = [r for p in parties for r in p]
+    targets = [cached_targets(setup, p, exp.say) for p in parties]
+    exp.say(f"delta: collaborative edit of {len(parties)} parties × {len(parties[0])} edits")
+    dv = delta_view(setup, parties, targets)
+    first = setup.hp.layers[0]
+    basis = spectral.basis_from_delta(dv.deltas[first], dv.lam_cov[first], len(flat))
+    rows = [subspace_row(exp, "delta", basis, flat, parties=len(parties))]
+    own = keys_view(setup, parties[0], first)
+    rest = [r for p in parties[1:] for r in p]
+    rows.append(subspace_row(exp, "delta", spectral.remove_known(basis, own), rest, attack_variant="minus-own",
+                             parties=len(parties), known_own=len(parties[0])))
+    rows[-1]["attack"] = "subspace-minus-own"
+    k = keys_view(setup, flat, first)
+    res = [len(setup.hp.layers) * (dv.deltas[first] @ k[j]) for j in range(len(flat))]
+    rows.append(target_rows(exp, "delta", res, flat, [r.subject for r in flat], objects, len(flat),
+                            parties=len(parties)))
+    rows.extend(model_rows(exp, dv.edited, flat, objects, parties=len(parties)))
+    return rows, {"deltas": dv.deltas}
+
+
+@torch.no_grad()
+def model_rows(exp: Experiment, edited: dict[int, torch.Tensor], flat: list[Request], objects: Sequence[str],
+               **extra) -> list[dict]:
+    """Black-box floor: rank candidates by KL(edited ‖ unedited) of the next token after generic prompts; read
+    each edit's object off the edited model with the true prompt."""
+    from attacks.target import next_token_logprobs, object_first_tokens, rank_objects
+
+    lm = exp.setup.lm
+    saved = snapshot(lm, tuple(edited))
+    scores = torch.zeros(exp.n, dtype=torch.float64)
+    chunk = 64
+    for s in range(0, exp.n, chunk):
+        names = exp.candidates[s:s + chunk]
+        prompts = [p.format(n) for n in names for p in MODEL_PROMPTS]
+        base = next_token_logprobs(lm, prompts)
+        _load(lm, edited)
+        try:
+            after = next_token_logprobs(lm, prompts)
+        finally:
+            restore(lm, saved)
+        kl = model_shift_scores(after.double(), base.double()).view(len(names), len(MODEL_PROMPTS)).sum(1)
+        scores[s:s + len(names)] = kl
+        if s % (chunk * 10) == 0:
+            exp.say(f"model view: {s + len(names)}/{exp.n} candidates")
+    from attacks import subspace
+
+    targets = [exp.index(r.subject) for r in flat]
+    ranks = subspace.ranks_of(scores, targets)
+    row = subspace_row(exp, "model", torch.zeros(exp.cand_keys.shape[1], 0, dtype=torch.float64), flat, **extra)
+    row.update(_ranks_to_row(ranks, len(flat)))
+    row["attack"] = "kl-shift"
+    firsts = object_first_tokens(lm.tokenizer, list(objects) + [r.target_new for r in flat])
+    _load(lm, edited)
+    try:
+        obj = [rank_objects(next_token_logprobs(lm, [r.prompt.format(r.subject)])[0].double(), firsts, r.target_new,
+                            lm.tokenizer) for r in flat]
+    finally:
+        restore(lm, saved)
+    from attacks import metrics
+
+    hits = sum(x == 0 for x in obj)
+    obj_row = {"view": "model", "attack": "target", "m": len(flat), "n": len(flat), "object_top1": hits / len(flat),
+               "object_top1_ci": list(metrics.wilson_ci(hits, len(flat))), "chance_object_top1": 1 / len(firsts),
+               "n_objects": len(firsts), "subject_top1": None, "subject_top5": None, "chance_top1": None,
+               "judge_similarity": None, "random_baseline": None, **extra}
+    return [row, obj_row]
+
+
+def _ranks_to_row(ranks: list[int], m: int) -> dict:
+    from attacks import metrics
+
+    out = {}
+    for key, mult in (("subject_top1", 1), ("subject_top5", 5)):
+        hits = sum(r < mult * m for r in ranks)
+        out[key] = hits / len(ranks)
+        out[f"{key}_ci"] = list(metrics.wilson_ci(hits, len(ranks)))
+    return out
+
+
+def _load(lm, weights: dict[int, torch.Tensor]) -> None:
+    from secure_collab.models.specs import down_weight
+
+    with torch.no_grad():
+        for layer, w in weights.items():
+            down_weight(lm.model, lm.spec, layer).copy_(w)
+
+
+def stats_rows(exp: Experiment, pool: list[Request], ms: Sequence[int], objects: Sequence[str],
+               trials: int | None = None) -> list[dict]:
+    """One party's (K Kᵀ, R Kᵀ): subject ranking from G and object recovery from B G⁺ k̂ (L · r̂ patched)."""
+    from attacks.runner import _ranking_row
+    from attacks.subspace import projection_scores, ranks_of
+    from attacks.views import stats_view
+
+    rows = []
+    n_layers = len(exp.setup.hp.layers)
+    for m in ms:
+        draws = draw_trials(pool, m, trials or max(4, len(pool) // m), exp.seed)
+        ranks, edited, res = [], [], []
+        for idx in draws:
+            reqs = [pool[i] for i in idx]
+            z = cached_targets(exp.setup, reqs, exp.say).z
+            st = stats_view(exp.setup, reqs, z, exp.layer)
+            basis = spectral.basis_from_gram(st.g, m)
+            ranks.append(ranks_of(projection_scores(basis, exp.cand_keys), [exp.index(r.subject) for r in reqs]))
+            k = keys_view(exp.setup, reqs, exp.layer)
+            res += list(n_layers * residual_from_stats(st.b, st.g, k))
+            edited += reqs
+        rows.append(_ranking_row("stats", "subspace", m, exp.n, ranks))
+        rows.append(target_rows(exp, "stats", res, edited, [r.subject for r in edited], objects, m))
+    return rows

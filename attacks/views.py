@@ -1,0 +1,162 @@
+"""Threat views: what each role or outsider holds, produced by the project's own code from real requests.
+
+| view        | who holds it                         | what it is (per edited layer)                           |
+|-------------|--------------------------------------|---------------------------------------------------------|
+| `keys`      | anyone, under naive sharing          | one party's K (n, d_k)                                  |
+| `gram`      | anyone, under CollabEdit's clear text | one party's K Kᵀ                                        |
+| `stats`     | anyone, without protection           | one party's K Kᵀ and R Kᵀ                               |
+| `aggregate` | the solver                           | Σ_p K_p K_pᵀ and Σ_p R_p K_pᵀ                           |
+| `delta`     | every party                          | the released ΔW with the public λC                      |
+| `wire`      | the coordinator                      | the protected bytes (see ``attacks.wire``)               |
+| `model`     | any user of the edited model         | black-box next-token distributions, edited vs unedited  |
+
+Every view is computed with the engine (``compute_keys``, ``compute_targets``, ``party_layer_stats``,
+``run_edit``, ``layer_covariances``): the attacks see exactly what the protocol would hand out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from secure_collab.data.requests import Request
+from secure_collab.editing.hparams import MemitHParams, auto_request_batch, default_hparams
+from secure_collab.editing.keys import compute_keys
+from secure_collab.editing.memit import party_layer_stats, run_edit, snapshot, split_parties
+from secure_collab.editing.statistics import LayerStats, layer_statistics, sum_stats
+from secure_collab.editing.targets import TargetResult, compute_targets
+from secure_collab.editing.templates import context_templates
+from secure_collab.models.loading import LoadedModel
+from secure_collab.models.specs import n_layers
+
+VIEWS = ("keys", "gram", "stats", "aggregate", "delta", "wire", "model")
+
+
+@dataclass
+class PublicSetup:
+    """What every attacker has: the public model, the session's hyper-parameters, templates and covariance."""
+
+    lm: LoadedModel
+    hp: MemitHParams
+    templates: list[str]
+    cache: Path | None = None
+    _covs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def covs(self) -> dict[int, torch.Tensor]:
+        if not self._covs:
+            from secure_collab.covariance import layer_covariances
+
+            self._covs.update(layer_covariances(self.lm, self.hp.layers, tokens=self.hp.mom2_tokens,
+                                                max_seq_len=self.hp.mom2_max_len, cache=self.cache, progress=False))
+        return self._covs
+
+
+def public_setup(model: str, cache: Path | None = None, device: str | None = "cpu", dtype: str = "auto",
+                 variant: str = "sequential") -> PublicSetup:
+    from secure_collab.models import load_model
+
+    lm = load_model(model, device=device, cache=cache, dtype=dtype)
+    hp = default_hparams(model, n_layers(lm.model, lm.spec)).with_(
+        request_batch=auto_request_batch(lm.device.type), variant=variant)
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    return PublicSetup(lm, hp, templates, cache)
+
+
+# --------------------------------------------------------------------------------------------------- views
+
+def keys_view(setup: PublicSetup, requests: list[Request], layer: int) -> torch.Tensor:
+    """One party's K at ``layer``: (n, d_k) float64, one row per edit."""
+    return compute_keys(setup.lm, requests, layer, setup.templates, setup.hp.request_batch).double()
+
+
+def gram_view(setup: PublicSetup, requests: list[Request], layer: int) -> torch.Tensor:
+    """One party's K Kᵀ (d_k, d_k), exactly as the engine forms it."""
+    k = keys_view(setup, requests, layer)
+    return layer_statistics(k, torch.zeros(k.shape[0], 1, dtype=k.dtype)).g
+
+
+def targets_for(setup: PublicSetup, requests: list[Request]) -> TargetResult:
+    """z* for the requests on the unedited model (the expensive part: ~20 s per SmolLM2 edit on a core)."""
+    return compute_targets(setup.lm, requests, setup.hp, setup.templates)
+
+
+def stats_view(setup: PublicSetup, requests: list[Request], z: torch.Tensor, layer: int) -> LayerStats:
+    """One party's (K Kᵀ, R Kᵀ) at ``layer`` on the unedited model (the first layer of a sequential round)."""
+    return party_layer_stats(setup.lm, requests, z, layer, setup.hp, setup.templates)
+
+
+def aggregate_view(setup: PublicSetup, parties: list[list[Request]], zs: list[torch.Tensor], layer: int) -> LayerStats:
+    """The solver's view: the sums over parties."""
+    return sum_stats([stats_view(setup, reqs, z, layer) for reqs, z in zip(parties, zs, strict=True)])
+
+
+@dataclass
+class DeltaView:
+    deltas: dict[int, torch.Tensor]  # layer -> released ΔW (d_v, d_k) float64
+    lam_cov: dict[int, torch.Tensor]  # layer -> the public λC
+    parties: list[list[Request]]
+    edited: dict[int, torch.Tensor]  # layer -> edited down-projection weights (for the `model` view)
+
+
+def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[TargetResult]) -> DeltaView:
+    """ΔW of a collaborative session, by the single-machine simulation ``run_edit(method="collab")``.
+
+    The networked session releases the same ΔW (tests/test_demo.py checks it against Global-Edit); the
+    simulation lets the attack run without the network. The model is restored afterwards; the edited weights
+    are returned for the `model` view.
+    """
+    lm, hp = setup.lm, setup.hp
+    saved = snapshot(lm, hp.layers)
+    try:
+        out = run_edit(lm, parties, hp, setup.covs(), "collab", setup.templates, targets=targets)
+        edited = snapshot(lm, hp.layers)
+    finally:
+        from secure_collab.editing.memit import restore
+
+        restore(lm, saved)
+    lam = hp.mom2_update_weight
+    return DeltaView(out.deltas, {la: lam * setup.covs()[la] for la in hp.layers}, parties, edited)
+
+
+def split(requests: list[Request], n_parties: int) -> list[list[Request]]:
+    return split_parties(requests, n_parties)
+
+
+def cached_targets(setup: PublicSetup, requests: list[Request], say=print) -> TargetResult:
+    """z* per request, cached under ``<cache>/attacks/targets`` by (model, hyper-parameters, templates, request).
+
+    On a CPU the engine optimises one request per batch, so a request's z* does not depend on the others and
+    can be cached alone. (The engine's shared per-request target cache will replace this at merge.)
+    """
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    from secure_collab.cache import cache_dir, digest_json
+
+    hp = setup.hp
+    base = {"model": setup.lm.source_digest, "hp": {k: v for k, v in hp.to_dict().items() if k != "variant"},
+            "templates": setup.templates, "dtype": str(next(setup.lm.model.parameters()).dtype)}
+    root = cache_dir(setup.cache) / "attacks" / "targets"
+    root.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, r in enumerate(requests):
+        key = digest_json({**base, "request": [r.subject, r.prompt, r.target_new]})[:24]
+        path = root / f"{key}.safetensors"
+        if path.is_file():
+            t = load_file(str(path))
+            parts.append(TargetResult(t["z"], t["z_init"], t["loss"].tolist(), t["nll"].tolist(),
+                                      t["steps"].tolist()))
+            continue
+        say(f"targets: {i + 1}/{len(requests)} ({r.subject!r})")
+        res = compute_targets(setup.lm, [r], hp.with_(request_batch=1), setup.templates)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_file({"z": res.z.contiguous(), "z_init": res.z_init.contiguous(), "loss": torch.tensor(res.loss),
+                   "nll": torch.tensor(res.nll), "steps": torch.tensor(res.steps)}, str(tmp))
+        os.replace(tmp, path)
+        parts.append(res)
+    return TargetResult(z=torch.cat([p.z for p in parts]), z_init=torch.cat([p.z_init for p in parts]),
+                        loss=[x for p in parts for x in p.loss], nll=[x for p in parts for x in p.nll],
+                        steps=[x for p in parts for x in p.steps])

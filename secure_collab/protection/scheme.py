@@ -1,0 +1,246 @@
+"""The scheme template: what every mode shares (integer encoding, tags, seeds, signatures, checks).
+
+A mode supplies its public parameters, how it hides a vector (``_hide``), how the solver reads the exact
+sum back (``_unhide``) and the coordinator's running sum (``accumulator``); everything else is here, once.
+The life cycle is documented in ``base``; the soundness argument in docs/integrity.md.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import _primitives as hazmat
+from . import _wire, integrity, sealing
+from .base import (
+    Accumulator,
+    Authenticated,
+    Buffer,
+    IntegrityError,
+    PartyFault,
+    PartySecrets,
+    Payload,
+    ProtectionError,
+    ProtectionParams,
+    SolverKeys,
+    StatContext,
+    contribution_statement,
+)
+from .encoding import aggregate_bound, check_bound, check_values, decode_fixed, encode_fixed
+
+SEED_BYTES = 32
+SEALED_SEED_BYTES = sealing.SEALED_OVERHEAD + SEED_BYTES
+BUNDLE_BYTES = 64  # mac_key || release_key
+EXTRA_FRAMES = 2  # per party: the sealed seed and the signature
+
+
+def _bundle_ad(public: bytes, party: str) -> bytes:
+    return json.dumps(["bundle", _wire.sha256_hex(public), party], separators=(",", ":")).encode()
+
+
+class ProtectionScheme(abc.ABC):
+    mode: str
+
+    # ---- mode-specific parts ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _public_meta(self, params: ProtectionParams) -> tuple[dict[str, Any], bytes, Any]:
+        """(meta with at least frac_bits, limb_bits, aggregate bound terms; opaque body; mode secret)."""
+
+    @abc.abstractmethod
+    def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
+        """Party side: the int64 vector (data, then tag limbs) as this mode's data frames."""
+
+    @abc.abstractmethod
+    def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
+                pub: _wire.Public) -> np.ndarray:
+        """Solver side: the exact int64 sum of the listed parties' vectors (IntegrityError if impossible)."""
+
+    @abc.abstractmethod
+    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> Accumulator:
+        """Coordinator side: a running sum for one chunk (ctx without party)."""
+
+    @abc.abstractmethod
+    def _check_public(self, pub: _wire.Public) -> None:
+        """Mode-specific consistency checks of received public parameters."""
+
+    def export_secret(self, secret: Any) -> bytes:
+        """The mode secret as bytes, for the solver's encrypted state (none by default)."""
+        return b""
+
+    def import_secret(self, blob: bytes, pub: _wire.Public) -> Any:
+        return None
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def solver_setup(self, params: ProtectionParams, recipients: Mapping[str, bytes]) -> SolverKeys:
+        """Fresh session secrets; ``recipients``: each party's long-term X25519 sealing public key."""
+        return self._setup_from_parts(params, recipients, hazmat.random_bytes(32), hazmat.random_bytes(32),
+                                      hazmat.random_bytes(32),
+                                      {name: hazmat.random_bytes(32) for name in recipients})
+
+    def _setup_from_parts(self, params: ProtectionParams, recipients: Mapping[str, bytes], seal_private: bytes,
+                          mac_key: bytes, release_key: bytes, ephemerals: Mapping[str, bytes]) -> SolverKeys:
+        if params.mode != self.mode:
+            raise ProtectionError(f"params are for mode {params.mode!r}, not {self.mode!r}")
+        check_bound(params.bound, params.max_parties, params.min_parties)
+        if len(recipients) != params.max_parties:
+            raise ProtectionError(f"{len(recipients)} bundle recipients for max_parties={params.max_parties}")
+        meta, body, secret = self._public_meta(params)
+        meta.update({"v": _wire.VERSION, "mode": self.mode, "bound": float(params.bound),
+                     "max_parties": params.max_parties, "min_parties": params.min_parties,
+                     "tags": integrity.TAGS, "solver_x25519": hazmat.x25519_public(seal_private).hex()})
+        public = _wire.encode_public(meta, body)
+        bundles = _wire.encode_bundles({
+            name: sealing.seal_to(key, mac_key + release_key, sealing.BUNDLE_INFO, _bundle_ad(public, name),
+                                  ephemerals[name]) for name, key in recipients.items()})
+        return SolverKeys(params, public, bundles, secret, seal_private, mac_key, release_key)
+
+    def restore(self, params: ProtectionParams, public: bytes, bundles: bytes, blob: Mapping[str, str]) -> SolverKeys:
+        """Rebuild the solver's keys from its encrypted state (``export``) after a restart."""
+        pub = self._public(public)
+        return SolverKeys(params, public, bundles, self.import_secret(bytes.fromhex(blob["mode_secret"]), pub),
+                          bytes.fromhex(blob["seal_private"]), bytes.fromhex(blob["mac_key"]),
+                          bytes.fromhex(blob["release_key"]))
+
+    def export(self, keys: SolverKeys) -> dict[str, str]:
+        return {"seal_private": keys.seal_private.hex(), "mac_key": keys.mac_key.hex(),
+                "release_key": keys.release_key.hex(), "mode_secret": self.export_secret(keys.secret).hex()}
+
+    def join(self, public: bytes, bundles: bytes, party: str, sealing_private: bytes) -> PartySecrets:
+        """Party side: open this party's bundle of the (already signature-checked) setup."""
+        self._public(public)
+        sealed = _wire.decode_bundles(bundles).get(party)
+        if sealed is None:
+            raise ProtectionError(f"the setup holds no bundle for party {party!r}")
+        try:
+            plain = sealing.open_sealed(sealed, sealing_private, sealing.BUNDLE_INFO, _bundle_ad(public, party),
+                                        BUNDLE_BYTES)
+        except hazmat.AuthenticationFailed:
+            raise ProtectionError(f"setup bundle of party {party!r}: authentication failed") from None
+        return PartySecrets(plain[:32], plain[32:])
+
+    def _public(self, public: bytes) -> _wire.Public:
+        pub = _wire.decode_public(public, self.mode)
+        m = pub.meta
+        try:
+            check_bound(m["bound"], m["max_parties"], m["min_parties"])
+            key = bytes.fromhex(m["solver_x25519"])
+            ok = (len(key) == 32 and m["tags"] == integrity.TAGS and isinstance(m["frac_bits"], int)
+                  and isinstance(m["limb_bits"], int) and 8 <= m["limb_bits"] <= 31)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtectionError(f"{self.mode} public parameters are malformed: {exc}") from None
+        if not ok:
+            raise ProtectionError(f"{self.mode} public parameters are inconsistent")
+        self._check_public(pub)
+        return pub
+
+    # ---- party ------------------------------------------------------------------------------------
+    def protect(self, values: np.ndarray, ctx: StatContext, public: bytes, secrets: PartySecrets,
+                signer: Ed25519PrivateKey) -> Payload:
+        return self._protect_from_parts(values, ctx, public, secrets, signer, hazmat.random_bytes(SEED_BYTES),
+                                        hazmat.random_bytes(32))
+
+    def _protect_from_parts(self, values: np.ndarray, ctx: StatContext, public: bytes, secrets: PartySecrets,
+                            signer: Ed25519PrivateKey, seed: bytes, ephemeral: bytes) -> Payload:
+        pub = self._public(public)
+        if not ctx.party:
+            raise ProtectionError("protect() needs the party's context (ctx.party is empty)")
+        if len(seed) != SEED_BYTES:
+            raise ProtectionError(f"a seed has {SEED_BYTES} bytes")
+        check_values(values, pub.meta["bound"], ctx)
+        u = encode_fixed(values, pub.meta["frac_bits"])
+        tag_key = hazmat.hkdf_sha256(seed, None, integrity.TAG_KEY_INFO + ctx.label(), 32)
+        tags = integrity.tags(u, secrets.mac_key, ctx.aggregate().label(), tag_key)
+        vector = np.concatenate([u, integrity.to_limbs(tags, pub.meta["limb_bits"])])
+        frames = self._hide(vector, seed, ctx, pub)
+        sealed = sealing.seal_to(bytes.fromhex(pub.meta["solver_x25519"]), seed, sealing.SEED_INFO, ctx.label(),
+                                 ephemeral)
+        signature = hazmat.ed25519_sign(signer, contribution_statement(ctx, pub.digest, values.shape[0], sealed))
+        header = _wire.party_header(self.mode, ctx, values.shape[0], self._chunk(pub), pub)
+        return Payload(header, (*frames, sealed, signature))
+
+    def _chunk(self, pub: _wire.Public) -> int:
+        """Values per data frame."""
+        return int(pub.meta["frame_values"])
+
+    def frac_bits(self, public: bytes) -> int:
+        """Fractional bits of the integer encoding: one encoded step is 2^-frac_bits in value units."""
+        return int(self._public(public).meta["frac_bits"])
+
+    def n_tag_values(self, public: bytes) -> int:
+        return integrity.tag_values(self._public(public).meta["limb_bits"])
+
+    # ---- coordinator ------------------------------------------------------------------------------
+    def check_signature(self, payload: Payload, ctx: StatContext, verify_key: Ed25519PublicKey,
+                        public: bytes) -> None:
+        """The coordinator's early check that a party signed what it sent (the solver checks again)."""
+        pub = self._public(public)
+        n = payload.header.get("n_values") if isinstance(payload.header, dict) else None
+        if not isinstance(n, int) or len(payload.frames) < EXTRA_FRAMES:
+            raise ProtectionError("payload lacks n_values or its sealed seed and signature")
+        sealed, signature = bytes(payload.frames[-2]), bytes(payload.frames[-1])
+        try:
+            hazmat.ed25519_verify(verify_key, signature, contribution_statement(ctx, pub.digest, n, sealed))
+        except hazmat.AuthenticationFailed:
+            raise ProtectionError(f"party {ctx.party!r}: contribution signature does not verify") from None
+
+    # ---- solver -----------------------------------------------------------------------------------
+    def authenticate(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext,
+                     verify_keys: Mapping[str, Ed25519PublicKey]) -> Authenticated:
+        """Before opening anything: every listed party is in the roster, signed this chunk, and sealed a seed
+        the solver can open. Raises PartyFault naming every party that fails."""
+        pub = self._public(keys.public)
+        n, parties = _wire.check_aggregate_header(aggregate, ctx, keys.params.min_parties,
+                                                  keys.params.max_parties)
+        _wire.check_payload(aggregate, mode=self.mode, kind="aggregate", ctx=ctx, n_values=n,
+                            chunk=self._chunk(pub), public=pub, extra_frames=EXTRA_FRAMES * len(parties),
+                            tag_values=integrity.tag_values(pub.meta["limb_bits"]))
+        extras = aggregate.frames[len(aggregate.frames) - EXTRA_FRAMES * len(parties):]
+        bad, seeds = [], []
+        for i, party in enumerate(parties):
+            sealed, signature = bytes(extras[2 * i]), bytes(extras[2 * i + 1])
+            pctx = ctx.for_party(party)
+            try:
+                if party not in verify_keys:
+                    raise hazmat.AuthenticationFailed()
+                hazmat.ed25519_verify(verify_keys[party], signature,
+                                      contribution_statement(pctx, pub.digest, n, sealed))
+                seeds.append(sealing.open_sealed(sealed, keys.seal_private, sealing.SEED_INFO, pctx.label(),
+                                                 SEED_BYTES))
+            except hazmat.AuthenticationFailed:
+                bad.append(party)
+        if bad:
+            raise PartyFault(bad, f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}: contributions that "
+                                  "do not authenticate (not in the roster, bad signature or seal)")
+        return Authenticated(parties, tuple(seeds))
+
+    def open(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
+        """The float64 sum of the listed parties, after the range and MAC checks (IntegrityError)."""
+        return decode_fixed(self.open_encoded(aggregate, keys, ctx, auth), self.frac_bits(keys.public))
+
+    def open_encoded(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
+        """The exact int64 sum of the listed parties' encodings, after the range and MAC checks."""
+        pub = self._public(keys.public)
+        n = aggregate.header["n_values"]
+        total = self._unhide(aggregate, keys, ctx, auth, pub)
+        data, limbs = total[:n], total[n:]
+        limb_bits = pub.meta["limb_bits"]
+        where = f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}"
+        limit = self._aggregate_bound(pub, len(auth.parties))
+        if np.any(data > limit) or np.any(data < -limit):  # not abs(): |−2^63| wraps in int64
+            raise IntegrityError(where, "range: the sum exceeds the bound of the listed in-bound contributions")
+        if np.any(limbs < 0) or int(np.max(limbs)) > len(auth.parties) * ((1 << limb_bits) - 1):
+            raise IntegrityError(where, "range: the tag limbs are out of range")
+        pads = [[integrity.tag_pad(hazmat.hkdf_sha256(seed, None, integrity.TAG_KEY_INFO
+                                                      + ctx.for_party(p).label(), 32), j)
+                 for j in range(integrity.TAGS)] for p, seed in zip(auth.parties, auth.seeds, strict=True)]
+        if not integrity.verify(data, limbs, keys.mac_key, ctx.aggregate().label(), pads, limb_bits):
+            raise IntegrityError(where, "mac: the tags do not match the opened sum")
+        return data
+
+    def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:
+        return aggregate_bound(pub.meta["bound"], parties, pub.meta["frac_bits"])

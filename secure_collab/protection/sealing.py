@@ -1,0 +1,78 @@
+"""Recipes that seal bytes to a key: seeds to the solver, session bundles to parties, releases, state at rest.
+
+    sealed  = E || ChaCha20-Poly1305(k, nonce=0, plaintext, ad),  E = X25519(e, 9) for a fresh ephemeral e,
+              k = HKDF-SHA256(X25519(e, R), salt=E || R, info=purpose || ad), R the recipient's public key
+
+Every purpose has its own HKDF ``info`` prefix (domain separation), and the associated data binds what the
+plaintext is for (session, round, layer, statistic, chunk, attempt, party; or the party a bundle is for).
+Each derived key seals exactly one plaintext, so the all-zero nonce is safe. Keys that seal several
+messages (a session's release key, the solver's state key) take a fresh random nonce each time.
+Randomness comes in as arguments (``ephemeral``, ``nonce``) so test vectors can pin the bytes.
+"""
+
+from __future__ import annotations
+
+from . import _primitives as hazmat
+from .base import ProtectionError
+
+SEED_INFO = b"secure-collab/v2/seal-seed|"
+BUNDLE_INFO = b"secure-collab/v2/seal-bundle|"
+RELEASE_INFO = b"secure-collab/v2/release|"
+STATE_INFO = b"secure-collab/v2/solver-state|"
+SEALED_OVERHEAD = 32 + 16  # ephemeral public key + Poly1305 tag
+_AUTH_FAILED = "authentication failed"  # the one message for every failed open, whatever the cause
+
+
+def seal_to(recipient_public: bytes, plaintext: bytes, purpose: bytes, ad: bytes, ephemeral: bytes) -> bytes:
+    """Seal ``plaintext`` to an X25519 public key; ``ephemeral`` is a fresh 32-byte X25519 private key."""
+    eph_public = hazmat.x25519_public(ephemeral)
+    try:
+        shared = hazmat.x25519(ephemeral, recipient_public)
+    except hazmat.AuthenticationFailed as exc:
+        raise ProtectionError("the recipient's public key is not a valid X25519 key") from exc
+    key = hazmat.hkdf_sha256(shared, eph_public + recipient_public, purpose + ad, 32)
+    return eph_public + hazmat.aead_seal(key, plaintext, ad)
+
+
+def open_sealed(sealed: bytes, recipient_private: bytes, purpose: bytes, ad: bytes, size: int) -> bytes:
+    """Open what ``seal_to`` made; any failure (length, low-order point, tag, other ad) raises
+    ``hazmat.AuthenticationFailed``, which says nothing about why."""
+    if len(sealed) != SEALED_OVERHEAD + size:
+        raise hazmat.AuthenticationFailed()
+    eph_public = bytes(sealed[:32])
+    recipient_public = hazmat.x25519_public(recipient_private)
+    shared = hazmat.x25519(recipient_private, eph_public)
+    key = hazmat.hkdf_sha256(shared, eph_public + recipient_public, purpose + ad, 32)
+    return hazmat.aead_open(key, bytes(sealed[32:]), ad)
+
+
+def encrypt_release(release_key: bytes, label: bytes, data: bytes, nonce: bytes) -> bytes:
+    """ΔW bytes for the parties only: ChaCha20-Poly1305 under HKDF(release_key, label), label as ad."""
+    key = hazmat.hkdf_sha256(release_key, None, RELEASE_INFO + label, 32)
+    return hazmat.aead_seal_random(key, data, label, nonce)
+
+
+def decrypt_release(release_key: bytes, label: bytes, sealed: bytes) -> bytes:
+    key = hazmat.hkdf_sha256(release_key, None, RELEASE_INFO + label, 32)
+    try:
+        return hazmat.aead_open_random(key, sealed, label)
+    except hazmat.AuthenticationFailed:
+        raise ProtectionError(f"release: {_AUTH_FAILED}") from None
+
+
+def state_key(long_term_secret: bytes, scope: bytes) -> bytes:
+    """The key a role's state files are sealed under: derived from its long-term secret, bound to ``scope``."""
+    return hazmat.hkdf_sha256(long_term_secret, None, STATE_INFO + scope, 32)
+
+
+def seal_state(key: bytes, record: bytes, data: bytes, nonce: bytes) -> bytes:
+    """One state record, bound to its name (a file cannot be swapped for another)."""
+    return hazmat.aead_seal_random(key, data, record, nonce)
+
+
+def open_state(key: bytes, record: bytes, sealed: bytes) -> bytes:
+    try:
+        return hazmat.aead_open_random(key, sealed, record)
+    except hazmat.AuthenticationFailed:
+        raise ProtectionError(f"state record {record.decode(errors='replace')!r}: {_AUTH_FAILED} "
+                              "(another key, another session, or altered)") from None
