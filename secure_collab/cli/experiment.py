@@ -50,6 +50,9 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
                                                                           "sequential,oneshot")
     m.add_argument("--metrics", choices=("auto", "counterfact", "zsre"), default="auto",
                    help="auto: zsRE metrics for zsRE requests, else CounterFact's")
+    m.add_argument("--eval-per-party", type=int, default=0, metavar="K",
+                   help="measure the metrics on each party's first K edits only (the same records for every method "
+                        "and variant; z_reach and ΔW use all); 0: on every edit")
     m.add_argument("--layers", type=parse_layers, default=None, help="edited layers (default: the model's)")
     m.add_argument("--lambda", dest="lam", type=float, default=None, help="λ (default: the model's)")
     m.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the model's)")
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         grid = MergeGrid(edits=tuple(sorted(set(args.edits))), parties=args.parties, methods=args.methods,
                          variants=tuple(variants), metrics=metrics, fluency_requests=args.fluency_sample[0],
-                         fluency_prompts=args.fluency_sample[1])
+                         fluency_prompts=args.fluency_sample[1], eval_per_party=args.eval_per_party)
     except ValueError as e:
         return fail(str(e))
     t0 = time.perf_counter()
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_merge_grid(ctx, grid, out)
     result["setup"] = {"model": args.model, "requests": args.requests, "start": args.start,
                        "records": [args.start, args.start + max(grid.edits) - 1], "parties": args.parties,
-                       "metrics": metrics, "hparams": hp.to_dict(), "seconds": time.perf_counter() - t0,
+                       "metrics": metrics, "eval_per_party": grid.eval_per_party, "hparams": hp.to_dict(),
+                       "seconds": time.perf_counter() - t0,
                        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
                        "command": "secure-collab " + " ".join(sys.argv[1:])}
     write_csv(result["rows"], out / "results.csv")
