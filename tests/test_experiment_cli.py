@@ -91,3 +91,5 @@ def test_eval_per_party_measures_each_partys_first_edits(tmp_path, monkeypatch):
     assert result["pre"][0]["efficacy"] == want["efficacy"]
     assert result["pre"][0]["specificity"] == want["specificity"]
     assert result["setup"]["eval_per_party"] == 1
+    assert result["setup"]["command"] == "secure-collab " + " ".join(argv)
+    assert "each party's first 1 edited records" in (tmp_path / "g" / "results.md").read_text()

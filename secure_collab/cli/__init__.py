@@ -80,6 +80,7 @@ def build_parser(entry_points: Iterable[Any] | None = None) -> argparse.Argument
 def main(argv: Sequence[str] | None = None, entry_points: Iterable[Any] | None = None) -> int:
     parser = build_parser(entry_points)
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for result files
     return int(args._module.run(args) or 0)
 
 

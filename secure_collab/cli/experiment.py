@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                        "metrics": metrics, "eval_per_party": grid.eval_per_party, "hparams": hp.to_dict(),
                        "seconds": time.perf_counter() - t0,
                        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
-                       "command": "secure-collab " + " ".join(sys.argv[1:])}
+                       "command": "secure-collab " + " ".join(getattr(args, "_argv", sys.argv[1:]))}
     write_csv(result["rows"], out / "results.csv")
     (out / "results.md").write_text(markdown(result, metrics))
     title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
