@@ -1,36 +1,38 @@
 #!/usr/bin/env bash
-# The SmolLM2 runs behind docs/lambda_sweep.md and docs/results.md (issue 10), in order, scaled to about 50 minutes
-# on one core of the shared 2-core machine. Every step resumes from the caches (targets per request, covariances
-# per budget, grid cells under runs/), so the script can be run again after an interruption. The whole script
-# runs under one experiment lock:
+# The SmolLM2 runs behind docs/results.md and docs/lambda_sweep.md (issue 10), in order of importance, scaled to
+# about 50 minutes on one core of the shared 2-core machine. Every step resumes from the caches (targets per
+# request, covariances per budget, grid cells under runs/), so the script can be run again after an interruption.
+# The whole script runs under one experiment lock:
 #   flock /tmp/sc-exp.lock bash benchmarks/fidelity_runs.sh     (from the repository root; DATA: ../shared/data)
-# Tuned on CounterFact records 0-19; reported on records 40-139 (never tuned on) and on zsRE records 0-19.
+# λ = 1000 and C from 20,000 tokens are the defaults tuned on CounterFact records 0-11 (docs/lambda_sweep.md); the
+# budget sweep tunes on records 0-19; the grid reports on records 40-139 and zsRE records 0-19 (never tuned on).
 set -euo pipefail
 PY=${PY:-/work/main/.venv/bin/python}
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs}
 RES=benchmarks/results
+TOKENS=${TOKENS:-20000}
+LAMBDA=${LAMBDA:-1000}
 run() { echo "== $(date +%T) $*"; nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=. "$@"; }
+keep() { mkdir -p "$RES/$1"; cp "$OUT/$1"/results.{json,csv,md} "$OUT/$1"/fig1.png "$RES/$1/"; }
 
-# 1. covariance token budget × λ: Global-Edit of the 20 tuning records 0-19 (targets cached per request)
-run "$PY" benchmarks/budget_sweep.py --requests "$DATA/counterfact.json" --records 0:20 \
-    --budgets 20000,100000 --lambdas 300,1000,3000 --json $RES/budget_sweep.json --markdown $RES/budget_sweep.md
-# 2. the default, by the rule in budget_sweep.pick (fixed before the runs)
-read -r TOKENS LAMBDA < <(PYTHONPATH=. "$PY" benchmarks/budget_sweep.py --pick --json $RES/budget_sweep.json)
-echo "== chosen: C from $TOKENS tokens, λ = $LAMBDA"
-# 3. the merge grid on the report records 40-139: 10 parties, 30 and 100 edits, both variants; metrics on each
+# 1. the merge grid on the report records 40-139: 10 parties, 30 and 100 edits, both variants; metrics on each
 #    party's first 3 edits (30 records, the same for every method)
 run "$PY" -m secure_collab experiment merge --model smollm2-135m --requests "$DATA/counterfact.json" --start 40 \
     --parties 10 --edits 30,100 --eval-per-party 3 --variant sequential,oneshot --tokens "$TOKENS" \
-    --lambda "$LAMBDA" --methods global,collab,ta,sa,ties,ta-lockstep,sa-lockstep --threads 1 \
+    --lambda "$LAMBDA" --methods global,collab,ta,sa,ties,ta-lockstep,sa-lockstep --threads 1 --quiet \
     --out "$OUT/merge_counterfact"
-# 4. zsRE: records 0-19 of zsre_mend_train_1k.json (targets optimised here, cached), 10 parties × 2 edits
+keep merge_counterfact
+# 2. zsRE: records 0-19 of zsre_mend_train_1k.json (targets optimised here, cached), 10 parties × 2 edits
 run "$PY" -m secure_collab experiment merge --model smollm2-135m --requests "$DATA/zsre_mend_train_1k.json" \
-    --parties 10 --edits 20 --variant sequential --tokens "$TOKENS" --lambda "$LAMBDA" \
+    --parties 10 --edits 20 --variant sequential --tokens "$TOKENS" --lambda "$LAMBDA" --quiet \
     --methods global,collab,ta,sa,ties --threads 1 --out "$OUT/merge_zsre"
-mkdir -p $RES/merge_counterfact $RES/merge_zsre
-for d in merge_counterfact merge_zsre; do cp "$OUT/$d"/results.{json,csv,md} "$OUT/$d"/fig1.png $RES/$d/; done
-# 5. the 300,000-token budget (one more pass over the corpus), if time allows
+keep merge_zsre
+# 3. covariance token budget × λ: Global-Edit of the 20 tuning records 0-19 (targets cached per request)
+run "$PY" benchmarks/budget_sweep.py --requests "$DATA/counterfact.json" --records 0:20 \
+    --budgets 20000,100000 --lambdas 300,1000,3000 --json $RES/budget_sweep.json --markdown $RES/budget_sweep.md
+PYTHONPATH=. "$PY" benchmarks/budget_sweep.py --pick --json $RES/budget_sweep.json
+# 4. the 300,000-token budget (one more pass over the corpus), if time allows
 run "$PY" benchmarks/budget_sweep.py --requests "$DATA/counterfact.json" --records 0:20 --budgets 300000 \
     --lambdas 300,1000,3000 --json $RES/budget_sweep_300k.json --markdown $RES/budget_sweep_300k.md
 echo "== $(date +%T) done"
