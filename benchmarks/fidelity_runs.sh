@@ -20,12 +20,12 @@ keep() { mkdir -p "$RES/$1"; cp "$OUT/$1"/results.{json,csv,md} "$OUT/$1"/fig1.p
 #    party's first 3 edits (30 records, the same for every method)
 run "$PY" -m secure_collab experiment merge --model smollm2-135m --requests "$DATA/counterfact.json" --start 40 \
     --parties 10 --edits 30,100 --eval-per-party 3 --variant sequential,oneshot --tokens "$TOKENS" \
-    --lambda "$LAMBDA" --methods global,collab,ta,sa,ties,ta-lockstep,sa-lockstep --threads 1 --quiet \
+    --lambda "$LAMBDA" --methods global,collab,ta,sa,ties,ta-lockstep,sa-lockstep --threads 1 \
     --out "$OUT/merge_counterfact"
 keep merge_counterfact
 # 2. zsRE: records 0-19 of zsre_mend_train_1k.json (targets optimised here, cached), 10 parties × 2 edits
 run "$PY" -m secure_collab experiment merge --model smollm2-135m --requests "$DATA/zsre_mend_train_1k.json" \
-    --parties 10 --edits 20 --variant sequential --tokens "$TOKENS" --lambda "$LAMBDA" --quiet \
+    --parties 10 --edits 20 --variant sequential --tokens "$TOKENS" --lambda "$LAMBDA" \
     --methods global,collab,ta,sa,ties --threads 1 --out "$OUT/merge_zsre"
 keep merge_zsre
 # 3. covariance token budget × λ: Global-Edit of the 20 tuning records 0-19 (targets cached per request)
