@@ -19,12 +19,15 @@ from secure_collab.editing.solve import solve_update
 
 class SessionSolve:
     def __init__(self, session: Any, *, cache: Path | None = None, device: str | None = "cpu",
-                 progress: bool = False) -> None:
+                 progress: bool = False, allow_download: bool = False) -> None:
         from secure_collab.covariance import layer_covariances
         from secure_collab.models import load_model
         from secure_collab.models.specs import n_layers
+        from secure_collab.preflight import check_model
 
-        lm = load_model(session.model, device=device, cache=cache, dtype=session.hparams.get("dtype", "auto"))
+        lm = load_model(session.model, device=device, cache=cache, dtype=session.hparams.get("dtype", "auto"),
+                        allow_download=allow_download)
+        check_model(lm, session)  # a wrong d_v or other weights: refused here, before any party waits on us
         self.hp = session_hparams(session.model, n_layers(lm.model, lm.spec), session.layers, session.variant,
                                   session.template_seed, session.hparams, 0)
         self.covs = layer_covariances(lm, self.hp.layers, tokens=self.hp.mom2_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,8 @@ from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
 from secure_collab.protection import Payload, ProtectionError
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
+
+log = logging.getLogger("coordinator")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Handlers:
                                      frozenset((r, lay) for r, lay in body.get("applied", [])))
             self.welcomed.add(m.name)
             self._accept(m, "joined")
+            log.info("party %s joined", m.name)
             if self.stage is Stage.JOINING:
                 self.active.add(m.name)
             if self.public is not None:
@@ -79,6 +83,7 @@ class Handlers:
         curves = {"solver": roster.solver.curve, **{n: i.curve for n, i in roster.parties.items()}}
         self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, bundles, signature, curves)
         self._accept(m, "solver public parameters")
+        log.info("solver joined; its public parameters are signed")
         for name in sorted(self.welcomed - {"solver"}):
             self._welcome(name)
 
@@ -121,6 +126,8 @@ class Handlers:
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
         step.accepted.setdefault(m.name, set()).add(key)
         self._accept(m)
+        if m.name in step.complete(self.s):
+            log.info("round %d: statistics of %s complete", step.round, m.name)
 
     def _on_release(self: Any, m: Inbound) -> None:
         """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party.
@@ -143,6 +150,8 @@ class Handlers:
             self.releases[(msg.round, msg.layer)] = rel
         step.released[msg.layer] = m.raw
         self._accept(m)
+        log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,
+                 msg.body["sha256"][:16])
         for name in sorted(self.routes):
             if name != "solver":
                 self._send_frames(name, self.routes[name], m.raw, "release",

@@ -44,7 +44,7 @@ from secure_collab.protocol.messages import (
 from secure_collab.protocol.release import release_bytes, setup_bytes, verify
 
 ZAP_DOMAIN = "secure-collab"
-log = logging.getLogger(__name__)
+log = logging.getLogger("coordinator")
 
 
 @dataclass
@@ -115,6 +115,9 @@ class Coordinator(Handlers):
                                                                   self.guard.connects))
             self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
             stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            log.info("listening on %s: session %s, %s, %d parties in the roster (%s), min_parties %d",
+                     self.cfg.network.coordinator_bind, self.s.id, self.s.mode, len(self.cfg.roster.parties),
+                     ", ".join(sorted(self.cfg.roster.parties)), self.s.min_parties)
             return self._session()
         raise AssertionError("unreachable")
 
@@ -154,6 +157,8 @@ class Coordinator(Handlers):
         end = self._msg(MsgType.END, body={"ok": ok, "reason": reason})
         for name in sorted(self.routes):
             self._send(name, end)
+        (log.info if ok else log.error)("session %s %s: %s; told %s", self.s.id, "done" if ok else "ABORTED",
+                                        reason, ", ".join(sorted(self.routes)) or "nobody (no peer connected)")
         self.outcome.ok, self.outcome.reason = ok, reason
         self.outcome.releases = {k: r.sha256 for k, r in self.releases.items()}
         return self.outcome
@@ -166,7 +171,16 @@ class Coordinator(Handlers):
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
             return self.public is not None and "solver" in self.welcomed
 
+        waiting, shown = _Every(10.0, self.clock), None
         while not (solver_ready() and self.active >= parties - set(self.guard.cut_off)) and self.clock() < deadline:
+            now = (len(self.active), solver_ready())
+            if now != shown or waiting.due():  # at start, after each join, and every 10 s
+                shown = now
+                missing = sorted(parties - self.active - set(self.guard.cut_off))
+                missing += [] if solver_ready() else ["solver"]
+                log.info("waiting for %s (%d of %d parties joined, %d needed; %.0f s left)",
+                         ", ".join(missing), len(self.active), len(parties), self.s.min_parties,
+                         deadline - self.clock())
             if not self._pump(deadline):
                 return False
         if not solver_ready():
@@ -180,6 +194,8 @@ class Coordinator(Handlers):
             self._summarise()
             self.ledger.stage_event(self.s.id, round_, layers, attempt, "open",
                                     json.dumps(sorted(self.active)))
+            log.info("round %d layer%s %s: collecting statistics from %s", round_, "s" * (len(layers) > 1),
+                     ",".join(map(str, layers)), ", ".join(sorted(self.active)))
             if not self._collect(step):
                 return False
             complete, partial = step.complete(self.s), step.partial(self.s)
@@ -235,6 +251,9 @@ class Coordinator(Handlers):
         self.stage = Stage.SOLVING
         self.outcome.included[(step.round, step.layers)] = step.included
         detail = json.dumps({"included": list(step.included), "left_out": left_out})
+        log.info("round %d layers %s: handing the sum over %s to the solver%s", step.round,
+                 ",".join(map(str, step.layers)), ", ".join(step.included),
+                 f" (left out: {', '.join(left_out)})" if left_out else "")
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "handoff", detail)
         for key in sorted(step.accs):
             self._hand_off(step, key)
@@ -280,7 +299,7 @@ class Coordinator(Handlers):
     def _pump(self, deadline: float) -> bool:
         """Handle at most one message, waiting until the deadline or a heartbeat; False when aborting."""
         if self.stop.is_set():
-            self.abort_reason = "coordinator stopped"
+            self.abort_reason = "the coordinator was stopped by its operator"
             return False
         wait_ms = max(0, min(deadline - self.clock(), self.cfg.network.heartbeat_s)) * 1000
         if self.sock.poll(int(wait_ms), zmq.POLLIN):
@@ -380,6 +399,7 @@ class Coordinator(Handlers):
         kw = self._where(msg)
         self.ledger.message(self.s.id, "in", name, msg.type.value if msg else "?", digest, nbytes,
                             "refused", reason, **kw)
+        log.warning("refused %s from %s: %s", msg.type.value if msg else "a message", name, reason[:200])
         error = self._msg(MsgType.ERROR, body={"refused_seq": msg.seq if msg else -1, "reason": reason})
         self._send_route(name, route, error)
 
@@ -446,3 +466,16 @@ def run_coordinator(config: Config, scheme: ProtectionScheme, *, stop: threading
     return Coordinator(config, scheme, ctx=ctx, stop=stop).run()
 
 
+
+
+class _Every:
+    """True from ``due()`` at most once per ``seconds`` (rate-limits progress log lines)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds, self.clock, self.last = seconds, clock, clock()  # first due after ``seconds``
+
+    def due(self) -> bool:
+        if self.clock() - self.last < self.seconds:
+            return False
+        self.last = self.clock()
+        return True

@@ -59,6 +59,7 @@ from secure_collab.protocol.messages import (
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
+from secure_collab.protocol.watch import ConnectionWatch
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +143,17 @@ class Solver:
         return public, bundles, signature
 
     def run(self) -> SolverResult:
-        public, bundles, signature = self._setup()
-        hello = {"role": "solver", "public": True}
         with contextlib.ExitStack() as stack:
+            stack.callback(self.state.close)  # a restarted solver may take the state directory
+            public, bundles, signature = self._setup()
+            hello = {"role": "solver", "public": True}
             if self._own_ctx:
                 stack.callback(self.ctx.term)
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
+            stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
+                                           self.cfg.network.join_timeout_s).start().stop)
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, bundles, signature)))
         return self.result
 
@@ -177,11 +181,15 @@ class Solver:
                 if msg.type is MsgType.END:
                     self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
                     self.ended = True
+                    (log.info if self.result.ok else log.error)("the coordinator ended the session: %s%s",
+                                                                "" if self.result.ok else "ABORTED: ",
+                                                                self.result.reason)
                     return
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
+                log.warning("refused a message from the coordinator: %s", reason[:200])
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
                 transport.send(self.sock, error)
             except Exception:  # the solver never dies on bad data: its secrets would go with it
@@ -262,9 +270,13 @@ class Solver:
                 raise Refusal(f"aggregate refused before opening: {exc}", opened=False) from None
         if faults:
             raise Refusal(f"{reasons[0]} (before opening anything)", opened=False, exclude=tuple(sorted(faults)))
+        record = {"attempt": pend.attempt, "parties": list(pend.parties)}
         for layer in layers:  # write-ahead: from here on these layers are opened, whatever happens next
-            self.state.save(f"opened-r{round_}-l{layer}", {"attempt": pend.attempt, "parties": list(pend.parties)})
-            self.opened[(round_, layer)] = {"attempt": pend.attempt, "parties": list(pend.parties)}
+            if not self.state.claim_opening(round_, layer, record):  # the disk, not memory, decides
+                self.opened.update(self.state.steps("opened"))
+                raise Refusal(f"round {round_} layer {layer} was already opened by another solver process: a "
+                              "step is never opened twice", opened=True)
+            self.opened[(round_, layer)] = record
         for layer in layers:
             try:
                 delta = self._open_and_solve(round_, layer, pend, auth)

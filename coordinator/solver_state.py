@@ -4,7 +4,10 @@ One record per file under ``<solver_state>/<session>/``, each ChaCha20-Poly1305-
 from the solver's long-term X25519 secret and bound to (session, configuration digest) and to the record's
 name, so a file copied without the key file reveals nothing and cannot be swapped for another record.
 The directory is 0700 and every file 0600 whatever the umask; a record is written to a temporary file,
-flushed to disk and renamed, so a crash leaves the old record or the new one, never half of one.
+flushed to disk and renamed (the directory flushed too), so a crash leaves the old record or the new one,
+never half of one. One solver process at a time holds the directory (an exclusive ``flock`` on its lock
+file), and an ``opened`` record is *created exclusively* (a hard link that fails when the name exists): the
+test-and-set that keeps a step opened once even where the lock is not honoured (some network filesystems).
 
 Records: ``setup`` (public parameters, bundles, signature and the session secrets), ``opened-r{R}-l{L}``
 (written *before* an aggregate is opened: that step is never opened again), ``release-r{R}-l{L}`` (the
@@ -13,6 +16,7 @@ signed, encrypted release) and ``failed-r{R}-l{L}`` (opened, then refused: no re
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -20,41 +24,60 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from secure_collab.files import private_dir  # missing parents are made 0700 too
+from secure_collab.errors import UserError
+from secure_collab.files import FILE_MODE, create_private, private_dir, write_private
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
 
 _RECORD = re.compile(r"^[a-z]+(-r\d+-l\d+)?$")
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600 via a flushed temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+class StateLocked(UserError, RuntimeError):
+    """Another solver process holds this state directory (a user mistake: the CLI says so in one line)."""
 
 
 class SolverState:
     def __init__(self, directory: Path, long_term_secret: bytes, session: str, config_digest: str) -> None:
-        self.dir = private_dir(directory)
+        self.dir = private_dir(directory)  # missing parents are made 0700 too
+        self._lock = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            os.fchmod(self._lock, FILE_MODE)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise StateLocked(f"another solver process is running on {self.dir} (one solver per session); "
+                              "stop it first") from None
+        except BaseException:
+            os.close(self._lock)
+            raise
         self._key = state_key(long_term_secret, json.dumps([session, config_digest]).encode())
+
+    def close(self) -> None:
+        """Let another solver process take the directory (a restart); closing twice is harmless."""
+        if self._lock >= 0:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = -1
 
     def _path(self, record: str) -> Path:
         if not _RECORD.match(record):
             raise ValueError(f"bad state record name {record!r}")
         return self.dir / f"{record}.sealed"
 
-    def save(self, record: str, meta: dict[str, Any], blob: bytes = b"") -> None:
+    def _sealed(self, record: str, meta: dict[str, Any], blob: bytes) -> bytes:
         text = json.dumps(meta, sort_keys=True).encode()
         data = struct.pack(">I", len(text)) + text + blob
-        write_private_atomic(self._path(record), seal_state(self._key, record.encode(), data,
-                                                            hazmat.random_bytes(hazmat.NONCE_BYTES)))
+        return seal_state(self._key, record.encode(), data, hazmat.random_bytes(hazmat.NONCE_BYTES))
+
+    def save(self, record: str, meta: dict[str, Any], blob: bytes = b"") -> None:
+        write_private(self._path(record), self._sealed(record, meta, blob))
+
+    def claim_opening(self, round_: int, layer: int, meta: dict[str, Any]) -> bool:
+        """Record, durably and before anything is opened, that (round, layer) is being opened; False when it
+        was opened already (by this process, an earlier one or one running beside it): then it must not be."""
+        step = f"-r{round_}-l{layer}"
+        if any(self._path(kind + step).exists() for kind in ("release", "failed")):
+            return False  # opened before, even if its opened record went missing
+        return create_private(self._path("opened" + step), self._sealed("opened" + step, meta, b""))
 
     def load(self, record: str) -> tuple[dict[str, Any], bytes] | None:
         path = self._path(record)

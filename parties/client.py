@@ -43,8 +43,7 @@ from secure_collab.protocol.messages import (
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
-
-log = logging.getLogger(__name__)
+from secure_collab.protocol.watch import ConnectionWatch
 
 
 class ComputeStatistics(Protocol):
@@ -94,6 +93,7 @@ class Party:
         self.sent: set[tuple[int, tuple[int, ...], int]] = set()
         self.result = PartyResult()
         self.ended = False
+        self.log = logging.getLogger(f"party.{name}")
         self.handlers = {MsgType.SETUP: self._on_setup, MsgType.REQUEST: self._on_request,
                          MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error}
 
@@ -105,10 +105,14 @@ class Party:
             self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
+            self.watch = ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, self.log,
+                                         self.cfg.network.join_timeout_s).start()
+            stack.callback(self.watch.stop)
             try:
                 self._loop()
             except Fatal as exc:
                 self.result.ok, self.result.reason = False, str(exc)
+                self.log.error("stopped: %s", exc)
         self.result.seconds = time.monotonic() - start
         return self.result
 
@@ -119,13 +123,18 @@ class Party:
         limits = transport.limits_for(net)
         self._send(self._hello())
         last = time.monotonic()
+        heard = False  # until the coordinator is first reached, give up after join_timeout_s
         while not self.stop.is_set():
             if not self.sock.poll(int(net.heartbeat_s * 1000), zmq.POLLIN):
+                heard = heard or self.watch.ever_connected
+                if not heard and time.monotonic() - last > net.join_timeout_s:
+                    raise Fatal(f"could not reach the coordinator at {net.coordinator_endpoint} within "
+                                f"join_timeout_s ({net.join_timeout_s:g} s)")
                 if time.monotonic() - last > idle_limit:
                     raise Fatal("no word from the coordinator")
                 self._send(self._hello())  # heartbeat / rejoin after a restart
                 continue
-            last = time.monotonic()
+            last, heard = time.monotonic(), True
             frames = self.sock.recv_multipart()
             try:
                 msg = Message.from_frames(frames, limits)
@@ -134,9 +143,16 @@ class Party:
                 continue
             if msg.session != self.s.id or msg.config != self.cfg.digest:
                 self.result.refusals.append("message for another session or configuration ignored")
+                if len(self.result.refusals) == 1 or msg.type is MsgType.END:
+                    self.log.error("the coordinator runs session %r with configuration digest %s…, this site "
+                                   "%r with %s…: every site needs the same session file (compare `secure-collab "
+                                   "session show`)", msg.session, msg.config[:12], self.s.id, self.cfg.digest[:12])
                 continue
             if msg.type is MsgType.END:
                 self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
+                (self.log.info if self.result.ok else self.log.error)(
+                    "the coordinator ended the session: %s%s", "" if self.result.ok else "ABORTED: ",
+                    self.result.reason)
                 self.ended = True
                 return
             handler = self.handlers.get(msg.type)
@@ -182,12 +198,15 @@ class Party:
         except (ProtocolError, ProtectionError) as exc:
             raise Fatal(str(exc)) from None
         self.public = public
+        self.log.info("the solver's signed setup verifies (%s, layers %s)", self.s.mode, list(self.s.layers))
 
     def _on_request(self, msg: Message) -> None:
         started = time.monotonic()
         layers, attempt = tuple(msg.body["layers"]), msg.body["attempt"]
         if self.public is None:
             raise ProtocolError("request before setup")
+        self.log.info("round %d layer%s %s: computing statistics", msg.round, "s" * (len(layers) > 1),
+                      ",".join(map(str, layers)))
         if (msg.round, layers) not in self.s.steps():
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
@@ -221,8 +240,8 @@ class Party:
         if left > 0:
             time.sleep(left)
         elif left < -0.5:
-            log.warning("party %s: its statistics took %.1f s, longer than answer_pad_s=%.1f s: the answer time "
-                        "may reveal its edit count", self.name, pad - left, pad)
+            self.log.warning("its statistics took %.1f s, longer than answer_pad_s=%.1f s: the answer time "
+                             "may reveal its edit count", pad - left, pad)
 
     def _checked(self, layer: int, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Refuse to send statistics the solver would refuse (they break the session's declared bounds).
@@ -293,6 +312,8 @@ class Party:
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]
+        self.log.info("round %d layer %d: applied the solver-signed ΔW (sha256 %s…) of %s", msg.round, msg.layer,
+                      b["sha256"][:16], ", ".join(b["parties"]))
         if self.name not in b["parties"]:
             self.result.left_out.append(key)
         self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": True, "reason": ""}))
@@ -303,6 +324,7 @@ class Party:
 
     def _on_error(self, msg: Message) -> None:
         self.result.refusals.append(msg.body["reason"])
+        self.log.warning("the coordinator refused a message of ours: %s", str(msg.body["reason"])[:200])
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
              body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:

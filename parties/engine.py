@@ -7,6 +7,7 @@ all layers' statistics come from the round's starting model (the network loop as
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,17 @@ from secure_collab.models.specs import add_to_down_weight, n_layers
 
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
-                 dtype: str | None = None, log=print) -> None:
+                 dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True) -> None:
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
+        from secure_collab.preflight import check_model, check_templates
 
-        self.s, self.log = session, log
+        self.s, self.log = session, log or logging.getLogger("party").info
+        self.progress = progress
+        check_templates(session)
         self.lm = load_model(session.model, device=device, cache=cache,
-                             dtype=dtype or session.hparams.get("dtype", "auto"))
+                             dtype=dtype or session.hparams.get("dtype", "auto"), allow_download=allow_download)
+        check_model(self.lm, session)  # before target optimisation: a mismatch fails in one line, at once
         self.hp = session_hparams(session.model, n_layers(self.lm.model, self.lm.spec), session.layers,
                                   session.variant, session.template_seed, session.hparams,
                                   auto_request_batch(self.lm.device.type))
@@ -56,7 +61,8 @@ class PartyEditor:
         else:
             if round not in self.targets:
                 self.log(f"round {round}: optimising targets for {len(reqs)} requests")
-                self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates)
+                self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates,
+                                                      progress=self.progress)
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
                 if round not in self.oneshot_cur:
@@ -72,9 +78,12 @@ class PartyEditor:
         add_to_down_weight(self.lm.model, self.lm.spec, layer, torch.from_numpy(np.ascontiguousarray(delta)))
         self.applied[key] = delta
 
-    def finish(self, save: Path | None = None, patch: Path | None = None) -> dict[str, Any]:
-        """Evaluate this party's own edits on the final model; save the model and the applied ΔW if asked."""
+    def finish(self, save: Path | None = None, patch: Path | None = None,
+               release_sha256: dict[tuple[int, int], str] | None = None) -> dict[str, Any]:
+        """Evaluate this party's own edits on the final model; save the model and the applied ΔW if asked
+        (``save``: a model directory with patch.safetensors inside; ``patch``: the patch alone)."""
         from secure_collab.evaluation import evaluate
+        from secure_collab.patch import write_patch
 
         post = evaluate(self.lm, self.requests)
         keys = ("efficacy", "generalization", "specificity", "score")
@@ -83,20 +92,16 @@ class PartyEditor:
                   "compute_seconds": round(self.compute_seconds, 3),
                   "templates_digest": templates_digest(self.templates),
                   "target_loss": [x for t in self.targets.values() for x in t.loss]}
+        info = {"method": "collab", **{k: getattr(self.s, k, "") for k in ("variant", "id", "mode")}}
+        deltas = {k: torch.from_numpy(np.ascontiguousarray(d)) for k, d in self.applied.items()}
         if patch is not None:
-            from safetensors.numpy import save_file
-
-            from secure_collab.files import touch_private
-
-            touch_private(patch)  # the applied ΔW carry the edits: 0600 (save_file keeps an existing mode)
-            save_file({f"round.{r}.layer.{lay}.delta": np.ascontiguousarray(d) for (r, lay), d in
-                       self.applied.items()}, str(patch))
-            report["patch"] = str(patch)
+            report["patch"] = str(write_patch(patch, self.lm, deltas, info, release_sha256))
         if save is not None:
             from secure_collab.files import private_dir
 
             private_dir(save)  # the edited model carries the edits: a 0700 directory
             self.lm.model.save_pretrained(save)  # type: ignore[operator]  # a transformers PreTrainedModel
             self.lm.tokenizer.save_pretrained(save)
+            write_patch(Path(save) / "patch.safetensors", self.lm, deltas, info, release_sha256)
             report["saved_model"] = str(save)
         return report

@@ -1,6 +1,9 @@
 """Session configuration: frozen dataclasses loaded from TOML; paths resolve relative to the file.
 
-Example (every field of [session] is bound into each message through ``Config.digest``)::
+`secure-collab session init --model M --parties a,b,c --out session.toml` writes a complete, commented file
+(dimensions, weights digest and context templates taken from the model); `secure_collab.session_file` holds
+the meaning of every key. Its shape (every field of [session] is bound into each message through
+``Config.digest``)::
 
     [session]
     id = "demo-1"
@@ -19,10 +22,11 @@ Example (every field of [session] is bound into each message through ``Config.di
     answer_pad_s = 0.0           # parties answer a request no earlier than this many seconds (0: at once);
                                  # set it above the statistics time of max_edits_per_party to hide edit counts
     chunk_values = 262144        # values per CONTRIB message
-    model = "smollm2"
+    model = "smollm2-135m"
+    weights_digest = "…"         # sha256 of the base weights; every role checks it at start
     template_seed = 0
-    [session.hparams]            # MEMIT hyper-parameters, free-form, digested
-    mom2_update_weight = 1000.0
+    [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
+    lambda = 1000.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
 
     [network]
@@ -48,8 +52,8 @@ Example (every field of [session] is bound into each message through ``Config.di
     connects_per_minute = 30.0     # CURVE handshakes admitted per roster key (a burst of as many)
 
     [paths]
-    keys = "keys"                # directory written by `secure-collab keys init`
-    roster = "keys/roster.toml"
+    keys = "keys"                # this site's secret key files
+    roster = "roster.toml"       # every site's public keys
     ledger = "coordinator/ledger.sqlite"
     solver_state = "solver"
 """
@@ -64,16 +68,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from secure_collab.errors import ConfigError
 from secure_collab.keys import Roster, load_roster
 from secure_collab.protocol import messages as wire
 from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
 
 __all__ = ["MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig", "PathsConfig",
            "SessionConfig", "config_from_dict", "load_config", "write_config"]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class SessionConfig:
     max_edits_per_party: int = 1000
     answer_pad_s: float = 0.0  # a party answers a request no earlier than this (hides its edit count's timing)
     chunk_values: int = 262144
-    model: str = "smollm2"
+    model: str = "smollm2-135m"
+    weights_digest: str = ""  # sha256 of the base weights (LoadedModel.source_digest); "" = unchecked
     template_seed: int = 0
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
@@ -158,9 +160,17 @@ class Config:
 
 def load_config(path: Path) -> Config:
     path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"no session file at {path}")
     with path.open("rb") as f:
-        data = tomllib.load(f)
-    return config_from_dict(data, path.parent)
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data, path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
@@ -174,6 +184,8 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
         raise ConfigError(f"unknown [paths] keys: {sorted(unknown)}")
     paths = PathsConfig(**{k: (Path(base_dir) / raw_paths.get(k, v)).resolve() for k, v in defaults.items()})
     _validate(session, network)
+    if not paths.roster.is_file():
+        raise ConfigError(f"no roster at {paths.roster} ([paths] roster)")
     roster = load_roster(paths.roster)
     if len(roster.parties) > wire.MAX_PARTIES:
         raise ConfigError(f"the roster lists {len(roster.parties)} parties; at most {wire.MAX_PARTIES}")
@@ -192,12 +204,31 @@ def _build(cls: type, table: dict[str, Any], name: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown [{name}] keys: {sorted(unknown)}")
     values = dict(table)
+    for f in fields(cls):
+        if f.name in values and not _has_type(values[f.name], str(f.type)):
+            raise ConfigError(f"{name}.{f.name} must be {_TYPE_WORDS.get(str(f.type), f.type)}, "
+                              f"got {values[f.name]!r}")
     if "layers" in values:
-        values["layers"] = tuple(int(x) for x in values["layers"])
+        values["layers"] = tuple(values["layers"])
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"[{name}]: {exc}") from None
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "tuple[int, ...]": "a list of integers", "dict[str, Any]": "a table"}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return {
+        "int": is_int(value), "float": is_int(value) or isinstance(value, float), "str": isinstance(value, str),
+        "bool": isinstance(value, bool), "dict[str, Any]": isinstance(value, dict),
+        "tuple[int, ...]": isinstance(value, list | tuple) and all(is_int(v) for v in value),
+    }.get(annotation, True)
 
 
 def _validate(s: SessionConfig, n: NetworkConfig) -> None:
@@ -283,7 +314,20 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str | Path):
-        return json.dumps(str(value))
+        return toml_string(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: backslash, quote and every control character escaped (DEL too)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -185,9 +185,8 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
     The first b tokens of the pass are the same whatever the largest budget, so a budget's moment is a snapshot
     taken when the running sum reaches it; a budget the corpus cannot fill gets the whole corpus.
     """
-    from tqdm import tqdm
-
     from secure_collab.models.specs import get_module, n_layers
+    from secure_collab.progress import progress as progress_bar
 
     model, tok, spec = loaded.model, loaded.tokenizer, loaded.spec
     depth = n_layers(model, spec)
@@ -205,8 +204,7 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
     def snapshot(budget: int) -> None:
         out[budget] = ({layer: acc.moment().cpu().clone() for layer, acc in accs.items()}, seen)
 
-    bar = tqdm(total=total, unit="tok", desc=f"covariance L{layers[0]}-{top}", disable=not progress, leave=False)
-    try:
+    with progress_bar(f"covariance of layers {layers[0]}-{top}", total, "tokens", enabled=progress) as advance:
         with torch.no_grad(), ExitStack() as stack:
             stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
                                                                stop=layer == top)) for layer in layers}
@@ -233,7 +231,7 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
                     for layer in layers:
                         accs[layer].add(keys[layer][take])  # (n, d_k)
                     seen += stop - done
-                    bar.update(stop - done)
+                    advance(stop - done)
                     done = stop
                     if seen < pending[0]:
                         break
@@ -242,8 +240,6 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
                         break
                 if not pending:
                     break
-    finally:
-        bar.close()
     if seen == 0:
         raise ValueError("the corpus gave no tokens")
     for budget in pending:  # the corpus ran out before these

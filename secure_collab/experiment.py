@@ -54,6 +54,7 @@ class MergeGrid:
     fluency_prompts: int = 2
     fluency_seed: int = 0
     eval_per_party: int = 0  # metrics on each party's first k edits (the same for every method); 0: on all edits
+    cached_only: bool = False  # report the cells already finished, compute none (a grid cut short)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -180,6 +181,8 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
         evaluated = eval_sample(parties, grid.eval_per_party)
         pre_path = cells / f"pre-{pre_key(ctx, grid, evaluated)}.json"
         pre = _load_json(pre_path)
+        if pre is None and grid.cached_only:
+            continue
         if pre is None:
             ctx.say(f"{n} edits: evaluating the unedited model on {len(evaluated)} of them")
             t = time.perf_counter()
@@ -196,6 +199,8 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                 row = _load_json(path)
                 if method == "global" and row is not None and not dpath.is_file():
                     row = None  # the comparison needs Global-Edit's ΔW: recompute it
+                if row is None and grid.cached_only:
+                    continue  # not finished: left out of this report
                 if row is None:
                     ctx.say(f"{variant}, {n} edits, {method}: editing")
                     saved = snapshot(ctx.lm, hp.layers)

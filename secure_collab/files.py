@@ -16,6 +16,15 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
+def fsync_dir(path: Path | str) -> None:
+    """Make a directory's entries (a rename, a new file) durable: without it a power loss can undo them."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def private_dir(path: Path | str, *, tighten: bool = True) -> Path:
     """Create ``path`` (and any missing parents) as 0700 directories. An existing ``path`` is tightened to
     0700 too when ``tighten`` (a directory that is ours alone); existing parents are left as they are."""
@@ -31,6 +40,7 @@ def private_dir(path: Path | str, *, tighten: bool = True) -> Path:
         except FileExistsError:  # created meanwhile by another process: ours to tighten all the same
             pass
         os.chmod(directory, DIR_MODE)
+        fsync_dir(directory.parent)
     if tighten:
         os.chmod(path, DIR_MODE)
     return path
@@ -60,9 +70,8 @@ def open_private(path: Path | str, mode: str = "wb") -> IO[Any]:
         raise
 
 
-def write_private(path: Path | str, data: bytes | str) -> Path:
-    """Write a whole 0600 file atomically (a reader sees the old file or the new one, never half of it)."""
-    path = Path(path)
+def _private_temp(path: Path, data: bytes | str) -> str:
+    """A flushed 0600 temporary file beside ``path`` holding ``data``; the caller renames or links it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: 0600
     try:
         with os.fdopen(fd, "wb") as f:
@@ -70,8 +79,37 @@ def write_private(path: Path | str, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_private(path: Path | str, data: bytes | str) -> Path:
+    """Write a whole 0600 file atomically and durably (a reader sees the old file or the new one, never half
+    of it, and after a crash the new one is there once this returns)."""
+    path = Path(path)
+    tmp = _private_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def create_private(path: Path | str, data: bytes | str) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist yet, atomically and durably: the test-and-set
+    of a record that must be written at most once, even by two processes at the same time. False when the
+    file already exists (it is left untouched)."""
+    path = Path(path)
+    tmp = _private_temp(path, data)
+    try:
+        os.link(tmp, path)  # fails with FileExistsError when path exists; never a half-written path
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True

@@ -34,6 +34,7 @@ import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.errors import UserError
 from secure_collab.files import private_dir
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -41,7 +42,7 @@ ROSTER_FILE = "roster.toml"
 ROLES = ("coordinator", "solver", "party")
 
 
-class KeyFileError(ValueError):
+class KeyFileError(UserError, ValueError):
     """A key file is missing, malformed or readable by others."""
 
 

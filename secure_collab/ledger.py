@@ -171,3 +171,22 @@ def _unpack_frames(blob: bytes) -> list[bytes]:
     if pos != len(blob):
         raise ValueError("corrupt frame blob in ledger")
     return out
+
+
+def recorded_session(path: Path, session_id: str) -> tuple[str, str | None] | None:
+    """(config digest, "done"/"aborted"/None) of ``session_id`` in the ledger at ``path``, read-only; None when
+    the ledger or the session is absent. For the start-up check that refuses state of another configuration."""
+    if not Path(path).is_file():
+        return None
+    db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT config_digest FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+        ended = db.execute("SELECT event FROM stages WHERE session_id=? AND event IN ('done','aborted')",
+                           (session_id,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None  # not a ledger of ours (or an empty file): the coordinator's own open reports it
+    finally:
+        db.close()
+    if row is None:
+        return None
+    return row[0], ended[0] if ended else None

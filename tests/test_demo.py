@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -18,18 +19,25 @@ FIELDS = {"mode", "variant", "parties", "edits", "efficacy", "generalization", "
 PUBLIC = {"session.toml", "roster.toml"}  # the configuration and the roster of public keys (and *.public.toml)
 
 
-@pytest.mark.parametrize(("mode", "variant", "tolerance", "umask"), [
-    ("shares", "sequential", 1e-9, 0o000),
-    ("shares", "oneshot", 1e-9, 0o022),
-    ("ckks", "sequential", 1e-6, 0o022),
+@pytest.mark.parametrize(("mode", "variant", "tolerance", "umask", "json_out"), [
+    ("shares", "sequential", 1e-9, 0o000, "file"),
+    ("shares", "oneshot", 1e-9, 0o022, "file"),
+    ("ckks", "sequential", 1e-6, 0o022, "-"),
 ])
-def test_demo_session_equals_global_edit(tmp_path, mode, variant, tolerance, umask):
+def test_demo_session_equals_global_edit(tmp_path, capsys, mode, variant, tolerance, umask, json_out):
+    # no chdir: the demo's processes import secure_collab as this one does (from the checkout beside the cwd)
+    assert not Path("-").exists()
     out = tmp_path / "demo.json"
     old = os.umask(umask)  # inherited by the demo's processes
     try:
-        rc = _demo(tmp_path, mode, variant, out)
+        rc = _demo(tmp_path, mode, variant, out if json_out == "file" else "-")
     finally:
         os.umask(old)
+    if json_out == "-":  # stdout is the JSON document alone
+        out.write_text(capsys.readouterr().out)
+        assert not Path("-").exists()  # with --json -, a file named "-" would land in the cwd
+    else:
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600  # per-party reports and edit counts
     _check_demo(out, rc, mode, variant, tolerance)
     # the work directory's secrets (requests, keys, reports, patches, logs, ledger, solver state) are private
     work = tmp_path / "work"
@@ -37,7 +45,6 @@ def test_demo_session_equals_global_edit(tmp_path, mode, variant, tolerance, uma
     loose = {str(p.relative_to(work)): oct(stat.S_IMODE(p.stat().st_mode)) for p in secret
              if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)}
     assert loose == {}
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
 def _demo(tmp_path, mode, variant, out):

@@ -30,24 +30,25 @@ def test_edit_collab_equals_global(tmp_path, variant):
 
 
 def test_edit_ta_differs_and_saved_model_reloads(tmp_path):
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from secure_collab.models import load_model
     from secure_collab.models.specs import down_weight
+    from secure_collab.patch import read_patch
 
     out, saved = tmp_path / "r.json", tmp_path / "model"
     rc = main(["edit", "--model", "tiny-gpt2", "--requests", str(SHARED / "counterfact.json"), "--limit", "6",
                "--parties", "3", "--method", "ta", "--tokens", "600", "--cache-dir", str(tmp_path / "cache"),
-               "--save-model", str(saved), "--json", str(out), "--quiet"])
+               "--save", str(saved), "--json", str(out), "--quiet"])
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["delta_rel_diff_vs_global"] > 1e-3
-    patch = load_file(str(saved / "patch.safetensors"))
+    patch = read_patch(saved / "patch.safetensors")
     base = load_model("tiny-gpt2")
+    assert patch.base_model == "tiny-gpt2" and patch.base_digest == base.source_digest
     edited = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float64)
     for layer in r["hparams"]["layers"]:
-        delta = patch[f"layer.{layer}.delta"]
+        delta = patch.deltas[(0, layer)]
         torch.testing.assert_close(down_weight(edited, base.spec, layer),
                                    down_weight(base.model, base.spec, layer) + delta, rtol=1e-12, atol=1e-12)
 

@@ -40,6 +40,14 @@ def test_merge_grid_writes_results_and_resumes(tmp_path, monkeypatch):
     assert header[:5] == ["method", "variant", "edits", "parties", "edits_per_party"]
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    part = [*argv[:argv.index("--methods") + 1], "global,collab,ta,sa,ties,sa-lockstep,ta-lockstep",
+            *argv[argv.index("--methods") + 2:], "--cached-only"]
+    assert main(part) == 0  # a cut-short grid reports what is finished and computes nothing
+    partial = json.loads((tmp_path / "r.json").read_text())
+    assert [r for r in partial["rows"] if r["method"] != "ta-lockstep"] == rows
+    # ta-lockstep was never run: in oneshot it is ta's cell (finished), in sequential it is left out
+    assert {r["variant"] for r in partial["rows"] if r["method"] == "ta-lockstep"} == {"oneshot"}
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     assert main(argv) == 0  # resumed: every cell read back, none recomputed
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows

@@ -9,7 +9,6 @@ against m with the random-pair line, and subject recall against m with chance.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,43 +37,49 @@ def _attacks(text: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from attacks.views import VIEWS
+    from secure_collab.cli._output import add_json_option
 
     p.add_argument("--model", default="smollm2-135m", help="public model (default: %(default)s)")
     p.add_argument("--requests", default="bundled", help="edit requests: a record file or 'bundled' (default)")
     p.add_argument("--offset", type=int, default=0, help="skip this many records (default: %(default)s)")
     p.add_argument("--limit", type=int, default=128, help="records in the report set (default: %(default)s)")
-    p.add_argument("--view", choices=VIEWS, required=True)
+    p.add_argument("--view", choices=VIEWS, required=True, help="the threat view to attack")
     p.add_argument("--attack", type=_attacks, default=["subspace"],
                    help="comma-separated: spectral, subspace, target, inverter (default: subspace)")
     p.add_argument("--m", type=_ints, default=[1, 2, 4, 8, 16, 32],
                    help="sequences per statistic / edits per release (default: 1,2,4,8,16,32)")
     p.add_argument("--parties", type=int, default=1,
-                   help="aggregate / delta / model: parties in the session; m is then the total edit count")
+                   help="aggregate / delta / model: parties in the session; m is then the total edit count "
+                   "(default: %(default)s)")
     p.add_argument("--candidates", default=None, help="candidate subjects, one per line (default: request "
                    "subjects + 2,000 Wikipedia titles + countries + --distractor-records)")
     p.add_argument("--distractor-records", nargs="*", default=[], help="record files whose subjects join the "
                    "distractors (e.g. ../shared/data/zsre_mend_train_1k.json)")
-    p.add_argument("--trials", type=int, default=128, help="trial budget per m: max(4, budget // m) draws")
+    p.add_argument("--trials", type=int, default=128,
+                   help="trial budget per m: max(4, budget // m) draws (default: %(default)s)")
     p.add_argument("--inverter-sentences", type=int, default=None,
                    help="inverter: public training sentences (default: 20,000; trained once, cached)")
     p.add_argument("--inverter-epochs", type=int, default=None, help="inverter: epochs (default: 5)")
     p.add_argument("--mode", default="ckks,shares", help="wire: protection modes (default: %(default)s)")
-    p.add_argument("--ledger", default=None, help="wire: a finished session's ledger for the metadata attack")
+    p.add_argument("--ledger", default=None,
+                   help="wire: a finished session's ledger for the metadata attack (default: none)")
     p.add_argument("--session-edits", default=None, metavar="N,N,...",
-                   help="wire: also run real sessions (one party per count) for the metadata attack")
+                   help="wire: also run real sessions (one party per count) for the metadata attack (default: none)")
     p.add_argument("--session-model", default="tiny-llama", help="wire: model of those sessions (default: %(default)s)")
     p.add_argument("--sessions", type=int, default=4, help="wire: sessions per mode (default: %(default)s)")
-    p.add_argument("--session-dir", default=None, help="wire: where the sessions' work directories go")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--session-dir", default=None,
+                   help="wire: where the sessions' work directories go (default: a new temporary directory)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trial draws (default: %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="model and covariance cache (default: ~/.cache/secure-collab)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write results as JSON ('-' for stdout)")
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="Fig. 5 for the view")
-    p.add_argument("--quiet", action="store_true")
+    add_json_option(p)
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="Fig. 5 for the view (default: no plot)")
+    # -q/--quiet comes with every command (secure_collab.cli.add_common)
 
 
 def run(args: argparse.Namespace) -> int:
     from attacks.experiment import AttackError, run_attack
+    from secure_collab.cli._output import write_json
 
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"attack: {m}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
@@ -89,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
         fig5(result["results"], args.view, Path(args.plot))
         result["plot"] = args.plot
-    text = json.dumps(result, indent=1, default=float)
-    if args.json == "-":
-        sys.stdout.write(text + "\n")
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
+    write_json(args, result)
     if not args.quiet:
         _table(result["results"])
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,16 +10,20 @@ HELP = "write the privacy audit of a finished session (ledger + measured attacks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
+
     p.add_argument("--ledger", required=True, help="the coordinator's SQLite ledger of the session")
     p.add_argument("--html", required=True, metavar="OUT", help="where to write the page")
-    p.add_argument("--requests", nargs="*", default=[], help="the session's request files (ground truth)")
+    p.add_argument("--requests", nargs="*", default=[],
+                   help="the session's request files (ground truth) (default: none)")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="directory of `secure-collab attack --json` results to include (default: none)")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the verdicts as JSON ('-' for stdout)")
+    add_json_option(p)  # the verdicts
 
 
 def run(args: argparse.Namespace) -> int:
     from attacks.audit import load_results, read_ledger, render, verdicts
+    from secure_collab.cli._output import write_json
     from secure_collab.data.formats import load_requests
 
     try:
@@ -37,9 +40,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     v = {role: {"level": lvl, "verdict": text} for role, (lvl, text) in verdicts(rec, results).items()}
-    if args.json:
-        text = json.dumps({"session": rec.session["session_id"], "html": str(out), "verdicts": v}, indent=1)
-        sys.stdout.write(text + "\n") if args.json == "-" else Path(args.json).write_text(text + "\n")
+    write_json(args, {"session": rec.session["session_id"], "html": str(out), "verdicts": v})
     print(f"audit: {out} ({len(page) / 1e3:.0f} kB); " + "; ".join(f"{r}: {x['level']}" for r, x in v.items()),
           file=sys.stderr)
     return 0

@@ -31,14 +31,18 @@ METRICS = ("efficacy", "generalization", "specificity", "score")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=("ckks", "shares", "plain"), default="shares")
-    p.add_argument("--parties", type=int, default=3)
-    p.add_argument("--edits-per-party", type=int, default=4)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential")
+    from secure_collab.cli._output import add_json_option
+
+    p.add_argument("--mode", choices=("ckks", "shares", "plain"), default="shares",
+                   help="protection of the statistics (plain: none)")
+    p.add_argument("--parties", type=int, default=3, help="number of parties (named a, b, c, ...)")
+    p.add_argument("--edits-per-party", type=int, default=4, help="edit requests per party")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m, tiny-gpt2, tiny-llama, a directory or a hub id")
+    p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential", help="MEMIT variant")
     p.add_argument("--requests", default="bundled",
                    help="'bundled' (countryinfo set, default) or a request file; split among the parties")
-    p.add_argument("--min-parties", type=int, default=2)
+    p.add_argument("--min-parties", type=int, default=2, help="the solver opens no sum of fewer parties")
     p.add_argument("--value-bound", type=float, default=1e5,
                    help="declared max |entry| of one party's statistic (parties refuse to send beyond it)")
     p.add_argument("--precision-bits", type=int, default=48, help="ckks: precision below the bound")
@@ -50,20 +54,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parties compute their statistics one at a time (shared cores)")
     p.add_argument("--no-reference", action="store_true", help="skip the Global-Edit comparison")
     p.add_argument("--workdir", default=None, help="where keys, config, logs and ledger go (default: a temp dir)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
+    p.add_argument("--allow-download", action="store_true", help="let a hub id be downloaded")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON ('-' for stdout)")
-    p.add_argument("--quiet", action="store_true")
+    add_json_option(p)
 
 
 def _requests(args: argparse.Namespace) -> list:
     from secure_collab.data.bundled import bundled_requests
     from secure_collab.data.formats import load_requests
+    from secure_collab.errors import ConfigError
 
     n = args.parties * args.edits_per_party
     reqs = bundled_requests(n) if args.requests == "bundled" else load_requests(args.requests, limit=n)
     if len(reqs) < n:
-        raise SystemExit(f"demo: {args.requests} has {len(reqs)} requests, {n} needed")
+        raise ConfigError(f"{args.requests} has {len(reqs)} requests, {n} needed")
     return reqs[:n]
 
 
@@ -81,22 +86,23 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from secure_collab.config import write_config
+    from secure_collab.cli._output import write_json
     from secure_collab.covariance import layer_covariances
     from secure_collab.data.formats import write_jsonl
     from secure_collab.editing.hparams import auto_request_batch, default_hparams
     from secure_collab.editing.memit import run_edit, split_parties
     from secure_collab.editing.session import session_hparams
     from secure_collab.editing.templates import context_templates
+    from secure_collab.errors import ConfigError
     from secure_collab.keys import init_keys
     from secure_collab.models import load_model
-    from secure_collab.models.specs import down_weight, n_layers
+    from secure_collab.models.specs import n_layers
     from secure_collab.protocol.transport import free_loopback_endpoint
+    from secure_collab.session_file import SessionChoices, session_document, write_session
 
     console = Console(stderr=True, quiet=args.quiet)
     if args.parties < args.min_parties or args.parties > 26:
-        print(f"demo: --parties must be between --min-parties ({args.min_parties}) and 26", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--parties must be between --min-parties ({args.min_parties}) and 26")
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,34 +116,31 @@ def run(args: argparse.Namespace) -> int:
 
     # the public, shared pieces first (cached, so the solver and the parties find them): C and the templates
     with console.status(f"loading {args.model}"):
-        lm = load_model(args.model, cache=cache, dtype=args.dtype)
+        lm = load_model(args.model, cache=cache, dtype=args.dtype, allow_download=args.allow_download)
     depth = n_layers(lm.model, lm.spec)
     hp = session_hparams(args.model, depth, default_hparams(args.model, depth).layers, args.variant, 0, {},
                          auto_request_batch(lm.device.type))
     covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
                              progress=not args.quiet)
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
-    d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
 
-    init_keys(work / "keys", names)
+    roster = init_keys(work / "keys", names)
     endpoint = free_loopback_endpoint()
-    table = {k: v for k, v in hp.to_dict().items() if k not in ("layers", "variant", "template_seed",
-                                                                 "request_batch")}
-    table["dtype"] = args.dtype  # parties and solver load the model with it
     cfg_path = work / "session.toml"
-    cfg = write_config(cfg_path, session={
-        "id": f"demo-{secrets.token_hex(4)}", "mode": args.mode, "variant": args.variant, "rounds": 1,
-        "layers": list(hp.layers), "d_k": int(d_k), "d_v": int(d_v), "min_parties": args.min_parties,
-        "value_bound": args.value_bound, "model": args.model, "template_seed": hp.template_seed,
-        "hparams": table, "protection": {"precision_bits": args.precision_bits} if args.mode == "ckks" else {},
-    }, network={
-        "coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": 900.0,
-        "stage_timeout_s": max(600.0, 120.0 * args.edits_per_party), "solve_timeout_s": 600.0,
-        "request_in_turn": bool(args.in_turn),
-    }, paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
-              "solver_state": "solver"})
+    choices = SessionChoices(
+        parties=tuple(names), roster_sha256=roster.digest(), mode=args.mode, variant=args.variant,
+        layers=hp.layers, min_parties=args.min_parties,
+        value_bound=args.value_bound, precision_bits=args.precision_bits if args.mode == "ckks" else None,
+        session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
+        join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
+        request_in_turn=bool(args.in_turn),
+        paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
+               "solver_state": "solver"})
+    cfg = write_session(cfg_path, session_document(lm, args.model, choices, templates), force=True,
+                        title="demo")
 
     common = ["--threads", str(args.threads)] + (["--cache-dir", str(cache)] if cache else [])
+    common += ["--allow-download"] if args.allow_download else []
     procs: dict[str, subprocess.Popen] = {
         "solver": _spawn("solver", ["solver", "--config", str(cfg_path), *common], logs, args.threads),
         "coordinator": _spawn("coordinator", ["coordinator", "--config", str(cfg_path)], logs, args.threads),
@@ -188,38 +191,31 @@ def run(args: argparse.Namespace) -> int:
     codes = {role: p.wait() for role, p in procs.items()}
     result = _collect(args, work, names, cfg, codes, reference, t0)
     _show(console, result)
-    if args.json:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:  # per-party reports and edit counts
-            with open_private(args.json, "w") as f:
-                f.write(text + "\n")
+    write_json(args, result, private=True)  # per-party reports and edit counts
     return 0 if result["ok"] else 1
 
 
 def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], reference: dict,
              t0: float) -> dict[str, Any]:
     import torch
-    from safetensors.torch import load_file
 
     from secure_collab.editing.memit import rel_diff_per_layer
     from secure_collab.evaluation import score_of
+    from secure_collab.patch import read_patch
 
     reports: dict[str, dict[str, Any]] = {}
     for name in names:
         path = work / f"report-{name}.json"
         reports[name] = json.loads(path.read_text()) if path.is_file() else {"ok": False, "reason": "no report"}
     ok = all(c == 0 for c in codes.values()) and all(r.get("ok") for r in reports.values())
-    patches = {n: load_file(str(work / f"patch-{n}.safetensors")) for n in names
+    patches = {n: read_patch(work / f"patch-{n}.safetensors").deltas for n in names
                if (work / f"patch-{n}.safetensors").is_file()}
     applied = {}
     if patches:
         first = next(iter(patches.values()))
-        applied = {int(k.split(".")[3]): v for k, v in first.items() if k.startswith("round.0.")}
+        applied = {layer: v for (r, layer), v in first.items() if r == 0}
     agree = len(patches) == len(names) and all(
-        set(p) == set(next(iter(patches.values()))) and all(torch.equal(p[k], next(iter(patches.values()))[k])
-                                                            for k in p) for p in patches.values())
+        set(p) == set(first) and all(torch.equal(p[k], first[k]) for k in p) for p in patches.values())
     diff, per_layer = None, None
     if "outcome" in reference and applied:
         per_layer = rel_diff_per_layer(applied, {k: v.cpu() for k, v in reference["outcome"].deltas.items()})
@@ -235,7 +231,6 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
             if value is not None and count:
                 num, den = num + value * count, den + count
         return None if den == 0 else num / den
-
 
     post = {m: pooled("post", m) for m in METRICS[:3]}
     pre = {m: pooled("pre", m) for m in METRICS[:3]}

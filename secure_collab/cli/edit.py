@@ -9,8 +9,6 @@ the engine's target cache: optimised once per request, reused by later runs and 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,8 @@ HELP = "simulate a collaborative MEMIT edit on one machine and report efficacy /
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
+    from secure_collab.cli._roles import THREADS_HELP
     from secure_collab.cli.stats import parse_layers
     from secure_collab.editing.memit import METHODS
 
@@ -26,30 +26,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="request file (CounterFact, MEND CounterFact, zsRE, MQuAKE or JSONL), or 'bundled' "
                         "for the countryinfo set (default)")
     p.add_argument("--format", default=None, help="request format (default: detected)")
-    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
+    p.add_argument("--limit", type=int, default=None, help="use the first N requests (default: all; 20 bundled)")
     p.add_argument("--parties", type=int, default=4, help="number of parties the requests are split among")
-    p.add_argument("--method", choices=METHODS, default="collab")
+    p.add_argument("--method", choices=METHODS, default="collab", help="how the parties' edits are combined")
     p.add_argument("--variant", choices=("sequential", "oneshot"), default=None,
                    help="default: the model's tuned default (sequential)")
-    p.add_argument("--layers", type=parse_layers, default=None, help="edited layers, e.g. 3-7")
-    p.add_argument("--lambda", dest="lam", type=float, default=None, help="mom2_update_weight λ")
-    p.add_argument("--steps", type=int, default=None, help="target optimisation steps")
-    p.add_argument("--template-seed", type=int, default=None)
+    p.add_argument("--layers", type=parse_layers, default=None,
+                   help="edited layers, e.g. 3-7 (default: the model's tuned layers)")
+    p.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="λ, weight of the covariance (default: the model's tuned value)")
+    p.add_argument("--steps", type=int, default=None, help="target optimisation steps (default: the model's)")
+    p.add_argument("--template-seed", type=int, default=None, help="context template seed (default: 0)")
     p.add_argument("--request-batch", type=int, default=None,
                    help="requests per batch in keys and target optimisation; 0: all. Default: 1 on a CPU "
                         "(as fast there, and every request's arithmetic is independent of the others, so "
                         "collab equals Global-Edit bit for bit), 0 on a GPU")
     p.add_argument("--corpus", default=None, help="covariance corpus: .txt / .jsonl (default: Wikipedia extracts)")
-    p.add_argument("--tokens", type=int, default=None, help="covariance token budget")
+    p.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the model's)")
     p.add_argument("--dtype", default="auto", help="auto (float64 for tiny models, else float32), float32, float64")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--no-compare", action="store_true", help="skip the Global-Edit reference run")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--save-model", default=None, metavar="DIR",
-                   help="write the edited model (from_pretrained loads it) and the ΔW patch (safetensors)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON ('-' for stdout)")
-    p.add_argument("--quiet", action="store_true", help="no progress or table")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
+    p.add_argument("--allow-download", action="store_true", help="let a hub id be downloaded")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write the edited model (from_pretrained loads it) and patch.safetensors (the ΔW) here "
+                        "(default: not saved)")
+    add_json_option(p)
 
 
 def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, device_type: str = "cpu"):
@@ -77,28 +80,28 @@ def load_request_set(spec: str, fmt: str | None, limit: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
+    from secure_collab.cli._output import write_json
+    from secure_collab.cli._roles import set_threads
     from secure_collab.covariance import layer_covariances
     from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
     from secure_collab.editing.target_cache import cached_targets
     from secure_collab.editing.templates import context_templates, templates_digest
+    from secure_collab.errors import ConfigError
     from secure_collab.evaluation import evaluate
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 
     console = Console(stderr=True, quiet=args.quiet)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     t_start = time.perf_counter()
     requests = load_request_set(args.requests, args.format, args.limit)
     if args.parties < 1 or args.parties > len(requests):
-        print(f"secure-collab edit: --parties must be between 1 and the number of requests ({len(requests)})",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"--parties must be between 1 and the number of requests ({len(requests)})")
     with console.status(f"loading {args.model}"):
-        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)
+        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype,
+                        allow_download=args.allow_download)
     hp = build_hparams(args, args.model, n_layers(lm.model, lm.spec), lm.device.type)
     console.print(f"model {args.model} on {lm.device}, layers {list(hp.layers)}, λ={hp.mom2_update_weight:g}, "
                   f"{len(requests)} requests, {args.parties} parties, method {args.method}, {hp.variant}")
@@ -151,30 +154,24 @@ def run(args: argparse.Namespace) -> int:
         "delta_norm": {str(k): float(v.norm()) for k, v in outcome.deltas.items()},
         "counts": post.counts, "skipped": post.skipped,
     }
-    if args.save_model:
-        save_edited(lm, outcome.deltas, Path(args.save_model), result)
-        result["saved_model"] = str(Path(args.save_model).resolve())
+    if args.save:
+        save_edited(lm, outcome.deltas, Path(args.save), result)
+        result["saved_model"] = str(Path(args.save).resolve())
     show(console, result)
-    if args.json:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            Path(args.json).write_text(text + "\n")
+    write_json(args, result)
     return 0
 
 
 def save_edited(lm, deltas, out: Path, result: dict) -> None:
-    """The edited model (``from_pretrained`` loads it) and patch.safetensors with ΔW per layer, (d_v, d_k)."""
-    from safetensors.torch import save_file
+    """The edited model (``from_pretrained`` loads it) and patch.safetensors (secure_collab.patch, round 0)."""
+    from secure_collab.files import private_dir
+    from secure_collab.patch import write_patch
 
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)  # the edited model carries the edits: a 0700 directory
     lm.model.save_pretrained(out)
     lm.tokenizer.save_pretrained(out)
-    meta = {"base_model": result["model"], "base_digest": lm.source_digest, "orientation": "(d_v, d_k) = (out, in)",
-            "method": result["method"], "variant": result["variant"]}
-    save_file({f"layer.{k}.delta": v.contiguous().cpu() for k, v in deltas.items()}, str(out / "patch.safetensors"),
-              metadata={k: str(v) for k, v in meta.items()})
+    write_patch(out / "patch.safetensors", lm, {(0, k): v for k, v in deltas.items()},
+                {"method": result["method"], "variant": result["variant"]})
 
 
 def show(console, r: dict) -> None:

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_merge_arguments(m: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
     from secure_collab.cli.stats import parse_layers
 
     m.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
@@ -53,6 +54,8 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--eval-per-party", type=int, default=0, metavar="K",
                    help="measure the metrics on each party's first K edits only (the same records for every method "
                         "and variant; z_reach and ΔW use all); 0: on every edit")
+    m.add_argument("--cached-only", action="store_true",
+                   help="write the results of the cells already finished (e.g. of a grid cut short), compute none")
     m.add_argument("--layers", type=parse_layers, default=None, help="edited layers (default: the model's)")
     m.add_argument("--lambda", dest="lam", type=float, default=None, help="λ (default: the model's)")
     m.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the model's)")
@@ -65,26 +68,26 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--out", required=True, help="output directory: cells/ (the cache), results.csv, results.md, "
                                                 "fig1.png, results.json")
     m.add_argument("--title", default=None, help="figure title")
-    m.add_argument("--json", default=None, metavar="OUT", help="also write the JSON here ('-' for stdout)")
-    m.add_argument("--quiet", action="store_true")
+    add_json_option(m)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from secure_collab.cli._output import human, write_json
     from secure_collab.cli.edit import load_request_set
     from secure_collab.covariance import covariance_entries
     from secure_collab.editing.hparams import VARIANTS, auto_request_batch, default_hparams
     from secure_collab.editing.templates import context_templates
+    from secure_collab.errors import UserError
     from secure_collab.experiment import Context, MergeGrid, detect_metrics, run_merge_grid
     from secure_collab.experiment_report import markdown, plot_fig1, write_csv
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 
     def fail(msg: str) -> int:
-        print(f"secure-collab experiment merge: {msg}", file=sys.stderr)
-        return 2
+        raise UserError(msg)  # one line: secure-collab experiment: error: ...
 
     console = Console(stderr=True, quiet=args.quiet)
     if args.threads:
@@ -104,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         grid = MergeGrid(edits=tuple(sorted(set(args.edits))), parties=args.parties, methods=args.methods,
                          variants=tuple(variants), metrics=metrics, fluency_requests=args.fluency_sample[0],
-                         fluency_prompts=args.fluency_sample[1], eval_per_party=args.eval_per_party)
+                         fluency_prompts=args.fluency_sample[1], eval_per_party=args.eval_per_party,
+                         cached_only=args.cached_only)
     except ValueError as e:
         return fail(str(e))
     t0 = time.perf_counter()
@@ -138,13 +142,9 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
              f"{args.parties} parties, λ={hp.mom2_update_weight:g}") if args.title is None else args.title
     plot_fig1(result, out / "fig1.png", title)
-    text = json.dumps(result, indent=1)
-    (out / "results.json").write_text(text + "\n")
-    if args.json == "-":
-        sys.stdout.write(text + "\n")
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args, result)
     if not args.quiet:
-        print(markdown(result, metrics), file=sys.stderr)
+        print(markdown(result, metrics), file=human(args))
     console.print(f"wrote {out}/results.csv, results.md, fig1.png, results.json in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -1,4 +1,4 @@
-"""`secure-collab ledger show --ledger L [--json]`: every message the coordinator accepted or refused."""
+"""`secure-collab ledger show --ledger L [--json OUT]`: every message the coordinator accepted or refused."""
 
 from __future__ import annotations
 
@@ -13,36 +13,39 @@ COLUMNS = ("time", "direction", "peer", "type", "round", "layer", "stat", "chunk
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ledger_command", metavar="ACTION")
     sub.required = True
+    from secure_collab.cli._output import add_json_option
+
     show = sub.add_parser("show", help="print the ledger")
-    show.add_argument("--ledger", required=True, help="path of the SQLite ledger")
-    show.add_argument("--json", action="store_true", help="one JSON document with every table")
-    show.add_argument("--session", help="only this session")
+    show.add_argument("--ledger", default="coordinator/ledger.sqlite", help="path of the SQLite ledger")
+    show.add_argument("--session", help="only this session (default: every session)")
+    add_json_option(show)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sqlite3
     from pathlib import Path
 
+    from secure_collab.cli._output import human, write_json
+    from secure_collab.errors import ConfigError
+
     path = Path(args.ledger)
     if not path.is_file():
-        print(f"no ledger at {path}")
-        return 2
+        raise ConfigError(f"no ledger at {path}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # read-only: never touches the ledger
     try:
         tables = {t: _rows(db, t, args.session) for t in ("sessions", "stages", "messages", "handoffs",
                                                             "releases")}
     finally:
         db.close()
-    if args.json:
-        print(json.dumps(tables, indent=1, default=lambda b: {"bytes": len(b)}))
-        return 0
-    _print_table(tables["messages"])
+    write_json(args, tables)
+    out = human(args)
+    if not args.json:  # the whole table only when no JSON was asked for; the summary always
+        _print_table(tables["messages"], out)
     print(f"\n{len(tables['messages'])} messages, {len(tables['handoffs'])} hand-offs to the solver, "
-          f"{len(tables['releases'])} releases; stages:")
+          f"{len(tables['releases'])} releases; stages:", file=out)
     for r in tables["stages"]:
         print(f"  {_time(r['time'])} round {r['round']} layers {r['layers']} attempt {r['attempt']}: "
-              f"{r['event']} {r['detail']}")
+              f"{r['event']} {r['detail']}", file=out)
     return 0
 
 
@@ -59,10 +62,10 @@ def _time(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
-def _print_table(rows: list[dict]) -> None:
+def _print_table(rows: list[dict], out) -> None:
     shown = [{**r, "time": _time(r["time"]), "digest": r["digest"][:16]} for r in rows]
     cells = [[("" if r[c] is None else str(r[c])) for c in COLUMNS] for r in shown]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
+    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)), file=out)
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), file=out)

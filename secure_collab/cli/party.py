@@ -3,35 +3,29 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the runtime import happens in run(): --help stays fast
-    from parties.client import ApplyDelta, ComputeStatistics
+from parties.runner import PartyEngine
 
 HELP = "take part in a session: send protected statistics, verify and apply each signed update"
-
-
-@dataclass(frozen=True)
-class PartyEngine:
-    """What the editing engine gives the party runtime (see parties.client for the contracts)."""
-
-    compute_statistics: ComputeStatistics  # (round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k)}
-    apply_delta: ApplyDelta  # (layer, ΔW (d_v, d_k) float64), already verified
-    finish: Callable[[Any], dict] | None = None  # (PartyResult) -> report (evaluation, saving the model)
+METRICS = ("efficacy", "generalization", "specificity", "score")
+__all__ = ["PartyEngine", "HELP", "add_arguments", "engine_callbacks", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="session configuration (TOML)")
+    from secure_collab.cli._roles import add_role_options
+
+    add_role_options(parser)
     parser.add_argument("--name", required=True, help="this party's roster name")
-    parser.add_argument("--requests", help="this party's edit requests (JSON / JSONL)")
-    parser.add_argument("--save", help="directory to save the edited model to")
-    parser.add_argument("--threads", type=int, default=0, help="math threads for this process (0: default)")
-    parser.add_argument("--json", help="write the party's report here")
-    parser.add_argument("--patch", help="write the applied ΔW per (round, layer) here (safetensors)")
+    parser.add_argument("--requests", required=True,
+                        help="this party's edit requests (CounterFact, zsRE, MQuAKE or JSONL)")
+    parser.add_argument("--save", metavar="DIR", default=None,
+                        help="write the edited model (from_pretrained loads it) and patch.safetensors here "
+                             "(default: not saved)")
+    parser.add_argument("--patch", metavar="FILE", default=None,
+                        help="write the applied ΔW here (safetensors; `secure-collab apply` reads it) "
+                             "(default: not written)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
-    parser.add_argument("--cache-dir", default=None, help="cache of converted models and templates")
 
 
 def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyEngine:
@@ -40,43 +34,63 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
 
     from parties.engine import PartyEditor
     from secure_collab.data.formats import load_requests
+    from secure_collab.errors import ConfigError
 
     if not args.requests:
-        raise SystemExit("party: --requests is required (this party's edit requests)")
+        raise ConfigError("--requests is required: this party's edit requests")
     requests = load_requests(args.requests)
     editor = PartyEditor(config.session, requests, device=args.device,
                          cache=Path(args.cache_dir) if args.cache_dir else None,
-                         log=lambda msg: print(f"party {name}: {msg}", flush=True))
+                         allow_download=args.allow_download, progress=not args.quiet)
 
-    def finish(_result: Any) -> dict:
+    def finish(result: Any) -> dict:
         return editor.finish(save=Path(args.save) if args.save else None,
-                             patch=Path(args.patch) if args.patch else None)
+                             patch=Path(args.patch) if args.patch else None, release_sha256=result.applied)
 
     return PartyEngine(editor.compute_statistics, editor.apply_delta, finish)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from parties import run_party
-    from secure_collab.cli._roles import load_scheme, set_threads
+    from parties.runner import run_party_session
+    from secure_collab.cli._output import write_json
+    from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config
+    from secure_collab.errors import ConfigError
 
     set_threads(args.threads)
     config = load_config(args.config)
+    if args.name not in config.roster.parties:
+        raise ConfigError(f"party {args.name!r} is not in the roster (parties: "
+                          f"{', '.join(sorted(config.roster.parties))})")
+    require_secret(config.paths.keys / f"party-{args.name}.key_secret", f"party {args.name}",
+                   config.roster.parties[args.name])
     engine = engine_callbacks(config, args.name, args)
-    result = run_party(config, args.name, load_scheme(config.session.mode), engine.compute_statistics,
-                       engine.apply_delta)
-    report = {"party": args.name, "ok": result.ok, "reason": result.reason, "bytes_sent": result.bytes_sent,
-              "seconds": round(result.seconds, 3), "refusals": result.refusals,
-              "applied": {f"{r}/{lay}": sha for (r, lay), sha in sorted(result.applied.items())}}
-    if engine.finish is not None and result.ok:
-        report.update(engine.finish(result))
-    if args.json:  # the report counts this party's edits: private (DESIGN §1)
-        from secure_collab.files import open_private
+    with stop_on_signals() as stop:
+        report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
+    show(args, report)
+    write_json(args, report, private=True)  # the report counts and scores this party's edits (DESIGN §1)
+    if stop.is_set():
+        raise KeyboardInterrupt
+    return 0 if report["ok"] else 1
 
-        with open_private(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    print(f"party {args.name}: {'done' if result.ok else 'FAILED'}: {result.reason}; "
-          f"{result.bytes_sent} bytes sent in {result.seconds:.1f} s")
-    return 0 if result.ok else 1
+
+def show(args: argparse.Namespace, report: dict) -> None:
+    """The party's metrics table (before → after, on its own requests) and one line on the session."""
+    from rich.table import Table
+
+    from secure_collab.cli._output import console
+
+    out = console(args)
+    if report.get("post"):
+        table = Table(title=f"party {report['party']}: {report.get('edits', '?')} edits, session {report['session']}")
+        for col in ("metric", "before", "after"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for m in METRICS:
+            pre, post = report["pre"].get(m), report["post"].get(m)
+            table.add_row(m, "-" if pre is None else f"{pre:.3f}", "-" if post is None else f"{post:.3f}")
+        out.print(table)
+    status = "done" if report["ok"] else "FAILED"
+    out.print(f"party {report['party']}: {status}: {report['reason']}; {len(report['applied'])} ΔW applied, "
+              f"{report['bytes_sent']} bytes sent in {report['seconds']:.1f} s", markup=False)
+    if report.get("patch") or report.get("saved_model"):
+        out.print(f"patch: {report.get('patch', '-')}  model: {report.get('saved_model', '-')}", markup=False)

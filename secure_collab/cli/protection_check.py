@@ -18,7 +18,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 HELP = "Check a protection mode end to end on random statistics: error, bytes per value, timings, memory."
@@ -27,19 +26,20 @@ TARGET_REL_ERR = {"shares": 1e-7, "ckks": 1e-6, "plain": 1e-12}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
+
     parser.add_argument("--mode", required=True, choices=["ckks", "shares", "plain"],
                         help="protection mode (plain is no protection: baselines only)")
     parser.add_argument("--parties", type=int, required=True, metavar="P", help="number of parties")
     parser.add_argument("--dim", type=int, required=True, metavar="D",
                         help="statistic dimension d: each party protects d(d+1)/2 values")
-    parser.add_argument("--dropouts", type=int, default=0, metavar="K", help="parties left out (default 0)")
-    parser.add_argument("--bound", type=float, default=1.0, help="declared max |entry| (default 1.0)")
-    parser.add_argument("--min-parties", type=int, default=2, help="solver refuses fewer (default 2)")
+    parser.add_argument("--dropouts", type=int, default=0, metavar="K", help="parties left out")
+    parser.add_argument("--value-bound", type=float, default=1.0, help="declared max |entry| of a statistic")
+    parser.add_argument("--min-parties", type=int, default=2, help="solver refuses fewer")
     parser.add_argument("--precision-bits", type=int, default=None,
                         help="ckks only: target precision relative to the bound (default 30)")
     parser.add_argument("--seed", type=int, default=0, help="seed (>= 0) of the random statistics")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the result here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from secure_collab.cli._output import say, write_json
     from secure_collab.protection import (
         ProtectionError,
         ProtectionParams,
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if extra and args.mode != "ckks":
         err.print("[red]--precision-bits is for --mode ckks only[/red]")
         return 2
-    params = ProtectionParams(args.mode, max_parties=args.parties, bound=args.bound,
+    params = ProtectionParams(args.mode, max_parties=args.parties, bound=args.value_bound,
                               min_parties=min(args.min_parties, args.parties), extra=extra)
     scheme = get_scheme(args.mode)
     ctx = StatContext(f"protection-check-{args.seed}", 0, 0, "G")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         t["accumulate"] += time.perf_counter() - start
         persistent += created[0]
         for p in range(included):  # the dropped-out parties (the last K) never send anything
-            values = _uniform(args.seed, p, n, args.bound)
+            values = _uniform(args.seed, p, n, args.value_bound)
             np.add(truth, values, out=truth)
             start = time.perf_counter()
             name = f"party-{p}"
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     mvalues = included * n / 1e6
     result: dict[str, Any] = {
         "mode": args.mode, "parties": args.parties, "dim": args.dim, "dropouts": args.dropouts,
-        "n_values": n, "bound": args.bound,
+        "n_values": n, "value_bound": args.value_bound,
         "max_abs_err": abs_err, "max_rel_err": rel_err,
         "target_rel_err": TARGET_REL_ERR[args.mode], "ok": rel_err <= TARGET_REL_ERR[args.mode],
         "bytes_per_value": sent_bytes / n,
@@ -136,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
         "public_bytes": len(keys.public),
         "parameters": _public_meta(keys.public),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    say(args, f"{args.mode}: {included} of {args.parties} parties x {n:,} values: max relative error "
+              f"{rel_err:.3g} (target {TARGET_REL_ERR[args.mode]:g}), {result['bytes_per_value']:.2f} bytes/value, "
+              f"protect {result['protect_seconds_per_mvalue']:.3f} s/Mvalue, coordinator peak "
+              f"{peak / 1e6:.1f} MB")
+    write_json(args, result)
     if not result["ok"]:
         print(f"max_rel_err {rel_err:.3g} exceeds the target {TARGET_REL_ERR[args.mode]:g}", file=sys.stderr)
         return 1

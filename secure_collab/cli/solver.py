@@ -9,35 +9,47 @@ HELP = "run the solver: open aggregates only, solve ΔW in float64, sign each re
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="session configuration (TOML)")
-    parser.add_argument("--threads", type=int, default=0, help="math threads for this process (0: default)")
-    parser.add_argument("--cache-dir", default=None, help="cache of converted models and covariances")
+    from secure_collab.cli._roles import add_role_options
+
+    add_role_options(parser)
 
 
-def engine_solve(config: Any) -> Any:
+def engine_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
     """The engine's ``solve(round, layer, g_sum, b_sum) -> ΔW`` for this session (covariance, λ, Cholesky).
 
     Plug-in point for the editing engine: return a callable taking g_sum (d_k, d_k) symmetric and
     b_sum (d_v, d_k), float64 numpy sums over the included parties, returning ΔW (d_v, d_k) float64
-    (see coordinator.solver.SolveFn).
+    (see coordinator.solver.SolveFn). Loads the base model, checks it against the session (one-line refusal).
     """
+    from pathlib import Path
+
     from coordinator.engine import SessionSolve
 
-    return SessionSolve(config.session)
+    cache = getattr(args, "cache_dir", None)
+    return SessionSolve(config.session, cache=Path(cache) if cache else None,
+                        allow_download=bool(getattr(args, "allow_download", False)),
+                        progress=not getattr(args, "quiet", False))
 
 
 def run(args: argparse.Namespace) -> int:
     from coordinator.solver import run_solver
-    from secure_collab.cli._roles import load_scheme, set_threads
+    from secure_collab.cli._output import say, write_json
+    from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config
+    from secure_collab.preflight import check_solver_state
 
     set_threads(args.threads)
     config = load_config(args.config)
-    if args.cache_dir:
-        import os
-
-        os.environ["SECURE_COLLAB_CACHE"] = args.cache_dir
-    result = run_solver(config, load_scheme(config.session.mode), engine_solve(config))
-    print(f"solver: {'done' if result.ok else 'stopped'}: {result.reason}; "
-          f"{len(result.releases)} releases, {len(result.received)} aggregate chunks received")
+    require_secret(config.paths.keys / "solver.key_secret", "the solver", config.roster.solver)
+    check_solver_state(config)
+    solve = engine_solve(config, args)
+    with stop_on_signals() as stop:
+        result = run_solver(config, load_scheme(config.session.mode), solve, stop=stop)
+    say(args, f"solver: {'done' if result.ok else 'stopped'}: {result.reason}; "
+              f"{len(result.releases)} releases, {len(result.received)} aggregate chunks received")
+    write_json(args, {"session": config.session.id, "ok": result.ok, "reason": result.reason,
+                      "releases": sorted(f"{r}/{lay}" for r, lay in result.releases),
+                      "aggregate_chunks": len(result.received)})
+    if stop.is_set():
+        raise KeyboardInterrupt
     return 0 if result.ok else 1

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from secure_collab.errors import UserError
 
-class RequestError(ValueError):
+
+class RequestError(UserError, ValueError):
     """A malformed request record; the message names the record and the field."""
 
 

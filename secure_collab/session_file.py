@@ -1,0 +1,209 @@
+"""Write a complete, commented session.toml from a model: what `secure-collab session init` and the demo use.
+
+Everything derivable is taken from the model (d_k, d_v, layers, λ and the other MEMIT defaults, the weights
+digest, the context templates, generated once and written into the file), so no site types a dimension by
+hand, and every site's role checks its own model against the file at start (``secure_collab.preflight``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secure_collab.config import Config, _toml_value, load_config
+from secure_collab.errors import ConfigError
+
+# hparams keys the session file does not carry in [session.hparams]: they live in [session] or are per site
+_NOT_HPARAMS = ("layers", "variant", "template_seed", "request_batch")
+_RENAMED = {"mom2_update_weight": "lambda"}  # one name per concept: the CLI's --lambda
+
+COMMENTS: dict[str, str] = {
+    # [session]
+    "id": "names this session in the ledger and in every message",
+    "mode": "protection of the statistics: shares (two servers, secret shares) | ckks | plain (none: tests only)",
+    "variant": "sequential (MEMIT, layer after layer) | oneshot (CollabEdit's code: all layers at once)",
+    "rounds": "each party's requests are split over this many rounds (later rounds keep earlier edits)",
+    "layers": "edited layers (down-projections); the model's tuned default",
+    "d_k": "down-projection input size, from the model: do not edit",
+    "d_v": "down-projection output size, from the model: do not edit",
+    "min_parties": "the solver opens no sum of fewer parties' statistics",
+    "roster_sha256": "digest of the roster's fingerprints, agreed out of band: every role refuses another roster",
+    "value_bound": "declared max |entry| of one party's statistic; parties refuse to send beyond it",
+    "chunk_values": "values per message",
+    "model": "the base model every party and the solver load (a built-in name, a directory or a hub id)",
+    "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
+    "template_seed": "seed the context templates below were generated with",
+    # [session.hparams]
+    "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹",
+    "v_lr": "target optimisation: Adam learning rate",
+    "v_num_grad_steps": "target optimisation: steps",
+    "v_loss_early_stop": "target optimisation: stop below this loss",
+    "v_weight_decay": "target optimisation: weight decay on δ",
+    "kl_factor": "target optimisation: weight of the KL term",
+    "clamp_norm_factor": "target optimisation: max ‖δ‖ / ‖z‖",
+    "kl_prompt": "target optimisation: KL prompt",
+    "n_templates": "number of context templates",
+    "template_length": "tokens per context template",
+    "mom2_tokens": "covariance C: tokens of the public corpus",
+    "mom2_max_len": "covariance C: max tokens per text",
+    "mom2_past_weight": "weight of earlier rounds' ΣKKᵀ (dynamic covariance)",
+    "dtype": "model dtype in every role: auto (float64 for tiny test models, else float32) | float32 | float64",
+    "context_templates": "generated once from the model; every party uses exactly these",
+    # [network]
+    "coordinator_bind": "where the coordinator listens (an address of its own host; 0.0.0.0: every interface)",
+    "coordinator_endpoint": "where the solver and the parties connect to the coordinator",
+    "join_timeout_s": "how long the coordinator waits for the solver and the parties to join",
+    "stage_timeout_s": "how long one party may take for one step's statistics",
+    "solve_timeout_s": "how long the solver may take for one release",
+    "heartbeat_s": "seconds between keep-alive messages",
+    "request_in_turn": "ask parties for statistics one at a time (parties sharing one machine's cores)",
+    # [paths]
+    "keys": "this site's own secret key files (mode 0600; never copied anywhere)",
+    "roster": "every site's public keys, assembled from their public key files",
+    "ledger": "coordinator only: its append-only SQLite ledger",
+    "solver_state": "solver only: its session state",
+}
+
+
+@dataclass(frozen=True)
+class SessionChoices:
+    """What the person writing the session chooses; everything else comes from the model."""
+
+    parties: tuple[str, ...]
+    roster_sha256: str = ""  # the roster's digest (Roster.digest), pinned
+    mode: str = "shares"
+    variant: str = "sequential"
+    rounds: int = 1
+    layers: tuple[int, ...] | None = None  # None: the model's tuned default
+    lam: float | None = None  # None: the model's tuned default
+    min_parties: int = 2
+    value_bound: float = 1e5
+    precision_bits: int | None = None  # ckks only
+    session_id: str | None = None
+    dtype: str = "auto"
+    bind: str = "tcp://0.0.0.0:5555"
+    endpoint: str = "tcp://127.0.0.1:5555"
+    join_timeout_s: float = 1800.0
+    stage_timeout_s: float = 1800.0
+    solve_timeout_s: float = 600.0
+    request_in_turn: bool = False
+    paths: dict[str, str] = field(default_factory=lambda: {
+        "keys": "keys", "roster": "roster.toml", "ledger": "coordinator/ledger.sqlite", "solver_state": "solver"})
+
+
+def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,
+                     cache: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The session file's tables for the loaded base model ``lm`` (named ``model`` in the file)."""
+    from secure_collab.editing.hparams import default_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.models.specs import down_weight, n_layers
+
+    depth = n_layers(lm.model, lm.spec)
+    hp = default_hparams(model, depth)
+    changes: dict[str, Any] = {}
+    if choices.layers is not None:
+        changes["layers"] = tuple(choices.layers)
+    if choices.lam is not None:
+        changes["mom2_update_weight"] = float(choices.lam)
+    try:
+        hp = hp.with_(**changes, variant=choices.variant)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if hp.layers[-1] >= depth:
+        raise ConfigError(f"layers {list(hp.layers)}: {model} has layers 0..{depth - 1}")
+    d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
+    if templates is None:
+        templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    table = {_RENAMED.get(k, k): v for k, v in hp.to_dict().items() if k not in _NOT_HPARAMS}
+    table["dtype"] = choices.dtype
+    table["context_templates"] = list(templates)
+    session = {
+        "id": choices.session_id or f"session-{datetime.date.today():%Y%m%d}-{secrets.token_hex(3)}",
+        "mode": choices.mode, "variant": choices.variant, "rounds": choices.rounds, "layers": list(hp.layers),
+        "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
+        "value_bound": choices.value_bound,
+        "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
+        "template_seed": hp.template_seed, "hparams": table,
+        "protection": {"precision_bits": choices.precision_bits} if choices.precision_bits is not None else {},
+    }
+    network = {"coordinator_bind": choices.bind, "coordinator_endpoint": choices.endpoint,
+               "join_timeout_s": choices.join_timeout_s, "stage_timeout_s": choices.stage_timeout_s,
+               "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0,
+               "request_in_turn": choices.request_in_turn}
+    return {"session": session, "network": network, "paths": dict(choices.paths)}
+
+
+def render_session(doc: dict[str, dict[str, Any]], title: str = "") -> str:
+    """TOML with a comment on every key (tomllib reads it back to ``doc``)."""
+    lines = [
+        "# secure-collab session configuration" + (f": {title}" if title else ""),
+        "# Every site uses this same file: its digest (`secure-collab session show session.toml`) is bound",
+        "# into every message, so compare it out of band. Paths are relative to this file.",
+        "",
+    ]
+
+    def emit(name: str, table: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                continue
+            comment = f"  # {COMMENTS[key]}" if key in COMMENTS else ""
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                lines.append(f"{key} = [{comment}")
+                lines.extend(f"    {_toml_value(v)}," for v in value)
+                lines.append("]")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}{comment}")
+        lines.append("")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(f"{name}.{key}", value)
+
+    for name, table in doc.items():
+        emit(name, table)
+    return "\n".join(lines)
+
+
+def write_session(path: Path, doc: dict[str, dict[str, Any]], *, force: bool = False, title: str = "") -> Config:
+    """Write the file (refusing to overwrite unless ``force``) and load it back: the result is validated."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(render_session(doc, title))
+    try:
+        load_config(tmp)  # validates; a bad file never replaces a good one
+    except BaseException:
+        tmp.unlink()
+        raise
+    tmp.replace(path)
+    return load_config(path)
+
+
+def parse_parties(text: str) -> tuple[str, ...]:
+    """"a,b,c" -> ("a", "b", "c"), names checked as roster names."""
+    from secure_collab.keys import check_name
+
+    names = tuple(check_name(p.strip()) for p in re.split(r"[,\s]+", text) if p.strip())
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"party names must be distinct and non-empty: {text!r}")
+    return names
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """What sites compare out of band before a session: its digest, the model and every roster key."""
+    s = config.session
+    return {
+        "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
+        "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
+        "min_parties": s.min_parties, "parties": sorted(config.roster.parties),
+        "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
+        "coordinator_endpoint": config.network.coordinator_endpoint,
+        "coordinator_bind": config.network.coordinator_bind,
+    }
