@@ -173,6 +173,8 @@ class Handlers:
     def _on_ack(self: Any, m: Inbound) -> None:
         """One row per (party, round, layer): an ACK is an answer to a release, and a release is sent once."""
         body, key = m.msg.body, (m.name, m.msg.round, m.msg.layer)
+        if (m.msg.round, m.msg.layer) not in self.releases:  # else any pair gives a row (and a false refusal)
+            raise ProtocolError(f"round {m.msg.round} layer {m.msg.layer} has no release to acknowledge")
         if key in self.acked:
             raise ProtocolError(f"round {m.msg.round} layer {m.msg.layer} was acknowledged already")
         self.acked.add(key)

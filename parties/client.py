@@ -66,6 +66,7 @@ class PartyResult:
     refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
     left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
     bytes_sent: int = 0
+    bytes_received: int = 0  # every frame the coordinator sent us (setup, requests, encrypted releases)
     seconds: float = 0.0
 
 
@@ -136,6 +137,7 @@ class Party:
                 continue
             last, heard = time.monotonic(), True
             frames = self.sock.recv_multipart()
+            self.result.bytes_received += sum(len(f) for f in frames)
             try:
                 msg = Message.from_frames(frames, limits)
             except ProtocolError as exc:
@@ -150,6 +152,13 @@ class Party:
                 continue
             if msg.type is MsgType.END:
                 self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
+                missing = [key for r, ls in self.s.steps() for key in ((r, lay) for lay in ls)
+                           if key not in self.result.applied]
+                if self.result.ok and missing:  # END is the coordinator's word, not the solver's signature
+                    self.result.ok = False
+                    self.result.reason = (f"the coordinator ended the session as complete, but the solver-signed "
+                                          f"releases of (round, layer) {missing} never arrived: the model is "
+                                          "not fully edited")
                 (self.log.info if self.result.ok else self.log.error)(
                     "the coordinator ended the session: %s%s", "" if self.result.ok else "ABORTED: ",
                     self.result.reason)
@@ -211,9 +220,9 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
             return
-        if all((msg.round, lay) in self.result.applied for lay in layers):
-            # a released step collected again: a second opening over another party set would give a party's
-            # statistics away, so an honest party never contributes twice (a check beside the solver's own)
+        if any((msg.round, lay) in self.result.applied for lay in layers):
+            # a released step (or any layer of it) collected again: a second opening over another party set
+            # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
             raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
                                 "to a step twice")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]

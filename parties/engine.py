@@ -1,6 +1,9 @@
 """The editing engine behind a party's network loop: statistics per (round, layer), ΔW application, report.
 
-z* is optimised once per round on the model as it is at the round's start; in the sequential variant each
+z* is optimised once per round on the model as it is at the round's start (and kept in the target cache under
+the cache directory, keyed by the weights, the request and the target hyper-parameters: a session run again, in
+another protection mode or after a failure, reuses them; ``target_cache=False`` keeps them in memory only); in
+the sequential variant each
 layer's keys and residuals come from the model with the earlier layers' ΔW applied, in the oneshot variant
 all layers' statistics come from the round's starting model (the network loop asks for them together).
 """
@@ -18,6 +21,7 @@ import torch
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
 from secure_collab.editing.session import rounds_of, session_hparams
+from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
@@ -25,7 +29,8 @@ from secure_collab.models.specs import add_to_down_weight, n_layers
 
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
-                 dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True) -> None:
+                 dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True,
+                 target_cache: bool = True) -> None:
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
         from secure_collab.preflight import check_model, check_templates
@@ -33,6 +38,7 @@ class PartyEditor:
         self.s, self.log = session, log or logging.getLogger("party").info
         self.progress = progress
         check_templates(session)
+        self.cache, self.target_cache = cache, target_cache
         self.lm = load_model(session.model, device=device, cache=cache,
                              dtype=dtype or session.hparams.get("dtype", "auto"), allow_download=allow_download)
         check_model(self.lm, session)  # before target optimisation: a mismatch fails in one line, at once
@@ -61,8 +67,10 @@ class PartyEditor:
         else:
             if round not in self.targets:
                 self.log(f"round {round}: optimising targets for {len(reqs)} requests")
-                self.targets[round] = compute_targets(self.lm, reqs, self.hp, self.templates,
-                                                      progress=self.progress)
+                self.targets[round] = (
+                    cached_targets(self.lm, reqs, self.hp, self.templates, self.cache, progress=self.progress)
+                    if self.target_cache else
+                    compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress))
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
                 if round not in self.oneshot_cur:

@@ -27,7 +27,8 @@ def run_party_session(config: Config, name: str, scheme: ProtectionScheme, engin
     result = run_party(config, name, scheme, engine.compute_statistics, engine.apply_delta, stop=stop)
     report: dict[str, Any] = {
         "party": name, "session": config.session.id, "config_digest": config.digest, "ok": result.ok,
-        "reason": result.reason, "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
+        "reason": result.reason, "bytes_sent": result.bytes_sent,
+        "bytes_received": result.bytes_received, "seconds": round(result.seconds, 3),
         "refusals": result.refusals, "left_out": [f"{r}/{lay}" for r, lay in result.left_out],
         "applied": {f"{r}/{lay}": sha for (r, lay), sha in sorted(result.applied.items())}}
     if engine.finish is not None and result.ok:

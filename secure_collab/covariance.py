@@ -167,20 +167,23 @@ def _batches(tok, texts: Sequence[str], batch_size: int, max_seq_len: int
 
 def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str], tokens: int,
                              batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                             progress: bool = True) -> tuple[dict[int, torch.Tensor], int]:
+                             progress: bool = True, stop_early: bool = True) -> tuple[dict[int, torch.Tensor], int]:
     """Run ``texts`` through ``loaded.model`` until ``tokens`` non-padding tokens were seen.
 
     Returns ({layer: (d_k, d_k) float64 CPU}, tokens used). The budget is exact: in the last batch only the
     first remaining tokens (row-major over the unpadded positions) are counted. Batches follow ``_batches``.
     """
-    moments = accumulate_budget_moments(loaded, layers, texts, [tokens], batch_size, max_seq_len, progress)
+    moments = accumulate_budget_moments(loaded, layers, texts, [tokens], batch_size, max_seq_len, progress,
+                                        stop_early)
     return moments[tokens]
 
 
 def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str], budgets: Sequence[int],
                               batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                              progress: bool = True) -> dict[int, tuple[dict[int, torch.Tensor], int]]:
+                              progress: bool = True, stop_early: bool = True
+                              ) -> dict[int, tuple[dict[int, torch.Tensor], int]]:
     """``accumulate_layer_moments`` for several token budgets in one pass: {budget: (moments, tokens used)}.
+    ``stop_early=False`` runs every forward to the logits (only the benchmark of what stopping saves wants it).
 
     The first b tokens of the pass are the same whatever the largest budget, so a budget's moment is a snapshot
     taken when the running sum reaches it; a budget the corpus cannot fill gets the whole corpus.
@@ -204,42 +207,43 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
     def snapshot(budget: int) -> None:
         out[budget] = ({layer: acc.moment().cpu().clone() for layer, acc in accs.items()}, seen)
 
-    with progress_bar(f"covariance of layers {layers[0]}-{top}", total, "tokens", enabled=progress) as advance:
-        with torch.no_grad(), ExitStack() as stack:
-            stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
-                                                               stop=layer == top)) for layer in layers}
-            # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
-            for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
-                if seen >= total:
-                    break
-                ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
-                try:
-                    model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-                except StopForward:
-                    pass
-                keys = {}
+    with progress_bar(f"covariance of layers {layers[0]}-{top}", total, "tokens", enabled=progress) as advance, \
+            torch.no_grad(), ExitStack() as stack:
+        stores = {layer: stack.enter_context(capture_input(get_module(model, spec.down_name(layer)),
+                                                           stop=stop_early and layer == top))
+                  for layer in layers}
+        # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
+        for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
+            if seen >= total:
+                break
+            ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
+            try:
+                model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            except StopForward:
+                pass
+            keys = {}
+            for layer in layers:
+                (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
+                stores[layer].clear()
+                keys[layer] = x.reshape(-1, x.shape[-1])  # (b*t, d_k)
+            flat = mask.flatten()  # (b*t,)
+            rank = torch.cumsum(flat.long(), 0)  # 1-based index of each real token within the batch
+            done = 0  # tokens of this batch already added
+            while True:  # up to each budget that falls inside this batch, then the rest
+                stop = min(pending[0] - seen + done, int(flat.sum()))
+                take = flat & (rank > done) & (rank <= stop)
                 for layer in layers:
-                    (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
-                    stores[layer].clear()
-                    keys[layer] = x.reshape(-1, x.shape[-1])  # (b*t, d_k)
-                flat = mask.flatten()  # (b*t,)
-                rank = torch.cumsum(flat.long(), 0)  # 1-based index of each real token within the batch
-                done = 0  # tokens of this batch already added
-                while True:  # up to each budget that falls inside this batch, then the rest
-                    stop = min(pending[0] - seen + done, int(flat.sum()))
-                    take = flat & (rank > done) & (rank <= stop)
-                    for layer in layers:
-                        accs[layer].add(keys[layer][take])  # (n, d_k)
-                    seen += stop - done
-                    advance(stop - done)
-                    done = stop
-                    if seen < pending[0]:
-                        break
-                    snapshot(pending.pop(0))
-                    if not pending:
-                        break
+                    accs[layer].add(keys[layer][take])  # (n, d_k)
+                seen += stop - done
+                advance(stop - done)
+                done = stop
+                if seen < pending[0]:
+                    break
+                snapshot(pending.pop(0))
                 if not pending:
                     break
+            if not pending:
+                break
     if seen == 0:
         raise ValueError("the corpus gave no tokens")
     for budget in pending:  # the corpus ran out before these

@@ -38,7 +38,7 @@ def test_demo_session_equals_global_edit(tmp_path, capsys, mode, variant, tolera
         assert not Path("-").exists()  # with --json -, a file named "-" would land in the cwd
     else:
         assert stat.S_IMODE(out.stat().st_mode) == 0o600  # per-party reports and edit counts
-    _check_demo(out, rc, mode, variant, tolerance)
+    _check_demo(out, rc, mode, variant, tolerance, tmp_path / "c")
     # the work directory's secrets (requests, keys, reports, patches, logs, ledger, solver state) are private
     work = tmp_path / "work"
     secret = [p for p in [work, *work.rglob("*")] if p.name not in PUBLIC and not p.name.endswith(".public.toml")]
@@ -53,7 +53,7 @@ def _demo(tmp_path, mode, variant, out):
                  str(tmp_path / "c"), "--timeout", "600", "--json", str(out), "--quiet"])
 
 
-def _check_demo(out, rc, mode, variant, tolerance):
+def _check_demo(out, rc, mode, variant, tolerance, cache):
     r = json.loads(out.read_text())
     assert rc == 0, r
     assert FIELDS <= set(r)
@@ -61,6 +61,10 @@ def _check_demo(out, rc, mode, variant, tolerance):
     assert r["delta_rel_diff_vs_global"] <= tolerance
     assert r["parties_applied_identical_updates"]
     assert set(r["bytes_to_coordinator"]) == {"a", "b", "c"} and min(r["bytes_to_coordinator"].values()) > 0
+    assert set(r["bytes_from_coordinator"]) == {"a", "b", "c"} and min(r["bytes_from_coordinator"].values()) > 0
+    assert 0 < r["session_seconds"] < r["seconds"]  # the processes' span, inside the whole command's
+    # each party kept its targets in the shared cache (a session in another mode reuses them)
+    assert len(list((cache / "targets").rglob("*.safetensors"))) == 6
     # the solver only ever received aggregates: every hand-off in the ledger covers at least min_parties
     with sqlite3.connect(r["ledger"]) as db:
         db.row_factory = sqlite3.Row

@@ -54,3 +54,25 @@ def test_party_splits_rounds_and_tracks_applied_updates(tmp_path, capitals):
     assert sorted(editor.applied) == [(0, 1), (0, 2), (1, 1)]
     report = editor.finish(patch=tmp_path / "patch.safetensors")
     assert report["edits"] == 3 and (tmp_path / "patch.safetensors").is_file()
+
+
+def test_party_targets_are_cached_across_sessions(tmp_path, capitals, monkeypatch):
+    """A second session of the same party on the same model (another protection mode, a run after a failure)
+    reads z* from the target cache: the optimisation does not run again and the statistics are identical."""
+    import secure_collab.editing.target_cache as target_cache
+
+    first = PartyEditor(_session(tmp_path), capitals[:3], cache=tmp_path, log=lambda _m: None)
+    want = first.compute_statistics(0, 1)
+    assert len(list((tmp_path / "targets").rglob("*.safetensors"))) == 2  # round 0's two requests
+
+    def refuse(*_a, **_k):
+        raise AssertionError("targets optimised again despite the cache")
+
+    monkeypatch.setattr(target_cache, "compute_targets", refuse)
+    second = PartyEditor(_session(tmp_path), capitals[:3], cache=tmp_path, log=lambda _m: None)
+    got = second.compute_statistics(0, 1)
+    np.testing.assert_array_equal(got["G"], want["G"])
+    np.testing.assert_array_equal(got["B"], want["B"])
+    # without the cache the party optimises in memory (and the refusing stub is not reached)
+    third = PartyEditor(_session(tmp_path), capitals[:3], cache=tmp_path, log=lambda _m: None, target_cache=False)
+    np.testing.assert_allclose(third.compute_statistics(0, 1)["B"], want["B"], rtol=1e-12, atol=0)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "experiment": "experiment",
     "stats": "stats",
     "protection-check": "protection_check",
+    "bench": "bench",
     "keys": "keys",
     "session": "session",
     "ledger": "ledger",

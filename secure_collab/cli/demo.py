@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                         title="demo")
 
     common = ["--threads", str(args.threads)] + (["--cache-dir", str(cache)] if cache else [])
+    t_spawn, t_end = time.perf_counter(), None  # the session: from the first process started to the last ended
     common += ["--allow-download"] if args.allow_download else []
     procs: dict[str, subprocess.Popen] = {
         "solver": _spawn("solver", ["solver", "--config", str(cfg_path), *common], logs, args.threads),
@@ -180,16 +181,19 @@ def run(args: argparse.Namespace) -> int:
             progress.update(t_done, completed=sum(p.poll() is not None for p in procs.values()))
             if t_ref is not None and ref_thread is not None:
                 progress.update(t_ref, completed=int(not ref_thread.is_alive()))
-            if all(p.poll() is not None for p in procs.values()) and not (ref_thread and ref_thread.is_alive()):
+            ended = all(p.poll() is not None for p in procs.values())
+            t_end = t_end or (time.perf_counter() if ended else None)
+            if ended and not (ref_thread and ref_thread.is_alive()):
                 break
             if time.monotonic() > deadline:
                 for p in procs.values():
                     p.kill()
                 console.print("[red]demo: timed out; processes killed")
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
     codes = {role: p.wait() for role, p in procs.items()}
     result = _collect(args, work, names, cfg, codes, reference, t0)
+    result["session_seconds"] = (t_end or time.perf_counter()) - t_spawn
     _show(console, result)
     write_json(args, result, private=True)  # per-party reports and edit counts
     return 0 if result["ok"] else 1
@@ -242,6 +246,7 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
         "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
         "parties_applied_identical_updates": agree,
         "bytes_to_coordinator": {n: r.get("bytes_sent") for n, r in reports.items()},
+        "bytes_from_coordinator": {n: r.get("bytes_received") for n, r in reports.items()},
         "seconds": time.perf_counter() - t0, "model": args.model, "threads": args.threads,
         "in_turn": bool(args.in_turn), "session": cfg.session.id, "exit_codes": codes,
         "per_party": reports, "ledger": str(cfg.paths.ledger), "workdir": str(work),

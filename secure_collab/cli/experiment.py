@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     def fail(msg: str) -> int:
         raise UserError(msg)  # one line: secure-collab experiment: error: ...
 
-    console = Console(stderr=True, quiet=args.quiet)
+    quiet = bool(getattr(args, "quiet", False))
+    console = Console(stderr=True, quiet=quiet)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = ("sequential", "oneshot") if args.variant == ("both",) else args.variant
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.start + len(records) - 1}), {args.parties} parties, edits {list(grid.edits)}, "
                   f"{metrics} metrics")
     entries = covariance_entries(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len,
-                                 cache=args.cache_dir, progress=not args.quiet)
+                                 cache=args.cache_dir, progress=not quiet)
     covs = {k: e.cov.to(lm.device) for k, e in entries.items()}
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
     ctx = Context(lm, records, hp, covs, templates, cov_digest="-".join(e.key.digest()[:16] for e in entries.values()),
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     plot_fig1(result, out / "fig1.png", title)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_json(args, result)
-    if not args.quiet:
+    if not quiet:
         print(markdown(result, metrics), file=human(args))
     console.print(f"wrote {out}/results.csv, results.md, fig1.png, results.json in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -122,7 +122,7 @@ def cached_targets(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
     missing = [i for i, k in enumerate(keys) if k not in found]
     missing = [i for i in missing if keys.index(keys[i]) == i]  # a repeated request is optimised once
     per = hp.request_batch or max(1, len(missing))
-    with progress_bar("targets z*", len(missing), "edits", enabled=progress and bool(missing)) as advance:
+    with progress_bar("target optimisation", len(missing), "requests", enabled=progress and bool(missing)) as advance:
         for s in range(0, len(missing), per):
             rows = missing[s:s + per]
             got = compute_targets(lm, [requests[i] for i in rows], hp, list(templates))

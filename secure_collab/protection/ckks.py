@@ -34,6 +34,7 @@ import math
 from typing import Any
 
 import numpy as np
+import zstandard
 
 from . import _wire, integrity
 from .base import (
@@ -260,13 +261,14 @@ def _load_checked(frame: Any, context: Any, count: int, meta: dict[str, Any], re
 
     n = meta["poly_modulus_degree"]
     primes = len(meta["coeff_mod_bit_sizes"]) - 1
-    size = len(memoryview(frame).cast("B"))
-    if size == 0 or size > 2 * n * primes * 8 + 65536:  # over a full ciphertext plus framing
-        raise ProtectionError(f"{where}: {size} bytes is not a ciphertext of this session")
+    limit = 2 * n * primes * 8 + 65536  # a full ciphertext (2 polynomials) plus framing
+    data = bytes(memoryview(frame).cast("B"))
+    if not data or len(data) > limit:
+        raise ProtectionError(f"{where}: {len(data)} bytes is not a ciphertext of this session")
     try:
-        vec = ts.ckks_vector_from(context, bytes(frame))
+        vec = ts.ckks_vector_from(context, _one_ciphertext(data, limit))
         cts = vec.ciphertext()
-    except (ValueError, RuntimeError, TypeError):
+    except (ValueError, RuntimeError, TypeError, zstandard.ZstdError):
         raise ProtectionError(f"{where}: ciphertext does not parse under the session context "
                               "(another context, truncated or altered)") from None
     if vec.size() != count or len(cts) != 1:
@@ -279,3 +281,81 @@ def _load_checked(frame: Any, context: Any, count: int, meta: dict[str, Any], re
         raise ProtectionError(f"{where}: ciphertext scale 2^{math.log2(ct.scale):.1f} differs from the "
                               f"session's 2^{meta['scale_bits']}")
     return vec
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[i]
+        value, i, shift = value | (byte & 0x7F) << shift, i + 1, shift + 7
+        if not byte & 0x80:
+            return value, i
+
+
+_SEAL_MAGIC, _SEAL_HEADER, _SEAL_NONE, _SEAL_ZSTD = 0xA15E, 16, 0, 2
+
+
+def _one_ciphertext(data: bytes, limit: int) -> bytes:
+    """A received CKKSVector, re-encoded with exactly one *uncompressed* ciphertext of at most ``limit``
+    bytes, before TenSEAL sees it. TenSEAL would otherwise parse every ciphertext the message lists and
+    SEAL inflate each zstd stream without an output bound: a few kilobytes of run-length blocks become
+    gigabytes (a decompression bomb) before the one-ciphertext check could run.
+
+    TenSEAL's message (tensors.proto): 1 = sizes (packed uint32), 2 = ciphertexts (SEAL serialisations),
+    3 = scale (double); SEAL's 16-byte header: magic 0xA15E, header size, version, compression mode,
+    reserved, total size (uint64)."""
+    import io
+    import struct
+
+    fields: list[tuple[int, int, bytes]] = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            length, i = _varint(data, i)
+            value, i = data[i:i + length], i + length
+        elif wire == 1:
+            value, i = data[i:i + 8], i + 8
+        else:
+            raise ValueError("unexpected field type")
+        if i > len(data):
+            raise ValueError("truncated field")
+        fields.append((number, wire, value))
+    if [(f, w) for f, w, _ in fields] != [(1, 2), (2, 2), (3, 1)]:
+        raise ValueError("not exactly one ciphertext")
+    blob = fields[1][2]
+    if len(blob) < _SEAL_HEADER:
+        raise ValueError("truncated ciphertext")
+    magic, header_size, major, minor, mode, _, total = struct.unpack("<HBBBBHQ", blob[:_SEAL_HEADER])
+    if magic != _SEAL_MAGIC or header_size != _SEAL_HEADER or total != len(blob):
+        raise ValueError("not a SEAL serialisation")
+    if mode == _SEAL_ZSTD:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob[_SEAL_HEADER:]))
+        body = reader.read(limit + 1)
+        while len(body) <= limit and (more := reader.read(limit + 1 - len(body))):
+            body += more
+        if len(body) > limit:
+            raise ValueError("ciphertext inflates beyond one ciphertext of this session")
+    elif mode == _SEAL_NONE:
+        body = blob[_SEAL_HEADER:]
+    else:
+        raise ValueError("unsupported compression")
+    header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, _SEAL_HEADER, major, minor, _SEAL_NONE, 0, _SEAL_HEADER + len(body))
+    ciphertext = header + body
+
+    def field(number: int, value: bytes) -> bytes:
+        return bytes([number << 3 | 2]) + _leb128(len(value)) + value
+
+    return field(1, fields[0][2]) + field(2, ciphertext) + bytes([3 << 3 | 1]) + fields[2][2]
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

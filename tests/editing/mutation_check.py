@@ -36,6 +36,13 @@ MUTANTS = [
     ("target loss in float32 (log-softmax cast)", "secure_collab/editing/targets.py",
      "torch.log_softmax(self.unembed(sel), dim=-1)",
      "torch.log_softmax(self.unembed(sel).float(), dim=-1).to(h.dtype)"),
+    ("window: the replayed positions also see their own stale cached columns", "secure_collab/editing/targets.py",
+     "torch.arange(t, device=dev)[None, None, :] < start[:, None, None]",
+     "torch.arange(t, device=dev)[None, None, :] <= start[:, None, None]"),
+    ("window: positions shifted by one", "secure_collab/editing/targets.py",
+     "position_ids=cols,", "position_ids=cols + 1,"),
+    ("window: δ added one column late", "secure_collab/editing/targets.py",
+     "p.lookup[sel] - up.col0", "p.lookup[sel] - up.col0 + 1"),
 ]
 
 

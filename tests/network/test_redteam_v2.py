@@ -2,7 +2,7 @@
 against a real party runtime. Real CurveZMQ sockets; the attacker holds a roster key (a party's, or the
 coordinator's with the fake coordinator of test_net_auth).
 
-Every strict xfail here is a BREAK of a claim in docs/threat-model.md; its reason says what to fix.
+Each test was a BREAK of a claim in docs/threat-model.md when written (a strict xfail), fixed since.
 """
 
 from __future__ import annotations
@@ -26,12 +26,6 @@ def _rows(cfg, peer):
         return [r for r in ledger.rows("messages") if r["peer"] == peer]
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: an ACK is accepted and recorded for any (round, layer), released or "
-                   "not; only a second ACK of the same pair is refused, so a party adds one ledger row per "
-                   "made-up pair (up to 2^36 of them, at its control-message rate, for as long as a stage lasts) "
-                   "and writes false 'party refused release' records, beyond the written bound of one row per "
-                   "release. Fix: in Handlers._on_ack refuse an ACK unless (round, layer) is in self.releases "
-                   "and was sent to that party.")
 def test_redteam_acks_for_releases_never_sent_are_recorded_one_row_each(tmp_path):
     cfg = make_config(tmp_path, network=SHORT)
     forged = 60
@@ -65,12 +59,6 @@ def test_redteam_acks_for_releases_never_sent_are_recorded_one_row_each(tmp_path
     assert bogus == [], f"{len(bogus)} ledger rows for ACKs of releases that do not exist, e.g. {bogus[0]['reason']!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: in the oneshot variant a party refuses a re-collected step only "
-                   "when it applied the releases of *every* layer of it (parties/client.py _on_request: all(...)); "
-                   "a coordinator that forwards layer 1's release and withholds layer 2's then asks again and the "
-                   "party contributes a second time to layer 1, whose release it applied (the defence the threat "
-                   "model claims holds even if the solver's disk is rolled back). Fix: refuse when any layer of "
-                   "the requested step is in result.applied.")
 def test_redteam_oneshot_party_contributes_again_to_a_layer_it_applied(tmp_path):
     cfg = make_config(tmp_path, variant="oneshot")
     key = load_signing_key(cfg.paths.keys / "solver.key_secret")
@@ -143,13 +131,6 @@ def _peak_rss_mb(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: ckks._load_checked bounds a ciphertext frame's *compressed* size, "
-                   "then ts.ckks_vector_from inflates it (SEAL zstd) and parses every ciphertext the protobuf lists "
-                   "before the 'one ciphertext of `count` values' check: one 128 KiB CONTRIB frame of ~960 RLE-"
-                   "compressed zero ciphertexts costs the coordinator > 100 MB (~1,000x; ~1 GB per message at the "
-                   "demo's N=8192), against the claim that memory is bounded per message. Fix: before parsing, walk "
-                   "the protobuf and SEAL headers (exactly one ciphertext, compr_mode none or its declared inflated "
-                   "size == 2·N·primes·8 + metadata) or require compr_mode none and an exact byte length.")
 def test_redteam_ckks_decompression_bomb_in_one_contrib_frame(tmp_path):
     import os
     import subprocess
@@ -223,12 +204,6 @@ def test_redteam_ckks_decompression_bomb_in_one_contrib_frame(tmp_path):
     assert grown < 32, f"one {len(bomb)}-byte frame raised the coordinator's peak memory by {grown:.0f} MB"
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: a party takes the coordinator's unsigned END at its word "
-                   "(parties/client.py: result.ok = body['ok']): a cheating coordinator that withholds layer 2's "
-                   "release and sends END ok=True makes the party report success, and the party CLI then evaluates "
-                   "and saves (--save/--patch) a half-edited model as done. Fix: a party's result is ok only when "
-                   "every (round, layer) of session.steps() is in result.applied; otherwise fail naming the "
-                   "missing releases.")
 def test_redteam_unsigned_end_makes_a_party_report_success_without_the_releases(tmp_path):
     cfg = make_config(tmp_path)  # sequential, layers 1 and 2
     key = load_signing_key(cfg.paths.keys / "solver.key_secret")

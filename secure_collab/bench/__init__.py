@@ -1,0 +1,1 @@
+"""Benchmarks behind `secure-collab bench`, `secure-collab protection-check` and BENCHMARKS.md."""
