@@ -37,7 +37,7 @@ from secure_collab.editing.templates import templates_digest
 from secure_collab.models.loading import LoadedModel
 
 CELL_FORMAT = 1
-ROW_FIELDS = ("method", "variant", "edits", "parties", "edits_per_party", "efficacy", "generalization",
+ROW_FIELDS = ("method", "variant", "edits", "parties", "edits_per_party", "evaluated", "efficacy", "generalization",
               "specificity", "locality", "score", "gen_efficacy", "gen_generalization", "fluency",
               "delta_rel_diff_vs_global", "z_reach", "edit_seconds", "eval_seconds")
 NAIVE = ("ta", "sa", "ties", "ta-lockstep", "sa-lockstep", "ties-lockstep")
@@ -53,6 +53,8 @@ class MergeGrid:
     fluency_requests: int = 10  # fixed sample per cell: the first requests' first generation prompts
     fluency_prompts: int = 2
     fluency_seed: int = 0
+    eval_per_party: int = 0  # metrics on each party's first k edits (the same for every method); 0: on all edits
+    cached_only: bool = False  # report the cells already finished, compute none (a grid cut short)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -60,6 +62,8 @@ class MergeGrid:
             raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
         if self.metrics not in ("counterfact", "zsre"):
             raise ValueError("metrics must be 'counterfact' or 'zsre'")
+        if self.eval_per_party < 0:
+            raise ValueError("eval_per_party must be 0 (every edit) or positive")
         if not self.edits or min(self.edits) < self.parties or self.parties < 1:
             raise ValueError(f"every edit count must be at least the number of parties ({self.parties})")
 
@@ -87,6 +91,11 @@ def _request_digest(requests: Sequence[Request]) -> str:
     return digest_json([{k: v for k, v in asdict(r).items()} for r in requests])
 
 
+def eval_sample(parties: list[list[Request]], per_party: int) -> list[Request]:
+    """The edited requests the metrics are measured on: each party's first ``per_party`` (0: all of them)."""
+    return [r for p in parties for r in (p if per_party == 0 else p[:per_party])]
+
+
 def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -> str:
     if variant == "oneshot":  # every statistic from the unedited model: lockstep and independent are one thing
         method = method.removesuffix("-lockstep")
@@ -95,14 +104,15 @@ def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -
                         "requests": _request_digest(ctx.requests[:n]), "parties": grid.parties, "method": method,
                         "hparams": ctx.hp.with_(variant=variant).to_dict(), "covariance": ctx.cov_digest,
                         "templates": templates_digest(ctx.templates), "metrics": grid.metrics,
-                        "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed]})[:32]
+                        "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed],
+                        **({"eval_per_party": grid.eval_per_party} if grid.eval_per_party else {})})[:32]
 
 
-def pre_key(ctx: Context, grid: MergeGrid, n: int) -> str:
-    """The unedited model's cell: the model, the first n requests and the metric settings."""
+def pre_key(ctx: Context, grid: MergeGrid, evaluated: list[Request]) -> str:
+    """The unedited model's cell: the model, the requests evaluated and the metric settings."""
     dtype = str(next(ctx.lm.model.parameters()).dtype)
     return digest_json({"format": CELL_FORMAT, "model": ctx.lm.source_digest, "dtype": dtype,
-                        "requests": _request_digest(ctx.requests[:n]), "metrics": grid.metrics,
+                        "requests": _request_digest(evaluated), "metrics": grid.metrics,
                         "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed]})[:32]
 
 
@@ -168,12 +178,16 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
     for n in sorted(grid.edits):
         reqs = ctx.requests[:n]
         parties = split_parties(reqs, grid.parties)
-        pre_path = cells / f"pre-{pre_key(ctx, grid, n)}.json"
+        evaluated = eval_sample(parties, grid.eval_per_party)
+        pre_path = cells / f"pre-{pre_key(ctx, grid, evaluated)}.json"
         pre = _load_json(pre_path)
+        if pre is None and grid.cached_only:
+            continue
         if pre is None:
-            ctx.say(f"{n} edits: evaluating the unedited model")
+            ctx.say(f"{n} edits: evaluating the unedited model on {len(evaluated)} of them")
             t = time.perf_counter()
-            pre = {"edits": n, **measure(ctx, grid, reqs, None), "eval_seconds": time.perf_counter() - t}
+            pre = {"edits": n, "evaluated": len(evaluated), **measure(ctx, grid, evaluated, None),
+                   "eval_seconds": time.perf_counter() - t}
             _write_json(pre_path, pre)
         pre_rows.append({k: v for k, v in pre.items() if k != "loc_predictions"})
         for variant in grid.variants:
@@ -185,6 +199,8 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                 row = _load_json(path)
                 if method == "global" and row is not None and not dpath.is_file():
                     row = None  # the comparison needs Global-Edit's ΔW: recompute it
+                if row is None and grid.cached_only:
+                    continue  # not finished: left out of this report
                 if row is None:
                     ctx.say(f"{variant}, {n} edits, {method}: editing")
                     saved = snapshot(ctx.lm, hp.layers)
@@ -196,7 +212,7 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                         t_edit = time.perf_counter() - t
                         ctx.say(f"{variant}, {n} edits, {method}: evaluating")
                         t = time.perf_counter()
-                        row = measure(ctx, grid, reqs, pre)
+                        row = measure(ctx, grid, evaluated, pre)
                         row["z_reach"] = z_reach(ctx.lm, reqs, targets.take(list(range(n))), hp)
                         row["eval_seconds"], row["edit_seconds"] = time.perf_counter() - t, t_edit
                     finally:
@@ -211,7 +227,7 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                     row["delta_norm"] = {str(k): float(v.norm()) for k, v in deltas.items()}
                     _write_json(path, row)
                 rows.append({"method": method, "variant": variant, "edits": n, "parties": grid.parties,
-                             "edits_per_party": [len(p) for p in parties], **row})
+                             "edits_per_party": [len(p) for p in parties], "evaluated": len(evaluated), **row})
     rows = [r for r in rows if r["method"] in grid.methods]
     return {"rows": rows, "pre": pre_rows, "falls_10_points": ten_point_drops(rows, grid)}
 

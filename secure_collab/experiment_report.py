@@ -35,12 +35,26 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
             w.writerow({**{k: r.get(k) for k in ROW_FIELDS}, "edits_per_party": _per_party(r)})
 
 
+def _setup_lines(setup: dict | None) -> list[str]:
+    """What the table was measured on, in words (λ and the covariance budget included)."""
+    if not setup:
+        return []
+    hp = setup.get("hparams", {})
+    k = setup.get("eval_per_party") or 0
+    on = "every edited record" if not k else f"each party's first {k} edited records (the same for every method)"
+    first, last = setup.get("records", [None, None])
+    return [f"{setup.get('model')}, {Path(str(setup.get('requests'))).name} records {first}-{last}, "
+            f"{setup.get('parties')} parties, layers {hp.get('layers')}, λ = {hp.get('mom2_update_weight'):g}, "
+            f"C from {hp.get('mom2_tokens'):,} tokens; metrics on {on}.", "",
+            f"Command: `{setup.get('command')}`", ""]
+
+
 def markdown(result: dict, metrics: str) -> str:
     """The table (one row per cell, pre-edit first per edit count) and the 10-point-drop lines."""
     third = "locality" if metrics == "zsre" else "specificity"
     cols = ["efficacy", "generalization", third, "score", "gen_efficacy", "gen_generalization", "fluency"]
     head = ["variant", "edits (per party)", "method", *cols, "ΔW vs global", "z reach"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [*_setup_lines(result.get("setup")), "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     pre = {p["edits"]: p for p in result.get("pre", [])}
     seen_pre = set()
     for r in sorted(result["rows"], key=lambda r: (r["variant"] != "sequential", r["variant"], r["edits"])):

@@ -40,6 +40,14 @@ def test_merge_grid_writes_results_and_resumes(tmp_path, monkeypatch):
     assert header[:5] == ["method", "variant", "edits", "parties", "edits_per_party"]
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    part = [*argv[:argv.index("--methods") + 1], "global,collab,ta,sa,ties,sa-lockstep,ta-lockstep",
+            *argv[argv.index("--methods") + 2:], "--cached-only"]
+    assert main(part) == 0  # a cut-short grid reports what is finished and computes nothing
+    partial = json.loads((tmp_path / "r.json").read_text())
+    assert [r for r in partial["rows"] if r["method"] != "ta-lockstep"] == rows
+    # ta-lockstep was never run: in oneshot it is ta's cell (finished), in sequential it is left out
+    assert {r["variant"] for r in partial["rows"] if r["method"] == "ta-lockstep"} == {"oneshot"}
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     assert main(argv) == 0  # resumed: every cell read back, none recomputed
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
@@ -67,3 +75,29 @@ def test_ten_point_drop_is_the_first_edit_count_10_points_below_collab():
                            "largest_measured": 100}
     assert drops["sa"] == {"method": "sa", "variant": "sequential", "edits": None, "edits_per_party_max": None,
                            "largest_measured": 100}
+
+
+def test_eval_per_party_measures_each_partys_first_edits(tmp_path, monkeypatch):
+    """--eval-per-party 1: the metrics are those of the evaluator run directly on each party's first request."""
+    from secure_collab.cli.edit import load_request_set
+    from secure_collab.editing.memit import split_parties
+    from secure_collab.evaluation import evaluate
+    from secure_collab.experiment import eval_sample
+    from secure_collab.models import load_model
+
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    argv = ["experiment", "merge", "--model", "tiny-gpt2", "--requests", "bundled", "--parties", "3", "--edits", "6",
+            "--methods", "global", "--variant", "sequential", "--eval-per-party", "1", "--out", str(tmp_path / "g"),
+            "--threads", "1", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    requests = load_request_set("bundled", None, 6)
+    sample = eval_sample(split_parties(requests, 3), 1)
+    assert [r.prompt for r in sample] == [requests[i].prompt for i in (0, 2, 4)]
+    assert result["pre"][0]["evaluated"] == result["rows"][0]["evaluated"] == 3
+    want = evaluate(load_model("tiny-gpt2"), sample).summary()  # the unedited model, independently
+    assert result["pre"][0]["efficacy"] == want["efficacy"]
+    assert result["pre"][0]["specificity"] == want["specificity"]
+    assert result["setup"]["eval_per_party"] == 1
+    assert result["setup"]["command"] == "secure-collab " + " ".join(argv)
+    assert "each party's first 1 edited records" in (tmp_path / "g" / "results.md").read_text()

@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None, entry_points: Iterable[Any] | None =
 
     parser = build_parser(entry_points)
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for result files
     configure_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args._module.run(args) or 0)

@@ -236,7 +236,6 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
                 num, den = num + value * count, den + count
         return None if den == 0 else num / den
 
-
     post = {m: pooled("post", m) for m in METRICS[:3]}
     pre = {m: pooled("pre", m) for m in METRICS[:3]}
     post["score"], pre["score"] = score_of(list(post.values())), score_of(list(pre.values()))

@@ -56,6 +56,11 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
                                                                           "sequential,oneshot")
     m.add_argument("--metrics", choices=("auto", "counterfact", "zsre"), default="auto",
                    help="auto: zsRE metrics for zsRE requests, else CounterFact's")
+    m.add_argument("--eval-per-party", type=int, default=0, metavar="K",
+                   help="measure the metrics on each party's first K edits only (the same records for every method "
+                        "and variant; z_reach and ΔW use all); 0: on every edit")
+    m.add_argument("--cached-only", action="store_true",
+                   help="write the results of the cells already finished (e.g. of a grid cut short), compute none")
     m.add_argument("--layers", type=parse_layers, default=None, help="edited layers (default: the model's)")
     m.add_argument("--lambda", dest="lam", type=float, default=None, help="λ (default: the model's)")
     m.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the model's)")
@@ -77,19 +82,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from secure_collab.cli._output import write_json
+    from secure_collab.cli._output import human, write_json
     from secure_collab.cli.edit import load_request_set
     from secure_collab.covariance import covariance_entries
     from secure_collab.editing.hparams import VARIANTS, auto_request_batch, default_hparams
     from secure_collab.editing.templates import context_templates
+    from secure_collab.errors import UserError
     from secure_collab.experiment import Context, MergeGrid, detect_metrics, run_merge_grid
     from secure_collab.experiment_report import markdown, plot_fig1, write_csv
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 
     def fail(msg: str) -> int:
-        print(f"secure-collab experiment merge: {msg}", file=sys.stderr)
-        return 2
+        raise UserError(msg)  # one line: secure-collab experiment: error: ...
 
     quiet = bool(getattr(args, "quiet", False))
     console = Console(stderr=True, quiet=quiet)
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         grid = MergeGrid(edits=tuple(sorted(set(args.edits))), parties=args.parties, methods=args.methods,
                          variants=tuple(variants), metrics=metrics, fluency_requests=args.fluency_sample[0],
-                         fluency_prompts=args.fluency_sample[1])
+                         fluency_prompts=args.fluency_sample[1], eval_per_party=args.eval_per_party,
+                         cached_only=args.cached_only)
     except ValueError as e:
         return fail(str(e))
     t0 = time.perf_counter()
@@ -135,9 +141,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_merge_grid(ctx, grid, out)
     result["setup"] = {"model": args.model, "requests": args.requests, "start": args.start,
                        "records": [args.start, args.start + max(grid.edits) - 1], "parties": args.parties,
-                       "metrics": metrics, "hparams": hp.to_dict(), "seconds": time.perf_counter() - t0,
+                       "metrics": metrics, "eval_per_party": grid.eval_per_party, "hparams": hp.to_dict(),
+                       "seconds": time.perf_counter() - t0,
                        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
-                       "command": "secure-collab " + " ".join(sys.argv[1:])}
+                       "command": "secure-collab " + " ".join(getattr(args, "_argv", sys.argv[1:]))}
     write_csv(result["rows"], out / "results.csv")
     (out / "results.md").write_text(markdown(result, metrics))
     title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
@@ -146,6 +153,6 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_json(args, result)
     if not quiet:
-        print(markdown(result, metrics), file=sys.stderr)
+        print(markdown(result, metrics), file=human(args))
     console.print(f"wrote {out}/results.csv, results.md, fig1.png, results.json in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -64,3 +64,24 @@ def test_a_foreign_file_is_ignored_and_replaced(tiny, capitals, tmp_path):
     path.write_bytes(b"not a tensor file")
     again = cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
     assert torch.equal(again.z, first.z)
+
+
+def test_z_reach_by_hand(tiny, capitals):
+    """z_reach is the fraction of the way to z* the state has moved along z* − h₀: known for constructed h₀, z*."""
+    from secure_collab.editing.keys import block_outputs
+    from secure_collab.editing.targets import TargetResult
+    from secure_collab.experiment import z_reach
+
+    hp = DEFAULTS[tiny.name]
+    reqs = capitals[:3]
+    h = block_outputs(tiny, reqs, hp.layers[-1]).double()  # the state now
+    d = torch.randn(h.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    side = torch.randn(h.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    side -= (side * d).sum(1, keepdim=True) / d.pow(2).sum(1, keepdim=True) * d  # orthogonal to d, per row
+
+    def reach(z_init, z):
+        return z_reach(tiny, reqs, TargetResult(z=z, z_init=z_init, loss=[0.0] * 3, nll=[0.0] * 3, steps=[0] * 3), hp)
+
+    assert abs(reach(h - d, h + d) - 0.5) < 1e-9  # moved d of the way 2d
+    assert abs(reach(h - d, h - 0.5 * d) - 2.0) < 1e-9  # moved d of the way d/2: twice past z*
+    assert abs(reach(h - side, h - side + d)) < 1e-9  # moved only across the direction to z*
