@@ -11,7 +11,6 @@ z* depends on. Files: ``<cache>/round-targets/<key[:2]>/<key>.safetensors`` (``z
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -22,30 +21,16 @@ import torch
 from secure_collab.cache import cache_dir, digest_json
 from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams
+from secure_collab.editing.target_cache import target_hparams, weights_digest
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import templates_digest
 from secure_collab.models.loading import LoadedModel
-from secure_collab.models.specs import down_weight, n_layers
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-TARGET_FIELDS = ("v_lr", "v_num_grad_steps", "v_loss_early_stop", "v_weight_decay", "kl_factor",
-                 "clamp_norm_factor", "kl_prompt")
-
-
-def weights_digest(lm: LoadedModel) -> str:
-    """sha256 over the source digest, the dtype and every down-projection weight as it is now."""
-    h = hashlib.sha256(lm.source_digest.encode())
-    h.update(str(next(lm.model.parameters()).dtype).encode())
-    for layer in range(n_layers(lm.model, lm.spec)):
-        w = down_weight(lm.model, lm.spec, layer).detach().contiguous().cpu()
-        h.update(w.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _key(model_digest: str, r: Request, hp: MemitHParams, templates_sha: str) -> str:
-    fields = {f: getattr(hp, f) for f in TARGET_FIELDS} | {"layer": hp.layers[-1]}
+    fields = target_hparams(hp)
     return digest_json({"format": FORMAT, "model": model_digest, "templates": templates_sha, "hparams": fields,
                         "request": [r.subject, r.prompt, r.target_new]})
 
