@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,62 +155,49 @@ def run_forgetting_cli(args: argparse.Namespace) -> int:
     from secure_collab.experiments.forgetting import ForgettingPlan, run_forgetting
     from secure_collab.experiments.report import forgetting_table, plot_forgetting
 
-    t0 = time.perf_counter()
     try:
         plan = ForgettingPlan(args.rounds, args.parties, args.edits_per_party, args.rules)
     except ValueError as exc:
         return fail(args, str(exc))
-    env = setup(args, plan.needed)
-    if isinstance(env, int):
-        return env
-    try:
-        result = run_forgetting(env.lm, env.records, env.hp, env.covs, env.templates, plan, cache=args.cache_dir,
-                                say=env.console.log)
-    except ValueError as exc:  # e.g. a null-space threshold below every eigenvalue of C
-        return fail(args, str(exc))
-    table = forgetting_table(result)
-    env.console.print(table)
-    finish(args, result, table, lambda out: plot_forgetting(result, out / "forgetting.png"), t0)
-    return 0
+    return _experiment(args, plan.needed, lambda env: run_forgetting(
+        env.lm, env.records, env.hp, env.covs, env.templates, plan, cache=args.cache_dir, say=env.console.log),
+        forgetting_table, plot_forgetting, "forgetting.png")
 
 
 def run_overlap_cli(args: argparse.Namespace) -> int:
     from secure_collab.experiments.overlap import run_overlap
     from secure_collab.experiments.report import overlap_table, plot_overlap
 
-    t0 = time.perf_counter()
-    need = 1 + args.parties * args.edits_per_party + args.known
-    env = setup(args, need)
-    if isinstance(env, int):
-        return env
-    try:
-        result = run_overlap(env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs,
-                             env.templates, parties=args.parties, edits_per_party=args.edits_per_party,
-                             known=args.known, known_residual=args.known_residual, cache=args.cache_dir,
-                             say=env.console.log)
-    except ValueError as exc:
-        return fail(args, str(exc))
-    table = overlap_table(result)
-    env.console.print(table)
-    finish(args, result, table, lambda out: plot_overlap(result, out / "overlap.png"), t0)
-    return 0
+    return _experiment(args, 1 + args.parties * args.edits_per_party + args.known, lambda env: run_overlap(
+        env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs, env.templates,
+        parties=args.parties, edits_per_party=args.edits_per_party, known=args.known,
+        known_residual=args.known_residual, cache=args.cache_dir, say=env.console.log),
+        overlap_table, plot_overlap, "overlap.png")
 
 
 def run_conflict_cli(args: argparse.Namespace) -> int:
     from secure_collab.experiments.conflict import run_conflict
     from secure_collab.experiments.report import conflict_table, plot_conflict
 
+    return _experiment(args, 0, lambda env: run_conflict(
+        env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs, env.templates,
+        facts=args.facts, augment=args.augment, rules=args.rules, cache=args.cache_dir, say=env.console.log),
+        conflict_table, plot_conflict, "conflict.png")
+
+
+def _experiment(args: argparse.Namespace, n_records: int, run: Callable[[argparse.Namespace], dict[str, Any]],
+                table_of: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], Path], Any],
+                png: str) -> int:
+    """Set up (``n_records`` requests after --start; 0: all), run, print the table, write table, plot and JSON."""
     t0 = time.perf_counter()
-    env = setup(args, 0)
+    env = setup(args, n_records)
     if isinstance(env, int):
         return env
     try:
-        result = run_conflict(env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs,
-                              env.templates, facts=args.facts, augment=args.augment, rules=args.rules,
-                              cache=args.cache_dir, say=env.console.log)
-    except ValueError as exc:
+        result = run(env)
+    except ValueError as exc:  # e.g. a null-space threshold below every eigenvalue of C
         return fail(args, str(exc))
-    table = conflict_table(result)
+    table = table_of(result)
     env.console.print(table)
-    finish(args, result, table, lambda out: plot_conflict(result, out / "conflict.png"), t0)
+    finish(args, result, table, lambda out: plot(result, out / png), t0)
     return 0
