@@ -125,38 +125,9 @@ def split(requests: list[Request], n_parties: int) -> list[list[Request]]:
 
 
 def cached_targets(setup: PublicSetup, requests: list[Request], say=print) -> TargetResult:
-    """z* per request, cached under ``<cache>/attacks/targets`` by (model, hyper-parameters, templates, request).
+    """z* per request from the engine's target cache (``secure_collab.editing.target_cache``), one request per
+    batch so a request's z* never depends on the others."""
+    from secure_collab.editing.target_cache import cached_targets as engine_targets
 
-    On a CPU the engine optimises one request per batch, so a request's z* does not depend on the others and
-    can be cached alone. (The engine's shared per-request target cache will replace this at merge.)
-    """
-    import os
-
-    from safetensors.torch import load_file, save_file
-
-    from secure_collab.cache import cache_dir, digest_json
-
-    hp = setup.hp
-    base = {"model": setup.lm.source_digest, "hp": {k: v for k, v in hp.to_dict().items() if k != "variant"},
-            "templates": setup.templates, "dtype": str(next(setup.lm.model.parameters()).dtype)}
-    root = cache_dir(setup.cache) / "attacks" / "targets"
-    root.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for i, r in enumerate(requests):
-        key = digest_json({**base, "request": [r.subject, r.prompt, r.target_new]})[:24]
-        path = root / f"{key}.safetensors"
-        if path.is_file():
-            t = load_file(str(path))
-            parts.append(TargetResult(t["z"], t["z_init"], t["loss"].tolist(), t["nll"].tolist(),
-                                      t["steps"].tolist()))
-            continue
-        say(f"targets: {i + 1}/{len(requests)} ({r.subject!r})")
-        res = compute_targets(setup.lm, [r], hp.with_(request_batch=1), setup.templates)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        save_file({"z": res.z.contiguous(), "z_init": res.z_init.contiguous(), "loss": torch.tensor(res.loss),
-                   "nll": torch.tensor(res.nll), "steps": torch.tensor(res.steps)}, str(tmp))
-        os.replace(tmp, path)
-        parts.append(res)
-    return TargetResult(z=torch.cat([p.z for p in parts]), z_init=torch.cat([p.z_init for p in parts]),
-                        loss=[x for p in parts for x in p.loss], nll=[x for p in parts for x in p.nll],
-                        steps=[x for p in parts for x in p.steps])
+    say(f"targets: {len(requests)} requests (cached ones are read back)")
+    return engine_targets(setup.lm, requests, setup.hp.with_(request_batch=1), setup.templates, cache=setup.cache)
