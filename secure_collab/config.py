@@ -32,7 +32,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
-    lambda = 1000.0
+    lambda = 300.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
 
     [network]
