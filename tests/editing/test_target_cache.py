@@ -85,3 +85,21 @@ def test_z_reach_by_hand(tiny, capitals):
     assert abs(reach(h - d, h + d) - 0.5) < 1e-9  # moved d of the way 2d
     assert abs(reach(h - d, h - 0.5 * d) - 2.0) < 1e-9  # moved d of the way d/2: twice past z*
     assert abs(reach(h - side, h - side + d)) < 1e-9  # moved only across the direction to z*
+
+
+def test_stored_targets_are_private_whatever_the_umask(tiny, capitals, tmp_path):
+    """z* follows from the request it edits (a party's private data): 0600 files in 0700 directories."""
+    import os
+    import stat
+
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=2, request_batch=1)
+    old = os.umask(0o022)
+    try:
+        cached_targets(tiny, capitals[:2], hp, TEMPLATES, cache=tmp_path)
+    finally:
+        os.umask(old)
+    stored = list((tmp_path / "targets").rglob("*.safetensors"))
+    assert len(stored) == 2
+    assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
+    assert {stat.S_IMODE(f.parent.stat().st_mode) for f in stored} == {0o700}
+    assert stat.S_IMODE((tmp_path / "targets").stat().st_mode) == 0o700
