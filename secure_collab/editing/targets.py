@@ -287,12 +287,19 @@ def compute_targets(lm: LoadedModel, requests: list[Request], hp: MemitHParams, 
 
 def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templates: list[str],
               window: bool = True) -> TargetResult:
-    """One batch. Requests that reach the early-stop loss leave it: later steps run only the others' rows."""
+    """One batch. Requests that reach the early-stop loss leave it: later steps run only the others' rows.
+
+    The early-stop decision must not depend on the batch: a padded batch reduces in another order than one request
+    alone, so a request's loss can differ in its last bits between the two (the decision once flipped on an Intel
+    CPU where the threshold equalled a loss). A loss within ``_DECIDE_BAND`` of the threshold is therefore decided
+    on the request's loss computed alone (its own rows, shapes and initial KL, as a batch of one computes it), so
+    for the same δ the decision is the same batched or not. (δ itself follows the batch's gradients, equal to the
+    lone ones up to rounding; only one request per batch, the CPU default, makes whole trajectories bit-equal.)
+    """
     layer = hp.layers[-1]
     p = _prepare(lm, requests, hp, templates)
     full = _UpperStack(lm, layer, p, window)
-    n, dev, dt = len(requests), full.h0.device, full.h0.dtype  # the loss stays in the model's dtype
-    weight = p.tgt_weight.to(dt)
+    n, dev = len(requests), full.h0.device
     z_init = full.h0[p.bare_rows, p.lookup[p.bare_rows] - full.col0[p.bare_rows]]  # (n, d_v)
     delta = torch.zeros_like(z_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
@@ -301,36 +308,24 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
     max_norm = hp.clamp_norm_factor * z_init.norm(dim=1)  # (n,)
     loss_j = torch.zeros(n, dtype=torch.float64, device=dev)  # reports only
     nll_j = torch.zeros(n, dtype=torch.float64, device=dev)
-    kl_init = None
-    rows_of = None
+    batch = _Batch(p, full, z_init, hp)
+    alone: dict[int, _Batch] = {}  # request -> the same request as a batch of one (built when a decision needs it)
     for it in range(hp.v_num_grad_steps):
         act = torch.nonzero(active).flatten()  # (a,) active requests
-        if rows_of is None or len(act) != rows_of[0]:  # (re)build the batch of active rows
-            sel = torch.nonzero(active[p.owner]).flatten()  # rows of active requests
-            newidx = torch.full((p.owner.shape[0],), -1, dtype=torch.long, device=dev)
-            newidx[sel] = torch.arange(len(sel), device=dev)
-            up = full.subset(sel) if len(sel) < p.owner.shape[0] else full
-            t_mask = active[p.owner[p.tgt_row]]
-            read_rows = torch.cat([newidx[p.tgt_row[t_mask]], newidx[p.kl_rows[act]]])
-            read_pos = torch.cat([p.tgt_pos[t_mask], p.lookup[p.kl_rows[act]]])
-            rows_of = (len(act), sel, up, t_mask, read_rows, read_pos)
-        _, sel, up, t_mask, read_rows, read_pos = rows_of
-        h = up.h0.index_put((torch.arange(len(sel), device=dev), p.lookup[sel] - up.col0), delta[p.owner[sel]],
-                            accumulate=True)
-        lp = up.log_probs(h, read_rows, read_pos)
-        m = int(t_mask.sum())
-        tok_lp = lp[:m].gather(1, p.tgt_id[t_mask][:, None]).squeeze(1)  # (m,)
-        nll = torch.zeros(n, dtype=dt, device=dev).index_add(
-            0, p.owner[p.tgt_row[t_mask]], -tok_lp * weight[t_mask])[act]  # (a,)
-        kl_lp = lp[m:]  # (a, vocab) at the subject in "{subject} is a"
-        if kl_init is None:
-            kl_init = kl_lp.detach()  # every request is active at the first step
-        kl = (kl_lp.exp() * (kl_lp - kl_init[act])).sum(1)  # KL(current ‖ initial), as MEMIT
-        wd = hp.v_weight_decay * (delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2)
-        loss = nll + hp.kl_factor * kl + wd  # (a,)
+        loss, nll = batch.losses(active, delta)  # (a,), (a,)
         with torch.no_grad():
-            loss_j[act], nll_j[act] = loss.detach().double(), nll.detach().double()
-            still = loss.detach() >= hp.v_loss_early_stop
+            decide = loss.detach().clone()
+            if n > 1:
+                near = torch.nonzero((decide - hp.v_loss_early_stop).abs()
+                                     <= _DECIDE_BAND * abs(hp.v_loss_early_stop)).flatten()
+                for i in near.tolist():
+                    j = int(act[i])
+                    if j not in alone:
+                        alone[j] = _Batch.of(lm, requests[j], hp, templates, window)
+                    decide[i] = alone[j].losses(torch.ones(1, dtype=torch.bool, device=dev),
+                                                delta.detach()[j : j + 1])[0][0]
+            loss_j[act], nll_j[act] = decide.double(), nll.detach().double()
+            still = decide >= hp.v_loss_early_stop
             active[act[~still]] = False
         if not bool(active.any()) or it == hp.v_num_grad_steps - 1:
             break
@@ -346,3 +341,56 @@ def _optimise(lm: LoadedModel, requests: list[Request], hp: MemitHParams, templa
             delta.mul_(scale[:, None])
     z = (z_init + delta).detach()
     return TargetResult(z=z, z_init=z_init.detach(), loss=loss_j.tolist(), nll=nll_j.tolist(), steps=steps.tolist())
+
+
+# A batched loss this close to the early-stop threshold (relative) is decided on the request's lone loss. Batching
+# changes a loss by rounding only (~1e-16 relative in float64, ~1e-6 in float32), far inside the band; the band is
+# rarely entered, so the extra lone forward costs nothing measurable.
+_DECIDE_BAND = 1e-3
+
+
+class _Batch:
+    """The per-request losses of one batch of requests at a given δ, on the rows of the requests still active."""
+
+    def __init__(self, p: _Prepared, full: _UpperStack, z_init: torch.Tensor, hp: MemitHParams) -> None:
+        self.p, self.full, self.z_init, self.hp = p, full, z_init, hp
+        self.weight = p.tgt_weight.to(full.h0.dtype)  # the loss stays in the model's dtype, as MEMIT's
+        self.kl_init: torch.Tensor | None = None  # (n, vocab) at δ = 0, set by the first call (all active)
+        self.rows_of: tuple | None = None
+
+    @staticmethod
+    def of(lm: LoadedModel, request: Request, hp: MemitHParams, templates: list[str], window: bool) -> _Batch:
+        """``request`` alone, exactly as ``_optimise([request])`` computes it, its initial KL taken at δ = 0."""
+        p = _prepare(lm, [request], hp, templates)
+        full = _UpperStack(lm, hp.layers[-1], p, window)
+        one = _Batch(p, full, full.h0[p.bare_rows, p.lookup[p.bare_rows] - full.col0[p.bare_rows]], hp)
+        one.losses(torch.ones(1, dtype=torch.bool, device=full.h0.device), torch.zeros_like(one.z_init))
+        return one
+
+    def losses(self, active: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, NLL) of each active request, (a,) each; ``delta`` is (n, d_v) for all requests."""
+        p, n, dev = self.p, active.shape[0], self.full.h0.device
+        act = torch.nonzero(active).flatten()
+        if self.rows_of is None or len(act) != self.rows_of[0]:  # (re)build the batch of active rows
+            sel = torch.nonzero(active[p.owner]).flatten()  # rows of active requests
+            newidx = torch.full((p.owner.shape[0],), -1, dtype=torch.long, device=dev)
+            newidx[sel] = torch.arange(len(sel), device=dev)
+            up = self.full.subset(sel) if len(sel) < p.owner.shape[0] else self.full
+            t_mask = active[p.owner[p.tgt_row]]
+            read_rows = torch.cat([newidx[p.tgt_row[t_mask]], newidx[p.kl_rows[act]]])
+            read_pos = torch.cat([p.tgt_pos[t_mask], p.lookup[p.kl_rows[act]]])
+            self.rows_of = (len(act), sel, up, t_mask, read_rows, read_pos)
+        _, sel, up, t_mask, read_rows, read_pos = self.rows_of
+        h = up.h0.index_put((torch.arange(len(sel), device=dev), p.lookup[sel] - up.col0), delta[p.owner[sel]],
+                            accumulate=True)
+        lp = up.log_probs(h, read_rows, read_pos)
+        m = int(t_mask.sum())
+        tok_lp = lp[:m].gather(1, p.tgt_id[t_mask][:, None]).squeeze(1)  # (m,)
+        nll = torch.zeros(n, dtype=lp.dtype, device=dev).index_add(
+            0, p.owner[p.tgt_row[t_mask]], -tok_lp * self.weight[t_mask])[act]  # (a,)
+        kl_lp = lp[m:]  # (a, vocab) at the subject in "{subject} is a"
+        if self.kl_init is None:
+            self.kl_init = kl_lp.detach()  # every request is active at the first call
+        kl = (kl_lp.exp() * (kl_lp - self.kl_init[act])).sum(1)  # KL(current ‖ initial), as MEMIT
+        wd = self.hp.v_weight_decay * (delta[act].norm(dim=1) / self.z_init[act].norm(dim=1) ** 2)
+        return nll + self.hp.kl_factor * kl + wd, nll
