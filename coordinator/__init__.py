@@ -1,6 +1,19 @@
-"""Coordinator runtime (ROUTER server that only adds protected payloads) and the solver process."""
+"""The coordinator (untrusted): relays and adds protected payloads, keeps the ledger, never opens anything.
 
-from coordinator.server import Coordinator, Outcome, run_coordinator
-from coordinator.solver import SolveFn, Solver, SolverResult, run_solver
+It imports neither ``solver`` nor ``parties`` (import-linter contract in pyproject.toml). Names load lazily so that
+importing one module of the package loads nothing else.
+"""
 
-__all__ = ["Coordinator", "Outcome", "SolveFn", "Solver", "SolverResult", "run_coordinator", "run_solver"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"Coordinator": "coordinator.server", "Outcome": "coordinator.server", "run_coordinator": "coordinator.server"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'coordinator' has no attribute {name!r}")

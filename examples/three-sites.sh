@@ -24,36 +24,36 @@ while [ $# -gt 0 ]; do
   esac
 done
 read -r -a SC <<< "${SECURE_COLLAB:-secure-collab}"
-secure-collab() { "${SC[@]}" "$@"; }  # the command the walk-through uses
+secure-collab() { command "${SC[@]}" "$@"; }  # the command the walk-through uses (`command`: not this function)
 PY=${PYTHON:-python3}
 WORK=$(mkdir -p "${WORK:-$(mktemp -d -t three-sites-XXXXXX)}" && cd "${WORK:-.}" && pwd)
 PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 HOST=127.0.0.1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # five processes share this machine's cores
 cd "$WORK"
-mkdir -p coordinator/inbox solver site-a site-b site-c
+mkdir -p coordinator/inbox solver-host site-a site-b site-c
 say() { printf '\n== %s\n' "$*"; }
 
 say "1. every site makes its own keys; only the public file leaves it"
 (cd coordinator && secure-collab keys new --role coordinator) | tee coordinator/keys-new.txt
-(cd solver && secure-collab keys new --role solver) | tee solver/keys-new.txt
+(cd solver-host && secure-collab keys new --role solver) | tee solver-host/keys-new.txt
 (cd site-a && secure-collab keys new --role party --name a) | tee site-a/keys-new.txt
 (cd site-b && secure-collab keys new --role party --name b) | tee site-b/keys-new.txt
 (cd site-c && secure-collab keys new --role party --name c) | tee site-c/keys-new.txt
 # the second channel: every site writes down the fingerprint lines it heard (here: read from each output)
 grep -h '^fingerprint: ' */keys-new.txt | cut -d' ' -f2- > agreed-fingerprints.txt
-for site in coordinator solver site-a site-b site-c; do cp agreed-fingerprints.txt "$site/"; done
-cp solver/keys/solver.public.toml site-*/keys/party-*.public.toml coordinator/keys/coordinator.public.toml \
+for site in coordinator solver-host site-a site-b site-c; do cp agreed-fingerprints.txt "$site/"; done
+cp solver-host/keys/solver.public.toml site-*/keys/party-*.public.toml coordinator/keys/coordinator.public.toml \
    coordinator/inbox/
 
 say "2. the coordinator assembles the roster from the public files and writes the session file"
 (cd coordinator && secure-collab keys roster --out roster.toml inbox/*.public.toml)
 (cd coordinator && secure-collab session init --model "$MODEL" --roster roster.toml \
     --bind "tcp://$HOST:$PORT" --endpoint "tcp://$HOST:$PORT" --out session.toml)
-for site in solver site-a site-b site-c; do cp coordinator/roster.toml coordinator/session.toml "$site/"; done
+for site in solver-host site-a site-b site-c; do cp coordinator/roster.toml coordinator/session.toml "$site/"; done
 
 say "3. every site checks the roster against the fingerprints it agreed to, and reads the session's digest"
-for site in coordinator solver site-a site-b site-c; do
+for site in coordinator solver-host site-a site-b site-c; do
   (cd "$site" && secure-collab keys check --roster roster.toml --fingerprints agreed-fingerprints.txt)
   (cd "$site" && secure-collab session show --config session.toml) | grep 'config digest' | sed "s/^/$site: /"
 done
@@ -73,7 +73,7 @@ cat > site-c/requests.jsonl <<'JSONL'
 JSONL
 
 say "5. run: the solver, the coordinator and the three parties (logs in each site's directory)"
-(cd solver && secure-collab solver --config session.toml > solver.log 2>&1) & solver=$!
+(cd solver-host && secure-collab solver --config session.toml > solver.log 2>&1) & solver=$!
 (cd coordinator && secure-collab coordinator --config session.toml > coordinator.log 2>&1) & coordinator=$!
 (cd site-a && secure-collab party --config session.toml --name a --requests requests.jsonl \
     --patch patch.safetensors --json report.json > party.log 2>&1) & party_a=$!
@@ -83,7 +83,7 @@ say "5. run: the solver, the coordinator and the three parties (logs in each sit
     --patch patch.safetensors --json report.json > party.log 2>&1) & party_c=$!
 status=0
 for pid in $party_a $party_b $party_c $coordinator $solver; do wait "$pid" || status=1; done
-for site in solver coordinator site-a site-b site-c; do
+for site in solver-host coordinator site-a site-b site-c; do
   echo "-- $site: last lines of its log"; tail -n 4 "$site"/*.log
 done
 [ "$status" = 0 ] || { echo "three-sites.sh: a role failed (logs above, all in $WORK)" >&2; exit 1; }
@@ -100,7 +100,7 @@ reports = {p: json.loads((work / f"site-{p}" / "report.json").read_text()) for p
 applied = {p: r["applied"] for p, r in reports.items()}
 if not all(r["ok"] for r in reports.values()) or not applied["a"] or len({json.dumps(a, sort_keys=True) for a in applied.values()}) != 1:
     sys.exit(f"parties differ or failed: {applied}")
-own = {"coordinator": "coordinator", "solver": "solver", "site-a": "party-a", "site-b": "party-b", "site-c": "party-c"}
+own = {"coordinator": "coordinator", "solver-host": "solver", "site-a": "party-a", "site-b": "party-b", "site-c": "party-c"}
 for site, stem in own.items():
     secrets = sorted(p.name for p in (work / site).rglob("*.key_secret"))
     if secrets != [f"{stem}.key_secret"]:

@@ -61,7 +61,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     keys = "keys"                # this site's secret key files
     roster = "roster.toml"       # every site's public keys
     ledger = "coordinator/ledger.sqlite"
-    solver_state = "solver"
+    solver_state = "solver-state"
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     network = _build(NetworkConfig, data.get("network", {}), "network")
     raw_paths = data.get("paths", {})
     defaults = {"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
-                "solver_state": "solver"}
+                "solver_state": "solver-state"}
     unknown = set(raw_paths) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown [paths] keys: {sorted(unknown)}")

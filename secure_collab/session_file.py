@@ -93,7 +93,7 @@ class SessionChoices:
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
     paths: dict[str, str] = field(default_factory=lambda: {
-        "keys": "keys", "roster": "roster.toml", "ledger": "coordinator/ledger.sqlite", "solver_state": "solver"})
+        "keys": "keys", "roster": "roster.toml", "ledger": "coordinator/ledger.sqlite", "solver_state": "solver-state"})
 
 
 def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,

@@ -46,14 +46,17 @@ def test_the_script_runs_every_command_of_the_walkthrough():
 
 def test_three_sites_walkthrough_on_tiny_llama(tmp_path):
     work = tmp_path / "work"
-    env = dict(os.environ, SECURE_COLLAB=f"{sys.executable} -m secure_collab", PYTHON=sys.executable,
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # as the docs say to run it: the venv's commands on PATH, no SECURE_COLLAB (its wrapper once called itself when
+    # that was unset); PYTHONPATH only pins the code under test to this checkout
+    env = {k: v for k, v in os.environ.items() if k != "SECURE_COLLAB"}
+    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]), PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(SCRIPT), "--model", "tiny-llama", "--workdir", str(work)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "three-sites.sh: ok" in proc.stdout
     # independently of the script's own check: each site holds its own secret key and no other
-    sites = {"coordinator": "coordinator", "solver": "solver", "site-a": "party-a", "site-b": "party-b",
+    sites = {"coordinator": "coordinator", "solver-host": "solver", "site-a": "party-a", "site-b": "party-b",
              "site-c": "party-c"}
     for site, stem in sites.items():
         assert sorted(p.name for p in (work / site).rglob("*.key_secret")) == [f"{stem}.key_secret"], site

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from coordinator.engine import SessionSolve
-from coordinator.solver import Solver
+from solver.solve import SessionSolve
+from solver.server import Solver
 from secure_collab.protection import get_scheme
 
 sys.path.insert(0, str(Path(__file__).parent / "network"))

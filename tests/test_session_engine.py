@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator.engine import SessionSolve
+from solver.solve import SessionSolve
 from parties.engine import PartyEditor
 from secure_collab.editing.rules import UpdateRule
 from secure_collab.editing.solve import solve_update

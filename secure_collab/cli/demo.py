@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
         request_in_turn=bool(args.in_turn),
         paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
-               "solver_state": "solver"})
+               "solver_state": "solver-state"})
     cfg = write_session(cfg_path, session_document(lm, args.model, choices, templates), force=True,
                         title="demo")
 

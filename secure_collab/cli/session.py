@@ -99,7 +99,7 @@ def _init(args: argparse.Namespace) -> int:
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
         stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn,
         paths={"keys": "keys", "roster": args.roster, "ledger": "coordinator/ledger.sqlite",
-               "solver_state": "solver"})
+               "solver_state": "solver-state"})
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
                     allow_download=args.allow_download)
     doc = session_document(lm, args.model, choices, cache=args.cache_dir)

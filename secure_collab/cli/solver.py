@@ -19,11 +19,11 @@ def engine_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
 
     Plug-in point for the editing engine: return a callable taking g_sum (d_k, d_k) symmetric and
     b_sum (d_v, d_k), float64 numpy sums over the included parties, returning ΔW (d_v, d_k) float64
-    (see coordinator.solver.SolveFn). Loads the base model, checks it against the session (one-line refusal).
+    (see solver.server.SolveFn). Loads the base model, checks it against the session (one-line refusal).
     """
     from pathlib import Path
 
-    from coordinator.engine import SessionSolve
+    from solver.solve import SessionSolve
 
     cache = getattr(args, "cache_dir", None)
     return SessionSolve(config.session, cache=Path(cache) if cache else None,
@@ -32,7 +32,7 @@ def engine_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from secure_collab.cli._output import say, write_json
     from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config

@@ -363,7 +363,7 @@ def fuzz_session(cfg: Config, *, count: int, unknown: int, tcp: int, seed: int, 
     from network_doubles import RawClient, SyntheticEngine, Threads, closed_form_solve
 
     from coordinator.server import run_coordinator
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from parties import run_party
     from secure_collab.protocol.statistics import pack_statistics
 

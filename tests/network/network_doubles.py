@@ -98,7 +98,7 @@ def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_d
                     "stage_timeout_s": 20.0, "solve_timeout_s": 20.0, "heartbeat_s": 0.1,
                     "max_message_bytes": 1 << 16, "linger_ms": 5000, **(network or {})},
         "paths": {"keys": str(keys), "roster": str(keys / "roster.toml"), "ledger": "ledger.sqlite",
-                  "solver_state": "solver", **(paths or {})},
+                  "solver_state": "solver-state", **(paths or {})},
     }
     return write_config(tmp / f"config-{doc['session']['id']}.toml", **doc)
 
@@ -145,7 +145,7 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
                 scheme: ProtectionScheme | None = None) -> SessionRun:
     """Solver, coordinator and honest parties in threads (each with its own zmq context), plus extras."""
     from coordinator.server import run_coordinator
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from parties import run_party
 
     scheme = scheme or get_scheme(cfg.session.mode)
@@ -366,7 +366,7 @@ def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple[Fact, int]]]
 def run_fact_session(cfg: Config, facts: dict[str, dict[int, list[Fact]]], *, coordinator: Any = None,
                      timeout: float = 40.0, engine: dict[str, type] | None = None) -> SessionRun:
     """Solver, coordinator (honest unless given) and FactEngine parties in threads."""
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from parties import run_party
 
     scheme = get_scheme(cfg.session.mode)

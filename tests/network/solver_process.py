@@ -9,7 +9,7 @@ import sys
 
 from network_doubles import closed_form_solve
 
-from coordinator.solver import run_solver
+from solver.server import run_solver
 from secure_collab.config import load_config
 from secure_collab.protection import get_scheme
 

@@ -189,7 +189,7 @@ def test_party_refuses_anything_signed_by_another_key(tmp_path, forged):
 def test_solver_refuses_an_aggregate_of_fewer_than_min_parties(tmp_path):
     from network_doubles import closed_form_solve
 
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
 
     cfg = make_config(tmp_path)
     ctx = zmq.Context()

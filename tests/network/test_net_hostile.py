@@ -345,7 +345,7 @@ def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
 
     from network_doubles import SyntheticEngine, Threads, closed_form_solve
 
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from parties import run_party
 
     here = Path(__file__).parent

@@ -21,7 +21,7 @@ from network_doubles import (
     reference_deltas,
 )
 
-from coordinator.solver import run_solver
+from solver.server import run_solver
 from parties import run_party
 from secure_collab.ledger import Ledger
 from secure_collab.protection import get_scheme

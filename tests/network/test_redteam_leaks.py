@@ -96,7 +96,7 @@ def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, cap
                "b": PartyEditor(cfg.session, capitals, cache=tmp_path / "cache", log=lambda _m: None)}
     th = Threads()
     from coordinator.server import run_coordinator
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from parties import run_party
 
     scheme = get_scheme("shares")

@@ -18,8 +18,8 @@ import pytest
 import zmq
 from network_doubles import SyntheticEngine, closed_form_solve, make_config
 
-from coordinator.solver import Solver
-from coordinator.solver_state import SolverState, StateLocked
+from solver.server import Solver
+from solver.state import SolverState, StateLocked
 from secure_collab.config import STATISTICS
 from secure_collab.keys import load_identity
 from secure_collab.protection import StatContext, get_scheme

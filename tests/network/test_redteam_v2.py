@@ -139,7 +139,7 @@ def test_redteam_ckks_decompression_bomb_in_one_contrib_frame(tmp_path):
 
     from network_doubles import SyntheticEngine, Threads, closed_form_solve
 
-    from coordinator.solver import run_solver
+    from solver.server import run_solver
     from parties import run_party
     from secure_collab.protection import StatContext, get_scheme
 

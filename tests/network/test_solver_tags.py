@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from network_doubles import make_config
 
-from coordinator.solver_state import SolverState
-from coordinator.solver_tags import TagDesk
+from solver.state import SolverState
+from solver.tags import TagDesk
 from secure_collab.keys import load_identity
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection import oprf, sealing

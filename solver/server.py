@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from coordinator.solver_state import SolverState
-from coordinator.solver_tags import TagDesk
+from solver.state import SolverState
+from solver.tags import TagDesk
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (

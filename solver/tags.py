@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.solver_state import SolverState
+from solver.state import SolverState
 from secure_collab.config import Config
 from secure_collab.overlap import AUGMENT, WITHDRAW, Applied, decide
 from secure_collab.protection import _primitives as hazmat
