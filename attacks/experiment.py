@@ -55,10 +55,6 @@ def build_experiment(args: Namespace, say: Callable[[str], None]):
 def run_attack(args: Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     from attacks import runner, session_views
 
-    if args.view == "wire":
-        from attacks.wire import wire_results
-
-        return wire_results(args, say)
     exp = build_experiment(args, say)
     objects = sorted({o for r in exp.requests for o in (r.target_new, r.target_true) if o})
     rows: list[dict] = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection import oprf, sealing
 from secure_collab.protection.base import ProtectionError
 from secure_collab.protocol import tags as wire
@@ -70,7 +69,7 @@ class PartyTags:
         inputs = [x for pair in pairs for x in pair]
         batch, blinds = oprf.blind_batch(inputs, s.tag_slots)
         sealed = sealing.seal_to(scheme.solver_seal_key(public), len(inputs).to_bytes(4, "big"), wire.COUNT_INFO,
-                                 self._ad(round_), hazmat.random_bytes(32))
+                                 self._ad(round_), sealing.fresh_bytes(32))
         signature = self.identity.signing.sign(wire.blinded_statement(s.id, self.config_digest, round_, self.name,
                                                                       batch, sealed))
         self.rounds[round_] = _Round(inputs, blinds, (batch, sealed, signature))
@@ -93,9 +92,9 @@ class PartyTags:
             raise ProtocolError(f"evaluation: {exc}") from None
         r.values = tags
         pairs = list(zip(tags[0::2], tags[1::2], strict=True))
-        plain = wire.encode_tags(pairs, s.tag_slots, hazmat.random_bytes(wire.tags_plain_size(s.tag_slots)))
+        plain = wire.encode_tags(pairs, s.tag_slots, sealing.fresh_bytes(wire.tags_plain_size(s.tag_slots)))
         sealed = sealing.seal_to(scheme.solver_seal_key(public), plain, wire.TAGS_INFO, self._ad(msg.round),
-                                 hazmat.random_bytes(32))
+                                 sealing.fresh_bytes(32))
         sig = self.identity.signing.sign(wire.tags_statement(s.id, self.config_digest, msg.round, self.name, sealed))
         r.tags = (sealed, sig)
         return r.tags
@@ -114,7 +113,7 @@ class PartyTags:
         try:
             plain = sealing.open_sealed(sealed, self.identity.sealing.private_bytes_raw(), wire.DECISION_INFO,
                                         self._ad(msg.round), wire.verdicts_plain_size(s.max_edits_per_party))
-        except hazmat.AuthenticationFailed:
+        except sealing.AuthenticationFailed:
             raise ProtocolError("decision: authentication failed") from None
         verdicts = wire.decode_verdicts(plain, s.max_edits_per_party)
         public = {rec[0] for rec in records}

@@ -1,7 +1,7 @@
 """The solver (trusted): opens authenticated aggregates only, checks, solves and releases ΔW; holds the session's
 secrets (CKKS secret key or share seeds, the tag OPRF key, the sealed cross-round state).
 
-Only this package and protection/ may touch the hazmat primitives it needs, through protection's recipes. Names load
+It reaches the hazmat primitives only through protection's recipes (import-linter contract). Names load
 lazily so that importing one module of the package loads nothing else.
 """
 

@@ -45,9 +45,8 @@ from secure_collab.protection import (
     StatContext,
     oprf,
 )
-from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.encoding import pack_symmetric
-from secure_collab.protection.sealing import encrypt_release
+from secure_collab.protection.sealing import NONCE_BYTES, encrypt_release, fresh_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -386,7 +385,7 @@ class Solver:
         s = self.s
         raw, dtype, shape = encode_delta(delta)
         label = release_label(s.id, self.cfg.digest, round_, layer, pend.attempt)
-        ciphertext = encrypt_release(self.secrets.release_key, label, raw, hazmat.random_bytes(hazmat.NONCE_BYTES))
+        ciphertext = encrypt_release(self.secrets.release_key, label, raw, fresh_bytes(NONCE_BYTES))
         sha = sha256_hex(ciphertext)
         body = {"attempt": pend.attempt, "shape": shape, "dtype": dtype, "sha256": sha,
                 "parties": list(pend.parties)}

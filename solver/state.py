@@ -29,8 +29,7 @@ from typing import Any
 
 from secure_collab.errors import UserError
 from secure_collab.files import FILE_MODE, create_private, private_dir, write_private
-from secure_collab.protection import _primitives as hazmat
-from secure_collab.protection.sealing import open_state, seal_state, state_key
+from secure_collab.protection.sealing import NONCE_BYTES, fresh_bytes, open_state, seal_state, state_key
 
 _RECORD = re.compile(r"^[a-z]+(-r\d+)?(-l\d+)?$")
 
@@ -69,7 +68,7 @@ class SolverState:
     def _sealed(self, record: str, meta: dict[str, Any], blob: bytes) -> bytes:
         text = json.dumps(meta, sort_keys=True).encode()
         data = struct.pack(">I", len(text)) + text + blob
-        return seal_state(self._key, record.encode(), data, hazmat.random_bytes(hazmat.NONCE_BYTES))
+        return seal_state(self._key, record.encode(), data, fresh_bytes(NONCE_BYTES))
 
     def save(self, record: str, meta: dict[str, Any], blob: bytes = b"") -> None:
         write_private(self._path(record), self._sealed(record, meta, blob))

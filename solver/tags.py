@@ -21,7 +21,6 @@ from typing import Any
 from solver.state import SolverState
 from secure_collab.config import Config
 from secure_collab.overlap import AUGMENT, WITHDRAW, Applied, decide
-from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection import oprf, sealing
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
@@ -66,11 +65,11 @@ class TagDesk:
             self._send_evaluated(msg.round, party, done)
             return
         try:
-            hazmat.ed25519_verify(self.cfg.roster.parties[party].verify_key(), signature,
+            sealing.verify_statement(self.cfg.roster.parties[party].verify_key(), signature,
                                   wire.blinded_statement(self.s.id, self.cfg.digest, msg.round, party, batch, sealed))
             count = int.from_bytes(sealing.open_sealed(sealed, self.seal_private, wire.COUNT_INFO,
                                                        self._ad(msg.round, party), 4), "big")
-        except hazmat.AuthenticationFailed:
+        except sealing.AuthenticationFailed:
             raise ProtocolError(f"round {msg.round}: party {party}'s blinded tags do not authenticate") from None
         if count % 2 or count > slots:
             raise ProtocolError(f"round {msg.round}: party {party} declared {count} elements for {slots} slots")
@@ -102,11 +101,11 @@ class TagDesk:
         if rec["decided"] is not None:
             raise ProtocolError(f"round {msg.round} is decided: {party}'s tags come too late")
         try:
-            hazmat.ed25519_verify(self.cfg.roster.parties[party].verify_key(), signature,
+            sealing.verify_statement(self.cfg.roster.parties[party].verify_key(), signature,
                                   wire.tags_statement(self.s.id, self.cfg.digest, msg.round, party, sealed))
             plain = sealing.open_sealed(sealed, self.seal_private, wire.TAGS_INFO, self._ad(msg.round, party),
                                         wire.tags_plain_size(self.s.tag_slots))
-        except hazmat.AuthenticationFailed:
+        except sealing.AuthenticationFailed:
             raise ProtocolError(f"round {msg.round}: party {party}'s tags do not authenticate") from None
         pairs = wire.decode_tags(plain, self.s.tag_slots)
         if 2 * len(pairs) > rec["evaluated"][party]["count"]:
@@ -141,9 +140,9 @@ class TagDesk:
         for p in parties:
             verdicts = [(v.index, v.action, v.kind, v.decision) for v in got.verdicts[p]]
             plain = wire.encode_verdicts(verdicts, self.s.max_edits_per_party,
-                                         hazmat.random_bytes(wire.verdicts_plain_size(self.s.max_edits_per_party)))
+                                         sealing.fresh_bytes(wire.verdicts_plain_size(self.s.max_edits_per_party)))
             sealed = sealing.seal_to(self.cfg.roster.parties[p].sealing, plain, wire.DECISION_INFO,
-                                     self._ad(msg.round, p), hazmat.random_bytes(32))
+                                     self._ad(msg.round, p), sealing.fresh_bytes(32))
             sig = self.signing.sign(wire.decision_statement(self.s.id, self.cfg.digest, msg.round, p, sealed, records))
             decided["messages"][p] = {"sealed": sealed.hex(), "signature": sig.hex()}
             decided["counts"][p] = {"tagged": len(verdicts),

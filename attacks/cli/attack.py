@@ -84,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"attack: {m}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     try:
-        result = run_attack(args, say)
+        if args.view == "wire":  # dispatched here: attacks.wire builds on attacks.experiment, not the reverse
+            from attacks.wire import wire_results
+
+            result = wire_results(args, say)
+        else:
+            result = run_attack(args, say)
     except (AttackError, FileNotFoundError, ValueError) as exc:
         print(f"attack: {exc}", file=sys.stderr)
         return 2

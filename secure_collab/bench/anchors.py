@@ -69,7 +69,7 @@ def measure_flower(vectors: list[np.ndarray], clipping_range: float, quantizatio
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     from flwr.supercore.primitives.asymmetric import generate_key_pairs
 
-    from secure_collab.protection._primitives import random_bytes
+    from secure_collab.protection.sealing import fresh_bytes as random_bytes
 
     parties, n = len(vectors), vectors[0].shape[0]
     dims: list[tuple[int, ...]] = [(int(n),)]

@@ -65,23 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_option(p)
 
 
-def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, device_type: str = "cpu"):
-    from secure_collab.editing.hparams import auto_request_batch, default_hparams
-
-    hp = default_hparams(model_name, n_layers)
-    changes = {"request_batch": args.request_batch if args.request_batch is not None
-               else auto_request_batch(device_type)}
-    if args.layers is not None:
-        changes["layers"] = tuple(args.layers)
-    for attr, field in (("lam", "mom2_update_weight"), ("steps", "v_num_grad_steps"),
-                        ("template_seed", "template_seed"), ("tokens", "mom2_tokens"), ("variant", "variant"),
-                        ("update_rule", "update_rule"), ("past_weight", "mom2_past_weight"),
-                        ("nullspace_threshold", "nullspace_threshold"), ("alphaedit_l2", "alphaedit_l2")):
-        if getattr(args, attr, None) is not None:
-            changes[field] = getattr(args, attr)
-    return hp.with_(**changes)
-
-
 def load_request_set(spec: str, fmt: str | None, limit: int | None):
     from secure_collab.data.bundled import bundled_requests
     from secure_collab.data.formats import load_requests
@@ -94,6 +77,7 @@ def load_request_set(spec: str, fmt: str | None, limit: int | None):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from secure_collab.cli._edit_common import build_hparams, save_edited
     from secure_collab.cli._output import write_json
     from secure_collab.cli._roles import set_threads
     from secure_collab.covariance import layer_covariances
@@ -176,18 +160,6 @@ def run(args: argparse.Namespace) -> int:
     show(console, result)
     write_json(args, result)
     return 0
-
-
-def save_edited(lm, deltas, out: Path, result: dict) -> None:
-    """The edited model (``from_pretrained`` loads it) and patch.safetensors (secure_collab.patch, round 0)."""
-    from secure_collab.files import private_dir
-    from secure_collab.patch import write_patch
-
-    private_dir(out)  # the edited model carries the edits: a 0700 directory
-    lm.model.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)
-    write_patch(out / "patch.safetensors", lm, {(0, k): v for k, v in deltas.items()},
-                {"method": result["method"], "variant": result["variant"]})
 
 
 def show(console, r: dict) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 
 def run_rounds_edit(args: argparse.Namespace, requests: list, console: Any, t_start: float) -> int:
+    from secure_collab.cli._edit_common import build_hparams, save_edited
     from secure_collab.cli._output import write_json
-    from secure_collab.cli.edit import build_hparams, save_edited
     from secure_collab.covariance import layer_covariances
     from secure_collab.editing.memit import rel_diff_per_layer, restore, snapshot, split_parties
     from secure_collab.editing.round_targets import cached_targets

@@ -32,11 +32,11 @@ def engine_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from solver.server import run_solver
     from secure_collab.cli._output import say, write_json
     from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config
     from secure_collab.preflight import check_solver_state
+    from solver.server import run_solver
 
     set_threads(args.threads)
     config = load_config(args.config)

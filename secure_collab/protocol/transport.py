@@ -8,15 +8,46 @@ ROUTER bounds what it buffers per connection in bytes (``router_rcvhwm``) and ne
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
-from secure_collab.config import NetworkConfig
 from secure_collab.errors import UserError
 from secure_collab.keys import CurveKeyPair
 from secure_collab.protocol.messages import Limits, Message
 from secure_collab.protocol.watch import set_backoff
+
+
+class NetworkConfig(Protocol):
+    """The socket settings this module reads (``secure_collab.config.NetworkConfig`` has them). A protocol, not an
+    import: config builds on protocol/, so protocol/ must not import config back."""
+
+    @property
+    def max_frames(self) -> int: ...
+
+    @property
+    def max_message_bytes(self) -> int: ...
+
+    @property
+    def recv_buffer_bytes(self) -> int: ...
+
+    @property
+    def hwm(self) -> int: ...
+
+    @property
+    def linger_ms(self) -> int: ...
+
+    @property
+    def send_timeout_s(self) -> float: ...
+
+    @property
+    def heartbeat_s(self) -> float: ...
+
+    @property
+    def coordinator_bind(self) -> str: ...
+
+    @property
+    def coordinator_endpoint(self) -> str: ...
 
 
 class EndpointError(UserError, OSError):

@@ -1,0 +1,36 @@
+"""What `secure-collab edit` and its multi-round form (cli/edit_rounds.py) share: the hyper-parameters from the
+options, and the saved edited model. One home, so the two commands never import each other."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, device_type: str = "cpu"):
+    from secure_collab.editing.hparams import auto_request_batch, default_hparams
+
+    hp = default_hparams(model_name, n_layers)
+    changes = {"request_batch": args.request_batch if args.request_batch is not None
+               else auto_request_batch(device_type)}
+    if args.layers is not None:
+        changes["layers"] = tuple(args.layers)
+    for attr, field in (("lam", "mom2_update_weight"), ("steps", "v_num_grad_steps"),
+                        ("template_seed", "template_seed"), ("tokens", "mom2_tokens"), ("variant", "variant"),
+                        ("update_rule", "update_rule"), ("past_weight", "mom2_past_weight"),
+                        ("nullspace_threshold", "nullspace_threshold"), ("alphaedit_l2", "alphaedit_l2")):
+        if getattr(args, attr, None) is not None:
+            changes[field] = getattr(args, attr)
+    return hp.with_(**changes)
+
+
+def save_edited(lm, deltas, out: Path, result: dict) -> None:
+    """The edited model (``from_pretrained`` loads it) and patch.safetensors (secure_collab.patch, round 0)."""
+    from secure_collab.files import private_dir
+    from secure_collab.patch import write_patch
+
+    private_dir(out)  # the edited model carries the edits: a 0700 directory
+    lm.model.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+    write_patch(out / "patch.safetensors", lm, {(0, k): v for k, v in deltas.items()},
+                {"method": result["method"], "variant": result["variant"]})
