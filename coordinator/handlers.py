@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
 from secure_collab.protection import Payload, ProtectionError
-from secure_collab.protection.sealing import SEALED_OVERHEAD
+from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
 

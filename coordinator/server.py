@@ -29,7 +29,7 @@ from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step, TagPhase
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
-from secure_collab.protection import Payload, ProtectionError, ProtectionScheme
+from secure_collab.protection import Payload, ProtectionError, PublicScheme
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -67,7 +67,7 @@ class _RosterKeys:
 
 
 class Coordinator(Handlers, TagHandlers):
-    def __init__(self, config: Config, scheme: ProtectionScheme, *, ctx: zmq.Context | None = None,
+    def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.Context | None = None,
                  keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = config
@@ -499,7 +499,7 @@ class Coordinator(Handlers, TagHandlers):
         verify(self.cfg.roster.signing_public(), signature, data, "release")
 
 
-def run_coordinator(config: Config, scheme: ProtectionScheme, *, stop: threading.Event | None = None,
+def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,
                     ctx: zmq.Context | None = None) -> Outcome:
     """Run one session to completion (or abort) and return its outcome."""
     return Coordinator(config, scheme, ctx=ctx, stop=stop).run()

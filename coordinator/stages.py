@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from secure_collab.config import STATISTICS, SessionConfig
-from secure_collab.protection import Accumulator, ProtectionScheme, StatContext
+from secure_collab.protection import Accumulator, PublicScheme, StatContext
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
 from secure_collab.protocol.statistics import chunk_bounds
 
@@ -93,7 +93,7 @@ class Step:
         return StatContext(cfg.id, self.round, layer, stat, party, chunk, self.attempt)
 
     def accumulator(
-        self, key: Key, scheme: ProtectionScheme, public: bytes, cfg: SessionConfig
+        self, key: Key, scheme: PublicScheme, public: bytes, cfg: SessionConfig
     ) -> Accumulator:
         if key not in self.accs:
             layer, stat, chunk = key

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from secure_collab.protection import oprf, sealing
+from secure_collab.protection import oprf, sealing, statements
 from secure_collab.protection.base import ProtectionError
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, ProtocolError
@@ -113,7 +113,7 @@ class PartyTags:
         try:
             plain = sealing.open_sealed(sealed, self.identity.sealing.private_bytes_raw(), wire.DECISION_INFO,
                                         self._ad(msg.round), wire.verdicts_plain_size(s.max_edits_per_party))
-        except sealing.AuthenticationFailed:
+        except statements.AuthenticationFailed:
             raise ProtocolError("decision: authentication failed") from None
         verdicts = wire.decode_verdicts(plain, s.max_edits_per_party)
         public = {rec[0] for rec in records}

@@ -234,11 +234,11 @@ def serve_coordinator(config: Any, *, stop: threading.Event | None = None) -> An
     """Run the coordinator of a session to its end (what `secure-collab coordinator` does); returns its Outcome."""
     from coordinator.server import run_coordinator
     from secure_collab.preflight import check_coordinator_state
-    from secure_collab.protection import get_scheme as load_scheme
+    from secure_collab.protection import public_scheme
 
     cfg = _config(config)
     check_coordinator_state(cfg)
-    return run_coordinator(cfg, load_scheme(cfg.session.mode), stop=stop)
+    return run_coordinator(cfg, public_scheme(cfg.session.mode), stop=stop)  # the public side is all it needs
 
 
 def serve_solver(config: Any, *, cache_dir: str | Path | None = None, allow_download: bool = False,

@@ -21,7 +21,7 @@ from typing import Any
 from solver.state import SolverState
 from secure_collab.config import Config
 from secure_collab.overlap import AUGMENT, WITHDRAW, Applied, decide
-from secure_collab.protection import oprf, sealing
+from secure_collab.protection import oprf, sealing, statements
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
 
@@ -65,11 +65,11 @@ class TagDesk:
             self._send_evaluated(msg.round, party, done)
             return
         try:
-            sealing.verify_statement(self.cfg.roster.parties[party].verify_key(), signature,
+            statements.verify(self.cfg.roster.parties[party].verify_key(), signature,
                                   wire.blinded_statement(self.s.id, self.cfg.digest, msg.round, party, batch, sealed))
             count = int.from_bytes(sealing.open_sealed(sealed, self.seal_private, wire.COUNT_INFO,
                                                        self._ad(msg.round, party), 4), "big")
-        except sealing.AuthenticationFailed:
+        except statements.AuthenticationFailed:
             raise ProtocolError(f"round {msg.round}: party {party}'s blinded tags do not authenticate") from None
         if count % 2 or count > slots:
             raise ProtocolError(f"round {msg.round}: party {party} declared {count} elements for {slots} slots")
@@ -101,11 +101,11 @@ class TagDesk:
         if rec["decided"] is not None:
             raise ProtocolError(f"round {msg.round} is decided: {party}'s tags come too late")
         try:
-            sealing.verify_statement(self.cfg.roster.parties[party].verify_key(), signature,
+            statements.verify(self.cfg.roster.parties[party].verify_key(), signature,
                                   wire.tags_statement(self.s.id, self.cfg.digest, msg.round, party, sealed))
             plain = sealing.open_sealed(sealed, self.seal_private, wire.TAGS_INFO, self._ad(msg.round, party),
                                         wire.tags_plain_size(self.s.tag_slots))
-        except sealing.AuthenticationFailed:
+        except statements.AuthenticationFailed:
             raise ProtocolError(f"round {msg.round}: party {party}'s tags do not authenticate") from None
         pairs = wire.decode_tags(plain, self.s.tag_slots)
         if 2 * len(pairs) > rec["evaluated"][party]["count"]:

@@ -108,7 +108,10 @@ def plugin_commands(entry_points: Iterable[Any] | None = None) -> dict[str, Modu
     return found
 
 
-def build_parser(entry_points: Iterable[Any] | None = None) -> argparse.ArgumentParser:
+def build_parser(entry_points: Iterable[Any] | None = None, only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``only`` (a built-in command's name): that command alone, so that running it imports
+    no other command's module and no plugin (a coordinator's process then loads nothing of the parties' or solver's
+    code, or of attacks/)."""
     from secure_collab import __version__
 
     parser = argparse.ArgumentParser(
@@ -119,8 +122,10 @@ def build_parser(entry_points: Iterable[Any] | None = None) -> argparse.Argument
     add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
     sub.required = True
-    modules = {name: importlib.import_module(f"secure_collab.cli.{m}") for name, m in COMMANDS.items()}
-    modules.update(plugin_commands(entry_points))
+    names = [only] if only in COMMANDS else list(COMMANDS)
+    modules = {name: importlib.import_module(f"secure_collab.cli.{COMMANDS[name]}") for name in names}
+    if only not in COMMANDS:
+        modules.update(plugin_commands(entry_points))
     for name, module in modules.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
@@ -162,7 +167,9 @@ def user_message(exc: BaseException) -> str | None:
 def main(argv: Sequence[str] | None = None, entry_points: Iterable[Any] | None = None) -> int:
     from secure_collab.progress import configure_logging
 
-    parser = build_parser(entry_points)
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args_in if not a.startswith("-")), None)  # the common options take no value
+    parser = build_parser(entry_points, only=command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for result files
     configure_logging(-1 if args.quiet else args.verbose)

@@ -16,15 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from coordinator.server import run_coordinator
     from secure_collab.cli._output import say, write_json
-    from secure_collab.cli._roles import load_scheme, require_secret, stop_on_signals
+    from secure_collab.cli._roles import require_secret, stop_on_signals
     from secure_collab.config import load_config
     from secure_collab.preflight import check_coordinator_state
+    from secure_collab.protection import public_scheme
 
     config = load_config(args.config)
     require_secret(config.paths.keys / "coordinator.key_secret", "the coordinator", config.roster.coordinator)
     check_coordinator_state(config)
     with stop_on_signals() as stop:
-        outcome = run_coordinator(config, load_scheme(config.session.mode), stop=stop)
+        outcome = run_coordinator(config, public_scheme(config.session.mode), stop=stop)  # it never needs more
     say(args, f"session {config.session.id}: {'done' if outcome.ok else 'ABORTED'}: {outcome.reason}")
     for (round_, layer), sha in sorted(outcome.releases.items()):
         say(args, f"  round {round_} layer {layer}: ΔW sha256 {sha[:16]}")

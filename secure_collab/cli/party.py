@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from parties.runner import PartyEngine
+if TYPE_CHECKING:  # the runtime import is in engine_callbacks: building the command line loads no party code
+    from parties.runner import PartyEngine
 
 HELP = "take part in a session: send protected statistics, verify and apply each signed update"
 METRICS = ("efficacy", "generalization", "specificity", "score")
-__all__ = ["PartyEngine", "HELP", "add_arguments", "engine_callbacks", "run"]
+__all__ = ["HELP", "add_arguments", "engine_callbacks", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
     from pathlib import Path
 
     from parties.engine import PartyEditor
+    from parties.runner import PartyEngine
     from secure_collab.data.formats import load_requests
     from secure_collab.editing.session import requests_by_round
     from secure_collab.errors import ConfigError

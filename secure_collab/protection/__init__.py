@@ -2,9 +2,13 @@
 
 Use ``get_scheme(mode)`` with the mode named explicitly; there is no default, so ``plain`` is only ever
 used when asked for. The life cycle is documented in ``base``, the integrity checks in docs/integrity.md.
+The coordinator uses ``public_scheme(mode)`` (``public``): the part of a mode that holds and needs no secret.
+``ProtectionScheme`` loads lazily, so importing this package loads none of the secret-handling modules.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     Accumulator,
@@ -19,9 +23,20 @@ from .base import (
     StatContext,
 )
 from .encoding import pack_symmetric, triangle_size, unpack_symmetric
-from .scheme import ProtectionScheme
+from .public import PublicScheme, public_scheme
+
+if TYPE_CHECKING:
+    from .scheme import ProtectionScheme
 
 MODES = ("ckks", "shares", "plain")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ProtectionScheme":  # the full schemes import the hazmat primitives: only when asked for
+        from .scheme import ProtectionScheme
+
+        return ProtectionScheme
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_scheme(mode: str) -> ProtectionScheme:
@@ -40,6 +55,6 @@ def get_scheme(mode: str) -> ProtectionScheme:
 
 __all__ = [
     "MODES", "Accumulator", "Authenticated", "IntegrityError", "PartyFault", "PartySecrets", "Payload",
-    "ProtectionError", "ProtectionParams", "ProtectionScheme", "SolverKeys", "StatContext", "get_scheme",
-    "pack_symmetric", "triangle_size", "unpack_symmetric",
+    "ProtectionError", "ProtectionParams", "ProtectionScheme", "PublicScheme", "SolverKeys", "StatContext",
+    "get_scheme", "pack_symmetric", "public_scheme", "triangle_size", "unpack_symmetric",
 ]

@@ -1,40 +1,24 @@
 """Modes whose wire values are 64-bit integers (``plain`` in the clear, ``shares`` masked): their public
 parameters, and the coordinator's running sum (uint64, wrapping mod 2^64, one buffer whatever the party
-count; each party's sealed seed and signature kept beside it)."""
+count; each party's sealed seed and signature kept beside it). No secret and no hazmat here: the coordinator's
+process loads this; the full schemes (setup, hide, open) are ``scheme.ArrayScheme`` and its two modes."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from . import _primitives as hazmat
-from . import _wire, integrity
-from .base import (
-    Accumulator,
-    Authenticated,
-    Buffer,
-    Payload,
-    ProtectionError,
-    ProtectionParams,
-    SolverKeys,
-    StatContext,
-)
+from . import _wire
+from .base import Accumulator, Payload, ProtectionError, StatContext
 from .encoding import fixed_point_bits
-from .scheme import SEALED_SEED_BYTES, ProtectionScheme
+from .public import SEALED_SEED_BYTES, PublicScheme
+from .statements import SIGNATURE_BYTES
 
 CHUNK = 1 << 17  # values per frame (1 MiB of uint64)
 LIMB_BITS = 31
 
 
-class ArrayScheme(ProtectionScheme):
-    """Fixed point with f = 59 − ceil(log2(P·bound)) fractional bits; vectors travel as they are (plain)
-    unless a subclass hides them (shares)."""
-
-    def _public_meta(self, params: ProtectionParams) -> tuple[dict[str, Any], bytes, Any]:
-        meta = {"frac_bits": fixed_point_bits(params.bound, params.max_parties), "limb_bits": LIMB_BITS,
-                "frame_values": CHUNK}
-        return meta, b"", None
+class ArrayPublic(PublicScheme):
+    """The public side of the integer-array modes: their parameters' check and the uint64 running sum."""
 
     def _check_public(self, pub: _wire.Public) -> None:
         m = pub.meta
@@ -42,15 +26,16 @@ class ArrayScheme(ProtectionScheme):
                 or m["frame_values"] != CHUNK):
             raise ProtectionError(f"{self.mode} public parameters are inconsistent (scale, limbs or frames)")
 
-    def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        return _wire.chunk_frames(vector.astype(np.int64).view(np.uint64), CHUNK)
-
-    def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
-                pub: _wire.Public) -> np.ndarray:
-        return read_sum(aggregate, CHUNK).view(np.int64)
-
     def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> ArrayAccumulator:
         return ArrayAccumulator(self.mode, CHUNK, self._public(public), n_values, ctx)
+
+
+class PlainPublic(ArrayPublic):
+    mode = "plain"
+
+
+class SharesPublic(ArrayPublic):
+    mode = "shares"
 
 
 class ArrayAccumulator(Accumulator):
@@ -60,7 +45,7 @@ class ArrayAccumulator(Accumulator):
         if type(n_values) is not int or n_values <= 0:
             raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
         self._mode, self._chunk, self._public, self._n, self._ctx = mode, chunk, public, n_values, ctx
-        self._tags = integrity.tag_values(public.meta["limb_bits"])
+        self._tags = _wire.tag_values(public.meta["limb_bits"])
         self._sum = np.zeros(n_values + self._tags, dtype=np.uint64)
         self._parties: list[str] = []
         self._extras: list[bytes] = []  # per party: sealed seed, signature (forwarded, never opened here)
@@ -74,9 +59,9 @@ class ArrayAccumulator(Accumulator):
         who = _wire.admit_party(payload, party, self._parties, self._public.meta["max_parties"])
         _wire.check_array_frames(payload.frames, "uint64", self._n + self._tags, self._chunk)
         sealed, signature = (bytes(f) for f in payload.frames[-2:])
-        if len(sealed) != SEALED_SEED_BYTES or len(signature) != hazmat.SIGNATURE_BYTES:
+        if len(sealed) != SEALED_SEED_BYTES or len(signature) != SIGNATURE_BYTES:
             raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
-                                  f"{hazmat.SIGNATURE_BYTES}-byte signature")
+                                  f"{SIGNATURE_BYTES}-byte signature")
         # every check passed: now the add cannot fail half way
         for i, frame in enumerate(payload.frames[:-2]):
             part = self._sum[i * self._chunk : (i + 1) * self._chunk]

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import os
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .statements import SIGNATURE_BYTES, AuthenticationFailed
+from .statements import verify as ed25519_verify  # signature checks live in statements (no secret needed)
 
 # 1 MiB: large enough to amortise the per-call overhead, small enough to stay in cache.
 KEYSTREAM_CHUNK = 1 << 20
 _ZEROS = bytes(KEYSTREAM_CHUNK)
 _AEAD_NONCE = bytes(12)  # every single-use AEAD key (derived from an ephemeral DH) takes this one nonce
 NONCE_BYTES = 12
-SIGNATURE_BYTES = 64
-
-
-class AuthenticationFailed(Exception):
-    """The one opaque failure of every open/decrypt: it says nothing about why."""
 
 
 def random_bytes(n: int) -> bytes:
@@ -115,11 +113,4 @@ def ed25519_sign(private: Ed25519PrivateKey, data: bytes) -> bytes:
     return private.sign(data)
 
 
-def ed25519_verify(public: Ed25519PublicKey, signature: bytes, data: bytes) -> None:
-    """RFC 8032 verification; any failure (length, encoding, forgery) is the one opaque error."""
-    try:
-        if len(signature) != SIGNATURE_BYTES:
-            raise InvalidSignature()
-        public.verify(signature, data)
-    except InvalidSignature as exc:
-        raise AuthenticationFailed() from exc
+__all__ = ["SIGNATURE_BYTES", "AuthenticationFailed", "ed25519_verify"]  # re-exported: the recipes' one door

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from .base import Buffer, Payload, ProtectionError, StatContext
-from .integrity import tag_values as _tag_values
 
 VERSION = 2
 _PUBLIC_MAGIC = b"SCPP"
@@ -41,6 +40,19 @@ _MAX_BUNDLES_BYTES = 1 << 20
 _DTYPES = {"uint64": np.dtype("<u8"), "float64": np.dtype("<f8")}  # the allow-list
 _HEADER_KEYS = {"v", "mode", "kind", "session", "round", "layer", "statistic", "chunk_index", "attempt",
                 "n_values", "tag_values", "chunk", "public"}
+
+
+TAGS = 2  # independent integrity tags per chunk (protection/integrity.py): forgery probability ≤ q^-TAGS ≈ 2^-122
+
+
+def n_limbs(limb_bits: int) -> int:
+    """Limbs of ``limb_bits`` bits that carry one 61-bit tag (sums of P parties' limbs stay exact)."""
+    return math.ceil(61 / limb_bits)
+
+
+def tag_values(limb_bits: int) -> int:
+    """How many integer values the tags of one chunk append to it."""
+    return TAGS * n_limbs(limb_bits)
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,7 @@ def party_header(mode: str, ctx: StatContext, n_values: int, chunk: int, public:
     return {
         "v": VERSION, "mode": mode, "kind": "party", "session": ctx.session_id, "round": ctx.round,
         "layer": ctx.layer, "statistic": ctx.statistic, "chunk_index": ctx.chunk, "attempt": ctx.attempt,
-        "party": ctx.party, "n_values": n_values, "tag_values": _tag_values(public.meta["limb_bits"]),
+        "party": ctx.party, "n_values": n_values, "tag_values": tag_values(public.meta["limb_bits"]),
         "chunk": chunk, "public": public.digest,
     }
 

@@ -12,14 +12,13 @@ Pure functions: keys and labels in, integers out.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _primitives as hazmat
+from ._wire import TAGS, n_limbs, tag_values  # the tags' layout on the wire (public: the coordinator reads it)
 
+__all__ = ["TAGS", "n_limbs", "tag_values"]
 Q = (1 << 61) - 1  # a Mersenne prime: reduction is a shift and an add
-TAGS = 2  # independent tags per chunk: forgery probability ≤ q^-TAGS ≈ 2^-122
 _ALPHA_INFO = b"secure-collab/v2/mac-alpha|"
 _PAD_INFO = b"secure-collab/v2/tag-pad|"
 TAG_KEY_INFO = b"secure-collab/v2/tag-key|"
@@ -27,15 +26,6 @@ _M31 = np.uint64((1 << 31) - 1)
 _M30 = np.uint64((1 << 30) - 1)
 _M32 = np.uint64((1 << 32) - 1)
 _Q = np.uint64(Q)
-
-
-def n_limbs(limb_bits: int) -> int:
-    return math.ceil(61 / limb_bits)
-
-
-def tag_values(limb_bits: int) -> int:
-    """How many integer values the tags of one chunk append to it."""
-    return TAGS * n_limbs(limb_bits)
 
 
 def alpha(mac_key: bytes, label: bytes, j: int, n: int) -> np.ndarray:

@@ -7,7 +7,7 @@ Never the default: it must be named.
 
 from __future__ import annotations
 
-from ._array import ArrayScheme
+from .scheme import ArrayScheme
 
 
 class PlainScheme(ArrayScheme):

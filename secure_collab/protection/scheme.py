@@ -1,4 +1,5 @@
-"""The scheme template: what every mode shares (integer encoding, tags, seeds, signatures, checks).
+"""The scheme template: what every mode shares (integer encoding, tags, seeds, signatures, checks), and the
+template of the two integer-array modes (``ArrayScheme``: plain and shares).
 
 A mode supplies its public parameters, how it hides a vector (``_hide``), how the solver reads the exact
 sum back (``_unhide``) and the coordinator's running sum (``accumulator``); everything else is here, once.
@@ -17,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import _primitives as hazmat
 from . import _wire, integrity, sealing
+from ._array import CHUNK, LIMB_BITS, ArrayPublic, read_sum
 from .base import (
-    Accumulator,
     Authenticated,
     Buffer,
     IntegrityError,
@@ -31,20 +32,20 @@ from .base import (
     StatContext,
     contribution_statement,
 )
-from .encoding import aggregate_bound, check_bound, check_values, decode_fixed, encode_fixed
+from .encoding import aggregate_bound, check_bound, check_values, decode_fixed, encode_fixed, fixed_point_bits
+from .public import EXTRA_FRAMES, SEALED_SEED_BYTES, SEED_BYTES, PublicScheme
 
-SEED_BYTES = 32
-SEALED_SEED_BYTES = sealing.SEALED_OVERHEAD + SEED_BYTES
+__all__ = ["EXTRA_FRAMES", "SEALED_SEED_BYTES", "SEED_BYTES", "ProtectionScheme"]
+
 BUNDLE_BYTES = 64  # mac_key || release_key
-EXTRA_FRAMES = 2  # per party: the sealed seed and the signature
 
 
 def _bundle_ad(public: bytes, party: str) -> bytes:
     return json.dumps(["bundle", _wire.sha256_hex(public), party], separators=(",", ":")).encode()
 
 
-class ProtectionScheme(abc.ABC):
-    mode: str
+class ProtectionScheme(PublicScheme):
+    """A mode's whole life cycle: the public side (``PublicScheme``) plus setup, protect, authenticate and open."""
 
     # ---- mode-specific parts ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -59,14 +60,6 @@ class ProtectionScheme(abc.ABC):
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
                 pub: _wire.Public) -> np.ndarray:
         """Solver side: the exact int64 sum of the listed parties' vectors (IntegrityError if impossible)."""
-
-    @abc.abstractmethod
-    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> Accumulator:
-        """Coordinator side: a running sum for one chunk (ctx without party)."""
-
-    @abc.abstractmethod
-    def _check_public(self, pub: _wire.Public) -> None:
-        """Mode-specific consistency checks of received public parameters."""
 
     def export_secret(self, secret: Any) -> bytes:
         """The mode secret as bytes, for the solver's encrypted state (none by default)."""
@@ -123,21 +116,6 @@ class ProtectionScheme(abc.ABC):
             raise ProtectionError(f"setup bundle of party {party!r}: authentication failed") from None
         return PartySecrets(plain[:32], plain[32:])
 
-    def _public(self, public: bytes) -> _wire.Public:
-        pub = _wire.decode_public(public, self.mode)
-        m = pub.meta
-        try:
-            check_bound(m["bound"], m["max_parties"], m["min_parties"])
-            key = bytes.fromhex(m["solver_x25519"])
-            ok = (len(key) == 32 and m["tags"] == integrity.TAGS and isinstance(m["frac_bits"], int)
-                  and isinstance(m["limb_bits"], int) and 8 <= m["limb_bits"] <= 31)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtectionError(f"{self.mode} public parameters are malformed: {exc}") from None
-        if not ok:
-            raise ProtectionError(f"{self.mode} public parameters are inconsistent")
-        self._check_public(pub)
-        return pub
-
     # ---- party ------------------------------------------------------------------------------------
     def protect(self, values: np.ndarray, ctx: StatContext, public: bytes, secrets: PartySecrets,
                 signer: Ed25519PrivateKey) -> Payload:
@@ -162,35 +140,6 @@ class ProtectionScheme(abc.ABC):
         signature = hazmat.ed25519_sign(signer, contribution_statement(ctx, pub.digest, values.shape[0], sealed))
         header = _wire.party_header(self.mode, ctx, values.shape[0], self._chunk(pub), pub)
         return Payload(header, (*frames, sealed, signature))
-
-    def _chunk(self, pub: _wire.Public) -> int:
-        """Values per data frame."""
-        return int(pub.meta["frame_values"])
-
-    def frac_bits(self, public: bytes) -> int:
-        """Fractional bits of the integer encoding: one encoded step is 2^-frac_bits in value units."""
-        return int(self._public(public).meta["frac_bits"])
-
-    def solver_seal_key(self, public: bytes) -> bytes:
-        """The solver's session X25519 key in the (signature-checked) public parameters: what parties seal to."""
-        return bytes.fromhex(self._public(public).meta["solver_x25519"])
-
-    def n_tag_values(self, public: bytes) -> int:
-        return integrity.tag_values(self._public(public).meta["limb_bits"])
-
-    # ---- coordinator ------------------------------------------------------------------------------
-    def check_signature(self, payload: Payload, ctx: StatContext, verify_key: Ed25519PublicKey,
-                        public: bytes) -> None:
-        """The coordinator's early check that a party signed what it sent (the solver checks again)."""
-        pub = self._public(public)
-        n = payload.header.get("n_values") if isinstance(payload.header, dict) else None
-        if not isinstance(n, int) or len(payload.frames) < EXTRA_FRAMES:
-            raise ProtectionError("payload lacks n_values or its sealed seed and signature")
-        sealed, signature = bytes(payload.frames[-2]), bytes(payload.frames[-1])
-        try:
-            hazmat.ed25519_verify(verify_key, signature, contribution_statement(ctx, pub.digest, n, sealed))
-        except hazmat.AuthenticationFailed:
-            raise ProtectionError(f"party {ctx.party!r}: contribution signature does not verify") from None
 
     # ---- solver -----------------------------------------------------------------------------------
     def authenticate(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext,
@@ -248,3 +197,20 @@ class ProtectionScheme(abc.ABC):
 
     def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:
         return aggregate_bound(pub.meta["bound"], parties, pub.meta["frac_bits"])
+
+
+class ArrayScheme(ArrayPublic, ProtectionScheme):
+    """Fixed point with f = 59 − ceil(log2(P·bound)) fractional bits; vectors travel as they are (plain)
+    unless a subclass hides them (shares)."""
+
+    def _public_meta(self, params: ProtectionParams) -> tuple[dict[str, Any], bytes, Any]:
+        meta = {"frac_bits": fixed_point_bits(params.bound, params.max_parties), "limb_bits": LIMB_BITS,
+                "frame_values": CHUNK}
+        return meta, b"", None
+
+    def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
+        return _wire.chunk_frames(vector.astype(np.int64).view(np.uint64), CHUNK)
+
+    def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
+                pub: _wire.Public) -> np.ndarray:
+        return read_sum(aggregate, CHUNK).view(np.int64)

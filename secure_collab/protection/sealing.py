@@ -8,33 +8,29 @@ plaintext is for (session, round, layer, statistic, chunk, attempt, party; or th
 Each derived key seals exactly one plaintext, so the all-zero nonce is safe. Keys that seal several
 messages (a session's release key, the solver's state key) take a fresh random nonce each time.
 Randomness comes in as arguments (``ephemeral``, ``nonce``) so test vectors can pin the bytes; roles draw it
-with ``fresh_bytes`` and verify signed statements with ``verify_statement``, so that no role imports the hazmat
-module (import-linter contract in pyproject.toml).
+with ``fresh_bytes`` (and check signatures with ``statements.verify``), so that no role imports the hazmat module
+(import-linter contract in pyproject.toml).
 """
 
 from __future__ import annotations
 
 from . import _primitives as hazmat
 from .base import ProtectionError
+from .public import SEALED_OVERHEAD  # ephemeral public key + Poly1305 tag: one home, the public layout
+
+__all__ = ["SEALED_OVERHEAD"]
 
 SEED_INFO = b"secure-collab/v2/seal-seed|"
 BUNDLE_INFO = b"secure-collab/v2/seal-bundle|"
 RELEASE_INFO = b"secure-collab/v2/release|"
 STATE_INFO = b"secure-collab/v2/solver-state|"
-SEALED_OVERHEAD = 32 + 16  # ephemeral public key + Poly1305 tag
 _AUTH_FAILED = "authentication failed"  # the one message for every failed open, whatever the cause
 NONCE_BYTES = hazmat.NONCE_BYTES
-AuthenticationFailed = hazmat.AuthenticationFailed  # every failed open or signature check, whatever the cause
 
 
 def fresh_bytes(n: int) -> bytes:
     """``n`` bytes from the operating system's CSPRNG: ephemeral keys, nonces and padding a role hands a recipe."""
     return hazmat.random_bytes(n)
-
-
-def verify_statement(public: object, signature: bytes, statement: bytes) -> None:
-    """Check an Ed25519 signature over a signed statement; ``AuthenticationFailed`` (no reason) if it does not hold."""
-    hazmat.ed25519_verify(public, signature, statement)  # type: ignore[arg-type]
 
 
 def seal_to(recipient_public: bytes, plaintext: bytes, purpose: bytes, ad: bytes, ephemeral: bytes) -> bytes:

@@ -19,8 +19,9 @@ import numpy as np
 
 from . import _primitives as hazmat
 from . import _wire
-from ._array import CHUNK, ArrayScheme, read_sum
+from ._array import CHUNK, read_sum
 from .base import Authenticated, Buffer, Payload, ProtectionError, SolverKeys, StatContext
+from .scheme import ArrayScheme
 
 _MASK_INFO = b"secure-collab/v2/mask|"
 _COUNTER0 = bytes(16)

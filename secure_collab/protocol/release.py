@@ -22,9 +22,9 @@ import json
 import math
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from secure_collab.protection import statements
 from secure_collab.protocol.messages import ProtocolError
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
@@ -55,8 +55,8 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
 def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -> None:
     """Raise ProtocolError (one opaque reason per kind) unless the signature verifies."""
     try:
-        public.verify(bytes(signature), data)
-    except InvalidSignature:
+        statements.verify(public, bytes(signature), data)
+    except statements.AuthenticationFailed:
         raise ProtocolError(f"{what}: signature does not verify") from None
 
 

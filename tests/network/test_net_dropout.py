@@ -15,7 +15,8 @@ from network_doubles import (
 from parties.client import Fatal, Party
 from secure_collab.ledger import Ledger
 from secure_collab.protection import StatContext, get_scheme
-from secure_collab.protection._array import ArrayAccumulator, ArrayScheme
+from secure_collab.protection._array import ArrayAccumulator
+from secure_collab.protection.scheme import ArrayScheme
 from secure_collab.protocol.messages import MsgType
 
 SHORT = {"stage_timeout_s": 1.0}

@@ -1,0 +1,234 @@
+"""The public side of ``ckks`` mode (the coordinator's): the session's public context, the check of received
+parameters and ciphertexts, and the running sum of ciphertexts. No secret key and no hazmat here; the parameter
+choice, encryption and decryption are ``ckks.CkksScheme`` (its docstring has the parameters and the checks).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import zstandard
+
+from . import _wire
+from .base import Accumulator, Payload, ProtectionError, StatContext
+from .public import SEALED_SEED_BYTES, PublicScheme
+from .statements import SIGNATURE_BYTES
+
+
+class CkksPublic(PublicScheme):
+    mode = "ckks"
+
+    def __init__(self) -> None:
+        self._contexts: dict[str, Any] = {}  # public digest -> parsed public context (parsing is ~ms)
+
+    def _check_public(self, pub: _wire.Public) -> None:
+        m = pub.meta
+        try:
+            ok = (m["bound_bits"] == math.ceil(math.log2(m["bound"])) and m["frame_values"] == m["slots"]
+                  and m["grid_bits"] == grid_bits(m["error_bits"], m["max_parties"])
+                  and m["frac_bits"] == m["grid_bits"] - m["bound_bits"] and m["limb_bits"] == min(31, m["grid_bits"]))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ProtectionError("ckks public parameters are inconsistent (grid, scale or limbs)")
+
+    def _session(self, public: bytes) -> tuple[_wire.Public, Any]:
+        pub = self._public(public)
+        return pub, self._context_for(pub)
+
+    def _context_for(self, pub: _wire.Public) -> Any:
+        import tenseal as ts
+
+        if pub.digest not in self._contexts:
+            try:
+                context = ts.context_from(pub.body)
+            except (ValueError, RuntimeError) as exc:
+                raise ProtectionError("ckks public context does not parse") from exc
+            if context.has_secret_key() or not context.is_public():
+                raise ProtectionError("ckks public context carries a secret key: refusing to use it")
+            if context.global_scale != 2.0 ** pub.meta["scale_bits"]:
+                raise ProtectionError("ckks public context scale differs from the declared parameters")
+            self._contexts[pub.digest] = context
+        return self._contexts[pub.digest]
+
+    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> CkksAccumulator:
+        pub, context = self._session(public)
+        return CkksAccumulator(pub, context, n_values, ctx)
+
+
+def grid_bits(error_bits: float, max_parties: int) -> int:
+    """The integer grid 2^-g the decrypted sum is rounded to: the error (below 2^error_bits) stays under a
+    quarter step, and P · 2^(g+1) < q keeps every structured shift out of the bound (docs/integrity.md)."""
+    return min(math.floor(-error_bits) - 2, 59 - math.ceil(math.log2(max(max_parties, 2))))
+
+
+class CkksAccumulator(Accumulator):
+    """One running ciphertext per frame of slots, whatever the party count; seals and signatures beside."""
+
+    def __init__(self, pub: _wire.Public, context: Any, n_values: int, ctx: StatContext) -> None:
+        if ctx.party:
+            raise ProtectionError("an accumulator is for an aggregate: its context has no party")
+        if type(n_values) is not int or n_values <= 0:
+            raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
+        self._pub, self._context, self._n, self._ctx = pub, context, n_values, ctx
+        self._slots = pub.meta["slots"]
+        self._tags = _wire.tag_values(pub.meta["limb_bits"])
+        self._total = n_values + self._tags
+        self._sum: list[Any] = [None] * _wire.n_chunks(self._total, self._slots)
+        self._parties: list[str] = []
+        self._extras: list[bytes] = []
+        self._reference = _reference_parms(context)
+        self._closed = False
+
+    def add(self, payload: Payload, party: str | None = None) -> None:
+        if self._closed:
+            raise ProtectionError("this statistic was already aggregated: no more contributions")
+        _wire.check_payload(payload, mode="ckks", kind="party", ctx=self._ctx, n_values=self._n,
+                            chunk=self._slots, public=self._pub, extra_frames=2, tag_values=self._tags)
+        who = _wire.admit_party(payload, party, self._parties, self._pub.meta["max_parties"])
+        sealed, signature = (bytes(f) for f in payload.frames[-2:])
+        if len(sealed) != SEALED_SEED_BYTES or len(signature) != SIGNATURE_BYTES:
+            raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
+                                  f"{SIGNATURE_BYTES}-byte signature")
+        # parse every ciphertext before adding any: all or nothing
+        vecs = [_load_checked(frame, self._context, min(self._slots, self._total - i * self._slots),
+                              self._pub.meta, self._reference, f"party {who!r} frame {i}")
+                for i, frame in enumerate(payload.frames[:-2])]
+        for i, vec in enumerate(vecs):
+            if self._sum[i] is None:
+                self._sum[i] = vec
+            else:
+                self._sum[i] += vec
+        self._parties.append(who)
+        self._extras.extend((sealed, signature))
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(self._parties)
+
+    @property
+    def held_bytes(self) -> int:
+        n, primes = self._pub.meta["poly_modulus_degree"], len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
+        held = sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
+        return held + sum(len(e) for e in self._extras)
+
+    def aggregate(self) -> Payload:
+        if not self._parties:
+            raise ProtectionError("no party has contributed yet")
+        header = _wire.aggregate_header("ckks", self._ctx, self._n, self._slots, self._pub, self.parties)
+        self._closed = True  # one aggregate per statistic: later contributions are refused
+        return Payload(header, tuple(s.serialize() for s in self._sum) + tuple(self._extras))
+
+
+def _reference_parms(context: Any) -> list[int]:
+    import tenseal as ts
+
+    return list(ts.ckks_vector(context, [0.0]).ciphertext()[0].parms_id())
+
+
+def _load_checked(frame: Any, context: Any, count: int, meta: dict[str, Any], reference: list[int],
+                  where: str) -> Any:
+    """Parse one ciphertext under the session context and check it belongs to it."""
+    import tenseal as ts
+
+    n = meta["poly_modulus_degree"]
+    primes = len(meta["coeff_mod_bit_sizes"]) - 1
+    limit = 2 * n * primes * 8 + 65536  # a full ciphertext (2 polynomials) plus framing
+    data = bytes(memoryview(frame).cast("B"))
+    if not data or len(data) > limit:
+        raise ProtectionError(f"{where}: {len(data)} bytes is not a ciphertext of this session")
+    try:
+        vec = ts.ckks_vector_from(context, _one_ciphertext(data, limit))
+        cts = vec.ciphertext()
+    except (ValueError, RuntimeError, TypeError, zstandard.ZstdError):
+        raise ProtectionError(f"{where}: ciphertext does not parse under the session context "
+                              "(another context, truncated or altered)") from None
+    if vec.size() != count or len(cts) != 1:
+        raise ProtectionError(f"{where}: ciphertext holds {vec.size()} values, expected {count}")
+    ct = cts[0]
+    if (ct.size() != 2 or ct.poly_modulus_degree() != n or ct.coeff_modulus_size() != primes
+            or not ct.is_ntt_form() or list(ct.parms_id()) != reference):
+        raise ProtectionError(f"{where}: ciphertext is not at the session context's parameters")
+    if ct.scale != 2.0 ** meta["scale_bits"]:
+        raise ProtectionError(f"{where}: ciphertext scale 2^{math.log2(ct.scale):.1f} differs from the "
+                              f"session's 2^{meta['scale_bits']}")
+    return vec
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[i]
+        value, i, shift = value | (byte & 0x7F) << shift, i + 1, shift + 7
+        if not byte & 0x80:
+            return value, i
+
+
+_SEAL_MAGIC, _SEAL_HEADER, _SEAL_NONE, _SEAL_ZSTD = 0xA15E, 16, 0, 2
+
+
+def _one_ciphertext(data: bytes, limit: int) -> bytes:
+    """A received CKKSVector, re-encoded with exactly one *uncompressed* ciphertext of at most ``limit``
+    bytes, before TenSEAL sees it. TenSEAL would otherwise parse every ciphertext the message lists and
+    SEAL inflate each zstd stream without an output bound: a few kilobytes of run-length blocks become
+    gigabytes (a decompression bomb) before the one-ciphertext check could run.
+
+    TenSEAL's message (tensors.proto): 1 = sizes (packed uint32), 2 = ciphertexts (SEAL serialisations),
+    3 = scale (double); SEAL's 16-byte header: magic 0xA15E, header size, version, compression mode,
+    reserved, total size (uint64)."""
+    import struct
+
+    fields: list[tuple[int, int, bytes]] = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            length, i = _varint(data, i)
+            value, i = data[i:i + length], i + length
+        elif wire == 1:
+            value, i = data[i:i + 8], i + 8
+        else:
+            raise ValueError("unexpected field type")
+        if i > len(data):
+            raise ValueError("truncated field")
+        fields.append((number, wire, value))
+    if [(f, w) for f, w, _ in fields] != [(1, 2), (2, 2), (3, 1)]:
+        raise ValueError("not exactly one ciphertext")
+    blob = fields[1][2]
+    if len(blob) < _SEAL_HEADER:
+        raise ValueError("truncated ciphertext")
+    magic, header_size, major, minor, mode, _, total = struct.unpack("<HBBBBHQ", blob[:_SEAL_HEADER])
+    if magic != _SEAL_MAGIC or header_size != _SEAL_HEADER or total != len(blob):
+        raise ValueError("not a SEAL serialisation")
+    if mode == _SEAL_ZSTD:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob[_SEAL_HEADER:]))
+        body = reader.read(limit + 1)
+        while len(body) <= limit and (more := reader.read(limit + 1 - len(body))):
+            body += more
+        if len(body) > limit:
+            raise ValueError("ciphertext inflates beyond one ciphertext of this session")
+    elif mode == _SEAL_NONE:
+        body = blob[_SEAL_HEADER:]
+    else:
+        raise ValueError("unsupported compression")
+    header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, _SEAL_HEADER, major, minor, _SEAL_NONE, 0, _SEAL_HEADER + len(body))
+    ciphertext = header + body
+
+    def field(number: int, value: bytes) -> bytes:
+        return bytes([number << 3 | 2]) + _leb128(len(value)) + value
+
+    return field(1, fields[0][2]) + field(2, ciphertext) + bytes([3 << 3 | 1]) + fields[2][2]
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

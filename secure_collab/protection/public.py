@@ -1,0 +1,90 @@
+"""What of a protection mode needs no secret: the public parameters, the layout of the frames a party adds to its
+contribution, the coordinator's running sum, and its early check of a party's signature.
+
+This is the coordinator's whole view of protection (``public_scheme(mode)``). Nothing here, and nothing it imports,
+touches a secret or the hazmat primitives, so the coordinator's process never loads them (tested over a real
+coordinator process). The full schemes (``get_scheme``: setup, protect, authenticate, open) extend these classes.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import _wire, statements
+from .base import Accumulator, Payload, ProtectionError, StatContext, contribution_statement
+from .encoding import check_bound
+
+SEED_BYTES = 32
+SEALED_OVERHEAD = 32 + 16  # sealing.seal_to: ephemeral X25519 public key + Poly1305 tag
+SEALED_SEED_BYTES = SEALED_OVERHEAD + SEED_BYTES
+EXTRA_FRAMES = 2  # per party: the sealed seed and the signature
+
+
+class PublicScheme(abc.ABC):
+    """A mode's public side: parse and check public parameters, sum contributions, check their signatures."""
+
+    mode: str
+
+    @abc.abstractmethod
+    def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> Accumulator:
+        """Coordinator side: a running sum for one chunk (ctx without party)."""
+
+    @abc.abstractmethod
+    def _check_public(self, pub: _wire.Public) -> None:
+        """Mode-specific consistency checks of received public parameters."""
+
+    def _public(self, public: bytes) -> _wire.Public:
+        pub = _wire.decode_public(public, self.mode)
+        m = pub.meta
+        try:
+            check_bound(m["bound"], m["max_parties"], m["min_parties"])
+            key = bytes.fromhex(m["solver_x25519"])
+            ok = (len(key) == 32 and m["tags"] == _wire.TAGS and isinstance(m["frac_bits"], int)
+                  and isinstance(m["limb_bits"], int) and 8 <= m["limb_bits"] <= 31)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtectionError(f"{self.mode} public parameters are malformed: {exc}") from None
+        if not ok:
+            raise ProtectionError(f"{self.mode} public parameters are inconsistent")
+        self._check_public(pub)
+        return pub
+
+    def _chunk(self, pub: _wire.Public) -> int:
+        """Values per data frame."""
+        return int(pub.meta["frame_values"])
+
+    def frac_bits(self, public: bytes) -> int:
+        """Fractional bits of the integer encoding: one encoded step is 2^-frac_bits in value units."""
+        return int(self._public(public).meta["frac_bits"])
+
+    def solver_seal_key(self, public: bytes) -> bytes:
+        """The solver's session X25519 key in the (signature-checked) public parameters: what parties seal to."""
+        return bytes.fromhex(self._public(public).meta["solver_x25519"])
+
+    def n_tag_values(self, public: bytes) -> int:
+        return _wire.tag_values(self._public(public).meta["limb_bits"])
+
+    def check_signature(self, payload: Payload, ctx: StatContext, verify_key: Ed25519PublicKey,
+                        public: bytes) -> None:
+        """The coordinator's early check that a party signed what it sent (the solver checks again)."""
+        pub = self._public(public)
+        n = payload.header.get("n_values") if isinstance(payload.header, dict) else None
+        if not isinstance(n, int) or len(payload.frames) < EXTRA_FRAMES:
+            raise ProtectionError("payload lacks n_values or its sealed seed and signature")
+        sealed, signature = bytes(payload.frames[-2]), bytes(payload.frames[-1])
+        try:
+            statements.verify(verify_key, signature, contribution_statement(ctx, pub.digest, n, sealed))
+        except statements.AuthenticationFailed:
+            raise ProtectionError(f"party {ctx.party!r}: contribution signature does not verify") from None
+
+
+def public_scheme(mode: str) -> PublicScheme:
+    """The coordinator's view of ``mode`` ("ckks" | "shares" | "plain"), through a fixed table."""
+    from ._array import PlainPublic, SharesPublic
+    from .ckks_public import CkksPublic
+
+    table: dict[str, type[PublicScheme]] = {"ckks": CkksPublic, "shares": SharesPublic, "plain": PlainPublic}
+    if mode not in table:
+        raise ProtectionError(f"unknown protection mode {mode!r}; choose one of {', '.join(table)}")
+    return table[mode]()
