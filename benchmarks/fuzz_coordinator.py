@@ -50,10 +50,10 @@ from network_doubles import (  # noqa: E402
     reference_deltas,
 )
 
-from solver.server import run_solver  # noqa: E402
 from parties import run_party  # noqa: E402
 from secure_collab.protection import get_scheme  # noqa: E402
 from secure_collab.protocol.messages import Message, MsgType  # noqa: E402
+from solver.server import run_solver  # noqa: E402
 
 
 class CoordinatorProcess:

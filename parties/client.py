@@ -278,7 +278,8 @@ class Party:
         if n > s.max_edits_per_party:
             raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
         problems = plausibility_problems(unpack_g(stats["G"], s.d_k), stats["B"].reshape(s.d_v, s.d_k), n, 1,
-                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party))
+                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party),
+                                         fewest=0)  # nothing to edit this round: zeros are honest
         if problems:
             raise Fatal(f"layer {layer}: this party's statistics break the session's bounds "
                         f"({'; '.join(map(str, problems))});"

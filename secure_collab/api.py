@@ -244,10 +244,10 @@ def serve_coordinator(config: Any, *, stop: threading.Event | None = None) -> An
 def serve_solver(config: Any, *, cache_dir: str | Path | None = None, allow_download: bool = False,
                  stop: threading.Event | None = None) -> Any:
     """Run the trusted solver of a session to its end (what `secure-collab solver` does); returns its result."""
-    from solver.solve import SessionSolve
-    from solver.server import run_solver
     from secure_collab.preflight import check_solver_state
     from secure_collab.protection import get_scheme as load_scheme
+    from solver.server import run_solver
+    from solver.solve import SessionSolve
 
     cfg = _config(config)
     check_solver_state(cfg)

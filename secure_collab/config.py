@@ -49,7 +49,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     send_timeout_s = 10.0          # parties and solver: a send blocked this long counts as failed (the
                                    # coordinator never blocks: a send to a full queue is dropped and recorded)
     request_in_turn = false        # ask parties for statistics one at a time (shared cores)
-    recv_buffer_bytes = 268435456  # coordinator: complete messages queued per connection, in bytes
+    recv_buffer_bytes = 268435456  # coordinator (per connection) and solver: complete messages queued, in bytes
                                    # (RCVHWM = recv_buffer_bytes // max_message_bytes, at least 1)
     budget_headroom = 4.0          # per-party budgets: this many times what an honest party sends
     max_refusal_rows = 64          # refusals recorded (and answered) one by one per peer and step

@@ -3,7 +3,10 @@
 It makes the session's protection secrets and seals the MAC and release keys to each roster party
 (``scheme.solver_setup``), signs the setup, and then, for each step (round, layers):
 
-1. collects every chunk of every statistic of the step's layers (nothing is opened while chunks arrive);
+1. collects every chunk of every statistic of the step's layers (nothing is opened while chunks arrive), one
+   step at a time: each chunk's header and frame sizes are checked on arrival (``scheme.check_aggregate``) and a
+   chunk that fails is refused and logged, unkept; a chunk of another step or a newer attempt replaces the
+   incomplete one, so the solver holds at most one step's protected bytes (the bound in docs/threat-model.md);
 2. authenticates them: each listed party is in the pinned roster, signed each chunk with its own key and
    sealed a seed the solver can open. A party that fails is named in a VERDICT (nothing opened), so the
    coordinator can collect the step again without it;
@@ -31,8 +34,6 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from solver.state import SolverState
-from solver.tags import TagDesk
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
@@ -62,6 +63,8 @@ from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_pro
 from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
+from solver.state import SolverState
+from solver.tags import TagDesk
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,11 @@ class SolverResult:
 
 @dataclass
 class _Pending:
-    """Aggregate chunks of one step and attempt, held unopened until the step is complete."""
+    """Aggregate chunks of the one step and attempt being collected, checked on arrival and held unopened until
+    the step is complete."""
 
+    round: int
+    layers: tuple[int, ...]
     attempt: int
     parties: tuple[str, ...]
     chunks: dict[tuple[int, str, int], Payload] = field(default_factory=dict)  # (layer, stat, chunk)
@@ -121,7 +127,7 @@ class Solver:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.seq = Sequencer()
-        self.pending: dict[tuple[int, tuple[int, ...]], _Pending] = {}
+        self.pending: _Pending | None = None  # at most one step's chunks are held
         self.opened = self.state.steps("opened")  # (round, layer) -> {"attempt", "parties"}
         self.result = SolverResult()
         self.ended = False
@@ -164,7 +170,10 @@ class Solver:
             hello = {"role": "solver", "public": True}
             if self._own_ctx:
                 stack.callback(self.ctx.term)
-            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network)
+            # its receive queue is bounded in bytes (recv_buffer_bytes) as the coordinator's is: part of the
+            # memory bound of docs/threat-model.md
+            self.sock = transport.dealer(self.ctx, self.keys, self.cfg.roster.coordinator.curve, self.cfg.network,
+                                         rcvhwm=transport.router_rcvhwm(self.cfg.network))
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
@@ -242,22 +251,40 @@ class Solver:
         claimed = b["payload"].get("parties")
         if not isinstance(claimed, list) or sorted(claimed) != list(parties):
             raise ProtocolError("aggregate payload and hand-off name different parties")
-        key = (msg.round, layers)
-        pend = self.pending.get(key)
-        if pend is None or pend.attempt < b["attempt"]:
-            pend = self.pending[key] = _Pending(b["attempt"], parties)
+        if b["payload"].get("n_values") != b["count"]:
+            raise ProtocolError("aggregate payload and hand-off give different value counts")
+        payload = Payload(header=dict(b["payload"]), frames=tuple(msg.frames))
+        # header, party list, frame count and every frame's size, before the chunk is kept (ProtectionError: refused)
+        self.scheme.check_aggregate(payload, self.secrets, self._ctx(msg.round, msg.layer, stat, b["chunk"],
+                                                                     b["attempt"]))
+        pend = self.pending
+        if pend is None or (pend.round, pend.layers) != (msg.round, layers) or pend.attempt < b["attempt"]:
+            if pend is not None:  # an honest coordinator hands a step off whole; this one moved on half way
+                log.warning("solver: dropped the incomplete hand-off of round %d layers %s attempt %d (%d chunks): "
+                            "a chunk of round %d layers %s attempt %d came; one step is held at a time",
+                            pend.round, list(pend.layers), pend.attempt, len(pend.chunks), msg.round, list(layers),
+                            b["attempt"])
+            pend = self.pending = _Pending(msg.round, layers, b["attempt"], parties)
         chunk_key = (msg.layer, stat, b["chunk"])
         if pend.attempt != b["attempt"] or pend.parties != parties or chunk_key in pend.chunks:
             raise ProtocolError("stale, duplicate or inconsistent aggregate chunk (every chunk of a step must "
                                 "list the same parties under the same attempt)")
         self.result.received.append((msg.round, msg.layer, stat, b["chunk"], parties))
-        pend.chunks[chunk_key] = Payload(header=dict(b["payload"]), frames=tuple(msg.frames))
+        pend.chunks[chunk_key] = payload
         if len(pend.chunks) == len(layers) * sum(self.s.n_chunks(st) for st in STATISTICS):
-            del self.pending[key]
+            self.pending = None
             try:
                 self._process(msg.round, layers, pend)
             except Refusal as exc:
                 self._refuse(msg.round, layers, pend.attempt, exc)
+
+    def held_bound(self) -> int:
+        """S_step: the most protected bytes the solver holds while collecting, one step's aggregate chunks at
+        max_parties (docs/threat-model.md adds the receive queue and the message in hand)."""
+        s, parties = self.s, len(self.cfg.roster.parties)
+        widest = max(len(layers) for _, layers in s.steps())
+        return widest * sum(self.scheme.aggregate_bytes(self.secrets.public, count, parties)
+                            for st in STATISTICS for _, count in chunk_bounds(s.n_values(st), s.chunk_values))
 
     # ---- authenticate, open, check, solve, release ------------------------------------------------
     def _ctx(self, round_: int, layer: int, stat: str, chunk: int, attempt: int) -> StatContext:

@@ -18,12 +18,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from solver.state import SolverState
 from secure_collab.config import Config
 from secure_collab.overlap import AUGMENT, WITHDRAW, Applied, decide
 from secure_collab.protection import oprf, sealing, statements
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
+from solver.state import SolverState
 
 log = logging.getLogger(__name__)
 

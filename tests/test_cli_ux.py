@@ -237,8 +237,8 @@ def test_rerun_after_editing_the_configuration_names_what_to_remove(tmp_path, ca
 
 def test_a_second_solver_on_the_same_state_is_one_line(tmp_path, capsys):
     """The solver state is held by one process at a time (solver/state.py): a second one is told so."""
-    from solver.state import SolverState
     from secure_collab.config import load_config
+    from solver.state import SolverState
 
     cfg_path = _model_config(tmp_path)
     config = load_config(cfg_path)

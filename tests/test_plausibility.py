@@ -19,7 +19,23 @@ def test_honest_sums_at_the_bounds_are_plausible():
     # two edits whose keys and residuals sit exactly on the declared norms
     g, b, n = stats([[2.0, 0, 0], [0, 0, 2.0]], [[3.0, 0], [0, -3.0]])
     assert plausibility_problems(g, b, n, parties=2, bounds=BOUNDS) == []
-    assert plausibility_problems(np.zeros((3, 3)), np.zeros((2, 3)), 0.0, parties=2, bounds=BOUNDS) == []
+    # one party with nothing to edit this round sends zeros: plausible for its own check (fewest=0) only
+    assert plausibility_problems(np.zeros((3, 3)), np.zeros((2, 3)), 0.0, parties=1, bounds=BOUNDS, fewest=0) == []
+
+
+@pytest.mark.parametrize("n", [float("nan"), float("inf"), -float("inf"), 0.0, 0.4, -0.0])
+def test_an_edit_count_that_is_not_finite_or_below_one_is_a_named_problem(n):
+    """The check is total (it is the last line behind the MAC): a non-finite N is a problem, never an exception,
+    and an aggregate of no edits at all (N < 1, here with zero statistics that pass every other check) is
+    not solved."""
+    zeros = np.zeros((3, 3)), np.zeros((2, 3))
+    problems = plausibility_problems(*zeros, n, parties=2, bounds=BOUNDS)
+    assert [p.check for p in problems] == ["edit-count"], problems
+    g, b, _ = stats([[2.0, 0, 0], [0, 0, 2.0]], [[3.0, 0], [0, -3.0]])
+    problems = plausibility_problems(g, b, n, parties=2, bounds=BOUNDS)  # real sums beside the bad count
+    assert "edit-count" in {p.check for p in problems} and all(p.check in CHECKS for p in problems), problems
+    with_nan = plausibility_problems(g * np.nan, b, n, parties=2, bounds=BOUNDS)
+    assert {p.check for p in with_nan} == {"edit-count", "non-finite"}, with_nan
 
 
 @pytest.mark.parametrize(("change", "why"), [

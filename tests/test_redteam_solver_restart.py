@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from solver.solve import SessionSolve
-from solver.server import Solver
 from secure_collab.protection import get_scheme
+from solver.server import Solver
+from solver.solve import SessionSolve
 
 sys.path.insert(0, str(Path(__file__).parent / "network"))
 from network_doubles import make_config  # noqa: E402

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from solver.solve import SessionSolve
 from parties.engine import PartyEditor
 from secure_collab.editing.rules import UpdateRule
 from secure_collab.editing.solve import solve_update
+from solver.solve import SessionSolve
 
 
 def _session(tmp_path, **kw):

@@ -23,7 +23,7 @@ from .base import (
     StatContext,
 )
 from .encoding import pack_symmetric, triangle_size, unpack_symmetric
-from .public import PublicScheme, public_scheme
+from .public import PublicScheme
 
 if TYPE_CHECKING:
     from .scheme import ProtectionScheme
@@ -37,6 +37,17 @@ def __getattr__(name: str) -> Any:
 
         return ProtectionScheme
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def public_scheme(mode: str) -> PublicScheme:
+    """The coordinator's view of ``mode``: its public side only (no secret, no hazmat), through a fixed table."""
+    from ._array import PlainPublic, SharesPublic
+    from .ckks_public import CkksPublic
+
+    table: dict[str, type[PublicScheme]] = {"ckks": CkksPublic, "shares": SharesPublic, "plain": PlainPublic}
+    if mode not in table:
+        raise ProtectionError(f"unknown protection mode {mode!r}; choose one of {', '.join(MODES)}")
+    return table[mode]()
 
 
 def get_scheme(mode: str) -> ProtectionScheme:

@@ -203,7 +203,7 @@ def check_array_frames(frames: tuple[Buffer, ...], dtype: str, n_values: int, ch
     itemsize = _DTYPES[dtype].itemsize
     for i in range(n_chunks(n_values, chunk)):
         count = min(chunk, n_values - i * chunk)
-        size = _nbytes(frames[i])
+        size = nbytes(frames[i])
         if size != count * itemsize:
             raise ProtectionError(
                 f"frame {i}: {size} bytes, expected {count} {dtype} values = {count * itemsize} bytes"
@@ -222,7 +222,7 @@ def chunk_frames(array: np.ndarray, chunk: int) -> tuple[memoryview, ...]:
     return tuple(view[i : i + step] for i in range(0, view.nbytes, step))
 
 
-def _nbytes(frame: Buffer) -> int:
+def nbytes(frame: Buffer) -> int:
     try:
         return memoryview(frame).nbytes
     except TypeError as exc:

@@ -46,7 +46,7 @@ from .base import (
     SolverKeys,
     StatContext,
 )
-from .ckks_public import CkksAccumulator, CkksPublic, _load_checked, _reference_parms, grid_bits
+from .ckks_public import CkksAccumulator, CkksPublic, _load_checked, _reference_parms, ciphertext_limit, grid_bits
 from .scheme import ProtectionScheme
 
 __all__ = ["CkksAccumulator", "CkksPublic", "CkksScheme", "choose_parameters", "grid_bits"]
@@ -146,3 +146,6 @@ class CkksScheme(CkksPublic, ProtectionScheme):
 
     def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:
         return parties << pub.meta["grid_bits"]
+
+    def _frame_bytes(self, pub: _wire.Public, count: int) -> int:
+        return ciphertext_limit(pub.meta)

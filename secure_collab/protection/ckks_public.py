@@ -128,6 +128,11 @@ def _reference_parms(context: Any) -> list[int]:
     return list(ts.ckks_vector(context, [0.0]).ciphertext()[0].parms_id())
 
 
+def ciphertext_limit(meta: dict[str, Any]) -> int:
+    """The most bytes of one serialised ciphertext: 2 polynomials of N coefficients x primes x u64, plus framing."""
+    return 2 * meta["poly_modulus_degree"] * (len(meta["coeff_mod_bit_sizes"]) - 1) * 8 + 65536
+
+
 def _load_checked(frame: Any, context: Any, count: int, meta: dict[str, Any], reference: list[int],
                   where: str) -> Any:
     """Parse one ciphertext under the session context and check it belongs to it."""
@@ -135,7 +140,7 @@ def _load_checked(frame: Any, context: Any, count: int, meta: dict[str, Any], re
 
     n = meta["poly_modulus_degree"]
     primes = len(meta["coeff_mod_bit_sizes"]) - 1
-    limit = 2 * n * primes * 8 + 65536  # a full ciphertext (2 polynomials) plus framing
+    limit = ciphertext_limit(meta)
     data = bytes(memoryview(frame).cast("B"))
     if not data or len(data) > limit:
         raise ProtectionError(f"{where}: {len(data)} bytes is not a ciphertext of this session")

@@ -1,7 +1,7 @@
 """What of a protection mode needs no secret: the public parameters, the layout of the frames a party adds to its
 contribution, the coordinator's running sum, and its early check of a party's signature.
 
-This is the coordinator's whole view of protection (``public_scheme(mode)``). Nothing here, and nothing it imports,
+This is the coordinator's whole view of protection (``secure_collab.protection.public_scheme(mode)``). Nothing here, and nothing it imports,
 touches a secret or the hazmat primitives, so the coordinator's process never loads them (tested over a real
 coordinator process). The full schemes (``get_scheme``: setup, protect, authenticate, open) extend these classes.
 """
@@ -77,14 +77,3 @@ class PublicScheme(abc.ABC):
             statements.verify(verify_key, signature, contribution_statement(ctx, pub.digest, n, sealed))
         except statements.AuthenticationFailed:
             raise ProtectionError(f"party {ctx.party!r}: contribution signature does not verify") from None
-
-
-def public_scheme(mode: str) -> PublicScheme:
-    """The coordinator's view of ``mode`` ("ckks" | "shares" | "plain"), through a fixed table."""
-    from ._array import PlainPublic, SharesPublic
-    from .ckks_public import CkksPublic
-
-    table: dict[str, type[PublicScheme]] = {"ckks": CkksPublic, "shares": SharesPublic, "plain": PlainPublic}
-    if mode not in table:
-        raise ProtectionError(f"unknown protection mode {mode!r}; choose one of {', '.join(table)}")
-    return table[mode]()

@@ -147,11 +147,7 @@ class ProtectionScheme(PublicScheme):
         """Before opening anything: every listed party is in the roster, signed this chunk, and sealed a seed
         the solver can open. Raises PartyFault naming every party that fails."""
         pub = self._public(keys.public)
-        n, parties = _wire.check_aggregate_header(aggregate, ctx, keys.params.min_parties,
-                                                  keys.params.max_parties)
-        _wire.check_payload(aggregate, mode=self.mode, kind="aggregate", ctx=ctx, n_values=n,
-                            chunk=self._chunk(pub), public=pub, extra_frames=EXTRA_FRAMES * len(parties),
-                            tag_values=integrity.tag_values(pub.meta["limb_bits"]))
+        n, parties = self.check_aggregate(aggregate, keys, ctx)
         extras = aggregate.frames[len(aggregate.frames) - EXTRA_FRAMES * len(parties):]
         bad, seeds = [], []
         for i, party in enumerate(parties):
@@ -170,6 +166,37 @@ class ProtectionScheme(PublicScheme):
             raise PartyFault(bad, f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}: contributions that "
                                   "do not authenticate (not in the roster, bad signature or seal)")
         return Authenticated(parties, tuple(seeds))
+
+    def check_aggregate(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext) -> tuple[int, tuple[str, ...]]:
+        """The solver's check of an aggregate chunk on arrival, before it is kept (no crypto): its header, party
+        list and frame count, and every frame's size, so what it keeps is at most ``aggregate_bytes``."""
+        pub = self._public(keys.public)
+        n, parties = _wire.check_aggregate_header(aggregate, ctx, keys.params.min_parties,
+                                                  keys.params.max_parties)
+        tags, chunk = integrity.tag_values(pub.meta["limb_bits"]), self._chunk(pub)
+        _wire.check_payload(aggregate, mode=self.mode, kind="aggregate", ctx=ctx, n_values=n, chunk=chunk,
+                            public=pub, extra_frames=EXTRA_FRAMES * len(parties), tag_values=tags)
+        for i in range(_wire.n_chunks(n + tags, chunk)):
+            size, most = _wire.nbytes(aggregate.frames[i]), self._frame_bytes(pub, min(chunk, n + tags - i * chunk))
+            if not 0 < size <= most:
+                raise ProtectionError(f"aggregate frame {i}: {size} bytes, at most {most} for its values")
+        extras = aggregate.frames[len(aggregate.frames) - EXTRA_FRAMES * len(parties):]
+        for sealed, signature in zip(extras[::2], extras[1::2], strict=True):
+            if _wire.nbytes(sealed) != SEALED_SEED_BYTES or _wire.nbytes(signature) != hazmat.SIGNATURE_BYTES:
+                raise ProtectionError(f"aggregate: each party's extras are a {SEALED_SEED_BYTES}-byte sealed seed "
+                                      f"and a {hazmat.SIGNATURE_BYTES}-byte signature")
+        return n, parties
+
+    def aggregate_bytes(self, public: bytes, n_values: int, parties: int) -> int:
+        """The most bytes an aggregate chunk of ``n_values`` over ``parties`` may hold (``check_aggregate``)."""
+        pub = self._public(public)
+        total, chunk = n_values + integrity.tag_values(pub.meta["limb_bits"]), self._chunk(pub)
+        data = sum(self._frame_bytes(pub, min(chunk, total - i * chunk)) for i in range(_wire.n_chunks(total, chunk)))
+        return data + parties * (SEALED_SEED_BYTES + hazmat.SIGNATURE_BYTES)
+
+    def _frame_bytes(self, pub: _wire.Public, count: int) -> int:
+        """The most bytes of one data frame holding ``count`` values (64-bit integers unless a mode says)."""
+        return count * 8
 
     def open(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
         """The float64 sum of the listed parties, after the range and MAC checks (IntegrityError)."""

@@ -35,7 +35,7 @@ class Problem:
 
 
 CHECKS = {
-    "edit-count": "the total edit count is not a whole number within parties × max_edits_per_party",
+    "edit-count": "the total edit count is not a finite whole number within [1, parties × max_edits_per_party]",
     "non-finite": "a statistic is not finite",
     "trace": "tr ΣG exceeds key_norm_bound² × the total edit count",
     "psd": "ΣG is not positive semi-definite",
@@ -43,23 +43,34 @@ CHECKS = {
 }
 
 
-def plausibility_problems(g: np.ndarray, b: np.ndarray, n: float, parties: int, bounds: Bounds) -> list[Problem]:
+def plausibility_problems(g: np.ndarray, b: np.ndarray, n: float, parties: int, bounds: Bounds, *,
+                          fewest: int = 1) -> list[Problem]:
     """Why (G, B, N) cannot be the sum of ``parties`` honest contributions (empty: plausible).
 
     Honest: G = Σ k kᵀ is positive semi-definite with tr G = Σ ‖k‖² ≤ κ² N, ‖B‖_F = ‖Σ r kᵀ‖_F ≤ ρ κ N,
-    and N is a whole number ≤ parties · max_edits. Each bound gets the fixed-point slack of ``parties``
-    encodings. A hostile party that stays inside all of these is not caught: see docs/integrity.md.
+    and N is a whole number in [fewest, parties · max_edits]. ``fewest`` is 1 for an aggregate the solver would
+    solve (no edit at all is nothing to release) and 0 for one party's own statistics (a party with nothing to
+    edit this round sends zeros). Each bound gets the fixed-point slack of ``parties`` encodings. Total: any
+    input, NaN and infinities included, gives a list, never an exception (it is the last check behind the MAC).
+    A hostile party that stays inside all of these is not caught: see docs/integrity.md.
     """
     d_k = g.shape[0]
     slack = parties * bounds.quantum * d_k
     problems = []
-    if not (np.isfinite(n) and abs(n - round(n)) <= parties * bounds.quantum + 1e-9):
+    top = parties * bounds.max_edits
+    # the count the other bounds use: N rounded into [0, top] (0 when N is not finite), so that a bad N is one
+    # problem and not an exception or a cascade
+    count = min(max(round(n), 0), top) if np.isfinite(n) else 0
+    if not np.isfinite(n):
+        problems.append(Problem("edit-count", f"edit count {n!r} is not finite"))
+    elif abs(n - round(n)) > parties * bounds.quantum + 1e-9:
         problems.append(Problem("edit-count", f"edit count {n!r} is not a whole number"))
-    elif not 0 <= round(n) <= parties * bounds.max_edits:
-        problems.append(Problem("edit-count", f"edit count {round(n)} is outside [0, {parties} x max_edits_per_party]"))
+    elif not fewest <= round(n) <= top:
+        problems.append(Problem("edit-count", f"edit count {round(n)} is outside [{fewest}, {parties} x "
+                                              "max_edits_per_party]"))
     if not (np.isfinite(g).all() and np.isfinite(b).all()):
         return [*problems, Problem("non-finite", "non-finite statistic")]
-    n = max(round(n), 0)
+    n = count
     trace = float(np.trace(g))
     if trace > bounds.key_norm**2 * n + slack:
         problems.append(Problem("trace", f"tr ΣG = {trace:.6g} exceeds κ² · N = {bounds.key_norm**2 * n:.6g}"))

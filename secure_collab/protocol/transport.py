@@ -68,8 +68,8 @@ def limits_for(net: NetworkConfig) -> Limits:
 
 
 def router_rcvhwm(net: NetworkConfig) -> int:
-    """Complete messages libzmq queues per connection at the coordinator: ``recv_buffer_bytes`` worth of
-    messages of the largest allowed size (at least 1, at most ``hwm``)."""
+    """Complete messages libzmq queues per connection at the coordinator, and at the solver from the coordinator:
+    ``recv_buffer_bytes`` worth of messages of the largest allowed size (at least 1, at most ``hwm``)."""
     return max(1, min(net.hwm, net.recv_buffer_bytes // net.max_message_bytes))
 
 
@@ -111,10 +111,13 @@ def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | 
 
 
 def dealer(ctx: zmq.Context, own: CurveKeyPair, server_public: bytes, net: NetworkConfig,
-           endpoint: str | None = None) -> zmq.Socket:
+           endpoint: str | None = None, rcvhwm: int | None = None) -> zmq.Socket:
+    """``rcvhwm``: complete messages libzmq may queue for us (default ``network.hwm``); set before connecting."""
     sock = ctx.socket(zmq.DEALER)
     try:
         _common(sock, own, net)
+        if rcvhwm is not None:
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
         set_backoff(sock)
         sock.curve_serverkey = server_public
         try:

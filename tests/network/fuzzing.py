@@ -363,9 +363,9 @@ def fuzz_session(cfg: Config, *, count: int, unknown: int, tcp: int, seed: int, 
     from network_doubles import RawClient, SyntheticEngine, Threads, closed_form_solve
 
     from coordinator.server import run_coordinator
-    from solver.server import run_solver
     from parties import run_party
     from secure_collab.protocol.statistics import pack_statistics
+    from solver.server import run_solver
 
     scheme, th, started = get_scheme(cfg.session.mode), Threads(), time.monotonic()
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}

@@ -145,8 +145,8 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
                 scheme: ProtectionScheme | None = None) -> SessionRun:
     """Solver, coordinator and honest parties in threads (each with its own zmq context), plus extras."""
     from coordinator.server import run_coordinator
-    from solver.server import run_solver
     from parties import run_party
+    from solver.server import run_solver
 
     scheme = scheme or get_scheme(cfg.session.mode)
     engines = {n: SyntheticEngine(n, cfg) for n in honest}
@@ -366,8 +366,8 @@ def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple[Fact, int]]]
 def run_fact_session(cfg: Config, facts: dict[str, dict[int, list[Fact]]], *, coordinator: Any = None,
                      timeout: float = 40.0, engine: dict[str, type] | None = None) -> SessionRun:
     """Solver, coordinator (honest unless given) and FactEngine parties in threads."""
-    from solver.server import run_solver
     from parties import run_party
+    from solver.server import run_solver
 
     scheme = get_scheme(cfg.session.mode)
     engines = {n: (engine or {}).get(n, FactEngine)(n, cfg, f) for n, f in facts.items()}

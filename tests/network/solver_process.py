@@ -9,9 +9,9 @@ import sys
 
 from network_doubles import closed_form_solve
 
-from solver.server import run_solver
 from secure_collab.config import load_config
 from secure_collab.protection import get_scheme
+from solver.server import run_solver
 
 if __name__ == "__main__":
     cfg = load_config(sys.argv[1])

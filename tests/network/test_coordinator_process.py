@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from network_doubles import HERE, ROOT, SyntheticEngine, Threads, closed_form_solve, make_config

@@ -15,6 +15,7 @@ import pytest
 from network_doubles import make_config, reference_deltas, run_with_solver_process
 
 from coordinator.server import Coordinator
+from coordinator.stages import Step
 from secure_collab.ledger import Ledger
 from secure_collab.protection import Payload, get_scheme
 from secure_collab.protection.sealing import SEED_INFO, seal_to
@@ -108,6 +109,32 @@ class Recollecting(Recording):
         return ok
 
 
+class Replaying(Recording):
+    """After layer 1 is released over {a, b, c} at attempt 0, hands the solver layer 1 again, summed from the
+    payloads a and b signed and sealed for exactly that step and attempt (no party is asked: their own refusal
+    of a released step plays no part). Opened, that sum would give ΣG_abc − ΣG_ab = c's own K Kᵀ."""
+
+    replay: Step | None = None
+
+    def _run_step(self, round_, layers, attempt):
+        ok = super()._run_step(round_, layers, attempt)
+        if ok and layers == (1,) and self.replay is None:
+            first = self.step
+            self.step = self.replay = Step(round_, layers, first.attempt, frozenset({"a", "b"}))
+            self.replay.accs = dict(first.accs)  # its keys only: _aggregate below rebuilds each sum over {a, b}
+            self._solve(self.replay, [])
+            deadline = self.clock() + self.cfg.network.solve_timeout_s
+            while not self.replay.refused and self.clock() < deadline and self._pump(deadline):
+                pass  # the solver's verdict on the replay, after the release it sent again
+            self.step = first
+        return ok
+
+    def _aggregate(self, step, key):
+        if step is self.replay:
+            return self.rebuild(step, key, ["a", "b"])
+        return super()._aggregate(step, key)
+
+
 def _run(tmp_path, coordinator_cls, honest=("a", "b", "c"), **session):
     cfg = make_config(tmp_path, **session)
     coordinator = coordinator_cls(cfg, get_scheme(cfg.session.mode))
@@ -169,3 +196,24 @@ def test_recollecting_an_opened_step_is_refused_and_nothing_new_is_released(tmp_
     with Ledger(cfg.paths.ledger) as ledger:
         refusals = [r for r in ledger.rows("messages") if r["type"] == "error" and r["direction"] == "in"]
     assert {r["peer"] for r in refusals if "already released" in r["reason"]} == {"a", "b"}
+
+
+def test_solver_itself_refuses_to_open_a_step_again_whatever_the_parties_do(tmp_path):
+    """The solver's own once-only opening, observed at the solver: the coordinator replays layer 1's attempt-0
+    contributions of a and b, which authenticate (signed, sealed and MACed for that very step). The solver
+    solves layer 1 once, answers the replay with a VERDICT (opened, "never opened twice") and with the release
+    it already made, and the session goes on. Fails with the in-memory check and the on-disk claim removed."""
+    cfg = make_config(tmp_path, mode="shares", network={"solve_timeout_s": 5.0})
+    coordinator = Replaying(cfg, get_scheme("shares"))
+    run = run_with_solver_process(cfg, next(tmp_path.glob("config-*.toml")), coordinator)
+    solver = run.solver
+    assert solver["solve_calls"] == [[0, 1], [0, 2]], solver["solve_calls"]  # layer 1 solved once, not twice
+    verdict = solver["verdicts"][0]
+    assert len(solver["verdicts"]) == 1 and verdict["attempt"] == 0 and verdict["layers"] == [1]
+    assert verdict["opened"] is True and verdict["exclude"] == [] and "never opened twice" in verdict["reason"]
+    assert "never opened twice" in coordinator.replay.refused  # what the coordinator was told
+    assert coordinator.replay.released  # the stored release, sent again: nothing new was computed
+    ref = reference_deltas(cfg, ["a", "b", "c"])
+    for (r, lay), delta in ref.items():
+        np.testing.assert_allclose(np.array(solver["releases"][f"{r}/{lay}"]), delta, rtol=1e-9, atol=1e-9)
+    assert run.outcome.ok, run.outcome.reason

@@ -345,8 +345,8 @@ def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
 
     from network_doubles import SyntheticEngine, Threads, closed_form_solve
 
-    from solver.server import run_solver
     from parties import run_party
+    from solver.server import run_solver
 
     here = Path(__file__).parent
     cfg = make_config(tmp_path, network={"stage_timeout_s": 30.0, "join_timeout_s": 1.0})

@@ -21,10 +21,10 @@ from network_doubles import (
     reference_deltas,
 )
 
-from solver.server import run_solver
 from parties import run_party
 from secure_collab.ledger import Ledger
 from secure_collab.protection import get_scheme
+from solver.server import run_solver
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

@@ -96,8 +96,8 @@ def test_redteam_answer_delay_in_the_ledger_reveals_the_edit_count(tmp_path, cap
                "b": PartyEditor(cfg.session, capitals, cache=tmp_path / "cache", log=lambda _m: None)}
     th = Threads()
     from coordinator.server import run_coordinator
-    from solver.server import run_solver
     from parties import run_party
+    from solver.server import run_solver
 
     scheme = get_scheme("shares")
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))

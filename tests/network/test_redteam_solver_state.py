@@ -18,13 +18,13 @@ import pytest
 import zmq
 from network_doubles import SyntheticEngine, closed_form_solve, make_config
 
-from solver.server import Solver
-from solver.state import SolverState, StateLocked
 from secure_collab.config import STATISTICS
 from secure_collab.keys import load_identity
 from secure_collab.protection import StatContext, get_scheme
 from secure_collab.protocol.messages import Message, MsgType
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics
+from solver.server import Solver
+from solver.state import SolverState, StateLocked
 
 
 class Captured(Solver):

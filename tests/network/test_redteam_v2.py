@@ -139,9 +139,9 @@ def test_redteam_ckks_decompression_bomb_in_one_contrib_frame(tmp_path):
 
     from network_doubles import SyntheticEngine, Threads, closed_form_solve
 
-    from solver.server import run_solver
     from parties import run_party
     from secure_collab.protection import StatContext, get_scheme
+    from solver.server import run_solver
 
     cfg = make_config(tmp_path, mode="ckks", network={**SHORT, "max_message_bytes": 64 << 20})
     root = Path(__file__).resolve().parents[2]

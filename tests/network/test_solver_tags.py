@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from network_doubles import make_config
 
-from solver.state import SolverState
-from solver.tags import TagDesk
 from secure_collab.keys import load_identity
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection import oprf, sealing
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
+from solver.state import SolverState
+from solver.tags import TagDesk
 
 
 @pytest.fixture
