@@ -79,6 +79,11 @@ def choose_parameters(max_parties: int, precision_bits: int = DEFAULT_PRECISION_
                           f"{precision_bits} bits of precision")
 
 
+# public parameters used as shift counts, slot counts and sizes
+_INT_FIELDS = ("poly_modulus_degree", "scale_bits", "slots", "bound_bits", "grid_bits",
+               "frac_bits", "limb_bits", "frame_values")
+
+
 class CkksScheme(ProtectionScheme):
     mode = "ckks"
 
@@ -110,7 +115,9 @@ class CkksScheme(ProtectionScheme):
     def _check_public(self, pub: _wire.Public) -> None:
         m = pub.meta
         try:
-            ok = (m["bound_bits"] == math.ceil(math.log2(m["bound"])) and m["frame_values"] == m["slots"]
+            # JSON's 30.0 equals 30 but is no shift count or slot count: the integer fields must be ints
+            ok = (all(type(m[k]) is int for k in _INT_FIELDS)
+                  and m["bound_bits"] == math.ceil(math.log2(m["bound"])) and m["frame_values"] == m["slots"]
                   and m["grid_bits"] == grid_bits(m["error_bits"], m["max_parties"])
                   and m["frac_bits"] == m["grid_bits"] - m["bound_bits"] and m["limb_bits"] == min(31, m["grid_bits"]))
         except (KeyError, TypeError, ValueError):
@@ -177,7 +184,7 @@ class CkksScheme(ProtectionScheme):
         return np.rint(total).astype(np.int64)
 
     def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:
-        return parties << pub.meta["grid_bits"]
+        return parties << int(pub.meta["grid_bits"])  # an int (_check_public)
 
     def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> CkksAccumulator:
         pub, context = self._session(public)
@@ -236,7 +243,7 @@ class CkksAccumulator(Accumulator):
 
     @property
     def held_bytes(self) -> int:
-        n, primes = self._pub.meta["poly_modulus_degree"], len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
+        n, primes = int(self._pub.meta["poly_modulus_degree"]), len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
         held = sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
         return held + sum(len(e) for e in self._extras)
 
