@@ -127,8 +127,8 @@ def build_key_set(lm, sentences: list[str], layer: int, templates: list[str], cf
             ctx_texts.append(text)
             ctx_ends.append([shift + x for x in e])
         ctx, _ = _inputs_at(lm, ctx_texts, ctx_ends, layer)
-        for b, c, (row_ids, ix) in zip(bare, ctx, ids, strict=True):
-            keys.append(0.5 * b + 0.5 * c)
+        for b, k_ctx, (row_ids, ix) in zip(bare, ctx, ids, strict=True):
+            keys.append(0.5 * b + 0.5 * k_ctx)
             for i in ix:
                 lo = max(0, i - cfg.window + 1)
                 targets.append([int(t) for t in row_ids[lo:i + 1] if int(t) not in _special_ids(lm.tokenizer)])
@@ -146,6 +146,8 @@ def _special_ids(tok) -> set[int]:
 class KeyDecoder(nn.Module):
     """GRU decoder conditioned on a standardised key; token embeddings and output geometry from the public
     model's (frozen) embedding rows of the training vocabulary."""
+
+    emb: torch.Tensor  # a registered buffer (V, d_model); declared so it is not typed Tensor | Module
 
     def __init__(self, d_k: int, emb: torch.Tensor, hidden: int):
         super().__init__()

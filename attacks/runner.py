@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from attacks import metrics, spectral, subspace
-from attacks.views import PublicSetup, gram_view, keys_view
+from attacks.views import PublicSetup, aggregate_gram_view, gram_view, keys_view
 from secure_collab.data.requests import Request
 
 
@@ -120,8 +120,8 @@ def key_view_rows(exp: Experiment, view: str, attacks: Sequence[str], ms: Sequen
             if view == "keys":
                 basis, est = torch.linalg.qr(k.T)[0], k
             else:  # gram: one party's K Kᵀ; aggregate: Σ over `parties` parties' K_p K_pᵀ (same sum)
-                g = gram_view(exp.setup, reqs, exp.layer) if view == "gram" or parties == 1 else sum(
-                    gram_view(exp.setup, part, exp.layer) for part in _split(reqs, parties))
+                g = gram_view(exp.setup, reqs, exp.layer) if view == "gram" or parties == 1 else (
+                    aggregate_gram_view(exp.setup, _split(reqs, parties), exp.layer))
                 basis, est = spectral.basis_from_gram(g, m), spectral.keys_from_gram(g, m, exp.mean_key)
                 if m == 1:
                     errors.append(float((est[0] - k[0]).norm() / k[0].norm()))

@@ -14,7 +14,7 @@ import torch
 from attacks import spectral
 from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
 from attacks.target import model_shift_scores, residual_from_stats
-from attacks.views import cached_targets, delta_view, gram_view, keys_view, split
+from attacks.views import aggregate_gram_view, cached_targets, delta_view, keys_view, split
 from secure_collab.data.requests import Request
 from secure_collab.editing.memit import restore, snapshot
 from secure_collab.editing.statistics import sum_stats
@@ -31,7 +31,7 @@ def aggregate_rows(exp: Experiment, parties: list[list[Request]], objects: Seque
                    ) -> list[dict]:
     """The solver's ΣKKᵀ (subject ranking) and ΣRKᵀ (object recovery by patching)."""
     flat = [r for p in parties for r in p]
-    g = sum(gram_view(exp.setup, p, exp.layer) for p in parties)
+    g = aggregate_gram_view(exp.setup, parties, exp.layer)
     rows = [subspace_row(exp, "aggregate", spectral.basis_from_gram(g, len(flat)), flat, parties=len(parties))]
     if with_targets:
         from attacks.views import stats_view
@@ -117,10 +117,10 @@ def model_rows(exp: Experiment, edited: dict[int, torch.Tensor], flat: list[Requ
     return [row, obj_row]
 
 
-def _ranks_to_row(ranks: list[int], m: int) -> dict:
+def _ranks_to_row(ranks: list[int], m: int) -> dict[str, float | list[float]]:
     from attacks import metrics
 
-    out = {}
+    out: dict[str, float | list[float]] = {}
     for key, mult in (("subject_top1", 1), ("subject_top5", 5)):
         hits = sum(r < mult * m for r in ranks)
         out[key] = hits / len(ranks)

@@ -39,17 +39,18 @@ def patched_next_token_logprobs(lm, template: str, subject: str, layer: int, del
     pos = int(b.subject_last[0])
     block = lm.model.get_submodule(lm.spec.block_name(layer))
 
-    def add(h: torch.Tensor) -> torch.Tensor:
-        h = h.clone()
-        h[0, pos] += delta.to(h.dtype).to(h.device)
-        return h
-
     def run() -> torch.Tensor:
         out = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
         return torch.log_softmax(out.logits[0, -1].double(), -1)
 
     if delta is None:
         return run()
+
+    def add(h: torch.Tensor) -> torch.Tensor:  # defined after the None check, so delta is a Tensor here
+        h = h.clone()
+        h[0, pos] += delta.to(h.dtype).to(h.device)
+        return h
+
     with edit_output(block, add):
         return run()
 

@@ -77,6 +77,17 @@ def gram_view(setup: PublicSetup, requests: list[Request], layer: int) -> torch.
     return layer_statistics(k, torch.zeros(k.shape[0], 1, dtype=k.dtype)).g
 
 
+def aggregate_gram_view(setup: PublicSetup, parties: list[list[Request]], layer: int) -> torch.Tensor:
+    """The solver's Σ_p K_p K_pᵀ (d_k, d_k), added in party order (the ΣKKᵀ part of ``aggregate_view``)."""
+    if not parties:
+        raise ValueError("no parties to aggregate")  # sum() would hand back the int 0, not a (d_k, d_k) matrix
+    grams = [gram_view(setup, reqs, layer) for reqs in parties]
+    total = grams[0]
+    for g in grams[1:]:
+        total = total + g
+    return total
+
+
 def targets_for(setup: PublicSetup, requests: list[Request]) -> TargetResult:
     """z* for the requests on the unedited model (the expensive part: ~20 s per SmolLM2 edit on a core)."""
     return compute_targets(setup.lm, requests, setup.hp, setup.templates)

@@ -30,7 +30,7 @@ from argparse import Namespace
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -45,6 +45,16 @@ SESSION = "attack-wire"
 UNIFORMITY = "Pearson chi-square goodness-of-fit, bytes vs uniform(0..255)"
 SIZE_TEST = "two-sided permutation test of the mean message size, real vs all-zero statistic"
 HOMOGENEITY = "Pearson chi-square two-sample homogeneity, byte histograms (real vs all-zero statistic)"
+
+
+class ByteTest(TypedDict):
+    """A χ² test of payload bytes: its name, statistic, degrees of freedom and p-value (and the bytes tested)."""
+
+    test: str
+    statistic: float
+    df: int
+    p_value: float
+    bytes: NotRequired[int]
 
 
 @dataclass
@@ -114,7 +124,7 @@ def chi2_sf(x: float, df: int) -> float:
                                          torch.tensor(x / 2, dtype=torch.float64)))
 
 
-def byte_uniformity(raw: bytes) -> dict[str, float]:
+def byte_uniformity(raw: bytes) -> ByteTest:
     """Pearson χ² goodness-of-fit of the byte values against uniform on 0..255 (255 degrees of freedom)."""
     counts = np.bincount(np.frombuffer(raw, dtype=np.uint8), minlength=256).astype(np.float64)
     expected = counts.sum() / 256
@@ -123,7 +133,7 @@ def byte_uniformity(raw: bytes) -> dict[str, float]:
             "p_value": chi2_sf(stat, 255), "bytes": int(counts.sum())}
 
 
-def byte_homogeneity(a: bytes, b: bytes) -> dict[str, float]:
+def byte_homogeneity(a: bytes, b: bytes) -> ByteTest:
     """Pearson χ² two-sample test that two byte strings come from one distribution (histograms of 256 values)."""
     ca = np.bincount(np.frombuffer(a, dtype=np.uint8), minlength=256).astype(np.float64)
     cb = np.bincount(np.frombuffer(b, dtype=np.uint8), minlength=256).astype(np.float64)

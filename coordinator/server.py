@@ -349,8 +349,8 @@ class Coordinator(Handlers, TagHandlers):
         route, parts = frames[0].bytes, frames[1:]
         if not parts:
             return
-        user = parts[0].get("User-Id")
-        name = self.cfg.roster.name_for(user.encode()) if user else None
+        user = parts[0].get("User-Id")  # a str property (zmq types Frame.get as int | str)
+        name = self.cfg.roster.name_for(user.encode()) if isinstance(user, str) and user else None
         nbytes = sum(len(p) for p in parts)
         if name is None:  # unreachable while ZAP is on; never answer an unauthenticated peer
             self.ledger.message(self.s.id, "in", "unauthenticated", "?", "", nbytes, "refused", "no roster key")

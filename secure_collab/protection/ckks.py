@@ -145,7 +145,7 @@ class CkksScheme(CkksPublic, ProtectionScheme):
         return np.rint(total).astype(np.int64)
 
     def _aggregate_bound(self, pub: _wire.Public, parties: int) -> int:
-        return parties << pub.meta["grid_bits"]
+        return parties << int(pub.meta["grid_bits"])  # an int (_check_public)
 
     def _frame_bytes(self, pub: _wire.Public, count: int) -> int:
         return ciphertext_limit(pub.meta)

@@ -16,6 +16,10 @@ from .base import Accumulator, Payload, ProtectionError, StatContext
 from .public import SEALED_SEED_BYTES, PublicScheme
 from .statements import SIGNATURE_BYTES
 
+# public parameters used as shift counts, slot counts and sizes
+_INT_FIELDS = ("poly_modulus_degree", "scale_bits", "slots", "bound_bits", "grid_bits",
+               "frac_bits", "limb_bits", "frame_values")
+
 
 class CkksPublic(PublicScheme):
     mode = "ckks"
@@ -26,7 +30,9 @@ class CkksPublic(PublicScheme):
     def _check_public(self, pub: _wire.Public) -> None:
         m = pub.meta
         try:
-            ok = (m["bound_bits"] == math.ceil(math.log2(m["bound"])) and m["frame_values"] == m["slots"]
+            # JSON's 30.0 equals 30 but is no shift count or slot count: the integer fields must be ints
+            ok = (all(type(m[k]) is int for k in _INT_FIELDS)
+                  and m["bound_bits"] == math.ceil(math.log2(m["bound"])) and m["frame_values"] == m["slots"]
                   and m["grid_bits"] == grid_bits(m["error_bits"], m["max_parties"])
                   and m["frac_bits"] == m["grid_bits"] - m["bound_bits"] and m["limb_bits"] == min(31, m["grid_bits"]))
         except (KeyError, TypeError, ValueError):
@@ -110,7 +116,7 @@ class CkksAccumulator(Accumulator):
 
     @property
     def held_bytes(self) -> int:
-        n, primes = self._pub.meta["poly_modulus_degree"], len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
+        n, primes = int(self._pub.meta["poly_modulus_degree"]), len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
         held = sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
         return held + sum(len(e) for e in self._extras)
 
@@ -130,7 +136,7 @@ def _reference_parms(context: Any) -> list[int]:
 
 def ciphertext_limit(meta: dict[str, Any]) -> int:
     """The most bytes of one serialised ciphertext: 2 polynomials of N coefficients x primes x u64, plus framing."""
-    return 2 * meta["poly_modulus_degree"] * (len(meta["coeff_mod_bit_sizes"]) - 1) * 8 + 65536
+    return 2 * int(meta["poly_modulus_degree"]) * (len(meta["coeff_mod_bit_sizes"]) - 1) * 8 + 65536
 
 
 def _load_checked(frame: Any, context: Any, count: int, meta: dict[str, Any], reference: list[int],

@@ -95,7 +95,7 @@ def aggregate_bound(bound: float, parties: int, frac_bits: int) -> int:
 
 def encode_fixed(values: np.ndarray, frac_bits: int) -> np.ndarray:
     """float64 -> round(x * 2^f) as int64 (values already checked against bound)."""
-    scaled = np.ldexp(values, frac_bits)  # exact: multiplication by a power of two
+    scaled: np.ndarray = np.ldexp(values, frac_bits)  # exact: multiplication by a power of two
     np.rint(scaled, out=scaled)
     return scaled.astype(np.int64)
 

@@ -1,9 +1,10 @@
 """What of a protection mode needs no secret: the public parameters, the layout of the frames a party adds to its
 contribution, the coordinator's running sum, and its early check of a party's signature.
 
-This is the coordinator's whole view of protection (``secure_collab.protection.public_scheme(mode)``). Nothing here, and nothing it imports,
-touches a secret or the hazmat primitives, so the coordinator's process never loads them (tested over a real
-coordinator process). The full schemes (``get_scheme``: setup, protect, authenticate, open) extend these classes.
+This is the coordinator's whole view of protection (``secure_collab.protection.public_scheme(mode)``). Nothing
+here, and nothing it imports, touches a secret or the hazmat primitives, so the coordinator's process never loads
+them (tested over a real coordinator process). The full schemes (``get_scheme``: setup, protect, authenticate,
+open) extend these classes.
 """
 
 from __future__ import annotations

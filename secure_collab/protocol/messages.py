@@ -55,10 +55,10 @@ from secure_collab.protocol.schema import (
     ListOf,
     MapOf,
     OneOf,
-    ProtocolError,
     Scalar,
     Str,
 )
+from secure_collab.protocol.schema import ProtocolError as ProtocolError  # re-exported: the wire's one error
 from secure_collab.protocol.schema import clean_text as clean_text  # re-exported: the wire's text sanitiser
 
 PROTOCOL_VERSION = 2
@@ -303,11 +303,12 @@ def sha256_hex(data: Frame) -> str:  # a memoryview is hashed as its raw bytes
     return hashlib.sha256(data).hexdigest()
 
 
-def _as_bytes(part: Any) -> bytes:
+def _as_bytes(part: object) -> bytes:
     if isinstance(part, bytes):
         return part
-    if hasattr(part, "bytes"):  # zmq.Frame
-        return part.bytes
+    raw = getattr(part, "bytes", None)  # zmq.Frame
+    if isinstance(raw, bytes):
+        return raw
     raise ProtocolError(f"unexpected frame type {type(part).__name__}")
 
 

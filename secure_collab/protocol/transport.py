@@ -8,7 +8,7 @@ ROUTER bounds what it buffers per connection in bytes (``router_rcvhwm``) and ne
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import zmq
 
@@ -73,7 +73,7 @@ def router_rcvhwm(net: NetworkConfig) -> int:
     return max(1, min(net.hwm, net.recv_buffer_bytes // net.max_message_bytes))
 
 
-def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
+def _common(sock: zmq.SyncSocket, own: CurveKeyPair, net: NetworkConfig) -> None:
     sock.curve_secretkey = own.secret
     sock.curve_publickey = own.public
     # libzmq checks MAXMSGSIZE per frame; the whole-message limit is checked in Message.from_frames.
@@ -85,7 +85,7 @@ def _common(sock: zmq.Socket, own: CurveKeyPair, net: NetworkConfig) -> None:
     sock.setsockopt(zmq.RCVTIMEO, int(net.heartbeat_s * 1000))
 
 
-def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | None = None) -> zmq.Socket:
+def router(ctx: zmq.SyncContext, own: CurveKeyPair, net: NetworkConfig, bind: str | None = None) -> zmq.SyncSocket:
     sock = ctx.socket(zmq.ROUTER)
     try:
         _common(sock, own, net)
@@ -110,8 +110,8 @@ def router(ctx: zmq.Context, own: CurveKeyPair, net: NetworkConfig, bind: str | 
     return sock
 
 
-def dealer(ctx: zmq.Context, own: CurveKeyPair, server_public: bytes, net: NetworkConfig,
-           endpoint: str | None = None, rcvhwm: int | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.SyncContext, own: CurveKeyPair, server_public: bytes, net: NetworkConfig,
+           endpoint: str | None = None, rcvhwm: int | None = None) -> zmq.SyncSocket:
     """``rcvhwm``: complete messages libzmq may queue for us (default ``network.hwm``); set before connecting."""
     sock = ctx.socket(zmq.DEALER)
     try:
@@ -130,13 +130,13 @@ def dealer(ctx: zmq.Context, own: CurveKeyPair, server_public: bytes, net: Netwo
     return sock
 
 
-def send(sock: zmq.Socket, msg: Message, route: bytes | None = None) -> int:
+def send(sock: zmq.SyncSocket, msg: Message, route: bytes | None = None) -> int:
     """Send one message (prefixed with the routing id on a ROUTER); returns the bytes sent."""
     frames = msg.to_frames()
     sock.send_multipart([route, *frames] if route is not None else frames, copy=False)
     return sum(memoryview(f).nbytes for f in frames)
 
 
-def recv_raw(sock: zmq.Socket) -> list[Any]:
+def recv_raw(sock: zmq.SyncSocket) -> list[zmq.Frame]:
     """Receive one multipart message as zmq.Frame objects (so User-Id can be read)."""
     return sock.recv_multipart(copy=False)

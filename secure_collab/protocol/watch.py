@@ -25,7 +25,7 @@ _EVENTS = (zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT
            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_MONITOR_STOPPED)
 
 
-def set_backoff(sock: zmq.Socket) -> None:
+def set_backoff(sock: zmq.SyncSocket) -> None:
     """Reconnect after 0.25 s, doubling to 8 s (reset by a successful connection)."""
     sock.setsockopt(zmq.RECONNECT_IVL, RETRY_FIRST_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RETRY_MAX_MS)
@@ -34,7 +34,7 @@ def set_backoff(sock: zmq.Socket) -> None:
 class ConnectionWatch:
     """Log the connection events of ``sock`` (a connected DEALER) until ``stop()``."""
 
-    def __init__(self, sock: zmq.Socket, endpoint: str, logger: logging.Logger, deadline_s: float,
+    def __init__(self, sock: zmq.SyncSocket, endpoint: str, logger: logging.Logger, deadline_s: float,
                  warn_after_s: float = 5.0) -> None:
         self.endpoint, self.log, self.warn_after_s = endpoint, logger, warn_after_s
         self.started = time.monotonic()

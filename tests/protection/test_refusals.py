@@ -187,6 +187,17 @@ def test_public_parameters_of_another_mode_are_refused():
         shares.protect(np.ones(3), party(), b"garbage", secrets, plain.signing["p0"])
 
 
+@pytest.mark.parametrize("field", ["grid_bits", "slots", "poly_modulus_degree"])
+def test_ckks_public_parameters_with_a_float_where_an_int_belongs_are_refused(field):
+    from secure_collab.protection import _wire
+
+    s = make_session("ckks", 3, 1.0)
+    pub = _wire.decode_public(s.keys.public, "ckks")
+    forged = _wire.encode_public({**pub.meta, field: float(pub.meta[field])}, pub.body)  # JSON 30.0 == 30
+    with pytest.raises(ProtectionError, match="ckks public parameters are inconsistent"):
+        s.scheme.accumulator(forged, 10, CTX)
+
+
 def test_a_bundle_opens_only_for_its_party(session):
     s = session
     with pytest.raises(ProtectionError, match="bundle of party 'p1': authentication failed"):
