@@ -113,7 +113,8 @@ def test_a_secret_identity_file_whose_name_is_not_a_name_is_refused(tmp_path):
 
 
 def _header(**changes) -> list[bytes]:
-    header = Message(MsgType.HELLO, "s1", sender="a", config="0" * 64).header() | changes
+    hello = Message(MsgType.HELLO, "s1", sender="a", config="0" * 64, body={"role": "party", "public": False})
+    header = hello.header() | changes
     return [msgpack.packb(header, use_bin_type=True)]
 
 
