@@ -32,7 +32,7 @@ from secure_collab.files import FILE_MODE, create_private, private_dir, write_pr
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
 
-_RECORD = re.compile(r"^[a-z]+(-r\d+)?(-l\d+)?$")
+_RECORD = re.compile(r"[a-z]+(-r\d+)?(-l\d+)?")  # matched whole: "opened-r0-l1\n" is no record
 
 
 class StateLocked(UserError, RuntimeError):
@@ -62,7 +62,7 @@ class SolverState:
             self._lock = -1
 
     def _path(self, record: str) -> Path:
-        if not _RECORD.match(record):
+        if not isinstance(record, str) or not _RECORD.fullmatch(record):
             raise ValueError(f"bad state record name {record!r}")
         return self.dir / f"{record}.sealed"
 
