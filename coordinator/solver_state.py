@@ -32,7 +32,7 @@ from secure_collab.files import FILE_MODE, create_private, private_dir, write_pr
 from secure_collab.protection import _primitives as hazmat
 from secure_collab.protection.sealing import open_state, seal_state, state_key
 
-_RECORD = re.compile(r"[a-z]+(-r\d+)?(-l\d+)?")  # matched whole: "opened-r0-l1\n" is no record
+_RECORD = re.compile(r"[a-z]+(-r[0-9]+)?(-l[0-9]+)?")  # matched whole, ASCII digits: "opened-r0-l1\n" is no record
 
 
 class StateLocked(UserError, RuntimeError):
