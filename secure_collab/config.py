@@ -68,14 +68,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from secure_collab.errors import ConfigError
+from secure_collab.files import child_dir
 from secure_collab.keys import Roster, load_roster
+from secure_collab.names import NAME_RULE, is_name, shown
 from secure_collab.protocol import messages as wire
 from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
 from secure_collab.protocol.tags import ELEMENT_BYTES
@@ -182,6 +183,12 @@ class Config:
         doc = {"session": session, "roster": self.roster.digest()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
+    @property
+    def solver_dir(self) -> Path:
+        """The solver's state directory of this session, ``<paths.solver_state>/<session.id>``: the id is a name
+        (checked at load) and the resolved directory lies directly inside the resolved parent (``child_dir``)."""
+        return child_dir(self.paths.solver_state, self.session.id)
+
 
 def load_config(path: Path) -> Config:
     path = Path(path).resolve()
@@ -266,8 +273,8 @@ def _has_type(value: Any, annotation: str) -> bool:
 
 def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     """Everything a session puts on the wire must fit the wire's bounds (``protocol.messages``)."""
-    if not isinstance(s.id, str) or not re.fullmatch(wire.SESSION_ID, s.id):
-        raise ConfigError("session.id must be 1-128 printable ASCII characters without spaces")
+    if not is_name(s.id):  # it names the solver's state directory: refuse "../x", "/abs", "s/.", "a\n", ...
+        raise ConfigError(f"session.id must be a name ({NAME_RULE}), not {shown(s.id)}")
     if s.mode not in MODES:
         raise ConfigError(f"session.mode must be one of {MODES}, got {s.mode!r}")
     if s.variant not in VARIANTS:

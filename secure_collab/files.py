@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from secure_collab.errors import ConfigError
+from secure_collab.names import NAME_RULE, is_name, shown
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -43,6 +46,20 @@ def private_dir(path: Path | str, *, tighten: bool = True) -> Path:
         fsync_dir(directory.parent)
     if tighten:
         os.chmod(path, DIR_MODE)
+    return path
+
+
+def child_dir(parent: Path | str, name: str) -> Path:
+    """``parent / name`` resolved, for a ``name`` that came from a file or a peer (a session id): refused unless
+    ``name`` is a name (``secure_collab.names``) and the resolved path, links followed, lies directly inside the
+    resolved ``parent`` (a second line behind the name check: a link planted at ``parent / name`` is refused).
+    Creates nothing."""
+    if not is_name(name):
+        raise ConfigError(f"{shown(name)} cannot name a directory: use {NAME_RULE}")
+    base = Path(parent).resolve()
+    path = (base / name).resolve()
+    if path.parent != base or path.name != name:
+        raise ConfigError(f"{base / name} leads out of {base} (to {path}): remove that link")
     return path
 
 

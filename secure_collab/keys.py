@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secure_collab.errors import UserError
 from secure_collab.files import private_dir
+from secure_collab.names import NAME_RULE, ROLE_NAMES, is_name, shown
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ROSTER_FILE = "roster.toml"
 ROLES = ("coordinator", "solver", "party")
 
@@ -158,9 +157,18 @@ def _public_body(ident: PublicIdentity) -> str:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in ("solver", "coordinator"):
-        raise KeyFileError(f"bad party name {name!r}: use 1-32 of [a-z0-9_-], not 'solver'/'coordinator'")
+    """A party's name (it names its key files and its messages): one whole ``names`` match, not a role's."""
+    if not is_name(name) or name in ROLE_NAMES:
+        raise KeyFileError(f"bad party name {shown(name)}: use {NAME_RULE}, not 'solver'/'coordinator'")
     return name
+
+
+def _check_identity_name(role: str, name: str, where: str) -> None:
+    """A party's name is a name; the coordinator's and the solver's is their role (it is in the fingerprint)."""
+    if role == "party":
+        check_name(name)
+    elif name != role:
+        raise KeyFileError(f"{where}: the {role}'s name must be {role!r}, not {shown(name)}")
 
 
 def role_file_stem(role: str, name: str = "") -> str:
@@ -248,7 +256,8 @@ def load_identity(path: Path) -> Identity:
     except (KeyError, AttributeError, TypeError, ValueError):
         raise KeyFileError(f"{path}: not a secure-collab identity file (role, name, curve, ed25519, x25519)") from None
     if role not in ROLES:
-        raise KeyFileError(f"{path}: unknown role {role!r}")
+        raise KeyFileError(f"{path}: unknown role {shown(role)}")
+    _check_identity_name(role, name, str(path))
     if zmq.curve_public(curve.secret) != curve.public:
         raise KeyFileError(f"{path}: CURVE public key does not match its secret key")
     public = PublicIdentity(
@@ -283,16 +292,15 @@ def load_public_identity(path: Path) -> PublicIdentity:
 
 
 def _public_from_table(table: dict, role: str, name: str, where: str) -> PublicIdentity:
+    if role not in ROLES:
+        raise KeyFileError(f"{where}: unknown role {shown(role)}")
+    _check_identity_name(role, name, where)
     try:
         curve = table["curve_public"].encode()
         signing = bytes.fromhex(table["signing_public"]) if role != "coordinator" else b""
         sealing = bytes.fromhex(table["sealing_public"]) if role != "coordinator" else b""
     except (KeyError, AttributeError, TypeError, ValueError):
         raise KeyFileError(f"{where}: {role} {name!r} lacks curve/signing/sealing public keys") from None
-    if role not in ROLES:
-        raise KeyFileError(f"{where}: unknown role {role!r}")
-    if role == "party":
-        check_name(name)
     if len(curve) != 40 or (role != "coordinator" and (len(signing) != 32 or len(sealing) != 32)):
         raise KeyFileError(f"{where}: {role} {name!r} has keys of the wrong length")
     return PublicIdentity(role, name, curve, signing, sealing)

@@ -8,7 +8,6 @@ instead of after target optimisation or as an unverifiable signature.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from secure_collab.errors import SessionMismatch, StaleStateError
@@ -68,18 +67,18 @@ def check_coordinator_state(config: Any) -> None:
         raise StaleStateError(
             f"the ledger {config.paths.ledger} holds session {config.session.id!r} under another configuration "
             f"(digest {digest[:12]}…, this file {config.digest[:12]}…): the file changed since that run; remove "
-            f"the ledger (and the solver's {config.paths.solver_state / config.session.id}) or give the session "
+            f"the ledger (and the solver's {config.solver_dir}) or give the session "
             "a new id")
     if ended:
         raise StaleStateError(
             f"the ledger {config.paths.ledger} records session {config.session.id!r} as {ended}; to run it again "
-            f"remove the ledger (and the solver's {config.paths.solver_state / config.session.id}) or give the "
+            f"remove the ledger (and the solver's {config.solver_dir}) or give the "
             "session a new id")
 
 
 def check_solver_state(config: Any) -> None:
     """Refuse solver state of another configuration; record this configuration's digest for the next start."""
-    state = Path(config.paths.solver_state) / config.session.id
+    state = config.solver_dir  # never outside paths.solver_state
     marker = state / SOLVER_DIGEST_FILE
     if state.is_dir() and any(p.name != "lock" for p in state.iterdir()):  # the solver's lock file is no state
         found = marker.read_text().strip() if marker.is_file() else "unknown"

@@ -17,6 +17,7 @@ from typing import Any
 
 from secure_collab.config import Config, _toml_value, load_config
 from secure_collab.errors import ConfigError
+from secure_collab.names import NAME_RULE, is_name, shown
 
 # hparams keys the session file does not carry in [session.hparams]: they live in [session] or are per site
 _NOT_HPARAMS = ("layers", "variant", "template_seed", "request_batch")
@@ -94,6 +95,10 @@ class SessionChoices:
     request_in_turn: bool = False
     paths: dict[str, str] = field(default_factory=lambda: {
         "keys": "keys", "roster": "roster.toml", "ledger": "coordinator/ledger.sqlite", "solver_state": "solver-state"})
+
+    def __post_init__(self) -> None:  # before a model is loaded for a file that load_config would refuse
+        if self.session_id is not None and not is_name(self.session_id):
+            raise ConfigError(f"bad session id {shown(self.session_id)}: use {NAME_RULE}")
 
 
 def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,

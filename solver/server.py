@@ -119,7 +119,7 @@ class Solver:
             raise ProtocolError("solver.key_secret does not hold the solver identity of the pinned roster")
         self.keys = keys or ident.curve
         self.signing = signing_key or ident.signing
-        self.state = SolverState(config.paths.solver_state / self.s.id, ident.sealing.private_bytes_raw(),
+        self.state = SolverState(config.solver_dir, ident.sealing.private_bytes_raw(),
                                  self.s.id, config.digest)
         self.verify_keys = config.roster.party_verify_keys()
         self.bounds = Bounds(self.s.key_norm_bound, self.s.residual_norm_bound, self.s.max_edits_per_party)

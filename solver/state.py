@@ -31,7 +31,7 @@ from secure_collab.errors import UserError
 from secure_collab.files import FILE_MODE, create_private, private_dir, write_private
 from secure_collab.protection.sealing import NONCE_BYTES, fresh_bytes, open_state, seal_state, state_key
 
-_RECORD = re.compile(r"^[a-z]+(-r\d+)?(-l\d+)?$")
+_RECORD = re.compile(r"[a-z]+(-r[0-9]+)?(-l[0-9]+)?")  # matched whole, ASCII digits: "opened-r0-l1\n" is no record
 
 
 class StateLocked(UserError, RuntimeError):
@@ -61,7 +61,7 @@ class SolverState:
             self._lock = -1
 
     def _path(self, record: str) -> Path:
-        if not _RECORD.match(record):
+        if not isinstance(record, str) or not _RECORD.fullmatch(record):
             raise ValueError(f"bad state record name {record!r}")
         return self.dir / f"{record}.sealed"
 

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         ref_thread = threading.Thread(target=compute_reference, name="global-edit", daemon=True)
         ref_thread.start()
 
-    releases_dir = cfg.paths.solver_state / cfg.session.id
+    releases_dir = cfg.solver_dir
     n_steps = len(hp.layers) * cfg.session.rounds
     deadline = time.monotonic() + args.timeout
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

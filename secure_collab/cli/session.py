@@ -71,6 +71,7 @@ def _init(args: argparse.Namespace) -> int:
     from secure_collab.errors import ConfigError
     from secure_collab.keys import load_roster
     from secure_collab.models import load_model
+    from secure_collab.names import NAME_RULE, is_name, shown
     from secure_collab.session_file import (
         SessionChoices,
         describe,
@@ -79,6 +80,8 @@ def _init(args: argparse.Namespace) -> int:
         write_session,
     )
 
+    if args.id is not None and not is_name(args.id):  # before anything is read or written
+        raise ConfigError(f"bad session id {shown(args.id)}: use {NAME_RULE} (it names the solver's state directory)")
     out = Path(args.out)
     roster_path = out.parent / args.roster
     if not roster_path.is_file():

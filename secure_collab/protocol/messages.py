@@ -9,12 +9,13 @@ Header keys (all required; bounds in ``HEADER_SCHEMA``):
 
     v        int    protocol version (``PROTOCOL_VERSION``); anything else is refused
     type     str    a ``MsgType`` value
-    session  str    session id (1-128 printable characters)
+    session  str    session id, a name (``secure_collab.names``: 1-32 of a-z 0-9 _ -, matched whole)
     round    int    edit round, 0..MAX_ROUND (-1 when not bound to a round)
     layer    int    edited layer, 0..MAX_LAYER (-1 when not bound to a layer)
     stat     str    statistic: "G" (upper triangle of K Kᵀ), "B" (R Kᵀ) or ""
-    sender   str    the sender's roster name, informational only: a receiver identifies a peer by
-                    its authenticated CURVE key, and refuses a message whose claim differs
+    sender   str    the sender's roster name (a name, "solver" or "coordinator"), informational only: a
+                    receiver identifies a peer by its authenticated CURVE key, and refuses a message whose
+                    claim differs
     seq      int    per-sender sequence number (0..MAX_SEQ), strictly increasing on one connection
                     (ZeroMQ keeps a connection's order, so the coordinator refuses a repeat as a replay)
     config   str    hex sha256 of the session configuration (``SessionConfig.digest``)
@@ -47,7 +48,7 @@ from typing import Any
 
 import msgpack
 
-from secure_collab.keys import NAME_RE
+from secure_collab.names import MAX_NAME, NAME_PATTERN
 from secure_collab.protocol.schema import (
     Bool,
     Field,
@@ -100,10 +101,10 @@ MAX_LAYERS = 1024  # layers per session
 MAX_STEPS = 1 << 14  # (round, layer) pairs per session, so a HELLO can list what it holds
 MAX_TEXT = 4096  # a reason on the wire; longer is refused
 STORED_TEXT = 512  # what is kept of any free text in the ledger or echoed back (``clean_text``)
-SESSION_ID = r"[\x21-\x7e]{1,128}"  # printable ASCII, no spaces
 
-_NAME = Str(32, NAME_RE.pattern.strip("^$"))
-_SENDER = Str(32, f"|{NAME_RE.pattern.strip('^$')}|solver|coordinator")
+_SESSION = Str(MAX_NAME, NAME_PATTERN)  # a session id becomes the solver's state directory: a name, nothing else
+_NAME = Str(MAX_NAME, NAME_PATTERN)
+_SENDER = Str(MAX_NAME, f"|{NAME_PATTERN}|solver|coordinator")
 _HEX64 = Str(64, "[0-9a-f]{64}")
 _ROUND, _LAYER = Int(-1, MAX_ROUND), Int(-1, MAX_LAYER)
 _ATTEMPT = Int(0, MAX_ATTEMPT)
@@ -115,14 +116,14 @@ MAX_TAG_SLOTS = 1 << 16
 MAX_DECISION_RECORDS = 1 << 16
 DECISION_KINDS = ("duplicate", "conflict")
 _HEX64_RE = re.compile("[0-9a-f]{64}")
-_TAG_PARTY = Str(32, f"|{NAME_RE.pattern.strip('^$')}")
+_TAG_PARTY = Str(MAX_NAME, f"|{NAME_PATTERN}")
 _SLOTS = Int(2, MAX_TAG_SLOTS)
 _RECORD = ListOf(Str(64, f"[0-9a-f]{{64}}|{'|'.join(DECISION_KINDS)}"), 2, min_len=2)  # [decision id, kind]
 
 HEADER_SCHEMA: dict[str, Field] = {
     "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
     "type": OneOf(*(t.value for t in MsgType)),
-    "session": Str(128, SESSION_ID),
+    "session": _SESSION,
     "round": _ROUND,
     "layer": _LAYER,
     "stat": OneOf("", *STATISTICS),
@@ -140,7 +141,7 @@ PAYLOAD_SCHEMA = MapOf({
     "v": Int(0, 255),
     "mode": OneOf(*MODES),
     "kind": OneOf("party", "aggregate"),
-    "session": Str(128, SESSION_ID),
+    "session": _SESSION,
     "round": Int(0, MAX_ROUND),
     "layer": Int(0, MAX_LAYER),
     "statistic": OneOf(*STATISTICS),
