@@ -336,20 +336,23 @@ class FactEngine(SyntheticEngine):
         return fact_statistics(self.s, kept, layer, self.w)
 
 
-def fact_statistics(s: Any, kept: list[tuple[Fact, int]], layer: int, w: dict[int, np.ndarray]) -> dict:
+def fact_statistics(s: Any, kept: list[tuple], layer: int, w: dict[int, np.ndarray]) -> dict:
+    """G = Σ w_j k_j k_jᵀ, B = Σ w_j r_j k_jᵀ over (fact, copy[, weight]) entries (weight 1 when left out)."""
     g, b = np.zeros((s.d_k, s.d_k)), np.zeros((s.d_v, s.d_k))
-    for fact, copy in kept:
+    for fact, copy, *weight in kept:
         rng = np.random.default_rng(_seed(*fact, copy, layer))
         k, r = rng.standard_normal((s.d_k, 1)), rng.standard_normal((s.d_v, 1))
         for lay in s.layers:
             if lay < layer:
                 r = r - 0.1 * w[lay] @ k
-        g, b = g + k @ k.T, b + r @ k.T
+        wt = weight[0] if weight else 1.0
+        g, b = g + wt * (k @ k.T), b + wt * (r @ k.T)
     return {"G": g, "B": b, "N": len(kept)}
 
 
-def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple[Fact, int]]]) -> dict[tuple[int, int], np.ndarray]:
-    """Every ΔW of a session whose rounds contribute exactly these (fact, copy) pairs, computed in one place."""
+def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple]]) -> dict[tuple[int, int], np.ndarray]:
+    """Every ΔW of a session whose rounds contribute exactly these (fact, copy[, weight]) entries, computed in one
+    place."""
     s = cfg.session
     w = {lay: np.zeros((s.d_v, s.d_k)) for lay in s.layers}
     out, past = {}, {}
