@@ -305,12 +305,13 @@ Fact = tuple[str, str, str]  # (subject, relation, object)
 class FactEngine(SyntheticEngine):
     """A party whose statistics come from named facts: a fact's key and residual depend on the fact alone, so
     one fact at several parties gives the same statistics (a deduplicated aggregate equals one copy exactly).
-    It tags its facts and follows the solver's verdicts (withdrawals, augmented copies of a won conflict)."""
+    It tags its facts and follows the solver's verdicts (withdrawals, weights 1/m, augmented copies of a won
+    conflict)."""
 
     def __init__(self, name: str, cfg: Config, facts: dict[int, list[Fact]]) -> None:
         super().__init__(name, cfg)
         self.facts = facts
-        self.kept: dict[int, list[tuple[Fact, int]]] = {}  # round -> (fact, augmented copy number or -1)
+        self.kept: dict[int, list[tuple[Fact, int, float]]] = {}  # round -> (fact, augmented copy or -1, weight)
         self.verdicts: dict[int, list] = {}
 
     def tag_inputs(self, round_: int) -> list[tuple[bytes, bytes]]:
@@ -322,12 +323,12 @@ class FactEngine(SyntheticEngine):
 
     def decided(self, round_: int, verdicts: list) -> None:
         self.verdicts[round_] = verdicts
-        kept: list[tuple[Fact, int]] = []
-        for (_i, action, _kind, _id), fact in zip(verdicts, self.facts.get(round_, []), strict=True):
+        kept: list[tuple[Fact, int, float]] = []
+        for (_i, action, _kind, _id, holders), fact in zip(verdicts, self.facts.get(round_, []), strict=True):
             if action != "withdraw":
-                kept.append((fact, -1))
+                kept.append((fact, -1, 1.0 / holders))
             if action == "augment":
-                kept += [(fact, j) for j in range(self.s.augment)]
+                kept += [(fact, j, 1.0) for j in range(self.s.augment)]
         self.kept[round_] = kept
 
     def compute_statistics(self, round_: int, layer: int) -> dict[str, np.ndarray]:
