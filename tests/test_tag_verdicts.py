@@ -37,3 +37,32 @@ def test_a_decision_with_an_impossible_weight_is_refused(action, kind, holders):
         wire.decode_verdicts(_plain([(0, action, kind, holders, bytes.fromhex(D))]), 4)
     with pytest.raises(ValueError, match="holders"):
         wire.encode_verdicts([(0, wire.ACTIONS[action], wire.KINDS[kind], D, holders)], 4, bytes(300))
+
+
+def test_a_party_refuses_a_signed_decision_with_more_holders_than_the_roster(tmp_path):
+    """Even signed by the solver, a share 1/m with m above the roster's size is refused (three parties here)."""
+    from types import SimpleNamespace
+
+    from parties.tags import PartyTags, _Round
+    from secure_collab.keys import init_keys, load_identity
+    from secure_collab.protection import sealing
+    from secure_collab.protocol.messages import Message, MsgType
+
+    roster = init_keys(tmp_path, ["a", "b", "c"])
+    solver, party = load_identity(tmp_path / "solver.key_secret"), load_identity(tmp_path / "party-b.key_secret")
+    session = SimpleNamespace(id="s1", max_edits_per_party=2)
+
+    def decision(holders):
+        desk = PartyTags(session, "cfg", "b", party, roster.signing_public(), tagger=None, parties=3)
+        desk.rounds[0] = _Round([b"sr", b"sro"], [], (b"", b"", b""), tags=(b"", b""))
+        records = [[D, "duplicate"]]
+        plain = wire.encode_verdicts([(0, "keep", "duplicate", D, holders)], 2, bytes(wire.verdicts_plain_size(2)))
+        box = sealing.seal_to(roster.parties["b"].sealing, plain, wire.DECISION_INFO, wire.seal_ad("s1", "cfg", 0, "b"),
+                              bytes(range(32)))
+        sig = solver.signing.sign(wire.decision_statement("s1", "cfg", 0, "b", box, records))
+        return desk.on_decision(Message(MsgType.DECISION, "s1", 0, -1, "", "solver", 1, "cfg",
+                                        {"party": "b", "records": records}, (box, sig)))
+
+    assert decision(3) == [(0, "keep", "duplicate", D, 3)]
+    with pytest.raises(ProtocolError, match="more holders than the roster"):
+        decision(4)

@@ -50,3 +50,43 @@ def test_a_hostile_party_cannot_remove_another_partys_edit_through_dedupe(tmp_pa
     b = run.parties["b"].decisions[0]
     assert [(v[1], v[2], v[4]) for v in b] == [("keep", "", 1), ("keep", "duplicate", 2), ("keep", "duplicate", 2),
                                                ("keep", "", 1)]
+
+
+class Liar(FactEngine):
+    """b lies in every field it controls: its tags (c's fact three times, a's fact, a guess nobody holds), its G and
+    B (an unrelated fact it never tagged, in bounds and plausible) and, when ``pad``, its edit count N."""
+
+    pad = 0
+
+    def compute_statistics(self, round_, layer):
+        self.compute_calls.append((round_, layer))
+        verdicts = self.verdicts[round_]
+        allowed = sum(v[1] != "withdraw" for v in verdicts) + self.s.augment * sum(v[1] == "augment" for v in verdicts)
+        return {**fact_statistics(self.s, [(FY, -1)], layer, self.w), "N": allowed + self.pad}
+
+
+FY = ("Zanzibar-y", P, "Obj-y")
+LIES = {"a": {0: [FA]}, "b": {0: [FC, FC, FC, FA, FX]}, "c": {0: [FC]}}
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_a_party_lying_in_tags_count_and_statistics_removes_nobody(tmp_path, pad):
+    cfg = make_config(tmp_path, mode="shares", dedupe=True, conflict_policy="priority", max_edits_per_party=5)
+    Liar.pad = pad
+    run = run_fact_session(cfg, LIES, engine={"b": Liar})
+    b = run.parties["b"].decisions[0]
+    # tagging c's fact three times makes b one holder, not three: its repeats are withdrawn, c keeps 1/2, not 1/4
+    assert [(v[1], v[4]) for v in b] == [("keep", 2), ("withdraw", 1), ("withdraw", 1), ("keep", 2), ("keep", 1)]
+    assert [(v[1], v[2], v[4]) for v in run.parties["c"].decisions[0]] == [("keep", "duplicate", 2)]
+    if pad:  # a count its decisions do not allow: refused, naming the cause, and nothing released
+        assert not run.outcome.ok and "their tags and the round's decisions allow" in run.outcome.reason
+        assert run.solver.releases == {}
+        assert all(not run.parties[n].ok and run.parties[n].applied == {} for n in "ac")
+        return
+    # an N that fits: released; the honest facts carry the weight their honest holders sent, plus what b sent
+    assert run.outcome.ok, run.outcome.reason
+    ref = fact_reference(cfg, {0: [(FA, -1, 0.5), (FC, -1, 0.5), (FY, -1)]})
+    for key, delta in ref.items():
+        got = run.solver.releases[key]
+        assert np.linalg.norm(got - delta) <= 1e-9 * np.linalg.norm(delta), key
+    assert all(run.parties[n].ok for n in "ac")

@@ -93,6 +93,20 @@ class Lying(Watching):
                 super()._relay(party, _inbound(fake))
             elif self.how == "swap":  # another party's genuine decision
                 super()._relay(party, _inbound(self.decisions["a"]))
+            elif self.how == "reseal":  # a box of its own sealed to b (b's key is public): b's share 1/1024, signed
+                # by nobody; the solver's genuine signature covers the genuine box only
+                from secure_collab.protection import sealing
+                from secure_collab.protocol import tags as wire
+
+                n = self.s.max_edits_per_party
+                did = m.msg.body["records"][0][0]
+                plain = wire.encode_verdicts([(0, "keep", "conflict", did, 1024), (1, "keep", "", "", 1)], n,
+                                             bytes(wire.verdicts_plain_size(n)))
+                box = sealing.seal_to(self.cfg.roster.parties["b"].sealing, plain, wire.DECISION_INFO,
+                                      wire.seal_ad(self.s.id, self.cfg.digest, 0, "b"), bytes(range(32)))
+                fake = Message(MsgType.DECISION, self.s.id, 0, -1, "", "solver", 10**6, self.cfg.digest,
+                               {"party": "b", "records": m.msg.body["records"]}, (box, bytes(m.msg.frames[1])))
+                super()._relay(party, _inbound(fake))
             elif self.how == "records":  # the genuine box under public records the solver did not sign
                 fake = Message(MsgType.DECISION, self.s.id, 0, -1, "", "solver", 10**6, self.cfg.digest,
                                {"party": "b", "records": [*m.msg.body["records"], ["ab" * 32, "duplicate"]]},
@@ -116,7 +130,7 @@ def _inbound(msg):
     return Inbound(msg, "solver", b"", [bytes(f) for f in frames], 0, "")
 
 
-@pytest.mark.parametrize("how", ["forge", "swap", "records"])
+@pytest.mark.parametrize("how", ["forge", "swap", "records", "reseal"])
 def test_a_coordinator_lying_about_collisions_is_caught_by_the_party(tmp_path, how):
     cfg = _config(tmp_path)
     Lying.how = how
