@@ -66,7 +66,7 @@ class PartyResult:
     reason: str = ""
     applied: dict[tuple[int, int], str] = field(default_factory=dict)  # (round, layer) -> sha256 of ΔW
     refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
-    decisions: dict[int, list[tuple[int, str, str, str]]] = field(default_factory=dict)  # round -> verdicts
+    decisions: dict[int, list[tuple[int, str, str, str, int]]] = field(default_factory=dict)  # round -> verdicts
     own_tags: dict[int, list[bytes]] = field(default_factory=dict)  # round -> this party's tags (its own)
     left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
     bytes_sent: int = 0
@@ -105,7 +105,8 @@ class Party:
                          MsgType.DECISION: self._on_decision}
         if config.session.tags and tagger is None:
             raise ValueError("this session exchanges tags (dedupe or conflict_policy): the engine must give a tagger")
-        self.tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger)
+        self.tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger,
+                               len(config.roster.parties))
                      if config.session.tags and tagger is not None else None)
 
     def run(self) -> PartyResult:

@@ -65,6 +65,7 @@ class PartyEditor:
         self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
         self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
         self.verdicts: dict[int, list] = {}
+        self.weights: dict[int, torch.Tensor] = {}  # round -> weight per planned request (1/m for a duplicate)
         self.oneshot_cur: dict[int, torch.Tensor] = {}  # round -> h at the last layer, unedited (oneshot only)
         self.applied: dict[tuple[int, int], np.ndarray] = {}
         self.compute_seconds = 0.0
@@ -107,20 +108,24 @@ class PartyEditor:
         return [fact_inputs(r) for r in self._round_plan(round)]
 
     def decided(self, round: int, verdicts: list) -> None:
-        """Apply the solver's verdicts: drop withdrawn requests, add augmented ones for a won conflict."""
+        """Apply the solver's verdicts: drop withdrawn requests (a lost conflict, or this party's own repeat), weigh
+        a kept duplicate held by m parties by 1/m, add augmented requests (weight 1) for a won conflict."""
         reqs = self._round_plan(round)
-        keep = [i for i, action, _, _ in verdicts if action != "withdraw"]
-        extra = [aug for i, action, _, _ in verdicts if action == "augment"
+        keep = [(i, m) for i, action, _, _, m in verdicts if action != "withdraw"]
+        extra = [aug for i, action, _, _, _ in verdicts if action == "augment"
                  for aug in augmented_requests(self.lm, reqs[i], self.s.augment, seed=self.s.template_seed + i)]
         self.verdicts[round] = verdicts
-        targets = _take(self.targets[round], keep) if keep else None
+        targets = _take(self.targets[round], [i for i, _ in keep]) if keep else None
         if extra:  # optimised on the same model as the round's other targets: nothing was applied in between
             more = self._targets(extra)
             targets = more if targets is None else concat([targets, more])
-        self.plan[round] = [reqs[i] for i in keep] + extra
+        self.plan[round] = [reqs[i] for i, _ in keep] + extra
+        self.weights[round] = torch.tensor([1.0 / m for _, m in keep] + [1.0] * len(extra), dtype=torch.float64)
         if targets is not None:
             self.targets[round] = targets
-        self.log(f"round {round}: the solver's decision: {len(reqs) - len(keep)} withdrawn, {len(extra)} augmented")
+        shared = sum(m > 1 for _, m in keep)
+        self.log(f"round {round}: the solver's decision: {len(reqs) - len(keep)} withdrawn, {shared} shared with "
+                 f"other holders (weight 1/m), {len(extra)} augmented")
 
     def compute_statistics(self, round: int, layer: int) -> dict[str, Any]:
         """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
@@ -136,7 +141,8 @@ class PartyEditor:
                 if round not in self.oneshot_cur:
                     self.oneshot_cur[round] = current_outputs(self.lm, reqs, self.hp)
                 cur = self.oneshot_cur[round]
-            stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates, cur)
+            stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates, cur,
+                                      self.weights.get(round))
             out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out

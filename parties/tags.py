@@ -5,7 +5,8 @@ those the model already knows and merged its own repeats) and is told the solver
 This module blinds, checks the solver's signature on the evaluation and on the decision, finalises the tags and
 seals them to the solver. What it sends is stored per round, so a coordinator that asks again (after a restart)
 gets the same bytes. A decision that is not signed by the solver for this party and round, or whose collision
-ids are not among its signed public records, is refused: the coordinator cannot make a party withdraw an edit.
+ids are not among its signed public records, is refused: the coordinator cannot make a party withdraw an edit or
+change the weight 1/m it gives a duplicate (m is inside the sealed, signed box, and at most the roster's size).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, ProtocolError
 from secure_collab.protocol.release import verify
 
-Verdicts = list[tuple[int, str, str, str]]  # (index, action, kind, decision id)
+Verdicts = list[tuple[int, str, str, str, int]]  # (index, action, kind, decision id, holders m: weight 1/m)
 
 
 class Tagger(Protocol):
@@ -50,6 +51,7 @@ class PartyTags:
     identity: Any  # the party's Identity (signing, sealing)
     solver_key: Any  # the solver's Ed25519 public key (from the pinned roster)
     tagger: Tagger
+    parties: int = 1024  # the roster's size: no fact has more holders
     rounds: dict[int, _Round] = field(default_factory=dict)
 
     def decided(self, round_: int) -> bool:
@@ -119,7 +121,9 @@ class PartyTags:
         public = {rec[0] for rec in records}
         if sorted(v[0] for v in verdicts) != list(range(len(r.inputs) // 2)):
             raise ProtocolError("decision: one verdict per request is required")
-        if any(kind and did not in public for _, _, kind, did in verdicts):
+        if any(m > self.parties for *_, m in verdicts):
+            raise ProtocolError("decision: a duplicate with more holders than the roster has parties")
+        if any(kind and did not in public for _, _, kind, did, _ in verdicts):
             raise ProtocolError("decision: a collision id is missing from the signed public records")
         r.verdicts = sorted(verdicts)
         return r.verdicts

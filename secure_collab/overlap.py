@@ -13,14 +13,21 @@ removed, i.e. its "{}" template).
 ``decide`` is the solver's rule over one round's tags from every party, and the tags of facts applied in
 earlier rounds. Per (subject, relation) tag:
 
-- one object, several copies (this round, or already applied): with dedupe on, the fact contributes once;
-  the copy of the highest-priority party stays, the others withdraw (all withdraw if it was applied before);
+- one object, several copies: with dedupe on, the fact contributes once in total, and no copy is withdrawn:
+  each of the m parties holding it this round keeps it at weight 1/m (``Verdict.holders`` = m, carried in the
+  signed decision; the party scales its own rows of G and B). A holder that sends nothing therefore only
+  weakens the fact to (m − 1)/m; it cannot remove another party's copy (issue 18). A party that tags the same
+  fact twice is one holder: its later copies withdraw (its own repeats only). A fact applied in an earlier round
+  is kept too (weights 1/m among this round's holders): its residual on the edited model is near zero if it
+  really was applied, and a party's ``known_residual`` check withholds it; a tag alone never proves it was;
 - several objects (or one object that differs from the applied one): a conflict. The policy picks the winning
   object: ``priority`` (the object backed by the highest-priority party), ``majority`` (the most parties; an
   applied fact counts as its party's vote; ties by priority) or ``first`` (the applied object, else the object
-  whose party's tags reached the solver first). The losers withdraw; the winner's highest-priority party keeps
-  its request and adds augmented requests (exempt from dedupe); the winner's other copies are duplicates.
-  With the ``none`` policy nothing is resolved.
+  whose party's tags reached the solver first). The losers withdraw (a declared trust decision: the winner's
+  backers are believed to contribute it, which masking cannot check; docs/threat-model.md); the winner's
+  highest-priority party keeps its request and adds augmented requests (exempt from dedupe); with dedupe on
+  the winner's copies are duplicates, each at weight 1/m over its m backers. With the ``none`` policy nothing
+  is resolved.
 
 Every party learns a verdict for each of its requests; the public record of a decision is an id (a hash of
 the (subject, relation) tag, bound to the session and round) and its kind, never a tag or a text.
@@ -77,6 +84,11 @@ class Verdict:
     kind: str = ""  # "" (no collision) | duplicate | conflict
     reason: str = ""  # why, in a few words (never another party's name or object)
     decision: str = ""  # the public decision id (hex) when kind is set
+    holders: int = 1  # m: the parties keeping this fact this round; the request counts at weight 1/m
+
+    @property
+    def weight(self) -> float:
+        return 1.0 / self.holders
 
 
 @dataclass
@@ -108,8 +120,16 @@ def decide(tags: Mapping[str, Sequence[tuple[bytes, bytes]]], *, round_: int, la
         for i, (sr, sro) in enumerate(tags[party]):
             groups.setdefault(sr, []).append((party, i, sro))
 
-    def set_verdict(party: str, i: int, action: str, kind: str, reason: str, did: str) -> None:
-        out.verdicts[party][i] = Verdict(i, action, kind, reason, did)
+    def set_verdict(party: str, i: int, action: str, kind: str, reason: str, did: str, holders: int = 1) -> None:
+        out.verdicts[party][i] = Verdict(i, action, kind, reason, did, holders)
+
+    def share(copies: list[tuple[str, int, bytes]]) -> tuple[int, set[tuple[str, int]]]:
+        """m (distinct parties among ``copies``) and the copies that count: each party's first; a party holds a
+        fact once however often it tags it, so it cannot dilute another holder's weight by repeating a tag."""
+        firsts: dict[str, int] = {}
+        for party, i, _ in copies:
+            firsts.setdefault(party, i)
+        return len(firsts), set(firsts.items())
 
     for sr, members in groups.items():
         before = history.get(sr)
@@ -120,15 +140,17 @@ def decide(tags: Mapping[str, Sequence[tuple[bytes, bytes]]], *, round_: int, la
                 out.applied.setdefault(sr, Applied(members[0][2], members[0][0], round_))
                 continue
             out.records.append((did, "duplicate"))
-            keeper = None if before is not None else members[0]  # members are in priority order
+            m, counted = share(members)
             for party, i, _ in members:
-                if keeper is not None and (party, i) == keeper[:2]:
-                    set_verdict(party, i, KEEP, "duplicate", "kept: the copy that counts", did)
+                if (party, i) not in counted:
+                    set_verdict(party, i, WITHDRAW, "duplicate", "your own repeat: your first copy counts", did)
+                elif before is not None:
+                    set_verdict(party, i, KEEP, "duplicate", f"applied in an earlier round: kept at weight 1/{m} "
+                                "(near-zero residual if it was)", did, m)
                 else:
-                    why = "already applied in an earlier round" if before else "another party's copy counts"
-                    set_verdict(party, i, WITHDRAW, "duplicate", why, did)
-            if keeper is not None:
-                out.applied[sr] = Applied(keeper[2], keeper[0], round_)
+                    set_verdict(party, i, KEEP, "duplicate", f"held by {m} parties: weight 1/{m}", did, m)
+            if before is None:
+                out.applied[sr] = Applied(members[0][2], members[0][0], round_)  # members are in priority order
             continue
         if policy == "none":  # a conflict nobody resolves: the least squares will land between the objects
             continue
@@ -136,15 +158,20 @@ def decide(tags: Mapping[str, Sequence[tuple[bytes, bytes]]], *, round_: int, la
         out.records.append((did, "conflict"))
         backers = [m for m in members if m[2] == winner]
         keeper = backers[0] if backers and (before is None or before.sro != winner) else None
+        m, counted = share(backers) if dedupe else (1, {(p, i) for p, i, _ in backers})
         for party, i, sro in members:
-            if keeper is not None and (party, i) == keeper[:2]:
-                set_verdict(party, i, AUGMENT, "conflict", f"won under policy {policy}: adds augmented requests", did)
-            elif sro == winner and not dedupe:
-                set_verdict(party, i, KEEP, "conflict", f"on the winning side under policy {policy}", did)
-            elif sro == winner:
-                set_verdict(party, i, WITHDRAW, "duplicate", "the winning object's other copy counts", did)
-            else:
+            if sro != winner:
                 set_verdict(party, i, WITHDRAW, "conflict", f"lost under policy {policy}", did)
+            elif (party, i) not in counted:
+                set_verdict(party, i, WITHDRAW, "duplicate", "your own repeat: your first copy counts", did)
+            elif keeper is not None and (party, i) == keeper[:2]:
+                set_verdict(party, i, AUGMENT, "conflict", f"won under policy {policy}: adds augmented requests",
+                            did, m)
+            elif not dedupe:
+                set_verdict(party, i, KEEP, "conflict", f"on the winning side under policy {policy}", did)
+            else:
+                set_verdict(party, i, KEEP, "duplicate", f"the winning object, held by {m} parties: weight 1/{m}",
+                            did, m)
         if keeper is not None:
             out.applied[sr] = Applied(keeper[2], keeper[0], round_)
     return out

@@ -9,7 +9,9 @@ applied in earlier rounds. Everything is written to the sealed store before it i
 evaluates or decides twice. Each decision goes to its party sealed to its long-term key and signed; its public
 part (decision ids and kinds) is the same for every party of the round. At aggregation ``expected_edits``
 gives the edit count the listed parties must have contributed: the requests they tagged, less those withdrawn,
-plus the augmented ones, so a party cannot obtain more tags than the requests it contributes.
+plus the augmented ones, so a party cannot obtain more tags than the requests it contributes. A duplicate is
+never withdrawn (each of its m holders keeps it at weight 1/m, ``overlap.decide``), so no party can take
+another's edit out of the sums by tagging it; the count still counts requests, whatever their weight.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class TagDesk:
         records = [[did, kind] for did, kind in got.records]
         decided: dict[str, Any] = {"parties": parties, "records": records, "messages": {}, "counts": {}}
         for p in parties:
-            verdicts = [(v.index, v.action, v.kind, v.decision) for v in got.verdicts[p]]
+            verdicts = [(v.index, v.action, v.kind, v.decision, v.holders) for v in got.verdicts[p]]
             plain = wire.encode_verdicts(verdicts, self.s.max_edits_per_party,
                                          sealing.fresh_bytes(wire.verdicts_plain_size(self.s.max_edits_per_party)))
             sealed = sealing.seal_to(self.cfg.roster.parties[p].sealing, plain, wire.DECISION_INFO,

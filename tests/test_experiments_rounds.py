@@ -25,7 +25,8 @@ def test_overlap_dedupe_equals_one_copy(tmp_path):
     r, out = _run(tmp_path, "overlap", "--parties", "3", "--edits-per-party", "2")
     assert r["dedupe_delta_rel_diff"] <= 1e-9
     assert r["no_dedupe_delta_rel_diff"] > 1e-3  # k copies without dedupe really are over-weighted
-    assert [row["withdrawn"] for row in r["rows"]] == [1, 2]
+    assert [row["withdrawn"] for row in r["rows"]] == [0, 0]  # every copy kept, at weight 1/k (issue 18)
+    assert [row["holders"] for row in r["rows"]] == [[2], [3]]
     assert all(row["decisions"] == ["duplicate"] for row in r["rows"])
     assert (out / "overlap.png").stat().st_size > 1000 and "dedupe_delta_rel_diff" in (out / "results.md").read_text()
 

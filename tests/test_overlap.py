@@ -36,26 +36,51 @@ def test_normalised_inputs_ignore_case_spacing_and_unicode_form_and_follow_the_f
     assert fact_inputs(a)[0] != fact_inputs(a)[1]
 
 
-def test_a_duplicate_counts_once_and_the_highest_priority_copy_stays():
+def _holders(d, party):
+    return [v.holders for v in d.verdicts[party]]
+
+
+def test_a_duplicate_counts_once_and_no_copy_is_withdrawn():
     tags = {"a": [_t("s1", "o")], "b": [_t("s1", "o"), _t("s2", "o")], "c": [_t("s1", "o")]}
     d = decide(tags, round_=0, label=b"L", dedupe=True, policy="none", priority=PRIO)
-    assert _actions(d, "a") == [KEEP] and _actions(d, "b") == [WITHDRAW, KEEP] and _actions(d, "c") == [WITHDRAW]
+    assert _actions(d, "a") == [KEEP] and _actions(d, "b") == [KEEP, KEEP] and _actions(d, "c") == [KEEP]
+    assert _holders(d, "a") == [3] and _holders(d, "b") == [3, 1] and _holders(d, "c") == [3]  # 1/3 each: one copy
+    assert d.verdicts["a"][0].weight + d.verdicts["b"][0].weight + d.verdicts["c"][0].weight == pytest.approx(1.0)
     assert d.verdicts["a"][0].kind == "duplicate" and d.verdicts["b"][1].kind == ""
     assert [k for _, k in d.records] == ["duplicate"]
     assert d.verdicts["a"][0].decision == d.verdicts["c"][0].decision == d.records[0][0]
     assert all(b"s1" not in did.encode() for did, _ in d.records)  # an id, not the tag
     nod = decide(tags, round_=0, label=b"L", dedupe=False, policy="none", priority=PRIO)
-    assert all(v.action == KEEP for vs in nod.verdicts.values() for v in vs) and nod.records == []
+    assert all(v.action == KEEP and v.holders == 1 for vs in nod.verdicts.values() for v in vs) and nod.records == []
     # decision ids are bound to the round's label
     assert decide(tags, round_=1, label=b"M", dedupe=True, policy="none", priority=PRIO).records != d.records
 
 
-def test_a_fact_applied_in_an_earlier_round_is_withdrawn_everywhere():
+def test_a_party_repeating_a_tag_is_one_holder_and_cannot_dilute_another():
+    """b tags c's fact five times: b's repeats withdraw (its own), c keeps at 1/2, not 1/6."""
+    tags = {"b": [_t("s1", "o")] * 5, "c": [_t("s1", "o")]}
+    d = decide(tags, round_=0, label=b"L", dedupe=True, policy="none", priority=PRIO)
+    assert _actions(d, "b") == [KEEP] + [WITHDRAW] * 4 and _holders(d, "b") == [2, 1, 1, 1, 1]
+    assert _actions(d, "c") == [KEEP] and _holders(d, "c") == [2]
+    assert "own repeat" in d.verdicts["b"][1].reason
+    won = decide({"a": [_t("s", "o2")] * 3, "b": [_t("s", "o2")], "c": [_t("s", "o1")]}, round_=0, label=b"L",
+                 dedupe=True, policy="priority", priority=PRIO)
+    assert _actions(won, "a") == [AUGMENT, WITHDRAW, WITHDRAW] and _holders(won, "a") == [2, 1, 1]
+    assert _actions(won, "b") == [KEEP] and _holders(won, "b") == [2] and _actions(won, "c") == [WITHDRAW]
+
+
+def test_a_fact_applied_in_an_earlier_round_is_kept_at_its_share():
+    """A tag in round 0 proves nothing was applied: later holders keep it (near-zero residual if it was)."""
     history = {b"sr:s1": Applied(b"sro:s1/o", "c", 0)}
     d = decide({"a": [_t("s1", "o")], "b": [_t("s1", "o")]}, round_=1, label=b"L", dedupe=True, policy="none",
                priority=PRIO, history=history)
-    assert _actions(d, "a") == [WITHDRAW] and _actions(d, "b") == [WITHDRAW]
-    assert "earlier round" in d.verdicts["a"][0].reason
+    assert _actions(d, "a") == [KEEP] and _actions(d, "b") == [KEEP]
+    assert _holders(d, "a") == [2] and _holders(d, "b") == [2]
+    assert "earlier round" in d.verdicts["a"][0].reason and [k for _, k in d.records] == ["duplicate"]
+    alone = decide({"a": [_t("s1", "o")]}, round_=1, label=b"L", dedupe=True, policy="none", priority=PRIO,
+                   history=history)
+    assert _actions(alone, "a") == [KEEP] and _holders(alone, "a") == [1] and alone.verdicts["a"][0].kind == "duplicate"
+    assert d.applied == {} and alone.applied == {}  # the earlier record stands
 
 
 @pytest.mark.parametrize(("policy", "winner"), [("priority", "o2"), ("majority", "o1"), ("first", "o1")])
@@ -65,10 +90,11 @@ def test_conflict_policies_pick_a_winner_that_augments(policy, winner):
     d = decide(tags, round_=0, label=b"L", dedupe=True, policy=policy, priority=PRIO, arrival=["b", "c", "a"])
     if winner == "o2":
         assert _actions(d, "a") == [AUGMENT] and _actions(d, "b") == [WITHDRAW] and _actions(d, "c") == [WITHDRAW]
-        assert d.verdicts["b"][0].kind == "conflict"
-    else:
-        assert _actions(d, "b") == [AUGMENT] and _actions(d, "a") == [WITHDRAW] and _actions(d, "c") == [WITHDRAW]
+        assert d.verdicts["b"][0].kind == "conflict" and _holders(d, "a") == [1]
+    else:  # the winner's second backer keeps its copy: each at 1/2, so the winning object counts once
+        assert _actions(d, "b") == [AUGMENT] and _actions(d, "a") == [WITHDRAW] and _actions(d, "c") == [KEEP]
         assert d.verdicts["c"][0].kind == "duplicate" and d.verdicts["a"][0].kind == "conflict"
+        assert _holders(d, "b") == [2] and _holders(d, "c") == [2] and _holders(d, "a") == [1]
     assert [k for _, k in d.records] == ["conflict"]
     assert d.applied[b"sr:s"].sro == b"sro:s/" + winner.encode()
 
@@ -78,6 +104,9 @@ def test_conflict_with_an_applied_fact_and_the_unresolved_case():
     tags = {"a": [_t("s", "o2")], "b": [_t("s", "o3")]}
     first = decide(tags, round_=1, label=b"L", dedupe=True, policy="first", priority=PRIO, history=history)
     assert _actions(first, "a") == [WITHDRAW] and _actions(first, "b") == [WITHDRAW]  # the applied one stands
+    again = decide({"a": [_t("s", "o1")], "b": [_t("s", "o3")]}, round_=1, label=b"L", dedupe=True, policy="first",
+                   priority=PRIO, history=history)
+    assert _actions(again, "a") == [KEEP] and _holders(again, "a") == [1]  # the applied object, tagged again: kept
     prio = decide(tags, round_=1, label=b"L", dedupe=True, policy="priority", priority=PRIO, history=history)
     assert _actions(prio, "a") == [AUGMENT] and _actions(prio, "b") == [WITHDRAW]  # a overrides c's edit
     none = decide(tags, round_=1, label=b"L", dedupe=True, policy="none", priority=PRIO, history=history)

@@ -72,14 +72,23 @@ def test_party_withholds_known_requests_and_follows_the_solvers_verdicts(tmp_pat
     editor = PartyEditor(session, reqs, cache=tmp_path, log=lambda _m: None)
     assert editor.tag_inputs(0) == [fact_inputs(r) for r in (capitals[0], capitals[1], capitals[2])]
     assert editor.withheld[0] == [capitals[0].case_id]
-    editor.decided(0, [(0, "augment", "conflict", "ab" * 32), (1, "withdraw", "duplicate", "cd" * 32),
-                       (2, "keep", "", "")])
+    editor.decided(0, [(0, "augment", "conflict", "ab" * 32, 1), (1, "withdraw", "conflict", "cd" * 32, 1),
+                       (2, "keep", "duplicate", "ef" * 32, 2)])
     plan = editor.plan[0]
     assert [r.subject for r in plan] == ["France", "Italy", "France", "France"]  # kept, then two augmented
     assert all(r.target_new == capitals[0].target_new and r.prompt != capitals[0].prompt for r in plan[2:])
     assert editor.targets[0].z.shape[0] == 4
     stats = editor.compute_statistics(0, 1)
-    assert stats["N"] == 4
+    assert stats["N"] == 4 and editor.weights[0].tolist() == [1.0, 0.5, 1.0, 1.0]
+    # the shared duplicate (Italy, held by 2) enters at 1/2: G = Σ w k kᵀ, B = Σ w r kᵀ
+    from secure_collab.editing.memit import party_layer_stats
+
+    z = editor.targets[0].z
+    whole = party_layer_stats(editor.lm, plan, z, 1, editor.hp, editor.templates)
+    italy = party_layer_stats(editor.lm, plan[1:2], z[1:2], 1, editor.hp, editor.templates)
+    for got, full, one in ((stats["G"], whole.g, italy.g), (stats["B"], whole.b, italy.b)):
+        want = (full - 0.5 * one).numpy()
+        assert abs(got - want).max() <= 1e-9 * abs(want).max()
     # a request whose residual is (near) zero is withheld: the model already gives it
     known = _session(tmp_path, rounds=1, known_residual=1e9)
     assert PartyEditor(known, capitals[:2], cache=tmp_path, log=lambda _m: None).tag_inputs(0) == []

@@ -42,18 +42,20 @@ def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) 
 
 
 def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
-                      templates: list[str], cur: torch.Tensor | None = None) -> LayerStats:
+                      templates: list[str], cur: torch.Tensor | None = None,
+                      weights: torch.Tensor | None = None) -> LayerStats:
     """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*.
 
     ``cur`` (from ``current_outputs``) may be passed when the model has not changed since it was taken, as in
-    the oneshot variant, where every layer's residuals come from the same unedited model.
+    the oneshot variant, where every layer's residuals come from the same unedited model. ``weights`` (n,): each
+    request's weight (1/m for a duplicate held by m parties), default 1.
     """
     i = hp.layers.index(layer)
     keys = compute_keys(lm, requests, layer, templates, hp.request_batch)  # (n, d_k)
     if cur is None:
         cur = current_outputs(lm, requests, hp)  # (n, d_v) at the last edited layer
     resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
-    return layer_statistics(keys, resid)
+    return layer_statistics(keys, resid, weights)
 
 
 def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float) -> torch.Tensor:

@@ -58,20 +58,23 @@ def _solve(method: str, stats: list[LayerStats], hp: MemitHParams, cov: torch.Te
 def edit_round(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Tensor], hp: MemitHParams,
                covs: dict[int, torch.Tensor], templates: list[str], state: CrossRound, *, method: str = "collab",
                bases: dict[int, torch.Tensor | None] | None = None,
+               weights: Sequence[torch.Tensor | None] | None = None,
                say: Callable[[str], None] = lambda _m: None) -> RoundResult:
-    """One round on ``lm`` in place (targets given); returns ΔW and ΣG per layer. Does not update ``state``."""
+    """One round on ``lm`` in place (targets given); returns ΔW and ΣG per layer. Does not update ``state``.
+    ``weights[p]`` (n_p,): party p's request weights (1/m for a duplicate held by m parties), default 1."""
     bases = bases if bases is not None else {lay: hp.rule.basis(covs[lay]) for lay in hp.layers}
     out = RoundResult()
+    ws = list(weights) if weights is not None else [None] * len(parties)
     curs: list[torch.Tensor | None] = [None] * len(parties)
     if hp.variant == "oneshot":  # every layer from the round's starting model
         curs = [current_outputs(lm, reqs, hp) for reqs in parties]
-        stats = {lay: [party_layer_stats(lm, reqs, z, lay, hp, templates, cur)
-                       for reqs, z, cur in zip(parties, zs, curs, strict=True)] for lay in hp.layers}
+        stats = {lay: [party_layer_stats(lm, reqs, z, lay, hp, templates, cur, w)
+                       for reqs, z, cur, w in zip(parties, zs, curs, ws, strict=True)] for lay in hp.layers}
     for layer in hp.layers:
         if hp.variant == "sequential":
             say(f"layer {layer}: statistics and solve ({hp.update_rule})")
-            layer_stats = [party_layer_stats(lm, reqs, z, layer, hp, templates)
-                           for reqs, z in zip(parties, zs, strict=True)]
+            layer_stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, weights=w)
+                           for reqs, z, w in zip(parties, zs, ws, strict=True)]
         else:
             layer_stats = stats[layer]
         out.g_sums[layer] = sum_stats(layer_stats).g
@@ -88,8 +91,10 @@ def run_rounds(lm: LoadedModel, rounds: Sequence[list[list[Request]]], hp: Memit
                covs: dict[int, torch.Tensor], templates: list[str], *, method: str = "collab",
                targets: TargetsFn | None = None, state: CrossRound | None = None,
                on_round: Callable[[int, RoundResult], None] | None = None,
+               weights: Sequence[list[list[float]]] | None = None,
                say: Callable[[str], None] = lambda _m: None) -> list[RoundResult]:
-    """Edit ``lm`` in place over the rounds (``rounds[r][p]``: party p's requests in round r).
+    """Edit ``lm`` in place over the rounds (``rounds[r][p]``: party p's requests in round r; ``weights[r][p]``:
+    their weights, 1/m for a duplicate held by m parties, default 1).
 
     ``targets(lm, requests, hp, templates)`` gives z* on the model as it is (default ``compute_targets``; pass
     ``round_targets.cached_targets`` to cache). ``on_round(r, result)`` runs after each round (evaluation).
@@ -101,16 +106,19 @@ def run_rounds(lm: LoadedModel, rounds: Sequence[list[list[Request]]], hp: Memit
     bases = {lay: hp.rule.basis(covs[lay]) for lay in hp.layers}
     results = []
     for r, parties in enumerate(rounds):
+        wts = list(weights[r]) if weights is not None else [[1.0] * len(p) for p in parties]
         if method == "global":
-            parties = [[req for p in parties for req in p]]
+            parties, wts = [[req for p in parties for req in p]], [[w for ws in wts for w in ws]]
+        wts = [w for p, w in zip(parties, wts, strict=True) if p]
         parties = [p for p in parties if p]
         if not parties:
             results.append(RoundResult())
         else:
             say(f"round {r}: targets for {sum(map(len, parties))} requests on the model as it is")
             tr = [targets_fn(lm, p, hp, templates) for p in parties]
+            tw = None if weights is None else [torch.tensor(w, dtype=torch.float64) for w in wts]
             res = edit_round(lm, parties, [t.z for t in tr], hp, covs, templates, state, method=method,
-                             bases=bases, say=say)
+                             bases=bases, weights=tw, say=say)
             res.targets = tr
             state.add(res.g_sums)
             results.append(res)

@@ -28,7 +28,7 @@ from secure_collab.editing.memit import restore, snapshot
 from secure_collab.editing.round_targets import cached_targets
 from secure_collab.editing.rounds import CrossRound, run_rounds
 from secure_collab.evaluation import completion_nlls
-from secure_collab.experiments.tagsim import TagSim, apply
+from secure_collab.experiments.tagsim import TagSim, apply_weighted
 from secure_collab.models.loading import LoadedModel
 
 
@@ -81,9 +81,11 @@ def run_conflict(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParams,
         try:
             for r, parties in enumerate(rounds):
                 verdicts = sim.round(r, parties)
-                split = [apply(lm, parties[p], verdicts[p], aug, seed=hp.template_seed) for p in parties]
+                got = [apply_weighted(lm, parties[p], verdicts[p], aug, seed=hp.template_seed) for p in parties]
+                split = [g[0] for g in got]
                 contributed.append({p: len(s) for p, s in zip(parties, split, strict=True)})
-                run_rounds(lm, [split], rule_hp, covs, templates, targets=targets, state=state)
+                run_rounds(lm, [split], rule_hp, covs, templates, targets=targets, state=state,
+                           weights=[[g[1] for g in got]])
             return {**landing(lm, pairs), "contributed": contributed,
                     "decisions": [kind for _, _, kind in sim.records]}
         finally:

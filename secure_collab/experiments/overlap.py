@@ -2,7 +2,8 @@
 
 P parties bring E requests each; one more request D is copied to the first k of them (k = 2..P). Without dedupe
 D enters the sums k times (it is over-weighted); with dedupe the tag exchange (``tagsim``: the session's OPRF
-and decision rule) withdraws k − 1 copies, and ΔW must equal the one-copy ΔW to rounding
+and decision rule) keeps every copy at weight 1/k (none is withdrawn, so no holder can remove another's, issue
+18), the k copies add up to one, and ΔW must equal the one-copy ΔW to rounding
 (``dedupe_delta_rel_diff``, max over k and layers of ‖ΔW_dedupe − ΔW_once‖_F / ‖ΔW_once‖_F). The known-fact check
 is measured too: true facts (target_new := target_true) against the counterfactual edits, by the relative
 residual ‖z* − h‖ / ‖h‖ that a party compares with ``known_residual``.
@@ -23,7 +24,7 @@ from secure_collab.editing.round_targets import cached_targets
 from secure_collab.editing.rounds import run_rounds
 from secure_collab.evaluation import evaluate
 from secure_collab.experiments.common import metrics
-from secure_collab.experiments.tagsim import TagSim, apply
+from secure_collab.experiments.tagsim import TagSim, apply_weighted
 from secure_collab.models.loading import LoadedModel
 
 
@@ -44,9 +45,11 @@ def run_overlap(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParams, 
     def targets(lm_: LoadedModel, reqs: list[Request], hp_: MemitHParams, tpl: list[str]) -> Any:
         return cached_targets(lm_, reqs, hp_, tpl, cache=cache)
 
-    def edit(split: list[list[Request]]) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    def edit(split: list[list[Request]], weights: list[list[float]] | None = None
+             ) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
         try:
-            res = run_rounds(lm, [split], hp, covs, templates, targets=targets)[0]
+            res = run_rounds(lm, [split], hp, covs, templates, targets=targets,
+                             weights=None if weights is None else [weights])[0]
             ev = evaluate(lm, [dup, *[r for p in own for r in p]]).details
             return res.deltas, {"duplicated_edit": metrics(ev[:1]), "others": metrics(ev[1:])}
         finally:
@@ -61,10 +64,13 @@ def run_overlap(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParams, 
         plain, plain_eval = edit(split)
         sim = TagSim(priority=names, dedupe=True)
         verdicts = sim.round(0, dict(zip(names, split, strict=True)))
-        kept = [apply(lm, split[p], verdicts[names[p]], 0) for p in range(parties)]
-        say(f"{k} copies: with dedupe ({sum(len(s) for s in split) - sum(len(s) for s in kept)} withdrawn)")
-        deduped, deduped_eval = edit(kept)
+        applied = [apply_weighted(lm, split[p], verdicts[names[p]], 0) for p in range(parties)]
+        kept, weights = [a[0] for a in applied], [a[1] for a in applied]
+        shares = sorted({v.holders for vs in verdicts.values() for v in vs if v.holders > 1})
+        say(f"{k} copies: with dedupe (every copy kept at weight 1/{k})")
+        deduped, deduped_eval = edit(kept, weights)
         rows.append({"copies": k, "withdrawn": sum(len(s) for s in split) - sum(len(s) for s in kept),
+                     "holders": shares,
                      "decisions": [kind for _, _, kind in sim.records],
                      "dedupe_delta_rel_diff": rel_diff(deduped, once),
                      "no_dedupe_delta_rel_diff": rel_diff(plain, once),

@@ -71,14 +71,16 @@ def plot_forgetting(res: dict[str, Any], path: Path, title: str | None = None) -
 def overlap_table(res: dict[str, Any]) -> str:
     lines = [f"dedupe_delta_rel_diff = {res['dedupe_delta_rel_diff']:.3e}, no_dedupe_delta_rel_diff = "
              f"{res['no_dedupe_delta_rel_diff']:.3e} (max over copies and layers, against one copy)", "",
-             "| copies | withdrawn | ΔW vs one copy, dedupe | without dedupe | duplicated edit's margin, dedupe | "
-             "without | others' specificity, dedupe | without |", "|---|---|---|---|---|---|---|---|"]
+             "| copies | weight per copy | ΔW vs one copy, dedupe | without dedupe | "
+             "duplicated edit's margin, dedupe | without | others' specificity, dedupe | without |",
+             "|---|---|---|---|---|---|---|---|"]
     once = res["once"]
     lines.append(f"| 1 | - | - | - | {_fmt(once['duplicated_edit']['margin'])} | - | "
                  f"{_fmt(once['others']['specificity'])} | - |")
     for r in res["rows"]:
         w, wo = r["with_dedupe"], r["without_dedupe"]
-        lines.append(f"| {r['copies']} | {r['withdrawn']} | {r['dedupe_delta_rel_diff']:.2e} | "
+        share = "1/" + "/".join(map(str, r.get("holders", []))) if r.get("holders") else "-"
+        lines.append(f"| {r['copies']} | {share} | {r['dedupe_delta_rel_diff']:.2e} | "
                      f"{r['no_dedupe_delta_rel_diff']:.2e} | {_fmt(w['duplicated_edit']['margin'])} | "
                      f"{_fmt(wo['duplicated_edit']['margin'])} | {_fmt(w['others']['specificity'])} | "
                      f"{_fmt(wo['others']['specificity'])} |")

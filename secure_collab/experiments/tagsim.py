@@ -1,8 +1,9 @@
 """The keyed-tag exchange on one machine, for the experiments: the same OPRF, tags and decision rule as a session.
 
 A fresh OPRF key plays the solver's; each party's requests go through the real blind / evaluate / finalize and
-``overlap.decide`` decides with the facts kept in earlier rounds. ``apply`` turns a party's verdicts into what it
-contributes: its kept requests, then the augmented requests it generates for each conflict it won.
+``overlap.decide`` decides with the facts kept in earlier rounds. ``apply_weighted`` turns a party's verdicts into
+what it contributes: its kept requests, then the augmented requests it generates for each conflict it won, with
+each one's weight (1/m for a duplicate held by m parties).
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ class TagSim:
         return got.verdicts
 
 
-def apply(lm, requests: Sequence[Request], verdicts: Sequence[Verdict], augment: int, seed: int = 0) -> list[Request]:
-    """A party's contribution after the verdicts: kept requests, then augmented ones for each won conflict."""
-    kept = [r for r, v in zip(requests, verdicts, strict=True) if v.action != WITHDRAW]
+def apply_weighted(lm, requests: Sequence[Request], verdicts: Sequence[Verdict], augment: int,
+                   seed: int = 0) -> tuple[list[Request], list[float]]:
+    """A party's contribution after the verdicts: kept requests, then augmented ones for each won conflict, and
+    the weight of each: 1/m for a kept duplicate held by m parties (the m copies add up to one), 1 for the
+    others and for augmented requests."""
+    pairs = [(r, v) for r, v in zip(requests, verdicts, strict=True) if v.action != WITHDRAW]
     extra = [a for r, v in zip(requests, verdicts, strict=True) if v.action == AUGMENT
              for a in augmented_requests(lm, r, augment, seed=seed + v.index)]
-    return kept + extra
+    return [r for r, _ in pairs] + extra, [v.weight for _, v in pairs] + [1.0] * len(extra)

@@ -305,12 +305,13 @@ Fact = tuple[str, str, str]  # (subject, relation, object)
 class FactEngine(SyntheticEngine):
     """A party whose statistics come from named facts: a fact's key and residual depend on the fact alone, so
     one fact at several parties gives the same statistics (a deduplicated aggregate equals one copy exactly).
-    It tags its facts and follows the solver's verdicts (withdrawals, augmented copies of a won conflict)."""
+    It tags its facts and follows the solver's verdicts (withdrawals, weights 1/m, augmented copies of a won
+    conflict)."""
 
     def __init__(self, name: str, cfg: Config, facts: dict[int, list[Fact]]) -> None:
         super().__init__(name, cfg)
         self.facts = facts
-        self.kept: dict[int, list[tuple[Fact, int]]] = {}  # round -> (fact, augmented copy number or -1)
+        self.kept: dict[int, list[tuple[Fact, int, float]]] = {}  # round -> (fact, augmented copy or -1, weight)
         self.verdicts: dict[int, list] = {}
 
     def tag_inputs(self, round_: int) -> list[tuple[bytes, bytes]]:
@@ -322,12 +323,12 @@ class FactEngine(SyntheticEngine):
 
     def decided(self, round_: int, verdicts: list) -> None:
         self.verdicts[round_] = verdicts
-        kept: list[tuple[Fact, int]] = []
-        for (_i, action, _kind, _id), fact in zip(verdicts, self.facts.get(round_, []), strict=True):
+        kept: list[tuple[Fact, int, float]] = []
+        for (_i, action, _kind, _id, holders), fact in zip(verdicts, self.facts.get(round_, []), strict=True):
             if action != "withdraw":
-                kept.append((fact, -1))
+                kept.append((fact, -1, 1.0 / holders))
             if action == "augment":
-                kept += [(fact, j) for j in range(self.s.augment)]
+                kept += [(fact, j, 1.0) for j in range(self.s.augment)]
         self.kept[round_] = kept
 
     def compute_statistics(self, round_: int, layer: int) -> dict[str, np.ndarray]:
@@ -336,20 +337,23 @@ class FactEngine(SyntheticEngine):
         return fact_statistics(self.s, kept, layer, self.w)
 
 
-def fact_statistics(s: Any, kept: list[tuple[Fact, int]], layer: int, w: dict[int, np.ndarray]) -> dict:
+def fact_statistics(s: Any, kept: list[tuple], layer: int, w: dict[int, np.ndarray]) -> dict:
+    """G = Σ w_j k_j k_jᵀ, B = Σ w_j r_j k_jᵀ over (fact, copy[, weight]) entries (weight 1 when left out)."""
     g, b = np.zeros((s.d_k, s.d_k)), np.zeros((s.d_v, s.d_k))
-    for fact, copy in kept:
+    for fact, copy, *weight in kept:
         rng = np.random.default_rng(_seed(*fact, copy, layer))
         k, r = rng.standard_normal((s.d_k, 1)), rng.standard_normal((s.d_v, 1))
         for lay in s.layers:
             if lay < layer:
                 r = r - 0.1 * w[lay] @ k
-        g, b = g + k @ k.T, b + r @ k.T
+        wt = weight[0] if weight else 1.0
+        g, b = g + wt * (k @ k.T), b + wt * (r @ k.T)
     return {"G": g, "B": b, "N": len(kept)}
 
 
-def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple[Fact, int]]]) -> dict[tuple[int, int], np.ndarray]:
-    """Every ΔW of a session whose rounds contribute exactly these (fact, copy) pairs, computed in one place."""
+def fact_reference(cfg: Config, kept_by_round: dict[int, list[tuple]]) -> dict[tuple[int, int], np.ndarray]:
+    """Every ΔW of a session whose rounds contribute exactly these (fact, copy[, weight]) entries, computed in one
+    place."""
     s = cfg.session
     w = {lay: np.zeros((s.d_v, s.d_k)) for lay in s.layers}
     out, past = {}, {}

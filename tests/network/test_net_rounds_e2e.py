@@ -67,8 +67,10 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
     assert all(code == 0 for code in th.results.values()), th.results
     reports = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc"}
     actions = {n: {r: [v[1] for v in vs] for r, vs in rep["decisions"].items()} for n, rep in reports.items()}
-    assert actions == {"a": {"0": ["augment", "keep"], "1": ["keep"]}, "b": {"0": ["withdraw", "keep"],
-                       "1": ["withdraw"]}, "c": {"0": ["keep", "withdraw"], "1": ["keep"]}}
+    assert actions == {"a": {"0": ["augment", "keep"], "1": ["keep"]}, "b": {"0": ["keep", "keep"],
+                       "1": ["keep"]}, "c": {"0": ["keep", "withdraw"], "1": ["keep"]}}
+    assert [v[4] for v in reports["a"]["decisions"]["0"]] == [2, 1]  # cf[0] won by a, held by a and b: 1/2 each
+    assert [v[4] for v in reports["b"]["decisions"]["0"]] == [2, 1]
 
     # the simulation of the same session: the same decision rule, augmentation and update rule on one machine
     from secure_collab.covariance import layer_covariances
@@ -76,7 +78,7 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
     from secure_collab.editing.rounds import CrossRound, run_rounds
     from secure_collab.editing.session import session_hparams
     from secure_collab.editing.templates import context_templates
-    from secure_collab.experiments.tagsim import TagSim, apply
+    from secure_collab.experiments.tagsim import TagSim, apply_weighted
     from secure_collab.models import load_model
     from secure_collab.patch import read_patch
 
@@ -90,8 +92,9 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
     expected = []
     for r in range(2):
         verdicts = sim.round(r, {n: plan[n][r] for n in "abc"})
-        kept = [apply(lm, plan[n][r], verdicts[n], s.augment, seed=s.template_seed) for n in "abc"]
-        expected.append(run_rounds(lm, [kept], hp, covs, templates, state=state)[0].deltas)
+        kept = [apply_weighted(lm, plan[n][r], verdicts[n], s.augment, seed=s.template_seed) for n in "abc"]
+        expected.append(run_rounds(lm, [[k[0] for k in kept]], hp, covs, templates, state=state,
+                                   weights=[[k[1] for k in kept]])[0].deltas)
     for n in "abc":
         patch = read_patch(tmp_path / f"{n}.safetensors").deltas  # (round, layer) -> ΔW
         for r in range(2):

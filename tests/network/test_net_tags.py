@@ -1,8 +1,9 @@
 """Dedupe and conflicts over real sockets: keyed tags by the solver's OPRF, decisions signed by the solver.
 
 Three parties, two rounds, facts named so that a copy at several parties has identical statistics: the released
-ΔW must equal the reference computed from exactly the facts that the decisions leave (a duplicate once, the
-conflict winner plus its augmented copies, a fact already applied in round 0 not again). The coordinator's
+ΔW must equal the reference computed from exactly the facts that the decisions leave (a duplicate once: each of
+its m holders at weight 1/m; the conflict winner plus its augmented copies; a fact already applied in round 0
+kept by its later holder, since a tag does not prove it was applied). The coordinator's
 ledger holds decision ids and blinded values only; a lying coordinator is caught by the parties.
 """
 
@@ -25,8 +26,9 @@ FACTS = {
     "b": {0: [F["s1"], F["s3"]], 1: [F["s2"]]},  # s1: a duplicate of a's; s2 in round 1: a applied it in round 0
     "c": {0: [F["s4"], CONFLICT], 1: [F["s6"]]},  # s1 with another object: a conflict (a has priority)
 }
-KEPT = {0: [(F["s1"], -1), (F["s1"], 0), (F["s1"], 1), (F["s2"], -1), (F["s3"], -1), (F["s4"], -1)],
-        1: [(F["s5"], -1), (F["s6"], -1)]}
+KEPT = {0: [(F["s1"], -1, 0.5), (F["s1"], -1, 0.5), (F["s1"], 0), (F["s1"], 1), (F["s2"], -1), (F["s3"], -1),
+            (F["s4"], -1)],
+        1: [(F["s5"], -1), (F["s6"], -1), (F["s2"], -1)]}  # s2 again: its holder keeps it (near-zero if applied)
 
 
 def _config(tmp_path, **kw):
@@ -49,7 +51,9 @@ def test_duplicates_count_once_and_the_conflict_winner_augments(tmp_path, mode):
     _check_released(run, cfg)
     a, b, c = (run.parties[n].decisions for n in "abc")
     assert [v[1] for v in a[0]] == ["augment", "keep"] and [v[1] for v in a[1]] == ["keep"]
-    assert [v[1] for v in b[0]] == ["withdraw", "keep"] and [v[1] for v in b[1]] == ["withdraw"]
+    assert [v[1] for v in b[0]] == ["keep", "keep"] and [v[1] for v in b[1]] == ["keep"]  # never withdrawn
+    assert [v[4] for v in a[0]] == [2, 1] and [(v[2], v[4]) for v in b[0]] == [("duplicate", 2), ("", 1)]
+    assert [(v[2], v[4]) for v in b[1]] == [("duplicate", 1)]  # applied in round 0 by a, kept by b alone
     assert [v[1] for v in c[0]] == ["keep", "withdraw"] and [v[2] for v in c[0]] == ["", "conflict"]
     assert a[0][0][3] == b[0][0][3] == c[0][1][3]  # one decision, one id, told to every affected party
 
@@ -89,6 +93,20 @@ class Lying(Watching):
                 super()._relay(party, _inbound(fake))
             elif self.how == "swap":  # another party's genuine decision
                 super()._relay(party, _inbound(self.decisions["a"]))
+            elif self.how == "reseal":  # a box of its own sealed to b (b's key is public): b's share 1/1024, signed
+                # by nobody; the solver's genuine signature covers the genuine box only
+                from secure_collab.protection import sealing
+                from secure_collab.protocol import tags as wire
+
+                n = self.s.max_edits_per_party
+                did = m.msg.body["records"][0][0]
+                plain = wire.encode_verdicts([(0, "keep", "conflict", did, 1024), (1, "keep", "", "", 1)], n,
+                                             bytes(wire.verdicts_plain_size(n)))
+                box = sealing.seal_to(self.cfg.roster.parties["b"].sealing, plain, wire.DECISION_INFO,
+                                      wire.seal_ad(self.s.id, self.cfg.digest, 0, "b"), bytes(range(32)))
+                fake = Message(MsgType.DECISION, self.s.id, 0, -1, "", "solver", 10**6, self.cfg.digest,
+                               {"party": "b", "records": m.msg.body["records"]}, (box, bytes(m.msg.frames[1])))
+                super()._relay(party, _inbound(fake))
             elif self.how == "records":  # the genuine box under public records the solver did not sign
                 fake = Message(MsgType.DECISION, self.s.id, 0, -1, "", "solver", 10**6, self.cfg.digest,
                                {"party": "b", "records": [*m.msg.body["records"], ["ab" * 32, "duplicate"]]},
@@ -112,7 +130,7 @@ def _inbound(msg):
     return Inbound(msg, "solver", b"", [bytes(f) for f in frames], 0, "")
 
 
-@pytest.mark.parametrize("how", ["forge", "swap", "records"])
+@pytest.mark.parametrize("how", ["forge", "swap", "records", "reseal"])
 def test_a_coordinator_lying_about_collisions_is_caught_by_the_party(tmp_path, how):
     cfg = _config(tmp_path)
     Lying.how = how
@@ -121,7 +139,7 @@ def test_a_coordinator_lying_about_collisions_is_caught_by_the_party(tmp_path, h
     _check_released(run, cfg)  # the lie changed nothing: b followed the solver's real decision only
     b = run.parties["b"]
     assert any(r.startswith("decision:") for r in b.refusals), b.refusals
-    assert [v[1] for v in b.decisions[0]] == ["withdraw", "keep"]
+    assert [(v[1], v[4]) for v in b.decisions[0]] == [("keep", 2), ("keep", 1)]
     assert run.engines["b"].verdicts[0] == b.decisions[0]  # the engine heard the genuine verdicts only
 
 
@@ -177,7 +195,7 @@ def test_solver_killed_between_rounds_keeps_its_tag_key_and_the_applied_facts(tm
     result = json.loads(out)
     assert th.results["coordinator"].ok, th.results["coordinator"].reason
     assert th.results["coordinator"].included[(1, (1,))] == ("a", "b", "c")
-    assert [v[1] for v in th.results["b"].decisions[1]] == ["withdraw"]  # found again after the restart
+    assert [v[1:3] for v in th.results["b"].decisions[1]] == [("keep", "duplicate")]  # found again after the restart
     ref = fact_reference(cfg, KEPT)
     for lay in (1, 2):
         np.testing.assert_allclose(np.array(result["releases"][f"1/{lay}"]), ref[(1, lay)], rtol=1e-9, atol=1e-12)

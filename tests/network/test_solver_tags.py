@@ -100,7 +100,7 @@ def test_decisions_are_stored_before_they_are_sent_and_sent_again_the_same(desk)
     desk.on_decide(decide)
     first = [m for m in desk.sent if m[0] is MsgType.DECISION]
     assert [m[2]["party"] for m in first] == ["a", "b"] and first[0][2]["records"][0][1] == "duplicate"
-    assert desk.expected_edits(0, ("a", "b")) == 1  # the fact counts once
+    assert desk.expected_edits(0, ("a", "b")) == 2  # two requests kept, each at weight 1/2: the fact counts once
     desk.on_decide(decide)
     assert [m for m in desk.sent if m[0] is MsgType.DECISION][2:] == first  # the stored decisions, again
     with pytest.raises(ProtocolError, match="was decided over"):
