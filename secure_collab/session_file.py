@@ -40,7 +40,7 @@ COMMENTS: dict[str, str] = {
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
     "template_seed": "seed the context templates below were generated with",
     # [session.hparams]
-    "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹",
+    "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹ (memit-dynamic: of earlier rounds' ΣKKᵀ too)",
     "v_lr": "target optimisation: Adam learning rate",
     "v_num_grad_steps": "target optimisation: steps",
     "v_loss_early_stop": "target optimisation: stop below this loss",
@@ -52,7 +52,7 @@ COMMENTS: dict[str, str] = {
     "template_length": "tokens per context template",
     "mom2_tokens": "covariance C: tokens of the public corpus",
     "mom2_max_len": "covariance C: max tokens per text",
-    "mom2_past_weight": "weight of earlier rounds' ΣKKᵀ (dynamic covariance)",
+    "mom2_past_weight": "weight of earlier rounds' ΣKKᵀ in memit-dynamic (unset: λ, CollabEdit's)",
     "dtype": "model dtype in every role: auto (float64 for tiny test models, else float32) | float32 | float64",
     "context_templates": "generated once from the model; every party uses exactly these",
     # [network]
@@ -124,7 +124,8 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
     d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
     if templates is None:
         templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
-    table = {_RENAMED.get(k, k): v for k, v in hp.to_dict().items() if k not in _NOT_HPARAMS}
+    # an unset value (mom2_past_weight: λ unless set) is left out: TOML has no null, and leaving it out keeps it unset
+    table = {_RENAMED.get(k, k): v for k, v in hp.to_dict().items() if k not in _NOT_HPARAMS and v is not None}
     table["dtype"] = choices.dtype
     table["context_templates"] = list(templates)
     session = {

@@ -48,7 +48,7 @@ def test_redteam_restarted_solver_keeps_the_dynamic_covariance(tmp_path, monkeyp
     # independent reference: the dynamic rule's direct formula with round 0's ΣG, and it is not the forgetful one
     hp = solve.hp
     c = solve.covs[1].double().numpy()
-    direct = b1 @ np.linalg.inv(hp.mom2_update_weight * c + g1 + hp.mom2_past_weight * g0)
+    direct = b1 @ np.linalg.inv(hp.mom2_update_weight * c + g1 + hp.rule.past_weight * g0)
     np.testing.assert_allclose(after_restart, direct, rtol=1e-8, atol=1e-12)
     forgetful = b1 @ np.linalg.inv(hp.mom2_update_weight * c + g1)
     assert not np.allclose(after_restart, forgetful, rtol=1e-6)

@@ -40,7 +40,7 @@ def test_solver_applies_the_session_rule_to_the_past_it_is_given(tmp_path, monke
         want = solve_update(t(b1), t(g1), solve.covs[1], hp.mom2_update_weight).numpy()
     elif rule == "memit-dynamic":
         want = solve_update(t(b1), t(g1), solve.covs[1], hp.mom2_update_weight, past_g=t(g0),
-                            lam_past=hp.mom2_past_weight).numpy()
+                            lam_past=hp.rule.past_weight).numpy()
     else:
         want = UpdateRule("alphaedit", nullspace_threshold=hp.nullspace_threshold, l2=hp.alphaedit_l2).solve(
             t(b1), t(g1), solve.covs[1], past_g=t(g0)).numpy()

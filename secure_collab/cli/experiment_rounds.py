@@ -131,7 +131,7 @@ def setup(args: argparse.Namespace, n_records: int) -> Any:
     covs = {k: v.to(lm.device) for k, v in covs.items()}
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
     console.print(f"{args.model}: layers {list(hp.layers)}, λ={hp.mom2_update_weight:g}, λ_past="
-                  f"{hp.mom2_past_weight:g}, alphaedit threshold {hp.nullspace_threshold:g} L2 {hp.alphaedit_l2:g}, "
+                  f"{hp.rule.past_weight:g}, alphaedit threshold {hp.nullspace_threshold:g} L2 {hp.alphaedit_l2:g}, "
                   f"C from {hp.mom2_tokens} tokens; {len(records)} requests (records {args.start}-"
                   f"{args.start + len(records) - 1} of {args.requests})")
     return argparse.Namespace(console=console, records=records, lm=lm, hp=hp, covs=covs, templates=templates)

@@ -34,7 +34,9 @@ class MemitHParams:
     # attention's reduction order), so a party's statistics equal Global-Edit's bit for bit; on a CPU it
     # costs nothing (compute-bound).
     request_batch: int = 0
-    mom2_past_weight: float = 1.0  # λ_past: weight of earlier rounds' Σ K Kᵀ (dynamic covariance)
+    # λ_past: weight of earlier rounds' Σ K Kᵀ in memit-dynamic; None: λ, as CollabEdit's multi-round code adds past
+    # keys into the covariance with the covariance's own weight (C += mom2_update_weight · K Kᵀ)
+    mom2_past_weight: float | None = None
     # how the solver turns aggregates into ΔW (``secure_collab.editing.rules``) and AlphaEdit's two knobs
     update_rule: str = "memit-static"
     nullspace_threshold: float = 2e-2  # eigenvalues of C below this span AlphaEdit's preserved null space

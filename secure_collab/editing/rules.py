@@ -4,7 +4,10 @@ Every rule reads only aggregates (ΣB = Σ R Kᵀ, ΣG = Σ K Kᵀ of this round
 and public data (the covariance C of the public corpus), so a solver that sees aggregates only can run it:
 
 - ``memit-static``   ΔW = ΣB (λC + ΣG)⁻¹                              (MEMIT; earlier rounds are not protected)
-- ``memit-dynamic``  ΔW = ΣB (λC + ΣG + λ_past·G_past)⁻¹              (CollabEdit's dynamic covariance)
+- ``memit-dynamic``  ΔW = ΣB (λC + ΣG + λ_past·G_past)⁻¹, λ_past = λ by default (CollabEdit's dynamic covariance:
+                     its single-machine branch adds past keys with the covariance's weight, C += λ·K Kᵀ, i.e.
+                     λ(C + G_past)); another λ_past is a setting (``--past-weight``; 1 was this project's first,
+                     much weaker rule)
 - ``alphaedit``      ΔWᵀ = X, (P(ΣG + G_past) + L2·I) X = P ΣBᵀ       (AlphaEdit, arXiv 2410.02355)
 
 AlphaEdit's P = U Uᵀ projects onto the null space of the preserved knowledge: U holds the eigenvectors of C
@@ -42,7 +45,7 @@ class UpdateRule:
 
     name: str = "memit-static"
     lam: float = 1000.0  # λ, MEMIT's mom2_update_weight (memit-*)
-    lam_past: float = 1.0  # λ_past, weight of earlier rounds' ΣG (memit-dynamic)
+    lam_past: float | None = None  # λ_past, weight of earlier rounds' ΣG (memit-dynamic); None: λ (CollabEdit)
     nullspace_threshold: float = 2e-2  # alphaedit: eigenvalues of C below this span the preserved null space
     l2: float = 10.0  # alphaedit: ridge term
 
@@ -52,8 +55,13 @@ class UpdateRule:
         for key in ("lam", "nullspace_threshold", "l2"):
             if not 0 < getattr(self, key) < float("inf"):
                 raise ValueError(f"update rule {self.name}: {key} must be a finite positive number")
-        if not 0 <= self.lam_past < float("inf"):
+        if self.lam_past is not None and not 0 <= self.lam_past < float("inf"):
             raise ValueError(f"update rule {self.name}: lam_past must be a finite number >= 0")
+
+    @property
+    def past_weight(self) -> float:
+        """λ_past as applied: the setting, or λ when unset (CollabEdit's weight)."""
+        return self.lam if self.lam_past is None else self.lam_past
 
     @property
     def uses_past(self) -> bool:
@@ -70,7 +78,7 @@ class UpdateRule:
         if self.name == "memit-static":
             return solve_update(b_sum, g_sum, cov, self.lam)
         if self.name == "memit-dynamic":
-            return solve_update(b_sum, g_sum, cov, self.lam, past_g=past_g, lam_past=self.lam_past)
+            return solve_update(b_sum, g_sum, cov, self.lam, past_g=past_g, lam_past=self.past_weight)
         basis = basis if basis is not None else nullspace_basis(cov, self.nullspace_threshold)
         return alphaedit_update(b_sum, g_sum, basis, past_g, self.l2)
 

@@ -15,6 +15,11 @@ For edited layers l_1 < … < l_L, request j with subject s_j:
   r_j^i = (z_j − h_j^L(model now)) / (L − i)                         (i = 0 … L−1)
   ΔW^l  = R Kᵀ (λ C_l + K Kᵀ)⁻¹
 sequential: layer by layer on the model updated so far; oneshot: every k and h from the unedited model.
+  C_l   = mean over every token t of a public corpus of k_t kᵀ_t (uncentred second moment of the
+          down-projection input; MEMIT's layer_stats with "mom2"), one text at a time, no padding
+  templates = ["{}"] + [generated(prefix) + ". {}" for prefix in The, Therefore, Because, I, You, ...]
+          (MEMIT's get_context_templates: top-k continuations of fixed prefixes; here greedy, top_k = 1,
+          so the comparison needs no shared random generator)
 """
 
 from __future__ import annotations
@@ -194,6 +199,44 @@ def memit(model, tok, requests: list[RefRequest], contexts: list[str], hp: RefHP
         if variant == "sequential":
             _add(model, layer, deltas[layer])
     return deltas, zs
+
+
+@torch.no_grad()
+def covariance(model, tok, layer: int, texts: list[str], max_len: int) -> torch.Tensor:
+    """C = (1/T) Σ_t k_t k_tᵀ over every token of ``texts`` (each truncated to ``max_len`` tokens). (d_k, d_k)"""
+    total, count = None, 0
+    for text in texts:
+        ids = list(tok(text, truncation=True, max_length=max_len)["input_ids"])
+        if not ids:
+            continue
+        seen = []
+        handle = _module(model, "down", layer).register_forward_pre_hook(lambda _m, a: seen.append(a[0][0]))
+        try:
+            _forward(model, ids)
+        finally:
+            handle.remove()
+        k = seen[0].to(torch.float64)  # (t, d_k)
+        total = k.T @ k if total is None else total + k.T @ k
+        count += k.shape[0]
+    return total / count
+
+
+_PREFIXES = ["The", "Therefore", "Because", "I", "You"]
+
+
+@torch.no_grad()
+def greedy_templates(model, tok, n: int, length: int) -> list[str]:
+    """["{}"] + n prefixes continued greedily by ``length`` tokens, braces and newlines blanked, + ". {}"."""
+    out = ["{}"]
+    for i in range(n):
+        ids = list(tok(_PREFIXES[i % len(_PREFIXES)])["input_ids"])
+        for _ in range(length):
+            ids.append(int(_forward(model, ids)[-1].argmax()))
+        text = tok.decode(ids, skip_special_tokens=True)
+        for ch in "{}\n":
+            text = text.replace(ch, " ")
+        out.append(text.strip() + ". {}")
+    return out
 
 
 def ties_merge(deltas: list[torch.Tensor], density: float = 0.2, scale: float = 0.4) -> torch.Tensor:

@@ -124,3 +124,59 @@ def test_lockstep_differs_from_independent_only_in_sequential(tiny, capitals):
             assert diff <= 1e-12
         else:
             assert diff > 1e-6  # later layers see the merged update in lockstep, the party's own alone
+
+
+# ---- the public inputs too: the corpus covariance and the context templates, each computed both ways
+
+CORPUS = ["Paris is the capital and largest city of France.", "The Nile is a river in north-eastern Africa.",
+          "Mount Everest is Earth's highest mountain above sea level.", "Tokyo is the capital of Japan.",
+          "A violin is a wooden string instrument.", "Oslo is the capital of Norway, on its southern coast.",
+          "Photosynthesis turns light into chemical energy in plants and algae."]
+
+
+def test_corpus_covariance_equals_reference(tiny):
+    """The engine's batched, padded, length-sorted, early-stopped pass over a corpus against a plain sum over
+    every token, one text at a time (the whole corpus: the budget cut's order is a unit of its own)."""
+    from secure_collab.covariance import accumulate_layer_moments
+
+    layers = [1, 2]
+    got, used = accumulate_layer_moments(tiny, layers, CORPUS, tokens=10**9, batch_size=3, max_seq_len=12,
+                                         progress=False)
+    assert used == sum(len(tiny.tokenizer(t, truncation=True, max_length=12)["input_ids"]) for t in CORPUS)
+    for layer in layers:
+        want = ref.covariance(tiny.model, tiny.tokenizer, layer, CORPUS, max_len=12)
+        assert float((got[layer] - want).norm() / want.norm()) <= TOL
+
+
+def test_generated_context_templates_equal_reference(tiny):
+    """Template generation (prefixes, length, decoding, blanking, ". {}") against the reference, greedy (top_k=1),
+    so that no random generator is shared."""
+    from secure_collab.editing.templates import generate_context_templates
+
+    got = generate_context_templates(tiny.model, tiny.tokenizer, n=6, length=4, seed=123, top_k=1)
+    want = ref.greedy_templates(tiny.model, tiny.tokenizer, n=6, length=4)
+    assert got == want and len(set(got)) > 2
+
+
+@pytest.mark.parametrize("variant", ["sequential", "oneshot"])
+def test_collab_from_corpus_covariance_and_generated_templates_equals_reference(tiny, capitals, variant):
+    """End to end from public data: each side computes C from the corpus and the templates from the model its own
+    way, then edits; ΔW agree to 1e-12 (C's own rounding difference is ~1e-16)."""
+    from secure_collab.covariance import accumulate_layer_moments
+    from secure_collab.editing.templates import generate_context_templates
+
+    hp = _hp(tiny, variant)
+    corpus = [f"{i} and {j}: {text}" for i in range(4) for j in range(3) for text in CORPUS]  # > d_k tokens: C is PD
+    covs, _ = accumulate_layer_moments(tiny, hp.layers, corpus, tokens=10**9, batch_size=8, max_seq_len=24,
+                                       progress=False)
+    templates = generate_context_templates(tiny.model, tiny.tokenizer, n=2, length=4, seed=0, top_k=1)
+    ref_covs = {layer: ref.covariance(tiny.model, tiny.tokenizer, layer, corpus, max_len=24) for layer in hp.layers}
+    ref_templates = ref.greedy_templates(tiny.model, tiny.tokenizer, n=2, length=4)
+    want, _ = ref.memit(tiny.model, tiny.tokenizer, _ref_requests(capitals), ref_templates, _ref_hp(hp), ref_covs,
+                        variant)
+    saved = snapshot(tiny, hp.layers)
+    try:
+        got = run_edit(tiny, split_parties(capitals, 2), hp, covs, "collab", templates)
+    finally:
+        restore(tiny, saved)
+    _assert_layers_close(got.deltas, want)

@@ -46,6 +46,22 @@ def test_memit_dynamic_adds_the_weighted_past():
     assert (got @ k0).norm() < (static @ k0).norm()
 
 
+def test_memit_dynamic_by_default_weighs_the_past_like_the_covariance_as_collabedit():
+    """CollabEdit's multi-round update adds past keys into the covariance with its own weight (C += λ·K Kᵀ):
+    ΔW = ΣB (λ(C + G_past) + ΣG)⁻¹. The default rule must be that, not λ_past = 1."""
+    cov, k, r, k0 = _problem(2)
+    lam = 300.0
+    got = UpdateRule("memit-dynamic", lam=lam).solve(r @ k.T, k @ k.T, cov, past_g=k0 @ k0.T)
+    c_collab = cov + k0 @ k0.T  # CollabEdit's running covariance after one earlier round
+    want = (r @ k.T) @ torch.linalg.inv(lam * c_collab + k @ k.T)
+    assert _rel(got, want) < 1e-11
+    weak = UpdateRule("memit-dynamic", lam=lam, lam_past=1.0).solve(r @ k.T, k @ k.T, cov, past_g=k0 @ k0.T)
+    assert _rel(weak, want) > 1e-3  # the old weight is another rule (kept only as a setting)
+    from secure_collab.editing.hparams import MemitHParams
+
+    assert MemitHParams(layers=(1,), mom2_update_weight=lam, update_rule="memit-dynamic").rule.past_weight == lam
+
+
 @pytest.mark.parametrize("threshold", [0.4, 0.8, 1.5])
 def test_alphaedit_equals_its_non_symmetric_system_with_p_from_an_svd(threshold):
     cov, k, r, k0 = _problem(2)
