@@ -209,8 +209,8 @@ def covariance(model, tok, layer: int, texts: list[str], max_len: int) -> torch.
         ids = list(tok(text, truncation=True, max_length=max_len)["input_ids"])
         if not ids:
             continue
-        seen = []
-        handle = _module(model, "down", layer).register_forward_pre_hook(lambda _m, a: seen.append(a[0][0]))
+        seen: list[torch.Tensor] = []
+        handle = _module(model, "down", layer).register_forward_pre_hook(lambda _m, a, s=seen: s.append(a[0][0]))
         try:
             _forward(model, ids)
         finally:
