@@ -19,14 +19,15 @@ while [ $# -gt 0 ]; do
     --model) MODEL="$2"; shift 2 ;;
     --workdir) WORK="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "three-sites.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 read -r -a SC <<< "${SECURE_COLLAB:-secure-collab}"
 secure-collab() { command "${SC[@]}" "$@"; }  # the command the walk-through uses (`command`: not this function)
 PY=${PYTHON:-python3}
-WORK=$(mkdir -p "${WORK:-$(mktemp -d -t three-sites-XXXXXX)}" && cd "${WORK:-.}" && pwd)
+# a new temporary directory unless --workdir names one (the sites never land in the current directory)
+if [ -z "$WORK" ]; then WORK=$(mktemp -d -t three-sites-XXXXXX); else mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd); fi
 PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 HOST=127.0.0.1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # five processes share this machine's cores
@@ -81,8 +82,22 @@ say "5. run: the solver, the coordinator and the three parties (logs in each sit
     --patch patch.safetensors --json report.json > party.log 2>&1) & party_b=$!
 (cd site-c && secure-collab party --config session.toml --name c --requests requests.jsonl \
     --patch patch.safetensors --json report.json > party.log 2>&1) & party_c=$!
+# while the five roles run: every 15 s, who is still running and the last line of its log (no silent wait)
+declare -A pids=([solver-host]=$solver [coordinator]=$coordinator [site-a]=$party_a [site-b]=$party_b [site-c]=$party_c)
 status=0
-for pid in $party_a $party_b $party_c $coordinator $solver; do wait "$pid" || status=1; done
+while [ ${#pids[@]} -gt 0 ]; do
+  for site in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$site]}" 2>/dev/null; then
+      if wait "${pids[$site]}"; then echo "   $site: done"; else echo "   $site: FAILED (see $site/*.log)"; status=1; fi
+      unset "pids[$site]"
+    fi
+  done
+  [ ${#pids[@]} -gt 0 ] || break
+  sleep 1; waited=$(( ${waited:-0} + 1 ))
+  if [ $(( waited % 15 )) -eq 0 ]; then
+    for site in "${!pids[@]}"; do echo "   $site: running ($(tail -n 1 "$site"/*.log 2>/dev/null | cut -c1-110))"; done
+  fi
+done
 for site in solver-host coordinator site-a site-b site-c; do
   echo "-- $site: last lines of its log"; tail -n 4 "$site"/*.log
 done

@@ -63,6 +63,34 @@ def child_dir(parent: Path | str, name: str) -> Path:
     return path
 
 
+def check_writable(path: Path | str | None, what: str, *, directory: bool = False) -> None:
+    """Refuse, in one line (``ConfigError``), an output path this process cannot write, before any work is done
+    (a party checks its outputs before it joins a session, not after it). ``directory``: ``path`` is a directory
+    to create or fill. The test is a real write (a temporary file in the nearest existing directory), since
+    permission bits say nothing to root, and a read-only file system or a file in the way fails it too."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise ConfigError(f"{what} {path}: is a directory, not a file")
+    probe = path if directory and path.is_dir() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {probe} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(name)
+        if path.exists() and not path.is_dir():
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
 def touch_private(path: Path | str) -> Path:
     """Create an empty 0600 file if none exists; an existing file is tightened to 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)

@@ -103,3 +103,9 @@ class SolverState:
             if loaded is not None:
                 out[(int(r), int(lay))] = loaded[0]
         return out
+
+
+def released_steps(directory: Path) -> int:
+    """How many (round, layer) releases a solver state directory holds, from the record names alone (no key needed:
+    the demo shows progress with it)."""
+    return len(list(directory.glob("release-r*-l*.sealed")))

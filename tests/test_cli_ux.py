@@ -400,3 +400,47 @@ def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> 
             if not line and proc.poll() is not None:
                 break
     raise AssertionError(f"no line with {text!r} within {timeout} s")
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot write: 0500 for a user; for root (CI), whom permission bits do not stop,
+    the read-only sysfs."""
+    if os.geteuid() != 0:
+        d = tmp_path / "read-only"
+        d.mkdir(mode=0o500)
+        return d
+    return Path("/sys")
+
+
+@pytest.mark.parametrize("where", ["read-only", "under-a-file"])
+@pytest.mark.parametrize("option", ["--patch", "--json", "--save"])
+def test_an_output_path_a_party_cannot_write_is_refused_before_it_joins(tmp_path, capsys, where, option):
+    """Issue 21: a party whose --patch pointed into a read-only directory took part in the whole session, then died
+    with a traceback and lost its patch and report. Now: one line, exit 2, at once (no coordinator runs here: a
+    party that went on to join would wait for it)."""
+    cfg_path = _model_config(tmp_path)
+    (tmp_path / "r.jsonl").write_text(json.dumps({"subject": "France", "prompt": "The capital of {} is",
+                                                  "target_new": "Rome"}) + "\n")
+    (tmp_path / "a-file").write_text("x")
+    parent = _unwritable_dir(tmp_path) if where == "read-only" else tmp_path / "a-file"
+    target = parent / ("edited" if option == "--save" else "out.file")
+    start = time.monotonic()
+    assert main(["party", "--config", str(cfg_path), "--name", "a", "--requests", str(tmp_path / "r.jsonl"),
+                 "--cache-dir", str(tmp_path / "cache"), option, str(target)]) == 2
+    assert time.monotonic() - start < 10
+    message = one_error_line(capsys, "party")
+    assert message.startswith(f"{option} {target}") and ("cannot write" in message or "not a directory" in message)
+
+
+def test_apply_into_a_directory_it_cannot_write_is_one_line(tmp_path, capsys):
+    import torch
+
+    from secure_collab.models import load_model
+    from secure_collab.patch import write_patch
+
+    lm = load_model("tiny-llama")
+    patch = tmp_path / "patch.safetensors"
+    write_patch(patch, lm, {(0, 1): torch.zeros(64, 96, dtype=torch.float64)}, {"method": "collab"})
+    out = _unwritable_dir(tmp_path) / "edited"
+    assert main(["apply", "--model", "tiny-llama", "--patch", str(patch), "--out", str(out)]) == 2
+    assert "cannot write" in one_error_line(capsys, "apply")

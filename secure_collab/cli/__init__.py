@@ -15,6 +15,7 @@ names it. A plugin cannot replace a built-in command.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.metadata
 import sys
@@ -147,6 +148,11 @@ class _SubParser(argparse.ArgumentParser):
         return super().add_subparsers(**kwargs)
 
 
+# OSErrors a user causes and can fix (a read-only file system, a full disk, a name too long, a file in the way)
+_USER_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EEXIST, errno.EACCES,
+                          errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EPERM})
+
+
 def user_message(exc: BaseException) -> str | None:
     """One line for an error the user can fix; None for anything else (a bug: its traceback is wanted)."""
     import tomllib
@@ -157,7 +163,8 @@ def user_message(exc: BaseException) -> str | None:
         return "interrupted"
     if isinstance(exc, UserError | tomllib.TOMLDecodeError):
         text = str(exc)
-    elif isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+    elif isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError) or (
+            isinstance(exc, OSError) and exc.errno in _USER_ERRNOS):
         text = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
     else:
         return None

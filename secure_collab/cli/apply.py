@@ -23,11 +23,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from secure_collab.cli._output import say, write_json
-    from secure_collab.files import private_dir
+    from secure_collab.files import check_writable, private_dir
     from secure_collab.models import load_model
     from secure_collab.patch import apply_patch, read_patch
 
     patch = read_patch(Path(args.patch))  # before the model: a bad file fails at once
+    check_writable(args.out, "--out", directory=True)
+    check_writable(getattr(args, "json", None), "--json")
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
                     allow_download=args.allow_download)
     apply_patch(lm, patch)

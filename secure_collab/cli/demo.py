@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         ref_thread = threading.Thread(target=compute_reference, name="global-edit", daemon=True)
         ref_thread.start()
 
+    from solver.state import released_steps
+
     releases_dir = cfg.solver_dir
     n_steps = len(hp.layers) * cfg.session.rounds
     deadline = time.monotonic() + args.timeout
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         t_done = progress.add_task("processes finished", total=len(procs))
         t_ref = progress.add_task("Global-Edit reference", total=1) if ref_thread else None
         while True:
-            progress.update(t_rel, completed=len(list(releases_dir.glob("release-r*-l*.json"))))
+            progress.update(t_rel, completed=released_steps(releases_dir))
             progress.update(t_done, completed=sum(p.poll() is not None for p in procs.values()))
             if t_ref is not None and ref_thread is not None:
                 progress.update(t_ref, completed=int(not ref_thread.is_alive()))

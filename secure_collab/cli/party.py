@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                           f"{', '.join(sorted(config.roster.parties))})")
     require_secret(config.paths.keys / f"party-{args.name}.key_secret", f"party {args.name}",
                    config.roster.parties[args.name])
+    check_outputs(args)  # before the model loads and the party joins: a bad path must not lose the session's work
     engine = engine_callbacks(config, args.name, args)
     with stop_on_signals() as stop:
         report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
@@ -81,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
     if stop.is_set():
         raise KeyboardInterrupt
     return 0 if report["ok"] else 1
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    from secure_collab.files import check_writable
+
+    check_writable(args.patch, "--patch")
+    check_writable(getattr(args, "json", None), "--json")
+    check_writable(args.save, "--save", directory=True)
 
 
 def show(args: argparse.Namespace, report: dict) -> None:

@@ -109,6 +109,9 @@ def test_solver_sigkilled_between_steps_rejoins_and_nothing_plain_reaches_the_co
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     files = sorted(state.iterdir())
     assert {f.name for f in files} >= {"setup.sealed", "opened-r0-l1.sealed", "release-r0-l2.sealed"}
+    from solver.state import released_steps
+
+    assert released_steps(state) == len(ref) == 2  # what the demo's "ΔW released" bar counts (it once counted 0)
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
         assert b'"mode"' not in f.read_bytes() and b"secrets" not in f.read_bytes()
