@@ -71,7 +71,7 @@ def test_z_reach_by_hand(tiny, capitals):
     """z_reach is the fraction of the way to z* the state has moved along z* − h₀: known for constructed h₀, z*."""
     from secure_collab.editing.keys import block_outputs
     from secure_collab.editing.targets import TargetResult
-    from secure_collab.experiment import z_reach
+    from secure_collab.experiments.merge import z_reach
 
     hp = DEFAULTS[tiny.name]
     reqs = capitals[:3]
