@@ -14,7 +14,7 @@ import torch
 from attacks import spectral
 from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
 from attacks.target import model_shift_scores, residual_from_stats
-from attacks.views import aggregate_gram_view, cached_targets, delta_view, keys_view, split
+from attacks.views import aggregate_gram_view, delta_view, keys_view, split, targets_for
 from secure_collab.data.requests import Request
 from secure_collab.editing.memit import restore, snapshot
 from secure_collab.editing.statistics import sum_stats
@@ -36,7 +36,7 @@ def aggregate_rows(exp: Experiment, parties: list[list[Request]], objects: Seque
     if with_targets:
         from attacks.views import stats_view
 
-        zs = [cached_targets(exp.setup, p, exp.say).z for p in parties]
+        zs = [targets_for(exp.setup, p, exp.say).z for p in parties]
         total = sum_stats([stats_view(exp.setup, p, z, exp.layer) for p, z in zip(parties, zs, strict=True)])
         k = keys_view(exp.setup, flat, exp.layer)  # keys of the (recovered) subjects, public model
         n_layers = len(exp.setup.hp.layers)
@@ -50,7 +50,7 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
     """Every party's view of the release (and a party that removes its own keys), plus the `model` floor."""
     setup = exp.setup
     flat = [r for p in parties for r in p]
-    targets = [cached_targets(setup, p, exp.say) for p in parties]
+    targets = [targets_for(setup, p, exp.say) for p in parties]
     exp.say(f"delta: collaborative edit of {len(parties)} parties × {len(parties[0])} edits")
     dv = delta_view(setup, parties, targets)
     first = setup.hp.layers[0]
@@ -150,7 +150,7 @@ def stats_rows(exp: Experiment, pool: list[Request], ms: Sequence[int], objects:
         ranks, edited, res = [], [], []
         for idx in draws:
             reqs = [pool[i] for i in idx]
-            z = cached_targets(exp.setup, reqs, exp.say).z
+            z = targets_for(exp.setup, reqs, exp.say).z
             st = stats_view(exp.setup, reqs, z, exp.layer)
             basis = spectral.basis_from_gram(st.g, m)
             ranks.append(ranks_of(projection_scores(basis, exp.cand_keys), [exp.index(r.subject) for r in reqs]))

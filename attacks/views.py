@@ -26,7 +26,8 @@ from secure_collab.editing.hparams import MemitHParams, auto_request_batch, defa
 from secure_collab.editing.keys import compute_keys
 from secure_collab.editing.memit import party_layer_stats, run_edit, snapshot, split_parties
 from secure_collab.editing.statistics import LayerStats, layer_statistics, sum_stats
-from secure_collab.editing.targets import TargetResult, compute_targets
+from secure_collab.editing.target_cache import cached_targets
+from secure_collab.editing.targets import TargetResult
 from secure_collab.editing.templates import context_templates
 from secure_collab.models.loading import LoadedModel
 from secure_collab.models.specs import n_layers
@@ -88,11 +89,6 @@ def aggregate_gram_view(setup: PublicSetup, parties: list[list[Request]], layer:
     return total
 
 
-def targets_for(setup: PublicSetup, requests: list[Request]) -> TargetResult:
-    """z* for the requests on the unedited model (the expensive part: ~20 s per SmolLM2 edit on a core)."""
-    return compute_targets(setup.lm, requests, setup.hp, setup.templates)
-
-
 def stats_view(setup: PublicSetup, requests: list[Request], z: torch.Tensor, layer: int) -> LayerStats:
     """One party's (K Kᵀ, R Kᵀ) at ``layer`` on the unedited model (the first layer of a sequential round)."""
     return party_layer_stats(setup.lm, requests, z, layer, setup.hp, setup.templates)
@@ -135,10 +131,9 @@ def split(requests: list[Request], n_parties: int) -> list[list[Request]]:
     return split_parties(requests, n_parties)
 
 
-def cached_targets(setup: PublicSetup, requests: list[Request], say=print) -> TargetResult:
-    """z* per request from the engine's target cache (``secure_collab.editing.target_cache``), one request per
-    batch so a request's z* never depends on the others."""
-    from secure_collab.editing.target_cache import cached_targets as engine_targets
-
+def targets_for(setup: PublicSetup, requests: list[Request], say=print) -> TargetResult:
+    """z* for the requests on the unedited model (the expensive part: ~20 s per SmolLM2 edit on a core), through
+    the engine's one target cache (``secure_collab.editing.target_cache``), one request per batch so a request's
+    z* never depends on the others."""
     say(f"targets: {len(requests)} requests (cached ones are read back)")
-    return engine_targets(setup.lm, requests, setup.hp.with_(request_batch=1), setup.templates, cache=setup.cache)
+    return cached_targets(setup.lm, requests, setup.hp.with_(request_batch=1), setup.templates, cache=setup.cache)

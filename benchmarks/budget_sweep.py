@@ -24,8 +24,7 @@ from secure_collab.editing.hparams import auto_request_batch, default_hparams
 from secure_collab.editing.memit import restore, run_edit, snapshot
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.templates import context_templates
-from secure_collab.eval_generation import generation_metrics
-from secure_collab.evaluation import evaluate
+from secure_collab.evaluation import evaluate, generation_metrics
 from secure_collab.models import load_model
 from secure_collab.models.specs import n_layers
 

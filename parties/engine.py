@@ -21,18 +21,12 @@ import torch
 from secure_collab.editing.augment import augmented_requests
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
-from secure_collab.editing.round_targets import concat
 from secure_collab.editing.session import requests_by_round, session_hparams
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
 from secure_collab.overlap import fact_inputs
-
-
-def _take(t: TargetResult, rows: list[int]) -> TargetResult:
-    return TargetResult(t.z[rows], t.z_init[rows], [t.loss[i] for i in rows], [t.nll[i] for i in rows],
-                        [t.steps[i] for i in rows])
 
 
 class PartyEditor:
@@ -97,7 +91,7 @@ class PartyEditor:
                 else:
                     keep.append(j)
                     seen.add(fact)
-            self.targets[round] = _take(t, keep)
+            self.targets[round] = t.take(keep)
         self.plan[round], self.withheld[round] = [reqs[j] for j in keep], withheld
         if withheld:
             self.log(f"round {round}: withheld {len(withheld)} requests the model already knows or repeats")
@@ -115,10 +109,10 @@ class PartyEditor:
         extra = [aug for i, action, _, _, _ in verdicts if action == "augment"
                  for aug in augmented_requests(self.lm, reqs[i], self.s.augment, seed=self.s.template_seed + i)]
         self.verdicts[round] = verdicts
-        targets = _take(self.targets[round], [i for i, _ in keep]) if keep else None
+        targets = self.targets[round].take([i for i, _ in keep]) if keep else None
         if extra:  # optimised on the same model as the round's other targets: nothing was applied in between
             more = self._targets(extra)
-            targets = more if targets is None else concat([targets, more])
+            targets = more if targets is None else TargetResult.concat([targets, more])
         self.plan[round] = [reqs[i] for i, _ in keep] + extra
         self.weights[round] = torch.tensor([1.0 / m for _, m in keep] + [1.0] * len(extra), dtype=torch.float64)
         if targets is not None:

@@ -64,7 +64,7 @@ def test_merge_refuses_bad_input(tmp_path, capsys):
 
 
 def test_ten_point_drop_is_the_first_edit_count_10_points_below_collab():
-    from secure_collab.experiment import MergeGrid, ten_point_drops
+    from secure_collab.experiments.merge import MergeGrid, ten_point_drops
 
     grid = MergeGrid(edits=(10, 30, 100), parties=10, methods=("collab", "ta", "sa"), variants=("sequential",))
     scores = {"collab": (0.90, 0.88, 0.85), "ta": (0.89, 0.80, 0.70), "sa": (0.85, 0.84, 0.80)}
@@ -82,7 +82,7 @@ def test_eval_per_party_measures_each_partys_first_edits(tmp_path, monkeypatch):
     from secure_collab.cli.edit import load_request_set
     from secure_collab.editing.memit import split_parties
     from secure_collab.evaluation import evaluate
-    from secure_collab.experiment import eval_sample
+    from secure_collab.experiments.merge import eval_sample
     from secure_collab.models import load_model
 
     monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from secure_collab.cli import main
-from secure_collab.editing import round_targets
+from secure_collab.editing import target_cache
 from tests.conftest import SHARED
 
 CF = str(SHARED / "counterfact.json")
@@ -47,6 +47,6 @@ def test_forgetting_reports_retention_per_rule_and_resumes(tmp_path, monkeypatch
     assert set(first["retention"]) == {"memit-static", "memit-dynamic", "alphaedit"}
     assert len(first["rounds"]) == 6 and (out / "forgetting.png").is_file()
     calls = []
-    monkeypatch.setattr(round_targets, "compute_targets", lambda *a, **k: calls.append(a) or None)
+    monkeypatch.setattr(target_cache, "compute_targets", lambda *a, **k: calls.append(a) or None)
     again, _ = _run(tmp_path, *argv)  # every round is cached: nothing is optimised or edited again
     assert calls == [] and again["rounds"] == first["rounds"]

@@ -13,15 +13,16 @@ import pytest
 import torch
 
 from secure_collab.data.requests import Request
-from secure_collab.eval_generation import (
+from secure_collab.evaluation import (
+    evaluate_zsre,
     fluency,
     fluency_prompts,
     generate,
     generation_metrics,
+    loc_predictions,
     ngram_entropy,
     says,
 )
-from secure_collab.eval_zsre import evaluate_zsre, loc_predictions
 from secure_collab.models import load_model
 
 NEXT = {"s": " ", " ": "P", "P": "a", "a": "r", "r": "i", "i": "s", "?": " ", "X": "Y", "Y": "X", "Q": "s"}

@@ -19,9 +19,9 @@ def run_rounds_edit(args: argparse.Namespace, requests: list, console: Any, t_st
     from secure_collab.cli._output import write_json
     from secure_collab.covariance import layer_covariances
     from secure_collab.editing.memit import rel_diff_per_layer, restore, snapshot, split_parties
-    from secure_collab.editing.round_targets import cached_targets
     from secure_collab.editing.rounds import ROUND_METHODS, run_rounds
     from secure_collab.editing.session import requests_by_round
+    from secure_collab.editing.target_cache import cached_targets
     from secure_collab.editing.templates import context_templates, templates_digest
     from secure_collab.errors import ConfigError
     from secure_collab.evaluation import evaluate

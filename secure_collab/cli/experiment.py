@@ -1,5 +1,5 @@
 """`secure-collab experiment merge|forgetting|overlap|conflict`. merge: the merge grid of CollabEdit's Fig. 1 (a
-thin shell over ``secure_collab.experiment``): methods × variants × edit counts over P parties, cached per cell,
+thin shell over ``secure_collab.experiments.merge``): methods × variants × edit counts over P parties, cached per cell,
 resumable; the multi-round experiments are in ``experiment_rounds``."""
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.editing.hparams import VARIANTS, auto_request_batch, default_hparams
     from secure_collab.editing.templates import context_templates
     from secure_collab.errors import UserError
-    from secure_collab.experiment import Context, MergeGrid, detect_metrics, run_merge_grid
-    from secure_collab.experiment_report import markdown, plot_fig1, write_csv
+    from secure_collab.experiments.merge import Context, MergeGrid, detect_metrics, run_merge_grid
+    from secure_collab.experiments.merge_report import markdown, plot_fig1, write_csv
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 

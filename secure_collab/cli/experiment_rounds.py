@@ -153,7 +153,7 @@ def finish(args: argparse.Namespace, result: dict[str, Any], table: str, plot: A
 
 def run_forgetting_cli(args: argparse.Namespace) -> int:
     from secure_collab.experiments.forgetting import ForgettingPlan, run_forgetting
-    from secure_collab.experiments.report import forgetting_table, plot_forgetting
+    from secure_collab.experiments.rounds_report import forgetting_table, plot_forgetting
 
     try:
         plan = ForgettingPlan(args.rounds, args.parties, args.edits_per_party, args.rules)
@@ -166,7 +166,7 @@ def run_forgetting_cli(args: argparse.Namespace) -> int:
 
 def run_overlap_cli(args: argparse.Namespace) -> int:
     from secure_collab.experiments.overlap import run_overlap
-    from secure_collab.experiments.report import overlap_table, plot_overlap
+    from secure_collab.experiments.rounds_report import overlap_table, plot_overlap
 
     return _experiment(args, 1 + args.parties * args.edits_per_party + args.known, lambda env: run_overlap(
         env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs, env.templates,
@@ -177,7 +177,7 @@ def run_overlap_cli(args: argparse.Namespace) -> int:
 
 def run_conflict_cli(args: argparse.Namespace) -> int:
     from secure_collab.experiments.conflict import run_conflict
-    from secure_collab.experiments.report import conflict_table, plot_conflict
+    from secure_collab.experiments.rounds_report import conflict_table, plot_conflict
 
     return _experiment(args, 0, lambda env: run_conflict(
         env.lm, env.records, env.hp.with_(update_rule=args.update_rule), env.covs, env.templates,

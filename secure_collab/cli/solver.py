@@ -14,10 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_role_options(parser)
 
 
-def engine_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
-    """The engine's ``solve(round, layer, g_sum, b_sum) -> ΔW`` for this session (covariance, λ, Cholesky).
+def session_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
+    """The session's ``solve(round, layer, g_sum, b_sum) -> ΔW`` (``solver.solve.SessionSolve``: covariance, λ,
+    Cholesky). "Engine" is the party's word (``parties.runner.PartyEngine``); the solver's is "solve".
 
-    Plug-in point for the editing engine: return a callable taking g_sum (d_k, d_k) symmetric and
+    Plug-in point for another solve: return a callable taking g_sum (d_k, d_k) symmetric and
     b_sum (d_v, d_k), float64 numpy sums over the included parties, returning ΔW (d_v, d_k) float64
     (see solver.server.SolveFn). Loads the base model, checks it against the session (one-line refusal).
     """
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     require_secret(config.paths.keys / "solver.key_secret", "the solver", config.roster.solver)
     check_solver_state(config)
-    solve = engine_solve(config, args)
+    solve = session_solve(config, args)
     with stop_on_signals() as stop:
         result = run_solver(config, load_scheme(config.session.mode), solve, stop=stop)
     say(args, f"solver: {'done' if result.ok else 'stopped'}: {result.reason}; "

@@ -97,7 +97,7 @@ def run_rounds(lm: LoadedModel, rounds: Sequence[list[list[Request]]], hp: Memit
     their weights, 1/m for a duplicate held by m parties, default 1).
 
     ``targets(lm, requests, hp, templates)`` gives z* on the model as it is (default ``compute_targets``; pass
-    ``round_targets.cached_targets`` to cache). ``on_round(r, result)`` runs after each round (evaluation).
+    ``target_cache.cached_targets`` to cache). ``on_round(r, result)`` runs after each round (evaluation).
     A round in which nobody edits changes nothing and adds nothing to the state."""
     if method not in ROUND_METHODS:
         raise ValueError(f"unknown method {method!r}; one of {ROUND_METHODS}")

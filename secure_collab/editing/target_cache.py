@@ -1,14 +1,20 @@
 """Targets z* cached per request: keyed by the model's weights, the request, the context templates and the
-hyper-parameters z* depends on, so a sweep, an experiment grid, an attack or a later round reuses them.
+hyper-parameters z* depends on, so a sweep, an experiment grid, an attack, a party or a later round reuses them.
+
+The one target cache: the one-shot edit, the multi-round edit and experiments, the parties and the attacks all
+call ``cached_targets``, and all read and write the same files.
 
 z*_j depends only on the model it is optimised on, request j's subject, prompt and target_new, the context
 templates, the last edited layer and the optimisation's hyper-parameters (``TARGET_FIELDS``); not on λ, the
 covariance, the other requests or the number of parties. The key binds all of these. The model part of the key
 is ``weights_digest``: the loaded weights' ``source_digest`` and dtype, plus a hash of every down-projection weight
-as it is now, so a model edited in place (the only weights the engine writes) gets new keys by itself.
+as it is now, so a model edited in place (the only weights the engine writes) gets new keys by itself. That is
+what makes it the rounds' cache too: round r's targets are keyed by the model as rounds 0..r-1 left it, and
+round 0's are the same entries a one-shot edit of the unedited model reads.
 
-Layout: ``<cache>/targets/<key[:2]>/<key>.safetensors``, tensors ``z`` and ``z_init`` (d_v,) in the model's dtype,
-metadata ``key``, ``loss``, ``nll``, ``steps``. A file whose stored key differs from its name is ignored.
+Layout: ``<cache>/targets/<key[:2]>/<key>.safetensors`` (0600 files in 0700 directories: z* follows from the
+request it edits), tensors ``z`` and ``z_init`` (d_v,) in the model's dtype, metadata ``key``, ``loss``,
+``nll``, ``steps``. A file whose stored key differs from its name is ignored.
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ def cached_targets(lm: LoadedModel, requests: Sequence[Request], hp: MemitHParam
     """
     from secure_collab.progress import progress as progress_bar
 
+    if not requests:
+        raise ValueError("no requests")
     root = cache_dir(cache) / "targets"
     digest = model_digest or weights_digest(lm)
     keys = [target_key(digest, r, hp, templates) for r in requests]

@@ -25,8 +25,8 @@ import torch
 from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams
 from secure_collab.editing.memit import restore, snapshot
-from secure_collab.editing.round_targets import cached_targets
 from secure_collab.editing.rounds import CrossRound, run_rounds
+from secure_collab.editing.target_cache import cached_targets
 from secure_collab.evaluation import completion_nlls
 from secure_collab.experiments.tagsim import TagSim, apply_weighted
 from secure_collab.models.loading import LoadedModel

@@ -22,10 +22,9 @@ from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams
 from secure_collab.editing.keys import compute_keys
 from secure_collab.editing.memit import restore, snapshot
-from secure_collab.editing.round_targets import cached_targets
 from secure_collab.editing.rounds import CrossRound, edit_round
 from secure_collab.editing.rules import UPDATE_RULES
-from secure_collab.editing.target_cache import weights_digest
+from secure_collab.editing.target_cache import cached_targets, weights_digest
 from secure_collab.editing.templates import templates_digest
 from secure_collab.evaluation import evaluate
 from secure_collab.experiments.common import atomic_json, metrics, run_dir

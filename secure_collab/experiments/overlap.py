@@ -20,8 +20,8 @@ import torch
 from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams
 from secure_collab.editing.memit import rel_diff, restore, snapshot
-from secure_collab.editing.round_targets import cached_targets
 from secure_collab.editing.rounds import run_rounds
+from secure_collab.editing.target_cache import cached_targets
 from secure_collab.evaluation import evaluate
 from secure_collab.experiments.common import metrics
 from secure_collab.experiments.tagsim import TagSim, apply_weighted

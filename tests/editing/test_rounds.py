@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from secure_collab.editing import round_targets
+from secure_collab.editing import target_cache
 from secure_collab.editing.hparams import DEFAULTS
 from secure_collab.editing.memit import rel_diff, restore, snapshot
 from secure_collab.editing.rounds import CrossRound, run_rounds
@@ -83,18 +83,18 @@ def test_an_empty_round_changes_nothing(tiny, capitals):
 def test_targets_are_cached_per_model_state(tiny, capitals, tmp_path, monkeypatch):
     hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=4, request_batch=1)
     calls = []
-    real = round_targets.compute_targets
+    real = target_cache.compute_targets
 
     def counting(lm, reqs, hp_, templates, progress=False):
         calls.append(len(reqs))
         return real(lm, reqs, hp_, templates, progress=progress)
 
-    monkeypatch.setattr(round_targets, "compute_targets", counting)
-    first = round_targets.cached_targets(tiny, capitals[:3], hp, TEMPLATES, cache=tmp_path)
-    again = round_targets.cached_targets(tiny, capitals[:3], hp, TEMPLATES, cache=tmp_path)
+    monkeypatch.setattr(target_cache, "compute_targets", counting)
+    first = target_cache.cached_targets(tiny, capitals[:3], hp, TEMPLATES, cache=tmp_path)
+    again = target_cache.cached_targets(tiny, capitals[:3], hp, TEMPLATES, cache=tmp_path)
     assert calls == [1, 1, 1]  # the second call read every target from the cache
     assert torch.equal(first.z, again.z) and first.steps == again.steps
-    stored = list((tmp_path / "round-targets").rglob("*.safetensors"))
+    stored = list((tmp_path / "targets").rglob("*.safetensors"))
     assert len(stored) == 3  # private whatever the umask: z* follows from the request
     assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
     assert {stat.S_IMODE(f.parent.stat().st_mode) for f in stored} == {0o700}
@@ -103,7 +103,7 @@ def test_targets_are_cached_per_model_state(tiny, capitals, tmp_path, monkeypatc
     w = down_weight(tiny.model, tiny.spec, layer)
     try:
         add_to_down_weight(tiny.model, tiny.spec, layer, 1e-3 * torch.ones(w.shape, dtype=torch.float64))
-        edited = round_targets.cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
+        edited = target_cache.cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
     finally:
         restore(tiny, saved)
     assert calls == [1, 1, 1, 1]  # a changed model is a new key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from secure_collab.editing.hparams import DEFAULTS
@@ -70,7 +71,7 @@ def test_z_reach_by_hand(tiny, capitals):
     """z_reach is the fraction of the way to z* the state has moved along z* − h₀: known for constructed h₀, z*."""
     from secure_collab.editing.keys import block_outputs
     from secure_collab.editing.targets import TargetResult
-    from secure_collab.experiment import z_reach
+    from secure_collab.experiments.merge import z_reach
 
     hp = DEFAULTS[tiny.name]
     reqs = capitals[:3]
@@ -103,3 +104,51 @@ def test_stored_targets_are_private_whatever_the_umask(tiny, capitals, tmp_path)
     assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
     assert {stat.S_IMODE(f.parent.stat().st_mode) for f in stored} == {0o700}
     assert stat.S_IMODE((tmp_path / "targets").stat().st_mode) == 0o700
+
+
+def test_round_zero_of_a_multi_round_run_is_the_one_shot_entry(tiny, capitals, tmp_path, monkeypatch):
+    """The rounds and the one-shot edit share one cache: round 0's z* (written while a multi-round run edits the
+    model) is what a plain call on the unedited model reads back; round 1's is keyed by the model round 0 left."""
+    from secure_collab.editing import target_cache
+    from secure_collab.editing.rounds import run_rounds
+    from tests.conftest import random_spd
+
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=2, request_batch=1)
+    dk = down_weight(tiny.model, tiny.spec, 0).shape[1]
+    covs = {layer: random_spd(dk, layer) for layer in hp.layers}
+
+    def targets(lm, reqs, hp_, tpl):
+        return cached_targets(lm, reqs, hp_, tpl, cache=tmp_path)
+
+    saved = snapshot(tiny, hp.layers)
+    try:
+        res = run_rounds(tiny, [[[capitals[0]]], [[capitals[1]]]], hp, covs, TEMPLATES, targets=targets)
+    finally:
+        restore(tiny, saved)
+    assert len(_files(tmp_path)) == 2
+
+    def refuse(*_a, **_k):
+        raise AssertionError("round 0's targets optimised again")
+
+    monkeypatch.setattr(target_cache, "compute_targets", refuse)
+    plain = cached_targets(tiny, capitals[:1], hp, TEMPLATES, cache=tmp_path)
+    assert torch.equal(plain.z, res[0].targets[0].z) and plain.steps == res[0].targets[0].steps
+    with pytest.raises(AssertionError, match="optimised again"):  # round 1's entry is not the unedited model's
+        cached_targets(tiny, capitals[1:2], hp, TEMPLATES, cache=tmp_path)
+
+
+def test_one_target_cache():
+    """One definition of the target cache and of TargetResult's take/concat across every package."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    defs: dict[str, list[str]] = {}
+    for pkg in ("secure_collab", "parties", "coordinator", "solver", "attacks", "benchmarks"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    defs.setdefault(node.name, []).append(str(path.relative_to(root)))
+    assert defs["cached_targets"] == ["secure_collab/editing/target_cache.py"]
+    assert defs["concat"] == ["secure_collab/editing/targets.py"]
+    assert "_take" not in defs and "secure_collab/editing/targets.py" in defs["take"]

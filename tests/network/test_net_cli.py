@@ -64,7 +64,7 @@ def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
     cfg = make_config(tmp_path)
     config_path = str(next(tmp_path.glob("config-*.toml")))
     monkeypatch.setattr(_roles, "load_scheme", lambda mode: get_scheme("plain"))
-    monkeypatch.setattr(solver_cli, "engine_solve", lambda config, args=None: closed_form_solve)
+    monkeypatch.setattr(solver_cli, "session_solve", lambda config, args=None: closed_form_solve)
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
     monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: party_cli.PartyEngine(
         engines[name].compute_statistics, engines[name].apply_delta, lambda result: {"edits": 3}))

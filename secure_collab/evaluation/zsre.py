@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from secure_collab.data.requests import Request
-from secure_collab.evaluation import completion_argmax, score_of
+from secure_collab.evaluation.counterfact import completion_argmax, score_of
 
 
 def _accuracy(pred: list[int], want: list[int]) -> float:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from secure_collab.experiment import ROW_FIELDS
+from secure_collab.experiments.merge import ROW_FIELDS
 
 METRIC_COLUMNS = ("efficacy", "generalization", "specificity", "locality", "score", "gen_efficacy",
                   "gen_generalization", "fluency")

@@ -126,9 +126,14 @@ def z_reach(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp:
 
 def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | None) -> dict[str, Any]:
     """Every metric of the model as it is now on ``requests`` (``pre``: the unedited cell, for zsRE locality)."""
-    from secure_collab.eval_generation import fluency, fluency_prompts, generation_metrics
-    from secure_collab.eval_zsre import evaluate_zsre, loc_predictions
-    from secure_collab.evaluation import evaluate
+    from secure_collab.evaluation import (
+        evaluate,
+        evaluate_zsre,
+        fluency,
+        fluency_prompts,
+        generation_metrics,
+        loc_predictions,
+    )
 
     lm = ctx.lm
     row: dict[str, Any] = {}
