@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 from argparse import Namespace
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.ledger import read_ledger
 from secure_collab.protection import ProtectionParams, StatContext, get_scheme
 from secure_collab.protocol.messages import Message, MsgType
 from secure_collab.protocol.statistics import chunk_bounds
@@ -216,15 +216,12 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
 def ledger_traffic(ledger: Path) -> dict[str, Any]:
     """Per party: bytes and count of accepted contributions, and the latency from each request to the party's
     first contribution of that step (seconds), read from the coordinator's ledger."""
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT time, direction, peer, type, round, layer, stat, bytes, outcome FROM messages "
-                          "ORDER BY id").fetchall()
-    finally:
-        db.close()
+    rows = read_ledger(ledger, ("messages",))["messages"]  # in insertion (id) order
     out: dict[str, dict[str, Any]] = {}
     asked: dict[str, float] = {}  # peer -> time of the request not yet answered
-    for t, direction, peer, mtype, _rnd, _layer, _stat, nbytes, outcome in rows:
+    for row in rows:
+        t, direction, peer, mtype, nbytes, outcome = (row[k] for k in ("time", "direction", "peer", "type", "bytes",
+                                                                      "outcome"))
         p = out.setdefault(peer, {"bytes": 0, "contribs": 0, "latency": [], "sizes": []})
         if direction == "out" and mtype == "request":
             asked[peer] = t
