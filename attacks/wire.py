@@ -109,9 +109,9 @@ def payload_bytes(messages: list[list[bytes]]) -> bytes:
 
 def as_plaintext_gram(raw: bytes, d_k: int) -> torch.Tensor:
     """The attacker's reading of payload bytes as a packed G: little-endian int64 words, first d_k(d_k+1)/2."""
-    from secure_collab.protection.encoding import unpack_symmetric
+    from secure_collab.protection.encoding import triangle_size, unpack_symmetric
 
-    n = d_k * (d_k + 1) // 2
+    n = triangle_size(d_k)
     words = np.frombuffer(raw[: (len(raw) // 8) * 8], dtype="<i8").astype(np.float64)
     vec = np.zeros(n)
     vec[: min(n, words.size)] = words[:n]
@@ -163,13 +163,13 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
     from attacks import metrics, spectral, subspace
     from attacks.runner import draw_trials
     from attacks.views import gram_view
-    from secure_collab.protection.encoding import pack_symmetric
+    from secure_collab.protection.encoding import pack_symmetric, triangle_size
 
     d_k = exp.cand_keys.shape[1]
     rows = []
     for mode in modes:
         ws = solver_public(mode, parties=10, bound=1e6)
-        zero_msgs = [coordinator_frames(ws, np.zeros(d_k * (d_k + 1) // 2), "G", "a", exp.layer)
+        zero_msgs = [coordinator_frames(ws, np.zeros(triangle_size(d_k)), "G", "a", exp.layer)
                      for _ in range(trials)]
         zero = payload_bytes(zero_msgs[0])
         zero_sizes = [sum(len(f) for msg in msgs for f in msg) for msgs in zero_msgs]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Buffer = bytes | bytearray | memoryview
+MODES = ("ckks", "shares", "plain")  # the protection modes; the wire, the configuration and the CLI take them from here
 _CONTRIB = b"secure-collab/v2/contrib\0"
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import msgpack
 
 from secure_collab.names import MAX_NAME, NAME_PATTERN
+from secure_collab.protection.base import MODES as MODES  # re-exported: the wire bounds the mode by it
 from secure_collab.protocol.schema import (
     Bool,
     Field,
@@ -87,7 +88,6 @@ class MsgType(StrEnum):
 
 
 # ---- bounds shared by the wire and the configuration (config.py validates sessions against them) ----------
-MODES = ("ckks", "shares", "plain")
 VARIANTS = ("sequential", "oneshot")
 STATISTICS = ("G", "B", "N")  # upper triangle of K Kᵀ, R Kᵀ, and the edit count (one value)
 MAX_SEQ = (1 << 53) - 1  # exact in JSON and float64 too; a sender would need 285 years at 1 M msg/s

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from secure_collab.protection.encoding import pack_symmetric, unpack_symmetric
+from secure_collab.protection.encoding import pack_symmetric, triangle_size, unpack_symmetric
 
 
 def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -> dict[str, np.ndarray]:
@@ -31,7 +31,7 @@ def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -
             raise ValueError(f"G has shape {g.shape}, want ({d_k}, {d_k})")
         g = pack_symmetric(g)
     b = np.asarray(stats["B"], dtype=np.float64).reshape(-1)
-    if g.shape != (d_k * (d_k + 1) // 2,) or b.shape != (d_v * d_k,):
+    if g.shape != (triangle_size(d_k),) or b.shape != (d_v * d_k,):
         raise ValueError(f"packed sizes G {g.shape} B {b.shape} do not fit d_k={d_k}, d_v={d_v}")
     return {"G": np.ascontiguousarray(g), "B": np.ascontiguousarray(b), "N": np.array([float(n)])}
 
