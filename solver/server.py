@@ -35,6 +35,7 @@ import numpy as np
 import zmq
 
 from secure_collab.config import STATISTICS, Config
+from secure_collab.editing import uses_past
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
     Authenticated,
@@ -386,7 +387,7 @@ class Solver:
 
     # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
     def _uses_past(self) -> bool:
-        return self.s.update_rule != "memit-static" and self.s.rounds > 1
+        return uses_past(self.s.update_rule, self.s.rounds)
 
     def _past(self, round_: int, layer: int) -> np.ndarray | None:
         """Σ_{r < round_} ΣG_r of ``layer`` from the sealed record of the previous round (None in round 0)."""

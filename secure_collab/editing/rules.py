@@ -55,11 +55,6 @@ class UpdateRule:
         if not 0 <= self.lam_past < float("inf"):
             raise ValueError(f"update rule {self.name}: lam_past must be a finite number >= 0")
 
-    @property
-    def uses_past(self) -> bool:
-        """Whether earlier rounds' ΣG enter the solve (the solver then keeps them across rounds)."""
-        return self.name != "memit-static"
-
     def basis(self, cov: torch.Tensor) -> torch.Tensor | None:
         """What the rule needs from C once per layer (alphaedit: the null-space basis), else None."""
         return nullspace_basis(cov, self.nullspace_threshold) if self.name == "alphaedit" else None
