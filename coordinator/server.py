@@ -30,6 +30,7 @@ from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme
+from secure_collab.protection.statements import release_bytes, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -41,7 +42,7 @@ from secure_collab.protocol.messages import (
     clean_text,
     sha256_hex,
 )
-from secure_collab.protocol.release import release_bytes, setup_bytes, verify
+from secure_collab.protocol.release import verify
 
 ZAP_DOMAIN = "secure-collab"
 log = logging.getLogger("coordinator")

@@ -29,6 +29,7 @@ from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protection.sealing import decrypt_release
+from secure_collab.protection.statements import release_bytes, release_label, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -43,7 +44,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
-from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
+from secure_collab.protocol.release import decode_delta, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 

@@ -49,6 +49,7 @@ from secure_collab.protection import (
 )
 from secure_collab.protection.encoding import pack_symmetric
 from secure_collab.protection.sealing import NONCE_BYTES, encrypt_release, fresh_bytes
+from secure_collab.protection.statements import release_bytes, release_label, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -61,7 +62,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
+from secure_collab.protocol.release import encode_delta
 from secure_collab.protocol.statistics import chunk_bounds, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.state import SolverState

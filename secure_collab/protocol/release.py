@@ -1,12 +1,8 @@
 """Signed setup and signed, encrypted releases: what the solver sends that the coordinator relays unread.
 
-The signed bytes are a fixed, domain-separated layout, so a signature for one (session, round, layer)
-can never be taken for another, and a ΔW cannot be re-shaped without breaking it:
-
-    setup:    b"secure-collab/v2/setup\\0" + JSON [session, config_digest, sha256(public params),
-              sha256(sealed bundles)]
-    release:  b"secure-collab/v2/release\\0" + JSON [session, config_digest, round, layer, attempt,
-              dtype, shape, sha256(ΔW ciphertext), sorted included parties]
+The signed bytes (``setup_bytes``, ``release_bytes``) are fixed, domain-separated layouts kept with every other
+signed statement in ``secure_collab.protection.statements``, so a signature for one (session, round, layer)
+can never be taken for another, and a ΔW cannot be re-shaped without breaking it.
 
 ΔW is raw C-order little-endian float64 bytes, encrypted for the parties (ChaCha20-Poly1305 under a key
 derived from the session's release key, which the solver sealed to each party in the setup; the AEAD's
@@ -17,8 +13,6 @@ the array.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import numpy as np
@@ -28,24 +22,6 @@ from secure_collab.protection import statements
 from secure_collab.protocol.messages import ProtocolError
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
-
-
-def release_bytes(
-    session: str, config: str, round_: int, layer: int, attempt: int, dtype: str, shape: list[int],
-    ciphertext_sha256: str, parties: list[str],
-) -> bytes:
-    fields = [session, config, round_, layer, attempt, dtype, list(shape), ciphertext_sha256, sorted(parties)]
-    return b"secure-collab/v2/release\0" + json.dumps(fields, separators=(",", ":")).encode()
-
-
-def release_label(session: str, config: str, round_: int, layer: int, attempt: int) -> bytes:
-    """The AEAD associated data (and key-derivation label) of one release."""
-    return json.dumps(["release", session, config, round_, layer, attempt], separators=(",", ":")).encode()
-
-
-def setup_bytes(session: str, config: str, public: bytes, bundles: bytes) -> bytes:
-    fields = [session, config, hashlib.sha256(public).hexdigest(), hashlib.sha256(bundles).hexdigest()]
-    return b"secure-collab/v2/setup\0" + json.dumps(fields, separators=(",", ":")).encode()
 
 
 def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
