@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secure_collab.ledger import read_ledger
 from secure_collab.protection import ProtectionParams, StatContext, get_scheme
-from secure_collab.protocol.messages import Message, MsgType
-from secure_collab.protocol.statistics import chunk_bounds
+from secure_collab.protocol.messages import MsgType, build
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds
 
 SESSION = "attack-wire"
 UNIFORMITY = "Pearson chi-square goodness-of-fit, bytes vs uniform(0..255)"
@@ -94,10 +94,8 @@ def coordinator_frames(ws: WireSession, flat: np.ndarray, stat: str, party: str,
     for i, (off, count) in enumerate(bounds):
         ctx = StatContext(SESSION, round_, layer, stat, party, i, 0)
         payload = ws.scheme.protect(flat[off:off + count], ctx, ws.public, ws.secrets[party], ws.signing[party])
-        body = {"attempt": 0, "chunk": i, "n_chunks": len(bounds), "offset": off, "count": count,
-                "payload": dict(payload.header)}
-        msg = Message(MsgType.CONTRIB, SESSION, round_, layer, stat, party, seq0 + i, "0" * 64, body,
-                      tuple(payload.frames))
+        msg = build(MsgType.CONTRIB, session=SESSION, sender=party, seq=seq0 + i, config="0" * 64, round_=round_,
+                    layer=layer, stat=stat, body=chunk_body(0, i, bounds, payload.header), frames=payload.frames)
         out.append([bytes(f) for f in msg.to_frames()])
     return out
 

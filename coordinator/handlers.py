@@ -147,9 +147,7 @@ class Handlers:
         msg, step = m.msg, self.step
         if msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
             raise ProtocolError(f"unexpected release for round {msg.round} layer {msg.layer}")
-        if len(msg.frames) != 2:
-            raise ProtocolError("release carries [ΔW ciphertext, signature]")
-        self._verify_release(msg, *msg.frames)
+        self._verify_release(msg)
         parties = tuple(sorted(msg.body["parties"]))
         rel = StoredRelease(msg.round, msg.layer, msg.body["attempt"], msg.body["sha256"], parties, m.raw)
         known = self.releases.get((msg.round, msg.layer))

@@ -30,7 +30,7 @@ from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme
-from secure_collab.protection.statements import release_bytes, setup_bytes
+from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -39,10 +39,12 @@ from secure_collab.protocol.messages import (
     MsgType,
     ProtocolError,
     Sequencer,
+    build,
     clean_text,
     sha256_hex,
 )
-from secure_collab.protocol.release import verify
+from secure_collab.protocol.release import check_release, verify
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds
 
 ZAP_DOMAIN = "secure-collab"
 log = logging.getLogger("coordinator")
@@ -325,9 +327,7 @@ class Coordinator(Handlers, TagHandlers):
         layer, stat, chunk = key
         agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
-        offset = chunk * self.s.chunk_values
-        body = {"attempt": step.attempt, "chunk": chunk, "n_chunks": self.s.n_chunks(stat), "offset": offset,
-                "count": min(self.s.chunk_values, n_values - offset), "payload": dict(agg.header),
+        body = {**chunk_body(step.attempt, chunk, chunk_bounds(n_values, self.s.chunk_values), agg.header),
                 "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
@@ -458,8 +458,8 @@ class Coordinator(Handlers, TagHandlers):
     # ---- sending ------------------------------------------------------------------------------------
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
              body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
-        return Message(mtype, self.s.id, round_, layer, stat, "coordinator", self.seq.next(), self.cfg.digest,
-                       body or {}, tuple(frames))
+        return build(mtype, session=self.s.id, sender="coordinator", seq=self.seq.next(), config=self.cfg.digest,
+                     round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 
     def _request(self, step: Step) -> Message:
         body = {"layers": list(step.layers), "attempt": step.attempt}
@@ -491,13 +491,8 @@ class Coordinator(Handlers, TagHandlers):
         verify(self.cfg.roster.signing_public(), signature,
                setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message, ciphertext: bytes, signature: bytes) -> None:
-        b = msg.body
-        data = release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
-                             b["shape"], b["sha256"], b["parties"])
-        if sha256_hex(ciphertext) != b["sha256"]:
-            raise ProtocolError("release: ciphertext bytes do not match their sha256")
-        verify(self.cfg.roster.signing_public(), signature, data, "release")
+    def _verify_release(self, msg: Message) -> None:
+        check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties)
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,

@@ -58,12 +58,13 @@ from secure_collab.protocol.messages import (
     MsgType,
     ProtocolError,
     Sequencer,
+    build,
     clean_text,
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
 from secure_collab.protocol.release import encode_delta
-from secure_collab.protocol.statistics import chunk_bounds, unpack_g
+from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.state import SolverState
 from solver.tags import TagDesk
@@ -247,9 +248,7 @@ class Solver:
         if stat not in STATISTICS or b["n_values"] != self.s.n_values(stat):
             raise ProtocolError(f"aggregate for unknown statistic {stat!r} or size")
         layers = self._step_of(msg.round, msg.layer)
-        bounds = chunk_bounds(self.s.n_values(stat), self.s.chunk_values)
-        if not 0 <= b["chunk"] < len(bounds) or (b["offset"], b["count"]) != bounds[b["chunk"]]:
-            raise ProtocolError(f"aggregate chunk {b['chunk']} does not fit the configured chunking")
+        parse_chunk_body(b, self.s.n_values(stat), self.s.chunk_values)
         claimed = b["payload"].get("parties")
         if not isinstance(claimed, list) or sorted(claimed) != list(parties):
             raise ProtocolError("aggregate payload and hand-off name different parties")
@@ -440,8 +439,8 @@ class Solver:
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: dict | None = None,
              frames: tuple[Frame, ...] = ()) -> Message:
-        return Message(mtype, self.s.id, round_, layer, "", "solver", self.seq.next(), self.cfg.digest,
-                       body or {}, frames)
+        return build(mtype, session=self.s.id, sender="solver", seq=self.seq.next(), config=self.cfg.digest,
+                     round_=round_, layer=layer, body=body, frames=frames)
 
 
 def run_solver(config: Config, scheme: ProtectionScheme, solve: SolveFn, *,

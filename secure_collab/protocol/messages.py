@@ -300,6 +300,14 @@ class Message:
         )
 
 
+def build(mtype: MsgType, *, session: str, sender: str, seq: int, config: str, round_: int = -1, layer: int = -1,
+          stat: str = "", body: Mapping[str, Any] | None = None, frames: Sequence[Frame] = ()) -> Message:
+    """The one way a role makes a message to send: its session, its roster name, its next sequence number and the
+    configuration digest, with what the type needs (round and layer default to -1: not bound to one)."""
+    return Message(mtype, session, round_, layer, stat, sender, seq, config, body if body is not None else {},
+                   tuple(frames))
+
+
 def sha256_hex(data: Frame) -> str:  # a memoryview is hashed as its raw bytes
     return hashlib.sha256(data).hexdigest()
 

@@ -14,12 +14,13 @@ the array.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_collab.protection import statements
-from secure_collab.protocol.messages import ProtocolError
+from secure_collab.protocol.messages import Message, ProtocolError, sha256_hex
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
 
@@ -34,6 +35,27 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -
         statements.verify(public, bytes(signature), data)
     except statements.AuthenticationFailed:
         raise ProtocolError(f"{what}: signature does not verify") from None
+
+
+def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, config: str,
+                  roster: Collection[str]) -> bytes:
+    """The one check of a RELEASE, run by the coordinator before it records and relays it and by a party before it
+    decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names, a 2-D shape of
+    integers, the ciphertext's sha256 as the body says, and the solver's signature over ``release_bytes``.
+    Returns the ciphertext; ProtocolError otherwise. (Whether the (round, layer) is expected is the caller's.)"""
+    if len(msg.frames) != 2:
+        raise ProtocolError("release carries [ΔW ciphertext, signature]")
+    b = msg.body
+    parties, shape = b["parties"], b["shape"]
+    if (not all(isinstance(p, str) and p in roster for p in parties) or len(set(parties)) != len(parties)
+            or len(shape) != 2 or not all(type(x) is int for x in shape)):
+        raise ProtocolError("release body: parties must be distinct roster names and shape two integers")
+    ciphertext, signature = (bytes(f) for f in msg.frames)
+    if sha256_hex(ciphertext) != b["sha256"]:
+        raise ProtocolError("release: ciphertext bytes do not match their sha256")
+    verify(solver_key, signature, statements.release_bytes(session, config, msg.round, msg.layer, b["attempt"],
+                                                           b["dtype"], shape, b["sha256"], parties), "release")
+    return ciphertext
 
 
 def encode_delta(delta: np.ndarray) -> tuple[bytes, str, list[int]]:
