@@ -12,6 +12,7 @@ sends never block: a peer whose queue is full loses that message, recorded in th
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import threading
@@ -48,6 +49,14 @@ from secure_collab.protocol.statistics import chunk_body, chunk_bounds
 
 ZAP_DOMAIN = "secure-collab"
 log = logging.getLogger("coordinator")
+
+
+class Solved(enum.Enum):
+    """How a step's hand-off to the solver ended."""
+
+    RELEASED = "released"  # every layer of the step was released (perhaps re-sent after a restart)
+    RECOLLECT = "recollect"  # the solver named parties it could not authenticate; nothing was opened
+    FAILED = "failed"  # refused after opening, timed out or stopped: ``abort_reason`` says why
 
 
 @dataclass
@@ -220,8 +229,8 @@ class Coordinator(Handlers, TagHandlers):
                                         f"partial contributions from {partial}")
             else:
                 outcome = self._solve(step, left_out)
-                if outcome != "recollect":
-                    return outcome == "released"
+                if outcome is not Solved.RECOLLECT:
+                    return outcome is Solved.RELEASED
                 # the solver named parties it could not authenticate; nothing was opened: go on without them
                 self.active -= step.excluded
                 self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
@@ -284,9 +293,8 @@ class Coordinator(Handlers, TagHandlers):
                     return False
         return True
 
-    def _solve(self, step: Step, left_out: list[str]) -> str:
-        """Hand the aggregate off and wait: "released", "recollect" (the solver excluded parties before
-        opening anything) or "failed" (abort_reason says why)."""
+    def _solve(self, step: Step, left_out: list[str]) -> Solved:
+        """Hand the aggregate off and wait for the solver's releases or verdict."""
         step.included = tuple(sorted(step.expected & self.active))
         step.move(Stage.SOLVING)
         self.stage = Stage.SOLVING
@@ -302,20 +310,18 @@ class Coordinator(Handlers, TagHandlers):
         while (len(step.released) < len(step.layers) and not step.excluded and not step.refused
                and self.clock() < deadline):
             if not self._pump(deadline):
-                return "failed"
+                return Solved.FAILED
         if len(step.released) == len(step.layers):  # released (perhaps re-sent after a restart)
             self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-            return "released"
+            return Solved.RELEASED
         if step.refused:
             self.abort_reason = step.refused
-            return "failed"
+            return Solved.FAILED
         if step.excluded:
-            return "recollect"
-        if len(step.released) < len(step.layers):
-            self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
-            return "failed"
-        self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-        return "released"
+            return Solved.RECOLLECT
+        # released is keyed by the step's layers, so fewer than all of them: the solve timed out
+        self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
+        return Solved.FAILED
 
     def _aggregate(self, step: Step, key: tuple[int, str, int]) -> Payload:
         """The running sum of one chunk, as handed to the solver."""
