@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from attacks.wire import byte_uniformity, ledger_traffic, metadata_attack
+from secure_collab import ledger
 
 
 @dataclass
@@ -34,24 +34,16 @@ class SessionRecord:
 
 
 def read_ledger(path: Path) -> SessionRecord:
-    if not path.is_file():
-        raise FileNotFoundError(f"ledger {path} not found")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
     try:
-        def rows(table: str) -> list[dict[str, Any]]:
-            return [dict(r) for r in db.execute(f"SELECT * FROM {table} ORDER BY rowid")]  # noqa: S608 - fixed names
-
-        sessions = rows("sessions")
-        if not sessions:
-            raise ValueError(f"ledger {path} holds no session")
-        parties = [r["name"] for r in rows("roster") if r["name"] not in ("solver", "coordinator")]
-        rec = SessionRecord(sessions[-1], parties, rows("messages"), rows("handoffs"),
-                            rows("releases"), ledger_traffic(path))
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{path} is not a secure-collab ledger: {exc}") from None
-    finally:
-        db.close()
+        tables = ledger.read_ledger(path, ("sessions", "roster", "messages", "handoffs", "releases"))
+    except ledger.NotALedger as exc:
+        raise ValueError(str(exc)) from None
+    sessions = tables["sessions"]
+    if not sessions:
+        raise ValueError(f"ledger {path} holds no session")
+    parties = [r["name"] for r in tables["roster"] if r["name"] not in ("solver", "coordinator")]
+    rec = SessionRecord(sessions[-1], parties, tables["messages"], tables["handoffs"], tables["releases"],
+                        ledger_traffic(path))
     rec.edits = _edit_counts(path)
     return rec
 

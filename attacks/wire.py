@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 from argparse import Namespace
 from collections.abc import Callable, Sequence
@@ -37,9 +36,10 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secure_collab.ledger import read_ledger
 from secure_collab.protection import ProtectionParams, StatContext, get_scheme
-from secure_collab.protocol.messages import Message, MsgType
-from secure_collab.protocol.statistics import chunk_bounds
+from secure_collab.protocol.messages import MsgType, build
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds
 
 SESSION = "attack-wire"
 UNIFORMITY = "Pearson chi-square goodness-of-fit, bytes vs uniform(0..255)"
@@ -94,10 +94,8 @@ def coordinator_frames(ws: WireSession, flat: np.ndarray, stat: str, party: str,
     for i, (off, count) in enumerate(bounds):
         ctx = StatContext(SESSION, round_, layer, stat, party, i, 0)
         payload = ws.scheme.protect(flat[off:off + count], ctx, ws.public, ws.secrets[party], ws.signing[party])
-        body = {"attempt": 0, "chunk": i, "n_chunks": len(bounds), "offset": off, "count": count,
-                "payload": dict(payload.header)}
-        msg = Message(MsgType.CONTRIB, SESSION, round_, layer, stat, party, seq0 + i, "0" * 64, body,
-                      tuple(payload.frames))
+        msg = build(MsgType.CONTRIB, session=SESSION, sender=party, seq=seq0 + i, config="0" * 64, round_=round_,
+                    layer=layer, stat=stat, body=chunk_body(0, i, bounds, payload.header), frames=payload.frames)
         out.append([bytes(f) for f in msg.to_frames()])
     return out
 
@@ -109,9 +107,9 @@ def payload_bytes(messages: list[list[bytes]]) -> bytes:
 
 def as_plaintext_gram(raw: bytes, d_k: int) -> torch.Tensor:
     """The attacker's reading of payload bytes as a packed G: little-endian int64 words, first d_k(d_k+1)/2."""
-    from secure_collab.protection.encoding import unpack_symmetric
+    from secure_collab.protection.encoding import triangle_size, unpack_symmetric
 
-    n = d_k * (d_k + 1) // 2
+    n = triangle_size(d_k)
     words = np.frombuffer(raw[: (len(raw) // 8) * 8], dtype="<i8").astype(np.float64)
     vec = np.zeros(n)
     vec[: min(n, words.size)] = words[:n]
@@ -163,13 +161,13 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
     from attacks import metrics, spectral, subspace
     from attacks.runner import draw_trials
     from attacks.views import gram_view
-    from secure_collab.protection.encoding import pack_symmetric
+    from secure_collab.protection.encoding import pack_symmetric, triangle_size
 
     d_k = exp.cand_keys.shape[1]
     rows = []
     for mode in modes:
         ws = solver_public(mode, parties=10, bound=1e6)
-        zero_msgs = [coordinator_frames(ws, np.zeros(d_k * (d_k + 1) // 2), "G", "a", exp.layer)
+        zero_msgs = [coordinator_frames(ws, np.zeros(triangle_size(d_k)), "G", "a", exp.layer)
                      for _ in range(trials)]
         zero = payload_bytes(zero_msgs[0])
         zero_sizes = [sum(len(f) for msg in msgs for f in msg) for msgs in zero_msgs]
@@ -216,15 +214,12 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
 def ledger_traffic(ledger: Path) -> dict[str, Any]:
     """Per party: bytes and count of accepted contributions, and the latency from each request to the party's
     first contribution of that step (seconds), read from the coordinator's ledger."""
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT time, direction, peer, type, round, layer, stat, bytes, outcome FROM messages "
-                          "ORDER BY id").fetchall()
-    finally:
-        db.close()
+    rows = read_ledger(ledger, ("messages",))["messages"]  # in insertion (id) order
     out: dict[str, dict[str, Any]] = {}
     asked: dict[str, float] = {}  # peer -> time of the request not yet answered
-    for t, direction, peer, mtype, _rnd, _layer, _stat, nbytes, outcome in rows:
+    for row in rows:
+        t, direction, peer, mtype, nbytes, outcome = (row[k] for k in ("time", "direction", "peer", "type", "bytes",
+                                                                      "outcome"))
         p = out.setdefault(peer, {"bytes": 0, "contribs": 0, "latency": [], "sizes": []})
         if direction == "out" and mtype == "request":
             asked[peer] = t

@@ -51,6 +51,7 @@ from network_doubles import (  # noqa: E402
 )
 
 from parties import run_party  # noqa: E402
+from secure_collab.ledger import read_ledger  # noqa: E402
 from secure_collab.protection import get_scheme  # noqa: E402
 from secure_collab.protocol.messages import Message, MsgType  # noqa: E402
 from solver.server import run_solver  # noqa: E402
@@ -78,12 +79,9 @@ class CoordinatorProcess:
     def ledger(self) -> dict[str, int]:
         """Rows of the ledger's message table and the bytes of their variable fields (the WAL file holds
         whole page images per insert, so its size says little about what was stored)."""
-        import sqlite3
-
-        with sqlite3.connect(f"file:{self.cfg.paths.ledger}?mode=ro", uri=True) as db:
-            rows, text = db.execute("SELECT count(*), coalesce(sum(length(peer) + length(type) + length(digest)"
-                                    " + length(outcome) + length(reason)), 0) FROM messages").fetchone()
-        return {"ledger_rows": rows, "ledger_text_bytes": text}
+        rows = read_ledger(self.cfg.paths.ledger, ("messages",))["messages"]
+        text = sum(len(r[k]) for r in rows for k in ("peer", "type", "digest", "outcome", "reason"))
+        return {"ledger_rows": len(rows), "ledger_text_bytes": text}
 
     def sample(self, phase: str) -> None:
         self.samples[phase] = {**self.memory(), **self.ledger()}
@@ -185,11 +183,8 @@ def budget_scenario(work: Path, messages: int, seed: int) -> dict[str, Any]:
 
 
 def _cut_off_rows(cfg: Any) -> list[str]:
-    import sqlite3
-
-    with sqlite3.connect(f"file:{cfg.paths.ledger}?mode=ro", uri=True) as db:
-        return [f"{peer}: {reason}" for peer, reason in db.execute(
-            "SELECT peer, reason FROM messages WHERE outcome IN ('cut off', 'dropped')")]
+    return [f"{r['peer']}: {r['reason']}" for r in read_ledger(cfg.paths.ledger, ("messages",))["messages"]
+            if r["outcome"] in ("cut off", "dropped")]
 
 
 def big_scenario(work: Path, count: int, headroom: float) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidSignature
 
 from coordinator.stages import Stage, validate_contrib
 from secure_collab.ledger import StoredRelease
-from secure_collab.protection import Payload, ProtectionError
+from secure_collab.protection import Payload, ProtectionError, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
@@ -147,9 +147,7 @@ class Handlers:
         msg, step = m.msg, self.step
         if msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
             raise ProtocolError(f"unexpected release for round {msg.round} layer {msg.layer}")
-        if len(msg.frames) != 2:
-            raise ProtocolError("release carries [ΔW ciphertext, signature]")
-        self._verify_release(msg, *msg.frames)
+        self._verify_release(msg)
         parties = tuple(sorted(msg.body["parties"]))
         rel = StoredRelease(msg.round, msg.layer, msg.body["attempt"], msg.body["sha256"], parties, m.raw)
         known = self.releases.get((msg.round, msg.layer))
@@ -226,7 +224,7 @@ class TagHandlers:
             raise ProtocolError(f"blinded tags from {m.name}, who is not in round {phase.round}'s exchange")
         if len(batch) != self.s.tag_slots * wire.ELEMENT_BYTES or len(sealed) != SEALED_OVERHEAD + 4:
             raise ProtocolError("blinded tags have the wrong size")
-        self._verify_party(m.name, signature, wire.blinded_statement(self.s.id, self.cfg.digest, phase.round,
+        self._verify_party(m.name, signature, statements.blinded_statement(self.s.id, self.cfg.digest, phase.round,
                                                                      m.name, batch, sealed))
         self._accept(m)
         phase.blinded.add(m.name)
@@ -241,7 +239,7 @@ class TagHandlers:
             raise ProtocolError(f"tags from {m.name} before its blinded batch")
         if len(sealed) != SEALED_OVERHEAD + wire.tags_plain_size(self.s.tag_slots):
             raise ProtocolError("sealed tags have the wrong size")
-        self._verify_party(m.name, signature, wire.tags_statement(self.s.id, self.cfg.digest, phase.round, m.name,
+        self._verify_party(m.name, signature, statements.tags_statement(self.s.id, self.cfg.digest, phase.round, m.name,
                                                                   sealed))
         self._accept(m)
         phase.tagged.add(m.name)

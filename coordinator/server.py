@@ -12,6 +12,7 @@ sends never block: a peer whose queue is full loses that message, recorded in th
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import threading
@@ -30,6 +31,7 @@ from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme
+from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -38,13 +40,23 @@ from secure_collab.protocol.messages import (
     MsgType,
     ProtocolError,
     Sequencer,
+    build,
     clean_text,
     sha256_hex,
 )
-from secure_collab.protocol.release import release_bytes, setup_bytes, verify
+from secure_collab.protocol.release import check_release, verify
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds
 
 ZAP_DOMAIN = "secure-collab"
 log = logging.getLogger("coordinator")
+
+
+class Solved(enum.Enum):
+    """How a step's hand-off to the solver ended."""
+
+    RELEASED = "released"  # every layer of the step was released (perhaps re-sent after a restart)
+    RECOLLECT = "recollect"  # the solver named parties it could not authenticate; nothing was opened
+    FAILED = "failed"  # refused after opening, timed out or stopped: ``abort_reason`` says why
 
 
 @dataclass
@@ -217,8 +229,8 @@ class Coordinator(Handlers, TagHandlers):
                                         f"partial contributions from {partial}")
             else:
                 outcome = self._solve(step, left_out)
-                if outcome != "recollect":
-                    return outcome == "released"
+                if outcome is not Solved.RECOLLECT:
+                    return outcome is Solved.RELEASED
                 # the solver named parties it could not authenticate; nothing was opened: go on without them
                 self.active -= step.excluded
                 self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
@@ -281,9 +293,8 @@ class Coordinator(Handlers, TagHandlers):
                     return False
         return True
 
-    def _solve(self, step: Step, left_out: list[str]) -> str:
-        """Hand the aggregate off and wait: "released", "recollect" (the solver excluded parties before
-        opening anything) or "failed" (abort_reason says why)."""
+    def _solve(self, step: Step, left_out: list[str]) -> Solved:
+        """Hand the aggregate off and wait for the solver's releases or verdict."""
         step.included = tuple(sorted(step.expected & self.active))
         step.move(Stage.SOLVING)
         self.stage = Stage.SOLVING
@@ -299,20 +310,18 @@ class Coordinator(Handlers, TagHandlers):
         while (len(step.released) < len(step.layers) and not step.excluded and not step.refused
                and self.clock() < deadline):
             if not self._pump(deadline):
-                return "failed"
+                return Solved.FAILED
         if len(step.released) == len(step.layers):  # released (perhaps re-sent after a restart)
             self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-            return "released"
+            return Solved.RELEASED
         if step.refused:
             self.abort_reason = step.refused
-            return "failed"
+            return Solved.FAILED
         if step.excluded:
-            return "recollect"
-        if len(step.released) < len(step.layers):
-            self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
-            return "failed"
-        self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
-        return "released"
+            return Solved.RECOLLECT
+        # released is keyed by the step's layers, so fewer than all of them: the solve timed out
+        self.abort_reason = f"solver released nothing for round {step.round} layers {list(step.layers)}"
+        return Solved.FAILED
 
     def _aggregate(self, step: Step, key: tuple[int, str, int]) -> Payload:
         """The running sum of one chunk, as handed to the solver."""
@@ -324,9 +333,7 @@ class Coordinator(Handlers, TagHandlers):
         layer, stat, chunk = key
         agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
-        offset = chunk * self.s.chunk_values
-        body = {"attempt": step.attempt, "chunk": chunk, "n_chunks": self.s.n_chunks(stat), "offset": offset,
-                "count": min(self.s.chunk_values, n_values - offset), "payload": dict(agg.header),
+        body = {**chunk_body(step.attempt, chunk, chunk_bounds(n_values, self.s.chunk_values), agg.header),
                 "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
@@ -457,8 +464,8 @@ class Coordinator(Handlers, TagHandlers):
     # ---- sending ------------------------------------------------------------------------------------
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
              body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
-        return Message(mtype, self.s.id, round_, layer, stat, "coordinator", self.seq.next(), self.cfg.digest,
-                       body or {}, tuple(frames))
+        return build(mtype, session=self.s.id, sender="coordinator", seq=self.seq.next(), config=self.cfg.digest,
+                     round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 
     def _request(self, step: Step) -> Message:
         body = {"layers": list(step.layers), "attempt": step.attempt}
@@ -490,13 +497,8 @@ class Coordinator(Handlers, TagHandlers):
         verify(self.cfg.roster.signing_public(), signature,
                setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message, ciphertext: bytes, signature: bytes) -> None:
-        b = msg.body
-        data = release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
-                             b["shape"], b["sha256"], b["parties"])
-        if sha256_hex(ciphertext) != b["sha256"]:
-            raise ProtocolError("release: ciphertext bytes do not match their sha256")
-        verify(self.cfg.roster.signing_public(), signature, data, "release")
+    def _verify_release(self, msg: Message) -> None:
+        check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties)
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,

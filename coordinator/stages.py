@@ -13,7 +13,7 @@ from enum import StrEnum
 from secure_collab.config import STATISTICS, SessionConfig
 from secure_collab.protection import Accumulator, PublicScheme, StatContext
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
-from secure_collab.protocol.statistics import chunk_bounds
+from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body
 
 
 class Stage(StrEnum):
@@ -129,12 +129,7 @@ def validate_contrib(msg: Message, party: str, step: Step, cfg: SessionConfig) -
         raise ProtocolError(f"party {party} is not part of this step")
     if msg.stat not in STATISTICS:
         raise ProtocolError(f"unknown statistic {msg.stat!r}")
-    bounds = chunk_bounds(cfg.n_values(msg.stat), cfg.chunk_values)
-    if body["n_chunks"] != len(bounds) or not 0 <= body["chunk"] < len(bounds):
-        raise ProtocolError(f"chunk {body['chunk']}/{body['n_chunks']} does not fit {len(bounds)} chunks")
-    if (body["offset"], body["count"]) != bounds[body["chunk"]]:
-        raise ProtocolError(f"chunk {body['chunk']} must cover {bounds[body['chunk']]}")
-    key = (msg.layer, msg.stat, body["chunk"])
+    key = (msg.layer, msg.stat, parse_chunk_body(body, cfg.n_values(msg.stat), cfg.chunk_values))
     if key in step.accepted.get(party, set()):
         raise ProtocolError(f"duplicate: layer {msg.layer} {msg.stat} chunk {body['chunk']} already accepted")
     return key

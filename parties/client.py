@@ -29,6 +29,7 @@ from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protection.sealing import decrypt_release
+from secure_collab.protection.statements import release_label, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -37,14 +38,14 @@ from secure_collab.protocol.messages import (
     MsgType,
     ProtocolError,
     Sequencer,
+    build,
     check_tag_body,
     clean_text,
     peek,
-    sha256_hex,
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
-from secure_collab.protocol.release import decode_delta, release_bytes, release_label, setup_bytes, verify
-from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
+from secure_collab.protocol.release import check_release, decode_delta, verify
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds, pack_statistics, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 
 
@@ -297,8 +298,7 @@ class Party:
             for i, (off, count) in enumerate(bounds):
                 ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
                 payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
-                body = {"attempt": attempt, "chunk": i, "n_chunks": len(bounds), "offset": off,
-                        "count": count, "payload": dict(payload.header)}
+                body = chunk_body(attempt, i, bounds, payload.header)
                 self.result.bytes_sent += self._send(
                     self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
 
@@ -307,19 +307,10 @@ class Party:
         if key in self.result.applied:
             return  # re-sent after a coordinator restart, or re-solved: already applied
         try:
-            if len(msg.frames) != 2 or msg.layer not in self.s.layers:
+            if msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
-            parties, shape = b["parties"], b["shape"]
-            if (not all(isinstance(p, str) and p in self.cfg.roster.parties for p in parties)
-                    or len(set(parties)) != len(parties) or len(shape) != 2
-                    or not all(type(x) is int for x in shape)):
-                raise ProtocolError("release body: parties must be distinct roster names and shape two integers")
-            ciphertext, signature = (bytes(f) for f in msg.frames)
-            if sha256_hex(ciphertext) != b["sha256"]:
-                raise ProtocolError("release: ciphertext bytes do not match their sha256")
-            verify(self.cfg.roster.signing_public(), signature,
-                   release_bytes(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"], b["dtype"],
-                                 b["shape"], b["sha256"], b["parties"]), "release")
+            ciphertext = check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest,
+                                       self.cfg.roster.parties)
             if self.secrets is None:
                 raise ProtocolError("release before setup")
             label = release_label(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"])
@@ -385,8 +376,8 @@ class Party:
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
              body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
-        return Message(mtype, self.s.id, round_, layer, stat, self.name, self.seq.next(), self.cfg.digest,
-                       body or {}, tuple(frames))
+        return build(mtype, session=self.s.id, sender=self.name, seq=self.seq.next(), config=self.cfg.digest,
+                     round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 
     def _send(self, msg: Message) -> int:
         try:

@@ -72,7 +72,7 @@ class PartyTags:
         batch, blinds = oprf.blind_batch(inputs, s.tag_slots)
         sealed = sealing.seal_to(scheme.solver_seal_key(public), len(inputs).to_bytes(4, "big"), wire.COUNT_INFO,
                                  self._ad(round_), sealing.fresh_bytes(32))
-        signature = self.identity.signing.sign(wire.blinded_statement(s.id, self.config_digest, round_, self.name,
+        signature = self.identity.signing.sign(statements.blinded_statement(s.id, self.config_digest, round_, self.name,
                                                                       batch, sealed))
         self.rounds[round_] = _Round(inputs, blinds, (batch, sealed, signature))
         return self.rounds[round_].blinded
@@ -86,8 +86,9 @@ class PartyTags:
             return r.tags
         answer, signature = (bytes(f) for f in msg.frames)
         s = self.session
-        verify(self.solver_key, signature, wire.evaluated_statement(s.id, self.config_digest, msg.round, self.name,
-                                                                    wire.sha(r.blinded[0]), answer), "evaluation")
+        statement = statements.evaluated_statement(s.id, self.config_digest, msg.round, self.name,
+                                                   statements.sha(r.blinded[0]), answer)
+        verify(self.solver_key, signature, statement, "evaluation")
         try:
             tags = oprf.finalize_batch(r.inputs, r.blinds, answer, s.tag_slots)
         except ProtectionError as exc:
@@ -97,7 +98,8 @@ class PartyTags:
         plain = wire.encode_tags(pairs, s.tag_slots, sealing.fresh_bytes(wire.tags_plain_size(s.tag_slots)))
         sealed = sealing.seal_to(scheme.solver_seal_key(public), plain, wire.TAGS_INFO, self._ad(msg.round),
                                  sealing.fresh_bytes(32))
-        sig = self.identity.signing.sign(wire.tags_statement(s.id, self.config_digest, msg.round, self.name, sealed))
+        sig = self.identity.signing.sign(statements.tags_statement(s.id, self.config_digest, msg.round, self.name,
+                                                                   sealed))
         r.tags = (sealed, sig)
         return r.tags
 
@@ -110,7 +112,7 @@ class PartyTags:
             return None
         sealed, signature = (bytes(f) for f in msg.frames)
         s, records = self.session, msg.body["records"]
-        verify(self.solver_key, signature, wire.decision_statement(s.id, self.config_digest, msg.round, self.name,
+        verify(self.solver_key, signature, statements.decision_statement(s.id, self.config_digest, msg.round, self.name,
                                                                    sealed, records), "decision")
         try:
             plain = sealing.open_sealed(sealed, self.identity.sealing.private_bytes_raw(), wire.DECISION_INFO,
@@ -129,4 +131,4 @@ class PartyTags:
         return r.verdicts
 
     def _ad(self, round_: int) -> bytes:
-        return wire.seal_ad(self.session.id, self.config_digest, round_, self.name)
+        return statements.seal_ad(self.session.id, self.config_digest, round_, self.name)

@@ -77,6 +77,7 @@ from secure_collab.errors import ConfigError
 from secure_collab.files import child_dir
 from secure_collab.keys import Roster, load_roster
 from secure_collab.names import NAME_RULE, is_name, shown
+from secure_collab.protection.encoding import triangle_size
 from secure_collab.protocol import messages as wire
 from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
 from secure_collab.protocol.tags import ELEMENT_BYTES
@@ -116,7 +117,7 @@ class SessionConfig:
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
     def n_values(self, stat: str) -> int:
-        return {"G": self.d_k * (self.d_k + 1) // 2, "B": self.d_v * self.d_k, "N": 1}[stat]
+        return {"G": triangle_size(self.d_k), "B": self.d_v * self.d_k, "N": 1}[stat]
 
     def n_chunks(self, stat: str) -> int:
         return -(-self.n_values(stat) // self.chunk_values)

@@ -47,10 +47,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, round INTEGER NOT NULL, decision_id TEXT NOT NULL,
     kind TEXT NOT NULL, time REAL NOT NULL);
 """
+TABLES = ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions")
 APPEND_ONLY = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op} BEFORE {op} ON {t} "
     f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;"
-    for t in ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions")
+    for t in TABLES
     for op in ("UPDATE", "DELETE")
 )
 
@@ -159,11 +160,43 @@ class Ledger:
         return ResumeState(row[0], row[1], row[2], releases, attempts, ended[0] if ended else None, cut_off)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
-        if table not in ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions"):
-            raise ValueError(f"no table {table!r}")
-        cur = self._db.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 - fixed allow-list
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        return _select(self._db, table)
+
+
+def _select(db: sqlite3.Connection, table: str) -> list[dict[str, Any]]:
+    """Every row of ``table`` in insertion order, as {column: value}: the one SELECT every reader goes through."""
+    if table not in TABLES:
+        raise ValueError(f"no table {table!r}")
+    cur = db.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 - fixed allow-list
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+class NotALedger(ValueError):
+    """The file exists but is not a secure-collab ledger (or is damaged)."""
+
+
+def read_ledger(path: Path, tables: tuple[str, ...] = TABLES, *,
+                session: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """{table: rows} of the ledger at ``path``, opened read-only (a running coordinator is never blocked: WAL).
+
+    A table the ledger does not hold yet (written before it existed, e.g. ``decisions``) reads as no rows;
+    ``session`` keeps only that session's rows. FileNotFoundError when there is no file, NotALedger when the
+    file is not a ledger."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ledger {path} not found")
+    db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    try:
+        present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        out = {t: _select(db, t) if t in present else [] for t in tables}
+    except sqlite3.DatabaseError as exc:
+        raise NotALedger(f"{path} is not a secure-collab ledger: {exc}") from None
+    finally:
+        db.close()
+    if session is not None:
+        out = {t: [r for r in rows if r["session_id"] == session] for t, rows in out.items()}
+    return out
 
 
 def _pack_frames(frames: list[bytes]) -> bytes:

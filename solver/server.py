@@ -35,6 +35,7 @@ import numpy as np
 import zmq
 
 from secure_collab.config import STATISTICS, Config
+from secure_collab.editing import uses_past
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
     Authenticated,
@@ -48,6 +49,7 @@ from secure_collab.protection import (
 )
 from secure_collab.protection.encoding import pack_symmetric
 from secure_collab.protection.sealing import NONCE_BYTES, encrypt_release, fresh_bytes
+from secure_collab.protection.statements import release_bytes, release_label, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
@@ -56,12 +58,13 @@ from secure_collab.protocol.messages import (
     MsgType,
     ProtocolError,
     Sequencer,
+    build,
     clean_text,
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
-from secure_collab.protocol.statistics import chunk_bounds, unpack_g
+from secure_collab.protocol.release import encode_delta
+from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.state import SolverState
 from solver.tags import TagDesk
@@ -245,9 +248,7 @@ class Solver:
         if stat not in STATISTICS or b["n_values"] != self.s.n_values(stat):
             raise ProtocolError(f"aggregate for unknown statistic {stat!r} or size")
         layers = self._step_of(msg.round, msg.layer)
-        bounds = chunk_bounds(self.s.n_values(stat), self.s.chunk_values)
-        if not 0 <= b["chunk"] < len(bounds) or (b["offset"], b["count"]) != bounds[b["chunk"]]:
-            raise ProtocolError(f"aggregate chunk {b['chunk']} does not fit the configured chunking")
+        parse_chunk_body(b, self.s.n_values(stat), self.s.chunk_values)
         claimed = b["payload"].get("parties")
         if not isinstance(claimed, list) or sorted(claimed) != list(parties):
             raise ProtocolError("aggregate payload and hand-off name different parties")
@@ -386,7 +387,7 @@ class Solver:
 
     # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
     def _uses_past(self) -> bool:
-        return self.s.update_rule != "memit-static" and self.s.rounds > 1
+        return uses_past(self.s.update_rule, self.s.rounds)
 
     def _past(self, round_: int, layer: int) -> np.ndarray | None:
         """Σ_{r < round_} ΣG_r of ``layer`` from the sealed record of the previous round (None in round 0)."""
@@ -438,8 +439,8 @@ class Solver:
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: dict | None = None,
              frames: tuple[Frame, ...] = ()) -> Message:
-        return Message(mtype, self.s.id, round_, layer, "", "solver", self.seq.next(), self.cfg.digest,
-                       body or {}, frames)
+        return build(mtype, session=self.s.id, sender="solver", seq=self.seq.next(), config=self.cfg.digest,
+                     round_=round_, layer=layer, body=body, frames=frames)
 
 
 def run_solver(config: Config, scheme: ProtectionScheme, solve: SolveFn, *,

@@ -50,7 +50,7 @@ class TagDesk:
         self.state.save(f"tags-r{round_}", rec)
 
     def _ad(self, round_: int, party: str) -> bytes:
-        return wire.seal_ad(self.s.id, self.cfg.digest, round_, party)
+        return statements.seal_ad(self.s.id, self.cfg.digest, round_, party)
 
     # ---- handlers ------------------------------------------------------------------------------------
     def on_blinded(self, msg: Message) -> None:
@@ -62,13 +62,13 @@ class TagDesk:
         rec = self._round(msg.round)
         done = rec["evaluated"].get(party)
         if done is not None:  # at most one evaluation per party and round; the same bytes get the same answer
-            if done["batch"] != wire.sha(batch):
+            if done["batch"] != statements.sha(batch):
                 raise ProtocolError(f"round {msg.round}: party {party}'s tags were already evaluated; refused")
             self._send_evaluated(msg.round, party, done)
             return
         try:
             statements.verify(self.cfg.roster.parties[party].verify_key(), signature,
-                                  wire.blinded_statement(self.s.id, self.cfg.digest, msg.round, party, batch, sealed))
+                              statements.blinded_statement(self.s.id, self.cfg.digest, msg.round, party, batch, sealed))
             count = int.from_bytes(sealing.open_sealed(sealed, self.seal_private, wire.COUNT_INFO,
                                                        self._ad(msg.round, party), 4), "big")
         except statements.AuthenticationFailed:
@@ -76,9 +76,9 @@ class TagDesk:
         if count % 2 or count > slots:
             raise ProtocolError(f"round {msg.round}: party {party} declared {count} elements for {slots} slots")
         answer = oprf.evaluate_batch(self.key, batch, slots, count)  # ProtectionError on a bad element
-        sig = self.signing.sign(wire.evaluated_statement(self.s.id, self.cfg.digest, msg.round, party,
-                                                         wire.sha(batch), answer))
-        done = {"count": count, "batch": wire.sha(batch), "answer": answer.hex(), "signature": sig.hex()}
+        sig = self.signing.sign(statements.evaluated_statement(self.s.id, self.cfg.digest, msg.round, party,
+                                                         statements.sha(batch), answer))
+        done = {"count": count, "batch": statements.sha(batch), "answer": answer.hex(), "signature": sig.hex()}
         rec["evaluated"][party] = done
         self._save(msg.round, rec)  # before it leaves: never a second evaluation
         self._send_evaluated(msg.round, party, done)
@@ -97,14 +97,14 @@ class TagDesk:
         if party not in rec["evaluated"]:
             raise ProtocolError(f"round {msg.round}: tags from {party}, whose batch was never evaluated")
         if party in rec["submitted"]:  # sent again (the coordinator lost track of us): the same bytes are fine
-            if rec["sealed"].get(party) != wire.sha(sealed):
+            if rec["sealed"].get(party) != statements.sha(sealed):
                 raise ProtocolError(f"round {msg.round}: {party}'s tags were already taken")
             return
         if rec["decided"] is not None:
             raise ProtocolError(f"round {msg.round} is decided: {party}'s tags come too late")
         try:
             statements.verify(self.cfg.roster.parties[party].verify_key(), signature,
-                                  wire.tags_statement(self.s.id, self.cfg.digest, msg.round, party, sealed))
+                                  statements.tags_statement(self.s.id, self.cfg.digest, msg.round, party, sealed))
             plain = sealing.open_sealed(sealed, self.seal_private, wire.TAGS_INFO, self._ad(msg.round, party),
                                         wire.tags_plain_size(self.s.tag_slots))
         except statements.AuthenticationFailed:
@@ -114,7 +114,7 @@ class TagDesk:
             raise ProtocolError(f"round {msg.round}: {party} sent {len(pairs)} tag pairs for "
                                 f"{rec['evaluated'][party]['count']} evaluated elements")
         rec["submitted"][party] = [[sr.hex(), sro.hex()] for sr, sro in pairs]
-        rec["sealed"][party] = wire.sha(sealed)
+        rec["sealed"][party] = statements.sha(sealed)
         rec["arrival"].append(party)
         self._save(msg.round, rec)
 
@@ -145,7 +145,8 @@ class TagDesk:
                                          sealing.fresh_bytes(wire.verdicts_plain_size(self.s.max_edits_per_party)))
             sealed = sealing.seal_to(self.cfg.roster.parties[p].sealing, plain, wire.DECISION_INFO,
                                      self._ad(msg.round, p), sealing.fresh_bytes(32))
-            sig = self.signing.sign(wire.decision_statement(self.s.id, self.cfg.digest, msg.round, p, sealed, records))
+            sig = self.signing.sign(statements.decision_statement(self.s.id, self.cfg.digest, msg.round, p, sealed,
+                                                                  records))
             decided["messages"][p] = {"sealed": sealed.hex(), "signature": sig.hex()}
             decided["counts"][p] = {"tagged": len(verdicts),
                                     "withdrawn": sum(v.action == WITHDRAW for v in got.verdicts[p]),

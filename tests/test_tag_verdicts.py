@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from secure_collab.protection import statements
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import MAX_PARTIES, ProtocolError
 
@@ -57,9 +58,9 @@ def test_a_party_refuses_a_signed_decision_with_more_holders_than_the_roster(tmp
         desk.rounds[0] = _Round([b"sr", b"sro"], [], (b"", b"", b""), tags=(b"", b""))
         records = [[D, "duplicate"]]
         plain = wire.encode_verdicts([(0, "keep", "duplicate", D, holders)], 2, bytes(wire.verdicts_plain_size(2)))
-        box = sealing.seal_to(roster.parties["b"].sealing, plain, wire.DECISION_INFO, wire.seal_ad("s1", "cfg", 0, "b"),
-                              bytes(range(32)))
-        sig = solver.signing.sign(wire.decision_statement("s1", "cfg", 0, "b", box, records))
+        box = sealing.seal_to(roster.parties["b"].sealing, plain, wire.DECISION_INFO,
+                              statements.seal_ad("s1", "cfg", 0, "b"), bytes(range(32)))
+        sig = solver.signing.sign(statements.decision_statement("s1", "cfg", 0, "b", box, records))
         return desk.on_decision(Message(MsgType.DECISION, "s1", 0, -1, "", "solver", 1, "cfg",
                                         {"party": "b", "records": records}, (box, sig)))
 

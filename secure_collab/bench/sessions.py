@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from secure_collab.bench.timing import paired_ratio, summary
+from secure_collab.protection import MODES, triangle_size
 
-MODES = ("plain", "shares", "ckks")
+ORDER = MODES[::-1]  # plain, shares, ckks: the baseline first, then by cost
 
 
 def run_session(mode: str, parties: int, edits: int, requests: str, model: str, workdir: Path,
@@ -45,7 +46,7 @@ def run_session(mode: str, parties: int, edits: int, requests: str, model: str, 
 
 def values_per_party(d_k: int, d_v: int, layers: int) -> int:
     """Statistic values one party sends per session: the upper triangle of G and all of B, per layer."""
-    return layers * (d_k * (d_k + 1) // 2 + d_v * d_k)
+    return layers * (triangle_size(d_k) + d_v * d_k)
 
 
 def bench_sessions(party_counts: tuple[int, ...], reps: int, edits: int, requests: str, model: str,
@@ -56,9 +57,9 @@ def bench_sessions(party_counts: tuple[int, ...], reps: int, edits: int, request
     out: dict[str, Any] = {}
     n_values = values_per_party(*dims)
     for p in party_counts:
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in ORDER}
         for rep in range(reps):
-            for mode in (MODES if rep % 2 == 0 else MODES[::-1]):
+            for mode in (ORDER if rep % 2 == 0 else ORDER[::-1]):
                 say(f"sessions: {p} parties, {mode}, repetition {rep + 1}/{reps}")
                 with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-p{p}-") as tmp:
                     r = run_session(mode, p, edits, requests, model, Path(tmp), cache)
@@ -70,7 +71,7 @@ def bench_sessions(party_counts: tuple[int, ...], reps: int, edits: int, request
                                    "efficacy": r.get("efficacy"),
                                    "delta_identical": r.get("parties_applied_identical_updates")})
         row: dict[str, Any] = {"parties": p, "edits_per_party": edits, "values_per_party": n_values}
-        for mode in MODES:
+        for mode in ORDER:
             secs = [x["seconds"] for x in runs[mode]]
             row[mode] = {"seconds": summary(secs), "runs": runs[mode],
                          "bytes_sent_per_party": runs[mode][-1]["bytes_sent_per_party"],

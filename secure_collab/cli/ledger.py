@@ -22,22 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sqlite3
     from pathlib import Path
 
     from secure_collab.cli._output import human, write_json
     from secure_collab.errors import ConfigError
+    from secure_collab.ledger import NotALedger, read_ledger
 
     path = Path(args.ledger)
     if not path.is_file():
         raise ConfigError(f"no ledger at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # read-only: never touches the ledger
+    # read-only: never touches the ledger; a ledger written before decisions existed reads as no decisions
     try:
-        tables = {t: _rows(db, t, args.session) for t in ("sessions", "stages", "messages", "handoffs",
-                                                            "releases", "decisions")
-                  if t != "decisions" or _has_table(db, t)}  # a ledger written before decisions existed
-    finally:
-        db.close()
+        tables = read_ledger(path, ("sessions", "stages", "messages", "handoffs", "releases", "decisions"),
+                             session=args.session)
+    except NotALedger as exc:
+        raise ConfigError(str(exc)) from None
     write_json(args, tables)
     out = human(args)
     if not args.json:  # the whole table only when no JSON was asked for; the summary always
@@ -47,20 +46,9 @@ def run(args: argparse.Namespace) -> int:
     for r in tables["stages"]:
         print(f"  {_time(r['time'])} round {r['round']} layers {r['layers']} attempt {r['attempt']}: "
               f"{r['event']} {r['detail']}", file=out)
-    for r in tables.get("decisions", []):
+    for r in tables["decisions"]:
         print(f"  {_time(r['time'])} round {r['round']} decision {r['decision_id'][:16]}: {r['kind']}", file=out)
     return 0
-
-
-def _has_table(db, table: str) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
-
-
-def _rows(db, table: str, session: str | None) -> list[dict]:
-    cur = db.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 - fixed table names
-    names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, row, strict=True)) for row in cur]
-    return [r for r in rows if session is None or r["session_id"] == session]
 
 
 def _time(t: float) -> str:

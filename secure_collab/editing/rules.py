@@ -63,11 +63,6 @@ class UpdateRule:
         """λ_past as applied: the setting, or λ when unset (CollabEdit's weight)."""
         return self.lam if self.lam_past is None else self.lam_past
 
-    @property
-    def uses_past(self) -> bool:
-        """Whether earlier rounds' ΣG enter the solve (the solver then keeps them across rounds)."""
-        return self.name != "memit-static"
-
     def basis(self, cov: torch.Tensor) -> torch.Tensor | None:
         """What the rule needs from C once per layer (alphaedit: the null-space basis), else None."""
         return nullspace_basis(cov, self.nullspace_threshold) if self.name == "alphaedit" else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import (
+    MODES,
     Accumulator,
     Authenticated,
     IntegrityError,
@@ -27,9 +28,6 @@ from .public import PublicScheme
 
 if TYPE_CHECKING:
     from .scheme import ProtectionScheme
-
-MODES = ("ckks", "shares", "plain")
-
 
 def __getattr__(name: str) -> Any:
     if name == "ProtectionScheme":  # the full schemes import the hazmat primitives: only when asked for

@@ -25,13 +25,12 @@ is interpreted. Every refusal raises ``ProtectionError`` (or a subclass) whose m
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 Buffer = bytes | bytearray | memoryview
-_CONTRIB = b"secure-collab/v2/contrib\0"
+MODES = ("ckks", "shares", "plain")  # the protection modes; the wire, the configuration and the CLI take them from here
 
 
 class ProtectionError(ValueError):
@@ -155,13 +154,6 @@ class Authenticated:
 
     parties: tuple[str, ...]
     seeds: tuple[bytes, ...]
-
-
-def contribution_statement(ctx: StatContext, public_digest: str, n_values: int, sealed: bytes) -> bytes:
-    """What a party signs for one chunk: everything the solver will use of its contribution."""
-    fields = [ctx.session_id, public_digest, ctx.round, ctx.layer, ctx.statistic, ctx.chunk, ctx.attempt,
-              ctx.party, n_values, hashlib.sha256(sealed).hexdigest()]
-    return _CONTRIB + json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 class Accumulator(abc.ABC):

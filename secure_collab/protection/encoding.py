@@ -24,8 +24,8 @@ def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
 
 def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
     """Inverse of ``pack_symmetric``: a full symmetric (dim, dim) matrix."""
-    if packed.shape != (dim * (dim + 1) // 2,):
-        raise ProtectionError(f"packed triangle of dim {dim} needs {dim * (dim + 1) // 2} values")
+    if packed.shape != (triangle_size(dim),):
+        raise ProtectionError(f"packed triangle of dim {dim} needs {triangle_size(dim)} values")
     out = np.zeros((dim, dim), dtype=packed.dtype)
     rows, cols = np.triu_indices(dim)
     out[rows, cols] = packed
@@ -34,6 +34,7 @@ def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
 
 
 def triangle_size(dim: int) -> int:
+    """Values in the upper triangle (diagonal included) of a (dim, dim) matrix: what G packs to."""
     return dim * (dim + 1) // 2
 
 

@@ -14,7 +14,7 @@ import abc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import _wire, statements
-from .base import Accumulator, Payload, ProtectionError, StatContext, contribution_statement
+from .base import Accumulator, Payload, ProtectionError, StatContext
 from .encoding import check_bound
 
 SEED_BYTES = 32
@@ -75,6 +75,6 @@ class PublicScheme(abc.ABC):
             raise ProtectionError("payload lacks n_values or its sealed seed and signature")
         sealed, signature = bytes(payload.frames[-2]), bytes(payload.frames[-1])
         try:
-            statements.verify(verify_key, signature, contribution_statement(ctx, pub.digest, n, sealed))
+            statements.verify(verify_key, signature, statements.contribution_statement(ctx, pub.digest, n, sealed))
         except statements.AuthenticationFailed:
             raise ProtectionError(f"party {ctx.party!r}: contribution signature does not verify") from None

@@ -30,10 +30,10 @@ from .base import (
     ProtectionParams,
     SolverKeys,
     StatContext,
-    contribution_statement,
 )
 from .encoding import aggregate_bound, check_bound, check_values, decode_fixed, encode_fixed, fixed_point_bits
 from .public import EXTRA_FRAMES, SEALED_SEED_BYTES, SEED_BYTES, PublicScheme
+from .statements import contribution_statement
 
 __all__ = ["EXTRA_FRAMES", "SEALED_SEED_BYTES", "SEED_BYTES", "ProtectionScheme"]
 

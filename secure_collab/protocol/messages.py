@@ -49,6 +49,7 @@ from typing import Any
 import msgpack
 
 from secure_collab.names import MAX_NAME, NAME_PATTERN
+from secure_collab.protection.base import MODES as MODES  # re-exported: the wire bounds the mode by it
 from secure_collab.protocol.schema import (
     Bool,
     Field,
@@ -87,7 +88,6 @@ class MsgType(StrEnum):
 
 
 # ---- bounds shared by the wire and the configuration (config.py validates sessions against them) ----------
-MODES = ("ckks", "shares", "plain")
 VARIANTS = ("sequential", "oneshot")
 STATISTICS = ("G", "B", "N")  # upper triangle of K Kᵀ, R Kᵀ, and the edit count (one value)
 MAX_SEQ = (1 << 53) - 1  # exact in JSON and float64 too; a sender would need 285 years at 1 M msg/s
@@ -298,6 +298,14 @@ class Message:
             stat=header["stat"], sender=header["sender"], seq=header["seq"], config=header["config"],
             body=header["body"], frames=payload, version=header["v"],
         )
+
+
+def build(mtype: MsgType, *, session: str, sender: str, seq: int, config: str, round_: int = -1, layer: int = -1,
+          stat: str = "", body: Mapping[str, Any] | None = None, frames: Sequence[Frame] = ()) -> Message:
+    """The one way a role makes a message to send: its session, its roster name, its next sequence number and the
+    configuration digest, with what the type needs (round and layer default to -1: not bound to one)."""
+    return Message(mtype, session, round_, layer, stat, sender, seq, config, body if body is not None else {},
+                   tuple(frames))
 
 
 def sha256_hex(data: Frame) -> str:  # a memoryview is hashed as its raw bytes

@@ -1,12 +1,8 @@
 """Signed setup and signed, encrypted releases: what the solver sends that the coordinator relays unread.
 
-The signed bytes are a fixed, domain-separated layout, so a signature for one (session, round, layer)
-can never be taken for another, and a ΔW cannot be re-shaped without breaking it:
-
-    setup:    b"secure-collab/v2/setup\\0" + JSON [session, config_digest, sha256(public params),
-              sha256(sealed bundles)]
-    release:  b"secure-collab/v2/release\\0" + JSON [session, config_digest, round, layer, attempt,
-              dtype, shape, sha256(ΔW ciphertext), sorted included parties]
+The signed bytes (``setup_bytes``, ``release_bytes``) are fixed, domain-separated layouts kept with every other
+signed statement in ``secure_collab.protection.statements``, so a signature for one (session, round, layer)
+can never be taken for another, and a ΔW cannot be re-shaped without breaking it.
 
 ΔW is raw C-order little-endian float64 bytes, encrypted for the parties (ChaCha20-Poly1305 under a key
 derived from the session's release key, which the solver sealed to each party in the setup; the AEAD's
@@ -17,35 +13,16 @@ the array.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+from collections.abc import Collection
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_collab.protection import statements
-from secure_collab.protocol.messages import ProtocolError
+from secure_collab.protocol.messages import Message, ProtocolError, sha256_hex
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
-
-
-def release_bytes(
-    session: str, config: str, round_: int, layer: int, attempt: int, dtype: str, shape: list[int],
-    ciphertext_sha256: str, parties: list[str],
-) -> bytes:
-    fields = [session, config, round_, layer, attempt, dtype, list(shape), ciphertext_sha256, sorted(parties)]
-    return b"secure-collab/v2/release\0" + json.dumps(fields, separators=(",", ":")).encode()
-
-
-def release_label(session: str, config: str, round_: int, layer: int, attempt: int) -> bytes:
-    """The AEAD associated data (and key-derivation label) of one release."""
-    return json.dumps(["release", session, config, round_, layer, attempt], separators=(",", ":")).encode()
-
-
-def setup_bytes(session: str, config: str, public: bytes, bundles: bytes) -> bytes:
-    fields = [session, config, hashlib.sha256(public).hexdigest(), hashlib.sha256(bundles).hexdigest()]
-    return b"secure-collab/v2/setup\0" + json.dumps(fields, separators=(",", ":")).encode()
 
 
 def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
@@ -58,6 +35,27 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -
         statements.verify(public, bytes(signature), data)
     except statements.AuthenticationFailed:
         raise ProtocolError(f"{what}: signature does not verify") from None
+
+
+def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, config: str,
+                  roster: Collection[str]) -> bytes:
+    """The one check of a RELEASE, run by the coordinator before it records and relays it and by a party before it
+    decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names, a 2-D shape of
+    integers, the ciphertext's sha256 as the body says, and the solver's signature over ``release_bytes``.
+    Returns the ciphertext; ProtocolError otherwise. (Whether the (round, layer) is expected is the caller's.)"""
+    if len(msg.frames) != 2:
+        raise ProtocolError("release carries [ΔW ciphertext, signature]")
+    b = msg.body
+    parties, shape = b["parties"], b["shape"]
+    if (not all(isinstance(p, str) and p in roster for p in parties) or len(set(parties)) != len(parties)
+            or len(shape) != 2 or not all(type(x) is int for x in shape)):
+        raise ProtocolError("release body: parties must be distinct roster names and shape two integers")
+    ciphertext, signature = (bytes(f) for f in msg.frames)
+    if sha256_hex(ciphertext) != b["sha256"]:
+        raise ProtocolError("release: ciphertext bytes do not match their sha256")
+    verify(solver_key, signature, statements.release_bytes(session, config, msg.round, msg.layer, b["attempt"],
+                                                           b["dtype"], shape, b["sha256"], parties), "release")
+    return ciphertext
 
 
 def encode_delta(delta: np.ndarray) -> tuple[bytes, str, list[int]]:

@@ -11,11 +11,13 @@ Chunk i of a statistic with n values and chunk size c covers values [i c, min(n,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from secure_collab.protection.encoding import pack_symmetric, unpack_symmetric
+from secure_collab.protection.encoding import pack_symmetric, triangle_size, unpack_symmetric
+from secure_collab.protocol.messages import ProtocolError
 
 
 def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -> dict[str, np.ndarray]:
@@ -31,7 +33,7 @@ def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -
             raise ValueError(f"G has shape {g.shape}, want ({d_k}, {d_k})")
         g = pack_symmetric(g)
     b = np.asarray(stats["B"], dtype=np.float64).reshape(-1)
-    if g.shape != (d_k * (d_k + 1) // 2,) or b.shape != (d_v * d_k,):
+    if g.shape != (triangle_size(d_k),) or b.shape != (d_v * d_k,):
         raise ValueError(f"packed sizes G {g.shape} B {b.shape} do not fit d_k={d_k}, d_v={d_v}")
     return {"G": np.ascontiguousarray(g), "B": np.ascontiguousarray(b), "N": np.array([float(n)])}
 
@@ -44,3 +46,24 @@ def unpack_g(flat: np.ndarray, d_k: int) -> np.ndarray:
 def chunk_bounds(n_values: int, chunk_values: int) -> list[tuple[int, int]]:
     """(offset, count) of each chunk."""
     return [(off, min(chunk_values, n_values - off)) for off in range(0, n_values, chunk_values)]
+
+
+def chunk_body(attempt: int, index: int, bounds: Sequence[tuple[int, int]],
+               payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of a CONTRIB (and the start of an AGGREGATE's) for chunk ``index`` of ``bounds``
+    (``chunk_bounds``): attempt, chunk index, chunk count, offset, value count, protection payload header."""
+    offset, count = bounds[index]
+    return {"attempt": attempt, "chunk": index, "n_chunks": len(bounds), "offset": offset, "count": count,
+            "payload": dict(payload)}
+
+
+def parse_chunk_body(body: Mapping[str, Any], n_values: int, chunk_values: int) -> int:
+    """The chunk index of a received chunk body (schema-checked already), after checking that its index, chunk
+    count, offset and value count are those of the configured chunking; ProtocolError else."""
+    bounds = chunk_bounds(n_values, chunk_values)
+    index = body["chunk"]
+    if body["n_chunks"] != len(bounds) or not 0 <= index < len(bounds):
+        raise ProtocolError(f"chunk {index}/{body['n_chunks']} does not fit {len(bounds)} chunks")
+    if (body["offset"], body["count"]) != bounds[index]:
+        raise ProtocolError(f"chunk {index} must cover {bounds[index]}")
+    return int(index)

@@ -10,17 +10,15 @@
 A verdict is (request index, action, kind, holders m, decision id): the request counts at weight 1/m, with
 1 <= m <= MAX_PARTIES, and m > 1 only for a kept (or augmenting) collision; anything else is refused on decoding.
 
-Every signed statement is domain-separated and binds session, configuration digest, round and party, so the
-coordinator can neither forge nor move a message between parties or rounds; everything it can read is a
-blinded group element, a digest, a signature, a fixed-size sealed box or a decision id. Sizes are fixed by
-``SessionConfig.tag_slots`` (two slots per request, padded to ``2 * max_edits_per_party``), so they say
-nothing about a party's number of requests.
+Every signed statement (its layout is in ``secure_collab.protection.statements``) is domain-separated and binds
+session, configuration digest, round and party, so the coordinator can neither forge nor move a message between
+parties or rounds; everything it can read is a blinded group element, a digest, a signature, a fixed-size sealed
+box or a decision id. Sizes are fixed by ``SessionConfig.tag_slots`` (two slots per request, padded to
+``2 * max_edits_per_party``), so they say nothing about a party's number of requests.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import struct
 from collections.abc import Sequence
 
@@ -34,35 +32,6 @@ _VERDICT = struct.Struct(">HBBH32s")  # index, action, kind, holders (weight 1/h
 COUNT_INFO = b"secure-collab/v2/seal-tag-count|"
 TAGS_INFO = b"secure-collab/v2/seal-tags|"
 DECISION_INFO = b"secure-collab/v2/seal-decision|"
-
-
-def _statement(kind: str, *fields: object) -> bytes:
-    return f"secure-collab/v2/{kind}\0".encode() + json.dumps(list(fields), separators=(",", ":")).encode()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def seal_ad(session: str, config: str, round_: int, party: str) -> bytes:
-    return json.dumps([session, config, round_, party], separators=(",", ":")).encode()
-
-
-def blinded_statement(session: str, config: str, round_: int, party: str, batch: bytes, sealed: bytes) -> bytes:
-    return _statement("blinded", session, config, round_, party, sha(batch), sha(sealed))
-
-
-def evaluated_statement(session: str, config: str, round_: int, party: str, batch_sha: str, answer: bytes) -> bytes:
-    return _statement("evaluated", session, config, round_, party, batch_sha, sha(answer))
-
-
-def tags_statement(session: str, config: str, round_: int, party: str, sealed: bytes) -> bytes:
-    return _statement("tags", session, config, round_, party, sha(sealed))
-
-
-def decision_statement(session: str, config: str, round_: int, party: str, sealed: bytes,
-                       records: Sequence[Sequence[str]]) -> bytes:
-    return _statement("decision", session, config, round_, party, sha(sealed), [list(r) for r in records])
 
 
 # ---- fixed-size plaintexts ------------------------------------------------------------------------------

@@ -122,3 +122,15 @@ def test_session_hparams_take_a_full_table_and_refuse_a_second_update_rule():
         session_hparams("tiny-llama", 4, (1, 2), "sequential", 0, table, 1, "alphaedit")
     with pytest.raises(ValueError, match="unknown"):
         session_hparams("tiny-llama", 4, (1, 2), "sequential", 0, {"lamda": 1.0}, 1)
+
+
+def test_past_sigma_g_is_used_only_by_a_rule_that_reads_it_and_only_with_earlier_rounds():
+    """The one decision (editing.uses_past) the solver follows: with one round there is no past to keep, and
+    memit-static never reads it; the other rules do from the second round of a multi-round session on."""
+    from secure_collab.editing import uses_past
+
+    assert not uses_past("memit-dynamic", 1) and not uses_past("alphaedit", 1)
+    assert uses_past("memit-dynamic", 2) and uses_past("alphaedit", 3)
+    assert not uses_past("memit-static", 1) and not uses_past("memit-static", 4)
+    with pytest.raises(ValueError):
+        uses_past("memit-nope", 2)

@@ -15,9 +15,10 @@ from parties import run_party
 from secure_collab.keys import CurveKeyPair, load_curve_pair, load_signing_key
 from secure_collab.protection import ProtectionParams, get_scheme
 from secure_collab.protection.sealing import encrypt_release
+from secure_collab.protection.statements import release_bytes, release_label, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import Message, MsgType, Sequencer, sha256_hex
-from secure_collab.protocol.release import encode_delta, release_bytes, release_label, setup_bytes
+from secure_collab.protocol.release import encode_delta
 
 
 def test_key_not_in_roster_is_refused(tmp_path):

@@ -66,7 +66,9 @@ def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_roles, "load_scheme", lambda mode: get_scheme("plain"))
     monkeypatch.setattr(solver_cli, "session_solve", lambda config, args=None: closed_form_solve)
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
-    monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: party_cli.PartyEngine(
+    from parties.runner import PartyEngine
+
+    monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: PartyEngine(
         engines[name].compute_statistics, engines[name].apply_delta, lambda result: {"edits": 3}))
     th = Threads()
     th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))

@@ -79,7 +79,7 @@ class BadSeal(SharesScheme):
     (so the coordinator's signature check passes and only the solver can tell)."""
 
     def protect(self, values, ctx, public, secrets, signer):
-        from secure_collab.protection.base import contribution_statement
+        from secure_collab.protection.statements import contribution_statement
 
         payload = super().protect(values, ctx, public, secrets, signer)
         garbage = bytes(len(payload.frames[-2]))

@@ -95,7 +95,7 @@ class Lying(Watching):
                 super()._relay(party, _inbound(self.decisions["a"]))
             elif self.how == "reseal":  # a box of its own sealed to b (b's key is public): b's share 1/1024, signed
                 # by nobody; the solver's genuine signature covers the genuine box only
-                from secure_collab.protection import sealing
+                from secure_collab.protection import sealing, statements
                 from secure_collab.protocol import tags as wire
 
                 n = self.s.max_edits_per_party
@@ -103,7 +103,7 @@ class Lying(Watching):
                 plain = wire.encode_verdicts([(0, "keep", "conflict", did, 1024), (1, "keep", "", "", 1)], n,
                                              bytes(wire.verdicts_plain_size(n)))
                 box = sealing.seal_to(self.cfg.roster.parties["b"].sealing, plain, wire.DECISION_INFO,
-                                      wire.seal_ad(self.s.id, self.cfg.digest, 0, "b"), bytes(range(32)))
+                                      statements.seal_ad(self.s.id, self.cfg.digest, 0, "b"), bytes(range(32)))
                 fake = Message(MsgType.DECISION, self.s.id, 0, -1, "", "solver", 10**6, self.cfg.digest,
                                {"party": "b", "records": m.msg.body["records"]}, (box, bytes(m.msg.frames[1])))
                 super()._relay(party, _inbound(fake))

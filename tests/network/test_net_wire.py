@@ -15,8 +15,9 @@ from network_doubles import make_config
 from secure_collab.config import ConfigError, config_from_dict
 from secure_collab.keys import KeyFileError, init_keys, load_curve_pair, load_public_identity, load_roster
 from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.protection.statements import release_bytes
 from secure_collab.protocol.messages import Limits, Message, MsgType, ProtocolError
-from secure_collab.protocol.release import decode_delta, encode_delta, release_bytes, verify
+from secure_collab.protocol.release import decode_delta, encode_delta, verify
 from secure_collab.protocol.statistics import chunk_bounds, pack_statistics, unpack_g
 
 

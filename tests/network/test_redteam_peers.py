@@ -18,8 +18,8 @@ from test_net_auth import FakeCoordinator, _setup
 from parties import run_party
 from secure_collab.keys import load_signing_key
 from secure_collab.protection import ProtectionParams, get_scheme
+from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol.messages import Message, MsgType
-from secure_collab.protocol.release import setup_bytes
 
 
 # Was a BREAK (strict xfail): a round above 2^63 - 1 reached the ledger and SQLite's OverflowError killed the

@@ -8,7 +8,7 @@ from network_doubles import make_config
 
 from secure_collab.keys import load_identity
 from secure_collab.protection import _primitives as hazmat
-from secure_collab.protection import oprf, sealing
+from secure_collab.protection import oprf, sealing, statements
 from secure_collab.protocol import tags as wire
 from secure_collab.protocol.messages import Message, MsgType, ProtocolError
 from solver.state import SolverState
@@ -31,10 +31,10 @@ def desk(tmp_path):
 def _blinded(desk, party, round_, inputs, *, claim=None, count=None):
     s, ident = desk.s, load_identity(desk.cfg.paths.keys / f"party-{party}.key_secret")
     batch, blinds = oprf.blind_batch(inputs, s.tag_slots)
-    ad = wire.seal_ad(s.id, desk.cfg.digest, round_, claim or party)
+    ad = statements.seal_ad(s.id, desk.cfg.digest, round_, claim or party)
     sealed = sealing.seal_to(desk.seal_public, (len(inputs) if count is None else count).to_bytes(4, "big"),
                              wire.COUNT_INFO, ad, hazmat.random_bytes(32))
-    sig = ident.signing.sign(wire.blinded_statement(s.id, desk.cfg.digest, round_, party, batch, sealed))
+    sig = ident.signing.sign(statements.blinded_statement(s.id, desk.cfg.digest, round_, party, batch, sealed))
     msg = Message(MsgType.BLINDED, s.id, round_, -1, "", "coordinator", 1, desk.cfg.digest,
                   {"party": claim or party, "slots": s.tag_slots}, (batch, sealed, sig))
     return msg, blinds
@@ -44,8 +44,8 @@ def _tags(desk, party, round_, pairs):
     s, ident = desk.s, load_identity(desk.cfg.paths.keys / f"party-{party}.key_secret")
     plain = wire.encode_tags(pairs, s.tag_slots, bytes(wire.tags_plain_size(s.tag_slots)))
     sealed = sealing.seal_to(desk.seal_public, plain, wire.TAGS_INFO,
-                             wire.seal_ad(s.id, desk.cfg.digest, round_, party), hazmat.random_bytes(32))
-    sig = ident.signing.sign(wire.tags_statement(s.id, desk.cfg.digest, round_, party, sealed))
+                             statements.seal_ad(s.id, desk.cfg.digest, round_, party), hazmat.random_bytes(32))
+    sig = ident.signing.sign(statements.tags_statement(s.id, desk.cfg.digest, round_, party, sealed))
     return Message(MsgType.TAGS, s.id, round_, -1, "", "coordinator", 2, desk.cfg.digest,
                    {"party": party, "slots": s.tag_slots}, (sealed, sig))
 
