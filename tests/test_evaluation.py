@@ -161,3 +161,21 @@ def test_smollm2_bpe_target_tokens():
         ids, n = encode_completion(tok, prompt, target)
         assert ids[-n:] == tok(" " + target, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids[-n:]) == " " + target
+
+
+def test_margins_by_hand():
+    """The three continuous margins (NLL(true) − NLL(new), nats), computed by hand on three requests, one without
+    target_true (left out) and one without paraphrases (left out of that margin only)."""
+    from secure_collab.evaluation import RequestEval, summarize
+
+    details = [
+        RequestEval("0", nll_new=1.0, nll_true=4.0, paraphrase=[(2.0, 3.0), (1.0, 5.0)], neighborhood=[(6.0, 1.0)]),
+        RequestEval("1", nll_new=3.0, nll_true=2.0, paraphrase=[], neighborhood=[(2.0, 2.5), (4.0, 1.0)]),
+        RequestEval("2", nll_new=0.5, nll_true=None),
+    ]
+    m = summarize(details).margins
+    assert m["target_margin"] == pytest.approx((3.0 + -1.0) / 2)
+    assert m["paraphrase_margin"] == pytest.approx(((1.0 + 4.0) / 2))  # request 0 only
+    assert m["neighbourhood_margin"] == pytest.approx(((1.0 - 6.0) + ((2.5 - 2.0) + (1.0 - 4.0)) / 2) / 2)
+    s = summarize(details).summary()
+    assert set(m) <= set(s) and s["efficacy"] == pytest.approx(0.5)

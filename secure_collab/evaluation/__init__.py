@@ -2,6 +2,7 @@
 fluency metrics (``generation``) and zsRE's token-level metrics (``zsre``); the public API re-exported here."""
 
 from secure_collab.evaluation.counterfact import (
+    MARGINS,
     EvalResult,
     RequestEval,
     completion_argmax,
@@ -12,6 +13,7 @@ from secure_collab.evaluation.counterfact import (
     harmonic_mean,
     nll_to_prob,
     score_of,
+    summarize,
 )
 from secure_collab.evaluation.generation import (
     GenerationResult,
@@ -25,6 +27,7 @@ from secure_collab.evaluation.generation import (
 from secure_collab.evaluation.zsre import ZsreResult, evaluate_zsre, loc_pair, loc_predictions
 
 __all__ = [
+    "MARGINS",
     "EvalResult",
     "GenerationResult",
     "RequestEval",
@@ -46,4 +49,5 @@ __all__ = [
     "nll_to_prob",
     "says",
     "score_of",
+    "summarize",
 ]

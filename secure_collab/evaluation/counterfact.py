@@ -6,7 +6,12 @@ For a prompt and a target the measure is the mean per-token NLL of ``" " + targe
   requests (MEMIT's summarize: mean of per-case means);
 - specificity: per request the fraction of neighbourhood prompts with NLL(true) < NLL(new), where "true" is
   the prompt's own object (``Request.neighbor_target``), averaged over requests;
-- score: MEMIT's harmonic mean of exactly these three metrics (``score_of``).
+- score: MEMIT's harmonic mean of exactly these three metrics (``score_of``);
+- margins (continuous companions of the three, which yes/no metrics with ~12-nat margins cannot see move):
+  ``target_margin`` = mean over requests of NLL(true) − NLL(new) on the edit prompt, ``paraphrase_margin`` the
+  same on the paraphrases (mean per request, then over requests), ``neighbourhood_margin`` the same on the
+  neighbourhood prompts with each prompt's own true object (> 0 there: the edit leaked onto a neighbour). Nats
+  of mean per-token NLL, i.e. the log-probability margin of the new object over the true one.
 A metric with no request to measure it on is None and named in ``skipped`` with the reason; the score is then
 None too (a harmonic mean of two metrics is not MEMIT's Score). Requests without ``target_true`` are reported
 with NLL(new) only and are left out of all three metrics.
@@ -59,12 +64,16 @@ class EvalResult:
     counts: dict[str, int]  # requests each metric was measured on
     skipped: dict[str, str]  # metric -> why it is None
     details: list[RequestEval]
+    margins: dict[str, float | None] = field(default_factory=dict)  # MARGINS -> mean margin (nats) or None
 
     def summary(self) -> dict:
-        """The four numbers, counts and skipped metrics, JSON-ready."""
+        """The four numbers, the three margins, counts and skipped metrics, JSON-ready."""
         return {"efficacy": self.efficacy, "generalization": self.generalization,
-                "specificity": self.specificity, "score": self.score, "counts": dict(self.counts),
+                "specificity": self.specificity, "score": self.score, **self.margins, "counts": dict(self.counts),
                 "skipped": dict(self.skipped)}
+
+
+MARGINS = ("target_margin", "paraphrase_margin", "neighbourhood_margin")
 
 
 def _mean(xs: Sequence[float | bool]) -> float:
@@ -189,6 +198,11 @@ def evaluate_requests(model, tokenizer, requests: Sequence[Request], batch_size:
     details = [RequestEval(r.case_id, nll[new], None if true is None else nll[true],
                            [(nll[a], nll[b]) for a, b in para], [(nll[a], nll[b]) for a, b in neigh])
                for r, (new, true, para, neigh) in zip(requests, plan, strict=True)]
+    return summarize(details)
+
+
+def summarize(details: Sequence[RequestEval]) -> EvalResult:
+    """The metrics, Score and margins of per-request evaluations (the one aggregation every caller uses)."""
     values = {
         "efficacy": [float(d.rewrite_success) for d in details if d.rewrite_success is not None],
         "generalization": [d.paraphrase_success for d in details if d.paraphrase_success is not None],
@@ -203,8 +217,21 @@ def evaluate_requests(model, tokenizer, requests: Sequence[Request], batch_size:
         specificity=metrics["specificity"], score=score_of(list(metrics.values())),
         counts={k: len(v) for k, v in values.items()},
         skipped={k: reasons[k] for k, m in metrics.items() if m is None},
-        details=details,
+        details=list(details), margins=margins(details),
     )
+
+
+def margins(details: Sequence[RequestEval]) -> dict[str, float | None]:
+    """``MARGINS`` over per-request evaluations (None where no request has the prompts and ``target_true``)."""
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return {
+        "target_margin": mean([d.nll_true - d.nll_new for d in details if d.nll_true is not None]),
+        "paraphrase_margin": mean([_mean([t - n for n, t in d.paraphrase]) for d in details if d.paraphrase]),
+        "neighbourhood_margin": mean([_mean([n_true_i - n for n, n_true_i in d.neighborhood])
+                                      for d in details if d.neighborhood]),
+    }
 
 
 def evaluate(loaded, requests: Sequence[Request], batch_size: int = 32) -> EvalResult:

@@ -10,25 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from secure_collab.cache import cache_dir, digest_json
-from secure_collab.evaluation import RequestEval, harmonic_mean
+from secure_collab.evaluation import RequestEval, summarize
 
 
 def metrics(details: Sequence[RequestEval]) -> dict[str, float | None]:
-    """MEMIT's efficacy / generalization / specificity / score over the given requests (as ``evaluate``), and
-    the mean NLL margin of the new object over the true one on the edit prompt."""
-    def mean(xs: list[float]) -> float | None:
-        return sum(xs) / len(xs) if xs else None
-
-    out = {
-        "efficacy": mean([float(d.rewrite_success) for d in details if d.rewrite_success is not None]),
-        "generalization": mean([d.paraphrase_success for d in details if d.paraphrase_success is not None]),
-        "specificity": mean([d.neighborhood_success for d in details if d.neighborhood_success is not None]),
-    }
-    present = [v for v in out.values() if v is not None]
-    out["score"] = harmonic_mean(present) if present else None
-    # a continuous companion of efficacy: mean NLL(true) − NLL(new) on the edit prompt (> 0: the edit wins)
-    out["margin"] = mean([d.nll_true - d.nll_new for d in details if d.nll_true is not None])
-    return out
+    """MEMIT's efficacy / generalization / specificity / Score over the given requests and the three margins
+    (``evaluation.summarize``: the one aggregation; ``target_margin`` is the continuous companion of efficacy)."""
+    r = summarize(details)
+    return {"efficacy": r.efficacy, "generalization": r.generalization, "specificity": r.specificity,
+            "score": r.score, **r.margins}
 
 
 def run_dir(kind: str, key: Any, cache: str | os.PathLike[str] | None = None) -> Path:

@@ -38,7 +38,8 @@ from secure_collab.models.loading import LoadedModel
 
 CELL_FORMAT = 1
 ROW_FIELDS = ("method", "variant", "edits", "parties", "edits_per_party", "evaluated", "efficacy", "generalization",
-              "specificity", "locality", "score", "gen_efficacy", "gen_generalization", "fluency",
+              "specificity", "locality", "score", "target_margin", "paraphrase_margin", "neighbourhood_margin",
+              "gen_efficacy", "gen_generalization", "fluency",
               "delta_rel_diff_vs_global", "z_reach", "edit_seconds", "eval_seconds")
 NAIVE = ("ta", "sa", "ties", "ta-lockstep", "sa-lockstep", "ties-lockstep")
 
@@ -127,6 +128,7 @@ def z_reach(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp:
 def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | None) -> dict[str, Any]:
     """Every metric of the model as it is now on ``requests`` (``pre``: the unedited cell, for zsRE locality)."""
     from secure_collab.evaluation import (
+        MARGINS,
         evaluate,
         evaluate_zsre,
         fluency,
@@ -146,7 +148,7 @@ def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | 
             row["loc_predictions"] = before
     else:
         e = evaluate(lm, requests).summary()
-        row.update({k: e[k] for k in ("efficacy", "generalization", "specificity", "score")})
+        row.update({k: e[k] for k in ("efficacy", "generalization", "specificity", "score", *MARGINS)})
         row["locality"] = None
     row.update(generation_metrics(lm.model, lm.tokenizer, requests).summary())
     prompts = fluency_prompts(requests, grid.fluency_requests, grid.fluency_prompts)

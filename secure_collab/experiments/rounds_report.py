@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _margin(m: dict[str, Any]) -> float | None:
+    """The edit-prompt margin (``target_margin``; results written before it was named so call it ``margin``)."""
+    return m.get("target_margin", m.get("margin"))
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -24,11 +29,11 @@ def forgetting_table(res: dict[str, Any]) -> str:
              "all edits so far: efficacy | specificity | ‖ΔW K₁‖ vs round 1's |",
              "|---|---|---|---|---|---|---|---|---|"]
     pre = res["pre_first_round"]
-    lines.append(f"| (unedited) | 0 | {_fmt(pre['efficacy'])} | {_fmt(pre.get('margin'))} | "
+    lines.append(f"| (unedited) | 0 | {_fmt(pre['efficacy'])} | {_fmt(_margin(pre))} | "
                  f"{_fmt(pre['generalization'])} | - | - | {_fmt(pre['specificity'])} | - |")
     for row in res["rounds"]:
         lines.append(f"| {row['rule']} | {row['round']} | {_fmt(row['first_round']['efficacy'])} | "
-                     f"{_fmt(row['first_round'].get('margin'))} | {_fmt(row['first_round']['generalization'])} | "
+                     f"{_fmt(_margin(row['first_round']))} | {_fmt(row['first_round']['generalization'])} | "
                      f"{_fmt(row['this_round']['efficacy'])} | {_fmt(row['so_far']['efficacy'])} | "
                      f"{_fmt(row['so_far']['specificity'])} | {_fmt(row.get('disturbance'))} |")
     return "\n".join(lines) + "\n"
@@ -39,7 +44,7 @@ def plot_forgetting(res: dict[str, Any], path: Path, title: str | None = None) -
     from matplotlib.ticker import MaxNLocator
 
     panels = (("first_round", "efficacy", "round-1 edits: efficacy"),
-              ("first_round", "margin", "round-1 edits: NLL(true) − NLL(new)"),
+              ("first_round", "target_margin", "round-1 edits: NLL(true) − NLL(new)"),
               ("this_round", "efficacy", "the round's own edits: efficacy"),
               ("", "disturbance", "‖ΔW_r K₁‖ / ‖ΔW_1 K₁‖ (round-1 keys)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6))
@@ -75,14 +80,14 @@ def overlap_table(res: dict[str, Any]) -> str:
              "duplicated edit's margin, dedupe | without | others' specificity, dedupe | without |",
              "|---|---|---|---|---|---|---|---|"]
     once = res["once"]
-    lines.append(f"| 1 | - | - | - | {_fmt(once['duplicated_edit']['margin'])} | - | "
+    lines.append(f"| 1 | - | - | - | {_fmt(_margin(once['duplicated_edit']))} | - | "
                  f"{_fmt(once['others']['specificity'])} | - |")
     for r in res["rows"]:
         w, wo = r["with_dedupe"], r["without_dedupe"]
         share = "1/" + "/".join(map(str, r.get("holders", []))) if r.get("holders") else "-"
         lines.append(f"| {r['copies']} | {share} | {r['dedupe_delta_rel_diff']:.2e} | "
-                     f"{r['no_dedupe_delta_rel_diff']:.2e} | {_fmt(w['duplicated_edit']['margin'])} | "
-                     f"{_fmt(wo['duplicated_edit']['margin'])} | {_fmt(w['others']['specificity'])} | "
+                     f"{r['no_dedupe_delta_rel_diff']:.2e} | {_fmt(_margin(w['duplicated_edit']))} | "
+                     f"{_fmt(_margin(wo['duplicated_edit']))} | {_fmt(w['others']['specificity'])} | "
                      f"{_fmt(wo['others']['specificity'])} |")
     k = res["known"]
     lines += ["", f"Known-fact check at known_residual = {k['known_residual']:g}: withheld "
