@@ -175,7 +175,7 @@ def test_margins_by_hand():
     ]
     m = summarize(details).margins
     assert m["target_margin"] == pytest.approx((3.0 + -1.0) / 2)
-    assert m["paraphrase_margin"] == pytest.approx(((1.0 + 4.0) / 2))  # request 0 only
+    assert m["paraphrase_margin"] == pytest.approx((1.0 + 4.0) / 2)  # request 0 only
     assert m["neighbourhood_margin"] == pytest.approx(((1.0 - 6.0) + ((2.5 - 2.0) + (1.0 - 4.0)) / 2) / 2)
     s = summarize(details).summary()
     assert set(m) <= set(s) and s["efficacy"] == pytest.approx(0.5)
