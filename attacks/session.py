@@ -29,6 +29,7 @@ def run_session(work: Path, model: str, mode: str, shares: dict[str, list[Reques
     from secure_collab.models import load_model
     from secure_collab.models.specs import down_weight, n_layers
     from secure_collab.protocol.transport import free_loopback_endpoint
+    from secure_collab.session_file import hparams_table
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
@@ -40,8 +41,7 @@ def run_session(work: Path, model: str, mode: str, shares: dict[str, list[Reques
     names = list(shares)
     init_keys(work / "keys", names)
     endpoint = free_loopback_endpoint()
-    table = {k: v for k, v in hp.to_dict().items() if k not in ("layers", "variant", "template_seed",
-                                                                 "request_batch")}
+    table = hparams_table(hp)
     cfg_path = work / "session.toml"
     cfg = write_config(cfg_path, session={
         "id": f"attack-{secrets.token_hex(4)}", "mode": mode, "variant": "sequential", "rounds": 1,

@@ -23,6 +23,12 @@ from secure_collab.names import NAME_RULE, is_name, shown
 _NOT_HPARAMS = ("layers", "variant", "template_seed", "request_batch")
 _RENAMED = {"mom2_update_weight": "lambda"}  # one name per concept: the CLI's --lambda
 
+def hparams_table(hp: Any) -> dict[str, Any]:
+    """A session file's [session.hparams] for ``hp`` (a MemitHParams). An unset value (mom2_past_weight: λ unless
+    set) is left out: TOML has no null, and leaving it out keeps it unset."""
+    return {_RENAMED.get(k, k): v for k, v in hp.to_dict().items() if k not in _NOT_HPARAMS and v is not None}
+
+
 COMMENTS: dict[str, str] = {
     # [session]
     "id": "names this session in the ledger and in every message",
@@ -124,8 +130,7 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
     d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
     if templates is None:
         templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
-    # an unset value (mom2_past_weight: λ unless set) is left out: TOML has no null, and leaving it out keeps it unset
-    table = {_RENAMED.get(k, k): v for k, v in hp.to_dict().items() if k not in _NOT_HPARAMS and v is not None}
+    table = hparams_table(hp)
     table["dtype"] = choices.dtype
     table["context_templates"] = list(templates)
     session = {
