@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,7 @@ class _RosterKeys:
 
 
 class Coordinator(Handlers, TagHandlers):
-    def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.Context | None = None,
+    def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.SyncContext | None = None,
                  keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = config
@@ -482,7 +482,8 @@ class Coordinator(Handlers, TagHandlers):
     def _send_route(self, name: str, route: bytes, msg: Message) -> None:
         self._send_frames(name, route, msg.to_frames(), msg.type.value, self._where(msg))
 
-    def _send_frames(self, name: str, route: bytes, frames: list[Frame], mtype: str, where: dict) -> None:
+    def _send_frames(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str,
+                     where: dict[str, Any]) -> None:
         outcome, reason = "sent", ""
         try:  # never wait: a peer that does not read must not stall the loop for the others
             self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
@@ -502,7 +503,7 @@ class Coordinator(Handlers, TagHandlers):
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,
-                    ctx: zmq.Context | None = None) -> Outcome:
+                    ctx: zmq.SyncContext | None = None) -> Outcome:
     """Run one session to completion (or abort) and return its outcome."""
     return Coordinator(config, scheme, ctx=ctx, stop=stop).run()
 
