@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, check_tag_body
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, check_tag_body, release_of
 
 log = logging.getLogger("coordinator")
 
@@ -62,7 +62,7 @@ class CoordinatorState(ABC):
     def _accept(self, m: Inbound, reason: str = "") -> None: ...
     @abstractmethod
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message: ...
+             body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message: ...
     @abstractmethod
     def _send(self, name: str, msg: Message) -> None: ...
     @abstractmethod
@@ -194,8 +194,9 @@ class Handlers(CoordinatorState):
         if msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
             raise ProtocolError(f"unexpected release for round {msg.round} layer {msg.layer}")
         self._verify_release(msg)
-        parties = tuple(sorted(msg.body["parties"]))
-        rel = StoredRelease(msg.round, msg.layer, msg.body["attempt"], msg.body["sha256"], parties, m.raw)
+        body = release_of(msg)
+        parties = tuple(sorted(body["parties"]))
+        rel = StoredRelease(msg.round, msg.layer, body["attempt"], body["sha256"], parties, m.raw)
         known = self.releases.get((msg.round, msg.layer))
         if known is not None and known.sha256 != rel.sha256:
             raise ProtocolError(f"a second, different release of round {msg.round} layer {msg.layer}")
@@ -205,7 +206,7 @@ class Handlers(CoordinatorState):
         step.released[msg.layer] = m.raw
         self._accept(m)
         log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,
-                 msg.body["sha256"][:16])
+                 body["sha256"][:16])
         for name in sorted(self.routes):
             if name != "solver":
                 self._send_frames(name, self.routes[name], m.raw, "release",

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
+    AggregateBody,
     Frame,
     Message,
     MsgType,
@@ -333,8 +334,9 @@ class Coordinator(Handlers, TagHandlers):
         layer, stat, chunk = key
         agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
-        body = {**chunk_body(step.attempt, chunk, chunk_bounds(n_values, self.s.chunk_values), agg.header),
-                "parties": list(agg.header["parties"]), "n_values": n_values}
+        body: AggregateBody = {**chunk_body(step.attempt, chunk, chunk_bounds(n_values, self.s.chunk_values),
+                                            agg.header),
+                               "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
         self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,
@@ -463,7 +465,7 @@ class Coordinator(Handlers, TagHandlers):
 
     # ---- sending ------------------------------------------------------------------------------------
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
+             body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender="coordinator", seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 

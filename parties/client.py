@@ -42,6 +42,7 @@ from secure_collab.protocol.messages import (
     check_tag_body,
     clean_text,
     peek,
+    release_of,
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import check_release, decode_delta, verify
@@ -303,7 +304,7 @@ class Party:
                     self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
 
     def _on_release(self, msg: Message) -> None:
-        key, b = (msg.round, msg.layer), msg.body
+        key, b = (msg.round, msg.layer), release_of(msg)
         if key in self.result.applied:
             return  # re-sent after a coordinator restart, or re-solved: already applied
         try:
@@ -375,7 +376,7 @@ class Party:
             self.result.decisions[msg.round] = verdicts
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
+             body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender=self.name, seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 

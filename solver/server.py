@@ -28,6 +28,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,7 +58,9 @@ from secure_collab.protocol.messages import (
     Message,
     MsgType,
     ProtocolError,
+    ReleaseBody,
     Sequencer,
+    aggregate_of,
     build,
     clean_text,
     sha256_hex,
@@ -240,7 +243,7 @@ class Solver:
 
     def _on_aggregate(self, msg: Message) -> None:
         """Check the hand-off's shape and keep the chunk unopened; process the step once complete."""
-        b, stat = msg.body, msg.stat
+        b, stat = aggregate_of(msg), msg.stat
         parties = tuple(sorted(b["parties"]))
         if len(set(parties)) != len(parties) or len(parties) < self.s.min_parties:
             raise ProtocolError(f"aggregate party list {list(parties)} repeats a party or holds fewer than "
@@ -415,8 +418,8 @@ class Solver:
         label = release_label(s.id, self.cfg.digest, round_, layer, pend.attempt)
         ciphertext = encrypt_release(self.secrets.release_key, label, raw, fresh_bytes(NONCE_BYTES))
         sha = sha256_hex(ciphertext)
-        body = {"attempt": pend.attempt, "shape": shape, "dtype": dtype, "sha256": sha,
-                "parties": list(pend.parties)}
+        body: ReleaseBody = {"attempt": pend.attempt, "shape": shape, "dtype": dtype, "sha256": sha,
+                             "parties": list(pend.parties)}
         signature = self.signing.sign(release_bytes(s.id, self.cfg.digest, round_, layer, pend.attempt,
                                                     dtype, shape, sha, list(pend.parties)))
         meta = {**body, "signature": signature.hex()}
@@ -426,7 +429,8 @@ class Solver:
         self._send_release(round_, layer, meta, ciphertext)
 
     def _send_release(self, round_: int, layer: int, meta: dict[str, Any], ciphertext: bytes) -> None:
-        body = {k: meta[k] for k in ("attempt", "shape", "dtype", "sha256", "parties")}
+        body = ReleaseBody(attempt=meta["attempt"], shape=meta["shape"], dtype=meta["dtype"], sha256=meta["sha256"],
+                           parties=meta["parties"])
         frames = (ciphertext, bytes.fromhex(meta["signature"]))
         transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=frames))
 
@@ -437,7 +441,7 @@ class Solver:
         log.warning("solver: refused round %d layers %s: %s", round_, list(layers), exc)
         transport.send(self.sock, self._msg(MsgType.VERDICT, round_, layers[0], body=body))
 
-    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: dict | None = None,
+    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: Mapping[str, Any] | None = None,
              frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender="solver", seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, body=body, frames=frames)
