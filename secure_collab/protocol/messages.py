@@ -200,7 +200,7 @@ class ChunkBody(TypedDict):
     chunk: int  # the chunk's index
     n_chunks: int
     offset: int
-    count: int  # the chunk's frame values
+    count: int  # the values in this chunk
     payload: dict[str, Any]  # the protection payload header, bounded by PAYLOAD_SCHEMA
 
 
