@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 
 class SolveFn(Protocol):
-    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+    def __call__(self, round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
                  past_g: np.ndarray | None) -> np.ndarray:
         """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; past_g: (d_k, d_k) Σ of the earlier
         rounds' g_sum for this layer (None in round 0, or when the session's update rule does not read it);
@@ -166,7 +166,7 @@ class Solver:
         def send(mtype: MsgType, round_: int, body: dict, frames: tuple[bytes, ...]) -> None:
             transport.send(self.sock, self._msg(mtype, round_, -1, body, frames))
 
-        self.tags = (TagDesk(self.cfg, self.state, self.signing, self.secrets.seal_private, oprf_key, send)
+        self.fact_tags = (TagDesk(self.cfg, self.state, self.signing, self.secrets.seal_private, oprf_key, send)
                      if self.s.tags else None)
 
     def run(self) -> SolverResult:
@@ -218,10 +218,10 @@ class Solver:
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
                 elif msg.type in (MsgType.BLINDED, MsgType.TAGS, MsgType.DECIDE):
-                    if self.tags is None:
+                    if self.fact_tags is None:
                         raise ProtocolError("this session exchanges no tags")
-                    {MsgType.BLINDED: self.tags.on_blinded, MsgType.TAGS: self.tags.on_tags,
-                     MsgType.DECIDE: self.tags.on_decide}[msg.type](msg)
+                    {MsgType.BLINDED: self.fact_tags.on_blinded, MsgType.TAGS: self.fact_tags.on_tags,
+                     MsgType.DECIDE: self.fact_tags.on_decide}[msg.type](msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
                 log.warning("refused a message from the coordinator: %s", reason[:200])
@@ -361,9 +361,9 @@ class Solver:
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
-        if self.tags is not None:  # the edit count must be what the round's decisions leave
+        if self.fact_tags is not None:  # the edit count must be what the round's decisions leave
             try:
-                want = self.tags.expected_edits(round_, pend.parties)
+                want = self.fact_tags.expected_edits(round_, pend.parties)
             except ValueError as exc:
                 raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
             if abs(n - want) > 0.5:  # the figures stay here, as above
