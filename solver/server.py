@@ -371,13 +371,16 @@ class Solver:
                             round_, layer, n, want)
                 raise Refusal(f"round {round_} layer {layer}: the parties' edit count is not what their tags and "
                               "the round's decisions allow", opened=True)
-        return self.solve_step(round_, layer, g, b)
+        return self.solve_step(round_, layer, g, b, g_packed=values["G"])
 
-    def solve_step(self, round_: int, layer: int, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def solve_step(self, round_: int, layer: int, g: np.ndarray, b: np.ndarray,
+                   g_packed: np.ndarray | None = None) -> np.ndarray:
         """ΔW of one opened (round, layer) by the session's update rule, with Σ of the earlier rounds' ΣG read
-        from the sealed state and this round's added to it before anything is released."""
+        from the sealed state and this round's added to it before anything is released. ``g_packed``: g's upper
+        triangle as opened (the cross-round sum is kept packed, so it is not packed again)."""
         s = self.s
-        past = self._past(round_, layer)
+        past_packed = self._past(round_, layer)
+        past = None if past_packed is None else unpack_g(past_packed, s.d_k)  # (d_k, d_k), for the solve only
         try:
             delta = np.asarray(self.solve(round_, layer, g, b, past), dtype=np.float64)
         except (ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. λC + ΣG not positive definite
@@ -385,7 +388,7 @@ class Solver:
         if delta.shape != (s.d_v, s.d_k) or not np.isfinite(delta).all():
             raise Refusal(f"round {round_} layer {layer}: the solve gave shape {delta.shape} or non-finite values",
                           opened=True)
-        self._keep_past(round_, layer, g, past)
+        self._keep_past(round_, layer, pack_symmetric(g) if g_packed is None else g_packed, past_packed)
         return delta
 
     # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
@@ -393,22 +396,23 @@ class Solver:
         return uses_past(self.s.update_rule, self.s.rounds)
 
     def _past(self, round_: int, layer: int) -> np.ndarray | None:
-        """Σ_{r < round_} ΣG_r of ``layer`` from the sealed record of the previous round (None in round 0)."""
+        """Σ_{r < round_} ΣG_r of ``layer``, packed, from the sealed record of the previous round (None in round 0)."""
         if round_ == 0 or not self._uses_past():
             return None
         stored = self.state.load(f"past-r{round_ - 1}-l{layer}")
         if stored is None:
             raise Refusal(f"round {round_} layer {layer}: the cross-round state of round {round_ - 1} is missing "
                           "from the solver's store; nothing is released", opened=True)
-        return unpack_g(np.frombuffer(stored[1], dtype="<f8"), self.s.d_k)
+        return np.frombuffer(stored[1], dtype="<f8")
 
-    def _keep_past(self, round_: int, layer: int, g: np.ndarray, past: np.ndarray | None) -> None:
-        """Write Σ_{r <= round_} ΣG_r before the release (a restarted solver resumes from it); drop the older."""
+    def _keep_past(self, round_: int, layer: int, g_packed: np.ndarray, past_packed: np.ndarray | None) -> None:
+        """Write Σ_{r <= round_} ΣG_r, packed, before the release (a restarted solver resumes from it); drop the
+        older. Added triangle to triangle: the same sums as adding the full matrices and packing."""
         if not self._uses_past() or round_ == self.s.rounds - 1:
             return
-        total = g if past is None else past + g
+        total = g_packed if past_packed is None else past_packed + g_packed
         self.state.save(f"past-r{round_}-l{layer}", {"round": round_, "layer": layer},
-                        pack_symmetric(total).astype("<f8").tobytes())
+                        np.asarray(total, dtype="<f8").tobytes())
         if round_ > 0:
             self.state.drop(f"past-r{round_ - 1}-l{layer}")
 
