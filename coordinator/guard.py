@@ -31,7 +31,7 @@ from secure_collab.config import STATISTICS, Config
 from secure_collab.protocol.tags import ELEMENT_BYTES
 
 HONEST_BYTES_PER_VALUE = 64  # what config validation already allows a chunk (CKKS: about 32)
-CHUNK_OVERHEAD = 16 << 10  # header, digests, payload header, tags and signatures of one CONTRIB
+CHUNK_OVERHEAD = 16 << 10  # header, digests, payload header, MAC tags and signatures of one CONTRIB
 
 
 @dataclass
@@ -120,10 +120,10 @@ class PeerGuard:
         """Messages and bytes an honest party sends for one step (all chunks of G and B of its layers)."""
         msgs = nbytes = 0
         for stat in STATISTICS:
-            n, chunk = self.s.n_values(stat), self.s.chunk_values
-            for off in range(0, n, chunk):
+            n, chunk_values = self.s.n_values(stat), self.s.chunk_values
+            for off in range(0, n, chunk_values):
                 msgs += 1
-                nbytes += min(self.net.max_message_bytes, HONEST_BYTES_PER_VALUE * min(chunk, n - off)
+                nbytes += min(self.net.max_message_bytes, HONEST_BYTES_PER_VALUE * min(chunk_values, n - off)
                               + CHUNK_OVERHEAD)
         return msgs * len(layers), nbytes * len(layers)
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from coordinator.stages import Stage, validate_contrib
-from secure_collab.ledger import StoredRelease
-from secure_collab.protection import Payload, ProtectionError, statements
+from coordinator.guard import PeerGuard
+from coordinator.stages import Key, Stage, Step, TagPhase, validate_contrib
+from secure_collab.config import Config, SessionConfig
+from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.protection import Payload, ProtectionError, PublicScheme, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError, check_tag_body
+from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, check_tag_body, release_of
 
 log = logging.getLogger("coordinator")
 
@@ -28,21 +33,61 @@ class Inbound:
     digest: str  # sha256 of the header frame, which commits to every payload frame
 
 
-class Handlers:
-    """Mixin of ``Coordinator``: state lives there."""
+class CoordinatorState(ABC):
+    """What a handler may touch: the coordinator's state and the few ways it records, sends and hands off.
+    ``Coordinator`` implements it (its __init__ sets the state); mypy checks every handler against it. (An
+    ABC, not a Protocol: mypy would take a handler's assignment to a Protocol member for a new attribute.)"""
 
-    cfg: Any
-    s: Any
-    ledger: Any
-    step: Any
+    cfg: Config
+    s: SessionConfig
+    scheme: PublicScheme
+    ledger: Ledger
+    guard: PeerGuard
+    verify_keys: dict[str, Ed25519PublicKey]  # each party's long-term signing key, from the pinned roster
     stage: Stage
+    step: Step | None  # the step being collected or solved; None while joining or tagging
+    phase: TagPhase | None  # the open keyed-tag exchange, if any
+    public: bytes | None  # the solver's signed setup: public parameters, sealed bundles, signature
+    bundles: bytes
+    public_sig: bytes
+    routes: dict[str, bytes]  # peer name -> its ROUTER identity on the current connection
     welcomed: set[str]
-    public: bytes | None
-    guard: Any
+    active: set[str]
     holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]
+    releases: dict[tuple[int, int], StoredRelease]
     acked: set[tuple[str, int, int]]
+    abort_reason: str
 
-    def _on_hello(self: Any, m: Inbound) -> None:
+    @abstractmethod
+    def _accept(self, m: Inbound, reason: str = "") -> None: ...
+    @abstractmethod
+    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
+             body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message: ...
+    @abstractmethod
+    def _send(self, name: str, msg: Message) -> None: ...
+    @abstractmethod
+    def _send_frames(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str,
+                     where: dict[str, Any]) -> None: ...
+    @abstractmethod
+    def _request(self, step: Step) -> Message: ...
+    @abstractmethod
+    def _hand_off(self, step: Step, key: Key) -> None: ...
+    @abstractmethod
+    def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None: ...
+    @abstractmethod
+    def _verify_release(self, msg: Message) -> None: ...
+
+
+def _open_step(c: CoordinatorState) -> Step:
+    """The open step of a CONTRIB, RELEASE or VERDICT: ``ACCEPTS`` admits them only while one is open."""
+    assert c.step is not None, "a step message passed the stage check with no step open"
+    return c.step
+
+
+class Handlers(CoordinatorState):
+    """Handlers of ``Coordinator`` for joining, contributions, releases and errors: state lives there."""
+
+    def _on_hello(self, m: Inbound) -> None:
         """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats.
         Welcomes are rate-limited per party (``guard.may_welcome``): a refused HELLO is simply sent again
         by the party's next heartbeat."""
@@ -64,7 +109,7 @@ class Handlers:
             if self.public is not None:
                 self._welcome(m.name)
 
-    def _solver_hello(self: Any, m: Inbound) -> None:
+    def _solver_hello(self, m: Inbound) -> None:
         body = m.msg.body
         if body["role"] != "solver" or not body["public"] or len(m.msg.frames) != 3:
             raise ProtocolError("a solver HELLO carries role 'solver' and [public params, bundles, signature]")
@@ -79,8 +124,8 @@ class Handlers:
                 if step is not None and step.stage is Stage.SOLVING and len(step.released) < len(step.layers):
                     for key in sorted(step.accs):  # what it may have missed while it was away
                         self._hand_off(step, key)
-                phase = getattr(self, "phase", None)
-                for msg in phase.forwarded if phase is not None else ():  # the solver answers each the same way
+                forwarded = self.phase.forwarded if self.phase is not None else []
+                for msg in forwarded:  # the solver answers each the same way
                     self._send("solver", msg)
             return
         self._verify_setup(public, bundles, signature)
@@ -94,9 +139,10 @@ class Handlers:
         for name in sorted(self.welcomed - {"solver"}):
             self._welcome(name)
 
-    def _welcome(self: Any, name: str) -> None:
+    def _welcome(self, name: str) -> None:
         """Send what the party's HELLO said it lacks: the setup, the releases so far that it has not applied,
         and an open request."""
+        assert self.public is not None, "a party is welcomed once the solver's setup is in"
         has_setup, applied = self.holdings.get(name, (False, frozenset()))
         if not has_setup:
             setup = self._msg(MsgType.SETUP, body={"mode": self.s.mode, "layers": list(self.s.layers),
@@ -112,12 +158,12 @@ class Handlers:
         step = self.step
         if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
             self._send(name, self._request(step))
-        phase = getattr(self, "phase", None)
-        if phase is not None and name in phase.expected:  # rejoined during a tag exchange
-            self._send(name, self._msg(MsgType.TAG_OPEN, phase.round, body={"attempt": 0}))
+        if self.phase is not None and name in self.phase.expected:  # rejoined during a tag exchange
+            self._send(name, self._msg(MsgType.TAG_OPEN, self.phase.round, body={"attempt": 0}))
 
-    def _on_contrib(self: Any, m: Inbound) -> None:
-        step = self.step
+    def _on_contrib(self, m: Inbound) -> None:
+        step = _open_step(self)
+        assert self.public is not None, "steps open after the solver's setup is in"
         key = validate_contrib(m.msg, m.name, step, self.s)
         claimed = m.msg.body["payload"].get("party")
         if claimed is not None and claimed != m.name:  # an accumulator may count parties by this field
@@ -139,17 +185,18 @@ class Handlers:
         if m.name in step.complete(self.s):
             log.info("round %d: statistics of %s complete", step.round, m.name)
 
-    def _on_release(self: Any, m: Inbound) -> None:
+    def _on_release(self, m: Inbound) -> None:
         """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party.
 
         Its attempt and party list may be an earlier attempt's: after a coordinator restart the solver
         sends what it released before instead of opening the step again."""
-        msg, step = m.msg, self.step
+        msg, step = m.msg, _open_step(self)
         if msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
             raise ProtocolError(f"unexpected release for round {msg.round} layer {msg.layer}")
         self._verify_release(msg)
-        parties = tuple(sorted(msg.body["parties"]))
-        rel = StoredRelease(msg.round, msg.layer, msg.body["attempt"], msg.body["sha256"], parties, m.raw)
+        body = release_of(msg)
+        parties = tuple(sorted(body["parties"]))
+        rel = StoredRelease(msg.round, msg.layer, body["attempt"], body["sha256"], parties, m.raw)
         known = self.releases.get((msg.round, msg.layer))
         if known is not None and known.sha256 != rel.sha256:
             raise ProtocolError(f"a second, different release of round {msg.round} layer {msg.layer}")
@@ -159,16 +206,16 @@ class Handlers:
         step.released[msg.layer] = m.raw
         self._accept(m)
         log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,
-                 msg.body["sha256"][:16])
+                 body["sha256"][:16])
         for name in sorted(self.routes):
             if name != "solver":
                 self._send_frames(name, self.routes[name], m.raw, "release",
                                   {"round_": msg.round, "layer": msg.layer, "attempt": step.attempt})
 
-    def _on_verdict(self: Any, m: Inbound) -> None:
+    def _on_verdict(self, m: Inbound) -> None:
         """The solver refused the step's aggregate: exclude the parties it could not authenticate and collect
         again (nothing was opened), or end the step (it was opened and failed a check)."""
-        msg, step, body = m.msg, self.step, m.msg.body
+        msg, step, body = m.msg, _open_step(self), m.msg.body
         if msg.round != step.round or body["attempt"] != step.attempt or tuple(body["layers"]) != step.layers:
             raise ProtocolError(f"verdict for round {msg.round} attempt {body['attempt']} is not about this step")
         self._accept(m, body["reason"])
@@ -178,7 +225,7 @@ class Handlers:
         else:
             step.excluded = set(body["exclude"])
 
-    def _on_ack(self: Any, m: Inbound) -> None:
+    def _on_ack(self, m: Inbound) -> None:
         """One row per (party, round, layer): an ACK is an answer to a release, and a release is sent once."""
         body, key = m.msg.body, (m.name, m.msg.round, m.msg.layer)
         if (m.msg.round, m.msg.layer) not in self.releases:  # else any pair gives a row (and a false refusal)
@@ -188,7 +235,7 @@ class Handlers:
         self.acked.add(key)
         self._accept(m, "applied" if body["ok"] else f"party refused release: {body['reason']}")
 
-    def _on_error(self: Any, m: Inbound) -> None:
+    def _on_error(self, m: Inbound) -> None:
         reason = m.msg.body["reason"]
         if m.name == "solver":
             self._accept(m, reason)
@@ -198,17 +245,12 @@ class Handlers:
             self._accept(m, reason)
 
 
-class TagHandlers:
-    """Mixin of ``Coordinator`` for a round's keyed-tag exchange: it relays, checks shapes and signatures it can
+class TagHandlers(CoordinatorState):
+    """Handlers of ``Coordinator`` for a round's keyed-tag exchange: it relays, checks shapes and signatures it can
     check, and keeps the round's public decision records in the ledger. It reads nothing: blinded elements,
     sealed boxes and signatures only."""
 
-    cfg: Any
-    s: Any
-    ledger: Any
-    phase: Any
-
-    def _tag_check(self: Any, m: Inbound, frames: int) -> Any:
+    def _tag_check(self, m: Inbound, frames: int) -> TagPhase:
         phase = self.phase
         if phase is None or m.msg.round != phase.round:
             raise ProtocolError(f"no tag exchange open for round {m.msg.round}")
@@ -217,7 +259,7 @@ class TagHandlers:
             raise ProtocolError(f"{m.msg.type.value} carries {frames} frames")
         return phase
 
-    def _on_blinded(self: Any, m: Inbound) -> None:
+    def _on_blinded(self, m: Inbound) -> None:
         phase = self._tag_check(m, 3)
         batch, sealed, signature = (bytes(f) for f in m.msg.frames)
         if m.msg.body["party"] or m.name not in phase.expected:
@@ -232,7 +274,7 @@ class TagHandlers:
                                                                             "slots": self.s.tag_slots},
                                          frames=(batch, sealed, signature)))
 
-    def _on_tags(self: Any, m: Inbound) -> None:
+    def _on_tags(self, m: Inbound) -> None:
         phase = self._tag_check(m, 2)
         sealed, signature = (bytes(f) for f in m.msg.frames)
         if m.msg.body["party"] or m.name not in phase.blinded:
@@ -247,11 +289,11 @@ class TagHandlers:
                                                                          "slots": self.s.tag_slots},
                                          frames=(sealed, signature)))
 
-    def _to_solver(self: Any, phase: Any, msg: Message) -> None:
+    def _to_solver(self, phase: TagPhase, msg: Message) -> None:
         phase.forwarded.append(msg)
         self._send("solver", msg)
 
-    def _on_evaluated(self: Any, m: Inbound) -> None:
+    def _on_evaluated(self, m: Inbound) -> None:
         phase = self._tag_check(m, 2)
         party = m.msg.body["party"]
         if party not in phase.blinded:
@@ -259,7 +301,7 @@ class TagHandlers:
         self._accept(m)
         self._relay(party, m)
 
-    def _on_decision(self: Any, m: Inbound) -> None:
+    def _on_decision(self, m: Inbound) -> None:
         phase = self._tag_check(m, 2)
         party = m.msg.body["party"]
         if phase.decide is None or party not in phase.decide:
@@ -272,12 +314,12 @@ class TagHandlers:
         phase.decided.add(party)
         self._relay(party, m)
 
-    def _relay(self: Any, party: str, m: Inbound) -> None:
+    def _relay(self, party: str, m: Inbound) -> None:
         route = self.routes.get(party)
         if route is not None:
             self._send_frames(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
 
-    def _verify_party(self: Any, party: str, signature: bytes, statement: bytes) -> None:
+    def _verify_party(self, party: str, signature: bytes, statement: bytes) -> None:
         try:
             self.verify_keys[party].verify(signature, statement)
         except InvalidSignature:

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
     STORED_TEXT,
+    AggregateBody,
     Frame,
     Message,
     MsgType,
@@ -79,7 +80,7 @@ class _RosterKeys:
 
 
 class Coordinator(Handlers, TagHandlers):
-    def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.Context | None = None,
+    def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.SyncContext | None = None,
                  keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = config
@@ -333,8 +334,9 @@ class Coordinator(Handlers, TagHandlers):
         layer, stat, chunk = key
         agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
-        body = {**chunk_body(step.attempt, chunk, chunk_bounds(n_values, self.s.chunk_values), agg.header),
-                "parties": list(agg.header["parties"]), "n_values": n_values}
+        body: AggregateBody = {**chunk_body(step.attempt, chunk, chunk_bounds(n_values, self.s.chunk_values),
+                                            agg.header),
+                               "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
         self._send("solver", msg)
         self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,
@@ -463,7 +465,7 @@ class Coordinator(Handlers, TagHandlers):
 
     # ---- sending ------------------------------------------------------------------------------------
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
+             body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender="coordinator", seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 
@@ -482,7 +484,8 @@ class Coordinator(Handlers, TagHandlers):
     def _send_route(self, name: str, route: bytes, msg: Message) -> None:
         self._send_frames(name, route, msg.to_frames(), msg.type.value, self._where(msg))
 
-    def _send_frames(self, name: str, route: bytes, frames: list[Frame], mtype: str, where: dict) -> None:
+    def _send_frames(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str,
+                     where: dict[str, Any]) -> None:
         outcome, reason = "sent", ""
         try:  # never wait: a peer that does not read must not stall the loop for the others
             self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
@@ -502,7 +505,7 @@ class Coordinator(Handlers, TagHandlers):
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,
-                    ctx: zmq.Context | None = None) -> Outcome:
+                    ctx: zmq.SyncContext | None = None) -> Outcome:
     """Run one session to completion (or abort) and return its outcome."""
     return Coordinator(config, scheme, ctx=ctx, stop=stop).run()
 

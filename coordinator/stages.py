@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from secure_collab.config import STATISTICS, SessionConfig
 from secure_collab.protection import Accumulator, PublicScheme, StatContext
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError
+from secure_collab.protocol.messages import Message, MsgType, ProtocolError, chunk_of
 from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body
 
 
@@ -118,7 +118,7 @@ class TagPhase:
 
 def validate_contrib(msg: Message, party: str, step: Step, cfg: SessionConfig) -> Key:
     """Every check on a CONTRIB that needs no crypto; returns its (layer, stat, chunk) key."""
-    body = msg.body
+    body = chunk_of(msg)
     if msg.round != step.round:
         raise ProtocolError(f"round {msg.round} is not open (open: round {step.round})")
     if msg.layer not in step.layers:

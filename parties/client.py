@@ -42,6 +42,7 @@ from secure_collab.protocol.messages import (
     check_tag_body,
     clean_text,
     peek,
+    release_of,
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import check_release, decode_delta, verify
@@ -50,7 +51,7 @@ from secure_collab.protocol.watch import ConnectionWatch
 
 
 class ComputeStatistics(Protocol):
-    def __call__(self, round: int, layer: int) -> Mapping[str, np.ndarray]: ...
+    def __call__(self, round_: int, layer: int) -> Mapping[str, np.ndarray]: ...
 
 
 class ApplyDelta(Protocol):
@@ -106,7 +107,7 @@ class Party:
                          MsgType.DECISION: self._on_decision}
         if config.session.tags and tagger is None:
             raise ValueError("this session exchanges tags (dedupe or conflict_policy): the engine must give a tagger")
-        self.tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger,
+        self.fact_tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger,
                                len(config.roster.parties))
                      if config.session.tags and tagger is not None else None)
 
@@ -237,7 +238,7 @@ class Party:
             # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
             raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
                                 "to a step twice")
-        if self.tags is not None and not self.tags.decided(msg.round):
+        if self.fact_tags is not None and not self.fact_tags.decided(msg.round):
             raise ProtocolError(f"request for round {msg.round} before the solver's signed decision on its tags: "
                                 "nothing is sent")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
@@ -303,7 +304,7 @@ class Party:
                     self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
 
     def _on_release(self, msg: Message) -> None:
-        key, b = (msg.round, msg.layer), msg.body
+        key, b = (msg.round, msg.layer), release_of(msg)
         if key in self.result.applied:
             return  # re-sent after a coordinator restart, or re-solved: already applied
         try:
@@ -343,10 +344,10 @@ class Party:
 
     # ---- the keyed-tag exchange (parties/tags.py) ------------------------------------------------------
     def _tag_desk(self, msg: Message) -> PartyTags:
-        if self.tags is None or self.public is None:
+        if self.fact_tags is None or self.public is None:
             raise ProtocolError(f"{msg.type.value}: no tag exchange in this session, or before setup")
         check_tag_body(msg, self.s.tag_slots, set(self.cfg.roster.parties))
-        return self.tags
+        return self.fact_tags
 
     def _on_tag_open(self, msg: Message) -> None:
         desk = self._tag_desk(msg)
@@ -375,7 +376,7 @@ class Party:
             self.result.decisions[msg.round] = verdicts
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
-             body: dict[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
+             body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender=self.name, seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 

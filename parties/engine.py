@@ -72,15 +72,15 @@ class PartyEditor:
         return compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress)
 
     # ---- the round's requests: withheld when known, then the solver's verdicts ------------------------------
-    def _round_plan(self, round: int) -> list:
+    def _round_plan(self, round_: int) -> list:
         """The round's requests after this party's own checks (targets optimised on the model as it is now): a
         request whose residual ‖z* − h‖ / ‖h‖ is at most ``known_residual`` (> 0) is withheld (the model knows it),
         and with dedupe on, a repeat of an earlier request of the round is dropped."""
-        if round in self.plan:
-            return self.plan[round]
-        reqs, keep, seen, withheld = self.rounds[round], [], set(), []
+        if round_ in self.plan:
+            return self.plan[round_]
+        reqs, keep, seen, withheld = self.rounds[round_], [], set(), []
         if reqs:
-            self.log(f"round {round}: optimising targets for {len(reqs)} requests")
+            self.log(f"round {round_}: optimising targets for {len(reqs)} requests")
             t = self._targets(reqs)
             rel = (t.z - t.z_init).norm(dim=1) / t.z_init.norm(dim=1).clamp_min(1e-30)
             for j, req in enumerate(reqs):
@@ -91,40 +91,40 @@ class PartyEditor:
                 else:
                     keep.append(j)
                     seen.add(fact)
-            self.targets[round] = t.take(keep)
-        self.plan[round], self.withheld[round] = [reqs[j] for j in keep], withheld
+            self.targets[round_] = t.take(keep)
+        self.plan[round_], self.withheld[round_] = [reqs[j] for j in keep], withheld
         if withheld:
-            self.log(f"round {round}: withheld {len(withheld)} requests the model already knows or repeats")
-        return self.plan[round]
+            self.log(f"round {round_}: withheld {len(withheld)} requests the model already knows or repeats")
+        return self.plan[round_]
 
-    def tag_inputs(self, round: int) -> list[tuple[bytes, bytes]]:
+    def tag_inputs(self, round_: int) -> list[tuple[bytes, bytes]]:
         """The OPRF inputs of the round's requests (``parties.tags.Tagger``)."""
-        return [fact_inputs(r) for r in self._round_plan(round)]
+        return [fact_inputs(r) for r in self._round_plan(round_)]
 
-    def decided(self, round: int, verdicts: list) -> None:
+    def decided(self, round_: int, verdicts: list) -> None:
         """Apply the solver's verdicts: drop withdrawn requests (a lost conflict, or this party's own repeat), weigh
         a kept duplicate held by m parties by 1/m, add augmented requests (weight 1) for a won conflict."""
-        reqs = self._round_plan(round)
+        reqs = self._round_plan(round_)
         keep = [(i, m) for i, action, _, _, m in verdicts if action != "withdraw"]
         extra = [aug for i, action, _, _, _ in verdicts if action == "augment"
                  for aug in augmented_requests(self.lm, reqs[i], self.s.augment, seed=self.s.template_seed + i)]
-        self.verdicts[round] = verdicts
-        targets = self.targets[round].take([i for i, _ in keep]) if keep else None
+        self.verdicts[round_] = verdicts
+        targets = self.targets[round_].take([i for i, _ in keep]) if keep else None
         if extra:  # optimised on the same model as the round's other targets: nothing was applied in between
             more = self._targets(extra)
             targets = more if targets is None else TargetResult.concat([targets, more])
-        self.plan[round] = [reqs[i] for i, _ in keep] + extra
-        self.weights[round] = torch.tensor([1.0 / m for _, m in keep] + [1.0] * len(extra), dtype=torch.float64)
+        self.plan[round_] = [reqs[i] for i, _ in keep] + extra
+        self.weights[round_] = torch.tensor([1.0 / m for _, m in keep] + [1.0] * len(extra), dtype=torch.float64)
         if targets is not None:
-            self.targets[round] = targets
+            self.targets[round_] = targets
         shared = sum(m > 1 for _, m in keep)
-        self.log(f"round {round}: the solver's decision: {len(reqs) - len(keep)} withdrawn, {shared} shared with "
+        self.log(f"round {round_}: the solver's decision: {len(reqs) - len(keep)} withdrawn, {shared} shared with "
                  f"other holders (weight 1/m), {len(extra)} augmented")
 
-    def compute_statistics(self, round: int, layer: int) -> dict[str, Any]:
+    def compute_statistics(self, round_: int, layer: int) -> dict[str, Any]:
         """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
         t = time.perf_counter()
-        reqs = self._round_plan(round)
+        reqs = self._round_plan(round_)
         if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
             # unless session.answer_pad_s hides it)
             d_v, d_k = self.s.d_v, self.s.d_k
@@ -132,11 +132,11 @@ class PartyEditor:
         else:
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
-                if round not in self.oneshot_cur:
-                    self.oneshot_cur[round] = current_outputs(self.lm, reqs, self.hp)
-                cur = self.oneshot_cur[round]
-            stats = party_layer_stats(self.lm, reqs, self.targets[round].z, layer, self.hp, self.templates, cur,
-                                      self.weights.get(round))
+                if round_ not in self.oneshot_cur:
+                    self.oneshot_cur[round_] = current_outputs(self.lm, reqs, self.hp)
+                cur = self.oneshot_cur[round_]
+            stats = party_layer_stats(self.lm, reqs, self.targets[round_].z, layer, self.hp, self.templates, cur,
+                                      self.weights.get(round_))
             out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out

@@ -24,11 +24,11 @@ Verdicts = list[tuple[int, str, str, str, int]]  # (index, action, kind, decisio
 
 
 class Tagger(Protocol):
-    def tag_inputs(self, round: int) -> list[tuple[bytes, bytes]]:
+    def tag_inputs(self, round_: int) -> list[tuple[bytes, bytes]]:
         """The OPRF inputs ((subject, relation), (subject, relation, object)) of the round's requests."""
         ...
 
-    def decided(self, round: int, verdicts: Verdicts) -> None:
+    def decided(self, round_: int, verdicts: Verdicts) -> None:
         """The solver's verdict for each request of ``tag_inputs(round)``, by position."""
         ...
 

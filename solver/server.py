@@ -28,6 +28,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,7 +58,9 @@ from secure_collab.protocol.messages import (
     Message,
     MsgType,
     ProtocolError,
+    ReleaseBody,
     Sequencer,
+    aggregate_of,
     build,
     clean_text,
     sha256_hex,
@@ -73,7 +76,7 @@ log = logging.getLogger(__name__)
 
 
 class SolveFn(Protocol):
-    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+    def __call__(self, round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
                  past_g: np.ndarray | None) -> np.ndarray:
         """g_sum: (d_k, d_k) symmetric Σ K Kᵀ; b_sum: (d_v, d_k) Σ R Kᵀ; past_g: (d_k, d_k) Σ of the earlier
         rounds' g_sum for this layer (None in round 0, or when the session's update rule does not read it);
@@ -163,7 +166,7 @@ class Solver:
         def send(mtype: MsgType, round_: int, body: dict, frames: tuple[bytes, ...]) -> None:
             transport.send(self.sock, self._msg(mtype, round_, -1, body, frames))
 
-        self.tags = (TagDesk(self.cfg, self.state, self.signing, self.secrets.seal_private, oprf_key, send)
+        self.fact_tags = (TagDesk(self.cfg, self.state, self.signing, self.secrets.seal_private, oprf_key, send)
                      if self.s.tags else None)
 
     def run(self) -> SolverResult:
@@ -215,10 +218,10 @@ class Solver:
                 if msg.type is MsgType.AGGREGATE:
                     self._on_aggregate(msg)
                 elif msg.type in (MsgType.BLINDED, MsgType.TAGS, MsgType.DECIDE):
-                    if self.tags is None:
+                    if self.fact_tags is None:
                         raise ProtocolError("this session exchanges no tags")
-                    {MsgType.BLINDED: self.tags.on_blinded, MsgType.TAGS: self.tags.on_tags,
-                     MsgType.DECIDE: self.tags.on_decide}[msg.type](msg)
+                    {MsgType.BLINDED: self.fact_tags.on_blinded, MsgType.TAGS: self.fact_tags.on_tags,
+                     MsgType.DECIDE: self.fact_tags.on_decide}[msg.type](msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
                 log.warning("refused a message from the coordinator: %s", reason[:200])
@@ -240,7 +243,7 @@ class Solver:
 
     def _on_aggregate(self, msg: Message) -> None:
         """Check the hand-off's shape and keep the chunk unopened; process the step once complete."""
-        b, stat = msg.body, msg.stat
+        b, stat = aggregate_of(msg), msg.stat
         parties = tuple(sorted(b["parties"]))
         if len(set(parties)) != len(parties) or len(parties) < self.s.min_parties:
             raise ProtocolError(f"aggregate party list {list(parties)} repeats a party or holds fewer than "
@@ -358,9 +361,9 @@ class Solver:
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
-        if self.tags is not None:  # the edit count must be what the round's decisions leave
+        if self.fact_tags is not None:  # the edit count must be what the round's decisions leave
             try:
-                want = self.tags.expected_edits(round_, pend.parties)
+                want = self.fact_tags.expected_edits(round_, pend.parties)
             except ValueError as exc:
                 raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
             if abs(n - want) > 0.5:  # the figures stay here, as above
@@ -368,13 +371,16 @@ class Solver:
                             round_, layer, n, want)
                 raise Refusal(f"round {round_} layer {layer}: the parties' edit count is not what their tags and "
                               "the round's decisions allow", opened=True)
-        return self.solve_step(round_, layer, g, b)
+        return self.solve_step(round_, layer, g, b, g_packed=values["G"])
 
-    def solve_step(self, round_: int, layer: int, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def solve_step(self, round_: int, layer: int, g: np.ndarray, b: np.ndarray,
+                   g_packed: np.ndarray | None = None) -> np.ndarray:
         """ΔW of one opened (round, layer) by the session's update rule, with Σ of the earlier rounds' ΣG read
-        from the sealed state and this round's added to it before anything is released."""
+        from the sealed state and this round's added to it before anything is released. ``g_packed``: g's upper
+        triangle as opened (the cross-round sum is kept packed, so it is not packed again)."""
         s = self.s
-        past = self._past(round_, layer)
+        past_packed = self._past(round_, layer)
+        past = None if past_packed is None else unpack_g(past_packed, s.d_k)  # (d_k, d_k), for the solve only
         try:
             delta = np.asarray(self.solve(round_, layer, g, b, past), dtype=np.float64)
         except (ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. λC + ΣG not positive definite
@@ -382,7 +388,7 @@ class Solver:
         if delta.shape != (s.d_v, s.d_k) or not np.isfinite(delta).all():
             raise Refusal(f"round {round_} layer {layer}: the solve gave shape {delta.shape} or non-finite values",
                           opened=True)
-        self._keep_past(round_, layer, g, past)
+        self._keep_past(round_, layer, pack_symmetric(g) if g_packed is None else g_packed, past_packed)
         return delta
 
     # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
@@ -390,22 +396,23 @@ class Solver:
         return uses_past(self.s.update_rule, self.s.rounds)
 
     def _past(self, round_: int, layer: int) -> np.ndarray | None:
-        """Σ_{r < round_} ΣG_r of ``layer`` from the sealed record of the previous round (None in round 0)."""
+        """Σ_{r < round_} ΣG_r of ``layer``, packed, from the sealed record of the previous round (None in round 0)."""
         if round_ == 0 or not self._uses_past():
             return None
         stored = self.state.load(f"past-r{round_ - 1}-l{layer}")
         if stored is None:
             raise Refusal(f"round {round_} layer {layer}: the cross-round state of round {round_ - 1} is missing "
                           "from the solver's store; nothing is released", opened=True)
-        return unpack_g(np.frombuffer(stored[1], dtype="<f8"), self.s.d_k)
+        return np.frombuffer(stored[1], dtype="<f8")
 
-    def _keep_past(self, round_: int, layer: int, g: np.ndarray, past: np.ndarray | None) -> None:
-        """Write Σ_{r <= round_} ΣG_r before the release (a restarted solver resumes from it); drop the older."""
+    def _keep_past(self, round_: int, layer: int, g_packed: np.ndarray, past_packed: np.ndarray | None) -> None:
+        """Write Σ_{r <= round_} ΣG_r, packed, before the release (a restarted solver resumes from it); drop the
+        older. Added triangle to triangle: the same sums as adding the full matrices and packing."""
         if not self._uses_past() or round_ == self.s.rounds - 1:
             return
-        total = g if past is None else past + g
+        total = g_packed if past_packed is None else past_packed + g_packed
         self.state.save(f"past-r{round_}-l{layer}", {"round": round_, "layer": layer},
-                        pack_symmetric(total).astype("<f8").tobytes())
+                        np.asarray(total, dtype="<f8").tobytes())
         if round_ > 0:
             self.state.drop(f"past-r{round_ - 1}-l{layer}")
 
@@ -415,8 +422,8 @@ class Solver:
         label = release_label(s.id, self.cfg.digest, round_, layer, pend.attempt)
         ciphertext = encrypt_release(self.secrets.release_key, label, raw, fresh_bytes(NONCE_BYTES))
         sha = sha256_hex(ciphertext)
-        body = {"attempt": pend.attempt, "shape": shape, "dtype": dtype, "sha256": sha,
-                "parties": list(pend.parties)}
+        body: ReleaseBody = {"attempt": pend.attempt, "shape": shape, "dtype": dtype, "sha256": sha,
+                             "parties": list(pend.parties)}
         signature = self.signing.sign(release_bytes(s.id, self.cfg.digest, round_, layer, pend.attempt,
                                                     dtype, shape, sha, list(pend.parties)))
         meta = {**body, "signature": signature.hex()}
@@ -426,7 +433,8 @@ class Solver:
         self._send_release(round_, layer, meta, ciphertext)
 
     def _send_release(self, round_: int, layer: int, meta: dict[str, Any], ciphertext: bytes) -> None:
-        body = {k: meta[k] for k in ("attempt", "shape", "dtype", "sha256", "parties")}
+        body = ReleaseBody(attempt=meta["attempt"], shape=meta["shape"], dtype=meta["dtype"], sha256=meta["sha256"],
+                           parties=meta["parties"])
         frames = (ciphertext, bytes.fromhex(meta["signature"]))
         transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=frames))
 
@@ -437,7 +445,7 @@ class Solver:
         log.warning("solver: refused round %d layers %s: %s", round_, list(layers), exc)
         transport.send(self.sock, self._msg(MsgType.VERDICT, round_, layers[0], body=body))
 
-    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: dict | None = None,
+    def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: Mapping[str, Any] | None = None,
              frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender="solver", seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, body=body, frames=frames)

@@ -35,7 +35,7 @@ class SessionSolve:
         self.rule = self.hp.rule
         self.bases = {layer: self.rule.basis(self.covs[layer]) for layer in self.hp.layers}
 
-    def __call__(self, round: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
+    def __call__(self, round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
                  past_g: np.ndarray | None = None) -> np.ndarray:
         g = torch.from_numpy(np.ascontiguousarray(g_sum, dtype=np.float64))
         b = torch.from_numpy(np.ascontiguousarray(b_sum, dtype=np.float64))

@@ -9,10 +9,11 @@ Payload header (JSON-safe dict), identical keys in every mode:
     parties    list of party ids (aggregate only; in order of addition)
     n_values   number of data values
     tag_values number of integrity-tag limbs appended to the data (``integrity.tag_values``)
-    chunk      values per data frame (the last one may be shorter); frames cover n_values + tag_values
+    chunk      values per data frame (``frame_values`` in the code; the last frame may be shorter); frames cover
+               n_values + tag_values
     public     sha256 hex of the session's public parameters (binds a payload to one session/context)
 
-Frames: ceil((n_values + tag_values) / chunk) data frames, then per party its sealed seed and its
+Frames: ceil((n_values + tag_values) / frame_values) data frames, then per party its sealed seed and its
 Ed25519 signature (a party payload has one pair; an aggregate one per listed party, in list order).
 
 Public parameters: b"SCPP" + 4-byte big-endian length + canonical JSON + an opaque body (the CKKS
@@ -105,29 +106,30 @@ def decode_bundles(blob: bytes) -> dict[str, bytes]:
     return out
 
 
-def n_chunks(n_values: int, chunk: int) -> int:
-    return math.ceil(n_values / chunk)
+def n_frames(n_values: int, frame_values: int) -> int:
+    """Data frames of ``n_values`` values at ``frame_values`` per frame."""
+    return math.ceil(n_values / frame_values)
 
 
-def party_header(mode: str, ctx: StatContext, n_values: int, chunk: int, public: Public) -> dict[str, Any]:
+def party_header(mode: str, ctx: StatContext, n_values: int, frame_values: int, public: Public) -> dict[str, Any]:
     return {
         "v": VERSION, "mode": mode, "kind": "party", "session": ctx.session_id, "round": ctx.round,
         "layer": ctx.layer, "statistic": ctx.statistic, "chunk_index": ctx.chunk, "attempt": ctx.attempt,
         "party": ctx.party, "n_values": n_values, "tag_values": tag_values(public.meta["limb_bits"]),
-        "chunk": chunk, "public": public.digest,
+        "chunk": frame_values, "public": public.digest,
     }
 
 
-def aggregate_header(mode: str, ctx: StatContext, n_values: int, chunk: int, public: Public,
+def aggregate_header(mode: str, ctx: StatContext, n_values: int, frame_values: int, public: Public,
                      parties: tuple[str, ...]) -> dict[str, Any]:
-    header = party_header(mode, ctx, n_values, chunk, public)
+    header = party_header(mode, ctx, n_values, frame_values, public)
     del header["party"]
     header["kind"] = "aggregate"
     header["parties"] = list(parties)
     return header
 
 
-def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n_values: int, chunk: int,
+def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n_values: int, frame_values: int,
                   public: Public, extra_frames: int, tag_values: int) -> None:
     """Check the header against what the receiver expects, and the frame count, before any buffer."""
     if not isinstance(payload, Payload) or not isinstance(payload.header, dict):
@@ -146,10 +148,10 @@ def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n
             raise ProtectionError(f"payload is for {key} {h[key]!r}, expected {expect!r}")
     if h["public"] != public.digest:
         raise ProtectionError("payload was made under other public parameters (another session or context)")
-    if h["n_values"] != n_values or h["chunk"] != chunk or h["tag_values"] != tag_values:
+    if h["n_values"] != n_values or h["chunk"] != frame_values or h["tag_values"] != tag_values:
         raise ProtectionError(
             f"payload has n_values={h['n_values']!r}, chunk={h['chunk']!r}, tag_values={h['tag_values']!r}; "
-            f"expected {n_values}, {chunk}, {tag_values}"
+            f"expected {n_values}, {frame_values}, {tag_values}"
         )
     if kind == "party" and (not isinstance(h["party"], str) or not h["party"]):
         raise ProtectionError("party payload without a party id")
@@ -159,7 +161,7 @@ def check_payload(payload: Payload, *, mode: str, kind: str, ctx: StatContext, n
             raise ProtectionError("aggregate header: parties must be a list of non-empty ids")
         if len(set(parties)) != len(parties):
             raise ProtectionError("aggregate header: a party is listed twice")
-    expected = n_chunks(n_values + tag_values, chunk) + extra_frames
+    expected = n_frames(n_values + tag_values, frame_values) + extra_frames
     if not isinstance(payload.frames, tuple) or len(payload.frames) != expected:
         got = len(payload.frames) if isinstance(payload.frames, tuple) else "?"
         raise ProtectionError(f"payload has {got} frames, expected {expected} (truncated or padded?)")
@@ -196,13 +198,13 @@ def check_aggregate_header(aggregate: Payload, ctx: StatContext, min_parties: in
     return n, tuple(parties)
 
 
-def check_array_frames(frames: tuple[Buffer, ...], dtype: str, n_values: int, chunk: int) -> None:
-    """Every data frame must hold exactly its chunk's values in the allowed dtype."""
+def check_array_frames(frames: tuple[Buffer, ...], dtype: str, n_values: int, frame_values: int) -> None:
+    """Every data frame must hold exactly its values in the allowed dtype."""
     if dtype not in _DTYPES:
         raise ProtectionError(f"dtype {dtype!r} is not allowed")
     itemsize = _DTYPES[dtype].itemsize
-    for i in range(n_chunks(n_values, chunk)):
-        count = min(chunk, n_values - i * chunk)
+    for i in range(n_frames(n_values, frame_values)):
+        count = min(frame_values, n_values - i * frame_values)
         size = nbytes(frames[i])
         if size != count * itemsize:
             raise ProtectionError(
@@ -215,10 +217,10 @@ def frame_array(frame: Buffer, dtype: str) -> np.ndarray:
     return np.frombuffer(frame, dtype=_DTYPES[dtype])
 
 
-def chunk_frames(array: np.ndarray, chunk: int) -> tuple[memoryview, ...]:
-    """Zero-copy frames over a contiguous array."""
+def split_frames(array: np.ndarray, frame_values: int) -> tuple[memoryview, ...]:
+    """Zero-copy frames of ``frame_values`` values each over a contiguous array."""
     view = np.ascontiguousarray(array).data.cast("B")
-    step = chunk * array.itemsize
+    step = frame_values * array.itemsize
     return tuple(view[i : i + step] for i in range(0, view.nbytes, step))
 
 

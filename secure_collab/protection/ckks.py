@@ -132,7 +132,7 @@ class CkksScheme(CkksPublic, ProtectionScheme):
         n = aggregate.header["n_values"] + aggregate.header["tag_values"]
         reference = _reference_parms(keys.secret)
         total = np.empty(n, dtype=np.float64)
-        for i in range(_wire.n_chunks(n, m["slots"])):
+        for i in range(_wire.n_frames(n, m["slots"])):
             count = min(m["slots"], n - i * m["slots"])
             vec = _load_checked(aggregate.frames[i], keys.secret, count, m, reference, f"aggregate frame {i}")
             total[i * m["slots"] : i * m["slots"] + count] = vec.decrypt()

@@ -82,7 +82,7 @@ class CkksAccumulator(Accumulator):
         self._slots = pub.meta["slots"]
         self._tags = _wire.tag_values(pub.meta["limb_bits"])
         self._total = n_values + self._tags
-        self._sum: list[Any] = [None] * _wire.n_chunks(self._total, self._slots)
+        self._sum: list[Any] = [None] * _wire.n_frames(self._total, self._slots)
         self._parties: list[str] = []
         self._extras: list[bytes] = []
         self._reference = _reference_parms(context)
@@ -92,7 +92,7 @@ class CkksAccumulator(Accumulator):
         if self._closed:
             raise ProtectionError("this statistic was already aggregated: no more contributions")
         _wire.check_payload(payload, mode="ckks", kind="party", ctx=self._ctx, n_values=self._n,
-                            chunk=self._slots, public=self._pub, extra_frames=2, tag_values=self._tags)
+                            frame_values=self._slots, public=self._pub, extra_frames=2, tag_values=self._tags)
         who = _wire.admit_party(payload, party, self._parties, self._pub.meta["max_parties"])
         sealed, signature = (bytes(f) for f in payload.frames[-2:])
         if len(sealed) != SEALED_SEED_BYTES or len(signature) != SIGNATURE_BYTES:

@@ -51,7 +51,7 @@ class PublicScheme(abc.ABC):
         self._check_public(pub)
         return pub
 
-    def _chunk(self, pub: _wire.Public) -> int:
+    def _frame_values(self, pub: _wire.Public) -> int:
         """Values per data frame."""
         return int(pub.meta["frame_values"])
 

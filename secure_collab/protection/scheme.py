@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import _primitives as hazmat
 from . import _wire, integrity, sealing
-from ._array import CHUNK, LIMB_BITS, ArrayPublic, read_sum
+from ._array import FRAME_VALUES, LIMB_BITS, ArrayPublic, read_sum
 from .base import (
     Authenticated,
     Buffer,
@@ -138,7 +138,7 @@ class ProtectionScheme(PublicScheme):
         sealed = sealing.seal_to(bytes.fromhex(pub.meta["solver_x25519"]), seed, sealing.SEED_INFO, ctx.label(),
                                  ephemeral)
         signature = hazmat.ed25519_sign(signer, contribution_statement(ctx, pub.digest, values.shape[0], sealed))
-        header = _wire.party_header(self.mode, ctx, values.shape[0], self._chunk(pub), pub)
+        header = _wire.party_header(self.mode, ctx, values.shape[0], self._frame_values(pub), pub)
         return Payload(header, (*frames, sealed, signature))
 
     # ---- solver -----------------------------------------------------------------------------------
@@ -173,11 +173,12 @@ class ProtectionScheme(PublicScheme):
         pub = self._public(keys.public)
         n, parties = _wire.check_aggregate_header(aggregate, ctx, keys.params.min_parties,
                                                   keys.params.max_parties)
-        tags, chunk = integrity.tag_values(pub.meta["limb_bits"]), self._chunk(pub)
-        _wire.check_payload(aggregate, mode=self.mode, kind="aggregate", ctx=ctx, n_values=n, chunk=chunk,
+        tags, per_frame = integrity.tag_values(pub.meta["limb_bits"]), self._frame_values(pub)
+        _wire.check_payload(aggregate, mode=self.mode, kind="aggregate", ctx=ctx, n_values=n, frame_values=per_frame,
                             public=pub, extra_frames=EXTRA_FRAMES * len(parties), tag_values=tags)
-        for i in range(_wire.n_chunks(n + tags, chunk)):
-            size, most = _wire.nbytes(aggregate.frames[i]), self._frame_bytes(pub, min(chunk, n + tags - i * chunk))
+        for i in range(_wire.n_frames(n + tags, per_frame)):
+            size, most = (_wire.nbytes(aggregate.frames[i]),
+                          self._frame_bytes(pub, min(per_frame, n + tags - i * per_frame)))
             if not 0 < size <= most:
                 raise ProtectionError(f"aggregate frame {i}: {size} bytes, at most {most} for its values")
         extras = aggregate.frames[len(aggregate.frames) - EXTRA_FRAMES * len(parties):]
@@ -190,8 +191,9 @@ class ProtectionScheme(PublicScheme):
     def aggregate_bytes(self, public: bytes, n_values: int, parties: int) -> int:
         """The most bytes an aggregate chunk of ``n_values`` over ``parties`` may hold (``check_aggregate``)."""
         pub = self._public(public)
-        total, chunk = n_values + integrity.tag_values(pub.meta["limb_bits"]), self._chunk(pub)
-        data = sum(self._frame_bytes(pub, min(chunk, total - i * chunk)) for i in range(_wire.n_chunks(total, chunk)))
+        total, per_frame = n_values + integrity.tag_values(pub.meta["limb_bits"]), self._frame_values(pub)
+        data = sum(self._frame_bytes(pub, min(per_frame, total - i * per_frame))
+                   for i in range(_wire.n_frames(total, per_frame)))
         return data + parties * (SEALED_SEED_BYTES + hazmat.SIGNATURE_BYTES)
 
     def _frame_bytes(self, pub: _wire.Public, count: int) -> int:
@@ -232,12 +234,12 @@ class ArrayScheme(ArrayPublic, ProtectionScheme):
 
     def _public_meta(self, params: ProtectionParams) -> tuple[dict[str, Any], bytes, Any]:
         meta = {"frac_bits": fixed_point_bits(params.bound, params.max_parties), "limb_bits": LIMB_BITS,
-                "frame_values": CHUNK}
+                "frame_values": FRAME_VALUES}
         return meta, b"", None
 
     def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        return _wire.chunk_frames(vector.astype(np.int64).view(np.uint64), CHUNK)
+        return _wire.split_frames(vector.astype(np.int64).view(np.uint64), FRAME_VALUES)
 
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
                 pub: _wire.Public) -> np.ndarray:
-        return read_sum(aggregate, CHUNK).view(np.int64)
+        return read_sum(aggregate, FRAME_VALUES).view(np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _primitives as hazmat
 from . import _wire
-from ._array import CHUNK, read_sum
+from ._array import FRAME_VALUES, read_sum
 from .base import Authenticated, Buffer, Payload, ProtectionError, SolverKeys, StatContext
 from .scheme import ArrayScheme
 
@@ -38,10 +38,10 @@ def mask_stream(seed: bytes, ctx: StatContext) -> hazmat.Keystream:
 def mask_vector(encoded: np.ndarray, seed: bytes, ctx: StatContext, sign: int) -> None:
     """In place on a uint64 vector: encoded += sign * PRG(seed) (mod 2^64), one reused 1 MiB buffer."""
     stream = mask_stream(seed, ctx)
-    buf = np.empty(min(CHUNK, encoded.shape[0]), dtype=np.uint64)
+    buf = np.empty(min(FRAME_VALUES, encoded.shape[0]), dtype=np.uint64)
     op = np.add if sign > 0 else np.subtract
-    for start in range(0, encoded.shape[0], CHUNK):
-        part = encoded[start : start + CHUNK]
+    for start in range(0, encoded.shape[0], FRAME_VALUES):
+        part = encoded[start : start + FRAME_VALUES]
         mask = buf[: part.shape[0]]
         stream.fill(mask.data)
         op(part, mask, out=part)
@@ -53,11 +53,11 @@ class SharesScheme(ArrayScheme):
     def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
         masked = vector.astype(np.int64).view(np.uint64)  # a fresh buffer, masked in place
         mask_vector(masked, seed, ctx, sign=-1)
-        return _wire.chunk_frames(masked, CHUNK)
+        return _wire.split_frames(masked, FRAME_VALUES)
 
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
                 pub: _wire.Public) -> np.ndarray:
-        total = read_sum(aggregate, CHUNK)
+        total = read_sum(aggregate, FRAME_VALUES)
         for party, seed in zip(auth.parties, auth.seeds, strict=True):
             mask_vector(total, seed, ctx.for_party(party), sign=+1)
         return total.view(np.int64)

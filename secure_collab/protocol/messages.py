@@ -44,7 +44,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import msgpack
 
@@ -174,7 +174,7 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.AGGREGATE: MapOf({**_CHUNKING, "parties": _PARTIES, "n_values": Int(1, MAX_VALUES)}),
     MsgType.VERDICT: MapOf({"attempt": _ATTEMPT, "layers": _LAYERS, "opened": Bool(), "exclude": _PARTIES,
                             "reason": _TEXT}),
-    MsgType.RELEASE: MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(0, MAX_DIM), 4), "dtype": Str(16),
+    MsgType.RELEASE: MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(1, MAX_DIM), 2, min_len=2), "dtype": Str(16),
                             "sha256": _HEX64, "parties": _PARTIES}),
     MsgType.ACK: MapOf({"ok": Bool(), "reason": _TEXT}),
     MsgType.ERROR: MapOf({"refused_seq": Int(-1, MAX_SEQ), "reason": _TEXT}),
@@ -189,6 +189,61 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.DECIDE: MapOf({"parties": _PARTIES}),
     MsgType.DECISION: MapOf({"party": _TAG_PARTY, "records": ListOf(_RECORD, MAX_DECISION_RECORDS)}),
 }
+
+
+
+# ---- typed bodies: what a role reads once ``Message.from_frames`` has checked a body against BODY_SCHEMA --------
+class ChunkBody(TypedDict):
+    """A CONTRIB: one chunk of one protected statistic (``protocol.statistics.chunk_body``)."""
+
+    attempt: int
+    chunk: int  # the chunk's index
+    n_chunks: int
+    offset: int
+    count: int  # the values in this chunk
+    payload: dict[str, Any]  # the protection payload header, bounded by PAYLOAD_SCHEMA
+
+
+class AggregateBody(ChunkBody):
+    """An AGGREGATE: a CONTRIB's fields for the running sum, with the included parties and the statistic's size."""
+
+    parties: list[str]
+    n_values: int
+
+
+class ReleaseBody(TypedDict):
+    """A RELEASE: the encrypted ΔW's attempt, 2-D shape, dtype, sha256 and the parties it was computed from."""
+
+    attempt: int
+    shape: list[int]  # exactly two entries (the schema's bound)
+    dtype: str
+    sha256: str
+    parties: list[str]
+
+
+BODY_TYPES: dict[MsgType, type] = {MsgType.CONTRIB: ChunkBody, MsgType.AGGREGATE: AggregateBody,
+                                   MsgType.RELEASE: ReleaseBody}  # tests keep their keys those of BODY_SCHEMA
+
+
+def chunk_of(msg: Message) -> ChunkBody:
+    """The body of a received CONTRIB or AGGREGATE (schema-checked by ``from_frames``)."""
+    if msg.type not in (MsgType.CONTRIB, MsgType.AGGREGATE):
+        raise ProtocolError(f"a {msg.type.value} carries no chunk")
+    return cast(ChunkBody, msg.body)
+
+
+def aggregate_of(msg: Message) -> AggregateBody:
+    """The body of a received AGGREGATE (schema-checked by ``from_frames``)."""
+    if msg.type is not MsgType.AGGREGATE:
+        raise ProtocolError(f"a {msg.type.value} is not an aggregate")
+    return cast(AggregateBody, msg.body)
+
+
+def release_of(msg: Message) -> ReleaseBody:
+    """The body of a received RELEASE (schema-checked by ``from_frames``: a 2-entry shape of positive integers)."""
+    if msg.type is not MsgType.RELEASE:
+        raise ProtocolError(f"a {msg.type.value} is not a release")
+    return cast(ReleaseBody, msg.body)
 
 
 # Payload frames each type may carry (the frame count of a message is also bounded by ``Limits``).

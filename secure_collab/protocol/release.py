@@ -20,7 +20,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_collab.protection import statements
-from secure_collab.protocol.messages import Message, ProtocolError, sha256_hex
+from secure_collab.protocol.messages import Message, ProtocolError, release_of, sha256_hex
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
 
@@ -40,16 +40,16 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -
 def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, config: str,
                   roster: Collection[str]) -> bytes:
     """The one check of a RELEASE, run by the coordinator before it records and relays it and by a party before it
-    decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names, a 2-D shape of
-    integers, the ciphertext's sha256 as the body says, and the solver's signature over ``release_bytes``.
-    Returns the ciphertext; ProtocolError otherwise. (Whether the (round, layer) is expected is the caller's.)"""
+    decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names (the schema has
+    bounded the shape to two positive integers), the ciphertext's sha256 as the body says, and the solver's
+    signature over ``release_bytes``. Returns the ciphertext; ProtocolError otherwise. (Whether the (round, layer)
+    is expected is the caller's.)"""
     if len(msg.frames) != 2:
         raise ProtocolError("release carries [ΔW ciphertext, signature]")
-    b = msg.body
+    b = release_of(msg)  # the schema has bounded it: names, a shape of two positive integers
     parties, shape = b["parties"], b["shape"]
-    if (not all(isinstance(p, str) and p in roster for p in parties) or len(set(parties)) != len(parties)
-            or len(shape) != 2 or not all(type(x) is int for x in shape)):
-        raise ProtocolError("release body: parties must be distinct roster names and shape two integers")
+    if not all(p in roster for p in parties) or len(set(parties)) != len(parties):
+        raise ProtocolError("release body: parties must be distinct roster names")
     ciphertext, signature = (bytes(f) for f in msg.frames)
     if sha256_hex(ciphertext) != b["sha256"]:
         raise ProtocolError("release: ciphertext bytes do not match their sha256")

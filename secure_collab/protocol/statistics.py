@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from secure_collab.protection.encoding import pack_symmetric, triangle_size, unpack_symmetric
-from secure_collab.protocol.messages import ProtocolError
+from secure_collab.protocol.messages import ChunkBody, ProtocolError
 
 
 def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -> dict[str, np.ndarray]:
@@ -49,7 +49,7 @@ def chunk_bounds(n_values: int, chunk_values: int) -> list[tuple[int, int]]:
 
 
 def chunk_body(attempt: int, index: int, bounds: Sequence[tuple[int, int]],
-               payload: Mapping[str, Any]) -> dict[str, Any]:
+               payload: Mapping[str, Any]) -> ChunkBody:
     """The body of a CONTRIB (and the start of an AGGREGATE's) for chunk ``index`` of ``bounds``
     (``chunk_bounds``): attempt, chunk index, chunk count, offset, value count, protection payload header."""
     offset, count = bounds[index]
@@ -57,7 +57,7 @@ def chunk_body(attempt: int, index: int, bounds: Sequence[tuple[int, int]],
             "payload": dict(payload)}
 
 
-def parse_chunk_body(body: Mapping[str, Any], n_values: int, chunk_values: int) -> int:
+def parse_chunk_body(body: ChunkBody, n_values: int, chunk_values: int) -> int:
     """The chunk index of a received chunk body (schema-checked already), after checking that its index, chunk
     count, offset and value count are those of the configured chunking; ProtocolError else."""
     bounds = chunk_bounds(n_values, chunk_values)

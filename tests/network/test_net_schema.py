@@ -7,6 +7,7 @@ import pytest
 
 from secure_collab.protocol.messages import (
     BODY_SCHEMA,
+    BODY_TYPES,
     HEADER_SCHEMA,
     MAX_PAYLOAD_FRAMES,
     MAX_TEXT,
@@ -123,6 +124,8 @@ def test_header_strings_are_bounded(change, reason):
     (MsgType.HELLO, ("applied", 0), [0], "has length 1"),
     (MsgType.SETUP, ("layers",), [], "has length 0"),
     (MsgType.RELEASE, ("shape",), [1] * 5, "has length 5"),
+    (MsgType.RELEASE, ("shape",), [4, 6, 1], "has length 3"),  # ΔW is 2-D: the schema says so, no role re-checks
+    (MsgType.RELEASE, ("shape", 0), 0, "is outside"),
     (MsgType.RELEASE, ("parties", 0), "../etc", "not well-formed"),
     (MsgType.CONTRIB, ("payload", "party"), "A" * 40, "has length"),
     (MsgType.CONTRIB, ("payload", "public"), "nothex", "not well-formed"),
@@ -207,3 +210,13 @@ def test_tag_bodies_are_checked_against_the_session(mtype, change, reason):
     bad = Message.from_frames(_frames(mtype, {**VALID_BODIES[mtype], **change}))
     with pytest.raises(ProtocolError, match=reason):
         check_tag_body(bad, 8, {"a", "b", "c"})
+
+
+def test_typed_bodies_name_the_schema_fields():
+    """The TypedDicts the roles read (``release_of``, ``chunk_of``, ``aggregate_of``) have exactly the keys that
+    BODY_SCHEMA checks, so a body read through them was checked field by field."""
+    for mtype, typed in BODY_TYPES.items():
+        schema = BODY_SCHEMA[mtype]
+        assert schema.fields is not None
+        assert typed.__required_keys__ | typed.__optional_keys__ == frozenset(schema.fields), mtype
+        assert typed.__required_keys__ == frozenset(schema.fields) - schema.optional, mtype

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_collab.protection import StatContext, pack_symmetric, unpack_symmetric
-from secure_collab.protection._array import CHUNK, LIMB_BITS
+from secure_collab.protection._array import FRAME_VALUES, LIMB_BITS
 from secure_collab.protection.encoding import encode_fixed, fixed_point_bits
 from secure_collab.protection.integrity import tag_values
 from secure_collab.protection.scheme import SEALED_SEED_BYTES
@@ -50,7 +50,7 @@ def test_ten_parties_dim_1536_shape_meets_1e_7(rng):
     """The scale uses the headroom below the MAC prime: f = 59 - ceil(log2(10 * bound)), not 16 or 24 bits."""
     assert fixed_point_bits(1.0, 10) == 55
     s = make_session("shares", 10, 1.0)
-    n = CHUNK + 7  # crosses a frame boundary
+    n = FRAME_VALUES + 7  # crosses a frame boundary
     values = [rng.uniform(-1, 1, n) for _ in range(10)]
     opened = s.open(accumulate(s, protect_all(s, values), range(10)))
     truth = np.sum(values, axis=0)
