@@ -5,13 +5,14 @@ process loads this; the full schemes (setup, hide, open) are ``scheme.ArraySchem
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _wire
-from .base import Accumulator, Payload, ProtectionError, StatContext
+from .base import Payload, ProtectionError, StatContext
 from .encoding import fixed_point_bits
-from .public import SEALED_SEED_BYTES, PublicScheme
-from .statements import SIGNATURE_BYTES
+from .public import EXTRA_FRAMES, PublicScheme, RunningSum
 
 FRAME_VALUES = 1 << 17  # values per frame (1 MiB of uint64)
 LIMB_BITS = 31
@@ -38,52 +39,24 @@ class SharesPublic(ArrayPublic):
     mode = "shares"
 
 
-class ArrayAccumulator(Accumulator):
-    def __init__(self, mode: str, frame_values: int, public: _wire.Public, n_values: int, ctx: StatContext) -> None:
-        if ctx.party:
-            raise ProtectionError("an accumulator is for an aggregate: its context has no party")
-        if type(n_values) is not int or n_values <= 0:
-            raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
-        self._mode, self._frame_values, self._public, self._n, self._ctx = mode, frame_values, public, n_values, ctx
-        self._tags = _wire.tag_values(public.meta["limb_bits"])
-        self._sum = np.zeros(n_values + self._tags, dtype=np.uint64)
-        self._parties: list[str] = []
-        self._extras: list[bytes] = []  # per party: sealed seed, signature (forwarded, never opened here)
-        self._closed = False
+class ArrayAccumulator(RunningSum):
+    """One uint64 buffer, wrapping mod 2^64, whatever the party count."""
 
-    def add(self, payload: Payload, party: str | None = None) -> None:
-        if self._closed:
-            raise ProtectionError("this statistic was already aggregated: no more contributions")
-        _wire.check_payload(payload, mode=self._mode, kind="party", ctx=self._ctx, n_values=self._n,
-                            frame_values=self._frame_values, public=self._public, extra_frames=2, tag_values=self._tags)
-        who = _wire.admit_party(payload, party, self._parties, self._public.meta["max_parties"])
+    def __init__(self, mode: str, frame_values: int, public: _wire.Public, n_values: int, ctx: StatContext) -> None:
+        super().__init__(mode, public, n_values, ctx, frame_values)
+        self._sum = np.zeros(n_values + self._tags, dtype=np.uint64)
+
+    def _add_frames(self, payload: Payload, who: str) -> None:
         _wire.check_array_frames(payload.frames, "uint64", self._n + self._tags, self._frame_values)
-        sealed, signature = (bytes(f) for f in payload.frames[-2:])
-        if len(sealed) != SEALED_SEED_BYTES or len(signature) != SIGNATURE_BYTES:
-            raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
-                                  f"{SIGNATURE_BYTES}-byte signature")
-        # every check passed: now the add cannot fail half way
-        for i, frame in enumerate(payload.frames[:-2]):
+        for i, frame in enumerate(payload.frames[:-EXTRA_FRAMES]):
             part = self._sum[i * self._frame_values : (i + 1) * self._frame_values]
             np.add(part, _wire.frame_array(frame, "uint64"), out=part)  # wraps mod 2^64
-        self._parties.append(who)
-        self._extras.extend((sealed, signature))
 
-    @property
-    def parties(self) -> tuple[str, ...]:
-        return tuple(self._parties)
+    def _sum_frames(self) -> tuple[Any, ...]:
+        return _wire.split_frames(self._sum, self._frame_values)
 
-    @property
-    def held_bytes(self) -> int:
-        return self._sum.nbytes + sum(len(e) for e in self._extras)
-
-    def aggregate(self) -> Payload:
-        if not self._parties:
-            raise ProtectionError("no party has contributed yet")
-        header = _wire.aggregate_header(self._mode, self._ctx, self._n, self._frame_values, self._public,
-                                        self.parties)
-        self._closed = True  # the frames below are views of the running sum: it must not change now
-        return Payload(header, _wire.split_frames(self._sum, self._frame_values) + tuple(self._extras))
+    def _sum_bytes(self) -> int:
+        return self._sum.nbytes
 
 
 def read_sum(aggregate: Payload, frame_values: int) -> np.ndarray:

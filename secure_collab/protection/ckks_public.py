@@ -12,9 +12,8 @@ from typing import Any
 import zstandard
 
 from . import _wire
-from .base import Accumulator, Payload, ProtectionError, StatContext
-from .public import SEALED_SEED_BYTES, PublicScheme
-from .statements import SIGNATURE_BYTES
+from .base import Payload, ProtectionError, StatContext
+from .public import EXTRA_FRAMES, PublicScheme, RunningSum
 
 # public parameters used as shift counts, slot counts and sizes
 _INT_FIELDS = ("poly_modulus_degree", "scale_bits", "slots", "bound_bits", "grid_bits",
@@ -70,62 +69,34 @@ def grid_bits(error_bits: float, max_parties: int) -> int:
     return min(math.floor(-error_bits) - 2, 59 - math.ceil(math.log2(max(max_parties, 2))))
 
 
-class CkksAccumulator(Accumulator):
-    """One running ciphertext per frame of slots, whatever the party count; seals and signatures beside."""
+class CkksAccumulator(RunningSum):
+    """One running ciphertext per frame of slots, whatever the party count."""
 
     def __init__(self, pub: _wire.Public, context: Any, n_values: int, ctx: StatContext) -> None:
-        if ctx.party:
-            raise ProtectionError("an accumulator is for an aggregate: its context has no party")
-        if type(n_values) is not int or n_values <= 0:
-            raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
-        self._pub, self._context, self._n, self._ctx = pub, context, n_values, ctx
-        self._slots = pub.meta["slots"]
-        self._tags = _wire.tag_values(pub.meta["limb_bits"])
+        super().__init__("ckks", pub, n_values, ctx, pub.meta["slots"])
+        self._context = context
         self._total = n_values + self._tags
-        self._sum: list[Any] = [None] * _wire.n_frames(self._total, self._slots)
-        self._parties: list[str] = []
-        self._extras: list[bytes] = []
+        self._sum: list[Any] = [None] * _wire.n_frames(self._total, self._frame_values)
         self._reference = _reference_parms(context)
-        self._closed = False
 
-    def add(self, payload: Payload, party: str | None = None) -> None:
-        if self._closed:
-            raise ProtectionError("this statistic was already aggregated: no more contributions")
-        _wire.check_payload(payload, mode="ckks", kind="party", ctx=self._ctx, n_values=self._n,
-                            frame_values=self._slots, public=self._pub, extra_frames=2, tag_values=self._tags)
-        who = _wire.admit_party(payload, party, self._parties, self._pub.meta["max_parties"])
-        sealed, signature = (bytes(f) for f in payload.frames[-2:])
-        if len(sealed) != SEALED_SEED_BYTES or len(signature) != SIGNATURE_BYTES:
-            raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
-                                  f"{SIGNATURE_BYTES}-byte signature")
+    def _add_frames(self, payload: Payload, who: str) -> None:
+        slots = self._frame_values
         # parse every ciphertext before adding any: all or nothing
-        vecs = [_load_checked(frame, self._context, min(self._slots, self._total - i * self._slots),
-                              self._pub.meta, self._reference, f"party {who!r} frame {i}")
-                for i, frame in enumerate(payload.frames[:-2])]
+        vecs = [_load_checked(frame, self._context, min(slots, self._total - i * slots), self._public.meta,
+                              self._reference, f"party {who!r} frame {i}")
+                for i, frame in enumerate(payload.frames[:-EXTRA_FRAMES])]
         for i, vec in enumerate(vecs):
             if self._sum[i] is None:
                 self._sum[i] = vec
             else:
                 self._sum[i] += vec
-        self._parties.append(who)
-        self._extras.extend((sealed, signature))
 
-    @property
-    def parties(self) -> tuple[str, ...]:
-        return tuple(self._parties)
+    def _sum_frames(self) -> tuple[Any, ...]:
+        return tuple(s.serialize() for s in self._sum)
 
-    @property
-    def held_bytes(self) -> int:
-        n, primes = int(self._pub.meta["poly_modulus_degree"]), len(self._pub.meta["coeff_mod_bit_sizes"]) - 1
-        held = sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
-        return held + sum(len(e) for e in self._extras)
-
-    def aggregate(self) -> Payload:
-        if not self._parties:
-            raise ProtectionError("no party has contributed yet")
-        header = _wire.aggregate_header("ckks", self._ctx, self._n, self._slots, self._pub, self.parties)
-        self._closed = True  # one aggregate per statistic: later contributions are refused
-        return Payload(header, tuple(s.serialize() for s in self._sum) + tuple(self._extras))
+    def _sum_bytes(self) -> int:
+        n, primes = int(self._public.meta["poly_modulus_degree"]), len(self._public.meta["coeff_mod_bit_sizes"]) - 1
+        return sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
 
 
 def _reference_parms(context: Any) -> list[int]:

@@ -10,6 +10,7 @@ open) extend these classes.
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -78,3 +79,63 @@ class PublicScheme(abc.ABC):
             statements.verify(verify_key, signature, statements.contribution_statement(ctx, pub.digest, n, sealed))
         except statements.AuthenticationFailed:
             raise ProtectionError(f"party {ctx.party!r}: contribution signature does not verify") from None
+
+
+class RunningSum(Accumulator):
+    """What every mode's running sum shares: one aggregate per statistic, each party at most once, all or nothing;
+    each party's sealed seed and signature kept beside the sum (forwarded, never opened here). A mode adds its
+    data frames in ``_add_frames`` after every check has passed."""
+
+    def __init__(self, mode: str, public: _wire.Public, n_values: int, ctx: StatContext, frame_values: int) -> None:
+        if ctx.party:
+            raise ProtectionError("an accumulator is for an aggregate: its context has no party")
+        if type(n_values) is not int or n_values <= 0:
+            raise ProtectionError(f"n_values must be a positive integer, got {n_values!r}")
+        self._mode, self._public, self._n, self._ctx, self._frame_values = mode, public, n_values, ctx, frame_values
+        self._tags = _wire.tag_values(public.meta["limb_bits"])
+        self._parties: list[str] = []
+        self._extras: list[bytes] = []
+        self._closed = False
+
+    @abc.abstractmethod
+    def _add_frames(self, payload: Payload, who: str) -> None:
+        """Check this mode's data frames (raise before changing anything), then add them to the sum."""
+
+    @abc.abstractmethod
+    def _sum_frames(self) -> tuple[Any, ...]:
+        """The running sum as data frames."""
+
+    @abc.abstractmethod
+    def _sum_bytes(self) -> int:
+        """Bytes the running sum holds."""
+
+    def add(self, payload: Payload, party: str | None = None) -> None:
+        if self._closed:
+            raise ProtectionError("this statistic was already aggregated: no more contributions")
+        _wire.check_payload(payload, mode=self._mode, kind="party", ctx=self._ctx, n_values=self._n,
+                            frame_values=self._frame_values, public=self._public, extra_frames=EXTRA_FRAMES,
+                            tag_values=self._tags)
+        who = _wire.admit_party(payload, party, self._parties, self._public.meta["max_parties"])
+        sealed, signature = (bytes(f) for f in payload.frames[-EXTRA_FRAMES:])
+        if len(sealed) != SEALED_SEED_BYTES or len(signature) != statements.SIGNATURE_BYTES:
+            raise ProtectionError(f"a party payload ends with a {SEALED_SEED_BYTES}-byte sealed seed and a "
+                                  f"{statements.SIGNATURE_BYTES}-byte signature")
+        self._add_frames(payload, who)  # all or nothing: it raises before it adds
+        self._parties.append(who)
+        self._extras.extend((sealed, signature))
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(self._parties)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._sum_bytes() + sum(len(e) for e in self._extras)
+
+    def aggregate(self) -> Payload:
+        if not self._parties:
+            raise ProtectionError("no party has contributed yet")
+        header = _wire.aggregate_header(self._mode, self._ctx, self._n, self._frame_values, self._public,
+                                        self.parties)
+        self._closed = True  # one aggregate per statistic (array modes: the frames are views of the sum)
+        return Payload(header, self._sum_frames() + tuple(self._extras))
