@@ -83,6 +83,13 @@ from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
 from secure_collab.protocol.tags import ELEMENT_BYTES
 
 CONFLICT_POLICIES = ("none", "priority", "majority", "first")
+# The largest value_bound (and key_norm_bound, residual_norm_bound) a session may declare: 2^100 ≈ 1.27e30, far
+# above any honest statistic (entries of Σ k kᵀ over max_edits_per_party requests). Every quantity the solver and
+# the plausibility checks compute from an in-bound aggregate then stays finite in float64: an opened entry is at
+# most P·β ≤ 2^10 · 2^100 (P ≤ wire.MAX_PARTIES), tr ΣG ≤ d_k·P·β ≤ 2^130, ‖ΣB‖_F² ≤ n·(P·β)² ≤ 2^40 · 2^220 =
+# 2^260, κ²·N and ρ·κ·N ≤ 2^200 · 2^20, all ≪ 2^1023. Without a cap a finite value_bound of 5e307 set up (the
+# shares encoding only needs P·β finite) and g + gᵀ overflowed in the psd check.
+MAX_STAT_BOUND = 2.0**100
 __all__ = ["CONFLICT_POLICIES", "MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig",
            "PathsConfig", "SessionConfig", "config_from_dict", "load_config", "write_config"]
 
@@ -288,8 +295,9 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     if not 0 <= s.answer_pad_s < float("inf"):
         raise ConfigError("session.answer_pad_s must be a finite number >= 0")
     for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
-        if not 0 < getattr(s, key) < float("inf"):
-            raise ConfigError(f"session.{key} must be a finite positive number")
+        if not 0 < getattr(s, key) <= MAX_STAT_BOUND:
+            raise ConfigError(f"session.{key} must be a positive number <= 2**100 ({MAX_STAT_BOUND:.4g}): larger "
+                              "bounds would let the solver's float64 checks overflow")
     bounds = {"rounds": wire.MAX_ROUND + 1, "chunk_values": wire.MAX_VALUES, "min_parties": wire.MAX_PARTIES}
     for key, top in bounds.items():
         if getattr(s, key) > top:
