@@ -28,7 +28,8 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     update_rule = "memit-static" # memit-static | memit-dynamic | alphaedit (secure_collab.editing.rules)
     dedupe = false               # keyed tags (OPRF held by the solver): a fact at several parties counts once
     conflict_policy = "none"     # none | priority | majority | first: same subject+relation, other objects
-    party_priority = []          # roster names, highest first (priority policy and ties; default roster order)
+    party_priority = []          # roster names, highest first (priority policy, ties, new objects under "first";
+                                 # default roster order)
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates

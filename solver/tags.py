@@ -44,7 +44,7 @@ class TagDesk:
         if not 0 <= round_ < self.s.rounds:
             raise ProtocolError(f"round {round_} is not a round of this session")
         stored = self.state.load(f"tags-r{round_}")
-        return stored[0] if stored else {"evaluated": {}, "submitted": {}, "sealed": {}, "arrival": [], "decided": None}
+        return stored[0] if stored else {"evaluated": {}, "submitted": {}, "sealed": {}, "decided": None}
 
     def _save(self, round_: int, rec: dict[str, Any]) -> None:
         self.state.save(f"tags-r{round_}", rec)
@@ -115,7 +115,6 @@ class TagDesk:
                                 f"{rec['evaluated'][party]['count']} evaluated elements")
         rec["submitted"][party] = [[sr.hex(), sro.hex()] for sr, sro in pairs]
         rec["sealed"][party] = statements.sha(sealed)
-        rec["arrival"].append(party)
         self._save(msg.round, rec)
 
     def on_decide(self, msg: Message) -> None:
@@ -135,8 +134,7 @@ class TagDesk:
                    if f[2] < msg.round}
         got = decide({p: [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in rec["submitted"][p]] for p in parties},
                      round_=msg.round, label=self._ad(msg.round, ""), dedupe=self.s.dedupe,
-                     policy=self.s.conflict_policy, priority=self.priority, history=history,
-                     arrival=[p for p in rec["arrival"] if p in parties])
+                     policy=self.s.conflict_policy, priority=self.priority, history=history)
         records = [[did, kind] for did, kind in got.records]
         decided: dict[str, Any] = {"parties": parties, "records": records, "messages": {}, "counts": {}}
         for p in parties:

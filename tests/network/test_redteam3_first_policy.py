@@ -20,7 +20,6 @@ round label), or document ``first`` as "the coordinator's choice" and say so in 
 
 from __future__ import annotations
 
-import pytest
 from network_doubles import Watching, make_config, run_fact_session
 
 from secure_collab.protection import get_scheme
@@ -45,8 +44,8 @@ class HoldsOneTagsBack(Watching):
         if msg.type is MsgType.TAGS:
             if msg.body["party"] == self.late:
                 self.held = (phase, msg)
-                return
-            super()._to_solver(phase, msg)
+            else:
+                super()._to_solver(phase, msg)
             others = {m.body["party"] for m in phase.forwarded if m.type is MsgType.TAGS}
             if self.held is not None and others >= set(phase.expected) - {self.late}:
                 super()._to_solver(*self.held)
@@ -55,9 +54,6 @@ class HoldsOneTagsBack(Watching):
         super()._to_solver(phase, msg)
 
 
-@pytest.mark.xfail(strict=True, reason="BREAK: under conflict_policy='first' the coordinator chooses the conflict "
-                                       "winner by the order it forwards TAGS; the loser's honest edit is withdrawn "
-                                       "and the session ends ok")
 def test_redteam3_the_coordinator_picks_the_winner_of_a_first_policy_conflict(tmp_path):
     winners = {}
     for late in ("a", "c"):
