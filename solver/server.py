@@ -63,7 +63,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta
+from secure_collab.protocol.release import encode_delta, holders_note
 from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.state import SolverState
@@ -464,6 +464,14 @@ class Solver:
     def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
         s = self.s
         raw, dtype, shape = encode_delta(delta)
+        if self.tags is not None:  # how many holders of each shared fact this step has (signed, encrypted)
+            missing = self.tags.missing_holders(round_, pend.parties)
+            raw += holders_note(missing)
+            short = sum(j > 0 for j in missing)
+            if short:
+                log.warning("solver: round %d layer %d is released with %d shared facts short of holders (the "
+                            "step's party set leaves out a decided co-holder); the holders are told, signed", round_,
+                            layer, short)
         label = release_label(s.id, self.cfg.digest, round_, layer, pend.attempt)
         ciphertext = encrypt_release(self.secrets.release_key, label, raw, fresh_bytes(NONCE_BYTES))
         sha = sha256_hex(ciphertext)
