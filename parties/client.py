@@ -45,7 +45,7 @@ from secure_collab.protocol.messages import (
     release_of,
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
-from secure_collab.protocol.release import check_release, decode_delta, verify
+from secure_collab.protocol.release import check_release, split_release, verify
 from secure_collab.protocol.statistics import chunk_body, chunk_bounds, pack_statistics, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 
@@ -71,6 +71,9 @@ class PartyResult:
     decisions: dict[int, list[tuple[int, str, str, str, int]]] = field(default_factory=dict)  # round -> verdicts
     own_tags: dict[int, list[bytes]] = field(default_factory=dict)  # round -> this party's tags (its own)
     left_out: list[tuple[int, int]] = field(default_factory=list)  # releases computed without us
+    # (round, request index) -> (k, m): a request kept at weight 1/m whose release had only k < m of the fact's
+    # holders in the step (the solver says so, signed): the fact counts k/m of one copy (the fewest over layers)
+    weakened: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0  # every frame the coordinator sent us (setup, requests, encrypted releases)
     seconds: float = 0.0
@@ -172,6 +175,11 @@ class Party:
                     self.result.reason = (f"the coordinator ended the session as complete, but the solver-signed "
                                           f"releases of (round, layer) {missing} never arrived: the model is "
                                           "not fully edited")
+                elif self.result.ok and self.result.weakened:  # every release applied, some shared facts weakened
+                    self.result.ok = False
+                    self.result.reason = ("every release was applied, but the solver-signed releases say shared "
+                                          "facts of ours were released short of their holders (a decided co-holder "
+                                          "was not in the step): " + self._weakened_text())
                 (self.log.info if self.result.ok else self.log.error)(
                     "the coordinator ended the session: %s%s", "" if self.result.ok else "ABORTED: ",
                     self.result.reason)
@@ -319,7 +327,13 @@ class Party:
                 raw = decrypt_release(self.secrets.release_key, label, ciphertext)
             except ProtectionError as exc:
                 raise ProtocolError(str(exc)) from None
-            delta = decode_delta(raw, b["dtype"], b["shape"])
+            delta, missing = split_release(raw, b["dtype"], b["shape"])
+            if self.tags is not None and self.name in b["parties"]:
+                weakened = self.tags.weakened(msg.round, missing)
+            elif self.tags is None and missing:
+                raise ProtocolError("release: a holders note in a session without tags")
+            else:
+                weakened = []
             if delta.shape != (self.s.d_v, self.s.d_k):
                 raise ProtocolError(f"release: ΔW shape {delta.shape} != ({self.s.d_v}, {self.s.d_k})")
         except ProtocolError as exc:
@@ -332,11 +346,21 @@ class Party:
                       b["sha256"][:16], ", ".join(b["parties"]))
         if self.name not in b["parties"]:
             self.result.left_out.append(key)
+        elif weakened:
+            for index, k, m in weakened:
+                was = self.result.weakened.get((msg.round, index))
+                if was is None or k < was[0]:
+                    self.result.weakened[(msg.round, index)] = (k, m)
+            self.log.warning("round %d layer %d: %s", msg.round, msg.layer, self._weakened_text())
         self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": True, "reason": ""}))
         for round_, layers in self.s.steps():
             if all((round_, lay) in self.result.applied for lay in layers):
                 for lay in layers:
                     self.cache.pop((round_, lay), None)
+
+    def _weakened_text(self) -> str:
+        return "; ".join(f"round {r} request {i} counts {k}/{m} of one copy ({k} of its {m} holders)"
+                         for (r, i), (k, m) in sorted(self.result.weakened.items()))
 
     def _on_error(self, msg: Message) -> None:
         self.result.refusals.append(msg.body["reason"])

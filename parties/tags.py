@@ -41,6 +41,7 @@ class _Round:
     tags: tuple[bytes, bytes] | None = None  # sealed tags, signature
     values: list[bytes] = field(default_factory=list)  # this party's own tags (it may keep them; nobody else sees)
     verdicts: Verdicts | None = None
+    records: list[str] = field(default_factory=list)  # the round's public decision ids, in their signed order
 
 
 @dataclass
@@ -128,7 +129,24 @@ class PartyTags:
         if any(kind and did not in public for _, _, kind, did, _ in verdicts):
             raise ProtocolError("decision: a collision id is missing from the signed public records")
         r.verdicts = sorted(verdicts)
+        r.records = [rec[0] for rec in records]
         return r.verdicts
+
+    def weakened(self, round_: int, missing: list[int]) -> list[tuple[int, int, int]]:
+        """(request index, k, m) for each of this party's requests kept at 1/m whose release (``missing``: the
+        solver's signed holders note, holders per record not in the step) had only k < m of its holders in the
+        step: the fact counts k/m of one copy. ProtocolError if the note does not fit the round's records."""
+        r = self.rounds.get(round_)
+        if r is None or r.verdicts is None:  # not in this round's tag exchange: no request of ours in it
+            return []
+        if len(missing) != len(r.records):
+            raise ProtocolError(f"release: a holders note of {len(missing)} entries for {len(r.records)} decisions")
+        at = {did: i for i, did in enumerate(r.records)}
+        ours = [(index, missing[at[did]], m) for index, action, kind, did, m in r.verdicts
+                if action != "withdraw" and m > 1 and did in at]
+        if any(j >= m for _, j, m in ours):
+            raise ProtocolError("release: the holders note leaves out every holder of a fact this party holds")
+        return [(index, m - j, m) for index, j, m in ours if j > 0]
 
     def _ad(self, round_: int) -> bytes:
         return statements.seal_ad(self.session.id, self.config_digest, round_, self.name)

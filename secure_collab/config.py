@@ -28,7 +28,8 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     update_rule = "memit-static" # memit-static | memit-dynamic | alphaedit (secure_collab.editing.rules)
     dedupe = false               # keyed tags (OPRF held by the solver): a fact at several parties counts once
     conflict_policy = "none"     # none | priority | majority | first: same subject+relation, other objects
-    party_priority = []          # roster names, highest first (priority policy and ties; default roster order)
+    party_priority = []          # roster names, highest first (priority policy, ties, new objects under "first";
+                                 # default roster order)
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
@@ -83,6 +84,13 @@ from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
 from secure_collab.protocol.tags import ELEMENT_BYTES
 
 CONFLICT_POLICIES = ("none", "priority", "majority", "first")
+# The largest value_bound (and key_norm_bound, residual_norm_bound) a session may declare: 2^100 ≈ 1.27e30, far
+# above any honest statistic (entries of Σ k kᵀ over max_edits_per_party requests). Every quantity the solver and
+# the plausibility checks compute from an in-bound aggregate then stays finite in float64: an opened entry is at
+# most P·β ≤ 2^10 · 2^100 (P ≤ wire.MAX_PARTIES), tr ΣG ≤ d_k·P·β ≤ 2^130, ‖ΣB‖_F² ≤ n·(P·β)² ≤ 2^40 · 2^220 =
+# 2^260, κ²·N and ρ·κ·N ≤ 2^200 · 2^20, all ≪ 2^1023. Without a cap a finite value_bound of 5e307 set up (the
+# shares encoding only needs P·β finite) and g + gᵀ overflowed in the psd check.
+MAX_STAT_BOUND = 2.0**100
 __all__ = ["CONFLICT_POLICIES", "MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig",
            "PathsConfig", "SessionConfig", "config_from_dict", "load_config", "write_config"]
 
@@ -288,8 +296,9 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     if not 0 <= s.answer_pad_s < float("inf"):
         raise ConfigError("session.answer_pad_s must be a finite number >= 0")
     for key in ("value_bound", "key_norm_bound", "residual_norm_bound"):
-        if not 0 < getattr(s, key) < float("inf"):
-            raise ConfigError(f"session.{key} must be a finite positive number")
+        if not 0 < getattr(s, key) <= MAX_STAT_BOUND:
+            raise ConfigError(f"session.{key} must be a positive number <= 2**100 ({MAX_STAT_BOUND:.4g}): larger "
+                              "bounds would let the solver's float64 checks overflow")
     bounds = {"rounds": wire.MAX_ROUND + 1, "chunk_values": wire.MAX_VALUES, "min_parties": wire.MAX_PARTIES}
     for key, top in bounds.items():
         if getattr(s, key) > top:
@@ -320,8 +329,11 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
                           f"{ELEMENT_BYTES} bytes, twice): lower session.max_edits_per_party or raise it")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
-    if s.d_v * s.d_k * 8 + 4096 > n.max_message_bytes:  # a release carries one float64 ΔW
-        raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)")
+    # a release carries one float64 ΔW and, with tags, a holders note of two bytes per decision record
+    note = 2 * min(wire.MAX_DECISION_RECORDS, wire.MAX_PARTIES * s.max_edits_per_party) if s.tags else 0
+    if s.d_v * s.d_k * 8 + note + 4096 > n.max_message_bytes:
+        raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)"
+                          + (f" and its holders note ({note} bytes)" if note else ""))
     positive = ("heartbeat_s", "recv_buffer_bytes", "budget_headroom", "max_refusal_rows", "welcome_burst",
                 "welcome_interval_s", "connects_per_minute", "hwm", "max_frames")
     for key in positive:

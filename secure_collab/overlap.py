@@ -22,8 +22,12 @@ earlier rounds. Per (subject, relation) tag:
   really was applied, and a party's ``known_residual`` check withholds it; a tag alone never proves it was;
 - several objects (or one object that differs from the applied one): a conflict. The policy picks the winning
   object: ``priority`` (the object backed by the highest-priority party), ``majority`` (the most parties; an
-  applied fact counts as its party's vote; ties by priority) or ``first`` (the applied object, else the object
-  whose party's tags reached the solver first). The losers withdraw (a declared trust decision: the winner's
+  applied fact counts as its party's vote; ties by priority) or ``first`` (the object applied in an earlier round
+  stands; among objects new this round, the one backed by the highest-priority party). ``first`` never looks at
+  the order in which tags reached the solver: every TAGS message passes through the coordinator, which may hold
+  one back, so an arrival order would let it pick the winner (red team 3). The session's ``party_priority`` is
+  declared in the session file, bound into every message by the configuration digest, and nobody can reorder it
+  during the session. The losers withdraw (a declared trust decision: the winner's
   backers are believed to contribute it, which masking cannot check; docs/threat-model.md); the winner's
   highest-priority party keeps its request and adds augmented requests (exempt from dedupe); with dedupe on
   the winner's copies are duplicates, each at weight 1/m over its m backers. With the ``none`` policy nothing
@@ -103,16 +107,15 @@ def decision_id(label: bytes, sr: bytes) -> str:
 
 
 def decide(tags: Mapping[str, Sequence[tuple[bytes, bytes]]], *, round_: int, label: bytes, dedupe: bool,
-           policy: str, priority: Sequence[str], history: Mapping[bytes, Applied] | None = None,
-           arrival: Sequence[str] = ()) -> Decisions:
-    """Verdicts for every party's tags of one round. ``priority``: every party, highest first; ``arrival``: the
-    order the parties' tags reached the solver (policy ``first``); ``label`` binds decision ids to the round."""
+           policy: str, priority: Sequence[str], history: Mapping[bytes, Applied] | None = None) -> Decisions:
+    """Verdicts for every party's tags of one round. ``priority``: every party, highest first (the session's
+    declared ``party_priority``, then roster order); ``label`` binds decision ids to the round. Nothing here
+    depends on the order in which the tags arrived."""
     if policy not in POLICIES:
         raise ValueError(f"unknown conflict policy {policy!r}; one of {POLICIES}")
     rank = {p: i for i, p in enumerate(priority)}
     if set(tags) - set(rank):
         raise ValueError(f"parties without a priority: {sorted(set(tags) - set(rank))}")
-    came = {p: i for i, p in enumerate(arrival)}
     history = history or {}
     out = Decisions({p: [Verdict(i, KEEP) for i in range(len(t))] for p, t in tags.items()})
     groups: dict[bytes, list[tuple[str, int, bytes]]] = {}
@@ -154,7 +157,7 @@ def decide(tags: Mapping[str, Sequence[tuple[bytes, bytes]]], *, round_: int, la
             continue
         if policy == "none":  # a conflict nobody resolves: the least squares will land between the objects
             continue
-        winner = _winner(members, before, policy, rank, came)
+        winner = _winner(members, before, policy, rank)
         out.records.append((did, "conflict"))
         backers = [m for m in members if m[2] == winner]
         keeper = backers[0] if backers and (before is None or before.sro != winner) else None
@@ -177,8 +180,8 @@ def decide(tags: Mapping[str, Sequence[tuple[bytes, bytes]]], *, round_: int, la
     return out
 
 
-def _winner(members: list[tuple[str, int, bytes]], before: Applied | None, policy: str, rank: Mapping[str, int],
-            came: Mapping[str, int]) -> bytes:
+def _winner(members: list[tuple[str, int, bytes]], before: Applied | None, policy: str,
+            rank: Mapping[str, int]) -> bytes:
     backers: dict[bytes, set[str]] = {}
     for party, _, sro in members:
         backers.setdefault(sro, set()).add(party)
@@ -192,7 +195,7 @@ def _winner(members: list[tuple[str, int, bytes]], before: Applied | None, polic
         return min(backers, key=best)
     if policy == "majority":
         return min(backers, key=lambda s: (-len(backers[s]), best(s)))
-    if before is not None:  # first: what was applied before stands
+    if before is not None:  # first: what was applied in an earlier round stands
         return before.sro
-    first = min(members, key=lambda m: (came.get(m[0], len(came)), rank[m[0]], m[1]))
-    return first[2]
+    # new this round: the declared priority, never the arrival order (the coordinator controls that)
+    return min(backers, key=best)

@@ -40,7 +40,7 @@ COMMENTS: dict[str, str] = {
     "d_v": "down-projection output size, from the model: do not edit",
     "min_parties": "the solver opens no sum of fewer parties' statistics",
     "roster_sha256": "digest of the roster's fingerprints, agreed out of band: every role refuses another roster",
-    "value_bound": "declared max |entry| of one party's statistic; parties refuse to send beyond it",
+    "value_bound": "declared max |entry| of one party's statistic; parties refuse to send beyond it (at most 2**100)",
     "chunk_values": "values per message",
     "model": "the base model every party and the solver load (a built-in name, a directory or a hub id)",
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",

@@ -66,7 +66,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta
+from secure_collab.protocol.release import encode_delta, holders_note
 from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.state import SolverState
@@ -86,13 +86,52 @@ class SolveFn(Protocol):
         ...
 
 
+RECENT = 64  # entries SolverResult keeps of received chunks and of verdicts: the newest (a coordinator sets the pace)
+
+
+def _keep_recent(items: list, item: Any) -> None:
+    """Append ``item`` and keep the newest RECENT: a record that grew per message let a coordinator exhaust the
+    solver with valid chunks (red team 3); counts say how many there were."""
+    items.append(item)
+    if len(items) > RECENT:
+        del items[0]
+
+
 @dataclass
 class SolverResult:
     ok: bool = False
     reason: str = ""
-    releases: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    received: list[tuple[int, int, str, int, tuple[str, ...]]] = field(default_factory=list)
-    verdicts: list[dict[str, Any]] = field(default_factory=list)  # every refusal sent, for tests and logs
+    releases: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # one per step at most
+    received: list[tuple[int, int, str, int, tuple[str, ...]]] = field(default_factory=list)  # the newest RECENT
+    chunks_received: int = 0  # every aggregate chunk kept (received holds the newest RECENT of them)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # the newest RECENT refusals sent, for tests
+    refusals: int = 0  # every VERDICT sent
+
+
+class _LogCap:
+    """At most ``cap`` log lines per step (or per "not a step") for what a coordinator can repeat at will (refused
+    messages, replaced hand-offs, refused steps), then one line saying the rest are counted, and the counts when
+    the solver ends: as the coordinator's ``max_refusal_rows``. Keys are the session's steps and one more, so
+    the counts are bounded by the session, not by the messages."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.counts: dict[tuple[int, int], int] = {}
+
+    def __call__(self, key: tuple[int, int]) -> bool:
+        n = self.counts[key] = self.counts.get(key, 0) + 1
+        if n == self.cap + 1:
+            log.warning("solver: more than %d refusals or replaced hand-offs for %s: further ones are counted, "
+                        "not logged", self.cap, "messages outside the session's steps" if key[0] < 0
+                        else f"round {key[0]} step of layer {key[1]}")
+        return n <= self.cap
+
+    def summary(self) -> None:
+        for (round_, layer), n in sorted(self.counts.items()):
+            if n > self.cap:
+                log.warning("solver: %d more refusals or replaced hand-offs for %s were not logged", n - self.cap,
+                            "messages outside the session's steps" if round_ < 0
+                            else f"round {round_} step of layer {layer}")
 
 
 @dataclass
@@ -137,6 +176,7 @@ class Solver:
         self.opened = self.state.steps("opened")  # (round, layer) -> {"attempt", "parties"}
         self.result = SolverResult()
         self.ended = False
+        self.logged = _LogCap(config.network.max_refusal_rows)
 
     # ---- setup ------------------------------------------------------------------------------------
     def _setup(self) -> tuple[bytes, bytes, bytes]:
@@ -184,6 +224,7 @@ class Solver:
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
                                            self.cfg.network.join_timeout_s).start().stop)
+            stack.callback(self.logged.summary)
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, bundles, signature)))
         return self.result
 
@@ -202,10 +243,10 @@ class Solver:
                 transport.send(self.sock, hello())  # heartbeat: lets a restarted coordinator find us
                 continue
             last = time.monotonic()
-            seq = -1
+            seq, key = -1, (-1, -1)
             try:
                 msg = Message.from_frames(self.sock.recv_multipart(), limits)
-                seq = msg.seq
+                seq, key = msg.seq, self._log_key(msg.round, msg.layer)
                 if msg.session != self.s.id or msg.config != self.cfg.digest:
                     raise ProtocolError("wrong session or configuration digest")
                 if msg.type is MsgType.END:
@@ -224,17 +265,26 @@ class Solver:
                      MsgType.DECIDE: self.fact_tags.on_decide}[msg.type](msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
-                log.warning("refused a message from the coordinator: %s", reason[:200])
+                if self.logged(key):
+                    log.warning("refused a message from the coordinator: %s", reason[:200])
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": reason})
                 transport.send(self.sock, error)
             except Exception:  # the solver never dies on bad data: its secrets would go with it
-                log.exception("solver: message %d could not be processed", seq)
+                if self.logged(key):
+                    log.exception("solver: message %d could not be processed", seq)
                 error = self._msg(MsgType.ERROR, body={"refused_seq": seq, "reason": "message could not be "
                                                        "processed (malformed); refused"})
                 transport.send(self.sock, error)
         self.result.reason = "solver stopped"
 
     # ---- collecting -------------------------------------------------------------------------------
+    def _log_key(self, round_: int, layer: int) -> tuple[int, int]:
+        """The step a message is about, (round, its first layer), or (-1, -1): the log cap's key."""
+        for r, layers in self.s.steps():
+            if r == round_ and layer in layers:
+                return r, layers[0]
+        return -1, -1
+
     def _step_of(self, round_: int, layer: int) -> tuple[int, ...]:
         for r, layers in self.s.steps():
             if r == round_ and layer in layers:
@@ -263,7 +313,8 @@ class Solver:
                                                                      b["attempt"]))
         pend = self.pending
         if pend is None or (pend.round, pend.layers) != (msg.round, layers) or pend.attempt < b["attempt"]:
-            if pend is not None:  # an honest coordinator hands a step off whole; this one moved on half way
+            if pend is not None and self.logged((pend.round, pend.layers[0])):
+                # an honest coordinator hands a step off whole; this one moved on half way
                 log.warning("solver: dropped the incomplete hand-off of round %d layers %s attempt %d (%d chunks): "
                             "a chunk of round %d layers %s attempt %d came; one step is held at a time",
                             pend.round, list(pend.layers), pend.attempt, len(pend.chunks), msg.round, list(layers),
@@ -273,7 +324,8 @@ class Solver:
         if pend.attempt != b["attempt"] or pend.parties != parties or chunk_key in pend.chunks:
             raise ProtocolError("stale, duplicate or inconsistent aggregate chunk (every chunk of a step must "
                                 "list the same parties under the same attempt)")
-        self.result.received.append((msg.round, msg.layer, stat, b["chunk"], parties))
+        self.result.chunks_received += 1
+        _keep_recent(self.result.received, (msg.round, msg.layer, stat, b["chunk"], parties))
         pend.chunks[chunk_key] = payload
         if len(pend.chunks) == len(layers) * sum(self.s.n_chunks(st) for st in STATISTICS):
             self.pending = None
@@ -419,6 +471,14 @@ class Solver:
     def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
         s = self.s
         raw, dtype, shape = encode_delta(delta)
+        if self.tags is not None:  # how many holders of each shared fact this step has (signed, encrypted)
+            missing = self.tags.missing_holders(round_, pend.parties)
+            raw += holders_note(missing)
+            short = sum(j > 0 for j in missing)
+            if short:
+                log.warning("solver: round %d layer %d is released with %d shared facts short of holders (the "
+                            "step's party set leaves out a decided co-holder); the holders are told, signed", round_,
+                            layer, short)
         label = release_label(s.id, self.cfg.digest, round_, layer, pend.attempt)
         ciphertext = encrypt_release(self.secrets.release_key, label, raw, fresh_bytes(NONCE_BYTES))
         sha = sha256_hex(ciphertext)
@@ -441,8 +501,10 @@ class Solver:
     def _refuse(self, round_: int, layers: tuple[int, ...], attempt: int, exc: Refusal) -> None:
         body = {"attempt": attempt, "layers": list(layers), "opened": exc.opened, "exclude": list(exc.exclude),
                 "reason": str(exc)[:1024]}
-        self.result.verdicts.append(body)
-        log.warning("solver: refused round %d layers %s: %s", round_, list(layers), exc)
+        self.result.refusals += 1
+        _keep_recent(self.result.verdicts, body)
+        if self.logged((round_, layers[0])):
+            log.warning("solver: refused round %d layers %s: %s", round_, list(layers), exc)
         transport.send(self.sock, self._msg(MsgType.VERDICT, round_, layers[0], body=body))
 
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, body: Mapping[str, Any] | None = None,

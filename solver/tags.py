@@ -12,6 +12,9 @@ gives the edit count the listed parties must have contributed: the requests they
 plus the augmented ones, so a party cannot obtain more tags than the requests it contributes. A duplicate is
 never withdrawn (each of its m holders keeps it at weight 1/m, ``overlap.decide``), so no party can take
 another's edit out of the sums by tagging it; the count still counts requests, whatever their weight.
+Each holder's 1/m assumes the other m − 1 copies reach the sum; the solver records who the holders are and, in
+every release, says (``missing_holders``, signed and encrypted with ΔW) how many of them were not in the step, so
+a coordinator that leaves a decided co-holder out cannot weaken the others' copy unnoticed.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class TagDesk:
         if not 0 <= round_ < self.s.rounds:
             raise ProtocolError(f"round {round_} is not a round of this session")
         stored = self.state.load(f"tags-r{round_}")
-        return stored[0] if stored else {"evaluated": {}, "submitted": {}, "sealed": {}, "arrival": [], "decided": None}
+        return stored[0] if stored else {"evaluated": {}, "submitted": {}, "sealed": {}, "decided": None}
 
     def _save(self, round_: int, rec: dict[str, Any]) -> None:
         self.state.save(f"tags-r{round_}", rec)
@@ -115,7 +118,6 @@ class TagDesk:
                                 f"{rec['evaluated'][party]['count']} evaluated elements")
         rec["submitted"][party] = [[sr.hex(), sro.hex()] for sr, sro in pairs]
         rec["sealed"][party] = statements.sha(sealed)
-        rec["arrival"].append(party)
         self._save(msg.round, rec)
 
     def on_decide(self, msg: Message) -> None:
@@ -135,10 +137,13 @@ class TagDesk:
                    if f[2] < msg.round}
         got = decide({p: [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in rec["submitted"][p]] for p in parties},
                      round_=msg.round, label=self._ad(msg.round, ""), dedupe=self.s.dedupe,
-                     policy=self.s.conflict_policy, priority=self.priority, history=history,
-                     arrival=[p for p in rec["arrival"] if p in parties])
+                     policy=self.s.conflict_policy, priority=self.priority, history=history)
         records = [[did, kind] for did, kind in got.records]
-        decided: dict[str, Any] = {"parties": parties, "records": records, "messages": {}, "counts": {}}
+        # per record, the parties keeping a copy at weight 1/m (m > 1): at release, how many were in the step
+        holders = [sorted(p for p in parties if any(v.decision == did and v.action != WITHDRAW and v.holders > 1
+                                                    for v in got.verdicts[p])) for did, _ in got.records]
+        decided: dict[str, Any] = {"parties": parties, "records": records, "holders": holders, "messages": {},
+                                   "counts": {}}
         for p in parties:
             verdicts = [(v.index, v.action, v.kind, v.decision, v.holders) for v in got.verdicts[p]]
             plain = wire.encode_verdicts(verdicts, self.s.max_edits_per_party,
@@ -169,6 +174,15 @@ class TagDesk:
                       (bytes.fromhex(m["sealed"]), bytes.fromhex(m["signature"])))
 
     # ---- at aggregation ------------------------------------------------------------------------------
+    def missing_holders(self, round_: int, parties: tuple[str, ...]) -> list[int]:
+        """For each of the round's public records, in order, how many of the parties keeping that fact at 1/m are
+        not among ``parties`` (the step's): j > 0 means the fact counts (m − j)/m of one copy in this release."""
+        decided = self._round(round_)["decided"]
+        if decided is None:
+            return []
+        step = set(parties)
+        return [len(set(hs) - step) for hs in decided["holders"]]
+
     def expected_edits(self, round_: int, parties: tuple[str, ...]) -> int:
         """Σ over ``parties`` of (tagged − withdrawn + augment × won); ValueError if one has no decision."""
         rec = self._round(round_)

@@ -83,11 +83,12 @@ def test_a_fact_applied_in_an_earlier_round_is_kept_at_its_share():
     assert d.applied == {} and alone.applied == {}  # the earlier record stands
 
 
-@pytest.mark.parametrize(("policy", "winner"), [("priority", "o2"), ("majority", "o1"), ("first", "o1")])
+@pytest.mark.parametrize(("policy", "winner"), [("priority", "o2"), ("majority", "o1"), ("first", "o2")])
 def test_conflict_policies_pick_a_winner_that_augments(policy, winner):
-    # a (top priority) wants o2; b and c want o1; b's tags arrived first
+    # a (top priority) wants o2; b and c want o1. Under "first" nothing was applied before, so the declared
+    # priority decides: the order in which tags reach the solver is the coordinator's to choose (red team 3)
     tags = {"a": [_t("s", "o2")], "b": [_t("s", "o1")], "c": [_t("s", "o1")]}
-    d = decide(tags, round_=0, label=b"L", dedupe=True, policy=policy, priority=PRIO, arrival=["b", "c", "a"])
+    d = decide(tags, round_=0, label=b"L", dedupe=True, policy=policy, priority=PRIO)
     if winner == "o2":
         assert _actions(d, "a") == [AUGMENT] and _actions(d, "b") == [WITHDRAW] and _actions(d, "c") == [WITHDRAW]
         assert d.verdicts["b"][0].kind == "conflict" and _holders(d, "a") == [1]

@@ -47,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         result = run_solver(config, load_scheme(config.session.mode), solve, stop=stop)
     say(args, f"solver: {'done' if result.ok else 'stopped'}: {result.reason}; "
-              f"{len(result.releases)} releases, {len(result.received)} aggregate chunks received")
+              f"{len(result.releases)} releases, {result.chunks_received} aggregate chunks received")
     write_json(args, {"session": config.session.id, "ok": result.ok, "reason": result.reason,
                       "releases": sorted(f"{r}/{lay}" for r, lay in result.releases),
-                      "aggregate_chunks": len(result.received)})
+                      "aggregate_chunks": result.chunks_received})
     if stop.is_set():
         raise KeyboardInterrupt
     return 0 if result.ok else 1

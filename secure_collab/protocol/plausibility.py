@@ -36,7 +36,7 @@ class Problem:
 
 CHECKS = {
     "edit-count": "the total edit count is not a finite whole number within [1, parties × max_edits_per_party]",
-    "non-finite": "a statistic is not finite",
+    "non-finite": "a statistic, or its trace, eigenvalue or norm, is not finite",
     "trace": "tr ΣG exceeds key_norm_bound² × the total edit count",
     "psd": "ΣG is not positive semi-definite",
     "residual": "‖ΣB‖_F exceeds residual_norm_bound × key_norm_bound × the total edit count",
@@ -71,15 +71,36 @@ def plausibility_problems(g: np.ndarray, b: np.ndarray, n: float, parties: int, 
     if not (np.isfinite(g).all() and np.isfinite(b).all()):
         return [*problems, Problem("non-finite", "non-finite statistic")]
     n = count
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is a named problem below, not a warning
+        problems += _matrix_problems(g, b, n, parties, bounds, slack)
+    return problems
+
+
+def _matrix_problems(g: np.ndarray, b: np.ndarray, n: int, parties: int, bounds: Bounds, slack: float) -> list[Problem]:
+    problems = []
+    # Finite entries can still overflow in what is computed from them (|entries| near 1e308: g + g.T is ±inf,
+    # eigvalsh then NaN, and NaN < -tol is False): symmetrise as 0.5 g + 0.5 gᵀ, and a trace, eigenvalue or norm
+    # that is not finite is a named problem, never a pass. Config caps value_bound (MAX_STAT_BOUND) so that an
+    # in-bound aggregate never gets here.
     trace = float(np.trace(g))
-    if trace > bounds.key_norm**2 * n + slack:
+    if not np.isfinite(trace):
+        problems.append(Problem("non-finite", f"tr ΣG = {trace!r} is not finite (overflow)"))
+    elif trace > bounds.key_norm**2 * n + slack:
         problems.append(Problem("trace", f"tr ΣG = {trace:.6g} exceeds κ² · N = {bounds.key_norm**2 * n:.6g}"))
-    lowest = float(np.linalg.eigvalsh(0.5 * (g + g.T))[0])
-    if lowest < -(slack + 1e-9 * max(trace, 1.0)):
+    try:
+        lowest = float(np.linalg.eigvalsh(0.5 * g + 0.5 * g.T)[0])
+    except np.linalg.LinAlgError:  # did not converge: nothing says ΣG is positive semi-definite
+        lowest = float("nan")
+    tolerance = slack + 1e-9 * max(trace, 1.0) if np.isfinite(trace) else slack + 1e-9
+    if not np.isfinite(lowest):
+        problems.append(Problem("psd", f"ΣG's smallest eigenvalue is {lowest!r}: not finite (overflow)"))
+    elif lowest < -tolerance:
         problems.append(Problem("psd", f"ΣG is not positive semi-definite (eigenvalue {lowest:.3g})"))
     frob = float(np.linalg.norm(b))
     limit = bounds.residual_norm * bounds.key_norm * n + parties * bounds.quantum * np.sqrt(b.size)
-    if frob > limit:
+    if not np.isfinite(frob):
+        problems.append(Problem("non-finite", f"‖ΣB‖_F = {frob!r} is not finite (overflow)"))
+    elif frob > limit:
         problems.append(Problem("residual", f"‖ΣB‖_F = {frob:.6g} exceeds ρ κ N = "
                                             f"{bounds.residual_norm * bounds.key_norm * n:.6g}"))
     return problems

@@ -4,7 +4,8 @@ The signed bytes (``setup_bytes``, ``release_bytes``) are fixed, domain-separate
 signed statement in ``secure_collab.protection.statements``, so a signature for one (session, round, layer)
 can never be taken for another, and a ΔW cannot be re-shaped without breaking it.
 
-ΔW is raw C-order little-endian float64 bytes, encrypted for the parties (ChaCha20-Poly1305 under a key
+ΔW is raw C-order little-endian float64 bytes, followed by the holders note (``holders_note``; empty in a session
+without tags), encrypted for the parties (ChaCha20-Poly1305 under a key
 derived from the session's release key, which the solver sealed to each party in the setup; the AEAD's
 associated data is ``release_label``). The coordinator sees only the ciphertext and its digest.
 ``decode_delta`` checks the dtype allow-list and ``prod(shape) * itemsize == len(buffer)`` before building
@@ -14,7 +15,7 @@ the array.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -65,13 +66,39 @@ def encode_delta(delta: np.ndarray) -> tuple[bytes, str, list[int]]:
     return arr.tobytes(), "<f8", [int(s) for s in arr.shape]
 
 
-def decode_delta(buf: bytes, dtype: str, shape: list[int]) -> np.ndarray:
+def holders_note(missing: Sequence[int]) -> bytes:
+    """The note after ΔW in a release of a round with tag decisions: for each of the round's public decision
+    records, in their signed order, how many of the parties keeping that fact at weight 1/m were *not* in the
+    step's party set (u16 big-endian; 0 when all were, the honest case, so a complete step says nothing about
+    any m). Its length, two bytes per record, is fixed by the public records, so the ciphertext's size tells the
+    coordinator nothing new. A holder that reads j > 0 for its own duplicate learns, signed by the solver, that
+    the fact counts (m − j)/m of one copy in this release."""
+    return b"".join(int(j).to_bytes(2, "big") for j in missing)
+
+
+def split_release(buf: bytes, dtype: str, shape: list[int]) -> tuple[np.ndarray, list[int]]:  # ΔW, missing
+    """ΔW and the holders note after it (see ``holders_note``); ProtocolError if either is malformed."""
+    size = _delta_size(dtype, shape)
+    if len(buf) < size or (len(buf) - size) % 2:
+        raise ProtocolError(f"release plaintext of {len(buf)} bytes: ΔW of shape {shape} needs {size}, then a note "
+                            "of two bytes per decision record")
+    note = buf[size:]
+    return decode_delta(buf[:size], dtype, shape), [int.from_bytes(note[i:i + 2], "big")
+                                                    for i in range(0, len(note), 2)]
+
+
+def _delta_size(dtype: str, shape: list[int]) -> int:
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"dtype {dtype!r} not allowed")
     if len(shape) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 2**31 for s in shape):
         raise ProtocolError(f"bad ΔW shape {shape!r}")
+    return math.prod(shape) * ALLOWED_DTYPES[dtype].itemsize
+
+
+def decode_delta(buf: bytes, dtype: str, shape: list[int]) -> np.ndarray:
+    size = _delta_size(dtype, shape)
     dt = ALLOWED_DTYPES[dtype]
-    if math.prod(shape) * dt.itemsize != len(buf):
+    if size != len(buf):
         raise ProtocolError(f"ΔW buffer has {len(buf)} bytes, shape {shape} needs {math.prod(shape) * 8}")
     arr = np.frombuffer(buf, dtype=dt).reshape(shape).copy()
     if not np.isfinite(arr).all():

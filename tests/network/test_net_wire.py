@@ -118,7 +118,10 @@ def test_config_paths_digest_and_validation(tmp_path):
             "paths": {"roster": str(tmp_path / "keys" / "roster.toml")}}
     for change, reason in [({"mode": "rot13"}, "mode"), ({"layers": [2, 1]}, "ascending"),
                            ({"bogus": 1}, "unknown"), ({"min_parties": 0}, "min_parties"),
-                           ({"d_k": 4096, "d_v": 4096}, "hold one ΔW")]:
+                           ({"d_k": 4096, "d_v": 4096}, "hold one ΔW"),
+                           # finite but past 2**100: the solver's float64 checks could overflow (red team 3)
+                           ({"value_bound": 5e307}, "value_bound"), ({"key_norm_bound": 2.0**101}, "key_norm_bound"),
+                           ({"residual_norm_bound": 1e300}, "residual_norm_bound")]:
         with pytest.raises(ConfigError, match=reason):
             config_from_dict({**base, "session": {**base["session"], **change}}, tmp_path)
 
