@@ -328,9 +328,9 @@ class Party:
             except ProtectionError as exc:
                 raise ProtocolError(str(exc)) from None
             delta, missing = split_release(raw, b["dtype"], b["shape"])
-            if self.tags is not None and self.name in b["parties"]:
-                weakened = self.tags.weakened(msg.round, missing)
-            elif self.tags is None and missing:
+            if self.fact_tags is not None and self.name in b["parties"]:
+                weakened = self.fact_tags.weakened(msg.round, missing)
+            elif self.fact_tags is None and missing:
                 raise ProtocolError("release: a holders note in a session without tags")
             else:
                 weakened = []

@@ -471,8 +471,8 @@ class Solver:
     def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
         s = self.s
         raw, dtype, shape = encode_delta(delta)
-        if self.tags is not None:  # how many holders of each shared fact this step has (signed, encrypted)
-            missing = self.tags.missing_holders(round_, pend.parties)
+        if self.fact_tags is not None:  # how many holders of each shared fact this step has (signed, encrypted)
+            missing = self.fact_tags.missing_holders(round_, pend.parties)
             raw += holders_note(missing)
             short = sum(j > 0 for j in missing)
             if short:
