@@ -192,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
                     p.kill()
                 console.print("[red]demo: timed out; processes killed")
                 break
+            others = [p for role, p in procs.items() if role != "coordinator"]
+            if procs["coordinator"].poll() is None and all(p.poll() is not None for p in others) and any(
+                    p.returncode != 0 for p in others):  # nobody left to join: the coordinator would only wait
+                procs["coordinator"].terminate()
+                console.print(f"[red]demo: every other role ended and one failed; coordinator stopped (logs: {logs})")
             time.sleep(0.1)
     codes = {role: p.wait() for role, p in procs.items()}
     result = _collect(args, work, names, cfg, codes, reference, t0)
