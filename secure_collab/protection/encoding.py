@@ -51,7 +51,8 @@ def check_values(values: np.ndarray, bound: float, ctx: StatContext, n_values: i
         raise ProtectionError(f"{where}: expected {n_values} values, got {values.shape[0]}")
     if values.size == 0:
         raise ProtectionError(f"{where}: empty statistic")
-    peak = float(np.max(np.abs(values)))  # NaN propagates through max; Inf is the max
+    # max and min are reductions (no temporary as long as the vector); NaN propagates through both
+    peak = max(float(np.max(values)), -float(np.min(values)))
     if not math.isfinite(peak):
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise ProtectionError(f"{where}: non-finite value {values[bad]} at index {bad}")
@@ -96,12 +97,30 @@ def aggregate_bound(bound: float, parties: int, frac_bits: int) -> int:
 
 def encode_fixed(values: np.ndarray, frac_bits: int) -> np.ndarray:
     """float64 -> round(x * 2^f) as int64 (values already checked against bound)."""
-    scaled: np.ndarray = np.ldexp(values, frac_bits)  # exact: multiplication by a power of two
-    np.rint(scaled, out=scaled)
-    return scaled.astype(np.int64)
+    out = np.empty(values.shape, dtype=np.int64)
+    encode_fixed_into(values, frac_bits, out, np.empty(values.shape, dtype=np.float64))
+    return out
 
 
-def decode_fixed(encoded: np.ndarray, frac_bits: int) -> np.ndarray:
-    """int64 (or uint64 two's complement) -> float64 (one rounding, to 53 bits, in the int -> float step)."""
+def encode_fixed_into(values: np.ndarray, frac_bits: int, out: np.ndarray, scratch: np.ndarray) -> None:
+    """``encode_fixed`` into ``out`` (int64) through ``scratch`` (float64), both as long as ``values``.
+
+    x · 2^f is a multiplication by a power of two: exact (the bound keeps it below 2^59; a tiny result rounds
+    as ldexp rounds it), then rint, then the same float -> int64 conversion as ``astype``."""
+    np.multiply(values, 2.0**frac_bits, out=scratch)
+    np.rint(scratch, out=scratch)
+    np.copyto(out, scratch, casting="unsafe")
+
+
+def decode_fixed(encoded: np.ndarray, frac_bits: int, step: int = 1 << 16) -> np.ndarray:
+    """int64 (or uint64 two's complement) -> float64 (one rounding, to 53 bits, in the int -> float step),
+    piece by piece into the result (no temporary as long as the vector). Scaling by 2^-f is exact or rounds
+    as ldexp does."""
     ints = encoded.view(np.int64) if encoded.dtype == np.uint64 else encoded.astype(np.int64, copy=False)
-    return np.ldexp(ints.astype(np.float64), -frac_bits)
+    out = np.empty(ints.shape, dtype=np.float64)
+    scale = 2.0**-frac_bits
+    for start in range(0, ints.shape[0], step):
+        part = out[start : start + step]
+        np.copyto(part, ints[start : start + step], casting="unsafe")
+        np.multiply(part, scale, out=part)
+    return out

@@ -22,17 +22,22 @@ Q = (1 << 61) - 1  # a Mersenne prime: reduction is a shift and an add
 _ALPHA_INFO = b"secure-collab/v2/mac-alpha|"
 _PAD_INFO = b"secure-collab/v2/tag-pad|"
 TAG_KEY_INFO = b"secure-collab/v2/tag-key|"
-_M31 = np.uint64((1 << 31) - 1)
-_M30 = np.uint64((1 << 30) - 1)
-_M32 = np.uint64((1 << 32) - 1)
 _Q = np.uint64(Q)
+_I31 = np.int64((1 << 31) - 1)
+_S31 = np.int64(31)
+
+
+CHUNK_VALUES = 1 << 16  # values per step of the chunked kernels: their ~10 buffers stay near the core's caches
+
+
+def _alpha_key(mac_key: bytes, label: bytes, j: int) -> bytes:
+    return hazmat.hkdf_sha256(mac_key, None, _ALPHA_INFO + label + b"|" + str(j).encode(), 32)
 
 
 def alpha(mac_key: bytes, label: bytes, j: int, n: int) -> np.ndarray:
     """The secret coefficient vector α_j for a chunk of n values: uint64 in [0, q] (q ≡ 0)."""
-    key = hazmat.hkdf_sha256(mac_key, None, _ALPHA_INFO + label + b"|" + str(j).encode(), 32)
     out = np.empty(n, dtype=np.uint64)
-    hazmat.Keystream(key, bytes(16)).fill(out.data.cast("B"))
+    hazmat.Keystream(_alpha_key(mac_key, label, j), bytes(16)).fill(out.data.cast("B"))
     np.bitwise_and(out, _Q, out=out)
     return out
 
@@ -43,38 +48,100 @@ def tag_pad(tag_key: bytes, j: int) -> int:
     return int.from_bytes(raw, "little") & Q
 
 
-def _reduce(x: np.ndarray) -> np.ndarray:
-    """x mod q for uint64 x (any value), vectorised; 2^61 ≡ 1 (mod q)."""
-    x = (x & _Q) + (x >> np.uint64(61))
-    return np.where(x >= _Q, x - _Q, x)
+class _DotKernel:
+    """Exact Σ a_i·u_i (a Python int, not reduced) of uint64 a in [0, q] and int64 u with |u| < 2^60, through
+    reused buffers of ``size`` values: no allocation proportional to the vector, and no 128-bit integers.
+
+    With a = a1·2^31 + a0 and u = u1·2^31 + u0 (a0, u0 in [0, 2^31), a1 in [0, 2^30), u1 = u >> 31 signed in
+    [−2^29, 2^29)): a·u = h·2^62 + m·2^31 + l with h = a1·u1, m = a1·u0 + a0·u1, l = a0·u0, all within int64.
+    The bits of l above 31 are carried into m and those of m into h, and h is split at bit 31, so every summed
+    array holds values below 2^31 in magnitude: exact int64 sums for any chunk under 2^32 values."""
+
+    def __init__(self, size: int) -> None:
+        self.u0, self.u1, self.a0, self.a1, self.h, self.m, self.t = (
+            np.empty(size, dtype=np.int64) for _ in range(7))
+
+    def split_u(self, u: np.ndarray) -> None:
+        """Once per chunk of u (shared by every α)."""
+        k = u.shape[0]
+        np.bitwise_and(u, _I31, out=self.u0[:k])
+        np.right_shift(u, _S31, out=self.u1[:k])  # arithmetic: the sign stays in u1
+
+    def dot(self, a: np.ndarray) -> int:
+        """Σ a_i·u_i over the chunk last given to ``split_u`` (a: the same length, values in [0, q])."""
+        k = a.shape[0]
+        u0, u1, a0, a1, h, m, t = (b[:k] for b in (self.u0, self.u1, self.a0, self.a1, self.h, self.m, self.t))
+        ai = a.view(np.int64)  # a <= q < 2^63: the same non-negative integers
+        np.bitwise_and(ai, _I31, out=a0)
+        np.right_shift(ai, _S31, out=a1)
+        np.multiply(a1, u1, out=h)  # |h| < 2^59
+        np.multiply(a1, u0, out=m)
+        np.multiply(a0, u1, out=t)
+        np.add(m, t, out=m)  # m in (−2^60, 2^61 + 2^60)
+        np.multiply(a0, u0, out=t)  # l in [0, 2^62)
+        np.right_shift(t, _S31, out=a1)  # carry l's high bits into m (a1 is free now)
+        np.add(m, a1, out=m)
+        np.bitwise_and(t, _I31, out=t)
+        low = int(np.add.reduce(t))
+        np.right_shift(m, _S31, out=a1)  # and m's into h
+        np.add(h, a1, out=h)
+        np.bitwise_and(m, _I31, out=m)
+        mid = int(np.add.reduce(m))
+        np.right_shift(h, _S31, out=a1)
+        np.bitwise_and(h, _I31, out=h)
+        return ((int(np.add.reduce(a1)) << 93) + (int(np.add.reduce(h)) << 62) + (mid << 31) + low)
 
 
-def _mulmod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a · b mod q elementwise for uint64 a, b < 2^61, without 128-bit integers (31-bit halves)."""
-    a1, a0 = a >> np.uint64(31), a & _M31
-    b1, b0 = b >> np.uint64(31), b & _M31
-    mid = a1 * b0 + a0 * b1  # < 2^62;  a·b = a1 b1 2^62 + mid 2^31 + a0 b0,  2^62 ≡ 2
-    s = ((a1 * b1) << np.uint64(1)) + (mid >> np.uint64(30)) + ((mid & _M30) << np.uint64(31)) + a0 * b0
-    return _reduce(s)  # s < 2^63 + 2^32: no wraparound
+class TagStream:
+    """⟨α_j, u⟩ mod q for every tag j of one chunk label, over a vector fed in pieces of at most ``size``
+    values (each α_j's keystream continues across pieces): what ``tags`` and ``verify`` compute, in bounded
+    memory, without ever holding α_j or a temporary as long as the vector."""
 
+    def __init__(self, mac_key: bytes, label: bytes, size: int = CHUNK_VALUES) -> None:
+        self._streams = [hazmat.Keystream(_alpha_key(mac_key, label, j), bytes(16)) for j in range(TAGS)]
+        self._sums = [0] * TAGS
+        self._alpha = np.empty(size, dtype=np.uint64)
+        self._kernel = _DotKernel(size)
 
-def to_field(u: np.ndarray) -> np.ndarray:
-    """Signed integers with |u| < q to their residues in [0, q) as uint64."""
-    u = np.asarray(u, dtype=np.int64)
-    return np.where(u < 0, u + np.int64(Q), u).astype(np.uint64)
+    def update(self, u: np.ndarray) -> None:
+        """The next int64 piece of u (|u| < 2^60), at most ``size`` values."""
+        k = u.shape[0]
+        self._kernel.split_u(u)
+        a = self._alpha[:k]
+        for j, stream in enumerate(self._streams):
+            stream.fill(a.data)
+            np.bitwise_and(a, _Q, out=a)
+            self._sums[j] += self._kernel.dot(a)
+
+    def update_all(self, u: np.ndarray, step: int = CHUNK_VALUES) -> None:
+        for start in range(0, u.shape[0], step):
+            self.update(u[start : start + step])
+
+    def digests(self) -> list[int]:
+        """⟨α_j, u⟩ mod q of everything fed so far, for each j."""
+        return [s % Q for s in self._sums]
 
 
 def dot_mod_q(a: np.ndarray, u: np.ndarray) -> int:
-    """⟨a, u⟩ mod q for a in [0, q] (uint64) and signed int64 u with |u| < q."""
-    prod = _mulmod(a, to_field(u))  # each < q < 2^61
-    hi = int(np.sum(prod >> np.uint64(32), dtype=np.uint64))  # < n · 2^29: exact for n < 2^35
-    lo = int(np.sum(prod & _M32, dtype=np.uint64))  # < n · 2^32: exact for n < 2^32
-    return ((hi << 32) + lo) % Q
+    """⟨a, u⟩ mod q for a in [0, q] (uint64) and signed int64 u with |u| < 2^60, chunk by chunk."""
+    a, u = np.asarray(a, dtype=np.uint64), np.asarray(u, dtype=np.int64)
+    kernel, total = _DotKernel(min(CHUNK_VALUES, max(u.shape[0], 1))), 0
+    for start in range(0, u.shape[0], CHUNK_VALUES):
+        kernel.split_u(u[start : start + CHUNK_VALUES])
+        total += kernel.dot(a[start : start + CHUNK_VALUES])
+    return total % Q
 
 
 def tags(u: np.ndarray, mac_key: bytes, label: bytes, tag_key: bytes) -> list[int]:
     """A party's TAGS tags of its integer chunk u under the chunk's (party-free) label."""
-    return [(dot_mod_q(alpha(mac_key, label, j, u.shape[0]), u) + tag_pad(tag_key, j)) % Q for j in range(TAGS)]
+    stream = TagStream(mac_key, label, min(CHUNK_VALUES, max(u.shape[0], 1)))
+    stream.update_all(np.asarray(u, dtype=np.int64))
+    return finish_tags(stream, tag_key)
+
+
+def finish_tags(stream: TagStream, tag_key: bytes) -> list[int]:
+    """t_j = ⟨α_j, u⟩ + ρ_j (mod q) once the whole of u went through ``stream``."""
+    return [(d + tag_pad(tag_key, j)) % Q for j, d in enumerate(stream.digests())]
 
 
 def to_limbs(values: list[int], limb_bits: int) -> np.ndarray:
@@ -98,8 +165,6 @@ def verify(total: np.ndarray, tag_limb_sums: np.ndarray, mac_key: bytes, label: 
     got = from_limbs(tag_limb_sums, limb_bits)
     if len(got) != TAGS or any(len(p) != TAGS for p in pads):
         return False
-    for j in range(TAGS):
-        want = (dot_mod_q(alpha(mac_key, label, j, total.shape[0]), total) + sum(p[j] for p in pads)) % Q
-        if got[j] != want:
-            return False
-    return True
+    stream = TagStream(mac_key, label, min(CHUNK_VALUES, max(total.shape[0], 1)))
+    stream.update_all(np.asarray(total, dtype=np.int64))
+    return all(got[j] == (d + sum(p[j] for p in pads)) % Q for j, d in enumerate(stream.digests()))

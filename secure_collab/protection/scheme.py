@@ -31,7 +31,14 @@ from .base import (
     SolverKeys,
     StatContext,
 )
-from .encoding import aggregate_bound, check_bound, check_values, decode_fixed, encode_fixed, fixed_point_bits
+from .encoding import (
+    aggregate_bound,
+    check_bound,
+    check_values,
+    decode_fixed,
+    encode_fixed_into,
+    fixed_point_bits,
+)
 from .public import EXTRA_FRAMES, SEALED_SEED_BYTES, SEED_BYTES, PublicScheme
 from .statements import contribution_statement
 
@@ -54,7 +61,8 @@ class ProtectionScheme(PublicScheme):
 
     @abc.abstractmethod
     def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        """Party side: the int64 vector (data, then tag limbs) as this mode's data frames."""
+        """Party side: the int64 vector (data, then tag limbs) as this mode's data frames. The vector is a fresh
+        buffer of ``protect``: a mode may hide it in place and hand out views of it."""
 
     @abc.abstractmethod
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
@@ -130,10 +138,8 @@ class ProtectionScheme(PublicScheme):
         if len(seed) != SEED_BYTES:
             raise ProtectionError(f"a seed has {SEED_BYTES} bytes")
         check_values(values, pub.meta["bound"], ctx)
-        u = encode_fixed(values, pub.meta["frac_bits"])
         tag_key = hazmat.hkdf_sha256(seed, None, integrity.TAG_KEY_INFO + ctx.label(), 32)
-        tags = integrity.tags(u, secrets.mac_key, ctx.aggregate().label(), tag_key)
-        vector = np.concatenate([u, integrity.to_limbs(tags, pub.meta["limb_bits"])])
+        vector = encode_with_tags(values, pub, secrets.mac_key, ctx.aggregate().label(), tag_key)
         frames = self._hide(vector, seed, ctx, pub)
         sealed = sealing.seal_to(bytes.fromhex(pub.meta["solver_x25519"]), seed, sealing.SEED_INFO, ctx.label(),
                                  ephemeral)
@@ -213,7 +219,7 @@ class ProtectionScheme(PublicScheme):
         limb_bits = pub.meta["limb_bits"]
         where = f"{ctx.statistic} chunk {ctx.chunk} of layer {ctx.layer}"
         limit = self._aggregate_bound(pub, len(auth.parties))
-        if np.any(data > limit) or np.any(data < -limit):  # not abs(): |−2^63| wraps in int64
+        if int(np.max(data)) > limit or int(np.min(data)) < -limit:  # not abs(): |−2^63| wraps in int64
             raise IntegrityError(where, "range: the sum exceeds the bound of the listed in-bound contributions")
         if np.any(limbs < 0) or int(np.max(limbs)) > len(auth.parties) * ((1 << limb_bits) - 1):
             raise IntegrityError(where, "range: the tag limbs are out of range")
@@ -228,6 +234,25 @@ class ProtectionScheme(PublicScheme):
         return aggregate_bound(pub.meta["bound"], parties, pub.meta["frac_bits"])
 
 
+def encode_with_tags(values: np.ndarray, pub: _wire.Public, mac_key: bytes, label: bytes,
+                     tag_key: bytes) -> np.ndarray:
+    """A party's int64 vector: round(x · 2^f) of its values, then its tags' limbs (``integrity``).
+
+    One pass, piece by piece: each piece is encoded into its place in the result and fed to the MAC while it
+    is still in cache; the only buffer as long as the vector is the result itself."""
+    n, limb_bits = values.shape[0], pub.meta["limb_bits"]
+    out = np.empty(n + integrity.tag_values(limb_bits), dtype=np.int64)
+    step = min(integrity.CHUNK_VALUES, n)
+    scratch = np.empty(step, dtype=np.float64)
+    stream = integrity.TagStream(mac_key, label, step)
+    for start in range(0, n, step):
+        part = out[start : min(start + step, n)]
+        encode_fixed_into(values[start : start + step], pub.meta["frac_bits"], part, scratch[: part.shape[0]])
+        stream.update(part)
+    out[n:] = integrity.to_limbs(integrity.finish_tags(stream, tag_key), limb_bits)
+    return out
+
+
 class ArrayScheme(ArrayPublic, ProtectionScheme):
     """Fixed point with f = 59 − ceil(log2(P·bound)) fractional bits; vectors travel as they are (plain)
     unless a subclass hides them (shares)."""
@@ -238,7 +263,7 @@ class ArrayScheme(ArrayPublic, ProtectionScheme):
         return meta, b"", None
 
     def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        return _wire.split_frames(vector.astype(np.int64).view(np.uint64), FRAME_VALUES)
+        return _wire.split_frames(vector.view(np.uint64), FRAME_VALUES)  # protect's fresh int64: no copy
 
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
                 pub: _wire.Public) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _primitives as hazmat
 from . import _wire
-from ._array import FRAME_VALUES, read_sum
+from ._array import FRAME_VALUES
 from .base import Authenticated, Buffer, Payload, ProtectionError, SolverKeys, StatContext
 from .scheme import ArrayScheme
 
@@ -51,13 +51,25 @@ class SharesScheme(ArrayScheme):
     mode = "shares"
 
     def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        masked = vector.astype(np.int64).view(np.uint64)  # a fresh buffer, masked in place
+        masked = vector.view(np.uint64)  # protect's fresh buffer, masked in place
         mask_vector(masked, seed, ctx, sign=-1)
         return _wire.split_frames(masked, FRAME_VALUES)
 
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
                 pub: _wire.Public) -> np.ndarray:
-        total = read_sum(aggregate, FRAME_VALUES)
-        for party, seed in zip(auth.parties, auth.seeds, strict=True):
-            mask_vector(total, seed, ctx.for_party(party), sign=+1)
+        """The sum plus every listed party's mask, frame by frame: one pass over the result, each frame
+        unmasked while it is in cache (the same integers as adding each mask over the whole vector in turn)."""
+        n = aggregate.header["n_values"] + aggregate.header["tag_values"]
+        _wire.check_array_frames(aggregate.frames, "uint64", n, FRAME_VALUES)
+        streams = [mask_stream(seed, ctx.for_party(party)) for party, seed in zip(auth.parties, auth.seeds,
+                                                                                  strict=True)]
+        total = np.empty(n, dtype=np.uint64)
+        buf = np.empty(min(FRAME_VALUES, n), dtype=np.uint64)
+        for i in range(_wire.n_frames(n, FRAME_VALUES)):
+            part = total[i * FRAME_VALUES : (i + 1) * FRAME_VALUES]
+            part[:] = _wire.frame_array(aggregate.frames[i], "uint64")
+            mask = buf[: part.shape[0]]
+            for stream in streams:
+                stream.fill(mask.data)
+                np.add(part, mask, out=part)  # wraps mod 2^64
         return total.view(np.int64)
