@@ -62,6 +62,7 @@ COMMENTS: dict[str, str] = {
     "stage_timeout_s": "how long one party may take for one step's statistics",
     "solve_timeout_s": "how long the solver may take for one release",
     "heartbeat_s": "seconds between keep-alive messages",
+    "wait_log_s": "coordinator: while a stage waits, one log line per interval: whom, since when, the deadline",
     "request_in_turn": "ask parties for statistics one at a time (parties sharing one machine's cores)",
     # [paths]
     "keys": "this site's own secret key files (mode 0600; never copied anywhere)",
@@ -139,7 +140,7 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
     }
     network = {"coordinator_bind": choices.bind, "coordinator_endpoint": choices.endpoint,
                "join_timeout_s": choices.join_timeout_s, "stage_timeout_s": choices.stage_timeout_s,
-               "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0,
+               "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0, "wait_log_s": 30.0,
                "request_in_turn": choices.request_in_turn}
     return {"session": session, "network": network, "paths": dict(choices.paths)}
 

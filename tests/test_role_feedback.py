@@ -97,6 +97,7 @@ def test_coordinator_abort_reaches_every_party_with_its_reason(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 2 and err.strip().splitlines()[-1] == "secure-collab coordinator: error: interrupted"
+    assert "coordinator: stopping… (telling every connected peer why" in err  # at once, before the linger
     for n in ("a", "b"):
         result = th.results[n]
         assert not result.ok and result.reason == "the coordinator was stopped by its operator", (n, result)

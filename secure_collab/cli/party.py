@@ -62,7 +62,7 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
 def run(args: argparse.Namespace) -> int:
     from parties.runner import run_party_session
     from secure_collab.cli._output import write_json
-    from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
+    from secure_collab.cli._roles import load_scheme, rejoin_hint, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config
     from secure_collab.errors import ConfigError
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                    config.roster.parties[args.name])
     check_outputs(args)  # before the model loads and the party joins: a bad path must not lose the session's work
     engine = engine_callbacks(config, args.name, args)
-    with stop_on_signals() as stop:
+    with stop_on_signals(rejoin_hint(f"party {args.name}")) as stop:
         report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
     show(args, report)
     write_json(args, report, private=True)  # the report counts and scores this party's edits (DESIGN §1)
