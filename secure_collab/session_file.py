@@ -67,7 +67,7 @@ COMMENTS: dict[str, str] = {
     # [paths]
     "keys": "this site's own secret key files (mode 0600; never copied anywhere)",
     "roster": "every site's public keys, assembled from their public key files",
-    "ledger": "coordinator only: its append-only SQLite ledger",
+    "ledger": "coordinator only: its append-only SQLite ledger (`secure-collab ledger show --config` reads it)",
     "solver_state": "solver only: its session state",
 }
 
@@ -95,7 +95,7 @@ class SessionChoices:
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
     paths: dict[str, str] = field(default_factory=lambda: {
-        "keys": "keys", "roster": "roster.toml", "ledger": "coordinator/ledger.sqlite", "solver_state": "solver-state"})
+        "keys": "keys", "roster": "roster.toml", "ledger": "ledger.sqlite", "solver_state": "solver-state"})
 
     def __post_init__(self) -> None:  # before a model is loaded for a file that load_config would refuse
         if self.session_id is not None and not is_name(self.session_id):

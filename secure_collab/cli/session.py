@@ -83,9 +83,14 @@ def _init(args: argparse.Namespace) -> int:
     if args.id is not None and not is_name(args.id):  # before anything is read or written
         raise ConfigError(f"bad session id {shown(args.id)}: use {NAME_RULE} (it names the solver's state directory)")
     out = Path(args.out)
-    roster_path = out.parent / args.roster
+    roster_path = Path(args.roster)  # as typed: relative to the current directory, like every other path argument
     if not roster_path.is_file():
-        raise ConfigError(f"no roster at {roster_path}: assemble it first with `secure-collab keys roster`")
+        raise ConfigError(f"no roster at {roster_path.resolve()} (--roster {args.roster} read from the current "
+                          f"directory {Path.cwd()}): assemble it first with `secure-collab keys roster`")
+    import os
+
+    # the session file names it relative to itself (every path in it resolves against the file's directory)
+    roster_in_file = Path(os.path.relpath(roster_path.resolve(), out.resolve().parent)).as_posix()
     roster = load_roster(roster_path)
     if args.roster_sha256 and args.roster_sha256 != roster.digest():
         raise ConfigError(f"the roster {roster_path} has digest {roster.digest()}, not the agreed "
@@ -101,7 +106,7 @@ def _init(args: argparse.Namespace) -> int:
         value_bound=args.value_bound, precision_bits=args.precision_bits, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
         stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn,
-        paths={"keys": "keys", "roster": args.roster, "ledger": "coordinator/ledger.sqlite",
+        paths={"keys": "keys", "roster": roster_in_file, "ledger": "ledger.sqlite",
                "solver_state": "solver-state"})
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
                     allow_download=args.allow_download)
