@@ -23,6 +23,8 @@ from secure_collab.names import NAME_RULE, is_name, shown
 _NOT_HPARAMS = ("layers", "variant", "template_seed", "request_batch")
 _RENAMED = {"mom2_update_weight": "lambda"}  # one name per concept: the CLI's --lambda
 
+PRECISION_BITS = 48  # ckks: bits of precision below the value bound; `demo` and `session init` both default to it
+
 COMMENTS: dict[str, str] = {
     # [session]
     "id": "names this session in the ledger and in every message",
@@ -53,6 +55,11 @@ COMMENTS: dict[str, str] = {
     "mom2_tokens": "covariance C: tokens of the public corpus",
     "mom2_max_len": "covariance C: max tokens per text",
     "mom2_past_weight": "weight of earlier rounds' ΣKKᵀ in memit-dynamic (unset: λ, CollabEdit's)",
+    "update_rule": "across rounds: memit-static (C only) | memit-dynamic (earlier rounds' ΣKKᵀ join C) | alphaedit "
+                   "(ΔW projected onto C's null space); docs/rounds.md",
+    "nullspace_threshold": "alphaedit: eigenvalues of C below this span the preserved null space",
+    "alphaedit_l2": "alphaedit: ridge weight on ΔW in the projected solve",
+    "precision_bits": "ckks: bits of precision below value_bound (more bits, larger ciphertexts)",
     "dtype": "model dtype in every role: auto (float64 for tiny test models, else float32) | float32 | float64",
     "context_templates": "generated once from the model; every party uses exactly these",
     # [network]

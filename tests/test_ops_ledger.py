@@ -65,3 +65,18 @@ def test_session_init_reads_the_roster_from_the_current_directory(tmp_path, monk
     assert main([*argv[:5], "keys/nope.toml", *argv[6:]]) == 2
     err = capsys.readouterr().err
     assert f"no roster at {tmp_path / 'keys' / 'nope.toml'}" in err and "current directory" in err
+
+
+def test_demo_and_session_init_share_one_precision_default_and_the_file_explains_its_rules():
+    import argparse
+
+    from secure_collab.cli import demo, session
+    from secure_collab.session_file import COMMENTS, PRECISION_BITS
+
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    assert p.parse_args([]).precision_bits == PRECISION_BITS
+    p = argparse.ArgumentParser()
+    session.add_arguments(p)
+    assert p.parse_args(["init", "--model", "m"]).precision_bits == PRECISION_BITS
+    assert {"update_rule", "nullspace_threshold", "alphaedit_l2", "wait_log_s"} <= set(COMMENTS)
