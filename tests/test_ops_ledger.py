@@ -80,3 +80,20 @@ def test_demo_and_session_init_share_one_precision_default_and_the_file_explains
     session.add_arguments(p)
     assert p.parse_args(["init", "--model", "m"]).precision_bits == PRECISION_BITS
     assert {"update_rule", "nullspace_threshold", "alphaedit_l2", "wait_log_s"} <= set(COMMENTS)
+
+
+def test_the_party_table_says_why_a_metric_is_missing_and_formats_bytes(capsys):
+    import argparse
+
+    from secure_collab.cli.party import show
+
+    report = {"party": "a", "session": "s1", "edits": 2, "ok": True, "reason": "session complete",
+              "applied": {"0/3": "x"}, "bytes_sent": 82652370, "seconds": 12.3, "patch": "patch.safetensors",
+              "pre": {"efficacy": 0.1, "generalization": None, "specificity": None, "score": None},
+              "post": {"efficacy": 0.9, "generalization": None, "specificity": None, "score": None}}
+    show(argparse.Namespace(json=None, quiet=False), report)
+    out = capsys.readouterr().out
+    assert "generalization -: the requests carry no paraphrase prompts" in out
+    assert "specificity -: the requests carry no neighbourhood prompts" in out and "score -: " in out
+    assert "82.7 MB sent" in out and "82652370" not in out
+    assert "patch: patch.safetensors" in out and "model: -" not in out and "edited model" not in out
