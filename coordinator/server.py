@@ -189,6 +189,9 @@ class Coordinator(Handlers, TagHandlers):
     def _join(self) -> bool:
         deadline = self.clock() + self.cfg.network.join_timeout_s
         parties = set(self.cfg.roster.parties)
+        # the join deadline in wall time, for `secure-collab status` (the ledger records no other start)
+        self.ledger.stage_event(self.s.id, -1, (), -1, "joining",
+                                json.dumps({"deadline": time.time() + self.cfg.network.join_timeout_s}))
 
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
             return self.public is not None and "solver" in self.welcomed

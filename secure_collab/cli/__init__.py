@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "session": "session",
     "ledger": "ledger",
+    "status": "status",
     "coordinator": "coordinator",
     "solver": "solver",
     "party": "party",
