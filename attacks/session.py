@@ -40,8 +40,9 @@ def run_session(work: Path, model: str, mode: str, shares: dict[str, list[Reques
     names = list(shares)
     init_keys(work / "keys", names)
     endpoint = free_loopback_endpoint()
+    # an unset value (mom2_past_weight: λ unless set) is left out: TOML has no null (as session_file does)
     table = {k: v for k, v in hp.to_dict().items() if k not in ("layers", "variant", "template_seed",
-                                                                 "request_batch")}
+                                                                 "request_batch") and v is not None}
     cfg_path = work / "session.toml"
     cfg = write_config(cfg_path, session={
         "id": f"attack-{secrets.token_hex(4)}", "mode": mode, "variant": "sequential", "rounds": 1,
