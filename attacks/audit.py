@@ -33,17 +33,23 @@ class SessionRecord:
     edits: dict[str, int] = field(default_factory=dict)  # party -> edit count, when the records tell
 
 
-def read_ledger(path: Path) -> SessionRecord:
+def read_ledger(path: Path, session: str | None = None) -> SessionRecord:
+    """The record of one session; ``session`` is required when the ledger holds several (none is guessed)."""
     try:
-        tables = ledger.read_ledger(path, ("sessions", "roster", "messages", "handoffs", "releases"))
+        held = [r["session_id"] for r in ledger.read_ledger(path, ("sessions",))["sessions"]]
     except ledger.NotALedger as exc:
         raise ValueError(str(exc)) from None
-    sessions = tables["sessions"]
-    if not sessions:
+    if not held:
         raise ValueError(f"ledger {path} holds no session")
+    if session is None and len(held) > 1:
+        raise ValueError(f"ledger {path} holds {len(held)} sessions ({', '.join(held)}): choose one with --session")
+    if session is not None and session not in held:
+        raise ValueError(f"ledger {path} holds no session {session!r}; it holds {', '.join(held)}")
+    sid = session or held[0]
+    tables = ledger.read_ledger(path, ("sessions", "roster", "messages", "handoffs", "releases"), session=sid)
     parties = [r["name"] for r in tables["roster"] if r["name"] not in ("solver", "coordinator")]
-    rec = SessionRecord(sessions[-1], parties, tables["messages"], tables["handoffs"], tables["releases"],
-                        ledger_traffic(path))
+    rec = SessionRecord(tables["sessions"][0], parties, tables["messages"], tables["handoffs"], tables["releases"],
+                        ledger_traffic(path, sid))
     rec.edits = _edit_counts(path)
     return rec
 
@@ -93,21 +99,28 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def traffic_figure(rec: SessionRecord) -> str:
+def timeline_figure(rec: SessionRecord) -> str:
+    """Every message each party (and the solver) sent to the coordinator, over the session's time; dot area
+    follows the message's size. Rows that look alike are what a privacy officer wants to see."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parties = sorted(rec.traffic)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    a1.bar(parties, [rec.traffic[p]["bytes"] / 1e6 for p in parties], color="#4477aa")
-    a1.set(title="what the coordinator received: bytes per party", ylabel="MB")
-    for i, p in enumerate(parties):
-        lat = rec.traffic[p]["latency"]
-        a2.scatter([i] * len(lat), lat, color="#cc6677", s=14)
-    a2.set_xticks(range(len(parties)), [f"{p}\n({rec.edits[p]} edits)" if p in rec.edits else p for p in parties])
-    a2.set(title="time from request to contribution", ylabel="seconds", yscale="log")
+    inbound = [m for m in rec.messages if m["direction"] == "in" and m["outcome"] == "accepted"]
+    peers = [*sorted({m["peer"] for m in inbound if m["peer"] != "solver"}), "solver"]
+    t0 = min((m["time"] for m in inbound), default=0.0)
+    big = max((m["bytes"] for m in inbound), default=1) or 1
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(10, 0.5 * len(peers) + 1.6), width_ratios=(3, 1), sharey=True)
+    for i, peer in enumerate(peers):
+        mine = [m for m in inbound if m["peer"] == peer]
+        ax.scatter([m["time"] - t0 for m in mine], [i] * len(mine), s=[8 + 150 * m["bytes"] / big for m in mine],
+                   color="#4477aa" if peer != "solver" else "#999999", alpha=0.6)
+        bars.barh(i, sum(m["bytes"] for m in mine) / 1e6, color="#4477aa" if peer != "solver" else "#999999")
+    labels = [f"{p} ({rec.edits[p]} edits)" if p in rec.edits else p for p in peers]
+    ax.set_yticks(range(len(peers)), labels)
+    ax.set(xlabel="seconds since the first message", title="messages sent to the coordinator (dot size: bytes)")
+    bars.set(xlabel="MB sent", title="total per sender")
     fig.tight_layout()
     return _png(fig)
 
@@ -136,7 +149,9 @@ def load_results(directory: Path | None) -> dict[str, list[dict]]:
         except json.JSONDecodeError:
             continue
         meta = data.get("meta", {}) if isinstance(data, dict) else {}
-        source = f"{p.name} ({meta.get('model', '?')}, {Path(str(meta.get('requests', '?'))).name})"
+        about = [str(meta["model"])] if meta.get("model") else []
+        about += [Path(str(meta["requests"])).name] if meta.get("requests") else []
+        source = p.name + (f" ({', '.join(about)})" if about else "")
         for r in data.get("results", []) if isinstance(data, dict) else []:
             if isinstance(r, dict) and "view" in r:
                 out.setdefault(r["view"], []).append({**r, "source": source})
@@ -148,58 +163,98 @@ def _best(rows: list[dict], attack: str | None = None) -> dict | None:
     return max(sel, key=lambda r: r["m"]) if sel else None
 
 
-def verdicts(rec: SessionRecord, results: dict[str, list[dict]]) -> dict[str, tuple[str, str]]:
-    """role -> (level, plain-language verdict); level is 'ok', 'warn' or 'leak'."""
+@dataclass(frozen=True)
+class Verdict:
+    """One role's verdict, in the four parts a privacy officer reads."""
+
+    level: str  # ok | warn | leak
+    reason: str  # one plain sentence: what this role could learn
+    figure: str  # the measured figure behind it, and where it was measured
+    setting: str  # the setting that lowers it (or why none does)
+
+
+# the documented figures a verdict names when no --results were given (docs/privacy.md, SmolLM2, CounterFact)
+DOC_WIRE = ("attacks on the protected bytes named 0 of 4 edited subjects, no better than a random guess "
+            "(docs/privacy.md, view 'wire', shares and ckks)")
+DOC_STATS = "93.8-100 % of 1-8 edited subjects named from one party's statistics (docs/privacy.md, view 'stats')"
+DOC_AGGREGATE = ("93 % of 30 edited subjects named from the sum over 10 parties, chance 0.9 % (docs/privacy.md, "
+                 "view 'aggregate')")
+DOC_DELTA = ("93 % of the other parties' 27 edited subjects named from ΔW, chance 0.8 %; black-box use of the "
+             "edited model names 47 % (docs/privacy.md, views 'delta' and 'model')")
+
+
+def _measured(row: dict, what: str) -> str:
+    return (f"{row['subject_top1']:.0%} of {row['m']} edited subjects named from {what}, chance "
+            f"{row['chance_top1']:.2%} (measured: {row.get('source', '--results')})")
+
+
+def verdicts(rec: SessionRecord, results: dict[str, list[dict]]) -> dict[str, Verdict]:
+    """role -> Verdict, for the coordinator, the solver and each party."""
     mode = rec.session.get("mode", "?")
-    meta = metadata_attack(rec.traffic, rec.edits) if rec.edits else None
-    sizes = sorted({s for t in rec.traffic.values() for s in t["sizes"]})
-    coord = [f"It relayed {sum(t['contribs'] for t in rec.traffic.values())} protected contributions ({mode})."]
-    level = "ok"
-    wire = results.get("wire", [])
-    if wire:
-        worst = max(r["subject_top1"] for r in wire)
-        pmin = min(r["binomial_p_vs_chance"] for r in wire)
-        coord.append(f"Attacks on those bytes did no better than chance (best recall {worst:.3f}, "
-                     f"smallest p-value against chance {pmin:.2f}).")
-    per_party = {tuple(sorted(set(t["sizes"]))) for t in rec.traffic.values()}
-    if len(per_party) == 1:
-        coord.append("Every party's messages had the same sizes, whatever it edited.")
+    meta = metadata_attack(rec.traffic, rec.edits) if len(rec.edits) >= 2 else None
+    out: dict[str, Verdict] = {}
+    wire = [r for r in results.get("wire", []) if r.get("subject_top1") is not None]
+    if mode == "plain":
+        stats = _best(results.get("stats", []))
+        out["coordinator"] = Verdict("leak", "It saw every party's statistics unprotected (plain mode), and the "
+                                     "edited subjects can be read from them.",
+                                     _measured(stats, "one party's statistics") if stats else DOC_STATS,
+                                     "session.mode = shares or ckks (plain is for tests only)")
+    elif release_in_clear(rec):
+        out["coordinator"] = Verdict("leak", "The updates it relayed are readable ΔW matrices, so it learns what "
+                                     "every party learns.", DOC_DELTA,
+                                     "a current version: releases are sealed for the parties")
+    elif meta and meta.get("spearman_latency", 0) > 0.5:
+        out["coordinator"] = Verdict(
+            "warn", "It cannot read the statistics, but how long each party takes to answer follows how many edits "
+                    "it made, so it can tell who edited the most.",
+            f"answer delay vs edit count: Spearman ρ = {meta['spearman_latency']:.2f} over {len(meta['parties'])} "
+            "parties (this session's ledger)",
+            "session.answer_pad_s above the time a party needs for max_edits_per_party (parties then answer no "
+            "earlier than that)")
     else:
-        coord.append(f"Message sizes vary by {max(sizes) - min(sizes)} bytes at most between contributions "
-                     f"(ciphertext serialisation); see the size attack for whether they follow the edits.")
-    if meta and meta.get("spearman_latency", 0) > 0.5:
-        level = "warn"
-        coord.append(f"Its timing does, though: the delay between its request and each party's answer follows the "
-                     f"party's edit count (Spearman ρ = {meta['spearman_latency']:.2f}), so it can tell who edited "
-                     f"the most.")
-    clear = release_in_clear(rec)
-    if clear:
-        level = "leak"
-        coord.append("The releases it relays are readable ΔW matrices, so it holds every party's view of the "
-                     "update as well (see the parties' verdict).")
-    solver = ["It opened only aggregates over at least "
-              f"{min((len(json.loads(h['parties'])) for h in rec.handoffs), default=0)} parties."]
-    slevel = "warn"
+        best = max(wire, key=lambda r: (r["subject_top1"], r["m"])) if wire else None  # the worst, most edits
+        figure = (f"attacks on the protected bytes named {best['subject_top1']:.0%} of {best['m']} edited "
+                  f"subjects, chance {best['chance_top1']:.2%} (measured: {best.get('source', '--results')})"
+                  if best else DOC_WIRE)
+        out["coordinator"] = Verdict("ok", f"It saw only protected bytes ({mode}) whose content and sizes tell "
+                                     "nothing about the edits.", figure,
+                                     "none needed; keep session.mode shares or ckks, and set session.answer_pad_s "
+                                     "if edit counts must stay hidden from its clock")
+    n_min = min((len(json.loads(h["parties"])) for h in rec.handoffs), default=0)
     agg = _best(results.get("aggregate", []), "subspace")
-    if agg:
-        slevel = "leak" if agg["subject_top1"] > 10 * agg["chance_top1"] else "warn"
-        solver.append(f"The aggregate Σ K Kᵀ spans every edited key: ranking public candidates recovered "
-                      f"{agg['subject_top1']:.0%} of the {agg['m']} edited subjects (chance {agg['chance_top1']:.2%}).")
-    else:
-        solver.append("The aggregate spans every edited key; no measured figure was given (--results).")
-    parties = ["Each party applies ΔW, which carries every party's edits."]
-    plevel = "warn"
+    out["solver"] = Verdict("leak" if agg and agg["subject_top1"] > 10 * agg["chance_top1"] else "warn",
+                            f"It opened only sums over at least {n_min} parties: a sum shows which subjects were "
+                            "edited, not which party asked for which.",
+                            _measured(agg, "the sum") if agg else DOC_AGGREGATE,
+                            "session.min_parties (more parties in every sum hides who asked; no setting hides which "
+                            "subjects, since the solver must solve for them)")
     delta, floor = _best(results.get("delta", []), "subspace"), _best(results.get("model", []))
-    if delta:
-        plevel = "leak" if delta["subject_top1"] > 10 * delta["chance_top1"] else "warn"
-        parties.append(f"From ΔW and the public covariance, {delta['subject_top1']:.0%} of the {delta['m']} "
-                       f"edited subjects were recovered (chance {delta['chance_top1']:.2%})")
-        if floor:
-            parties[-1] += f"; black-box queries to the edited model find {floor['subject_top1']:.0%}."
-        else:
-            parties[-1] += "."
-    return {"coordinator": (level, " ".join(coord)), "solver": (slevel, " ".join(solver)),
-            "parties": (plevel, " ".join(parties))}
+    figure = _measured(delta, "ΔW") if delta else DOC_DELTA
+    if delta and floor:
+        figure += f"; black-box use of the edited model names {floor['subject_top1']:.0%}"
+    for p in rec.roster:
+        edits = f" ({rec.edits[p]} edits)" if p in rec.edits else ""
+        out[f"party {p}"] = Verdict("leak" if delta and delta["subject_top1"] > 10 * delta["chance_top1"] else "warn",
+                                    f"Party {p}{edits} applies ΔW, which carries every party's edits: it can "
+                                    "tell which subjects the others edited, not who edited them.", figure,
+                                    "session.min_parties (attribution only); no setting hides the edited subjects, "
+                                    "since ΔW must carry them to edit the model")
+    return out
+
+
+GLOSSARY = (
+    ("ΔW", "the change to the model's weights that the solver computes and every party applies"),
+    ("statistics", "what a party sends: sums over its edit requests that MEMIT needs (G = KKᵀ, B = RKᵀ)"),
+    ("shares / ckks", "the two ways statistics are protected: split between two servers, or homomorphically "
+                      "encrypted; plain means unprotected (tests only)"),
+    ("named … of m edited subjects", "an attacker ranks thousands of public candidate subjects by how well each "
+                                     "fits what it saw; the share of the m truly edited subjects it ranks on top"),
+    ("chance", "the same share for a random ranking"),
+    ("min_parties", "the solver opens no sum over fewer parties"),
+    ("answer_pad_s", "parties answer no earlier than this, so answer times stop telling edit counts apart"),
+    ("Spearman ρ", "how closely two rankings agree: 1 the same order, 0 unrelated"),
+)
 
 
 # ----------------------------------------------------------------------------------------------------- page
@@ -208,7 +263,8 @@ STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#2
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f0f0f0}div.scroll{overflow-x:auto;font-size:.85em}.ok{background:#e3f4e1}.warn{background:#fdf1d6}.leak{background:#f9dcdc}
-.verdict{padding:.8em 1em;margin:.6em 0;border-radius:6px}img{max-width:100%;border:1px solid #ddd}"""
+table.verdicts td,table.verdicts th{text-align:left;vertical-align:top}td.level{font-weight:bold}dt{font-weight:bold}
+dd{margin:0 0 .4em 1.5em}img{max-width:100%;border:1px solid #ddd}details{margin-top:1.5em}"""
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -230,38 +286,43 @@ def render(rec: SessionRecord, results: dict[str, list[dict]], requests: list | 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit: {html.escape(s['session_id'])}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>Privacy audit of session {html.escape(s['session_id'])}</h1>",
-             f"<p>Protection mode <b>{html.escape(s['mode'])}</b>; parties {html.escape(', '.join(rec.roster))}; "
-             f"{len(rec.messages)} messages in the ledger; {len(rec.releases)} releases; configuration digest "
-             f"<code>{html.escape(s['config_digest'][:16])}…</code>.</p>", "<h2>Verdict per role</h2>"]
-    for role, (level, text) in v.items():
-        parts.append(f"<div class='verdict {level}'><b>{role}</b> ({level}): {html.escape(text)}</div>")
-    parts.append("<h2>What the coordinator saw</h2>")
+             f"<p>Protection <b>{html.escape(s['mode'])}</b>; parties {html.escape(', '.join(rec.roster))}; "
+             f"{len(rec.messages)} messages in the coordinator's ledger; {len(rec.releases)} updates released.</p>",
+             "<h2>Verdict per role</h2>",
+             "<table class='verdicts'><tr><th>role</th><th>verdict</th><th>why</th><th>measured</th>"
+             "<th>setting that lowers it</th></tr>"]
+    for role, x in v.items():
+        parts.append(f"<tr class='{x.level}' data-role='{html.escape(role)}'><td><b>{html.escape(role)}</b></td>"
+                     f"<td class='level'>{x.level}</td><td class='reason'>{html.escape(x.reason)}</td>"
+                     f"<td class='figure'>{html.escape(x.figure)}</td>"
+                     f"<td class='setting'>{html.escape(x.setting)}</td></tr>")
+    parts.append("</table>")
+    parts.append("<h2>The session over time</h2><p>Each dot is one message a party sent to the coordinator; rows "
+                 "that look alike mean no party stands out by when or how much it sent.</p>")
+    parts.append(f"<img alt='figure: timeline' src='{timeline_figure(rec)}'>")
+    parts.append("<h2>Words used here</h2><dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(d)}</dd>"
+                                                        for k, d in GLOSSARY) + "</dl>")
+    parts.append("<details><summary>Statistics behind the verdicts</summary>")
     rows = [{"party": p, "edits": rec.edits.get(p), "contributions": t["contribs"], "bytes": t["bytes"],
              "message sizes (bytes)": ", ".join(str(x) for x in sorted(set(t["sizes"]))),
-             "first latency (s)": t["latency"][0] if t["latency"] else None} for p, t in sorted(rec.traffic.items())]
+             "answer delays (s)": [round(x, 3) for x in t["latency"]]} for p, t in sorted(rec.traffic.items())]
     parts.append(_table(rows, list(rows[0]) if rows else ["party"]))
-    parts.append(f"<img alt='figure: traffic per party' src='{traffic_figure(rec)}'>")
     if rec.releases:
-        raw = b"".join(bytes(r["frames"]) for r in rec.releases)
-        u = byte_uniformity(raw)
+        u = byte_uniformity(b"".join(bytes(r["frames"]) for r in rec.releases))
         parts.append(f"<p>Releases relayed: {len(rec.releases)}; readable as plain ΔW: "
-                     f"<b>{release_in_clear(rec)}</b>; {html.escape(u['test'])} on their bytes: p = "
-                     f"{u['p_value']:.3g}.</p>")
-    parts.append("<h2>Measured leakage per view</h2>")
-    if not results:
-        parts.append("<p>No attack results were given (<code>--results DIR</code> with the JSON of "
-                     "<code>secure-collab attack</code>).</p>")
+                     f"{release_in_clear(rec)}; {html.escape(u['test'])} on their bytes: p = {u['p_value']:.3g}.</p>")
     cols = ["source", "view", "attack", "mode", "m", "n", "subject_top1", "subject_top1_ci", "subject_top5",
             "chance_top1", "object_top1", "judge_similarity", "nn_judge_similarity", "random_baseline"]
+    if not results:
+        parts.append("<p>No attack results were given (<code>--results DIR</code>): the verdicts name the figures "
+                     "documented in docs/privacy.md.</p>")
     for view in ("keys", "gram", "stats", "aggregate", "delta", "model", "wire"):
         if view in results:
-            parts.append(f"<h3>{view}</h3><p>Measured on: "
-                         f"{html.escape(', '.join(sorted({r['source'] for r in results[view]})))}.</p>")
             used = [c for c in cols if any(r.get(c) is not None for r in results[view])]
-            parts.append(_table(results[view], used))
+            parts.append(f"<h3>{view}</h3>" + _table(results[view], used))
             parts.append(f"<img alt='figure: {view}' src='{results_figure(results[view], view)}'>")
     if requests:
-        parts.append(f"<h2>Requests of this session</h2><p>{len(requests)} edit requests were given to the "
-                     f"audit (ground truth for scoring; never shown to any role).</p>")
-    parts.append("</body></html>")
+        parts.append(f"<p>{len(requests)} edit requests were given to the audit (ground truth for scoring; never "
+                     "shown to any role).</p>")
+    parts.append("</details></body></html>")
     return "\n".join(parts)

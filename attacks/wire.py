@@ -211,10 +211,10 @@ def wire_rows(exp, modes: Sequence[str], ms: Sequence[int], trials: int, say: Ca
 
 # ------------------------------------------------------------------------------------------------ metadata
 
-def ledger_traffic(ledger: Path) -> dict[str, Any]:
+def ledger_traffic(ledger: Path, session: str | None = None) -> dict[str, Any]:
     """Per party: bytes and count of accepted contributions, and the latency from each request to the party's
-    first contribution of that step (seconds), read from the coordinator's ledger."""
-    rows = read_ledger(ledger, ("messages",))["messages"]  # in insertion (id) order
+    first contribution of that step (seconds), read from the coordinator's ledger (``session``: that one only)."""
+    rows = read_ledger(ledger, ("messages",), session=session)["messages"]  # in insertion (id) order
     out: dict[str, dict[str, Any]] = {}
     asked: dict[str, float] = {}  # peer -> time of the request not yet answered
     for row in rows:

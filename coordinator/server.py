@@ -27,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.guard import ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound, TagHandlers
 from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step, TagPhase
+from coordinator.watching import WaitWatch, waiting_for
 from secure_collab.config import Config
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
@@ -130,6 +131,8 @@ class Coordinator(Handlers, TagHandlers):
                                                                   self.guard.connects))
             self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
             stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            self.watching = WaitWatch(self.sock, self.cfg.network.wait_log_s, self.clock)
+            stack.callback(self.watching.close)
             log.info("listening on %s: session %s, %s, %d parties in the roster (%s), min_parties %d",
                      self.cfg.network.coordinator_bind, self.s.id, self.s.mode, len(self.cfg.roster.parties),
                      ", ".join(sorted(self.cfg.roster.parties)), self.s.min_parties)
@@ -187,14 +190,17 @@ class Coordinator(Handlers, TagHandlers):
     def _join(self) -> bool:
         deadline = self.clock() + self.cfg.network.join_timeout_s
         parties = set(self.cfg.roster.parties)
+        # the join deadline in wall time, for `secure-collab status` (the ledger records no other start)
+        self.ledger.stage_event(self.s.id, -1, (), -1, "joining",
+                                json.dumps({"deadline": time.time() + self.cfg.network.join_timeout_s}))
 
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
             return self.public is not None and "solver" in self.welcomed
 
-        waiting, shown = _Every(10.0, self.clock), None
+        shown = None
         while not (solver_ready() and self.active >= parties - set(self.guard.cut_off)) and self.clock() < deadline:
             now = (len(self.active), solver_ready())
-            if now != shown or waiting.due():  # at start, after each join, and every 10 s
+            if now != shown:  # at start and after each join; in between, WaitWatch's line every wait_log_s
                 shown = now
                 missing = sorted(parties - self.active - set(self.guard.cut_off))
                 missing += [] if solver_ready() else ["solver"]
@@ -348,6 +354,9 @@ class Coordinator(Handlers, TagHandlers):
         if self.stop.is_set():
             self.abort_reason = "the coordinator was stopped by its operator"
             return False
+        self.watching.tick(waiting_for(self.s, self.stage, self.step, self.phase, set(self.cfg.roster.parties),
+                                       self.active, set(self.guard.cut_off),
+                                       self.public is not None and "solver" in self.welcomed), deadline)
         wait_ms = max(0, min(deadline - self.clock(), self.cfg.network.heartbeat_s)) * 1000
         if self.sock.poll(int(wait_ms), zmq.POLLIN):
             self._receive()
@@ -379,6 +388,7 @@ class Coordinator(Handlers, TagHandlers):
             log.exception("coordinator: internal error parsing a message from %s", name)
             self._refuse(name, route, None, f"internal error ({type(exc).__name__})", digest, nbytes)
             return
+        self.watching.seen(name, parts[0])
         if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
             self.routes[name] = route
             self.welcomed.discard(name)
@@ -508,18 +518,3 @@ def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Eve
                     ctx: zmq.SyncContext | None = None) -> Outcome:
     """Run one session to completion (or abort) and return its outcome."""
     return Coordinator(config, scheme, ctx=ctx, stop=stop).run()
-
-
-
-
-class _Every:
-    """True from ``due()`` at most once per ``seconds`` (rate-limits progress log lines)."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
-        self.seconds, self.clock, self.last = seconds, clock, clock()  # first due after ``seconds``
-
-    def due(self) -> bool:
-        if self.clock() - self.last < self.seconds:
-            return False
-        self.last = self.clock()
-        return True

@@ -167,6 +167,7 @@ class Party:
                                    "session show`)", msg.session, msg.config[:12], self.s.id, self.cfg.digest[:12])
                 continue
             if msg.type is MsgType.END:
+                self.watch.session_ended()  # the coordinator closing its socket next is no news
                 self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
                 missing = [key for r, ls in self.s.steps() for key in ((r, lay) for lay in ls)
                            if key not in self.result.applied]

@@ -43,6 +43,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     stage_timeout_s = 600.0
     solve_timeout_s = 600.0
     heartbeat_s = 1.0
+    wait_log_s = 30.0              # coordinator: while a stage waits, one line per interval (whom, since when)
     max_message_bytes = 67108864   # per message, checked before decoding (libzmq MAXMSGSIZE per frame)
     max_frames = 1024
     hwm = 1000
@@ -154,6 +155,7 @@ class NetworkConfig:
     stage_timeout_s: float = 600.0
     solve_timeout_s: float = 600.0
     heartbeat_s: float = 1.0
+    wait_log_s: float = 30.0
     max_message_bytes: int = 64 << 20
     max_frames: int = 1024
     hwm: int = 1000

@@ -22,6 +22,8 @@ from secure_collab.names import NAME_RULE, is_name, shown
 # hparams keys the session file does not carry in [session.hparams]: they live in [session] or are per site
 _NOT_HPARAMS = ("layers", "variant", "template_seed", "request_batch")
 _RENAMED = {"mom2_update_weight": "lambda"}  # one name per concept: the CLI's --lambda
+PRECISION_BITS = 48  # ckks: bits of precision below the value bound; `demo` and `session init` both default to it
+
 
 def hparams_table(hp: Any) -> dict[str, Any]:
     """A session file's [session.hparams] for ``hp`` (a MemitHParams). An unset value (mom2_past_weight: λ unless
@@ -59,6 +61,11 @@ COMMENTS: dict[str, str] = {
     "mom2_tokens": "covariance C: tokens of the public corpus",
     "mom2_max_len": "covariance C: max tokens per text",
     "mom2_past_weight": "weight of earlier rounds' ΣKKᵀ in memit-dynamic (unset: λ, CollabEdit's)",
+    "update_rule": "across rounds: memit-static (C only) | memit-dynamic (earlier rounds' ΣKKᵀ join C) | alphaedit "
+                   "(ΔW projected onto C's null space); docs/rounds.md",
+    "nullspace_threshold": "alphaedit: eigenvalues of C below this span the preserved null space",
+    "alphaedit_l2": "alphaedit: ridge weight on ΔW in the projected solve",
+    "precision_bits": "ckks: bits of precision below value_bound (more bits, larger ciphertexts)",
     "dtype": "model dtype in every role: auto (float64 for tiny test models, else float32) | float32 | float64",
     "context_templates": "generated once from the model; every party uses exactly these",
     # [network]
@@ -68,11 +75,12 @@ COMMENTS: dict[str, str] = {
     "stage_timeout_s": "how long one party may take for one step's statistics",
     "solve_timeout_s": "how long the solver may take for one release",
     "heartbeat_s": "seconds between keep-alive messages",
+    "wait_log_s": "coordinator: while a stage waits, one log line per interval: whom, since when, the deadline",
     "request_in_turn": "ask parties for statistics one at a time (parties sharing one machine's cores)",
     # [paths]
     "keys": "this site's own secret key files (mode 0600; never copied anywhere)",
     "roster": "every site's public keys, assembled from their public key files",
-    "ledger": "coordinator only: its append-only SQLite ledger",
+    "ledger": "coordinator only: its append-only SQLite ledger (`secure-collab ledger show --config` reads it)",
     "solver_state": "solver only: its session state",
 }
 
@@ -100,7 +108,7 @@ class SessionChoices:
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
     paths: dict[str, str] = field(default_factory=lambda: {
-        "keys": "keys", "roster": "roster.toml", "ledger": "coordinator/ledger.sqlite", "solver_state": "solver-state"})
+        "keys": "keys", "roster": "roster.toml", "ledger": "ledger.sqlite", "solver_state": "solver-state"})
 
     def __post_init__(self) -> None:  # before a model is loaded for a file that load_config would refuse
         if self.session_id is not None and not is_name(self.session_id):
@@ -144,7 +152,7 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
     }
     network = {"coordinator_bind": choices.bind, "coordinator_endpoint": choices.endpoint,
                "join_timeout_s": choices.join_timeout_s, "stage_timeout_s": choices.stage_timeout_s,
-               "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0,
+               "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0, "wait_log_s": 30.0,
                "request_in_turn": choices.request_in_turn}
     return {"session": session, "network": network, "paths": dict(choices.paths)}
 

@@ -222,8 +222,9 @@ class Solver:
                                          rcvhwm=transport.router_rcvhwm(self.cfg.network))
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
-            stack.callback(ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
-                                           self.cfg.network.join_timeout_s).start().stop)
+            self.watch = ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
+                                         self.cfg.network.join_timeout_s).start()
+            stack.callback(self.watch.stop)
             stack.callback(self.logged.summary)
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, bundles, signature)))
         return self.result
@@ -250,6 +251,7 @@ class Solver:
                 if msg.session != self.s.id or msg.config != self.cfg.digest:
                     raise ProtocolError("wrong session or configuration digest")
                 if msg.type is MsgType.END:
+                    self.watch.session_ended()  # the coordinator closing its socket next is no news
                     self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
                     self.ended = True
                     (log.info if self.result.ok else log.error)("the coordinator ended the session: %s%s",

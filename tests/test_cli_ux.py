@@ -370,7 +370,7 @@ def _model_config(tmp_path: Path, **session) -> Path:
     from secure_collab.keys import init_keys
 
     init_keys(tmp_path / "keys", ["a", "b"])
-    assert main(["session", "init", "--model", "tiny-llama", "--roster", "keys/roster.toml",
+    assert main(["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"),
                  "--out", str(tmp_path / "session.toml"), "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
     doc = tomllib.loads((tmp_path / "session.toml").read_text())
     doc["session"].update(session)

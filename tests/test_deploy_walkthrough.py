@@ -70,7 +70,7 @@ def test_three_sites_walkthrough_on_tiny_llama(tmp_path):
         assert set(p.deltas) == set(first.deltas)
         assert all(torch.equal(p.deltas[k], first.deltas[k]) for k in first.deltas)
         assert [e.release_sha256 for e in p.entries] == [e.release_sha256 for e in first.entries]
-    with sqlite3.connect(work / "coordinator" / "coordinator" / "ledger.sqlite") as db:
+    with sqlite3.connect(work / "coordinator" / "ledger.sqlite") as db:
         released = {f"{r}/{lay}": sha for r, lay, sha in db.execute("SELECT round, layer, sha256 FROM releases")}
     assert released == {f"{e.round}/{e.layer}": e.release_sha256 for e in first.entries}
     # the applied model loads with from_pretrained and carries the ΔW

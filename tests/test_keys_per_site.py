@@ -53,10 +53,10 @@ def test_roster_from_public_files_passes_check_and_is_pinned_by_session_init(sit
     checked = json.loads(out.out)
     assert checked["ok"] and checked["roster_sha256"] == roster.digest() and "every fingerprint" in out.err
     assert checked["fingerprints"] == {m["who"]: m["fingerprint"] for m in made.values()}
-    assert main(["session", "init", "--model", "tiny-llama", "--roster", "roster.toml", "--out",
+    assert main(["session", "init", "--model", "tiny-llama", "--roster", str(root / "roster.toml"), "--out",
                  str(root / "session.toml"), "--roster-sha256", "0" * 64, "-q"]) == 2
     assert "not the agreed" in capsys.readouterr().err
-    assert main(["session", "init", "--model", "tiny-llama", "--roster", "roster.toml", "--out",
+    assert main(["session", "init", "--model", "tiny-llama", "--roster", str(root / "roster.toml"), "--out",
                  str(root / "session.toml"), "--roster-sha256", roster.digest(), "--json", "-"]) == 0
     assert f'roster_sha256 = "{roster.digest()}"' in (root / "session.toml").read_text()
     out = capsys.readouterr()

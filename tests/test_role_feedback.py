@@ -49,7 +49,7 @@ def _lines_until(proc: subprocess.Popen, pattern: str, timeout: float) -> list[t
 def test_party_without_a_coordinator_says_so_within_10_s(tmp_path):
     init_keys(tmp_path / "keys", ["a", "b"])
     endpoint = free_loopback_endpoint()  # nothing listens there
-    assert main(["session", "init", "--model", "tiny-llama", "--roster", "keys/roster.toml", "--out",
+    assert main(["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"), "--out",
                  str(tmp_path / "session.toml"), "--endpoint", endpoint, "--join-timeout-s", "8",
                  "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
     (tmp_path / "r.jsonl").write_text(json.dumps({"subject": "France", "prompt": "The capital of {} is",
@@ -97,6 +97,7 @@ def test_coordinator_abort_reaches_every_party_with_its_reason(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 2 and err.strip().splitlines()[-1] == "secure-collab coordinator: error: interrupted"
+    assert "coordinator: stopping… (telling every connected peer why" in err  # at once, before the linger
     for n in ("a", "b"):
         result = th.results[n]
         assert not result.ok and result.reason == "the coordinator was stopped by its operator", (n, result)

@@ -18,8 +18,9 @@ from secure_collab.keys import init_keys
 def session_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("session")
     init_keys(d / "keys", ["a", "b", "c"])
-    assert main(["session", "init", "--model", "tiny-llama", "--parties", "a,b,c", "--roster", "keys/roster.toml",
-                 "--out", str(d / "session.toml"), "--id", "s-test", "--lambda", "12.5", "--layers", "1-3",
+    assert main(["session", "init", "--model", "tiny-llama", "--parties", "a,b,c",
+                 "--roster", str(d / "keys/roster.toml"), "--out", str(d / "session.toml"), "--id", "s-test",
+                 "--lambda", "12.5", "--layers", "1-3",
                  "--endpoint", "tcp://coord.example.org:5555", "--cache-dir", str(d / "cache"), "-q"]) == 0
     return d
 
@@ -51,7 +52,7 @@ def test_session_init_takes_everything_derivable_from_the_model(session_dir):
 
 
 def test_session_init_refuses_to_overwrite_and_a_roster_mismatch(session_dir, capsys):
-    argv = ["session", "init", "--model", "tiny-llama", "--roster", "keys/roster.toml",
+    argv = ["session", "init", "--model", "tiny-llama", "--roster", str(session_dir / "keys/roster.toml"),
             "--out", str(session_dir / "session.toml"), "--cache-dir", str(session_dir / "cache")]
     assert main(argv) == 2
     assert "exists; pass --force" in capsys.readouterr().err

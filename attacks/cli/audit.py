@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", required=True, metavar="OUT", help="where to write the page")
     p.add_argument("--requests", nargs="*", default=[],
                    help="the session's request files (ground truth) (default: none)")
+    p.add_argument("--session", default=None,
+                   help="the session to audit (default: the only one; required when the ledger holds several)")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="directory of `secure-collab attack --json` results to include (default: none)")
     add_json_option(p)  # the verdicts
@@ -27,8 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.data.formats import load_requests
 
     try:
-        rec = read_ledger(Path(args.ledger))
-        requests = [r for f in args.requests for r in load_requests(f)]
+        rec = read_ledger(Path(args.ledger), args.session)
+        per_file = {Path(f): load_requests(f) for f in args.requests}
+        requests = [r for rs in per_file.values() for r in rs]
+        for f, rs in per_file.items():  # requests-<party>.jsonl, as the demo and attacks.session write them
+            name = f.name.split(".")[0].removeprefix("requests-")
+            if name in rec.roster:
+                rec.edits[name] = len(rs)
         if args.results and not Path(args.results).is_dir():
             raise FileNotFoundError(f"results directory {args.results} not found")
         results = load_results(Path(args.results) if args.results else None)
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    v = {role: {"level": lvl, "verdict": text} for role, (lvl, text) in verdicts(rec, results).items()}
+    v = {role: {"level": x.level, "verdict": x.reason, "figure": x.figure, "setting": x.setting}
+         for role, x in verdicts(rec, results).items()}
     write_json(args, {"session": rec.session["session_id"], "html": str(out), "verdicts": v})
     print(f"audit: {out} ({len(page) / 1e3:.0f} kB); " + "; ".join(f"{r}: {x['level']}" for r, x in v.items()),
           file=sys.stderr)

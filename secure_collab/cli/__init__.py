@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "session": "session",
     "ledger": "ledger",
+    "status": "status",
     "coordinator": "coordinator",
     "solver": "solver",
     "party": "party",
@@ -181,7 +182,14 @@ def main(argv: Sequence[str] | None = None, entry_points: Iterable[Any] | None =
     args._argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for result files
     configure_logging(-1 if args.quiet else args.verbose)
     try:
-        return int(args._module.run(args) or 0)
+        code = int(args._module.run(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit ("Exception ignored", code 120)
+        return code
+    except BrokenPipeError:  # `secure-collab ledger show | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
+        return 0
     except (Exception, KeyboardInterrupt) as exc:
         message = user_message(exc)
         if message is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -66,10 +67,20 @@ def require_secret(path: Path, what: str, expected: Any = None) -> None:
                           f"{identity.public.fingerprint()[:16]}…, roster {expected.fingerprint()[:16]}…)")
 
 
+def rejoin_hint(role: str) -> str:
+    """What a stopping party or solver tells its operator: the session goes on, the same command rejoins it."""
+    import shlex
+    import sys
+
+    return (f"{role}: stopping… the session goes on without it until the stage's deadline; to rejoin, run the "
+            f"same command again: secure-collab {shlex.join(sys.argv[1:])}")
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
+def stop_on_signals(say: str = "") -> Iterator[threading.Event]:
     """An Event set by Ctrl-C / SIGTERM while the role runs, so it ends cleanly (the coordinator then tells
-    every peer why). Outside the main thread (tests) signals are left alone."""
+    every peer why); ``say`` is written to stderr at once, so the operator knows the key was heard. Outside
+    the main thread (tests) signals are left alone."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -80,6 +91,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
         if stop.is_set():  # a second Ctrl-C: stop waiting for a clean end
             raise KeyboardInterrupt
         stop.set()
+        if say:  # os.write, not logging or print: a signal handler must not take their locks
+            os.write(2, f"{say}\n".encode())
 
     for sig in previous:
         signal.signal(sig, handler)

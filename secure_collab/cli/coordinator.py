@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     require_secret(config.paths.keys / "coordinator.key_secret", "the coordinator", config.roster.coordinator)
     check_coordinator_state(config)
-    with stop_on_signals() as stop:
+    with stop_on_signals("coordinator: stopping… (telling every connected peer why; Ctrl-C again to quit at "
+                         "once)") as stop:
         outcome = run_coordinator(config, public_scheme(config.session.mode), stop=stop)  # it never needs more
     say(args, f"session {config.session.id}: {'done' if outcome.ok else 'ABORTED'}: {outcome.reason}")
     for (round_, layer), sha in sorted(outcome.releases.items()):

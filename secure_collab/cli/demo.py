@@ -32,6 +32,7 @@ METRICS = ("efficacy", "generalization", "specificity", "score")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
+    from secure_collab.session_file import PRECISION_BITS
 
     p.add_argument("--mode", choices=("ckks", "shares", "plain"), default="shares",
                    help="protection of the statistics (plain: none)")
@@ -45,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-parties", type=int, default=2, help="the solver opens no sum of fewer parties")
     p.add_argument("--value-bound", type=float, default=1e5,
                    help="declared max |entry| of one party's statistic (parties refuse to send beyond it)")
-    p.add_argument("--precision-bits", type=int, default=48, help="ckks: precision below the bound")
+    p.add_argument("--precision-bits", type=int, default=PRECISION_BITS,
+                   help="ckks: bits of precision below the value bound")
     p.add_argument("--dtype", default="auto",
                    help="model dtype in every process: auto (float64 for tiny models, else float32), float64 "
                         "(removes float32 rounding from the comparison with Global-Edit, at twice the compute)")

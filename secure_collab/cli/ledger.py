@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 HELP = "print the coordinator's ledger: one row per message with digest, size, time and outcome"
 
@@ -16,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
 
     show = sub.add_parser("show", help="print the ledger")
-    show.add_argument("--ledger", default="coordinator/ledger.sqlite", help="path of the SQLite ledger")
+    show.add_argument("--ledger", default=None,
+                      help="path of the SQLite ledger (default: [paths] ledger of --config, relative to that file)")
+    show.add_argument("--config", default="session.toml",
+                      help="the coordinator's session file, to find its ledger when --ledger is not given")
     show.add_argument("--session", help="only this session (default: every session)")
     add_json_option(show)
 
@@ -28,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.errors import ConfigError
     from secure_collab.ledger import NotALedger, read_ledger
 
-    path = Path(args.ledger)
+    path = Path(args.ledger) if args.ledger else _ledger_of(Path(args.config))
     if not path.is_file():
         raise ConfigError(f"no ledger at {path}")
     # read-only: never touches the ledger; a ledger written before decisions existed reads as no decisions
@@ -37,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
                              session=args.session)
     except NotALedger as exc:
         raise ConfigError(str(exc)) from None
+    if args.session is not None and not tables["sessions"]:
+        held = [r["session_id"] for r in read_ledger(path, ("sessions",))["sessions"]]
+        raise ConfigError(f"the ledger {path} holds no session {args.session!r}; it holds "
+                          f"{', '.join(held) if held else 'no session yet'}")
     write_json(args, tables)
     out = human(args)
     if not args.json:  # the whole table only when no JSON was asked for; the summary always
@@ -49,6 +57,16 @@ def run(args: argparse.Namespace) -> int:
     for r in tables["decisions"]:
         print(f"  {_time(r['time'])} round {r['round']} decision {r['decision_id'][:16]}: {r['kind']}", file=out)
     return 0
+
+
+def _ledger_of(config: Any) -> Any:  # Path -> Path (pathlib imported lazily, as the CLI does)
+    """The ledger a session file names (``[paths] ledger``, relative to the file)."""
+    from secure_collab.config import load_config
+    from secure_collab.errors import ConfigError
+
+    if not config.is_file():
+        raise ConfigError(f"no --ledger given and no session file at {config} (--config) to find it from")
+    return load_config(config).paths.ledger
 
 
 def _time(t: float) -> str:

@@ -62,7 +62,7 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
 def run(args: argparse.Namespace) -> int:
     from parties.runner import run_party_session
     from secure_collab.cli._output import write_json
-    from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
+    from secure_collab.cli._roles import load_scheme, rejoin_hint, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config
     from secure_collab.errors import ConfigError
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                    config.roster.parties[args.name])
     check_outputs(args)  # before the model loads and the party joins: a bad path must not lose the session's work
     engine = engine_callbacks(config, args.name, args)
-    with stop_on_signals() as stop:
+    with stop_on_signals(rejoin_hint(f"party {args.name}")) as stop:
         report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
     show(args, report)
     write_json(args, report, private=True)  # the report counts and scores this party's edits (DESIGN §1)
@@ -92,6 +92,15 @@ def check_outputs(args: argparse.Namespace) -> None:
     check_writable(args.save, "--save", directory=True)
 
 
+# why a metric has no value: MEMIT's CounterFact metrics need prompts a plain request file may not carry
+WHY_NO_VALUE = {
+    "efficacy": "not measured on these requests",
+    "generalization": "the requests carry no paraphrase prompts",
+    "specificity": "the requests carry no neighbourhood prompts",
+    "score": "the harmonic mean of efficacy, generalization and specificity needs all three",
+}
+
+
 def show(args: argparse.Namespace, report: dict) -> None:
     """The party's metrics table (before → after, on its own requests) and one line on the session."""
     from rich.table import Table
@@ -103,12 +112,28 @@ def show(args: argparse.Namespace, report: dict) -> None:
         table = Table(title=f"party {report['party']}: {report.get('edits', '?')} edits, session {report['session']}")
         for col in ("metric", "before", "after"):
             table.add_column(col, justify="left" if col == "metric" else "right")
+        missing = []
         for m in METRICS:
             pre, post = report["pre"].get(m), report["post"].get(m)
+            if pre is None and post is None:
+                missing.append(m)
             table.add_row(m, "-" if pre is None else f"{pre:.3f}", "-" if post is None else f"{post:.3f}")
         out.print(table)
+        for m in missing:
+            out.print(f"  {m} -: {WHY_NO_VALUE[m]}", markup=False)
     status = "done" if report["ok"] else "FAILED"
     out.print(f"party {report['party']}: {status}: {report['reason']}; {len(report['applied'])} ΔW applied, "
-              f"{report['bytes_sent']} bytes sent in {report['seconds']:.1f} s", markup=False)
-    if report.get("patch") or report.get("saved_model"):
-        out.print(f"patch: {report.get('patch', '-')}  model: {report.get('saved_model', '-')}", markup=False)
+              f"{size(report['bytes_sent'])} sent in {report['seconds']:.1f} s", markup=False)
+    written = [f"{what}: {report[key]}" for what, key in (("patch", "patch"), ("edited model", "saved_model"))
+               if report.get(key)]
+    if written:
+        out.print("  ".join(written), markup=False)
+
+
+def size(n: float) -> str:
+    """Bytes for a person: 82652370 -> '82.7 MB' (decimal units, as network traffic is counted)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")

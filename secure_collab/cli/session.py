@@ -11,7 +11,7 @@ HELP = "write a complete, commented session.toml from the model (init), or show 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from secure_collab.cli.stats import parse_layers
-    from secure_collab.session_file import SessionChoices
+    from secure_collab.session_file import PRECISION_BITS, SessionChoices
 
     d = SessionChoices(parties=())
     sub = parser.add_subparsers(dest="session_command", metavar="ACTION")
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--parties", default=None,
                       help="comma-separated party names, e.g. a,b,c (default: the roster's parties)")
     init.add_argument("--roster", default=d.paths["roster"],
-                      help="roster of every site's public keys (`secure-collab keys roster`), relative to --out")
+                      help="roster of every site's public keys (`secure-collab keys roster`), relative to the "
+                           "current directory")
     init.add_argument("--roster-sha256", default=None,
                       help="the roster digest the sites agreed on; refuse a roster file with another (default: "
                            "pin the given roster's digest, which `keys check` lets each site verify)")
@@ -41,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--min-parties", type=int, default=d.min_parties, help="fewest parties in any sum")
     init.add_argument("--value-bound", type=float, default=d.value_bound,
                       help="declared max |entry| of one party's statistic")
-    init.add_argument("--precision-bits", type=int, default=None, help="ckks only (default: the scheme's 30)")
+    init.add_argument("--precision-bits", type=int, default=PRECISION_BITS,
+                      help="ckks only: bits of precision below the value bound")
     init.add_argument("--bind", default=d.bind, help="where the coordinator listens")
     init.add_argument("--endpoint", default=d.endpoint, help="where the solver and parties reach the coordinator")
     init.add_argument("--join-timeout-s", type=float, default=d.join_timeout_s,
@@ -83,9 +85,14 @@ def _init(args: argparse.Namespace) -> int:
     if args.id is not None and not is_name(args.id):  # before anything is read or written
         raise ConfigError(f"bad session id {shown(args.id)}: use {NAME_RULE} (it names the solver's state directory)")
     out = Path(args.out)
-    roster_path = out.parent / args.roster
+    roster_path = Path(args.roster)  # as typed: relative to the current directory, like every other path argument
     if not roster_path.is_file():
-        raise ConfigError(f"no roster at {roster_path}: assemble it first with `secure-collab keys roster`")
+        raise ConfigError(f"no roster at {roster_path.resolve()} (--roster {args.roster} read from the current "
+                          f"directory {Path.cwd()}): assemble it first with `secure-collab keys roster`")
+    import os
+
+    # the session file names it relative to itself (every path in it resolves against the file's directory)
+    roster_in_file = Path(os.path.relpath(roster_path.resolve(), out.resolve().parent)).as_posix()
     roster = load_roster(roster_path)
     if args.roster_sha256 and args.roster_sha256 != roster.digest():
         raise ConfigError(f"the roster {roster_path} has digest {roster.digest()}, not the agreed "
@@ -98,10 +105,11 @@ def _init(args: argparse.Namespace) -> int:
     choices = SessionChoices(
         parties=parties, roster_sha256=roster.digest(), mode=args.mode, variant=args.variant, rounds=args.rounds,
         layers=tuple(args.layers) if args.layers else None, lam=args.lam, min_parties=args.min_parties,
-        value_bound=args.value_bound, precision_bits=args.precision_bits, session_id=args.id, dtype=args.dtype,
+        value_bound=args.value_bound,
+        precision_bits=args.precision_bits if args.mode == "ckks" else None, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
         stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn,
-        paths={"keys": "keys", "roster": args.roster, "ledger": "coordinator/ledger.sqlite",
+        paths={"keys": "keys", "roster": roster_in_file, "ledger": "ledger.sqlite",
                "solver_state": "solver-state"})
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
                     allow_download=args.allow_download)

@@ -34,7 +34,7 @@ def session_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from secure_collab.cli._output import say, write_json
-    from secure_collab.cli._roles import load_scheme, require_secret, set_threads, stop_on_signals
+    from secure_collab.cli._roles import load_scheme, rejoin_hint, require_secret, set_threads, stop_on_signals
     from secure_collab.config import load_config
     from secure_collab.preflight import check_solver_state
     from solver.server import run_solver
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     require_secret(config.paths.keys / "solver.key_secret", "the solver", config.roster.solver)
     check_solver_state(config)
     solve = session_solve(config, args)
-    with stop_on_signals() as stop:
+    with stop_on_signals(rejoin_hint("solver")) as stop:
         result = run_solver(config, load_scheme(config.session.mode), solve, stop=stop)
     say(args, f"solver: {'done' if result.ok else 'stopped'}: {result.reason}; "
               f"{len(result.releases)} releases, {result.chunks_received} aggregate chunks received")
