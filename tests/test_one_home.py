@@ -140,6 +140,15 @@ CONCEPTS = [
             once=True),
     Concept("an update rule named in a role", constant(lambda v: v == "memit-static"),
             frozenset(), where=ROLES),
+    Concept("the target cache", defines("cached_targets"), frozenset({"secure_collab/editing/target_cache.py"}),
+            once=True),
+    Concept("the targets' take and concat", lambda n: isinstance(n, ast.FunctionDef) and n.name in ("take", "concat"),
+            frozenset({"secure_collab/editing/targets.py", "coordinator/guard.py"}),  # guard.take: a token bucket
+            where=("secure_collab", *ROLES, "attacks")),
+    Concept("the session file's hparams table", defines("hparams_table"), frozenset({"secure_collab/session_file.py"}),
+            once=True),
+    Concept("a mode's running sum (its bookkeeping)", defines("RunningSum"),
+            frozenset({"secure_collab/protection/public.py"}), once=True),
 ]
 
 
