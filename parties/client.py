@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
+from parties.status import StatusFile
 from parties.tags import PartyTags, Tagger
 from secure_collab.config import STATISTICS, Config
 from secure_collab.keys import CurveKeyPair, load_identity
@@ -110,6 +111,10 @@ class Party:
                          MsgType.DECISION: self._on_decision}
         if config.session.tags and tagger is None:
             raise ValueError("this session exchanges tags (dedupe or conflict_policy): the engine must give a tagger")
+        net = config.network
+        # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
+        self.idle_limit = net.join_timeout_s + net.stage_timeout_s * len(config.roster.parties) + net.solve_timeout_s
+        self.status = StatusFile(config, name, self.log)
         self.fact_tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger,
                                len(config.roster.parties))
                      if config.session.tags and tagger is not None else None)
@@ -125,18 +130,23 @@ class Party:
             self.watch = ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, self.log,
                                          self.cfg.network.join_timeout_s).start()
             stack.callback(self.watch.stop)
+            self.status.update("joining", deadline=time.time() + self.cfg.network.join_timeout_s,
+                               means="this party gives up unless it reaches the coordinator")
             try:
                 self._loop()
             except Fatal as exc:
                 self.result.ok, self.result.reason = False, str(exc)
                 self.log.error("stopped: %s", exc)
+                if self.stop.is_set():
+                    self.status.update("stopped", "(restart the same command to rejoin)")
+                else:  # the reason may hold this party's own figures: it stays in the log
+                    self.status.update("failed", "(the reason is in this party's log)")
         self.result.seconds = time.monotonic() - start
         return self.result
 
     def _loop(self) -> None:
         net = self.cfg.network
-        # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
-        idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
+        idle_limit = self.idle_limit
         limits = transport.limits_for(net)
         self._send(self._hello())
         last = time.monotonic()
@@ -181,6 +191,8 @@ class Party:
                     self.result.reason = ("every release was applied, but the solver-signed releases say shared "
                                           "facts of ours were released short of their holders (a decided co-holder "
                                           "was not in the step): " + self._weakened_text())
+                self.status.update("done" if self.result.ok else "aborted",
+                                   "" if self.result.ok else clean_text(self.result.reason, STORED_TEXT))
                 (self.log.info if self.result.ok else self.log.error)(
                     "the coordinator ended the session: %s%s", "" if self.result.ok else "ABORTED: ",
                     self.result.reason)
@@ -229,6 +241,7 @@ class Party:
         except (ProtocolError, ProtectionError) as exc:
             raise Fatal(str(exc)) from None
         self.public = public
+        self._waiting("joined", "(waiting for the first step)", joined=True)
         self.log.info("the solver's signed setup verifies (%s, layers %s)", self.s.mode, list(self.s.layers))
 
     def _on_request(self, msg: Message) -> None:
@@ -254,6 +267,10 @@ class Party:
         missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self.result.applied]
         if missing:
             raise ProtocolError(f"request before the releases of {missing} were applied")
+        where = f"round {msg.round} layer{'s' * (len(layers) > 1)} {','.join(map(str, layers))}"
+        stage_end = time.time() + self.cfg.network.stage_timeout_s
+        self.status.update("contributing", f"{where} (attempt {attempt})", deadline=stage_end,
+                           means="the coordinator collects this step's statistics until about then")
         for layer in layers:
             key = (msg.round, layer)
             if key not in self.cache:
@@ -263,6 +280,10 @@ class Party:
         for layer in layers:
             self._send_layer(msg.round, layer, attempt)
         self.sent.add((msg.round, layers, attempt))
+        self.status.update("waiting for release", where,
+                           deadline=stage_end + self.cfg.network.solve_timeout_s,
+                           means="the step's collection deadline plus the solve timeout",
+                           contributed=len({(r, ls) for r, ls, _ in self.sent}))
 
     def _pad_answer(self, started: float) -> None:
         """Answer no earlier than ``session.answer_pad_s`` after the request: the time a party takes to answer
@@ -341,6 +362,7 @@ class Party:
             reason = clean_text(str(exc), STORED_TEXT)
             self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": False, "reason": reason}))
             raise Fatal(f"refused release of round {msg.round} layer {msg.layer}: {exc}") from None
+        self.status.update("applying", f"round {msg.round} layer {msg.layer}")
         self.apply(msg.layer, delta)
         self.result.applied[key] = b["sha256"]
         self.log.info("round %d layer %d: applied the solver-signed ΔW (sha256 %s…) of %s", msg.round, msg.layer,
@@ -358,6 +380,14 @@ class Party:
             if all((round_, lay) in self.result.applied for lay in layers):
                 for lay in layers:
                     self.cache.pop((round_, lay), None)
+        n = len(self.result.applied)
+        self._waiting("waiting for the end" if n == self.status.doc["releases"] else "waiting for the next step",
+                      f"(applied round {msg.round} layer {msg.layer})", applied=n)
+
+    def _waiting(self, stage: str, detail: str, **counts: Any) -> None:
+        """A stage in which the party waits for the coordinator: its deadline is the party's own idle limit."""
+        self.status.update(stage, detail, deadline=time.time() + self.idle_limit,
+                           means="this party gives up if the coordinator stays silent until then", **counts)
 
     def _weakened_text(self) -> str:
         return "; ".join(f"round {r} request {i} counts {k}/{m} of one copy ({k} of its {m} holders)"
@@ -376,6 +406,9 @@ class Party:
 
     def _on_tag_open(self, msg: Message) -> None:
         desk = self._tag_desk(msg)
+        self.status.update("tagging", f"round {msg.round}",
+                           deadline=time.time() + self.cfg.network.stage_timeout_s,
+                           means="the coordinator collects this round's tags until about then")
         try:
             frames = desk.blinded(msg.round, self.public or b"", self.scheme)
         except ValueError as exc:

@@ -64,6 +64,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     roster = "roster.toml"       # every site's public keys
     ledger = "coordinator/ledger.sqlite"
     solver_state = "solver-state"
+    party_status = "."           # where a party keeps status-<party>.json (`secure-collab status`)
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ class PathsConfig:
     roster: Path
     ledger: Path
     solver_state: Path
+    party_status: Path  # the directory of a party's status-<party>.json (parties/status.py)
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     network = _build(NetworkConfig, data.get("network", {}), "network")
     raw_paths = data.get("paths", {})
     defaults = {"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
-                "solver_state": "solver-state"}
+                "solver_state": "solver-state", "party_status": "."}
     unknown = set(raw_paths) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown [paths] keys: {sorted(unknown)}")

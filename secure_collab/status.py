@@ -2,9 +2,8 @@
 
 Only the coordinator's host holds the ledger, so only there is per-party detail shown (who joined, when each was
 last heard from). A party's host has no ledger: when and how fast each party answered is the timing signal
-``attacks/wire.py`` measures, so it stays with the coordinator; ``session_status`` then reports only what the
-session file says (the parties, min_parties, the timeouts) and that stage and counts are shown by the
-coordinator's host.
+``attacks/wire.py`` measures, so it stays with the coordinator; there `secure-collab status` shows the party's
+own stage and counts instead, from the status file its runtime keeps (``parties/status.py``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ joined; status, run as its own process on the coordinator's host, shows the stag
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "network"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from network_doubles import SyntheticEngine, Threads, make_config  # noqa: E402
+from network_doubles import SyntheticEngine, Threads, closed_form_solve, make_config  # noqa: E402
 from test_role_feedback import _lines_until, _spawn  # noqa: E402
 
 
@@ -60,3 +61,87 @@ def test_status_away_from_the_coordinators_host_says_why_it_shows_nothing(tmp_pa
     make_config(tmp_path)
     res = _status("--config", str(next(tmp_path.glob("config-*.toml"))))
     assert res.returncode == 2 and "not the coordinator's host" in res.stderr and "attacks/wire.py" in res.stderr
+
+
+def test_a_partys_status_on_its_own_host_shows_stage_and_counts_only(tmp_path):
+    """Party a runs from its own directory (its session file, no ledger there): while the coordinator process
+    waits for c and the solver, and after the session ends, `secure-collab status` there reads a's status file and
+    shows a's stage, its own counts and the time left, and nothing of another party (no names, no timing)."""
+    import shutil
+
+    from parties import run_party
+    from parties.status import FIELDS
+    from secure_collab.config import load_config
+    from secure_collab.protection import get_scheme
+    from solver.server import run_solver
+
+    cfg = make_config(tmp_path, min_parties=3, network={"join_timeout_s": 120.0})
+    config = next(tmp_path.glob("config-*.toml"))
+    site = tmp_path / "site-a"  # party a's host: the same session file, no ledger beside it
+    site.mkdir()
+    site_config = site / config.name
+    shutil.copy(config, site_config)
+    cfg_a = load_config(site_config)
+    assert cfg_a.digest == cfg.digest and not cfg_a.paths.ledger.exists()
+    scheme = get_scheme("plain")
+    proc = _spawn(["coordinator", "--config", str(config)])
+    th = Threads()
+    try:
+        _lines_until(proc, "listening on", 60)
+        for n, c in (("a", cfg_a), ("b", cfg)):
+            e = SyntheticEngine(n, cfg)
+            th.start(n, lambda n=n, c=c, e=e: run_party(c, n, scheme, e.compute_statistics, e.apply_delta))
+        _lines_until(proc, r"waiting for c, solver \(2 of 3 parties joined", 30)
+        live = _status("--config", str(site_config), "--json", "-")  # auto-detects status-a.json
+        live_human = _status("--config", str(site_config))
+        e = SyntheticEngine("c", cfg)
+        th.start("c", lambda: run_party(cfg, "c", scheme, e.compute_statistics, e.apply_delta))
+        th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
+        th.join(120)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert all(th.results[n].ok for n in "abc"), (th.errors, {n: r.reason for n, r in th.results.items()})
+    after = _status("--config", str(site_config), "--json", "-")
+    after_human = _status("--config", str(site_config))
+    named = _status("--config", str(config), "--name", "b", "--json", "-")  # on the coordinator's host: --name
+    for res in (live, live_human, after, after_human, named):
+        assert res.returncode == 0, res.stderr
+    steps = len(cfg.session.steps())
+    releases = sum(len(layers) for _, layers in cfg.session.steps())
+    doc = json.loads(live.stdout)
+    assert set(doc) == set(FIELDS) and doc["party"] == "a" and doc["session"] == "s1"
+    assert doc["stage"] == "joining" and not doc["joined"] and doc["contributed"] == 0 and doc["applied"] == 0
+    assert doc["steps"] == steps and doc["releases"] == releases and doc["deadline"] > 0
+    assert "session s1 (party a): joining" in live_human.stdout and "time left    1" in live_human.stdout
+    doc = json.loads(after.stdout)
+    assert doc["stage"] == "done" and doc["joined"] and doc["deadline"] is None
+    assert doc["contributed"] == steps and doc["applied"] == releases
+    assert f"contributed  {steps} of {steps} steps" in after_human.stdout
+    assert f"applied      {releases} of {releases} releases" in after_human.stdout
+    assert json.loads(named.stdout)["party"] == "b" and json.loads(named.stdout)["stage"] == "done"
+    # a party's status holds no other party: no name of b, c or the solver, no per-party timing
+    for res in (live, live_human, after, after_human):
+        text = json.dumps(json.loads(res.stdout)) if res.stdout.startswith("{") else res.stdout
+        assert "per_party" not in text and "last heard" not in text and "last_heard" not in text
+        assert not any(f'"{p}"' in text or f" {p} " in text for p in ("b", "c", "solver"))
+    assert (site / "status-a.json").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "status-a.json").exists() and (tmp_path / "status-b.json").exists()
+
+
+def test_a_partys_status_asks_which_party_when_several_ran_on_one_host(tmp_path):
+    from parties.status import StatusFile
+
+    cfg = make_config(tmp_path)
+    config = next(tmp_path.glob("config-*.toml"))
+    (tmp_path / "ledger.sqlite").unlink(missing_ok=True)
+    for n in ("a", "b"):
+        StatusFile(cfg, n, logging.getLogger("t")).update("joining")
+    res = _status("--config", str(config))
+    assert res.returncode == 2 and "--name" in res.stderr and "a, b" in res.stderr
+    res = _status("--config", str(config), "--name", "b")
+    assert res.returncode == 0 and "session s1 (party b): joining" in res.stdout
+    res = _status("--config", str(config), "--name", "../x")
+    assert res.returncode == 2 and "not a party of the roster" in res.stderr
