@@ -444,3 +444,13 @@ def test_apply_into_a_directory_it_cannot_write_is_one_line(tmp_path, capsys):
     out = _unwritable_dir(tmp_path) / "edited"
     assert main(["apply", "--model", "tiny-llama", "--patch", str(patch), "--out", str(out)]) == 2
     assert "cannot write" in one_error_line(capsys, "apply")
+
+
+def test_no_help_text_states_a_default_twice_or_a_missing_one():
+    """`experiment forgetting --help` printed "(default: the model's) (default: None)": argparse's own formatter on
+    nested commands. Every leaf, nested ones included, now uses the one HelpFormatter."""
+    for name, parser in _leaf_parsers().items():
+        text = parser.format_help()
+        assert "(default: None)" not in text, name
+        flat = " ".join(text.split())
+        assert not re.search(r"\(default: [^)]*\) \(default:", flat), name

@@ -31,8 +31,10 @@ def _names(text: str) -> tuple[str, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     sub.required = True
+    from secure_collab.cli import HelpFormatter
+
     m = sub.add_parser("merge", help="collab vs Global-Edit vs naive merges over edit counts (Fig. 1)",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     add_merge_arguments(m)
     from secure_collab.cli.experiment_rounds import add_round_experiments
 
@@ -68,11 +70,12 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
                    help="fluency on the first REQUESTS requests' first PROMPTS generation prompts")
     m.add_argument("--dtype", default="auto", help="auto (float64 for tiny models, else float32), float32, float64")
     m.add_argument("--device", default="auto")
-    m.add_argument("--threads", type=int, default=None, help="torch threads (set it when sharing cores)")
-    m.add_argument("--cache-dir", default=None)
+    m.add_argument("--threads", type=int, default=None,
+                   help="torch threads (set it when sharing cores) (default: torch's own)")
+    m.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
     m.add_argument("--out", required=True, help="output directory: cells/ (the cache), results.csv, results.md, "
                                                 "fig1.png, results.json")
-    m.add_argument("--title", default=None, help="figure title")
+    m.add_argument("--title", default=None, help="figure title (default: one naming the grid)")
     add_json_option(m)
 
 

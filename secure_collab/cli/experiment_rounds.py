@@ -24,7 +24,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_round_experiments(sub: Any) -> None:
     """The three sub-commands (a parser's ``add_subparsers`` object); each sets ``_experiment_run``."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from secure_collab.cli import HelpFormatter as fmt  # states a default once, and only a real one
     f = sub.add_parser("forgetting", formatter_class=fmt,
                        help="efficacy of round-1 edits after each later round, one curve per update rule",
                        description="R rounds x P parties x E new edits per round; every update rule from the same "
@@ -81,8 +81,9 @@ def _common(p: argparse.ArgumentParser, requests_default: str | None) -> None:
     p.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the model's)")
     p.add_argument("--dtype", default="auto", help="auto (float64 for tiny models, else float32), float32, float64")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (set it when sharing cores)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (set it when sharing cores) (default: torch's own)")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
     p.add_argument("--out", required=True, help="output directory (results.md, a PNG plot, results.json)")
     add_json_option(p)
 
