@@ -3,7 +3,7 @@ protected, signed statistics in chunks, verify and decrypt each signed ΔW befor
 
 The engine supplies two callbacks and never sees a socket:
 
-    compute_statistics(round, layer) -> {"G": (d_k, d_k) or packed upper triangle, "B": (d_v, d_k),
+    compute_statistics(round, layer) -> {"G": (d_k, d_k), "B": (d_v, d_k),
                                          "N": this party's number of edit requests in the round}
     apply_delta(layer, delta)        # delta: (d_v, d_k) float64, already verified and decrypted
 
@@ -47,7 +47,7 @@ from secure_collab.protocol.messages import (
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
 from secure_collab.protocol.release import check_release, split_release, verify
-from secure_collab.protocol.statistics import chunk_body, chunk_bounds, pack_statistics, unpack_g
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds, pack_statistics
 from secure_collab.protocol.watch import ConnectionWatch
 
 
@@ -274,8 +274,9 @@ class Party:
         for layer in layers:
             key = (msg.round, layer)
             if key not in self.cache:
-                self.cache[key] = self._checked(layer, pack_statistics(self.compute(msg.round, layer),
-                                                                       self.s.d_k, self.s.d_v))
+                # checked as computed, then packed once (upper triangle of G): never unpacked here
+                self.cache[key] = pack_statistics(self._checked(layer, self.compute(msg.round, layer)),
+                                                  self.s.d_k, self.s.d_v)
         self._pad_answer(started)
         for layer in layers:
             self._send_layer(msg.round, layer, attempt)
@@ -298,19 +299,25 @@ class Party:
             self.log.warning("its statistics took %.1f s, longer than answer_pad_s=%.1f s: the answer time "
                              "may reveal its edit count", pad - left, pad)
 
-    def _checked(self, layer: int, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _checked(self, layer: int, stats: Mapping[str, Any]) -> Mapping[str, Any]:
         """Refuse to send statistics the solver would refuse (they break the session's declared bounds).
 
-        The reason stays here (Fatal): it holds this party's own figures, which must not reach the coordinator."""
+        Checked as computed, before packing: G is the full (d_k, d_k) matrix (its lower triangle, which is not
+        sent, may differ from the upper by rounding: the bound check then errs on the strict side, and the
+        eigenvalue check's tolerance is far wider). The reason stays here (Fatal): it holds this party's own
+        figures, which must not reach the coordinator."""
         s = self.s
-        peak = max(float(np.max(np.abs(v))) for v in stats.values())
+        g, b = np.asarray(stats["G"], dtype=np.float64), np.asarray(stats["B"], dtype=np.float64)
+        if g.shape != (s.d_k, s.d_k):
+            raise ValueError(f"G has shape {g.shape}, want ({s.d_k}, {s.d_k})")
+        n = float(stats["N"])
+        peak = max(float(np.max(np.abs(g))), float(np.max(np.abs(b))), abs(n))
         if not np.isfinite(peak) or peak > s.value_bound:
             raise Fatal(f"layer {layer}: a statistic entry of {peak:.6g} exceeds session.value_bound="
                         f"{s.value_bound:.6g}; raise value_bound in the session configuration")
-        n = float(stats["N"][0])
         if n > s.max_edits_per_party:
             raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
-        problems = plausibility_problems(unpack_g(stats["G"], s.d_k), stats["B"].reshape(s.d_v, s.d_k), n, 1,
+        problems = plausibility_problems(g, b.reshape(s.d_v, s.d_k), n, 1,
                                          Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party),
                                          fewest=0)  # nothing to edit this round: zeros are honest
         if problems:

@@ -153,7 +153,7 @@ class ProtectionScheme(PublicScheme):
         """Before opening anything: every listed party is in the roster, signed this chunk, and sealed a seed
         the solver can open. Raises PartyFault naming every party that fails."""
         pub = self._public(keys.public)
-        n, parties = self.check_aggregate(aggregate, keys, ctx)
+        n, parties = self._check_aggregate(aggregate, keys, ctx, pub)
         extras = aggregate.frames[len(aggregate.frames) - EXTRA_FRAMES * len(parties):]
         bad, seeds = [], []
         for i, party in enumerate(parties):
@@ -176,7 +176,11 @@ class ProtectionScheme(PublicScheme):
     def check_aggregate(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext) -> tuple[int, tuple[str, ...]]:
         """The solver's check of an aggregate chunk on arrival, before it is kept (no crypto): its header, party
         list and frame count, and every frame's size, so what it keeps is at most ``aggregate_bytes``."""
-        pub = self._public(keys.public)
+        return self._check_aggregate(aggregate, keys, ctx, self._public(keys.public))
+
+    def _check_aggregate(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext,
+                         pub: _wire.Public) -> tuple[int, tuple[str, ...]]:
+        """``check_aggregate`` under public parameters decoded once by the caller."""
         n, parties = _wire.check_aggregate_header(aggregate, ctx, keys.params.min_parties,
                                                   keys.params.max_parties)
         tags, per_frame = integrity.tag_values(pub.meta["limb_bits"]), self._frame_values(pub)
@@ -208,11 +212,16 @@ class ProtectionScheme(PublicScheme):
 
     def open(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
         """The float64 sum of the listed parties, after the range and MAC checks (IntegrityError)."""
-        return decode_fixed(self.open_encoded(aggregate, keys, ctx, auth), self.frac_bits(keys.public))
+        pub = self._public(keys.public)  # decoded once per opening
+        return decode_fixed(self._open_encoded(aggregate, keys, ctx, auth, pub), int(pub.meta["frac_bits"]))
 
     def open_encoded(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
         """The exact int64 sum of the listed parties' encodings, after the range and MAC checks."""
-        pub = self._public(keys.public)
+        return self._open_encoded(aggregate, keys, ctx, auth, self._public(keys.public))
+
+    def _open_encoded(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
+                      pub: _wire.Public) -> np.ndarray:
+        """``open_encoded`` under public parameters decoded once by the caller."""
         n = aggregate.header["n_values"]
         total = self._unhide(aggregate, keys, ctx, auth, pub)
         data, limbs = total[:n], total[n:]
