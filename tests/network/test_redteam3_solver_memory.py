@@ -27,7 +27,7 @@ import time
 import zmq
 from network_doubles import HERE, ROOT, make_config
 from test_net_auth import FakeCoordinator
-from test_redteam_solver_memory import _status_kb, _step_bytes
+from test_redteam_solver_memory import _status_kb, growth_bound
 
 from secure_collab.protection import StatContext, _wire, get_scheme, integrity
 from secure_collab.protection._primitives import SIGNATURE_BYTES
@@ -43,7 +43,7 @@ MESSAGES = 6000
 def test_redteam3_valid_chunks_alternating_between_two_steps_grow_the_solver_without_bound(tmp_path):
     net = {"max_message_bytes": 1 << 16, "recv_buffer_bytes": 1 << 17}
     cfg = make_config(tmp_path, PARTIES, layers=[1], rounds=2, network=net)
-    s, n = cfg.session, cfg.network
+    s = cfg.session
     ctx = zmq.Context()
     fake = FakeCoordinator(cfg, ctx)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), OMP_NUM_THREADS="1")
@@ -87,8 +87,7 @@ def test_redteam3_valid_chunks_alternating_between_two_steps_grow_the_solver_wit
         fake.sock.close(linger=0)
         fake.auth.stop()
         ctx.term()
-    queue = max(1, min(n.hwm, n.recv_buffer_bytes // n.max_message_bytes))
-    bound = _step_bytes(cfg, pub) + (queue + 2) * n.max_message_bytes + 16 * MiB
+    bound = growth_bound(cfg, pub)
     logged = os.path.getsize(tmp_path / "solver.log")
     print(f"solver RSS idle {idle / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB (+{(peak - idle) / MiB:.1f}); bound "
           f"idle + {bound / MiB:.1f} MiB; log {logged / MiB:.2f} MiB for {MESSAGES} messages")

@@ -37,6 +37,14 @@ def _status_kb(pid: int, field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def growth_bound(cfg, pub) -> int:
+    """docs/threat-model.md's bound on the solver's growth over idle: S_step + (Q + 2)·M + 16 MiB, with Q the solver's
+    receive queue in messages (RCVHWM = max(1, min(hwm, recv_buffer_bytes // max_message_bytes)))."""
+    n = cfg.network
+    queue = max(1, min(n.hwm, n.recv_buffer_bytes // n.max_message_bytes))
+    return _step_bytes(cfg, pub) + (queue + 2) * n.max_message_bytes + 16 * MiB
+
+
 def _step_bytes(cfg, pub) -> int:
     """S_step for a plain/shares session of one layer per step: every chunk of G, B and N, its values and tag
     limbs as uint64, and a sealed seed and a signature per party."""
@@ -49,7 +57,7 @@ def _step_bytes(cfg, pub) -> int:
 def test_redteam_oversized_chunks_of_many_steps_do_not_grow_the_solver(tmp_path):
     net = {"max_message_bytes": 9 * MiB, "recv_buffer_bytes": 18 * MiB}
     cfg = make_config(tmp_path, layers=[1], rounds=STEPS, network=net)
-    s, n = cfg.session, cfg.network
+    s = cfg.session
     ctx = zmq.Context()
     fake = FakeCoordinator(cfg, ctx)
     solver = solver_process(next(tmp_path.glob("config-*.toml")))
@@ -88,8 +96,7 @@ def test_redteam_oversized_chunks_of_many_steps_do_not_grow_the_solver(tmp_path)
         fake.sock.close(linger=0)
         fake.auth.stop()
         ctx.term()
-    queue = max(1, min(n.hwm, n.recv_buffer_bytes // n.max_message_bytes))
-    bound = _step_bytes(cfg, pub) + (queue + 2) * n.max_message_bytes + 16 * MiB
+    bound = growth_bound(cfg, pub)
     print(f"solver RSS idle {idle / MiB:.1f} MiB, after the attack {rss / MiB:.1f} MiB, peak {peak / MiB:.1f} "
           f"MiB; bound idle + {bound / MiB:.1f} MiB")
     assert peak - idle <= bound, (f"{STEPS} chunks of {CHUNK_BYTES >> 20} MiB grew the solver from {idle / MiB:.0f} "
