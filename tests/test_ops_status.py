@@ -25,6 +25,15 @@ def _status(*argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=60)
 
 
+def _time_left(out: str) -> int:
+    """The seconds on the 'time left' line (the test must not assume how fast a loaded machine gets there)."""
+    import re
+
+    m = re.search(r"^  time left +(\d+) s \(until \d\d:\d\d:\d\d[):]", out, re.M)
+    assert m, out
+    return int(m.group(1))
+
+
 def test_status_shows_a_live_sessions_stage_counts_and_time_left(tmp_path):
     from parties import run_party
     from secure_collab.protection import get_scheme
@@ -53,7 +62,7 @@ def test_status_shows_a_live_sessions_stage_counts_and_time_left(tmp_path):
     assert doc["contributed"] == [] and doc["applied"] == [] and 0 < doc["deadline"]
     out = human.stdout
     assert "session s1: joining" in out and "joined       2 of 3" in out and "applied      0 of 3" in out
-    assert "time left    1" in out  # 100-odd seconds of the 120 s join deadline
+    assert 0 < _time_left(out) <= 120  # of the 120 s join deadline; how much is left depends on the machine's load
     assert "c            joined no" in out  # per-party detail: this is the coordinator's host
 
 
@@ -115,7 +124,7 @@ def test_a_partys_status_on_its_own_host_shows_stage_and_counts_only(tmp_path):
     assert set(doc) == set(FIELDS) and doc["party"] == "a" and doc["session"] == "s1"
     assert doc["stage"] == "joining" and not doc["joined"] and doc["contributed"] == 0 and doc["applied"] == 0
     assert doc["steps"] == steps and doc["releases"] == releases and doc["deadline"] > 0
-    assert "session s1 (party a): joining" in live_human.stdout and "time left    1" in live_human.stdout
+    assert "session s1 (party a): joining" in live_human.stdout and 0 < _time_left(live_human.stdout) <= 120
     doc = json.loads(after.stdout)
     assert doc["stage"] == "done" and doc["joined"] and doc["deadline"] is None
     assert doc["contributed"] == steps and doc["applied"] == releases
