@@ -17,16 +17,10 @@ import torch
 
 from secure_collab.cache import cache_dir, digest_json
 from secure_collab.data.requests import Request
-from secure_collab.editing.keys import compute_keys
+from secure_collab.data.corpus import public_titles as wikipedia_titles
+from secure_collab.editing.keys import subject_keys
 
 MIN_DISTRACTORS = 2000
-
-
-def wikipedia_titles() -> list[str]:
-    from secure_collab.data.corpus import wikipedia_summaries_path
-
-    data = json.loads(wikipedia_summaries_path().read_text(encoding="utf-8"))
-    return [str(v.get("title") or k) for k, v in data.items() if isinstance(v, dict)]
 
 
 def country_names() -> list[str]:
@@ -95,8 +89,7 @@ def candidate_keys(setup, subjects: Sequence[str], layer: int, say=print, chunk:
         if path.is_file():
             out.append(load_file(str(path))["keys"])
             continue
-        reqs = [Request(subject=n, prompt="{}", target_new="-") for n in part]
-        k = compute_keys(lm, reqs, layer, setup.templates, setup.hp.request_batch and 8).double().cpu()
+        k = subject_keys(lm, part, layer, setup.templates, setup.hp.request_batch and 8)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         save_file({"keys": k.contiguous()}, str(tmp))
         os.replace(tmp, path)

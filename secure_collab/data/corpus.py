@@ -37,6 +37,13 @@ def wikipedia_summaries_path() -> Path:
     return path
 
 
+def public_titles() -> list[str]:
+    """The titles of the default corpus's articles, in file order: public subject names (attack candidates,
+    camouflage decoys)."""
+    data = json.loads(wikipedia_summaries_path().read_text(encoding="utf-8"))
+    return [str(v.get("title") or k) for k, v in data.items() if isinstance(v, dict)]
+
+
 @dataclass(frozen=True)
 class Corpus:
     """A text corpus on disk; ``digest`` is the sha256 of the file bytes."""

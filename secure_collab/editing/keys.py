@@ -56,6 +56,15 @@ def compute_keys(lm: LoadedModel, requests: list[Request], layer: int, templates
     return 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)
 
 
+def subject_keys(lm: LoadedModel, subjects: list[str], layer: int, templates: list[str],
+                 request_batch: int = 8) -> torch.Tensor:
+    """Keys of bare subject names (prompt "{}": no relation) at ``layer``, (N, d_k) float64: what an attacker ranks
+    candidates by, and what camouflage mixes. For a prompt that opens with the subject this is the edit's key
+    exactly: a causal model's state at the subject's last token does not depend on what follows it."""
+    reqs = [Request(subject=n, prompt="{}", target_new="-") for n in subjects]
+    return compute_keys(lm, reqs, layer, templates, request_batch).double().cpu()
+
+
 def block_outputs(lm: LoadedModel, requests: list[Request], layer: int, request_batch: int = 0) -> torch.Tensor:
     """h_j: output of decoder block ``layer`` at the subject's last token of the bare prompt. (n, d_v)."""
     batch_size = rows_per_batch(request_batch, len(requests), 1)

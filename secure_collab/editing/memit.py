@@ -16,8 +16,10 @@ Methods (``METHODS``):
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,27 +45,38 @@ def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) 
 
 def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
                       templates: list[str], cur: torch.Tensor | None = None,
-                      weights: torch.Tensor | None = None) -> LayerStats:
+                      weights: torch.Tensor | None = None, camouflage: Callable | None = None) -> LayerStats:
     """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*.
 
     ``cur`` (from ``current_outputs``) may be passed when the model has not changed since it was taken, as in
     the oneshot variant, where every layer's residuals come from the same unedited model. ``weights`` (n,): each
-    request's weight (1/m for a duplicate held by m parties), default 1.
+    request's weight (1/m for a duplicate held by m parties), default 1. ``camouflage``: the party's
+    ``defences.PartyCamouflage`` (keys and residuals are camouflaged before G and B are formed), or None.
     """
     i = hp.layers.index(layer)
     keys = compute_keys(lm, requests, layer, templates, hp.request_batch)  # (n, d_k)
     if cur is None:
         cur = current_outputs(lm, requests, hp)  # (n, d_v) at the last edited layer
     resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
+    if camouflage is not None:
+        keys, resid = camouflage(lm, layer, templates, keys, resid, weights)
     return layer_statistics(keys, resid, weights)
 
 
-def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float) -> torch.Tensor:
+def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float, rank: int = 0) -> torch.Tensor:
     """ΔW (d_v, d_k) float64 of one layer from the parties' statistics: summed (global, collab) or each party
-    solved alone and merged (``ta``/``sa``/``ties``, with or without ``-lockstep``: per layer they are the same)."""
+    solved alone and merged (``ta``/``sa``/``ties``, with or without ``-lockstep``: per layer they are the same).
+    ``rank`` > 0 (global, collab): the solver's rank truncation (``defences.truncate_rank``)."""
     if method in ("global", "collab"):
         total = sum_stats(stats)
-        return solve_update(total.b, total.g, cov, lam)
+        delta = solve_update(total.b, total.g, cov, lam)
+        if rank:
+            from secure_collab.defences import truncate_rank
+
+            delta = truncate_rank(delta, cov, rank)
+        return delta
+    if rank:
+        raise ValueError(f"rank truncation is the solver's: it applies to global and collab, not {method}")
     merge = MERGES.get(method.removesuffix("-lockstep"))
     if merge is None:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
@@ -89,8 +102,13 @@ def restore(lm: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
 
 def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, covs: dict[int, torch.Tensor],
              method: str, templates: list[str], progress: Callable[[str], None] | None = None,
-             targets: list[TargetResult] | None = None) -> EditOutcome:
+             targets: list[TargetResult] | None = None, defence: Any = None,
+             rngs: list[random.Random] | None = None) -> EditOutcome:
     """Edit ``lm`` in place with every party's requests by ``method``; returns the applied ΔW per layer.
+
+    ``defence`` (a ``defences.Defence``, collab and global only): each party camouflages its statistics with
+    its own ``rngs[k]`` (default: ``random.SystemRandom()``) and the solve truncates ΔW's rank, as the networked
+    session does.
 
     ``targets`` (one per non-empty party, in order; for ``global`` one for all requests) skips the target
     optimisation: for sweeps and grids, whose targets are the same. They must come from the unedited model and
@@ -98,6 +116,8 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+    if defence is not None and not defence.none and method not in ("global", "collab"):
+        raise ValueError(f"defences apply to a session's collab (or global) edit, not to {method}")
     if method == "global":
         parties = [[r for p in parties for r in p]]
     parties = [p for p in parties if p]
@@ -121,28 +141,41 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             out.deltas[layer] = MERGES[method]([d[layer] for d in out.party_deltas])
             add_to_down_weight(lm.model, lm.spec, layer, out.deltas[layer])
     else:
-        out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say)
+        cams = None
+        if defence is not None and defence.camouflage:
+            from secure_collab.defences import PartyCamouflage
+
+            lam_covs = {layer: hp.mom2_update_weight * covs[layer] for layer in hp.layers}
+            gens = rngs or [random.SystemRandom() for _ in parties]
+            cams = [PartyCamouflage(defence.camouflage, lam_covs, gens[k], [r.subject for r in reqs])
+                    for k, reqs in enumerate(parties)]
+        out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams,
+                                 defence.rank if defence is not None else 0)
     return out
 
 
 def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Tensor], hp: MemitHParams,
                 covs: dict[int, torch.Tensor], templates: list[str], method: str,
-                say: Callable[[str], None]) -> dict[int, torch.Tensor]:
-    """The layer loop: per layer each party's statistics, ``combine`` by ``method``, apply. Returns ΔW per layer."""
+                say: Callable[[str], None], camouflages: list | None = None, rank: int = 0) -> dict[int, torch.Tensor]:
+    """The layer loop: per layer each party's statistics, ``combine`` by ``method``, apply. Returns ΔW per layer.
+    ``camouflages``: each party's ``defences.PartyCamouflage`` or None; ``rank``: the solver's truncation."""
+    cams = camouflages or [None] * len(parties)
     deltas: dict[int, torch.Tensor] = {}
     if hp.variant == "sequential":
         for layer in hp.layers:
             say(f"layer {layer}: statistics and solve")
-            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates) for reqs, z in zip(parties, zs, strict=True)]
-            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight)
+            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam)
+                     for reqs, z, cam in zip(parties, zs, cams, strict=True)]
+            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight, rank)
             add_to_down_weight(lm.model, lm.spec, layer, deltas[layer])
     else:  # oneshot: every layer's statistics from the unedited model, one aggregation
         say("all layers: statistics on the unedited model")
         curs = [current_outputs(lm, reqs, hp) for reqs in parties]  # once: the model does not change here
-        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur)
-                             for reqs, z, cur in zip(parties, zs, curs, strict=True)] for layer in hp.layers}
+        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur, camouflage=cam)
+                             for reqs, z, cur, cam in zip(parties, zs, curs, cams, strict=True)]
+                     for layer in hp.layers}
         for layer in hp.layers:
-            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight)
+            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight, rank)
         for layer, delta in deltas.items():
             add_to_down_weight(lm.model, lm.spec, layer, delta)
     return deltas

@@ -1,0 +1,172 @@
+"""Defences for what a session releases: tensors in, tensors out (docs/privacy.md measures each).
+
+Every party receives ΔW = ΣB (λC + ΣG)⁻¹, and span(K) = λC · rowspace(ΔW) exactly: whoever holds ΔW ranks the
+edited subjects among public candidates by how much of each candidate's key lies in that span. A defence is a
+session setting (``session.defence`` in the session file, ``--defence`` in the simulation and the attacks):
+
+- ``camouflage:S`` (party side, KSTER's "subspace camouflage", arXiv 2602.10134): each key k is sent as
+  k' = k + n, with n a random mix of ``CAMOUFLAGE_MIX`` public decoy subjects' keys (drawn by the party's CSPRNG
+  from the public corpus titles), made orthogonal to k in the metric A = (λC)⁻¹ and scaled to ‖n‖ = S‖k‖; the
+  residual is scaled by ρ = (1 + w k'ᵀAk') / (1 + w kᵀAk) (w: the request's weight). For one edit against λC
+  alone this is exact: ΔW k is then what it is without camouflage (Sherman-Morrison; tested). The exact rescale
+  for a session would need (λC + ΣG)⁻¹, which no party sees: the party-local rescale ignores the other edits'
+  keys, and the edits' cross-talk in the sequential variant is corrected by the later layers' residuals. The
+  span the release gives is then span(K + N): it holds the decoy keys as much as the true ones.
+- ``rank:K`` (solver side): ΔW replaced by its best rank-K approximation in the metric of the keys it acts on,
+  argmin over rank-K M of E‖(ΔW − M) x‖² for x with covariance C: the truncated SVD of ΔW C^½, mapped back.
+  The release's row space then has K dimensions, fewer than the edits.
+
+Both combine (``camouflage:3+rank:20``). What is not built yet (decoy edits, calibrated noise with an accountant,
+a served release) is refused by name, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
+NOT_BUILT = ("decoys", "noise", "served")
+FORMS = "none | camouflage:S (S > 0) | rank:K (K >= 1), joined with '+'"
+
+
+class DefenceError(ValueError):
+    """A defence setting that cannot be parsed (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Defence:
+    camouflage: float = 0.0  # S: ‖n‖ = S‖k‖; 0: off
+    rank: int = 0  # K: ΔW truncated to rank K at the solver; 0: off
+
+    @property
+    def none(self) -> bool:
+        return self.camouflage == 0 and self.rank == 0
+
+    def spec(self) -> str:
+        """The canonical text of this setting (what the session file and the results carry)."""
+        parts = ([f"camouflage:{self.camouflage:g}"] if self.camouflage else []) + (
+            [f"rank:{self.rank}"] if self.rank else [])
+        return "+".join(parts) or "none"
+
+
+def parse_defence(text: str) -> Defence:
+    """``none`` | ``camouflage:S`` | ``rank:K`` | ``A+B``: a ``Defence``, or ``DefenceError`` saying what is wrong."""
+    text = str(text).strip()
+    if text in ("", "none"):
+        return Defence()
+    camouflage, rank = 0.0, 0
+    for part in text.split("+"):
+        name, _, value = part.strip().partition(":")
+        if name in NOT_BUILT:
+            raise DefenceError(f"defence {name!r} is not built yet (docs/privacy.md lists what is); use {FORMS}")
+        try:
+            if name == "camouflage" and not camouflage:
+                camouflage = float(value)
+                if not (0 < camouflage <= 100 and math.isfinite(camouflage)):
+                    raise ValueError
+                continue
+            if name == "rank" and not rank:
+                rank = int(value)
+                if not 1 <= rank <= 1_000_000:
+                    raise ValueError
+                continue
+        except ValueError:
+            pass
+        raise DefenceError(f"bad defence {part.strip()!r} in {text!r}: use {FORMS}")
+    return Defence(camouflage, rank)
+
+
+# --------------------------------------------------------------------------------------------- camouflage
+
+def _a_solve(lam_cov: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(λC)⁻¹ x for x (d_k, n), by Cholesky (λC is symmetric positive definite)."""
+    chol = torch.linalg.cholesky(lam_cov.double())
+    return torch.cholesky_solve(x.double(), chol)
+
+
+def camouflage(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tensor, pool: torch.Tensor,
+               scale: float, rng: random.Random, weights: torch.Tensor | None = None,
+               mix: int = CAMOUFLAGE_MIX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camouflaged (keys, residuals), (n, d_k) and (n, d_v) float64, for one party's edits at one layer.
+
+    ``pool`` (M, d_k): keys of public decoy subjects at this layer; each key's direction n mixes ``mix`` of them
+    (indices and N(0, 1) weights from ``rng``: the party passes ``random.SystemRandom()``, tests a seeded
+    ``random.Random``). See the module docstring for the rule and what is exact.
+    """
+    k = keys.double()
+    r = residuals.double()
+    p = pool.double()
+    if k.ndim != 2 or r.ndim != 2 or k.shape[0] != r.shape[0] or p.ndim != 2 or p.shape[1] != k.shape[1]:
+        raise ValueError(f"keys {tuple(k.shape)}, residuals {tuple(r.shape)} and pool {tuple(p.shape)} do not fit")
+    if p.shape[0] < 1 or not scale > 0:
+        raise ValueError("camouflage needs a non-empty decoy pool and a scale > 0")
+    w = torch.ones(k.shape[0], dtype=torch.float64) if weights is None else weights.double()
+    mix = min(mix, p.shape[0])
+    rows = []
+    for _ in range(k.shape[0]):
+        idx = rng.sample(range(p.shape[0]), mix)
+        coef = torch.tensor([rng.gauss(0.0, 1.0) for _ in idx], dtype=torch.float64)
+        rows.append(coef @ p[idx])
+    u = torch.stack(rows)  # (n, d_k)
+    ak = _a_solve(lam_cov, k.T).T  # (n, d_k): A k_j
+    u = u - ((u * ak).sum(1) / (k * ak).sum(1))[:, None] * k  # A-orthogonal to its own key: uᵀ A k = 0
+    n = u * (scale * k.norm(dim=1) / u.norm(dim=1).clamp_min(1e-300))[:, None]
+    k2 = k + n
+    ak2 = _a_solve(lam_cov, k2.T).T
+    rho = (1 + w * (k2 * ak2).sum(1)) / (1 + w * (k * ak).sum(1))
+    return k2, r * rho[:, None]
+
+
+# ------------------------------------------------------------------------------------------ rank truncation
+
+def truncate_rank(delta: torch.Tensor, cov: torch.Tensor, rank: int) -> torch.Tensor:
+    """The best rank-``rank`` approximation of ΔW (d_v, d_k) in the keys' metric: argmin over rank-K M of
+    ‖(ΔW − M) C^½‖_F, which is E‖(ΔW − M) x‖² for x with covariance C. float64."""
+    d = delta.double()
+    if rank >= min(d.shape):
+        return d.clone()
+    evals, evecs = torch.linalg.eigh(cov.double())
+    floor = float(evals.max()) * 1e-12
+    evals = evals.clamp_min(floor)
+    half = (evecs * evals.sqrt()) @ evecs.T
+    inv_half = (evecs / evals.sqrt()) @ evecs.T
+    u, s, vh = torch.linalg.svd(d @ half, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank] @ inv_half
+
+
+# ----------------------------------------------------------------------------------- decoy subjects (public)
+
+def decoy_subjects(rng: random.Random, n: int, exclude: Sequence[str] = ()) -> list[str]:
+    """``n`` public subject names (titles of the covariance corpus), drawn by ``rng``, none of ``exclude``."""
+    from secure_collab.data.corpus import public_titles
+
+    banned = {" ".join(s.split()) for s in exclude}
+    titles = sorted({t for t in (" ".join(x.split()) for x in public_titles())
+                     if 1 < len(t) <= 80 and "{" not in t and "}" not in t and t not in banned})
+    return rng.sample(titles, min(n, len(titles)))
+
+
+CAMOUFLAGE_POOL = 64  # public decoy subjects a party draws once per session; each key mixes CAMOUFLAGE_MIX of them
+
+
+class PartyCamouflage:
+    """One party's camouflage for a session: its decoy subjects (drawn once by ``rng``, none of its own subjects),
+    their keys taken at each layer on the model as it is then, and ``camouflage`` applied to the party's keys
+    and residuals before G and B are formed. ``lam_covs``: {layer: λC}, public."""
+
+    def __init__(self, scale: float, lam_covs: dict[int, torch.Tensor], rng: random.Random,
+                 own_subjects: Sequence[str] = (), pool: int = CAMOUFLAGE_POOL) -> None:
+        self.scale, self.lam_covs, self.rng = float(scale), lam_covs, rng
+        self.names = decoy_subjects(rng, pool, exclude=own_subjects)
+
+    def __call__(self, lm, layer: int, templates: list[str], keys: torch.Tensor, residuals: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from secure_collab.editing.keys import subject_keys
+
+        pool = subject_keys(lm, self.names, layer, templates)
+        return camouflage(keys, residuals, self.lam_covs[layer], pool, self.scale, self.rng, weights)
