@@ -7,7 +7,6 @@ repository), country names from ``countryinfo``, and subjects of other public ed
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -16,8 +15,8 @@ from pathlib import Path
 import torch
 
 from secure_collab.cache import cache_dir, digest_json
-from secure_collab.data.requests import Request
 from secure_collab.data.corpus import public_titles as wikipedia_titles
+from secure_collab.data.requests import Request
 from secure_collab.editing.keys import subject_keys
 
 MIN_DISTRACTORS = 2000

@@ -1,4 +1,4 @@
-"""Defences of the release (secure_collab.defences): the setting's text, camouflage and rank truncation checked
+"""Defences of the release (secure_collab.editing.defences): the setting's text, camouflage and rank truncation checked
 against the formulas in float64 with independent computations, and their place in the simulated session."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
-
 from conftest import random_spd
-from secure_collab.defences import Defence, DefenceError, camouflage, parse_defence, truncate_rank
+
+from secure_collab.editing.defences import Defence, DefenceError, camouflage, parse_defence, truncate_rank
 
 
 def test_the_setting_text_round_trips_and_refuses_what_is_not_built():
@@ -111,7 +111,7 @@ def test_a_defended_simulated_session_releases_the_camouflaged_span_at_the_trunc
     templates = context_templates(tiny, hp.n_templates, hp.template_length, hp.template_seed)
     parties = split_parties(capitals[:6], 3)
     sent: list[torch.Tensor] = []
-    import secure_collab.defences as defences
+    import secure_collab.editing.defences as defences
 
     real = defences.camouflage
 
@@ -134,7 +134,7 @@ def test_a_defended_simulated_session_releases_the_camouflaged_span_at_the_trunc
     first = torch.cat(sent[:3])  # the three parties' camouflaged keys at the first layer
     true = compute_keys(tiny, [r for p in parties for r in p], hp.layers[0], templates).double()
     _, s, vh = torch.linalg.svd(out.deltas[hp.layers[0]].double())
-    span = torch.linalg.qr((lam_cov @ vh[:first.shape[0]].T))[0]
+    span = torch.linalg.qr(lam_cov @ vh[:first.shape[0]].T)[0]
     inside = (span.T @ first.T).norm(dim=0) / first.norm(dim=1)
     assert float(inside.min()) > 1 - 1e-8
     assert float(((span.T @ true.T).norm(dim=0) / true.norm(dim=1)).max()) < 0.99

@@ -71,7 +71,7 @@ def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float,
         total = sum_stats(stats)
         delta = solve_update(total.b, total.g, cov, lam)
         if rank:
-            from secure_collab.defences import truncate_rank
+            from secure_collab.editing.defences import truncate_rank
 
             delta = truncate_rank(delta, cov, rank)
         return delta
@@ -143,7 +143,7 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
     else:
         cams = None
         if defence is not None and defence.camouflage:
-            from secure_collab.defences import PartyCamouflage
+            from secure_collab.editing.defences import PartyCamouflage
 
             lam_covs = {layer: hp.mom2_update_weight * covs[layer] for layer in hp.layers}
             gens = rngs or [random.SystemRandom() for _ in parties]
