@@ -55,3 +55,33 @@ def _err(rows: list[dict], key: str):
         lo.append(max(0.0, r[key] - ci[0]))
         hi.append(max(0.0, ci[1] - r[key]))
     return [lo, hi]
+
+
+def defence_frontier(rows: list[dict], out: Path) -> Path:
+    """Per defence, the best attack's recall@m and @5m (intervals over sessions) against efficacy and damage KL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["defence"] not in best or r["recall_m"] > best[r["defence"]]["recall_m"]:
+            best[r["defence"]] = r
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, r in sorted(best.items()):
+        for ax, x in ((a1, "efficacy"), (a2, "damage_kl")):
+            ax.errorbar([r[x]], [r["recall_m"]], yerr=_err([r], "recall_m"), marker="o", capsize=3,
+                        label=f"{name} ({r['attack']})")
+            ax.scatter([r[x]], [r["recall_5m"]], marker="x", color="grey")
+    for ax, label in ((a1, "efficacy (edits that land)"), (a2, "damage: mean next-token KL on public subjects")):
+        ax.axhline(next(iter(best.values()))["chance_m"] if best else 0, color="grey", ls="--", lw=0.8)
+        ax.set(xlabel=label, ylabel="best attack's recall@m (x: recall@5m)", ylim=(0, 1.05))
+    a1.legend(fontsize=7)
+    a1.set_title("release defences: what leaks vs what the edit keeps")
+    a2.set_title("... vs what it costs the model elsewhere")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -107,17 +108,20 @@ class DeltaView:
     edited: dict[int, torch.Tensor]  # layer -> edited down-projection weights (for the `model` view)
 
 
-def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[TargetResult]) -> DeltaView:
+def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[TargetResult], defence: Any = None,
+               rngs: list | None = None) -> DeltaView:
     """ΔW of a collaborative session, by the single-machine simulation ``run_edit(method="collab")``.
 
     The networked session releases the same ΔW (tests/test_demo.py checks it against Global-Edit); the
     simulation lets the attack run without the network. The model is restored afterwards; the edited weights
-    are returned for the `model` view.
+    are returned for the `model` view. ``defence`` (``editing.defences.Defence``) and ``rngs`` (one generator per
+    party for its decoy draws) are passed to ``run_edit``.
     """
     lm, hp = setup.lm, setup.hp
     saved = snapshot(lm, hp.layers)
     try:
-        out = run_edit(lm, parties, hp, setup.covs(), "collab", setup.templates, targets=targets)
+        out = run_edit(lm, parties, hp, setup.covs(), "collab", setup.templates, targets=targets, defence=defence,
+                       rngs=rngs)
         edited = snapshot(lm, hp.layers)
     finally:
         from secure_collab.editing.memit import restore

@@ -1,0 +1,284 @@
+"""Defences against the strongest attacks on the release, measured over independent sessions.
+
+A session: ``parties`` parties × ``per_party`` edits, the edits of session s being records
+[s·m, (s+1)·m) of the report set (sessions share no edit). For every defence of the grid the session's ΔW comes
+from ``run_edit(method="collab", defence=...)``, the simulation of the networked session with the same party-side
+camouflage and solver-side truncation; each party's decoy draws come from a generator seeded by (seed, session,
+party) so that a run reproduces (the networked party uses its CSPRNG; the attacker never uses these seeds).
+
+What the attacker holds (the `delta` view, any party, stated exactly): the public model, C and λ, the session's
+context templates, the released ΔW of every edited layer, the defence setting and its rule (scale, mix, the decoy
+pool: every title of the public corpus), the number of edits (ΔW's rank shows it) and a public candidate list.
+It does not hold the other parties' requests, keys, targets or decoy draws. Attacks (each a ranking of the
+candidates; the best is what counts):
+
+- ``subspace@L``: ‖Qᵀk_c‖/‖k_c‖ with Q a basis of λC · rowspace(ΔW) at the first edited layer (exactly span(K)
+  without defence); ``subspace-all``: the per-layer scores, standardised over candidates, averaged over every
+  edited layer (candidate keys of later layers from the unedited model: an approximation for the edited subjects,
+  whose later keys move with the earlier layers' edits);
+- ``norm@L`` / ``norm-all``: ‖ΔW k_c‖/‖k_c‖, how strongly the release answers a candidate's key (an edit must
+  answer its own key, camouflaged or not);
+- ``deflate`` (adaptive against camouflage): the attacker scores every key of the decoy pool against Q, takes the
+  ``deflate_per_edit`` × m best as the decoys' span D, removes D from Q and from every candidate key, and ranks by
+  the subspace score of what is left; ``deflate-norm``: the same removal, then the norm score;
+- ``minus-own``: party 0 removes its own keys from Q first (subspace);
+- ``…-outside-pool``: the subspace and norm rankings with every candidate of the decoy pool ranked last (the
+  attacker knows the sampler's range; a true subject inside the pool is lost to it).
+- ``model`` (with ``--model-floor``): the black box, KL(edited ‖ unedited) of the next token after "{}" and
+  "{} is", two full forward passes per candidate.
+
+Per row: recall@m and @5m of the edited subjects (m = all edits; the attacking party's own 3 are among them
+except for ``minus-own``), the cost per candidate (queries to the model and forward FLOPs), and the session's
+utility: efficacy, generalization, specificity (CounterFact's), damage_kl (mean next-token KL, edited vs
+unedited, over ``--damage-subjects`` public titles under "{}" and "{} is") and damage_kl_decoys (the same over
+the parties' decoy subjects: camouflage answers their keys).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attacks import metrics, spectral, subspace
+from attacks.runner import Experiment
+from attacks.session_views import MODEL_PROMPTS, _load
+from attacks.target import model_shift_scores, next_token_logprobs
+from attacks.views import delta_view, keys_view, split, targets_for
+from secure_collab.editing.defences import Defence, decoy_subjects
+from secure_collab.editing.memit import restore, snapshot
+
+
+@dataclass
+class Sweep:
+    exp: Experiment
+    parties: int = 10
+    per_party: int = 3
+    deflate_per_edit: int = 8
+    damage_subjects: int = 200
+    model_floor: bool = False
+    seed: int = 0
+    say: Callable[[str], None] = print
+    _layer_keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    _pool: list[str] = field(default_factory=list)
+    _pool_keys: torch.Tensor | None = None
+    _probes: list[str] = field(default_factory=list)
+
+    @property
+    def m(self) -> int:
+        return self.parties * self.per_party
+
+    def layer_keys(self, layer: int) -> torch.Tensor:
+        """Candidate keys at ``layer`` on the unedited model (cached on disk by ``candidate_keys``)."""
+        from attacks.candidates import candidate_keys
+
+        if layer == self.exp.layer:
+            return self.exp.cand_keys
+        if layer not in self._layer_keys:
+            self._layer_keys[layer] = candidate_keys(self.exp.setup, self.exp.candidates, layer, self.say)
+        return self._layer_keys[layer]
+
+    def pool(self) -> tuple[list[str], torch.Tensor]:
+        """Every public title the decoy sampler draws from, and their keys at the first edited layer."""
+        from attacks.candidates import candidate_keys
+
+        if self._pool_keys is None:
+            self._pool = decoy_subjects(random.Random(0), 10 ** 9)  # all of them (the sampler's whole range)
+            self._pool.sort()
+            self.say(f"decoy pool: {len(self._pool)} public titles; their keys at layer {self.exp.layer}")
+            self._pool_keys = candidate_keys(self.exp.setup, self._pool, self.exp.layer, self.say)
+        return self._pool, self._pool_keys
+
+    def probes(self) -> list[str]:
+        if not self._probes:
+            self._probes = decoy_subjects(random.Random(self.seed + 4242), self.damage_subjects,
+                                          exclude=[r.subject for r in self.exp.requests])
+        return self._probes
+
+    def session(self, s: int) -> list[list]:
+        reqs = self.exp.requests[s * self.m:(s + 1) * self.m]
+        if len(reqs) < self.m:
+            raise ValueError(f"session {s} needs records up to {(s + 1) * self.m}; the report set has "
+                             f"{len(self.exp.requests)}")
+        return split(list(reqs), self.parties)
+
+    def rngs(self, s: int) -> list[random.Random]:
+        return [random.Random(f"{self.seed}/{s}/{k}") for k in range(self.parties)]
+
+
+def forward_flops(lm, tokens: float, upto_layer: int | None = None) -> float:
+    """2 × parameters used × tokens for one sequence: blocks 0..upto_layer (None: every block and the LM head)."""
+    from secure_collab.models.specs import get_module, n_layers
+
+    depth = n_layers(lm.model, lm.spec)
+    per_block = [sum(p.numel() for p in get_module(lm.model, lm.spec.block_name(i)).parameters()) for i in range(depth)]
+    used = sum(per_block[:(depth if upto_layer is None else upto_layer + 1)])
+    if upto_layer is None:
+        head = lm.model.get_output_embeddings()
+        used += head.weight.numel()
+    return 2.0 * used * tokens
+
+
+def _tokens(lm, texts: Sequence[str]) -> float:
+    return sum(len(lm.tokenizer(t)["input_ids"]) for t in texts) / max(1, len(texts))
+
+
+def _z(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / x.std().clamp_min(1e-300)
+
+
+def _rank_hits(scores: torch.Tensor, targets: list[int], m: int) -> dict[str, Any]:
+    ranks = subspace.ranks_of(scores, targets)
+    return {"recall_m": sum(r < m for r in ranks) / len(ranks), "recall_5m": sum(r < 5 * m for r in ranks) / len(ranks),
+            "median_rank": float(torch.tensor(ranks, dtype=torch.float64).median()), "m": m,
+            "subjects": len(ranks)}
+
+
+def _project_out(basis: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(basis of span(basis) ⊥ directions, the orthonormal D removed)."""
+    d, _ = torch.linalg.qr(directions.double().T)
+    rest = basis - d @ (d.T @ basis)
+    u, s, _ = torch.linalg.svd(rest, full_matrices=False)
+    keep = int((s > 1e-6 * s.max()).sum())
+    return u[:, :keep], d
+
+
+@torch.no_grad()
+def _next_token_kl(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str]) -> float:
+    prompts = [p.format(n) for n in subjects for p in MODEL_PROMPTS]
+    saved = snapshot(lm, tuple(edited))
+    base = next_token_logprobs(lm, prompts)
+    _load(lm, edited)
+    try:
+        after = next_token_logprobs(lm, prompts)
+    finally:
+        restore(lm, saved)
+    return float(model_shift_scores(after.double(), base.double()).mean())
+
+
+def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
+    """One session under one defence: utility, damage, and every attack's recall and cost."""
+    from secure_collab.evaluation import evaluate
+
+    exp, setup = sw.exp, sw.exp.setup
+    lm, hp = setup.lm, setup.hp
+    parties = sw.session(s)
+    flat = [r for p in parties for r in p]
+    targets = [targets_for(setup, p, lambda _m: None) for p in parties]
+    sw.say(f"session {s}, defence {defence.spec()}: collaborative edit of {sw.parties} × {sw.per_party}")
+    dv = delta_view(setup, parties, targets, defence, sw.rngs(s))
+    saved = snapshot(lm, hp.layers)
+    _load(lm, dv.edited)
+    try:
+        ev = evaluate(lm, flat).summary()
+    finally:
+        restore(lm, saved)
+    decoys = [n for k, p in enumerate(parties)
+              for n in decoy_subjects(sw.rngs(s)[k], 64, exclude=[r.subject for r in p])] if defence.camouflage else []
+    out: dict[str, Any] = {"session": s, "defence": defence.spec(), "m": len(flat),
+                           "efficacy": ev["efficacy"], "generalization": ev["generalization"],
+                           "specificity": ev["specificity"], "score": ev["score"],
+                           "damage_kl": _next_token_kl(lm, dv.edited, sw.probes()),
+                           "damage_kl_decoys": _next_token_kl(lm, dv.edited, decoys[:200]) if decoys else None,
+                           "attacks": {}}
+    targets_idx = [exp.index(r.subject) for r in flat]
+    m = len(flat)
+    first = hp.layers[0]
+    att = out["attacks"]
+    sub_scores, norm_scores = {}, {}
+    for layer in hp.layers:
+        keys = sw.layer_keys(layer)
+        delta = dv.deltas[layer].double()
+        basis = spectral.basis_from_delta(delta, dv.lam_cov[layer])
+        sub_scores[layer] = subspace.projection_scores(basis, keys)
+        norm_scores[layer] = (keys @ delta.T).norm(dim=1) / keys.norm(dim=1).clamp_min(1e-300)
+    att["subspace@first"] = _rank_hits(sub_scores[first], targets_idx, m)
+    att["norm@first"] = _rank_hits(norm_scores[first], targets_idx, m)
+    att["subspace-all"] = _rank_hits(torch.stack([_z(v) for v in sub_scores.values()]).mean(0), targets_idx, m)
+    att["norm-all"] = _rank_hits(torch.stack([_z(v) for v in norm_scores.values()]).mean(0), targets_idx, m)
+    basis = spectral.basis_from_delta(dv.deltas[first].double(), dv.lam_cov[first])
+    own = keys_view(setup, parties[0], first)
+    rest = [exp.index(r.subject) for p in parties[1:] for r in p]
+    att["minus-own"] = _rank_hits(subspace.projection_scores(spectral.remove_known(basis, own), exp.cand_keys),
+                                  rest, len(rest))
+    # adaptive against camouflage: remove the decoy pool's best-aligned keys from the span, then rank
+    _, pool_keys = sw.pool()
+    top = torch.argsort(subspace.projection_scores(basis, pool_keys), descending=True)[:sw.deflate_per_edit * m]
+    left, d = _project_out(basis, pool_keys[top])
+    cand = exp.cand_keys - (exp.cand_keys @ d) @ d.T
+    att["deflate"] = _rank_hits(subspace.projection_scores(left, cand), targets_idx, m)
+    delta = dv.deltas[first].double()
+    att["deflate-norm"] = _rank_hits((cand @ delta.T).norm(dim=1) / cand.norm(dim=1).clamp_min(1e-300),
+                                     targets_idx, m)
+    # an attacker who knows the decoy pool ranks the candidates outside it first (the decoys are pool titles)
+    pool_names, _ = sw.pool()
+    in_pool = torch.tensor([c in set(pool_names) for c in exp.candidates])
+    for name in ("subspace@first", "norm@first", "subspace-all", "norm-all"):
+        scores = {"subspace@first": sub_scores[first], "norm@first": norm_scores[first],
+                  "subspace-all": torch.stack([_z(v) for v in sub_scores.values()]).mean(0),
+                  "norm-all": torch.stack([_z(v) for v in norm_scores.values()]).mean(0)}[name]
+        att[f"{name}-outside-pool"] = _rank_hits(scores - in_pool.double() * 1e6, targets_idx, m)
+    if sw.model_floor:
+        from attacks.session_views import model_rows
+
+        row = model_rows(exp, dv.edited, flat, [], parties=sw.parties)[0]
+        att["model"] = {"recall_m": row["subject_top1"], "recall_5m": row["subject_top5"], "m": m, "subjects": m}
+    return out
+
+
+def costs(sw: Sweep) -> dict[str, dict[str, float]]:
+    """Queries and forward FLOPs per candidate of each attack (keys: one sequence per context template)."""
+    setup = sw.exp.setup
+    lm, hp = setup.lm, setup.hp
+    sample = sw.exp.candidates[:200]
+    key_texts = [t.format(n) for n in sample for t in setup.templates]
+    key_tokens = _tokens(lm, key_texts) * len(setup.templates)
+    first = forward_flops(lm, key_tokens, hp.layers[0])
+    every = forward_flops(lm, key_tokens, hp.layers[-1])
+    model_tokens = _tokens(lm, [p.format(n) for n in sample for p in MODEL_PROMPTS]) * len(MODEL_PROMPTS)
+    full = forward_flops(lm, model_tokens, None)
+    out = {name: {"queries_per_candidate": 0, "flops_per_candidate": first}
+           for name in ("subspace@first", "norm@first", "minus-own", "deflate", "deflate-norm",
+                        "subspace@first-outside-pool", "norm@first-outside-pool")}
+    out.update({name: {"queries_per_candidate": 0, "flops_per_candidate": every}
+                for name in ("subspace-all", "norm-all", "subspace-all-outside-pool", "norm-all-outside-pool")})
+    out["model"] = {"queries_per_candidate": len(MODEL_PROMPTS), "flops_per_candidate": full}
+    return out
+
+
+def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], chance: float
+              ) -> list[dict[str, Any]]:
+    """Rows per (defence, attack): means over sessions with 95 % bootstrap intervals over sessions."""
+    rows = []
+    by_def: dict[str, list[dict]] = {}
+    for r in results:
+        by_def.setdefault(r["defence"], []).append(r)
+    for defence, runs in by_def.items():
+        util = {k: metrics.bootstrap_ci([float(r[k]) for r in runs if r[k] is not None])
+                for k in ("efficacy", "generalization", "specificity", "damage_kl")}
+        dec = [float(r["damage_kl_decoys"]) for r in runs if r.get("damage_kl_decoys") is not None]
+        for attack in runs[0]["attacks"]:
+            rm = [r["attacks"][attack]["recall_m"] for r in runs if attack in r["attacks"]]
+            r5 = [r["attacks"][attack]["recall_5m"] for r in runs if attack in r["attacks"]]
+            a, b = metrics.bootstrap_ci(rm), metrics.bootstrap_ci(r5)
+            row = {"view": "delta" if attack != "model" else "model", "attack": attack, "defence": defence,
+                   "sessions": len(rm), "m": runs[0]["m"], "recall_m": a[0], "recall_m_ci": [a[1], a[2]],
+                   "recall_5m": b[0], "recall_5m_ci": [b[1], b[2]], "chance_m": chance,
+                   **{k: v[0] for k, v in util.items()}, **{f"{k}_ci": [v[1], v[2]] for k, v in util.items()},
+                   "damage_kl_decoys": sum(dec) / len(dec) if dec else None, "epsilon": None,
+                   **cost.get(attack, {})}
+            rows.append(row)
+    return rows
+
+
+def load_done(out: Path) -> dict[tuple[int, str], dict[str, Any]]:
+    done = {}
+    for p in sorted(out.glob("session-*.json")):
+        r = json.loads(p.read_text())
+        done[(r["session"], r["defence"])] = r
+    return done
