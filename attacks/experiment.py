@@ -81,11 +81,12 @@ def run_attack(args: Namespace, say: Callable[[str], None]) -> dict[str, Any]:
         for m in args.m:
             per = max(1, m // args.parties)
             parties = session_views.session_requests(exp, args.parties, per)
-            got, _ = session_views.delta_rows(exp, parties, objects)
+            got, _ = session_views.delta_rows(exp, parties, objects, getattr(args, "defence", None))
             rows += [r for r in got if args.view == "delta" or r["view"] == "model"]
     meta = {"model": args.model, "requests": args.requests, "offset": args.offset, "limit": args.limit,
             "layer": exp.layer, "n_candidates": exp.n, "view": args.view, "attack": args.attack,
-            "parties": args.parties, "seed": args.seed}
+            "parties": args.parties, "seed": args.seed,
+            "defence": args.defence.spec() if getattr(args, "defence", None) is not None else "none"}
     if exp.inverter is not None:
         meta["inverter"] = {k: v for k, v in exp.inverter.meta.items() if not k.startswith("val_")}
         meta["inverter_validation"] = validate_inverter(exp.inverter, exp.judge)

@@ -46,13 +46,19 @@ def aggregate_rows(exp: Experiment, parties: list[list[Request]], objects: Seque
     return rows
 
 
-def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[str]) -> tuple[list[dict], dict]:
-    """Every party's view of the release (and a party that removes its own keys), plus the `model` floor."""
+def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[str], defence=None
+               ) -> tuple[list[dict], dict]:
+    """Every party's view of the release (and a party that removes its own keys), plus the `model` floor.
+    ``defence``: the session's ``editing.defences.Defence`` (each party's decoys drawn by a generator seeded by
+    the experiment's seed and the party's index, so that a run reproduces)."""
     setup = exp.setup
     flat = [r for p in parties for r in p]
     targets = [targets_for(setup, p, exp.say) for p in parties]
     exp.say(f"delta: collaborative edit of {len(parties)} parties × {len(parties[0])} edits")
-    dv = delta_view(setup, parties, targets)
+    import random
+
+    rngs = [random.Random(f"{exp.seed}/{k}") for k in range(len(parties))]
+    dv = delta_view(setup, parties, targets, defence, rngs)
     first = setup.hp.layers[0]
     basis = spectral.basis_from_delta(dv.deltas[first], dv.lam_cov[first], len(flat))
     rows = [subspace_row(exp, "delta", basis, flat, parties=len(parties))]
@@ -66,6 +72,9 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
     rows.append(target_rows(exp, "delta", res, flat, [r.subject for r in flat], objects, len(flat),
                             parties=len(parties)))
     rows.extend(model_rows(exp, dv.edited, flat, objects, parties=len(parties)))
+    spec = "none" if defence is None else defence.spec()
+    for row in rows:
+        row["defence"] = spec
     return rows, {"deltas": dv.deltas}
 
 

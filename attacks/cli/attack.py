@@ -35,6 +35,15 @@ def _attacks(text: str) -> list[str]:
     return out
 
 
+def _defence(text: str):
+    from secure_collab.editing.defences import DefenceError, parse_defence
+
+    try:
+        return parse_defence(text)
+    except DefenceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from attacks.views import VIEWS
     from secure_collab.cli._output import add_json_option
@@ -69,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sessions", type=int, default=4, help="wire: sessions per mode (default: %(default)s)")
     p.add_argument("--session-dir", default=None,
                    help="wire: where the sessions' work directories go (default: a new temporary directory)")
+    p.add_argument("--defence", type=_defence, default=None,
+                   help="delta / model: the session's release defence, none | camouflage:S | rank:K | A+B "
+                   "(default: none); `secure-collab defences` sweeps them over sessions")
     p.add_argument("--seed", type=int, default=0, help="seed of the trial draws (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="model and covariance cache (default: ~/.cache/secure-collab)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")

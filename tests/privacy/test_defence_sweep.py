@@ -1,0 +1,63 @@
+"""`secure-collab defences` on a tiny model: rows with every field, resumable, costs by hand; `attack --defence`."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from secure_collab.cli import main
+
+EPS = [EntryPoint("defences", "attacks.cli.defences", "secure_collab.commands"),
+       EntryPoint("attack", "attacks.cli.attack", "secure_collab.commands")]
+FIELDS = {"view", "attack", "defence", "sessions", "m", "recall_m", "recall_m_ci", "recall_5m", "recall_5m_ci",
+          "chance_m", "efficacy", "generalization", "specificity", "damage_kl", "damage_kl_decoys", "epsilon",
+          "queries_per_candidate", "flops_per_candidate"}
+
+
+def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_release(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "12", "--sessions", "2",
+            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1", "--out", str(out),
+            "--damage-subjects", "20", "-q", "--json", str(tmp_path / "r.json")]
+    assert main(argv, entry_points=EPS) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    rows = doc["results"]
+    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1"}
+    assert all(FIELDS <= set(r) and r["sessions"] == 2 and r["m"] == 6 for r in rows)
+    assert all(r["epsilon"] is None and 0 <= r["recall_m"] <= 1 for r in rows)
+    by = {r["defence"]: r for r in rows if r["attack"] == "subspace@first"}
+    assert by["none"]["damage_kl_decoys"] is None and by["camouflage:2"]["damage_kl_decoys"] > 0
+    # camouflage answers its decoys' keys: the decoys move more than random public subjects do
+    assert by["camouflage:2"]["damage_kl_decoys"] > by["camouflage:2"]["damage_kl"]
+    assert by["none"]["flops_per_candidate"] < next(r for r in rows if r["attack"] == "subspace-all")[
+        "flops_per_candidate"]
+    assert len(list(out.glob("session-*.json"))) == 6 and (out / "frontier.png").stat().st_size > 10_000
+    # a second run finds every (session, defence) on disk and computes none again
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
+    argv_again = [a for a in argv if a != "-q"]
+    assert main(argv_again, entry_points=EPS) == 0
+    assert "6 runs cached" in capsys.readouterr().out
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
+
+
+def test_forward_flops_count_the_blocks_used_by_hand():
+    from attacks.defence_sweep import forward_flops
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import get_module
+
+    lm = load_model("tiny-llama")
+    block = [sum(p.numel() for p in get_module(lm.model, lm.spec.block_name(i)).parameters()) for i in range(2)]
+    assert forward_flops(lm, 5, 1) == 2 * 5 * (block[0] + block[1])
+    assert forward_flops(lm, 5, None) > forward_flops(lm, 5, 1)
+
+
+def test_bad_grid_and_too_few_records_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["defences", "--grid", "none,noise:1", "--out", str(tmp_path)], entry_points=EPS)
+    assert "not built yet" in capsys.readouterr().err
+    rc = main(["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "5", "--out",
+               str(tmp_path)], entry_points=EPS)
+    err = capsys.readouterr().err
+    assert rc == 2 and "need 300 records" in err and err.strip().count("\n") == 0
