@@ -6,11 +6,16 @@ another protection mode or after a failure, reuses them; ``target_cache=False`` 
 the sequential variant each
 layer's keys and residuals come from the model with the earlier layers' ΔW applied, in the oneshot variant
 all layers' statistics come from the round's starting model (the network loop asks for them together).
+
+With ``session.defence`` camouflage on, every key and residual is camouflaged before G and B are formed
+(``editing.defences.PartyCamouflage``: decoy subjects drawn once per session by the party's CSPRNG, a fresh mix per
+key and layer); the solver and everything after it see only the camouflaged statistics.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from secure_collab.editing.augment import augmented_requests
+from secure_collab.editing.defences import PartyCamouflage, parse_defence
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
 from secure_collab.editing.session import requests_by_round, session_hparams
@@ -32,10 +38,13 @@ from secure_collab.overlap import fact_inputs
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
                  dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True,
-                 target_cache: bool = True, rounds: list[list] | None = None) -> None:
+                 target_cache: bool = True, rounds: list[list] | None = None,
+                 defence_rng: random.Random | None = None) -> None:
         """``requests``: this party's requests; ``rounds``: the same grouped by round (default: by their
         ``round`` field, else contiguous blocks; see ``requests_by_round``); ``target_cache``: z* read from and
-        written to the per-request cache (``editing/target_cache.py``)."""
+        written to the per-request cache (``editing/target_cache.py``); ``defence_rng``: the camouflage's
+        randomness (default ``random.SystemRandom()``, a CSPRNG: the decoys are this party's secret; tests pass
+        a seeded ``random.Random``)."""
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
         from secure_collab.preflight import check_model, check_templates
@@ -55,6 +64,7 @@ class PartyEditor:
             self.lm, self.hp.n_templates, self.hp.template_length, self.hp.template_seed, cache)
         self.requests = requests
         self.rounds = rounds if rounds is not None else requests_by_round([requests], session.rounds)
+        self.camouflage = self._camouflage(parse_defence(session.defence).camouflage, defence_rng)
         self.targets: dict[int, TargetResult] = {}
         self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
         self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
@@ -64,6 +74,21 @@ class PartyEditor:
         self.applied: dict[tuple[int, int], np.ndarray] = {}
         self.compute_seconds = 0.0
         self.pre = evaluate(self.lm, requests)
+
+    def _camouflage(self, scale: float, rng: random.Random | None) -> PartyCamouflage | None:
+        """The session's camouflage for this party, or None. Made here, before any ΔW is applied: λC is the
+        solver's (C of the unedited model over the public corpus, keyed by the base weights' digest in the cache,
+        which a solver on the same host shares), and the decoy subjects are drawn once, none of this party's own."""
+        if not scale:
+            return None
+        from secure_collab.covariance import layer_covariances
+
+        covs = layer_covariances(self.lm, self.hp.layers, tokens=self.hp.mom2_tokens,
+                                 max_seq_len=self.hp.mom2_max_len, cache=self.cache, progress=self.progress)
+        lam_covs = {layer: self.hp.mom2_update_weight * covs[layer] for layer in self.hp.layers}
+        cam = PartyCamouflage(scale, lam_covs, rng or random.SystemRandom(), [r.subject for r in self.requests])
+        self.log(f"camouflage on: each key is sent mixed with secret public decoy keys, ‖n‖ = {scale:g}‖k‖")
+        return cam
 
     def _targets(self, reqs: list) -> TargetResult:
         """z* on the model as it is now: from the per-request cache (keyed by the weights) unless it is off."""
@@ -136,7 +161,7 @@ class PartyEditor:
                     self.oneshot_cur[round_] = current_outputs(self.lm, reqs, self.hp)
                 cur = self.oneshot_cur[round_]
             stats = party_layer_stats(self.lm, reqs, self.targets[round_].z, layer, self.hp, self.templates, cur,
-                                      self.weights.get(round_))
+                                      self.weights.get(round_), camouflage=self.camouflage)
             out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out

@@ -32,6 +32,8 @@ the meaning of every key. Its shape (every field of [session] is bound into each
                                  # default roster order)
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
+    defence = "none"             # none | camouflage:S (parties) | rank:K (solver), joined with '+'
+                                 # (secure_collab.editing.defences; docs/privacy.md)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
     lambda = 300.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
@@ -123,6 +125,7 @@ class SessionConfig:
     party_priority: tuple[str, ...] = ()
     known_residual: float = 0.0
     augment: int = 2
+    defence: str = "none"  # release defences (editing.defences): camouflage at the parties, rank at the solver
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
@@ -325,6 +328,12 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError("session.known_residual must be a finite number >= 0")
     if not 0 <= s.augment <= 16:
         raise ConfigError("session.augment must be between 0 and 16")
+    from secure_collab.editing.defences import DefenceError, parse_defence
+
+    try:
+        parse_defence(s.defence)
+    except DefenceError as exc:
+        raise ConfigError(f"session.defence: {exc}") from None
     if s.tags and s.tag_slots > wire.MAX_TAG_SLOTS:
         raise ConfigError(f"session.max_edits_per_party must be <= {wire.MAX_TAG_SLOTS // 2} with dedupe or a "
                           "conflict policy (two tag slots per request)")

@@ -47,6 +47,8 @@ COMMENTS: dict[str, str] = {
     "model": "the base model every party and the solver load (a built-in name, a directory or a hub id)",
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
     "template_seed": "seed the context templates below were generated with",
+    "defence": "release defences, joined with '+': none | camouflage:S (each party mixes secret public decoy keys "
+               "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K); docs/privacy.md",
     # [session.hparams]
     "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹ (memit-dynamic: of earlier rounds' ΣKKᵀ too)",
     "v_lr": "target optimisation: Adam learning rate",
@@ -107,12 +109,19 @@ class SessionChoices:
     stage_timeout_s: float = 1800.0
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
+    defence: str = "none"  # release defences (secure_collab.editing.defences)
     paths: dict[str, str] = field(default_factory=lambda: {
         "keys": "keys", "roster": "roster.toml", "ledger": "ledger.sqlite", "solver_state": "solver-state"})
 
     def __post_init__(self) -> None:  # before a model is loaded for a file that load_config would refuse
         if self.session_id is not None and not is_name(self.session_id):
             raise ConfigError(f"bad session id {shown(self.session_id)}: use {NAME_RULE}")
+        from secure_collab.editing.defences import DefenceError, parse_defence
+
+        try:
+            parse_defence(self.defence)
+        except DefenceError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,
@@ -147,7 +156,7 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
         "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
         "value_bound": choices.value_bound,
         "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
-        "template_seed": hp.template_seed, "hparams": table,
+        "template_seed": hp.template_seed, "defence": choices.defence, "hparams": table,
         "protection": {"precision_bits": choices.precision_bits} if choices.precision_bits is not None else {},
     }
     network = {"coordinator_bind": choices.bind, "coordinator_endpoint": choices.endpoint,
@@ -221,7 +230,7 @@ def describe(config: Config) -> dict[str, Any]:
     return {
         "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
         "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
-        "min_parties": s.min_parties, "parties": sorted(config.roster.parties),
+        "min_parties": s.min_parties, "defence": s.defence, "parties": sorted(config.roster.parties),
         "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
         "coordinator_endpoint": config.network.coordinator_endpoint,
         "coordinator_bind": config.network.coordinator_bind,

@@ -461,7 +461,11 @@ class Solver:
 
     def _keep_past(self, round_: int, layer: int, g_packed: np.ndarray, past_packed: np.ndarray | None) -> None:
         """Write Σ_{r <= round_} ΣG_r, packed, before the release (a restarted solver resumes from it); drop the
-        older. Added triangle to triangle: the same sums as adding the full matrices and packing."""
+        older. Added triangle to triangle: the same sums as adding the full matrices and packing.
+
+        ΣG_r is the opened aggregate as the parties sent it: with the session's camouflage on, a sum of
+        camouflaged keys' K Kᵀ (the solver never sees a true key), and untouched by the rank truncation, which
+        changes only the released ΔW (``solver.solve``)."""
         if not self._uses_past() or round_ == self.s.rounds - 1:
             return
         total = g_packed if past_packed is None else past_packed + g_packed

@@ -1,8 +1,10 @@
 """The solver's math for a session: ΔW of each (round, layer) by the session's update rule.
 
 C comes from the public corpus (cached by model, layer and corpus digests); AlphaEdit's null-space basis is
-taken from it once per layer. The cross-round state (Σ of earlier rounds' ΣG per layer) is the solver's, kept
-sealed in its state store; it is passed in per call, so this object holds nothing secret.
+taken from it once per layer. With ``session.defence`` rank:K, the rule's ΔW is replaced by its best rank-K
+approximation in the keys' metric (``editing.defences.truncate_rank``) before it is released. The cross-round
+state (Σ of earlier rounds' ΣG per layer) is the solver's, kept sealed in its state store; it is passed in per
+call, so this object holds nothing secret.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from secure_collab.editing.defences import parse_defence, truncate_rank
 from secure_collab.editing.session import session_hparams
 
 
@@ -33,6 +36,7 @@ class SessionSolve:
                                       max_seq_len=self.hp.mom2_max_len, cache=cache, progress=progress)
         del lm  # the solver needs only C
         self.rule = self.hp.rule
+        self.rank = parse_defence(session.defence).rank  # 0: ΔW released as the rule solves it
         self.bases = {layer: self.rule.basis(self.covs[layer]) for layer in self.hp.layers}
 
     def __call__(self, round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
@@ -40,4 +44,7 @@ class SessionSolve:
         g = torch.from_numpy(np.ascontiguousarray(g_sum, dtype=np.float64))
         b = torch.from_numpy(np.ascontiguousarray(b_sum, dtype=np.float64))
         past = None if past_g is None else torch.from_numpy(np.ascontiguousarray(past_g, dtype=np.float64))
-        return self.rule.solve(b, g, self.covs[layer], past_g=past, basis=self.bases[layer]).numpy()
+        delta = self.rule.solve(b, g, self.covs[layer], past_g=past, basis=self.bases[layer])  # (d_v, d_k)
+        if self.rank:
+            delta = truncate_rank(delta, self.covs[layer], self.rank)
+        return delta.numpy()

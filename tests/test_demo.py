@@ -72,3 +72,21 @@ def _check_demo(out, rc, mode, variant, tolerance, cache):
         contribs = db.execute("SELECT * FROM messages WHERE type = 'contrib' AND outcome = 'accepted'").fetchall()
     assert handoffs and contribs
     assert all(len(json.loads(h["parties"])) >= 2 for h in handoffs)
+
+
+def test_demo_with_rank_truncation_equals_the_truncated_global_edit(tmp_path):
+    """--defence rank:2 reaches the solver process through the session file: every ΔW the parties applied has rank 2
+    and equals Global-Edit truncated the same way (the reference's own rank), as the undefended demo equals it."""
+    import torch
+
+    from secure_collab.patch import read_patch
+
+    out = tmp_path / "demo.json"
+    rc = main(["demo", "--model", "tiny-llama", "--mode", "shares", "--parties", "3", "--edits-per-party", "2",
+               "--defence", "rank:2", "--workdir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "c"),
+               "--timeout", "600", "--json", str(out), "--quiet"])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["ok"] and r["defence"] == "rank:2", r
+    assert r["delta_rel_diff_vs_global"] <= 1e-9
+    deltas = read_patch(tmp_path / "work" / "patch-a.safetensors").deltas
+    assert deltas and all(int(torch.linalg.matrix_rank(d.double())) == 2 for d in deltas.values())

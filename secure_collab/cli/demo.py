@@ -21,9 +21,11 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from secure_collab.editing.defences import DefenceError, parse_defence  # torch-free: the setting's text only
 from secure_collab.files import open_private, private_dir, touch_private
 
 HELP = "run a whole session (solver, coordinator, parties as processes over CurveZMQ) and compare with Global-Edit"
@@ -54,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="math threads per process (0: torch's default)")
     p.add_argument("--in-turn", action=argparse.BooleanOptionalAction, default=True,
                    help="parties compute their statistics one at a time (shared cores)")
+    p.add_argument("--defence", default="none",
+                   help="release defences, joined with '+': none, camouflage:S (parties), rank:K (solver); the "
+                        "reference then has the same rank, but not the parties' secret decoys (docs/privacy.md)")
     p.add_argument("--no-reference", action="store_true", help="skip the Global-Edit comparison")
     p.add_argument("--workdir", default=None, help="where keys, config, logs and ledger go (default: a temp dir)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
@@ -105,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=args.quiet)
     if args.parties < args.min_parties or args.parties > 26:
         raise ConfigError(f"--parties must be between --min-parties ({args.min_parties}) and 26")
+    try:  # before anything loads
+        defence = parse_defence(args.defence)
+    except DefenceError as exc:
+        raise ConfigError(str(exc)) from None
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         value_bound=args.value_bound, precision_bits=args.precision_bits if args.mode == "ckks" else None,
         session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
-        request_in_turn=bool(args.in_turn),
+        request_in_turn=bool(args.in_turn), defence=args.defence,
         paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
                "solver_state": "solver-state"})
     cfg = write_session(cfg_path, session_document(lm, args.model, choices, templates), force=True,
@@ -155,13 +164,16 @@ def run(args: argparse.Namespace) -> int:
             "--json", str(work / f"report-{name}.json"), "--patch", str(work / f"patch-{name}.safetensors"),
             *common], logs, args.threads)
     console.print(f"session {cfg.session.id}: {args.mode}, {args.variant}, {args.parties} parties × "
-                  f"{args.edits_per_party} edits, layers {list(hp.layers)}; work dir {work}")
+                  f"{args.edits_per_party} edits, layers {list(hp.layers)}, defence {defence.spec()}; work dir {work}")
 
     reference: dict[str, Any] = {}
 
     def compute_reference() -> None:
         try:
-            reference["outcome"] = run_edit(lm, list(shares.values()), hp, covs, "global", templates)
+            # the solver's rank truncation is reproducible; the parties' camouflage is not (their decoys are
+            # secret), so with camouflage the comparison shows how far it moves ΔW from Global-Edit's
+            reference["outcome"] = run_edit(lm, list(shares.values()), hp, covs, "global", templates,
+                                            defence=replace(defence, camouflage=0.0))
         except BaseException as exc:  # reported below
             reference["error"] = exc
 
@@ -249,7 +261,8 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     pre = {m: pooled("pre", m) for m in METRICS[:3]}
     post["score"], pre["score"] = score_of(list(post.values())), score_of(list(pre.values()))
     return {
-        "ok": ok, "mode": args.mode, "variant": args.variant, "parties": args.parties,
+        "ok": ok, "mode": args.mode, "variant": args.variant, "defence": parse_defence(cfg.session.defence).spec(),
+        "parties": args.parties,
         "edits": args.parties * args.edits_per_party, **post, "pre": pre,
         "delta_rel_diff_vs_global": diff,
         "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
@@ -280,6 +293,11 @@ def _show(console, r: dict[str, Any]) -> None:
     table.add_row("all", str(r["edits"]), *[f"{f(r['pre'][m])}→{f(r[m])}" for m in METRICS[:3]], "", "")
     console.print(table)
     d = r["delta_rel_diff_vs_global"]
+    spec = parse_defence(r["defence"])
+    if not spec.none:
+        console.print(f"defence {spec.spec()}" + (": Global-Edit truncated to the same rank" if spec.rank else "")
+                      + ("; the parties' camouflage (secret decoys) is not in Global-Edit, so ΔW differs from it"
+                         if spec.camouflage else ""))
     console.print(f"ΔW applied vs Global-Edit: {'-' if d is None else f'{d:.2e}'}; parties applied identical "
                   f"updates: {r['parties_applied_identical_updates']}; {r['seconds']:.0f} s; "
                   f"{'ok' if r['ok'] else 'FAILED: see ' + r['workdir'] + '/logs'}")

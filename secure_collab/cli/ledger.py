@@ -50,13 +50,33 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:  # the whole table only when no JSON was asked for; the summary always
         _print_table(tables["messages"], out)
     print(f"\n{len(tables['messages'])} messages, {len(tables['handoffs'])} hand-offs to the solver, "
-          f"{len(tables['releases'])} releases; stages:", file=out)
+          f"{len(tables['releases'])} releases", file=out)
+    for session, defence in _defences(tables["stages"]).items():
+        print(f"session {session}: defence {defence}", file=out)
+    print("stages:", file=out)
     for r in tables["stages"]:
         print(f"  {_time(r['time'])} round {r['round']} layers {r['layers']} attempt {r['attempt']}: "
               f"{r['event']} {r['detail']}", file=out)
     for r in tables["decisions"]:
         print(f"  {_time(r['time'])} round {r['round']} decision {r['decision_id'][:16]}: {r['kind']}", file=out)
     return 0
+
+
+def _defences(stages: list[dict[str, Any]]) -> dict[str, str]:
+    """{session: the release defences its coordinator recorded when the session (or its resumption) started}."""
+    import json
+
+    out = {}
+    for r in stages:
+        if r["event"] != "joining":
+            continue
+        try:
+            detail = json.loads(r["detail"] or "{}")
+        except ValueError:
+            detail = {}
+        defence = detail.get("defence") if isinstance(detail, dict) else None
+        out[r["session_id"]] = defence if isinstance(defence, str) else "not recorded (a ledger from before defences)"
+    return out
 
 
 def _ledger_of(config: Any) -> Any:  # Path -> Path (pathlib imported lazily, as the CLI does)

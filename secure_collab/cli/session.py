@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--lambda", dest="lam", type=float, default=None,
                       help="λ, weight of the covariance (default: the model's tuned value)")
     init.add_argument("--min-parties", type=int, default=d.min_parties, help="fewest parties in any sum")
+    init.add_argument("--defence", default=d.defence,
+                      help="release defences, joined with '+': none, camouflage:S (the parties hide their keys "
+                           "among public decoys), rank:K (the solver releases ΔW of rank K); docs/privacy.md")
     init.add_argument("--value-bound", type=float, default=d.value_bound,
                       help="declared max |entry| of one party's statistic")
     init.add_argument("--precision-bits", type=int, default=PRECISION_BITS,
@@ -108,7 +111,7 @@ def _init(args: argparse.Namespace) -> int:
         value_bound=args.value_bound,
         precision_bits=args.precision_bits if args.mode == "ckks" else None, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
-        stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn,
+        stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn, defence=args.defence,
         paths={"keys": "keys", "roster": roster_in_file, "ledger": "ledger.sqlite",
                "solver_state": "solver-state"})
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
@@ -140,7 +143,7 @@ def _print(args: argparse.Namespace, info: dict) -> None:
     say(args, f"  config digest   {info['config_digest']}   <- every site must see the same")
     say(args, f"  model           {info['model']}, weights sha256 {info['weights_digest'] or '(unchecked)'}")
     say(args, f"  {info['mode']}, {info['variant']}, layers {info['layers']}, d_k {info['d_k']}, d_v {info['d_v']}, "
-              f"min_parties {info['min_parties']}")
+              f"min_parties {info['min_parties']}, defence {info['defence']}")
     say(args, f"  roster sha256   {info['roster_sha256']}   <- pinned; fingerprints:")
     for who, fp in info["fingerprints"].items():
         say(args, f"    {who:<20} {fp}")

@@ -18,6 +18,9 @@ session setting (``session.defence`` in the session file, ``--defence`` in the s
 
 Both combine (``camouflage:3+rank:20``). What is not built yet (decoy edits, calibrated noise with an accountant,
 a served release) is refused by name, not silently ignored.
+
+torch is imported where the math runs, not at the top: the session file's loader parses the setting here, and the
+coordinator, which loads it, stays free of torch.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
 NOT_BUILT = ("decoys", "noise", "served")
 FORMS = "none | camouflage:S (S > 0) | rank:K (K >= 1), joined with '+'"
+MAX_SPEC = 100  # characters of a setting's text: it comes from a session file
 
 
 class DefenceError(ValueError):
@@ -57,6 +63,8 @@ class Defence:
 def parse_defence(text: str) -> Defence:
     """``none`` | ``camouflage:S`` | ``rank:K`` | ``A+B``: a ``Defence``, or ``DefenceError`` saying what is wrong."""
     text = str(text).strip()
+    if len(text) > MAX_SPEC:
+        raise DefenceError(f"defence setting of {len(text)} characters (at most {MAX_SPEC}): use {FORMS}")
     if text in ("", "none"):
         return Defence()
     camouflage, rank = 0.0, 0
@@ -85,6 +93,8 @@ def parse_defence(text: str) -> Defence:
 
 def _a_solve(lam_cov: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(λC)⁻¹ x for x (d_k, n), by Cholesky (λC is symmetric positive definite)."""
+    import torch
+
     chol = torch.linalg.cholesky(lam_cov.double())
     return torch.cholesky_solve(x.double(), chol)
 
@@ -98,6 +108,8 @@ def camouflage(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tenso
     (indices and N(0, 1) weights from ``rng``: the party passes ``random.SystemRandom()``, tests a seeded
     ``random.Random``). See the module docstring for the rule and what is exact.
     """
+    import torch
+
     k = keys.double()
     r = residuals.double()
     p = pool.double()
@@ -127,6 +139,8 @@ def camouflage(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tenso
 def truncate_rank(delta: torch.Tensor, cov: torch.Tensor, rank: int) -> torch.Tensor:
     """The best rank-``rank`` approximation of ΔW (d_v, d_k) in the keys' metric: argmin over rank-K M of
     ‖(ΔW − M) C^½‖_F, which is E‖(ΔW − M) x‖² for x with covariance C. float64."""
+    import torch
+
     d = delta.double()
     if rank >= min(d.shape):
         return d.clone()
@@ -168,5 +182,7 @@ class PartyCamouflage:
                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from secure_collab.editing.keys import subject_keys
 
-        pool = subject_keys(lm, self.names, layer, templates)
-        return camouflage(keys, residuals, self.lam_covs[layer], pool, self.scale, self.rng, weights)
+        pool = subject_keys(lm, self.names, layer, templates)  # (M, d_k) float64 on the CPU, where λC is
+        # the keys and residuals come from the model's device (a GPU): camouflaged beside λC and the pool
+        w = None if weights is None else weights.cpu()
+        return camouflage(keys.cpu(), residuals.cpu(), self.lam_covs[layer], pool, self.scale, self.rng, w)

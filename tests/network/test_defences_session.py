@@ -1,0 +1,176 @@
+"""The release defences as a session setting (``session.defence``): refused at load when it is not one of the built
+forms, written by `session init`, bound into the session digest, and run in a real networked session (solver,
+coordinator and three parties in threads over CurveZMQ, the real party and solver engines on a tiny model), where
+every released ΔW equals the simulated session's with the same parties and camouflage seeds."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from network_doubles import Threads, make_config
+
+from secure_collab.cli import main
+from secure_collab.config import load_config
+from secure_collab.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+HP = {"mom2_tokens": 600, "v_num_grad_steps": 4, "n_templates": 1, "template_length": 3}
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"secure-collab {command}: error: "), err
+    return err[0]
+
+
+def _with_defence(path: Path, value: str) -> Path:
+    """The session file at ``path`` with ``session.defence`` set to ``value`` (written as TOML text)."""
+    text = path.read_text()
+    assert "\ndefence = " not in text
+    out = path.with_name("defended.toml")
+    out.write_text(text.replace("[session]\n", f"[session]\ndefence = {json.dumps(value)}\n", 1))
+    return out
+
+
+@pytest.mark.parametrize(("value", "why"), [("noise:1", "not built yet"), ("blur", "bad defence 'blur'"),
+                                            ("rank:0", "bad defence 'rank:0'"), ("camouflage:2+", "bad defence ''")])
+def test_a_defence_that_is_not_built_or_not_a_form_is_refused_at_load_in_one_line(tmp_path, capsys, value, why):
+    make_config(tmp_path)
+    path = _with_defence(next(tmp_path.glob("config-*.toml")), value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    message = str(exc.value)
+    assert "\n" not in message and "session.defence" in message and why in message
+    assert "camouflage:S (S > 0) | rank:K (K >= 1)" in message  # it names the forms
+    assert main(["session", "show", "--config", str(path)]) == 2  # every role loads the file the same way
+    assert "session.defence" in _one_line_error(capsys, "session")
+
+
+def test_the_defence_setting_loads_without_torch_and_is_in_the_digest(tmp_path):
+    """The torch-free coordinator loads the session file, so parsing the setting must not load torch."""
+    plain = make_config(tmp_path)
+    path = _with_defence(next(tmp_path.glob("config-*.toml")), "rank:3+camouflage:0.5")
+    probe = ("import json, sys; from secure_collab.config import load_config; c = load_config(sys.argv[1]); "
+             "print(json.dumps([c.session.defence, c.digest, 'torch' in sys.modules]))")
+    run = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120, check=True)
+    defence, digest, torch_loaded = json.loads(run.stdout)
+    assert defence == "rank:3+camouflage:0.5" and not torch_loaded
+    defended = load_config(path)
+    assert replace(defended.session, defence="none") == plain.session  # the one difference ...
+    assert digest == defended.digest != plain.digest  # ... changes the digest every message carries
+
+
+def test_session_init_writes_the_defence_and_the_file_loads(tmp_path, capsys):
+    from secure_collab.keys import init_keys
+
+    init_keys(tmp_path / "keys", ["a", "b", "c"])
+    common = ["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"),
+              "--id", "s-def", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert main([*common, "--out", str(tmp_path / "defended.toml"), "--defence", "camouflage:3"]) == 0
+    text = (tmp_path / "defended.toml").read_text()
+    assert tomllib.loads(text)["session"]["defence"] == "camouflage:3"
+    assert "#" in next(line for line in text.splitlines() if line.startswith("defence = "))  # commented
+    defended = load_config(tmp_path / "defended.toml")
+    assert defended.session.defence == "camouflage:3"
+    assert main(["session", "show", "--config", str(tmp_path / "defended.toml"), "--json", "-"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["defence"] == "camouflage:3" and "defence camouflage:3" in out.err
+    # the default writes "none"; the two files differ in that setting only, and so in their digests
+    assert main([*common, "--out", str(tmp_path / "plain.toml")]) == 0
+    plain = load_config(tmp_path / "plain.toml")
+    assert plain.session.defence == "none" and replace(defended.session, defence="none") == plain.session
+    assert plain.digest != defended.digest
+    # a bad setting is refused in one line before the model loads, and nothing is written
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad.toml"), "--defence", "blur"]) == 2
+    assert "bad defence 'blur'" in _one_line_error(capsys, "session")
+    assert not (tmp_path / "bad.toml").exists()
+
+
+@pytest.mark.parametrize("variant", ["sequential", "oneshot"])
+def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_rank(tmp_path, capitals, capsys,
+                                                                                   variant):
+    """camouflage:2+rank:2 over real sockets, shares mode, in both variants: each party camouflages with its own
+    seeded generator (party i: random.Random(i)), the solver truncates; every ΔW released and applied equals
+    run_edit's collab edit of the same parties with the same generators (so the generators are drawn from in the
+    same order), has rank 2, and differs from the edit without camouflage."""
+    from coordinator.server import run_coordinator
+    from parties import run_party
+    from parties.engine import PartyEditor
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.editing.defences import Defence
+    from secure_collab.editing.hparams import auto_request_batch
+    from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.session import session_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.ledger import Ledger
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import n_layers
+    from secure_collab.protection import get_scheme
+    from solver.server import run_solver
+    from solver.solve import SessionSolve
+
+    cache = tmp_path / "cache"
+    cfg = make_config(tmp_path, mode="shares", model="tiny-llama", d_k=96, d_v=64, layers=[1, 2], chunk_values=8192,
+                      variant=variant,
+                      defence="camouflage:2+rank:2", value_bound=1e5, key_norm_bound=1e4, residual_norm_bound=1e4,
+                      hparams=HP, network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0,
+                                           "solve_timeout_s": 120.0, "join_timeout_s": 60.0})
+    names = ("a", "b", "c")
+    split = split_parties(capitals[:6], 3)
+    logs: dict[str, list[str]] = {n: [] for n in names}
+    editors = {n: PartyEditor(cfg.session, split[i], cache=cache, log=logs[n].append, progress=False,
+                              defence_rng=random.Random(i)) for i, n in enumerate(names)}
+    solve = SessionSolve(cfg.session, cache=cache)
+    scheme = get_scheme("shares")
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, solve))
+    th.start("coordinator", lambda: run_coordinator(cfg, scheme))
+    for n, ed in editors.items():
+        th.start(n, lambda n=n, ed=ed: run_party(cfg, n, scheme, ed.compute_statistics, ed.apply_delta))
+    th.join(240)
+    assert th.results["coordinator"].ok, th.results["coordinator"].reason
+    released = th.results["solver"].releases  # (round, layer) -> ΔW
+    assert set(released) == {(0, 1), (0, 2)}
+    for n, ed in editors.items():
+        assert th.results[n].ok, (n, th.results[n].reason)
+        assert all(np.array_equal(ed.applied[key], released[key]) for key in released), n
+        assert any(line.startswith("camouflage on") and "2‖k‖" in line for line in logs[n]), logs[n]
+
+    # the simulation of the same session: the same parties, targets' settings, C, templates and generators
+    s = cfg.session
+    lm = load_model("tiny-llama")
+    hp = session_hparams(s.model, n_layers(lm.model, lm.spec), s.layers, s.variant, s.template_seed, s.hparams,
+                         auto_request_batch("cpu"), s.update_rule)
+    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
+                             progress=False)
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    unedited = snapshot(lm, hp.layers)
+    out = run_edit(lm, split, hp, covs, "collab", templates, defence=Defence(2.0, 2),
+                   rngs=[random.Random(i) for i in range(3)])
+    got = {layer: torch.from_numpy(released[(0, layer)]) for layer in s.layers}
+    diffs = rel_diff_per_layer(got, out.deltas)
+    assert max(diffs.values()) < 1e-9, diffs
+    assert all(int(np.linalg.matrix_rank(released[(0, layer)])) == 2 for layer in s.layers)
+    # control: without the camouflage (same targets, same rank) the release would be another one
+    restore(lm, unedited)
+    bare = run_edit(lm, split, hp, covs, "collab", templates, targets=out.targets, defence=Defence(0.0, 2))
+    assert min(rel_diff_per_layer(got, bare.deltas).values()) > 1e-3
+
+    # the coordinator's ledger records the session's defence, and `ledger show` displays it
+    with Ledger(cfg.paths.ledger) as ledger:
+        joining = [r for r in ledger.rows("stages") if r["event"] == "joining"]
+    assert joining and all(json.loads(r["detail"])["defence"] == "camouflage:2+rank:2" for r in joining)
+    capsys.readouterr()
+    assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger)]) == 0
+    assert "session s1: defence camouflage:2+rank:2" in capsys.readouterr().out
