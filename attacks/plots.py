@@ -85,3 +85,31 @@ def defence_frontier(rows: list[dict], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def recall_against_cost(rows: list[dict], out: Path) -> Path:
+    """Every attack's recall@m against its cost per candidate (forward FLOPs), one panel per defence: what an
+    attacker with a given budget per candidate gets (a real candidate list may hold millions of entities)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    defences = sorted({r["defence"] for r in rows})
+    fig, axes = plt.subplots(1, len(defences), figsize=(3.6 * len(defences), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], defences, strict=True):
+        sel = [r for r in rows if r["defence"] == name and r.get("flops_per_candidate")]
+        for r in sel:
+            ax.errorbar([r["flops_per_candidate"]], [r["recall_m"]], yerr=_err([r], "recall_m"), marker="o",
+                        capsize=2, label=r["attack"])
+        if sel:
+            ax.axhline(sel[0]["chance_m"], color="grey", ls="--", lw=0.8)
+        ax.axhline(0.5, color="red", ls=":", lw=0.8)
+        ax.set(xscale="log", xlabel="forward FLOPs per candidate", title=name, ylim=(0, 1.05))
+    axes[0][0].set_ylabel("recall@m (95 % CI over sessions)")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

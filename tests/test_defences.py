@@ -74,6 +74,8 @@ def test_camouflage_draws_from_the_generator_it_is_given():
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[0], c[0])
     with pytest.raises(ValueError, match="pool"):
         camouflage(k, r, lam_cov, pool[:, :5], 2.0, random.Random(0))
+    with pytest.raises(ValueError, match="pool"):
+        camouflage(k, r, lam_cov, pool[:0], 2.0, random.Random(0))
 
 
 def test_rank_truncation_is_the_best_in_the_keys_metric_by_an_independent_factorisation():
@@ -115,7 +117,7 @@ def test_a_defended_simulated_session_releases_the_camouflaged_span_at_the_trunc
     sent: list[torch.Tensor] = []
     import secure_collab.editing.defences as defences
 
-    real = defences.camouflage
+    real = defences.camouflage_mixed
 
     def spy(*args, **kw):
         out = real(*args, **kw)
@@ -124,14 +126,14 @@ def test_a_defended_simulated_session_releases_the_camouflaged_span_at_the_trunc
 
     saved = snapshot(tiny, hp.layers)
     try:
-        defences.camouflage = spy
+        defences.camouflage_mixed = spy
         out = run_edit(tiny, parties, hp, covs, "collab", templates, defence=Defence(2.0, 0),
                        rngs=[random.Random(i) for i in range(3)])
         restore(tiny, saved)
-        defences.camouflage = real
+        defences.camouflage_mixed = real
         truncated = run_edit(tiny, parties, hp, covs, "collab", templates, defence=Defence(0.0, 2))
     finally:
-        defences.camouflage = real
+        defences.camouflage_mixed = real
         restore(tiny, saved)
     first = torch.cat(sent[:3])  # the three parties' camouflaged keys at the first layer
     true = compute_keys(tiny, [r for p in parties for r in p], hp.layers[0], templates).double()
@@ -143,3 +145,29 @@ def test_a_defended_simulated_session_releases_the_camouflaged_span_at_the_trunc
     assert all(int(torch.linalg.matrix_rank(d)) == 2 for d in truncated.deltas.values())
     with pytest.raises(ValueError, match="defences apply"):
         run_edit(tiny, parties, hp, covs, "ta", templates, defence=Defence(0.0, 2))
+
+
+def test_a_partys_camouflage_keys_only_the_decoys_it_draws_and_equals_the_whole_pools(tiny, capitals):
+    """PartyCamouflage computes keys for the ≤ n × mix decoys its draws use; the result equals ``camouflage``
+    over the keys of its whole pool with the same generator."""
+    from secure_collab.editing.defences import PartyCamouflage, decoy_subjects
+    from secure_collab.editing.hparams import default_hparams
+    from secure_collab.editing.keys import compute_keys, subject_keys
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.models.specs import down_weight, n_layers
+
+    hp = default_hparams(tiny.name, n_layers(tiny.model, tiny.spec))
+    layer = hp.layers[0]
+    dk = down_weight(tiny.model, tiny.spec, layer).shape[1]
+    lam_cov = 3.0 * random_spd(dk, 8)
+    templates = context_templates(tiny, hp.n_templates, hp.template_length, hp.template_seed)
+    reqs = capitals[:3]
+    keys = compute_keys(tiny, reqs, layer, templates).double()
+    resid = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cam = PartyCamouflage(2.5, {layer: lam_cov}, random.Random(3), [r.subject for r in reqs])
+    assert cam.names == decoy_subjects(random.Random(3), len(cam.names), [r.subject for r in reqs])
+    got = cam(tiny, layer, templates, keys, resid)
+    rng = random.Random(3)
+    decoy_subjects(rng, len(cam.names), [r.subject for r in reqs])  # the draw the constructor made
+    want = camouflage(keys, resid, lam_cov, subject_keys(tiny, cam.names, layer, templates), 2.5, rng)
+    assert torch.allclose(got[0], want[0], rtol=1e-12, atol=0) and torch.allclose(got[1], want[1], rtol=1e-12, atol=0)

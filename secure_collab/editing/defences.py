@@ -99,6 +99,17 @@ def _a_solve(lam_cov: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(x.double(), chol)
 
 
+def draw_mixes(rng: random.Random, n: int, pool_size: int, mix: int = CAMOUFLAGE_MIX
+               ) -> list[tuple[list[int], list[float]]]:
+    """For each of ``n`` keys: which ``mix`` pool entries its camouflage mixes, and their N(0, 1) weights."""
+    mix = min(mix, pool_size)
+    out = []
+    for _ in range(n):
+        idx = rng.sample(range(pool_size), mix)
+        out.append((idx, [rng.gauss(0.0, 1.0) for _ in idx]))
+    return out
+
+
 def camouflage(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tensor, pool: torch.Tensor,
                scale: float, rng: random.Random, weights: torch.Tensor | None = None,
                mix: int = CAMOUFLAGE_MIX) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +119,16 @@ def camouflage(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tenso
     (indices and N(0, 1) weights from ``rng``: the party passes ``random.SystemRandom()``, tests a seeded
     ``random.Random``). See the module docstring for the rule and what is exact.
     """
+    if pool.ndim != 2 or pool.shape[0] < 1:
+        raise ValueError(f"camouflage needs a non-empty decoy pool (M, d_k), got {tuple(pool.shape)}")
+    return camouflage_mixed(keys, residuals, lam_cov, pool, draw_mixes(rng, keys.shape[0], pool.shape[0], mix),
+                            scale, weights)
+
+
+def camouflage_mixed(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tensor, pool: torch.Tensor,
+                     mixes: list[tuple[list[int], list[float]]], scale: float,
+                     weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``camouflage`` with its draws given (``draw_mixes``): key j's direction is Σ_i coef_i · pool[idx_i]."""
     import torch
 
     k = keys.double()
@@ -115,16 +136,10 @@ def camouflage(keys: torch.Tensor, residuals: torch.Tensor, lam_cov: torch.Tenso
     p = pool.double()
     if k.ndim != 2 or r.ndim != 2 or k.shape[0] != r.shape[0] or p.ndim != 2 or p.shape[1] != k.shape[1]:
         raise ValueError(f"keys {tuple(k.shape)}, residuals {tuple(r.shape)} and pool {tuple(p.shape)} do not fit")
-    if p.shape[0] < 1 or not scale > 0:
-        raise ValueError("camouflage needs a non-empty decoy pool and a scale > 0")
+    if len(mixes) != k.shape[0] or not scale > 0:
+        raise ValueError("camouflage needs one mix per key and a scale > 0")
     w = torch.ones(k.shape[0], dtype=torch.float64) if weights is None else weights.double()
-    mix = min(mix, p.shape[0])
-    rows = []
-    for _ in range(k.shape[0]):
-        idx = rng.sample(range(p.shape[0]), mix)
-        coef = torch.tensor([rng.gauss(0.0, 1.0) for _ in idx], dtype=torch.float64)
-        rows.append(coef @ p[idx])
-    u = torch.stack(rows)  # (n, d_k)
+    u = torch.stack([torch.tensor(coef, dtype=torch.float64) @ p[idx] for idx, coef in mixes])  # (n, d_k)
     ak = _a_solve(lam_cov, k.T).T  # (n, d_k): A k_j
     u = u - ((u * ak).sum(1) / (k * ak).sum(1))[:, None] * k  # A-orthogonal to its own key: uᵀ A k = 0
     n = u * (scale * k.norm(dim=1) / u.norm(dim=1).clamp_min(1e-300))[:, None]
@@ -182,7 +197,14 @@ class PartyCamouflage:
                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from secure_collab.editing.keys import subject_keys
 
-        pool = subject_keys(lm, self.names, layer, templates)  # (M, d_k) float64 on the CPU, where λC is
+        # the draws first (as ``camouflage`` with the whole pool would take them), so that only the decoys they
+        # use need keys: at most n × CAMOUFLAGE_MIX names per layer instead of the pool
+        mixes = draw_mixes(self.rng, keys.shape[0], len(self.names))
+        used = sorted({i for idx, _ in mixes for i in idx})
+        pool = subject_keys(lm, [self.names[i] for i in used], layer, templates)  # (M', d_k) float64, CPU
+        at = {i: j for j, i in enumerate(used)}
+        local = [([at[i] for i in idx], coef) for idx, coef in mixes]
         # the keys and residuals come from the model's device (a GPU): camouflaged beside λC and the pool
         w = None if weights is None else weights.cpu()
-        return camouflage(keys.cpu(), residuals.cpu(), self.lam_covs[layer], pool, self.scale, self.rng, w)
+        return camouflage_mixed(keys.cpu(), residuals.cpu(), self.lam_covs[layer], pool, local, self.scale, w)
+

@@ -34,6 +34,7 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     assert by["none"]["flops_per_candidate"] < next(r for r in rows if r["attack"] == "subspace-all")[
         "flops_per_candidate"]
     assert len(list(out.glob("session-*.json"))) == 6 and (out / "frontier.png").stat().st_size > 10_000
+    assert (out / "frontier-cost.png").stat().st_size > 10_000
     # a second run finds every (session, defence) on disk and computes none again
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
     argv_again = [a for a in argv if a != "-q"]
