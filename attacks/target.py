@@ -6,8 +6,11 @@ last edited block, at the subject's last token of a prompt, exactly where MEMIT'
 probability of their first token. This uses every block above the edit, which is stronger than reading the
 residual with the unembedding (a logit lens) at an early layer.
 
-The attacker is given the relation prompt (CounterFact's relation templates are public and few); the
-subject is the one the ranking attack recovered.
+What the object attack is given, exactly (``runner.target_rows``, ``session_views``): each edit's true subject
+(the subject attacks recover it first, at the recall they report: the object figures are conditional on that),
+the edit's own prompt (its relation template, public and few in CounterFact), and the subject's key computed by
+the public model from that prompt (``keys_view``: what the attacker computes once it has subject and prompt);
+from the release view, ΔW (or ΣB, ΣG) and λC. It is not given the target, the residual or z*.
 """
 
 from __future__ import annotations
