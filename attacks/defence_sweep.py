@@ -224,10 +224,35 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
                   "norm-all": torch.stack([_z(v) for v in norm_scores.values()]).mean(0)}[name]
         att[f"{name}-outside-pool"] = _rank_hits(scores - in_pool.double() * 1e6, targets_idx, m)
     if sw.model_floor:
-        from attacks.session_views import model_rows
+        from attacks.session_views import model_scores
 
-        row = model_rows(exp, dv.edited, flat, [], parties=sw.parties)[0]
-        att["model"] = {"recall_m": row["subject_top1"], "recall_5m": row["subject_top5"], "m": m, "subjects": m}
+        scores = model_scores(exp, dv.edited)
+        att["model"] = _rank_hits(scores, targets_idx, m)
+        out["query_budget"] = budget_curve(scores, targets_idx, m, len(MODEL_PROMPTS), seed=sw.seed + s)
+    return out
+
+
+BUDGETS = (10, 30, 100, 300, 1000, 3000, 10000)
+
+
+def budget_curve(scores: torch.Tensor, targets: list[int], m: int, per_candidate: int, seed: int = 0,
+                 draws: int = 200, budgets: Sequence[int] = BUDGETS) -> dict[str, float]:
+    """Recall@m of the black-box attack under a query budget Q (a served release): the attacker, with no prior
+    over the candidates, queries Q // per_candidate of them in a random order and names the m highest scores
+    among those it queried. Mean over ``draws`` random orders. Every candidate queried: the unbudgeted recall."""
+    gen = torch.Generator().manual_seed(seed)
+    n = scores.shape[0]
+    want = torch.zeros(n, dtype=torch.bool)
+    want[targets] = True
+    out = {}
+    for q in budgets:
+        t = min(n, q // per_candidate)
+        hits = 0.0
+        for _ in range(draws):
+            seen = torch.randperm(n, generator=gen)[:t]
+            named = seen[torch.argsort(scores[seen], descending=True)[:m]]
+            hits += float(want[named].sum()) / len(targets)
+        out[str(q)] = hits / draws
     return out
 
 
@@ -272,6 +297,14 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                    **{k: v[0] for k, v in util.items()}, **{f"{k}_ci": [v[1], v[2]] for k, v in util.items()},
                    "damage_kl_decoys": sum(dec) / len(dec) if dec else None, "epsilon": None,
                    **cost.get(attack, {})}
+            if attack == "model" and all("query_budget" in r for r in runs):
+                curve = {}
+                for q in runs[0]["query_budget"]:
+                    mean, lo, hi = metrics.bootstrap_ci([r["query_budget"][q] for r in runs])
+                    curve[q] = {"recall_m": mean, "recall_m_ci": [lo, hi]}
+                row["query_budget"] = curve
+                below = [int(q) for q, v in curve.items() if v["recall_m"] < 0.1]
+                row["budget_below_0.1"] = max(below) if below else None
             rows.append(row)
     return rows
 

@@ -113,3 +113,32 @@ def recall_against_cost(rows: list[dict], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def budget_plot(rows: list[dict], out: Path) -> Path | None:
+    """A served release: the black-box attack's recall@m against the per-party query budget."""
+    sel = [r for r in rows if r.get("query_budget")]
+    if not sel:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for r in sel:
+        qs = sorted(r["query_budget"], key=int)
+        pts = [r["query_budget"][q] for q in qs]
+        ax.errorbar([int(q) for q in qs], [p["recall_m"] for p in pts],
+                    yerr=_err([{"v": p["recall_m"], "v_ci": p["recall_m_ci"]} for p in pts], "v"), marker="o",
+                    capsize=2, label=f"{r['defence']}: {r['attack']}")
+    ax.axhline(0.1, color="red", ls=":", lw=0.8, label="0.1")
+    ax.axhline(sel[0]["chance_m"], color="grey", ls="--", lw=0.8, label="chance m/N")
+    ax.set(xscale="log", xlabel="queries per party (served release)", ylabel="recall@m", ylim=(0, 1.05),
+           title="black box under a query budget")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

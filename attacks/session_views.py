@@ -13,7 +13,7 @@ import torch
 
 from attacks import spectral
 from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
-from attacks.target import model_shift_scores, residual_from_stats
+from attacks.target import model_shift_scores, next_token_logprobs, residual_from_stats
 from attacks.views import aggregate_gram_view, delta_view, keys_view, split, targets_for
 from secure_collab.data.requests import Request
 from secure_collab.editing.memit import restore, snapshot
@@ -79,12 +79,9 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
 
 
 @torch.no_grad()
-def model_rows(exp: Experiment, edited: dict[int, torch.Tensor], flat: list[Request], objects: Sequence[str],
-               **extra) -> list[dict]:
-    """Black-box floor: rank candidates by KL(edited ‖ unedited) of the next token after generic prompts; read
-    each edit's object off the edited model with the true prompt."""
-    from attacks.target import next_token_logprobs, object_first_tokens, rank_objects
-
+def model_scores(exp: Experiment, edited: dict[int, torch.Tensor]) -> torch.Tensor:
+    """(N,) the black-box score of every candidate: Σ over ``MODEL_PROMPTS`` of KL(edited ‖ unedited) of the next
+    token, ``len(MODEL_PROMPTS)`` queries to each model per candidate."""
     lm = exp.setup.lm
     saved = snapshot(lm, tuple(edited))
     scores = torch.zeros(exp.n, dtype=torch.float64)
@@ -102,6 +99,19 @@ def model_rows(exp: Experiment, edited: dict[int, torch.Tensor], flat: list[Requ
         scores[s:s + len(names)] = kl
         if s % (chunk * 10) == 0:
             exp.say(f"model view: {s + len(names)}/{exp.n} candidates")
+    return scores
+
+
+@torch.no_grad()
+def model_rows(exp: Experiment, edited: dict[int, torch.Tensor], flat: list[Request], objects: Sequence[str],
+               **extra) -> list[dict]:
+    """Black-box floor: rank candidates by KL(edited ‖ unedited) of the next token after generic prompts; read
+    each edit's object off the edited model with the true prompt."""
+    from attacks.target import object_first_tokens, rank_objects
+
+    lm = exp.setup.lm
+    saved = snapshot(lm, tuple(edited))
+    scores = model_scores(exp, edited)
     from attacks import subspace
 
     targets = [exp.index(r.subject) for r in flat]

@@ -100,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
                     "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed},
            "results": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    from attacks.plots import defence_frontier, recall_against_cost
+    from attacks.plots import budget_plot, defence_frontier, recall_against_cost
 
     plot = Path(args.plot) if args.plot else out / "frontier.png"
     defence_frontier(rows, plot)
     recall_against_cost(rows, plot.with_name(plot.stem + "-cost.png"))
+    budget_plot(rows, plot.with_name(plot.stem + "-budget.png"))
     if not args.quiet:
         for row in rows:
             print(f"{row['defence']:<22} {row['attack']:<15} recall@m {row['recall_m']:.3f} "

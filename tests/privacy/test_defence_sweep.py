@@ -7,6 +7,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
+from attacks.defence_sweep import BUDGETS, budget_curve
 from secure_collab.cli import main
 
 EPS = [EntryPoint("defences", "attacks.cli.defences", "secure_collab.commands"),
@@ -20,7 +21,7 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     out = tmp_path / "sweep"
     argv = ["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "12", "--sessions", "2",
             "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1", "--out", str(out),
-            "--damage-subjects", "20", "-q", "--json", str(tmp_path / "r.json")]
+            "--damage-subjects", "20", "--model-floor", "-q", "--json", str(tmp_path / "r.json")]
     assert main(argv, entry_points=EPS) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
     rows = doc["results"]
@@ -34,7 +35,12 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     assert by["none"]["flops_per_candidate"] < next(r for r in rows if r["attack"] == "subspace-all")[
         "flops_per_candidate"]
     assert len(list(out.glob("session-*.json"))) == 6 and (out / "frontier.png").stat().st_size > 10_000
-    assert (out / "frontier-cost.png").stat().st_size > 10_000
+    assert (out / "frontier-cost.png").stat().st_size > 10_000 and (out / "frontier-budget.png").is_file()
+    floor = next(r for r in rows if r["attack"] == "model" and r["defence"] == "none")
+    assert floor["queries_per_candidate"] == 2 and set(floor["query_budget"]) == {str(q) for q in BUDGETS}
+    # a budget that queries every candidate gives the unbudgeted recall; 10 queries (5 candidates) almost none
+    assert floor["query_budget"]["10000"]["recall_m"] == pytest.approx(floor["recall_m"])
+    assert floor["query_budget"]["10"]["recall_m"] <= 5 / doc["meta"]["n_candidates"] * 6 + 1e-9
     # a second run finds every (session, defence) on disk and computes none again
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
     argv_again = [a for a in argv if a != "-q"]
@@ -62,3 +68,14 @@ def test_bad_grid_and_too_few_records_are_one_line_errors(tmp_path, capsys):
                str(tmp_path)], entry_points=EPS)
     err = capsys.readouterr().err
     assert rc == 2 and "need 300 records" in err and err.strip().count("\n") == 0
+
+
+def test_the_budget_curve_by_hand():
+    import torch
+
+    scores = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])  # candidates 0 and 1 are the edited ones, ranked first
+    curve = budget_curve(scores, [0, 1], 2, 2, budgets=(2, 6, 12), draws=2000)
+    # Q = 12: all 6 queried, both found; Q = 2: one candidate queried, an edited one with probability 2/6, and
+    # then it is named (recall 1/2 of the two); Q = 6: 3 queried, each edited one seen with probability 1/2
+    assert curve["12"] == 1.0
+    assert curve["2"] == pytest.approx(2 / 6 * 0.5, abs=0.03) and curve["6"] == pytest.approx(0.5, abs=0.03)
