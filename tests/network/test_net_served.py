@@ -267,3 +267,41 @@ def test_an_answer_opens_for_its_party_counter_and_direction_only(tmp_path):
                                                           2)) == wire.QUERY_FRAME_BYTES  # one size for every query
     assert [a.next_counter() for _ in range(3)] == [1, 2, 3]  # written down: never reused, across processes too
     assert QueryChannel(cfg, "a", secret["a"]).next_counter() == 4
+
+
+def test_the_query_command_prints_the_answer_and_the_budget_left(tmp_path, capsys):
+    cfg = served_config(tmp_path, budget=3)
+    path = str(next(tmp_path.glob("config-*.toml")))
+    with served_session(cfg) as run:
+        capsys.readouterr()
+        assert main(["query", "--config", path, "--name", "a", "--prompt", PROMPT, "--candidates", f"{SECRET}, Rome",
+                     "--json", str(tmp_path / "q.json")]) == 0
+        out = capsys.readouterr().out
+        assert f"{SECRET}  log P" in out and "Rome" in out and "budget: 2 of 3 forward passes used, 1 left" in out, out
+        doc = json.loads((tmp_path / "q.json").read_text())
+        assert doc["answer"]["ok"] and doc["query"]["candidates"] == [SECRET, "Rome"]
+        assert (tmp_path / "q.json").stat().st_mode & 0o777 == 0o600  # the party's own query and answer
+        assert main(["query", "--config", path, "--name", "a", "--prompt", PROMPT, "--generate", "2"]) == 1
+        out = capsys.readouterr().out
+        assert "refused: costs 2, and 1 of the budget of 3 forward passes are left" in out, out
+        # a query that is not one the session answers is refused before anything is sent, in one line
+        assert main(["query", "--config", path, "--name", "a", "--prompt", "x" * 2001, "--generate", "1"]) == 2
+        assert "not a query this session answers" in capsys.readouterr().err
+        for name in "abc":
+            assert main(["query", "--config", path, "--name", name, "--done"]) == 0
+    assert run.th.results["coordinator"].ok
+    assert [q[:5] for q in _queries(cfg)] == [("a", 1, "logprobs", 2, "accepted"), ("a", 2, "generate", 0, "refused"),
+                                              ("a", 3, "done", 0, "accepted"), ("b", 1, "done", 0, "accepted"),
+                                              ("c", 1, "done", 0, "accepted")]
+
+
+def test_the_query_command_and_party_outputs_say_what_a_release_policy_allows(tmp_path, capsys):
+    weights = make_config(tmp_path / "w")
+    assert main(["query", "--config", str(next((tmp_path / "w").glob("config-*.toml"))), "--name", "a", "--done"]) == 2
+    assert "only a served release answers queries" in capsys.readouterr().err
+    served_config(tmp_path / "s")
+    path = str(next((tmp_path / "s").glob("config-*.toml")))
+    assert main(["party", "--config", path, "--name", "a", "--requests", "none.jsonl", "--patch",
+                 str(tmp_path / "p.safetensors")]) == 2
+    assert "no party receives ΔW" in capsys.readouterr().err
+    assert weights.session.release == "weights"  # the default
