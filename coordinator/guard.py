@@ -12,7 +12,8 @@ Budgets are token buckets per party, derived from what an honest party legitimat
 - each round's keyed-tag exchange a party is invited to (TAG_OPEN) credits its BLINDED and TAGS messages
   (``tag_slots`` group elements or tags each, plus ``CHUNK_OVERHEAD``);
 - in a served release, opening the serving stage credits ``QUERY_WINDOW`` QUERY messages, and each ANSWER relayed
-  to the party credits one more: a party has at most that many queries in flight, however fast it sends.
+  to the party credits one more (times the headroom): a party that waits for its answers is never cut off, however
+  fast it asks; one that does not is, after about ``QUERY_WINDOW × headroom`` unanswered queries.
 
 A party that overdraws either bucket is cut off: its later messages are dropped unread (no ledger row each;
 one row says it was cut off and one at the end counts what was dropped), its CURVE key is refused at the
