@@ -135,6 +135,9 @@ class SessionChoices:
             raise ConfigError(f"release must be one of {', '.join(RELEASES)}, not {shown(self.release)}")
         if not 0 <= self.query_budget <= MAX_QUERY_BUDGET:
             raise ConfigError(f"the query budget must be between 0 and {MAX_QUERY_BUDGET}")
+        if self.release == "served" and (self.variant != "oneshot" or self.rounds != 1):
+            raise ConfigError('release "served" needs variant = "oneshot" and rounds = 1: the parties keep the base '
+                              "model, so every statistic must come from it")
 
 
 def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,

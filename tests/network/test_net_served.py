@@ -305,3 +305,47 @@ def test_the_query_command_and_party_outputs_say_what_a_release_policy_allows(tm
                  str(tmp_path / "p.safetensors")]) == 2
     assert "no party receives ΔW" in capsys.readouterr().err
     assert weights.session.release == "weights"  # the default
+
+
+@pytest.mark.parametrize(("session", "why"), [
+    ({"release": "served", "variant": "sequential"}, 'needs variant = "oneshot" and rounds = 1'),
+    ({"release": "served", "variant": "oneshot", "rounds": 2}, 'needs variant = "oneshot" and rounds = 1'),
+    ({"release": "streamed"}, "session.release must be one of"),
+    ({"release": "served", "variant": "oneshot", "query_budget": 10**7 + 1}, "query_budget must be between 0 and"),
+    ({"query_budget": -1}, "query_budget must be between 0 and"),
+])
+def test_a_release_setting_the_session_cannot_run_is_refused_at_load(tmp_path, session, why):
+    from secure_collab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why):
+        make_config(tmp_path, **session)
+
+
+def test_session_init_writes_the_release_setting_and_it_is_in_the_digest(tmp_path, capsys):
+    import tomllib
+    from dataclasses import replace
+
+    from secure_collab.config import load_config
+    from secure_collab.keys import init_keys
+
+    init_keys(tmp_path / "keys", ["a", "b", "c"])
+    common = ["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"),
+              "--id", "s-srv", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert main([*common, "--out", str(tmp_path / "served.toml"), "--release", "served", "--variant", "oneshot",
+                 "--query-budget", "50"]) == 0
+    text = (tmp_path / "served.toml").read_text()
+    assert tomllib.loads(text)["session"]["release"] == "served" and tomllib.loads(text)["session"]["query_budget"] == 50
+    assert "#" in next(line for line in text.splitlines() if line.startswith("release = "))  # commented
+    served = load_config(tmp_path / "served.toml")
+    assert main([*common, "--out", str(tmp_path / "weights.toml"), "--variant", "oneshot"]) == 0
+    weights = load_config(tmp_path / "weights.toml")
+    assert weights.session.release == "weights" and not weights.session.served  # the default: today's behaviour
+    assert replace(served.session, release="weights", query_budget=1000) == weights.session
+    assert served.digest != weights.digest  # the one difference changes the digest every message carries
+    capsys.readouterr()
+    assert main(["session", "show", "--config", str(tmp_path / "served.toml")]) == 0
+    assert "release served (query budget 50 per party)" in capsys.readouterr().out
+    # served with the sequential variant is refused in one line before a model is loaded, and nothing is written
+    assert main([*common, "--out", str(tmp_path / "bad.toml"), "--release", "served"]) == 2
+    err = capsys.readouterr().err
+    assert 'needs variant = "oneshot"' in err and "loading" not in err and not (tmp_path / "bad.toml").exists()
