@@ -334,7 +334,8 @@ def test_session_init_writes_the_release_setting_and_it_is_in_the_digest(tmp_pat
     assert main([*common, "--out", str(tmp_path / "served.toml"), "--release", "served", "--variant", "oneshot",
                  "--query-budget", "50"]) == 0
     text = (tmp_path / "served.toml").read_text()
-    assert tomllib.loads(text)["session"]["release"] == "served" and tomllib.loads(text)["session"]["query_budget"] == 50
+    table = tomllib.loads(text)["session"]
+    assert table["release"] == "served" and table["query_budget"] == 50
     assert "#" in next(line for line in text.splitlines() if line.startswith("release = "))  # commented
     served = load_config(tmp_path / "served.toml")
     assert main([*common, "--out", str(tmp_path / "weights.toml"), "--variant", "oneshot"]) == 0
