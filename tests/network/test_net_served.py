@@ -330,7 +330,7 @@ def test_session_init_writes_the_release_setting_and_it_is_in_the_digest(tmp_pat
 
     init_keys(tmp_path / "keys", ["a", "b", "c"])
     common = ["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"),
-              "--id", "s-srv", "--cache-dir", str(tmp_path / "cache"), "-q"]
+              "--id", "s-srv", "--cache-dir", str(tmp_path / "cache")]  # no -q: it would quiet later tests' logs
     assert main([*common, "--out", str(tmp_path / "served.toml"), "--release", "served", "--variant", "oneshot",
                  "--query-budget", "50"]) == 0
     text = (tmp_path / "served.toml").read_text()
