@@ -350,3 +350,46 @@ def test_session_init_writes_the_release_setting_and_it_is_in_the_digest(tmp_pat
     assert main([*common, "--out", str(tmp_path / "bad.toml"), "--release", "served"]) == 2
     err = capsys.readouterr().err
     assert 'needs variant = "oneshot"' in err and "loading" not in err and not (tmp_path / "bad.toml").exists()
+
+
+def test_a_restarted_solver_serves_the_same_edited_model_and_remembers_each_budget(tmp_path):
+    """The solver stops while serving; a new solver process (a fresh toy model: the base weights) on the same state
+    re-applies its stored releases, so it answers as the first did, and it goes on counting a's budget and
+    counters from its sealed record."""
+    import threading
+
+    from secure_collab.ledger import read_ledger
+
+    cfg = served_config(tmp_path, budget=5)
+    mass = float(sum(np.abs(d).sum() for d in reference_deltas(cfg, ["a", "b", "c"]).values()))
+    scheme, stop = get_scheme(cfg.session.mode), threading.Event()
+    first, second = ToyServedModel(cfg), ToyServedModel(cfg)
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve, stop=stop, served=first))
+    th.start("coordinator", Relaying(cfg, scheme).run)
+    for n in "abc":
+        e = SyntheticEngine(n, cfg)
+        th.start(n, lambda n=n, e=e: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta))
+    try:
+        deadline = time.monotonic() + 40
+        while not set("abc") <= set(th.results) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = _ask("a", cfg, {"kind": "logprobs", "prompt": PROMPT, "candidates": [SECRET, "Rome"]})
+        assert before["ok"] and before["used"] == 2
+        stop.set()
+        while "solver" not in th.results and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert th.results["solver"].reason == "solver stopped"
+        th.start("solver2", lambda: run_solver(cfg, scheme, closed_form_solve, served=second))
+        while time.monotonic() < deadline and not any(r["reason"] == "solver rejoined" for r in read_ledger(
+                cfg.paths.ledger, ("messages",))["messages"]):
+            time.sleep(0.05)
+        after = _ask("a", cfg, {"kind": "logprobs", "prompt": PROMPT, "candidates": ["Rome"]})
+        assert after["ok"] and after["used"] == 3, after  # the budget went on from 2
+        assert after["logprobs"] == pytest.approx([-mass - 4], abs=1e-9)  # the stored releases, re-applied
+        assert second.mass() == pytest.approx(first.mass(), abs=1e-12) and len(second.answered) == 1
+        for n in "abc":
+            assert _ask(n, cfg, {"kind": "done"})["ok"]
+    finally:
+        th.join(60)
+    assert th.results["coordinator"].ok and th.results["solver2"].ok
