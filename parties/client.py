@@ -241,7 +241,11 @@ class Party:
                              "no ΔW"
         if self.served_queries is not None:
             self.status.update("querying", "its own edits, through the served model")
-            self.result.served = self.served_queries(self.ask)
+            try:
+                self.result.served = self.served_queries(self.ask)
+            except (ProtocolError, ProtectionError, zmq.ZMQError) as exc:  # the session itself went well
+                self.log.error("its own queries to the served model failed: %s", exc)
+                self.result.served = {"evaluated": False, "why": clean_text(f"its queries failed: {exc}", STORED_TEXT)}
         self.status.update("done", "served release: ask the served model with `secure-collab query`")
         self.log.info("%s", self.result.reason)
 

@@ -101,6 +101,7 @@ class QueryChannel:
         msg = build_msg(MsgType.QUERY, body={"party": "", "counter": counter}, frames=(self.seal(query, counter),))
         transport.send(sock, msg)
         deadline = time.monotonic() + timeout_s
+        forged = ""
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(int(min(left, 1.0) * 1000), zmq.POLLIN):
                 continue
@@ -110,14 +111,20 @@ class QueryChannel:
                 log.warning("an unreadable message from the coordinator while waiting for an answer: %s", exc)
                 continue
             if got.type is MsgType.ANSWER and got.body.get("counter") == counter and got.body.get("party") == self.name:
-                return self.open(got, counter)
+                try:
+                    return self.open(got, counter)
+                except ProtocolError as exc:  # forged or altered on the way: wait on for the genuine one
+                    forged = str(exc)
+                    log.warning("an answer to query %d does not authenticate (forged or altered by the relay): "
+                                "ignored", counter)
+                    continue
             if got.type is MsgType.ERROR and got.body.get("refused_seq") == msg.seq:
                 return self._refused(f"the coordinator refused the query: {got.body['reason']}")
             if got.type is MsgType.END:
                 return self._refused(f"the coordinator ended the session: {got.body['reason']}")
             if on_other is not None:
                 on_other(got)
-        return self._refused(f"no answer within {timeout_s:g} s")
+        return self._refused(f"no answer within {timeout_s:g} s" + (f" ({forged})" if forged else ""))
 
     def _refused(self, reason: str) -> dict[str, Any]:
         return {"ok": False, "kind": "", "cost": 0, "used": None, "budget": self.s.query_budget, "reason": reason}

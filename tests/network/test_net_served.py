@@ -393,3 +393,23 @@ def test_a_restarted_solver_serves_the_same_edited_model_and_remembers_each_budg
     finally:
         th.join(60)
     assert th.results["coordinator"].ok and th.results["solver2"].ok
+
+
+class ForgingAnswers(Relaying):
+    """Sends the party a forged answer (its own bytes in place of the solver's) before relaying the genuine one."""
+
+    def _on_answer(self, m):
+        if m.msg.frames:
+            forged = self._msg(MsgType.ANSWER, body=dict(m.msg.body), frames=(bytes(wire.ANSWER_FRAME_BYTES),))
+            self._send(m.msg.body["party"], forged)
+        super()._on_answer(m)
+
+
+def test_a_forged_answer_is_ignored_and_the_genuine_one_taken(tmp_path):
+    cfg = served_config(tmp_path, budget=5)
+    mass = float(sum(np.abs(d).sum() for d in reference_deltas(cfg, ["a", "b", "c"]).values()))
+    with served_session(cfg, ForgingAnswers):
+        answer = _ask("a", cfg, {"kind": "logprobs", "prompt": PROMPT, "candidates": ["Rome"]})
+        assert answer["ok"] and answer["logprobs"] == pytest.approx([-mass - 4], abs=1e-9), answer
+        for n in "abc":
+            assert _ask(n, cfg, {"kind": "done"})["ok"]
