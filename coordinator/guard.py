@@ -10,7 +10,10 @@ Budgets are token buckets per party, derived from what an honest party legitimat
   bytes (``HONEST_BYTES_PER_VALUE`` per value plus ``CHUNK_OVERHEAD`` per chunk), times the headroom;
 - each re-sent release (a welcome) credits its ACK;
 - each round's keyed-tag exchange a party is invited to (TAG_OPEN) credits its BLINDED and TAGS messages
-  (``tag_slots`` group elements or tags each, plus ``CHUNK_OVERHEAD``).
+  (``tag_slots`` group elements or tags each, plus ``CHUNK_OVERHEAD``);
+- in a served release, opening the serving stage credits ``QUERY_WINDOW`` QUERY messages, and each ANSWER relayed
+  to the party credits one more (times the headroom): a party that waits for its answers is never cut off, however
+  fast it asks; one that does not is, after about ``QUERY_WINDOW × headroom`` unanswered queries.
 
 A party that overdraws either bucket is cut off: its later messages are dropped unread (no ledger row each;
 one row says it was cut off and one at the end counts what was dropped), its CURVE key is refused at the
@@ -28,10 +31,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from secure_collab.config import STATISTICS, Config
+from secure_collab.protocol.query import QUERY_FRAME_BYTES
 from secure_collab.protocol.tags import ELEMENT_BYTES
 
 HONEST_BYTES_PER_VALUE = 64  # what config validation already allows a chunk (CKKS: about 32)
 CHUNK_OVERHEAD = 16 << 10  # header, digests, payload header, MAC tags and signatures of one CONTRIB
+QUERY_WINDOW = 4  # QUERY messages a party may have unanswered (served release)
+QUERY_MESSAGE_BYTES = QUERY_FRAME_BYTES + 4096  # the fixed-size encrypted query and its header
 
 
 @dataclass
@@ -144,6 +150,13 @@ class PeerGuard:
         peer.tagged.add(("tags", round_))
         peer.msgs.level += self.headroom * 2
         peer.nbytes.level += self.headroom * 2 * (self.s.tag_slots * ELEMENT_BYTES + CHUNK_OVERHEAD)
+
+    def grant_queries(self, name: str, count: int) -> None:
+        """Credit ``count`` QUERY messages (served release: the window at the start, then one per answer)."""
+        peer = self.peers.get(name)
+        if peer is not None:
+            peer.msgs.level += self.headroom * count
+            peer.nbytes.level += self.headroom * count * QUERY_MESSAGE_BYTES
 
     def grant_acks(self, name: str, count: int) -> None:
         peer = self.peers.get(name)

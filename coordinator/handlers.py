@@ -18,7 +18,16 @@ from secure_collab.ledger import Ledger, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
-from secure_collab.protocol.messages import Frame, Message, MsgType, ProtocolError, check_tag_body, release_of
+from secure_collab.protocol.messages import (
+    Frame,
+    Message,
+    MsgType,
+    ProtocolError,
+    answer_of,
+    check_tag_body,
+    release_of,
+)
+from secure_collab.protocol.query import ANSWER_FRAME_BYTES, QUERY_FRAME_BYTES, UNANSWERED
 
 log = logging.getLogger("coordinator")
 
@@ -76,6 +85,12 @@ class CoordinatorState(ABC):
     def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None: ...
     @abstractmethod
     def _verify_release(self, msg: Message) -> None: ...
+
+    def _relay(self, party: str, m: Inbound) -> None:
+        """Forward a solver's message to a party as received (its header and frames unchanged)."""
+        route = self.routes.get(party)
+        if route is not None:
+            self._send_frames(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
 
 
 def _open_step(c: CoordinatorState) -> Step:
@@ -186,7 +201,8 @@ class Handlers(CoordinatorState):
             log.info("round %d: statistics of %s complete", step.round, m.name)
 
     def _on_release(self, m: Inbound) -> None:
-        """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party.
+        """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party. In a served
+        session a NOTICE instead (the signature alone: the solver keeps ΔW), handled the same way.
 
         Its attempt and party list may be an earlier attempt's: after a coordinator restart the solver
         sends what it released before instead of opening the step again."""
@@ -205,11 +221,11 @@ class Handlers(CoordinatorState):
             self.releases[(msg.round, msg.layer)] = rel
         step.released[msg.layer] = m.raw
         self._accept(m)
-        log.info("round %d layer %d: ΔW released (sha256 %s…), relayed to the parties", msg.round, msg.layer,
-                 body["sha256"][:16])
+        log.info("round %d layer %d: %s (sha256 %s…), relayed to the parties", msg.round, msg.layer,
+                 "ΔW released to the served model" if self.s.served else "ΔW released", body["sha256"][:16])
         for name in sorted(self.routes):
             if name != "solver":
-                self._send_frames(name, self.routes[name], m.raw, "release",
+                self._send_frames(name, self.routes[name], m.raw, msg.type.value,
                                   {"round_": msg.round, "layer": msg.layer, "attempt": step.attempt})
 
     def _on_verdict(self, m: Inbound) -> None:
@@ -243,6 +259,42 @@ class Handlers(CoordinatorState):
                 self.abort_reason = f"solver refused: {reason}"
         elif self.guard.record_refusal(m.name, m.nbytes):  # a party's error reports share its row window
             self._accept(m, reason)
+
+
+class QueryHandlers(CoordinatorState):
+    """Handlers of ``Coordinator`` for a served release's queries: it relays each fixed-size encrypted query to the
+    solver and each answer back, and records how the solver took it (party, counter, kind, cost, outcome, budget
+    used): it reads neither (the channel's key is the party's and the solver's alone, protection/sealing.py)."""
+
+    queries_used: dict[str, int]  # party -> budget used, as the solver's last answer said
+    queries_done: set[str]  # parties that said they ask nothing more
+
+    def _on_query(self, m: Inbound) -> None:
+        frames = m.msg.frames
+        if m.msg.body["party"] or len(frames) != 1 or len(frames[0]) != QUERY_FRAME_BYTES:
+            raise ProtocolError(f"a query carries one encrypted frame of {QUERY_FRAME_BYTES} bytes and no party name")
+        self._accept(m)
+        self._send("solver", self._msg(MsgType.QUERY, body={"party": m.name, "counter": m.msg.body["counter"]},
+                                       frames=(bytes(frames[0]),)))
+
+    def _on_answer(self, m: Inbound) -> None:
+        body = answer_of(m.msg)
+        party = body["party"]
+        if party not in self.cfg.roster.parties or body["accepted"] != (body["refusal"] == ""):
+            raise ProtocolError(f"an answer for {party!r} must name a roster party, and a refusal exactly when "
+                                "it is not accepted")
+        if len(m.msg.frames) != (0 if body["refusal"] in UNANSWERED else 1) or any(
+                len(f) != ANSWER_FRAME_BYTES for f in m.msg.frames):
+            raise ProtocolError(f"an answer carries one encrypted frame of {ANSWER_FRAME_BYTES} bytes, or none when "
+                                "the query could not be authenticated")
+        self._accept(m, body["refusal"])
+        self.ledger.query(self.s.id, party, body["counter"], body["kind"], body["cost"], body["accepted"],
+                          body["refusal"], body["used"])
+        self.queries_used[party] = body["used"]
+        if body["accepted"] and body["kind"] == "done":
+            self.queries_done.add(party)
+        self.guard.grant_queries(party, 1)  # the answer frees a place in the party's window
+        self._relay(party, m)
 
 
 class TagHandlers(CoordinatorState):
@@ -313,11 +365,6 @@ class TagHandlers(CoordinatorState):
             phase.logged = True
         phase.decided.add(party)
         self._relay(party, m)
-
-    def _relay(self, party: str, m: Inbound) -> None:
-        route = self.routes.get(party)
-        if route is not None:
-            self._send_frames(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
 
     def _verify_party(self, party: str, signature: bytes, statement: bytes) -> None:
         try:

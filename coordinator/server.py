@@ -7,6 +7,10 @@ coordinator resumes from the ledger: released steps are skipped (their releases 
 parties whose HELLO does not list them) and the interrupted step is collected again under a new attempt
 number. What a peer may cost the loop (budgets, refusal rows, welcomes, handshakes) is in ``guard.py``;
 sends never block: a peer whose queue is full loses that message, recorded in the ledger.
+
+In a served release (``session.release = "served"``) the solver keeps ΔW and sends notices instead of
+releases; after the last step the coordinator relays the parties' encrypted queries and the solver's answers
+(SERVING) until every party is done or has spent its budget, or ``serve_timeout_s`` passes, then ends the session.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from coordinator.guard import ConnectLimiter, PeerGuard
-from coordinator.handlers import Handlers, Inbound, TagHandlers
+from coordinator.guard import QUERY_WINDOW, ConnectLimiter, PeerGuard
+from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
 from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step, TagPhase
 from coordinator.watching import WaitWatch, waiting_for
 from secure_collab.config import Config
@@ -81,7 +85,7 @@ class _RosterKeys:
         return domain == ZAP_DOMAIN and key in self.allowed and self.limiter.admit(key)
 
 
-class Coordinator(Handlers, TagHandlers):
+class Coordinator(Handlers, TagHandlers, QueryHandlers):
     def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.SyncContext | None = None,
                  keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -111,12 +115,15 @@ class Coordinator(Handlers, TagHandlers):
         self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
         self.holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]] = {}  # what a HELLO said it holds
         self.acked: set[tuple[str, int, int]] = set()  # (party, round, layer) releases acknowledged
+        self.queries_used: dict[str, int] = {}  # served release: party -> budget used, as the solver answered
+        self.queries_done: set[str] = set()
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
             MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
             MsgType.ERROR: self._on_error, MsgType.BLINDED: self._on_blinded, MsgType.TAGS: self._on_tags,
             MsgType.EVALUATED: self._on_evaluated, MsgType.DECISION: self._on_decision,
+            MsgType.NOTICE: self._on_release, MsgType.QUERY: self._on_query, MsgType.ANSWER: self._on_answer,
         }
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -165,7 +172,38 @@ class Coordinator(Handlers, TagHandlers):
             attempt = attempts.get((round_, json.dumps(list(layers))), -1) + 1
             if not self._run_step(round_, layers, attempt):
                 return self._end(False, self.abort_reason)
+        if self.s.served:
+            return self._end(True, self._serve())
         return self._end(True, "session complete")
+
+    def _serve(self) -> str:
+        """A served release, once every step is released: relay queries and answers until every party that can
+        still ask has said it is done or spent its budget, or ``serve_timeout_s`` passes. Returns END's reason."""
+        if self.step is not None:
+            self.step.move(Stage.DONE)
+        self.stage = Stage.SERVING
+        budget, timeout = self.s.query_budget, self.cfg.network.serve_timeout_s
+        self.ledger.stage_event(self.s.id, -1, (), -1, "serving",
+                                json.dumps({"query_budget": budget, "deadline": time.time() + timeout}))
+        for name in self.cfg.roster.parties:
+            self.guard.grant_queries(name, QUERY_WINDOW)
+        log.info("every step is released to the served model: relaying queries (budget %d forward passes per party) "
+                 "for at most %.0f s", budget, timeout)
+        deadline = self.clock() + timeout
+        stopped = ""
+        while self._querying() and self.clock() < deadline:
+            if not self._pump(deadline):
+                stopped, self.abort_reason = self.abort_reason, ""
+                break
+        used = ", ".join(f"{n} {self.queries_used.get(n, 0)}" for n in sorted(self.cfg.roster.parties))
+        why = (f"serving stopped: {stopped}" if stopped else "every party is done" if not self._querying()
+               else "the serve timeout passed")
+        return f"session complete; served (forward passes used of {budget}: {used}); {why}"
+
+    def _querying(self) -> frozenset[str]:
+        """The parties that may still ask the served model something."""
+        return frozenset(n for n in self.cfg.roster.parties if n not in self.guard.cut_off
+                         and n not in self.queries_done and self.queries_used.get(n, 0) < self.s.query_budget)
 
     def _end(self, ok: bool, reason: str) -> Outcome:
         reason = clean_text(reason, STORED_TEXT)  # may quote the solver; END carries it to every party
@@ -192,10 +230,12 @@ class Coordinator(Handlers, TagHandlers):
         deadline = self.clock() + self.cfg.network.join_timeout_s
         parties = set(self.cfg.roster.parties)
         # the join deadline in wall time, for `secure-collab status` (the ledger records no other start), and the
-        # session's release defences, so the ledger says what the session used (`secure-collab ledger show`)
+        # session's release defences and release policy, so the ledger says what the session used (`ledger show`)
         self.ledger.stage_event(self.s.id, -1, (), -1, "joining",
                                 json.dumps({"deadline": time.time() + self.cfg.network.join_timeout_s,
-                                            "defence": parse_defence(self.s.defence).spec()}))
+                                            "defence": parse_defence(self.s.defence).spec(),
+                                            "release": self.s.release,
+                                            "query_budget": self.s.query_budget if self.s.served else None}))
 
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
             return self.public is not None and "solver" in self.welcomed
@@ -359,7 +399,8 @@ class Coordinator(Handlers, TagHandlers):
             return False
         self.watching.tick(waiting_for(self.s, self.stage, self.step, self.phase, set(self.cfg.roster.parties),
                                        self.active, set(self.guard.cut_off),
-                                       self.public is not None and "solver" in self.welcomed), deadline)
+                                       self.public is not None and "solver" in self.welcomed,
+                                       self._querying() if self.stage is Stage.SERVING else frozenset()), deadline)
         wait_ms = max(0, min(deadline - self.clock(), self.cfg.network.heartbeat_s)) * 1000
         if self.sock.poll(int(wait_ms), zmq.POLLIN):
             self._receive()
@@ -447,8 +488,8 @@ class Coordinator(Handlers, TagHandlers):
         is_solver = m.name == "solver"
         if role is None or (role == "party" and is_solver) or (role == "solver" and not is_solver):
             raise ProtocolError(f"{msg.type.value} is not accepted from {m.name}")
-        stage = (self.step.stage if self.step is not None and self.stage not in (Stage.JOINING, Stage.TAGGING)
-                 else self.stage)
+        stage = (self.step.stage if self.step is not None
+                 and self.stage not in (Stage.JOINING, Stage.TAGGING, Stage.SERVING) else self.stage)
         if msg.type not in ACCEPTS[stage]:
             raise ProtocolError(f"late or unexpected {msg.type.value} in stage {stage.value}")
 
@@ -514,7 +555,8 @@ class Coordinator(Handlers, TagHandlers):
                setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
     def _verify_release(self, msg: Message) -> None:
-        check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties)
+        check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties,
+                      served=self.s.served)
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,

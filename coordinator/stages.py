@@ -21,6 +21,7 @@ class Stage(StrEnum):
     TAGGING = "tagging"  # a round's keyed-tag exchange (dedupe / conflicts), before its first step
     COLLECTING = "collecting"
     SOLVING = "solving"
+    SERVING = "serving"  # a served release: every step released, the solver answers the parties' queries
     DONE = "done"
     ABORTED = "aborted"
 
@@ -30,6 +31,7 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.TAGGING: frozenset({Stage.COLLECTING, Stage.ABORTED}),
     Stage.COLLECTING: frozenset({Stage.COLLECTING, Stage.SOLVING, Stage.ABORTED}),
     Stage.SOLVING: frozenset({Stage.COLLECTING, Stage.DONE, Stage.ABORTED}),
+    Stage.SERVING: frozenset({Stage.DONE, Stage.ABORTED}),
     Stage.DONE: frozenset(),
     Stage.ABORTED: frozenset(),
 }
@@ -41,7 +43,9 @@ ACCEPTS: dict[Stage, frozenset[MsgType]] = {
     Stage.TAGGING: frozenset({MsgType.HELLO, MsgType.BLINDED, MsgType.TAGS, MsgType.EVALUATED, MsgType.DECISION,
                               MsgType.ACK, MsgType.ERROR}),
     Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK, MsgType.ERROR}),
-    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.VERDICT, MsgType.ACK, MsgType.ERROR}),
+    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.NOTICE, MsgType.VERDICT, MsgType.ACK,
+                              MsgType.ERROR}),
+    Stage.SERVING: frozenset({MsgType.HELLO, MsgType.QUERY, MsgType.ANSWER, MsgType.ACK, MsgType.ERROR}),
     Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
     Stage.ABORTED: frozenset({MsgType.HELLO, MsgType.ERROR}),
 }
@@ -49,6 +53,7 @@ ROLE_OF: dict[MsgType, str] = {
     MsgType.HELLO: "any", MsgType.CONTRIB: "party", MsgType.ACK: "party",
     MsgType.RELEASE: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
     MsgType.BLINDED: "party", MsgType.TAGS: "party", MsgType.EVALUATED: "solver", MsgType.DECISION: "solver",
+    MsgType.NOTICE: "solver", MsgType.QUERY: "party", MsgType.ANSWER: "solver",
 }
 
 Key = tuple[int, str, int]  # (layer, statistic, chunk)

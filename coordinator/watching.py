@@ -30,11 +30,14 @@ class Waiting:
     what: str  # "round 0 layer 3 statistics"
     names: tuple[str, ...]
     at_deadline: str  # the consequence, in words
+    drops_expected: bool = False  # serving: parties query on connections of their own, which close after each run
 
 
 def waiting_for(session: SessionConfig, stage: Stage, step: Step | None, phase: TagPhase | None,
-                parties: set[str], active: set[str], cut_off: set[str], solver_ready: bool) -> Waiting:
-    """What the coordinator is waiting for in ``stage`` (its own state, passed in: nothing else is read)."""
+                parties: set[str], active: set[str], cut_off: set[str], solver_ready: bool,
+                querying: frozenset[str] = frozenset()) -> Waiting:
+    """What the coordinator is waiting for in ``stage`` (its own state, passed in: nothing else is read;
+    ``querying``: in a served release, the parties that may still ask queries)."""
     enough = f"if at least min_parties ({session.min_parties}) remain"
     if stage is Stage.JOINING:
         names = sorted(parties - active - cut_off) + ([] if solver_ready else ["solver"])
@@ -46,6 +49,9 @@ def waiting_for(session: SessionConfig, stage: Stage, step: Step | None, phase: 
             return Waiting(f"round {phase.round} tags", tuple(sorted(phase.expected - phase.tagged - cut_off)),
                            f"the round goes on without them {enough}, else the session aborts")
         return Waiting(f"round {phase.round} tag decisions", ("solver",), "the session aborts")
+    if stage is Stage.SERVING:
+        return Waiting("queries to the served model", tuple(sorted(querying - cut_off)),
+                       "serving ends and the session ends complete", drops_expected=True)
     if step is not None and step.stage is Stage.SOLVING:
         return Waiting(f"round {step.round} layers {','.join(map(str, step.layers))} release", ("solver",),
                        "the session aborts")
@@ -111,7 +117,9 @@ class WaitWatch:
             if event["event"] != zmq.EVENT_DISCONNECTED or name is None:
                 continue  # a connection that never sent a message (a refused handshake): nobody to name
             self.dropped[name] = _wall(0.0)
-            if name in waiting.names:
+            if waiting.drops_expected:
+                log.info("%s's connection closed", _who(name))
+            elif name in waiting.names:
                 log.warning("%s's connection dropped while waiting for %s; restarting it (the same command) "
                             "rejoins; else at %s %s", _who(name), waiting.what, _wall(deadline - self.clock()),
                             waiting.at_deadline)

@@ -9,6 +9,11 @@ The engine supplies two callbacks and never sees a socket:
 
 Statistics of a step are computed once and cached until the step's releases are applied, so a step that
 is collected again (a new attempt) is re-protected with fresh randomness but not recomputed.
+
+In a served session (``session.release = "served"``) no ΔW arrives: each step ends with the solver's signed NOTICE,
+and ``apply_delta`` is never called. Once every step is noticed the party runs ``served_queries`` (its evaluation
+through queries to the served model, ``parties.queries``), if it was given one, and ends without waiting for END:
+serving goes on for other parties and for later `secure-collab query` runs.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import zmq
 
+from parties.queries import QueryChannel
 from parties.status import StatusFile
 from parties.tags import PartyTags, Tagger
 from secure_collab.config import STATISTICS, Config
@@ -59,6 +65,10 @@ class ApplyDelta(Protocol):
     def __call__(self, layer: int, delta: np.ndarray) -> None: ...
 
 
+Ask = Callable[[dict[str, Any]], dict[str, Any]]  # a query (protocol/query.py) -> its decoded answer
+ServedQueries = Callable[[Ask], dict[str, Any]]  # a party's own queries once every step is served -> its report
+
+
 class Fatal(Exception):
     """The party stops: the coordinator sent something that must not be acted on."""
 
@@ -68,6 +78,8 @@ class PartyResult:
     ok: bool = False
     reason: str = ""
     applied: dict[tuple[int, int], str] = field(default_factory=dict)  # (round, layer) -> sha256 of ΔW
+    noticed: dict[tuple[int, int], str] = field(default_factory=dict)  # served: (round, layer) -> sha256, no ΔW here
+    served: dict[str, Any] = field(default_factory=dict)  # served: what ``served_queries`` reported
     refusals: list[str] = field(default_factory=list)  # reasons the coordinator gave for refusing us
     decisions: dict[int, list[tuple[int, str, str, str, int]]] = field(default_factory=dict)  # round -> verdicts
     own_tags: dict[int, list[bytes]] = field(default_factory=dict)  # round -> this party's tags (its own)
@@ -84,7 +96,8 @@ class Party:
     def __init__(self, config: Config, name: str, scheme: ProtectionScheme,
                  compute_statistics: ComputeStatistics, apply_delta: ApplyDelta, *,
                  ctx: zmq.Context | None = None, stop: threading.Event | None = None,
-                 keys: CurveKeyPair | None = None, tagger: Tagger | None = None) -> None:
+                 keys: CurveKeyPair | None = None, tagger: Tagger | None = None,
+                 served_queries: ServedQueries | None = None) -> None:
         if name not in config.roster.parties:
             raise ValueError(f"party {name!r} is not in the roster")
         self.cfg, self.s, self.name, self.scheme = config, config.session, name, scheme
@@ -93,6 +106,8 @@ class Party:
         if ident.signing is None or ident.sealing is None or ident.public != config.roster.parties[name]:
             raise ValueError(f"party-{name}.key_secret does not hold party {name!r}'s identity in the pinned roster")
         self.identity = ident
+        self.queries = QueryChannel(config, name, ident.sealing.private_bytes_raw()) if config.session.served else None
+        self.served_queries = served_queries
         self.keys = keys or ident.curve
         self.secrets: PartySecrets | None = None
         self.stop = stop or threading.Event()
@@ -108,7 +123,7 @@ class Party:
         self.handlers = {MsgType.SETUP: self._on_setup, MsgType.REQUEST: self._on_request,
                          MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error,
                          MsgType.TAG_OPEN: self._on_tag_open, MsgType.EVALUATED: self._on_evaluated,
-                         MsgType.DECISION: self._on_decision}
+                         MsgType.DECISION: self._on_decision, MsgType.NOTICE: self._on_release}
         if config.session.tags and tagger is None:
             raise ValueError("this session exchanges tags (dedupe or conflict_policy): the engine must give a tagger")
         net = config.network
@@ -179,8 +194,7 @@ class Party:
             if msg.type is MsgType.END:
                 self.watch.session_ended()  # the coordinator closing its socket next is no news
                 self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
-                missing = [key for r, ls in self.s.steps() for key in ((r, lay) for lay in ls)
-                           if key not in self.result.applied]
+                missing = self._missing()
                 if self.result.ok and missing:  # END is the coordinator's word, not the solver's signature
                     self.result.ok = False
                     self.result.reason = (f"the coordinator ended the session as complete, but the solver-signed "
@@ -206,14 +220,51 @@ class Party:
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)
                 self._send(self._msg(MsgType.ERROR, body={"refused_seq": msg.seq, "reason": reason}))
+            if self.queries is not None and not self._missing():
+                self._served()
+                return
         raise Fatal("party stopped")
+
+    def _held(self) -> dict[tuple[int, int], str]:
+        """The steps whose solver-signed release this party holds: applied ΔW, or in a served session notices."""
+        return self.result.noticed if self.s.served else self.result.applied
+
+    def _missing(self) -> list[tuple[int, int]]:
+        held = self._held()
+        return [key for r, ls in self.s.steps() for key in ((r, lay) for lay in ls) if key not in held]
+
+    def _served(self) -> None:
+        """Every step is released to the served model (solver-signed notices): run this party's own queries, if any,
+        and end. ok rests on the notices, as in a weights session it rests on the releases, not on END."""
+        self.result.ok = True
+        self.result.reason = "every step is released to the served model (solver-signed notices); this party holds " \
+                             "no ΔW"
+        if self.served_queries is not None:
+            self.status.update("querying", "its own edits, through the served model")
+            try:
+                self.result.served = self.served_queries(self.ask)
+            except (ProtocolError, ProtectionError, zmq.ZMQError) as exc:  # the session itself went well
+                self.log.error("its own queries to the served model failed: %s", exc)
+                self.result.served = {"evaluated": False, "why": clean_text(f"its queries failed: {exc}", STORED_TEXT)}
+        self.status.update("done", "served release: ask the served model with `secure-collab query`")
+        self.log.info("%s", self.result.reason)
+
+    def ask(self, query: dict[str, Any]) -> dict[str, Any]:
+        """One query to the served model on this party's connection (answers come back through the coordinator)."""
+        assert self.queries is not None, "queries are asked in a served session only"
+
+        def build_msg(mtype: MsgType, body: dict[str, Any], frames: tuple[bytes, ...]) -> Message:
+            return self._msg(mtype, body=body, frames=frames)
+
+        net = self.cfg.network
+        return self.queries.ask(self.sock, build_msg, query, net.solve_timeout_s, transport.limits_for(net))
 
     def _unreadable(self, frames: list[bytes], exc: ProtocolError) -> None:
         """A message from the coordinator that the wire schema refused. A RELEASE among them is refused as a
         bad release is (a failed ACK, then stop): the party must not go on without a ΔW it was sent."""
         self.result.refusals.append(clean_text(f"unreadable message from coordinator: {exc}", STORED_TEXT))
         seen = peek(frames, transport.limits_for(self.cfg.network))
-        if seen is not None and seen[0] is MsgType.RELEASE:
+        if seen is not None and seen[0] in (MsgType.RELEASE, MsgType.NOTICE):
             _, round_, layer = seen
             reason = clean_text(str(exc), STORED_TEXT)
             self._send(self._msg(MsgType.ACK, round_, layer, body={"ok": False, "reason": reason}))
@@ -221,7 +272,7 @@ class Party:
 
     def _hello(self) -> Message:
         """Join / heartbeat; says what this party already holds, so a rejoin re-sends only what it lacks."""
-        applied = [[r, lay] for r, lay in sorted(self.result.applied)]
+        applied = [[r, lay] for r, lay in sorted(self._held())]
         body = {"role": "party", "public": False, "setup": self.public is not None, "applied": applied}
         return self._msg(MsgType.HELLO, body=body)
 
@@ -255,7 +306,7 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
             return
-        if any((msg.round, lay) in self.result.applied for lay in layers):
+        if any((msg.round, lay) in self._held() for lay in layers):
             # a released step (or any layer of it) collected again: a second opening over another party set
             # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
             raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
@@ -264,7 +315,7 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} before the solver's signed decision on its tags: "
                                 "nothing is sent")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
-        missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self.result.applied]
+        missing = [(r, lay) for r, ls in earlier for lay in ls if (r, lay) not in self._held()]
         if missing:
             raise ProtocolError(f"request before the releases of {missing} were applied")
         where = f"round {msg.round} layer{'s' * (len(layers) > 1)} {','.join(map(str, layers))}"
@@ -342,13 +393,16 @@ class Party:
 
     def _on_release(self, msg: Message) -> None:
         key, b = (msg.round, msg.layer), release_of(msg)
-        if key in self.result.applied:
+        if key in self._held():
             return  # re-sent after a coordinator restart, or re-solved: already applied
         try:
             if msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
             ciphertext = check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest,
-                                       self.cfg.roster.parties)
+                                       self.cfg.roster.parties, served=self.s.served)
+            if self.s.served:  # the solver keeps ΔW: the signed notice says the step is released to its model
+                self._on_notice(msg)
+                return
             if self.secrets is None:
                 raise ProtocolError("release before setup")
             label = release_label(self.s.id, self.cfg.digest, msg.round, msg.layer, b["attempt"])
@@ -390,6 +444,22 @@ class Party:
         n = len(self.result.applied)
         self._waiting("waiting for the end" if n == self.status.doc["releases"] else "waiting for the next step",
                       f"(applied round {msg.round} layer {msg.layer})", applied=n)
+
+    def _on_notice(self, msg: Message) -> None:
+        """A served step's solver-signed notice (checked by the caller): recorded and acknowledged; nothing applied."""
+        b = release_of(msg)
+        self.result.noticed[(msg.round, msg.layer)] = b["sha256"]
+        self.log.info("round %d layer %d: released to the served model (solver-signed notice, sha256 %s… of the ΔW "
+                      "ciphertext it keeps) over %s", msg.round, msg.layer, b["sha256"][:16], ", ".join(b["parties"]))
+        if self.name not in b["parties"]:
+            self.result.left_out.append((msg.round, msg.layer))
+        self._send(self._msg(MsgType.ACK, msg.round, msg.layer, body={"ok": True, "reason": ""}))
+        for round_, layers in self.s.steps():
+            if all((round_, lay) in self.result.noticed for lay in layers):
+                for lay in layers:
+                    self.cache.pop((round_, lay), None)
+        self._waiting("waiting for the next step", f"(round {msg.round} layer {msg.layer} served)",
+                      applied=len(self.result.noticed))
 
     def _waiting(self, stage: str, detail: str, **counts: Any) -> None:
         """A stage in which the party waits for the coordinator: its deadline is the party's own idle limit."""
@@ -454,6 +524,9 @@ class Party:
 
 def run_party(config: Config, name: str, scheme: ProtectionScheme, compute_statistics: ComputeStatistics,
               apply_delta: ApplyDelta, *, stop: threading.Event | None = None,
-              ctx: zmq.Context | None = None, tagger: Tagger | None = None) -> PartyResult:
-    """Take part in one session until the coordinator ends it (or a release is refused)."""
-    return Party(config, name, scheme, compute_statistics, apply_delta, ctx=ctx, stop=stop, tagger=tagger).run()
+              ctx: zmq.Context | None = None, tagger: Tagger | None = None,
+              served_queries: ServedQueries | None = None) -> PartyResult:
+    """Take part in one session until the coordinator ends it (or a release is refused); in a served session until
+    every step is released to the served model and ``served_queries``, if given, has asked what it asks."""
+    return Party(config, name, scheme, compute_statistics, apply_delta, ctx=ctx, stop=stop, tagger=tagger,
+                 served_queries=served_queries).run()

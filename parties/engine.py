@@ -171,6 +171,30 @@ class PartyEditor:
         add_to_down_weight(self.lm.model, self.lm.spec, layer, torch.from_numpy(np.ascontiguousarray(delta)))
         self.applied[key] = delta
 
+    def served_queries(self, ask: Any) -> dict[str, Any]:
+        """A served release: this party's own efficacy measured through queries to the served model (two forward
+        passes of the budget per request, ``evaluation.served.served_efficacy``)."""
+        from secure_collab.evaluation.served import served_efficacy
+
+        out = served_efficacy(ask, self.requests, self.s.query_budget)
+        self.log(f"served release: efficacy of {out['measured']} of its {len(self.requests)} requests measured "
+                 f"through queries ({out['cost']} forward passes of the budget)")
+        return {"evaluated": True, **out}
+
+    def finish_served(self, served: dict[str, Any]) -> dict[str, Any]:
+        """The report of a served release: no ΔW reached this party (its model is the base model); "post" is what its
+        own queries measured, if it asked any (efficacy only: the other metrics would cost more of the budget)."""
+        keys = ("efficacy", "generalization", "specificity", "score")
+        post = ({"efficacy": served.get("efficacy"), "generalization": None, "specificity": None, "score": None}
+                if served.get("evaluated") else None)
+        return {"edits": len(self.requests), "pre": {k: self.pre.summary()[k] for k in keys}, "post": post,
+                "compute_seconds": round(self.compute_seconds, 3), "templates_digest": templates_digest(self.templates),
+                "withheld": {str(r): ids for r, ids in self.withheld.items() if ids},
+                "decisions": {str(r): [list(v) for v in vs] for r, vs in self.verdicts.items()},
+                "target_loss": [x for t in self.targets.values() for x in t.loss],
+                "model": "unchanged: a served release keeps ΔW with the solver's host"
+                         + ("" if post else "; not evaluated (no queries of its own asked)")}
+
     def finish(self, save: Path | None = None, patch: Path | None = None,
                release_sha256: dict[tuple[int, int], str] | None = None) -> dict[str, Any]:
         """Evaluate this party's own edits on the final model; save the model and the applied ΔW if asked

@@ -1,5 +1,6 @@
 """The Python API for scripts: edit and evaluate a model (``Editor``), write a session file and take part in a
-session (``init_session``, ``join_session``, with ``serve_coordinator`` / ``serve_solver`` for the servers).
+session (``init_session``, ``join_session``, with ``serve_coordinator`` / ``serve_solver`` for the servers), and ask
+a served release's model (``ask_served``).
 
 The CLI commands are shells over the same parts; docs/api.md walks through every function with examples that
 run as tests. In the manner of EasyEdit's editor object::
@@ -208,10 +209,12 @@ def _config(config: Any) -> Any:
 
 def join_session(config: Any, name: str, requests: Sequence[Request] | str | Path, *, save: str | Path | None = None,
                  patch: str | Path | None = None, device: str = "auto", cache_dir: str | Path | None = None,
-                 allow_download: bool = False, stop: threading.Event | None = None) -> dict[str, Any]:
+                 allow_download: bool = False, stop: threading.Event | None = None,
+                 served_eval: bool = False) -> dict[str, Any]:
     """Take part in a session as party ``name`` (what `secure-collab party` does): load the base model, check it
     against the session, send protected statistics, verify and apply each signed ΔW; returns the party's report
-    (ok, reason, applied releases' sha256, metrics before and after on its own requests)."""
+    (ok, reason, applied releases' sha256, metrics before and after on its own requests). In a served release no ΔW
+    arrives (``save`` and ``patch`` are refused); ``served_eval`` measures the party's efficacy through queries."""
     from parties.engine import PartyEditor
     from parties.runner import PartyEngine, run_party_session
     from secure_collab.data.formats import load_requests
@@ -222,12 +225,30 @@ def join_session(config: Any, name: str, requests: Sequence[Request] | str | Pat
     editor = PartyEditor(cfg.session, reqs, device=device, cache=Path(cache_dir) if cache_dir else None,
                          allow_download=allow_download, progress=False)
 
+    if cfg.session.served and (save or patch):
+        raise ValueError("a served release gives no party ΔW: there is no edited model or patch to save")
+
     def finish(result: Any) -> dict:
+        if cfg.session.served:
+            return editor.finish_served(result.served)
         return editor.finish(save=Path(save) if save else None, patch=Path(patch) if patch else None,
                              release_sha256=result.applied)
 
-    engine = PartyEngine(editor.compute_statistics, editor.apply_delta, finish)
+    engine = PartyEngine(editor.compute_statistics, editor.apply_delta, finish,
+                         served_queries=editor.served_queries if cfg.session.served and served_eval else None)
     return run_party_session(cfg, name, load_scheme(cfg.session.mode), engine, stop=stop)
+
+
+def ask_served(config: Any, name: str, query: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
+    """Ask a served release's model one query as party ``name`` (what `secure-collab query` does), encrypted to the
+    solver on the party's channel: ``{"kind": "logprobs", "prompt": P, "candidates": [...]}``, ``{"kind":
+    "generate", "prompt": P, "max_tokens": N}`` or ``{"kind": "done"}`` (protocol/query.py). Returns the answer:
+    ``ok``, ``reason``, ``cost``, ``used`` and ``budget`` (forward passes), and ``logprobs`` with ``tokens``, or
+    ``text``."""
+    from parties.queries import QueryClient
+
+    with QueryClient(_config(config), name) as client:
+        return client.ask(query, timeout_s)
 
 
 def serve_coordinator(config: Any, *, stop: threading.Event | None = None) -> Any:

@@ -34,6 +34,10 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
     defence = "none"             # none | camouflage:S (parties) | rank:K (solver), joined with '+'
                                  # (secure_collab.editing.defences; docs/privacy.md)
+    release = "weights"          # weights: every party receives ΔW | served: only the solver's host applies it and
+                                 # answers the parties' end-to-end encrypted queries (docs/network.md); served
+                                 # needs variant "oneshot" and one round (parties keep the base model)
+    query_budget = 1000          # served: forward passes each party may ask the served model for (<= 10**7)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
     lambda = 300.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
@@ -60,6 +64,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     welcome_burst = 3              # full re-welcomes (setup + missing releases) a party gets at once,
     welcome_interval_s = 10.0      #   then one more per interval
     connects_per_minute = 30.0     # CURVE handshakes admitted per roster key (a burst of as many)
+    serve_timeout_s = 600.0        # served release: how long the model is served after the last step at most
 
     [paths]
     keys = "keys"                # this site's secret key files
@@ -85,9 +90,14 @@ from secure_collab.names import NAME_RULE, is_name, shown
 from secure_collab.protection.encoding import triangle_size
 from secure_collab.protocol import messages as wire
 from secure_collab.protocol.messages import MODES, STATISTICS, VARIANTS
+from secure_collab.protocol.query import MAX_QUERY_BUDGET
 from secure_collab.protocol.tags import ELEMENT_BYTES
 
 CONFLICT_POLICIES = ("none", "priority", "majority", "first")
+# How a session releases ΔW: "weights" (encrypted to every party, which applies it) or "served" (kept by the solver's
+# host, which applies it and answers each party's queries within ``query_budget``). A release policy, not a
+# transform of ΔW, so it is a setting of its own beside ``defence`` (which still applies to the served model).
+RELEASES = ("weights", "served")
 # The largest value_bound (and key_norm_bound, residual_norm_bound) a session may declare: 2^100 ≈ 1.27e30, far
 # above any honest statistic (entries of Σ k kᵀ over max_edits_per_party requests). Every quantity the solver and
 # the plausibility checks compute from an in-bound aggregate then stays finite in float64: an opened entry is at
@@ -95,8 +105,9 @@ CONFLICT_POLICIES = ("none", "priority", "majority", "first")
 # 2^260, κ²·N and ρ·κ·N ≤ 2^200 · 2^20, all ≪ 2^1023. Without a cap a finite value_bound of 5e307 set up (the
 # shares encoding only needs P·β finite) and g + gᵀ overflowed in the psd check.
 MAX_STAT_BOUND = 2.0**100
-__all__ = ["CONFLICT_POLICIES", "MODES", "STATISTICS", "VARIANTS", "Config", "ConfigError", "NetworkConfig",
-           "PathsConfig", "SessionConfig", "config_from_dict", "load_config", "write_config"]
+__all__ = ["CONFLICT_POLICIES", "MAX_QUERY_BUDGET", "MODES", "RELEASES", "STATISTICS", "VARIANTS", "Config",
+           "ConfigError", "NetworkConfig", "PathsConfig", "SessionConfig", "config_from_dict", "load_config",
+           "write_config"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,8 @@ class SessionConfig:
     known_residual: float = 0.0
     augment: int = 2
     defence: str = "none"  # release defences (editing.defences): camouflage at the parties, rank at the solver
+    release: str = "weights"  # RELEASES: weights (every party gets ΔW) | served (only the solver's host holds it)
+    query_budget: int = 1000  # served: forward passes each party may ask for (secure_collab.protocol.query)
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
@@ -139,6 +152,11 @@ class SessionConfig:
     def tags(self) -> bool:
         """Whether each round starts with the keyed-tag exchange (dedupe or conflict resolution)."""
         return self.dedupe or self.conflict_policy != "none"
+
+    @property
+    def served(self) -> bool:
+        """Whether ΔW stays with the solver's host, which serves the edited model to the parties' queries."""
+        return self.release == "served"
 
     @property
     def tag_slots(self) -> int:
@@ -172,6 +190,7 @@ class NetworkConfig:
     welcome_burst: int = 3
     welcome_interval_s: float = 10.0
     connects_per_minute: float = 30.0
+    serve_timeout_s: float = 600.0  # served release: the longest the model is served after the last step
 
 
 @dataclass(frozen=True)
@@ -334,6 +353,15 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         parse_defence(s.defence)
     except DefenceError as exc:
         raise ConfigError(f"session.defence: {exc}") from None
+    if s.release not in RELEASES:
+        raise ConfigError(f"session.release must be one of {RELEASES}, got {s.release!r}")
+    if not 0 <= s.query_budget <= MAX_QUERY_BUDGET:
+        raise ConfigError(f"session.query_budget must be between 0 and {MAX_QUERY_BUDGET}")
+    if s.served and (s.variant != "oneshot" or s.rounds != 1):
+        # a party holds only the base model: statistics after a step (the sequential variant's next layers, a later
+        # round's targets) would need the edited weights, which a served release never hands out
+        raise ConfigError("session.release = \"served\" needs variant = \"oneshot\" and rounds = 1: the parties keep "
+                          "the base model, so every statistic must come from it")
     if s.tags and s.tag_slots > wire.MAX_TAG_SLOTS:
         raise ConfigError(f"session.max_edits_per_party must be <= {wire.MAX_TAG_SLOTS // 2} with dedupe or a "
                           "conflict policy (two tag slots per request)")
@@ -352,6 +380,8 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     for key in positive:
         if not getattr(n, key) > 0:
             raise ConfigError(f"network.{key} must be > 0")
+    if not 0 < n.serve_timeout_s < float("inf"):
+        raise ConfigError("network.serve_timeout_s must be a finite number > 0")
     if n.budget_headroom < 1:
         raise ConfigError("network.budget_headroom must be >= 1 (below it an honest party is cut off)")
 

@@ -1,5 +1,6 @@
 """The coordinator's append-only SQLite ledger: sessions, roster, stage events, messages, hand-offs, releases,
-and the solver's collision decisions by id.
+the solver's collision decisions by id, and, in a served release, every query by (party, counter, kind, cost,
+outcome) as the solver reported it: never what it asked or what it was answered (both travel encrypted).
 
 Rows are only ever inserted (triggers refuse UPDATE and DELETE), each in its own transaction, with the
 database in WAL mode so a reader (``secure-collab ledger show``, a test) never blocks the coordinator and
@@ -46,8 +47,12 @@ CREATE TABLE IF NOT EXISTS releases (
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, round INTEGER NOT NULL, decision_id TEXT NOT NULL,
     kind TEXT NOT NULL, time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS queries (
+    id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, party TEXT NOT NULL, counter INTEGER NOT NULL,
+    kind TEXT NOT NULL, cost INTEGER NOT NULL, outcome TEXT NOT NULL, refusal TEXT NOT NULL, used INTEGER NOT NULL,
+    time REAL NOT NULL);
 """
-TABLES = ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions")
+TABLES = ("sessions", "roster", "stages", "messages", "handoffs", "releases", "decisions", "queries")
 APPEND_ONLY = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op} BEFORE {op} ON {t} "
     f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;"
@@ -137,6 +142,14 @@ class Ledger:
         """A collision decision of the solver, by its public id (a hash, never a tag or a text)."""
         self._db.execute("INSERT INTO decisions (session_id, round, decision_id, kind, time) VALUES (?,?,?,?,?)",
                          (session_id, round_, decision_id, kind, self._clock()))
+
+    def query(self, session_id: str, party: str, counter: int, kind: str, cost: int, accepted: bool, refusal: str,
+              used: int) -> None:
+        """One query of a served release as the solver took it (its ANSWER's body): no content, ever."""
+        self._db.execute("INSERT INTO queries (session_id, party, counter, kind, cost, outcome, refusal, used, time) "
+                         "VALUES (?,?,?,?,?,?,?,?,?)", (session_id, party, counter, kind, cost,
+                                                        "accepted" if accepted else "refused", refusal, used,
+                                                        self._clock()))
 
     def resume_state(self, session_id: str) -> ResumeState | None:
         row = self._db.execute("SELECT setup_public, setup_bundles, setup_signature FROM sessions "

@@ -49,6 +49,9 @@ COMMENTS: dict[str, str] = {
     "template_seed": "seed the context templates below were generated with",
     "defence": "release defences, joined with '+': none | camouflage:S (each party mixes secret public decoy keys "
                "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K); docs/privacy.md",
+    "release": "weights (every party receives ΔW and applies it) | served (only the solver's host applies ΔW and "
+               "answers each party's end-to-end encrypted queries within query_budget); docs/network.md",
+    "query_budget": "served: forward passes each party may ask the served model for in this session (at most 10**7)",
     # [session.hparams]
     "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹ (memit-dynamic: of earlier rounds' ΣKKᵀ too)",
     "v_lr": "target optimisation: Adam learning rate",
@@ -79,6 +82,7 @@ COMMENTS: dict[str, str] = {
     "heartbeat_s": "seconds between keep-alive messages",
     "wait_log_s": "coordinator: while a stage waits, one log line per interval: whom, since when, the deadline",
     "request_in_turn": "ask parties for statistics one at a time (parties sharing one machine's cores)",
+    "serve_timeout_s": "served: how long the solver serves queries after the last step, unless every party is done",
     # [paths]
     "keys": "this site's own secret key files (mode 0600; never copied anywhere)",
     "roster": "every site's public keys, assembled from their public key files",
@@ -110,6 +114,9 @@ class SessionChoices:
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
     defence: str = "none"  # release defences (secure_collab.editing.defences)
+    release: str = "weights"  # secure_collab.config.RELEASES
+    query_budget: int = 1000  # served: forward passes per party
+    serve_timeout_s: float = 600.0
     paths: dict[str, str] = field(default_factory=lambda: {
         "keys": "keys", "roster": "roster.toml", "ledger": "ledger.sqlite", "solver_state": "solver-state"})
 
@@ -122,6 +129,15 @@ class SessionChoices:
             parse_defence(self.defence)
         except DefenceError as exc:
             raise ConfigError(str(exc)) from None
+        from secure_collab.config import MAX_QUERY_BUDGET, RELEASES
+
+        if self.release not in RELEASES:
+            raise ConfigError(f"release must be one of {', '.join(RELEASES)}, not {shown(self.release)}")
+        if not 0 <= self.query_budget <= MAX_QUERY_BUDGET:
+            raise ConfigError(f"the query budget must be between 0 and {MAX_QUERY_BUDGET}")
+        if self.release == "served" and (self.variant != "oneshot" or self.rounds != 1):
+            raise ConfigError('release "served" needs variant = "oneshot" and rounds = 1: the parties keep the base '
+                              "model, so every statistic must come from it")
 
 
 def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,
@@ -156,13 +172,14 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
         "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
         "value_bound": choices.value_bound,
         "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
-        "template_seed": hp.template_seed, "defence": choices.defence, "hparams": table,
+        "template_seed": hp.template_seed, "defence": choices.defence, "release": choices.release,
+        "query_budget": choices.query_budget, "hparams": table,
         "protection": {"precision_bits": choices.precision_bits} if choices.precision_bits is not None else {},
     }
     network = {"coordinator_bind": choices.bind, "coordinator_endpoint": choices.endpoint,
                "join_timeout_s": choices.join_timeout_s, "stage_timeout_s": choices.stage_timeout_s,
                "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0, "wait_log_s": 30.0,
-               "request_in_turn": choices.request_in_turn}
+               "request_in_turn": choices.request_in_turn, "serve_timeout_s": choices.serve_timeout_s}
     return {"session": session, "network": network, "paths": dict(choices.paths)}
 
 
@@ -230,7 +247,8 @@ def describe(config: Config) -> dict[str, Any]:
     return {
         "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
         "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
-        "min_parties": s.min_parties, "defence": s.defence, "parties": sorted(config.roster.parties),
+        "min_parties": s.min_parties, "defence": s.defence, "release": s.release,
+        "query_budget": s.query_budget if s.served else None, "parties": sorted(config.roster.parties),
         "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
         "coordinator_endpoint": config.network.coordinator_endpoint,
         "coordinator_bind": config.network.coordinator_bind,

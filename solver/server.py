@@ -17,6 +17,11 @@ It makes the session's protection secrets and seals the MAC and release keys to 
 4. solves, encrypts ΔW for the parties, signs and sends the release; a failure after opening ends the step
    with a VERDICT and no release.
 
+In a served session (``session.release = "served"``) step 4 keeps ΔW: it is encrypted, signed and stored as
+always, added to the solver's served model, and the parties get a NOTICE (the signature over the same statement,
+without the ciphertext). The solver then answers each party's encrypted queries (``solver.serve.QueryDesk``) until
+the coordinator ends the session; a restarted solver re-applies its stored releases to a fresh base model.
+
 It never dies on bad data: every refusal is a message to the coordinator. Its state (secrets, opened
 steps, releases) is sealed under ``paths.solver_state/<session>/`` so a restarted solver rejoins with the
 same setup and never opens a step twice.
@@ -49,7 +54,7 @@ from secure_collab.protection import (
     oprf,
 )
 from secure_collab.protection.encoding import pack_symmetric
-from secure_collab.protection.sealing import NONCE_BYTES, encrypt_release, fresh_bytes
+from secure_collab.protection.sealing import NONCE_BYTES, decrypt_release, encrypt_release, fresh_bytes
 from secure_collab.protection.statements import release_bytes, release_label, setup_bytes
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import (
@@ -66,9 +71,10 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta, holders_note
+from secure_collab.protocol.release import encode_delta, holders_note, split_release
 from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
+from solver.serve import QueryDesk, ServedModel
 from solver.state import SolverState
 from solver.tags import TagDesk
 
@@ -157,8 +163,17 @@ class Refusal(Exception):
 class Solver:
     def __init__(self, config: Config, scheme: ProtectionScheme, solve: SolveFn, *,
                  ctx: zmq.Context | None = None, stop: threading.Event | None = None,
-                 keys: CurveKeyPair | None = None, signing_key: Any = None) -> None:
+                 keys: CurveKeyPair | None = None, signing_key: Any = None,
+                 served: ServedModel | None = None) -> None:
+        """``served``: the model a served session answers queries on (default: ``solve``, when it is one, as
+        ``solver.solve.SessionSolve`` is in a served session)."""
         self.cfg, self.s, self.scheme, self.solve = config, config.session, scheme, solve
+        if served is None and config.session.served:
+            if not all(callable(getattr(solve, m, None)) for m in ("apply", "check", "answer")):
+                raise ValueError("a served session needs a served model (solver.serve.ServedModel)")
+            served = solve  # type: ignore[assignment]  # checked just above
+        self.served = served
+        self.queries: QueryDesk | None = None
         ident = load_identity(config.paths.keys / "solver.key_secret")
         if ident.signing is None or ident.sealing is None or ident.public != config.roster.solver:
             raise ProtocolError("solver.key_secret does not hold the solver identity of the pinned roster")
@@ -176,7 +191,9 @@ class Solver:
         self.opened = self.state.steps("opened")  # (round, layer) -> {"attempt", "parties"}
         self.result = SolverResult()
         self.ended = False
+        self.served_steps: set[tuple[int, int]] = set()  # (round, layer) applied to the served model
         self.logged = _LogCap(config.network.max_refusal_rows)
+        self.ident_sealing = ident.sealing.private_bytes_raw()
 
     # ---- setup ------------------------------------------------------------------------------------
     def _setup(self) -> tuple[bytes, bytes, bytes]:
@@ -202,6 +219,28 @@ class Solver:
         self._tag_desk(oprf_key)
         return public, bundles, signature
 
+    def _serve_desk(self) -> None:
+        """A served session's query desk; after a restart, the stored releases re-applied to the served model (the
+        model was loaded fresh: it holds what was released, never anything more)."""
+        if self.served is None:
+            return
+        for (round_, layer), meta in sorted(self.state.steps("release").items()):
+            stored = self.state.load(f"release-r{round_}-l{layer}")
+            assert stored is not None, "a release record listed by steps() is there"
+            label = release_label(self.s.id, self.cfg.digest, round_, layer, meta["attempt"])
+            delta, _ = split_release(decrypt_release(self.secrets.release_key, label, stored[1]), meta["dtype"],
+                                     meta["shape"])
+            self.served.apply(layer, delta)
+            self.served_steps.add((round_, layer))
+            log.info("solver: re-applied the stored release of round %d layer %d to the served model", round_, layer)
+
+        def send(mtype: MsgType, body: dict, frames: tuple[bytes, ...]) -> None:
+            transport.send(self.sock, self._msg(mtype, body=body, frames=frames))
+
+        every = {(r, lay) for r, layers in self.s.steps() for lay in layers}
+        self.queries = QueryDesk(self.cfg, self.state, self.ident_sealing, self.served,
+                                 lambda: self.served_steps >= every, send)
+
     def _tag_desk(self, oprf_key: bytes) -> None:
         def send(mtype: MsgType, round_: int, body: dict, frames: tuple[bytes, ...]) -> None:
             transport.send(self.sock, self._msg(mtype, round_, -1, body, frames))
@@ -213,6 +252,7 @@ class Solver:
         with contextlib.ExitStack() as stack:
             stack.callback(self.state.close)  # a restarted solver may take the state directory
             public, bundles, signature = self._setup()
+            self._serve_desk()
             hello = {"role": "solver", "public": True}
             if self._own_ctx:
                 stack.callback(self.ctx.term)
@@ -233,6 +273,8 @@ class Solver:
         net = self.cfg.network
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
         idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
+        if self.s.served:  # then it serves queries, which may be few and far between
+            idle_limit += net.serve_timeout_s
         transport.send(self.sock, hello())
         last = time.monotonic()
         limits = transport.limits_for(net)
@@ -265,6 +307,10 @@ class Solver:
                         raise ProtocolError("this session exchanges no tags")
                     {MsgType.BLINDED: self.fact_tags.on_blinded, MsgType.TAGS: self.fact_tags.on_tags,
                      MsgType.DECIDE: self.fact_tags.on_decide}[msg.type](msg)
+                elif msg.type is MsgType.QUERY:
+                    if self.queries is None:
+                        raise ProtocolError("this session's release is not served: no queries")
+                    self.queries.on_query(msg)
             except (ProtocolError, ProtectionError) as exc:
                 reason = clean_text(str(exc), STORED_TEXT)  # no control characters, within the wire's bound
                 if self.logged(key):
@@ -495,14 +541,20 @@ class Solver:
         meta = {**body, "signature": signature.hex()}
         self.state.save(f"release-r{round_}-l{layer}", meta, ciphertext)
         self.result.releases[(round_, layer)] = delta
+        if self.served is not None:  # the served model takes ΔW; the parties get the notice only
+            self.served.apply(layer, delta)
+            self.served_steps.add((round_, layer))
         log.info("solver: released round %d layer %d over %s", round_, layer, ", ".join(pend.parties))
         self._send_release(round_, layer, meta, ciphertext)
 
     def _send_release(self, round_: int, layer: int, meta: dict[str, Any], ciphertext: bytes) -> None:
         body = ReleaseBody(attempt=meta["attempt"], shape=meta["shape"], dtype=meta["dtype"], sha256=meta["sha256"],
                            parties=meta["parties"])
-        frames = (ciphertext, bytes.fromhex(meta["signature"]))
-        transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=frames))
+        signature = bytes.fromhex(meta["signature"])
+        if self.s.served:  # ΔW stays here: the signed statement (with the ciphertext's sha256) tells the step is done
+            transport.send(self.sock, self._msg(MsgType.NOTICE, round_, layer, body=body, frames=(signature,)))
+            return
+        transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=(ciphertext, signature)))
 
     def _refuse(self, round_: int, layers: tuple[int, ...], attempt: int, exc: Refusal) -> None:
         body = {"attempt": attempt, "layers": list(layers), "opened": exc.opened, "exclude": list(exc.exclude),
@@ -520,6 +572,8 @@ class Solver:
 
 
 def run_solver(config: Config, scheme: ProtectionScheme, solve: SolveFn, *,
-               stop: threading.Event | None = None, ctx: zmq.Context | None = None) -> SolverResult:
-    """Serve one session's aggregates until the coordinator ends it."""
-    return Solver(config, scheme, solve, ctx=ctx, stop=stop).run()
+               stop: threading.Event | None = None, ctx: zmq.Context | None = None,
+               served: ServedModel | None = None) -> SolverResult:
+    """Serve one session's aggregates (and, in a served session, the parties' queries) until the coordinator ends
+    it."""
+    return Solver(config, scheme, solve, ctx=ctx, stop=stop, served=served).run()

@@ -5,6 +5,10 @@ taken from it once per layer. With ``session.defence`` rank:K, the rule's ΔW is
 approximation in the keys' metric (``editing.defences.truncate_rank``) before it is released. The cross-round
 state (Σ of earlier rounds' ΣG per layer) is the solver's, kept sealed in its state store; it is passed in per
 call, so this object holds nothing secret.
+
+In a served session (``session.release = "served"``) it is also the served model (``solver.serve.ServedModel``): it
+keeps the base model it loaded, adds each released ΔW to it, and answers the parties' queries on it
+(``secure_collab.evaluation.served``). Then it holds the edited weights, which no party receives.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from secure_collab.editing.session import session_hparams
 
 class SessionSolve:
     def __init__(self, session: Any, *, cache: Path | None = None, device: str | None = "cpu",
-                 progress: bool = False, allow_download: bool = False) -> None:
+                 progress: bool = False, allow_download: bool = False, serve: bool | None = None) -> None:
+        """``serve``: keep the model and answer queries on it (default: when the session's release is served)."""
         from secure_collab.covariance import layer_covariances
         from secure_collab.models import load_model
         from secure_collab.models.specs import n_layers
@@ -34,7 +39,7 @@ class SessionSolve:
                                   session.template_seed, session.hparams, 0, session.update_rule)
         self.covs = layer_covariances(lm, self.hp.layers, tokens=self.hp.mom2_tokens,
                                       max_seq_len=self.hp.mom2_max_len, cache=cache, progress=progress)
-        del lm  # the solver needs only C
+        self.lm = lm if (session.served if serve is None else serve) else None  # else the solver needs only C
         self.rule = self.hp.rule
         self.rank = parse_defence(session.defence).rank  # 0: ΔW released as the rule solves it
         self.bases = {layer: self.rule.basis(self.covs[layer]) for layer in self.hp.layers}
@@ -48,3 +53,27 @@ class SessionSolve:
         if self.rank:
             delta = truncate_rank(delta, self.covs[layer], self.rank)
         return delta.numpy()
+
+    # ---- the served model (solver.serve.ServedModel) -------------------------------------------------------------
+    def _served(self) -> Any:
+        if self.lm is None:
+            raise RuntimeError("this solve was made without a served model (serve=False)")
+        return self.lm
+
+    def apply(self, layer: int, delta: np.ndarray) -> None:
+        from secure_collab.models.specs import add_to_down_weight
+
+        lm = self._served()
+        add_to_down_weight(lm.model, lm.spec, layer, torch.from_numpy(np.ascontiguousarray(delta, dtype=np.float64)))
+
+    def check(self, query: dict[str, Any]) -> None:
+        from secure_collab.evaluation.served import check_tokens
+
+        lm = self._served()
+        check_tokens(lm.tokenizer, query)
+
+    def answer(self, query: dict[str, Any]) -> dict[str, Any]:
+        from secure_collab.evaluation.served import answer_query
+
+        lm = self._served()
+        return answer_query(lm.model, lm.tokenizer, query)

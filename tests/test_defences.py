@@ -23,9 +23,12 @@ def test_the_setting_text_round_trips_and_refuses_what_is_not_built():
             parse_defence(bad)
     with pytest.raises(DefenceError, match="at most 100"):  # the text comes from a session file: bounded
         parse_defence("rank:" + "1" * 100)
-    for later in ("noise:1e-3", "decoys:3", "served:100", "rank:2+noise:1"):
+    for later in ("noise:1e-3", "decoys:3", "rank:2+noise:1"):
         with pytest.raises(DefenceError, match="not built yet"):
             parse_defence(later)
+    for served in ("served", "served:100", "rank:2+served:5"):  # a release policy: its home is session.release
+        with pytest.raises(DefenceError, match='release = "served"'):
+            parse_defence(served)
 
 
 def _solve(k: torch.Tensor, r: torch.Tensor, lam_cov: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:

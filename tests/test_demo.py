@@ -90,3 +90,23 @@ def test_demo_with_rank_truncation_equals_the_truncated_global_edit(tmp_path):
     assert r["delta_rel_diff_vs_global"] <= 1e-9
     deltas = read_patch(tmp_path / "work" / "patch-a.safetensors").deltas
     assert deltas and all(int(torch.linalg.matrix_rank(d.double())) == 2 for d in deltas.values())
+
+
+def test_demo_with_a_served_release_keeps_dw_with_the_solver_and_answers_as_global_edit(tmp_path):
+    """--release served: the parties write no patch and apply nothing; each measures its efficacy through queries,
+    and one served answer per party equals the same query on the Global-Edit model (oneshot: collab = global)."""
+    out = tmp_path / "demo.json"
+    rc = main(["demo", "--model", "tiny-llama", "--mode", "shares", "--parties", "3", "--edits-per-party", "2",
+               "--release", "served", "--workdir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "c"),
+               "--timeout", "600", "--json", str(out), "--quiet"])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["ok"] and r["release"] == "served" and r["variant"] == "oneshot", r
+    assert r["served_vs_global_logprob_diff"] <= 1e-6
+    assert not list((tmp_path / "work").glob("patch-*")) and r["delta_rel_diff_vs_global"] is None
+    for name, rep in r["per_party"].items():
+        assert rep["applied"] == {} and rep["noticed"] and rep["noticed"] == r["per_party"]["a"]["noticed"], name
+        assert rep["served"]["measured"] == 2 and rep["post"]["efficacy"] is not None, name
+    assert all(q["ok"] and q["used"] == 6 for q in r["served_queries"].values())  # 2 × 2 for its edits, 2 more
+    with sqlite3.connect(r["ledger"]) as db:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM queries WHERE outcome = 'accepted'")]
+    assert kinds.count("logprobs") == 9 and kinds.count("done") == 3

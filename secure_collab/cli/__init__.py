@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "coordinator": "coordinator",
     "solver": "solver",
     "party": "party",
+    "query": "query",
     "apply": "apply",
 }
 EXIT_USER_ERROR = 2

@@ -5,6 +5,10 @@ as separate processes talking CurveZMQ over loopback, and meanwhile computes the
 the same requests in this process. At the end it prints a table per party, compares the ΔW the parties applied
 with Global-Edit's, and says where the ledger is.
 
+With ``--release served`` no party receives ΔW: the solver's process applies it and answers the parties' encrypted
+queries; each party measures its own efficacy through them, and the demo compares one served answer per party with
+the same query on the Global-Edit model (the served release needs the oneshot variant, its default then).
+
 Processes that share a machine share its cores: each process gets ``--threads`` math threads (default 1), and
 the coordinator asks parties for their statistics in turn (``--in-turn``, default on), so on a 2-core machine
 one party computes while this process computes the reference on the other core.
@@ -42,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edits-per-party", type=int, default=4, help="edit requests per party")
     p.add_argument("--model", default="smollm2-135m",
                    help="smollm2-135m, tiny-gpt2, tiny-llama, a directory or a hub id")
-    p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential", help="MEMIT variant")
+    p.add_argument("--variant", choices=("sequential", "oneshot"), default=None,
+                   help="MEMIT variant (default: sequential, or oneshot with --release served)")
     p.add_argument("--requests", default="bundled",
                    help="'bundled' (countryinfo set, default) or a request file; split among the parties")
     p.add_argument("--min-parties", type=int, default=2, help="the solver opens no sum of fewer parties")
@@ -59,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defence", default="none",
                    help="release defences, joined with '+': none, camouflage:S (parties), rank:K (solver); the "
                         "reference then has the same rank, but not the parties' secret decoys (docs/privacy.md)")
+    p.add_argument("--release", choices=("weights", "served"), default="weights",
+                   help="weights: every party applies ΔW; served: only the solver's process holds the edited model "
+                        "and answers each party's encrypted queries within --query-budget (docs/network.md)")
+    p.add_argument("--query-budget", type=int, default=100,
+                   help="served: forward passes each party may ask for (its own evaluation takes two per edit)")
     p.add_argument("--no-reference", action="store_true", help="skip the Global-Edit comparison")
     p.add_argument("--workdir", default=None, help="where keys, config, logs and ledger go (default: a temp dir)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
@@ -108,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.session_file import SessionChoices, session_document, write_session
 
     console = Console(stderr=True, quiet=args.quiet)
+    served = args.release == "served"
+    if args.variant is None:
+        args.variant = "oneshot" if served else "sequential"
+    if served and args.variant != "oneshot":
+        raise ConfigError("--release served needs --variant oneshot: the parties keep the base model, so every "
+                          "statistic must come from it")
     if args.parties < args.min_parties or args.parties > 26:
         raise ConfigError(f"--parties must be between --min-parties ({args.min_parties}) and 26")
     try:  # before anything loads
@@ -144,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         value_bound=args.value_bound, precision_bits=args.precision_bits if args.mode == "ckks" else None,
         session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
-        request_in_turn=bool(args.in_turn), defence=args.defence,
+        request_in_turn=bool(args.in_turn), defence=args.defence, release=args.release,
+        query_budget=args.query_budget, serve_timeout_s=max(600.0, args.timeout),
         paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
                "solver_state": "solver-state"})
     cfg = write_session(cfg_path, session_document(lm, args.model, choices, templates), force=True,
@@ -159,12 +176,14 @@ def run(args: argparse.Namespace) -> int:
     }
     for name in names:
         req_path = write_jsonl(shares[name], touch_private(work / f"requests-{name}.jsonl"))  # "w" keeps 0600
+        outputs = (["--served-eval"] if served else ["--patch", str(work / f"patch-{name}.safetensors")])
         procs[f"party-{name}"] = _spawn(f"party-{name}", [
             "party", "--config", str(cfg_path), "--name", name, "--requests", str(req_path),
-            "--json", str(work / f"report-{name}.json"), "--patch", str(work / f"patch-{name}.safetensors"),
-            *common], logs, args.threads)
+            "--json", str(work / f"report-{name}.json"), *outputs, *common], logs, args.threads)
     console.print(f"session {cfg.session.id}: {args.mode}, {args.variant}, {args.parties} parties × "
-                  f"{args.edits_per_party} edits, layers {list(hp.layers)}, defence {defence.spec()}; work dir {work}")
+                  f"{args.edits_per_party} edits, layers {list(hp.layers)}, defence {defence.spec()}, "
+                  f"release {args.release}; work dir {work}")
+    asked: dict[str, Any] = {}  # served: one query per party, asked once its party process ended
 
     reference: dict[str, Any] = {}
 
@@ -197,6 +216,10 @@ def run(args: argparse.Namespace) -> int:
             progress.update(t_done, completed=sum(p.poll() is not None for p in procs.values()))
             if t_ref is not None and ref_thread is not None:
                 progress.update(t_ref, completed=int(not ref_thread.is_alive()))
+            parties_ended = all(p.poll() is not None for role, p in procs.items() if role.startswith("party-"))
+            if (served and parties_ended and not asked and procs["coordinator"].poll() is None
+                    and all(p.returncode == 0 for role, p in procs.items() if role.startswith("party-"))):
+                asked.update(_ask_served(cfg, names, shares))  # then each party says it is done: serving ends
             ended = all(p.poll() is not None for p in procs.values())
             t_end = t_end or (time.perf_counter() if ended else None)
             if ended and not (ref_thread and ref_thread.is_alive()):
@@ -214,10 +237,45 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.1)
     codes = {role: p.wait() for role, p in procs.items()}
     result = _collect(args, work, names, cfg, codes, reference, t0)
+    if served:
+        result.update(_served_check(lm, asked, reference, args.no_reference))
+        result["ok"] = result["ok"] and (args.no_reference or result["served_vs_global_logprob_diff"] is not None)
     result["session_seconds"] = (t_end or time.perf_counter()) - t_spawn
     _show(console, result)
     write_json(args, result, private=True)  # per-party reports and edit counts
     return 0 if result["ok"] else 1
+
+
+def _ask_served(cfg, names: list[str], shares: dict[str, list]) -> dict[str, Any]:
+    """Served release: each party asks the served model for its first edit's [new, true] log-probabilities (as
+    `secure-collab query` does), then says it is done."""
+    from parties.queries import QueryClient
+
+    asked: dict[str, Any] = {}
+    for name in names:
+        r = shares[name][0]
+        query = {"kind": "logprobs", "prompt": r.text,
+                 "candidates": [r.target_new] + ([r.target_true] if r.target_true else [])}
+        with QueryClient(cfg, name) as client:
+            asked[name] = {"query": query, "answer": client.ask(query, 120.0)}
+            client.ask({"kind": "done"}, 120.0)
+    return asked
+
+
+def _served_check(lm, asked: dict[str, Any], reference: dict, skipped: bool) -> dict[str, Any]:
+    """The largest difference between a served answer and the same query on the Global-Edit model (the reference
+    edits ``lm`` in place), in log-probability; None when there is no reference or an answer is missing."""
+    from secure_collab.evaluation.served import candidate_logprobs
+
+    diff = None
+    answers = [a for a in asked.values() if a["answer"]["ok"]]
+    if not skipped and "outcome" in reference and answers and len(answers) == len(asked):
+        diff = max(abs(got - want) for a in answers for got, (want, _) in zip(
+            a["answer"]["logprobs"], candidate_logprobs(lm.model, lm.tokenizer, a["query"]["prompt"],
+                                                        a["query"]["candidates"]), strict=True))
+    return {"release": "served", "served_vs_global_logprob_diff": diff, "parties_applied_identical_updates": None,
+            "served_queries": {n: {"ok": a["answer"]["ok"], "used": a["answer"].get("used")}
+                               for n, a in asked.items()}}
 
 
 def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], reference: dict,
@@ -262,6 +320,7 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     post["score"], pre["score"] = score_of(list(post.values())), score_of(list(pre.values()))
     return {
         "ok": ok, "mode": args.mode, "variant": args.variant, "defence": parse_defence(cfg.session.defence).spec(),
+        "release": cfg.session.release,
         "parties": args.parties,
         "edits": args.parties * args.edits_per_party, **post, "pre": pre,
         "delta_rel_diff_vs_global": diff,
@@ -298,7 +357,13 @@ def _show(console, r: dict[str, Any]) -> None:
         console.print(f"defence {spec.spec()}" + (": Global-Edit truncated to the same rank" if spec.rank else "")
                       + ("; the parties' camouflage (secret decoys) is not in Global-Edit, so ΔW differs from it"
                          if spec.camouflage else ""))
-    console.print(f"ΔW applied vs Global-Edit: {'-' if d is None else f'{d:.2e}'}; parties applied identical "
-                  f"updates: {r['parties_applied_identical_updates']}; {r['seconds']:.0f} s; "
-                  f"{'ok' if r['ok'] else 'FAILED: see ' + r['workdir'] + '/logs'}")
+    if r.get("release") == "served":
+        s = r.get("served_vs_global_logprob_diff")
+        console.print(f"served release: no party holds ΔW; served answers vs the Global-Edit model: max |Δ log P| "
+                      f"{'-' if s is None else f'{s:.2e}'}; efficacy measured through queries; {r['seconds']:.0f} s; "
+                      f"{'ok' if r['ok'] else 'FAILED: see ' + r['workdir'] + '/logs'}")
+    else:
+        console.print(f"ΔW applied vs Global-Edit: {'-' if d is None else f'{d:.2e}'}; parties applied identical "
+                      f"updates: {r['parties_applied_identical_updates']}; {r['seconds']:.0f} s; "
+                      f"{'ok' if r['ok'] else 'FAILED: see ' + r['workdir'] + '/logs'}")
     console.print(f"ledger: {r['ledger']}  (secure-collab ledger show --ledger {r['ledger']})")

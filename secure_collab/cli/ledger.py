@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no ledger at {path}")
     # read-only: never touches the ledger; a ledger written before decisions existed reads as no decisions
     try:
-        tables = read_ledger(path, ("sessions", "stages", "messages", "handoffs", "releases", "decisions"),
-                             session=args.session)
+        tables = read_ledger(path, ("sessions", "stages", "messages", "handoffs", "releases", "decisions",
+                                    "queries"), session=args.session)
     except NotALedger as exc:
         raise ConfigError(str(exc)) from None
     if args.session is not None and not tables["sessions"]:
@@ -51,8 +51,16 @@ def run(args: argparse.Namespace) -> int:
         _print_table(tables["messages"], out)
     print(f"\n{len(tables['messages'])} messages, {len(tables['handoffs'])} hand-offs to the solver, "
           f"{len(tables['releases'])} releases", file=out)
-    for session, defence in _defences(tables["stages"]).items():
-        print(f"session {session}: defence {defence}", file=out)
+    settings = _settings(tables["stages"])
+    for session, detail in settings.items():
+        print(f"session {session}: defence {detail['defence']}", file=out)
+        if detail.get("release") == "served":
+            print(f"session {session}: release served, query budget {detail.get('query_budget')}", file=out)
+    for session, lines in _query_counts(tables["queries"], settings).items():
+        print(f"session {session}: queries to the served model, by party (what they asked is never recorded):",
+              file=out)
+        for line in lines:
+            print(line, file=out)
     print("stages:", file=out)
     for r in tables["stages"]:
         print(f"  {_time(r['time'])} round {r['round']} layers {r['layers']} attempt {r['attempt']}: "
@@ -62,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defences(stages: list[dict[str, Any]]) -> dict[str, str]:
-    """{session: the release defences its coordinator recorded when the session (or its resumption) started}."""
+def _settings(stages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{session: the release defences and release policy its coordinator recorded when the session (or its
+    resumption) started}."""
     import json
 
     out = {}
@@ -74,8 +83,31 @@ def _defences(stages: list[dict[str, Any]]) -> dict[str, str]:
             detail = json.loads(r["detail"] or "{}")
         except ValueError:
             detail = {}
-        defence = detail.get("defence") if isinstance(detail, dict) else None
-        out[r["session_id"]] = defence if isinstance(defence, str) else "not recorded (a ledger from before defences)"
+        detail = detail if isinstance(detail, dict) else {}
+        if not isinstance(detail.get("defence"), str):
+            detail["defence"] = "not recorded (a ledger from before defences)"
+        out[r["session_id"]] = detail
+    return out
+
+
+def _query_counts(rows: list[dict[str, Any]], settings: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """{session: one line per party that queried its served model: queries, answered, refused (by why), the forward
+    passes used of the budget (the solver's count in its last answer), and whether it said it was done}."""
+    from collections import Counter
+
+    out: dict[str, list[str]] = {}
+    for session in sorted({r["session_id"] for r in rows}):
+        budget = settings.get(session, {}).get("query_budget")
+        lines = []
+        for party in sorted({r["party"] for r in rows if r["session_id"] == session}):
+            mine = [r for r in rows if r["session_id"] == session and r["party"] == party]
+            answered = sum(r["outcome"] == "accepted" for r in mine)
+            why = Counter(r["refusal"] for r in mine if r["outcome"] != "accepted")
+            done = any(r["outcome"] == "accepted" and r["kind"] == "done" for r in mine)
+            lines.append(f"  {party}: {len(mine)} queries, {answered} answered, {len(mine) - answered} refused"
+                         + (f" ({', '.join(f'{k} {n}' for k, n in sorted(why.items()))})" if why else "")
+                         + f", {max(r['used'] for r in mine)} forward passes used of {budget}" + (", done" * done))
+        out[session] = lines
     return out
 
 

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the applied ΔW here (safetensors; `secure-collab apply` reads it) "
                              "(default: not written)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--served-eval", action="store_true",
+                        help="served release: measure this party's efficacy through queries to the served model "
+                             "(two forward passes of its query budget per request); without it the report says its "
+                             "edits were not evaluated")
 
 
 def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyEngine:
@@ -53,10 +57,13 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
                          allow_download=args.allow_download, progress=not args.quiet, rounds=rounds)
 
     def finish(result: Any) -> dict:
+        if config.session.served:  # no ΔW here: nothing to save, the model is the base model
+            return editor.finish_served(result.served)
         return editor.finish(save=Path(args.save) if args.save else None,
                              patch=Path(args.patch) if args.patch else None, release_sha256=result.applied)
 
-    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish, editor)
+    served_queries = editor.served_queries if config.session.served and getattr(args, "served_eval", False) else None
+    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish, editor, served_queries)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
                           f"{', '.join(sorted(config.roster.parties))})")
     require_secret(config.paths.keys / f"party-{args.name}.key_secret", f"party {args.name}",
                    config.roster.parties[args.name])
+    if config.session.served and (args.save or args.patch):
+        raise ConfigError(f"session {config.session.id}'s release is served: no party receives ΔW, so there is no "
+                          "edited model or patch to write (--save, --patch); ask the served model with "
+                          "`secure-collab query`")
     check_outputs(args)  # before the model loads and the party joins: a bad path must not lose the session's work
     engine = engine_callbacks(config, args.name, args)
     with stop_on_signals(rejoin_hint(f"party {args.name}")) as stop:
@@ -119,11 +130,17 @@ def show(args: argparse.Namespace, report: dict) -> None:
                 missing.append(m)
             table.add_row(m, "-" if pre is None else f"{pre:.3f}", "-" if post is None else f"{post:.3f}")
         out.print(table)
+        served = report.get("release") == "served"
         for m in missing:
-            out.print(f"  {m} -: {WHY_NO_VALUE[m]}", markup=False)
+            why = "a served release measures efficacy only, through queries" if served else WHY_NO_VALUE[m]
+            out.print(f"  {m} -: {why}", markup=False)
     status = "done" if report["ok"] else "FAILED"
-    out.print(f"party {report['party']}: {status}: {report['reason']}; {len(report['applied'])} ΔW applied, "
+    held = (f"{len(report['noticed'])} steps released to the served model (no ΔW here)"
+            if report.get("release") == "served" else f"{len(report['applied'])} ΔW applied")
+    out.print(f"party {report['party']}: {status}: {report['reason']}; {held}, "
               f"{size(report['bytes_sent'])} sent in {report['seconds']:.1f} s", markup=False)
+    if report.get("model"):
+        out.print(f"  model: {report['model']}", markup=False)
     written = [f"{what}: {report[key]}" for what, key in (("patch", "patch"), ("edited model", "saved_model"))
                if report.get(key)]
     if written:

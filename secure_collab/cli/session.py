@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--defence", default=d.defence,
                       help="release defences, joined with '+': none, camouflage:S (the parties hide their keys "
                            "among public decoys), rank:K (the solver releases ΔW of rank K); docs/privacy.md")
+    init.add_argument("--release", choices=("weights", "served"), default=d.release,
+                      help="weights: every party receives ΔW; served: only the solver's host applies it and answers "
+                           "each party's encrypted queries within --query-budget (docs/network.md)")
+    init.add_argument("--query-budget", type=int, default=d.query_budget,
+                      help="served: forward passes each party may ask the served model for")
     init.add_argument("--value-bound", type=float, default=d.value_bound,
                       help="declared max |entry| of one party's statistic")
     init.add_argument("--precision-bits", type=int, default=PRECISION_BITS,
@@ -112,6 +117,7 @@ def _init(args: argparse.Namespace) -> int:
         precision_bits=args.precision_bits if args.mode == "ckks" else None, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
         stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn, defence=args.defence,
+        release=args.release, query_budget=args.query_budget,
         paths={"keys": "keys", "roster": roster_in_file, "ledger": "ledger.sqlite",
                "solver_state": "solver-state"})
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
@@ -143,7 +149,8 @@ def _print(args: argparse.Namespace, info: dict) -> None:
     say(args, f"  config digest   {info['config_digest']}   <- every site must see the same")
     say(args, f"  model           {info['model']}, weights sha256 {info['weights_digest'] or '(unchecked)'}")
     say(args, f"  {info['mode']}, {info['variant']}, layers {info['layers']}, d_k {info['d_k']}, d_v {info['d_v']}, "
-              f"min_parties {info['min_parties']}, defence {info['defence']}")
+              f"min_parties {info['min_parties']}, defence {info['defence']}, release {info['release']}"
+              + (f" (query budget {info['query_budget']} per party)" if info["query_budget"] is not None else ""))
     say(args, f"  roster sha256   {info['roster_sha256']}   <- pinned; fingerprints:")
     for who, fp in info["fingerprints"].items():
         say(args, f"    {who:<20} {fp}")

@@ -16,8 +16,10 @@ session setting (``session.defence`` in the session file, ``--defence`` in the s
   argmin over rank-K M of E‖(ΔW − M) x‖² for x with covariance C: the truncated SVD of ΔW C^½, mapped back.
   The release's row space then has K dimensions, fewer than the edits.
 
-Both combine (``camouflage:3+rank:20``). What is not built yet (decoy edits, calibrated noise with an accountant,
-a served release) is refused by name, not silently ignored.
+Both combine (``camouflage:3+rank:20``). What is not built yet (decoy edits, calibrated noise with an accountant)
+is refused by name, not silently ignored. A served release is not a transform of ΔW but a release policy (who holds
+ΔW at all): it is the session's ``release = "served"`` setting (``secure_collab.config.RELEASES``), and
+``served`` written here is refused with a pointer to it, so the policy has one home.
 
 torch is imported where the math runs, not at the top: the session file's loader parses the setting here, and the
 coordinator, which loads it, stays free of torch.
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     import torch
 
 CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
-NOT_BUILT = ("decoys", "noise", "served")
+NOT_BUILT = ("decoys", "noise")
 FORMS = "none | camouflage:S (S > 0) | rank:K (K >= 1), joined with '+'"
 MAX_SPEC = 100  # characters of a setting's text: it comes from a session file
 
@@ -70,6 +72,9 @@ def parse_defence(text: str) -> Defence:
     camouflage, rank = 0.0, 0
     for part in text.split("+"):
         name, _, value = part.strip().partition(":")
+        if name == "served":
+            raise DefenceError("a served release is the session setting release = \"served\" (with query_budget), "
+                               f"not a defence; use {FORMS} here")
         if name in NOT_BUILT:
             raise DefenceError(f"defence {name!r} is not built yet (docs/privacy.md lists what is); use {FORMS}")
         try:

@@ -20,6 +20,7 @@ from .encoding import check_bound
 
 SEED_BYTES = 32
 SEALED_OVERHEAD = 32 + 16  # sealing.seal_to: ephemeral X25519 public key + Poly1305 tag
+CHANNEL_OVERHEAD = 12 + 16  # sealing.encrypt_channel: random nonce + Poly1305 tag
 SEALED_SEED_BYTES = SEALED_OVERHEAD + SEED_BYTES
 EXTRA_FRAMES = 2  # per party: the sealed seed and the signature
 

@@ -5,6 +5,12 @@
 
 Every purpose has its own HKDF ``info`` prefix (domain separation), and the associated data binds what the
 plaintext is for (session, round, layer, statistic, chunk, attempt, party; or the party a bundle is for).
+
+A served release's queries travel on a channel between one party and the solver (``channel_key``): both derive
+the same key from their long-term X25519 keys in the pinned roster (static-static X25519, HKDF-SHA256 salted with
+the party's then the solver's public key, info ``QUERY_INFO`` + ``statements.query_scope``), and every query and
+answer is ChaCha20-Poly1305 under it with a fresh random nonce and ``statements.query_label`` as associated data.
+No third key is involved, so the coordinator (and every other party) can neither read nor forge either direction.
 Each derived key seals exactly one plaintext, so the all-zero nonce is safe. Keys that seal several
 messages (a session's release key, the solver's state key) take a fresh random nonce each time.
 Randomness comes in as arguments (``ephemeral``, ``nonce``) so test vectors can pin the bytes; roles draw it
@@ -24,6 +30,7 @@ SEED_INFO = b"secure-collab/v2/seal-seed|"
 BUNDLE_INFO = b"secure-collab/v2/seal-bundle|"
 RELEASE_INFO = b"secure-collab/v2/release|"
 STATE_INFO = b"secure-collab/v2/solver-state|"
+QUERY_INFO = b"secure-collab/v2/query-channel|"
 _AUTH_FAILED = "authentication failed"  # the one message for every failed open, whatever the cause
 NONCE_BYTES = hazmat.NONCE_BYTES
 
@@ -68,6 +75,32 @@ def decrypt_release(release_key: bytes, label: bytes, sealed: bytes) -> bytes:
         return hazmat.aead_open_random(key, sealed, label)
     except hazmat.AuthenticationFailed:
         raise ProtectionError(f"release: {_AUTH_FAILED}") from None
+
+
+def channel_key(own_private: bytes, party_public: bytes, solver_public: bytes, scope: bytes) -> bytes:
+    """The query channel key of one party and the solver, computed by either side from its own X25519 secret and the
+    other's public key (both public keys from the pinned roster); ``scope`` binds session, config and party."""
+    own_public = hazmat.x25519_public(own_private)
+    if own_public not in (party_public, solver_public):
+        raise ProtectionError("channel key: the secret key is neither the party's nor the solver's")
+    peer = solver_public if own_public == party_public else party_public
+    try:
+        shared = hazmat.x25519(own_private, peer)
+    except hazmat.AuthenticationFailed:
+        raise ProtectionError("channel key: the peer's public key is not a valid X25519 key") from None
+    return hazmat.hkdf_sha256(shared, party_public + solver_public, QUERY_INFO + scope, 32)
+
+
+def encrypt_channel(key: bytes, label: bytes, data: bytes, nonce: bytes) -> bytes:
+    """One query or answer: nonce (12 fresh random bytes) || ChaCha20-Poly1305(key, data, ad=label)."""
+    return hazmat.aead_seal_random(key, data, label, nonce)
+
+
+def decrypt_channel(key: bytes, label: bytes, sealed: bytes) -> bytes:
+    try:
+        return hazmat.aead_open_random(key, sealed, label)
+    except hazmat.AuthenticationFailed:
+        raise ProtectionError(f"query channel: {_AUTH_FAILED}") from None
 
 
 def state_key(long_term_secret: bytes, scope: bytes) -> bytes:

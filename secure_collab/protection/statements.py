@@ -18,9 +18,11 @@ Every layout is domain-separated and binds the session and the configuration dig
     decision:   b"secure-collab/v2/decision\\0"  + JSON [session, config, round, party, sha256(sealed verdicts),
                 [[decision id, kind], ...]]                                             (the solver)
 
-and, not signed but bound as associated data: ``release_label`` (the AEAD of an encrypted ΔW) and ``seal_ad``
-(the sealed tag count, tags and verdicts). JSON is compact (``","`` and ``":"``), ASCII-only. These bytes are
-frozen: tests/vectors hold golden messages that use them.
+and, not signed but bound as associated data: ``release_label`` (the AEAD of an encrypted ΔW), ``seal_ad``
+(the sealed tag count, tags and verdicts), ``query_scope`` (the key-derivation label of a party's query channel
+with the solver) and ``query_label`` (one query or answer on it: session, config, party, counter, direction).
+JSON is compact (``","`` and ``":"``), ASCII-only. These bytes are frozen: tests/vectors hold golden messages that
+use them.
 
 Checking a signature needs only public keys, so this module imports no hazmat: the coordinator, which verifies
 contributions early, uses it without loading any secret-handling code. Every failed check is the one opaque
@@ -93,6 +95,23 @@ def release_bytes(
 def release_label(session: str, config: str, round_: int, layer: int, attempt: int) -> bytes:
     """The AEAD associated data (and key-derivation label) of one release."""
     return _json(["release", session, config, round_, layer, attempt])
+
+
+# ---- the served release's queries (protocol/query.py) ----------------------------------------------------------
+QUERY_DIRECTIONS = ("query", "answer")
+
+
+def query_scope(session: str, config: str, party: str) -> bytes:
+    """What a party's query channel key is bound to (HKDF info after ``sealing.QUERY_INFO``)."""
+    return _json(["query-channel", session, config, party])
+
+
+def query_label(session: str, config: str, party: str, counter: int, direction: str) -> bytes:
+    """The AEAD associated data of one query (party -> solver) or its answer (solver -> party): a query cannot be
+    read, replayed under another counter, moved to another party or session, or taken for an answer."""
+    if direction not in QUERY_DIRECTIONS:
+        raise ValueError(f"direction must be one of {QUERY_DIRECTIONS}")
+    return _json(["query", session, config, party, counter, direction])
 
 
 # ---- the keyed-tag exchange (protocol/tags.py) ---------------------------------------------------------------

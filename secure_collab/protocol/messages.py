@@ -50,6 +50,7 @@ import msgpack
 
 from secure_collab.names import MAX_NAME, NAME_PATTERN
 from secure_collab.protection.base import MODES as MODES  # re-exported: the wire bounds the mode by it
+from secure_collab.protocol.query import MAX_QUERY_BUDGET, MAX_QUERY_COST, QUERY_KINDS, REFUSALS
 from secure_collab.protocol.schema import (
     Bool,
     Field,
@@ -85,6 +86,10 @@ class MsgType(StrEnum):
     TAGS = "tags"  # party -> coordinator -> solver: [sealed fixed-size tags, signature]
     DECIDE = "decide"  # coordinator -> solver: decide over the tags of these parties
     DECISION = "decision"  # solver -> coordinator -> party: [sealed verdicts, signature], public records
+    # the served release (session.release = "served", protocol/query.py)
+    NOTICE = "notice"  # solver -> coordinator -> parties: a RELEASE without ΔW: [signature] over the same statement
+    QUERY = "query"  # party -> coordinator -> solver: [query encrypted on the party's channel with the solver]
+    ANSWER = "answer"  # solver -> coordinator -> party: [answer encrypted on that channel] or [] (unauthenticated)
 
 
 # ---- bounds shared by the wire and the configuration (config.py validates sessions against them) ----------
@@ -160,6 +165,8 @@ _CHUNKING = {"attempt": _ATTEMPT, "chunk": Int(0, MAX_VALUES - 1), "n_chunks": I
 
 # Per message type: the body's fields and their bounds. Keys not listed are refused; keys in ``optional``
 # may be left out.
+_RELEASE = MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(1, MAX_DIM), 2, min_len=2), "dtype": Str(16),
+                  "sha256": _HEX64, "parties": _PARTIES})
 BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.HELLO: MapOf({
         "role": OneOf("party", "solver"),
@@ -174,8 +181,7 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.AGGREGATE: MapOf({**_CHUNKING, "parties": _PARTIES, "n_values": Int(1, MAX_VALUES)}),
     MsgType.VERDICT: MapOf({"attempt": _ATTEMPT, "layers": _LAYERS, "opened": Bool(), "exclude": _PARTIES,
                             "reason": _TEXT}),
-    MsgType.RELEASE: MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(1, MAX_DIM), 2, min_len=2), "dtype": Str(16),
-                            "sha256": _HEX64, "parties": _PARTIES}),
+    MsgType.RELEASE: _RELEASE,
     MsgType.ACK: MapOf({"ok": Bool(), "reason": _TEXT}),
     MsgType.ERROR: MapOf({"refused_seq": Int(-1, MAX_SEQ), "reason": _TEXT}),
     MsgType.END: MapOf({"ok": Bool(), "reason": _TEXT}),
@@ -188,6 +194,14 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.TAGS: MapOf({"party": _TAG_PARTY, "slots": _SLOTS}),
     MsgType.DECIDE: MapOf({"parties": _PARTIES}),
     MsgType.DECISION: MapOf({"party": _TAG_PARTY, "records": ListOf(_RECORD, MAX_DECISION_RECORDS)}),
+    # the served release: a NOTICE is a RELEASE's body (the sha256 is of the ΔW ciphertext the solver keeps); a
+    # QUERY's party is "" from a party, its name when the coordinator forwards it; an ANSWER says, for the ledger,
+    # what the solver made of the query (never what it asked or what the answer says)
+    MsgType.NOTICE: _RELEASE,
+    MsgType.QUERY: MapOf({"party": _TAG_PARTY, "counter": Int(1, MAX_SEQ)}),
+    MsgType.ANSWER: MapOf({"party": _NAME, "counter": Int(1, MAX_SEQ), "kind": OneOf("", *QUERY_KINDS),
+                           "cost": Int(0, MAX_QUERY_COST), "accepted": Bool(), "used": Int(0, MAX_QUERY_BUDGET),
+                           "refusal": OneOf(*REFUSALS)}),
 }
 
 
@@ -221,8 +235,22 @@ class ReleaseBody(TypedDict):
     parties: list[str]
 
 
+class AnswerBody(TypedDict):
+    """An ANSWER: how the solver took a party's query (its kind and cost, accepted or why not, the party's budget
+    used so far), for the coordinator's ledger; the answer itself is the encrypted frame."""
+
+    party: str
+    counter: int
+    kind: str  # "" when the query could not be authenticated
+    cost: int
+    accepted: bool
+    used: int
+    refusal: str  # one of protocol.query.REFUSALS ("" when accepted)
+
+
 BODY_TYPES: dict[MsgType, type] = {MsgType.CONTRIB: ChunkBody, MsgType.AGGREGATE: AggregateBody,
-                                   MsgType.RELEASE: ReleaseBody}  # tests keep their keys those of BODY_SCHEMA
+                                   MsgType.RELEASE: ReleaseBody, MsgType.NOTICE: ReleaseBody,
+                                   MsgType.ANSWER: AnswerBody}  # tests keep their keys those of BODY_SCHEMA
 
 
 def chunk_of(msg: Message) -> ChunkBody:
@@ -240,8 +268,9 @@ def aggregate_of(msg: Message) -> AggregateBody:
 
 
 def release_of(msg: Message) -> ReleaseBody:
-    """The body of a received RELEASE (schema-checked by ``from_frames``: a 2-entry shape of positive integers)."""
-    if msg.type is not MsgType.RELEASE:
+    """The body of a received RELEASE or NOTICE (schema-checked by ``from_frames``: a 2-entry shape of positive
+    integers)."""
+    if msg.type not in (MsgType.RELEASE, MsgType.NOTICE):
         raise ProtocolError(f"a {msg.type.value} is not a release")
     return cast(ReleaseBody, msg.body)
 
@@ -264,7 +293,17 @@ MAX_PAYLOAD_FRAMES: dict[MsgType, int] = {
     MsgType.TAGS: 2,  # [fixed-size tags sealed to the solver, party signature]
     MsgType.DECIDE: 0,
     MsgType.DECISION: 2,  # [verdicts sealed to the party, solver signature]
+    MsgType.NOTICE: 1,  # [signature]
+    MsgType.QUERY: 1,  # [encrypted query]
+    MsgType.ANSWER: 1,  # [encrypted answer], or none when the query could not be authenticated
 }
+
+
+def answer_of(msg: Message) -> AnswerBody:
+    """The body of a received ANSWER (schema-checked by ``from_frames``)."""
+    if msg.type is not MsgType.ANSWER:
+        raise ProtocolError(f"a {msg.type.value} is not an answer")
+    return cast(AnswerBody, msg.body)
 
 
 def check_tag_body(msg: Message, slots: int, parties: frozenset[str] | set[str]) -> None:

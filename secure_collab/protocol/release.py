@@ -21,7 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_collab.protection import statements
-from secure_collab.protocol.messages import Message, ProtocolError, release_of, sha256_hex
+from secure_collab.protocol.messages import Message, MsgType, ProtocolError, release_of, sha256_hex
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
 
@@ -39,20 +39,27 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -
 
 
 def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, config: str,
-                  roster: Collection[str]) -> bytes:
+                  roster: Collection[str], *, served: bool = False) -> bytes:
     """The one check of a RELEASE, run by the coordinator before it records and relays it and by a party before it
     decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names (the schema has
     bounded the shape to two positive integers), the ciphertext's sha256 as the body says, and the solver's
     signature over ``release_bytes``. Returns the ciphertext; ProtocolError otherwise. (Whether the (round, layer)
-    is expected is the caller's.)"""
-    if len(msg.frames) != 2:
-        raise ProtocolError("release carries [ΔW ciphertext, signature]")
+    is expected is the caller's.)
+
+    In a served session (``served``) the solver keeps ΔW and sends a NOTICE instead: one frame [signature] over the
+    same statement, whose sha256 is of the ciphertext the solver keeps; returns b"". A RELEASE in a served session,
+    or a NOTICE in another, is refused: the release policy is in the configuration digest every statement binds."""
+    want = MsgType.NOTICE if served else MsgType.RELEASE
+    if msg.type is not want:
+        raise ProtocolError(f"a {msg.type.value} in a session whose release is {'served' if served else 'weights'}")
+    if len(msg.frames) != (1 if served else 2):
+        raise ProtocolError("notice carries [signature]" if served else "release carries [ΔW ciphertext, signature]")
     b = release_of(msg)  # the schema has bounded it: names, a shape of two positive integers
     parties, shape = b["parties"], b["shape"]
     if not all(p in roster for p in parties) or len(set(parties)) != len(parties):
         raise ProtocolError("release body: parties must be distinct roster names")
-    ciphertext, signature = (bytes(f) for f in msg.frames)
-    if sha256_hex(ciphertext) != b["sha256"]:
+    ciphertext, signature = (b"", bytes(msg.frames[0])) if served else (bytes(f) for f in msg.frames)
+    if not served and sha256_hex(ciphertext) != b["sha256"]:
         raise ProtocolError("release: ciphertext bytes do not match their sha256")
     verify(solver_key, signature, statements.release_bytes(session, config, msg.round, msg.layer, b["attempt"],
                                                            b["dtype"], shape, b["sha256"], parties), "release")

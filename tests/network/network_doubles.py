@@ -51,6 +51,37 @@ class SyntheticEngine:
         self.w[layer] = self.w[layer] + delta
 
 
+class ToyServedModel:
+    """A stand-in for the solver's served model (``solver.serve.ServedModel``): W per layer, the sum of every ΔW
+    applied, and answers computed from it, so a test can tell exactly which ΔW the served model holds. A logprobs
+    answer is -(Σ|W|) - len(candidate) per candidate (one token each); a generate answer is Σ|W| as text. A prompt
+    of more than ``max_words`` words breaks the (toy) token bound."""
+
+    def __init__(self, cfg: Config, max_words: int = 50) -> None:
+        self.w = {lay: np.zeros((cfg.session.d_v, cfg.session.d_k)) for lay in cfg.session.layers}
+        self.max_words = max_words
+        self.answered: list[dict[str, Any]] = []  # every query answered, as the solver's host sees it (in the clear)
+
+    def apply(self, layer: int, delta: np.ndarray) -> None:
+        self.w[layer] = self.w[layer] + delta
+
+    def mass(self) -> float:
+        return float(sum(np.abs(w).sum() for w in self.w.values()))
+
+    def check(self, query: dict[str, Any]) -> None:
+        from secure_collab.protocol.schema import ProtocolError
+
+        if len(query.get("prompt", "").split()) > self.max_words:
+            raise ProtocolError(f"the prompt has more than {self.max_words} tokens")
+
+    def answer(self, query: dict[str, Any]) -> dict[str, Any]:
+        self.answered.append(query)
+        if query["kind"] == "logprobs":
+            return {"logprobs": [-self.mass() - len(c) for c in query["candidates"]],
+                    "tokens": [1] * len(query["candidates"])}
+        return {"text": f"{self.mass():.6f}"}
+
+
 def closed_form_solve(round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
                       past_g: np.ndarray | None = None) -> np.ndarray:
     """B (λI + G [+ G_past])⁻¹: the synthetic stand-in for the update rules (G_past when the rule reads it)."""

@@ -1,5 +1,6 @@
 """The trust split in the running process: a real coordinator (`secure-collab coordinator`, its own process) runs
-a whole session in each protection mode and never loads the solver, a party, or any module that handles a secret."""
+a whole session in each protection mode (and a served release, relaying queries) and never loads the solver, a
+party, or any module that handles a secret."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from network_doubles import HERE, ROOT, SyntheticEngine, Threads, closed_form_solve, make_config
+from network_doubles import HERE, ROOT, SyntheticEngine, Threads, ToyServedModel, closed_form_solve, make_config
 
 from secure_collab.protection import get_scheme
 
@@ -22,12 +23,15 @@ FORBIDDEN = {"secure_collab.protection._primitives", "secure_collab.protection.s
              "secure_collab.protection.plain"}
 
 
-@pytest.mark.parametrize("mode", ["shares", "ckks", "plain"])
-def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path, mode):
+@pytest.mark.parametrize(("mode", "release"), [("shares", "weights"), ("ckks", "weights"), ("plain", "weights"),
+                                               ("shares", "served")])
+def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path, mode, release):
     from parties import run_party
+    from parties.queries import QueryClient
     from solver.server import run_solver
 
-    cfg = make_config(tmp_path, mode=mode, network={"max_message_bytes": 64 << 20})
+    served = {"release": "served", "variant": "oneshot"} if release == "served" else {}
+    cfg = make_config(tmp_path, mode=mode, network={"max_message_bytes": 64 << 20}, **served)
     config_path = next(tmp_path.glob("config-*.toml"))
     modules = tmp_path / "modules.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), OMP_NUM_THREADS="1")
@@ -35,11 +39,19 @@ def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path
                                     "--config", str(config_path)], cwd=tmp_path, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scheme, th = get_scheme(mode), Threads()
-    th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
+    model = ToyServedModel(cfg) if served else None
+    th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve, served=model))
     for name in ("a", "b", "c"):
         engine = SyntheticEngine(name, cfg)
         th.start(name, lambda n=name, e=engine: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta))
     try:
+        if served:  # the parties end once served; then each asks the served model and says it is done
+            for name in ("a", "b", "c"):
+                th.threads[1 + "abc".index(name)].join(120)
+                with QueryClient(cfg, name) as client:
+                    assert client.ask({"kind": "logprobs", "prompt": "p", "candidates": ["x"]})["ok"]
+                    assert client.ask({"kind": "done"})["ok"]
+            assert model is not None and len(model.answered) == 3
         th.join(120)
         out, err = coordinator.communicate(timeout=60)
     finally:

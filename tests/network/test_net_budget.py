@@ -140,3 +140,25 @@ def test_an_honest_party_exchanging_tags_every_round_is_never_cut_off(tmp_path):
 
     assert rounds(PeerGuard(cfg, Clock()), grant=True)
     assert not rounds(PeerGuard(cfg, Clock()), grant=False)  # the control budget alone would cut it off
+
+
+def test_queries_to_a_served_model_are_credited_per_answer_and_a_flood_is_cut_off(tmp_path):
+    """A served release: an honest party asking 10,000 queries one after the other (each answered) at full speed is
+    never cut off; one that sends queries without waiting for answers is, after about QUERY_WINDOW × headroom of
+    them plus the control burst."""
+    from coordinator.guard import QUERY_MESSAGE_BYTES, QUERY_WINDOW
+
+    cfg = make_config(tmp_path, release="served", variant="oneshot",
+                      network={"heartbeat_s": 1.0, "max_message_bytes": 1 << 17})
+    clock = Clock()
+    guard = PeerGuard(cfg, clock)
+    guard.grant_queries("a", QUERY_WINDOW)  # the serving stage opens
+    for _ in range(10_000):
+        assert guard.admit("a", QUERY_MESSAGE_BYTES)
+        guard.grant_queries("a", 1)  # its answer is relayed
+    flood = PeerGuard(cfg, clock)
+    flood.grant_queries("a", QUERY_WINDOW)
+    sent = 0
+    while flood.admit("a", QUERY_MESSAGE_BYTES):
+        sent += 1
+    assert QUERY_WINDOW * cfg.network.budget_headroom <= sent <= QUERY_WINDOW * cfg.network.budget_headroom + 16

@@ -42,6 +42,10 @@ VALID_BODIES = {
     MsgType.TAGS: {"party": "b", "slots": 8},
     MsgType.DECIDE: {"parties": ["a", "b"]},
     MsgType.DECISION: {"party": "a", "records": [["0f" * 32, "duplicate"], ["a1" * 32, "conflict"]]},
+    MsgType.NOTICE: {"attempt": 0, "shape": [4, 6], "dtype": "<f8", "sha256": "0" * 64, "parties": ["a", "b"]},
+    MsgType.QUERY: {"party": "", "counter": 3},
+    MsgType.ANSWER: {"party": "a", "counter": 3, "kind": "logprobs", "cost": 2, "accepted": True, "used": 5,
+                     "refusal": ""},
 }
 OVERFLOWS = [2**64 - 1, 2**63, INT64_MIN]  # msgpack carries [-2**63, 2**64 - 1]; SQLite takes signed 64-bit
 
