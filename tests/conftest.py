@@ -35,3 +35,17 @@ def random_spd(d: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(d, 4 * d, generator=g, dtype=torch.float64)
     return a @ a.T / (4 * d)
+
+
+@pytest.fixture(autouse=True)
+def _our_log_levels_back():
+    """A command run in-process with -q sets our loggers to WARNING for the whole process (it is meant for a
+    process of its own): put them back after each test, so a later test that reads their INFO lines sees them."""
+    import logging
+
+    from secure_collab.progress import OUR_LOGGERS
+
+    saved = {name: logging.getLogger(name).level for name in OUR_LOGGERS}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
