@@ -298,12 +298,14 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                    "damage_kl_decoys": sum(dec) / len(dec) if dec else None, "epsilon": None,
                    **cost.get(attack, {})}
             if attack == "model" and all("query_budget" in r for r in runs):
-                curve = {}
+                curve: dict[str, dict[str, Any]] = {}
+                means: dict[str, float] = {}
                 for q in runs[0]["query_budget"]:
                     mean, lo, hi = metrics.bootstrap_ci([r["query_budget"][q] for r in runs])
                     curve[q] = {"recall_m": mean, "recall_m_ci": [lo, hi]}
+                    means[q] = mean
                 row["query_budget"] = curve
-                below = [int(q) for q, v in curve.items() if v["recall_m"] < 0.1]
+                below = [int(q) for q, v in means.items() if v < 0.1]
                 row["budget_below_0.1"] = max(below) if below else None
             rows.append(row)
     return rows
