@@ -35,7 +35,7 @@ def build_experiment(args: Namespace, say: Callable[[str], None]):
     cache = Path(args.cache_dir) if args.cache_dir else None
     requests = load_report_set(args.requests, args.offset, args.limit)
     say(f"loading {args.model}")
-    setup = public_setup(args.model, cache)
+    setup = public_setup(args.model, cache, variant=getattr(args, "variant", "sequential"))
     layer = setup.hp.layers[0]  # keys of the first edited layer come from the unedited model in both variants
     if args.candidates:
         names = read_candidates(args.candidates)

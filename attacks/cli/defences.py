@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-party", type=int, default=3, help="edits per party (default: %(default)s)")
     p.add_argument("--grid", type=_grid, default=["none", "camouflage:1", "camouflage:3", "rank:20"],
                    help="comma-separated defences (default: none,camouflage:1,camouflage:3,rank:20)")
+    p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential",
+                   help="the session's variant (a served release runs oneshot) (default: %(default)s)")
     p.add_argument("--model-floor", action="store_true",
                    help="also run the black-box attack (2 full forward passes per candidate per session)")
     p.add_argument("--distractor-records", nargs="*", default=[], help="record files whose subjects join the "
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {"meta": {"model": args.model, "requests": args.requests, "offset": args.offset, "limit": args.limit,
                     "sessions": args.sessions, "parties": args.parties, "per_party": args.per_party,
                     "grid": args.grid, "n_candidates": exp.n, "layers": list(exp.setup.hp.layers),
-                    "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed},
+                    "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed, "variant": args.variant},
            "results": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     from attacks.plots import budget_plot, defence_frontier, recall_against_cost

@@ -1,0 +1,54 @@
+"""The defence tables of docs/privacy.md from `secure-collab defences` results (markdown on stdout).
+
+    python benchmarks/defences_summary.py benchmarks/results/defences/smollm2 benchmarks/results/defences/smollm2-served
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ci(row: dict, key: str) -> str:
+    lo, hi = row[f"{key}_ci"]
+    return f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+", help="output directories of `secure-collab defences`")
+    args = ap.parse_args()
+    for d in args.dirs:
+        doc = json.loads((Path(d) / "results.json").read_text())
+        meta, rows = doc["meta"], doc["results"]
+        print(f"\n### {d}: {meta['sessions']} sessions × {meta['parties']} parties × {meta['per_party']} edits, "
+              f"{meta['n_candidates']} candidates, λ = {meta['lambda']:g}, {meta.get('variant', 'sequential')}\n")
+        print("| defence | efficacy | generalization | specificity | damage KL (public) | damage KL (decoys) |")
+        print("|---|---|---|---|---|---|")
+        seen = set()
+        for r in rows:
+            if r["defence"] in seen:
+                continue
+            seen.add(r["defence"])
+            dec = "-" if r["damage_kl_decoys"] is None else f"{r['damage_kl_decoys']:.3f}"
+            print(f"| {r['defence']} | {_ci(r, 'efficacy')} | {_ci(r, 'generalization')} | "
+                  f"{_ci(r, 'specificity')} | {_ci(r, 'damage_kl')} | {dec} |")
+        print("\n| defence | attack | recall@m [95 % CI over sessions] | recall@5m | FLOPs per candidate | queries |")
+        print("|---|---|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: (r["defence"], -r["recall_m"])):
+            print(f"| {r['defence']} | {r['attack']} | {_ci(r, 'recall_m')} | {_ci(r, 'recall_5m')} | "
+                  f"{r.get('flops_per_candidate', 0):.2e} | {r.get('queries_per_candidate', 0)} |")
+        for r in rows:
+            if r.get("query_budget"):
+                print(f"\nQuery budget ({r['defence']}, {r['attack']}, {r['queries_per_candidate']} queries per "
+                      f"candidate, no prior over the candidates):\n")
+                print("| queries per party | recall@m [95 % CI] |")
+                print("|---|---|")
+                for q, v in sorted(r["query_budget"].items(), key=lambda kv: int(kv[0])):
+                    print(f"| {int(q):,} | {v['recall_m']:.3f} [{v['recall_m_ci'][0]:.3f}, {v['recall_m_ci'][1]:.3f}] |")
+                print(f"\nLargest budget with recall@m < 0.1: {r['budget_below_0.1']}")
+
+
+if __name__ == "__main__":
+    main()
