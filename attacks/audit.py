@@ -31,6 +31,8 @@ class SessionRecord:
     releases: list[dict[str, Any]]
     traffic: dict[str, Any]
     edits: dict[str, int] = field(default_factory=dict)  # party -> edit count, when the records tell
+    policy: dict[str, Any] = field(default_factory=dict)  # the joining event's defence, release, query_budget
+    queries: dict[str, int] = field(default_factory=dict)  # served: party -> forward passes of budget it used
 
 
 def read_ledger(path: Path, session: str | None = None) -> SessionRecord:
@@ -46,11 +48,22 @@ def read_ledger(path: Path, session: str | None = None) -> SessionRecord:
     if session is not None and session not in held:
         raise ValueError(f"ledger {path} holds no session {session!r}; it holds {', '.join(held)}")
     sid = session or held[0]
-    tables = ledger.read_ledger(path, ("sessions", "roster", "messages", "handoffs", "releases"), session=sid)
+    tables = ledger.read_ledger(path, ("sessions", "roster", "messages", "handoffs", "releases", "stages",
+                                       "queries"), session=sid)
     parties = [r["name"] for r in tables["roster"] if r["name"] not in ("solver", "coordinator")]
     rec = SessionRecord(tables["sessions"][0], parties, tables["messages"], tables["handoffs"], tables["releases"],
                         ledger_traffic(path, sid))
     rec.edits = _edit_counts(path)
+    joining = [r for r in tables["stages"] if r["event"] == "joining"]
+    if joining:
+        try:
+            detail = json.loads(joining[0]["detail"])
+        except ValueError:
+            detail = {}
+        if isinstance(detail, dict):  # a ledger older than the release policies records a bare deadline
+            rec.policy = {k: detail[k] for k in ("defence", "release", "query_budget") if k in detail}
+    for q in tables["queries"]:  # `used`: the party's budget used after that query, as the solver counted it
+        rec.queries[q["party"]] = max(rec.queries.get(q["party"], 0), int(q["used"]))
     return rec
 
 
@@ -182,6 +195,11 @@ DOC_AGGREGATE = ("93 % of 30 edited subjects named from the sum over 10 parties,
 DOC_DELTA = ("93 % of the other parties' 27 edited subjects named from ΔW, chance 0.8 %; black-box use of the "
              "edited model names 47 % (docs/privacy.md, views 'delta' and 'model')")
 
+DOC_DEFENCES = ("with camouflage or rank truncation of ΔW, adaptive attacks still name most edited subjects "
+                "(docs/privacy.md, 'Defences of the release')")
+DOC_SERVED = ("the black box under a query budget: docs/privacy.md, 'Defences of the release', the served "
+              "release's budget table")
+
 
 def _measured(row: dict, what: str) -> str:
     return (f"{row['subject_top1']:.0%} of {row['m']} edited subjects named from {what}, chance "
@@ -233,13 +251,28 @@ def verdicts(rec: SessionRecord, results: dict[str, list[dict]]) -> dict[str, Ve
     figure = _measured(delta, "ΔW") if delta else DOC_DELTA
     if delta and floor:
         figure += f"; black-box use of the edited model names {floor['subject_top1']:.0%}"
+    defence = rec.policy.get("defence", "none")
+    served = rec.policy.get("release") == "served"
     for p in rec.roster:
         edits = f" ({rec.edits[p]} edits)" if p in rec.edits else ""
+        if served:
+            budget = rec.policy.get("query_budget")
+            out[f"party {p}"] = Verdict(
+                "warn", f"Party {p}{edits} never held ΔW or the edited weights (served release); it could query "
+                        f"the edited model for {budget} forward passes and used {rec.queries.get(p, 0)}: what it "
+                        "learns of the others' edits is bounded by what that many queries reveal.",
+                DOC_SERVED, "session.query_budget (lower: less to learn, and fewer questions a party can ask of "
+                            "its own edits)")
+            continue
+        why = (f"Party {p}{edits} applies ΔW, which carries every party's edits: it can tell which subjects the "
+               "others edited, not who edited them.")
+        if defence != "none":
+            why += (f" The session's release defence ({defence}) makes the cheapest attacks harder but not the "
+                    "adaptive ones.")
         out[f"party {p}"] = Verdict("leak" if delta and delta["subject_top1"] > 10 * delta["chance_top1"] else "warn",
-                                    f"Party {p}{edits} applies ΔW, which carries every party's edits: it can "
-                                    "tell which subjects the others edited, not who edited them.", figure,
-                                    "session.min_parties (attribution only); no setting hides the edited subjects, "
-                                    "since ΔW must carry them to edit the model")
+                                    why, figure if defence == "none" else DOC_DEFENCES,
+                                    "session.release = served (parties query the edited model under a budget "
+                                    "instead of holding ΔW); session.min_parties hides only who asked")
     return out
 
 

@@ -62,3 +62,27 @@ def test_each_role_has_a_verdict_a_reason_a_figure_and_a_setting(two_sessions, t
     before, details = text.split("<details>", 1)
     assert not re.search(r"χ²|chi-square|p = ", before)  # the statistics: in the details section only
     assert re.search(r"<td>a</td><td>3</td>", details)  # the edits column, from requests-a.jsonl
+
+
+def test_the_party_verdicts_follow_the_sessions_release_policy(tmp_path):
+    """From the ledger alone: a defended weights release is named in the parties' verdict (which still points to
+    the served release); a served release says the party never held ΔW and how much of its budget it used."""
+    from attacks.audit import read_ledger, verdicts
+    from test_net_served import _ask, served_config, served_session
+
+    cfg = make_config(tmp_path / "w", defence="rank:2", mode="shares")
+    assert run_session(cfg).outcome.ok
+    v = verdicts(read_ledger(cfg.paths.ledger), {})["party a"]
+    assert v.level == "warn" and "(rank:2)" in v.reason and "session.release = served" in v.setting
+    plain = make_config(tmp_path / "n", mode="shares")
+    assert run_session(plain).outcome.ok
+    assert "defence" not in verdicts(read_ledger(plain.paths.ledger), {})["party a"].reason
+
+    cfg = served_config(tmp_path / "s", budget=4)
+    with served_session(cfg):
+        assert _ask("a", cfg, {"kind": "logprobs", "prompt": "The capital of Oz is", "candidates": ["X", "Y"]})["ok"]
+        for n in "abc":
+            assert _ask(n, cfg, {"kind": "done"})["ok"]
+    v = verdicts(read_ledger(cfg.paths.ledger), {})
+    assert "never held ΔW" in v["party a"].reason and "for 4 forward passes and used 2" in v["party a"].reason
+    assert "used 0" in v["party b"].reason and "session.query_budget" in v["party b"].setting
