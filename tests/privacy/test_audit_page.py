@@ -67,8 +67,9 @@ def test_each_role_has_a_verdict_a_reason_a_figure_and_a_setting(two_sessions, t
 def test_the_party_verdicts_follow_the_sessions_release_policy(tmp_path):
     """From the ledger alone: a defended weights release is named in the parties' verdict (which still points to
     the served release); a served release says the party never held ΔW and how much of its budget it used."""
-    from attacks.audit import read_ledger, verdicts
     from test_net_served import _ask, served_config, served_session
+
+    from attacks.audit import read_ledger, verdicts
 
     cfg = make_config(tmp_path / "w", defence="rank:2", mode="shares")
     assert run_session(cfg).outcome.ok
