@@ -23,7 +23,7 @@ def test_the_setting_text_round_trips_and_refuses_what_is_not_built():
             parse_defence(bad)
     with pytest.raises(DefenceError, match="at most 100"):  # the text comes from a session file: bounded
         parse_defence("rank:" + "1" * 100)
-    for later in ("noise:1e-3", "decoys:3", "served:100", "rank:2+noise:1"):
+    for later in ("decoys:3", "served:100", "rank:2+decoys:1"):  # noise:Z is built: tests/test_noise.py
         with pytest.raises(DefenceError, match="not built yet"):
             parse_defence(later)
 
