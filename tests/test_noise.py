@@ -1,6 +1,7 @@
 """The calibrated-noise defence noise:Z (secure_collab.editing.noise, .accounting): the setting's text, clipping and the
 sensitivity Δ₂ by brute force, the noise against its formula in float64, the plan, the accountant against cases
-worked by hand and direct calls of dp-accounting, and the simulated session against a reference written here."""
+worked by hand and direct calls of dp-accounting, the plausibility slack, and the simulated session against a
+reference written here."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from secure_collab.editing.noise import (
     sensitivity,
     session_noise_plan,
 )
-from secure_collab.editing.statistics import layer_statistics
+from secure_collab.editing.statistics import LayerStats, layer_statistics
 from secure_collab.protection import encoding_frac_bits
 from secure_collab.protection.encoding import decode_fixed, encode_fixed, pack_symmetric
 from secure_collab.protection.randomness import WordSource
@@ -254,6 +255,32 @@ def test_session_epsilon_is_none_without_noise_and_counts_layers_times_rounds():
     assert got is not None and got.releases == 10 and got.delta == 1e-8
     assert got == plan_epsilon(session_noise_plan(Defence(noise=1.0), s), 1e-8, 5, 2)
     assert got.summary()["epsilon"] == got.session > got.per_release
+
+
+# ----------------------------------------------------------------------------------------- plausibility slack
+
+def test_the_checks_allow_for_the_noise_and_nothing_more():
+    """An honest noised sum (3 parties' noise on statistics at the declared bounds) fails the psd and trace checks
+    without the noise slack and passes with it; a sum far beyond the bounds still fails with it."""
+    from secure_collab.protocol.plausibility import Bounds, plausibility_problems
+
+    d_k, d_v, parties = 40, 6, 3
+    plan = plan_noise(1.0, 2.0, 3.0, parties, d_k, d_v, SHARES_BITS, 5, 1e5)
+    g = torch.Generator().manual_seed(8)
+    keys = clip_rows(torch.randn(6, d_k, generator=g, dtype=torch.float64) * 9, 2.0)
+    resid = clip_rows(torch.randn(6, d_v, generator=g, dtype=torch.float64) * 9, 3.0)
+    clean = layer_statistics(keys, resid)
+    noised = [PartyNoise(plan, WordSource(bytes([p]) * 32))(LayerStats(clean.g / parties, clean.b / parties), 0, 1)
+              for p in range(parties)]
+    total_g = sum(s.g for s in noised).numpy()
+    total_b = sum(s.b for s in noised).numpy()
+    plain = Bounds(2.0, 3.0, 5)
+    noisy = Bounds(2.0, 3.0, 5, noise=plan.sigma)
+    assert {p.check for p in plausibility_problems(total_g, total_b, 6.0, parties, plain)} >= {"psd"}
+    assert plausibility_problems(total_g, total_b, 6.0, parties, noisy) == []
+    far = plausibility_problems(total_g + 50 * plan.sigma_total * np.sqrt(d_k) * np.eye(d_k), total_b * 400, 6.0,
+                                parties, noisy)
+    assert {p.check for p in far} == {"trace", "residual"}
 
 
 # ----------------------------------------------------------------------------------------- the simulated session
