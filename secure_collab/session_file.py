@@ -48,7 +48,9 @@ COMMENTS: dict[str, str] = {
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
     "template_seed": "seed the context templates below were generated with",
     "defence": "release defences, joined with '+': none | camouflage:S (each party mixes secret public decoy keys "
-               "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K); docs/privacy.md",
+               "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K) | noise:Z (each party clips "
+               "to key_norm_bound, residual_norm_bound and adds discrete Gaussian noise, σ = Z·sensitivity over "
+               "min_parties; delta:D sets the δ of its ε); docs/privacy.md, docs/dp.md",
     # [session.hparams]
     "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹ (memit-dynamic: of earlier rounds' ΣKKᵀ too)",
     "v_lr": "target optimisation: Adam learning rate",
@@ -224,13 +226,22 @@ def parse_parties(text: str) -> tuple[str, ...]:
     return names
 
 
+def _dp(config: Config) -> dict[str, Any] | None:
+    """The (ε, δ) of the session's noise (``editing.accounting.session_epsilon``), or None without noise."""
+    from secure_collab.editing.accounting import session_epsilon
+    from secure_collab.editing.defences import parse_defence
+
+    dp = session_epsilon(parse_defence(config.session.defence), config)
+    return None if dp is None else dp.summary()
+
+
 def describe(config: Config) -> dict[str, Any]:
     """What sites compare out of band before a session: its digest, the model and every roster key."""
     s = config.session
     return {
         "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
         "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
-        "min_parties": s.min_parties, "defence": s.defence, "parties": sorted(config.roster.parties),
+        "min_parties": s.min_parties, "defence": s.defence, "dp": _dp(config), "parties": sorted(config.roster.parties),
         "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
         "coordinator_endpoint": config.network.coordinator_endpoint,
         "coordinator_bind": config.network.coordinator_bind,

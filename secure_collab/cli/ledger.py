@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _defences(stages: list[dict[str, Any]]) -> dict[str, str]:
-    """{session: the release defences its coordinator recorded when the session (or its resumption) started}."""
+    """{session: the release defences its coordinator recorded when the session (or its resumption) started, with the
+    (ε, δ) of its noise when it has some}."""
     import json
 
     out = {}
@@ -75,7 +76,13 @@ def _defences(stages: list[dict[str, Any]]) -> dict[str, str]:
         except ValueError:
             detail = {}
         defence = detail.get("defence") if isinstance(detail, dict) else None
-        out[r["session_id"]] = defence if isinstance(defence, str) else "not recorded (a ledger from before defences)"
+        if not isinstance(defence, str):
+            out[r["session_id"]] = "not recorded (a ledger from before defences)"
+            continue
+        eps, delta = detail.get("epsilon"), detail.get("delta")
+        if isinstance(eps, int | float) and isinstance(delta, int | float):  # noise:Z: the session's (ε, δ)
+            defence += f", (ε, δ) = ({eps:.4g}, {delta:g}) over all its releases"
+        out[r["session_id"]] = defence
     return out
 
 

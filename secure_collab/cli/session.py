@@ -144,6 +144,13 @@ def _print(args: argparse.Namespace, info: dict) -> None:
     say(args, f"  model           {info['model']}, weights sha256 {info['weights_digest'] or '(unchecked)'}")
     say(args, f"  {info['mode']}, {info['variant']}, layers {info['layers']}, d_k {info['d_k']}, d_v {info['d_v']}, "
               f"min_parties {info['min_parties']}, defence {info['defence']}")
+    dp = info.get("dp")
+    if dp is not None:  # noise:Z: what its (ε, δ) is, per release and over the session
+        say(args, f"  noise           σ {dp['sigma_per_party']:.4g} per party ({dp['sigma_total']:.4g} over "
+                  f"min_parties), sensitivity {dp['sensitivity']:.4g} (κ {dp['key_norm_bound']:g}, "
+                  f"ρ {dp['residual_norm_bound']:g})")
+        say(args, f"  (ε, δ)          ({dp['epsilon']:.4g}, {dp['delta']:g}) over {dp['releases']} releases; "
+                  f"({dp['epsilon_per_release']:.4g}, {dp['delta']:g}) per release (docs/dp.md)")
     say(args, f"  roster sha256   {info['roster_sha256']}   <- pinned; fingerprints:")
     for who, fp in info["fingerprints"].items():
         say(args, f"    {who:<20} {fp}")
