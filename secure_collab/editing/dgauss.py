@@ -21,9 +21,10 @@ Algorithm 1 every candidate has the same b, so the division is by one scalar. No
 same algorithm in Python integers (``_bern_exp_exact``), so the sampler is exact without a cut-off.
 
 Vectorised with numpy: a batch of candidates goes through each step together, the rejected ones are drawn again.
-Speed, one thread of this 2-core machine, AES-256-CTR words (``protection.randomness``), σ = 2^23:
-about 2.4 million values per second (measured by ``python -m secure_collab.editing.dgauss``; docs/dp.md). SmolLM2's
-2.06 million values per layer (G's triangle and B) take under a second.
+Speed, one thread of this 2-core machine, AES-256-CTR words (``protection.randomness``), σ = 2^23 (a session's σ_g):
+2.9 million values per second with the other core busy, 1.6 million with the machine loaded to 3
+(``OMP_NUM_THREADS=1 python -m secure_collab.editing.dgauss``; docs/dp.md). SmolLM2's 2.07 million values per layer
+(G's triangle and B) took 0.8 to 1.0 s with the party's rounding and mirroring.
 """
 
 from __future__ import annotations
