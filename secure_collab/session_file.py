@@ -43,6 +43,9 @@ COMMENTS: dict[str, str] = {
     "min_parties": "the solver opens no sum of fewer parties' statistics",
     "roster_sha256": "digest of the roster's fingerprints, agreed out of band: every role refuses another roster",
     "value_bound": "declared max |entry| of one party's statistic; parties refuse to send beyond it (at most 2**100)",
+    "key_norm_bound": "declared max ‖k‖ of one key: a plausibility bound, and with noise:Z the keys' clipping norm κ",
+    "residual_norm_bound": "declared max ‖r‖ of one residual: a plausibility bound, and with noise:Z the residuals' "
+                           "clipping norm ρ (SmolLM2: κ = 16, ρ = 32 clip few; docs/dp.md)",
     "chunk_values": "values per message",
     "model": "the base model every party and the solver load (a built-in name, a directory or a hub id)",
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
@@ -102,6 +105,8 @@ class SessionChoices:
     lam: float | None = None  # None: the model's tuned default
     min_parties: int = 2
     value_bound: float = 1e5
+    key_norm_bound: float = 1e3  # κ (SessionConfig's default)
+    residual_norm_bound: float = 1e3  # ρ
     precision_bits: int | None = None  # ckks only
     session_id: str | None = None
     dtype: str = "auto"
@@ -156,7 +161,8 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
         "id": choices.session_id or f"session-{datetime.date.today():%Y%m%d}-{secrets.token_hex(3)}",
         "mode": choices.mode, "variant": choices.variant, "rounds": choices.rounds, "layers": list(hp.layers),
         "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
-        "value_bound": choices.value_bound,
+        "value_bound": choices.value_bound, "key_norm_bound": choices.key_norm_bound,
+        "residual_norm_bound": choices.residual_norm_bound,
         "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
         "template_seed": hp.template_seed, "defence": choices.defence, "hparams": table,
         "protection": {"precision_bits": choices.precision_bits} if choices.precision_bits is not None else {},

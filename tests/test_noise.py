@@ -124,6 +124,8 @@ def test_the_plan_calibrates_sigma_on_the_encodings_grid():
         plan_noise(1e-6, 1e-3, 1e-3, 3, 64, 48, ckks, 20, 1e5)
     with pytest.raises(ValueError, match="multiplier"):
         plan_noise(0.0, 16.0, 32.0, 3, 64, 48, SHARES_BITS, 20, 1e5)
+    with pytest.raises(ValueError, match="leaves no room for 40σ"):  # the default bounds (1000) and value_bound
+        plan_noise(1.0, 1e3, 1e3, 3, 64, 48, SHARES_BITS, 20, 1e5)
     session = SimpleNamespace(mode="shares", value_bound=1e5, protection={}, key_norm_bound=16.0,
                               residual_norm_bound=32.0, min_parties=3, d_k=64, d_v=48, max_edits_per_party=20)
     assert session_noise_plan(Defence(rank=3), session) is None
@@ -374,7 +376,7 @@ def test_noise_needs_its_plan_and_leaves_the_camouflage_draws_alone(tiny, capita
         sent.append(out[0])
         return out
 
-    plan = plan_noise(1.0, 100.0, 100.0, 2, d_k, d_v, SHARES_BITS, 5, 1e5)
+    plan = plan_noise(1.0, 100.0, 100.0, 2, d_k, d_v, SHARES_BITS, 5, 1e7)
     saved = snapshot(tiny, hp.layers)
     try:
         defences.camouflage = spy

@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # torch and the hazmat-backed word source load where they run
 
 CLIP_MARGIN = 2.0**-30  # clipped norms are at most κ (1 − 2^-30) as computed: at most κ in exact arithmetic
 SIGMA_BITS = 24  # σ_g ≤ 2^SIGMA_BITS grid steps (dgauss.MAX_SIGMA): the sampler's integers stay in 64 bits
+HEADROOM = 40  # value_bound must leave this many σ for the noise (beyond it with probability below 1e-340)
 _UNIT_ROUNDOFF = 2.0**-53
 assert 1 << SIGMA_BITS == MAX_SIGMA
 
@@ -142,6 +143,12 @@ def plan_noise(multiplier: float, key_norm: float, residual_norm: float, min_par
         raise ValueError(f"the noise grid 2^{-grid_bits} is too fine for value_bound={value_bound:g}: float64 "
                          "would round the noised values")
     sigma_grid = math.ceil(target * 2.0**grid_bits)
+    if HEADROOM * target > value_bound:
+        d2 = sensitivity(key_norm, residual_norm)
+        raise ValueError(f"noise:{multiplier:g} gives each party σ = {target:.4g} (Δ₂ = {d2:.4g} for κ = "
+                         f"{key_norm:g}, ρ = {residual_norm:g}): value_bound={value_bound:g} leaves no room for "
+                         f"{HEADROOM}σ of it; declare bounds κ, ρ that fit the model (docs/dp.md) or a larger "
+                         "value_bound")
     if target < 2.0**-grid_bits:
         raise ValueError(f"noise:{multiplier:g} gives each party σ = {target:.3g}, below the encoding's step "
                          f"{2.0**-grid_bits:.3g}: raise the multiplier or lower value_bound")

@@ -30,7 +30,8 @@ def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path
     from parties import run_party
     from solver.server import run_solver
 
-    cfg = make_config(tmp_path, mode=mode, defence=defence, network={"max_message_bytes": 64 << 20})
+    room = {"value_bound": 1e8} if defence != "none" else {}  # for 40σ of noise at the default κ = ρ = 1000
+    cfg = make_config(tmp_path, mode=mode, defence=defence, network={"max_message_bytes": 64 << 20}, **room)
     config_path = next(tmp_path.glob("config-*.toml"))
     modules = tmp_path / "modules.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), OMP_NUM_THREADS="1")

@@ -279,3 +279,26 @@ def test_epsilon_is_null_without_noise_and_a_noise_that_does_not_fit_is_refused_
     assert "below the encoding's step" in message
     assert main(["session", "show", "--config", str(next((tmp_path / "bad").glob("config-*.toml")))]) == 2
     assert "below the encoding's step" in _one_line_error(capsys, "session")
+
+
+def test_session_init_declares_the_clipping_bounds_and_refuses_noise_that_does_not_fit(tmp_path, capsys):
+    from secure_collab.keys import init_keys
+
+    init_keys(tmp_path / "keys", ["a", "b", "c"])
+    common = ["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"),
+              "--id", "s-noise", "--cache-dir", str(tmp_path / "cache"), "-q", "--defence", "noise:2"]
+    out = tmp_path / "noised.toml"
+    assert main([*common, "--out", str(out), "--key-norm-bound", "16", "--residual-norm-bound", "32"]) == 0
+    session = tomllib.loads(out.read_text())["session"]
+    assert (session["key_norm_bound"], session["residual_norm_bound"], session["defence"]) == (16.0, 32.0, "noise:2")
+    capsys.readouterr()
+    assert main(["session", "show", "--config", str(out), "--json", "-"]) == 0
+    shown = capsys.readouterr()
+    dp = json.loads(shown.out)["dp"]
+    releases = len(session["layers"]) * session["rounds"]
+    assert dp["sensitivity"] == pytest.approx(16 * (16**2 + 32**2) ** 0.5) and dp["releases"] == releases
+    assert f"({dp['epsilon']:.4g}, 1e-06) over {releases} releases" in shown.err
+    # the default bounds (1000) leave a noise of σ ≈ 10^6 per party: refused in one line, nothing written
+    assert main([*common, "--out", str(tmp_path / "bad.toml")]) == 2
+    assert "leaves no room for 40σ" in _one_line_error(capsys, "session")
+    assert not (tmp_path / "bad.toml").exists()
