@@ -70,6 +70,9 @@ def test_bad_grid_and_too_few_records_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["defences", "--grid", "none,decoys:1", "--out", str(tmp_path)], entry_points=EPS)
     assert "not built yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # `attack` has no session bounds for noise:Z's plan: the sweep measures it
+        main(["attack", "--defence", "noise:1", "--out", str(tmp_path)], entry_points=EPS)
+    assert "measured by `secure-collab defences`" in capsys.readouterr().err
     rc = main(["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "5", "--out",
                str(tmp_path)], entry_points=EPS)
     err = capsys.readouterr().err
