@@ -16,7 +16,7 @@ over fewer bounds is still a bound). Each bound is a (ξ, ρ)-zCDP event, D_α �
 composes L layers × R rounds (``SelfComposedDpEvent``) and converts to (ε, δ). We compose each bound separately
 and keep the smaller ε: both are valid for every release. (The brief quoted the theorem's ½ε²-CDP form as
 ε = sqrt(Δ²/(nσ²) + ½τd); folding τd into the α term of the first bound gives sqrt(Δ²/(nσ²) + 2τd) instead. Passing
-ξ = τd as it stands avoids the question; at the σ_g ≥ 2^10 a session uses, τ underflows to 0 and both agree.)
+ξ = τd as it stands avoids the question; from σ_g ≥ 3 on, τ < 1e-37 and both agree.)
 
 What ε covers: ΔW and everything else computed from the noised sums (the solver's past ΣG, the release). Not
 covered: the edit count N (it reaches only the solver, and ΔW does not depend on it), the tags of dedupe and
