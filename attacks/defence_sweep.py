@@ -4,7 +4,11 @@ A session: ``parties`` parties × ``per_party`` edits, the edits of session s be
 [s·m, (s+1)·m) of the report set (sessions share no edit). For every defence of the grid the session's ΔW comes
 from ``run_edit(method="collab", defence=...)``, the simulation of the networked session with the same party-side
 camouflage and solver-side truncation; each party's decoy draws come from a generator seeded by (seed, session,
-party) so that a run reproduces (the networked party uses its CSPRNG; the attacker never uses these seeds).
+party) so that a run reproduces (the networked party uses its CSPRNG; the attacker never uses these seeds); with
+``noise:Z`` each party clips to the sweep's declared bounds κ, ρ and adds its discrete Gaussian (words keyed from the
+same generator), calibrated as a networked session of these parties with min_parties = parties, the shares
+encoding of the session file's default value_bound and the edited layers × 1 round, and the rows carry that
+session's ε (``editing.accounting``) at the defence's δ.
 
 What the attacker holds (the `delta` view, any party, stated exactly): the public model, C and λ, the session's
 context templates, the released ΔW of every edited layer, the defence setting and its rule (scale, mix, the decoy
@@ -46,6 +50,7 @@ from typing import Any
 import torch
 
 from attacks import metrics, spectral, subspace
+from attacks.bounds import KEY_NORM_BOUND, RESIDUAL_NORM_BOUND
 from attacks.runner import Experiment
 from attacks.session_views import MODEL_PROMPTS, _load
 from attacks.target import model_shift_scores, next_token_logprobs
@@ -64,6 +69,8 @@ class Sweep:
     model_floor: bool = False
     seed: int = 0
     say: Callable[[str], None] = print
+    key_norm_bound: float = KEY_NORM_BOUND  # κ of noise:Z
+    residual_norm_bound: float = RESIDUAL_NORM_BOUND  # ρ of noise:Z
     _layer_keys: dict[int, torch.Tensor] = field(default_factory=dict)
     _pool: list[str] = field(default_factory=list)
     _pool_keys: torch.Tensor | None = None
@@ -109,6 +116,32 @@ class Sweep:
 
     def rngs(self, s: int) -> list[random.Random]:
         return [random.Random(f"{self.seed}/{s}/{k}") for k in range(self.parties)]
+
+    def noise_plan(self, defence: Defence) -> Any:
+        """The ``editing.noise.NoisePlan`` of ``defence`` in these sessions (None without noise): min_parties =
+        parties, the shares encoding of a session file's default value_bound, per_party edits per party."""
+        if not defence.noise:
+            return None
+        from secure_collab.editing.noise import plan_noise
+        from secure_collab.models.specs import down_weight
+        from secure_collab.protection import encoding_frac_bits
+        from secure_collab.protocol.messages import MAX_PARTIES
+        from secure_collab.session_file import SessionChoices
+
+        lm, hp = self.exp.setup.lm, self.exp.setup.hp
+        d_v, d_k = down_weight(lm.model, lm.spec, hp.layers[0]).shape
+        bound = SessionChoices.value_bound
+        return plan_noise(defence.noise, self.key_norm_bound, self.residual_norm_bound, self.parties, d_k, d_v,
+                          encoding_frac_bits("shares", bound, MAX_PARTIES), self.per_party, bound)
+
+    def epsilon(self, defence: Defence) -> float | None:
+        """ε at the defence's δ over the edited layers (one round), or None without noise."""
+        plan = self.noise_plan(defence)
+        if plan is None:
+            return None
+        from secure_collab.editing.accounting import plan_epsilon
+
+        return plan_epsilon(plan, defence.delta, len(self.exp.setup.hp.layers), 1).session
 
 
 def forward_flops(lm, tokens: float, upto_layer: int | None = None) -> float:
@@ -171,7 +204,7 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
     flat = [r for p in parties for r in p]
     targets = [targets_for(setup, p, lambda _m: None) for p in parties]
     sw.say(f"session {s}, defence {defence.spec()}: collaborative edit of {sw.parties} × {sw.per_party}")
-    dv = delta_view(setup, parties, targets, defence, sw.rngs(s))
+    dv = delta_view(setup, parties, targets, defence, sw.rngs(s), sw.noise_plan(defence))
     saved = snapshot(lm, hp.layers)
     _load(lm, dv.edited)
     try:
@@ -276,9 +309,10 @@ def costs(sw: Sweep) -> dict[str, dict[str, float]]:
     return out
 
 
-def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], chance: float
-              ) -> list[dict[str, Any]]:
-    """Rows per (defence, attack): means over sessions with 95 % bootstrap intervals over sessions."""
+def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], chance: float,
+              epsilons: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
+    """Rows per (defence, attack): means over sessions with 95 % bootstrap intervals over sessions. ``epsilons``:
+    the session ε of each defence (``Sweep.epsilon``; None, or absent: no noise)."""
     rows = []
     by_def: dict[str, list[dict]] = {}
     for r in results:
@@ -295,7 +329,8 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                    "sessions": len(rm), "m": runs[0]["m"], "recall_m": a[0], "recall_m_ci": [a[1], a[2]],
                    "recall_5m": b[0], "recall_5m_ci": [b[1], b[2]], "chance_m": chance,
                    **{k: v[0] for k, v in util.items()}, **{f"{k}_ci": [v[1], v[2]] for k, v in util.items()},
-                   "damage_kl_decoys": sum(dec) / len(dec) if dec else None, "epsilon": None,
+                   "damage_kl_decoys": sum(dec) / len(dec) if dec else None,
+                   "epsilon": (epsilons or {}).get(defence),
                    **cost.get(attack, {})}
             if attack == "model" and all("query_budget" in r for r in runs):
                 curve: dict[str, dict[str, Any]] = {}

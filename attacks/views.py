@@ -109,19 +109,20 @@ class DeltaView:
 
 
 def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[TargetResult], defence: Any = None,
-               rngs: list | None = None) -> DeltaView:
+               rngs: list | None = None, noise_plan: Any = None) -> DeltaView:
     """ΔW of a collaborative session, by the single-machine simulation ``run_edit(method="collab")``.
 
     The networked session releases the same ΔW (tests/test_demo.py checks it against Global-Edit); the
     simulation lets the attack run without the network. The model is restored afterwards; the edited weights
-    are returned for the `model` view. ``defence`` (``editing.defences.Defence``) and ``rngs`` (one generator per
-    party for its decoy draws) are passed to ``run_edit``.
+    are returned for the `model` view. ``defence`` (``editing.defences.Defence``), ``rngs`` (one generator per
+    party for its decoy draws and noise key) and ``noise_plan`` (``editing.noise.NoisePlan``, with noise) are passed
+    to ``run_edit``.
     """
     lm, hp = setup.lm, setup.hp
     saved = snapshot(lm, hp.layers)
     try:
         out = run_edit(lm, parties, hp, setup.covs(), "collab", setup.templates, targets=targets, defence=defence,
-                       rngs=rngs)
+                       rngs=rngs, noise_plan=noise_plan)
         edited = snapshot(lm, hp.layers)
     finally:
         from secure_collab.editing.memit import restore

@@ -46,7 +46,8 @@ def main() -> None:
                 print("| queries per party | recall@m [95 % CI] |")
                 print("|---|---|")
                 for q, v in sorted(r["query_budget"].items(), key=lambda kv: int(kv[0])):
-                    print(f"| {int(q):,} | {v['recall_m']:.3f} [{v['recall_m_ci'][0]:.3f}, {v['recall_m_ci'][1]:.3f}] |")
+                    lo, hi = v["recall_m_ci"]
+                    print(f"| {int(q):,} | {v['recall_m']:.3f} [{lo:.3f}, {hi:.3f}] |")
                 print(f"\nLargest budget with recall@m < 0.1: {r['budget_below_0.1']}")
 
 

@@ -33,6 +33,7 @@ from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
 from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step, TagPhase
 from coordinator.watching import WaitWatch, waiting_for
 from secure_collab.config import Config
+from secure_collab.editing.accounting import session_epsilon
 from secure_collab.editing.defences import parse_defence
 from secure_collab.keys import CurveKeyPair, load_curve_pair
 from secure_collab.ledger import Ledger, StoredRelease
@@ -230,10 +231,16 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         deadline = self.clock() + self.cfg.network.join_timeout_s
         parties = set(self.cfg.roster.parties)
         # the join deadline in wall time, for `secure-collab status` (the ledger records no other start), and the
-        # session's release defences and release policy, so the ledger says what the session used (`ledger show`)
+        # session's release defences with the (ε, δ) of its noise (ε null without noise; public arithmetic on the
+        # session file) and its release policy, so the ledger says what the session used (`secure-collab ledger show`)
+        defence = parse_defence(self.s.defence)
+        dp = session_epsilon(defence, self.cfg)
         self.ledger.stage_event(self.s.id, -1, (), -1, "joining",
                                 json.dumps({"deadline": time.time() + self.cfg.network.join_timeout_s,
-                                            "defence": parse_defence(self.s.defence).spec(),
+                                            "defence": defence.spec(),
+                                            "epsilon": None if dp is None else dp.session,
+                                            "epsilon_per_release": None if dp is None else dp.per_release,
+                                            "delta": None if dp is None else dp.delta,
                                             "release": self.s.release,
                                             "query_budget": self.s.query_budget if self.s.served else None}))
 

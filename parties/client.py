@@ -33,6 +33,8 @@ from parties.queries import QueryChannel
 from parties.status import StatusFile
 from parties.tags import PartyTags, Tagger
 from secure_collab.config import STATISTICS, Config
+from secure_collab.editing.defences import parse_defence
+from secure_collab.editing.noise import session_noise_plan
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
 from secure_collab.protection.sealing import decrypt_release
@@ -130,6 +132,8 @@ class Party:
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
         self.idle_limit = net.join_timeout_s + net.stage_timeout_s * len(config.roster.parties) + net.solve_timeout_s
         self.status = StatusFile(config, name, self.log)
+        # noise:Z: what this party's engine adds (the same plan on every role), so the checks below allow for it
+        self.noise_plan = session_noise_plan(parse_defence(config.session.defence), config.session)
         self.fact_tags = (PartyTags(config.session, config.digest, name, ident, config.roster.signing_public(), tagger,
                                len(config.roster.parties))
                      if config.session.tags and tagger is not None else None)
@@ -291,6 +295,9 @@ class Party:
             self.secrets = self.scheme.join(public, bundles, self.name, self.identity.sealing.private_bytes_raw())
         except (ProtocolError, ProtectionError) as exc:
             raise Fatal(str(exc)) from None
+        if self.noise_plan is not None and self.scheme.frac_bits(public) < self.noise_plan.grid_bits:
+            raise Fatal(f"setup: the encoding step 2^-{self.scheme.frac_bits(public)} is coarser than the noise grid "
+                        f"2^-{self.noise_plan.grid_bits}: the noise would be rounded, not added as accounted")
         self.public = public
         self._waiting("joined", "(waiting for the first step)", joined=True)
         self.log.info("the solver's signed setup verifies (%s, layers %s)", self.s.mode, list(self.s.layers))
@@ -368,8 +375,10 @@ class Party:
                         f"{s.value_bound:.6g}; raise value_bound in the session configuration")
         if n > s.max_edits_per_party:
             raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
+        noise = self.noise_plan.sigma if self.noise_plan is not None else 0.0  # as sent: clipped, then noised
         problems = plausibility_problems(g, b.reshape(s.d_v, s.d_k), n, 1,
-                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party),
+                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party,
+                                                noise=noise),
                                          fewest=0)  # nothing to edit this round: zeros are honest
         if problems:
             raise Fatal(f"layer {layer}: this party's statistics break the session's bounds "

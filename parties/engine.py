@@ -9,7 +9,10 @@ all layers' statistics come from the round's starting model (the network loop as
 
 With ``session.defence`` camouflage on, every key and residual is camouflaged before G and B are formed
 (``editing.defences.PartyCamouflage``: decoy subjects drawn once per session by the party's CSPRNG, a fresh mix per
-key and layer); the solver and everything after it see only the camouflaged statistics.
+key and layer); the solver and everything after it see only the camouflaged statistics. With noise on
+(``editing.noise.PartyNoise``), the (camouflaged) keys and residuals are clipped to the session's declared bounds and
+every value of G and B gets this party's discrete Gaussian, drawn from AES-CTR words under a secret key made once per
+session (a retried step gets the same noise); an empty round's zeros get it too.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from secure_collab.editing.augment import augmented_requests
 from secure_collab.editing.defences import PartyCamouflage, parse_defence
 from secure_collab.editing.hparams import auto_request_batch
 from secure_collab.editing.memit import current_outputs, party_layer_stats
+from secure_collab.editing.noise import PartyNoise, noise_source, session_noise_plan
 from secure_collab.editing.session import requests_by_round, session_hparams
+from secure_collab.editing.statistics import LayerStats
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
@@ -44,7 +49,8 @@ class PartyEditor:
         ``round`` field, else contiguous blocks; see ``requests_by_round``); ``target_cache``: z* read from and
         written to the per-request cache (``editing/target_cache.py``); ``defence_rng``: the camouflage's
         randomness (default ``random.SystemRandom()``, a CSPRNG: the decoys are this party's secret; tests pass
-        a seeded ``random.Random``)."""
+        a seeded ``random.Random``) and the key of the noise's words (default a fresh secret key; for a seeded
+        generator a key derived from its state, ``editing.noise.noise_source``)."""
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
         from secure_collab.preflight import check_model, check_templates
@@ -64,7 +70,14 @@ class PartyEditor:
             self.lm, self.hp.n_templates, self.hp.template_length, self.hp.template_seed, cache)
         self.requests = requests
         self.rounds = rounds if rounds is not None else requests_by_round([requests], session.rounds)
-        self.camouflage = self._camouflage(parse_defence(session.defence).camouflage, defence_rng)
+        defence = parse_defence(session.defence)
+        plan = session_noise_plan(defence, session)
+        # keyed from the generator's state before the camouflage draws from it (as run_edit does)
+        self.noise = PartyNoise(plan, noise_source(defence_rng)) if plan is not None else None
+        if plan is not None:
+            self.log(f"noise on: keys clipped to ‖k‖ ≤ {plan.key_norm:g}, residuals to ‖r‖ ≤ {plan.residual_norm:g}; "
+                     f"each value gets a discrete Gaussian of σ = {plan.sigma:.4g} (grid {plan.grid:.3g})")
+        self.camouflage = self._camouflage(defence.camouflage, defence_rng)
         self.targets: dict[int, TargetResult] = {}
         self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
         self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
@@ -153,7 +166,10 @@ class PartyEditor:
         if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
             # unless session.answer_pad_s hides it)
             d_v, d_k = self.s.d_v, self.s.d_k
-            out = {"G": np.zeros((d_k, d_k)), "B": np.zeros((d_v, d_k)), "N": 0}
+            zeros = LayerStats(torch.zeros(d_k, d_k, dtype=torch.float64), torch.zeros(d_v, d_k, dtype=torch.float64))
+            if self.noise is not None:  # the noise is counted on: a party with nothing to edit adds it all the same
+                zeros = self.noise(zeros, round_, layer)
+            out = {"G": zeros.g.numpy(), "B": zeros.b.numpy(), "N": 0}
         else:
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
@@ -161,7 +177,8 @@ class PartyEditor:
                     self.oneshot_cur[round_] = current_outputs(self.lm, reqs, self.hp)
                 cur = self.oneshot_cur[round_]
             stats = party_layer_stats(self.lm, reqs, self.targets[round_].z, layer, self.hp, self.templates, cur,
-                                      self.weights.get(round_), camouflage=self.camouflage)
+                                      self.weights.get(round_), camouflage=self.camouflage, noise=self.noise,
+                                      round_=round_)
             out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out

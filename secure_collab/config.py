@@ -32,8 +32,9 @@ the meaning of every key. Its shape (every field of [session] is bound into each
                                  # default roster order)
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
-    defence = "none"             # none | camouflage:S (parties) | rank:K (solver), joined with '+'
-                                 # (secure_collab.editing.defences; docs/privacy.md)
+    defence = "none"             # none | camouflage:S (parties) | rank:K (solver) | noise:Z (parties; clips to
+                                 # key_norm_bound, residual_norm_bound) [delta:D], joined with '+'
+                                 # (secure_collab.editing.defences; docs/privacy.md, docs/dp.md)
     release = "weights"          # weights: every party receives ΔW | served: only the solver's host applies it and
                                  # answers the parties' end-to-end encrypted queries (docs/network.md); served
                                  # needs variant "oneshot" and one round (parties keep the base model)
@@ -350,7 +351,7 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
     from secure_collab.editing.defences import DefenceError, parse_defence
 
     try:
-        parse_defence(s.defence)
+        defence = parse_defence(s.defence)
     except DefenceError as exc:
         raise ConfigError(f"session.defence: {exc}") from None
     if s.release not in RELEASES:
@@ -362,6 +363,12 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         # round's targets) would need the edited weights, which a served release never hands out
         raise ConfigError("session.release = \"served\" needs variant = \"oneshot\" and rounds = 1: the parties keep "
                           "the base model, so every statistic must come from it")
+    from secure_collab.editing.noise import session_noise_plan
+
+    try:  # noise:Z must fit the declared bounds and the encoding (docs/dp.md)
+        session_noise_plan(defence, s)
+    except ValueError as exc:
+        raise ConfigError(f"session.defence: {exc}") from None
     if s.tags and s.tag_slots > wire.MAX_TAG_SLOTS:
         raise ConfigError(f"session.max_edits_per_party must be <= {wire.MAX_TAG_SLOTS // 2} with dedupe or a "
                           "conflict policy (two tag slots per request)")

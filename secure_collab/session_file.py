@@ -43,12 +43,17 @@ COMMENTS: dict[str, str] = {
     "min_parties": "the solver opens no sum of fewer parties' statistics",
     "roster_sha256": "digest of the roster's fingerprints, agreed out of band: every role refuses another roster",
     "value_bound": "declared max |entry| of one party's statistic; parties refuse to send beyond it (at most 2**100)",
+    "key_norm_bound": "declared max ‖k‖ of one key: a plausibility bound, and with noise:Z the keys' clipping norm κ",
+    "residual_norm_bound": "declared max ‖r‖ of one residual: a plausibility bound, and with noise:Z the residuals' "
+                           "clipping norm ρ (SmolLM2: κ = 16, ρ = 32 clip few; docs/dp.md)",
     "chunk_values": "values per message",
     "model": "the base model every party and the solver load (a built-in name, a directory or a hub id)",
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
     "template_seed": "seed the context templates below were generated with",
     "defence": "release defences, joined with '+': none | camouflage:S (each party mixes secret public decoy keys "
-               "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K); docs/privacy.md",
+               "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K) | noise:Z (each party clips "
+               "to key_norm_bound, residual_norm_bound and adds discrete Gaussian noise, σ = Z·sensitivity over "
+               "min_parties; delta:D sets the δ of its ε); docs/privacy.md, docs/dp.md",
     "release": "weights (every party receives ΔW and applies it) | served (only the solver's host applies ΔW and "
                "answers each party's end-to-end encrypted queries within query_budget); docs/network.md",
     "query_budget": "served: forward passes each party may ask the served model for in this session (at most 10**7)",
@@ -104,6 +109,8 @@ class SessionChoices:
     lam: float | None = None  # None: the model's tuned default
     min_parties: int = 2
     value_bound: float = 1e5
+    key_norm_bound: float = 1e3  # κ (SessionConfig's default)
+    residual_norm_bound: float = 1e3  # ρ
     precision_bits: int | None = None  # ckks only
     session_id: str | None = None
     dtype: str = "auto"
@@ -170,7 +177,8 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
         "id": choices.session_id or f"session-{datetime.date.today():%Y%m%d}-{secrets.token_hex(3)}",
         "mode": choices.mode, "variant": choices.variant, "rounds": choices.rounds, "layers": list(hp.layers),
         "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
-        "value_bound": choices.value_bound,
+        "value_bound": choices.value_bound, "key_norm_bound": choices.key_norm_bound,
+        "residual_norm_bound": choices.residual_norm_bound,
         "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
         "template_seed": hp.template_seed, "defence": choices.defence, "release": choices.release,
         "query_budget": choices.query_budget, "hparams": table,
@@ -241,13 +249,22 @@ def parse_parties(text: str) -> tuple[str, ...]:
     return names
 
 
+def _dp(config: Config) -> dict[str, Any] | None:
+    """The (ε, δ) of the session's noise (``editing.accounting.session_epsilon``), or None without noise."""
+    from secure_collab.editing.accounting import session_epsilon
+    from secure_collab.editing.defences import parse_defence
+
+    dp = session_epsilon(parse_defence(config.session.defence), config)
+    return None if dp is None else dp.summary()
+
+
 def describe(config: Config) -> dict[str, Any]:
     """What sites compare out of band before a session: its digest, the model and every roster key."""
     s = config.session
     return {
         "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
         "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
-        "min_parties": s.min_parties, "defence": s.defence, "release": s.release,
+        "min_parties": s.min_parties, "defence": s.defence, "dp": _dp(config), "release": s.release,
         "query_budget": s.query_budget if s.served else None, "parties": sorted(config.roster.parties),
         "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
         "coordinator_endpoint": config.network.coordinator_endpoint,

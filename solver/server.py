@@ -42,6 +42,8 @@ import zmq
 
 from secure_collab.config import STATISTICS, Config
 from secure_collab.editing import uses_past
+from secure_collab.editing.defences import parse_defence
+from secure_collab.editing.noise import session_noise_plan
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import (
     Authenticated,
@@ -183,6 +185,9 @@ class Solver:
                                  self.s.id, config.digest)
         self.verify_keys = config.roster.party_verify_keys()
         self.bounds = Bounds(self.s.key_norm_bound, self.s.residual_norm_bound, self.s.max_edits_per_party)
+        plan = session_noise_plan(parse_defence(self.s.defence), self.s)
+        self.noise = plan.sigma if plan is not None else 0.0  # each party's σ per entry (noise:Z): the checks allow
+        # for the noise of the parties in a sum; the sum itself is opened as it is (the noise-free sum is never seen)
         self.stop = stop or threading.Event()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -455,7 +460,8 @@ class Solver:
         g = unpack_g(values["G"], s.d_k)  # (d_k, d_k)
         b = values["B"].reshape(s.d_v, s.d_k)  # (d_v, d_k)
         n = float(values["N"][0])
-        bounds = Bounds(self.bounds.key_norm, self.bounds.residual_norm, self.bounds.max_edits, quantum)
+        bounds = Bounds(self.bounds.key_norm, self.bounds.residual_norm, self.bounds.max_edits, quantum,
+                        self.noise)
         problems = plausibility_problems(g, b, n, len(pend.parties), bounds)
         if problems:  # the figures stay here: they would give other parties' counts and traces away
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))

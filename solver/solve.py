@@ -2,7 +2,9 @@
 
 C comes from the public corpus (cached by model, layer and corpus digests); AlphaEdit's null-space basis is
 taken from it once per layer. With ``session.defence`` rank:K, the rule's ΔW is replaced by its best rank-K
-approximation in the keys' metric (``editing.defences.truncate_rank``) before it is released. The cross-round
+approximation in the keys' metric (``editing.defences.truncate_rank``) before it is released. With noise:Z, ΣG (and the
+earlier rounds' ΣG) carry the parties' noise and are replaced by their positive semi-definite parts before the rule
+solves (``editing.noise.psd_part``: post-processing, so that λC + ΣG keeps a Cholesky factor). The cross-round
 state (Σ of earlier rounds' ΣG per layer) is the solver's, kept sealed in its state store; it is passed in per
 call, so this object holds nothing secret.
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from secure_collab.editing.defences import parse_defence, truncate_rank
+from secure_collab.editing.noise import psd_part
 from secure_collab.editing.session import session_hparams
 
 
@@ -41,7 +44,9 @@ class SessionSolve:
                                       max_seq_len=self.hp.mom2_max_len, cache=cache, progress=progress)
         self.lm = lm if (session.served if serve is None else serve) else None  # else the solver needs only C
         self.rule = self.hp.rule
-        self.rank = parse_defence(session.defence).rank  # 0: ΔW released as the rule solves it
+        defence = parse_defence(session.defence)
+        self.rank = defence.rank  # 0: ΔW released as the rule solves it
+        self.noised = bool(defence.noise)
         self.bases = {layer: self.rule.basis(self.covs[layer]) for layer in self.hp.layers}
 
     def __call__(self, round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
@@ -49,6 +54,9 @@ class SessionSolve:
         g = torch.from_numpy(np.ascontiguousarray(g_sum, dtype=np.float64))
         b = torch.from_numpy(np.ascontiguousarray(b_sum, dtype=np.float64))
         past = None if past_g is None else torch.from_numpy(np.ascontiguousarray(past_g, dtype=np.float64))
+        if self.noised:
+            g = psd_part(g)
+            past = None if past is None else psd_part(past)
         delta = self.rule.solve(b, g, self.covs[layer], past_g=past, basis=self.bases[layer])  # (d_v, d_k)
         if self.rank:
             delta = truncate_rank(delta, self.covs[layer], self.rank)

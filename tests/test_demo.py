@@ -110,3 +110,23 @@ def test_demo_with_a_served_release_keeps_dw_with_the_solver_and_answers_as_glob
     with sqlite3.connect(r["ledger"]) as db:
         kinds = [k for (k,) in db.execute("SELECT kind FROM queries WHERE outcome = 'accepted'")]
     assert kinds.count("logprobs") == 9 and kinds.count("done") == 3
+
+
+def test_demo_with_noise_runs_its_parties_csprng_noise_through_separate_processes(tmp_path):
+    """--defence noise:0.05 in the demo's separate party, coordinator and solver processes: each party clips to the
+    declared bounds and adds noise from a fresh secret key (nothing seeded), the solver's checks admit the noised sums,
+    and the session ends with every release applied; ΔW is then not Global-Edit's (the noise and clipping are the
+    parties' own), and the ledger holds the session's (ε, δ)."""
+    import sqlite3
+
+    out = tmp_path / "demo.json"
+    rc = main(["demo", "--model", "tiny-llama", "--mode", "shares", "--parties", "3", "--edits-per-party", "2",
+               "--defence", "noise:0.05", "--key-norm-bound", "32", "--residual-norm-bound", "1", "--workdir",
+               str(tmp_path / "work"), "--cache-dir", str(tmp_path / "c"), "--timeout", "600", "--json", str(out),
+               "--quiet"])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["ok"] and r["defence"] == "noise:0.05", r
+    assert r["delta_rel_diff_vs_global"] > 1e-3
+    with sqlite3.connect(tmp_path / "work" / "coordinator" / "ledger.sqlite") as db:
+        detail = json.loads(db.execute("SELECT detail FROM stages WHERE event = 'joining'").fetchone()[0])
+    assert detail["defence"] == "noise:0.05" and detail["epsilon"] > 0 and detail["delta"] == 1e-6

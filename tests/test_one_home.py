@@ -149,6 +149,19 @@ CONCEPTS = [
             once=True),
     Concept("a mode's running sum (its bookkeeping)", defines("RunningSum"),
             frozenset({"secure_collab/protection/public.py"}), once=True),
+    Concept("the encoding step from public settings", defines("encoding_frac_bits"),
+            frozenset({"secure_collab/protection/__init__.py"}), once=True),
+    Concept("the noise's sensitivity Δ₂", defines("sensitivity"), frozenset({"secure_collab/editing/noise.py"}),
+            once=True),
+    Concept("the noise plan of a session", defines("session_noise_plan", "plan_noise"),
+            frozenset({"secure_collab/editing/noise.py"})),
+    Concept("the discrete Gaussian sampler", defines("discrete_gaussian", "discrete_laplace"),
+            frozenset({"secure_collab/editing/dgauss.py"})),
+    Concept("the default δ", defines("DEFAULT_DELTA"), frozenset({"secure_collab/editing/defences.py"}), once=True),
+    Concept("the session's (ε, δ)", defines("session_epsilon"), frozenset({"secure_collab/editing/accounting.py"}),
+            once=True),
+    Concept("a privacy accountant outside the accountant", calls("RdpAccountant"),
+            frozenset({"secure_collab/editing/accounting.py"})),
 ]
 
 

@@ -114,3 +114,43 @@ def test_party_targets_are_cached_across_sessions(tmp_path, capitals, monkeypatc
     # without the cache the party optimises in memory (and the refusing stub is not reached)
     third = PartyEditor(_session(tmp_path), capitals[:3], cache=tmp_path, log=lambda _m: None, target_cache=False)
     np.testing.assert_allclose(third.compute_statistics(0, 1)["B"], want["B"], rtol=1e-12, atol=0)
+
+
+def test_noise_reaches_an_empty_round_and_repeats_for_a_retried_step(tmp_path, capitals):
+    """With noise:Z a party with nothing to edit in a round still sends its noise (the calibration counts on it): a
+    symmetric G and a B on the plan's grid, of about the plan's σ; the same (round, layer) computed again gets the
+    same noise, never a second draw."""
+    import random
+
+    from secure_collab.editing.defences import parse_defence
+    from secure_collab.editing.noise import session_noise_plan
+
+    session = _session(tmp_path, defence="noise:1", mode="shares", value_bound=1e5, protection={},
+                       key_norm_bound=8.0, residual_norm_bound=4.0, min_parties=2, max_edits_per_party=10)
+    editor = PartyEditor(session, capitals[:1], cache=tmp_path, log=lambda _m: None, rounds=[capitals[:1], []],
+                         defence_rng=random.Random(3))
+    plan = session_noise_plan(parse_defence("noise:1"), session)
+    empty = editor.compute_statistics(1, 2)
+    g, b = empty["G"], empty["B"]
+    assert empty["N"] == 0 and np.array_equal(g, g.T) and np.count_nonzero(b) > 0.99 * b.size
+    assert all(np.array_equal(np.rint(x / plan.grid) * plan.grid, x) for x in (g, b))  # on the grid
+    assert 0.9 < float(np.std(b)) / plan.sigma < 1.1
+    again = editor.compute_statistics(1, 2)
+    assert np.array_equal(again["G"], g) and np.array_equal(again["B"], b)
+    busy = editor.compute_statistics(0, 1)
+    assert busy["N"] == 1 and np.array_equal(busy["G"], busy["G"].T)
+
+
+def test_the_solver_solves_a_noised_sum_with_its_psd_part(tmp_path, monkeypatch):
+    from secure_collab.editing.noise import psd_part
+
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path))
+    solve = SessionSolve(_session(tmp_path, defence="noise:1"))
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(96, 96)) * 50
+    g, b = a + a.T, rng.normal(size=(64, 96))  # indefinite, as a noised ΣG is
+    t = torch.from_numpy
+    want = solve_update(t(b), psd_part(t(g)), solve.covs[1], solve.hp.mom2_update_weight).numpy()
+    np.testing.assert_allclose(solve(0, 1, g, b), want, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="not positive definite"):
+        SessionSolve(_session(tmp_path))(0, 1, g, b)  # without the post-processing there is no Cholesky factor

@@ -39,9 +39,13 @@ def _defence(text: str):
     from secure_collab.editing.defences import DefenceError, parse_defence
 
     try:
-        return parse_defence(text)
+        defence = parse_defence(text)
     except DefenceError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if defence.noise:  # its plan needs a session's bounds κ, ρ and shape: the sweep declares them
+        raise argparse.ArgumentTypeError("noise:Z is measured by `secure-collab defences` (--key-norm-bound, "
+                                         "--residual-norm-bound), not here")
+    return defence
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,8 +5,9 @@ collaborative edit is simulated with the defence (``run_edit(..., defence=)``, a
 it), its utility and damage measured, and every attack of ``attacks.defence_sweep`` run on the release. Each
 (session, defence) is written to OUT/session-S-DEFENCE.json as it finishes: an interrupted run resumes. The JSON
 ``results`` rows hold, per (defence, attack), recall@m and @5m with 95 % intervals over sessions, the cost per
-candidate, efficacy, generalization, specificity, damage_kl and epsilon (null: no defence here is DP). The plot
-is the frontier: the best attack's recall@m against efficacy and damage per defence.
+candidate, efficacy, generalization, specificity, damage_kl and epsilon (the (ε, δ) of noise:Z over the edited layers
+at its delta, with --key-norm-bound and --residual-norm-bound as κ and ρ; null for a defence without noise). The
+plot is the frontier: the best attack's recall@m against efficacy and damage per defence.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from attacks.bounds import KEY_NORM_BOUND, RESIDUAL_NORM_BOUND
 
 HELP = "sweep release defences over sessions: every attack's recall against utility and damage (resumable)"
 
@@ -47,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated defences (default: none,camouflage:1,camouflage:3,rank:20)")
     p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential",
                    help="the session's variant (a served release runs oneshot) (default: %(default)s)")
+    p.add_argument("--key-norm-bound", type=float, default=KEY_NORM_BOUND,
+                   help="κ of noise:Z: each key is clipped to ‖k‖ ≤ κ (default %(default)s: SmolLM2's keys at "
+                        "layers 3-7 measured 1.9-15.1)")
+    p.add_argument("--residual-norm-bound", type=float, default=RESIDUAL_NORM_BOUND,
+                   help="ρ of noise:Z: each residual is clipped to ‖r‖ ≤ ρ (default %(default)s: SmolLM2's first-layer "
+                        "residuals measured 18-24)")
     p.add_argument("--model-floor", action="store_true",
                    help="also run the black-box attack (2 full forward passes per candidate per session)")
     p.add_argument("--distractor-records", nargs="*", default=[], help="record files whose subjects join the "
@@ -68,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.editing.defences import parse_defence
 
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"[defences] {m}", flush=True))
+    for name in ("key_norm_bound", "residual_norm_bound"):
+        if not 0 < getattr(args, name) < float("inf"):
+            print(f"defences: --{name.replace('_', '-')} must be a finite number > 0", file=sys.stderr)
+            return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     need = args.sessions * args.parties * args.per_party
@@ -78,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(**vars(args), candidates=None, trials=0)
     exp = build_experiment(ns, say)
     sw = ds.Sweep(exp, args.parties, args.per_party, damage_subjects=args.damage_subjects,
-                  model_floor=args.model_floor, seed=args.seed, say=say)
+                  model_floor=args.model_floor, seed=args.seed, say=say, key_norm_bound=args.key_norm_bound,
+                  residual_norm_bound=args.residual_norm_bound)
     done = ds.load_done(out)
     t0 = time.time()
     todo = [(s, d) for s in range(args.sessions) for d in args.grid if (s, d) not in done]
@@ -95,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"[{i + 1}/{len(todo)}] session {s} {d}: efficacy {r['efficacy']:.3f}, damage {r['damage_kl']:.4f}, "
             f"best attack {best[0]} recall@m {best[1]['recall_m']:.3f}; about {left / 60:.0f} min left")
     results = [done[(s, d)] for s in range(args.sessions) for d in args.grid if (s, d) in done]
-    rows = ds.summarise(results, ds.costs(sw), sw.m / exp.n)
+    rows = ds.summarise(results, ds.costs(sw), sw.m / exp.n, {d: sw.epsilon(parse_defence(d)) for d in args.grid})
     doc = {"meta": {"model": args.model, "requests": args.requests, "offset": args.offset, "limit": args.limit,
                     "sessions": args.sessions, "parties": args.parties, "per_party": args.per_party,
                     "grid": args.grid, "n_candidates": exp.n, "layers": list(exp.setup.hp.layers),
-                    "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed, "variant": args.variant},
+                    "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed, "variant": args.variant,
+                    "key_norm_bound": args.key_norm_bound, "residual_norm_bound": args.residual_norm_bound},
            "results": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     from attacks.plots import budget_plot, defence_frontier, recall_against_cost

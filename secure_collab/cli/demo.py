@@ -62,8 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-turn", action=argparse.BooleanOptionalAction, default=True,
                    help="parties compute their statistics one at a time (shared cores)")
     p.add_argument("--defence", default="none",
-                   help="release defences, joined with '+': none, camouflage:S (parties), rank:K (solver); the "
-                        "reference then has the same rank, but not the parties' secret decoys (docs/privacy.md)")
+                   help="release defences, joined with '+': none, camouflage:S (parties), rank:K (solver), noise:Z "
+                        "(parties; with --key-norm-bound, --residual-norm-bound); the reference then has the same "
+                        "rank, but not the parties' secret decoys or noise (docs/privacy.md, docs/dp.md)")
+    p.add_argument("--key-norm-bound", type=float, default=1e3,
+                   help="declared max ‖k‖; with noise:Z the clipping norm κ (SmolLM2: 16; default %(default)g)")
+    p.add_argument("--residual-norm-bound", type=float, default=1e3,
+                   help="declared max ‖r‖; with noise:Z the clipping norm ρ (SmolLM2: 32; default %(default)g)")
     p.add_argument("--release", choices=("weights", "served"), default="weights",
                    help="weights: every party applies ΔW; served: only the solver's process holds the edited model "
                         "and answers each party's encrypted queries within --query-budget (docs/network.md)")
@@ -157,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     choices = SessionChoices(
         parties=tuple(names), roster_sha256=roster.digest(), mode=args.mode, variant=args.variant,
         layers=hp.layers, min_parties=args.min_parties,
-        value_bound=args.value_bound, precision_bits=args.precision_bits if args.mode == "ckks" else None,
+        value_bound=args.value_bound, key_norm_bound=args.key_norm_bound,
+        residual_norm_bound=args.residual_norm_bound,
+        precision_bits=args.precision_bits if args.mode == "ckks" else None,
         session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
         request_in_turn=bool(args.in_turn), defence=args.defence, release=args.release,
@@ -189,10 +196,10 @@ def run(args: argparse.Namespace) -> int:
 
     def compute_reference() -> None:
         try:
-            # the solver's rank truncation is reproducible; the parties' camouflage is not (their decoys are
-            # secret), so with camouflage the comparison shows how far it moves ΔW from Global-Edit's
+            # the solver's rank truncation is reproducible; the parties' camouflage and noise are not (their decoys
+            # and noise are secret), so with either the comparison shows how far it moves ΔW from Global-Edit's
             reference["outcome"] = run_edit(lm, list(shares.values()), hp, covs, "global", templates,
-                                            defence=replace(defence, camouflage=0.0))
+                                            defence=replace(defence, camouflage=0.0, noise=0.0))
         except BaseException as exc:  # reported below
             reference["error"] = exc
 
@@ -356,7 +363,9 @@ def _show(console, r: dict[str, Any]) -> None:
     if not spec.none:
         console.print(f"defence {spec.spec()}" + (": Global-Edit truncated to the same rank" if spec.rank else "")
                       + ("; the parties' camouflage (secret decoys) is not in Global-Edit, so ΔW differs from it"
-                         if spec.camouflage else ""))
+                         if spec.camouflage else "")
+                      + ("; the parties' clipping and secret noise are not in Global-Edit, so ΔW differs from it"
+                         if spec.noise else ""))
     if r.get("release") == "served":
         s = r.get("served_vs_global_logprob_diff")
         console.print(f"served release: no party holds ΔW; served answers vs the Global-Edit model: max |Δ log P| "

@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
           f"{len(tables['releases'])} releases", file=out)
     settings = _settings(tables["stages"])
     for session, detail in settings.items():
-        print(f"session {session}: defence {detail['defence']}", file=out)
+        eps, delta = detail.get("epsilon"), detail.get("delta")
+        dp = (f", (ε, δ) = ({eps:.4g}, {delta:g}) over all its releases"  # noise:Z: the session's (ε, δ)
+              if isinstance(eps, int | float) and isinstance(delta, int | float) else "")
+        print(f"session {session}: defence {detail['defence']}{dp}", file=out)
         if detail.get("release") == "served":
             print(f"session {session}: release served, query budget {detail.get('query_budget')}", file=out)
     for session, lines in _query_counts(tables["queries"], settings).items():
@@ -71,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(stages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{session: the release defences and release policy its coordinator recorded when the session (or its
-    resumption) started}."""
+    """{session: the release defences (with the (ε, δ) of its noise when it has some) and release policy its
+    coordinator recorded when the session (or its resumption) started}."""
     import json
 
     out = {}

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--min-parties", type=int, default=d.min_parties, help="fewest parties in any sum")
     init.add_argument("--defence", default=d.defence,
                       help="release defences, joined with '+': none, camouflage:S (the parties hide their keys "
-                           "among public decoys), rank:K (the solver releases ΔW of rank K); docs/privacy.md")
+                           "among public decoys), rank:K (the solver releases ΔW of rank K), noise:Z (the parties "
+                           "clip and add discrete Gaussian noise; delta:D its δ); docs/privacy.md, docs/dp.md")
     init.add_argument("--release", choices=("weights", "served"), default=d.release,
                       help="weights: every party receives ΔW; served: only the solver's host applies it and answers "
                            "each party's encrypted queries within --query-budget (docs/network.md)")
@@ -50,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="served: forward passes each party may ask the served model for")
     init.add_argument("--value-bound", type=float, default=d.value_bound,
                       help="declared max |entry| of one party's statistic")
+    init.add_argument("--key-norm-bound", type=float, default=d.key_norm_bound,
+                      help="declared max ‖k‖ of one key; with noise:Z the clipping norm κ (SmolLM2: 16; docs/dp.md)")
+    init.add_argument("--residual-norm-bound", type=float, default=d.residual_norm_bound,
+                      help="declared max ‖r‖ of one residual; with noise:Z the clipping norm ρ (SmolLM2: 32)")
     init.add_argument("--precision-bits", type=int, default=PRECISION_BITS,
                       help="ckks only: bits of precision below the value bound")
     init.add_argument("--bind", default=d.bind, help="where the coordinator listens")
@@ -113,7 +118,8 @@ def _init(args: argparse.Namespace) -> int:
     choices = SessionChoices(
         parties=parties, roster_sha256=roster.digest(), mode=args.mode, variant=args.variant, rounds=args.rounds,
         layers=tuple(args.layers) if args.layers else None, lam=args.lam, min_parties=args.min_parties,
-        value_bound=args.value_bound,
+        value_bound=args.value_bound, key_norm_bound=args.key_norm_bound,
+        residual_norm_bound=args.residual_norm_bound,
         precision_bits=args.precision_bits if args.mode == "ckks" else None, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
         stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn, defence=args.defence,
@@ -151,6 +157,13 @@ def _print(args: argparse.Namespace, info: dict) -> None:
     say(args, f"  {info['mode']}, {info['variant']}, layers {info['layers']}, d_k {info['d_k']}, d_v {info['d_v']}, "
               f"min_parties {info['min_parties']}, defence {info['defence']}, release {info['release']}"
               + (f" (query budget {info['query_budget']} per party)" if info["query_budget"] is not None else ""))
+    dp = info.get("dp")
+    if dp is not None:  # noise:Z: what its (ε, δ) is, per release and over the session
+        say(args, f"  noise           σ {dp['sigma_per_party']:.4g} per party ({dp['sigma_total']:.4g} over "
+                  f"min_parties), sensitivity {dp['sensitivity']:.4g} (κ {dp['key_norm_bound']:g}, "
+                  f"ρ {dp['residual_norm_bound']:g})")
+        say(args, f"  (ε, δ)          ({dp['epsilon']:.4g}, {dp['delta']:g}) over {dp['releases']} releases; "
+                  f"({dp['epsilon_per_release']:.4g}, {dp['delta']:g}) per release (docs/dp.md)")
     say(args, f"  roster sha256   {info['roster_sha256']}   <- pinned; fingerprints:")
     for who, fp in info["fingerprints"].items():
         say(args, f"    {who:<20} {fp}")

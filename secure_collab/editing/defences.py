@@ -16,9 +16,15 @@ session setting (``session.defence`` in the session file, ``--defence`` in the s
   argmin over rank-K M of E‖(ΔW − M) x‖² for x with covariance C: the truncated SVD of ΔW C^½, mapped back.
   The release's row space then has K dimensions, fewer than the edits.
 
-Both combine (``camouflage:3+rank:20``). What is not built yet (decoy edits, calibrated noise with an accountant)
-is refused by name, not silently ignored. A served release is not a transform of ΔW but a release policy (who holds
-ΔW at all): it is the session's ``release = "served"`` setting (``secure_collab.config.RELEASES``), and
+- ``noise:Z`` (party side, with the solver's accountant): each party clips its keys to ‖k‖ ≤ κ and residuals to
+  ‖r‖ ≤ ρ (the session's declared bounds) and adds a discrete Gaussian to every value it sends, calibrated so that
+  the noise of min_parties parties together has σ = Z · sqrt(κ⁴ + ρ²κ²); ``delta:D`` sets the δ the session's ε is
+  given at (default ``DEFAULT_DELTA`` = 1e-6). ``editing/noise.py`` has the mechanism, ``editing/accounting.py``
+  the (ε, δ), docs/dp.md both.
+
+All combine (``camouflage:3+rank:20+noise:1``; camouflage is applied before clipping). What is not built yet (decoy
+edits) is refused by name, not silently ignored. A served release is not a transform of ΔW but a release policy
+(who holds ΔW at all): it is the session's ``release = "served"`` setting (``secure_collab.config.RELEASES``), and
 ``served`` written here is refused with a pointer to it, so the policy has one home.
 
 torch is imported where the math runs, not at the top: the session file's loader parses the setting here, and the
@@ -37,8 +43,9 @@ if TYPE_CHECKING:
     import torch
 
 CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
-NOT_BUILT = ("decoys", "noise")
-FORMS = "none | camouflage:S (S > 0) | rank:K (K >= 1), joined with '+'"
+NOT_BUILT = ("decoys",)
+FORMS = "none | camouflage:S (S > 0) | rank:K (K >= 1) | noise:Z (Z > 0) [delta:D (0 < D < 1)], joined with '+'"
+DEFAULT_DELTA = 1e-6  # the edit count is private, unknown at setup: 1/1000², i.e. 1/n² up to n = 1000 edits
 MAX_SPEC = 100  # characters of a setting's text: it comes from a session file
 
 
@@ -50,26 +57,30 @@ class DefenceError(ValueError):
 class Defence:
     camouflage: float = 0.0  # S: ‖n‖ = S‖k‖; 0: off
     rank: int = 0  # K: ΔW truncated to rank K at the solver; 0: off
+    noise: float = 0.0  # Z: σ_total = Z Δ₂ (editing.noise); 0: off
+    delta: float = DEFAULT_DELTA  # δ of the session's (ε, δ) (with noise only)
 
     @property
     def none(self) -> bool:
-        return self.camouflage == 0 and self.rank == 0
+        return self.camouflage == 0 and self.rank == 0 and self.noise == 0
 
     def spec(self) -> str:
         """The canonical text of this setting (what the session file and the results carry)."""
         parts = ([f"camouflage:{self.camouflage:g}"] if self.camouflage else []) + (
-            [f"rank:{self.rank}"] if self.rank else [])
+            [f"rank:{self.rank}"] if self.rank else []) + ([f"noise:{self.noise:g}"] if self.noise else []) + (
+            [f"delta:{self.delta:g}"] if self.noise and self.delta != DEFAULT_DELTA else [])
         return "+".join(parts) or "none"
 
 
 def parse_defence(text: str) -> Defence:
-    """``none`` | ``camouflage:S`` | ``rank:K`` | ``A+B``: a ``Defence``, or ``DefenceError`` saying what is wrong."""
+    """``none`` | ``camouflage:S`` | ``rank:K`` | ``noise:Z`` [``delta:D``] | ``A+B``: a ``Defence``, or
+    ``DefenceError`` saying what is wrong."""
     text = str(text).strip()
     if len(text) > MAX_SPEC:
         raise DefenceError(f"defence setting of {len(text)} characters (at most {MAX_SPEC}): use {FORMS}")
     if text in ("", "none"):
         return Defence()
-    camouflage, rank = 0.0, 0
+    camouflage, rank, noise, delta = 0.0, 0, 0.0, 0.0
     for part in text.split("+"):
         name, _, value = part.strip().partition(":")
         if name == "served":
@@ -88,10 +99,22 @@ def parse_defence(text: str) -> Defence:
                 if not 1 <= rank <= 1_000_000:
                     raise ValueError
                 continue
+            if name == "noise" and not noise:
+                noise = float(value)
+                if not (0 < noise <= 1e6 and math.isfinite(noise)):
+                    raise ValueError
+                continue
+            if name == "delta" and not delta:
+                delta = float(value)
+                if not 0 < delta < 1:
+                    raise ValueError
+                continue
         except ValueError:
             pass
         raise DefenceError(f"bad defence {part.strip()!r} in {text!r}: use {FORMS}")
-    return Defence(camouflage, rank)
+    if delta and not noise:
+        raise DefenceError(f"delta:D is the δ of noise:Z's (ε, δ): it needs noise in {text!r}; use {FORMS}")
+    return Defence(camouflage, rank, noise, delta or DEFAULT_DELTA)
 
 
 # --------------------------------------------------------------------------------------------- camouflage

@@ -45,13 +45,16 @@ def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) 
 
 def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
                       templates: list[str], cur: torch.Tensor | None = None,
-                      weights: torch.Tensor | None = None, camouflage: Callable | None = None) -> LayerStats:
+                      weights: torch.Tensor | None = None, camouflage: Callable | None = None,
+                      noise: Any = None, round_: int = 0) -> LayerStats:
     """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*.
 
     ``cur`` (from ``current_outputs``) may be passed when the model has not changed since it was taken, as in
     the oneshot variant, where every layer's residuals come from the same unedited model. ``weights`` (n,): each
     request's weight (1/m for a duplicate held by m parties), default 1. ``camouflage``: the party's
     ``defences.PartyCamouflage`` (keys and residuals are camouflaged before G and B are formed), or None.
+    ``noise``: the party's ``noise.PartyNoise``: keys and residuals (camouflaged, if so) are clipped to the declared
+    bounds, and G and B get the party's discrete Gaussian for (``round_``, ``layer``); or None.
     """
     i = hp.layers.index(layer)
     keys = compute_keys(lm, requests, layer, templates, hp.request_batch)  # (n, d_k)
@@ -60,16 +63,27 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
     if camouflage is not None:
         keys, resid = camouflage(lm, layer, templates, keys, resid, weights)
-    return layer_statistics(keys, resid, weights)
+    if noise is None:
+        return layer_statistics(keys, resid, weights)
+    keys, resid = noise.clip(keys, resid)
+    return noise(layer_statistics(keys, resid, weights), round_, layer)
 
 
-def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float, rank: int = 0) -> torch.Tensor:
+def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float, rank: int = 0,
+            noised: bool = False) -> torch.Tensor:
     """ΔW (d_v, d_k) float64 of one layer from the parties' statistics: summed (global, collab) or each party
     solved alone and merged (``ta``/``sa``/``ties``, with or without ``-lockstep``: per layer they are the same).
-    ``rank`` > 0 (global, collab): the solver's rank truncation (``defences.truncate_rank``)."""
+    ``rank`` > 0 (global, collab): the solver's rank truncation (``defences.truncate_rank``). ``noised``: the sum
+    carries the parties' noise, and ΣG is replaced by its positive semi-definite part before the solve, as the
+    solver does (``noise.psd_part``)."""
     if method in ("global", "collab"):
         total = sum_stats(stats)
-        delta = solve_update(total.b, total.g, cov, lam)
+        g = total.g
+        if noised:
+            from secure_collab.editing.noise import psd_part
+
+            g = psd_part(g)
+        delta = solve_update(total.b, g, cov, lam)
         if rank:
             from secure_collab.editing.defences import truncate_rank
 
@@ -103,12 +117,15 @@ def restore(lm: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
 def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, covs: dict[int, torch.Tensor],
              method: str, templates: list[str], progress: Callable[[str], None] | None = None,
              targets: list[TargetResult] | None = None, defence: Any = None,
-             rngs: list[random.Random] | None = None) -> EditOutcome:
+             rngs: list[random.Random] | None = None, noise_plan: Any = None) -> EditOutcome:
     """Edit ``lm`` in place with every party's requests by ``method``; returns the applied ΔW per layer.
 
     ``defence`` (a ``defences.Defence``, collab and global only): each party camouflages its statistics with
     its own ``rngs[k]`` (default: ``random.SystemRandom()``) and the solve truncates ΔW's rank, as the networked
-    session does.
+    session does. With noise, ``noise_plan`` (``noise.NoisePlan``: the session's bounds, min_parties and grid;
+    ``noise.session_noise_plan`` of a session file) is required: each party clips and adds its noise, drawn from
+    words keyed by its ``rngs[k]`` without drawing from it (``noise.noise_source``: camouflage's draws stay the
+    same), or from a fresh secret key; the solve uses ΣG's positive semi-definite part.
 
     ``targets`` (one per non-empty party, in order; for ``global`` one for all requests) skips the target
     optimisation: for sweeps and grids, whose targets are the same. They must come from the unedited model and
@@ -118,6 +135,8 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
     if defence is not None and not defence.none and method not in ("global", "collab"):
         raise ValueError(f"defences apply to a session's collab (or global) edit, not to {method}")
+    if defence is not None and defence.noise and noise_plan is None:
+        raise ValueError("noise:Z needs the session's noise plan (noise.session_noise_plan, or noise.plan_noise)")
     if method == "global":
         parties = [[r for p in parties for r in p]]
     parties = [p for p in parties if p]
@@ -141,41 +160,49 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             out.deltas[layer] = MERGES[method]([d[layer] for d in out.party_deltas])
             add_to_down_weight(lm.model, lm.spec, layer, out.deltas[layer])
     else:
-        cams = None
+        cams, noises = None, None
+        gens = rngs or [random.SystemRandom() for _ in parties]
+        if defence is not None and defence.noise:  # keyed from each generator's state before camouflage draws
+            from secure_collab.editing.noise import PartyNoise, noise_source
+
+            noises = [PartyNoise(noise_plan, noise_source(gens[k])) for k in range(len(parties))]
         if defence is not None and defence.camouflage:
             from secure_collab.editing.defences import PartyCamouflage
 
             lam_covs = {layer: hp.mom2_update_weight * covs[layer] for layer in hp.layers}
-            gens = rngs or [random.SystemRandom() for _ in parties]
             cams = [PartyCamouflage(defence.camouflage, lam_covs, gens[k], [r.subject for r in reqs])
                     for k, reqs in enumerate(parties)]
         out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams,
-                                 defence.rank if defence is not None else 0)
+                                 defence.rank if defence is not None else 0, noises)
     return out
 
 
 def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Tensor], hp: MemitHParams,
                 covs: dict[int, torch.Tensor], templates: list[str], method: str,
-                say: Callable[[str], None], camouflages: list | None = None, rank: int = 0) -> dict[int, torch.Tensor]:
+                say: Callable[[str], None], camouflages: list | None = None, rank: int = 0,
+                noises: list | None = None) -> dict[int, torch.Tensor]:
     """The layer loop: per layer each party's statistics, ``combine`` by ``method``, apply. Returns ΔW per layer.
-    ``camouflages``: each party's ``defences.PartyCamouflage`` or None; ``rank``: the solver's truncation."""
+    ``camouflages``: each party's ``defences.PartyCamouflage`` or None; ``rank``: the solver's truncation;
+    ``noises``: each party's ``noise.PartyNoise`` or None (round 0)."""
     cams = camouflages or [None] * len(parties)
+    nzs = noises or [None] * len(parties)
+    noised = noises is not None
     deltas: dict[int, torch.Tensor] = {}
     if hp.variant == "sequential":
         for layer in hp.layers:
             say(f"layer {layer}: statistics and solve")
-            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam)
-                     for reqs, z, cam in zip(parties, zs, cams, strict=True)]
-            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight, rank)
+            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam, noise=nz)
+                     for reqs, z, cam, nz in zip(parties, zs, cams, nzs, strict=True)]
+            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight, rank, noised)
             add_to_down_weight(lm.model, lm.spec, layer, deltas[layer])
     else:  # oneshot: every layer's statistics from the unedited model, one aggregation
         say("all layers: statistics on the unedited model")
         curs = [current_outputs(lm, reqs, hp) for reqs in parties]  # once: the model does not change here
-        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur, camouflage=cam)
-                             for reqs, z, cur, cam in zip(parties, zs, curs, cams, strict=True)]
+        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur, camouflage=cam, noise=nz)
+                             for reqs, z, cur, cam, nz in zip(parties, zs, curs, cams, nzs, strict=True)]
                      for layer in hp.layers}
         for layer in hp.layers:
-            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight, rank)
+            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight, rank, noised)
         for layer, delta in deltas.items():
             add_to_down_weight(lm.model, lm.spec, layer, delta)
     return deltas

@@ -8,6 +8,8 @@ The coordinator uses ``public_scheme(mode)`` (``public``): the part of a mode th
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .base import (
@@ -48,6 +50,24 @@ def public_scheme(mode: str) -> PublicScheme:
     return table[mode]()
 
 
+def encoding_frac_bits(mode: str, bound: float, max_parties: int, extra: Mapping[str, Any] | None = None) -> int:
+    """Fractional bits f of the integer encoding a session of ``mode`` sets up with (one encoded step is 2^-f in
+    value units, ``PublicScheme.frac_bits`` of its public parameters), computed from the public settings alone:
+    the same functions as the modes' setup (``encoding.fixed_point_bits``; ``ckks_public.choose_parameters`` and
+    ``grid_bits``), with no secret and no hazmat loaded, so the coordinator can compute it too. f does not grow
+    with ``max_parties``: the step at ``protocol.messages.MAX_PARTIES`` is a multiple of every smaller roster's."""
+    if mode == "ckks":
+        from .ckks_public import DEFAULT_PRECISION_BITS, choose_parameters, grid_bits
+
+        chosen = choose_parameters(max_parties, int((extra or {}).get("precision_bits", DEFAULT_PRECISION_BITS)))
+        return grid_bits(chosen["error_bits"], max_parties) - math.ceil(math.log2(bound))
+    if mode in ("shares", "plain"):
+        from .encoding import fixed_point_bits
+
+        return fixed_point_bits(bound, max_parties)
+    raise ProtectionError(f"unknown protection mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
 def get_scheme(mode: str) -> ProtectionScheme:
     """The scheme for ``mode`` ("ckks" | "shares" | "plain"), dispatched through a fixed table."""
     from .ckks import CkksScheme
@@ -65,5 +85,5 @@ def get_scheme(mode: str) -> ProtectionScheme:
 __all__ = [
     "MODES", "Accumulator", "Authenticated", "IntegrityError", "PartyFault", "PartySecrets", "Payload",
     "ProtectionError", "ProtectionParams", "ProtectionScheme", "PublicScheme", "SolverKeys", "StatContext",
-    "get_scheme", "pack_symmetric", "public_scheme", "triangle_size", "unpack_symmetric",
+    "encoding_frac_bits", "get_scheme", "pack_symmetric", "public_scheme", "triangle_size", "unpack_symmetric",
 ]

@@ -1,6 +1,8 @@
 """The public side of ``ckks`` mode (the coordinator's): the session's public context, the check of received
-parameters and ciphertexts, and the running sum of ciphertexts. No secret key and no hazmat here; the parameter
-choice, encryption and decryption are ``ckks.CkksScheme`` (its docstring has the parameters and the checks).
+parameters and ciphertexts, and the running sum of ciphertexts. No secret key and no hazmat here. The parameter
+choice (``choose_parameters``, ``grid_bits``) is public arithmetic and lives here too, so that a process without
+secrets (the coordinator) can compute a session's encoding grid; key generation, encryption and decryption are
+``ckks.CkksScheme`` (its docstring explains the parameters and the checks).
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ class CkksPublic(PublicScheme):
     def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> CkksAccumulator:
         pub, context = self._session(public)
         return CkksAccumulator(pub, context, n_values, ctx)
+
+
+HE_STANDARD_128 = {2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}  # max log2(q), 128-bit classical
+SIGMA = 3.2
+SPECIAL_PRIME_BITS = 20
+DEFAULT_PRECISION_BITS = 32  # the exact-sum grid sits 2 bits above the noise: ~2^-30 of the bound
+_MAX_PRIME_BITS = 60
+
+
+def fresh_noise_bits(n: int) -> float:
+    return math.log2(8 * math.sqrt(2) * SIGMA * n + 6 * SIGMA * math.sqrt(n) + 16 * SIGMA * n)
+
+
+def choose_parameters(max_parties: int, precision_bits: int = DEFAULT_PRECISION_BITS) -> dict[str, Any]:
+    """The smallest 128-bit-secure addition-only CKKS parameters for values in [-1, 1]."""
+    if not (isinstance(precision_bits, int) and 8 <= precision_bits <= 200):
+        raise ProtectionError(f"precision_bits must be an integer in [8, 200], got {precision_bits!r}")
+    p_bits = math.ceil(math.log2(max_parties)) if max_parties > 1 else 0
+    for n, limit in HE_STANDARD_128.items():
+        scale_bits = math.ceil(math.log2(max_parties) + fresh_noise_bits(n)) + precision_bits
+        q_bits = p_bits + scale_bits + 3
+        primes = math.ceil(q_bits / _MAX_PRIME_BITS)
+        data = [math.ceil(q_bits / primes)] * primes
+        if sum(data) + SPECIAL_PRIME_BITS <= limit:
+            return {"poly_modulus_degree": n, "coeff_mod_bit_sizes": data + [SPECIAL_PRIME_BITS],
+                    "scale_bits": scale_bits, "precision_bits": precision_bits, "slots": n // 2,
+                    "error_bits": math.log2(max_parties) + fresh_noise_bits(n) - scale_bits}
+    raise ProtectionError(f"no 128-bit-secure CKKS parameters hold {max_parties} parties at "
+                          f"{precision_bits} bits of precision")
 
 
 def grid_bits(error_bits: float, max_parties: int) -> int:

@@ -7,9 +7,13 @@ Pure numpy, no torch: the solver process stays light.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# an honest noised aggregate is refused for its noise with probability at most 3e^-NOISE_TAIL (about 1e-19)
+NOISE_TAIL = 45.0
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,25 @@ class Bounds:
     residual_norm: float  # ρ ≥ ‖r‖ for every residual
     max_edits: int  # edit requests per party and round
     quantum: float = 0.0  # absolute error of one encoded entry (fixed-point step), per party
+    noise: float = 0.0  # σ of the noise one party adds to each entry (session.defence noise:Z), per party
+
+
+def noise_slack(noise: float, parties: int, d_k: int, b_values: int) -> tuple[float, float, float]:
+    """How far the parties' noise can move (tr ΣG, ΣG's smallest eigenvalue, ‖ΣB‖_F), each except with probability
+    ≤ e^-t, t = ``NOISE_TAIL``. Each entry's noise is a sum of ``parties`` independent discrete Gaussians of
+    σ = ``noise``, so s²-subgaussian with s² = parties · σ² (a discrete Gaussian is σ²-subgaussian: Canonne, Kamath &
+    Steinke 2020); the noise E of ΣG is symmetric, its upper triangle independent.
+    - trace: Σ of d_k entries is (d_k s²)-subgaussian: |tr E| ≤ s sqrt(2 d_k (t + ln 2)).
+    - eigenvalue: for a unit x, xᵀEx = Σ_a E_aa x_a² + 2 Σ_{a<b} E_ab x_a x_b is subgaussian with proxy
+      s² (Σ x_a⁴ + 4 Σ_{a<b} x_a² x_b²) ≤ 2s²; over a ¼-net of the sphere (at most 9^d_k points, and
+      ‖E‖ ≤ 2 max over the net of |xᵀEx|), ‖E‖ ≤ 4s sqrt(d_k ln 9 + t + ln 2).
+    - ‖E_B‖_F: E[exp(λX²)] ≤ (1 − 2λs²)^-1/2 for a subgaussian X, so the χ² tail of Laurent & Massart holds:
+      ‖E_B‖² ≤ s² (D + 2 sqrt(D t) + 2t) for its D = ``b_values`` entries."""
+    s = noise * math.sqrt(parties)
+    trace = s * math.sqrt(2 * d_k * (NOISE_TAIL + math.log(2)))
+    spectral = 4 * s * math.sqrt(d_k * math.log(9) + NOISE_TAIL + math.log(2))
+    frob = s * math.sqrt(b_values + 2 * math.sqrt(b_values * NOISE_TAIL) + 2 * NOISE_TAIL)
+    return trace, spectral, frob
 
 
 @dataclass(frozen=True)
@@ -50,7 +73,8 @@ def plausibility_problems(g: np.ndarray, b: np.ndarray, n: float, parties: int, 
     Honest: G = Σ k kᵀ is positive semi-definite with tr G = Σ ‖k‖² ≤ κ² N, ‖B‖_F = ‖Σ r kᵀ‖_F ≤ ρ κ N,
     and N is a whole number in [fewest, parties · max_edits]. ``fewest`` is 1 for an aggregate the solver would
     solve (no edit at all is nothing to release) and 0 for one party's own statistics (a party with nothing to
-    edit this round sends zeros). Each bound gets the fixed-point slack of ``parties`` encodings. Total: any
+    edit this round sends zeros). Each bound gets the fixed-point slack of ``parties`` encodings and, with noise,
+    the slack of ``parties`` parties' noise (``noise_slack``; N carries no noise). Total: any
     input, NaN and infinities included, gives a list, never an exception (it is the last check behind the MAC).
     A hostile party that stays inside all of these is not caught: see docs/integrity.md.
     """
@@ -82,22 +106,23 @@ def _matrix_problems(g: np.ndarray, b: np.ndarray, n: int, parties: int, bounds:
     # eigvalsh then NaN, and NaN < -tol is False): symmetrise as 0.5 g + 0.5 gᵀ, and a trace, eigenvalue or norm
     # that is not finite is a named problem, never a pass. Config caps value_bound (MAX_STAT_BOUND) so that an
     # in-bound aggregate never gets here.
+    noisy_trace, noisy_eig, noisy_frob = noise_slack(bounds.noise, parties, g.shape[0], b.size)
     trace = float(np.trace(g))
     if not np.isfinite(trace):
         problems.append(Problem("non-finite", f"tr ΣG = {trace!r} is not finite (overflow)"))
-    elif trace > bounds.key_norm**2 * n + slack:
+    elif trace > bounds.key_norm**2 * n + slack + noisy_trace:
         problems.append(Problem("trace", f"tr ΣG = {trace:.6g} exceeds κ² · N = {bounds.key_norm**2 * n:.6g}"))
     try:
         lowest = float(np.linalg.eigvalsh(0.5 * g + 0.5 * g.T)[0])
     except np.linalg.LinAlgError:  # did not converge: nothing says ΣG is positive semi-definite
         lowest = float("nan")
-    tolerance = slack + 1e-9 * max(trace, 1.0) if np.isfinite(trace) else slack + 1e-9
+    tolerance = (slack + 1e-9 * max(trace, 1.0) if np.isfinite(trace) else slack + 1e-9) + noisy_eig
     if not np.isfinite(lowest):
         problems.append(Problem("psd", f"ΣG's smallest eigenvalue is {lowest!r}: not finite (overflow)"))
     elif lowest < -tolerance:
         problems.append(Problem("psd", f"ΣG is not positive semi-definite (eigenvalue {lowest:.3g})"))
     frob = float(np.linalg.norm(b))
-    limit = bounds.residual_norm * bounds.key_norm * n + parties * bounds.quantum * np.sqrt(b.size)
+    limit = bounds.residual_norm * bounds.key_norm * n + parties * bounds.quantum * np.sqrt(b.size) + noisy_frob
     if not np.isfinite(frob):
         problems.append(Problem("non-finite", f"‖ΣB‖_F = {frob!r} is not finite (overflow)"))
     elif frob > limit:

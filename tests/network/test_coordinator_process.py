@@ -20,18 +20,24 @@ FORBIDDEN_PREFIXES = ("solver", "parties", "attacks")
 FORBIDDEN = {"secure_collab.protection._primitives", "secure_collab.protection.sealing",
              "secure_collab.protection.oprf", "secure_collab.protection.integrity",
              "secure_collab.protection.scheme", "secure_collab.protection.ckks", "secure_collab.protection.shares",
-             "secure_collab.protection.plain"}
+             "secure_collab.protection.plain", "secure_collab.protection.randomness"}
 
 
-@pytest.mark.parametrize(("mode", "release"), [("shares", "weights"), ("ckks", "weights"), ("plain", "weights"),
-                                               ("shares", "served")])
-def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path, mode, release):
+@pytest.mark.parametrize(("mode", "release", "defence"), [
+    ("shares", "weights", "none"), ("ckks", "weights", "none"), ("plain", "weights", "none"),
+    ("shares", "served", "none"), ("shares", "weights", "noise:1")])
+def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path, mode, release, defence):
+    """With noise:Z the coordinator computes the session's (ε, δ) for its ledger from the session file alone, and in a
+    served release it relays the parties' queries: either way it loads no secret-handling module (nor the parties'
+    noise words)."""
     from parties import run_party
     from parties.queries import QueryClient
     from solver.server import run_solver
 
     served = {"release": "served", "variant": "oneshot"} if release == "served" else {}
-    cfg = make_config(tmp_path, mode=mode, network={"max_message_bytes": 64 << 20}, **served)
+    room = {"value_bound": 1e8} if defence != "none" else {}  # for 40σ of noise at the default κ = ρ = 1000
+    cfg = make_config(tmp_path, mode=mode, defence=defence, network={"max_message_bytes": 64 << 20}, **served,
+                      **room)
     config_path = next(tmp_path.glob("config-*.toml"))
     modules = tmp_path / "modules.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), OMP_NUM_THREADS="1")
@@ -62,6 +68,7 @@ def test_a_real_coordinator_process_never_loads_secret_handling_modules(tmp_path
     assert all(th.results[n].ok for n in "abc"), {n: th.results[n].reason for n in "abc"}
     loaded = set(json.loads(modules.read_text()))
     assert "coordinator.server" in loaded and "secure_collab.protection.public" in loaded  # the probe saw it run
+    assert ("dp_accounting.rdp" in loaded) == (defence != "none")  # it computed ε only for the noised session
     leaked = sorted(m for m in loaded if m in FORBIDDEN or m.split(".")[0] in FORBIDDEN_PREFIXES)
     assert not leaked, f"the coordinator's process loaded {leaked}"
 

@@ -41,8 +41,10 @@ def _with_defence(path: Path, value: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("value", "why"), [("noise:1", "not built yet"), ("blur", "bad defence 'blur'"),
-                                            ("rank:0", "bad defence 'rank:0'"), ("camouflage:2+", "bad defence ''")])
+@pytest.mark.parametrize(("value", "why"), [("decoys:1", "not built yet"), ("blur", "bad defence 'blur'"),
+                                            ("rank:0", "bad defence 'rank:0'"), ("camouflage:2+", "bad defence ''"),
+                                            ("noise:0", "bad defence 'noise:0'"),
+                                            ("noise:-1", "bad defence 'noise:-1'"), ("delta:1e-9", "needs noise")])
 def test_a_defence_that_is_not_built_or_not_a_form_is_refused_at_load_in_one_line(tmp_path, capsys, value, why):
     make_config(tmp_path)
     path = _with_defence(next(tmp_path.glob("config-*.toml")), value)
@@ -171,6 +173,132 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     with Ledger(cfg.paths.ledger) as ledger:
         joining = [r for r in ledger.rows("stages") if r["event"] == "joining"]
     assert joining and all(json.loads(r["detail"])["defence"] == "camouflage:2+rank:2" for r in joining)
+    assert all(json.loads(r["detail"])["epsilon"] is None for r in joining)  # no noise: no ε
     capsys.readouterr()
     assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger)]) == 0
     assert "session s1: defence camouflage:2+rank:2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("variant", "setting"), [("sequential", "noise:0.5"),
+                                                  ("oneshot", "camouflage:2+rank:2+noise:0.5")])
+def test_a_noised_session_releases_what_the_simulation_does_with_the_same_generators(tmp_path, capitals, capsys,
+                                                                                   variant, setting):
+    """noise:0.5 over real sockets, shares mode, alone and with camouflage and rank: each party clips to the declared
+    κ = 32 (about half of tiny-llama's keys are longer) and ρ = 1 and adds its discrete Gaussian, keyed from its seeded
+    generator (party i: random.Random(i), which also draws its decoys); the solver opens the noised sums (its checks
+    allow for the noise) and solves with ΣG's PSD part. Every released and applied ΔW equals run_edit's with the same
+    generators and the session's plan, differs from the release without defences, and the ledger and `session show`
+    carry the session's (ε, δ)."""
+    from coordinator.server import run_coordinator
+    from parties import run_party
+    from parties.engine import PartyEditor
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.editing.accounting import session_epsilon
+    from secure_collab.editing.defences import parse_defence
+    from secure_collab.editing.hparams import auto_request_batch
+    from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.noise import session_noise_plan
+    from secure_collab.editing.session import session_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.ledger import Ledger
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import n_layers
+    from secure_collab.protection import get_scheme
+    from solver.server import run_solver
+    from solver.solve import SessionSolve
+
+    cache = tmp_path / "cache"
+    cfg = make_config(tmp_path, mode="shares", model="tiny-llama", d_k=96, d_v=64, layers=[1, 2], chunk_values=8192,
+                      variant=variant, defence=setting, value_bound=1e5, key_norm_bound=32.0,
+                      residual_norm_bound=1.0,
+                      hparams=HP, network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0,
+                                           "solve_timeout_s": 120.0, "join_timeout_s": 60.0})
+    names = ("a", "b", "c")
+    split = split_parties(capitals[:6], 3)
+    logs: dict[str, list[str]] = {n: [] for n in names}
+    editors = {n: PartyEditor(cfg.session, split[i], cache=cache, log=logs[n].append, progress=False,
+                              defence_rng=random.Random(i)) for i, n in enumerate(names)}
+    scheme = get_scheme("shares")
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, SessionSolve(cfg.session, cache=cache)))
+    th.start("coordinator", lambda: run_coordinator(cfg, scheme))
+    for n, ed in editors.items():
+        th.start(n, lambda n=n, ed=ed: run_party(cfg, n, scheme, ed.compute_statistics, ed.apply_delta))
+    th.join(240)
+    assert th.results["coordinator"].ok, th.results["coordinator"].reason
+    released = th.results["solver"].releases
+    assert set(released) == {(0, 1), (0, 2)}
+    for n, ed in editors.items():
+        assert th.results[n].ok, (n, th.results[n].reason)
+        assert all(np.array_equal(ed.applied[key], released[key]) for key in released), n
+        assert any(line.startswith("noise on") and "‖k‖ ≤ 32" in line for line in logs[n]), logs[n]
+
+    s = cfg.session
+    plan = session_noise_plan(parse_defence(s.defence), s)
+    lm = load_model("tiny-llama")
+    hp = session_hparams(s.model, n_layers(lm.model, lm.spec), s.layers, s.variant, s.template_seed, s.hparams,
+                         auto_request_batch("cpu"), s.update_rule)
+    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
+                             progress=False)
+    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    unedited = snapshot(lm, hp.layers)
+    out = run_edit(lm, split, hp, covs, "collab", templates, defence=parse_defence(setting),
+                   rngs=[random.Random(i) for i in range(3)], noise_plan=plan)
+    got = {layer: torch.from_numpy(released[(0, layer)]) for layer in s.layers}
+    diffs = rel_diff_per_layer(got, out.deltas)
+    assert max(diffs.values()) < 1e-9, diffs
+    restore(lm, unedited)
+    bare = run_edit(lm, split, hp, covs, "collab", templates, targets=out.targets)
+    assert min(rel_diff_per_layer(got, bare.deltas).values()) > 1e-2  # the noise (and the clipping) are there
+
+    want = session_epsilon(parse_defence(s.defence), cfg)
+    assert want is not None and want.releases == 2 and want.session > want.per_release > 0
+    with Ledger(cfg.paths.ledger) as ledger:
+        joining = [json.loads(r["detail"]) for r in ledger.rows("stages") if r["event"] == "joining"]
+    assert joining and all(d["defence"] == setting and d["epsilon"] == want.session and d["delta"] == 1e-6
+                           and d["epsilon_per_release"] == want.per_release for d in joining)
+    capsys.readouterr()
+    assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger)]) == 0
+    assert f"session s1: defence {setting}, (ε, δ) = ({want.session:.4g}, 1e-06)" in capsys.readouterr().out
+    path = next(tmp_path.glob("config-*.toml"))
+    assert main(["session", "show", "--config", str(path), "--json", "-"]) == 0
+    shown = capsys.readouterr()
+    assert json.loads(shown.out)["dp"]["epsilon"] == want.session and "(ε, δ)" in shown.err
+
+
+def test_epsilon_is_null_without_noise_and_a_noise_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys):
+    from secure_collab.session_file import describe
+
+    assert describe(make_config(tmp_path / "plain", defence="rank:2"))["dp"] is None
+    # noise below the ckks encoding's step (2^-13 at value_bound 1e5) cannot be added as accounted: refused at load
+    with pytest.raises(ConfigError) as exc:
+        make_config(tmp_path / "bad", mode="ckks", value_bound=1e5, key_norm_bound=1e-3, residual_norm_bound=1e-3,
+                    defence="noise:1e-6")
+    message = str(exc.value)
+    assert "\n" not in message and "session.defence: noise:1e-06 gives each party σ" in message
+    assert "below the encoding's step" in message
+    assert main(["session", "show", "--config", str(next((tmp_path / "bad").glob("config-*.toml")))]) == 2
+    assert "below the encoding's step" in _one_line_error(capsys, "session")
+
+
+def test_session_init_declares_the_clipping_bounds_and_refuses_noise_that_does_not_fit(tmp_path, capsys):
+    from secure_collab.keys import init_keys
+
+    init_keys(tmp_path / "keys", ["a", "b", "c"])
+    common = ["session", "init", "--model", "tiny-llama", "--roster", str(tmp_path / "keys/roster.toml"),
+              "--id", "s-noise", "--cache-dir", str(tmp_path / "cache"), "-q", "--defence", "noise:2"]
+    out = tmp_path / "noised.toml"
+    assert main([*common, "--out", str(out), "--key-norm-bound", "16", "--residual-norm-bound", "32"]) == 0
+    session = tomllib.loads(out.read_text())["session"]
+    assert (session["key_norm_bound"], session["residual_norm_bound"], session["defence"]) == (16.0, 32.0, "noise:2")
+    capsys.readouterr()
+    assert main(["session", "show", "--config", str(out), "--json", "-"]) == 0
+    shown = capsys.readouterr()
+    dp = json.loads(shown.out)["dp"]
+    releases = len(session["layers"]) * session["rounds"]
+    assert dp["sensitivity"] == pytest.approx(16 * (16**2 + 32**2) ** 0.5) and dp["releases"] == releases
+    assert f"({dp['epsilon']:.4g}, 1e-06) over {releases} releases" in shown.err
+    # the default bounds (1000) leave a noise of σ ≈ 10^6 per party: refused in one line, nothing written
+    assert main([*common, "--out", str(tmp_path / "bad.toml")]) == 2
+    assert "leaves no room for 40σ" in _one_line_error(capsys, "session")
+    assert not (tmp_path / "bad.toml").exists()

@@ -20,21 +20,34 @@ FIELDS = {"view", "attack", "defence", "sessions", "m", "recall_m", "recall_m_ci
 def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_release(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "12", "--sessions", "2",
-            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1", "--out", str(out),
-            "--damage-subjects", "20", "--model-floor", "-q", "--json", str(tmp_path / "r.json")]
+            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1,noise:2", "--out", str(out),
+            "--damage-subjects", "20", "--key-norm-bound", "30", "--residual-norm-bound", "5", "--model-floor", "-q",
+            "--json", str(tmp_path / "r.json")]
     assert main(argv, entry_points=EPS) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
     rows = doc["results"]
-    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1"}
+    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1", "noise:2"}
     assert all(FIELDS <= set(r) and r["sessions"] == 2 and r["m"] == 6 for r in rows)
-    assert all(r["epsilon"] is None and 0 <= r["recall_m"] <= 1 for r in rows)
+    assert all((r["epsilon"] is None) == (r["defence"] != "noise:2") and 0 <= r["recall_m"] <= 1 for r in rows)
+    # noise:2's ε is the accountant's for these sessions: 2 parties (min_parties), 3 edits each, κ = 30, ρ = 5, the
+    # tiny model's layers × 1 round, the shares encoding of a session file's default value_bound
+    from secure_collab.editing.accounting import plan_epsilon
+    from secure_collab.editing.noise import plan_noise
+    from secure_collab.protection import encoding_frac_bits
+    from secure_collab.protocol.messages import MAX_PARTIES
+
+    meta = doc["meta"]
+    assert meta["key_norm_bound"] == 30.0 and meta["residual_norm_bound"] == 5.0
+    plan = plan_noise(2.0, 30.0, 5.0, 2, 96, 64, encoding_frac_bits("shares", 1e5, MAX_PARTIES), 3, 1e5)
+    want = plan_epsilon(plan, 1e-6, len(meta["layers"]), 1).session
+    assert {r["epsilon"] for r in rows if r["defence"] == "noise:2"} == {want}
     by = {r["defence"]: r for r in rows if r["attack"] == "subspace@first"}
     assert by["none"]["damage_kl_decoys"] is None and by["camouflage:2"]["damage_kl_decoys"] > 0
     # camouflage answers its decoys' keys: the decoys move more than random public subjects do
     assert by["camouflage:2"]["damage_kl_decoys"] > by["camouflage:2"]["damage_kl"]
     assert by["none"]["flops_per_candidate"] < next(r for r in rows if r["attack"] == "subspace-all")[
         "flops_per_candidate"]
-    assert len(list(out.glob("session-*.json"))) == 6 and (out / "frontier.png").stat().st_size > 10_000
+    assert len(list(out.glob("session-*.json"))) == 8 and (out / "frontier.png").stat().st_size > 10_000
     assert (out / "frontier-cost.png").stat().st_size > 10_000 and (out / "frontier-budget.png").is_file()
     floor = next(r for r in rows if r["attack"] == "model" and r["defence"] == "none")
     assert floor["queries_per_candidate"] == 2 and set(floor["query_budget"]) == {str(q) for q in BUDGETS}
@@ -45,7 +58,7 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
     argv_again = [a for a in argv if a != "-q"]
     assert main(argv_again, entry_points=EPS) == 0
-    assert "6 runs cached" in capsys.readouterr().out
+    assert "8 runs cached" in capsys.readouterr().out
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
 
 
@@ -62,12 +75,19 @@ def test_forward_flops_count_the_blocks_used_by_hand():
 
 def test_bad_grid_and_too_few_records_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["defences", "--grid", "none,noise:1", "--out", str(tmp_path)], entry_points=EPS)
+        main(["defences", "--grid", "none,decoys:1", "--out", str(tmp_path)], entry_points=EPS)
     assert "not built yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # `attack` has no session bounds for noise:Z's plan: the sweep measures it
+        main(["attack", "--defence", "noise:1", "--out", str(tmp_path)], entry_points=EPS)
+    assert "measured by `secure-collab defences`" in capsys.readouterr().err
     rc = main(["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "5", "--out",
                str(tmp_path)], entry_points=EPS)
     err = capsys.readouterr().err
     assert rc == 2 and "need 300 records" in err and err.strip().count("\n") == 0
+    rc = main(["defences", "--model", "tiny-llama", "--requests", "bundled", "--key-norm-bound", "0", "--out",
+               str(tmp_path)], entry_points=EPS)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--key-norm-bound must be a finite number > 0" in err and err.strip().count("\n") == 0
 
 
 def test_the_budget_curve_by_hand():
