@@ -24,7 +24,8 @@ from tests.conftest import SHARED
 
 # the attack plugins as pyproject registers them (named here: the venv may predate the entry points)
 PLUGINS = [EntryPoint("attack", "attacks.cli.attack", "secure_collab.commands"),
-           EntryPoint("audit", "attacks.cli.audit", "secure_collab.commands")]
+           EntryPoint("audit", "attacks.cli.audit", "secure_collab.commands"),
+           EntryPoint("defences", "attacks.cli.defences", "secure_collab.commands")]
 
 LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_version(capsys):
 
 def test_every_option_shows_its_default_and_every_command_has_json():
     leaves = _leaf_parsers()
-    assert {name.split()[0] for name in leaves} == set(COMMANDS) | {"attack", "audit"}
+    assert {name.split()[0] for name in leaves} == set(COMMANDS) | {"attack", "audit", "defences"}
     missing = []
     for name, parser in leaves.items():
         text = " ".join(parser.format_help().split())
@@ -461,7 +462,7 @@ def _readme_commands() -> list[list[str]]:
     alternatives (a\\|b) taken one by one, optional [groups] dropped."""
     text = (ROOT / "README.md").read_text()
     fill = {"M": "tiny-llama", "P": "3", "D": "8", "R": "4", "V": "delta", "A": "subspace", "RULE": "memit-dynamic",
-            "F...": "a.toml", "1,2,4,...": "1,2,4", "DIR": "out"}
+            "F...": "a.toml", "1,2,4,...": "1,2,4", "DIR": "out", "X,Y": "Paris,Rome"}
     out = []
     for cmd in re.findall(r"`secure-collab ([^`]*)`", text):
         cmd = re.sub(r"\[[^\]]*\]", "", cmd).replace("\\|", "|")
