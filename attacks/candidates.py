@@ -18,6 +18,7 @@ from secure_collab.cache import cache_dir, digest_json
 from secure_collab.data.corpus import public_titles as wikipedia_titles
 from secure_collab.data.requests import Request
 from secure_collab.editing.keys import subject_keys
+from secure_collab.files import temp_beside
 
 MIN_DISTRACTORS = 2000
 
@@ -89,7 +90,7 @@ def candidate_keys(setup, subjects: Sequence[str], layer: int, say=print, chunk:
             out.append(load_file(str(path))["keys"])
             continue
         k = subject_keys(lm, part, layer, setup.templates, setup.hp.request_batch and 8)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = temp_beside(path)
         save_file({"keys": k.contiguous()}, str(tmp))
         os.replace(tmp, path)
         out.append(k)

@@ -30,6 +30,7 @@ from torch import nn
 
 from secure_collab.cache import cache_dir, digest_json
 from secure_collab.editing.tokens import with_context
+from secure_collab.files import temp_beside
 from secure_collab.models.hooks import StopForward, capture_input
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _digest(lm, layer: int, templates: list[str], sentences: list[str], cfg: Inv
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = temp_beside(path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 

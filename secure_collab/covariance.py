@@ -25,6 +25,7 @@ import torch
 
 from secure_collab.cache import cache_dir, digest_json, sha256_file
 from secure_collab.data.corpus import Corpus, open_corpus
+from secure_collab.files import temp_beside
 from secure_collab.models.hooks import StopForward, capture_input
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,12 @@ def _store(root: Path, key: CovarianceKey, cov: torch.Tensor, tokens_used: int,
 
     root.mkdir(parents=True, exist_ok=True)
     tensor_path, meta_path = _paths(root, key)
-    tmp = tensor_path.with_name(tensor_path.name + f".tmp{os.getpid()}")
+    tmp = temp_beside(tensor_path)
     save_file({"cov": cov.contiguous()}, str(tmp))
     digest = sha256_file(tmp)
     meta = {"key": asdict(key), "tokens_used": tokens_used, "shape": list(cov.shape), "dtype": "float64",
             "sha256": digest, **info}
-    meta_tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
+    meta_tmp = temp_beside(meta_path)
     meta_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, tensor_path)  # tensor first: a sidecar never points at a missing file
     os.replace(meta_tmp, meta_path)

@@ -91,6 +91,17 @@ def check_writable(path: Path | str | None, what: str, *, directory: bool = Fals
         raise ConfigError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
+def temp_beside(path: Path | str) -> Path:
+    """A temporary name beside ``path`` (same directory, so ``os.replace`` onto ``path`` is atomic) that no other
+    writer, process or thread, uses at the same time: two threads of one process storing the same cache entry must
+    not share a temporary file (one would move it away under the other)."""
+    import secrets
+    import threading
+
+    p = Path(path)
+    return p.with_name(f"{p.name}.tmp{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}")
+
+
 def touch_private(path: Path | str) -> Path:
     """Create an empty 0600 file if none exists; an existing file is tightened to 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)

@@ -97,12 +97,12 @@ def _load(root: Path, key: str, device: torch.device) -> TargetResult | None:
 def _store(root: Path, key: str, t: TargetResult, info: dict) -> None:
     from safetensors.torch import save_file
 
-    from secure_collab.files import private_dir
+    from secure_collab.files import private_dir, temp_beside
 
     path = _path(root, key)
     private_dir(root)  # z* follows from the request it edits: the caller's private data, 0700 / 0600
     private_dir(path.parent)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = temp_beside(path)
     meta = {"key": key, "loss": repr(t.loss[0]), "nll": repr(t.nll[0]), "steps": str(t.steps[0]),
             "info": json.dumps(info, sort_keys=True)}
     save_file({"z": t.z[0].detach().contiguous().cpu(), "z_init": t.z_init[0].detach().contiguous().cpu()},

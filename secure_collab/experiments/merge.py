@@ -34,6 +34,7 @@ from secure_collab.editing.memit import METHODS, rel_diff_per_layer, restore, ru
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult
 from secure_collab.editing.templates import templates_digest
+from secure_collab.files import temp_beside
 from secure_collab.models.loading import LoadedModel
 
 CELL_FORMAT = 1
@@ -164,7 +165,7 @@ def _load_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = temp_beside(path)
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
 

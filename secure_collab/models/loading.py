@@ -26,6 +26,7 @@ from torch import nn
 
 from secure_collab.cache import cache_dir, sha256_file
 from secure_collab.errors import UnknownModelError
+from secure_collab.files import temp_beside
 from secure_collab.models.specs import ArchSpec, spec_for
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def convert_smollm2(cache: Path | None = None) -> Path:
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     log.info("converting %s to float32 safetensors in %s (once)", gguf.name, out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = temp_beside(out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)

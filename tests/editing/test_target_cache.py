@@ -152,3 +152,32 @@ def test_one_target_cache():
     assert defs["cached_targets"] == ["secure_collab/editing/target_cache.py"]
     assert defs["concat"] == ["secure_collab/editing/targets.py"]
     assert "_take" not in defs and "secure_collab/editing/targets.py" in defs["take"]
+
+
+def test_threads_storing_the_same_entry_at_once_do_not_trip_over_one_temporary_file(tiny, capitals, tmp_path):
+    """Two parties of one process (the network tests run them as threads) may optimise the same request and store
+    it together: each writer has its own temporary file (files.temp_beside), so neither moves the other's away."""
+    import threading
+
+    from secure_collab.editing.target_cache import _store
+
+    hp = DEFAULTS[tiny.name].with_(v_num_grad_steps=2, request_batch=1)
+    t = compute_targets(tiny, capitals[:1], hp, TEMPLATES)
+    errors: list[BaseException] = []
+    for _ in range(10):
+        gate = threading.Barrier(6)
+
+        def store() -> None:
+            try:
+                gate.wait()
+                _store(tmp_path / "targets", "k" * 64, t, {})
+            except BaseException as exc:  # noqa: BLE001 - the test reports any failure of a writer
+                errors.append(exc)
+
+        threads = [threading.Thread(target=store) for _ in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert not errors, errors
+    assert len(_files(tmp_path)) == 1 and not list((tmp_path / "targets").rglob("*.tmp*"))
