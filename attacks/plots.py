@@ -99,9 +99,10 @@ def recall_against_cost(rows: list[dict], out: Path) -> Path:
     fig, axes = plt.subplots(1, len(defences), figsize=(3.6 * len(defences), 3.6), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], defences, strict=True):
         sel = [r for r in rows if r["defence"] == name and r.get("flops_per_candidate")]
+        attacks = sorted({r["attack"] for r in rows})
         for r in sel:
             ax.errorbar([r["flops_per_candidate"]], [r["recall_m"]], yerr=_err([r], "recall_m"), marker="o",
-                        capsize=2, label=r["attack"])
+                        capsize=2, label=r["attack"], color=plt.cm.tab20(attacks.index(r["attack"]) % 20))
         if sel:
             ax.axhline(sel[0]["chance_m"], color="grey", ls="--", lw=0.8)
         ax.axhline(0.5, color="red", ls=":", lw=0.8)
