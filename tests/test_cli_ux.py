@@ -273,7 +273,7 @@ def test_ctrl_c_on_the_coordinator_is_one_line_and_tells_the_parties(tmp_path):
     try:
         _wait_for_line(proc, "listening on")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = _communicate(proc, 30)
     finally:
         proc.kill()
     assert json.loads(out)["reason"] == "the coordinator was stopped by its operator"  # stdout: the JSON alone
@@ -294,7 +294,7 @@ def test_ctrl_c_on_the_solver_is_one_line_and_json_dash_is_its_stdout(tmp_path):
     try:
         _wait_for_line(proc, "connecting to the coordinator", timeout=120)  # past the model and session checks
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = _communicate(proc, 30)
     finally:
         proc.kill()
     assert proc.returncode == 2
@@ -315,7 +315,7 @@ def test_ctrl_c_on_a_party_is_one_line_and_json_dash_is_its_stdout(tmp_path):
     try:
         _wait_for_line(proc, "connecting to the coordinator", timeout=120)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = _communicate(proc, 30)
     finally:
         proc.kill()
     assert proc.returncode == 2
@@ -387,20 +387,17 @@ def _requests_file(tmp_path: Path) -> Path:
 
 
 def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> str:
-    """Read the process's stderr until a line contains ``text``."""
-    import selectors
+    """Read the process's stderr until a line contains ``text`` (test_role_feedback's reader: no line left unseen
+    in a buffer)."""
+    from test_role_feedback import _lines_until
 
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if sel.select(timeout=0.5):
-            line = proc.stderr.readline()
-            if text in line:
-                return line
-            if not line and proc.poll() is not None:
-                break
-    raise AssertionError(f"no line with {text!r} within {timeout} s")
+    return _lines_until(proc, re.escape(text), timeout)[-1][1]
+
+
+def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    from test_role_feedback import _communicate as communicate
+
+    return communicate(proc, timeout)
 
 
 def _unwritable_dir(tmp_path: Path) -> Path:

@@ -167,7 +167,7 @@ def test_threads_storing_the_same_entry_at_once_do_not_trip_over_one_temporary_f
     for _ in range(10):
         gate = threading.Barrier(6)
 
-        def store() -> None:
+        def store(gate: threading.Barrier = gate) -> None:
             try:
                 gate.wait()
                 _store(tmp_path / "targets", "k" * 64, t, {})
