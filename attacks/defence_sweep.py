@@ -52,8 +52,7 @@ import torch
 from attacks import metrics, spectral, subspace
 from attacks.bounds import KEY_NORM_BOUND, RESIDUAL_NORM_BOUND
 from attacks.runner import Experiment
-from attacks.session_views import MODEL_PROMPTS, _load
-from attacks.target import model_shift_scores, next_token_logprobs
+from attacks.session_views import MODEL_PROMPTS, _load, subject_shifts
 from attacks.views import delta_view, keys_view, split, targets_for
 from secure_collab.editing.defences import Defence, decoy_subjects
 from secure_collab.editing.memit import restore, snapshot
@@ -181,17 +180,8 @@ def _project_out(basis: torch.Tensor, directions: torch.Tensor) -> tuple[torch.T
     return u[:, :keep], d
 
 
-@torch.no_grad()
 def _next_token_kl(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str]) -> float:
-    prompts = [p.format(n) for n in subjects for p in MODEL_PROMPTS]
-    saved = snapshot(lm, tuple(edited))
-    base = next_token_logprobs(lm, prompts)
-    _load(lm, edited)
-    try:
-        after = next_token_logprobs(lm, prompts)
-    finally:
-        restore(lm, saved)
-    return float(model_shift_scores(after.double(), base.double()).mean())
+    return float(subject_shifts(lm, edited, subjects).mean())
 
 
 def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:

@@ -79,24 +79,29 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
 
 
 @torch.no_grad()
+def subject_shifts(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str]) -> torch.Tensor:
+    """(len(subjects), len(MODEL_PROMPTS)) KL(edited ‖ unedited) of the next token after each prompt of each
+    subject: ``lm`` as it is, then with the ``edited`` weights loaded (restored afterwards)."""
+    prompts = [p.format(n) for n in subjects for p in MODEL_PROMPTS]
+    saved = snapshot(lm, tuple(edited))
+    base = next_token_logprobs(lm, prompts)
+    _load(lm, edited)
+    try:
+        after = next_token_logprobs(lm, prompts)
+    finally:
+        restore(lm, saved)
+    return model_shift_scores(after.double(), base.double()).view(len(subjects), len(MODEL_PROMPTS))
+
+
+@torch.no_grad()
 def model_scores(exp: Experiment, edited: dict[int, torch.Tensor]) -> torch.Tensor:
     """(N,) the black-box score of every candidate: Σ over ``MODEL_PROMPTS`` of KL(edited ‖ unedited) of the next
     token, ``len(MODEL_PROMPTS)`` queries to each model per candidate."""
-    lm = exp.setup.lm
-    saved = snapshot(lm, tuple(edited))
     scores = torch.zeros(exp.n, dtype=torch.float64)
     chunk = 64
     for s in range(0, exp.n, chunk):
         names = exp.candidates[s:s + chunk]
-        prompts = [p.format(n) for n in names for p in MODEL_PROMPTS]
-        base = next_token_logprobs(lm, prompts)
-        _load(lm, edited)
-        try:
-            after = next_token_logprobs(lm, prompts)
-        finally:
-            restore(lm, saved)
-        kl = model_shift_scores(after.double(), base.double()).view(len(names), len(MODEL_PROMPTS)).sum(1)
-        scores[s:s + len(names)] = kl
+        scores[s:s + len(names)] = subject_shifts(exp.setup.lm, edited, names).sum(1)
         if s % (chunk * 10) == 0:
             exp.say(f"model view: {s + len(names)}/{exp.n} candidates")
     return scores

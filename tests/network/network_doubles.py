@@ -439,3 +439,21 @@ def _watching() -> type:
 
 
 Watching = _watching()
+
+
+def simulation_of(session: Any, cache: Path) -> tuple[Any, Any, dict, list[str]]:
+    """The single-machine simulation's inputs for a session of the real engine on tiny-llama: a fresh model, the
+    session's hyper-parameters, its public C and context templates (what the parties and the solver use)."""
+    from secure_collab.covariance import layer_covariances
+    from secure_collab.editing.hparams import auto_request_batch
+    from secure_collab.editing.session import session_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.models import load_model
+    from secure_collab.models.specs import n_layers
+
+    lm = load_model(session.model)
+    hp = session_hparams(session.model, n_layers(lm.model, lm.spec), session.layers, session.variant,
+                         session.template_seed, session.hparams, auto_request_batch("cpu"), session.update_rule)
+    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
+                             progress=False)
+    return lm, hp, covs, context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)

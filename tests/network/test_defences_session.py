@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from network_doubles import Threads, make_config
+from network_doubles import Threads, make_config, simulation_of
 
 from secure_collab.cli import main
 from secure_collab.config import load_config
@@ -109,15 +109,9 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     from coordinator.server import run_coordinator
     from parties import run_party
     from parties.engine import PartyEditor
-    from secure_collab.covariance import layer_covariances
     from secure_collab.editing.defences import Defence
-    from secure_collab.editing.hparams import auto_request_batch
     from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
-    from secure_collab.editing.session import session_hparams
-    from secure_collab.editing.templates import context_templates
     from secure_collab.ledger import Ledger
-    from secure_collab.models import load_model
-    from secure_collab.models.specs import n_layers
     from secure_collab.protection import get_scheme
     from solver.server import run_solver
     from solver.solve import SessionSolve
@@ -151,12 +145,7 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
 
     # the simulation of the same session: the same parties, targets' settings, C, templates and generators
     s = cfg.session
-    lm = load_model("tiny-llama")
-    hp = session_hparams(s.model, n_layers(lm.model, lm.spec), s.layers, s.variant, s.template_seed, s.hparams,
-                         auto_request_batch("cpu"), s.update_rule)
-    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
-                             progress=False)
-    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    lm, hp, covs, templates = simulation_of(s, cache)
     unedited = snapshot(lm, hp.layers)
     out = run_edit(lm, split, hp, covs, "collab", templates, defence=Defence(2.0, 2),
                    rngs=[random.Random(i) for i in range(3)])
@@ -192,17 +181,11 @@ def test_a_noised_session_releases_what_the_simulation_does_with_the_same_genera
     from coordinator.server import run_coordinator
     from parties import run_party
     from parties.engine import PartyEditor
-    from secure_collab.covariance import layer_covariances
     from secure_collab.editing.accounting import session_epsilon
     from secure_collab.editing.defences import parse_defence
-    from secure_collab.editing.hparams import auto_request_batch
     from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
     from secure_collab.editing.noise import session_noise_plan
-    from secure_collab.editing.session import session_hparams
-    from secure_collab.editing.templates import context_templates
     from secure_collab.ledger import Ledger
-    from secure_collab.models import load_model
-    from secure_collab.models.specs import n_layers
     from secure_collab.protection import get_scheme
     from solver.server import run_solver
     from solver.solve import SessionSolve
@@ -235,12 +218,7 @@ def test_a_noised_session_releases_what_the_simulation_does_with_the_same_genera
 
     s = cfg.session
     plan = session_noise_plan(parse_defence(s.defence), s)
-    lm = load_model("tiny-llama")
-    hp = session_hparams(s.model, n_layers(lm.model, lm.spec), s.layers, s.variant, s.template_seed, s.hparams,
-                         auto_request_batch("cpu"), s.update_rule)
-    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
-                             progress=False)
-    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    lm, hp, covs, templates = simulation_of(s, cache)
     unedited = snapshot(lm, hp.layers)
     out = run_edit(lm, split, hp, covs, "collab", templates, defence=parse_defence(setting),
                    rngs=[random.Random(i) for i in range(3)], noise_plan=plan)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from network_doubles import Threads, make_config
+from network_doubles import Threads, make_config, simulation_of
 
 HP = {"mom2_tokens": 600, "v_num_grad_steps": 4, "n_templates": 1, "template_length": 3}
 
@@ -20,15 +20,11 @@ def test_a_served_session_answers_as_the_locally_edited_model_and_no_party_holds
     from parties.engine import PartyEditor
     from parties.queries import QueryClient
     from parties.runner import PartyEngine, run_party_session
-    from secure_collab.covariance import layer_covariances
-    from secure_collab.editing.hparams import auto_request_batch
     from secure_collab.editing.memit import rel_diff_per_layer, run_edit, split_parties
-    from secure_collab.editing.session import session_hparams
-    from secure_collab.editing.templates import context_templates
     from secure_collab.evaluation import evaluate
     from secure_collab.evaluation.served import candidate_logprobs
     from secure_collab.models import load_model
-    from secure_collab.models.specs import down_weight, n_layers
+    from secure_collab.models.specs import down_weight
     from secure_collab.protection import get_scheme
     from solver.server import run_solver
     from solver.solve import SessionSolve
@@ -69,12 +65,7 @@ def test_a_served_session_answers_as_the_locally_edited_model_and_no_party_holds
 
         # the simulation of the same session, applied to a local copy of the model
         s = cfg.session
-        lm = load_model("tiny-llama")
-        hp = session_hparams(s.model, n_layers(lm.model, lm.spec), s.layers, s.variant, s.template_seed, s.hparams,
-                             auto_request_batch("cpu"), s.update_rule)
-        covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
-                                 progress=False)
-        templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+        lm, hp, covs, templates = simulation_of(s, cache)
         out = run_edit(lm, split, hp, covs, "collab", templates)  # lm is now edited with the simulation's ΔW
 
         prompt = split[1][0].text  # one of b's own edits, asked by b
