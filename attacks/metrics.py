@@ -17,24 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from secure_collab.evaluation.intervals import (
+    bootstrap_ci as bootstrap_ci,  # re-exported: reports call metrics.bootstrap_ci
+)
+
 
 def recall_at(ranks: Sequence[int], k: int) -> float:
     """Fraction of targets whose 0-based rank is below k."""
     return float(np.mean([r < k for r in ranks])) if ranks else float("nan")
-
-
-def bootstrap_ci(per_trial: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
-                 ) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean over trials."""
-    x = np.asarray([v for v in per_trial if not math.isnan(v)], dtype=float)
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    if x.size == 1:
-        return float(x[0]), float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    a = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 def wilson_ci(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -101,3 +101,44 @@ def test_eval_per_party_measures_each_partys_first_edits(tmp_path, monkeypatch):
     assert result["setup"]["eval_per_party"] == 1
     assert result["setup"]["command"] == "secure-collab " + " ".join(argv)
     assert "each party's first 1 edited records" in (tmp_path / "g" / "results.md").read_text()
+
+
+def test_holders_share_every_fact_and_collab_still_equals_global(tmp_path, monkeypatch):
+    """--holders 2: each fact at two parties (dedupe off). Global-Edit edits the 2·N requests, which the sum of the
+    statistics equals; TA lands a shared fact twice (its reach about doubles), collab once; per-record values and
+    paired intervals are reported."""
+    from secure_collab.experiments.merge import holder_blocks
+
+    assert holder_blocks(6, 3, 2) == [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 0, 1]]
+    assert holder_blocks(3, 3, 1) == [[0], [1], [2]]
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    argv = ["experiment", "merge", "--model", "tiny-gpt2", "--requests", "bundled", "--parties", "3", "--edits", "3",
+            "--holders", "2", "--methods", "global,collab,ta", "--variant", "oneshot", "--out", str(tmp_path / "g"),
+            "--threads", "1", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    by = {r["method"]: r for r in result["rows"]}
+    assert by["collab"]["edits_per_party"] == [2, 2, 2] and by["collab"]["evaluated"] == 3
+    assert by["collab"]["delta_rel_diff_vs_global"] <= 1e-12
+    for r in by.values():
+        per = r["per_record"]
+        assert len(per["z_reach"]) == len(per["target_margin"]) == 3
+        assert abs(sum(per["target_margin"]) / 3 - r["target_margin"]) < 1e-12
+        assert abs(sum(per["z_reach"]) / 3 - r["z_reach"]) < 1e-12
+        lo, hi = r["z_reach_ci"]
+        assert min(per["z_reach"]) <= lo <= r["z_reach"] <= hi <= max(per["z_reach"])
+    assert by["ta"]["z_reach"] > 1.5 * by["collab"]["z_reach"]  # each holder's own solve lands the fact
+    (adv,) = result["advantage"]
+    want = sum(abs(1 - a) - abs(1 - b) for a, b in zip(by["ta"]["per_record"]["z_reach"],
+                                                       by["collab"]["per_record"]["z_reach"], strict=True)) / 3
+    assert abs(adv["reach"][0] - want) < 1e-12 and adv["beats"] == (want >= 0.10)
+    assert "every fact held by 2 parties" in (tmp_path / "g" / "results.md").read_text()
+
+
+def test_paired_interval_is_the_bootstrap_of_the_differences():
+    from secure_collab.evaluation.intervals import bootstrap_ci, paired_ci
+
+    a, b = [1.0, 2.0, None, 4.0], [0.5, 1.0, 3.0, 1.0]
+    assert paired_ci(a, b) == bootstrap_ci([0.5, 1.0, 3.0])
+    mean, lo, hi = bootstrap_ci([0.5, 1.0, 3.0])
+    assert mean == 1.5 and 0.5 <= lo < mean < hi <= 3.0

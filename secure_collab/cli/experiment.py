@@ -61,6 +61,9 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--eval-per-party", type=int, default=0, metavar="K",
                    help="measure the metrics on each party's first K edits only (the same records for every method "
                         "and variant; z_reach and ΔW use all); 0: on every edit")
+    m.add_argument("--holders", type=int, default=1, metavar="H",
+                   help="parties holding each fact (dedupe off): party p holds blocks p..p+H-1 (mod parties) of "
+                        "the distinct facts, so Global-Edit edits H x N requests")
     m.add_argument("--cached-only", action="store_true",
                    help="write the results of the cells already finished (e.g. of a grid cut short), compute none")
     m.add_argument("--layers", type=parse_layers, default=None, help="edited layers (default: the model's)")
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         grid = MergeGrid(edits=tuple(sorted(set(args.edits))), parties=args.parties, methods=args.methods,
                          variants=tuple(variants), metrics=metrics, fluency_requests=args.fluency_sample[0],
                          fluency_prompts=args.fluency_sample[1], eval_per_party=args.eval_per_party,
-                         cached_only=args.cached_only)
+                         cached_only=args.cached_only, holders=args.holders)
     except ValueError as e:
         return fail(str(e))
     t0 = time.perf_counter()
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_merge_grid(ctx, grid, out)
     result["setup"] = {"model": args.model, "requests": args.requests, "start": args.start,
                        "records": [args.start, args.start + max(grid.edits) - 1], "parties": args.parties,
-                       "metrics": metrics, "eval_per_party": grid.eval_per_party, "hparams": hp.to_dict(),
+                       "metrics": metrics, "eval_per_party": grid.eval_per_party, "holders": grid.holders,
+                       "hparams": hp.to_dict(),
                        "seconds": time.perf_counter() - t0,
                        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
                        "command": "secure-collab " + " ".join(getattr(args, "_argv", sys.argv[1:]))}

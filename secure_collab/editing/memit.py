@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -218,7 +218,10 @@ def rel_diff(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
     return max(rel_diff_per_layer(a, b).values())
 
 
-def split_parties(requests: list[Request], n: int) -> list[list[Request]]:
+T = TypeVar("T")
+
+
+def split_parties(requests: list[T], n: int) -> list[list[T]]:
     """Contiguous, near-equal shares of the requests (party k gets the k-th block)."""
     if n < 1:
         raise ValueError("at least one party")

@@ -221,17 +221,23 @@ def summarize(details: Sequence[RequestEval]) -> EvalResult:
     )
 
 
-def margins(details: Sequence[RequestEval]) -> dict[str, float | None]:
-    """``MARGINS`` over per-request evaluations (None where no request has the prompts and ``target_true``)."""
-    def mean(xs: list[float]) -> float | None:
-        return sum(xs) / len(xs) if xs else None
-
+def request_margins(d: RequestEval) -> dict[str, float | None]:
+    """One request's ``MARGINS`` (nats, NLL(true) − NLL(new); None where it lacks the prompts or ``target_true``)."""
     return {
-        "target_margin": mean([d.nll_true - d.nll_new for d in details if d.nll_true is not None]),
-        "paraphrase_margin": mean([_mean([t - n for n, t in d.paraphrase]) for d in details if d.paraphrase]),
-        "neighbourhood_margin": mean([_mean([n_true_i - n for n, n_true_i in d.neighborhood])
-                                      for d in details if d.neighborhood]),
+        "target_margin": None if d.nll_true is None else d.nll_true - d.nll_new,
+        "paraphrase_margin": _mean([t - n for n, t in d.paraphrase]) if d.paraphrase else None,
+        "neighbourhood_margin": _mean([t - n for n, t in d.neighborhood]) if d.neighborhood else None,
     }
+
+
+def margins(details: Sequence[RequestEval]) -> dict[str, float | None]:
+    """``MARGINS`` over per-request evaluations: the mean of ``request_margins`` over the requests that have it."""
+    per = [request_margins(d) for d in details]
+    out: dict[str, float | None] = {}
+    for k in MARGINS:
+        xs = [v for m in per if (v := m[k]) is not None]
+        out[k] = sum(xs) / len(xs) if xs else None
+    return out
 
 
 def evaluate(loaded, requests: Sequence[Request], batch_size: int = 32) -> EvalResult:

@@ -2,8 +2,12 @@
 
 For each variant and each number of edits N (the first N requests, split among the parties as
 ``split_parties`` does), every method edits the model from the same start and is evaluated; the model is then
-restored. Targets z* are optimised once per request through the engine's target cache (they depend only on the
-unedited model), so methods, variants and edit counts share them. Each finished cell is written to
+restored. With ``holders`` H > 1 every fact is held by H parties (party p holds blocks p, p+1, …, p+H−1 mod P of
+the N distinct facts), as when institutions edit the same fact without dedupe: Global-Edit then edits the H·N
+requests of every party together, which is what the sum of the parties' statistics equals.
+
+Targets z* are optimised once per request through the engine's target cache (they depend only on the unedited
+model), so methods, variants and edit counts share them. Each finished cell is written to
 ``<out>/cells/<key>.json`` (key: a digest of everything the cell depends on), so an interrupted grid resumes
 where it stopped; Global-Edit's ΔW per cell is kept beside it (float64 safetensors) to compare the others with.
 
@@ -11,7 +15,10 @@ Rows (``ROW_FIELDS``): the probability metrics (CounterFact: efficacy, generaliz
 efficacy, generalization, locality), ``score`` (their harmonic mean, None when one is missing), the greedy
 generation metrics, fluency on a fixed sample, ΔW's relative difference from Global-Edit, and ``z_reach``: how
 far the edited model's state at the last edited layer moved toward z*, (h − h₀)·(z* − h₀)/‖z* − h₀‖², mean over
-requests (1: reached; the oneshot variant overshoots).
+requests (1: reached; the oneshot variant overshoots). Each row also keeps its per-record values
+(``per_record``: the margins and z_reach of every evaluated fact, in the same order for every method), from which
+the report gives bootstrap intervals over records and paired differences between methods (``advantage``: where
+collab beats a naive merge by ≥ 0.10 in |1 − z_reach| or ≥ 1 nat of target or paraphrase margin).
 """
 
 from __future__ import annotations
@@ -34,10 +41,11 @@ from secure_collab.editing.memit import METHODS, rel_diff_per_layer, restore, ru
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult
 from secure_collab.editing.templates import templates_digest
+from secure_collab.evaluation.intervals import bootstrap_ci, paired_ci
 from secure_collab.files import temp_beside
 from secure_collab.models.loading import LoadedModel
 
-CELL_FORMAT = 1
+CELL_FORMAT = 2  # 2: rows keep per-record margins and z_reach
 ROW_FIELDS = ("method", "variant", "edits", "parties", "edits_per_party", "evaluated", "efficacy", "generalization",
               "specificity", "locality", "score", "target_margin", "paraphrase_margin", "neighbourhood_margin",
               "gen_efficacy", "gen_generalization", "fluency",
@@ -57,6 +65,7 @@ class MergeGrid:
     fluency_seed: int = 0
     eval_per_party: int = 0  # metrics on each party's first k edits (the same for every method); 0: on all edits
     cached_only: bool = False  # report the cells already finished, compute none (a grid cut short)
+    holders: int = 1  # parties holding each fact (dedupe off); 1: every fact at one party
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -68,6 +77,8 @@ class MergeGrid:
             raise ValueError("eval_per_party must be 0 (every edit) or positive")
         if not self.edits or min(self.edits) < self.parties or self.parties < 1:
             raise ValueError(f"every edit count must be at least the number of parties ({self.parties})")
+        if not 1 <= self.holders <= self.parties:
+            raise ValueError(f"holders must be between 1 and the number of parties ({self.parties})")
 
 
 @dataclass
@@ -98,6 +109,13 @@ def eval_sample(parties: list[list[Request]], per_party: int) -> list[Request]:
     return [r for p in parties for r in (p if per_party == 0 else p[:per_party])]
 
 
+def holder_blocks(n: int, parties: int, holders: int) -> list[list[int]]:
+    """Indices of the first ``n`` facts each party holds: ``split_parties``'s contiguous blocks, party p also
+    holding the next ``holders`` − 1 parties' blocks (mod P), so every fact is held by exactly ``holders`` parties."""
+    blocks = split_parties(list(range(n)), parties)
+    return [[i for h in range(holders) for i in blocks[(p + h) % parties]] for p in range(parties)]
+
+
 def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -> str:
     if variant == "oneshot":  # every statistic from the unedited model: lockstep and independent are one thing
         method = method.removesuffix("-lockstep")
@@ -107,7 +125,8 @@ def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -
                         "hparams": ctx.hp.with_(variant=variant).to_dict(), "covariance": ctx.cov_digest,
                         "templates": templates_digest(ctx.templates), "metrics": grid.metrics,
                         "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed],
-                        **({"eval_per_party": grid.eval_per_party} if grid.eval_per_party else {})})[:32]
+                        **({"eval_per_party": grid.eval_per_party} if grid.eval_per_party else {}),
+                        **({"holders": grid.holders} if grid.holders > 1 else {})})[:32]
 
 
 def pre_key(ctx: Context, grid: MergeGrid, evaluated: list[Request]) -> str:
@@ -118,12 +137,18 @@ def pre_key(ctx: Context, grid: MergeGrid, evaluated: list[Request]) -> str:
                         "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed]})[:32]
 
 
-def z_reach(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp: MemitHParams) -> float:
-    """Mean over requests of (h − h₀)·(z* − h₀)/‖z* − h₀‖² at the last edited layer on the model as it is now."""
+def z_reaches(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp: MemitHParams) -> list[float]:
+    """Per request, (h − h₀)·(z* − h₀)/‖z* − h₀‖² at the last edited layer on the model as it is now."""
     h = block_outputs(lm, requests, hp.layers[-1], hp.request_batch).double()  # (n, d_v)
     h0, z = targets.z_init.double(), targets.z.double()
     want = z - h0
-    return float(((h - h0) * want).sum(1).div(want.pow(2).sum(1).clamp_min(1e-300)).mean())
+    return ((h - h0) * want).sum(1).div(want.pow(2).sum(1).clamp_min(1e-300)).tolist()
+
+
+def z_reach(lm: LoadedModel, requests: list[Request], targets: TargetResult, hp: MemitHParams) -> float:
+    """Mean over requests of ``z_reaches``: 1 when the state reached z*, above 1 past it."""
+    r = z_reaches(lm, requests, targets, hp)
+    return sum(r) / len(r)
 
 
 def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | None) -> dict[str, Any]:
@@ -137,6 +162,7 @@ def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | 
         generation_metrics,
         loc_predictions,
     )
+    from secure_collab.evaluation.counterfact import request_margins
 
     lm = ctx.lm
     row: dict[str, Any] = {}
@@ -148,9 +174,12 @@ def measure(ctx: Context, grid: MergeGrid, requests: list[Request], pre: dict | 
         if pre is None:
             row["loc_predictions"] = before
     else:
-        e = evaluate(lm, requests).summary()
+        result = evaluate(lm, requests)
+        e = result.summary()
         row.update({k: e[k] for k in ("efficacy", "generalization", "specificity", "score", *MARGINS)})
         row["locality"] = None
+        per = [request_margins(d) for d in result.details]
+        row["per_record"] = {k: [m[k] for m in per] for k in MARGINS}
     row.update(generation_metrics(lm.model, lm.tokenizer, requests).summary())
     prompts = fluency_prompts(requests, grid.fluency_requests, grid.fluency_prompts)
     row["fluency"] = fluency(lm.model, lm.tokenizer, prompts, seed=grid.fluency_seed)
@@ -184,9 +213,10 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
     rows, pre_rows = [], []
     methods = ["global", *[m for m in grid.methods if m != "global"]]  # global first: the others compare with it
     for n in sorted(grid.edits):
-        reqs = ctx.requests[:n]
-        parties = split_parties(reqs, grid.parties)
-        evaluated = eval_sample(parties, grid.eval_per_party)
+        reqs = ctx.requests[:n]  # the distinct facts
+        held = holder_blocks(n, grid.parties, grid.holders)
+        parties = [[reqs[i] for i in idx] for idx in held]
+        evaluated = eval_sample(split_parties(reqs, grid.parties), grid.eval_per_party)
         pre_path = cells / f"pre-{pre_key(ctx, grid, evaluated)}.json"
         pre = _load_json(pre_path)
         if pre is None and grid.cached_only:
@@ -214,14 +244,18 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                     saved = snapshot(ctx.lm, hp.layers)
                     try:
                         t = time.perf_counter()
-                        sizes = [n] if method == "global" else [len(p) for p in parties]
-                        pt = targets.take(list(range(n))).split(sizes)
+                        sizes = [sum(map(len, held))] if method == "global" else [len(p) for p in parties]
+                        pt = targets.take([i for idx in held for i in idx]).split(sizes)
                         outcome = run_edit(ctx.lm, parties, hp, ctx.covs, method, ctx.templates, ctx.say, pt)
                         t_edit = time.perf_counter() - t
                         ctx.say(f"{variant}, {n} edits, {method}: evaluating")
                         t = time.perf_counter()
                         row = measure(ctx, grid, evaluated, pre)
-                        row["z_reach"] = z_reach(ctx.lm, reqs, targets.take(list(range(n))), hp)
+                        reach = z_reaches(ctx.lm, reqs, targets.take(list(range(n))), hp)
+                        row["z_reach"] = sum(reach) / len(reach)
+                        ev = {id(r) for r in evaluated}
+                        row.setdefault("per_record", {})["z_reach"] = [z for r, z in zip(reqs, reach, strict=True)
+                                                                       if id(r) in ev]
                         row["eval_seconds"], row["edit_seconds"] = time.perf_counter() - t, t_edit
                     finally:
                         restore(ctx.lm, saved)
@@ -235,9 +269,53 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                     row["delta_norm"] = {str(k): float(v.norm()) for k, v in deltas.items()}
                     _write_json(path, row)
                 rows.append({"method": method, "variant": variant, "edits": n, "parties": grid.parties,
-                             "edits_per_party": [len(p) for p in parties], "evaluated": len(evaluated), **row})
+                             "holders": grid.holders, "edits_per_party": [len(p) for p in parties],
+                             "evaluated": len(evaluated), **row, **intervals(row)})
     rows = [r for r in rows if r["method"] in grid.methods]
-    return {"rows": rows, "pre": pre_rows, "falls_10_points": ten_point_drops(rows, grid)}
+    return {"rows": rows, "pre": pre_rows, "falls_10_points": ten_point_drops(rows, grid),
+            "advantage": collab_advantage(rows, grid)}
+
+
+CONTINUOUS = ("target_margin", "paraphrase_margin", "neighbourhood_margin", "z_reach")
+
+
+def intervals(row: dict) -> dict[str, list[float]]:
+    """95 % bootstrap intervals over the evaluated records of each continuous metric: ``<metric>_ci`` = [lo, hi]."""
+    per = row.get("per_record") or {}
+    out = {}
+    for k in CONTINUOUS:
+        xs = [x for x in per.get(k, []) if x is not None]
+        if xs:
+            _, lo, hi = bootstrap_ci(xs)
+            out[f"{k}_ci"] = [lo, hi]
+    return out
+
+
+def collab_advantage(rows: list[dict], grid: MergeGrid) -> list[dict]:
+    """Per naive merge, variant and edit count: collab's advantage on the same records, with paired 95 % intervals
+    over records. ``reach``: |1 − z_reach| of the merge minus collab's (positive: collab lands nearer z*);
+    ``target`` and ``paraphrase``: collab's margin minus the merge's (nats). ``beats``: the reach advantage is
+    ≥ 0.10 or a margin advantage ≥ 1 nat (the issue's threshold), on the means."""
+    by = {(r["method"], r["variant"], r["edits"]): r for r in rows}
+    out = []
+    for variant in grid.variants:
+        for method in [m for m in grid.methods if m in NAIVE]:
+            for n in sorted(grid.edits):
+                a, b = by.get(("collab", variant, n)), by.get((method, variant, n))
+                if a is None or b is None or "per_record" not in a or "per_record" not in b:
+                    continue
+                pa, pb = a["per_record"], b["per_record"]
+                entry: dict[str, Any] = {"method": method, "variant": variant, "edits": n}
+                if pa.get("z_reach") and pb.get("z_reach"):
+                    entry["reach"] = paired_ci([abs(1 - z) for z in pb["z_reach"]],
+                                               [abs(1 - z) for z in pa["z_reach"]])
+                for k in ("target_margin", "paraphrase_margin"):
+                    if pa.get(k) and pb.get(k):
+                        entry[k.removesuffix("_margin")] = paired_ci(pa[k], pb[k])
+                entry["beats"] = (entry.get("reach", (0.0,))[0] >= 0.10 - 1e-12
+                                  or any(entry.get(k, (0.0,))[0] >= 1.0 - 1e-12 for k in ("target", "paraphrase")))
+                out.append(entry)
+    return out
 
 
 def ten_point_drops(rows: list[dict], grid: MergeGrid) -> list[dict]:

@@ -43,14 +43,50 @@ def _setup_lines(setup: dict | None) -> list[str]:
     k = setup.get("eval_per_party") or 0
     on = "every edited record" if not k else f"each party's first {k} edited records (the same for every method)"
     first, last = setup.get("records", [None, None])
+    holders = setup.get("holders") or 1
+    held = "" if holders == 1 else f", every fact held by {holders} parties (dedupe off)"
     return [f"{setup.get('model')}, {Path(str(setup.get('requests'))).name} records {first}-{last}, "
-            f"{setup.get('parties')} parties, layers {hp.get('layers')}, λ = {hp.get('mom2_update_weight'):g}, "
-            f"C from {hp.get('mom2_tokens'):,} tokens; metrics on {on}.", "",
+            f"{setup.get('parties')} parties{held}, layers {hp.get('layers')}, "
+            f"λ = {hp.get('mom2_update_weight'):g}, C from {hp.get('mom2_tokens'):,} tokens; metrics on {on}; "
+            "[intervals]: 95 % bootstrap over the evaluated records.", "",
             f"Command: `{setup.get('command')}`", ""]
 
 
+def _with_ci(r: dict, k: str, digits: int) -> str:
+    ci = r.get(f"{k}_ci")
+    return _fmt(r.get(k), digits) + ("" if not ci else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]")
+
+
+def _signed(ci: Sequence[float] | None, digits: int) -> str:
+    return "–" if ci is None else f"{ci[0]:+.{digits}f} [{ci[1]:+.{digits}f}, {ci[2]:+.{digits}f}]"
+
+
+def advantage_lines(result: dict) -> list[str]:
+    """collab against each naive merge on the same records: paired differences with intervals, and the smallest
+    edit count where collab beats it (≥ 0.10 nearer z* in z-reach, or ≥ 1 nat of target or paraphrase margin)."""
+    adv = result.get("advantage") or []
+    if not adv:
+        return []
+    lines = ["| variant | method | edits | reach gap: it − collab, of abs(1 − z) | target margin: collab − it (nats) "
+             "| paraphrase margin: collab − it | collab beats it |", "|---|---|---|---|---|---|---|"]
+    for a in adv:
+        lines.append(f"| {a['variant']} | {a['method']} | {a['edits']} | {_signed(a.get('reach'), 3)} | "
+                     f"{_signed(a.get('target'), 2)} | {_signed(a.get('paraphrase'), 2)} | "
+                     f"{'yes' if a['beats'] else 'no'} |")
+    lines.append("")
+    for variant in dict.fromkeys(a["variant"] for a in adv):
+        for method in dict.fromkeys(a["method"] for a in adv if a["variant"] == variant):
+            cells = [a for a in adv if a["variant"] == variant and a["method"] == method]
+            hit = next((a["edits"] for a in cells if a["beats"]), None)
+            lines.append(f"- collab beats {method} ({variant}) " + (
+                f"from {hit} edits" if hit is not None else
+                f"at no size measured (largest {max(a['edits'] for a in cells)})"))
+    return lines
+
+
 def markdown(result: dict, metrics: str) -> str:
-    """The table (one row per cell, pre-edit first per edit count) and the 10-point-drop lines."""
+    """The table (one row per cell, pre-edit first per edit count), the margins table with intervals, collab's
+    advantage over each naive merge, and the 10-point-drop lines."""
     third = "locality" if metrics == "zsre" else "specificity"
     cols = ["efficacy", "generalization", third, "score", "gen_efficacy", "gen_generalization", "fluency"]
     head = ["variant", "edits (per party)", "method", *cols, "ΔW vs global", "z reach"]
@@ -66,6 +102,17 @@ def markdown(result: dict, metrics: str) -> str:
         lines.append(f"| {r['variant']} | {r['edits']} ({_per_party(r)}) | {r['method']} | "
                      + " | ".join(_fmt(r.get(c)) for c in cols)
                      + f" | {_fmt(r.get('delta_rel_diff_vs_global'))} | {_fmt(r.get('z_reach'), 2)} |")
+    cont = [r for r in result["rows"] if r.get("target_margin") is not None or r.get("z_reach_ci")]
+    if cont:
+        lines += ["", "| variant | edits | method | target margin | paraphrase margin | neighbourhood margin | "
+                  "z reach |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(cont, key=lambda r: (r["variant"] != "sequential", r["variant"], r["edits"])):
+            lines.append(f"| {r['variant']} | {r['edits']} | {r['method']} | {_with_ci(r, 'target_margin', 2)} | "
+                         f"{_with_ci(r, 'paraphrase_margin', 2)} | {_with_ci(r, 'neighbourhood_margin', 2)} | "
+                         f"{_with_ci(r, 'z_reach', 2)} |")
+    adv = advantage_lines(result)
+    if adv:
+        lines += ["", *adv]
     drops = []
     for d in result.get("falls_10_points", []):
         if d["edits"] is None:
