@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from secure_collab.editing.malmen.edit import (edit_norms, layer_shapes, party_statistics, run_malmen_edit,
-                                               solve_shift, statistics_from_rows, value_diffs)
+from secure_collab.editing.malmen.edit import (
+    edit_norms,
+    layer_shapes,
+    party_statistics,
+    run_malmen_edit,
+    solve_shift,
+    statistics_from_rows,
+    value_diffs,
+)
 from secure_collab.editing.malmen.hparams import DEFAULTS
 from secure_collab.editing.malmen.net import Editor
 from secure_collab.editing.malmen.rows import edit_rows

@@ -3,7 +3,7 @@
 For a row (u, ∇v) of layer l (u: d_k, the layer input at an answer token; ∇v: d_v, the edit loss's gradient with
 respect to the layer output there):
   x  = (concat(u, ∇v) − mean) / (std + eps)                  frozen after training (``Normaliser``)
-  x ← x + scale_l ⊙ relu(x A B + bias) + shift_l              for each of ``n_blocks`` blocks (A: size×rank, B: rank×size)
+  x ← x + scale_l ⊙ relu(x A B + bias) + shift_l              per block (A: size×rank, B: rank×size)
   (ũ, ∇̃v) = split(x)
   d  = −η_l (uᵀũ) ∇̃v                                          the row's value difference (d_v)
 MALMEN's reference code updates a running mean and standard deviation with every batch it sees, evaluation
