@@ -105,3 +105,20 @@ def test_resume_equals_uninterrupted_and_cache(model, tmp_path):
     assert json.loads((tmp_path / "whole" / "editor" / "editor.json").read_text())["digest"] == whole.editor.digest()
     with pytest.raises(ValueError, match="another training run"):
         train_editor(lm, hp, CFG.__class__(**{**CFG.__dict__, "seed": 1}), train, val, tmp_path / "whole")
+
+
+def test_cli_trains_then_hits_the_cache(tmp_path, capsys):
+    from secure_collab.cli import main
+    from tests.conftest import SHARED
+
+    train, val = (SHARED / "counterfact_mend" / f"counterfact-{s}.json" for s in ("train", "val"))
+    if not train.is_file():
+        pytest.skip("../shared/data is not beside the checkout")
+    argv = ["malmen", "train", "--model", "tiny-gpt2", "--train", str(train), "--train-limit", "40", "--val", str(val),
+            "--steps", "2", "--val-edits", "2", "--norm-edits", "8", "--edits-per-step", "2", "--threads", "1",
+            "--out", str(tmp_path / "run"), "-q"]
+    assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert not a["cached"] and b["cached"] and a["digest"] == b["digest"] and a["steps"] == 2
+    assert (tmp_path / "run" / "curve.png").is_file()
