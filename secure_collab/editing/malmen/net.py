@@ -28,6 +28,10 @@ from secure_collab.editing.malmen.hparams import MalmenHParams
 class Normaliser(nn.Module):
     """Per-feature (x − mean) / (std + eps), fitted once (``fit``) and then fixed."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, size: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(size))
@@ -133,7 +137,7 @@ class Editor(nn.Module):
 
     @property
     def fitted(self) -> bool:
-        return all(n.normaliser.fitted for n in self.nets.values())  # type: ignore[union-attr]
+        return all(self.net(layer).normaliser.fitted for layer in self.hp.layers)
 
     def digest(self) -> str:
         """sha256 over the hyper-parameters, the layer shapes and every tensor (normaliser included) as float64:

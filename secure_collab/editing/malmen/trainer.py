@@ -63,10 +63,12 @@ def fit_normaliser(lm: LoadedModel, editor: Editor, pool: list[Request], cfg: Tr
     """Fit each shape network's normaliser on the rows of ``cfg.norm_edits`` training edits, all its layers."""
     idx = random.Random(f"malmen-norm:{cfg.seed}").sample(range(len(pool)), min(cfg.norm_edits, len(pool)))
     rows = edit_rows(lm, [pool[i] for i in idx], editor.hp.layers, editor.hp.edit_batch)
-    for key, net in editor.nets.items():
-        layers = [la for la in editor.hp.layers if f"{editor.shapes[la][0]}x{editor.shapes[la][1]}" == key]
-        x = torch.cat([torch.cat((rows.u[la], rows.g[la]), 1) for la in layers]).to(net.lr.dtype)
-        net.normaliser.fit(x)  # type: ignore[operator]
+    groups: dict[int, list[int]] = {}  # one normaliser per shape network, over all of its layers' rows
+    for la in editor.hp.layers:
+        groups.setdefault(id(editor.net(la)), []).append(la)
+    for layers in groups.values():
+        net = editor.net(layers[0])
+        net.normaliser.fit(torch.cat([torch.cat((rows.u[la], rows.g[la]), 1) for la in layers]).to(net.lr.dtype))
 
 
 def _save_checkpoint(path: Path, editor: Editor, opt: torch.optim.Optimizer, step: int,
@@ -106,7 +108,7 @@ def train_editor(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: li
     editor = Editor(hp, layer_shapes(lm, hp.layers)).to(device=lm.device, dtype=dtype)
     opt = torch.optim.Adam(editor.parameters(), lr=cfg.meta_lr)
     ckpt = directory / "checkpoint.pt"
-    step, history = 0, []
+    step, history = 0, []  # type: tuple[int, list[dict[str, Any]]]
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=lm.device, weights_only=True)
         editor.load_state_dict(state["editor"])
