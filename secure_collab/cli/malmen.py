@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.data.formats import load_requests
     from secure_collab.editing.malmen.hparams import default_malmen_hparams
     from secure_collab.editing.malmen.train import TrainConfig
-    from secure_collab.editing.malmen.trainer import run_key, train_editor
+    from secure_collab.editing.malmen.trainer import run_key, train_hypernet
     from secure_collab.errors import UserError
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
@@ -87,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
     say(args, f"MALMEN meta-training: {len(train)} training records, {len(val)} validation, layers "
               f"{list(hp.layers)}, rank {hp.rank} x {hp.n_blocks} blocks, {cfg.steps} steps -> {out}")
     with progress("malmen train", total=cfg.steps, unit="steps", enabled=not args.quiet) as advance:
-        result = train_editor(lm, hp, cfg, train, val, out, progress=advance)
+        result = train_hypernet(lm, hp, cfg, train, val, out, progress=advance)
     last = result.history[-1] if result.history else {}
     secs = [h["seconds"] for h in result.history if "seconds" in h]
-    say(args, f"{'cached' if result.cached else 'trained'}: digest {result.editor.digest()}  "
+    say(args, f"{'cached' if result.cached else 'trained'}: digest {result.hypernet.digest()}  "
               f"{sum(secs) / max(1, len(secs)):.2f} s/step  curve {out / 'curve.png'}")
     write_json(args, {"model": args.model, "model_digest": lm.source_digest, "directory": str(out), "key": key,
-                      "digest": result.editor.digest(), "cached": result.cached, "steps": len(result.history),
+                      "digest": result.hypernet.digest(), "cached": result.cached, "steps": len(result.history),
                       "seconds_per_step": sum(secs) / max(1, len(secs)), "last": last, "hp": hp.to_dict()})
     return 0

@@ -17,7 +17,7 @@ from secure_collab.editing.malmen.edit import (
     value_diffs,
 )
 from secure_collab.editing.malmen.hparams import DEFAULTS
-from secure_collab.editing.malmen.net import Editor
+from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import edit_rows
 from secure_collab.editing.memit import restore, snapshot, split_parties
 from secure_collab.models.specs import down_weight
@@ -31,56 +31,57 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def make_editor(lm, requests, seed: int = 1) -> Editor:
-    """A fitted editor with every parameter moved off its identity start (so each equation is exercised); ridges
+def make_hypernet(lm, requests, seed: int = 1) -> Hypernet:
+    """A fitted hypernet with every parameter moved off its identity start (so each equation is exercised); ridges
     e^2, e^1.5 keep UᵀU + e^λ I conditioned well enough (≈1e3) that Cholesky and LU agree to 1e-12."""
     hp = DEFAULTS[lm.name]
-    editor = Editor(hp, layer_shapes(lm, hp.layers)).double()
+    hypernet = Hypernet(hp, layer_shapes(lm, hp.layers)).double()
     rows = edit_rows(lm, requests, hp.layers)
-    for net in editor.nets.values():
+    for net in hypernet.nets.values():
         net.normaliser.fit(torch.cat([torch.cat((rows.u[la], rows.g[la]), 1) for la in hp.layers]))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in editor.named_parameters():
+        for name, p in hypernet.named_parameters():
             if name.endswith("lamda"):
                 p.copy_(torch.tensor([2.0, 1.5], dtype=torch.float64)[: p.shape[0]])
             elif not name.endswith("lr"):
                 p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
-    return editor
+    return hypernet
 
 
 @pytest.fixture(scope="module")
 def setup(tiny, capitals):
-    editor = make_editor(tiny, capitals[:4])
+    hypernet = make_hypernet(tiny, capitals[:4])
     edits = [(r.text, r.target_new) for r in capitals]
-    want = ref.malmen(tiny.model, tiny.tokenizer, edits, editor.hp.layers, editor.state_dict(), editor.hp.n_blocks)
-    return tiny, capitals, editor, want
+    want = ref.malmen(tiny.model, tiny.tokenizer, edits, hypernet.hp.layers, hypernet.state_dict(),
+                      hypernet.hp.n_blocks)
+    return tiny, capitals, hypernet, want
 
 
 def test_statistics_equal_reference(setup):
-    lm, reqs, editor, want = setup
-    got = party_statistics(lm, editor, reqs)
+    lm, reqs, hypernet, want = setup
+    got = party_statistics(lm, hypernet, reqs)
     for layer, (utu, utd, _) in want.items():
         assert _rel(got[layer].g, utu) <= TOL
         assert _rel(got[layer].b, utd.T) <= TOL  # the project stores B = DᵀU
 
 
 def test_shift_equals_reference(setup):
-    lm, reqs, editor, want = setup
-    got = party_statistics(lm, editor, reqs)
+    lm, reqs, hypernet, want = setup
+    got = party_statistics(lm, hypernet, reqs)
     for layer, (_, _, s) in want.items():
-        assert _rel(solve_shift(got[layer], editor.ridge(layer)), s.T) <= TOL
+        assert _rel(solve_shift(got[layer], hypernet.ridge(layer)), s.T) <= TOL
 
 
 @pytest.mark.parametrize("n_parties", [1, 2, 3])
 def test_collab_equals_reference_and_global(setup, n_parties):
-    lm, reqs, editor, want = setup
-    saved = snapshot(lm, editor.hp.layers)
+    lm, reqs, hypernet, want = setup
+    saved = snapshot(lm, hypernet.hp.layers)
     try:
-        glob = run_malmen_edit(lm, [reqs], editor, "global")
+        glob = run_malmen_edit(lm, [reqs], hypernet, "global")
         restore(lm, saved)
-        collab = run_malmen_edit(lm, split_parties(reqs, n_parties), editor, "collab")
-        edited = {layer: down_weight(lm.model, lm.spec, layer).clone() for layer in editor.hp.layers}
+        collab = run_malmen_edit(lm, split_parties(reqs, n_parties), hypernet, "collab")
+        edited = {layer: down_weight(lm.model, lm.spec, layer).clone() for layer in hypernet.hp.layers}
     finally:
         restore(lm, saved)
     assert collab.edits == [len(p) for p in split_parties(reqs, n_parties)]
@@ -91,51 +92,51 @@ def test_collab_equals_reference_and_global(setup, n_parties):
 
 
 def test_applied_weights_equal_reference(setup):
-    lm, reqs, editor, want = setup
-    saved = snapshot(lm, editor.hp.layers)
+    lm, reqs, hypernet, want = setup
+    saved = snapshot(lm, hypernet.hp.layers)
     try:
-        run_malmen_edit(lm, [reqs], editor, "global")
-        got = snapshot(lm, editor.hp.layers)
+        run_malmen_edit(lm, [reqs], hypernet, "global")
+        got = snapshot(lm, hypernet.hp.layers)
         restore(lm, saved)
         ref.apply_shifts(lm.model, {layer: s for layer, (_, _, s) in want.items()})
-        expect = snapshot(lm, editor.hp.layers)
+        expect = snapshot(lm, hypernet.hp.layers)
     finally:
         restore(lm, saved)
-    for layer in editor.hp.layers:
+    for layer in hypernet.hp.layers:
         assert _rel(got[layer] - saved[layer], expect[layer] - saved[layer]) <= TOL
 
 
 def test_rows_do_not_depend_on_the_batch(setup):
-    lm, reqs, editor, _ = setup
-    one = edit_rows(lm, reqs, editor.hp.layers, edit_batch=1)
-    many = edit_rows(lm, reqs, editor.hp.layers, edit_batch=5)
+    lm, reqs, hypernet, _ = setup
+    one = edit_rows(lm, reqs, hypernet.hp.layers, edit_batch=1)
+    many = edit_rows(lm, reqs, hypernet.hp.layers, edit_batch=5)
     assert torch.equal(one.edit, many.edit)
-    for layer in editor.hp.layers:
+    for layer in hypernet.hp.layers:
         assert _rel(many.u[layer], one.u[layer]) <= TOL and _rel(many.g[layer], one.g[layer]) <= TOL
 
 
 def test_merges_run_and_differ_from_collab(setup):
-    lm, reqs, editor, _ = setup
-    saved = snapshot(lm, editor.hp.layers)
+    lm, reqs, hypernet, _ = setup
+    saved = snapshot(lm, hypernet.hp.layers)
     try:
-        collab = run_malmen_edit(lm, split_parties(reqs, 3), editor, "collab")
+        collab = run_malmen_edit(lm, split_parties(reqs, 3), hypernet, "collab")
         restore(lm, saved)
-        ta = run_malmen_edit(lm, split_parties(reqs, 3), editor, "ta")
+        ta = run_malmen_edit(lm, split_parties(reqs, 3), hypernet, "ta")
     finally:
         restore(lm, saved)
-    layer = editor.hp.layers[-1]
+    layer = hypernet.hp.layers[-1]
     assert _rel(ta.deltas[layer], collab.deltas[layer]) > 1e-3
 
 
 def test_edit_count_and_plausibility_bounds(setup):
     """N counts edits; with κ, ρ bounding each edit's ‖U_e‖_F, ‖D_e‖_F the solver's checks pass, and they would
     refuse the same aggregate declared with fewer edits (the bound is not vacuous)."""
-    lm, reqs, editor, _ = setup
-    rows = edit_rows(lm, reqs, editor.hp.layers)
-    stats = statistics_from_rows(editor, rows)
-    d = value_diffs(editor, rows)
+    lm, reqs, hypernet, _ = setup
+    rows = edit_rows(lm, reqs, hypernet.hp.layers)
+    stats = statistics_from_rows(hypernet, rows)
+    d = value_diffs(hypernet, rows)
     assert rows.n_rows > rows.n_edits == len(reqs)
-    for layer in editor.hp.layers:
+    for layer in hypernet.hp.layers:
         u_norm, d_norm = edit_norms(rows, d, layer)
         bounds = Bounds(key_norm=float(u_norm.max()), residual_norm=float(d_norm.max()), max_edits=len(reqs))
         g, b = stats[layer].g.numpy(), stats[layer].b.numpy()
@@ -145,30 +146,30 @@ def test_edit_count_and_plausibility_bounds(setup):
 
 
 def test_weights_scale_each_edit(setup):
-    lm, reqs, editor, _ = setup
-    rows = edit_rows(lm, reqs[:3], editor.hp.layers)
+    lm, reqs, hypernet, _ = setup
+    rows = edit_rows(lm, reqs[:3], hypernet.hp.layers)
     w = torch.tensor([1.0, 0.5, 1 / 3], dtype=torch.float64)
-    weighted = statistics_from_rows(editor, rows, w)
-    parts = [statistics_from_rows(editor, edit_rows(lm, [r], editor.hp.layers)) for r in reqs[:3]]
-    layer = editor.hp.layers[0]
+    weighted = statistics_from_rows(hypernet, rows, w)
+    parts = [statistics_from_rows(hypernet, edit_rows(lm, [r], hypernet.hp.layers)) for r in reqs[:3]]
+    layer = hypernet.hp.layers[0]
     want_g = sum(float(w[k]) * parts[k][layer].g for k in range(3))
     assert _rel(weighted[layer].g, want_g) <= TOL
 
 
 def test_normaliser_is_frozen_and_in_the_digest(tiny, capitals, tmp_path):
-    editor = make_editor(tiny, capitals[:3])
+    hypernet = make_hypernet(tiny, capitals[:3])
     with pytest.raises(ValueError, match="frozen"):
-        next(iter(editor.nets.values())).normaliser.fit(torch.randn(5, 160, dtype=torch.float64))
-    digest = editor.digest()
-    editor.save(tmp_path / "ed")
-    again = Editor.load(tmp_path / "ed", expect_digest=digest)
+        next(iter(hypernet.nets.values())).normaliser.fit(torch.randn(5, 160, dtype=torch.float64))
+    digest = hypernet.digest()
+    hypernet.save(tmp_path / "ed")
+    again = Hypernet.load(tmp_path / "ed", expect_digest=digest)
     assert again.digest() == digest
     with torch.no_grad():
         next(iter(again.nets.values())).normaliser.std.mul_(1.0 + 1e-12)
     assert again.digest() != digest
     with pytest.raises(ValueError, match="digest"):
-        Editor.load(tmp_path / "ed", expect_digest="0" * 64)
-    fresh = Editor(editor.hp, editor.shapes)
+        Hypernet.load(tmp_path / "ed", expect_digest="0" * 64)
+    fresh = Hypernet(hypernet.hp, hypernet.shapes)
     with pytest.raises(ValueError, match="unfitted"):
         fresh.digest()
     with pytest.raises(ValueError, match="not fitted"):
@@ -177,10 +178,10 @@ def test_normaliser_is_frozen_and_in_the_digest(tiny, capitals, tmp_path):
 
 def test_plausibility_helper_matches_numpy(setup):
     """tr G = Σ_e ‖U_e‖_F² exactly (the identity behind the trace bound)."""
-    lm, reqs, editor, _ = setup
-    rows = edit_rows(lm, reqs, editor.hp.layers)
-    d = value_diffs(editor, rows)
-    layer = editor.hp.layers[0]
+    lm, reqs, hypernet, _ = setup
+    rows = edit_rows(lm, reqs, hypernet.hp.layers)
+    d = value_diffs(hypernet, rows)
+    layer = hypernet.hp.layers[0]
     u_norm, _ = edit_norms(rows, d, layer)
-    g = statistics_from_rows(editor, rows)[layer].g
+    g = statistics_from_rows(hypernet, rows)[layer].g
     assert np.isclose(float(g.trace()), float((u_norm**2).sum()), rtol=1e-13)

@@ -11,11 +11,11 @@ import torch
 from secure_collab.data.requests import Request
 from secure_collab.editing.malmen.edit import layer_shapes
 from secure_collab.editing.malmen.hparams import DEFAULTS
-from secure_collab.editing.malmen.net import Editor
+from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import edit_rows
 from secure_collab.editing.malmen.train import TrainConfig, meta_loss, meta_step
-from secure_collab.editing.malmen.trainer import fit_normaliser, train_editor
-from tests.editing.test_malmen import make_editor
+from secure_collab.editing.malmen.trainer import fit_normaliser, train_hypernet
+from tests.editing.test_malmen import make_hypernet
 
 
 def _records(n: int, offset: int = 0, paraphrase: bool = True) -> list[Request]:
@@ -35,24 +35,24 @@ def _records(n: int, offset: int = 0, paraphrase: bool = True) -> list[Request]:
 def test_two_stage_gradient_is_the_exact_gradient(tiny):
     """Stage 1 + stage 2 (through the normal equation by hand) equal autograd through torch.linalg.solve."""
     batch = _records(3)
-    editor = make_editor(tiny, batch)
-    editor.zero_grad(set_to_none=True)
-    meta_step(tiny, editor, batch, loc_coef=0.7)
-    two_stage = {n: p.grad.clone() for n, p in editor.named_parameters() if p.grad is not None}
+    hypernet = make_hypernet(tiny, batch)
+    hypernet.zero_grad(set_to_none=True)
+    meta_step(tiny, hypernet, batch, loc_coef=0.7)
+    two_stage = {n: p.grad.clone() for n, p in hypernet.named_parameters() if p.grad is not None}
 
-    editor.zero_grad(set_to_none=True)
-    rows = edit_rows(tiny, batch, editor.hp.layers)
+    hypernet.zero_grad(set_to_none=True)
+    rows = edit_rows(tiny, batch, hypernet.hp.layers)
     shifts = {}
     with torch.enable_grad():
-        for layer in editor.hp.layers:
-            net, i = editor.net(layer), editor.index[layer]
+        for layer in hypernet.hp.layers:
+            net, i = hypernet.net(layer), hypernet.index[layer]
             u = rows.u[layer]
             d = net.value_diffs(u, rows.g[layer], i)
             a = u.T @ u + torch.exp(net.lamda[i]) * torch.eye(u.shape[1], dtype=u.dtype)
             shifts[layer] = torch.linalg.solve(a, u.T @ d)
         loss, _, _ = meta_loss(tiny, batch, shifts, 0.7)
         loss.backward()
-    direct = {n: p.grad for n, p in editor.named_parameters() if p.grad is not None}
+    direct = {n: p.grad for n, p in hypernet.named_parameters() if p.grad is not None}
     assert sorted(two_stage) == sorted(direct)
     for name, want in direct.items():
         if want.norm() == 0:
@@ -67,14 +67,14 @@ def test_loss_falls_on_a_fixed_batch(tiny):
     to lower (its paraphrases share nothing with the prompt, so a fall there would need a real model)."""
     batch = _records(4, paraphrase=False)
     hp = DEFAULTS[tiny.name]
-    editor = Editor(hp, layer_shapes(tiny, hp.layers)).double()
-    fit_normaliser(tiny, editor, _records(16, 20), TrainConfig(norm_edits=16))
-    opt = torch.optim.Adam(editor.parameters(), lr=3e-3)
+    hypernet = Hypernet(hp, layer_shapes(tiny, hp.layers)).double()
+    fit_normaliser(tiny, hypernet, _records(16, 20), TrainConfig(norm_edits=16))
+    opt = torch.optim.Adam(hypernet.parameters(), lr=3e-3)
     losses = []
     for _ in range(10):
         opt.zero_grad(set_to_none=True)
-        losses.append(meta_step(tiny, editor, batch, loc_coef=1.0)[0])
-        torch.nn.utils.clip_grad_norm_(editor.parameters(), 1.0)
+        losses.append(meta_step(tiny, hypernet, batch, loc_coef=1.0)[0])
+        torch.nn.utils.clip_grad_norm_(hypernet.parameters(), 1.0)
         opt.step()
     assert losses[-1] < 0.92 * losses[0] and min(losses[1:]) < losses[0], losses
 
@@ -90,21 +90,22 @@ def test_resume_equals_uninterrupted_and_cache(model, tmp_path):
     lm = load_model(model)
     hp = DEFAULTS[model]
     train, val = _records(12), _records(3, 40)
-    whole = train_editor(lm, hp, CFG, train, val, tmp_path / "whole")
+    whole = train_hypernet(lm, hp, CFG, train, val, tmp_path / "whole")
     assert whole.finished and (tmp_path / "whole" / "curve.png").stat().st_size > 0
-    half = train_editor(lm, hp, CFG, train, val, tmp_path / "half", stop_after=2)
+    half = train_hypernet(lm, hp, CFG, train, val, tmp_path / "half", stop_after=2)
     assert not half.finished and len(half.history) == 2
-    resumed = train_editor(lm, hp, CFG, train, val, tmp_path / "half")
+    resumed = train_hypernet(lm, hp, CFG, train, val, tmp_path / "half")
     assert resumed.finished
-    a, b = whole.editor.state_dict(), resumed.editor.state_dict()
+    a, b = whole.hypernet.state_dict(), resumed.hypernet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.editor.digest() == whole.editor.digest()
+    assert resumed.hypernet.digest() == whole.hypernet.digest()
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
-    again = train_editor(lm, hp, CFG, train, val, tmp_path / "whole")
-    assert again.cached and again.editor.digest() == whole.editor.digest()
-    assert json.loads((tmp_path / "whole" / "editor" / "editor.json").read_text())["digest"] == whole.editor.digest()
+    again = train_hypernet(lm, hp, CFG, train, val, tmp_path / "whole")
+    assert again.cached and again.hypernet.digest() == whole.hypernet.digest()
+    saved = json.loads((tmp_path / "whole" / "hypernet" / "hypernet.json").read_text())
+    assert saved["digest"] == whole.hypernet.digest()
     with pytest.raises(ValueError, match="another training run"):
-        train_editor(lm, hp, CFG.__class__(**{**CFG.__dict__, "seed": 1}), train, val, tmp_path / "whole")
+        train_hypernet(lm, hp, CFG.__class__(**{**CFG.__dict__, "seed": 1}), train, val, tmp_path / "whole")
 
 
 def test_cli_trains_then_hits_the_cache(tmp_path, capsys):

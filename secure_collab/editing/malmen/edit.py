@@ -1,7 +1,7 @@
 """MALMEN's statistics, solve and edit over parties (tensors in, tensors out; the model only through ``rows``).
 
 Per edited layer l, over the answer-token rows of a party's edits (``rows.edit_rows``):
-  D   = value_diffs(U, ∇V)                       (r, d_v), the hypernetwork (``net.Editor``)
+  D   = value_diffs(U, ∇V)                       (r, d_v), the hypernetwork (``net.Hypernet``)
   G   = UᵀU                                       (d_k, d_k)   MEMIT's G
   B   = DᵀU                                       (d_v, d_k)   MEMIT's B orientation (the paper's UᵀD, transposed)
   ΔW  = B (G + e^{λ_l} I)⁻¹ = Sᵀ,  S = (UᵀU + e^{λ_l} I)⁻¹ UᵀD      (d_v, d_k), added to W (d_v, d_k)
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from secure_collab.data.requests import Request
-from secure_collab.editing.malmen.net import Editor
+from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import EditRows, edit_rows
 from secure_collab.editing.memit import INDEPENDENT, combine
 from secure_collab.editing.statistics import LayerStats, layer_statistics
@@ -44,9 +44,9 @@ def layer_shapes(lm: LoadedModel, layers: tuple[int, ...]) -> dict[int, tuple[in
 
 
 @torch.no_grad()
-def value_diffs(editor: Editor, rows: EditRows) -> dict[int, torch.Tensor]:
+def value_diffs(hypernet: Hypernet, rows: EditRows) -> dict[int, torch.Tensor]:
     """D (r, d_v) per layer from the rows, float64."""
-    return {layer: editor.value_diffs(layer, rows.u[layer], rows.g[layer]).double() for layer in editor.hp.layers}
+    return {layer: hypernet.value_diffs(layer, rows.u[layer], rows.g[layer]).double() for layer in hypernet.hp.layers}
 
 
 def row_weights(rows: EditRows, weights: torch.Tensor | None) -> torch.Tensor | None:
@@ -58,18 +58,19 @@ def row_weights(rows: EditRows, weights: torch.Tensor | None) -> torch.Tensor | 
     return weights.to(rows.edit.device)[rows.edit]
 
 
-def statistics_from_rows(editor: Editor, rows: EditRows, weights: torch.Tensor | None = None) -> dict[int, LayerStats]:
+def statistics_from_rows(hypernet: Hypernet, rows: EditRows,
+                         weights: torch.Tensor | None = None) -> dict[int, LayerStats]:
     """(G, B) = (UᵀU, DᵀU) per layer, float64."""
-    d = value_diffs(editor, rows)
+    d = value_diffs(hypernet, rows)
     w = row_weights(rows, weights)
-    return {layer: layer_statistics(rows.u[layer], d[layer], w) for layer in editor.hp.layers}
+    return {layer: layer_statistics(rows.u[layer], d[layer], w) for layer in hypernet.hp.layers}
 
 
-def party_statistics(lm: LoadedModel, editor: Editor, requests: list[Request],
+def party_statistics(lm: LoadedModel, hypernet: Hypernet, requests: list[Request],
                      weights: torch.Tensor | None = None) -> dict[int, LayerStats]:
     """One party's (G, B) per edited layer: one forward and backward pass per edit, then the hypernetwork."""
-    rows = edit_rows(lm, requests, editor.hp.layers, editor.hp.edit_batch)
-    return statistics_from_rows(editor, rows, weights)
+    rows = edit_rows(lm, requests, hypernet.hp.layers, hypernet.hp.edit_batch)
+    return statistics_from_rows(hypernet, rows, weights)
 
 
 def edit_norms(rows: EditRows, d: dict[int, torch.Tensor], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +94,7 @@ class MalmenOutcome:
     rows: list[int] = field(default_factory=list)  # answer-token rows per party
 
 
-def run_malmen_edit(lm: LoadedModel, parties: list[list[Request]], editor: Editor, method: str,
+def run_malmen_edit(lm: LoadedModel, parties: list[list[Request]], hypernet: Hypernet, method: str,
                     weights: list[torch.Tensor | None] | None = None) -> MalmenOutcome:
     """Edit ``lm`` in place with every party's requests; returns the applied ΔW per layer.
 
@@ -102,7 +103,7 @@ def run_malmen_edit(lm: LoadedModel, parties: list[list[Request]], editor: Edito
     on the model as it is when called, before any layer is changed."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
-    if not editor.fitted:
+    if not hypernet.fitted:
         raise ValueError("the hypernetwork's normaliser is not fitted: train or load a trained hypernetwork")
     ws = weights or [None] * len(parties)
     if method == "global":
@@ -114,14 +115,14 @@ def run_malmen_edit(lm: LoadedModel, parties: list[list[Request]], editor: Edito
     out = MalmenOutcome()
     per_party = []
     for reqs, w in kept:
-        rows = edit_rows(lm, reqs, editor.hp.layers, editor.hp.edit_batch)
-        per_party.append(statistics_from_rows(editor, rows, w))
+        rows = edit_rows(lm, reqs, hypernet.hp.layers, hypernet.hp.edit_batch)
+        per_party.append(statistics_from_rows(hypernet, rows, w))
         out.edits.append(rows.n_edits)
         out.rows.append(rows.n_rows)
-    for layer in editor.hp.layers:
+    for layer in hypernet.hp.layers:
         g = per_party[0][layer].g
         eye = torch.eye(g.shape[0], dtype=torch.float64, device=g.device)
-        out.deltas[layer] = combine(method, [s[layer] for s in per_party], eye, editor.ridge(layer))
+        out.deltas[layer] = combine(method, [s[layer] for s in per_party], eye, hypernet.ridge(layer))
     for layer, delta in out.deltas.items():
         add_to_down_weight(lm.model, lm.spec, layer, delta)
     return out

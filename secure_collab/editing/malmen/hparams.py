@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class MalmenHParams:
-    """The editor's shape. ``layers``: the edited MLP output projections (``ArchSpec.down_proj``), ascending.
+    """The hypernet's shape. ``layers``: the edited MLP output projections (``ArchSpec.down_proj``), ascending.
 
     The network over the concatenated (u, ∇v) has ``n_blocks`` residual low-rank blocks of rank ``rank``; η_l starts
     at ``lr_init`` and λ_l (the ridge e^{λ_l}) at ``lambda_init``, both learned per layer. ``seed`` draws the blocks'

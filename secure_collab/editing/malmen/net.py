@@ -8,7 +8,7 @@ respect to the layer output there):
   d  = −η_l (uᵀũ) ∇̃v                                          the row's value difference (d_v)
 MALMEN's reference code updates a running mean and standard deviation with every batch it sees, evaluation
 included; here the normaliser is fitted once and frozen, so every party maps the same row to the same d (otherwise
-collab ≠ global), and the frozen statistics are part of ``Editor.digest``. A is drawn with a 1/sqrt(size) scale
+collab ≠ global), and the frozen statistics are part of ``Hypernet.digest``. A is drawn with a 1/sqrt(size) scale
 (the reference draws a plain standard normal); B = 0, scale = 1, shift = 0: each block starts as the identity.
 """
 
@@ -102,7 +102,7 @@ def shape_key(d_k: int, d_v: int) -> str:
     return f"{d_k}x{d_v}"
 
 
-class Editor(nn.Module):
+class Hypernet(nn.Module):
     """The whole hypernetwork of a model: one ``ShapeNet`` per distinct (d_k, d_v) of the edited layers."""
 
     def __init__(self, hp: MalmenHParams, shapes: dict[int, tuple[int, int]]) -> None:
@@ -154,31 +154,31 @@ class Editor(nn.Module):
         return h.hexdigest()
 
     def save(self, directory: Path) -> Path:
-        """``editor.safetensors`` and ``editor.json`` (hyper-parameters, shapes, digest) in ``directory``."""
+        """``hypernet.safetensors`` and ``hypernet.json`` (hyper-parameters, shapes, digest) in ``directory``."""
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(directory / "editor.safetensors"))
+                  str(directory / "hypernet.safetensors"))
         meta = {"hp": self.hp.to_dict(), "shapes": {str(k): list(v) for k, v in self.shapes.items()},
                 "digest": self.digest() if self.fitted else None}
-        (directory / "editor.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        (directory / "hypernet.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         return directory
 
     @staticmethod
-    def load(directory: Path, expect_digest: str | None = None) -> Editor:
-        """The editor saved in ``directory``; its recomputed digest must match the recorded one (and
+    def load(directory: Path, expect_digest: str | None = None) -> Hypernet:
+        """The hypernet saved in ``directory``; its recomputed digest must match the recorded one (and
         ``expect_digest`` when given)."""
         from safetensors.torch import load_file
 
-        meta = json.loads((directory / "editor.json").read_text())
+        meta = json.loads((directory / "hypernet.json").read_text())
         hp = MalmenHParams.from_dict(meta["hp"])
-        editor = Editor(hp, {int(k): (int(v[0]), int(v[1])) for k, v in meta["shapes"].items()})
-        state = load_file(str(directory / "editor.safetensors"))
-        editor.to(next(iter(state.values())).dtype)
-        editor.load_state_dict(state)
-        got = editor.digest()
+        hypernet = Hypernet(hp, {int(k): (int(v[0]), int(v[1])) for k, v in meta["shapes"].items()})
+        state = load_file(str(directory / "hypernet.safetensors"))
+        hypernet.to(next(iter(state.values())).dtype)
+        hypernet.load_state_dict(state)
+        got = hypernet.digest()
         for want in (meta["digest"], expect_digest):
             if want is not None and want != got:
                 raise ValueError(f"hypernetwork in {directory} has digest {got[:16]}…, expected {want[:16]}…")
-        return editor
+        return hypernet

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from secure_collab.data.requests import Request
-from secure_collab.editing.malmen.net import Editor
+from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import EditRows, encode_pairs, token_nll
 from secure_collab.models.loading import LoadedModel
 
@@ -118,61 +118,61 @@ def meta_loss(lm: LoadedModel, batch: list[Request], shifts: dict[int, torch.Ten
     return gen + loc_coef * loc, float(gen.detach()), float(loc.detach())
 
 
-def solve_shifts(editor: Editor, rows: EditRows) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+def solve_shifts(hypernet: Hypernet, rows: EditRows) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """S_l = (UᵀU + e^{λ_l} I)⁻¹ UᵀD (d_k × d_v) per layer without a graph, and each A_l's Cholesky factor."""
     shifts, chols = {}, {}
     with torch.no_grad():
-        for layer in editor.hp.layers:
-            u = rows.u[layer].to(editor.net(layer).lr.dtype)
-            d = editor.value_diffs(layer, rows.u[layer], rows.g[layer])
-            a = u.T @ u + editor.ridge(layer) * torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+        for layer in hypernet.hp.layers:
+            u = rows.u[layer].to(hypernet.net(layer).lr.dtype)
+            d = hypernet.value_diffs(layer, rows.u[layer], rows.g[layer])
+            a = u.T @ u + hypernet.ridge(layer) * torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
             chols[layer] = torch.linalg.cholesky(a)
             shifts[layer] = torch.cholesky_solve(u.T @ d, chols[layer])
     return shifts, chols
 
 
-def backward_through_solve(editor: Editor, rows: EditRows, shifts: dict[int, torch.Tensor],
+def backward_through_solve(hypernet: Hypernet, rows: EditRows, shifts: dict[int, torch.Tensor],
                            chols: dict[int, torch.Tensor], grads: dict[int, torch.Tensor]) -> None:
     """Stage 2: accumulate ∂L/∂(hypernetwork, η, λ) into ``.grad`` from ∂L/∂S_l (``grads``)."""
-    for layer in editor.hp.layers:
-        net, i = editor.net(layer), editor.index[layer]
+    for layer in hypernet.hp.layers:
+        net, i = hypernet.net(layer), hypernet.index[layer]
         dtype = net.lr.dtype
         a_inv_gs = torch.cholesky_solve(grads[layer].to(dtype), chols[layer])  # (d_k, d_v)
         u_all = rows.u[layer].to(dtype)
         d_grad = u_all @ a_inv_gs  # ∂L/∂D (r, d_v)
-        lam_grad = -editor.ridge(layer) * float((a_inv_gs * shifts[layer]).sum())
+        lam_grad = -hypernet.ridge(layer) * float((a_inv_gs * shifts[layer]).sum())
         if net.lamda.grad is None:
             net.lamda.grad = torch.zeros_like(net.lamda)
         net.lamda.grad[i] += lam_grad
-        step = editor.hp.row_batch
+        step = hypernet.hp.row_batch
         for s in range(0, u_all.shape[0], step):
             d = net.value_diffs(u_all[s : s + step], rows.g[layer][s : s + step].to(dtype), i)
             (d_grad[s : s + step] * d).sum().backward()
 
 
-def meta_step(lm: LoadedModel, editor: Editor, batch: list[Request], loc_coef: float,
+def meta_step(lm: LoadedModel, hypernet: Hypernet, batch: list[Request], loc_coef: float,
               rows: EditRows | None = None) -> tuple[float, float, float]:
-    """One meta-gradient (accumulated into the editor's ``.grad``; the caller steps the optimiser). (L, gen, loc)."""
+    """One meta-gradient (accumulated into the hypernet's ``.grad``; the caller steps the optimiser). (L, gen, loc)."""
     from secure_collab.editing.malmen.rows import edit_rows
 
     if rows is None:
-        rows = edit_rows(lm, batch, editor.hp.layers, editor.hp.edit_batch)
-    shifts, chols = solve_shifts(editor, rows)
+        rows = edit_rows(lm, batch, hypernet.hp.layers, hypernet.hp.edit_batch)
+    shifts, chols = solve_shifts(hypernet, rows)
     leaves = {layer: s.detach().requires_grad_(True) for layer, s in shifts.items()}
     with torch.enable_grad():
         loss, gen, loc = meta_loss(lm, batch, leaves, loc_coef)
-        grads = torch.autograd.grad(loss, [leaves[layer] for layer in editor.hp.layers])
-        backward_through_solve(editor, rows, shifts, chols, dict(zip(editor.hp.layers, grads, strict=True)))
+        grads = torch.autograd.grad(loss, [leaves[layer] for layer in hypernet.hp.layers])
+        backward_through_solve(hypernet, rows, shifts, chols, dict(zip(hypernet.hp.layers, grads, strict=True)))
     return float(loss.detach()), gen, loc
 
 
 @torch.no_grad()
-def evaluate(lm: LoadedModel, editor: Editor, batch: list[Request], loc_coef: float) -> dict[str, float]:
+def evaluate(lm: LoadedModel, hypernet: Hypernet, batch: list[Request], loc_coef: float) -> dict[str, float]:
     """Validation on held-out edits solved together: the meta loss, the edit prompt's NLL and token accuracy."""
     from secure_collab.editing.malmen.rows import edit_rows
 
-    rows = edit_rows(lm, batch, editor.hp.layers, editor.hp.edit_batch)
-    shifts, _ = solve_shifts(editor, rows)
+    rows = edit_rows(lm, batch, hypernet.hp.layers, hypernet.hp.edit_batch)
+    shifts, _ = solve_shifts(hypernet, rows)
     loss, gen, loc = meta_loss(lm, batch, shifts, loc_coef)
     edit_pairs = [(r.text, r.target_new) for r in batch]
     enc = encode_pairs(lm.tokenizer, [p for p, _ in edit_pairs], [a for _, a in edit_pairs], lm.device)

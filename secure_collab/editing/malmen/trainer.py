@@ -1,8 +1,8 @@
-"""A meta-training run on disk: cache key, checkpoints (an interrupted run resumes), the final editor, the curve.
+"""A meta-training run on disk: cache key, checkpoints (an interrupted run resumes), the final hypernet, the curve.
 
-A run directory holds ``run.json`` (the key and what it is made of), ``checkpoint.pt`` (editor, optimiser, step,
-history; our own file, loaded with ``weights_only=True``), ``history.json``, and when finished ``editor/`` (the
-trained hypernetwork, ``Editor.load``-able, with its digest) and ``curve.png``. The key is the sha256 of the base
+A run directory holds ``run.json`` (the key and what it is made of), ``checkpoint.pt`` (hypernet, optimiser, step,
+history; our own file, loaded with ``weights_only=True``), ``history.json``, and when finished ``hypernet/`` (the
+trained hypernetwork, ``Hypernet.load``-able, with its digest) and ``curve.png``. The key is the sha256 of the base
 model's digest, the training and validation records and both configurations, so a directory is never resumed
 with anything else, and a finished run with the same key is returned at once (the cache).
 Batches are drawn from ``(seed, step)`` alone, so a resumed run sees the batches an uninterrupted one would.
@@ -25,7 +25,7 @@ from secure_collab.cache import digest_json
 from secure_collab.data.requests import Request
 from secure_collab.editing.malmen.edit import layer_shapes
 from secure_collab.editing.malmen.hparams import MalmenHParams
-from secure_collab.editing.malmen.net import Editor
+from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import edit_rows
 from secure_collab.editing.malmen.train import TrainConfig, evaluate, generalisation_pairs, locality_pairs, meta_step
 from secure_collab.models.loading import LoadedModel
@@ -52,34 +52,34 @@ def batch_indices(n: int, size: int, seed: int, step: int) -> list[int]:
 
 @dataclass
 class TrainResult:
-    editor: Editor
+    hypernet: Hypernet
     directory: Path
     history: list[dict[str, Any]]
     finished: bool
     cached: bool = False
 
 
-def fit_normaliser(lm: LoadedModel, editor: Editor, pool: list[Request], cfg: TrainConfig) -> None:
+def fit_normaliser(lm: LoadedModel, hypernet: Hypernet, pool: list[Request], cfg: TrainConfig) -> None:
     """Fit each shape network's normaliser on the rows of ``cfg.norm_edits`` training edits, all its layers."""
     idx = random.Random(f"malmen-norm:{cfg.seed}").sample(range(len(pool)), min(cfg.norm_edits, len(pool)))
-    rows = edit_rows(lm, [pool[i] for i in idx], editor.hp.layers, editor.hp.edit_batch)
+    rows = edit_rows(lm, [pool[i] for i in idx], hypernet.hp.layers, hypernet.hp.edit_batch)
     groups: dict[int, list[int]] = {}  # one normaliser per shape network, over all of its layers' rows
-    for la in editor.hp.layers:
-        groups.setdefault(id(editor.net(la)), []).append(la)
+    for la in hypernet.hp.layers:
+        groups.setdefault(id(hypernet.net(la)), []).append(la)
     for layers in groups.values():
-        net = editor.net(layers[0])
+        net = hypernet.net(layers[0])
         net.normaliser.fit(torch.cat([torch.cat((rows.u[la], rows.g[la]), 1) for la in layers]).to(net.lr.dtype))
 
 
-def _save_checkpoint(path: Path, editor: Editor, opt: torch.optim.Optimizer, step: int,
+def _save_checkpoint(path: Path, hypernet: Hypernet, opt: torch.optim.Optimizer, step: int,
                      history: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"editor": editor.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    torch.save({"hypernet": hypernet.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
     tmp.replace(path)  # atomic: a run killed while writing keeps the previous checkpoint
     (path.parent / "history.json").write_text(json.dumps(history, indent=1) + "\n")
 
 
-def train_editor(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: list[Request], val: list[Request],
+def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: list[Request], val: list[Request],
                  directory: Path, progress: Callable[[int], None] | None = None,
                  stop_after: int | None = None) -> TrainResult:
     """Meta-train (or resume, or return the cached result of) a hypernetwork for ``lm`` in ``directory``.
@@ -101,50 +101,50 @@ def train_editor(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: li
     else:
         run_file.write_text(json.dumps(meta, indent=1) + "\n")
     history_file = directory / "history.json"
-    if (directory / "editor" / "editor.json").is_file():
-        editor = Editor.load(directory / "editor")
-        return TrainResult(editor, directory, json.loads(history_file.read_text()), True, cached=True)
+    if (directory / "hypernet" / "hypernet.json").is_file():
+        hypernet = Hypernet.load(directory / "hypernet")
+        return TrainResult(hypernet, directory, json.loads(history_file.read_text()), True, cached=True)
     dtype = next(lm.model.parameters()).dtype
-    editor = Editor(hp, layer_shapes(lm, hp.layers)).to(device=lm.device, dtype=dtype)
-    opt = torch.optim.Adam(editor.parameters(), lr=cfg.meta_lr)
+    hypernet = Hypernet(hp, layer_shapes(lm, hp.layers)).to(device=lm.device, dtype=dtype)
+    opt = torch.optim.Adam(hypernet.parameters(), lr=cfg.meta_lr)
     ckpt = directory / "checkpoint.pt"
     step, history = 0, []  # type: tuple[int, list[dict[str, Any]]]
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=lm.device, weights_only=True)
-        editor.load_state_dict(state["editor"])
+        hypernet.load_state_dict(state["hypernet"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
         history = json.loads(history_file.read_text()) if history_file.is_file() else []
         history = [h for h in history if h["step"] <= step]
         log.info("malmen train: resuming at step %d of %d", step, cfg.steps)
     else:
-        fit_normaliser(lm, editor, train, cfg)
+        fit_normaliser(lm, hypernet, train, cfg)
     val_batch = val[: cfg.val_edits]
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = [train[i] for i in batch_indices(len(train), cfg.edits_per_step, cfg.seed, step)]
         opt.zero_grad(set_to_none=True)
-        loss, gen, loc = meta_step(lm, editor, batch, cfg.loc_coef)
-        norm = float(torch.nn.utils.clip_grad_norm_(editor.parameters(), cfg.max_grad_norm))
+        loss, gen, loc = meta_step(lm, hypernet, batch, cfg.loc_coef)
+        norm = float(torch.nn.utils.clip_grad_norm_(hypernet.parameters(), cfg.max_grad_norm))
         opt.step()
         step += 1
         entry: dict[str, Any] = {"step": step, "loss": loss, "gen": gen, "loc": loc, "grad_norm": norm,
                                  "seconds": time.perf_counter() - t0}
         if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
-            entry["val"] = evaluate(lm, editor, val_batch, cfg.loc_coef)
+            entry["val"] = evaluate(lm, hypernet, val_batch, cfg.loc_coef)
             log.info("malmen train: step %d loss %.4f, validation %s", step, loss,
                      ", ".join(f"{k} {v:.4f}" for k, v in entry["val"].items()))
         history.append(entry)
         if progress is not None:
             progress(1)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or (stop_after is not None and step >= stop_after):
-            _save_checkpoint(ckpt, editor, opt, step, history)
+            _save_checkpoint(ckpt, hypernet, opt, step, history)
         if stop_after is not None and step >= stop_after and step < cfg.steps:
-            return TrainResult(editor, directory, history, False)
-    editor.save(directory / "editor")
+            return TrainResult(hypernet, directory, history, False)
+    hypernet.save(directory / "hypernet")
     history_file.write_text(json.dumps(history, indent=1) + "\n")
     plot_curve(history, directory / "curve.png")
-    return TrainResult(editor, directory, history, True)
+    return TrainResult(hypernet, directory, history, True)
 
 
 def plot_curve(history: list[dict[str, Any]], path: Path) -> Path:
