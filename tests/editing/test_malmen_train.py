@@ -123,3 +123,41 @@ def test_cli_trains_then_hits_the_cache(tmp_path, capsys):
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert not a["cached"] and b["cached"] and a["digest"] == b["digest"] and a["steps"] == 2
     assert (tmp_path / "run" / "curve.png").is_file()
+
+
+def test_edit_cli_with_the_malmen_backend(tmp_path, capsys):
+    """`edit --backend malmen` with a trained hypernetwork: collab over 3 parties equals Global-Edit; MEMIT-only
+    options are refused in one line."""
+    from secure_collab.cli import main
+    from secure_collab.models import load_model
+
+    lm = load_model("tiny-llama")
+    train_hypernet(lm, DEFAULTS["tiny-llama"], CFG.__class__(**{**CFG.__dict__, "steps": 1}), _records(12),
+                   _records(3, 40), tmp_path / "run")
+    argv = ["edit", "--backend", "malmen", "--model", "tiny-llama", "--hypernet", str(tmp_path / "run"),
+            "--requests", "bundled", "--limit", "6", "--parties", "3", "--threads", "1", "-q"]
+    assert main([*argv, "--json", str(tmp_path / "e.json")]) == 0
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["backend"] == "malmen" and out["edits"] == 6 and out["rows"] > 6
+    assert out["delta_rel_diff_vs_global"] <= 1e-12
+    capsys.readouterr()
+    assert main([*argv, "--lambda", "5"]) == 2
+    assert "MEMIT options" in capsys.readouterr().err
+    assert main([*argv, "--hypernet-digest", "0" * 64]) == 2
+    assert "digest" in capsys.readouterr().err
+
+
+def test_python_api_with_the_malmen_backend(tmp_path):
+    from secure_collab.api import Editor
+    from secure_collab.models import load_model
+
+    train_hypernet(load_model("tiny-gpt2"), DEFAULTS["tiny-gpt2"], CFG.__class__(**{**CFG.__dict__, "steps": 1}),
+                   _records(12), _records(3, 40), tmp_path / "run")
+    editor = Editor.from_pretrained("tiny-gpt2", backend="malmen", hypernet=tmp_path / "run")
+    assert editor.backend == "malmen" and editor.hparams.layers == DEFAULTS["tiny-gpt2"].layers
+    result = editor.edit(_records(4), parties=2, method="collab", compare=True)
+    assert sorted(result.deltas) == list(editor.hparams.layers) and result.delta_rel_diff_vs_global <= 1e-12
+    editor.save_patch(tmp_path / "patch.safetensors")
+    editor.restore()
+    with pytest.raises(ValueError, match="hypernet"):
+        Editor.from_pretrained("tiny-gpt2", backend="malmen")

@@ -182,3 +182,14 @@ class Hypernet(nn.Module):
             if want is not None and want != got:
                 raise ValueError(f"hypernetwork in {directory} has digest {got[:16]}…, expected {want[:16]}…")
         return hypernet
+
+
+def load_hypernet(path: Path, expect_digest: str | None = None, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None) -> Hypernet:
+    """A trained hypernetwork from ``path``: its directory (hypernet.json) or a training run's directory (which holds
+    ``hypernet/`` once finished); checked against its recorded digest and ``expect_digest``, then cast."""
+    for candidate in (path, path / "hypernet"):
+        if (candidate / "hypernet.json").is_file():
+            net = Hypernet.load(candidate, expect_digest)
+            return net.to(device=device, dtype=dtype) if (dtype or device) else net
+    raise FileNotFoundError(f"no trained hypernetwork in {path} (train one with `secure-collab malmen train`)")
