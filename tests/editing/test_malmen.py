@@ -185,3 +185,14 @@ def test_plausibility_helper_matches_numpy(setup):
     u_norm, _ = edit_norms(rows, d, layer)
     g = statistics_from_rows(hypernet, rows)[layer].g
     assert np.isclose(float(g.trace()), float((u_norm**2).sum()), rtol=1e-13)
+
+
+def test_normaliser_fit_is_mean_and_unbiased_std():
+    from secure_collab.editing.malmen.net import Normaliser
+
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 7.0]], dtype=torch.float64)
+    norm = Normaliser(2).double()
+    norm.fit(x)
+    assert torch.equal(norm.mean, torch.tensor([3.0, 5.0], dtype=torch.float64))
+    assert torch.allclose(norm.std, torch.tensor([2.0, 7.0**0.5], dtype=torch.float64), rtol=1e-15)
+    assert float(norm.count) == 3
