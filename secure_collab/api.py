@@ -99,7 +99,8 @@ class Editor:
         if backend == "malmen":
             from secure_collab.editing.malmen.net import load_hypernet
 
-            net = load_hypernet(Path(str(hypernet)), hypernet_digest, next(lm.model.parameters()).dtype, lm.device)
+            net = load_hypernet(Path(str(hypernet)), hypernet_digest, next(lm.model.parameters()).dtype, lm.device,
+                                lm.source_digest)
             if layers is not None and tuple(layers) != net.hp.layers:
                 raise ValueError(f"layers {list(layers)}: the hypernetwork edits layers {list(net.hp.layers)}")
             return cls(lm, net.hp, cache_dir=cache_dir, progress=progress, hypernet=net)

@@ -43,7 +43,8 @@ def run_malmen_edit_cli(args: argparse.Namespace, requests: list, console: Any, 
         lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype,
                         allow_download=args.allow_download)
     try:
-        net = load_hypernet(Path(args.hypernet), args.hypernet_digest, next(lm.model.parameters()).dtype, lm.device)
+        net = load_hypernet(Path(args.hypernet), args.hypernet_digest, next(lm.model.parameters()).dtype, lm.device,
+                            lm.source_digest)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     layers = net.hp.layers

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 from secure_collab.editing.malmen.hparams import MalmenHParams
+
+log = logging.getLogger(__name__)
 
 
 class Normaliser(nn.Module):
@@ -153,15 +156,16 @@ class Hypernet(nn.Module):
             h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
         return h.hexdigest()
 
-    def save(self, directory: Path) -> Path:
-        """``hypernet.safetensors`` and ``hypernet.json`` (hyper-parameters, shapes, digest) in ``directory``."""
+    def save(self, directory: Path, trained_for: str | None = None) -> Path:
+        """``hypernet.safetensors`` and ``hypernet.json`` (hyper-parameters, shapes, digest and ``trained_for``, the
+        digest of the base weights it was trained on) in ``directory``."""
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
                   str(directory / "hypernet.safetensors"))
         meta = {"hp": self.hp.to_dict(), "shapes": {str(k): list(v) for k, v in self.shapes.items()},
-                "digest": self.digest() if self.fitted else None}
+                "digest": self.digest() if self.fitted else None, "trained_for": trained_for}
         (directory / "hypernet.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         return directory
 
@@ -185,11 +189,17 @@ class Hypernet(nn.Module):
 
 
 def load_hypernet(path: Path, expect_digest: str | None = None, dtype: torch.dtype | None = None,
-                  device: torch.device | None = None) -> Hypernet:
+                  device: torch.device | None = None, model_digest: str | None = None) -> Hypernet:
     """A trained hypernetwork from ``path``: its directory (hypernet.json) or a training run's directory (which holds
-    ``hypernet/`` once finished); checked against its recorded digest and ``expect_digest``, then cast."""
+    ``hypernet/`` once finished); checked against its recorded digest and ``expect_digest``, then cast. A
+    ``model_digest`` other than the base weights it was trained on is logged, not refused (the model may carry
+    earlier rounds' edits)."""
     for candidate in (path, path / "hypernet"):
         if (candidate / "hypernet.json").is_file():
             net = Hypernet.load(candidate, expect_digest)
+            trained_for = json.loads((candidate / "hypernet.json").read_text()).get("trained_for")
+            if model_digest is not None and trained_for is not None and trained_for != model_digest:
+                log.warning("the hypernetwork in %s was trained on other base weights (%s…, these are %s…)",
+                            candidate, trained_for[:12], model_digest[:12])
             return net.to(device=device, dtype=dtype) if (dtype or device) else net
     raise FileNotFoundError(f"no trained hypernetwork in {path} (train one with `secure-collab malmen train`)")

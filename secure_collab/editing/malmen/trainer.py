@@ -74,14 +74,15 @@ def fit_normaliser(lm: LoadedModel, hypernet: Hypernet, pool: list[Request], cfg
 def _save_checkpoint(path: Path, hypernet: Hypernet, opt: torch.optim.Optimizer, step: int,
                      history: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"hypernet": hypernet.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
-    tmp.replace(path)  # atomic: a run killed while writing keeps the previous checkpoint
-    (path.parent / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    torch.save({"hypernet": hypernet.state_dict(), "opt": opt.state_dict(), "step": step,
+                "history": json.dumps(history)}, tmp)
+    tmp.replace(path)  # atomic: a run killed while writing keeps the previous checkpoint, history included
+    (path.parent / "history.json").write_text(json.dumps(history, indent=1) + "\n")  # for reading, not resuming
 
 
 def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: list[Request], val: list[Request],
-                 directory: Path, progress: Callable[[int], None] | None = None,
-                 stop_after: int | None = None) -> TrainResult:
+                   directory: Path, progress: Callable[[int], None] | None = None,
+                   stop_after: int | None = None) -> TrainResult:
     """Meta-train (or resume, or return the cached result of) a hypernetwork for ``lm`` in ``directory``.
 
     ``stop_after``: stop (with a checkpoint) once that many steps are done, as an interruption would; for tests.
@@ -114,8 +115,7 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
         hypernet.load_state_dict(state["hypernet"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
-        history = json.loads(history_file.read_text()) if history_file.is_file() else []
-        history = [h for h in history if h["step"] <= step]
+        history = json.loads(state["history"])
         log.info("malmen train: resuming at step %d of %d", step, cfg.steps)
     else:
         fit_normaliser(lm, hypernet, train, cfg)
@@ -141,7 +141,7 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
             _save_checkpoint(ckpt, hypernet, opt, step, history)
         if stop_after is not None and step >= stop_after and step < cfg.steps:
             return TrainResult(hypernet, directory, history, False)
-    hypernet.save(directory / "hypernet")
+    hypernet.save(directory / "hypernet", trained_for=lm.source_digest)
     history_file.write_text(json.dumps(history, indent=1) + "\n")
     plot_curve(history, directory / "curve.png")
     return TrainResult(hypernet, directory, history, True)
