@@ -32,12 +32,14 @@ def _records(n: int, offset: int = 0, paraphrase: bool = True) -> list[Request]:
     return out
 
 
-def test_two_stage_gradient_is_the_exact_gradient(tiny):
-    """Stage 1 + stage 2 (through the normal equation by hand) equal autograd through torch.linalg.solve."""
+@pytest.mark.parametrize("pair_batch", [1, 64])
+def test_two_stage_gradient_is_the_exact_gradient(tiny, pair_batch):
+    """Stage 1 (the meta loss one prompt per forward, or all at once) + stage 2 (through the normal equation by hand)
+    equal autograd through torch.linalg.solve of the whole batch's loss."""
     batch = _records(3)
     hypernet = make_hypernet(tiny, batch)
     hypernet.zero_grad(set_to_none=True)
-    meta_step(tiny, hypernet, batch, loc_coef=0.7)
+    meta_step(tiny, hypernet, batch, loc_coef=0.7, pair_batch=pair_batch)
     two_stage = {n: p.grad.clone() for n, p in hypernet.named_parameters() if p.grad is not None}
 
     hypernet.zero_grad(set_to_none=True)

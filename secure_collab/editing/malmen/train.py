@@ -5,7 +5,7 @@ Loss of a batch of edits (each a request with its paraphrase and locality prompt
       + loc_coef · mean over locality pairs of [mean over answer positions of KL(p_before ‖ p_after)]
 Stage 1 (no graph through the hypernetwork): rows (u, ∇v) of the edits on the unedited model, D = net(rows),
   A_l = UᵀU + e^{λ_l} I, S_l = A_l⁻¹ UᵀD. L is evaluated with S_l added as a leaf (a hook adds u S_l to the
-  projection's output) and back-propagated to ∂L/∂S_l only.
+  projection's output), ``pair_batch`` prompts per forward, and back-propagated to ∂L/∂S_l only.
 Stage 2, per chunk of rows: ∂L/∂D = U A⁻¹ ∂L/∂S (S = A⁻¹UᵀD is linear in D); ∂L/∂λ_l = −e^{λ_l} ⟨A⁻¹ ∂L/∂S, S⟩
   (dS = −A⁻¹ dA S, dA = e^{λ_l} dλ_l I); D's chunk is recomputed with a graph and back-propagated with ∂L/∂D.
 So memory holds one LM graph (stage 1) or one chunk of the hypernetwork's graph (stage 2), never both: MALMEN's
@@ -41,10 +41,13 @@ class TrainConfig:
     val_edits: int = 16
     checkpoint_every: int = 10
     seed: int = 0
+    pair_batch: int = 16  # prompts per forward in the meta loss: bounds stage 1's memory, not the result
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.edits_per_step, self.norm_edits, self.val_edits, self.checkpoint_every) < 1:
-            raise ValueError("steps, edits_per_step, norm_edits, val_edits and checkpoint_every must be >= 1")
+        if min(self.steps, self.edits_per_step, self.norm_edits, self.val_edits, self.checkpoint_every,
+               self.pair_batch) < 1:
+            raise ValueError("steps, edits_per_step, norm_edits, val_edits, checkpoint_every and pair_batch must be "
+                             ">= 1")
         if self.val_every < 0 or self.meta_lr <= 0 or self.loc_coef < 0 or self.max_grad_norm <= 0:
             raise ValueError("val_every >= 0, meta_lr > 0, loc_coef >= 0, max_grad_norm > 0")
 
@@ -78,25 +81,32 @@ def shifted(lm: LoadedModel, shifts: dict[int, torch.Tensor]) -> Iterator[None]:
             h.remove()
 
 
+def _per_pair(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over each row's answer positions: (b,)."""
+    mask = (labels >= 0).to(values.dtype)
+    return (values * mask).sum(1) / mask.sum(1)
+
+
 def _per_pair_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over each row's answer positions, then over rows."""
-    mask = (labels >= 0).to(values.dtype)
-    return ((values * mask).sum(1) / mask.sum(1)).mean()
+    return _per_pair(values, labels).mean()
 
 
-def nll_loss(lm: LoadedModel, pairs: list[tuple[str, str]]) -> torch.Tensor:
+def pair_nll(lm: LoadedModel, pairs: list[tuple[str, str]]) -> torch.Tensor:
+    """Mean NLL of each pair's answer: (b,)."""
     enc = encode_pairs(lm.tokenizer, [p for p, _ in pairs], [a for _, a in pairs], lm.device)
     logits = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False).logits
-    return _per_pair_mean(token_nll(logits, enc.labels), enc.labels)
+    return _per_pair(token_nll(logits, enc.labels), enc.labels)
 
 
-def kl_loss(lm: LoadedModel, pairs: list[tuple[str, str]], before: torch.Tensor) -> torch.Tensor:
-    """KL(p_before ‖ p_now) at the answer positions of ``pairs``; ``before``: the unedited model's log-probs."""
+def pair_kl(lm: LoadedModel, pairs: list[tuple[str, str]], before: torch.Tensor) -> torch.Tensor:
+    """KL(p_before ‖ p_now) at the answer positions of each pair, averaged: (b,). ``before``: the unedited model's
+    log-probs of the same pairs (``reference_logprobs``)."""
     enc = encode_pairs(lm.tokenizer, [p for p, _ in pairs], [a for _, a in pairs], lm.device)
     logits = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False).logits
     now = torch.log_softmax(logits, -1)
     kl = (before.exp() * (before - now)).sum(-1)  # (b, t)
-    return _per_pair_mean(kl, enc.labels)
+    return _per_pair(kl, enc.labels)
 
 
 @torch.no_grad()
@@ -113,9 +123,37 @@ def meta_loss(lm: LoadedModel, batch: list[Request], shifts: dict[int, torch.Ten
     loc_pairs = [p for r in batch for p in locality_pairs(r)]
     before = reference_logprobs(lm, loc_pairs) if loc_pairs else None
     with shifted(lm, shifts):
-        gen = nll_loss(lm, gen_pairs)
-        loc = kl_loss(lm, loc_pairs, before) if before is not None else gen.new_zeros(())
+        gen = pair_nll(lm, gen_pairs).mean()
+        loc = pair_kl(lm, loc_pairs, before).mean() if before is not None else gen.new_zeros(())
     return gen + loc_coef * loc, float(gen.detach()), float(loc.detach())
+
+
+def meta_gradient(lm: LoadedModel, batch: list[Request], leaves: dict[int, torch.Tensor], loc_coef: float,
+                  pair_batch: int) -> tuple[float, float, float, dict[int, torch.Tensor]]:
+    """``meta_loss`` and ∂L/∂S_l, the prompts taken ``pair_batch`` at a time (one LM graph of that many prompts in
+    memory at once, as the paper's stage 1 does); the parts add up to the whole batch's loss exactly, since both
+    terms are means over pairs. (L, gen, loc, {layer: ∂L/∂S_l})."""
+    gen_pairs = [p for r in batch for p in generalisation_pairs(r)]
+    loc_pairs = [p for r in batch for p in locality_pairs(r)]
+    layers = list(leaves)
+    grads = {layer: torch.zeros_like(s) for layer, s in leaves.items()}
+    gen = loc = 0.0
+    for kind, pairs in (("gen", gen_pairs), ("loc", loc_pairs)):
+        for s in range(0, len(pairs), pair_batch):
+            chunk = pairs[s : s + pair_batch]
+            before = reference_logprobs(lm, chunk) if kind == "loc" else None
+            with torch.enable_grad(), shifted(lm, leaves):
+                per = pair_nll(lm, chunk) if before is None else pair_kl(lm, chunk, before)
+                part = per.sum() / len(pairs)
+                weighted = part if kind == "gen" else loc_coef * part
+                for layer, g in zip(layers, torch.autograd.grad(weighted, [leaves[la] for la in layers]),
+                                    strict=True):
+                    grads[layer] += g
+            if kind == "gen":
+                gen += float(part.detach())
+            else:
+                loc += float(part.detach())
+    return gen + loc_coef * loc, gen, loc, grads
 
 
 def solve_shifts(hypernet: Hypernet, rows: EditRows) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
@@ -151,19 +189,19 @@ def backward_through_solve(hypernet: Hypernet, rows: EditRows, shifts: dict[int,
 
 
 def meta_step(lm: LoadedModel, hypernet: Hypernet, batch: list[Request], loc_coef: float,
-              rows: EditRows | None = None) -> tuple[float, float, float]:
-    """One meta-gradient (accumulated into the hypernet's ``.grad``; the caller steps the optimiser). (L, gen, loc)."""
+              rows: EditRows | None = None, pair_batch: int = 16) -> tuple[float, float, float]:
+    """One meta-gradient (accumulated into the hypernet's ``.grad``; the caller steps the optimiser). (L, gen, loc).
+    ``pair_batch``: prompts per forward in the meta loss (memory only)."""
     from secure_collab.editing.malmen.rows import edit_rows
 
     if rows is None:
         rows = edit_rows(lm, batch, hypernet.hp.layers, hypernet.hp.edit_batch)
     shifts, chols = solve_shifts(hypernet, rows)
     leaves = {layer: s.detach().requires_grad_(True) for layer, s in shifts.items()}
+    loss, gen, loc, grads = meta_gradient(lm, batch, leaves, loc_coef, pair_batch)
     with torch.enable_grad():
-        loss, gen, loc = meta_loss(lm, batch, leaves, loc_coef)
-        grads = torch.autograd.grad(loss, [leaves[layer] for layer in hypernet.hp.layers])
-        backward_through_solve(hypernet, rows, shifts, chols, dict(zip(hypernet.hp.layers, grads, strict=True)))
-    return float(loss.detach()), gen, loc
+        backward_through_solve(hypernet, rows, shifts, chols, grads)
+    return loss, gen, loc
 
 
 @torch.no_grad()

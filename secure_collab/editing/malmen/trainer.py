@@ -124,7 +124,7 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
         t0 = time.perf_counter()
         batch = [train[i] for i in batch_indices(len(train), cfg.edits_per_step, cfg.seed, step)]
         opt.zero_grad(set_to_none=True)
-        loss, gen, loc = meta_step(lm, hypernet, batch, cfg.loc_coef)
+        loss, gen, loc = meta_step(lm, hypernet, batch, cfg.loc_coef, pair_batch=cfg.pair_batch)
         norm = float(torch.nn.utils.clip_grad_norm_(hypernet.parameters(), cfg.max_grad_norm))
         opt.step()
         step += 1
