@@ -196,3 +196,17 @@ def test_normaliser_fit_is_mean_and_unbiased_std():
     assert torch.equal(norm.mean, torch.tensor([3.0, 5.0], dtype=torch.float64))
     assert torch.allclose(norm.std, torch.tensor([2.0, 7.0**0.5], dtype=torch.float64), rtol=1e-15)
     assert float(norm.count) == 3
+
+
+def test_default_layers_are_the_last_output_projections():
+    from secure_collab.editing.malmen.hparams import MalmenHParams, default_malmen_hparams, last_layers
+
+    assert default_malmen_hparams("smollm2-135m").layers == tuple(range(24, 30))
+    assert default_malmen_hparams("some/llama", n_layers=32).layers == tuple(range(26, 32))
+    assert last_layers(4) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="layers"):
+        default_malmen_hparams("some/llama")
+    with pytest.raises(ValueError, match="ascending"):
+        MalmenHParams(layers=(3, 2))
+    hp = DEFAULTS["tiny-llama"]
+    assert MalmenHParams.from_dict(hp.to_dict()) == hp
