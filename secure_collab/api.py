@@ -57,13 +57,16 @@ def make_requests(prompts: Sequence[str], subject: Sequence[str], target_new: Se
 
 
 class Editor:
-    """A model with its MEMIT hyper-parameters, covariances and context templates, ready to edit in place."""
+    """A model with its MEMIT hyper-parameters, covariances and context templates, ready to edit in place; or, with
+    ``hypernet`` (a trained MALMEN hypernetwork, ``backend == "malmen"``), with that network and its layers."""
 
     def __init__(self, lm: Any, hparams: Any, *, corpus: str | None = None, cache_dir: str | Path | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, hypernet: Any = None) -> None:
         from secure_collab.editing.memit import snapshot
 
         self.lm, self.hparams, self.corpus, self.progress = lm, hparams, corpus, progress
+        self.hypernet = hypernet
+        self.backend = "memit" if hypernet is None else "malmen"
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._base = snapshot(lm, hparams.layers)
         self._covs: dict[int, Any] | None = None
@@ -74,15 +77,33 @@ class Editor:
     def from_pretrained(cls, model: str = "smollm2-135m", *, layers: Sequence[int] | None = None,
                         lam: float | None = None, variant: str | None = None, device: str = "auto",
                         dtype: str = "auto", cache_dir: str | Path | None = None, corpus: str | None = None,
-                        allow_download: bool = False, progress: bool = False, **hparams: Any) -> Editor:
+                        allow_download: bool = False, progress: bool = False, backend: str = "memit",
+                        hypernet: str | Path | None = None, hypernet_digest: str | None = None,
+                        **hparams: Any) -> Editor:
         """Load ``model`` (a built-in name, a directory, or a hub id with ``allow_download``) with its tuned
-        MEMIT defaults; ``layers``, ``lam`` (λ), ``variant`` and any ``MemitHParams`` field override them."""
+        MEMIT defaults; ``layers``, ``lam`` (λ), ``variant`` and any ``MemitHParams`` field override them.
+
+        ``backend="malmen"``: edit with the trained hypernetwork in ``hypernet`` (a directory from `secure-collab
+        malmen train`, checked against its digest and ``hypernet_digest``); its layers are the edited ones, and
+        MEMIT's overrides do not apply."""
         from secure_collab.editing.hparams import auto_request_batch, default_hparams
         from secure_collab.models import load_model
         from secure_collab.models.specs import n_layers
 
+        if backend not in ("memit", "malmen"):
+            raise ValueError(f"backend must be 'memit' or 'malmen', got {backend!r}")
+        if backend == "malmen" and (hypernet is None or lam is not None or variant is not None or hparams):
+            raise ValueError("backend='malmen' needs hypernet= and takes none of MEMIT's lam, variant or hparams")
         lm = load_model(model, device=device, cache=Path(cache_dir) if cache_dir else None, dtype=dtype,
                         allow_download=allow_download)
+        if backend == "malmen":
+            from secure_collab.editing.malmen.net import load_hypernet
+
+            net = load_hypernet(Path(str(hypernet)), hypernet_digest, next(lm.model.parameters()).dtype, lm.device,
+                                lm.source_digest)
+            if layers is not None and tuple(layers) != net.hp.layers:
+                raise ValueError(f"layers {list(layers)}: the hypernetwork edits layers {list(net.hp.layers)}")
+            return cls(lm, net.hp, cache_dir=cache_dir, progress=progress, hypernet=net)
         changes = {"request_batch": auto_request_batch(lm.device.type), **hparams}
         if layers is not None:
             changes["layers"] = tuple(layers)
@@ -142,6 +163,8 @@ class Editor:
                                                                            target_new or [], ground_truth)
         if not reqs or not 1 <= parties <= len(reqs):
             raise ValueError(f"need at least one request and 1 <= parties <= {len(reqs)}")
+        if self.hypernet is not None:
+            return self._edit_malmen(reqs, parties, method, compare)
         covs, templates = self.covariances(), self.templates()
         pre = self.evaluate(reqs)
         groups = split_parties(reqs, parties)
@@ -159,6 +182,25 @@ class Editor:
                           parties=parties, edits=len(reqs), delta_rel_diff_vs_global=diff,
                           target_loss=[x for t in outcome.targets for x in t.loss])
 
+    def _edit_malmen(self, reqs: list[Request], parties: int, method: str, compare: bool) -> EditResult:
+        from secure_collab.editing.malmen.edit import run_malmen_edit
+        from secure_collab.editing.memit import rel_diff, restore, snapshot, split_parties
+
+        pre = self.evaluate(reqs)
+        groups = split_parties(reqs, parties)
+        diff = None
+        if compare and method != "global":
+            before = snapshot(self.lm, self.hparams.layers)
+            reference = run_malmen_edit(self.lm, groups, self.hypernet, "global")
+            restore(self.lm, before)
+        outcome = run_malmen_edit(self.lm, groups, self.hypernet, method)
+        if compare:
+            diff = 0.0 if method == "global" else rel_diff(outcome.deltas, reference.deltas)
+        for layer, delta in outcome.deltas.items():
+            self.applied[layer] = self.applied.get(layer, 0) + delta.detach().cpu()
+        return EditResult(pre=pre, post=self.evaluate(reqs), deltas=dict(outcome.deltas), method=method,
+                          parties=parties, edits=len(reqs), delta_rel_diff_vs_global=diff)
+
     def restore(self) -> None:
         """Undo every edit: the edited layers get their base weights back."""
         from secure_collab.editing.memit import restore
@@ -171,7 +213,8 @@ class Editor:
         from secure_collab.patch import write_patch
 
         return write_patch(Path(path), self.lm, {(0, k): v for k, v in self.applied.items()},
-                           {"method": "api", "variant": self.hparams.variant})
+                           {"method": "api", "variant": getattr(self.hparams, "variant", "oneshot"),
+                            "backend": self.backend})
 
     def save(self, directory: str | Path) -> Path:
         """The edited model (``from_pretrained`` loads it) and patch.safetensors in ``directory``."""

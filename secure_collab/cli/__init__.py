@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "party": "party",
     "query": "query",
     "apply": "apply",
+    "malmen": "malmen",
 }
 EXIT_USER_ERROR = 2
 

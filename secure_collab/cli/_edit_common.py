@@ -34,3 +34,22 @@ def save_edited(lm, deltas, out: Path, result: dict) -> None:
     lm.tokenizer.save_pretrained(out)
     write_patch(out / "patch.safetensors", lm, {(0, k): v for k, v in deltas.items()},
                 {"method": result["method"], "variant": result["variant"]})
+
+
+def show(console, r: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{r['method']} / {r['variant']}: {r['edits']} edits, {r['parties']} parties")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    for k in ("efficacy", "generalization", "specificity", "score"):
+        table.add_row(k, fmt(r["pre"][k]), fmt(r[k]))
+    console.print(table)
+    d = r["delta_rel_diff_vs_global"]
+    console.print(f"ΔW vs Global-Edit: {'-' if d is None else f'{d:.2e}'} (max relative Frobenius over layers); "
+                  f"{r['seconds']:.1f} s")

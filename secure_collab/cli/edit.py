@@ -12,7 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-HELP = "simulate a collaborative MEMIT edit on one machine and report efficacy / generalization / specificity"
+from secure_collab.cli._edit_common import show
+
+HELP = "simulate a collaborative MEMIT or MALMEN edit on one machine; report efficacy, generalization, specificity"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from secure_collab.editing.memit import METHODS
 
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
+    p.add_argument("--backend", choices=("memit", "malmen"), default="memit",
+                   help="editing method: MEMIT (per-edit target optimisation) or MALMEN (a trained hypernetwork)")
+    p.add_argument("--hypernet", default=None, metavar="DIR",
+                   help="malmen: a trained hypernetwork or training run directory (`secure-collab malmen train`) "
+                        "(default: none)")
+    p.add_argument("--hypernet-digest", default=None,
+                   help="malmen: refuse a hypernetwork whose digest differs (default: its recorded digest)")
     p.add_argument("--requests", default="bundled",
                    help="request file (CounterFact, MEND CounterFact, zsRE, MQuAKE or JSONL), or 'bundled' "
                         "for the countryinfo set (default)")
@@ -93,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     t_start = time.perf_counter()
     requests = load_request_set(args.requests, args.format, args.limit)
+    if args.backend == "malmen":
+        from secure_collab.cli.edit_malmen import run_malmen_edit_cli
+
+        return run_malmen_edit_cli(args, requests, console, t_start)
+    if args.hypernet or args.hypernet_digest:
+        raise ConfigError("--hypernet and --hypernet-digest are for --backend malmen")
     if args.rounds != 1 or args.update_rule != "memit-static":
         from secure_collab.cli.edit_rounds import run_rounds_edit
 
@@ -160,22 +175,3 @@ def run(args: argparse.Namespace) -> int:
     show(console, result)
     write_json(args, result)
     return 0
-
-
-def show(console, r: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{r['method']} / {r['variant']}: {r['edits']} edits, {r['parties']} parties")
-    table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-
-    def fmt(x):
-        return "-" if x is None else f"{x:.3f}"
-
-    for k in ("efficacy", "generalization", "specificity", "score"):
-        table.add_row(k, fmt(r["pre"][k]), fmt(r[k]))
-    console.print(table)
-    d = r["delta_rel_diff_vs_global"]
-    console.print(f"ΔW vs Global-Edit: {'-' if d is None else f'{d:.2e}'} (max relative Frobenius over layers); "
-                  f"{r['seconds']:.1f} s")

@@ -1,6 +1,6 @@
 """Break the engine on purpose and check that the reference tests fail: they must not pass a wrong MEMIT.
 
-    python tests/editing/mutation_check.py [--json OUT]
+    python tests/editing/mutation_check.py [--suite memit|malmen] [--json OUT]
 
 Each mutant is one textual change to a copy of the working tree (the checkout is never touched); the reference
 tests run on the copy with ``-x`` and the first failing test is reported. Exit status 1 if a mutant survives.
@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ["tests/editing/test_reference.py"]
+TESTS = {"memit": ["tests/editing/test_reference.py"],
+         "malmen": ["tests/editing/test_malmen.py", "tests/editing/test_malmen_train.py"]}
 
 # (name, file, original text, mutated text)
 MUTANTS = [
@@ -46,6 +47,28 @@ MUTANTS = [
 ]
 
 
+MALMEN_MUTANTS = [
+    ("value difference with the wrong sign", "secure_collab/editing/malmen/net.py",
+     "return -self.lr[i] * (u * u_t)", "return self.lr[i] * (u * u_t)"),
+    ("every layer takes the first layer's shift", "secure_collab/editing/malmen/net.py",
+     "+ self.shift[i]", "+ self.shift[0]"),
+    ("ridge λ instead of e^λ", "secure_collab/editing/malmen/net.py",
+     "return float(torch.exp(self.net(layer).lamda", "return float((self.net(layer).lamda"),
+    ("normaliser std biased (n instead of n - 1)", "secure_collab/editing/malmen/net.py",
+     "self.std.copy_(x.std(0))", "self.std.copy_(x.std(0, correction=0))"),
+    ("rows at the answer tokens instead of the positions predicting them", "secure_collab/editing/malmen/rows.py",
+     "labs.append([-100] * (len(p) - 1) + a)", "labs.append([-100] * len(p) + a[:-1])"),
+    ("edit loss averaged over the batch's tokens (the reference code's cross-entropy)",
+     "secure_collab/editing/malmen/rows.py",
+     "loss = token_nll(logits, enc.labels).sum()", "loss = token_nll(logits, enc.labels).sum() / sel.sum()"),
+    ("stage 2 without A⁻¹ in ∂L/∂D", "secure_collab/editing/malmen/train.py",
+     "a_inv_gs = torch.cholesky_solve(grads[layer].to(dtype), chols[layer])", "a_inv_gs = grads[layer].to(dtype)"),
+    ("stage 2: ∂L/∂λ with the wrong sign", "secure_collab/editing/malmen/train.py",
+     "lam_grad = -hypernet.ridge(layer)", "lam_grad = hypernet.ridge(layer)"),
+]
+SUITES = {"memit": MUTANTS, "malmen": MALMEN_MUTANTS}
+
+
 def tracked_copy(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout.split()
@@ -56,7 +79,7 @@ def tracked_copy(dest: Path) -> None:
             shutil.copy2(src, dest / f)
 
 
-def run_mutant(name: str, file: str, old: str, new: str) -> dict:
+def run_mutant(name: str, file: str, old: str, new: str, tests: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         work = Path(tmp)
         tracked_copy(work)
@@ -66,7 +89,7 @@ def run_mutant(name: str, file: str, old: str, new: str) -> dict:
             return {"mutant": name, "status": "not applied (text not found once)", "caught_by": None}
         path.write_text(text.replace(old, new))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(work)}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                               cwd=work, env=env, capture_output=True, text=True)
         failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
         return {"mutant": name, "file": file, "status": "killed" if proc.returncode != 0 else "SURVIVED",
@@ -76,10 +99,11 @@ def run_mutant(name: str, file: str, old: str, new: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="memit", help="which engine to break")
     args = ap.parse_args()
     rows = []
-    for mutant in MUTANTS:
-        row = run_mutant(*mutant)
+    for mutant in SUITES[args.suite]:
+        row = run_mutant(*mutant, TESTS[args.suite])
         rows.append(row)
         print(f"{row['status']:>8}  {row['mutant']}  <- {row['caught_by']}", flush=True)
     if args.json:

@@ -1,0 +1,90 @@
+"""`secure-collab edit --backend malmen`: the single-machine simulation of a collaborative MALMEN edit.
+
+Same requests, parties, methods (global | collab | ta | sa | ties), metrics, comparison with Global-Edit and
+``--save`` as MEMIT's edit; the hypernetwork is a trained one (``--hypernet``, from `secure-collab malmen train`),
+checked against its digest. Options that only MEMIT has (λ, covariance, targets, templates, rounds, update rules,
+lockstep merges) are refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+MEMIT_ONLY = (("lam", "--lambda"), ("steps", "--steps"), ("variant", "--variant"), ("tokens", "--tokens"),
+              ("corpus", "--corpus"), ("template_seed", "--template-seed"), ("past_weight", "--past-weight"),
+              ("nullspace_threshold", "--nullspace-threshold"), ("alphaedit_l2", "--alphaedit-l2"))
+
+
+def run_malmen_edit_cli(args: argparse.Namespace, requests: list, console: Any, t_start: float) -> int:
+    from secure_collab.cli._edit_common import save_edited, show
+    from secure_collab.cli._output import write_json
+    from secure_collab.editing.malmen.edit import METHODS, run_malmen_edit
+    from secure_collab.editing.malmen.net import load_hypernet
+    from secure_collab.editing.memit import rel_diff_per_layer, restore, snapshot, split_parties
+    from secure_collab.errors import ConfigError
+    from secure_collab.evaluation import evaluate
+    from secure_collab.models import load_model
+
+    given = [flag for attr, flag in MEMIT_ONLY if getattr(args, attr, None) is not None]
+    if args.rounds != 1 or args.update_rule != "memit-static":
+        given.append("--rounds/--update-rule")
+    if given:
+        raise ConfigError(f"{', '.join(given)}: MEMIT options, not used by --backend malmen")
+    if args.method not in METHODS:
+        raise ConfigError(f"--method {args.method} is not available with --backend malmen; one of {', '.join(METHODS)}")
+    if not args.hypernet:
+        raise ConfigError("--backend malmen needs --hypernet DIR: a hypernetwork from `secure-collab malmen train`")
+    if args.parties < 1 or args.parties > len(requests):
+        raise ConfigError(f"--parties must be between 1 and the number of requests ({len(requests)})")
+    with console.status(f"loading {args.model}"):
+        lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype,
+                        allow_download=args.allow_download)
+    try:
+        net = load_hypernet(Path(args.hypernet), args.hypernet_digest, next(lm.model.parameters()).dtype, lm.device,
+                            lm.source_digest)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    layers = net.hp.layers
+    if args.layers is not None and tuple(args.layers) != layers:
+        raise ConfigError(f"--layers {args.layers}: the hypernetwork edits layers {list(layers)}")
+    console.print(f"model {args.model} on {lm.device}, MALMEN layers {list(layers)}, hypernetwork "
+                  f"{net.digest()[:16]}…, {len(requests)} requests, {args.parties} parties, method {args.method}")
+    with console.status("evaluating before the edit"):
+        pre = evaluate(lm, requests)
+    parties = split_parties(requests, args.parties)
+    saved = snapshot(lm, layers)
+    reference = None
+    if args.method != "global" and not args.no_compare:
+        console.log("Global-Edit reference (all requests on one machine)")
+        reference = run_malmen_edit(lm, parties, net, "global")
+        restore(lm, saved)
+    t = time.perf_counter()
+    outcome = run_malmen_edit(lm, parties, net, args.method)
+    t_edit = time.perf_counter() - t
+    if args.method == "global":
+        reference = outcome
+    with console.status("evaluating after the edit"):
+        post = evaluate(lm, requests)
+    per_layer = None if reference is None else rel_diff_per_layer(outcome.deltas, reference.deltas)
+    keys = ("efficacy", "generalization", "specificity", "score")
+    result = {
+        "backend": "malmen", "method": args.method, "variant": "oneshot", "parties": args.parties,
+        "edits": len(requests), "rows": sum(outcome.rows),
+        **{k: post.summary()[k] for k in keys}, "pre": {k: pre.summary()[k] for k in keys},
+        "delta_rel_diff_vs_global": None if per_layer is None else max(per_layer.values()),
+        "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
+        "seconds": time.perf_counter() - t_start, "edit_seconds": t_edit,
+        "model": args.model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "device": str(lm.device), "hparams": net.hp.to_dict(), "hypernet_digest": net.digest(),
+        "delta_norm": {str(k): float(v.norm()) for k, v in outcome.deltas.items()},
+        "counts": post.counts, "skipped": post.skipped,
+    }
+    if args.save:
+        save_edited(lm, outcome.deltas, Path(args.save), result)
+        result["saved_model"] = str(Path(args.save).resolve())
+    show(console, result)
+    write_json(args, result)
+    return 0
