@@ -42,3 +42,18 @@ def run_party_session(config: Config, name: str, scheme: ProtectionScheme, engin
     if engine.finish is not None and result.ok:
         report.update(engine.finish(result))
     return report
+
+
+def party_editor(config: Config, requests: list, **options: Any) -> Any:
+    """The editing engine of the session's backend for this party's ``requests``: ``parties.engine.PartyEditor``
+    (MEMIT) or ``parties.malmen.MalmenPartyEditor`` (MALMEN, with this site's [paths] hypernet); ``options`` are
+    theirs (device, cache, rounds, progress, ...)."""
+    if config.session.backend == "malmen":
+        from parties.malmen import MalmenPartyEditor
+
+        options.pop("target_cache", None)
+        options.pop("defence_rng", None)
+        return MalmenPartyEditor(config.session, requests, config.paths.hypernet, **options)
+    from parties.engine import PartyEditor
+
+    return PartyEditor(config.session, requests, **options)

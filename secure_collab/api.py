@@ -258,15 +258,14 @@ def join_session(config: Any, name: str, requests: Sequence[Request] | str | Pat
     against the session, send protected statistics, verify and apply each signed ΔW; returns the party's report
     (ok, reason, applied releases' sha256, metrics before and after on its own requests). In a served release no ΔW
     arrives (``save`` and ``patch`` are refused); ``served_eval`` measures the party's efficacy through queries."""
-    from parties.engine import PartyEditor
-    from parties.runner import PartyEngine, run_party_session
+    from parties.runner import PartyEngine, party_editor, run_party_session
     from secure_collab.data.formats import load_requests
     from secure_collab.protection import get_scheme as load_scheme
 
     cfg = _config(config)
     reqs = load_requests(requests) if isinstance(requests, str | Path) else list(requests)
-    editor = PartyEditor(cfg.session, reqs, device=device, cache=Path(cache_dir) if cache_dir else None,
-                         allow_download=allow_download, progress=False)
+    editor = party_editor(cfg, reqs, device=device, cache=Path(cache_dir) if cache_dir else None,
+                          allow_download=allow_download, progress=False)
 
     if cfg.session.served and (save or patch):
         raise ValueError("a served release gives no party ΔW: there is no edited model or patch to save")
@@ -315,5 +314,6 @@ def serve_solver(config: Any, *, cache_dir: str | Path | None = None, allow_down
 
     cfg = _config(config)
     check_solver_state(cfg)
-    solve = SessionSolve(cfg.session, cache=Path(cache_dir) if cache_dir else None, allow_download=allow_download)
+    solve = SessionSolve(cfg.session, cache=Path(cache_dir) if cache_dir else None, allow_download=allow_download,
+                         hypernet=cfg.paths.hypernet)
     return run_solver(cfg, load_scheme(cfg.session.mode), solve, stop=stop)

@@ -39,6 +39,9 @@ the meaning of every key. Its shape (every field of [session] is bound into each
                                  # answers the parties' end-to-end encrypted queries (docs/network.md); served
                                  # needs variant "oneshot" and one round (parties keep the base model)
     query_budget = 1000          # served: forward passes each party may ask the served model for (<= 10**7)
+    backend = "memit"            # memit | malmen (docs/malmen.md): MALMEN sessions are oneshot, one round,
+    hypernet_digest = ""         #   memit-static, no defence; malmen: the hypernetwork's digest, pinned like the
+                                 #   base weights ([paths] hypernet says where each site keeps it)
     [session.hparams]            # MEMIT hyper-parameters (``lambda`` is λ), the dtype, the context templates
     lambda = 300.0
     [session.protection]         # ProtectionParams.extra, e.g. ckks precision_bits = 30
@@ -73,6 +76,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     ledger = "coordinator/ledger.sqlite"
     solver_state = "solver-state"
     party_status = "."           # where a party keeps status-<party>.json (`secure-collab status`)
+    hypernet = "hypernet"        # malmen: this site's copy of the hypernetwork (party and solver)
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ CONFLICT_POLICIES = ("none", "priority", "majority", "first")
 # host, which applies it and answers each party's queries within ``query_budget``). A release policy, not a
 # transform of ΔW, so it is a setting of its own beside ``defence`` (which still applies to the served model).
 RELEASES = ("weights", "served")
+# The editing backend of a session: MEMIT (targets, λC) or MALMEN (a public hypernetwork, ridge e^{λ_l}·I;
+# secure_collab.editing.malmen). Both contribute (G, B) of the same shapes, so the wire is the same.
+BACKENDS = ("memit", "malmen")
 # The largest value_bound (and key_norm_bound, residual_norm_bound) a session may declare: 2^100 ≈ 1.27e30, far
 # above any honest statistic (entries of Σ k kᵀ over max_edits_per_party requests). Every quantity the solver and
 # the plausibility checks compute from an in-bound aggregate then stays finite in float64: an opened entry is at
@@ -106,8 +113,8 @@ RELEASES = ("weights", "served")
 # 2^260, κ²·N and ρ·κ·N ≤ 2^200 · 2^20, all ≪ 2^1023. Without a cap a finite value_bound of 5e307 set up (the
 # shares encoding only needs P·β finite) and g + gᵀ overflowed in the psd check.
 MAX_STAT_BOUND = 2.0**100
-__all__ = ["CONFLICT_POLICIES", "MAX_QUERY_BUDGET", "MODES", "RELEASES", "STATISTICS", "VARIANTS", "Config",
-           "ConfigError", "NetworkConfig", "PathsConfig", "SessionConfig", "config_from_dict", "load_config",
+__all__ = ["BACKENDS", "CONFLICT_POLICIES", "MAX_QUERY_BUDGET", "MODES", "RELEASES", "STATISTICS", "VARIANTS",
+           "Config", "ConfigError", "NetworkConfig", "PathsConfig", "SessionConfig", "config_from_dict", "load_config",
            "write_config"]
 
 
@@ -140,6 +147,8 @@ class SessionConfig:
     defence: str = "none"  # release defences (editing.defences): camouflage at the parties, rank at the solver
     release: str = "weights"  # RELEASES: weights (every party gets ΔW) | served (only the solver's host holds it)
     query_budget: int = 1000  # served: forward passes each party may ask for (secure_collab.protocol.query)
+    backend: str = "memit"  # BACKENDS
+    hypernet_digest: str = ""  # malmen: Hypernet.digest() of the pinned hypernetwork; party and solver check it
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     protection: dict[str, Any] = field(default_factory=dict, hash=False)  # ProtectionParams.extra
 
@@ -201,6 +210,7 @@ class PathsConfig:
     ledger: Path
     solver_state: Path
     party_status: Path  # the directory of a party's status-<party>.json (parties/status.py)
+    hypernet: Path  # malmen: this site's copy of the hypernetwork (checked against session.hypernet_digest)
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,8 @@ class Config:
         session = asdict(self.session)
         session["layers"] = list(self.session.layers)
         session["party_priority"] = list(self.session.party_priority)
+        if self.session.backend == "memit":  # a MEMIT session's digest stays what it was before backends existed,
+            del session["backend"], session["hypernet_digest"]  # so a ledger or solver state of it is still its own
         doc = {"session": session, "roster": self.roster.digest()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -246,7 +258,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> Config:
     network = _build(NetworkConfig, data.get("network", {}), "network")
     raw_paths = data.get("paths", {})
     defaults = {"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
-                "solver_state": "solver-state", "party_status": "."}
+                "solver_state": "solver-state", "party_status": ".", "hypernet": "hypernet"}
     unknown = set(raw_paths) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown [paths] keys: {sorted(unknown)}")
@@ -363,6 +375,7 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         # round's targets) would need the edited weights, which a served release never hands out
         raise ConfigError("session.release = \"served\" needs variant = \"oneshot\" and rounds = 1: the parties keep "
                           "the base model, so every statistic must come from it")
+    _validate_backend(s)
     from secure_collab.editing.noise import session_noise_plan
 
     try:  # noise:Z must fit the declared bounds and the encoding (docs/dp.md)
@@ -391,6 +404,33 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError("network.serve_timeout_s must be a finite number > 0")
     if n.budget_headroom < 1:
         raise ConfigError("network.budget_headroom must be >= 1 (below it an honest party is cut off)")
+
+
+def _validate_backend(s: SessionConfig) -> None:
+    """MALMEN in a session: a pinned hypernetwork, and only what its one-shot edit is exact for (docs/malmen.md)."""
+    if s.backend not in BACKENDS:
+        raise ConfigError(f"session.backend must be one of {BACKENDS}, got {shown(s.backend)}")
+    if s.backend == "memit":
+        if s.hypernet_digest:
+            raise ConfigError('session.hypernet_digest is set but session.backend is "memit": only MALMEN uses a '
+                              "hypernetwork")
+        return
+    if len(s.hypernet_digest) != 64 or any(c not in "0123456789abcdef" for c in s.hypernet_digest):
+        raise ConfigError('session.backend = "malmen" needs session.hypernet_digest, the sha256 (64 hex digits) of '
+                          "the hypernetwork every site uses: write the file with `secure-collab session init "
+                          "--backend malmen --hypernet DIR`")
+    # every MALMEN row is taken on the unedited model (the single-machine edit is one-shot), so a session is one
+    # aggregation of all layers; λC, earlier rounds' ΣG and the defences' C-metric have no MALMEN meaning yet
+    refused = [(s.variant != "oneshot", 'variant = "oneshot" (all layers\' rows come from the unedited model)'),
+               (s.rounds != 1, "rounds = 1 (no cross-round rule for MALMEN yet)"),
+               (s.update_rule != "memit-static", 'update_rule = "memit-static" (the rules across rounds are '
+                                                 "MEMIT's: λC and earlier rounds' ΣG)"),
+               (s.defence != "none", 'defence = "none" (camouflage, rank and noise are built on MEMIT\'s keys and C)'),
+               (s.release != "weights", 'release = "weights"'),
+               (s.known_residual != 0, "known_residual = 0 (it reads MEMIT's targets)")]
+    wrong = [what for bad, what in refused if bad]
+    if wrong:
+        raise ConfigError(f'session.backend = "malmen" needs {"; ".join(wrong)}')
 
 
 def write_config(path: Path, session: dict[str, Any], network: dict[str, Any] | None = None,

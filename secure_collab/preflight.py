@@ -1,4 +1,5 @@
-"""Start-up checks of each role against the session file: weights, dimensions, templates, left-over state.
+"""Start-up checks of each role against the session file: weights, dimensions, templates, the MALMEN hypernetwork,
+left-over state.
 
 Every check raises ``SessionMismatch`` or ``StaleStateError`` (one line, naming what differs and what to do)
 before any socket is opened, so a site whose model or state does not fit the session learns it at once
@@ -8,6 +9,7 @@ instead of after target optimisation or as an unverifiable signature.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from secure_collab.errors import SessionMismatch, StaleStateError
@@ -40,6 +42,36 @@ def check_model(lm: Any, session: Any) -> None:
     if not want:
         log.warning("the session file has no weights_digest: nothing checks that every site holds the same "
                     "weights (write it with `secure-collab session init`)")
+
+
+def session_hypernet(session: Any, path: Path, dtype: Any = None, device: Any = None,
+                     model_digest: str | None = None) -> Any:
+    """The session's MALMEN hypernetwork from this site's ``path`` ([paths] hypernet), refused in one line unless
+    its digest is ``session.hypernet_digest`` and it edits exactly ``session.layers`` at (d_k, d_v); then cast.
+
+    The digest is taken as stored (before the cast: it hashes every tensor as float64, so a float64 network cast
+    to float32 would hash otherwise). It covers the frozen normaliser and every λ_l, so the solver's ridges and the
+    parties' value differences are the pinned ones."""
+    from secure_collab.editing.malmen.net import load_hypernet
+
+    want = session.hypernet_digest
+    try:
+        net = load_hypernet(Path(path), model_digest=model_digest)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        raise SessionMismatch(f"the session's MALMEN hypernetwork could not be loaded from {path} ([paths] hypernet): "
+                              f"{exc}") from None
+    got = net.digest()
+    if got != want:
+        raise SessionMismatch(f"the hypernetwork in {path} (sha256 {got[:16]}…) differs from the session's "
+                              f"hypernet_digest ({want[:16]}…): every party and the solver must hold the same "
+                              "hypernetwork")
+    if tuple(net.hp.layers) != tuple(session.layers):
+        raise SessionMismatch(f"the hypernetwork edits layers {list(net.hp.layers)}, the session "
+                              f"{list(session.layers)}")
+    bad = [lay for lay in session.layers if tuple(net.shapes[lay]) != (session.d_k, session.d_v)]
+    if bad:
+        raise SessionMismatch(f"the hypernetwork's layers {bad} are not (d_k, d_v) = ({session.d_k}, {session.d_v})")
+    return net.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else net
 
 
 def check_templates(session: Any) -> None:

@@ -11,7 +11,7 @@ import datetime
 import os
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ COMMENTS: dict[str, str] = {
     "release": "weights (every party receives ΔW and applies it) | served (only the solver's host applies ΔW and "
                "answers each party's end-to-end encrypted queries within query_budget); docs/network.md",
     "query_budget": "served: forward passes each party may ask the served model for in this session (at most 10**7)",
+    "backend": "memit (targets, λC) | malmen (a public hypernetwork; oneshot, one round; docs/malmen.md)",
+    "hypernet_digest": "malmen: sha256 of the hypernetwork (normaliser and λ_l included): every party and the solver "
+                       "refuse another",
     # [session.hparams]
     "lambda": "λ: weight of the covariance C in ΔW = ΣB (λC + ΣG)⁻¹ (memit-dynamic: of earlier rounds' ΣKKᵀ too)",
     "v_lr": "target optimisation: Adam learning rate",
@@ -93,6 +96,7 @@ COMMENTS: dict[str, str] = {
     "roster": "every site's public keys, assembled from their public key files",
     "ledger": "coordinator only: its append-only SQLite ledger (`secure-collab ledger show --config` reads it)",
     "solver_state": "solver only: its session state",
+    "hypernet": "malmen, party and solver: this site's copy of the hypernetwork (checked against hypernet_digest)",
 }
 
 
@@ -124,6 +128,8 @@ class SessionChoices:
     release: str = "weights"  # secure_collab.config.RELEASES
     query_budget: int = 1000  # served: forward passes per party
     serve_timeout_s: float = 600.0
+    backend: str = "memit"  # secure_collab.config.BACKENDS
+    hypernet: Path | None = None  # malmen: a trained hypernetwork's directory (or its training run's)
     paths: dict[str, str] = field(default_factory=lambda: {
         "keys": "keys", "roster": "roster.toml", "ledger": "ledger.sqlite", "solver_state": "solver-state"})
 
@@ -142,6 +148,13 @@ class SessionChoices:
             raise ConfigError(f"release must be one of {', '.join(RELEASES)}, not {shown(self.release)}")
         if not 0 <= self.query_budget <= MAX_QUERY_BUDGET:
             raise ConfigError(f"the query budget must be between 0 and {MAX_QUERY_BUDGET}")
+        from secure_collab.config import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {shown(self.backend)}")
+        if (self.backend == "malmen") != (self.hypernet is not None):
+            raise ConfigError("--hypernet DIR goes with --backend malmen (and only with it): the hypernetwork the "
+                              "session pins")
         if self.release == "served" and (self.variant != "oneshot" or self.rounds != 1):
             raise ConfigError('release "served" needs variant = "oneshot" and rounds = 1: the parties keep the base '
                               "model, so every statistic must come from it")
@@ -150,6 +163,8 @@ class SessionChoices:
 def session_document(lm: Any, model: str, choices: SessionChoices, templates: list[str] | None = None,
                      cache: Path | None = None) -> dict[str, dict[str, Any]]:
     """The session file's tables for the loaded base model ``lm`` (named ``model`` in the file)."""
+    if choices.backend == "malmen":
+        return _malmen_document(lm, model, choices)
     from secure_collab.editing.hparams import default_hparams
     from secure_collab.editing.templates import context_templates
     from secure_collab.models.specs import down_weight, n_layers
@@ -189,6 +204,35 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
                "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0, "wait_log_s": 30.0,
                "request_in_turn": choices.request_in_turn, "serve_timeout_s": choices.serve_timeout_s}
     return {"session": session, "network": network, "paths": dict(choices.paths)}
+
+
+def _malmen_document(lm: Any, model: str, choices: SessionChoices) -> dict[str, dict[str, Any]]:
+    """A MALMEN session: layers, (d_k, d_v) and the pinned digest from the hypernetwork (checked against the model);
+    no MEMIT hyper-parameters, templates or λ. ``paths.hypernet`` is the given directory, relative to the file."""
+    from secure_collab.editing.malmen.net import load_hypernet
+    from secure_collab.models.specs import down_weight, n_layers
+
+    assert choices.hypernet is not None  # SessionChoices checks it
+    if choices.lam is not None:
+        raise ConfigError("--lambda is MEMIT's: MALMEN's ridge e^{λ_l} is the hypernetwork's")
+    try:
+        net = load_hypernet(Path(choices.hypernet), model_digest=lm.source_digest)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    layers = tuple(net.hp.layers)
+    if choices.layers is not None and tuple(choices.layers) != layers:
+        raise ConfigError(f"--layers {list(choices.layers)}: the hypernetwork edits layers {list(layers)}")
+    depth = n_layers(lm.model, lm.spec)
+    if layers[-1] >= depth:
+        raise ConfigError(f"the hypernetwork edits layers {list(layers)}: {model} has layers 0..{depth - 1}")
+    d_v, d_k = down_weight(lm.model, lm.spec, layers[0]).shape
+    if any(tuple(net.shapes[lay]) != (int(d_k), int(d_v)) for lay in layers):
+        raise ConfigError(f"the hypernetwork was made for other layer shapes than {model}'s (d_k {d_k}, d_v {d_v})")
+    doc = session_document(lm, model, replace(choices, backend="memit", hypernet=None, layers=layers), templates=[])
+    session = {k: v for k, v in doc["session"].items() if k not in ("template_seed", "hparams", "protection")}
+    session.update(variant="oneshot", backend="malmen", hypernet_digest=net.digest(), hparams={"dtype": choices.dtype},
+                   protection=doc["session"]["protection"])
+    return {"session": session, "network": doc["network"], "paths": dict(choices.paths)}
 
 
 def render_session(doc: dict[str, dict[str, Any]], title: str = "") -> str:
@@ -265,7 +309,8 @@ def describe(config: Config) -> dict[str, Any]:
         "session": s.id, "config_digest": config.digest, "model": s.model, "weights_digest": s.weights_digest,
         "mode": s.mode, "variant": s.variant, "layers": list(s.layers), "d_k": s.d_k, "d_v": s.d_v,
         "min_parties": s.min_parties, "defence": s.defence, "dp": _dp(config), "release": s.release,
-        "query_budget": s.query_budget if s.served else None, "parties": sorted(config.roster.parties),
+        "query_budget": s.query_budget if s.served else None, "backend": s.backend,
+        "hypernet_digest": s.hypernet_digest or None, "parties": sorted(config.roster.parties),
         "roster_sha256": config.roster.digest(), "fingerprints": config.roster.fingerprints(),
         "coordinator_endpoint": config.network.coordinator_endpoint,
         "coordinator_bind": config.network.coordinator_bind,

@@ -8,6 +8,10 @@ solves (``editing.noise.psd_part``: post-processing, so that λC + ΣG keeps a C
 state (Σ of earlier rounds' ΣG per layer) is the solver's, kept sealed in its state store; it is passed in per
 call, so this object holds nothing secret.
 
+A MALMEN session (``session.backend = "malmen"``) has no C: ΔW = ΣB (ΣG + e^{λ_l} I)⁻¹ with λ_l the pinned
+hypernetwork's (``editing.malmen.edit.solve_shift``), loaded from this site's [paths] hypernet and checked against
+``session.hypernet_digest`` at start. Its sessions are one round, memit-static, without defences (``config``).
+
 In a served session (``session.release = "served"``) it is also the served model (``solver.serve.ServedModel``): it
 keeps the base model it loaded, adds each released ΔW to it, and answers the parties' queries on it
 (``secure_collab.evaluation.served``). Then it holds the edited weights, which no party receives.
@@ -28,16 +32,26 @@ from secure_collab.editing.session import session_hparams
 
 class SessionSolve:
     def __init__(self, session: Any, *, cache: Path | None = None, device: str | None = "cpu",
-                 progress: bool = False, allow_download: bool = False, serve: bool | None = None) -> None:
-        """``serve``: keep the model and answer queries on it (default: when the session's release is served)."""
+                 progress: bool = False, allow_download: bool = False, serve: bool | None = None,
+                 hypernet: Path | None = None) -> None:
+        """``serve``: keep the model and answer queries on it (default: when the session's release is served).
+        ``hypernet``: MALMEN only, this site's copy of the session's hypernetwork ([paths] hypernet)."""
         from secure_collab.covariance import layer_covariances
         from secure_collab.models import load_model
         from secure_collab.models.specs import n_layers
-        from secure_collab.preflight import check_model
+        from secure_collab.preflight import check_model, session_hypernet
 
         lm = load_model(session.model, device=device, cache=cache, dtype=session.hparams.get("dtype", "auto"),
                         allow_download=allow_download)
         check_model(lm, session)  # a wrong d_v or other weights: refused here, before any party waits on us
+        self.ridges: dict[int, float] | None = None
+        if session.backend == "malmen":
+            if hypernet is None:
+                raise ValueError("a MALMEN session's solve needs the hypernetwork's directory ([paths] hypernet)")
+            net = session_hypernet(session, hypernet, model_digest=lm.source_digest)  # λ_l as pinned, no cast
+            self.ridges = {layer: net.ridge(layer) for layer in session.layers}  # e^{λ_l}
+            self.lm, self.rank, self.noised = None, 0, False
+            return
         self.hp = session_hparams(session.model, n_layers(lm.model, lm.spec), session.layers, session.variant,
                                   session.template_seed, session.hparams, 0, session.update_rule)
         self.covs = layer_covariances(lm, self.hp.layers, tokens=self.hp.mom2_tokens,
@@ -53,6 +67,11 @@ class SessionSolve:
                  past_g: np.ndarray | None = None) -> np.ndarray:
         g = torch.from_numpy(np.ascontiguousarray(g_sum, dtype=np.float64))
         b = torch.from_numpy(np.ascontiguousarray(b_sum, dtype=np.float64))
+        if self.ridges is not None:  # MALMEN: C = I, λ = e^{λ_l}
+            from secure_collab.editing.malmen.edit import solve_shift
+            from secure_collab.editing.statistics import LayerStats
+
+            return solve_shift(LayerStats(g, b), self.ridges[layer]).numpy()
         past = None if past_g is None else torch.from_numpy(np.ascontiguousarray(past_g, dtype=np.float64))
         if self.noised:
             g = psd_part(g)

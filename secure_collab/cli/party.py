@@ -39,8 +39,7 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
     """Load the model and this party's requests; return the engine's callbacks for the network loop."""
     from pathlib import Path
 
-    from parties.engine import PartyEditor
-    from parties.runner import PartyEngine
+    from parties.runner import PartyEngine, party_editor
     from secure_collab.data.formats import load_requests
     from secure_collab.editing.session import requests_by_round
     from secure_collab.errors import ConfigError
@@ -52,9 +51,9 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
         rounds = requests_by_round(files, config.session.rounds)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    editor = PartyEditor(config.session, [r for f in files for r in f], device=args.device,
-                         cache=Path(args.cache_dir) if args.cache_dir else None,
-                         allow_download=args.allow_download, progress=not args.quiet, rounds=rounds)
+    editor = party_editor(config, [r for f in files for r in f], device=args.device,
+                          cache=Path(args.cache_dir) if args.cache_dir else None,
+                          allow_download=args.allow_download, progress=not args.quiet, rounds=rounds)
 
     def finish(result: Any) -> dict:
         if config.session.served:  # no ΔW here: nothing to save, the model is the base model

@@ -33,7 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--id", default=None, help="session id (default: session-DATE-RANDOM)")
     init.add_argument("--mode", choices=("shares", "ckks", "plain"), default=d.mode,
                       help="protection of the statistics (plain: none, for tests only)")
-    init.add_argument("--variant", choices=("sequential", "oneshot"), default=d.variant, help="MEMIT variant")
+    init.add_argument("--variant", choices=("sequential", "oneshot"), default=None,
+                      help="MEMIT variant (default sequential; MALMEN is oneshot)")
+    init.add_argument("--backend", choices=("memit", "malmen"), default=d.backend,
+                      help="editing backend: memit, or malmen with --hypernet (docs/malmen.md)")
+    init.add_argument("--hypernet", default=None, metavar="DIR",
+                      help="malmen: the trained hypernetwork (`secure-collab malmen train`'s run or hypernet "
+                           "directory); its digest is pinned in the file and its path written to [paths] hypernet (default: "
+                           "none; required with --backend malmen)")
     init.add_argument("--rounds", type=int, default=d.rounds, help="rounds the requests are split over")
     init.add_argument("--layers", type=parse_layers, default=None,
                       help="edited layers, e.g. 3-7 (default: the model's tuned layers)")
@@ -115,17 +122,23 @@ def _init(args: argparse.Namespace) -> int:
         raise ConfigError(f"--parties {','.join(parties)} differ from the roster's {','.join(sorted(roster.parties))}")
     if not 1 <= args.min_parties <= len(parties):
         raise ConfigError(f"--min-parties must be between 1 and the number of parties ({len(parties)})")
+    malmen = args.backend == "malmen"
+    if malmen and args.variant == "sequential":
+        raise ConfigError("--variant sequential: a MALMEN session is oneshot (every row from the unedited model)")
+    variant = args.variant or ("oneshot" if malmen else "sequential")
+    paths = {"keys": "keys", "roster": roster_in_file, "ledger": "ledger.sqlite", "solver_state": "solver-state"}
+    if args.hypernet:  # relative to the session file, like the roster
+        paths["hypernet"] = Path(os.path.relpath(Path(args.hypernet).resolve(), out.resolve().parent)).as_posix()
     choices = SessionChoices(
-        parties=parties, roster_sha256=roster.digest(), mode=args.mode, variant=args.variant, rounds=args.rounds,
+        parties=parties, roster_sha256=roster.digest(), mode=args.mode, variant=variant, rounds=args.rounds,
         layers=tuple(args.layers) if args.layers else None, lam=args.lam, min_parties=args.min_parties,
         value_bound=args.value_bound, key_norm_bound=args.key_norm_bound,
         residual_norm_bound=args.residual_norm_bound,
         precision_bits=args.precision_bits if args.mode == "ckks" else None, session_id=args.id, dtype=args.dtype,
         bind=args.bind, endpoint=args.endpoint, join_timeout_s=args.join_timeout_s,
         stage_timeout_s=args.stage_timeout_s, request_in_turn=args.in_turn, defence=args.defence,
-        release=args.release, query_budget=args.query_budget,
-        paths={"keys": "keys", "roster": roster_in_file, "ledger": "ledger.sqlite",
-               "solver_state": "solver-state"})
+        release=args.release, query_budget=args.query_budget, backend=args.backend,
+        hypernet=Path(args.hypernet) if args.hypernet else None, paths=paths)
     lm = load_model(args.model, device="cpu", cache=args.cache_dir, dtype=args.dtype,
                     allow_download=args.allow_download)
     doc = session_document(lm, args.model, choices, cache=args.cache_dir)
@@ -157,6 +170,8 @@ def _print(args: argparse.Namespace, info: dict) -> None:
     say(args, f"  {info['mode']}, {info['variant']}, layers {info['layers']}, d_k {info['d_k']}, d_v {info['d_v']}, "
               f"min_parties {info['min_parties']}, defence {info['defence']}, release {info['release']}"
               + (f" (query budget {info['query_budget']} per party)" if info["query_budget"] is not None else ""))
+    if info.get("backend") == "malmen":
+        say(args, f"  backend         malmen, hypernetwork sha256 {info['hypernet_digest']}   <- pinned")
     dp = info.get("dp")
     if dp is not None:  # noise:Z: what its (ε, δ) is, per release and over the session
         say(args, f"  noise           σ {dp['sigma_per_party']:.4g} per party ({dp['sigma_total']:.4g} over "

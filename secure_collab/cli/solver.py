@@ -27,7 +27,7 @@ def session_solve(config: Any, args: argparse.Namespace | None = None) -> Any:
     from solver.solve import SessionSolve
 
     cache = getattr(args, "cache_dir", None)
-    return SessionSolve(config.session, cache=Path(cache) if cache else None,
+    return SessionSolve(config.session, cache=Path(cache) if cache else None, hypernet=config.paths.hypernet,
                         allow_download=bool(getattr(args, "allow_download", False)),
                         progress=not getattr(args, "quiet", False))
 
