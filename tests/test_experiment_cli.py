@@ -142,3 +142,51 @@ def test_paired_interval_is_the_bootstrap_of_the_differences():
     assert paired_ci(a, b) == bootstrap_ci([0.5, 1.0, 3.0])
     mean, lo, hi = bootstrap_ci([0.5, 1.0, 3.0])
     assert mean == 1.5 and 0.5 <= lo < mean < hi <= 3.0
+
+
+def test_merge_grid_with_the_malmen_backend(tmp_path, monkeypatch, capsys):
+    """`experiment merge --backend malmen` on tiny-gpt2: collab = Global-Edit ≤ 1e-12 (run_malmen_edit), the naive
+    merges differ, no z_reach; its cells are keyed by the hypernetwork's digest (another network recomputes them,
+    the same one resumes); MEMIT-only options and a sequential variant are refused in one line."""
+    import torch
+
+    from secure_collab.cli.edit import load_request_set
+    from secure_collab.editing.malmen.net import load_hypernet
+    from secure_collab.models import load_model
+    from tests.editing.test_malmen import make_hypernet
+
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    lm = load_model("tiny-gpt2")
+    make_hypernet(lm, load_request_set("bundled", None, 4)).save(tmp_path / "net")
+    out = tmp_path / "grid"
+    argv = ["experiment", "merge", "--model", "tiny-gpt2", "--requests", "bundled", "--parties", "3",
+            "--edits", "3,6", "--backend", "malmen", "--hypernet", str(tmp_path / "net"), "--fluency-sample", "2,1",
+            "--out", str(out), "--threads", "1", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["setup"]["backend"] == "malmen"
+    by = {(r["method"], r["variant"], r["edits"]): r for r in result["rows"]}
+    assert {r["variant"] for r in result["rows"]} == {"oneshot"} and len(by) == 2 * 5
+    for n in (3, 6):
+        assert by["collab", "oneshot", n]["delta_rel_diff_vs_global"] <= 1e-12
+        assert by["global", "oneshot", n]["delta_rel_diff_vs_global"] == 0.0
+        assert by["sa", "oneshot", n]["delta_rel_diff_vs_global"] > 1e-3
+        assert by["ta", "oneshot", n]["z_reach"] is None
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    assert main(argv) == 0  # the same network: every cell read back
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+    other = load_hypernet(tmp_path / "net")
+    with torch.no_grad():
+        next(iter(other.nets.values())).lamda.add_(0.25)
+    other.save(tmp_path / "other")
+    other_argv = [*argv[:argv.index("--hypernet") + 1], str(tmp_path / "other"), *argv[argv.index("--hypernet") + 2:]]
+    at = other_argv.index("--edits")
+    assert main([*other_argv[:at + 1], "3", *other_argv[at + 2:]]) == 0
+    new = set((out / "cells").iterdir()) - set(stamps)
+    assert len([p for p in new if p.suffix == ".json" and not p.name.startswith("pre-")]) == 5  # its own cells
+    capsys.readouterr()
+    for extra, why in ((["--lambda", "5"], "MEMIT options"), (["--variant", "sequential"], "oneshot only")):
+        assert main([*argv, *extra]) == 2
+        assert why in capsys.readouterr().err
+    assert main([*argv[:argv.index("--hypernet")], *argv[argv.index("--hypernet") + 2:]]) == 2
+    assert "--hypernet DIR goes with --backend malmen" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HELP = ("run experiments: merge (collab vs Global-Edit vs TA / SA / TIES over edit counts, CollabEdit's Fig. 1), "
         "forgetting over rounds, overlap (dedupe), conflict (resolution)")
@@ -54,8 +55,15 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--edits", type=_ints, default=(10, 30, 100), help="edit counts (all parties together)")
     m.add_argument("--methods", type=_names, default=("global", "collab", "ta", "sa", "ties"),
                    help="global, collab, ta, sa, ties, ta-lockstep, sa-lockstep, ties-lockstep")
-    m.add_argument("--variant", type=_names, default=("sequential",), help="sequential, oneshot or both: "
-                                                                          "sequential,oneshot")
+    m.add_argument("--variant", type=_names, default=None, help="sequential, oneshot or both: sequential,oneshot "
+                                                                 "(default: sequential; MALMEN: oneshot, its only one)")
+    m.add_argument("--backend", choices=("memit", "malmen"), default="memit",
+                   help="editing backend; malmen needs --hypernet and edits with run_malmen_edit (docs/malmen.md)")
+    m.add_argument("--hypernet", default=None, metavar="DIR",
+                   help="malmen: a trained hypernetwork (`secure-collab malmen train`'s run or hypernet directory) "
+                        "(default: none)")
+    m.add_argument("--hypernet-digest", default=None,
+                   help="malmen: refuse a hypernetwork whose digest is not this one (default: the one it records)")
     m.add_argument("--metrics", choices=("auto", "counterfact", "zsre"), default="auto",
                    help="auto: zsRE metrics for zsRE requests, else CounterFact's")
     m.add_argument("--eval-per-party", type=int, default=0, metavar="K",
@@ -88,14 +96,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from secure_collab.cli._output import human, write_json
     from secure_collab.cli.edit import load_request_set
     from secure_collab.covariance import covariance_entries
     from secure_collab.editing.hparams import VARIANTS, auto_request_batch, default_hparams
     from secure_collab.editing.templates import context_templates
     from secure_collab.errors import UserError
     from secure_collab.experiments.merge import Context, MergeGrid, detect_metrics, run_merge_grid
-    from secure_collab.experiments.merge_report import markdown, plot_fig1, write_csv
     from secure_collab.models import load_model
     from secure_collab.models.specs import n_layers
 
@@ -106,7 +112,17 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=quiet)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = ("sequential", "oneshot") if args.variant == ("both",) else args.variant
+    malmen = args.backend == "malmen"
+    if malmen != bool(args.hypernet):
+        return fail("--hypernet DIR goes with --backend malmen (and only with it)")
+    memit_only = [flag for attr, flag in (("lam", "--lambda"), ("tokens", "--tokens"))
+                  if getattr(args, attr) is not None]
+    if malmen and memit_only:
+        return fail(f"{', '.join(memit_only)}: MEMIT options, not used by --backend malmen")
+    variant = args.variant or (("oneshot",) if malmen else ("sequential",))
+    variants = ("sequential", "oneshot") if variant == ("both",) else variant
+    if malmen and tuple(variants) != ("oneshot",):
+        return fail("--backend malmen is oneshot only (every row from the unedited model): give --variant oneshot")
     if any(v not in VARIANTS for v in variants):
         return fail(f"--variant must be among {', '.join(VARIANTS)} (or both), got {','.join(variants)}")
     if len(args.fluency_sample) != 2:
@@ -130,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         lm = load_model(args.model, device=args.device, cache=args.cache_dir, dtype=args.dtype)
     hp = default_hparams(args.model, n_layers(lm.model, lm.spec)).with_(request_batch=auto_request_batch(
         lm.device.type))
+    if malmen:
+        return _malmen_grid(args, lm, hp, records, grid, console, t0)
     for attr, name in (("layers", "layers"), ("lam", "mom2_update_weight"), ("tokens", "mom2_tokens")):
         if getattr(args, attr) is not None:
             hp = hp.with_(**{name: tuple(args.layers) if attr == "layers" else getattr(args, attr)})
@@ -143,19 +161,56 @@ def run(args: argparse.Namespace) -> int:
     templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, args.cache_dir)
     ctx = Context(lm, records, hp, covs, templates, cov_digest="-".join(e.key.digest()[:16] for e in entries.values()),
                   cache=args.cache_dir, say=console.log)
-    out = Path(args.out)
-    result = run_merge_grid(ctx, grid, out)
+    result = run_merge_grid(ctx, grid, Path(args.out))
+    return _write_results(args, result, {"hparams": hp.to_dict()}, f"λ={hp.mom2_update_weight:g}", lm, grid,
+                          console, t0)
+
+
+def _malmen_grid(args: argparse.Namespace, lm: Any, hp: Any, records: list, grid: Any, console: Any,
+                 t0: float) -> int:
+    """The grid with MALMEN's edit (``experiments.merge.Context.hypernet``): no covariance, templates or targets."""
+    from secure_collab.editing.malmen.net import load_hypernet
+    from secure_collab.errors import UserError
+    from secure_collab.experiments.merge import Context, run_merge_grid
+
+    try:
+        net = load_hypernet(Path(args.hypernet), args.hypernet_digest, next(lm.model.parameters()).dtype, lm.device,
+                            lm.source_digest)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if args.layers is not None and tuple(args.layers) != tuple(net.hp.layers):
+        raise UserError(f"--layers {args.layers}: the hypernetwork edits layers {list(net.hp.layers)}")
+    digest = net.digest()
+    console.print(f"{args.model}: MALMEN layers {list(net.hp.layers)}, hypernetwork {digest[:16]}…; {len(records)} "
+                  f"requests from {args.requests}, {args.parties} parties, edits {list(grid.edits)}, "
+                  f"{grid.metrics} metrics")
+    ctx = Context(lm, records, hp, {}, [], cov_digest="", cache=args.cache_dir, say=console.log, hypernet=net)
+    try:
+        result = run_merge_grid(ctx, grid, Path(args.out))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return _write_results(args, result, {"backend": "malmen", "hypernet_digest": digest, "hparams": net.hp.to_dict()},
+                          f"MALMEN {digest[:8]}", lm, grid, console, t0)
+
+
+def _write_results(args: argparse.Namespace, result: dict, how: dict, label: str, lm: Any, grid: Any, console: Any,
+                   t0: float) -> int:
+    """results.csv, results.md, fig1.png, results.json (and --json) of a finished grid."""
+    from secure_collab.cli._output import human, write_json
+    from secure_collab.experiments.merge_report import markdown, plot_fig1, write_csv
+
+    out, metrics, quiet = Path(args.out), grid.metrics, bool(getattr(args, "quiet", False))
     result["setup"] = {"model": args.model, "requests": args.requests, "start": args.start,
                        "records": [args.start, args.start + max(grid.edits) - 1], "parties": args.parties,
                        "metrics": metrics, "eval_per_party": grid.eval_per_party, "holders": grid.holders,
-                       "hparams": hp.to_dict(),
+                       **how,
                        "seconds": time.perf_counter() - t0,
                        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
                        "command": "secure-collab " + " ".join(getattr(args, "_argv", sys.argv[1:]))}
     write_csv(result["rows"], out / "results.csv")
     (out / "results.md").write_text(markdown(result, metrics))
     title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
-             f"{args.parties} parties, λ={hp.mom2_update_weight:g}") if args.title is None else args.title
+             f"{args.parties} parties, {label}") if args.title is None else args.title
     plot_fig1(result, out / "fig1.png", title)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_json(args, result)

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="editing backend: memit, or malmen with --hypernet (docs/malmen.md)")
     init.add_argument("--hypernet", default=None, metavar="DIR",
                       help="malmen: the trained hypernetwork (`secure-collab malmen train`'s run or hypernet "
-                           "directory); its digest is pinned in the file and its path written to [paths] hypernet (default: "
-                           "none; required with --backend malmen)")
+                           "directory); its digest is pinned in the file and its path written to [paths] hypernet "
+                           "(default: none; required with --backend malmen)")
     init.add_argument("--rounds", type=int, default=d.rounds, help="rounds the requests are split over")
     init.add_argument("--layers", type=parse_layers, default=None,
                       help="edited layers, e.g. 3-7 (default: the model's tuned layers)")

@@ -19,6 +19,11 @@ requests (1: reached; the oneshot variant overshoots). Each row also keeps its p
 (``per_record``: the margins and z_reach of every evaluated fact, in the same order for every method), from which
 the report gives bootstrap intervals over records and paired differences between methods (``advantage``: where
 collab beats a naive merge by ≥ 0.10 in |1 − z_reach| or ≥ 1 nat of target or paraphrase margin).
+
+MALMEN (``Context.hypernet`` set): the same grid with ``editing.malmen.edit.run_malmen_edit`` (global, collab,
+ta/sa/ties; oneshot only, every row from the unedited model), no targets, covariance or templates, so no z_reach;
+its cells are keyed by the backend and the hypernetwork's digest instead of MEMIT's hyper-parameters, C and
+templates (a MEMIT cell's key is unchanged).
 """
 
 from __future__ import annotations
@@ -93,6 +98,11 @@ class Context:
     cov_digest: str  # identifies the covariances (their cache keys)
     cache: str | os.PathLike[str] | None = None
     say: Callable[[str], None] = field(default=lambda _m: None)
+    hypernet: Any = None  # MALMEN's Hypernet: the grid edits with it (hp, covs and templates are then unused)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.hypernet.hp.layers) if self.hypernet is not None else tuple(self.hp.layers)
 
 
 def detect_metrics(requests: Sequence[Request]) -> str:
@@ -120,10 +130,12 @@ def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -
     if variant == "oneshot":  # every statistic from the unedited model: lockstep and independent are one thing
         method = method.removesuffix("-lockstep")
     dtype = str(next(ctx.lm.model.parameters()).dtype)
+    how = ({"backend": "malmen", "hypernet": ctx.hypernet.digest()} if ctx.hypernet is not None else
+           {"hparams": ctx.hp.with_(variant=variant).to_dict(), "covariance": ctx.cov_digest,
+            "templates": templates_digest(ctx.templates)})  # MEMIT: the key it had before backends existed
     return digest_json({"format": CELL_FORMAT, "model": ctx.lm.source_digest, "dtype": dtype,
                         "requests": _request_digest(ctx.requests[:n]), "parties": grid.parties, "method": method,
-                        "hparams": ctx.hp.with_(variant=variant).to_dict(), "covariance": ctx.cov_digest,
-                        "templates": templates_digest(ctx.templates), "metrics": grid.metrics,
+                        **how, "metrics": grid.metrics,
                         "fluency": [grid.fluency_requests, grid.fluency_prompts, grid.fluency_seed],
                         **({"eval_per_party": grid.eval_per_party} if grid.eval_per_party else {}),
                         **({"holders": grid.holders} if grid.holders > 1 else {})})[:32]
@@ -208,8 +220,16 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
     n_max = max(grid.edits)
     if len(ctx.requests) < n_max:
         raise ValueError(f"{n_max} edits asked for, {len(ctx.requests)} requests given")
-    ctx.say(f"targets for {n_max} requests (cached per request)")
-    targets = cached_targets(ctx.lm, ctx.requests[:n_max], ctx.hp, ctx.templates, ctx.cache, progress=True)
+    malmen = ctx.hypernet is not None
+    if malmen:
+        from secure_collab.editing.malmen.edit import METHODS as MALMEN_METHODS
+
+        if grid.variants != ("oneshot",) or any(m not in MALMEN_METHODS for m in grid.methods):
+            raise ValueError(f"MALMEN's grid is oneshot only, with methods among {', '.join(MALMEN_METHODS)}")
+        targets = None
+    else:
+        ctx.say(f"targets for {n_max} requests (cached per request)")
+        targets = cached_targets(ctx.lm, ctx.requests[:n_max], ctx.hp, ctx.templates, ctx.cache, progress=True)
     rows, pre_rows = [], []
     methods = ["global", *[m for m in grid.methods if m != "global"]]  # global first: the others compare with it
     for n in sorted(grid.edits):
@@ -241,21 +261,22 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
                     continue  # not finished: left out of this report
                 if row is None:
                     ctx.say(f"{variant}, {n} edits, {method}: editing")
-                    saved = snapshot(ctx.lm, hp.layers)
+                    saved = snapshot(ctx.lm, ctx.layers)
                     try:
                         t = time.perf_counter()
-                        sizes = [sum(map(len, held))] if method == "global" else [len(p) for p in parties]
-                        pt = targets.take([i for idx in held for i in idx]).split(sizes)
-                        outcome = run_edit(ctx.lm, parties, hp, ctx.covs, method, ctx.templates, ctx.say, pt)
+                        outcome = _edit(ctx, parties, held, hp, method, targets)
                         t_edit = time.perf_counter() - t
                         ctx.say(f"{variant}, {n} edits, {method}: evaluating")
                         t = time.perf_counter()
                         row = measure(ctx, grid, evaluated, pre)
-                        reach = z_reaches(ctx.lm, reqs, targets.take(list(range(n))), hp)
-                        row["z_reach"] = sum(reach) / len(reach)
-                        ev = {id(r) for r in evaluated}
-                        row.setdefault("per_record", {})["z_reach"] = [z for r, z in zip(reqs, reach, strict=True)
-                                                                       if id(r) in ev]
+                        if targets is None:  # MALMEN: no z* to reach
+                            row["z_reach"] = None
+                        else:
+                            reach = z_reaches(ctx.lm, reqs, targets.take(list(range(n))), hp)
+                            row["z_reach"] = sum(reach) / len(reach)
+                            ev = {id(r) for r in evaluated}
+                            row.setdefault("per_record", {})["z_reach"] = [
+                                z for r, z in zip(reqs, reach, strict=True) if id(r) in ev]
                         row["eval_seconds"], row["edit_seconds"] = time.perf_counter() - t, t_edit
                     finally:
                         restore(ctx.lm, saved)
@@ -274,6 +295,19 @@ def run_merge_grid(ctx: Context, grid: MergeGrid, out: Path) -> dict[str, Any]:
     rows = [r for r in rows if r["method"] in grid.methods]
     return {"rows": rows, "pre": pre_rows, "falls_10_points": ten_point_drops(rows, grid),
             "advantage": collab_advantage(rows, grid)}
+
+
+def _edit(ctx: Context, parties: list[list[Request]], held: list[list[int]], hp: MemitHParams, method: str,
+          targets: TargetResult | None) -> Any:
+    """One cell's edit of ``ctx.lm`` in place (MEMIT with the cached targets, or MALMEN); its ``deltas``."""
+    if ctx.hypernet is not None:
+        from secure_collab.editing.malmen.edit import run_malmen_edit
+
+        return run_malmen_edit(ctx.lm, parties, ctx.hypernet, method)
+    assert targets is not None
+    sizes = [sum(map(len, held))] if method == "global" else [len(p) for p in parties]
+    pt = targets.take([i for idx in held for i in idx]).split(sizes)
+    return run_edit(ctx.lm, parties, hp, ctx.covs, method, ctx.templates, ctx.say, pt)
 
 
 CONTINUOUS = ("target_margin", "paraphrase_margin", "neighbourhood_margin", "z_reach")

@@ -45,9 +45,11 @@ def _setup_lines(setup: dict | None) -> list[str]:
     first, last = setup.get("records", [None, None])
     holders = setup.get("holders") or 1
     held = "" if holders == 1 else f", every fact held by {holders} parties (dedupe off)"
+    how = (f"MALMEN, hypernetwork {str(setup.get('hypernet_digest'))[:16]}… (ridge e^λ_l, oneshot)"
+           if setup.get("backend") == "malmen" else
+           f"λ = {hp.get('mom2_update_weight'):g}, C from {hp.get('mom2_tokens'):,} tokens")
     return [f"{setup.get('model')}, {Path(str(setup.get('requests'))).name} records {first}-{last}, "
-            f"{setup.get('parties')} parties{held}, layers {hp.get('layers')}, "
-            f"λ = {hp.get('mom2_update_weight'):g}, C from {hp.get('mom2_tokens'):,} tokens; metrics on {on}; "
+            f"{setup.get('parties')} parties{held}, layers {hp.get('layers')}, {how}; metrics on {on}; "
             "[intervals]: 95 % bootstrap over the evaluated records.", "",
             f"Command: `{setup.get('command')}`", ""]
 
