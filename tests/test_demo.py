@@ -130,3 +130,25 @@ def test_demo_with_noise_runs_its_parties_csprng_noise_through_separate_processe
     with sqlite3.connect(tmp_path / "work" / "coordinator" / "ledger.sqlite") as db:
         detail = json.loads(db.execute("SELECT detail FROM stages WHERE event = 'joining'").fetchone()[0])
     assert detail["defence"] == "noise:0.05" and detail["epsilon"] > 0 and detail["delta"] == 1e-6
+
+
+def test_demo_with_the_malmen_backend_equals_its_global_edit(tmp_path):
+    """--backend malmen --hypernet DIR: the solver, coordinator and parties as separate processes read the backend and
+    the pinned digest from the session file; the applied ΔW equals run_malmen_edit's Global-Edit (float64 tiny
+    model, shares)."""
+    from secure_collab.data.bundled import bundled_requests
+    from secure_collab.models import load_model
+    from tests.editing.test_malmen import make_hypernet
+
+    make_hypernet(load_model("tiny-llama"), bundled_requests(4)).save(tmp_path / "net")
+    out = tmp_path / "demo.json"
+    rc = main(["demo", "--model", "tiny-llama", "--mode", "shares", "--parties", "3", "--edits-per-party", "2",
+               "--backend", "malmen", "--hypernet", str(tmp_path / "net"), "--workdir", str(tmp_path / "work"),
+               "--cache-dir", str(tmp_path / "c"), "--timeout", "600", "--json", str(out), "--quiet"])
+    r = json.loads(out.read_text())
+    assert rc == 0, r
+    assert r["ok"] and r["backend"] == "malmen" and r["variant"] == "oneshot" and r["edits"] == 6
+    assert r["delta_rel_diff_vs_global"] <= 1e-12 and r["parties_applied_identical_updates"]
+    assert all(rep["backend"] == "malmen" for rep in r["per_party"].values())
+    assert main(["demo", "--model", "tiny-llama", "--backend", "malmen", "--hypernet", str(tmp_path / "net"),
+                 "--variant", "sequential", "--workdir", str(tmp_path / "w2"), "--quiet"]) == 2

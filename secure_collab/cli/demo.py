@@ -12,6 +12,10 @@ the same query on the Global-Edit model (the served release needs the oneshot va
 Processes that share a machine share its cores: each process gets ``--threads`` math threads (default 1), and
 the coordinator asks parties for their statistics in turn (``--in-turn``, default on), so on a 2-core machine
 one party computes while this process computes the reference on the other core.
+
+With ``--backend malmen --hypernet DIR`` the session file names MALMEN and pins the hypernetwork's digest; the parties
+send (UᵀU, DᵀU), the solver solves with e^{λ_l} I, and the reference is ``run_malmen_edit(..., "global")``
+(oneshot, weights release, no defence: what a MALMEN session supports, docs/malmen.md).
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and answers each party's encrypted queries within --query-budget (docs/network.md)")
     p.add_argument("--query-budget", type=int, default=100,
                    help="served: forward passes each party may ask for (its own evaluation takes two per edit)")
+    p.add_argument("--backend", choices=("memit", "malmen"), default="memit",
+                   help="editing backend; malmen needs --hypernet (docs/malmen.md)")
+    p.add_argument("--hypernet", default=None, metavar="DIR",
+                   help="malmen: a trained hypernetwork (`secure-collab malmen train`'s run or hypernet directory), "
+                        "pinned by digest in the session file (default: none)")
     p.add_argument("--no-reference", action="store_true", help="skip the Global-Edit comparison")
     p.add_argument("--workdir", default=None, help="where keys, config, logs and ledger go (default: a temp dir)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
@@ -124,8 +133,13 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, quiet=args.quiet)
     served = args.release == "served"
+    malmen = args.backend == "malmen"
+    if malmen != bool(args.hypernet):
+        raise ConfigError("--hypernet DIR goes with --backend malmen (and only with it)")
+    if malmen and (args.variant == "sequential" or served or args.defence != "none"):
+        raise ConfigError("--backend malmen runs oneshot, with --release weights and no --defence (docs/malmen.md)")
     if args.variant is None:
-        args.variant = "oneshot" if served else "sequential"
+        args.variant = "oneshot" if served or malmen else "sequential"
     if served and args.variant != "oneshot":
         raise ConfigError("--release served needs --variant oneshot: the parties keep the base model, so every "
                           "statistic must come from it")
@@ -152,25 +166,37 @@ def run(args: argparse.Namespace) -> int:
     depth = n_layers(lm.model, lm.spec)
     hp = session_hparams(args.model, depth, default_hparams(args.model, depth).layers, args.variant, 0, {},
                          auto_request_batch(lm.device.type))
-    covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
-                             progress=not args.quiet)
-    templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
+    net = None
+    if malmen:  # MALMEN: no C, no templates; the hypernetwork's layers
+        from secure_collab.editing.malmen.net import load_hypernet
+
+        try:
+            net = load_hypernet(Path(args.hypernet), dtype=next(lm.model.parameters()).dtype, device=lm.device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        layers, covs, templates = tuple(net.hp.layers), {}, []
+    else:
+        layers = hp.layers
+        covs = layer_covariances(lm, hp.layers, tokens=hp.mom2_tokens, max_seq_len=hp.mom2_max_len, cache=cache,
+                                 progress=not args.quiet)
+        templates = context_templates(lm, hp.n_templates, hp.template_length, hp.template_seed, cache)
 
     roster = init_keys(work / "keys", names)
     endpoint = free_loopback_endpoint()
     cfg_path = work / "session.toml"
     choices = SessionChoices(
         parties=tuple(names), roster_sha256=roster.digest(), mode=args.mode, variant=args.variant,
-        layers=hp.layers, min_parties=args.min_parties,
+        layers=layers, min_parties=args.min_parties,
         value_bound=args.value_bound, key_norm_bound=args.key_norm_bound,
         residual_norm_bound=args.residual_norm_bound,
         precision_bits=args.precision_bits if args.mode == "ckks" else None,
         session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
         request_in_turn=bool(args.in_turn), defence=args.defence, release=args.release,
-        query_budget=args.query_budget, serve_timeout_s=max(600.0, args.timeout),
+        query_budget=args.query_budget, serve_timeout_s=max(600.0, args.timeout), backend=args.backend,
+        hypernet=Path(args.hypernet).resolve() if malmen else None,
         paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
-               "solver_state": "solver-state"})
+               "solver_state": "solver-state", **({"hypernet": str(Path(args.hypernet).resolve())} if malmen else {})})
     cfg = write_session(cfg_path, session_document(lm, args.model, choices, templates), force=True,
                         title="demo")
 
@@ -188,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             "party", "--config", str(cfg_path), "--name", name, "--requests", str(req_path),
             "--json", str(work / f"report-{name}.json"), *outputs, *common], logs, args.threads)
     console.print(f"session {cfg.session.id}: {args.mode}, {args.variant}, {args.parties} parties × "
-                  f"{args.edits_per_party} edits, layers {list(hp.layers)}, defence {defence.spec()}, "
+                  f"{args.edits_per_party} edits, {args.backend}, layers {list(layers)}, defence {defence.spec()}, "
                   f"release {args.release}; work dir {work}")
     asked: dict[str, Any] = {}  # served: one query per party, asked once its party process ended
 
@@ -198,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             # the solver's rank truncation is reproducible; the parties' camouflage and noise are not (their decoys
             # and noise are secret), so with either the comparison shows how far it moves ΔW from Global-Edit's
+            if net is not None:
+                from secure_collab.editing.malmen.edit import run_malmen_edit
+
+                reference["outcome"] = run_malmen_edit(lm, list(shares.values()), net, "global")
+                return
             reference["outcome"] = run_edit(lm, list(shares.values()), hp, covs, "global", templates,
                                             defence=replace(defence, camouflage=0.0, noise=0.0))
         except BaseException as exc:  # reported below
@@ -211,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from solver.state import released_steps
 
     releases_dir = cfg.solver_dir
-    n_steps = len(hp.layers) * cfg.session.rounds
+    n_steps = len(layers) * cfg.session.rounds
     deadline = time.monotonic() + args.timeout
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -326,7 +357,8 @@ def _collect(args, work: Path, names: list[str], cfg, codes: dict[str, int], ref
     pre = {m: pooled("pre", m) for m in METRICS[:3]}
     post["score"], pre["score"] = score_of(list(post.values())), score_of(list(pre.values()))
     return {
-        "ok": ok, "mode": args.mode, "variant": args.variant, "defence": parse_defence(cfg.session.defence).spec(),
+        "ok": ok, "backend": cfg.session.backend, "mode": args.mode, "variant": args.variant,
+        "defence": parse_defence(cfg.session.defence).spec(),
         "release": cfg.session.release,
         "parties": args.parties,
         "edits": args.parties * args.edits_per_party, **post, "pre": pre,
