@@ -109,6 +109,46 @@ def test_networked_malmen_session_equals_global(tmp_path, monkeypatch, pinned, c
             assert float((got - ref).norm() / ref.norm()) <= tolerance, (mode, n, lay)
 
 
+def test_networked_malmen_session_with_dedupe_weighs_a_shared_edit_by_one_over_m(tmp_path, monkeypatch, pinned,
+                                                                                  capitals):
+    """dedupe on (keyed tags through the solver): a fact held by a and b counts once, each of its rows weighed 1/2 at
+    both, N = edits; the applied ΔW equals the single-machine Global-Edit with the same weights (≤ 1e-12)."""
+    from secure_collab.cli import coordinator as coordinator_cli
+    from secure_collab.cli import party as party_cli
+    from secure_collab.cli import solver as solver_cli
+    from secure_collab.patch import read_patch
+
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    cfg = _config(tmp_path, pinned, dedupe=True, max_edits_per_party=8)
+    config_path = str(next(tmp_path.glob("config-*.toml")))
+    c = capitals
+    parties = [[c[0], c[1]], [c[0], c[2]], [c[3], c[4]]]
+    files = {n: _jsonl(tmp_path / f"{n}.jsonl", reqs) for n, reqs in zip("abc", parties, strict=True)}
+    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy imports race across threads)
+
+    th = Threads()
+    th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
+    th.start("solver", lambda: _run(solver_cli, ["--config", config_path]))
+    for n in "abc":
+        argv = ["--config", config_path, "--name", n, "--requests", files[n], "--json", str(tmp_path / f"{n}.json"),
+                "--patch", str(tmp_path / f"{n}.safetensors")]
+        th.start(n, lambda argv=argv: _run(party_cli, argv))
+    th.join(240)
+    assert all(code == 0 for code in th.results.values()), th.results
+    reports = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc"}
+    assert [v[4] for v in reports["a"]["decisions"]["0"]] == [2, 1]  # held by a and b: weight 1/2 at each
+    assert [v[4] for v in reports["b"]["decisions"]["0"]] == [2, 1]
+    lm = load_model(MODEL)
+    net = session_hypernet(load_config_like(pinned), pinned[0], next(lm.model.parameters()).dtype, lm.device)
+    half = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    want = run_malmen_edit(lm, parties, net, "global", weights=[half, half, None]).deltas
+    for n in "abc":
+        patch = read_patch(tmp_path / f"{n}.safetensors").deltas
+        for lay in cfg.session.layers:
+            got, ref = patch[(0, lay)].double(), want[lay].double()
+            assert float((got - ref).norm() / ref.norm()) <= 1e-12, (n, lay)
+
+
 def _one_line_error(capsys, command: str) -> str:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"secure-collab {command}: error: "), err
