@@ -228,7 +228,10 @@ class Editor:
 def init_session(out: str | Path, model: str, *, roster: str = "roster.toml", cache_dir: str | Path | None = None,
                  allow_download: bool = False, force: bool = False, **choices: Any) -> Any:
     """Write a complete session file for ``model`` next to ``roster`` (relative to ``out``); returns its Config.
-    ``choices`` are ``SessionChoices`` fields (mode, variant, layers, lam, min_parties, endpoint, ...)."""
+    ``choices`` are ``SessionChoices`` fields (mode, variant, layers, lam, min_parties, endpoint, ...); MALMEN:
+    ``backend="malmen", hypernet=DIR, variant="oneshot"`` (its digest is pinned, DIR written to [paths] hypernet)."""
+    import os
+
     from secure_collab.keys import load_roster
     from secure_collab.models import load_model
     from secure_collab.session_file import SessionChoices, session_document, write_session
@@ -236,6 +239,9 @@ def init_session(out: str | Path, model: str, *, roster: str = "roster.toml", ca
     out = Path(out)
     pinned = load_roster(out.parent / roster)
     paths = {"keys": "keys", "roster": roster, "ledger": "coordinator/ledger.sqlite", "solver_state": "solver"}
+    if choices.get("hypernet") is not None:  # relative to the session file, as every path in it
+        choices["hypernet"] = Path(choices["hypernet"])
+        paths["hypernet"] = Path(os.path.relpath(choices["hypernet"].resolve(), out.resolve().parent)).as_posix()
     spec = SessionChoices(parties=tuple(sorted(pinned.parties)), roster_sha256=pinned.digest(), paths=paths,
                           **choices)
     lm = load_model(model, device="cpu", cache=Path(cache_dir) if cache_dir else None, dtype=spec.dtype,

@@ -215,3 +215,14 @@ def test_session_init_with_malmen_writes_backend_digest_and_path(tmp_path, pinne
     assert main([*common, "--out", str(tmp_path / "y.toml"), "--backend", "malmen", "--hypernet", str(pinned[0]),
                  "--variant", "sequential"]) == 2
     assert "oneshot" in _one_line_error(capsys, "session")
+
+
+def test_the_python_api_writes_a_malmen_session(tmp_path, pinned):
+    from secure_collab.api import init_session
+    from secure_collab.keys import init_keys
+
+    init_keys(tmp_path / "keys", ["a", "b"])
+    cfg = init_session(tmp_path / "s.toml", MODEL, roster="keys/roster.toml", backend="malmen", hypernet=pinned[0],
+                       variant="oneshot", min_parties=2)
+    assert (cfg.session.backend, cfg.session.hypernet_digest) == ("malmen", pinned[1])
+    assert cfg.paths.hypernet == pinned[0].resolve()
