@@ -232,7 +232,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         parties = set(self.cfg.roster.parties)
         # the join deadline in wall time, for `secure-collab status` (the ledger records no other start), and the
         # session's release defences with the (ε, δ) of its noise (ε null without noise; public arithmetic on the
-        # session file) and its release policy, so the ledger says what the session used (`secure-collab ledger show`)
+        # session file), its release policy and its editing backend (MALMEN: the pinned hypernetwork), so the ledger
+        # says what the session used (`secure-collab ledger show`)
         defence = parse_defence(self.s.defence)
         dp = session_epsilon(defence, self.cfg)
         self.ledger.stage_event(self.s.id, -1, (), -1, "joining",
@@ -242,7 +243,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                             "epsilon_per_release": None if dp is None else dp.per_release,
                                             "delta": None if dp is None else dp.delta,
                                             "release": self.s.release,
-                                            "query_budget": self.s.query_budget if self.s.served else None}))
+                                            "query_budget": self.s.query_budget if self.s.served else None,
+                                            "backend": self.s.backend,
+                                            "hypernet_digest": self.s.hypernet_digest or None}))
 
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
             return self.public is not None and "solver" in self.welcomed

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         dp = (f", (ε, δ) = ({eps:.4g}, {delta:g}) over all its releases"  # noise:Z: the session's (ε, δ)
               if isinstance(eps, int | float) and isinstance(delta, int | float) else "")
         print(f"session {session}: defence {detail['defence']}{dp}", file=out)
+        if detail.get("backend") == "malmen":
+            print(f"session {session}: backend malmen, hypernetwork sha256 {detail.get('hypernet_digest')}", file=out)
         if detail.get("release") == "served":
             print(f"session {session}: release served, query budget {detail.get('query_budget')}", file=out)
     for session, lines in _query_counts(tables["queries"], settings).items():

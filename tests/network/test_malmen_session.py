@@ -75,7 +75,7 @@ def load_config_like(pinned):
 
 
 @pytest.mark.parametrize(("mode", "tolerance"), [("shares", 1e-12), ("plain", 1e-12), ("ckks", 1e-6)])
-def test_networked_malmen_session_equals_global(tmp_path, monkeypatch, pinned, capitals, mode, tolerance):
+def test_networked_malmen_session_equals_global(tmp_path, monkeypatch, pinned, capitals, capsys, mode, tolerance):
     from secure_collab.cli import coordinator as coordinator_cli
     from secure_collab.cli import party as party_cli
     from secure_collab.cli import solver as solver_cli
@@ -99,6 +99,10 @@ def test_networked_malmen_session_equals_global(tmp_path, monkeypatch, pinned, c
     th.join(240)
     assert all(code == 0 for code in th.results.values()), th.results
     want = _global(pinned, parties)
+    if mode == "shares":  # the coordinator's ledger records the backend and the pinned network
+        capsys.readouterr()
+        assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger)]) == 0
+        assert f"backend malmen, hypernetwork sha256 {pinned[1]}" in capsys.readouterr().out
     for n in "abc":
         report = json.loads((tmp_path / f"{n}.json").read_text())
         assert report["backend"] == "malmen" and report["hypernet_digest"] == pinned[1]
