@@ -48,7 +48,8 @@ class SessionSolve:
         if session.backend == "malmen":
             if hypernet is None:
                 raise ValueError("a MALMEN session's solve needs the hypernetwork's directory ([paths] hypernet)")
-            net = session_hypernet(session, hypernet, model_digest=lm.source_digest)  # λ_l as pinned, no cast
+            # cast as the parties and the single-machine edit cast it (the model's dtype), so e^{λ_l} is theirs
+            net = session_hypernet(session, hypernet, next(lm.model.parameters()).dtype, model_digest=lm.source_digest)
             self.ridges = {layer: net.ridge(layer) for layer in session.layers}  # e^{λ_l}
             self.lm, self.rank, self.noised = None, 0, False
             return
