@@ -36,6 +36,43 @@ def save_edited(lm, deltas, out: Path, result: dict) -> None:
                 {"method": result["method"], "variant": result["variant"]})
 
 
+METRICS = ("efficacy", "generalization", "specificity", "score")
+
+
+def edit_result(args: argparse.Namespace, lm, requests: list, pre, post, deltas: dict, reference_deltas: dict | None,
+                t_start: float, t_edit: float, **extra) -> dict:
+    """The result every single-machine edit reports (either backend): metrics before and after, ΔW against
+    Global-Edit per layer, timings, the model; ``extra`` adds the backend's own fields (hparams, targets, rows)."""
+    import time
+
+    from secure_collab.editing.memit import rel_diff_per_layer
+
+    per_layer = None if reference_deltas is None else rel_diff_per_layer(deltas, reference_deltas)
+    return {
+        "method": args.method, "parties": args.parties, "edits": len(requests),
+        **{k: post.summary()[k] for k in METRICS}, "pre": {k: pre.summary()[k] for k in METRICS},
+        "delta_rel_diff_vs_global": None if per_layer is None else max(per_layer.values()),
+        "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
+        "seconds": time.perf_counter() - t_start, "edit_seconds": t_edit,
+        "model": args.model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "device": str(lm.device), **extra,
+        "delta_norm": {str(k): float(v.norm()) for k, v in deltas.items()},
+        "counts": post.counts, "skipped": post.skipped,
+    }
+
+
+def finish(args: argparse.Namespace, console, lm, deltas: dict, result: dict) -> int:
+    """Save the edited model when asked, show the table, write --json."""
+    from secure_collab.cli._output import write_json
+
+    if args.save:
+        save_edited(lm, deltas, Path(args.save), result)
+        result["saved_model"] = str(Path(args.save).resolve())
+    show(console, result)
+    write_json(args, result)
+    return 0
+
+
 def show(console, r: dict) -> None:
     from rich.table import Table
 

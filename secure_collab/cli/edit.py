@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
-
-from secure_collab.cli._edit_common import show
 
 HELP = "simulate a collaborative MEMIT or MALMEN edit on one machine; report efficacy, generalization, specificity"
 
@@ -86,11 +83,10 @@ def load_request_set(spec: str, fmt: str | None, limit: int | None):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from secure_collab.cli._edit_common import build_hparams, save_edited
-    from secure_collab.cli._output import write_json
+    from secure_collab.cli._edit_common import build_hparams, edit_result, finish
     from secure_collab.cli._roles import set_threads
     from secure_collab.covariance import layer_covariances
-    from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.memit import restore, run_edit, snapshot, split_parties
     from secure_collab.editing.target_cache import cached_targets
     from secure_collab.editing.templates import context_templates, templates_digest
     from secure_collab.errors import ConfigError
@@ -152,26 +148,10 @@ def run(args: argparse.Namespace) -> int:
         reference = outcome
     with console.status("evaluating after the edit"):
         post = evaluate(lm, requests)
-    per_layer = None if reference is None else rel_diff_per_layer(outcome.deltas, reference.deltas)
-    target_losses = [x for t_ in outcome.targets for x in t_.loss]
-    residuals = [x for t_ in outcome.targets for x in t_.residual_norm]
-    result = {
-        "method": args.method, "variant": hp.variant, "parties": args.parties, "edits": len(requests),
-        **{k: post.summary()[k] for k in ("efficacy", "generalization", "specificity", "score")},
-        "pre": {k: pre.summary()[k] for k in ("efficacy", "generalization", "specificity", "score")},
-        "delta_rel_diff_vs_global": None if per_layer is None else max(per_layer.values()),
-        "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
-        "seconds": time.perf_counter() - t_start,
-        "edit_seconds": t_edit, "covariance_seconds": t_cov, "target_seconds": t_targets,
-        "model": args.model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
-        "device": str(lm.device), "hparams": hp.to_dict(), "templates_digest": templates_digest(templates),
-        "target_loss": target_losses, "residual_norm": residuals,
-        "delta_norm": {str(k): float(v.norm()) for k, v in outcome.deltas.items()},
-        "counts": post.counts, "skipped": post.skipped,
-    }
-    if args.save:
-        save_edited(lm, outcome.deltas, Path(args.save), result)
-        result["saved_model"] = str(Path(args.save).resolve())
-    show(console, result)
-    write_json(args, result)
-    return 0
+    result = edit_result(args, lm, requests, pre, post, outcome.deltas,
+                         None if reference is None else reference.deltas, t_start, t_edit,
+                         variant=hp.variant, covariance_seconds=t_cov, target_seconds=t_targets,
+                         hparams=hp.to_dict(), templates_digest=templates_digest(templates),
+                         target_loss=[x for t_ in outcome.targets for x in t_.loss],
+                         residual_norm=[x for t_ in outcome.targets for x in t_.residual_norm])
+    return finish(args, console, lm, outcome.deltas, result)

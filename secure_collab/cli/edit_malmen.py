@@ -19,11 +19,10 @@ MEMIT_ONLY = (("lam", "--lambda"), ("steps", "--steps"), ("variant", "--variant"
 
 
 def run_malmen_edit_cli(args: argparse.Namespace, requests: list, console: Any, t_start: float) -> int:
-    from secure_collab.cli._edit_common import save_edited, show
-    from secure_collab.cli._output import write_json
+    from secure_collab.cli._edit_common import edit_result, finish
     from secure_collab.editing.malmen.edit import METHODS, run_malmen_edit
     from secure_collab.editing.malmen.net import load_hypernet
-    from secure_collab.editing.memit import rel_diff_per_layer, restore, snapshot, split_parties
+    from secure_collab.editing.memit import restore, snapshot, split_parties
     from secure_collab.errors import ConfigError
     from secure_collab.evaluation import evaluate
     from secure_collab.models import load_model
@@ -68,23 +67,8 @@ def run_malmen_edit_cli(args: argparse.Namespace, requests: list, console: Any, 
         reference = outcome
     with console.status("evaluating after the edit"):
         post = evaluate(lm, requests)
-    per_layer = None if reference is None else rel_diff_per_layer(outcome.deltas, reference.deltas)
-    keys = ("efficacy", "generalization", "specificity", "score")
-    result = {
-        "backend": "malmen", "method": args.method, "variant": "oneshot", "parties": args.parties,
-        "edits": len(requests), "rows": sum(outcome.rows),
-        **{k: post.summary()[k] for k in keys}, "pre": {k: pre.summary()[k] for k in keys},
-        "delta_rel_diff_vs_global": None if per_layer is None else max(per_layer.values()),
-        "delta_rel_diff_per_layer": None if per_layer is None else {str(k): v for k, v in per_layer.items()},
-        "seconds": time.perf_counter() - t_start, "edit_seconds": t_edit,
-        "model": args.model, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
-        "device": str(lm.device), "hparams": net.hp.to_dict(), "hypernet_digest": net.digest(),
-        "delta_norm": {str(k): float(v.norm()) for k, v in outcome.deltas.items()},
-        "counts": post.counts, "skipped": post.skipped,
-    }
-    if args.save:
-        save_edited(lm, outcome.deltas, Path(args.save), result)
-        result["saved_model"] = str(Path(args.save).resolve())
-    show(console, result)
-    write_json(args, result)
-    return 0
+    result = edit_result(args, lm, requests, pre, post, outcome.deltas,
+                         None if reference is None else reference.deltas, t_start, t_edit,
+                         backend="malmen", variant="oneshot", rows=sum(outcome.rows), hparams=net.hp.to_dict(),
+                         hypernet_digest=net.digest())
+    return finish(args, console, lm, outcome.deltas, result)
