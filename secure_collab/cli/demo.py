@@ -42,6 +42,7 @@ METRICS = ("efficacy", "generalization", "specificity", "score")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
+    from secure_collab.cli.malmen import add_backend_arguments
     from secure_collab.session_file import PRECISION_BITS
 
     p.add_argument("--mode", choices=("ckks", "shares", "plain"), default="shares",
@@ -78,11 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and answers each party's encrypted queries within --query-budget (docs/network.md)")
     p.add_argument("--query-budget", type=int, default=100,
                    help="served: forward passes each party may ask for (its own evaluation takes two per edit)")
-    p.add_argument("--backend", choices=("memit", "malmen"), default="memit",
-                   help="editing backend; malmen needs --hypernet (docs/malmen.md)")
-    p.add_argument("--hypernet", default=None, metavar="DIR",
-                   help="malmen: a trained hypernetwork (`secure-collab malmen train`'s run or hypernet directory), "
-                        "pinned by digest in the session file (default: none)")
+    add_backend_arguments(p, digest=False, pinned=True)
     p.add_argument("--no-reference", action="store_true", help="skip the Global-Edit comparison")
     p.add_argument("--workdir", default=None, help="where keys, config, logs and ledger go (default: a temp dir)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")

@@ -17,17 +17,12 @@ HELP = "simulate a collaborative MEMIT or MALMEN edit on one machine; report eff
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
     from secure_collab.cli._roles import THREADS_HELP
+    from secure_collab.cli.malmen import add_backend_arguments
     from secure_collab.cli.stats import parse_layers
     from secure_collab.editing.memit import METHODS
 
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
-    p.add_argument("--backend", choices=("memit", "malmen"), default="memit",
-                   help="editing method: MEMIT (per-edit target optimisation) or MALMEN (a trained hypernetwork)")
-    p.add_argument("--hypernet", default=None, metavar="DIR",
-                   help="malmen: a trained hypernetwork or training run directory (`secure-collab malmen train`) "
-                        "(default: none)")
-    p.add_argument("--hypernet-digest", default=None,
-                   help="malmen: refuse a hypernetwork whose digest differs (default: its recorded digest)")
+    add_backend_arguments(p)
     p.add_argument("--requests", default="bundled",
                    help="request file (CounterFact, MEND CounterFact, zsRE, MQuAKE or JSONL), or 'bundled' "
                         "for the countryinfo set (default)")

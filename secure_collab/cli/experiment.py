@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_merge_arguments(m: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
+    from secure_collab.cli.malmen import add_backend_arguments
     from secure_collab.cli.stats import parse_layers
 
     m.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-gpt2, tiny-llama, a dir or hub id")
@@ -57,13 +58,7 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
                    help="global, collab, ta, sa, ties, ta-lockstep, sa-lockstep, ties-lockstep")
     m.add_argument("--variant", type=_names, default=None, help="sequential, oneshot or both: sequential,oneshot "
                                                                  "(default: sequential; MALMEN: oneshot, its only one)")
-    m.add_argument("--backend", choices=("memit", "malmen"), default="memit",
-                   help="editing backend; malmen needs --hypernet and edits with run_malmen_edit (docs/malmen.md)")
-    m.add_argument("--hypernet", default=None, metavar="DIR",
-                   help="malmen: a trained hypernetwork (`secure-collab malmen train`'s run or hypernet directory) "
-                        "(default: none)")
-    m.add_argument("--hypernet-digest", default=None,
-                   help="malmen: refuse a hypernetwork whose digest is not this one (default: the one it records)")
+    add_backend_arguments(m)
     m.add_argument("--metrics", choices=("auto", "counterfact", "zsre"), default="auto",
                    help="auto: zsRE metrics for zsRE requests, else CounterFact's")
     m.add_argument("--eval-per-party", type=int, default=0, metavar="K",

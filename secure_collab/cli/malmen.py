@@ -11,6 +11,21 @@ TRAIN_DEFAULT = "../shared/data/counterfact_mend/counterfact-train.json"
 VAL_DEFAULT = "../shared/data/counterfact_mend/counterfact-val.json"
 
 
+def add_backend_arguments(p: argparse.ArgumentParser, default: str = "memit", digest: bool = True,
+                          pinned: bool = False) -> None:
+    """--backend memit|malmen and --hypernet DIR (with --hypernet-digest where the command loads the network itself;
+    ``pinned``: the session file pins its digest): the one set of options every command that edits takes."""
+    p.add_argument("--backend", choices=("memit", "malmen"), default=default,
+                   help="editing backend: MEMIT (per-edit target optimisation) or MALMEN (a trained hypernetwork, "
+                        "--hypernet; docs/malmen.md)")
+    p.add_argument("--hypernet", default=None, metavar="DIR",
+                   help="malmen: a trained hypernetwork (`secure-collab malmen train`'s run or hypernet directory)"
+                        + (", pinned by digest in the session file" if pinned else "") + " (default: none)")
+    if digest:
+        p.add_argument("--hypernet-digest", default=None,
+                       help="malmen: refuse a hypernetwork whose digest is not this one (default: the one it records)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
     from secure_collab.cli._roles import THREADS_HELP

@@ -10,6 +10,7 @@ HELP = "write a complete, commented session.toml from the model (init), or show 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from secure_collab.cli.malmen import add_backend_arguments
     from secure_collab.cli.stats import parse_layers
     from secure_collab.session_file import PRECISION_BITS, SessionChoices
 
@@ -35,12 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="protection of the statistics (plain: none, for tests only)")
     init.add_argument("--variant", choices=("sequential", "oneshot"), default=None,
                       help="MEMIT variant (default sequential; MALMEN is oneshot)")
-    init.add_argument("--backend", choices=("memit", "malmen"), default=d.backend,
-                      help="editing backend: memit, or malmen with --hypernet (docs/malmen.md)")
-    init.add_argument("--hypernet", default=None, metavar="DIR",
-                      help="malmen: the trained hypernetwork (`secure-collab malmen train`'s run or hypernet "
-                           "directory); its digest is pinned in the file and its path written to [paths] hypernet "
-                           "(default: none; required with --backend malmen)")
+    add_backend_arguments(init, default=d.backend, digest=False, pinned=True)
     init.add_argument("--rounds", type=int, default=d.rounds, help="rounds the requests are split over")
     init.add_argument("--layers", type=parse_layers, default=None,
                       help="edited layers, e.g. 3-7 (default: the model's tuned layers)")

@@ -115,6 +115,39 @@ def reference_deltas(cfg: Config, names: Iterable[str],
     return out
 
 
+def run_role_cli(module: Any, argv: list[str]) -> int:
+    """A role's command (``secure_collab.cli.coordinator`` / ``solver`` / ``party``) with its own parser, as
+    ``secure-collab ROLE ARGV`` runs it, in this process."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-q", "--quiet", action="store_true")  # the CLI's global options (cli/__init__.py)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)))
+
+
+def run_role_commands(config_path: str, tmp: Path, requests: dict[str, list[str]], timeout: float = 240) -> dict:
+    """The coordinator, the solver and one party per name of ``requests`` (name -> request files), each as its real
+    command in a thread over loopback sockets; every party writes ``tmp/<name>.json`` and ``tmp/<name>.safetensors``.
+    Returns each role's exit code."""
+    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy imports race across threads)
+
+    from secure_collab.cli import coordinator as coordinator_cli
+    from secure_collab.cli import party as party_cli
+    from secure_collab.cli import solver as solver_cli
+
+    th = Threads()
+    th.start("coordinator", lambda: run_role_cli(coordinator_cli, ["--config", config_path]))
+    th.start("solver", lambda: run_role_cli(solver_cli, ["--config", config_path]))
+    for n, files in requests.items():
+        argv = ["--config", config_path, "--name", n, "--json", str(tmp / f"{n}.json"),
+                "--patch", str(tmp / f"{n}.safetensors"), *[x for f in files for x in ("--requests", f)]]
+        th.start(n, lambda argv=argv: run_role_cli(party_cli, argv))
+    th.join(timeout)
+    return dict(th.results)
+
+
 def make_config(tmp: Path, parties: tuple[str, ...] = ("a", "b", "c"), *, keys_dir: Path | None = None,
                 network: dict | None = None, paths: dict | None = None, **session: Any) -> Config:
     keys = keys_dir or tmp / "keys"

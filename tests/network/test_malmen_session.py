@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from network_doubles import Threads, make_config
+from network_doubles import make_config, run_role_commands
 
 from secure_collab.cli import main
 from secure_collab.config import load_config
@@ -64,14 +64,6 @@ def _jsonl(path, reqs):
     return str(path)
 
 
-def _run(module, argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-q", "--quiet", action="store_true")  # the CLI's global options (cli/__init__.py)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
-
-
 def _global(pinned, parties, model=MODEL):
     """The single-machine Global-Edit of the same requests with the same hypernetwork."""
     lm = load_model(model)
@@ -89,9 +81,6 @@ def load_config_like(pinned, model=MODEL):
 def test_networked_malmen_session_equals_global(tmp_path, monkeypatch, pinned, capitals, capsys, model, mode,
                                                 tolerance):
     """(tiny-gpt2: Conv1D stores the projection as (in, out); ΔW is added transposed, as MEMIT's.)"""
-    from secure_collab.cli import coordinator as coordinator_cli
-    from secure_collab.cli import party as party_cli
-    from secure_collab.cli import solver as solver_cli
     from secure_collab.patch import read_patch
 
     monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
@@ -103,17 +92,8 @@ def test_networked_malmen_session_equals_global(tmp_path, monkeypatch, pinned, c
     config_path = str(next(tmp_path.glob("config-*.toml")))
     parties = split_parties(capitals[:6], 3)
     files = {n: _jsonl(tmp_path / f"{n}.jsonl", reqs) for n, reqs in zip("abc", parties, strict=True)}
-    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy imports race across threads)
-
-    th = Threads()
-    th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
-    th.start("solver", lambda: _run(solver_cli, ["--config", config_path]))
-    for n in "abc":
-        argv = ["--config", config_path, "--name", n, "--requests", files[n], "--json", str(tmp_path / f"{n}.json"),
-                "--patch", str(tmp_path / f"{n}.safetensors")]
-        th.start(n, lambda argv=argv: _run(party_cli, argv))
-    th.join(240)
-    assert all(code == 0 for code in th.results.values()), th.results
+    codes = run_role_commands(config_path, tmp_path, {n: [files[n]] for n in "abc"})
+    assert all(code == 0 for code in codes.values()), codes
     want = _global(pinned, parties, model)
     if mode == "shares":  # the coordinator's ledger records the backend and the pinned network
         capsys.readouterr()
@@ -133,9 +113,6 @@ def test_networked_malmen_session_with_dedupe_weighs_a_shared_edit_by_one_over_m
                                                                                   capitals):
     """dedupe on (keyed tags through the solver): a fact held by a and b counts once, each of its rows weighed 1/2 at
     both, N = edits; the applied ΔW equals the single-machine Global-Edit with the same weights (≤ 1e-12)."""
-    from secure_collab.cli import coordinator as coordinator_cli
-    from secure_collab.cli import party as party_cli
-    from secure_collab.cli import solver as solver_cli
     from secure_collab.patch import read_patch
 
     monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
@@ -144,17 +121,8 @@ def test_networked_malmen_session_with_dedupe_weighs_a_shared_edit_by_one_over_m
     c = capitals
     parties = [[c[0], c[1]], [c[0], c[2]], [c[3], c[4]]]
     files = {n: _jsonl(tmp_path / f"{n}.jsonl", reqs) for n, reqs in zip("abc", parties, strict=True)}
-    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy imports race across threads)
-
-    th = Threads()
-    th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
-    th.start("solver", lambda: _run(solver_cli, ["--config", config_path]))
-    for n in "abc":
-        argv = ["--config", config_path, "--name", n, "--requests", files[n], "--json", str(tmp_path / f"{n}.json"),
-                "--patch", str(tmp_path / f"{n}.safetensors")]
-        th.start(n, lambda argv=argv: _run(party_cli, argv))
-    th.join(240)
-    assert all(code == 0 for code in th.results.values()), th.results
+    codes = run_role_commands(config_path, tmp_path, {n: [files[n]] for n in "abc"})
+    assert all(code == 0 for code in codes.values()), codes
     reports = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc"}
     assert [v[4] for v in reports["a"]["decisions"]["0"]] == [2, 1]  # held by a and b: weight 1/2 at each
     assert [v[4] for v in reports["b"]["decisions"]["0"]] == [2, 1]

@@ -4,11 +4,10 @@ contiguous blocks), and every applied ΔW equal to the single-machine simulation
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 
-from network_doubles import Threads, make_config
+from network_doubles import make_config, run_role_commands
 
 from secure_collab.data.formats import load_requests
 from tests.conftest import SHARED
@@ -28,18 +27,7 @@ def _jsonl(path, reqs, rounds=None):
     return str(path)
 
 
-def _run(module, argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-q", "--quiet", action="store_true")  # the CLI's global options (cli/__init__.py)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
-
-
 def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simulation(tmp_path, monkeypatch):
-    from secure_collab.cli import coordinator as coordinator_cli
-    from secure_collab.cli import party as party_cli
-    from secure_collab.cli import solver as solver_cli
 
     monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
     cf = load_requests(SHARED / "counterfact.json", limit=8)
@@ -54,17 +42,8 @@ def test_role_commands_run_two_rounds_with_dedupe_and_a_conflict_like_the_simula
                       hparams=HP, network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0,
                                            "solve_timeout_s": 120.0, "join_timeout_s": 60.0})
     config_path = str(next(tmp_path.glob("config-*.toml")))
-    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy imports race across threads)
-
-    th = Threads()
-    th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
-    th.start("solver", lambda: _run(solver_cli, ["--config", config_path]))
-    for n in "abc":
-        argv = ["--config", config_path, "--name", n, "--json", str(tmp_path / f"{n}.json"),
-                "--patch", str(tmp_path / f"{n}.safetensors")]
-        th.start(n, lambda argv=argv, n=n: _run(party_cli, argv + [x for f in files[n] for x in ("--requests", f)]))
-    th.join(240)
-    assert all(code == 0 for code in th.results.values()), th.results
+    codes = run_role_commands(config_path, tmp_path, files)
+    assert all(code == 0 for code in codes.values()), codes
     reports = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc"}
     actions = {n: {r: [v[1] for v in vs] for r, vs in rep["decisions"].items()} for n, rep in reports.items()}
     assert actions == {"a": {"0": ["augment", "keep"], "1": ["keep"]}, "b": {"0": ["keep", "keep"],
