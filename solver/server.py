@@ -460,8 +460,9 @@ class Solver:
         g = unpack_g(values["G"], s.d_k)  # (d_k, d_k)
         b = values["B"].reshape(s.d_v, s.d_k)  # (d_v, d_k)
         n = float(values["N"][0])
+        ridges = getattr(self.solve, "ridges", None)  # MALMEN: ΔW = ΣB (ΣG + e^{λ_l} I)⁻¹, the leverage check
         bounds = Bounds(self.bounds.key_norm, self.bounds.residual_norm, self.bounds.max_edits, quantum,
-                        self.noise)
+                        self.noise, ridges[layer] if ridges else 0.0)
         problems = plausibility_problems(g, b, n, len(pend.parties), bounds)
         if problems:  # the figures stay here: they would give other parties' counts and traces away
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))

@@ -25,6 +25,7 @@ class Bounds:
     max_edits: int  # edit requests per party and round
     quantum: float = 0.0  # absolute error of one encoded entry (fixed-point step), per party
     noise: float = 0.0  # σ of the noise one party adds to each entry (session.defence noise:Z), per party
+    ridge: float = 0.0  # the solve's ε where it is B (G + εI)⁻¹ (MALMEN: e^{λ_l}); 0: no leverage check
 
 
 def noise_slack(noise: float, parties: int, d_k: int, b_values: int) -> tuple[float, float, float]:
@@ -63,6 +64,7 @@ CHECKS = {
     "trace": "tr ΣG exceeds key_norm_bound² × the total edit count",
     "psd": "ΣG is not positive semi-definite",
     "residual": "‖ΣB‖_F exceeds residual_norm_bound × key_norm_bound × the total edit count",
+    "leverage": "‖ΣB (ΣG + εI)^-1/2‖₂ exceeds residual_norm_bound × √(the total edit count) (ε: the solve's ridge)",
 }
 
 
@@ -74,7 +76,13 @@ def plausibility_problems(g: np.ndarray, b: np.ndarray, n: float, parties: int, 
     and N is a whole number in [fewest, parties · max_edits]. ``fewest`` is 1 for an aggregate the solver would
     solve (no edit at all is nothing to release) and 0 for one party's own statistics (a party with nothing to
     edit this round sends zeros). Each bound gets the fixed-point slack of ``parties`` encodings and, with noise,
-    the slack of ``parties`` parties' noise (``noise_slack``; N carries no noise). Total: any
+    the slack of ``parties`` parties' noise (``noise_slack``; N carries no noise).
+
+    Where the solve is ΔW = ΣB (ΣG + εI)⁻¹ (``bounds.ridge`` = ε > 0: MALMEN, whose only damping is e^{λ_l}),
+    ‖ΣB (ΣG + εI)^-1/2‖₂ ≤ ρ √N too: with V = W^½U and the rows' weights w ≤ 1, ΣB (ΣG + εI)^-1/2 =
+    (W^½D)ᵀ V (VᵀV + εI)^-1/2, whose norm is at most ‖W^½D‖_F · 1 ≤ ρ √(Σ w_e) ≤ ρ √N. Without it, one party could
+    send B mass along a key direction no edit spans (ΣG has rank ≪ d_k), inside every other bound, and ΔW would
+    carry it amplified by 1/ε; with it, what ΔW can carry is ‖ΔW‖₂ ≤ ρ √N / (2√ε). Total: any
     input, NaN and infinities included, gives a list, never an exception (it is the last check behind the MAC).
     A hostile party that stays inside all of these is not caught: see docs/integrity.md.
     """
@@ -112,8 +120,13 @@ def _matrix_problems(g: np.ndarray, b: np.ndarray, n: int, parties: int, bounds:
         problems.append(Problem("non-finite", f"tr ΣG = {trace!r} is not finite (overflow)"))
     elif trace > bounds.key_norm**2 * n + slack + noisy_trace:
         problems.append(Problem("trace", f"tr ΣG = {trace:.6g} exceeds κ² · N = {bounds.key_norm**2 * n:.6g}"))
+    eigvecs = None
     try:
-        lowest = float(np.linalg.eigvalsh(0.5 * g + 0.5 * g.T)[0])
+        if bounds.ridge > 0:
+            eigvals, eigvecs = np.linalg.eigh(0.5 * g + 0.5 * g.T)
+        else:
+            eigvals = np.linalg.eigvalsh(0.5 * g + 0.5 * g.T)
+        lowest = float(eigvals[0])
     except np.linalg.LinAlgError:  # did not converge: nothing says ΣG is positive semi-definite
         lowest = float("nan")
     tolerance = (slack + 1e-9 * max(trace, 1.0) if np.isfinite(trace) else slack + 1e-9) + noisy_eig
@@ -128,4 +141,27 @@ def _matrix_problems(g: np.ndarray, b: np.ndarray, n: int, parties: int, bounds:
     elif frob > limit:
         problems.append(Problem("residual", f"‖ΣB‖_F = {frob:.6g} exceeds ρ κ N = "
                                             f"{bounds.residual_norm * bounds.key_norm * n:.6g}"))
+    if bounds.ridge > 0 and eigvecs is not None and np.isfinite(lowest) and lowest >= -tolerance:
+        problems += _leverage_problems(b, eigvals, eigvecs, n, parties, bounds, slack)
     return problems
+
+
+def _leverage_problems(b: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, n: int, parties: int, bounds: Bounds,
+                       slack: float) -> list[Problem]:
+    """‖ΣB (ΣG + εI)^-1/2‖₂ ≤ ρ √N (``plausibility_problems``), with the fixed-point error of the opened aggregate
+    allowed for: ΣG is within ``slack`` ≥ ‖E_G‖₂ of the honest sum, so ΣG + (ε + slack) I ⪰ G_honest + εI and the
+    honest B's figure can only shrink; B's own error adds at most ‖E_B‖_F / √(ε + slack). Noise is not allowed for
+    (MALMEN refuses the noise defence), so a noised aggregate is not checked here."""
+    if bounds.noise:
+        return []
+    eps = bounds.ridge + slack
+    inv_sqrt = eigvecs @ np.diag(1.0 / np.sqrt(np.maximum(eigvals + eps, eps * 1e-12))) @ eigvecs.T
+    figure = float(np.linalg.norm(b @ inv_sqrt, 2))
+    limit = (bounds.residual_norm * math.sqrt(n) + parties * bounds.quantum * math.sqrt(b.size) / math.sqrt(eps))
+    limit *= 1 + 1e-9
+    if not np.isfinite(figure):
+        return [Problem("non-finite", f"‖ΣB (ΣG + εI)^-1/2‖₂ = {figure!r} is not finite (overflow)")]
+    if figure > limit:
+        return [Problem("leverage", f"‖ΣB (ΣG + εI)^-1/2‖₂ = {figure:.6g} exceeds ρ √N = "
+                                    f"{bounds.residual_norm * math.sqrt(n):.6g} (ε = {bounds.ridge:.6g})")]
+    return []

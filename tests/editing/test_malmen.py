@@ -138,7 +138,8 @@ def test_edit_count_and_plausibility_bounds(setup):
     assert rows.n_rows > rows.n_edits == len(reqs)
     for layer in hypernet.hp.layers:
         u_norm, d_norm = edit_norms(rows, d, layer)
-        bounds = Bounds(key_norm=float(u_norm.max()), residual_norm=float(d_norm.max()), max_edits=len(reqs))
+        bounds = Bounds(key_norm=float(u_norm.max()), residual_norm=float(d_norm.max()), max_edits=len(reqs),
+                        ridge=hypernet.ridge(layer))  # the solver's leverage check too
         g, b = stats[layer].g.numpy(), stats[layer].b.numpy()
         assert plausibility_problems(g, b, float(len(reqs)), 1, bounds) == []
         tight = Bounds(key_norm=float(u_norm.max()), residual_norm=float(d_norm.max()), max_edits=len(reqs))
@@ -210,3 +211,34 @@ def test_default_layers_are_the_last_output_projections():
         MalmenHParams(layers=(3, 2))
     hp = DEFAULTS["tiny-llama"]
     assert MalmenHParams.from_dict(hp.to_dict()) == hp
+
+
+def test_a_hypernetwork_file_that_does_not_match_its_description_is_refused_before_allocation(tiny, capitals,
+                                                                                                tmp_path):
+    """The red team's denial of service: hypernet.json edited to a huge rank made the loader allocate gigabytes
+    before the digest refused it, and an empty or foreign tensor file escaped as a traceback. The file's header is
+    now compared with what the description makes (built on the meta device) before any tensor is allocated."""
+    import json
+
+    from secure_collab.preflight import SessionMismatch, session_hypernet
+
+    hypernet = make_hypernet(tiny, capitals[:3])
+    hypernet.save(tmp_path / "ed")
+    meta = json.loads((tmp_path / "ed" / "hypernet.json").read_text())
+    meta["hp"]["rank"] = 50_000
+    (tmp_path / "ed" / "hypernet.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not hold the tensors"):
+        Hypernet.load(tmp_path / "ed")
+    hypernet.save(tmp_path / "empty")
+    from safetensors.torch import save_file
+
+    save_file({}, str(tmp_path / "empty" / "hypernet.safetensors"))
+    with pytest.raises(ValueError, match="does not hold the tensors"):
+        Hypernet.load(tmp_path / "empty")
+    (tmp_path / "empty" / "hypernet.safetensors").write_bytes(b"\xff" * 16)  # not a safetensors file at all
+
+    class Session:
+        hypernet_digest, layers, d_k, d_v = hypernet.digest(), hypernet.hp.layers, 0, 0
+
+    with pytest.raises(SessionMismatch, match="could not be loaded"):
+        session_hypernet(Session(), tmp_path / "empty")
