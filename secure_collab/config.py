@@ -160,6 +160,14 @@ class SessionConfig:
         return self.release == "served"
 
     @property
+    def counted_edits(self) -> int:
+        """The most edits one party may count in N per round: max_edits_per_party × (1 + R) with ``decoys:R`` on
+        (decoys count as edits in N, not in the tags: R is this public setting, so the solver scales its checks)."""
+        from secure_collab.editing.defences import parse_defence
+
+        return self.max_edits_per_party * parse_defence(self.defence).edit_factor
+
+    @property
     def tag_slots(self) -> int:
         """Blinded elements (and tags) per party and round: two per request, padded to the declared maximum."""
         return 2 * self.max_edits_per_party
