@@ -221,10 +221,10 @@ def answer_check(sw: Sweep, edited: dict[int, torch.Tensor], scores: torch.Tenso
     order = torch.argsort(scores, descending=True)[:sw.answer_shortlist * m].tolist()
     changed = answer_changed(sw, edited, [sw.exp.candidates[i] for i in order], prompts)
     out = scores.clone()
-    low = float(scores.min()) - 1.0
+    low, top = float(scores.min()) - 1.0, float(scores.max())
     for i, c in zip(order, changed, strict=True):
         if not c:
-            out[i] = low - float(scores[i].abs())  # below every unchecked candidate, in the same order
+            out[i] = low - (top - float(scores[i]))  # below every unchecked candidate, in the same order
     return out, {"checked": len(order), "prompts": len(prompts), "queries_per_checked": 2 * len(prompts)}
 
 
