@@ -33,6 +33,7 @@ from secure_collab.editing.keys import block_outputs
 from secure_collab.editing.tokens import encode
 from secure_collab.models.hooks import edit_output
 from secure_collab.models.loading import LoadedModel
+from secure_collab.models.specs import down_weight
 
 ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the first gradient step
 
@@ -90,7 +91,7 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
     c_d times the unit gradient of log p(a_d) at δ = 0, then ``steps`` projected ascent steps on the sphere ‖δ‖ = c_d
     (δ ← c_d · unit(δ + c_d · unit(∇)), each kept only where it raises log p(a_d)), so a long step stays on it."""
     out, answers = [], []
-    d_v = lm.model.config.hidden_size
+    d_v = int(down_weight(lm.model, lm.spec, layer).shape[0])  # the residual stream's width
     for s in range(0, len(requests), batch):
         chunk = requests[s:s + batch]
         c = norms[s:s + len(chunk)].double().to(lm.device)[:, None]  # (b, 1)
@@ -135,7 +136,7 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
     ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None)."""
     names, prompts, which = draw_decoys(rng, ratio, own, exclude)
     if not names:
-        d_v = z_own.shape[1] if z_own.ndim == 2 else lm.model.config.hidden_size
+        d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
         return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
                           [], [])
     if cur_own is None:
