@@ -30,10 +30,10 @@ candidates; the best is what counts):
   attacker knows the sampler's range; a true subject inside the pool is lost to it).
 - ``answer-check`` / ``answer-check-outside-pool`` (adaptive against decoys: the attacker knows the decoys are public
   subjects pushed toward the answer the model already gives, so only a real edit changes a top-1 answer): the
-  ``answer_shortlist`` × m best candidates of ``norm-all`` (resp. ``norm-all-outside-pool``) are checked, each on
-  every relation prompt of the session (the set of the m edits' prompt templates, not which subject goes with which:
-  more than one party knows), and those whose top-1 answer is the unedited model's on every prompt are ranked last;
-  cost: 2 × prompts full forward passes per checked candidate (``queries_per_candidate`` is that over all N);
+  ``answer_shortlist`` × m best candidates of ``norm-all`` (resp. ``norm-all-outside-pool``) are checked, each on its
+  relation prompt (``relation_prompts``: an upper bound on what an attacker knows, the prompt each candidate would be
+  edited with), and those whose top-1 answer is the public model's are ranked last; cost: 2 full forward passes per
+  checked candidate (``queries_per_candidate`` is that over all N);
 - ``model`` (with ``--model-floor``): the black box, KL(edited ‖ unedited) of the next token after "{}" and
   "{} is", two full forward passes per candidate.
 
@@ -71,7 +71,7 @@ class Sweep:
     parties: int = 10
     per_party: int = 3
     deflate_per_edit: int = 8
-    answer_shortlist: int = 2  # answer-check: candidates checked, in multiples of m
+    answer_shortlist: int = 5  # answer-check: candidates checked, in multiples of m
     damage_subjects: int = 200
     model_floor: bool = False
     seed: int = 0
@@ -195,12 +195,12 @@ def _next_token_kl(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str])
 
 def answer_changed(sw: Sweep, edited: dict[int, torch.Tensor], names: Sequence[str], prompts: Sequence[str]
                    ) -> list[bool]:
-    """For each candidate name: does the edited model's top-1 next token differ from the public model's on any of
-    ``prompts`` (each with the name filled in)? The public model's answers are cached across defences."""
+    """For each candidate name and its relation prompt: does the edited model's top-1 next token differ from the
+    public model's? The public model's answers are cached across defences."""
     from attacks.target import next_token_logprobs
 
     lm = sw.exp.setup.lm
-    texts = [p.format(n) for n in names for p in prompts]
+    texts = [p.format(n) for n, p in zip(names, prompts, strict=True)]
     todo = [t for t in dict.fromkeys(texts) if t not in sw._unedited_top1]
     if todo:
         sw._unedited_top1.update(zip(todo, next_token_logprobs(lm, todo, batch=64).argmax(-1).tolist(), strict=True))
@@ -210,22 +210,44 @@ def answer_changed(sw: Sweep, edited: dict[int, torch.Tensor], names: Sequence[s
         after = next_token_logprobs(lm, texts, batch=64).argmax(-1).tolist()
     finally:
         restore(lm, saved)
-    k = len(prompts)
-    return [any(after[i * k + j] != sw._unedited_top1[texts[i * k + j]] for j in range(k)) for i in range(len(names))]
+    return [a != sw._unedited_top1[t] for a, t in zip(after, texts, strict=True)]
 
 
-def answer_check(sw: Sweep, edited: dict[int, torch.Tensor], scores: torch.Tensor, prompts: Sequence[str], m: int
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``scores`` re-ranked: of the ``answer_shortlist`` × m best candidates, those whose top-1 answer changed on no
-    prompt go last. Returns the scores and the check's cost (queries per checked candidate, checked candidates)."""
+def answer_check(sw: Sweep, edited: dict[int, torch.Tensor], scores: torch.Tensor, prompt_of: Callable[[int], str],
+                 m: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """``scores`` re-ranked: of the ``answer_shortlist`` × m best candidates, those whose top-1 answer on their
+    relation prompt (``prompt_of(candidate index)``) did not change go last, in their order. Returns the scores and
+    the check's cost: 2 queries (edited and public model) per checked candidate."""
     order = torch.argsort(scores, descending=True)[:sw.answer_shortlist * m].tolist()
-    changed = answer_changed(sw, edited, [sw.exp.candidates[i] for i in order], prompts)
+    changed = answer_changed(sw, edited, [sw.exp.candidates[i] for i in order], [prompt_of(i) for i in order])
     out = scores.clone()
     low, top = float(scores.min()) - 1.0, float(scores.max())
     for i, c in zip(order, changed, strict=True):
         if not c:
             out[i] = low - (top - float(scores[i]))  # below every unchecked candidate, in the same order
-    return out, {"checked": len(order), "prompts": len(prompts), "queries_per_checked": 2 * len(prompts)}
+    return out, {"checked": len(order), "queries_per_checked": 2}
+
+
+def relation_prompts(sw: Sweep, s: int, flat: Sequence[Any], decoys: Sequence[Any]) -> Callable[[int], str]:
+    """The answer check's knowledge, an upper bound: each candidate's relation prompt. A subject of the report set
+    (edited in this session or not) has its record's prompt, a decoy subject of this session the prompt its party drew
+    for it, any other candidate one of the session's edit prompts drawn by a seeded generator."""
+    known = {r.subject: r.prompt for r in sw.exp.requests}
+    known.update({r.subject: r.prompt for r in flat})
+    known.update({r.subject: r.prompt for r in decoys})
+    choices = sorted({r.prompt for r in flat})
+    rng = random.Random(f"{sw.seed}/{s}/answer-check")
+    drawn: dict[int, str] = {}
+
+    def prompt_of(i: int) -> str:
+        name = sw.exp.candidates[i]
+        if name in known:
+            return known[name]
+        if i not in drawn:
+            drawn[i] = rng.choice(choices)
+        return drawn[i]
+
+    return prompt_of
 
 
 def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
@@ -305,12 +327,12 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
                   "norm-all": torch.stack([_z(v) for v in norm_scores.values()]).mean(0)}[name]
         att[f"{name}-outside-pool"] = _rank_hits(scores - in_pool.double() * 1e6, targets_idx, m)
     # adaptive against decoys: only a real edit changes an answer (the attacker knows the rule)
-    prompts = sorted({r.prompt for r in flat})
+    prompt_of = relation_prompts(sw, s, flat, decoy_edits)
     for name, base in (("answer-check", "norm-all"), ("answer-check-outside-pool", "norm-all-outside-pool")):
         scores = torch.stack([_z(v) for v in norm_scores.values()]).mean(0)
         if base.endswith("outside-pool"):
             scores = scores - in_pool.double() * 1e6
-        checked, cost = answer_check(sw, dv.edited, scores, prompts, m)
+        checked, cost = answer_check(sw, dv.edited, scores, prompt_of, m)
         att[name] = {**_rank_hits(checked, targets_idx, m), **cost}
     if sw.model_floor:
         from attacks.session_views import model_scores

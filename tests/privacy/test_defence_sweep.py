@@ -119,8 +119,15 @@ def test_the_answer_check_ranks_last_the_shortlisted_candidates_whose_answers_di
     sw = ds.Sweep.__new__(ds.Sweep)
     sw.answer_shortlist = 2
     sw.exp = type("E", (), {"candidates": [f"c{i}" for i in range(8)]})()
-    monkeypatch.setattr(ds, "answer_changed", lambda _sw, _e, names, prompts: [n in ("c1", "c3") for n in names])
+    asked = []
+
+    def changed(_sw, _e, names, prompts):
+        asked.extend(zip(names, prompts, strict=True))
+        return [n in ("c1", "c3") for n in names]
+
+    monkeypatch.setattr(ds, "answer_changed", changed)
     scores = torch.tensor([8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
-    got, cost = ds.answer_check(sw, {}, scores, ["{} is", "{} was"], 2)  # shortlist: c0-c3
+    got, cost = ds.answer_check(sw, {}, scores, lambda i: f"{{}} is {i}", 2)  # shortlist: c0-c3
     assert torch.argsort(got, descending=True).tolist() == [1, 3, 4, 5, 6, 7, 0, 2]
-    assert cost == {"checked": 4, "prompts": 2, "queries_per_checked": 4}
+    assert cost == {"checked": 4, "queries_per_checked": 2}
+    assert asked == [("c0", "{} is 0"), ("c1", "{} is 1"), ("c2", "{} is 2"), ("c3", "{} is 3")]
