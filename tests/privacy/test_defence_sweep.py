@@ -68,6 +68,13 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     assert main(argv_again, entry_points=EPS) == 0
     assert "10 runs cached" in capsys.readouterr().out
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
+    # --cached-only runs nothing new: a defence not on disk gets no rows and no session file
+    grid = argv.index("--grid") + 1
+    cached = [*argv[:grid], argv[grid] + ",rank:2", *argv[grid + 1:], "--cached-only"]
+    assert main(cached, entry_points=EPS) == 0
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert {r["defence"] for r in again["results"]} == {r["defence"] for r in rows} and again["meta"]["cached_only"]
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
 
 
 def test_forward_flops_count_the_blocks_used_by_hand():
