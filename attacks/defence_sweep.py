@@ -28,6 +28,12 @@ candidates; the best is what counts):
 - ``minus-own``: party 0 removes its own keys from Q first (subspace);
 - ``…-outside-pool``: the subspace and norm rankings with every candidate of the decoy pool ranked last (the
   attacker knows the sampler's range; a true subject inside the pool is lost to it).
+- ``answer-check`` / ``answer-check-outside-pool`` (adaptive against decoys: the attacker knows the decoys are public
+  subjects pushed toward the answer the model already gives, so only a real edit changes a top-1 answer): the
+  ``answer_shortlist`` × m best candidates of ``norm-all`` (resp. ``norm-all-outside-pool``) are checked, each on its
+  relation prompt (``relation_prompts``: an upper bound on what an attacker knows, the prompt each candidate would be
+  edited with), and those whose top-1 answer is the public model's are ranked last; cost: 2 full forward passes per
+  checked candidate (``queries_per_candidate`` is that over all N);
 - ``model`` (with ``--model-floor``): the black box, KL(edited ‖ unedited) of the next token after "{}" and
   "{} is", two full forward passes per candidate.
 
@@ -35,7 +41,8 @@ Per row: recall@m and @5m of the edited subjects (m = all edits; the attacking p
 except for ``minus-own``), the cost per candidate (queries to the model and forward FLOPs), and the session's
 utility: efficacy, generalization, specificity (CounterFact's), damage_kl (mean next-token KL, edited vs
 unedited, over ``--damage-subjects`` public titles under "{}" and "{} is") and damage_kl_decoys (the same over
-the parties' decoy subjects: camouflage answers their keys).
+the parties' decoy subjects: camouflage answers their keys, decoys:R edits them); with decoys:R, ``decoys`` (their
+number) and ``decoys_changed`` (how many decoy subjects' top-1 answer on their own prompt changed).
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class Sweep:
     parties: int = 10
     per_party: int = 3
     deflate_per_edit: int = 8
+    answer_shortlist: int = 5  # answer-check: candidates checked, in multiples of m
     damage_subjects: int = 200
     model_floor: bool = False
     seed: int = 0
@@ -74,6 +82,7 @@ class Sweep:
     _pool: list[str] = field(default_factory=list)
     _pool_keys: torch.Tensor | None = None
     _probes: list[str] = field(default_factory=list)
+    _unedited_top1: dict[str, int] = field(default_factory=dict)  # prompt text -> the public model's top-1
 
     @property
     def m(self) -> int:
@@ -184,6 +193,63 @@ def _next_token_kl(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str])
     return float(subject_shifts(lm, edited, subjects).mean())
 
 
+def answer_changed(sw: Sweep, edited: dict[int, torch.Tensor], names: Sequence[str], prompts: Sequence[str]
+                   ) -> list[bool]:
+    """For each candidate name and its relation prompt: does the edited model's top-1 next token differ from the
+    public model's? The public model's answers are cached across defences."""
+    from attacks.target import next_token_logprobs
+
+    lm = sw.exp.setup.lm
+    texts = [p.format(n) for n, p in zip(names, prompts, strict=True)]
+    todo = [t for t in dict.fromkeys(texts) if t not in sw._unedited_top1]
+    if todo:
+        sw._unedited_top1.update(zip(todo, next_token_logprobs(lm, todo, batch=64).argmax(-1).tolist(), strict=True))
+    saved = snapshot(lm, tuple(edited))
+    _load(lm, edited)
+    try:
+        after = next_token_logprobs(lm, texts, batch=64).argmax(-1).tolist()
+    finally:
+        restore(lm, saved)
+    return [a != sw._unedited_top1[t] for a, t in zip(after, texts, strict=True)]
+
+
+def answer_check(sw: Sweep, edited: dict[int, torch.Tensor], scores: torch.Tensor, prompt_of: Callable[[int], str],
+                 m: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """``scores`` re-ranked: of the ``answer_shortlist`` × m best candidates, those whose top-1 answer on their
+    relation prompt (``prompt_of(candidate index)``) did not change go last, in their order. Returns the scores and
+    the check's cost: 2 queries (edited and public model) per checked candidate."""
+    order = torch.argsort(scores, descending=True)[:sw.answer_shortlist * m].tolist()
+    changed = answer_changed(sw, edited, [sw.exp.candidates[i] for i in order], [prompt_of(i) for i in order])
+    out = scores.clone()
+    low, top = float(scores.min()) - 1.0, float(scores.max())
+    for i, c in zip(order, changed, strict=True):
+        if not c:
+            out[i] = low - (top - float(scores[i]))  # below every unchecked candidate, in the same order
+    return out, {"checked": len(order), "queries_per_checked": 2}
+
+
+def relation_prompts(sw: Sweep, s: int, flat: Sequence[Any], decoys: Sequence[Any]) -> Callable[[int], str]:
+    """The answer check's knowledge, an upper bound: each candidate's relation prompt. A subject of the report set
+    (edited in this session or not) has its record's prompt, a decoy subject of this session the prompt its party drew
+    for it, any other candidate one of the session's edit prompts drawn by a seeded generator."""
+    known = {r.subject: r.prompt for r in sw.exp.requests}
+    known.update({r.subject: r.prompt for r in flat})
+    known.update({r.subject: r.prompt for r in decoys})
+    choices = sorted({r.prompt for r in flat})
+    rng = random.Random(f"{sw.seed}/{s}/answer-check")
+    drawn: dict[int, str] = {}
+
+    def prompt_of(i: int) -> str:
+        name = sw.exp.candidates[i]
+        if name in known:
+            return known[name]
+        if i not in drawn:
+            drawn[i] = rng.choice(choices)
+        return drawn[i]
+
+    return prompt_of
+
+
 def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
     """One session under one defence: utility, damage, and every attack's recall and cost."""
     from secure_collab.evaluation import evaluate
@@ -203,12 +269,26 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
         restore(lm, saved)
     decoys = [n for k, p in enumerate(parties)
               for n in decoy_subjects(sw.rngs(s)[k], 64, exclude=[r.subject for r in p])] if defence.camouflage else []
+    decoy_edits = [r for d in dv.decoys for r in d.requests]
+    if decoy_edits:  # the decoy edits' subjects are the ones the release now answers
+        decoys = [r.subject for r in decoy_edits]
     out: dict[str, Any] = {"session": s, "defence": defence.spec(), "m": len(flat),
                            "efficacy": ev["efficacy"], "generalization": ev["generalization"],
                            "specificity": ev["specificity"], "score": ev["score"],
                            "damage_kl": _next_token_kl(lm, dv.edited, sw.probes()),
                            "damage_kl_decoys": _next_token_kl(lm, dv.edited, decoys[:200]) if decoys else None,
                            "attacks": {}}
+    if decoy_edits:
+        from secure_collab.editing.decoys import top1
+
+        _load(lm, dv.edited)
+        try:
+            now = top1(lm, decoy_edits)
+        finally:
+            restore(lm, saved)
+        out["decoys"] = len(decoy_edits)
+        out["decoys_changed"] = sum(a != b for a, b in zip(now, (a for d in dv.decoys for a in d.answers),
+                                                            strict=True))
     targets_idx = [exp.index(r.subject) for r in flat]
     m = len(flat)
     first = hp.layers[0]
@@ -246,6 +326,14 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
                   "subspace-all": torch.stack([_z(v) for v in sub_scores.values()]).mean(0),
                   "norm-all": torch.stack([_z(v) for v in norm_scores.values()]).mean(0)}[name]
         att[f"{name}-outside-pool"] = _rank_hits(scores - in_pool.double() * 1e6, targets_idx, m)
+    # adaptive against decoys: only a real edit changes an answer (the attacker knows the rule)
+    prompt_of = relation_prompts(sw, s, flat, decoy_edits)
+    for name, base in (("answer-check", "norm-all"), ("answer-check-outside-pool", "norm-all-outside-pool")):
+        scores = torch.stack([_z(v) for v in norm_scores.values()]).mean(0)
+        if base.endswith("outside-pool"):
+            scores = scores - in_pool.double() * 1e6
+        checked, cost = answer_check(sw, dv.edited, scores, prompt_of, m)
+        att[name] = {**_rank_hits(checked, targets_idx, m), **cost}
     if sw.model_floor:
         from attacks.session_views import model_scores
 
@@ -296,6 +384,12 @@ def costs(sw: Sweep) -> dict[str, dict[str, float]]:
     out.update({name: {"queries_per_candidate": 0, "flops_per_candidate": every}
                 for name in ("subspace-all", "norm-all", "subspace-all-outside-pool", "norm-all-outside-pool")})
     out["model"] = {"queries_per_candidate": len(MODEL_PROMPTS), "flops_per_candidate": full}
+    # answer-check: the keys of every layer for all, then one full forward per (checked candidate, relation prompt,
+    # model); ``summarise`` scales the query count by the sessions' checked fraction
+    relation = [r.prompt for r in sw.exp.requests[:200]]
+    per_query = forward_flops(lm, _tokens(lm, [p.format(n) for n, p in zip(sample, relation, strict=False)]), None)
+    for name in ("answer-check", "answer-check-outside-pool"):
+        out[name] = {"queries_per_candidate": 0, "flops_per_candidate": every, "flops_per_query": per_query}
     return out
 
 
@@ -322,6 +416,18 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                    "damage_kl_decoys": sum(dec) / len(dec) if dec else None,
                    "epsilon": (epsilons or {}).get(defence),
                    **cost.get(attack, {})}
+            checks = [r["attacks"][attack] for r in runs if "queries_per_checked" in r["attacks"].get(attack, {})]
+            if checks and "flops_per_query" in row:  # answer-check: queries on the checked share of the N
+                n = int(row.pop("candidates", 0)) or max(1, round(runs[0]["m"] / chance))
+                q = sum(c["checked"] * c["queries_per_checked"] for c in checks) / len(checks) / n
+                row["queries_per_candidate"] = q
+                row["flops_per_candidate"] = row["flops_per_candidate"] + q * row.pop("flops_per_query")
+                row["queries_per_checked_candidate"] = checks[0]["queries_per_checked"]
+            row.pop("flops_per_query", None)
+            if any("decoys" in r for r in runs):
+                row["decoys"] = sum(r.get("decoys", 0) for r in runs) / len(runs)
+                row["decoys_changed"] = sum(r.get("decoys_changed", 0) for r in runs) / len(runs)
+                row["decoys_changed_total"] = sum(r.get("decoys_changed", 0) for r in runs)
             if attack == "model" and all("query_budget" in r for r in runs):
                 curve: dict[str, dict[str, Any]] = {}
                 means: dict[str, float] = {}

@@ -106,6 +106,7 @@ class DeltaView:
     lam_cov: dict[int, torch.Tensor]  # layer -> the public λC
     parties: list[list[Request]]
     edited: dict[int, torch.Tensor]  # layer -> edited down-projection weights (for the `model` view)
+    decoys: list = field(default_factory=list)  # decoys:R: each party's decoys.DecoyEdits (the parties' secret)
 
 
 def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[TargetResult], defence: Any = None,
@@ -129,7 +130,7 @@ def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[T
 
         restore(lm, saved)
     lam = hp.mom2_update_weight
-    return DeltaView(out.deltas, {la: lam * setup.covs()[la] for la in hp.layers}, parties, edited)
+    return DeltaView(out.deltas, {la: lam * setup.covs()[la] for la in hp.layers}, parties, edited, out.decoys)
 
 
 def split(requests: list[Request], n_parties: int) -> list[list[Request]]:

@@ -24,21 +24,27 @@ def main() -> None:
         meta, rows = doc["meta"], doc["results"]
         print(f"\n### {d}: {meta['sessions']} sessions × {meta['parties']} parties × {meta['per_party']} edits, "
               f"{meta['n_candidates']} candidates, λ = {meta['lambda']:g}, {meta.get('variant', 'sequential')}\n")
-        print("| defence | efficacy | generalization | specificity | damage KL (public) | damage KL (decoys) |")
-        print("|---|---|---|---|---|---|")
+        print("| defence | sessions | efficacy | generalization | specificity | damage KL (public) | "
+              "damage KL (decoys) | decoys whose top-1 changed |")
+        print("|---|---|---|---|---|---|---|---|")
         seen = set()
         for r in rows:
             if r["defence"] in seen:
                 continue
             seen.add(r["defence"])
             dec = "-" if r["damage_kl_decoys"] is None else f"{r['damage_kl_decoys']:.3f}"
-            print(f"| {r['defence']} | {_ci(r, 'efficacy')} | {_ci(r, 'generalization')} | "
-                  f"{_ci(r, 'specificity')} | {_ci(r, 'damage_kl')} | {dec} |")
+            changed = (f"{r['decoys_changed_total']} of {round(r['decoys'] * r['sessions'])}"
+                       if r.get("decoys") else "-")
+            print(f"| {r['defence']} | {r['sessions']} | {_ci(r, 'efficacy')} | {_ci(r, 'generalization')} | "
+                  f"{_ci(r, 'specificity')} | {_ci(r, 'damage_kl')} | {dec} | {changed} |")
         print("\n| defence | attack | recall@m [95 % CI over sessions] | recall@5m | FLOPs per candidate | queries |")
         print("|---|---|---|---|---|---|")
         for r in sorted(rows, key=lambda r: (r["defence"], -r["recall_m"])):
+            q = r.get("queries_per_candidate", 0)
             print(f"| {r['defence']} | {r['attack']} | {_ci(r, 'recall_m')} | {_ci(r, 'recall_5m')} | "
-                  f"{r.get('flops_per_candidate', 0):.2e} | {r.get('queries_per_candidate', 0)} |")
+                  f"{r.get('flops_per_candidate', 0):.2e} | {q:.3g}"
+                  + (f" ({r['queries_per_checked_candidate']} per checked candidate)"
+                     if r.get("queries_per_checked_candidate") else "") + " |")
         for r in rows:
             if r.get("query_budget"):
                 print(f"\nQuery budget ({r['defence']}, {r['attack']}, {r['queries_per_candidate']} queries per "

@@ -239,6 +239,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.ledger.stage_event(self.s.id, -1, (), -1, "joining",
                                 json.dumps({"deadline": time.time() + self.cfg.network.join_timeout_s,
                                             "defence": defence.spec(),
+                                            # decoys:R: each party's N counts 1 + R edits per real one
+                                            "edits_counted_per_request": defence.edit_factor,
                                             "epsilon": None if dp is None else dp.session,
                                             "epsilon_per_release": None if dp is None else dp.per_release,
                                             "delta": None if dp is None else dp.delta,

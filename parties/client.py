@@ -373,11 +373,12 @@ class Party:
         if not np.isfinite(peak) or peak > s.value_bound:
             raise Fatal(f"layer {layer}: a statistic entry of {peak:.6g} exceeds session.value_bound="
                         f"{s.value_bound:.6g}; raise value_bound in the session configuration")
-        if n > s.max_edits_per_party:
-            raise Fatal(f"{int(n)} edit requests exceed session.max_edits_per_party={s.max_edits_per_party}")
+        if n > s.counted_edits:  # decoys:R counts (1 + R) edits per request
+            raise Fatal(f"{int(n)} edits (decoys included) exceed session.max_edits_per_party={s.max_edits_per_party}"
+                        f" × {s.counted_edits // s.max_edits_per_party}")
         noise = self.noise_plan.sigma if self.noise_plan is not None else 0.0  # as sent: clipped, then noised
         problems = plausibility_problems(g, b.reshape(s.d_v, s.d_k), n, 1,
-                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.max_edits_per_party,
+                                         Bounds(s.key_norm_bound, s.residual_norm_bound, s.counted_edits,
                                                 noise=noise),
                                          fewest=0)  # nothing to edit this round: zeros are honest
         if problems:

@@ -12,7 +12,11 @@ With ``session.defence`` camouflage on, every key and residual is camouflaged be
 key and layer); the solver and everything after it see only the camouflaged statistics. With noise on
 (``editing.noise.PartyNoise``), the (camouflaged) keys and residuals are clipped to the session's declared bounds and
 every value of G and B gets this party's discrete Gaussian, drawn from AES-CTR words under a secret key made once per
-session (a retried step gets the same noise); an empty round's zeros get it too.
+session (a retried step gets the same noise); an empty round's zeros get it too. With decoys on
+(``editing.decoys``), R public decoy edits per request of the round's final plan (after withholding, dedupe and the
+solver's verdicts, so they never get a tag, a verdict or a withholding check) are drawn once per round, on the
+model as it is at the round's start, by the same generator, and added to the keys and residuals before camouflage
+and noise; N counts them (N = (1 + R)·n, which the solver expects: R is the session's setting).
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ class PartyEditor:
             self.log(f"noise on: keys clipped to ‖k‖ ≤ {plan.key_norm:g}, residuals to ‖r‖ ≤ {plan.residual_norm:g}; "
                      f"each value gets a discrete Gaussian of σ = {plan.sigma:.4g} (grid {plan.grid:.3g})")
         self.camouflage = self._camouflage(defence.camouflage, defence_rng)
+        self.decoy_ratio = defence.decoys
+        self.decoys: dict[int, Any] = {}  # round -> decoys.DecoyEdits (this party's secret)
+        self.decoy_rng = defence_rng or random.SystemRandom()
+        if self.decoy_ratio:
+            self.log(f"decoys on: {self.decoy_ratio} secret public decoy edits per edit, counted in N")
         self.targets: dict[int, TargetResult] = {}
         self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
         self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
@@ -176,12 +185,27 @@ class PartyEditor:
                 if round_ not in self.oneshot_cur:
                     self.oneshot_cur[round_] = current_outputs(self.lm, reqs, self.hp)
                 cur = self.oneshot_cur[round_]
+            decoys = self._decoys(round_, reqs, cur)
             stats = party_layer_stats(self.lm, reqs, self.targets[round_].z, layer, self.hp, self.templates, cur,
                                       self.weights.get(round_), camouflage=self.camouflage, noise=self.noise,
-                                      round_=round_)
-            out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}  # packed on the wire
+                                      round_=round_, decoys=decoys)
+            n = len(reqs) + (len(decoys) if decoys is not None else 0)
+            out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": n}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out
+
+    def _decoys(self, round_: int, reqs: list, cur: torch.Tensor | None) -> Any:
+        """The round's decoy edits (``decoys.make_decoys``), drawn at the round's first statistics, before any of
+        its ΔW is applied (the sequential variant's first layer; oneshot's single step), or None when off."""
+        if not self.decoy_ratio:
+            return None
+        if round_ not in self.decoys:
+            from secure_collab.editing.decoys import make_decoys
+
+            self.decoys[round_] = make_decoys(self.lm, self.hp, self.decoy_ratio, self.decoy_rng, reqs,
+                                              self.targets[round_].z, cur, exclude=[r.subject for r in self.requests])
+            self.log(f"round {round_}: {len(self.decoys[round_])} decoy edits added to the statistics")
+        return self.decoys[round_]
 
     def apply_delta(self, layer: int, delta: np.ndarray) -> None:
         key = (sum(1 for _, lay in self.applied if lay == layer), layer)  # releases arrive round by round

@@ -32,8 +32,8 @@ the meaning of every key. Its shape (every field of [session] is bound into each
                                  # default roster order)
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
-    defence = "none"             # none | camouflage:S (parties) | rank:K (solver) | noise:Z (parties; clips to
-                                 # key_norm_bound, residual_norm_bound) [delta:D], joined with '+'
+    defence = "none"             # none | camouflage:S | decoys:R (parties) | rank:K (solver) | noise:Z (parties;
+                                 # clips to key_norm_bound, residual_norm_bound) [delta:D], joined with '+'
                                  # (secure_collab.editing.defences; docs/privacy.md, docs/dp.md)
     release = "weights"          # weights: every party receives ΔW | served: only the solver's host applies it and
                                  # answers the parties' end-to-end encrypted queries (docs/network.md); served
@@ -167,6 +167,14 @@ class SessionConfig:
     def served(self) -> bool:
         """Whether ΔW stays with the solver's host, which serves the edited model to the parties' queries."""
         return self.release == "served"
+
+    @property
+    def counted_edits(self) -> int:
+        """The most edits one party may count in N per round: max_edits_per_party × (1 + R) with ``decoys:R`` on
+        (decoys count as edits in N, not in the tags: R is this public setting, so the solver scales its checks)."""
+        from secure_collab.editing.defences import parse_defence
+
+        return self.max_edits_per_party * parse_defence(self.defence).edit_factor
 
     @property
     def tag_slots(self) -> int:

@@ -51,7 +51,8 @@ COMMENTS: dict[str, str] = {
     "weights_digest": "sha256 of the base weights: every role refuses to start with other weights",
     "template_seed": "seed the context templates below were generated with",
     "defence": "release defences, joined with '+': none | camouflage:S (each party mixes secret public decoy keys "
-               "into its keys, ‖n‖ = S‖k‖) | rank:K (the solver truncates ΔW to rank K) | noise:Z (each party clips "
+               "into its keys, ‖n‖ = S‖k‖) | decoys:R (each party adds R secret public decoy edits per edit, "
+               "counted in N) | rank:K (the solver truncates ΔW to rank K) | noise:Z (each party clips "
                "to key_norm_bound, residual_norm_bound and adds discrete Gaussian noise, σ = Z·sensitivity over "
                "min_parties; delta:D sets the δ of its ε); docs/privacy.md, docs/dp.md",
     "release": "weights (every party receives ΔW and applies it) | served (only the solver's host applies ΔW and "

@@ -184,7 +184,9 @@ class Solver:
         self.state = SolverState(config.solver_dir, ident.sealing.private_bytes_raw(),
                                  self.s.id, config.digest)
         self.verify_keys = config.roster.party_verify_keys()
-        self.bounds = Bounds(self.s.key_norm_bound, self.s.residual_norm_bound, self.s.max_edits_per_party)
+        # decoys:R count as edits in N: each party's bound and the expected count scale by 1 + R (a public setting)
+        self.bounds = Bounds(self.s.key_norm_bound, self.s.residual_norm_bound, self.s.counted_edits)
+        self.edit_factor = parse_defence(self.s.defence).edit_factor
         plan = session_noise_plan(parse_defence(self.s.defence), self.s)
         self.noise = plan.sigma if plan is not None else 0.0  # each party's σ per entry (noise:Z): the checks allow
         # for the noise of the parties in a sum; the sum itself is opened as it is (the noise-free sum is never seen)
@@ -468,9 +470,9 @@ class Solver:
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
-        if self.fact_tags is not None:  # the edit count must be what the round's decisions leave
+        if self.fact_tags is not None:  # the edit count must be what the round's decisions leave (× (1 + R))
             try:
-                want = self.fact_tags.expected_edits(round_, pend.parties)
+                want = self.fact_tags.expected_edits(round_, pend.parties) * self.edit_factor
             except ValueError as exc:
                 raise Refusal(f"round {round_} layer {layer}: {exc}", opened=True) from None
             if abs(n - want) > 0.5:  # the figures stay here, as above

@@ -12,7 +12,7 @@ from conftest import random_spd
 from secure_collab.editing.defences import Defence, DefenceError, camouflage, parse_defence, truncate_rank
 
 
-def test_the_setting_text_round_trips_and_refuses_what_is_not_built():
+def test_the_setting_text_round_trips_and_refuses_what_is_not_a_defence():
     assert parse_defence("none") == Defence() and parse_defence("").none
     d = parse_defence("camouflage:3+rank:20")
     assert d == Defence(3.0, 20) and d.spec() == "camouflage:3+rank:20" and parse_defence(d.spec()) == d
@@ -23,9 +23,7 @@ def test_the_setting_text_round_trips_and_refuses_what_is_not_built():
             parse_defence(bad)
     with pytest.raises(DefenceError, match="at most 100"):  # the text comes from a session file: bounded
         parse_defence("rank:" + "1" * 100)
-    for later in ("decoys:3", "rank:2+decoys:1"):  # noise:Z is built (tests/test_noise.py); served is a setting
-        with pytest.raises(DefenceError, match="not built yet"):
-            parse_defence(later)
+    assert parse_defence("rank:2+decoys:1").spec() == "decoys:1+rank:2"  # decoys: tests/test_decoys.py
     for served in ("served", "served:100", "rank:2+served:5"):  # a release policy: its home is session.release
         with pytest.raises(DefenceError, match='release = "served"'):
             parse_defence(served)

@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the candidates and decoy draws (default: 0)")
     p.add_argument("--cache-dir", default=None, help="model and covariance cache (default: ~/.cache/secure-collab)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing: summarise the (session, defence) runs already in --out (each defence's rows "
+                        "say how many sessions they hold)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="the frontier plot (default: OUT/frontier.png)")
     add_json_option(p)
 
@@ -96,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     done = ds.load_done(out)
     t0 = time.time()
     todo = [(s, d) for s in range(args.sessions) for d in args.grid if (s, d) not in done]
+    if args.cached_only:
+        say(f"{len(done)} runs cached in {out}; --cached-only: {len(todo)} not run")
+        todo = []
     say(f"{len(done)} runs cached in {out}, {len(todo)} to go")
     for i, (s, d) in enumerate(todo):
         r = ds.run_session(sw, s, parse_defence(d))
@@ -111,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     results = [done[(s, d)] for s in range(args.sessions) for d in args.grid if (s, d) in done]
     rows = ds.summarise(results, ds.costs(sw), sw.m / exp.n, {d: sw.epsilon(parse_defence(d)) for d in args.grid})
     doc = {"meta": {"model": args.model, "requests": args.requests, "offset": args.offset, "limit": args.limit,
-                    "sessions": args.sessions, "parties": args.parties, "per_party": args.per_party,
+                    "sessions": args.sessions, "cached_only": args.cached_only, "parties": args.parties,
+                    "per_party": args.per_party,
                     "grid": args.grid, "n_candidates": exp.n, "layers": list(exp.setup.hp.layers),
                     "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed, "variant": args.variant,
                     "key_norm_bound": args.key_norm_bound, "residual_norm_bound": args.residual_norm_bound},

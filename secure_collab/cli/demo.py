@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-turn", action=argparse.BooleanOptionalAction, default=True,
                    help="parties compute their statistics one at a time (shared cores)")
     p.add_argument("--defence", default="none",
-                   help="release defences, joined with '+': none, camouflage:S (parties), rank:K (solver), noise:Z "
+                   help="release defences, joined with '+': none, camouflage:S (parties), decoys:R (parties), "
+                        "rank:K (solver), noise:Z "
                         "(parties; with --key-norm-bound, --residual-norm-bound); the reference then has the same "
                         "rank, but not the parties' secret decoys or noise (docs/privacy.md, docs/dp.md)")
     p.add_argument("--key-norm-bound", type=float, default=1e3,
@@ -219,15 +220,15 @@ def run(args: argparse.Namespace) -> int:
 
     def compute_reference() -> None:
         try:
-            # the solver's rank truncation is reproducible; the parties' camouflage and noise are not (their decoys
-            # and noise are secret), so with either the comparison shows how far it moves ΔW from Global-Edit's
+            # the solver's rank truncation is reproducible; the parties' camouflage, decoy edits and noise are not
+            # (secret), so with any of them the comparison shows how far it moves ΔW from Global-Edit's
             if net is not None:
                 from secure_collab.editing.malmen.edit import run_malmen_edit
 
                 reference["outcome"] = run_malmen_edit(lm, list(shares.values()), net, "global")
                 return
             reference["outcome"] = run_edit(lm, list(shares.values()), hp, covs, "global", templates,
-                                            defence=replace(defence, camouflage=0.0, noise=0.0))
+                                            defence=replace(defence, camouflage=0.0, noise=0.0, decoys=0))
         except BaseException as exc:  # reported below
             reference["error"] = exc
 
@@ -394,7 +395,9 @@ def _show(console, r: dict[str, Any]) -> None:
                       + ("; the parties' camouflage (secret decoys) is not in Global-Edit, so ΔW differs from it"
                          if spec.camouflage else "")
                       + ("; the parties' clipping and secret noise are not in Global-Edit, so ΔW differs from it"
-                         if spec.noise else ""))
+                         if spec.noise else "")
+                      + ("; the parties' secret decoy edits are not in Global-Edit, so ΔW differs from it"
+                         if spec.decoys else ""))
     if r.get("release") == "served":
         s = r.get("served_vs_global_logprob_diff")
         console.print(f"served release: no party holds ΔW; served answers vs the Global-Edit model: max |Δ log P| "

@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         eps, delta = detail.get("epsilon"), detail.get("delta")
         dp = (f", (ε, δ) = ({eps:.4g}, {delta:g}) over all its releases"  # noise:Z: the session's (ε, δ)
               if isinstance(eps, int | float) and isinstance(delta, int | float) else "")
-        print(f"session {session}: defence {detail['defence']}{dp}", file=out)
+        factor = detail.get("edits_counted_per_request")
+        counted = (f"; the edit counts N include {factor - 1} secret decoy edits per real edit"
+                   if isinstance(factor, int) and factor > 1 else "")
+        print(f"session {session}: defence {detail['defence']}{dp}{counted}", file=out)
         if detail.get("backend") == "malmen":
             print(f"session {session}: backend malmen, hypernetwork sha256 {detail.get('hypernet_digest')}", file=out)
         if detail.get("release") == "served":

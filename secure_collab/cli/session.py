@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--min-parties", type=int, default=d.min_parties, help="fewest parties in any sum")
     init.add_argument("--defence", default=d.defence,
                       help="release defences, joined with '+': none, camouflage:S (the parties hide their keys "
-                           "among public decoys), rank:K (the solver releases ΔW of rank K), noise:Z (the parties "
+                           "among public decoys), decoys:R (R secret public decoy edits per edit, counted in N), "
+                           "rank:K (the solver releases ΔW of rank K), noise:Z (the parties "
                            "clip and add discrete Gaussian noise; delta:D its δ); docs/privacy.md, docs/dp.md")
     init.add_argument("--release", choices=("weights", "served"), default=d.release,
                       help="weights: every party receives ΔW; served: only the solver's host applies it and answers "

@@ -22,8 +22,13 @@ session setting (``session.defence`` in the session file, ``--defence`` in the s
   given at (default ``DEFAULT_DELTA`` = 1e-6). ``editing/noise.py`` has the mechanism, ``editing/accounting.py``
   the (ε, δ), docs/dp.md both.
 
-All combine (``camouflage:3+rank:20+noise:1``; camouflage is applied before clipping). What is not built yet (decoy
-edits) is refused by name, not silently ignored. A served release is not a transform of ΔW but a release policy
+- ``decoys:R`` (party side, ``editing/decoys.py``): R public decoy subjects per real edit, each edited toward its
+  current answer with a residual as large as one of the party's real ones; they enter only G and B (and the edit
+  count N, which becomes (1 + R)·n: the solver's expected count and bounds scale by ``edit_factor``).
+
+All combine (``camouflage:3+decoys:3+rank:20+noise:1``; decoys are added to the party's keys and residuals before
+camouflage, camouflage before clipping). What is not built yet is refused by name (``NOT_BUILT``), not silently
+ignored. A served release is not a transform of ΔW but a release policy
 (who holds ΔW at all): it is the session's ``release = "served"`` setting (``secure_collab.config.RELEASES``), and
 ``served`` written here is refused with a pointer to it, so the policy has one home.
 
@@ -43,9 +48,11 @@ if TYPE_CHECKING:
     import torch
 
 CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
-NOT_BUILT = ("decoys",)
-FORMS = "none | camouflage:S (S > 0) | rank:K (K >= 1) | noise:Z (Z > 0) [delta:D (0 < D < 1)], joined with '+'"
+NOT_BUILT: tuple[str, ...] = ()
+FORMS = ("none | camouflage:S (S > 0) | decoys:R (R >= 1) | rank:K (K >= 1) | noise:Z (Z > 0) [delta:D (0 < D < 1)], "
+         "joined with '+'")
 DEFAULT_DELTA = 1e-6  # the edit count is private, unknown at setup: 1/1000², i.e. 1/n² up to n = 1000 edits
+MAX_DECOYS = 100  # decoys per real edit: a party's statistics time grows with 1 + R
 MAX_SPEC = 100  # characters of a setting's text: it comes from a session file
 
 
@@ -59,28 +66,35 @@ class Defence:
     rank: int = 0  # K: ΔW truncated to rank K at the solver; 0: off
     noise: float = 0.0  # Z: σ_total = Z Δ₂ (editing.noise); 0: off
     delta: float = DEFAULT_DELTA  # δ of the session's (ε, δ) (with noise only)
+    decoys: int = 0  # R: decoy edits per real edit at each party; 0: off
 
     @property
     def none(self) -> bool:
-        return self.camouflage == 0 and self.rank == 0 and self.noise == 0
+        return self.camouflage == 0 and self.rank == 0 and self.noise == 0 and self.decoys == 0
+
+    @property
+    def edit_factor(self) -> int:
+        """Edits a party counts in N per real edit: 1 + R (decoys count as edits; R is public, a session setting)."""
+        return 1 + self.decoys
 
     def spec(self) -> str:
         """The canonical text of this setting (what the session file and the results carry)."""
         parts = ([f"camouflage:{self.camouflage:g}"] if self.camouflage else []) + (
+            [f"decoys:{self.decoys}"] if self.decoys else []) + (
             [f"rank:{self.rank}"] if self.rank else []) + ([f"noise:{self.noise:g}"] if self.noise else []) + (
             [f"delta:{self.delta:g}"] if self.noise and self.delta != DEFAULT_DELTA else [])
         return "+".join(parts) or "none"
 
 
 def parse_defence(text: str) -> Defence:
-    """``none`` | ``camouflage:S`` | ``rank:K`` | ``noise:Z`` [``delta:D``] | ``A+B``: a ``Defence``, or
+    """``none`` | ``camouflage:S`` | ``decoys:R`` | ``rank:K`` | ``noise:Z`` [``delta:D``] | ``A+B``: a ``Defence``, or
     ``DefenceError`` saying what is wrong."""
     text = str(text).strip()
     if len(text) > MAX_SPEC:
         raise DefenceError(f"defence setting of {len(text)} characters (at most {MAX_SPEC}): use {FORMS}")
     if text in ("", "none"):
         return Defence()
-    camouflage, rank, noise, delta = 0.0, 0, 0.0, 0.0
+    camouflage, rank, noise, delta, decoys = 0.0, 0, 0.0, 0.0, 0
     for part in text.split("+"):
         name, _, value = part.strip().partition(":")
         if name == "served":
@@ -92,6 +106,11 @@ def parse_defence(text: str) -> Defence:
             if name == "camouflage" and not camouflage:
                 camouflage = float(value)
                 if not (0 < camouflage <= 100 and math.isfinite(camouflage)):
+                    raise ValueError
+                continue
+            if name == "decoys" and not decoys:
+                decoys = int(value)
+                if not 1 <= decoys <= MAX_DECOYS:
                     raise ValueError
                 continue
             if name == "rank" and not rank:
@@ -114,7 +133,7 @@ def parse_defence(text: str) -> Defence:
         raise DefenceError(f"bad defence {part.strip()!r} in {text!r}: use {FORMS}")
     if delta and not noise:
         raise DefenceError(f"delta:D is the δ of noise:Z's (ε, δ): it needs noise in {text!r}; use {FORMS}")
-    return Defence(camouflage, rank, noise, delta or DEFAULT_DELTA)
+    return Defence(camouflage, rank, noise, delta or DEFAULT_DELTA, decoys)
 
 
 # --------------------------------------------------------------------------------------------- camouflage

@@ -46,7 +46,7 @@ def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) 
 def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
                       templates: list[str], cur: torch.Tensor | None = None,
                       weights: torch.Tensor | None = None, camouflage: Callable | None = None,
-                      noise: Any = None, round_: int = 0) -> LayerStats:
+                      noise: Any = None, round_: int = 0, decoys: Any = None) -> LayerStats:
     """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*.
 
     ``cur`` (from ``current_outputs``) may be passed when the model has not changed since it was taken, as in
@@ -54,9 +54,18 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     request's weight (1/m for a duplicate held by m parties), default 1. ``camouflage``: the party's
     ``defences.PartyCamouflage`` (keys and residuals are camouflaged before G and B are formed), or None.
     ``noise``: the party's ``noise.PartyNoise``: keys and residuals (camouflaged, if so) are clipped to the declared
-    bounds, and G and B get the party's discrete Gaussian for (``round_``, ``layer``); or None.
+    bounds, and G and B get the party's discrete Gaussian for (``round_``, ``layer``); or None. ``decoys``: the
+    party's ``decoys.DecoyEdits`` of the round (weight 1 each), added as requests before camouflage and noise, or None.
     """
     i = hp.layers.index(layer)
+    if decoys is not None and len(decoys):
+        n = len(requests)
+        if cur is not None:  # the decoys' h on the same model as the real ones' (oneshot: the round's start)
+            cur = torch.cat([cur, current_outputs(lm, decoys.requests, hp).to(cur.dtype)])
+        z = torch.cat([z, decoys.z.to(z.dtype).to(z.device)])
+        weights = torch.cat([torch.ones(n, dtype=torch.float64) if weights is None else weights.double().cpu(),
+                             torch.ones(len(decoys), dtype=torch.float64)])
+        requests = [*requests, *decoys.requests]
     keys = compute_keys(lm, requests, layer, templates, hp.request_batch)  # (n, d_k)
     if cur is None:
         cur = current_outputs(lm, requests, hp)  # (n, d_v) at the last edited layer
@@ -102,6 +111,7 @@ class EditOutcome:
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> applied ΔW (d_v, d_k) float64
     targets: list[TargetResult] = field(default_factory=list)  # per party
     party_deltas: list[dict[int, torch.Tensor]] = field(default_factory=list)  # independent merges: each ΔW_p
+    decoys: list[Any] = field(default_factory=list)  # decoys:R: each party's decoys.DecoyEdits (never released)
 
 
 def snapshot(lm: LoadedModel, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -121,11 +131,12 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
     """Edit ``lm`` in place with every party's requests by ``method``; returns the applied ΔW per layer.
 
     ``defence`` (a ``defences.Defence``, collab and global only): each party camouflages its statistics with
-    its own ``rngs[k]`` (default: ``random.SystemRandom()``) and the solve truncates ΔW's rank, as the networked
-    session does. With noise, ``noise_plan`` (``noise.NoisePlan``: the session's bounds, min_parties and grid;
-    ``noise.session_noise_plan`` of a session file) is required: each party clips and adds its noise, drawn from
-    words keyed by its ``rngs[k]`` without drawing from it (``noise.noise_source``: camouflage's draws stay the
-    same), or from a fresh secret key; the solve uses ΣG's positive semi-definite part.
+    its own ``rngs[k]`` (default: ``random.SystemRandom()``), adds its decoy edits (``decoys.make_decoys``, drawn
+    from the same generator after the camouflage's subjects, on the unedited model), and the solve truncates ΔW's
+    rank, as the networked session does. With noise, ``noise_plan`` (``noise.NoisePlan``: the session's bounds,
+    min_parties and grid; ``noise.session_noise_plan`` of a session file) is required: each party clips and adds
+    its noise, drawn from words keyed by its ``rngs[k]`` without drawing from it (``noise.noise_source``:
+    camouflage's draws stay the same), or from a fresh secret key; the solve uses ΣG's positive semi-definite part.
 
     ``targets`` (one per non-empty party, in order; for ``global`` one for all requests) skips the target
     optimisation: for sweeps and grids, whose targets are the same. They must come from the unedited model and
@@ -172,34 +183,43 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             lam_covs = {layer: hp.mom2_update_weight * covs[layer] for layer in hp.layers}
             cams = [PartyCamouflage(defence.camouflage, lam_covs, gens[k], [r.subject for r in reqs])
                     for k, reqs in enumerate(parties)]
+        if defence is not None and defence.decoys:
+            from secure_collab.editing.decoys import make_decoys
+
+            say(f"decoys: {defence.decoys} per edit at each party")
+            out.decoys = [make_decoys(lm, hp, defence.decoys, gens[k], reqs, z)
+                          for k, (reqs, z) in enumerate(zip(parties, zs, strict=True))]
         out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams,
-                                 defence.rank if defence is not None else 0, noises)
+                                 defence.rank if defence is not None else 0, noises, out.decoys or None)
     return out
 
 
 def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Tensor], hp: MemitHParams,
                 covs: dict[int, torch.Tensor], templates: list[str], method: str,
                 say: Callable[[str], None], camouflages: list | None = None, rank: int = 0,
-                noises: list | None = None) -> dict[int, torch.Tensor]:
+                noises: list | None = None, decoys: list | None = None) -> dict[int, torch.Tensor]:
     """The layer loop: per layer each party's statistics, ``combine`` by ``method``, apply. Returns ΔW per layer.
     ``camouflages``: each party's ``defences.PartyCamouflage`` or None; ``rank``: the solver's truncation;
-    ``noises``: each party's ``noise.PartyNoise`` or None (round 0)."""
+    ``noises``: each party's ``noise.PartyNoise`` or None (round 0); ``decoys``: each party's ``decoys.DecoyEdits``
+    or None."""
     cams = camouflages or [None] * len(parties)
     nzs = noises or [None] * len(parties)
+    dcs = decoys or [None] * len(parties)
     noised = noises is not None
     deltas: dict[int, torch.Tensor] = {}
     if hp.variant == "sequential":
         for layer in hp.layers:
             say(f"layer {layer}: statistics and solve")
-            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam, noise=nz)
-                     for reqs, z, cam, nz in zip(parties, zs, cams, nzs, strict=True)]
+            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam, noise=nz, decoys=dc)
+                     for reqs, z, cam, nz, dc in zip(parties, zs, cams, nzs, dcs, strict=True)]
             deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight, rank, noised)
             add_to_down_weight(lm.model, lm.spec, layer, deltas[layer])
     else:  # oneshot: every layer's statistics from the unedited model, one aggregation
         say("all layers: statistics on the unedited model")
         curs = [current_outputs(lm, reqs, hp) for reqs in parties]  # once: the model does not change here
-        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur, camouflage=cam, noise=nz)
-                             for reqs, z, cur, cam, nz in zip(parties, zs, curs, cams, nzs, strict=True)]
+        per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur, camouflage=cam, noise=nz,
+                                               decoys=dc)
+                             for reqs, z, cur, cam, nz, dc in zip(parties, zs, curs, cams, nzs, dcs, strict=True)]
                      for layer in hp.layers}
         for layer in hp.layers:
             deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight, rank, noised)

@@ -166,7 +166,8 @@ def session_noise_plan(defence: Any, session: Any) -> NoisePlan | None:
 
     frac = encoding_frac_bits(session.mode, session.value_bound, MAX_PARTIES, session.protection)
     return plan_noise(defence.noise, session.key_norm_bound, session.residual_norm_bound, session.min_parties,
-                      session.d_k, session.d_v, frac, session.max_edits_per_party, session.value_bound)
+                      session.d_k, session.d_v, frac, session.max_edits_per_party * defence.edit_factor,
+                      session.value_bound)
 
 
 # ------------------------------------------------------------------------------------------- the party side

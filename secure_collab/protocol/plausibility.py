@@ -59,7 +59,8 @@ class Problem:
 
 
 CHECKS = {
-    "edit-count": "the total edit count is not a finite whole number within [1, parties × max_edits_per_party]",
+    "edit-count": "the total edit count is not a finite whole number within "
+                  "[1, parties × max_edits_per_party × (1 + R)] (decoys:R count as edits)",
     "non-finite": "a statistic, or its trace, eigenvalue or norm, is not finite",
     "trace": "tr ΣG exceeds key_norm_bound² × the total edit count",
     "psd": "ΣG is not positive semi-definite",

@@ -41,7 +41,7 @@ def _with_defence(path: Path, value: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("value", "why"), [("decoys:1", "not built yet"), ("blur", "bad defence 'blur'"),
+@pytest.mark.parametrize(("value", "why"), [("decoys:0", "bad defence 'decoys:0'"), ("blur", "bad defence 'blur'"),
                                             ("rank:0", "bad defence 'rank:0'"), ("camouflage:2+", "bad defence ''"),
                                             ("noise:0", "bad defence 'noise:0'"),
                                             ("noise:-1", "bad defence 'noise:-1'"), ("delta:1e-9", "needs noise")])
@@ -52,7 +52,7 @@ def test_a_defence_that_is_not_built_or_not_a_form_is_refused_at_load_in_one_lin
         load_config(path)
     message = str(exc.value)
     assert "\n" not in message and "session.defence" in message and why in message
-    assert "camouflage:S (S > 0) | rank:K (K >= 1)" in message  # it names the forms
+    assert "camouflage:S (S > 0) | decoys:R (R >= 1) | rank:K (K >= 1)" in message  # it names the forms
     assert main(["session", "show", "--config", str(path)]) == 2  # every role loads the file the same way
     assert "session.defence" in _one_line_error(capsys, "session")
 
@@ -99,17 +99,19 @@ def test_session_init_writes_the_defence_and_the_file_loads(tmp_path, capsys):
     assert not (tmp_path / "bad.toml").exists()
 
 
-@pytest.mark.parametrize("variant", ["sequential", "oneshot"])
+@pytest.mark.parametrize(("variant", "setting"), [("sequential", "camouflage:2+rank:2"),
+                                                  ("oneshot", "camouflage:2+rank:2"),
+                                                  ("sequential", "camouflage:2+decoys:2+rank:2")])
 def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_rank(tmp_path, capitals, capsys,
-                                                                                   variant):
-    """camouflage:2+rank:2 over real sockets, shares mode, in both variants: each party camouflages with its own
-    seeded generator (party i: random.Random(i)), the solver truncates; every ΔW released and applied equals
-    run_edit's collab edit of the same parties with the same generators (so the generators are drawn from in the
-    same order), has rank 2, and differs from the edit without camouflage."""
+                                                                                   variant, setting):
+    """camouflage:2+rank:2 (and with decoys:2) over real sockets, shares mode: each party camouflages (and draws its
+    decoys) with its own seeded generator (party i: random.Random(i)), the solver truncates; every ΔW released and
+    applied equals run_edit's collab edit of the same parties with the same generators (so the generators are drawn
+    from in the same order), has rank 2, and differs from the edit without camouflage (and decoys)."""
     from coordinator.server import run_coordinator
     from parties import run_party
     from parties.engine import PartyEditor
-    from secure_collab.editing.defences import Defence
+    from secure_collab.editing.defences import Defence, parse_defence
     from secure_collab.editing.memit import rel_diff_per_layer, restore, run_edit, snapshot, split_parties
     from secure_collab.ledger import Ledger
     from secure_collab.protection import get_scheme
@@ -119,7 +121,7 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     cache = tmp_path / "cache"
     cfg = make_config(tmp_path, mode="shares", model="tiny-llama", d_k=96, d_v=64, layers=[1, 2], chunk_values=8192,
                       variant=variant,
-                      defence="camouflage:2+rank:2", value_bound=1e5, key_norm_bound=1e4, residual_norm_bound=1e4,
+                      defence=setting, value_bound=1e5, key_norm_bound=1e4, residual_norm_bound=1e4,
                       hparams=HP, network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0,
                                            "solve_timeout_s": 120.0, "join_timeout_s": 60.0})
     names = ("a", "b", "c")
@@ -147,7 +149,7 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     s = cfg.session
     lm, hp, covs, templates = simulation_of(s, cache)
     unedited = snapshot(lm, hp.layers)
-    out = run_edit(lm, split, hp, covs, "collab", templates, defence=Defence(2.0, 2),
+    out = run_edit(lm, split, hp, covs, "collab", templates, defence=parse_defence(setting),
                    rngs=[random.Random(i) for i in range(3)])
     got = {layer: torch.from_numpy(released[(0, layer)]) for layer in s.layers}
     diffs = rel_diff_per_layer(got, out.deltas)
@@ -161,11 +163,19 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     # the coordinator's ledger records the session's defence, and `ledger show` displays it
     with Ledger(cfg.paths.ledger) as ledger:
         joining = [r for r in ledger.rows("stages") if r["event"] == "joining"]
-    assert joining and all(json.loads(r["detail"])["defence"] == "camouflage:2+rank:2" for r in joining)
+    assert joining and all(json.loads(r["detail"])["defence"] == setting for r in joining)
     assert all(json.loads(r["detail"])["epsilon"] is None for r in joining)  # no noise: no ε
     capsys.readouterr()
     assert main(["ledger", "show", "--ledger", str(cfg.paths.ledger)]) == 0
-    assert "session s1: defence camouflage:2+rank:2" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"session s1: defence {setting}" in shown
+    if "decoys" in setting:  # the decoys never left a party; what the ledger says is that N counts them
+        assert "the edit counts N include 2 secret decoy edits per real edit" in shown
+        decoys = [r.subject for ed in editors.values() for d in ed.decoys.values() for r in d.requests]
+        assert len(decoys) == 12 and decoys == [r.subject for d in out.decoys for r in d.requests]
+        with Ledger(cfg.paths.ledger) as ledger:
+            recorded = json.dumps({t: ledger.rows(t) for t in ("stages", "messages", "releases")}, default=str)
+        assert not any(name in recorded for name in decoys if len(name) >= 6)
 
 
 @pytest.mark.parametrize(("variant", "setting"), [("sequential", "noise:0.5"),
@@ -280,3 +290,38 @@ def test_session_init_declares_the_clipping_bounds_and_refuses_noise_that_does_n
     assert main([*common, "--out", str(tmp_path / "bad.toml")]) == 2
     assert "leaves no room for 40σ" in _one_line_error(capsys, "session")
     assert not (tmp_path / "bad.toml").exists()
+
+
+def test_with_tags_the_solver_expects_the_decoys_in_n_and_the_session_completes(tmp_path, capitals):
+    """decoys:2 with dedupe (tags and the solver's edit-count check on): each party's N is 3 × its kept requests, the
+    solver's expected count (tags − withdrawn + augmented) × (1 + R) agrees, every step is released, and the decoys
+    are drawn after the verdicts (a duplicate's weight is 1/2, its decoys' 1)."""
+    from coordinator.server import run_coordinator
+    from parties import run_party
+    from parties.engine import PartyEditor
+    from secure_collab.protection import get_scheme
+    from solver.server import run_solver
+    from solver.solve import SessionSolve
+
+    cache = tmp_path / "cache"
+    cfg = make_config(tmp_path, mode="shares", model="tiny-llama", d_k=96, d_v=64, layers=[1, 2], chunk_values=8192,
+                      defence="decoys:2", dedupe=True, max_edits_per_party=4, value_bound=1e5, key_norm_bound=1e4,
+                      residual_norm_bound=1e4, hparams=HP,
+                      network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0, "solve_timeout_s": 120.0,
+                               "join_timeout_s": 60.0})
+    split = [capitals[0:2], capitals[2:4], [capitals[4], capitals[0]]]  # capitals[0] held by a and c
+    editors = {n: PartyEditor(cfg.session, split[i], cache=cache, progress=False, defence_rng=random.Random(i))
+               for i, n in enumerate("abc")}
+    scheme = get_scheme("shares")
+    th = Threads()
+    th.start("solver", lambda: run_solver(cfg, scheme, SessionSolve(cfg.session, cache=cache)))
+    th.start("coordinator", lambda: run_coordinator(cfg, scheme))
+    for n, ed in editors.items():
+        th.start(n, lambda n=n, ed=ed: run_party(cfg, n, scheme, ed.compute_statistics, ed.apply_delta, tagger=ed))
+    th.join(240)
+    assert th.results["coordinator"].ok, th.results["coordinator"].reason
+    assert set(th.results["solver"].releases) == {(0, 1), (0, 2)}
+    for n, ed in editors.items():
+        assert th.results[n].ok, (n, th.results[n].reason)
+        assert len(ed.decoys[0]) == 2 * len(ed.plan[0]) == 4
+    assert [float(w) for w in editors["c"].weights[0]] == [1.0, 0.5]

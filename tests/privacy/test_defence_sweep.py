@@ -20,13 +20,14 @@ FIELDS = {"view", "attack", "defence", "sessions", "m", "recall_m", "recall_m_ci
 def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_release(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "12", "--sessions", "2",
-            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1,noise:2", "--out", str(out),
+            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1,noise:2,decoys:1",
+            "--out", str(out),
             "--damage-subjects", "20", "--key-norm-bound", "30", "--residual-norm-bound", "5", "--model-floor", "-q",
             "--json", str(tmp_path / "r.json")]
     assert main(argv, entry_points=EPS) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
     rows = doc["results"]
-    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1", "noise:2"}
+    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1", "noise:2", "decoys:1"}
     assert all(FIELDS <= set(r) and r["sessions"] == 2 and r["m"] == 6 for r in rows)
     assert all((r["epsilon"] is None) == (r["defence"] != "noise:2") and 0 <= r["recall_m"] <= 1 for r in rows)
     # noise:2's ε is the accountant's for these sessions: 2 parties (min_parties), 3 edits each, κ = 30, ρ = 5, the
@@ -47,7 +48,14 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     assert by["camouflage:2"]["damage_kl_decoys"] > by["camouflage:2"]["damage_kl"]
     assert by["none"]["flops_per_candidate"] < next(r for r in rows if r["attack"] == "subspace-all")[
         "flops_per_candidate"]
-    assert len(list(out.glob("session-*.json"))) == 8 and (out / "frontier.png").stat().st_size > 10_000
+    # decoys:1: 6 decoys per session (one per edit), their answer changes counted; the answer check costs queries
+    dec = {r["attack"]: r for r in rows if r["defence"] == "decoys:1"}
+    assert dec["norm-all"]["decoys"] == 6 and 0 <= dec["norm-all"]["decoys_changed"] <= 6
+    assert by["decoys:1"]["damage_kl_decoys"] > 0 and "decoys" not in by["none"]
+    check = dec["answer-check"]
+    assert check["queries_per_checked_candidate"] >= 2 and 0 < check["queries_per_candidate"] < 2 * 6
+    assert check["flops_per_candidate"] > dec["norm-all"]["flops_per_candidate"]
+    assert len(list(out.glob("session-*.json"))) == 10 and (out / "frontier.png").stat().st_size > 10_000
     assert (out / "frontier-cost.png").stat().st_size > 10_000 and (out / "frontier-budget.png").is_file()
     floor = next(r for r in rows if r["attack"] == "model" and r["defence"] == "none")
     assert floor["queries_per_candidate"] == 2 and set(floor["query_budget"]) == {str(q) for q in BUDGETS}
@@ -58,7 +66,14 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
     argv_again = [a for a in argv if a != "-q"]
     assert main(argv_again, entry_points=EPS) == 0
-    assert "8 runs cached" in capsys.readouterr().out
+    assert "10 runs cached" in capsys.readouterr().out
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
+    # --cached-only runs nothing new: a defence not on disk gets no rows and no session file
+    grid = argv.index("--grid") + 1
+    cached = [*argv[:grid], argv[grid] + ",rank:2", *argv[grid + 1:], "--cached-only"]
+    assert main(cached, entry_points=EPS) == 0
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert {r["defence"] for r in again["results"]} == {r["defence"] for r in rows} and again["meta"]["cached_only"]
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
 
 
@@ -75,8 +90,8 @@ def test_forward_flops_count_the_blocks_used_by_hand():
 
 def test_bad_grid_and_too_few_records_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["defences", "--grid", "none,decoys:1", "--out", str(tmp_path)], entry_points=EPS)
-    assert "not built yet" in capsys.readouterr().err
+        main(["defences", "--grid", "none,decoys:0", "--out", str(tmp_path)], entry_points=EPS)
+    assert "bad defence 'decoys:0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # `attack` has no session bounds for noise:Z's plan: the sweep measures it
         main(["attack", "--defence", "noise:1", "--out", str(tmp_path)], entry_points=EPS)
     assert "measured by `secure-collab defences`" in capsys.readouterr().err
@@ -99,3 +114,27 @@ def test_the_budget_curve_by_hand():
     # then it is named (recall 1/2 of the two); Q = 6: 3 queried, each edited one seen with probability 1/2
     assert curve["12"] == 1.0
     assert curve["2"] == pytest.approx(2 / 6 * 0.5, abs=0.03) and curve["6"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_the_answer_check_ranks_last_the_shortlisted_candidates_whose_answers_did_not_change(monkeypatch):
+    """Of the shortlist (answer_shortlist × m best), the unchanged go below every other candidate, in their order;
+    the rest keep theirs. Its cost: 2 queries per prompt per checked candidate."""
+    import torch
+
+    import attacks.defence_sweep as ds
+
+    sw = ds.Sweep.__new__(ds.Sweep)
+    sw.answer_shortlist = 2
+    sw.exp = type("E", (), {"candidates": [f"c{i}" for i in range(8)]})()
+    asked = []
+
+    def changed(_sw, _e, names, prompts):
+        asked.extend(zip(names, prompts, strict=True))
+        return [n in ("c1", "c3") for n in names]
+
+    monkeypatch.setattr(ds, "answer_changed", changed)
+    scores = torch.tensor([8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    got, cost = ds.answer_check(sw, {}, scores, lambda i: f"{{}} is {i}", 2)  # shortlist: c0-c3
+    assert torch.argsort(got, descending=True).tolist() == [1, 3, 4, 5, 6, 7, 0, 2]
+    assert cost == {"checked": 4, "queries_per_checked": 2}
+    assert asked == [("c0", "{} is 0"), ("c1", "{} is 1"), ("c2", "{} is 2"), ("c3", "{} is 3")]

@@ -1,0 +1,165 @@
+"""Decoy edits (``decoys:R``, party side): R public subjects per real edit, edited toward what the model already says.
+
+A party with n real edits in a round adds R·n decoy edits to its statistics, and nothing else:
+- subjects: ``defences.decoy_subjects`` (titles of the public covariance corpus) drawn by the party's CSPRNG, none of
+  the party's own subjects; each with a prompt template drawn from the party's own requests' prompts, so a decoy's
+  key sits where a real edit of the same relation would;
+- target: the decoy's *current* top-1 next token on that prompt (the model as it is at the round's start). The
+  target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
+  token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
+  gives, so the decoy's top-1 stays (tested on a tiny model; the sweep counts the decoys whose answer changed);
+- the step's length c_d is one of the party's own real residual norms ‖z*_j − h_j‖, drawn by the same generator.
+  MEMIT's target optimisation would stop a decoy at once (its loss is already below the early stop) with a residual
+  near zero, which gives no cover; with c_d drawn from the real norms a decoy's residual is as large as an edit's.
+
+Then a decoy is a request like the others: its keys at each layer from the model as it is then, its residual at
+layer i of L spread as (z*_d − h_d)/(L − i), and G += K_d K_dᵀ, B += R_d K_dᵀ. Decoys never leave the party as text:
+no tag, no known-fact withholding, no dedupe, no verdict (they are added after the solver's decisions). They count as
+edits in the N a party sends (N = (1 + R)·n), and the solver's expected count and bounds scale by (1 + R): R is a
+session setting, public. What they hide is measured in docs/privacy.md: only the real edits change an answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from secure_collab.data.requests import Request
+from secure_collab.editing.hparams import MemitHParams
+from secure_collab.editing.keys import block_outputs
+from secure_collab.editing.tokens import encode
+from secure_collab.models.hooks import edit_output
+from secure_collab.models.loading import LoadedModel
+from secure_collab.models.specs import down_weight
+
+ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the first gradient step
+
+
+@dataclass
+class DecoyEdits:
+    """One party's decoys for one round: requests (public subjects, never sent), targets at the last edited layer."""
+
+    requests: list[Request]
+    z: torch.Tensor  # (n_d, d_v) z*_d = h_d + c_d g_d / ‖g_d‖
+    h: torch.Tensor  # (n_d, d_v) h_d: the decoy's state at the last edited layer when drawn
+    norms: list[float]  # c_d: the real residual norm each decoy's step was given
+    answers: list[int]  # the current top-1 token id of each decoy's prompt (what its edit pushes toward)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = ()
+                ) -> tuple[list[str], list[str], list[int]]:
+    """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
+    per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects)."""
+    from secure_collab.editing.defences import decoy_subjects
+
+    n = ratio * len(own)
+    if n == 0:
+        return [], [], []
+    names = decoy_subjects(rng, n, exclude=[*exclude, *(r.subject for r in own)])
+    if len(names) < n:
+        raise ValueError(f"{n} decoys asked, the public pool has {len(names)} subjects")
+    prompts = [own[rng.randrange(len(own))].prompt for _ in range(n)]
+    which = [rng.randrange(len(own)) for _ in range(n)]
+    return names, prompts, which
+
+
+def _answer_logprobs(lm: LoadedModel, b, rows: torch.Tensor, layer: int, delta: torch.Tensor) -> torch.Tensor:
+    """(b, vocab) next-token log-probabilities after each prompt with ``delta`` added to the output of block
+    ``layer`` at the subject's last token."""
+    module = lm.model.get_submodule(lm.spec.block_name(layer))
+
+    def add(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        h[rows, b.subject_last] = h[rows, b.subject_last] + delta.to(h.dtype)
+        return h
+
+    with edit_output(module, add):
+        logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+    return logits[rows, b.lengths - 1].double().log_softmax(-1)
+
+
+def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: torch.Tensor, steps: int = ASCENT_STEPS,
+                 batch: int = 16) -> tuple[torch.Tensor, list[int]]:
+    """(δ (n, d_v) float64 with ‖δ_d‖ = norms[d], top-1 ids): each prompt's current top-1 next token a_d, and a
+    step δ_d of the given length at the output of block ``layer`` (subject's last token) that raises log p(a_d):
+    c_d times the unit gradient of log p(a_d) at δ = 0, then ``steps`` projected ascent steps on the sphere ‖δ‖ = c_d
+    (δ ← c_d · unit(δ + c_d · unit(∇)), each kept only where it raises log p(a_d)), so a long step stays on it."""
+    out, answers = [], []
+    d_v = int(down_weight(lm.model, lm.spec, layer).shape[0])  # the residual stream's width
+    for s in range(0, len(requests), batch):
+        chunk = requests[s:s + batch]
+        c = norms[s:s + len(chunk)].double().to(lm.device)[:, None]  # (b, 1)
+        b = encode(lm.tokenizer, [r.prompt for r in chunk], [r.subject for r in chunk], lm.device)
+        rows = torch.arange(len(chunk), device=lm.device)
+        top = torch.zeros(len(chunk), dtype=torch.long, device=lm.device)
+
+        def at(delta: torch.Tensor, first: bool = False, b=b, rows=rows, top=top
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+            """(log p(a_d) at δ, its gradient with respect to δ)."""
+            with torch.enable_grad():
+                x = delta.clone().requires_grad_(True)
+                lp = _answer_logprobs(lm, b, rows, layer, x)
+                if first:
+                    top.copy_(lp.detach().argmax(-1))  # the current answer: δ = 0
+                score = lp[rows, top]
+                score.sum().backward()
+            return score.detach(), x.grad.detach()  # type: ignore[union-attr]
+
+        def unit(v: torch.Tensor) -> torch.Tensor:
+            return v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+        _, g = at(torch.zeros(len(chunk), d_v, dtype=torch.float64, device=lm.device), first=True)
+        delta = c * unit(g)
+        best, g = at(delta)
+        for _ in range(steps):
+            cand = c * unit(delta + c * unit(g))
+            score, g_cand = at(cand)
+            better = score > best
+            delta = torch.where(better[:, None], cand, delta)
+            g = torch.where(better[:, None], g_cand, g)
+            best = torch.where(better, score, best)
+        out.append(delta.cpu())
+        answers += top.tolist()
+    return torch.cat(out), answers
+
+
+def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
+                z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = ()
+                ) -> DecoyEdits:
+    """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now.
+    ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None)."""
+    names, prompts, which = draw_decoys(rng, ratio, own, exclude)
+    if not names:
+        d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
+        return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
+                          [], [])
+    if cur_own is None:
+        cur_own = block_outputs(lm, list(own), hp.layers[-1], hp.request_batch)
+    real = (z_own.double().cpu() - cur_own.double().cpu()).norm(dim=1)  # (n,) the party's own residual norms
+    norms = [float(real[j]) for j in which]
+    reqs = [Request(subject=n, prompt=p, target_new="-") for n, p in zip(names, prompts, strict=True)]
+    c = torch.tensor(norms, dtype=torch.float64)
+    step, answers = answer_steps(lm, reqs, hp.layers[-1], c)
+    tok = lm.tokenizer
+    reqs = [Request(subject=r.subject, prompt=r.prompt, target_new=tok.decode([a]).strip() or "-")
+            for r, a in zip(reqs, answers, strict=True)]
+    h = block_outputs(lm, reqs, hp.layers[-1], hp.request_batch).double().cpu()  # (n_d, d_v)
+    return DecoyEdits(reqs, h + step, h, norms, answers)
+
+
+@torch.no_grad()
+def top1(lm: LoadedModel, requests: Sequence[Request], batch: int = 32) -> list[int]:
+    """The model's top-1 next token after each request's prompt (its subject filled in), as it is now."""
+    out: list[int] = []
+    for s in range(0, len(requests), batch):
+        chunk = list(requests[s:s + batch])
+        b = encode(lm.tokenizer, [r.prompt for r in chunk], [r.subject for r in chunk], lm.device)
+        logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+        out += logits[torch.arange(len(chunk), device=lm.device), b.lengths - 1].argmax(-1).tolist()
+    return out

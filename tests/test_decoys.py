@@ -1,0 +1,151 @@
+"""Decoy edits (``decoys:R``, secure_collab.editing.decoys): the setting's text, the residual-norm rule, that no decoy's
+top-1 answer changes, the statistics against the formula in float64, and that decoys never reach the wire's text."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import random_spd
+
+from secure_collab.editing.defences import Defence, DefenceError, parse_defence
+
+
+def test_decoys_parse_combine_and_count_as_edits():
+    d = parse_defence("decoys:3")
+    assert d == Defence(decoys=3) and d.spec() == "decoys:3" and not d.none and d.edit_factor == 4
+    both = parse_defence("camouflage:2+decoys:9+rank:5")
+    assert both == Defence(2.0, 5, decoys=9) and parse_defence(both.spec()) == both
+    assert both.spec() == "camouflage:2+decoys:9+rank:5"
+    assert Defence().edit_factor == 1
+    for bad in ("decoys", "decoys:0", "decoys:-1", "decoys:1.5", "decoys:101", "decoys:2+decoys:3"):
+        with pytest.raises(DefenceError, match="bad defence"):
+            parse_defence(bad)
+
+
+def _setup(tiny):
+    from secure_collab.editing.hparams import default_hparams
+    from secure_collab.editing.templates import context_templates
+    from secure_collab.models.specs import n_layers
+
+    hp = default_hparams(tiny.name, n_layers(tiny.model, tiny.spec)).with_(v_num_grad_steps=4)
+    templates = context_templates(tiny, hp.n_templates, hp.template_length, hp.template_seed)
+    return hp, templates
+
+
+def test_decoys_are_public_subjects_with_residuals_drawn_from_the_partys_own_norms(tiny, capitals):
+    from secure_collab.editing.decoys import draw_decoys, make_decoys
+    from secure_collab.editing.memit import current_outputs
+    from secure_collab.editing.targets import compute_targets
+
+    hp, templates = _setup(tiny)
+    own = capitals[:3]
+    t = compute_targets(tiny, own, hp, templates)
+    cur = current_outputs(tiny, own, hp).double()
+    real = (t.z.double() - cur).norm(dim=1)
+    d = make_decoys(tiny, hp, 2, random.Random(5), own, t.z)
+    assert len(d) == 6 and not {r.subject for r in d.requests} & {r.subject for r in own}
+    names, prompts, which = draw_decoys(random.Random(5), 2, own)  # the same draws, in the documented order
+    assert [r.subject for r in d.requests] == names and [r.prompt for r in d.requests] == prompts
+    assert {r.prompt for r in d.requests} <= {r.prompt for r in own}
+    # the rule: ‖z*_d − h_d‖ is the drawn real residual norm, exactly (float64), and h_d is the decoy's state now
+    assert torch.allclose((d.z - d.h).norm(dim=1), real[which], rtol=1e-10, atol=0)
+    assert torch.allclose(d.h, current_outputs(tiny, d.requests, hp).double(), rtol=0, atol=1e-10)
+    assert float(real.min()) > 0  # a real cover, not MEMIT's early-stopped zero
+    assert make_decoys(tiny, hp, 3, random.Random(5), [], t.z[:0]).requests == []
+
+
+def test_decoy_statistics_are_the_formula_in_float64(tiny, capitals):
+    """party_layer_stats with decoys = Σ over real and decoy rows of w k kᵀ and w r kᵀ, the decoys' keys and
+    residuals (z*_d − h_d)/(L − i) computed here independently."""
+    from secure_collab.editing.decoys import make_decoys
+    from secure_collab.editing.keys import compute_keys
+    from secure_collab.editing.memit import current_outputs, party_layer_stats
+    from secure_collab.editing.targets import compute_targets
+
+    hp, templates = _setup(tiny)
+    own = capitals[:2]
+    t = compute_targets(tiny, own, hp, templates)
+    d = make_decoys(tiny, hp, 3, random.Random(1), own, t.z)
+    w = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    for i, layer in enumerate(hp.layers):
+        got = party_layer_stats(tiny, own, t.z, layer, hp, templates, weights=w, decoys=d)
+        spread = len(hp.layers) - i
+        k = compute_keys(tiny, own, layer, templates).double()
+        r = (t.z.double() - current_outputs(tiny, own, hp).double()) / spread
+        kd = compute_keys(tiny, d.requests, layer, templates).double()
+        rd = (d.z - d.h) / spread
+        g = (k.T * w) @ k + kd.T @ kd
+        b = (r.T * w) @ k + rd.T @ kd
+        assert torch.allclose(got.g, g, rtol=1e-10, atol=1e-12) and torch.allclose(got.b, b, rtol=1e-10, atol=1e-12)
+
+
+def test_no_decoy_answer_changes_under_its_target_nor_after_a_session_of_decoys(tiny, capitals):
+    """A decoy's z*_d, patched in at the last edited layer, keeps its top-1 and raises its log-probability; a session
+    whose real edits have zero residuals (so only the decoys move the model) changes no decoy's top-1. (With real
+    residuals a tiny random model's answers move under any edit's cross-talk, decoys or not: the count of decoys
+    whose answer changed is measured on SmolLM2 by the defence sweep.)"""
+    from secure_collab.editing.decoys import _answer_logprobs, make_decoys, top1
+    from secure_collab.editing.memit import current_outputs, restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.targets import TargetResult, compute_targets
+    from secure_collab.editing.tokens import encode
+    from secure_collab.models.specs import down_weight
+
+    hp, templates = _setup(tiny)
+    parties = split_parties(capitals[:6], 3)
+    t = compute_targets(tiny, parties[0], hp, templates)
+    d = make_decoys(tiny, hp, 3, random.Random(0), parties[0], t.z)
+    b = encode(tiny.tokenizer, [r.prompt for r in d.requests], [r.subject for r in d.requests], tiny.device)
+    rows = torch.arange(len(d))
+    after = _answer_logprobs(tiny, b, rows, hp.layers[-1], d.z - d.h)
+    before = _answer_logprobs(tiny, b, rows, hp.layers[-1], torch.zeros_like(d.h))
+    answers = torch.tensor(d.answers)
+    assert torch.equal(after.argmax(-1), answers) and torch.equal(before.argmax(-1), answers)
+    assert bool((after[rows, answers] > before[rows, answers]).all())
+
+    dk = down_weight(tiny.model, tiny.spec, hp.layers[0]).shape[1]
+    covs = {layer: random_spd(dk, layer) for layer in hp.layers}
+    still = []
+    for p in parties:
+        h = current_outputs(tiny, p, hp).double()
+        still.append(TargetResult(h, h, [0.0] * len(p), [0.0] * len(p), [0] * len(p)))
+    saved = snapshot(tiny, hp.layers)
+    try:
+        out = run_edit(tiny, parties, hp, covs, "collab", templates, targets=still, defence=parse_defence("decoys:3"),
+                       rngs=[random.Random(i) for i in range(3)])
+        decoys = [r for x in out.decoys for r in x.requests]
+        want = [a for x in out.decoys for a in x.answers]
+        assert len(decoys) == 18 and any(float(x.abs().max()) > 0 for x in out.deltas.values())
+        assert top1(tiny, decoys) == want
+    finally:
+        restore(tiny, saved)
+    assert top1(tiny, decoys) == want  # the answers recorded are the unedited model's
+
+
+def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholding(tiny, capitals, monkeypatch):
+    """PartyEditor with decoys:R: N = (1 + R)·n, the tag inputs and the withheld ids are the real requests' only."""
+    from types import SimpleNamespace
+
+    import parties.engine as engine
+    from secure_collab.editing.decoys import DecoyEdits
+
+    hp, templates = _setup(tiny)
+    ed = engine.PartyEditor.__new__(engine.PartyEditor)
+    ed.s = SimpleNamespace(known_residual=0.0, dedupe=True, d_k=1, d_v=1, variant="sequential")
+    ed.lm, ed.hp, ed.templates, ed.log, ed.progress = tiny, hp, templates, lambda _m: None, False
+    ed.rounds, ed.requests = [capitals[:3]], capitals[:3]
+    ed.plan, ed.withheld, ed.targets, ed.weights, ed.oneshot_cur, ed.verdicts = {}, {}, {}, {}, {}, {}
+    ed.compute_seconds, ed.target_cache, ed.cache = 0.0, False, None
+    ed.camouflage, ed.noise = None, None
+    ed.decoy_ratio, ed.decoy_rng, ed.decoys = 2, random.Random(0), {}
+    tags = ed.tag_inputs(0)
+    out = ed.compute_statistics(0, hp.layers[0])
+    assert out["N"] == 9 and len(tags) == 3
+    made = ed.decoys[0]
+    assert isinstance(made, DecoyEdits) and len(made) == 6
+    names = {r.subject for r in made.requests}
+    text = repr(tags) + repr(ed.withheld) + repr({k: v for k, v in out.items() if k == "N"})
+    assert not any(n in text for n in names)
+    again = ed.compute_statistics(0, hp.layers[-1])  # the round's decoys are drawn once
+    assert again["N"] == 9 and ed.decoys[0] is made
