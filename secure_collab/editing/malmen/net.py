@@ -180,12 +180,12 @@ class Hypernet(nn.Module):
         hp = MalmenHParams.from_dict(meta["hp"])
         shapes = {int(k): (int(v[0]), int(v[1])) for k, v in meta["shapes"].items()}
         with torch.device("meta"):  # the tensors these settings make, without allocating any of them
-            want = {k: tuple(v.shape) for k, v in Hypernet(hp, shapes).state_dict().items()}
+            described = {k: tuple(v.shape) for k, v in Hypernet(hp, shapes).state_dict().items()}
         path = str(directory / "hypernet.safetensors")
         with safe_open(path, framework="pt") as f:  # the header only: names, shapes, dtypes
             have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
-        if have != want or not dtypes <= {"F32", "F64"} or len(dtypes) != 1:
+        if have != described or not dtypes <= {"F32", "F64"} or len(dtypes) != 1:
             raise ValueError(f"{path} does not hold the tensors its hypernet.json describes (names, shapes, one "
                              "float dtype)")
         hypernet = Hypernet(hp, shapes)
