@@ -1,7 +1,7 @@
 """A meta-training run on disk: cache key, checkpoints (an interrupted run resumes), the final hypernet, the curve.
 
-A run directory holds ``run.json`` (the key and what it is made of), ``checkpoint.pt`` (hypernet, optimiser, step,
-history; our own file, loaded with ``weights_only=True``), ``history.json``, and when finished ``hypernet/`` (the
+A run directory holds ``run.json`` (the key and what it is made of), ``checkpoint.safetensors`` (hypernet and
+optimiser tensors, step and history as JSON metadata: no pickle), ``history.json``, and when finished ``hypernet/`` (the
 trained hypernetwork, ``Hypernet.load``-able, with its digest) and ``curve.png``. The key is the sha256 of the base
 model's digest, the training and validation records and both configurations, so a directory is never resumed
 with anything else, and a finished run with the same key is returned at once (the cache).
@@ -28,6 +28,7 @@ from secure_collab.editing.malmen.hparams import MalmenHParams
 from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import edit_rows
 from secure_collab.editing.malmen.train import TrainConfig, evaluate, generalisation_pairs, locality_pairs, meta_step
+from secure_collab.files import temp_beside
 from secure_collab.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,38 @@ def fit_normaliser(lm: LoadedModel, hypernet: Hypernet, pool: list[Request], cfg
 
 def _save_checkpoint(path: Path, hypernet: Hypernet, opt: torch.optim.Optimizer, step: int,
                      history: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"hypernet": hypernet.state_dict(), "opt": opt.state_dict(), "step": step,
-                "history": json.dumps(history)}, tmp)
+    """The run's state as safetensors (the network's and Adam's tensors) with the rest as JSON in its metadata: no
+    pickle, so a checkpoint from anywhere is only tensors and text."""
+    from safetensors.torch import save_file
+
+    opt_state = opt.state_dict()
+    tensors = {f"hypernet.{k}": v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}
+    for index, entry in opt_state["state"].items():
+        for name, value in entry.items():
+            tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {"step": str(step), "history": json.dumps(history), "param_groups": json.dumps(opt_state["param_groups"])}
+    tmp = temp_beside(path)
+    save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a run killed while writing keeps the previous checkpoint, history included
     (path.parent / "history.json").write_text(json.dumps(history, indent=1) + "\n")  # for reading, not resuming
+
+
+def _load_checkpoint(path: Path, hypernet: Hypernet, opt: torch.optim.Optimizer,
+                     device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    """Restore what ``_save_checkpoint`` wrote; returns (step, history)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    hypernet.load_state_dict({k.removeprefix("hypernet."): v for k, v in tensors.items() if k.startswith("hypernet.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, index, name = k.split(".", 2)
+            state.setdefault(int(index), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["step"]), json.loads(meta["history"])
 
 
 def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: list[Request], val: list[Request],
@@ -108,14 +136,10 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
     dtype = next(lm.model.parameters()).dtype
     hypernet = Hypernet(hp, layer_shapes(lm, hp.layers)).to(device=lm.device, dtype=dtype)
     opt = torch.optim.Adam(hypernet.parameters(), lr=cfg.meta_lr)
-    ckpt = directory / "checkpoint.pt"
+    ckpt = directory / "checkpoint.safetensors"
     step, history = 0, []  # type: tuple[int, list[dict[str, Any]]]
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location=lm.device, weights_only=True)
-        hypernet.load_state_dict(state["hypernet"])
-        opt.load_state_dict(state["opt"])
-        step = int(state["step"])
-        history = json.loads(state["history"])
+        step, history = _load_checkpoint(ckpt, hypernet, opt, lm.device)
         log.info("malmen train: resuming at step %d of %d", step, cfg.steps)
     else:
         fit_normaliser(lm, hypernet, train, cfg)
