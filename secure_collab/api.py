@@ -92,8 +92,13 @@ class Editor:
 
         if backend not in ("memit", "malmen"):
             raise ValueError(f"backend must be 'memit' or 'malmen', got {backend!r}")
+        if backend == "malmen" and hypernet is None:
+            from secure_collab.editing.malmen.net import bundled_hypernet
+
+            hypernet = bundled_hypernet(model)
         if backend == "malmen" and (hypernet is None or lam is not None or variant is not None or hparams):
-            raise ValueError("backend='malmen' needs hypernet= and takes none of MEMIT's lam, variant or hparams")
+            raise ValueError("backend='malmen' needs hypernet= (none is bundled for this model) and takes none of "
+                             "MEMIT's lam, variant or hparams")
         lm = load_model(model, device=device, cache=Path(cache_dir) if cache_dir else None, dtype=dtype,
                         allow_download=allow_download)
         if backend == "malmen":

@@ -138,3 +138,31 @@ def test_bench_memory_measures_the_large_dim_at_its_own_party_counts(tmp_path):
     assert {(x["dim"], x["sending"]) for x in rows if x["kind"] == "own"} == {(8, 2), (8, 3), (16, 2)}
     flat = [c["target"] for c in r["targets_check"] if c["target"].startswith("coordinator memory flat")]
     assert flat and not [t for t in flat if "d = 16" in t]  # one party count says nothing about flatness
+
+
+def test_backends_section_times_memit_against_malmen_on_the_same_edits(tmp_path):
+    """(g): both backends' statistics timed on the same requests, the ratio summarised and checked against 10x,
+    the table written; a model with no bundled hypernetwork is skipped with a note."""
+    from secure_collab.data.bundled import bundled_requests
+    from secure_collab.editing.malmen.hparams import DEFAULTS
+    from secure_collab.editing.malmen.train import TrainConfig
+    from secure_collab.editing.malmen.trainer import train_hypernet
+    from secure_collab.models import load_model
+
+    reqs = bundled_requests(12)
+    train_hypernet(load_model("tiny-llama"), DEFAULTS["tiny-llama"],
+                   TrainConfig(steps=1, edits_per_step=2, norm_edits=4, val_every=0, val_edits=2), reqs[:8],
+                   reqs[8:10], tmp_path / "run")
+    whole = run_bench(_tiny(sections=("backends",), backend_edits=2, backend_reps=2,
+                            backend_hypernet=str(tmp_path / "run")), tmp_path / "bench")
+    c = whole["sections"]["backends"]["cpu"]
+    assert c["edits"] == 2 and c["memit_seconds_per_edit"]["n"] == 2 and c["malmen_seconds_per_edit"]["n"] == 2
+    memit, malmen = c["memit_seconds_per_edit"]["runs"], c["malmen_seconds_per_edit"]["runs"]
+    ratios = [m / n for m, n in zip(memit, malmen, strict=True)]
+    assert c["memit_over_malmen"]["median"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2, rel=1e-3)
+    assert whole["statistics_seconds_per_edit"]["malmen"] == c["malmen_seconds_per_edit"]["median"]
+    [check] = [ch for ch in whole["targets_check"] if "MALMEN" in ch["target"]]
+    assert check["limit"] == 10.0 and check["met"] == (check["value"] >= 10.0)
+    assert "(g) A party's statistics per edit" in (tmp_path / "bench" / "bench.md").read_text()
+    skipped = run_bench(_tiny(sections=("backends",)), tmp_path / "bench2")
+    assert "no hypernetwork bundled for tiny-llama" in skipped["sections"]["backends"]["skipped"]

@@ -190,3 +190,25 @@ def test_merge_grid_with_the_malmen_backend(tmp_path, monkeypatch, capsys):
         assert why in capsys.readouterr().err
     assert main([*argv[:argv.index("--hypernet")], *argv[argv.index("--hypernet") + 2:]]) == 2
     assert "--hypernet DIR goes with --backend malmen" in capsys.readouterr().err
+
+
+def test_exclude_case_ids_runs_the_grid_on_the_records_not_listed(tmp_path, monkeypatch):
+    """--exclude-case-ids FILE: the requests whose case_id is in FILE are dropped after --start, the grid edits the
+    next ones in order, and the setup records which case ids were edited."""
+    from secure_collab.data.bundled import bundled_requests
+    from secure_collab.data.formats import write_jsonl
+
+    monkeypatch.setenv("SECURE_COLLAB_CACHE", str(tmp_path / "cache"))
+    from dataclasses import replace
+
+    reqs = [replace(r, case_id=f"cf{100 + i}") for i, r in enumerate(bundled_requests(12))]
+    write_jsonl(reqs, tmp_path / "all.jsonl")
+    write_jsonl([reqs[i] for i in (1, 2, 5)], tmp_path / "seen.jsonl")
+    argv = ["experiment", "merge", "--model", "tiny-gpt2", "--requests", str(tmp_path / "all.jsonl"), "--start", "1",
+            "--exclude-case-ids", str(tmp_path / "seen.jsonl"), "--parties", "2", "--edits", "4",
+            "--methods", "global,collab", "--out", str(tmp_path / "grid"), "--threads", "1", "--quiet",
+            "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    setup = json.loads((tmp_path / "r.json").read_text())["setup"]
+    assert setup["case_ids"] == [reqs[i].case_id for i in (3, 4, 6, 7)]
+    assert main([*argv[:-2], "--edits", "10", "--json", str(tmp_path / "r2.json")]) == 2  # 8 left after the filter

@@ -9,6 +9,8 @@
     against every position (before), one request per batch as a CPU party runs it, with the z* difference,
     the steps and the FLOPs per edit (torch's FLOP counter) against the core's measured matmul rate;
     ``keys``: keys of all requests one request per forward against all requests in one batch.
+(g) ``backends``: a party's statistics per edit, MEMIT (targets and every layer's G, B) against MALMEN (rows,
+    hypernetwork, UᵀU and DᵀU), on the same requests.
 Everything runs in turn, A B A B, and reports medians with their spread.
 """
 
@@ -159,3 +161,32 @@ def bench_keys(lm: Any, requests: list, hp: Any, templates: list[str], reps: int
             "batched_seconds_per_edit": summary([t / n for t in times["batched"]]),
             "one_at_a_time_over_batched": paired_ratio(times["one_at_a_time"], times["batched"]),
             "key_rel_diff_max": diff}
+
+
+def bench_backends(lm: Any, requests: list, hp: Any, templates: list[str], hypernet: Any,
+                   reps: int) -> dict[str, Any]:
+    """(g) A party's statistics per edit, MEMIT against MALMEN, on the same requests and core, in turn.
+
+    MEMIT: the targets z* (windowed optimisation, one request per batch as a CPU party runs it, no cache) and
+    (G, B) at every edited layer on the unedited model (the oneshot order; sequential costs the same passes).
+    MALMEN: one forward and backward pass per edit, the hypernetwork and (UᵀU, DᵀU) at its layers
+    (``party_statistics``). Nothing is read from a cache in either."""
+    from secure_collab.editing.malmen.edit import party_statistics
+    from secure_collab.editing.memit import current_outputs, party_layer_stats
+    from secure_collab.editing.targets import compute_targets
+
+    hp1 = hp.with_(request_batch=1)
+
+    def memit() -> Any:
+        z = compute_targets(lm, requests, hp1, templates, window=True).z
+        cur = current_outputs(lm, requests, hp1)
+        return {layer: party_layer_stats(lm, requests, z, layer, hp1, templates, cur=cur) for layer in hp.layers}
+
+    times, _ = interleaved({"memit": memit, "malmen": lambda: party_statistics(lm, hypernet, requests)}, reps)
+    n = len(requests)
+    return {"edits": n, "device": str(lm.device), "threads": torch.get_num_threads(),
+            "memit_layers": list(hp.layers), "malmen_layers": list(hypernet.hp.layers),
+            "hypernet_digest": hypernet.digest(),
+            "memit_seconds_per_edit": summary([t / n for t in times["memit"]]),
+            "malmen_seconds_per_edit": summary([t / n for t in times["malmen"]]),
+            "memit_over_malmen": paired_ratio(times["memit"], times["malmen"])}

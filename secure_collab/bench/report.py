@@ -7,7 +7,7 @@ from typing import Any
 
 RECORDED_TARGET_SECONDS = 19.5  # benchmarks/results/targets_speed.json: one core, SmolLM2-135M, before this work
 LIMITS = {"shares_over_plain": 1.05, "ckks_over_plain": 1.5, "shares_bytes_per_value": 8.0,
-          "ckks_bytes_per_value": 32.0, "memory_flat": 1.10, "target_speedup": 2.0}
+          "ckks_bytes_per_value": 32.0, "memory_flat": 1.10, "target_speedup": 2.0, "malmen_speedup": 10.0}
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +32,13 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                                              "full": c["full_tokens_per_second"]["median"]}
     if "targets" in results:
         _targets(results["targets"], s, checks)
+    if "backends" in results and "cpu" in results["backends"]:
+        b = results["backends"]["cpu"]
+        ratio = b["memit_over_malmen"]["median"]
+        s["statistics_seconds_per_edit"] = {"memit": b["memit_seconds_per_edit"]["median"],
+                                            "malmen": b["malmen_seconds_per_edit"]["median"]}
+        _check(checks, "MALMEN statistics >= 10x cheaper per edit than MEMIT's (same edits, same core)", ratio,
+               LIMITS["malmen_speedup"], ratio >= LIMITS["malmen_speedup"], f"{b['edits']} edits")
     s["targets_check"] = checks
     return s
 
@@ -322,6 +329,20 @@ def markdown(whole: dict[str, Any]) -> str:
         out += [f"GPU: {gpu['skipped']}." if "skipped" in gpu else
                 f"GPU: targets {_mr(gpu['after_seconds_per_edit'])} s/edit after, "
                 f"{_mr(gpu['before_seconds_per_edit'])} before.", ""]
+    if "backends" in sec:
+        b = sec["backends"]
+        if "skipped" in b:
+            out += [f"### (g) Backends: skipped ({b['skipped']})", ""]
+        else:
+            c = b["cpu"]
+            out += [f"### (g) A party's statistics per edit, MEMIT against MALMEN ({c['edits']} edits: "
+                    f"{b['requests']} from record {b['offset']}, one thread, nothing cached)", "",
+                    "| backend | what | s/edit, median [min-max] |", "|---|---|---|",
+                    f"| MEMIT | targets z* + keys, G and B at layers {c['memit_layers']} | "
+                    f"{_mr(c['memit_seconds_per_edit'], '{:.3f}')} |",
+                    f"| MALMEN | rows (forward + backward), hypernetwork {c['hypernet_digest'][:12]}, UᵀU and DᵀU at "
+                    f"layers {c['malmen_layers']} | {_mr(c['malmen_seconds_per_edit'], '{:.3f}')} |",
+                    f"| MEMIT / MALMEN (paired) | | {_mr(c['memit_over_malmen'], '{:.1f}')} |", ""]
     out += ["### Targets", "", "| target | value | limit | met | note |", "|---|---|---|---|---|"]
     for c in whole.get("targets_check", []):
         value = "-" if c["value"] is None else f"{c['value']:.4g}"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("sessions", "anchors", "memory", "solve", "covariance", "targets")
+SECTIONS = ("sessions", "anchors", "memory", "solve", "covariance", "targets", "backends")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class BenchConfig:
     key_edits: int = 16
     key_reps: int = 3
     efficacy: bool = True  # edit with the targets of before and after and compare efficacy
+    backend_edits: int = 8  # MEMIT against MALMEN statistics per edit, on target_requests from target_offset
+    backend_reps: int = 2
+    backend_hypernet: str = "bundled"  # a trained hypernetwork directory, or the one bundled for the model
     warmup: bool = True  # an untimed session per party count first (fills the target and page caches)
     sections: tuple[str, ...] = SECTIONS
     extra: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +62,8 @@ class BenchConfig:
         return cls(quick=True, **{**dict(
             session_parties=(3,), session_reps=2, session_edits=1, anchor_parties=(3,), memory_dims=(256, 1536),
             solve_reps=2, covariance_tokens=2_000, covariance_reps=2, target_edits=2, target_reps=1,
-            target_flop_edits=1, key_edits=4, key_reps=2, efficacy=False), **changes})
+            target_flop_edits=1, key_edits=4, key_reps=2, efficacy=False, backend_edits=2, backend_reps=1),
+            **changes})
 
     def with_settings(self, items: list[str]) -> BenchConfig:
         """A copy with ``NAME=VALUE`` overrides (tuples comma-separated); ValueError names a bad one."""
@@ -92,9 +96,11 @@ class BenchConfig:
         d = asdict(self)
         prefixes: dict[str, tuple[str, ...]] = {
             "sessions": ("session_",), "anchors": ("anchor_",), "memory": ("memory_",), "solve": ("solve_",),
-            "covariance": ("covariance_",), "targets": ("target_", "key_", "efficacy")}
+            "covariance": ("covariance_",), "targets": ("target_", "key_", "efficacy"), "backends": ("backend_",)}
         prefix = prefixes[section]
         keep = {k: v for k, v in d.items() if k.startswith(prefix)} | {"model": self.model}
+        if section == "backends":  # the same requests as the targets section
+            keep |= {k: d[k] for k in ("target_requests", "target_offset")}
         if section == "anchors":  # the anchors run on the sessions' requests, split the same way
             keep |= {k: d[k] for k in ("session_edits", "session_requests")}
         return json.loads(json.dumps(keep))
@@ -109,7 +115,7 @@ def run_bench(cfg: BenchConfig, out: Path, cache: Path | None = None, fresh: boo
     say = progress or (lambda _m: None)
     (out / "sections").mkdir(parents=True, exist_ok=True)
     runners = {"sessions": _sessions, "anchors": _anchors, "memory": _memory, "solve": _solve,
-               "covariance": _covariance, "targets": _targets}
+               "covariance": _covariance, "targets": _targets, "backends": _backends}
     results: dict[str, Any] = {}
     for name in cfg.sections:
         path = out / "sections" / f"{name}.json"
@@ -292,6 +298,24 @@ def _targets(cfg: BenchConfig, cache: Path | None, say: Callable[[str], None]) -
     else:
         out["gpu"] = {"skipped": "no CUDA device on this machine"}
     return out
+
+
+def _backends(cfg: BenchConfig, cache: Path | None, say: Callable[[str], None]) -> dict[str, Any]:
+    from secure_collab.bench.compute import bench_backends
+    from secure_collab.editing.malmen.net import bundled_hypernet, load_hypernet
+
+    lm, hp, templates = _load(cfg, cache)
+    path = bundled_hypernet(cfg.model) if cfg.backend_hypernet == "bundled" else Path(cfg.backend_hypernet)
+    if path is None:
+        return {"skipped": f"no hypernetwork bundled for {cfg.model}: --set backend_hypernet=DIR"}
+    net = load_hypernet(path, dtype=next(lm.model.parameters()).dtype, device=lm.device,
+                        model_digest=lm.source_digest)
+    start = cfg.target_offset
+    reqs = _requests(cfg.target_requests, start + cfg.backend_edits)[start:]
+    say(f"backends: a party's statistics for {cfg.backend_edits} edits, MEMIT against MALMEN, "
+        f"{cfg.backend_reps} repetitions")
+    return {"requests": cfg.target_requests, "offset": start, "hypernet": str(path),
+            "cpu": bench_backends(lm, reqs, hp, templates, net, cfg.backend_reps)}
 
 
 def _efficacy(lm: Any, reqs: list, hp: Any, templates: list[str], cache: Path | None) -> dict[str, Any]:

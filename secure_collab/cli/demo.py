@@ -112,6 +112,10 @@ def _spawn(role: str, argv: list[str], logs: Path, threads: int) -> subprocess.P
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    from secure_collab.cli.malmen import resolve_hypernet
+
+    resolve_hypernet(args)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

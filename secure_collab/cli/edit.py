@@ -76,6 +76,9 @@ def load_request_set(spec: str, fmt: str | None, limit: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from secure_collab.cli.malmen import resolve_hypernet
+
+    resolve_hypernet(args)
     from rich.console import Console
 
     from secure_collab.cli._edit_common import build_hparams, edit_result, finish

@@ -52,6 +52,10 @@ def add_merge_arguments(m: argparse.ArgumentParser) -> None:
                                                      "or 'bundled'")
     m.add_argument("--format", default=None, help="request format (default: detected)")
     m.add_argument("--start", type=int, default=0, help="skip this many records first (e.g. those tuned on)")
+    m.add_argument("--exclude-case-ids", action="append", default=[], metavar="FILE",
+                   help="drop the requests whose case_id is in FILE (after --start; e.g. a hypernetwork's training "
+                        "and validation records, so that the grid runs on records neither trained nor tuned on); "
+                        "repeat for several files")
     m.add_argument("--parties", type=int, default=10)
     m.add_argument("--edits", type=_ints, default=(10, 30, 100), help="edit counts (all parties together)")
     m.add_argument("--methods", type=_names, default=("global", "collab", "ta", "sa", "ties"),
@@ -89,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "_experiment_run", None) is not None:  # forgetting | overlap | conflict
         return int(args._experiment_run(args))
     import torch
+
+    from secure_collab.cli.malmen import resolve_hypernet
+
+    resolve_hypernet(args)
     from rich.console import Console
 
     from secure_collab.cli.edit import load_request_set
@@ -123,11 +131,15 @@ def run(args: argparse.Namespace) -> int:
     if len(args.fluency_sample) != 2:
         return fail("--fluency-sample takes two numbers, REQUESTS,PROMPTS")
     try:
-        records = load_request_set(args.requests, args.format, args.start + max(args.edits))[args.start:]
+        excluded = _case_ids(args.exclude_case_ids)
+        records = load_request_set(args.requests, args.format, None if excluded else args.start + max(args.edits))
+        records = [r for r in records[args.start:] if r.case_id not in excluded][:max(args.edits)]
+        args._records = records
     except (OSError, ValueError) as e:
         return fail(str(e))
     if len(records) < max(args.edits):
-        return fail(f"{max(args.edits)} edits asked for, {len(records)} requests after --start {args.start}")
+        return fail(f"{max(args.edits)} edits asked for, {len(records)} requests after --start {args.start}"
+                    + (f" and --exclude-case-ids ({len(excluded)} ids)" if excluded else ""))
     metrics = detect_metrics(records) if args.metrics == "auto" else args.metrics
     try:
         grid = MergeGrid(edits=tuple(sorted(set(args.edits))), parties=args.parties, methods=args.methods,
@@ -159,6 +171,13 @@ def run(args: argparse.Namespace) -> int:
     result = run_merge_grid(ctx, grid, Path(args.out))
     return _write_results(args, result, {"hparams": hp.to_dict()}, f"λ={hp.mom2_update_weight:g}", lm, grid,
                           console, t0)
+
+
+def _case_ids(files: list[str]) -> set[str]:
+    """Every case_id in ``files`` (request files of any format; skipped records count too when they have one)."""
+    from secure_collab.data.formats import load_requests
+
+    return {r.case_id for f in files for r in load_requests(f, skip_invalid=True) if r.case_id is not None}
 
 
 def _malmen_grid(args: argparse.Namespace, lm: Any, hp: Any, records: list, grid: Any, console: Any,
@@ -197,6 +216,8 @@ def _write_results(args: argparse.Namespace, result: dict, how: dict, label: str
     out, metrics, quiet = Path(args.out), grid.metrics, bool(getattr(args, "quiet", False))
     result["setup"] = {"model": args.model, "requests": args.requests, "start": args.start,
                        "records": [args.start, args.start + max(grid.edits) - 1], "parties": args.parties,
+                       "exclude_case_ids": list(getattr(args, "exclude_case_ids", [])),
+                       "case_ids": [r.case_id for r in getattr(args, "_records", [])],
                        "metrics": metrics, "eval_per_party": grid.eval_per_party, "holders": grid.holders,
                        **how,
                        "seconds": time.perf_counter() - t0,
@@ -204,8 +225,10 @@ def _write_results(args: argparse.Namespace, result: dict, how: dict, label: str
                        "command": "secure-collab " + " ".join(getattr(args, "_argv", sys.argv[1:]))}
     write_csv(result["rows"], out / "results.csv")
     (out / "results.md").write_text(markdown(result, metrics))
-    title = (f"{args.model}, {Path(args.requests).name} records {args.start}-{args.start + max(grid.edits) - 1}, "
-             f"{args.parties} parties, {label}") if args.title is None else args.title
+    span = (f"records {args.start}-{args.start + max(grid.edits) - 1}" if not getattr(args, "exclude_case_ids", None)
+            else f"{max(grid.edits)} held-out records from {args.start}")
+    title = (f"{args.model}, {Path(args.requests).name} {span}, {args.parties} parties, {label}"
+             if args.title is None else args.title)
     plot_fig1(result, out / "fig1.png", title)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_json(args, result)

@@ -20,10 +20,22 @@ def add_backend_arguments(p: argparse.ArgumentParser, default: str = "memit", di
                         "--hypernet; docs/malmen.md)")
     p.add_argument("--hypernet", default=None, metavar="DIR",
                    help="malmen: a trained hypernetwork (`secure-collab malmen train`'s run or hypernet directory)"
-                        + (", pinned by digest in the session file" if pinned else "") + " (default: none)")
+                        + (", pinned by digest in the session file" if pinned else "")
+                        + " (default: the one bundled for the model, smollm2-135m only)")
     if digest:
         p.add_argument("--hypernet-digest", default=None,
                        help="malmen: refuse a hypernetwork whose digest is not this one (default: the one it records)")
+
+
+def resolve_hypernet(args: argparse.Namespace) -> None:
+    """``--backend malmen`` without ``--hypernet``: the hypernetwork bundled for ``--model`` where there is one
+    (otherwise the command's own check asks for ``--hypernet``)."""
+    from secure_collab.editing.malmen.net import bundled_hypernet
+
+    if getattr(args, "backend", "memit") == "malmen" and not args.hypernet:
+        bundled = bundled_hypernet(getattr(args, "model", ""))
+        if bundled is not None:
+            args.hypernet = str(bundled)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_collab.cache import cache_dir
     from secure_collab.cli._output import say, write_json
     from secure_collab.cli._roles import set_threads
-    from secure_collab.data.formats import load_requests
+    from secure_collab.data.formats import detect_format, load_requests
     from secure_collab.editing.malmen.hparams import default_malmen_hparams
     from secure_collab.editing.malmen.train import TrainConfig
     from secure_collab.editing.malmen.trainer import run_key, train_hypernet
@@ -91,10 +103,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, edits_per_step=args.edits_per_step, meta_lr=args.meta_lr,
                       loc_coef=args.loc_coef, val_every=args.val_every, val_edits=args.val_edits,
                       norm_edits=args.norm_edits, checkpoint_every=args.checkpoint_every, seed=args.seed)
-    train = [r for f in (args.train or [TRAIN_DEFAULT])
-             for r in load_requests(f, limit=args.train_limit, skip_invalid=True)]
+    train_files = args.train or [TRAIN_DEFAULT]
+    by_file = [load_requests(f, limit=args.train_limit, skip_invalid=True) for f in train_files]
+    train = [r for reqs in by_file for r in reqs]
     val = load_requests(args.val, skip_invalid=True)
-    seen = {r.case_id for r in train if r.case_id is not None} & {r.case_id for r in val if r.case_id is not None}
+    # case ids are only comparable within one data set (zsRE numbers its records 0, 1, ...): compare the
+    # validation records with the training files of the same format
+    val_fmt = detect_format(args.val)
+    seen = {r.case_id for f, reqs in zip(train_files, by_file, strict=True) if detect_format(f) == val_fmt
+            for r in reqs if r.case_id is not None} & {r.case_id for r in val if r.case_id is not None}
     if seen and args.val == VAL_DEFAULT:
         raise UserError(f"{len(seen)} validation case ids are also training records: validation must be held out")
     key = run_key(lm.source_digest, train, val, hp, cfg)

@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from secure_collab.cli.malmen import resolve_hypernet
+
+    resolve_hypernet(args)
     from secure_collab.cli._output import write_json
     from secure_collab.errors import ConfigError
     from secure_collab.keys import load_roster

@@ -327,7 +327,7 @@ def write_jsonl(requests: Iterable[Request], path: str | os.PathLike[str]) -> Pa
     with path.open("w", encoding="utf-8") as f:
         for r in requests:
             rec: dict[str, Any] = {"subject": r.subject, "prompt": r.prompt, "target_new": r.target_new}
-            for key in ("target_true", "relation"):
+            for key in ("case_id", "target_true", "relation"):
                 if getattr(r, key) is not None:
                     rec[key] = getattr(r, key)
             for key in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_targets", "generation_prompts"):

@@ -27,6 +27,16 @@ from secure_collab.editing.malmen.hparams import MalmenHParams
 
 log = logging.getLogger(__name__)
 
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+"""Hypernetworks shipped with the package, one directory per model name (``hypernet.json`` + safetensors): trained
+with `secure-collab malmen train` on public records only (their ``hypernet.json`` records the command)."""
+
+
+def bundled_hypernet(model: str) -> Path | None:
+    """The hypernetwork bundled for ``model`` (a built-in model name), or None where none is."""
+    path = BUNDLED_DIR / str(model)
+    return path if (path / "hypernet.json").is_file() else None
+
 
 class Normaliser(nn.Module):
     """Per-feature (x − mean) / (std + eps), fitted once (``fit``) and then fixed."""
