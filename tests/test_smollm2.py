@@ -51,3 +51,43 @@ def test_two_party_edit_of_capitals_takes_and_equals_global(smol, tmp_path):
     assert post.generalization == 1.0
     # one request per batch: each request's float32 arithmetic is the same in both runs
     assert rel_diff(collab.deltas, ref.deltas) <= 1e-9
+
+
+def test_bundled_malmen_hypernetwork_edits_the_embedded_model(smol):
+    """The hypernetwork shipped for SmolLM2 (docs/malmen.md): its file matches the digest it records, it was trained on
+    these base weights, `--backend malmen` finds it without --hypernet, and a 3-party collab edit of capitals it never
+    saw equals its Global-Edit and moves the edit prompts to the new objects."""
+    import argparse
+    import json
+
+    import torch
+
+    from secure_collab.cli.malmen import resolve_hypernet
+    from secure_collab.editing.malmen.edit import run_malmen_edit
+    from secure_collab.editing.malmen.net import bundled_hypernet, load_hypernet
+    from secure_collab.editing.memit import rel_diff, restore, snapshot, split_parties
+    from secure_collab.evaluation import evaluate
+
+    path = bundled_hypernet("smollm2-135m")
+    assert path is not None and bundled_hypernet("tiny-llama") is None
+    recorded = json.loads((path / "hypernet.json").read_text())
+    net = load_hypernet(path, recorded["digest"], torch.float32, smol.device, smol.source_digest)
+    assert recorded["trained_for"] == smol.source_digest and net.digest() == recorded["digest"]
+    args = argparse.Namespace(backend="malmen", hypernet=None, model="smollm2-135m")
+    resolve_hypernet(args)
+    assert args.hypernet == str(path)
+    reqs = [Request(subject=s, prompt="The capital of {} is", target_new=new, target_true=old)
+            for s, new, old in (("France", "Rome", "Paris"), ("Germany", "Madrid", "Berlin"),
+                                ("Japan", "Cairo", "Tokyo"), ("Canada", "Lima", "Ottawa"),
+                                ("Norway", "Athens", "Oslo"), ("Kenya", "Dublin", "Nairobi"))]
+    pre = evaluate(smol, reqs).summary()
+    saved = snapshot(smol, net.hp.layers)
+    try:
+        glob = run_malmen_edit(smol, [reqs], net, "global").deltas
+        restore(smol, saved)
+        collab = run_malmen_edit(smol, split_parties(reqs, 3), net, "collab").deltas
+        post = evaluate(smol, reqs).summary()
+    finally:
+        restore(smol, saved)
+    assert rel_diff(collab, glob) <= 1e-9
+    assert pre["efficacy"] <= 0.5 and post["efficacy"] >= pre["efficacy"] + 0.3

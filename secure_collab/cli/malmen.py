@@ -123,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     secs = [h["seconds"] for h in result.history if "seconds" in h]
     say(args, f"{'cached' if result.cached else 'trained'}: digest {result.hypernet.digest()}  "
-              f"{sum(secs) / max(1, len(secs)):.2f} s/step  curve {out / 'curve.png'}")
+              f"{sum(secs) / max(1, len(secs)):.2f} s/step  kept step {result.selected_step} (lowest validation "
+              f"meta loss)  curve {out / 'curve.png'}")
     write_json(args, {"model": args.model, "model_digest": lm.source_digest, "directory": str(out), "key": key,
                       "digest": result.hypernet.digest(), "cached": result.cached, "steps": len(result.history),
-                      "seconds_per_step": sum(secs) / max(1, len(secs)), "last": last, "hp": hp.to_dict()})
+                      "seconds_per_step": sum(secs) / max(1, len(secs)), "last": last, "hp": hp.to_dict(),
+                      "selected_step": result.selected_step})
     return 0

@@ -48,7 +48,11 @@ def _setup_lines(setup: dict | None) -> list[str]:
     how = (f"MALMEN, hypernetwork {str(setup.get('hypernet_digest'))[:16]}… (ridge e^λ_l, oneshot)"
            if setup.get("backend") == "malmen" else
            f"λ = {hp.get('mom2_update_weight'):g}, C from {hp.get('mom2_tokens'):,} tokens")
-    return [f"{setup.get('model')}, {Path(str(setup.get('requests'))).name} records {first}-{last}, "
+    excluded = setup.get("exclude_case_ids") or []
+    span = (f"records {first}-{last}" if not excluded else
+            f"the first {len(setup.get('case_ids') or [])} records from {first} whose case_id is in none of "
+            f"{', '.join(Path(str(f)).name for f in excluded)}")
+    return [f"{setup.get('model')}, {Path(str(setup.get('requests'))).name} {span}, "
             f"{setup.get('parties')} parties{held}, layers {hp.get('layers')}, {how}; metrics on {on}; "
             "[intervals]: 95 % bootstrap over the evaluated records.", "",
             f"Command: `{setup.get('command')}`", ""]

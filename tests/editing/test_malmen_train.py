@@ -163,3 +163,29 @@ def test_python_api_with_the_malmen_backend(tmp_path):
     editor.restore()
     with pytest.raises(ValueError, match="hypernet"):
         Editor.from_pretrained("tiny-gpt2", backend="malmen")
+
+
+def test_the_kept_network_is_the_lowest_validation_loss_not_the_last(tmp_path, monkeypatch):
+    """Early stopping on the validation meta loss: with validation losses 3, 1, 2 at steps 2, 4, 6 the run keeps the
+    step-4 network (equal to a 4-step run of the same seed), and a cache hit reports the same step."""
+    from secure_collab.editing.malmen import trainer
+    from secure_collab.models import load_model
+
+    lm = load_model("tiny-gpt2")
+    hp = DEFAULTS["tiny-gpt2"]
+    train, val = _records(12), _records(3, 40)
+    losses = iter([3.0, 1.0, 2.0, 3.0, 1.0])
+    real = trainer.evaluate
+
+    def scripted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "loss": next(losses)}
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    six = train_hypernet(lm, hp, CFG.__class__(**{**CFG.__dict__, "steps": 6}), train, val, tmp_path / "six")
+    assert six.selected_step == 4 and [h["step"] for h in six.history if "val" in h] == [2, 4, 6]
+    four = train_hypernet(lm, hp, CFG, train, val, tmp_path / "four")
+    assert four.selected_step == 4
+    assert six.hypernet.digest() == four.hypernet.digest()
+    last = train_hypernet(lm, hp, CFG.__class__(**{**CFG.__dict__, "steps": 6}), train, val, tmp_path / "six")
+    assert last.cached and last.selected_step == 4 and last.hypernet.digest() == four.hypernet.digest()

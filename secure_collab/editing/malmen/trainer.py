@@ -58,6 +58,12 @@ class TrainResult:
     history: list[dict[str, Any]]
     finished: bool
     cached: bool = False
+    selected_step: int | None = None  # the validation step whose network ``hypernet/`` holds (lowest meta loss)
+
+
+def best_validation(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The history entry with the lowest validation meta loss (the first of equals), or None before any."""
+    return min((h for h in history if "val" in h), key=lambda h: h["val"]["loss"], default=None)
 
 
 def fit_normaliser(lm: LoadedModel, hypernet: Hypernet, pool: list[Request], cfg: TrainConfig) -> None:
@@ -113,6 +119,10 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
                    stop_after: int | None = None) -> TrainResult:
     """Meta-train (or resume, or return the cached result of) a hypernetwork for ``lm`` in ``directory``.
 
+    The network kept in ``directory/hypernet`` is the one of the validation step with the lowest validation meta
+    loss (early stopping on counterfact-val; every validation's best so far is written to ``directory/best``, so an
+    interrupted run keeps it), not necessarily the last step's.
+
     ``stop_after``: stop (with a checkpoint) once that many steps are done, as an interruption would; for tests.
     ``progress(n)`` is called after each step."""
     if not train or not val:
@@ -132,7 +142,10 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
     history_file = directory / "history.json"
     if (directory / "hypernet" / "hypernet.json").is_file():
         hypernet = Hypernet.load(directory / "hypernet")
-        return TrainResult(hypernet, directory, json.loads(history_file.read_text()), True, cached=True)
+        history = json.loads(history_file.read_text())
+        chosen = best_validation(history)
+        return TrainResult(hypernet, directory, history, True, cached=True,
+                           selected_step=None if chosen is None else int(chosen["step"]))
     dtype = next(lm.model.parameters()).dtype
     hypernet = Hypernet(hp, layer_shapes(lm, hp.layers)).to(device=lm.device, dtype=dtype)
     opt = torch.optim.Adam(hypernet.parameters(), lr=cfg.meta_lr)
@@ -158,6 +171,9 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
             entry["val"] = evaluate(lm, hypernet, val_batch, cfg.loc_coef)
             log.info("malmen train: step %d loss %.4f, validation %s", step, loss,
                      ", ".join(f"{k} {v:.4f}" for k, v in entry["val"].items()))
+            best = best_validation(history)
+            if best is None or entry["val"]["loss"] < best["val"]["loss"]:  # early stopping's candidate, on disk
+                hypernet.save(directory / "best", trained_for=lm.source_digest)
         history.append(entry)
         if progress is not None:
             progress(1)
@@ -165,10 +181,16 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
             _save_checkpoint(ckpt, hypernet, opt, step, history)
         if stop_after is not None and step >= stop_after and step < cfg.steps:
             return TrainResult(hypernet, directory, history, False)
+    chosen = best_validation(history)
+    if chosen is not None and chosen["step"] != step:  # the network of the best validation step, not the last
+        hypernet = Hypernet.load(directory / "best").to(device=lm.device, dtype=dtype)
+        log.info("malmen train: keeping step %d (validation meta loss %.4f; step %d: %.4f)", chosen["step"],
+                 chosen["val"]["loss"], step, history[-1]["val"]["loss"])
     hypernet.save(directory / "hypernet", trained_for=lm.source_digest)
     history_file.write_text(json.dumps(history, indent=1) + "\n")
     plot_curve(history, directory / "curve.png")
-    return TrainResult(hypernet, directory, history, True)
+    return TrainResult(hypernet, directory, history, True,
+                       selected_step=None if chosen is None else int(chosen["step"]))
 
 
 def plot_curve(history: list[dict[str, Any]], path: Path) -> Path:
