@@ -142,9 +142,9 @@ def train_hypernet(lm: LoadedModel, hp: MalmenHParams, cfg: TrainConfig, train: 
     history_file = directory / "history.json"
     if (directory / "hypernet" / "hypernet.json").is_file():
         hypernet = Hypernet.load(directory / "hypernet")
-        history = json.loads(history_file.read_text())
-        chosen = best_validation(history)
-        return TrainResult(hypernet, directory, history, True, cached=True,
+        done = json.loads(history_file.read_text())
+        chosen = best_validation(done)
+        return TrainResult(hypernet, directory, done, True, cached=True,
                            selected_step=None if chosen is None else int(chosen["step"]))
     dtype = next(lm.model.parameters()).dtype
     hypernet = Hypernet(hp, layer_shapes(lm, hp.layers)).to(device=lm.device, dtype=dtype)
