@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 """Hypernetworks shipped with the package, one directory per model name (``hypernet.json`` + safetensors): trained
-with `secure-collab malmen train` on public records only (their ``hypernet.json`` records the command)."""
+with `secure-collab malmen train` on public records only (each directory's ``provenance.json`` records the command,
+the run key and why that step was kept)."""
 
 
 def bundled_hypernet(model: str) -> Path | None:
