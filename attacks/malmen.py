@@ -161,9 +161,17 @@ def span_scores(bases: dict[int, torch.Tensor], keys: dict[int, torch.Tensor]) -
     return {la: subspace.projection_scores(q, keys[la]) for la, q in bases.items()}
 
 
-def norm_scores(delta: dict[int, torch.Tensor], keys: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """‖ΔW u_c‖/‖u_c‖ per layer (N,): how strongly the release answers each candidate key."""
-    return {la: (keys[la] @ d.T).norm(dim=1) / keys[la].norm(dim=1).clamp_min(1e-300) for la, d in delta.items()}
+def norm_scores(delta: dict[int, torch.Tensor], keys: dict[int, torch.Tensor],
+                bases: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """‖ΔW u_c‖/‖u_c‖ per layer (N,): how strongly the release answers each candidate key. With ``bases`` (a basis Q of
+    rowspace(ΔW) per layer, ``span_of(views, "delta")``) it is computed as ‖(ΔW Q)(Qᵀu_c)‖, the same number at r/d_v
+    of the cost (ΔW = ΔW Q Qᵀ)."""
+    out = {}
+    for la, d in delta.items():
+        k = keys[la]
+        moved = k @ d.T if bases is None else (k @ bases[la]) @ (d @ bases[la]).T  # (N, d_v)
+        out[la] = moved.norm(dim=1) / k.norm(dim=1).clamp_min(1e-300)
+    return out
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:

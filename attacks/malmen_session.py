@@ -59,10 +59,22 @@ def held_out_records(requests: Sequence[Request], exclude_ids: set[str]) -> list
 
 
 def public_templates(requests: Sequence[Request], report: Sequence[Request]) -> list[str]:
-    """Every distinct prompt of the records outside the report set, sorted: CounterFact's public relation
-    templates as the `templates` attacker knows them."""
+    """Every distinct prompt of the records outside the report set: CounterFact's public relation templates as the
+    `templates` attacker knows them. Ordered round-robin over relations (each relation's most used prompt first), so
+    that any prefix is a balanced sample of the relations."""
     inside = {str(r.case_id) for r in report}
-    return sorted({r.prompt for r in requests if str(r.case_id) not in inside})
+    by_rel: dict[str, dict[str, int]] = {}
+    for r in requests:
+        if str(r.case_id) not in inside:
+            counts = by_rel.setdefault(r.relation or "", {})
+            counts[r.prompt] = counts.get(r.prompt, 0) + 1
+    queues = [[p for p, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))] for _, c in sorted(by_rel.items())]
+    out: dict[str, None] = {}
+    for i in range(max((len(q) for q in queues), default=0)):
+        for q in queues:
+            if i < len(q):
+                out.setdefault(q[i], None)
+    return list(out)
 
 
 def object_strings(requests: Sequence[Request]) -> list[str]:
@@ -309,7 +321,7 @@ class TemplateScores:
         sets.append(("gram", 0, "span", mm.span_scores(core.bases["gram"], keys)))
         sets.append(("aggregate", -1, "span", mm.span_scores(core.bases["aggregate"], keys)))
         sets.append(("delta", -1, "span", mm.span_scores(core.bases["delta"], keys)))
-        sets.append(("delta", -1, "norm", mm.norm_scores(core.delta, keys)))
+        sets.append(("delta", -1, "norm", mm.norm_scores(core.delta, keys, core.bases["delta"])))
         for view, p, kind, sc in sets:
             for la, v in sc.items():
                 k = (view, p, kind, la)

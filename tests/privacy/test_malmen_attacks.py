@@ -140,6 +140,17 @@ def test_keys_span_ranks_the_edited_subjects_first_and_a_random_span_does_not(tr
     assert all(r < len(EDITS) for r in delta_ranks), delta_ranks
 
 
+def test_norm_scores_through_the_row_space_equal_the_direct_ones(trained):
+    lm, hypernet, views = trained
+    keys = mm.sequence_keys(lm, mm.prompt_ids(lm.tokenizer, [p.format(c) for c in DISTRACTORS
+                                                             for p in ("{} is in", "The capital of {} is")]),
+                            hypernet.hp.layers)
+    direct = mm.norm_scores(views.delta, keys)
+    cheap = mm.norm_scores(views.delta, keys, mm.span_of(views, "delta"))
+    for la in hypernet.hp.layers:
+        assert float((direct[la] - cheap[la]).abs().max() / direct[la].abs().max()) <= 1e-9
+
+
 def test_object_read_off_recovers_each_value_difference(trained):
     """d̂ = ΣB ΣG⁺ u_j is the edit's own value difference d_j (the engine's D row) when the rows are independent,
     and the token scores are ⟨W_U[t] ⊙ γ, d⟩ computed by hand."""
