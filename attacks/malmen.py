@@ -198,11 +198,16 @@ def unembed_directions(lm: LoadedModel) -> torch.Tensor:
     return w * gamma.double()[None, :] if isinstance(gamma, torch.Tensor) else w
 
 
-def value_basis(stats: LayerStats) -> torch.Tensor:
-    """(d_v, r) orthonormal basis of span{d_i}: B = DᵀU's left singular vectors (its column space is D's row span
-    when U has full row rank)."""
-    u, s, _ = torch.linalg.svd(stats.b.double(), full_matrices=False)
+def column_basis(mat: torch.Tensor) -> torch.Tensor:
+    """(d_v, r) orthonormal basis of the column space of ``mat`` (d_v, d_k): its left singular vectors."""
+    u, s, _ = torch.linalg.svd(mat.double(), full_matrices=False)
     return u[:, :spectral.effective_rank(s)]
+
+
+def value_basis(stats: LayerStats) -> torch.Tensor:
+    """(d_v, r) orthonormal basis of span{d_i} from B = DᵀU (its column space is span{d_i} when U has full row rank).
+    The released ΔW = DᵀU (G + cI)⁻¹ has the same column space: ``column_basis(delta)``."""
+    return column_basis(stats.b)
 
 
 def recovered_diffs(stats: LayerStats, keys: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,9 @@ beside the unpatched model; ``lens-delta`` (delta): ⟨w̃_t, ΔW_L u⟩ at the 
 row through the final norm's weight; ``d-aggregate`` (aggregate/stats): d̂ = ΣB ΣG⁺ u at L (exactly the edit's
 value difference when the rows are independent) read the same way; ``keys-multitoken`` (keys/gram, edits whose object
 has ≥ 2 tokens): the candidate objects' first tokens appended to the prompt, ranked by the span score of the key at
-that answer position. Without the subject: ``span-aggregate``: the candidate first tokens ranked by the share of w̃_t
-in span{d_i} (ΣB's left singular vectors at L), recall of the session's true first tokens at m_obj and 5·m_obj.
+that answer position. Without the subject or any prompt: ``span-aggregate`` / ``span-delta``: the candidate first
+tokens ranked by the share of w̃_t in span{d_i} at L (ΣB's left singular vectors, or ΔW's: ΔW = DᵀU(ΣG + cI)⁻¹ has
+the same column space), recall of the session's m_obj distinct true first tokens at m_obj and 5·m_obj.
 """
 
 from __future__ import annotations
@@ -252,10 +253,12 @@ def session_core(me: MalmenMeasure, s: int, out: dict[str, Any]) -> SessionCore:
     # without the subject: the candidate first tokens against span{d_i} at the last layer
     span_scores = mm.span_token_scores(unembed, mm.value_basis(views.aggregate[last]))
     true_firsts = sorted(set(truth))
-    ranks = [mm.token_rank(span_scores, cand_ids, t) for t in true_firsts]
-    objects["span-aggregate"] = {"m_obj": len(true_firsts), "n_candidates": len(cand_ids), "ranks": ranks,
-                                 "recall_m": sum(r < len(true_firsts) for r in ranks) / len(ranks),
-                                 "recall_5m": sum(r < 5 * len(true_firsts) for r in ranks) / len(ranks)}
+    for name, sc in (("span-aggregate", span_scores),
+                     ("span-delta", mm.span_token_scores(unembed, mm.column_basis(views.delta[last])))):
+        ranks = [mm.token_rank(sc, cand_ids, t) for t in true_firsts]
+        objects[name] = {"m_obj": len(true_firsts), "n_candidates": len(cand_ids), "ranks": ranks,
+                         "recall_m": sum(r < len(true_firsts) for r in ranks) / len(ranks),
+                         "recall_5m": sum(r < 5 * len(true_firsts) for r in ranks) / len(ranks)}
     objects["n_candidates"] = len(cand_ids)
     objects["keys-multitoken"] = multitoken_objects(me, views, parties)
     out["objects"] = objects
@@ -392,13 +395,16 @@ def summarise(sessions: list[dict[str, Any]], n_candidates: int, m: int, per_par
                      "edits": sum(len(o[attack]) for o in obj),
                      "top1": t1[0], "top1_ci": [t1[1], t1[2]], "top5": t5[0], "top5_ci": [t5[1], t5[2]],
                      "n_candidates": obj[0]["n_candidates"] if obj else None})
-    if obj:
-        sa = [o["span-aggregate"] for o in obj]
+    for name in ("span-aggregate", "span-delta"):
+        sa = [o[name] for o in obj if name in o]
+        if not sa:
+            continue
         a = metrics.bootstrap_ci([x["recall_m"] for x in sa])
         b = metrics.bootstrap_ci([x["recall_5m"] for x in sa])
-        rows.append({"kind": "object", "attack": "span-aggregate", "sessions": len(sa),
+        rows.append({"kind": "object", "attack": name, "sessions": len(sa),
                      "m_obj": sum(x["m_obj"] for x in sa) / len(sa), "recall_m": a[0], "recall_m_ci": [a[1], a[2]],
                      "recall_5m": b[0], "recall_5m_ci": [b[1], b[2]], "n_candidates": sa[0]["n_candidates"]})
+    if obj:
         mt = [x for o in obj for x in o["keys-multitoken"]]
         if mt:
             for which in ("rank_all", "rank_last"):

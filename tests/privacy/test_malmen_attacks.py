@@ -169,6 +169,9 @@ def test_object_read_off_recovers_each_value_difference(trained):
     basis = mm.value_basis(views.aggregate[last])
     all_d = torch.cat([value_diffs(hypernet, r)[last] for r in views.rows])
     assert float((all_d - (all_d @ basis) @ basis.T).norm() / all_d.norm()) <= 1e-8
+    released = mm.column_basis(views.delta[last])  # ΔW = DᵀU (ΣG + cI)⁻¹: the same column space
+    assert released.shape == basis.shape
+    assert float((released @ released.T - basis @ basis.T).abs().max()) <= 1e-8
     # token_rank: a hand-made score vector
     scores = torch.tensor([0.0, 3.0, 1.0, 3.0, 2.0], dtype=torch.float64)
     assert mm.token_rank(scores, [0, 1, 2, 3, 4], 4) == 2
