@@ -423,3 +423,26 @@ def load_sessions(out: Path) -> dict[int, dict[str, Any]]:
         r = json.loads(p.read_text())
         done[int(r["session"])] = r
     return done
+
+
+def template_split(sessions: list[dict[str, Any]], report: Sequence[Request], templates: Sequence[str],
+                   view: str = "delta", attack: str = "span-all") -> dict[str, Any]:
+    """Recall@m of one `templates` attack over all sessions' edits, split by whether the edit's own prompt is one of
+    the public templates (then the attacker computes its exact key) or not; pooled over sessions, Wilson intervals."""
+    prompt = {str(r.case_id): r.prompt for r in report}
+    known = set(templates)
+    groups: dict[str, list[bool]] = {"prompt among the templates": [], "prompt not among them": []}
+    for s in sessions:
+        res = (s.get("subjects") or {}).get("templates")
+        if not res:
+            continue
+        hits = res[view][attack]
+        m = hits["m"]
+        for cid, rank in zip(s["case_ids"], hits["ranks"], strict=True):
+            key = "prompt among the templates" if prompt[str(cid)] in known else "prompt not among them"
+            groups[key].append(rank < m)
+    out = {}
+    for k, v in groups.items():
+        lo, hi = metrics.wilson_ci(sum(v), len(v)) if v else (float("nan"), float("nan"))
+        out[k] = {"edits": len(v), "recall_m": sum(v) / len(v) if v else float("nan"), "recall_m_ci": [lo, hi]}
+    return out

@@ -36,6 +36,7 @@ from attacks.malmen_session import (
     session_core,
     subject_attacks_exact,
     summarise,
+    template_split,
 )
 
 SHARED = Path("../shared/data")
@@ -190,8 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     sessions = [done[s] for s in sorted(done) if s < args.sessions]
     config["sessions_done"] = len(sessions)
     rows = summarise(sessions, len(candidates), me.m, args.per_party)
-    _write(out / "results.json", {"config": config, "rows": rows})
-    (out / "results.md").write_text(markdown(rows, config))
+    split = {f"{v}/{a}": template_split(sessions, report, templates, v, a)
+             for v, a in (("delta", "span-all"), ("delta", "norm-all"), ("aggregate", "span-all"))}
+    _write(out / "results.json", {"config": config, "rows": rows, "template_split": split})
+    md = markdown(rows, config)
+    if any(g["edits"] for s in split.values() for g in s.values()):
+        md += ("\n## `templates`: edits whose own prompt is a public template vs not (recall@m pooled over sessions, "
+               "Wilson 95 %)\n\n| view/attack | group | edits | recall@m |\n|---|---|---|---|\n")
+        for name, groups in split.items():
+            for g, v in groups.items():
+                md += f"| {name} | {g} | {v['edits']} | {_fmt(v['recall_m'], v['recall_m_ci'])} |\n"
+    (out / "results.md").write_text(md)
     _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 

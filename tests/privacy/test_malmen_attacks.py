@@ -177,3 +177,40 @@ def test_object_read_off_recovers_each_value_difference(trained):
     assert mm.token_rank(scores, [0, 1, 2, 3, 4], 4) == 2
     assert mm.token_rank(scores, [0, 1, 2, 3, 4], 1) == 1  # the tie with token 3 counts against
     assert mm.token_rank(scores, [0, 2, 4], 4) == 0
+
+
+def test_the_benchmark_runs_resumes_and_writes_its_tables(tmp_path, monkeypatch):
+    """benchmarks/attacks_malmen.py on tiny-llama and real CounterFact records: one JSON per session, a second run
+    reuses them (and adds a session asked for), results.json and results.md from every finished session."""
+    import json
+    from pathlib import Path
+
+    from benchmarks import attacks_malmen
+    from secure_collab.models import load_model
+    from tests.conftest import SHARED
+
+    if not (SHARED / "counterfact.json").is_file():
+        pytest.skip("../shared/data is not beside the checkout")
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    cfg = TrainConfig(steps=1, edits_per_step=3, meta_lr=1e-2, norm_edits=8, val_every=0, val_edits=3,
+                      checkpoint_every=1)
+    train_hypernet(load_model("tiny-llama"), DEFAULTS["tiny-llama"], cfg, _records(12), _records(3, 40),
+                   tmp_path / "net")
+    argv = ["--model", "tiny-llama", "--hypernet", str(tmp_path / "net"), "--parties", "3", "--per-party", "2",
+            "--distractors", "30", "--templates-limit", "3", "--key-cache", str(tmp_path / "keys"),
+            "--out", str(tmp_path / "out")]
+    assert attacks_malmen.main([*argv, "--sessions", "1"]) == 0
+    first = (tmp_path / "out" / "session-0.json").read_text()
+    assert attacks_malmen.main([*argv, "--sessions", "2"]) == 0
+    assert (tmp_path / "out" / "session-0.json").read_text() == first  # reused, not recomputed
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["config"]["sessions_done"] == 2 and res["config"]["n_templates"] == 3
+    s1 = json.loads((tmp_path / "out" / "session-1.json").read_text())
+    assert not set(s1["case_ids"]) & set(json.loads(first)["case_ids"])  # sessions share no edit
+    rows = {(r.get("knowledge"), r.get("view"), r["attack"]): r for r in res["rows"]}
+    # exact prompts: every edited key is a row of U, so the span names every edited subject
+    assert rows[("exact", "delta", "span-all")]["recall_m"] == 1.0
+    assert rows[("templates", "delta", "span-all")]["sessions"] == 2
+    split = res["template_split"]["delta/span-all"]
+    assert sum(g["edits"] for g in split.values()) == 12
+    assert "| templates | delta | norm-all |" in (tmp_path / "out" / "results.md").read_text()
