@@ -250,6 +250,16 @@ def session_core(me: MalmenMeasure, s: int, out: dict[str, Any]) -> SessionCore:
         "d-aggregate": [mm.token_rank(mm.direction_token_scores(unembed, d_hat[j]), cand_ids, truth[j])
                         for j in range(len(flat))],
     }
+    # the same read-offs with the sign a trained network gives d (−η_l uᵀũ can be negative at the last layer),
+    # calibrated as an attacking party can: on its own edits (party 0's, whose objects it knows)
+    own_edits = range(len(parties[0]))
+    for name, vecs in (("lens-delta", lens), ("d-aggregate", d_hat)):
+        raw = [mm.direction_token_scores(unembed, vecs[j]) for j in range(len(flat))]
+        ids = torch.tensor(cand_ids, dtype=torch.long)
+        lean = sum(float(raw[j][truth[j]] - raw[j][ids].mean()) for j in own_edits)
+        sign = 1.0 if lean >= 0 else -1.0
+        objects[f"{name}-signed"] = [mm.token_rank(sign * raw[j], cand_ids, truth[j]) for j in range(len(flat))]
+        objects[f"{name}-sign"] = sign
     # without the subject: the candidate first tokens against span{d_i} at the last layer
     span_scores = mm.span_token_scores(unembed, mm.value_basis(views.aggregate[last]))
     true_firsts = sorted(set(truth))
@@ -388,7 +398,10 @@ def summarise(sessions: list[dict[str, Any]], n_candidates: int, m: int, per_par
                              "recall_5m": b[0], "recall_5m_ci": [b[1], b[2]], "chance_m": mv / n_candidates,
                              "chance_5m": min(1.0, 5 * mv / n_candidates)})
     obj = [s["objects"] for s in sessions if "objects" in s]
-    for attack in ("target", "target_unpatched", "lens-delta", "d-aggregate"):
+    for attack in ("target", "target_unpatched", "lens-delta", "d-aggregate", "lens-delta-signed",
+                   "d-aggregate-signed"):
+        if any(attack not in o for o in obj):  # sessions measured before the signed read-offs existed
+            continue
         t1 = metrics.bootstrap_ci([sum(x == 0 for x in o[attack]) / len(o[attack]) for o in obj])
         t5 = metrics.bootstrap_ci([sum(x < 5 for x in o[attack]) / len(o[attack]) for o in obj])
         rows.append({"kind": "object", "attack": attack, "sessions": len(obj),
