@@ -33,7 +33,7 @@ import torch
 from attacks import spectral, subspace
 from attacks.target import residual_from_stats
 from secure_collab.data.requests import Request
-from secure_collab.editing.malmen.edit import solve_shift, statistics_from_rows
+from secure_collab.editing.malmen.edit import solve_shift, statistics_batch, statistics_from_rows
 from secure_collab.editing.malmen.net import Hypernet
 from secure_collab.editing.malmen.rows import EditRows, edit_rows
 from secure_collab.editing.statistics import LayerStats, sum_stats
@@ -65,7 +65,7 @@ def malmen_views(lm: LoadedModel, hypernet: Hypernet, parties: Sequence[Sequence
     if not parties or any(not p for p in parties):
         raise ValueError("every party needs at least one edit")
     layers = hypernet.hp.layers
-    rows = [edit_rows(lm, list(p), layers, hypernet.hp.edit_batch) for p in parties]
+    rows = [edit_rows(lm, list(p), layers, statistics_batch(lm, hypernet)) for p in parties]
     stats = [statistics_from_rows(hypernet, r) for r in rows]
     aggregate = {la: sum_stats([s[la] for s in stats]) for la in layers}
     ridges = {la: hypernet.ridge(la) for la in layers}

@@ -42,6 +42,7 @@ from secure_collab.cache import digest_json
 from secure_collab.data.requests import Request
 from secure_collab.editing.hparams import MemitHParams
 from secure_collab.editing.keys import block_outputs
+from secure_collab.editing.malmen.edit import statistics_batch
 from secure_collab.editing.memit import METHODS, rel_diff_per_layer, restore, run_edit, snapshot, split_parties
 from secure_collab.editing.target_cache import cached_targets
 from secure_collab.editing.targets import TargetResult
@@ -130,7 +131,8 @@ def cell_key(ctx: Context, grid: MergeGrid, n: int, variant: str, method: str) -
     if variant == "oneshot":  # every statistic from the unedited model: lockstep and independent are one thing
         method = method.removesuffix("-lockstep")
     dtype = str(next(ctx.lm.model.parameters()).dtype)
-    how = ({"backend": "malmen", "hypernet": ctx.hypernet.digest()} if ctx.hypernet is not None else
+    how = ({"backend": "malmen", "hypernet": ctx.hypernet.digest(),  # rows per forward: collab = global in float32
+            "row_batch": statistics_batch(ctx.lm, ctx.hypernet)} if ctx.hypernet is not None else
            {"hparams": ctx.hp.with_(variant=variant).to_dict(), "covariance": ctx.cov_digest,
             "templates": templates_digest(ctx.templates)})  # MEMIT: the key it had before backends existed
     return digest_json({"format": CELL_FORMAT, "model": ctx.lm.source_digest, "dtype": dtype,

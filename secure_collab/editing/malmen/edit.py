@@ -44,9 +44,20 @@ def layer_shapes(lm: LoadedModel, layers: tuple[int, ...]) -> dict[int, tuple[in
 
 
 @torch.no_grad()
+def statistics_batch(lm: LoadedModel, hypernet: Hypernet) -> int:
+    """Edits per forward pass for a party's statistics: one on a CPU, so that an edit's rows never depend on which other
+    edits share its batch (padding changes float32 rounding by ~1e-7, which the solve amplifies to ~1e-6 in ΔW: collab
+    then differs from Global-Edit; one edit per pass makes them equal to float64 round-off, as MEMIT's one request per
+    batch on a CPU does); the network's ``edit_batch`` on a GPU."""
+    return 1 if lm.device.type == "cpu" else hypernet.hp.edit_batch
+
+
 def value_diffs(hypernet: Hypernet, rows: EditRows) -> dict[int, torch.Tensor]:
-    """D (r, d_v) per layer from the rows, float64."""
-    return {layer: hypernet.value_diffs(layer, rows.u[layer], rows.g[layer]).double() for layer in hypernet.hp.layers}
+    """D (r, d_v) per layer from the rows, float64, outside autograd (training differentiates through
+    ``Hypernet.value_diffs`` itself)."""
+    with torch.no_grad():
+        return {layer: hypernet.value_diffs(layer, rows.u[layer], rows.g[layer]).double()
+                for layer in hypernet.hp.layers}
 
 
 def row_weights(rows: EditRows, weights: torch.Tensor | None) -> torch.Tensor | None:
@@ -69,7 +80,7 @@ def statistics_from_rows(hypernet: Hypernet, rows: EditRows,
 def party_statistics(lm: LoadedModel, hypernet: Hypernet, requests: list[Request],
                      weights: torch.Tensor | None = None) -> dict[int, LayerStats]:
     """One party's (G, B) per edited layer: one forward and backward pass per edit, then the hypernetwork."""
-    rows = edit_rows(lm, requests, hypernet.hp.layers, hypernet.hp.edit_batch)
+    rows = edit_rows(lm, requests, hypernet.hp.layers, statistics_batch(lm, hypernet))
     return statistics_from_rows(hypernet, rows, weights)
 
 
@@ -115,7 +126,7 @@ def run_malmen_edit(lm: LoadedModel, parties: list[list[Request]], hypernet: Hyp
     out = MalmenOutcome()
     per_party = []
     for reqs, w in kept:
-        rows = edit_rows(lm, reqs, hypernet.hp.layers, hypernet.hp.edit_batch)
+        rows = edit_rows(lm, reqs, hypernet.hp.layers, statistics_batch(lm, hypernet))
         per_party.append(statistics_from_rows(hypernet, rows, w))
         out.edits.append(rows.n_edits)
         out.rows.append(rows.n_rows)
