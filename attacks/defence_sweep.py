@@ -36,6 +36,12 @@ candidates; the best is what counts):
   checked candidate (``queries_per_candidate`` is that over all N);
 - ``model`` (with ``--model-floor``): the black box, KL(edited ‖ unedited) of the next token after "{}" and
   "{} is", two full forward passes per candidate.
+- ``model-templates`` / ``model-templates-sum`` (with ``--floor-templates``, ``attacks.floor``): the black box with
+  the object attack's knowledge, one public prompt per relation (CounterFact's 34): the largest (resp. summed)
+  KL(edited ‖ unedited) of the next token over the templates, one query per template per candidate;
+  ``model-cascade`` (with both): the 2-prompt score screens every candidate and the templates rescore its
+  ``answer_shortlist`` × m best (2 + T × shortlist / N queries per candidate). Their query budget curves are in
+  ``query_budgets``.
 
 Per row: recall@m and @5m of the edited subjects (m = all edits; the attacking party's own 3 are among them
 except for ``minus-own``), the cost per candidate (queries to the model and forward FLOPs), and the session's
@@ -74,6 +80,8 @@ class Sweep:
     answer_shortlist: int = 5  # answer-check: candidates checked, in multiples of m
     damage_subjects: int = 200
     model_floor: bool = False
+    floor_templates: list[str] = field(default_factory=list)  # the template floor's relation prompts (none: off)
+    floor_reverse: bool = False  # walk the template floor's chunks from the end (a second process shares them)
     seed: int = 0
     say: Callable[[str], None] = print
     key_norm_bound: float = KEY_NORM_BOUND  # κ of noise:Z
@@ -334,12 +342,28 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
             scores = scores - in_pool.double() * 1e6
         checked, cost = answer_check(sw, dv.edited, scores, prompt_of, m)
         att[name] = {**_rank_hits(checked, targets_idx, m), **cost}
+    screen = None
     if sw.model_floor:
         from attacks.session_views import model_scores
 
-        scores = model_scores(exp, dv.edited)
-        att["model"] = _rank_hits(scores, targets_idx, m)
-        out["query_budget"] = budget_curve(scores, targets_idx, m, len(MODEL_PROMPTS), seed=sw.seed + s)
+        screen = model_scores(exp, dv.edited)
+        att["model"] = _rank_hits(screen, targets_idx, m)
+        out["query_budget"] = budget_curve(screen, targets_idx, m, len(MODEL_PROMPTS), seed=sw.seed + s)
+    if sw.floor_templates:
+        from attacks.floor import TemplateFloor, cascade
+
+        floor = TemplateFloor(lm, exp.candidates, sw.floor_templates, setup.cache, reverse=sw.floor_reverse,
+                              say=sw.say)
+        kl = floor.scores(dv.edited).double()
+        best = kl.max(1).values
+        att["model-templates"] = _rank_hits(best, targets_idx, m)
+        att["model-templates-sum"] = _rank_hits(kl.sum(1), targets_idx, m)
+        out["query_budgets"] = {"model-templates": budget_curve(best, targets_idx, m, len(sw.floor_templates),
+                                                                seed=sw.seed + s)}
+        out["subject_kl"] = {"edited": [float(best[i]) for i in targets_idx],
+                             "candidates_median": float(best.median())}
+        if screen is not None:
+            att["model-cascade"] = _rank_hits(cascade(screen, best, sw.answer_shortlist * m), targets_idx, m)
     return out
 
 
@@ -384,6 +408,14 @@ def costs(sw: Sweep) -> dict[str, dict[str, float]]:
     out.update({name: {"queries_per_candidate": 0, "flops_per_candidate": every}
                 for name in ("subspace-all", "norm-all", "subspace-all-outside-pool", "norm-all-outside-pool")})
     out["model"] = {"queries_per_candidate": len(MODEL_PROMPTS), "flops_per_candidate": full}
+    if sw.floor_templates:
+        t = len(sw.floor_templates)
+        per_t = forward_flops(lm, _tokens(lm, [p.format(n) for n in sample for p in sw.floor_templates]), None)
+        out["model-templates"] = {"queries_per_candidate": t, "flops_per_candidate": t * per_t}
+        out["model-templates-sum"] = dict(out["model-templates"])
+        checked = t * sw.answer_shortlist * sw.m / sw.exp.n
+        out["model-cascade"] = {"queries_per_candidate": len(MODEL_PROMPTS) + checked,
+                                "flops_per_candidate": full + checked * per_t}
     # answer-check: the keys of every layer for all, then one full forward per (checked candidate, relation prompt,
     # model); ``summarise`` scales the query count by the sessions' checked fraction
     relation = [r.prompt for r in sw.exp.requests[:200]]
@@ -409,7 +441,7 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
             rm = [r["attacks"][attack]["recall_m"] for r in runs if attack in r["attacks"]]
             r5 = [r["attacks"][attack]["recall_5m"] for r in runs if attack in r["attacks"]]
             a, b = metrics.bootstrap_ci(rm), metrics.bootstrap_ci(r5)
-            row = {"view": "delta" if attack != "model" else "model", "attack": attack, "defence": defence,
+            row = {"view": "model" if attack.startswith("model") else "delta", "attack": attack, "defence": defence,
                    "sessions": len(rm), "m": runs[0]["m"], "recall_m": a[0], "recall_m_ci": [a[1], a[2]],
                    "recall_5m": b[0], "recall_5m_ci": [b[1], b[2]], "chance_m": chance,
                    **{k: v[0] for k, v in util.items()}, **{f"{k}_ci": [v[1], v[2]] for k, v in util.items()},
@@ -428,11 +460,13 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                 row["decoys"] = sum(r.get("decoys", 0) for r in runs) / len(runs)
                 row["decoys_changed"] = sum(r.get("decoys_changed", 0) for r in runs) / len(runs)
                 row["decoys_changed_total"] = sum(r.get("decoys_changed", 0) for r in runs)
-            if attack == "model" and all("query_budget" in r for r in runs):
+            found = [_budgets(r).get(attack) for r in runs if attack in r["attacks"]]
+            budgets = [b for b in found if b is not None]
+            if budgets and len(budgets) == len(found):
                 curve: dict[str, dict[str, Any]] = {}
                 means: dict[str, float] = {}
-                for q in runs[0]["query_budget"]:
-                    mean, lo, hi = metrics.bootstrap_ci([r["query_budget"][q] for r in runs])
+                for q in budgets[0]:
+                    mean, lo, hi = metrics.bootstrap_ci([b[q] for b in budgets])
                     curve[q] = {"recall_m": mean, "recall_m_ci": [lo, hi]}
                     means[q] = mean
                 row["query_budget"] = curve
@@ -440,6 +474,14 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                 row["budget_below_0.1"] = max(below) if below else None
             rows.append(row)
     return rows
+
+
+def _budgets(run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A session's query budget curves per attack (``query_budget`` is the 2-prompt floor's)."""
+    out = dict(run.get("query_budgets", {}))
+    if "query_budget" in run:
+        out["model"] = run["query_budget"]
+    return out
 
 
 def load_done(out: Path) -> dict[tuple[int, str], dict[str, Any]]:

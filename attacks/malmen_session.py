@@ -59,25 +59,6 @@ def held_out_records(requests: Sequence[Request], exclude_ids: set[str]) -> list
     return [r for r in requests if r.case_id is not None and str(r.case_id) not in exclude_ids]
 
 
-def public_templates(requests: Sequence[Request], report: Sequence[Request]) -> list[str]:
-    """Every distinct prompt of the records outside the report set: CounterFact's public relation templates as the
-    `templates` attacker knows them. Ordered round-robin over relations (each relation's most used prompt first), so
-    that any prefix is a balanced sample of the relations."""
-    inside = {str(r.case_id) for r in report}
-    by_rel: dict[str, dict[str, int]] = {}
-    for r in requests:
-        if str(r.case_id) not in inside:
-            counts = by_rel.setdefault(r.relation or "", {})
-            counts[r.prompt] = counts.get(r.prompt, 0) + 1
-    queues = [[p for p, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))] for _, c in sorted(by_rel.items())]
-    out: dict[str, None] = {}
-    for i in range(max((len(q) for q in queues), default=0)):
-        for q in queues:
-            if i < len(q):
-                out.setdefault(q[i], None)
-    return list(out)
-
-
 def object_strings(requests: Sequence[Request]) -> list[str]:
     out: dict[str, None] = {}
     for r in requests:

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
+from attacks.candidates import public_templates
 from attacks.malmen_session import (
     MalmenMeasure,
     TemplateScores,
     held_out_records,
     load_sessions,
     object_strings,
-    public_templates,
     session_core,
     subject_attacks_exact,
     summarise,

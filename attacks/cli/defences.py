@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "residuals measured 18-24)")
     p.add_argument("--model-floor", action="store_true",
                    help="also run the black-box attack (2 full forward passes per candidate per session)")
+    p.add_argument("--floor-templates", default=None, metavar="RECORDS",
+                   help="also run the black box with relation prompts: one prompt per relation of this record file "
+                        "(its records outside the report set; ../shared/data/counterfact.json: 34), one full forward "
+                        "pass per template per candidate per session (default: off)")
+    p.add_argument("--floor-reverse", action="store_true",
+                   help="walk the template floor's cached chunks from the end: a second process with the same "
+                        "arguments shares each session's work (default: off)")
     p.add_argument("--distractor-records", nargs="*", default=[], help="record files whose subjects join the "
                    "candidates (e.g. ../shared/data/zsre_mend_train_1k.json)")
     p.add_argument("--damage-subjects", type=int, default=200,
@@ -91,10 +98,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"defences: {args.sessions} sessions × {args.parties * args.per_party} edits need {need} records; "
               f"--limit is {args.limit}", file=sys.stderr)
         return 2
+    floor_records = None
+    if args.floor_templates:
+        from secure_collab.data.formats import load_requests
+
+        try:
+            floor_records = load_requests(args.floor_templates)
+        except (OSError, ValueError) as exc:
+            print(f"defences: --floor-templates {args.floor_templates}: {exc}", file=sys.stderr)
+            return 2
     ns = argparse.Namespace(**vars(args), candidates=None, trials=0)
     exp = build_experiment(ns, say)
+    templates: list[str] = []
+    if floor_records is not None:
+        from attacks.candidates import relation_templates
+
+        templates = relation_templates(floor_records, exp.requests)
+        if not templates or any("{}" not in t for t in templates):
+            print(f"defences: --floor-templates {args.floor_templates}: no relation prompts with a subject slot",
+                  file=sys.stderr)
+            return 2
+        say(f"template floor: {len(templates)} relation prompts from {args.floor_templates}")
     sw = ds.Sweep(exp, args.parties, args.per_party, damage_subjects=args.damage_subjects,
-                  model_floor=args.model_floor, seed=args.seed, say=say, key_norm_bound=args.key_norm_bound,
+                  model_floor=args.model_floor, floor_templates=templates, floor_reverse=args.floor_reverse,
+                  seed=args.seed, say=say, key_norm_bound=args.key_norm_bound,
                   residual_norm_bound=args.residual_norm_bound)
     done = ds.load_done(out)
     t0 = time.time()
@@ -121,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                     "per_party": args.per_party,
                     "grid": args.grid, "n_candidates": exp.n, "layers": list(exp.setup.hp.layers),
                     "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed, "variant": args.variant,
-                    "key_norm_bound": args.key_norm_bound, "residual_norm_bound": args.residual_norm_bound},
+                    "key_norm_bound": args.key_norm_bound, "residual_norm_bound": args.residual_norm_bound,
+                    "floor_templates": templates},
            "results": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     from attacks.plots import budget_plot, defence_frontier, recall_against_cost
