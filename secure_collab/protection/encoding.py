@@ -112,7 +112,10 @@ def encode_fixed_into(values: np.ndarray, frac_bits: int, out: np.ndarray, scrat
     np.copyto(out, scratch, casting="unsafe")
 
 
-def decode_fixed(encoded: np.ndarray, frac_bits: int, step: int = 1 << 16) -> np.ndarray:
+_DECODE_STEP = 1 << 14  # values per piece of the decoders (a 128 KiB scratch)
+
+
+def decode_fixed(encoded: np.ndarray, frac_bits: int, step: int = _DECODE_STEP) -> np.ndarray:
     """int64 (or uint64 two's complement) -> float64 (one rounding, to 53 bits, in the int -> float step),
     piece by piece into the result (no temporary as long as the vector). Scaling by 2^-f is exact or rounds
     as ldexp does."""
@@ -123,4 +126,21 @@ def decode_fixed(encoded: np.ndarray, frac_bits: int, step: int = 1 << 16) -> np
         part = out[start : start + step]
         np.copyto(part, ints[start : start + step], casting="unsafe")
         np.multiply(part, scale, out=part)
+    return out
+
+
+def decode_fixed_in_place(ints: np.ndarray, frac_bits: int, step: int = _DECODE_STEP) -> np.ndarray:
+    """``decode_fixed`` of an int64 vector written over it: returns the float64 view of the same memory (the
+    integers are gone). For a caller that owns ``ints`` and needs only the floats: no second vector-long
+    buffer, whose first touch costs more than the conversion. Each piece is converted into a small scratch
+    before it is written back, so no value is read after it was overwritten."""
+    if ints.dtype != np.int64 or not ints.flags.c_contiguous:
+        raise ValueError("decode_fixed_in_place needs a contiguous int64 vector")
+    out = ints.view(np.float64)
+    scratch = np.empty(min(step, ints.shape[0]), dtype=np.float64)
+    scale = 2.0**-frac_bits
+    for start in range(0, ints.shape[0], step):
+        part = scratch[: min(step, ints.shape[0] - start)]
+        np.copyto(part, ints[start : start + step], casting="unsafe")
+        np.multiply(part, scale, out=out[start : start + step])
     return out

@@ -27,7 +27,12 @@ _I31 = np.int64((1 << 31) - 1)
 _S31 = np.int64(31)
 
 
-CHUNK_VALUES = 1 << 16  # values per step of the chunked kernels: their ~10 buffers stay near the core's caches
+# Values per step of the piecewise kernels (MAC, encoding, masks, decoding). Small enough that one protect's
+# or open's scratch (~10 buffers) stays near the core's caches and, above all, below glibc's heap trim
+# threshold: a session calls protect once per 262,144-value chunk, and scratch of 2^16-value pieces (~7.5 MB
+# with the payload) was handed back to the kernel and page-faulted in again on every call (84 k faults and
+# twice the time for 16 chunks; docs/protection.md). Large enough that numpy's per-call cost stays small.
+PIECE_VALUES = 1 << 14
 
 
 def _alpha_key(mac_key: bytes, label: bytes, j: int) -> bytes:
@@ -97,9 +102,10 @@ class TagStream:
     values (each α_j's keystream continues across pieces): what ``tags`` and ``verify`` compute, in bounded
     memory, without ever holding α_j or a temporary as long as the vector."""
 
-    def __init__(self, mac_key: bytes, label: bytes, size: int = CHUNK_VALUES) -> None:
+    def __init__(self, mac_key: bytes, label: bytes, size: int = PIECE_VALUES) -> None:
         self._streams = [hazmat.Keystream(_alpha_key(mac_key, label, j), bytes(16)) for j in range(TAGS)]
         self._sums = [0] * TAGS
+        self._size = size
         self._alpha = np.empty(size, dtype=np.uint64)
         self._kernel = _DotKernel(size)
 
@@ -113,9 +119,10 @@ class TagStream:
             np.bitwise_and(a, _Q, out=a)
             self._sums[j] += self._kernel.dot(a)
 
-    def update_all(self, u: np.ndarray, step: int = CHUNK_VALUES) -> None:
-        for start in range(0, u.shape[0], step):
-            self.update(u[start : start + step])
+    def update_all(self, u: np.ndarray) -> None:
+        """All of u, in pieces of this stream's size."""
+        for start in range(0, u.shape[0], self._size):
+            self.update(u[start : start + self._size])
 
     def digests(self) -> list[int]:
         """⟨α_j, u⟩ mod q of everything fed so far, for each j."""
@@ -125,16 +132,16 @@ class TagStream:
 def dot_mod_q(a: np.ndarray, u: np.ndarray) -> int:
     """⟨a, u⟩ mod q for a in [0, q] (uint64) and signed int64 u with |u| < 2^60, chunk by chunk."""
     a, u = np.asarray(a, dtype=np.uint64), np.asarray(u, dtype=np.int64)
-    kernel, total = _DotKernel(min(CHUNK_VALUES, max(u.shape[0], 1))), 0
-    for start in range(0, u.shape[0], CHUNK_VALUES):
-        kernel.split_u(u[start : start + CHUNK_VALUES])
-        total += kernel.dot(a[start : start + CHUNK_VALUES])
+    kernel, total = _DotKernel(min(PIECE_VALUES, max(u.shape[0], 1))), 0
+    for start in range(0, u.shape[0], PIECE_VALUES):
+        kernel.split_u(u[start : start + PIECE_VALUES])
+        total += kernel.dot(a[start : start + PIECE_VALUES])
     return total % Q
 
 
 def tags(u: np.ndarray, mac_key: bytes, label: bytes, tag_key: bytes) -> list[int]:
     """A party's TAGS tags of its integer chunk u under the chunk's (party-free) label."""
-    stream = TagStream(mac_key, label, min(CHUNK_VALUES, max(u.shape[0], 1)))
+    stream = TagStream(mac_key, label, min(PIECE_VALUES, max(u.shape[0], 1)))
     stream.update_all(np.asarray(u, dtype=np.int64))
     return finish_tags(stream, tag_key)
 
@@ -165,6 +172,6 @@ def verify(total: np.ndarray, tag_limb_sums: np.ndarray, mac_key: bytes, label: 
     got = from_limbs(tag_limb_sums, limb_bits)
     if len(got) != TAGS or any(len(p) != TAGS for p in pads):
         return False
-    stream = TagStream(mac_key, label, min(CHUNK_VALUES, max(total.shape[0], 1)))
+    stream = TagStream(mac_key, label, min(PIECE_VALUES, max(total.shape[0], 1)))
     stream.update_all(np.asarray(total, dtype=np.int64))
     return all(got[j] == (d + sum(p[j] for p in pads)) % Q for j, d in enumerate(stream.digests()))

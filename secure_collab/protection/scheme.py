@@ -35,7 +35,7 @@ from .encoding import (
     aggregate_bound,
     check_bound,
     check_values,
-    decode_fixed,
+    decode_fixed_in_place,
     encode_fixed_into,
     fixed_point_bits,
 )
@@ -213,7 +213,8 @@ class ProtectionScheme(PublicScheme):
     def open(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
         """The float64 sum of the listed parties, after the range and MAC checks (IntegrityError)."""
         pub = self._public(keys.public)  # decoded once per opening
-        return decode_fixed(self._open_encoded(aggregate, keys, ctx, auth, pub), int(pub.meta["frac_bits"]))
+        # the opened integers are this call's own buffer: decode them where they lie (no second vector)
+        return decode_fixed_in_place(self._open_encoded(aggregate, keys, ctx, auth, pub), int(pub.meta["frac_bits"]))
 
     def open_encoded(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated) -> np.ndarray:
         """The exact int64 sum of the listed parties' encodings, after the range and MAC checks."""
@@ -251,7 +252,7 @@ def encode_with_tags(values: np.ndarray, pub: _wire.Public, mac_key: bytes, labe
     is still in cache; the only buffer as long as the vector is the result itself."""
     n, limb_bits = values.shape[0], pub.meta["limb_bits"]
     out = np.empty(n + integrity.tag_values(limb_bits), dtype=np.int64)
-    step = min(integrity.CHUNK_VALUES, n)
+    step = min(integrity.PIECE_VALUES, n)
     scratch = np.empty(step, dtype=np.float64)
     stream = integrity.TagStream(mac_key, label, step)
     for start in range(0, n, step):

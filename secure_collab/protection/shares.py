@@ -21,6 +21,7 @@ from . import _primitives as hazmat
 from . import _wire
 from ._array import FRAME_VALUES
 from .base import Authenticated, Buffer, Payload, ProtectionError, SolverKeys, StatContext
+from .integrity import PIECE_VALUES
 from .scheme import ArrayScheme
 
 _MASK_INFO = b"secure-collab/v2/mask|"
@@ -36,12 +37,12 @@ def mask_stream(seed: bytes, ctx: StatContext) -> hazmat.Keystream:
 
 
 def mask_vector(encoded: np.ndarray, seed: bytes, ctx: StatContext, sign: int) -> None:
-    """In place on a uint64 vector: encoded += sign * PRG(seed) (mod 2^64), one reused 1 MiB buffer."""
+    """In place on a uint64 vector: encoded += sign * PRG(seed) (mod 2^64), one reused piece-sized buffer."""
     stream = mask_stream(seed, ctx)
-    buf = np.empty(min(FRAME_VALUES, encoded.shape[0]), dtype=np.uint64)
+    buf = np.empty(min(PIECE_VALUES, encoded.shape[0]), dtype=np.uint64)
     op = np.add if sign > 0 else np.subtract
-    for start in range(0, encoded.shape[0], FRAME_VALUES):
-        part = encoded[start : start + FRAME_VALUES]
+    for start in range(0, encoded.shape[0], PIECE_VALUES):
+        part = encoded[start : start + PIECE_VALUES]
         mask = buf[: part.shape[0]]
         stream.fill(mask.data)
         op(part, mask, out=part)
@@ -64,12 +65,14 @@ class SharesScheme(ArrayScheme):
         streams = [mask_stream(seed, ctx.for_party(party)) for party, seed in zip(auth.parties, auth.seeds,
                                                                                   strict=True)]
         total = np.empty(n, dtype=np.uint64)
-        buf = np.empty(min(FRAME_VALUES, n), dtype=np.uint64)
+        buf = np.empty(min(PIECE_VALUES, n), dtype=np.uint64)
         for i in range(_wire.n_frames(n, FRAME_VALUES)):
-            part = total[i * FRAME_VALUES : (i + 1) * FRAME_VALUES]
-            part[:] = _wire.frame_array(aggregate.frames[i], "uint64")
-            mask = buf[: part.shape[0]]
-            for stream in streams:
-                stream.fill(mask.data)
-                np.add(part, mask, out=part)  # wraps mod 2^64
+            frame = _wire.frame_array(aggregate.frames[i], "uint64")
+            for start in range(0, frame.shape[0], PIECE_VALUES):
+                part = total[i * FRAME_VALUES + start : i * FRAME_VALUES + start + PIECE_VALUES]
+                part[:] = frame[start : start + PIECE_VALUES]
+                mask = buf[: part.shape[0]]
+                for stream in streams:
+                    stream.fill(mask.data)
+                    np.add(part, mask, out=part)  # wraps mod 2^64
         return total.view(np.int64)

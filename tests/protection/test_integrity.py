@@ -42,6 +42,31 @@ def test_dot_mod_q_at_the_extremes():
     assert mac.dot_mod_q(a, u) == sum((Q - 1) * int(x) for x in u) % Q
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3000), st.integers(0, 2**32), st.sampled_from([1, 7, 64, 1000, 4096]), st.data())
+def test_tag_stream_in_any_pieces_equals_python_integers(n, seed, size, data):
+    """Every tag's digest of u fed in pieces of any lengths (at most ``size``) is ⟨α_j, u⟩ mod q, α_j continuing
+    across pieces: the same integers as the definition, whatever the piece and buffer sizes."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(-(2**60) + 1, 2**60, n, dtype=np.int64)
+    u[rng.integers(0, n, 3)] = rng.choice([2**60 - 1, -(2**60) + 1, 0, -1], 3)
+    stream, start = mac.TagStream(b"k" * 32, b"label", size), 0
+    while start < n:
+        step = data.draw(st.integers(1, size))
+        stream.update(u[start : start + step])
+        start += step
+    alphas = [[int(x) for x in mac.alpha(b"k" * 32, b"label", j, n)] for j in range(mac.TAGS)]
+    assert stream.digests() == [sum(x * int(y) for x, y in zip(a, u, strict=True)) % Q for a in alphas]
+
+
+def test_tag_stream_feeds_whole_vectors_in_its_own_piece_size():
+    u = np.arange(-5000, 5000, dtype=np.int64) * 99_991
+    small, whole = mac.TagStream(b"k" * 32, b"label", 64), mac.TagStream(b"k" * 32, b"label")
+    small.update_all(u)
+    whole.update_all(u)
+    assert small.digests() == whole.digests()
+
+
 @pytest.mark.parametrize("limb_bits", [8, 16, 28, 31])
 def test_limbs_round_trip_and_add_up(limb_bits):
     rng = np.random.default_rng(limb_bits)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from secure_collab.protection import StatContext, pack_symmetric, unpack_symmetric
 from secure_collab.protection._array import FRAME_VALUES, LIMB_BITS
-from secure_collab.protection.encoding import encode_fixed, fixed_point_bits
+from secure_collab.protection.encoding import decode_fixed, decode_fixed_in_place, encode_fixed, fixed_point_bits
 from secure_collab.protection.integrity import tag_values
 from secure_collab.protection.scheme import SEALED_SEED_BYTES
 
@@ -55,6 +55,29 @@ def test_ten_parties_dim_1536_shape_meets_1e_7(rng):
     opened = s.open(accumulate(s, protect_all(s, values), range(10)))
     truth = np.sum(values, axis=0)
     assert np.abs(opened - truth).max() / np.abs(truth).max() <= 1e-7
+
+
+def test_decode_in_place_equals_decode():
+    """The solver decodes the opened integers where they lie: the same floats as a fresh decode, piece by piece."""
+    rng = np.random.default_rng(3)
+    ints = rng.integers(-(2**60) + 1, 2**60, 100_003, dtype=np.int64)
+    ints[:6] = [2**60 - 1, -(2**60) + 1, 0, -1, 1, 2**53 + 1]
+    for frac_bits in (0, 30, 55, 59):
+        want = decode_fixed(ints, frac_bits)
+        work = ints.copy()
+        got = decode_fixed_in_place(work, frac_bits)
+        assert got.dtype == np.float64 and np.shares_memory(got, work)
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", ["shares", "plain"])
+def test_open_equals_the_decoded_exact_sum_across_frames(rng, mode):
+    s = make_session(mode, 3, 2.0)
+    n = FRAME_VALUES + 70_001  # crosses a frame boundary and the kernels' pieces
+    aggregate = accumulate(s, protect_all(s, [rng.uniform(-2, 2, n) for _ in range(3)]), [0, 1, 2])
+    opened = s.open(aggregate)
+    assert opened.shape == (n,) and opened.dtype == np.float64
+    assert np.array_equal(opened, decode_fixed(s.open_encoded(aggregate), fixed_point_bits(2.0, 3)))
 
 
 def test_extreme_values_at_the_bound_do_not_wrap():
