@@ -110,7 +110,7 @@ class PartyEditor:
         self.oneshot_cur: dict[int, torch.Tensor] = {}  # round -> h at the last layer, unedited (oneshot only)
         self.applied: dict[tuple[int, int], np.ndarray] = {}
         self.compute_seconds = 0.0
-        self.pre = evaluate(self.lm, requests) if shard.rank == 0 else None  # worker 0 reports
+        self.pre: Any = evaluate(self.lm, requests) if shard.rank == 0 else None  # worker 0 reports
 
     def _camouflage(self, scale: float, rng: random.Random | None) -> PartyCamouflage | None:
         """The session's camouflage for this party, or None. Made here, before any ΔW is applied: λC is the

@@ -132,3 +132,17 @@ def test_the_cli_default_worker_timeout_is_the_libraries():
     from secure_collab.cli.party import DEFAULT_WORKER_TIMEOUT_S as CLI
 
     assert CLI == DEFAULT_WORKER_TIMEOUT_S
+
+
+def test_device_map_is_opt_in_and_gives_the_same_model_on_a_cpu(capitals):
+    """accelerate's device_map path (on a CPU-only host everything lands on the CPU): the same weights and keys as
+    the default path; the default path is untouched (no accelerate hooks)."""
+    from secure_collab.editing.keys import compute_keys
+    from secure_collab.models import load_model
+
+    plain, spread = load_model("tiny-llama"), load_model("tiny-llama", device_map="auto")
+    assert spread.source_digest == plain.source_digest and spread.device.type == "cpu"
+    assert not hasattr(plain.model, "hf_device_map") and not hasattr(plain.model.model, "_hf_hook")
+    a = compute_keys(plain, capitals[:2], 1, ["{}"], 1)
+    b = compute_keys(spread, capitals[:2], 1, ["{}"], 1)
+    assert torch.equal(a, b)

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             group.ready()
         with stop_on_signals(rejoin_hint(f"party {args.name}")) as stop:
             report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
+        report["workers"] = 1 if group is None else group.launch.world
     finally:
         if group is not None:
             group.close()
@@ -166,7 +167,8 @@ def start_workers(args: argparse.Namespace, config: Any) -> Any:
 
     from parties.workers import Launch, WorkerGroup, spawn_workers, worker_device
 
-    launch, children = Launch.from_environment(args.workers), []
+    launch = Launch.from_environment(args.workers)
+    children: list[Any] = []
     if launch is None:
         if args.workers <= 1:
             return None

@@ -19,7 +19,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -253,6 +253,6 @@ def _load_spread(name: str, device_map: str | dict[str, Any], max_memory: dict[A
     if getattr(tok, "pad_token", None) is None:
         tok.pad_token = tok.eos_token
     model.eval().requires_grad_(False)
-    first = model.get_input_embeddings().weight.device
+    first = cast(Any, model).get_input_embeddings().weight.device  # the inputs go there (a PreTrainedModel)
     return LoadedModel(name=name, model=model, tokenizer=tok, spec=spec_for(model),
                        source_digest=state_digest(model), device=first)
