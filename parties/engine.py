@@ -17,6 +17,12 @@ session (a retried step gets the same noise); an empty round's zeros get it too.
 solver's verdicts, so they never get a tag, a verdict or a withholding check) are drawn once per round, on the
 model as it is at the round's start, by the same generator, and added to the keys and residuals before camouflage
 and noise; N counts them (N = (1 + R)·n, which the solver expects: R is the session's setting).
+
+A party over several processes (``shard``, ``secure_collab.parallel``; started by ``parties.workers``): every worker
+holds the model and this class with the same requests and runs the same calls in the same order (worker 0 tells the
+others which, ``parties.workers``); each optimises the targets of its share of the requests and computes its share
+of the keys and residuals; the targets are gathered exactly and (G, B) summed in float64 before the noise. The
+camouflage and the decoys draw from one generator in request order, so they are refused with more than one worker.
 """
 
 from __future__ import annotations
@@ -42,29 +48,39 @@ from secure_collab.editing.targets import TargetResult, compute_targets
 from secure_collab.editing.templates import context_templates, templates_digest
 from secure_collab.models.specs import add_to_down_weight, n_layers
 from secure_collab.overlap import fact_inputs
+from secure_collab.parallel import SINGLE, Shard
 
 
 class PartyEditor:
     def __init__(self, session: Any, requests: list, *, device: str | None = None, cache: Path | None = None,
                  dtype: str | None = None, log=None, allow_download: bool = False, progress: bool = True,
                  target_cache: bool = True, rounds: list[list] | None = None,
-                 defence_rng: random.Random | None = None) -> None:
+                 defence_rng: random.Random | None = None, shard: Shard = SINGLE,
+                 device_map: str | None = None) -> None:
         """``requests``: this party's requests; ``rounds``: the same grouped by round (default: by their
         ``round`` field, else contiguous blocks; see ``requests_by_round``); ``target_cache``: z* read from and
         written to the per-request cache (``editing/target_cache.py``); ``defence_rng``: the camouflage's
         randomness (default ``random.SystemRandom()``, a CSPRNG: the decoys are this party's secret; tests pass
         a seeded ``random.Random``) and the key of the noise's words (default a fresh secret key; for a seeded
-        generator a key derived from its state, ``editing.noise.noise_source``)."""
+        generator a key derived from its state, ``editing.noise.noise_source``); ``shard``: this worker's place in a
+        party over several processes (default: one process); ``device_map``: the model spread over this host's
+        GPUs by accelerate (``models.loading.load_model``; default None: all of it on ``device``)."""
+        from secure_collab.errors import ConfigError
         from secure_collab.evaluation import evaluate
         from secure_collab.models import load_model
         from secure_collab.preflight import check_model, check_templates
 
         self.s, self.log = session, log or logging.getLogger("party").info
-        self.progress = progress
+        self.progress, self.shard = progress, shard
+        defence = parse_defence(session.defence)
+        if not shard.single and (defence.camouflage or defence.decoys):
+            raise ConfigError(f"session {session.id}'s defence {session.defence} draws camouflage or decoys from one "
+                              "generator in request order: run this party as one process (no --workers)")
         check_templates(session)
         self.cache, self.target_cache = cache, target_cache
         self.lm = load_model(session.model, device=device, cache=cache,
-                             dtype=dtype or session.hparams.get("dtype", "auto"), allow_download=allow_download)
+                             dtype=dtype or session.hparams.get("dtype", "auto"), allow_download=allow_download,
+                             device_map=device_map)
         check_model(self.lm, session)  # before target optimisation: a mismatch fails in one line, at once
         self.hp = session_hparams(session.model, n_layers(self.lm.model, self.lm.spec), session.layers,
                                   session.variant, session.template_seed, session.hparams,
@@ -74,7 +90,6 @@ class PartyEditor:
             self.lm, self.hp.n_templates, self.hp.template_length, self.hp.template_seed, cache)
         self.requests = requests
         self.rounds = rounds if rounds is not None else requests_by_round([requests], session.rounds)
-        defence = parse_defence(session.defence)
         plan = session_noise_plan(defence, session)
         # keyed from the generator's state before the camouflage draws from it (as run_edit does)
         self.noise = PartyNoise(plan, noise_source(defence_rng)) if plan is not None else None
@@ -95,7 +110,7 @@ class PartyEditor:
         self.oneshot_cur: dict[int, torch.Tensor] = {}  # round -> h at the last layer, unedited (oneshot only)
         self.applied: dict[tuple[int, int], np.ndarray] = {}
         self.compute_seconds = 0.0
-        self.pre = evaluate(self.lm, requests)
+        self.pre: Any = evaluate(self.lm, requests) if shard.rank == 0 else None  # worker 0 reports
 
     def _camouflage(self, scale: float, rng: random.Random | None) -> PartyCamouflage | None:
         """The session's camouflage for this party, or None. Made here, before any ΔW is applied: λC is the
@@ -113,10 +128,24 @@ class PartyEditor:
         return cam
 
     def _targets(self, reqs: list) -> TargetResult:
-        """z* on the model as it is now: from the per-request cache (keyed by the weights) unless it is off."""
-        if self.target_cache:
-            return cached_targets(self.lm, reqs, self.hp, self.templates, self.cache, progress=self.progress)
-        return compute_targets(self.lm, reqs, self.hp, self.templates, progress=self.progress)
+        """z* on the model as it is now: from the per-request cache (keyed by the weights) unless it is off. Over
+        several workers each optimises its share and every worker gets all of them (``_gather_targets``)."""
+        rows = self._share(len(reqs))
+        mine = reqs[rows.start:rows.stop]
+        if not mine:
+            local = None
+        elif self.target_cache:
+            local = cached_targets(self.lm, mine, self.hp, self.templates, self.cache, progress=self.progress)
+        else:
+            local = compute_targets(self.lm, mine, self.hp, self.templates, progress=self.progress)
+        if self.shard.single:
+            assert local is not None
+            return local
+        return _gather_targets(self.shard, len(reqs), rows, local, self.s.d_v, self.lm)
+
+    def _share(self, n: int) -> range:
+        """This worker's rows of ``n`` requests: whole forward batches, so each key and target is a lone process's."""
+        return self.shard.rows(n, self.hp.request_batch)
 
     # ---- the round's requests: withheld when known, then the solver's verdicts ------------------------------
     def _round_plan(self, round_: int) -> list:
@@ -179,6 +208,9 @@ class PartyEditor:
             if self.noise is not None:  # the noise is counted on: a party with nothing to edit adds it all the same
                 zeros = self.noise(zeros, round_, layer)
             out = {"G": zeros.g.numpy(), "B": zeros.b.numpy(), "N": 0}
+        elif not self.shard.single:
+            stats = self._shard_statistics(round_, layer, reqs)
+            out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(reqs)}
         else:
             cur = None
             if self.hp.variant == "oneshot":  # every layer of the round from the round's starting model
@@ -193,6 +225,31 @@ class PartyEditor:
             out = {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": n}  # packed on the wire
         self.compute_seconds += time.perf_counter() - t
         return out
+
+    def _shard_statistics(self, round_: int, layer: int, reqs: list) -> LayerStats:
+        """(G, B) of the round's plan over several workers: this worker's share, summed over workers in float64, then
+        the noise (if on) once on the sum. No camouflage or decoys here (refused at start)."""
+        rows = self._share(len(reqs))
+        shard = self.shard
+
+        def add_up(s: LayerStats) -> LayerStats:
+            g, b = shard.sum([s.g, s.b])
+            return LayerStats(g, b)
+
+        mine, w = reqs[rows.start:rows.stop], self.weights.get(round_)
+        if not mine:  # fewer requests than workers: this one adds zeros
+            zeros = LayerStats(torch.zeros(self.s.d_k, self.s.d_k, dtype=torch.float64),
+                               torch.zeros(self.s.d_v, self.s.d_k, dtype=torch.float64))
+            total = add_up(zeros)
+            return total if self.noise is None else self.noise(total, round_, layer)
+        cur = None
+        if self.hp.variant == "oneshot":  # this worker's rows, from the round's starting model
+            if round_ not in self.oneshot_cur:
+                self.oneshot_cur[round_] = current_outputs(self.lm, mine, self.hp)
+            cur = self.oneshot_cur[round_]
+        return party_layer_stats(self.lm, mine, self.targets[round_].z[rows.start:rows.stop], layer, self.hp,
+                                 self.templates, cur, None if w is None else w[rows.start:rows.stop],
+                                 noise=self.noise, round_=round_, reduce=add_up)
 
     def _decoys(self, round_: int, reqs: list, cur: torch.Tensor | None) -> Any:
         """The round's decoy edits (``decoys.make_decoys``), drawn at the round's first statistics, before any of
@@ -265,3 +322,17 @@ class PartyEditor:
             write_patch(Path(save) / "patch.safetensors", self.lm, deltas, info, release_sha256)
             report["saved_model"] = str(save)
         return report
+
+
+def _gather_targets(shard: Shard, n: int, rows: range, local: TargetResult | None, d_v: int, lm: Any) -> TargetResult:
+    """Every worker's share of the targets, gathered exactly (float64 carries float32 and the step counts exactly)."""
+    dtype = next(lm.model.parameters()).dtype
+    if local is None:
+        packed = torch.zeros(0, 2 * d_v + 3, dtype=torch.float64)
+    else:
+        extra = torch.tensor([local.loss, local.nll, local.steps], dtype=torch.float64).T  # (r, 3)
+        packed = torch.cat([local.z.double().cpu(), local.z_init.double().cpu(), extra], dim=1)  # (r, 2 d_v + 3)
+    full = shard.gather_rows(n, rows, packed)  # (n, 2 d_v + 3)
+    z, z_init = (full[:, :d_v].to(lm.device, dtype), full[:, d_v:2 * d_v].to(lm.device, dtype))
+    return TargetResult(z=z, z_init=z_init, loss=full[:, -3].tolist(), nll=full[:, -2].tolist(),
+                        steps=[int(x) for x in full[:, -1].tolist()])

@@ -27,6 +27,7 @@ from secure_collab.cache import cache_dir, digest_json, sha256_file
 from secure_collab.data.corpus import Corpus, open_corpus
 from secure_collab.files import temp_beside
 from secure_collab.models.hooks import StopForward, capture_input
+from secure_collab.parallel import SINGLE, Shard
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +182,20 @@ def accumulate_layer_moments(loaded, layers: Sequence[int], texts: Sequence[str]
 
 def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str], budgets: Sequence[int],
                               batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                              progress: bool = True, stop_early: bool = True
+                              progress: bool = True, stop_early: bool = True, shard: Shard = SINGLE
                               ) -> dict[int, tuple[dict[int, torch.Tensor], int]]:
     """``accumulate_layer_moments`` for several token budgets in one pass: {budget: (moments, tokens used)}.
     ``stop_early=False`` runs every forward to the logits (only the benchmark of what stopping saves wants it).
 
     The first b tokens of the pass are the same whatever the largest budget, so a budget's moment is a snapshot
     taken when the running sum reaches it; a budget the corpus cannot fill gets the whole corpus.
+
+    ``shard`` (a party over several processes, ``secure_collab.parallel``): every worker tokenises the same batches
+    and counts their tokens, but runs the forward pass only on its own (batch i on worker i mod W); each budget's
+    segment of the pass is summed per worker, added over workers in float64 and the segments added up, so every
+    worker returns the same moments, equal to one process's within float64 round-off of the order of additions.
     """
-    from secure_collab.models.specs import get_module, n_layers
+    from secure_collab.models.specs import down_weight, get_module, n_layers
     from secure_collab.progress import progress as progress_bar
 
     model, tok, spec = loaded.model, loaded.tokenizer, loaded.spec
@@ -204,9 +210,19 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
     accs = {layer: MomentAccumulator() for layer in layers}
     out: dict[int, tuple[dict[int, torch.Tensor], int]] = {}
     seen = 0
+    segments: list[tuple[int, int, list[torch.Tensor]]] = []  # sharded: (budget, tokens, sums since the last)
 
     def snapshot(budget: int) -> None:
-        out[budget] = ({layer: acc.moment().cpu().clone() for layer, acc in accs.items()}, seen)
+        nonlocal accs
+        if shard.single:
+            out[budget] = ({layer: acc.moment().cpu().clone() for layer, acc in accs.items()}, seen)
+            return
+        sums = []
+        for layer, acc in accs.items():  # a worker none of whose batches fell in the segment adds zeros
+            d_k = down_weight(model, spec, layer).shape[1]
+            sums.append(acc.total if acc.total is not None else torch.zeros(d_k, d_k, dtype=torch.float64))
+        segments.append((budget, seen, sums))
+        accs = {layer: MomentAccumulator() for layer in layers}
 
     with progress_bar(f"covariance of layers {layers[0]}-{top}", total, "tokens", enabled=progress) as advance, \
             torch.no_grad(), ExitStack() as stack:
@@ -214,27 +230,29 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
                                                            stop=stop_early and layer == top))
                   for layer in layers}
         # right padding: real tokens keep positions 0..len-1 whatever the model does with the mask
-        for ids, mask in _batches(tok, texts, batch_size, max_seq_len):
+        for index, (ids, mask) in enumerate(_batches(tok, texts, batch_size, max_seq_len)):
             if seen >= total:
                 break
             ids, mask = ids.to(loaded.device), mask.to(loaded.device)  # (b, t), (b, t)
-            try:
-                model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-            except StopForward:
-                pass
+            mine = shard.owns_batch(index)  # another worker's batch: only its tokens are counted here
             keys = {}
-            for layer in layers:
-                (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
-                stores[layer].clear()
-                keys[layer] = x.reshape(-1, x.shape[-1])  # (b*t, d_k)
+            if mine:
+                try:
+                    model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+                except StopForward:
+                    pass
+                for layer in layers:
+                    (x,) = stores[layer]  # (b, t, d_k): one forward, one call of each hook
+                    stores[layer].clear()
+                    keys[layer] = x.reshape(-1, x.shape[-1])  # (b*t, d_k)
             flat = mask.flatten()  # (b*t,)
             rank = torch.cumsum(flat.long(), 0)  # 1-based index of each real token within the batch
             done = 0  # tokens of this batch already added
             while True:  # up to each budget that falls inside this batch, then the rest
                 stop = min(pending[0] - seen + done, int(flat.sum()))
                 take = flat & (rank > done) & (rank <= stop)
-                for layer in layers:
-                    accs[layer].add(keys[layer][take])  # (n, d_k)
+                for layer in keys:
+                    accs[layer].add(keys[layer][take.to(keys[layer].device)])  # (n, d_k)
                 seen += stop - done
                 advance(stop - done)
                 done = stop
@@ -249,6 +267,21 @@ def accumulate_budget_moments(loaded, layers: Sequence[int], texts: Sequence[str
         raise ValueError("the corpus gave no tokens")
     for budget in pending:  # the corpus ran out before these
         snapshot(budget)
+    if not shard.single:
+        out = _sum_segments(segments, layers, shard)
+    return out
+
+
+def _sum_segments(segments: list[tuple[int, int, list[torch.Tensor]]], layers: list[int], shard: Shard
+                  ) -> dict[int, tuple[dict[int, torch.Tensor], int]]:
+    """{budget: (moments, tokens)} from each worker's per-segment sums: one float64 all_reduce, then running sums."""
+    summed = shard.sum([t for _, _, sums in segments for t in sums])
+    out: dict[int, tuple[dict[int, torch.Tensor], int]] = {}
+    running: list[torch.Tensor] = []
+    for s, (budget, seen, _) in enumerate(segments):
+        part = summed[s * len(layers):(s + 1) * len(layers)]
+        running = part if not running else [a + b for a, b in zip(running, part, strict=True)]
+        out[budget] = ({layer: (t / seen).cpu() for layer, t in zip(layers, running, strict=True)}, seen)
     return out
 
 
@@ -278,19 +311,22 @@ def covariance_entries(loaded, layers: Sequence[int], corpus: str | os.PathLike[
                        tokens: int = DEFAULT_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
                        max_seq_len: int = DEFAULT_MAX_SEQ_LEN, cache: str | os.PathLike[str] | None = None,
                        use_cache: bool = True, order_seed: int | None = 0,
-                       progress: bool = True) -> dict[int, CovarianceEntry]:
+                       progress: bool = True, shard: Shard = SINGLE) -> dict[int, CovarianceEntry]:
     """C_l for each layer with its cache entry; layers not in the cache are computed in one shared pass."""
     return covariance_budget_entries(loaded, layers, [tokens], corpus, batch_size, max_seq_len, cache, use_cache,
-                                     order_seed, progress)[tokens]
+                                     order_seed, progress, shard)[tokens]
 
 
 def covariance_budget_entries(loaded, layers: Sequence[int], budgets: Sequence[int],
                               corpus: str | os.PathLike[str] | Corpus | None = None,
                               batch_size: int = DEFAULT_BATCH_SIZE, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
                               cache: str | os.PathLike[str] | None = None, use_cache: bool = True,
-                              order_seed: int | None = 0,
-                              progress: bool = True) -> dict[int, dict[int, CovarianceEntry]]:
-    """{budget: {layer: entry}} for several token budgets; everything missing from the cache in one pass."""
+                              order_seed: int | None = 0, progress: bool = True,
+                              shard: Shard = SINGLE) -> dict[int, dict[int, CovarianceEntry]]:
+    """{budget: {layer: entry}} for several token budgets; everything missing from the cache in one pass.
+
+    ``shard``: the pass split over a party's workers (``accumulate_budget_moments``); all of them must call this
+    with the same arguments and the same cache. Only worker 0 writes the cache; all return the same moments."""
     if min(budgets, default=0) <= 0 or batch_size <= 0 or max_seq_len <= 0:
         raise ValueError("tokens, batch_size and max_seq_len must be positive")
     corp = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
@@ -308,7 +344,7 @@ def covariance_budget_entries(loaded, layers: Sequence[int], budgets: Sequence[i
     todo = sorted({b for (b, layer) in keys if layer not in out[b]})
     if missing:
         moments = accumulate_budget_moments(loaded, missing, corpus_texts(corp, order_seed), todo, batch_size,
-                                            max_seq_len, progress)
+                                            max_seq_len, progress, shard=shard)
         info = {"model": loaded.name, "corpus": corp.name}
         for b in todo:
             mom, used = moments[b]
@@ -317,7 +353,8 @@ def covariance_budget_entries(loaded, layers: Sequence[int], budgets: Sequence[i
             for layer in missing:
                 if layer in out[b]:
                     continue
-                out[b][layer] = (_store(root, keys[b, layer], mom[layer], used, info) if use_cache else
+                store = use_cache and shard.rank == 0  # one writer (the others' moments are the same)
+                out[b][layer] = (_store(root, keys[b, layer], mom[layer], used, info) if store else
                                  CovarianceEntry(keys[b, layer], mom[layer], used, None, None, from_cache=False))
     return {b: dict(sorted(v.items())) for b, v in out.items()}
 
@@ -326,8 +363,8 @@ def layer_covariances(loaded, layers: Sequence[int], corpus: str | os.PathLike[s
                       tokens: int = DEFAULT_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
                       max_seq_len: int = DEFAULT_MAX_SEQ_LEN, cache: str | os.PathLike[str] | None = None,
                       use_cache: bool = True, order_seed: int | None = 0,
-                      progress: bool = True) -> dict[int, torch.Tensor]:
+                      progress: bool = True, shard: Shard = SINGLE) -> dict[int, torch.Tensor]:
     """{layer: C_l (d_k, d_k) float64 on CPU}, from the cache when present (see ``covariance_entries``)."""
     entries = covariance_entries(loaded, layers, corpus, tokens, batch_size, max_seq_len, cache, use_cache,
-                                 order_seed, progress)
+                                 order_seed, progress, shard)
     return {layer: e.cov for layer, e in entries.items()}

@@ -9,6 +9,8 @@ if TYPE_CHECKING:  # the runtime import is in engine_callbacks: building the com
     from parties.runner import PartyEngine
 
 HELP = "take part in a session: send protected statistics, verify and apply each signed update"
+# = parties.workers.DEFAULT_WORKER_TIMEOUT_S (tested), not imported: building the command line loads no party code
+DEFAULT_WORKER_TIMEOUT_S = 3600.0
 METRICS = ("efficacy", "generalization", "specificity", "score")
 __all__ = ["HELP", "add_arguments", "engine_callbacks", "run"]
 
@@ -28,18 +30,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch", metavar="FILE", default=None,
                         help="write the applied ΔW here (safetensors; `secure-collab apply` reads it) "
                              "(default: not written)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu, cuda:0, ... (default: auto; with --workers, auto and "
+                             "cuda give each worker its own GPU, cuda:LOCAL_RANK)")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="spread a model larger than one device over this host's GPUs with accelerate's "
+                             "device_map (auto, balanced, sequential); one process only (default: off, the whole "
+                             "model on --device)")
+    parser.add_argument("--workers", type=int, default=1, metavar="W",
+                        help="compute this party's targets and statistics in W processes on this host (torch."
+                             "distributed: gloo on a CPU, NCCL on GPUs); the sums equal one process's within float64 "
+                             "round-off. Under torchrun leave it at 1 (WORLD_SIZE says how many) (default: 1)")
+    parser.add_argument("--worker-timeout", type=float, default=DEFAULT_WORKER_TIMEOUT_S, metavar="S",
+                        help="with several workers: how long one waits for the others' share of targets or "
+                             "statistics before the party fails (a worker that dies fails it at once) "
+                             f"(default: {DEFAULT_WORKER_TIMEOUT_S:g})")
     parser.add_argument("--served-eval", action="store_true",
                         help="served release: measure this party's efficacy through queries to the served model "
                              "(two forward passes of its query budget per request); without it the report says its "
                              "edits were not evaluated")
 
 
-def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyEngine:
-    """Load the model and this party's requests; return the engine's callbacks for the network loop."""
+def engine_callbacks(config: Any, name: str, args: argparse.Namespace, group: Any = None) -> PartyEngine:
+    """Load the model and this party's requests; return the engine's callbacks for the network loop. ``group``:
+    worker 0's ``parties.workers.WorkerGroup`` when the party runs as several processes."""
     from pathlib import Path
 
-    from parties.runner import PartyEngine, party_editor
+    from parties.runner import PartyEngine
+    from parties.workers import LeadEditor
+
+    editor = make_editor(config, args, group)
+    lead = editor if group is None else LeadEditor(editor, group)
+
+    def finish(result: Any) -> dict:
+        if config.session.served:  # no ΔW here: nothing to save, the model is the base model
+            return editor.finish_served(result.served)
+        return editor.finish(save=Path(args.save) if args.save else None,
+                             patch=Path(args.patch) if args.patch else None, release_sha256=result.applied)
+
+    served_queries = editor.served_queries if config.session.served and getattr(args, "served_eval", False) else None
+    return PartyEngine(lead.compute_statistics, lead.apply_delta, finish, lead, served_queries)
+
+
+def make_editor(config: Any, args: argparse.Namespace, group: Any = None) -> Any:
+    """This party's editing engine over its requests (on this worker's share, with ``group``)."""
+    from pathlib import Path
+
+    from parties.runner import party_editor
     from secure_collab.data.formats import load_requests
     from secure_collab.editing.session import requests_by_round
     from secure_collab.errors import ConfigError
@@ -51,18 +88,20 @@ def engine_callbacks(config: Any, name: str, args: argparse.Namespace) -> PartyE
         rounds = requests_by_round(files, config.session.rounds)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    editor = party_editor(config, [r for f in files for r in f], device=args.device,
-                          cache=Path(args.cache_dir) if args.cache_dir else None,
-                          allow_download=args.allow_download, progress=not args.quiet, rounds=rounds)
+    options: dict[str, Any] = {}
+    if group is not None:
+        from parties.workers import worker_device
 
-    def finish(result: Any) -> dict:
-        if config.session.served:  # no ΔW here: nothing to save, the model is the base model
-            return editor.finish_served(result.served)
-        return editor.finish(save=Path(args.save) if args.save else None,
-                             patch=Path(args.patch) if args.patch else None, release_sha256=result.applied)
-
-    served_queries = editor.served_queries if config.session.served and getattr(args, "served_eval", False) else None
-    return PartyEngine(editor.compute_statistics, editor.apply_delta, finish, editor, served_queries)
+        options["shard"] = group.shard
+        device = worker_device(args.device, group.launch.local_rank)
+    else:
+        device = args.device
+    if getattr(args, "device_map", None):
+        options["device_map"] = args.device_map
+    return party_editor(config, [r for f in files for r in f], device=device,
+                        cache=Path(args.cache_dir) if args.cache_dir else None, allow_download=args.allow_download,
+                        progress=not args.quiet and (group is None or group.launch.rank == 0), rounds=rounds,
+                        **options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in config.roster.parties:
         raise ConfigError(f"party {args.name!r} is not in the roster (parties: "
                           f"{', '.join(sorted(config.roster.parties))})")
+    launch = workers_launch(args, config)
+    if launch is not None and launch.rank > 0:  # a worker: no network, no report; worker 0 has them
+        return run_worker(args, config, launch)
     require_secret(config.paths.keys / f"party-{args.name}.key_secret", f"party {args.name}",
                    config.roster.parties[args.name])
     if config.session.served and (args.save or args.patch):
@@ -84,14 +126,68 @@ def run(args: argparse.Namespace) -> int:
                           "edited model or patch to write (--save, --patch); ask the served model with "
                           "`secure-collab query`")
     check_outputs(args)  # before the model loads and the party joins: a bad path must not lose the session's work
-    engine = engine_callbacks(config, args.name, args)
-    with stop_on_signals(rejoin_hint(f"party {args.name}")) as stop:
-        report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
+    group = start_workers(args, config)
+    try:
+        engine = engine_callbacks(config, args.name, args, group)
+        if group is not None:
+            group.ready()
+        with stop_on_signals(rejoin_hint(f"party {args.name}")) as stop:
+            report = run_party_session(config, args.name, load_scheme(config.session.mode), engine, stop=stop)
+        report["workers"] = 1 if group is None else group.launch.world
+    finally:
+        if group is not None:
+            group.close()
     show(args, report)
     write_json(args, report, private=True)  # the report counts and scores this party's edits (DESIGN §1)
     if stop.is_set():
         raise KeyboardInterrupt
     return 0 if report["ok"] else 1
+
+
+def workers_launch(args: argparse.Namespace, config: Any) -> Any:
+    """The launch of a party over several processes (torchrun's environment), or None for one process; what it
+    cannot do is refused here, before anything starts."""
+    from parties.workers import Launch
+    from secure_collab.errors import ConfigError
+
+    launch = Launch.from_environment(getattr(args, "workers", 1))
+    several = launch is not None or getattr(args, "workers", 1) > 1
+    if several and getattr(args, "device_map", None):
+        raise ConfigError("--device-map spreads one process over this host's GPUs; with several workers each "
+                          "worker takes its own GPU (--device auto): give one of the two")
+    if several and config.session.backend == "malmen":
+        raise ConfigError("--workers: a MALMEN party computes its statistics in one process (one forward per edit, "
+                          "fast already); run it without --workers")
+    return launch
+
+
+def start_workers(args: argparse.Namespace, config: Any) -> Any:
+    """Worker 0: spawn the other workers (--workers W) or meet them (torchrun); None for a party of one process."""
+    import sys
+
+    from parties.workers import Launch, WorkerGroup, spawn_workers, worker_device
+
+    launch = Launch.from_environment(args.workers)
+    children: list[Any] = []
+    if launch is None:
+        if args.workers <= 1:
+            return None
+        launch, children = spawn_workers(list(getattr(args, "_argv", sys.argv[1:])), args.workers)
+    return WorkerGroup.join(launch, worker_device(args.device, launch.local_rank), args.worker_timeout, children)
+
+
+def run_worker(args: argparse.Namespace, config: Any, launch: Any) -> int:
+    """Workers 1..W−1: the same editor on this worker's share; each call worker 0 makes, until it stops."""
+    from parties.workers import WorkerGroup, serve, worker_device
+
+    group = WorkerGroup.join(launch, worker_device(args.device, launch.local_rank), args.worker_timeout)
+    try:
+        editor = make_editor(config, args, group)
+        group.ready()
+        serve(editor, group, config.session.d_v, config.session.d_k)
+    finally:
+        group.close()
+    return 0
 
 
 def check_outputs(args: argparse.Namespace) -> None:

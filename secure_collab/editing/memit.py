@@ -46,7 +46,8 @@ def current_outputs(lm: LoadedModel, requests: list[Request], hp: MemitHParams) 
 def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor, layer: int, hp: MemitHParams,
                       templates: list[str], cur: torch.Tensor | None = None,
                       weights: torch.Tensor | None = None, camouflage: Callable | None = None,
-                      noise: Any = None, round_: int = 0, decoys: Any = None) -> LayerStats:
+                      noise: Any = None, round_: int = 0, decoys: Any = None,
+                      reduce: Callable[[LayerStats], LayerStats] | None = None) -> LayerStats:
     """One party's (G, B) for ``layer`` on the model as it is now: keys here, residuals toward z*.
 
     ``cur`` (from ``current_outputs``) may be passed when the model has not changed since it was taken, as in
@@ -56,6 +57,8 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     ``noise``: the party's ``noise.PartyNoise``: keys and residuals (camouflaged, if so) are clipped to the declared
     bounds, and G and B get the party's discrete Gaussian for (``round_``, ``layer``); or None. ``decoys``: the
     party's ``decoys.DecoyEdits`` of the round (weight 1 each), added as requests before camouflage and noise, or None.
+    ``reduce``: applied to (G, B) before the noise (a party over several workers: ``requests`` are this worker's
+    share and ``reduce`` adds the workers' sums, ``parallel.Shard.sum``), or None.
     """
     i = hp.layers.index(layer)
     if decoys is not None and len(decoys):
@@ -70,12 +73,15 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     if cur is None:
         cur = current_outputs(lm, requests, hp)  # (n, d_v) at the last edited layer
     resid = (z.to(cur.dtype) - cur) / (len(hp.layers) - i)  # spread over the remaining layers
+    resid = resid.to(keys.device)  # a model spread over devices (device_map) has them on different ones
     if camouflage is not None:
         keys, resid = camouflage(lm, layer, templates, keys, resid, weights)
-    if noise is None:
-        return layer_statistics(keys, resid, weights)
-    keys, resid = noise.clip(keys, resid)
-    return noise(layer_statistics(keys, resid, weights), round_, layer)
+    if noise is not None:
+        keys, resid = noise.clip(keys, resid)
+    stats = layer_statistics(keys, resid, weights)
+    if reduce is not None:
+        stats = reduce(stats)
+    return stats if noise is None else noise(stats, round_, layer)
 
 
 def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float, rank: int = 0,

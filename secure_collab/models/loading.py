@@ -19,7 +19,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -163,7 +163,7 @@ def downloads_allowed(allow_download: bool = False) -> bool:
     return allow_download or os.environ.get(ALLOW_DOWNLOAD_ENV, "").lower() in ("1", "true", "yes")
 
 
-def _from_pretrained(name: str, allow_download: bool) -> tuple[nn.Module, Any]:
+def _from_pretrained(name: str, allow_download: bool, spread: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
     """A directory, or a hub id (from the local HF cache unless downloads are allowed); one-line errors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -176,7 +176,9 @@ def _from_pretrained(name: str, allow_download: bool) -> tuple[nn.Module, Any]:
         path, local_only = name, not downloads_allowed(allow_download)
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local_only)
+        # spread: {"device_map": ..., "dtype": ..., "max_memory": ...}, each shard loaded straight onto its device
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only,
+                                                     **(spread or {"dtype": torch.float32}))
     except (OSError, ValueError) as exc:
         if local_only and not local_dir.is_dir():
             import difflib
@@ -193,12 +195,21 @@ def _from_pretrained(name: str, allow_download: bool) -> tuple[nn.Module, Any]:
 
 
 def load_model(name: str, device: str | None = None, cache: Path | None = None, seed: int = 0,
-               dtype: str | torch.dtype | None = "auto", allow_download: bool = False) -> LoadedModel:
-    """Load ``name`` (see the module docstring) on ``device`` in ``dtype``; ``source_digest`` names its weights."""
+               dtype: str | torch.dtype | None = "auto", allow_download: bool = False,
+               device_map: str | dict[str, Any] | None = None,
+               max_memory: dict[Any, Any] | None = None) -> LoadedModel:
+    """Load ``name`` (see the module docstring) on ``device`` in ``dtype``; ``source_digest`` names its weights.
+
+    ``device_map`` (opt-in; None keeps the whole model on ``device``): a model larger than one device spread over
+    this host's devices by accelerate ("auto", "balanced", "sequential" or an explicit {module: device} map, within
+    ``max_memory`` per device if given); ``device`` is then ignored and ``LoadedModel.device`` is where the inputs
+    go (the embeddings' device)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
+    if device_map is not None:
+        return _load_spread(name, device_map, max_memory, cache, seed, dtype, allow_download)
     dev = resolve_device(device)
     tok: Any
     if name in TINY:
@@ -214,3 +225,34 @@ def load_model(name: str, device: str | None = None, cache: Path | None = None, 
     model.to(device=dev, dtype=resolve_dtype(dtype, name))
     return LoadedModel(name=name, model=model, tokenizer=tok, spec=spec_for(model),
                        source_digest=state_digest(model), device=dev)
+
+
+def _load_spread(name: str, device_map: str | dict[str, Any], max_memory: dict[Any, Any] | None,
+                 cache: Path | None, seed: int, dtype: str | torch.dtype | None, allow_download: bool) -> LoadedModel:
+    """``load_model`` with accelerate's device_map: a hub or local model loads each shard straight onto its device;
+    a built-in tiny model is built on the CPU, then dispatched. Every weight must land on a real device: ΔW is added
+    to the down-projections in place, which accelerate's offloaded (meta) weights do not allow."""
+    want = resolve_dtype(dtype, name)
+    if name in TINY:
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        model, tok = tiny_model(name, seed)
+        model.to(dtype=want)
+        plan = device_map if isinstance(device_map, dict) else infer_auto_device_map(
+            model, max_memory=max_memory, no_split_module_classes=getattr(model, "_no_split_modules", None) or [])
+        model = dispatch_model(model, device_map=plan)
+    else:
+        path = str(convert_smollm2(cache)) if name == SMOLLM2 else name
+        model, tok = _from_pretrained(path, allow_download and name != SMOLLM2,
+                                      {"device_map": device_map, "dtype": want, "max_memory": max_memory})
+    offloaded = sorted({n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.device.type == "meta"})
+    if offloaded:
+        raise UnknownModelError(f"model {name!r} does not fit the devices of device_map {device_map!r}: "
+                                f"{len(offloaded)} modules would be offloaded ({offloaded[0]}, ...), and ΔW cannot be "
+                                "added to offloaded weights; give it more devices or memory (max_memory)")
+    if getattr(tok, "pad_token", None) is None:
+        tok.pad_token = tok.eos_token
+    model.eval().requires_grad_(False)
+    first = cast(Any, model).get_input_embeddings().weight.device  # the inputs go there (a PreTrainedModel)
+    return LoadedModel(name=name, model=model, tokenizer=tok, spec=spec_for(model),
+                       source_digest=state_digest(model), device=first)
