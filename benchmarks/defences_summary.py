@@ -1,6 +1,9 @@
 """The defence tables of docs/privacy.md from `secure-collab defences` results (markdown on stdout).
 
     python benchmarks/defences_summary.py benchmarks/results/defences/smollm2 benchmarks/results/defences/smollm2-served
+
+With --plot OUT.png, one frontier of every defence in the directories given (the first directory's row wins where
+two hold the same defence; give directories of one variant only: a served sweep runs oneshot).
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ def _ci(row: dict, key: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", help="output directories of `secure-collab defences`")
+    ap.add_argument("--plot", default=None, metavar="OUT.png",
+                    help="one frontier plot of every defence in DIRS, and OUT-cost.png (default: none)")
     args = ap.parse_args()
+    combined: list[dict] = []
     for d in args.dirs:
         doc = json.loads((Path(d) / "results.json").read_text())
         meta, rows = doc["meta"], doc["results"]
+        have = {r["defence"] for r in combined}
+        combined += [r for r in rows if r["defence"] not in have]
         print(f"\n### {d}: {meta['sessions']} sessions × {meta['parties']} parties × {meta['per_party']} edits, "
               f"{meta['n_candidates']} candidates, λ = {meta['lambda']:g}, {meta.get('variant', 'sequential')}\n")
         print("| defence | sessions | efficacy | generalization | specificity | damage KL (public) | "
@@ -55,6 +63,13 @@ def main() -> None:
                     lo, hi = v["recall_m_ci"]
                     print(f"| {int(q):,} | {v['recall_m']:.3f} [{lo:.3f}, {hi:.3f}] |")
                 print(f"\nLargest budget with recall@m < 0.1: {r['budget_below_0.1']}")
+    if args.plot:
+        from attacks.plots import defence_frontier, recall_against_cost
+
+        out = Path(args.plot)
+        defence_frontier(combined, out)
+        recall_against_cost(combined, out.with_name(out.stem + "-cost.png"))
+        print(f"\nwrote {out} and {out.with_name(out.stem + '-cost.png')}")
 
 
 if __name__ == "__main__":
