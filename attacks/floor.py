@@ -124,8 +124,6 @@ class TemplateFloor:
     def scores(self, edited: dict[int, torch.Tensor]) -> torch.Tensor:
         """(N, len(templates)) float32 KL(edited ‖ public) of the next token after each template of each candidate:
         the public model as it is, then with the ``edited`` weights loaded (restored afterwards)."""
-        from attacks.session_views import _load
-
         lm = self.lm
         root = private_dir(self._root() / f"edited-{weights_digest(edited)[:24]}")
         out = torch.empty(len(self.candidates), len(self.templates), dtype=torch.float32)
@@ -136,7 +134,7 @@ class TemplateFloor:
 
             def make(names: list[str] = names, public: torch.Tensor = public) -> torch.Tensor:
                 saved = snapshot(lm, tuple(edited))
-                _load(lm, edited)
+                restore(lm, edited)  # sets these layers' weights: the edited model
                 try:
                     h = last_hidden(lm, self._prompts(names))
                 finally:
