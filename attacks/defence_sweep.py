@@ -82,6 +82,7 @@ class Sweep:
     model_floor: bool = False
     floor_templates: list[str] = field(default_factory=list)  # the template floor's relation prompts (none: off)
     floor_reverse: bool = False  # walk the template floor's chunks from the end (a second process shares them)
+    floor_full: bool = True  # the templates on every candidate; False: on the cascade's shortlist only
     seed: int = 0
     say: Callable[[str], None] = print
     key_norm_bound: float = KEY_NORM_BOUND  # κ of noise:Z
@@ -354,16 +355,25 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
 
         floor = TemplateFloor(lm, exp.candidates, sw.floor_templates, setup.cache, reverse=sw.floor_reverse,
                               say=sw.say)
-        kl = floor.scores(dv.edited).double()
-        best = kl.max(1).values
-        att["model-templates"] = _rank_hits(best, targets_idx, m)
-        att["model-templates-sum"] = _rank_hits(kl.sum(1), targets_idx, m)
-        out["query_budgets"] = {"model-templates": budget_curve(best, targets_idx, m, len(sw.floor_templates),
-                                                                seed=sw.seed + s)}
-        out["subject_kl"] = {"edited": [float(best[i]) for i in targets_idx],
-                             "candidates_median": float(best.median())}
-        if screen is not None:
-            att["model-cascade"] = _rank_hits(cascade(screen, best, sw.answer_shortlist * m), targets_idx, m)
+        shortlist = sw.answer_shortlist * m
+        if sw.floor_full:
+            kl = floor.scores(dv.edited).double()
+            best = kl.max(1).values
+            att["model-templates"] = _rank_hits(best, targets_idx, m)
+            att["model-templates-sum"] = _rank_hits(kl.sum(1), targets_idx, m)
+            out["query_budgets"] = {"model-templates": budget_curve(best, targets_idx, m, len(sw.floor_templates),
+                                                                    seed=sw.seed + s)}
+            out["subject_kl"] = {"edited": [float(best[i]) for i in targets_idx],
+                                 "candidates_median": float(best.median())}
+            if screen is not None:
+                att["model-cascade"] = _rank_hits(cascade(screen, best, shortlist), targets_idx, m)
+        elif screen is not None:  # the templates on the screen's shortlist only: the cascade, at its own cost
+            rows = torch.argsort(screen, descending=True)[:shortlist].tolist()
+            best = torch.full_like(screen, float("-inf"))
+            best[rows] = floor.scores(dv.edited, rows).double().max(1).values
+            att["model-cascade"] = _rank_hits(cascade(screen, best, shortlist), targets_idx, m)
+        else:
+            raise ValueError("the cascade alone (floor_full=False) needs the 2-prompt screen (model_floor)")
     return out
 
 

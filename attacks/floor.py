@@ -98,8 +98,8 @@ class TemplateFloor:
                            "dtype": str(next(lm.model.parameters()).dtype)})[:16]
         return private_dir(cache_dir(self.cache) / "attacks" / "template-floor" / key)
 
-    def _chunks(self) -> list[tuple[int, list[str]]]:
-        parts = [(s, self.candidates[s:s + self.chunk]) for s in range(0, len(self.candidates), self.chunk)]
+    def _chunks(self, names: Sequence[str]) -> list[tuple[int, list[str]]]:
+        parts = [(s, list(names[s:s + self.chunk])) for s in range(0, len(names), self.chunk)]
         return parts[::-1] if self.reverse else parts
 
     def _prompts(self, names: Sequence[str]) -> list[str]:
@@ -121,14 +121,16 @@ class TemplateFloor:
         path = private_dir(self._root() / "public") / f"{digest_json(list(names))[:24]}.safetensors"
         return self._stored(path, lambda: last_hidden(self.lm, self._prompts(names)))
 
-    def scores(self, edited: dict[int, torch.Tensor]) -> torch.Tensor:
-        """(N, len(templates)) float32 KL(edited ‖ public) of the next token after each template of each candidate:
-        the public model as it is, then with the ``edited`` weights loaded (restored afterwards)."""
+    def scores(self, edited: dict[int, torch.Tensor], rows: Sequence[int] | None = None) -> torch.Tensor:
+        """(N, len(templates)) float32 KL(edited ‖ public) of the next token after each template of each candidate
+        (``rows``: of those candidates only, in that order): the public model as it is, then with the ``edited``
+        weights loaded (restored afterwards)."""
         lm = self.lm
         root = private_dir(self._root() / f"edited-{weights_digest(edited)[:24]}")
-        out = torch.empty(len(self.candidates), len(self.templates), dtype=torch.float32)
+        wanted = self.candidates if rows is None else [self.candidates[i] for i in rows]
+        out = torch.empty(len(wanted), len(self.templates), dtype=torch.float32)
         done = 0
-        for s, names in self._chunks():
+        for s, names in self._chunks(wanted):
             path = root / f"{digest_json(list(names))[:24]}.safetensors"
             public = self.public_hidden(names)
 
@@ -143,9 +145,8 @@ class TemplateFloor:
 
             out[s:s + len(names)] = self._stored(path, make)
             done += len(names)
-            if done % (self.chunk * 8) == 0 or done == len(self.candidates):
-                self.say(f"template floor: {done}/{len(self.candidates)} candidates × {len(self.templates)} "
-                         "templates")
+            if done % (self.chunk * 2) == 0 or done == len(wanted):
+                self.say(f"template floor: {done}/{len(wanted)} candidates × {len(self.templates)} templates")
         return out
 
 

@@ -13,7 +13,7 @@ import torch
 
 from attacks import spectral
 from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
-from attacks.target import model_shift_scores, next_token_logprobs, residual_from_stats
+from attacks.target import next_token_logprobs, residual_from_stats
 from attacks.views import aggregate_gram_view, delta_view, keys_view, split, targets_for
 from secure_collab.data.requests import Request
 from secure_collab.editing.memit import restore, snapshot
@@ -82,15 +82,17 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
 def subject_shifts(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str]) -> torch.Tensor:
     """(len(subjects), len(MODEL_PROMPTS)) KL(edited ‖ unedited) of the next token after each prompt of each
     subject: ``lm`` as it is, then with the ``edited`` weights loaded (restored afterwards)."""
+    from attacks.floor import kl_from_hidden, last_hidden
+
     prompts = [p.format(n) for n in subjects for p in MODEL_PROMPTS]
     saved = snapshot(lm, tuple(edited))
-    base = next_token_logprobs(lm, prompts)
+    base = last_hidden(lm, prompts)
     _load(lm, edited)
     try:
-        after = next_token_logprobs(lm, prompts)
+        after = last_hidden(lm, prompts)
     finally:
         restore(lm, saved)
-    return model_shift_scores(after.double(), base.double()).view(len(subjects), len(MODEL_PROMPTS))
+    return kl_from_hidden(lm, after, base).view(len(subjects), len(MODEL_PROMPTS))
 
 
 @torch.no_grad()

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the black box with relation prompts: one prompt per relation of this record file "
                         "(its records outside the report set; ../shared/data/counterfact.json: 34), one full forward "
                         "pass per template per candidate per session (default: off)")
+    p.add_argument("--floor-cascade-only", action="store_true",
+                   help="with --floor-templates and --model-floor: the templates on the 2-prompt screen's 5m best "
+                        "candidates only (the cascade row), not on every candidate (default: every candidate)")
     p.add_argument("--floor-reverse", action="store_true",
                    help="walk the template floor's cached chunks from the end: a second process with the same "
                         "arguments shares each session's work (default: off)")
@@ -119,8 +122,12 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         say(f"template floor: {len(templates)} relation prompts from {args.floor_templates}")
+    if args.floor_cascade_only and not (templates and args.model_floor):
+        print("defences: --floor-cascade-only needs --floor-templates and --model-floor", file=sys.stderr)
+        return 2
     sw = ds.Sweep(exp, args.parties, args.per_party, damage_subjects=args.damage_subjects,
                   model_floor=args.model_floor, floor_templates=templates, floor_reverse=args.floor_reverse,
+                  floor_full=not args.floor_cascade_only,
                   seed=args.seed, say=say, key_norm_bound=args.key_norm_bound,
                   residual_norm_bound=args.residual_norm_bound)
     done = ds.load_done(out)
@@ -149,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                     "grid": args.grid, "n_candidates": exp.n, "layers": list(exp.setup.hp.layers),
                     "lambda": exp.setup.hp.mom2_update_weight, "seed": args.seed, "variant": args.variant,
                     "key_norm_bound": args.key_norm_bound, "residual_norm_bound": args.residual_norm_bound,
-                    "floor_templates": templates},
+                    "floor_templates": templates, "floor_cascade_only": args.floor_cascade_only},
            "results": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     from attacks.plots import budget_plot, defence_frontier, recall_against_cost

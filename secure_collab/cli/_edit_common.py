@@ -4,7 +4,9 @@ options, and the saved edited model. One home, so the two commands never import 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, device_type: str = "cpu"):
@@ -22,6 +24,25 @@ def build_hparams(args: argparse.Namespace, model_name: str, n_layers: int, devi
         if getattr(args, attr, None) is not None:
             changes[field] = getattr(args, attr)
     return hp.with_(**changes)
+
+
+def reference_then_edit(args: argparse.Namespace, lm, saved: dict, say: Callable[[str], Any],
+                        run: Callable[[str], Any]) -> tuple[Any, Any, float]:
+    """(outcome of ``run(args.method)``, the Global-Edit reference or None, seconds of the edit): the reference runs
+    first on the unedited weights (``saved``, restored after it) unless --no-compare or the method is global."""
+    import time
+
+    from secure_collab.editing.memit import restore
+
+    reference = None
+    if args.method != "global" and not args.no_compare:
+        say("Global-Edit reference (all requests on one machine)")
+        reference = run("global")
+        restore(lm, saved)
+    t = time.perf_counter()
+    outcome = run(args.method)
+    t_edit = time.perf_counter() - t
+    return outcome, outcome if args.method == "global" else reference, t_edit
 
 
 def save_edited(lm, deltas, out: Path, result: dict) -> None:

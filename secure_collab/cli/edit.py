@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     resolve_hypernet(args)
     from rich.console import Console
 
-    from secure_collab.cli._edit_common import build_hparams, edit_result, finish
+    from secure_collab.cli._edit_common import build_hparams, edit_result, finish, reference_then_edit
     from secure_collab.cli._roles import set_threads
     from secure_collab.covariance import layer_covariances
-    from secure_collab.editing.memit import restore, run_edit, snapshot, split_parties
+    from secure_collab.editing.memit import run_edit, snapshot, split_parties
     from secure_collab.editing.target_cache import cached_targets
     from secure_collab.editing.templates import context_templates, templates_digest
     from secure_collab.errors import ConfigError
@@ -133,17 +133,9 @@ def run(args: argparse.Namespace) -> int:
     targets = cached_targets(lm, requests, hp, templates, args.cache_dir, progress=not args.quiet)
     t_targets = time.perf_counter() - t
     sizes = [len(p) for p in parties if p]
-    reference = None
-    if args.method != "global" and not args.no_compare:
-        say("Global-Edit reference (all requests on one machine)")
-        reference = run_edit(lm, parties, hp, covs, "global", templates, say, [targets])
-        restore(lm, saved)
-    t = time.perf_counter()
-    outcome = run_edit(lm, parties, hp, covs, args.method, templates, say,
-                       [targets] if args.method == "global" else targets.split(sizes))
-    t_edit = time.perf_counter() - t
-    if args.method == "global":
-        reference = outcome
+    outcome, reference, t_edit = reference_then_edit(
+        args, lm, saved, say, lambda method: run_edit(lm, parties, hp, covs, method, templates, say,
+                                                      [targets] if method == "global" else targets.split(sizes)))
     with console.status("evaluating after the edit"):
         post = evaluate(lm, requests)
     result = edit_result(args, lm, requests, pre, post, outcome.deltas,

@@ -9,7 +9,6 @@ lockstep merges) are refused rather than silently ignored.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ MEMIT_ONLY = (("lam", "--lambda"), ("steps", "--steps"), ("variant", "--variant"
 
 
 def run_malmen_edit_cli(args: argparse.Namespace, requests: list, console: Any, t_start: float) -> int:
-    from secure_collab.cli._edit_common import edit_result, finish
+    from secure_collab.cli._edit_common import edit_result, finish, reference_then_edit
     from secure_collab.editing.malmen.edit import METHODS, run_malmen_edit
     from secure_collab.editing.malmen.net import load_hypernet
-    from secure_collab.editing.memit import restore, snapshot, split_parties
+    from secure_collab.editing.memit import snapshot, split_parties
     from secure_collab.errors import ConfigError
     from secure_collab.evaluation import evaluate
     from secure_collab.models import load_model
@@ -55,16 +54,8 @@ def run_malmen_edit_cli(args: argparse.Namespace, requests: list, console: Any, 
         pre = evaluate(lm, requests)
     parties = split_parties(requests, args.parties)
     saved = snapshot(lm, layers)
-    reference = None
-    if args.method != "global" and not args.no_compare:
-        console.log("Global-Edit reference (all requests on one machine)")
-        reference = run_malmen_edit(lm, parties, net, "global")
-        restore(lm, saved)
-    t = time.perf_counter()
-    outcome = run_malmen_edit(lm, parties, net, args.method)
-    t_edit = time.perf_counter() - t
-    if args.method == "global":
-        reference = outcome
+    outcome, reference, t_edit = reference_then_edit(args, lm, saved, console.log,
+                                                     lambda method: run_malmen_edit(lm, parties, net, method))
     with console.status("evaluating after the edit"):
         post = evaluate(lm, requests)
     result = edit_result(args, lm, requests, pre, post, outcome.deltas,

@@ -69,6 +69,10 @@ def test_template_scores_equal_a_direct_kl_and_are_cached_and_shared_from_both_e
     monkeypatch.setattr(fl, "last_hidden", lambda *a, **k: calls.append(a) or torch.zeros(0))
     again = fl.TemplateFloor(lm, names, templates, cache=tmp_path, chunk=2, reverse=True, say=lambda _m: None)
     assert torch.equal(again.scores(edited), got) and not calls
+    # some rows only (the cascade's shortlist): the same values, in the order asked
+    sub = fl.TemplateFloor(lm, names, templates, cache=tmp_path / "sub", chunk=2, say=lambda _m: None)
+    monkeypatch.undo()
+    assert torch.allclose(sub.scores(edited, [4, 0, 2]), got[[4, 0, 2]], rtol=1e-4, atol=1e-6)
     # other weights are another session: nothing of the first is reused for them (the public states are)
     other = {k: v + 0.1 for k, v in edited.items()}
     monkeypatch.undo()
@@ -126,3 +130,13 @@ def test_the_sweep_reports_the_template_floor_with_its_cost_and_budget(tmp_path)
     assert set(rows["model-templates"]["query_budget"]) == set(rows["model"]["query_budget"])
     session = json.loads(next(out.glob("session-0-none.json")).read_text())
     assert len(session["subject_kl"]["edited"]) == 6
+    # the cascade alone (templates on the screen's shortlist only) ranks as the cascade from every candidate's
+    # scores does, and reports no full-template row
+    only = tmp_path / "only"
+    argv_only = [a if a != str(out) else str(only) for a in argv] + ["--floor-cascade-only"]
+    assert main(argv_only, entry_points=EPS) == 0
+    rows_only = {r["attack"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert "model-templates" not in rows_only
+    assert rows_only["model-cascade"]["recall_m"] == rows["model-cascade"]["recall_m"]
+    assert rows_only["model-cascade"]["recall_5m"] == rows["model-cascade"]["recall_5m"]
+    assert main([a for a in argv if a != "--model-floor"] + ["--floor-cascade-only"], entry_points=EPS) == 2
