@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=int, default=0, help="skip this many records (default: %(default)s)")
     p.add_argument("--limit", type=int, default=300, help="records in the report set (default: %(default)s)")
     p.add_argument("--sessions", type=int, default=10, help="independent sessions (default: %(default)s)")
+    p.add_argument("--first-session", type=int, default=0,
+                   help="run sessions from this one on (another process may run the ones before it; the summary "
+                        "holds every session of --sessions on disk) (default: %(default)s)")
     p.add_argument("--parties", type=int, default=10, help="parties per session (default: %(default)s)")
     p.add_argument("--per-party", type=int, default=3, help="edits per party (default: %(default)s)")
     p.add_argument("--grid", type=_grid, default=["none", "camouflage:1", "camouflage:3", "rank:20"],
@@ -101,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"defences: {args.sessions} sessions × {args.parties * args.per_party} edits need {need} records; "
               f"--limit is {args.limit}", file=sys.stderr)
         return 2
+    if not 0 <= args.first_session < args.sessions:
+        print(f"defences: --first-session must be in [0, {args.sessions})", file=sys.stderr)
+        return 2
     floor_records = None
     if args.floor_templates:
         from secure_collab.data.formats import load_requests
@@ -132,14 +138,17 @@ def run(args: argparse.Namespace) -> int:
                   residual_norm_bound=args.residual_norm_bound)
     done = ds.load_done(out)
     t0 = time.time()
-    todo = [(s, d) for s in range(args.sessions) for d in args.grid if (s, d) not in done]
+    todo = [(s, d) for s in range(args.first_session, args.sessions) for d in args.grid if (s, d) not in done]
     if args.cached_only:
         say(f"{len(done)} runs cached in {out}; --cached-only: {len(todo)} not run")
         todo = []
     say(f"{len(done)} runs cached in {out}, {len(todo)} to go")
     for i, (s, d) in enumerate(todo):
-        r = ds.run_session(sw, s, parse_defence(d))
         path = out / f"session-{s}-{d.replace(':', '_').replace('+', '-')}.json"
+        if path.is_file():  # another process of the same sweep (--first-session) got here first
+            done[(s, d)] = json.loads(path.read_text())
+            continue
+        r = ds.run_session(sw, s, parse_defence(d))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(r, indent=1) + "\n")
         tmp.replace(path)
@@ -148,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         left = (time.time() - t0) / (i + 1) * (len(todo) - i - 1)
         say(f"[{i + 1}/{len(todo)}] session {s} {d}: efficacy {r['efficacy']:.3f}, damage {r['damage_kl']:.4f}, "
             f"best attack {best[0]} recall@m {best[1]['recall_m']:.3f}; about {left / 60:.0f} min left")
+    done.update(ds.load_done(out))  # what another process of the same sweep finished meanwhile
     results = [done[(s, d)] for s in range(args.sessions) for d in args.grid if (s, d) in done]
     rows = ds.summarise(results, ds.costs(sw), sw.m / exp.n, {d: sw.epsilon(parse_defence(d)) for d in args.grid})
     doc = {"meta": {"model": args.model, "requests": args.requests, "offset": args.offset, "limit": args.limit,

@@ -103,6 +103,10 @@ def test_bad_grid_and_too_few_records_are_one_line_errors(tmp_path, capsys):
                str(tmp_path)], entry_points=EPS)
     err = capsys.readouterr().err
     assert rc == 2 and "--key-norm-bound must be a finite number > 0" in err and err.strip().count("\n") == 0
+    rc = main(["defences", "--model", "tiny-llama", "--requests", "bundled", "--sessions", "2", "--first-session",
+               "2", "--out", str(tmp_path)], entry_points=EPS)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--first-session must be in [0, 2)" in err and err.strip().count("\n") == 0
 
 
 def test_the_budget_curve_by_hand():
