@@ -82,6 +82,8 @@ class CoordinatorState(ABC):
     @abstractmethod
     def _hand_off(self, step: Step, key: Key) -> None: ...
     @abstractmethod
+    def _forward(self, step: Step, key: Key) -> None: ...
+    @abstractmethod
     def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None: ...
     @abstractmethod
     def _verify_release(self, msg: Message) -> None: ...
@@ -136,9 +138,10 @@ class Handlers(CoordinatorState):
                 self.welcomed.add("solver")
                 self._accept(m, "solver rejoined")
                 step = self.step
-                if step is not None and step.stage is Stage.SOLVING and len(step.released) < len(step.layers):
-                    for key in sorted(step.accs):  # what it may have missed while it was away
-                        self._hand_off(step, key)
+                if step is not None and step.handed and len(step.released) < len(step.layers):
+                    # the sums handed to it are gone with its old connection, and dropped here: collect the step
+                    # again under a new attempt (nothing was opened, or it refuses to open again)
+                    step.stale = True
                 forwarded = self.phase.forwarded if self.phase is not None else []
                 for msg in forwarded:  # the solver answers each the same way
                     self._send("solver", msg)
@@ -185,6 +188,7 @@ class Handlers(CoordinatorState):
             raise ProtocolError(f"payload claims party {claimed!r} but authenticated as {m.name!r}")
         self.scheme.check_signature(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames),
                                     step.context(self.s, key, m.name), self.verify_keys[m.name], self.public)
+        before = step.accs[key].held_bytes if key in step.accs else 0
         acc = step.accumulator(key, self.scheme, self.public, self.s)
         try:
             acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames), party=m.name)
@@ -195,10 +199,15 @@ class Handlers(CoordinatorState):
             # count as partial so the step is collected again without it.
             step.poisoned.add(m.name)
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
+        finally:  # the window's accounting: what the running sums hold now (a new sum is held even if refused)
+            step.held_bytes += acc.held_bytes - before
+            step.peak_held_bytes = max(step.peak_held_bytes, step.held_bytes)
         step.accepted.setdefault(m.name, set()).add(key)
         self._accept(m)
         if m.name in step.complete(self.s):
             log.info("round %d: statistics of %s complete", step.round, m.name)
+        if set(acc.parties) == step.expected:  # every party of the step is in this chunk's sum: to the solver
+            self._forward(step, key)
 
     def _on_release(self, m: Inbound) -> None:
         """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party. In a served
@@ -255,8 +264,9 @@ class Handlers(CoordinatorState):
         reason = m.msg.body["reason"]
         if m.name == "solver":
             self._accept(m, reason)
-            if self.stage is Stage.SOLVING:
-                self.abort_reason = f"solver refused: {reason}"
+            step = self.step
+            if self.stage is Stage.SOLVING or (self.stage is Stage.COLLECTING and step is not None and step.handed):
+                self.abort_reason = f"solver refused: {reason}"  # a streamed chunk's sum, or the hand-off
         elif self.guard.record_refusal(m.name, m.nbytes):  # a party's error reports share its row window
             self._accept(m, reason)
 

@@ -94,6 +94,17 @@ class PartyResult:
     seconds: float = 0.0
 
 
+@dataclass
+class _Stream:
+    """A step's chunks being sent: (round, layers, attempt), their order (layer, statistic, chunk), the next one."""
+
+    key: tuple[int, tuple[int, ...], int]
+    order: tuple[tuple[int, str, int], ...]
+    where: str  # for the status file
+    stage_end: float
+    next: int = 0
+
+
 class Party:
     def __init__(self, config: Config, name: str, scheme: ProtectionScheme,
                  compute_statistics: ComputeStatistics, apply_delta: ApplyDelta, *,
@@ -119,6 +130,7 @@ class Party:
         self.public: bytes | None = None
         self.cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self.sent: set[tuple[int, tuple[int, ...], int]] = set()
+        self.stream: _Stream | None = None  # the step being sent, as far as the coordinator's window allows
         self.result = PartyResult()
         self.ended = False
         self.log = logging.getLogger(f"party.{name}")
@@ -313,6 +325,10 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
             return
+        stream = self.stream
+        if stream is not None and stream.key == (msg.round, layers, attempt):  # more room in the coordinator's window
+            self._send_stream(stream, msg.body.get("upto", len(stream.order)))
+            return
         if any((msg.round, lay) in self._held() for lay in layers):
             # a released step (or any layer of it) collected again: a second opening over another party set
             # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
@@ -336,11 +352,24 @@ class Party:
                 self.cache[key] = pack_statistics(self._checked(layer, self.compute(msg.round, layer)),
                                                   self.s.d_k, self.s.d_v)
         self._pad_answer(started)
-        for layer in layers:
-            self._send_layer(msg.round, layer, attempt)
-        self.sent.add((msg.round, layers, attempt))
-        self.status.update("waiting for release", where,
-                           deadline=stage_end + self.cfg.network.solve_timeout_s,
+        order = tuple((lay, st, i) for lay in layers for st in STATISTICS
+                      for i in range(len(chunk_bounds(self.cache[(msg.round, lay)][st].size, self.s.chunk_values))))
+        self.stream = _Stream((msg.round, layers, attempt), order, where, stage_end)
+        self._send_stream(self.stream, msg.body.get("upto", len(order)))
+
+    def _send_stream(self, stream: _Stream, upto: int) -> None:
+        """Protect and send the step's chunks in order up to ``upto`` (the coordinator's window; absent: all), one
+        at a time: a party holds its statistics and the chunk in hand, never the whole protected step."""
+        round_, layers, attempt = stream.key
+        while stream.next < min(upto, len(stream.order)):
+            self._send_chunk(round_, attempt, *stream.order[stream.next])
+            stream.next += 1
+        if stream.next < len(stream.order):
+            return
+        self.stream = None
+        self.sent.add(stream.key)
+        self.status.update("waiting for release", stream.where,
+                           deadline=stream.stage_end + self.cfg.network.solve_timeout_s,
                            means="the step's collection deadline plus the solve timeout",
                            contributed=len({(r, ls) for r, ls, _ in self.sent}))
 
@@ -387,19 +416,17 @@ class Party:
                         " raise key_norm_bound / residual_norm_bound in the session configuration")
         return stats
 
-    def _send_layer(self, round_: int, layer: int, attempt: int) -> None:
+    def _send_chunk(self, round_: int, attempt: int, layer: int, stat: str, i: int) -> None:
         assert self.public is not None and self.secrets is not None, "requests are refused before setup"
         signer = self.identity.signing
         assert signer is not None
-        for stat in STATISTICS:
-            flat = self.cache[(round_, layer)][stat]
-            bounds = chunk_bounds(flat.size, self.s.chunk_values)
-            for i, (off, count) in enumerate(bounds):
-                ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
-                payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
-                body = chunk_body(attempt, i, bounds, payload.header)
-                self.result.bytes_sent += self._send(
-                    self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
+        flat = self.cache[(round_, layer)][stat]
+        bounds = chunk_bounds(flat.size, self.s.chunk_values)
+        off, count = bounds[i]
+        ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
+        payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
+        body = chunk_body(attempt, i, bounds, payload.header)
+        self.result.bytes_sent += self._send(self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
 
     def _on_release(self, msg: Message) -> None:
         key, b = (msg.round, msg.layer), release_of(msg)

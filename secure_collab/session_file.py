@@ -91,6 +91,8 @@ COMMENTS: dict[str, str] = {
     "heartbeat_s": "seconds between keep-alive messages",
     "wait_log_s": "coordinator: while a stage waits, one log line per interval: whom, since when, the deadline",
     "request_in_turn": "ask parties for statistics one at a time (parties sharing one machine's cores)",
+    "coordinator_memory_bytes": "coordinator: bytes of running sums it holds at once (the parties send within that "
+                                "window; each chunk's sum goes to the solver as soon as every party's chunk is in)",
     "serve_timeout_s": "served: how long the solver serves queries after the last step, unless every party is done",
     # [paths]
     "keys": "this site's own secret key files (mode 0600; never copied anywhere)",

@@ -176,7 +176,9 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     }, optional=("setup", "applied")),
     MsgType.SETUP: MapOf({"mode": OneOf(*MODES), "layers": _LAYERS, "rounds": Int(1, MAX_ROUND + 1),
                           "variant": OneOf(*VARIANTS)}),
-    MsgType.REQUEST: MapOf({"layers": _LAYERS, "attempt": _ATTEMPT}),
+    # upto: the party may send the step's chunks numbered below it, in order (layers, G/B/N, chunks), until a later
+    # REQUEST of the same attempt grants more (the coordinator's window, coordinator/stages.py); absent: all
+    MsgType.REQUEST: MapOf({"layers": _LAYERS, "attempt": _ATTEMPT, "upto": Int(1, MAX_VALUES)}, optional=("upto",)),
     MsgType.CONTRIB: MapOf(_CHUNKING),
     MsgType.AGGREGATE: MapOf({**_CHUNKING, "parties": _PARTIES, "n_values": Int(1, MAX_VALUES)}),
     MsgType.VERDICT: MapOf({"attempt": _ATTEMPT, "layers": _LAYERS, "opened": Bool(), "exclude": _PARTIES,
