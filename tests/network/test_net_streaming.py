@@ -16,7 +16,7 @@ from network_doubles import HERE, ROOT, RawClient, make_config, reference_deltas
 
 from secure_collab.config import STATISTICS, load_config
 from secure_collab.ledger import Ledger
-from secure_collab.protection import StatContext, get_scheme
+from secure_collab.protection import Payload, StatContext, get_scheme
 from secure_collab.protocol.messages import MsgType
 
 # d_k 24, d_v 16, 32 values a chunk: per layer G 300 values (10 chunks), B 384 (12), N 1 (1): 23 chunks
@@ -154,3 +154,47 @@ def test_a_real_coordinator_process_streams_a_step_larger_than_its_memory_bound(
     assert _step_sum_bytes(cfg) > 4 * BOUND
     window = _window(cfg)
     assert 0 < window["peak_held_bytes"] <= BOUND and window["window_chunks"] < 23
+
+
+def test_the_solver_spools_each_authenticated_chunk_sealed_0600_and_deletes_it_after_use(tmp_path, monkeypatch):
+    """The solver authenticates each aggregate chunk as it arrives and keeps it on disk, sealed (ChaCha20-Poly1305
+    under its state key), 0600, named by validated integers only; none is in memory between messages, and none is
+    left once the step is opened (or a newer attempt replaces it)."""
+    from solver.server import Solver
+    from solver.state import SolverState
+
+    cfg = make_config(tmp_path, **STREAM, network={"coordinator_memory_bytes": BOUND})
+    spooled: list[tuple[str, int, bytes]] = []
+    save = SolverState.save
+
+    def recording_save(self, record, meta, blob=b""):
+        save(self, record, meta, blob)
+        if record.startswith("spool-"):
+            path = self.dir / f"{record}.sealed"
+            spooled.append((record, path.stat().st_mode & 0o777, path.read_bytes()))
+
+    held: list[int] = []
+    on_aggregate = Solver._on_aggregate
+
+    def watching(self, msg):
+        on_aggregate(self, msg)
+        pend = self.pending  # the protected bytes it holds between messages: payloads kept in memory
+        held.append(0 if pend is None else sum(sum(len(f) for f in x.frames) for v in vars(pend).values()
+                                                if isinstance(v, dict) for x in v.values() if isinstance(x, Payload)))
+
+    monkeypatch.setattr(SolverState, "save", recording_save)
+    monkeypatch.setattr(Solver, "_on_aggregate", watching)
+    run = run_session(cfg, scheme=get_scheme("shares"))
+    assert run.outcome.ok, run.outcome.reason
+    for key, delta in reference_deltas(cfg, ["a", "b", "c"]).items():
+        np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-9, atol=1e-9)
+    per_layer = sum(cfg.session.n_chunks(st) for st in STATISTICS)
+    assert len(spooled) == per_layer * len(cfg.session.layers)
+    names = {record for record, _, _ in spooled}
+    assert "spool-r0-a0-l1-g0" in names and "spool-r0-a0-l2-n0" in names
+    assert all(mode == 0o600 for _, mode, _ in spooled)
+    # sealed: a masked sum's frame never lies on disk as it came (the 8-byte words of chunk 0 would)
+    assert len({blob[:32] for _, _, blob in spooled}) == len(spooled)
+    state_dir = cfg.solver_dir
+    assert not list(state_dir.glob("spool-*")), "a spooled chunk outlived its step"
+    assert len(held) == len(spooled) and max(held) == 0
