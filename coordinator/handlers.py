@@ -171,7 +171,7 @@ class Handlers(CoordinatorState):
         self.guard.grant_acks(name, len(missing))
         for key in missing:
             rel = self.releases[key]
-            self._send_frames(name, self.routes[name], rel.frames, "release",
+            self._send_frames(name, self.routes[name], rel.frames(), "release",
                               {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt})
         step = self.step
         if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
@@ -221,14 +221,13 @@ class Handlers(CoordinatorState):
         self._verify_release(msg)
         body = release_of(msg)
         parties = tuple(sorted(body["parties"]))
-        rel = StoredRelease(msg.round, msg.layer, body["attempt"], body["sha256"], parties, m.raw)
         known = self.releases.get((msg.round, msg.layer))
-        if known is not None and known.sha256 != rel.sha256:
+        if known is not None and known.sha256 != body["sha256"]:
             raise ProtocolError(f"a second, different release of round {msg.round} layer {msg.layer}")
-        if known is None:
-            self.ledger.release(self.s.id, rel)
-            self.releases[(msg.round, msg.layer)] = rel
-        step.released[msg.layer] = m.raw
+        if known is None:  # kept on disk (the ledger's release files), not in memory: re-sent from there
+            self.releases[(msg.round, msg.layer)] = self.ledger.release(self.s.id, msg.round, msg.layer,
+                                                                        body["attempt"], body["sha256"], parties, m.raw)
+        step.released[msg.layer] = body["sha256"]  # the ΔW itself is on disk only
         self._accept(m)
         log.info("round %d layer %d: %s (sha256 %s…), relayed to the parties", msg.round, msg.layer,
                  "ΔW released to the served model" if self.s.served else "ΔW released", body["sha256"][:16])

@@ -80,7 +80,7 @@ class Step:
     accepted: dict[str, set[Key]] = field(default_factory=dict)
     included: tuple[str, ...] = ()
     poisoned: set[str] = field(default_factory=set)  # parties whose payload broke an accumulator
-    released: dict[int, list[bytes]] = field(default_factory=dict)
+    released: dict[int, str] = field(default_factory=dict)  # layer -> sha256 of its released ΔW ciphertext
     excluded: set[str] = field(default_factory=set)  # parties the solver could not authenticate (not opened)
     refused: str = ""  # the solver's reason when it refused the step
     # streaming (module docstring): the order parties send in, each chunk's place in it, the window of sums held
