@@ -36,7 +36,7 @@ from secure_collab.config import STATISTICS, Config
 from secure_collab.editing.accounting import session_epsilon
 from secure_collab.editing.defences import parse_defence
 from secure_collab.keys import CurveKeyPair, load_curve_pair
-from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.ledger import Ledger, PartSink, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme
 from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
@@ -106,6 +106,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.public_sig = b""
         self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
+        self.incoming: dict[tuple[int, int], PartSink] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
         self.phase: TagPhase | None = None  # the open keyed-tag exchange, if any
@@ -121,7 +122,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
-            MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
+            MsgType.RELEASE: self._on_release, MsgType.RELEASE_PART: self._on_release_part,
+            MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
             MsgType.ERROR: self._on_error, MsgType.BLINDED: self._on_blinded, MsgType.TAGS: self._on_tags,
             MsgType.EVALUATED: self._on_evaluated, MsgType.DECISION: self._on_decision,
             MsgType.NOTICE: self._on_release, MsgType.QUERY: self._on_query, MsgType.ANSWER: self._on_answer,
@@ -209,6 +211,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
     def _end(self, ok: bool, reason: str) -> Outcome:
         reason = clean_text(reason, STORED_TEXT)  # may quote the solver; END carries it to every party
         self._summarise()
+        for sink in self.incoming.values():  # parts of a release that never came: their temporary file goes
+            sink.discard()
+        self.incoming.clear()
         for name, dropped in sorted(self.guard.cut_off.items()):
             if dropped.messages:
                 self.ledger.message(self.s.id, "in", name, "?", "", dropped.nbytes, "dropped",
@@ -620,9 +625,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         verify(self.cfg.roster.signing_public(), signature,
                setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message) -> None:
+    def _verify_release(self, msg: Message, assembled: str | None = None) -> None:
         check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties,
-                      served=self.s.served)
+                      served=self.s.served, assembled=assembled)
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,

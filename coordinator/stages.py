@@ -52,15 +52,15 @@ ACCEPTS: dict[Stage, frozenset[MsgType]] = {
     Stage.TAGGING: frozenset({MsgType.HELLO, MsgType.BLINDED, MsgType.TAGS, MsgType.EVALUATED, MsgType.DECISION,
                               MsgType.ACK, MsgType.ERROR}),
     Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK, MsgType.ERROR}),
-    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.NOTICE, MsgType.VERDICT, MsgType.ACK,
-                              MsgType.ERROR}),
+    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE_PART, MsgType.RELEASE, MsgType.NOTICE, MsgType.VERDICT,
+                              MsgType.ACK, MsgType.ERROR}),
     Stage.SERVING: frozenset({MsgType.HELLO, MsgType.QUERY, MsgType.ANSWER, MsgType.ACK, MsgType.ERROR}),
     Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
     Stage.ABORTED: frozenset({MsgType.HELLO, MsgType.ERROR}),
 }
 ROLE_OF: dict[MsgType, str] = {
     MsgType.HELLO: "any", MsgType.CONTRIB: "party", MsgType.ACK: "party",
-    MsgType.RELEASE: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
+    MsgType.RELEASE: "solver", MsgType.RELEASE_PART: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
     MsgType.BLINDED: "party", MsgType.TAGS: "party", MsgType.EVALUATED: "solver", MsgType.DECISION: "solver",
     MsgType.NOTICE: "solver", MsgType.QUERY: "party", MsgType.ANSWER: "solver",
 }

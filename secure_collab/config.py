@@ -401,11 +401,7 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
                           f"{ELEMENT_BYTES} bytes, twice): lower session.max_edits_per_party or raise it")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
-    # a release carries one float64 ΔW and, with tags, a holders note of two bytes per decision record
-    note = 2 * min(wire.MAX_DECISION_RECORDS, wire.MAX_PARTIES * s.max_edits_per_party) if s.tags else 0
-    if s.d_v * s.d_k * 8 + note + 4096 > n.max_message_bytes:
-        raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)"
-                          + (f" and its holders note ({note} bytes)" if note else ""))
+    # a release's ΔW (and holders note) that does not fit one message travels in RELEASE_PARTs (protocol/release.py)
     positive = ("heartbeat_s", "recv_buffer_bytes", "coordinator_memory_bytes", "budget_headroom", "max_refusal_rows",
                 "welcome_burst", "welcome_interval_s", "connects_per_minute", "hwm", "max_frames")
     for key in positive:

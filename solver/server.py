@@ -73,7 +73,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta, holders_note, split_release
+from secure_collab.protocol.release import encode_delta, holders_note, part_bytes, split_parts, split_release
 from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.serve import QueryDesk, ServedModel
@@ -596,6 +596,14 @@ class Solver:
         if self.s.served:  # ΔW stays here: the signed statement (with the ciphertext's sha256) tells the step is done
             transport.send(self.sock, self._msg(MsgType.NOTICE, round_, layer, body=body, frames=(signature,)))
             return
+        size = part_bytes(self.cfg.network.max_message_bytes)
+        if len(ciphertext) > size:  # one message cannot hold it: the parts, then the RELEASE signing their sha256
+            parts = split_parts(ciphertext, size)
+            for i, part in enumerate(parts):
+                transport.send(self.sock, self._msg(MsgType.RELEASE_PART, round_, layer, frames=(part,), body={
+                    "attempt": meta["attempt"], "part": i, "parts": len(parts), "sha256": meta["sha256"]}))
+            body["parts"] = len(parts)
+            ciphertext = b""
         transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=(ciphertext, signature)))
 
     def _refuse(self, round_: int, layers: tuple[int, ...], attempt: int, exc: Refusal) -> None:

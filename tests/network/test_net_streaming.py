@@ -198,3 +198,52 @@ def test_the_solver_spools_each_authenticated_chunk_sealed_0600_and_deletes_it_a
     state_dir = cfg.solver_dir
     assert not list(state_dir.glob("spool-*")), "a spooled chunk outlived its step"
     assert len(held) == len(spooled) and max(held) == 0
+
+
+def test_a_release_larger_than_one_message_travels_in_parts_and_equals_the_reference(tmp_path):
+    """ΔW of 64 x 24 float64 (12 KiB) against an 8 KiB message limit: the solver sends the ciphertext in RELEASE_PART
+    messages and then the signed RELEASE (its sha256 is of the whole ciphertext); the coordinator keeps the parts on
+    disk and sends each party the parts, then the RELEASE; every party verifies the whole before applying it, and no
+    message of the session exceeds the limit."""
+    limit = 8192
+    cfg = make_config(tmp_path, mode="shares", d_k=24, d_v=64, chunk_values=32,
+                      network={"max_message_bytes": limit})
+    assert cfg.session.d_v * cfg.session.d_k * 8 > limit
+    run = run_session(cfg, scheme=get_scheme("shares"))
+    assert run.outcome.ok, run.outcome.reason
+    for key, delta in reference_deltas(cfg, ["a", "b", "c"]).items():
+        np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-9, atol=1e-9)
+        for engine in run.engines.values():
+            np.testing.assert_allclose(engine.w[key[1]], delta, rtol=1e-9, atol=1e-9)
+    with Ledger(cfg.paths.ledger) as ledger:
+        rows = ledger.rows("messages")
+    parts_out = [r for r in rows if r["type"] == "release_part" and r["direction"] == "out"]
+    assert {r["peer"] for r in parts_out} == {"a", "b", "c"}
+    parts_in = [r for r in rows if r["type"] == "release_part" and r["direction"] == "in"]
+    assert len(parts_in) >= 2 * 2 and len(parts_out) == 3 * len(parts_in)  # at least 2 per layer, to every party
+    assert max(r["bytes"] for r in rows) <= limit
+    files = sorted((tmp_path / "ledger.sqlite.releases" / "s1").iterdir())
+    assert [f.name for f in files] == ["r0-l1.ciphertext", "r0-l1.frames", "r0-l2.ciphertext", "r0-l2.frames"]
+    assert all((f.stat().st_mode & 0o777) == 0o600 for f in files)
+
+
+def test_a_coordinator_that_alters_a_release_part_is_caught_and_nothing_is_applied(tmp_path, monkeypatch):
+    """The coordinator builds the parts it sends from its file: one that alters a byte (here, of every release's first
+    part) sends well-formed messages, but the assembled ciphertext's sha256 is not the one the solver signed: every
+    party refuses the release and applies nothing."""
+    import coordinator.handlers as handlers
+
+    read_parts = handlers.read_parts
+
+    def altering(path, size):
+        for i, part in enumerate(read_parts(path, size)):
+            yield (bytes([part[0] ^ 1]) + part[1:]) if i == 0 else part
+
+    monkeypatch.setattr(handlers, "read_parts", altering)
+    cfg = make_config(tmp_path, mode="shares", d_k=24, d_v=64, chunk_values=32, network={"max_message_bytes": 8192})
+    run = run_session(cfg, scheme=get_scheme("shares"))
+    assert not run.outcome.ok
+    for name, result in run.parties.items():
+        assert not result.ok and result.applied == {}, name
+        assert "parts are missing, or do not match the signed sha256" in result.reason, result.reason
+    assert all(not engine.w[layer].any() for engine in run.engines.values() for layer in cfg.session.layers)
