@@ -393,8 +393,9 @@ class Solver:
         if len(pend.received) == len(layers) * sum(self.s.n_chunks(st) for st in STATISTICS):
             self.pending = None
             try:
-                self._process(msg.round, layers, pend)
+                self._process(msg.round, layers, pend)  # each chunk's record is deleted as it is opened
             except Refusal as exc:
+                self.state.drop_spool()  # before the verdict: the coordinator may collect again at once
                 self._refuse(msg.round, layers, pend.attempt, exc)
             finally:
                 self.state.drop_spool()
@@ -419,7 +420,10 @@ class Solver:
                         {"header": payload.header, "sizes": [len(f) for f in frames]}, b"".join(frames))
 
     def _unspool(self, pend: _Pending, key: tuple[int, str, int]) -> Payload:
-        stored = self.state.load(_spool_name(pend.round, pend.attempt, key))
+        """A spooled chunk, read back to be opened and deleted at once: a step is opened at most once."""
+        name = _spool_name(pend.round, pend.attempt, key)
+        stored = self.state.load(name)
+        self.state.drop(name)
         if stored is None:
             raise Refusal(f"round {pend.round}: a spooled chunk of layer {key[0]} is missing from the solver's store",
                           opened=True)
