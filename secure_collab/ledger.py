@@ -263,7 +263,24 @@ def read_ledger(path: Path, tables: tuple[str, ...] = TABLES, *,
         db.close()
     if session is not None:
         out = {t: [r for r in rows if r["session_id"] == session] for t, rows in out.items()}
+    for row in out.get("releases", []):  # a release's payload lives in its files: read as if it were in the row
+        if not row["frames"]:
+            row["frames"] = _release_frames(path, row)
     return out
+
+
+def _release_frames(path: Path, row: dict[str, Any]) -> bytes:
+    """The packed payload frames of a release row whose payload is on disk (the ciphertext put back in place when the
+    release came in parts); empty when its files are gone."""
+    directory = child_dir(path.with_name(path.name + ".releases"), row["session_id"])
+    stem = f"r{int(row['round'])}-l{int(row['layer'])}"
+    frames_file, whole = directory / f"{stem}.frames", directory / f"{stem}.ciphertext"
+    if not frames_file.is_file():
+        return b""
+    frames = _unpack_frames(frames_file.read_bytes())
+    if whole.is_file() and frames and not frames[0]:
+        frames[0] = whole.read_bytes()
+    return _pack_frames(frames)
 
 
 class PartSink:

@@ -225,6 +225,13 @@ def test_a_release_larger_than_one_message_travels_in_parts_and_equals_the_refer
     files = sorted((tmp_path / "ledger.sqlite.releases" / "s1").iterdir())
     assert [f.name for f in files] == ["r0-l1.ciphertext", "r0-l1.frames", "r0-l2.ciphertext", "r0-l2.frames"]
     assert all((f.stat().st_mode & 0o777) == 0o600 for f in files)
+    # a reader of the ledger (ledger show, the audit page) sees each release's payload as one message would hold it
+    from secure_collab.ledger import _unpack_frames, read_ledger
+
+    for row in read_ledger(cfg.paths.ledger, ("releases",))["releases"]:
+        ciphertext, signature = _unpack_frames(row["frames"])
+        assert len(ciphertext) == (files[0].parent / f"r0-l{row['layer']}.ciphertext").stat().st_size > limit
+        assert len(signature) == 64
 
 
 def test_a_coordinator_that_alters_a_release_part_is_caught_and_nothing_is_applied(tmp_path, monkeypatch):
