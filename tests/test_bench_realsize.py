@@ -104,3 +104,15 @@ def test_rows_that_cannot_fit_or_run_too_long_are_recorded_not_lost(tmp_path):
                                timeout=0.2)
     assert not stopped["ok"] and stopped["stopped"].startswith("stopped")
     assert all(r["exit"] is not None for r in stopped["roles"].values())  # every role reaped, none left behind
+
+
+def test_a_real_size_session_file_lets_the_coordinator_queue_two_messages_of_the_largest_size(tmp_path):
+    """One ΔW of Llama-3-8B is 470 MB, one message: with the default recv_buffer_bytes the coordinator's RCVHWM
+    comes to 1, and a session with RCVHWM 1 hangs before its first step (reproduced at d_k 64), so the bench sets
+    room for two."""
+    from secure_collab.config import load_config
+    from secure_collab.protocol.transport import router_rcvhwm
+
+    cfg = load_config(realsize.write_session(tmp_path, 14336, 4096, 3, "shares", 16, precision_bits=48,
+                                             in_turn=True, timeout=60))
+    assert cfg.network.max_message_bytes >= 8 * 4096 * 14336 and router_rcvhwm(cfg.network) >= 2

@@ -95,7 +95,7 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def write_session(work: Path, d_k: int, d_v: int, parties: int, mode: str, rank: int, *, precision_bits: int,
-                  in_turn: bool, timeout: float) -> Path:
+                  in_turn: bool, timeout: float, network: dict[str, Any] | None = None) -> Path:
     """Keys, roster and session.toml for one real-size session of one layer; the config's path."""
     from secure_collab.config import write_config
     from secure_collab.keys import init_keys
@@ -111,9 +111,13 @@ def write_session(work: Path, d_k: int, d_v: int, parties: int, mode: str, rank:
         "max_edits_per_party": rank, "model": "synthetic", "variant": "sequential", "rounds": 1}
     if mode == "ckks":
         session["protection"] = {"precision_bits": precision_bits}
+    largest = max(64 << 20, -(-release // (1 << 20)) << 20)
+    # recv_buffer_bytes: at least two messages of the largest size per connection. With the default 256 MiB and a
+    # ΔW over 128 MiB the coordinator's RCVHWM (transport.router_rcvhwm) comes to 1, and a session then hangs
+    # before the first step (reproduced at d_k 64 with recv_buffer_bytes = max_message_bytes: BENCHMARKS.md (h))
     network = {"coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": timeout,
                "stage_timeout_s": timeout, "solve_timeout_s": timeout, "request_in_turn": in_turn,
-               "max_message_bytes": max(64 << 20, -(-release // (1 << 20)) << 20)}
+               "max_message_bytes": largest, "recv_buffer_bytes": max(256 << 20, 2 * largest), **(network or {})}
     paths = {"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
              "solver_state": "solver-state"}
     path = work / "session.toml"
@@ -183,10 +187,11 @@ class _Roles:
 
 def run_row(d_k: int, d_v: int, parties: int, mode: str, rank: int, work: Path, logs: Path, *,
             memory_limit: int, timeout: float, precision_bits: int = 48, in_turn: bool = True,
-            keep_delta: Path | None = None) -> dict[str, Any]:
-    """One real-size session (see the module doc); its figures."""
+            keep_delta: Path | None = None, network: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One real-size session (see the module doc); its figures. ``network``: settings of the session's [network]
+    table over the bench's own."""
     cfg_path = write_session(work, d_k, d_v, parties, mode, rank, precision_bits=precision_bits, in_turn=in_turn,
-                             timeout=timeout)
+                             timeout=timeout, network=network)
     logs.mkdir(parents=True, exist_ok=True)
     names = [chr(ord("a") + i) for i in range(parties)]
     go = work / "go"
@@ -220,7 +225,13 @@ def run_row(d_k: int, d_v: int, parties: int, mode: str, rank: int, work: Path, 
         time.sleep(0.25)
     wall = time.perf_counter() - t_go
     outs = {role: _read(work / f"{role}.json") for role in roles.procs}
-    return summarise_row(d_k, d_v, parties, mode, rank, roles, outs, wall, t_ready - t_start, used_before)
+    row = summarise_row(d_k, d_v, parties, mode, rank, roles, outs, wall, t_ready - t_start, used_before)
+    from secure_collab.config import load_config
+
+    net = load_config(cfg_path).network
+    row["network"] = {k: getattr(net, k) for k in ("max_message_bytes", "recv_buffer_bytes", "request_in_turn",
+                                                   "send_timeout_s", "hwm")}
+    return row
 
 
 def run_solve_row(d_k: int, d_v: int, parties: int, rank: int, work: Path, logs: Path, *, memory_limit: int,
