@@ -9,12 +9,15 @@ projected by the formulas below (one layer per step, parties asked in turn, one 
 
 - bytes per party = L · v(d_k, d_v) · (bytes per value of the mode, measured) + L · release bytes (8 d_v d_k, the ΔW
   message; measured bytes received per party per value of ΔW).
-- coordinator peak = base + k_c · (8 · v) · (bytes per value / 8): a line through the measured rows of the mode
-  (its running sum and what it relays grow with the values of one step; flat in the party count, the sum being one).
+- coordinator peak = base + (k_c + k_p · P) · (one party's bytes for one step): k_p from two party counts at one size
+  (measured: the session's coordinator is not flat in the party count), base and k_c a line through the completed
+  rows of the mode.
 - solver peak = base + k_s · 8 (d_k² + d_v d_k) + (L − 1) · 8 d_k²: a line through the measured rows, plus the dense
   C of every other edited layer, which a real solver keeps from the start (the bench's solver holds one).
 - party peak = base + k_p · 8 (d_k² + d_v d_k) (its full statistics, the packed copy and the check's temporaries).
-- wall = L · [P · (check(d_k) + pack + protect + move) + P · add + open + check(d_k) + solve(d_k, d_v)], with
+- wall = L · [P · (check(d_k) + pack + protect + move + add) + open + check(d_k) + solve(d_k, d_v)] with the parties
+  in turn on one machine (as measured), and L · [check + pack + protect + P · (move + add) + open + check + solve]
+  with each party on a machine of its own (the coordinator's link and additions stay serial), with
   check = c_eig · d_k³ (an eigendecomposition of the whole G, at the party and again at the solver), solve =
   c_solve · (d_k³/3 + 2 d_k² d_v) (Cholesky and two triangular solves), protect/add/open at the measured CPU seconds per
   million values (open per party for shares, whose opening removes every party's mask), and ``move`` the rest of a
@@ -95,7 +98,18 @@ def coefficients(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if got:
             top = max(got, key=lambda r: r["d_k"])
             m["pack_s_per_mvalue"] = top["party_pack_seconds"]["wall"] / (values(top["d_k"], top["d_v"]) / 1e6)
-        pts = [(8 * values(r["d_k"], r["d_v"]), peak(r, "coordinator")) for r in mine if peak(r, "coordinator")]
+        done = [r for r in mine if r.get("ok") and peak(r, "coordinator")]  # a stopped row's had not seen everyone
+        per_party = 0.0  # coordinator bytes per party and per byte of one party's payload: two party counts, one size
+        for d in sorted({r["d_k"] for r in done}, reverse=True):
+            at = sorted((r for r in done if r["d_k"] == d), key=lambda r: r["parties"])
+            if len(at) > 1 and at[-1]["parties"] > at[0]["parties"]:
+                lo, hi = at[0], at[-1]
+                per_party = (peak(hi, "coordinator") - peak(lo, "coordinator")) / (
+                    (hi["parties"] - lo["parties"]) * hi["bytes_sent_per_party"])
+                m["coordinator_per_party"] = [per_party, f"d_k {d}: {lo['parties']} and {hi['parties']} parties"]
+                break
+        pts = [(r["bytes_sent_per_party"],
+                peak(r, "coordinator") - per_party * r["parties"] * r["bytes_sent_per_party"]) for r in done]
         if pts:
             m["coordinator"] = line(pts)
         pts = [(8 * (r["d_k"] ** 2 + r["d_v"] * r["d_k"]), peak(r, "solver")) for r in mine if r.get("ok")
@@ -116,8 +130,8 @@ def coefficients(rows: list[dict[str, Any]]) -> dict[str, Any]:
             known += sum((r.get(f"{w}_seconds_per_mvalue") or {}).get("wall", 0.0) * per_v * k
                          for w, k in (("protect", r["parties"]), ("add", r["parties"]), ("open", 1)))
             moves.append((r["d_k"], (r["wall_seconds"] - known) / (r["parties"] * r["bytes_sent_per_party"])))
-        if moves:
-            m["move_s_per_byte"] = max(moves)[1]  # from the largest row that completed
+        if moves:  # from the largest row that completed; 0 where the timed parts overlap (ckks: add during protect)
+            m["move_s_per_byte"] = max(0.0, max(moves)[1])
         c["modes"][mode] = m
     checks = [(r["d_k"], (r.get("party_check_seconds") or {}).get("wall_max")) for r in sessions]
     checks += [(r["d_k"], r.get("check_seconds")) for r in solves]
@@ -142,9 +156,10 @@ def project(c: dict[str, Any], mode: str, d_k: int, d_v: int, layers: int, parti
     bpv = m.get("bytes_per_value")
     out["sent"] = layers * v * bpv if bpv else None
     out["received"] = layers * d_v * d_k * m.get("received_per_delta_value", 8.0)
-    if "coordinator" in m:
+    if "coordinator" in m and out["sent"]:
         a, k, _ = m["coordinator"]
-        out["coordinator"] = a + k * 8 * v
+        payload = out["sent"] / layers  # one party's bytes for one step
+        out["coordinator"] = a + k * payload + m.get("coordinator_per_party", [0.0])[0] * parties * payload
     if "solver" in m:
         a, k, _ = m["solver"]
         out["solver"] = a + k * stats + (layers - 1) * 8 * d_k**2
@@ -154,10 +169,11 @@ def project(c: dict[str, Any], mode: str, d_k: int, d_v: int, layers: int, parti
     check = c.get("check_s_per_dk3", 0.0) * d_k**3
     solve = c.get("solve_s_per_flop", 0.0) * (d_k**3 / 3 + 2 * d_k**2 * d_v)
     open_rate = m.get("open_s_per_mvalue", 0.0) * (parties if mode == "shares" else 1)
-    move = m.get("move_s_per_byte", 0.0) * (out["sent"] or 0) / layers
-    party_turn = check + (m.get("pack_s_per_mvalue", 0.0) + m.get("protect_s_per_mvalue", 0.0)) * mv + move
-    out["wall"] = layers * (parties * party_turn + parties * m.get("add_s_per_mvalue", 0.0) * mv + open_rate * mv
-                            + check + solve)
+    local = check + (m.get("pack_s_per_mvalue", 0.0) + m.get("protect_s_per_mvalue", 0.0)) * mv  # at the party
+    link = m.get("move_s_per_byte", 0.0) * (out["sent"] or 0) / layers + m.get("add_s_per_mvalue", 0.0) * mv
+    after = open_rate * mv + check + solve  # the solver, once every party is in
+    out["wall"] = layers * (parties * (local + link) + after)  # one machine, parties in turn (as measured)
+    out["wall_own_machines"] = layers * (local + parties * link + after)  # each party computing on its own machine
     return out
 
 
@@ -186,7 +202,8 @@ def tables(rows: list[dict[str, Any]], c: dict[str, Any]) -> str:
             continue
         out += [f"#### {mode}", "",
                 "| model | d_k / d_v | layers | " + " | ".join(f"{p} parties: sent per party, coordinator, solver, "
-                                                                 f"wall" for p in PARTIES) + " |",
+                                                                 f"wall in turn / own machines" for p in PARTIES)
+                + " |",
                 "|---|---|---|" + "---|" * len(PARTIES)]
         for name, d_k, d_v, depth in MODELS:
             for layers in sorted({1, depth}):
@@ -195,17 +212,20 @@ def tables(rows: list[dict[str, Any]], c: dict[str, Any]) -> str:
                     x = project(c, mode, d_k, d_v, layers, p)
                     m = measured_cell(rows, mode, d_k, layers, p)
                     mark = {"sent": "", "coordinator": "", "solver": "", "wall": ""}
-                    if m:  # the figures this very row measured replace the projection, marked m
+                    if m:  # the figures this very row measured replace the projection, marked m; a row the memory
+                        # guard stopped gives a lower bound (≥ … m) where its role had not finished
                         for key, field in (("sent", "bytes_sent_per_party"), ("wall", "wall_seconds")):
-                            if m.get(field) and (m.get("ok") or key == "sent"):
+                            if m.get(field) and m.get("ok"):
                                 x[key], mark[key] = m[field], " m"
                         for key in ("coordinator", "solver"):
                             got = peak(m, key)
-                            if got and (m.get("ok") or key == "coordinator"):
+                            if got and m.get("ok"):
                                 x[key], mark[key] = got, " m"
+                            elif got and got > (x.get(key) or 0):
+                                x[key], mark[key] = got, " m (≥: stopped)"
                     cells.append(f"{fmt_bytes(x['sent'])}{mark['sent']}, {fmt_bytes(x.get('coordinator'))}"
                                  f"{mark['coordinator']}, {fmt_bytes(x.get('solver'))}{mark['solver']}, "
-                                 f"{fmt_time(x['wall'])}{mark['wall']}")
+                                 f"{fmt_time(x['wall'])}{mark['wall']} / {fmt_time(x['wall_own_machines'])}")
                 out.append(f"| {name} | {d_k:,} / {d_v:,} | {layers} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
