@@ -1,10 +1,12 @@
 """`secure-collab bench` in one function: every section in one run, each result kept so an interruption resumes.
 
 Sections (docs in each module): ``sessions`` (a), ``anchors`` (b), ``memory`` (c), ``solve`` (d), ``covariance``
-(e), ``targets`` (f, with the keys and the core's matmul rate). ``run_bench`` writes ``<out>/sections/<name>.json``
-as each section finishes (keyed by the section's settings: a finished section with the same settings is read
-back, not run again), then the summary with the figures the issue names, the targets met or missed, and the
-plots (``report``).
+(e), ``targets`` (f, with the keys and the core's matmul rate), ``backends`` (g) and ``realsize`` (h: real-size
+sessions of synthetic statistics, hours and most of a 24 GiB machine at the real sizes, so it runs only when named
+with ``--only``; its rows are kept one by one in ``<out>/realsize/rows``). ``run_bench`` writes
+``<out>/sections/<name>.json`` as each section finishes (keyed by the section's settings: a finished section with
+the same settings is read back, not run again), then the summary with the figures the issue names, the targets met
+or missed, and the plots (``report``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("sessions", "anchors", "memory", "solve", "covariance", "targets", "backends")
+SECTIONS = ("sessions", "anchors", "memory", "solve", "covariance", "targets", "backends", "realsize")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # realsize only when asked for by name
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,17 @@ class BenchConfig:
     backend_reps: int = 2
     backend_hypernet: str = "bundled"  # a trained hypernetwork directory, or the one bundled for the model
     warmup: bool = True  # an untimed session per party count first (fills the target and page caches)
-    sections: tuple[str, ...] = SECTIONS
+    # (h) real-size sessions of synthetic statistics (bench.realsize): d_k of Llama-3-8B and GPT-J, their d_v
+    realsize_dk: tuple[int, ...] = (14336, 16384)
+    realsize_dv: int = 4096
+    realsize_parties: tuple[int, ...] = (3, 10)
+    realsize_modes: str = "shares,plain,ckks"
+    realsize_rank: int = 16  # N: edits per party, the rank of its G
+    realsize_precision_bits: int = 48  # ckks: the session default (session_file.PRECISION_BITS)
+    realsize_in_turn: bool = True  # parties asked one at a time (network.request_in_turn), as the demo does
+    realsize_memory_limit_gb: float = 18.0  # the machine's used memory (GiB) at which a row is stopped
+    realsize_timeout_s: float = 3600.0  # a row still running after this is stopped
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -96,7 +109,8 @@ class BenchConfig:
         d = asdict(self)
         prefixes: dict[str, tuple[str, ...]] = {
             "sessions": ("session_",), "anchors": ("anchor_",), "memory": ("memory_",), "solve": ("solve_",),
-            "covariance": ("covariance_",), "targets": ("target_", "key_", "efficacy"), "backends": ("backend_",)}
+            "covariance": ("covariance_",), "targets": ("target_", "key_", "efficacy"), "backends": ("backend_",),
+            "realsize": ("realsize_",)}
         prefix = prefixes[section]
         keep = {k: v for k, v in d.items() if k.startswith(prefix)} | {"model": self.model}
         if section == "backends":  # the same requests as the targets section
@@ -114,8 +128,10 @@ def run_bench(cfg: BenchConfig, out: Path, cache: Path | None = None, fresh: boo
 
     say = progress or (lambda _m: None)
     (out / "sections").mkdir(parents=True, exist_ok=True)
-    runners = {"sessions": _sessions, "anchors": _anchors, "memory": _memory, "solve": _solve,
-               "covariance": _covariance, "targets": _targets, "backends": _backends}
+    runners: dict[str, Callable[[BenchConfig, Path | None, Callable[[str], None]], dict[str, Any]]] = {
+        "sessions": _sessions, "anchors": _anchors, "memory": _memory, "solve": _solve, "covariance": _covariance,
+        "targets": _targets, "backends": _backends,
+        "realsize": functools.partial(_realsize, out=out / "realsize", fresh=fresh)}
     results: dict[str, Any] = {}
     for name in cfg.sections:
         path = out / "sections" / f"{name}.json"
@@ -316,6 +332,20 @@ def _backends(cfg: BenchConfig, cache: Path | None, say: Callable[[str], None]) 
         f"{cfg.backend_reps} repetitions")
     return {"requests": cfg.target_requests, "offset": start, "hypernet": str(path),
             "cpu": bench_backends(lm, reqs, hp, templates, net, cfg.backend_reps)}
+
+
+def _realsize(cfg: BenchConfig, cache: Path | None, say: Callable[[str], None], *, out: Path,
+              fresh: bool) -> dict[str, Any]:
+    from secure_collab.bench.realsize import bench_realsize
+    from secure_collab.protection import MODES
+
+    modes = tuple(m.strip() for m in cfg.realsize_modes.split(",") if m.strip())
+    if not modes or set(modes) - set(MODES):
+        raise ValueError(f"realsize_modes={cfg.realsize_modes!r}: a comma-separated subset of {', '.join(MODES)}")
+    return bench_realsize(cfg.realsize_dk, cfg.realsize_dv, cfg.realsize_parties, modes, cfg.realsize_rank, out,
+                          memory_limit=int(cfg.realsize_memory_limit_gb * 2**30), timeout=cfg.realsize_timeout_s,
+                          precision_bits=cfg.realsize_precision_bits, in_turn=cfg.realsize_in_turn, fresh=fresh,
+                          progress=say)
 
 
 def _efficacy(lm: Any, reqs: list, hp: Any, templates: list[str], cache: Path | None) -> dict[str, Any]:

@@ -5,7 +5,9 @@ SecAgg+ and NVFlare's CKKS against our modes on the same G and B vectors), memor
 party count and statistic size), solve (Cholesky against an explicit inverse), covariance (tokens per second,
 forward stopped early against full) and targets (target optimisation seconds per edit before and after, FLOPs
 against the core's matmul rate, keys one request at a time against batched) and backends (a party's statistics per
-edit, MEMIT against MALMEN with the bundled hypernetwork). Each section's result is kept in
+edit, MEMIT against MALMEN with the bundled hypernetwork). ``--only realsize`` (never by default: hours and most of a
+24 GiB machine) runs real-size sessions of synthetic statistics (Llama-3-8B's and GPT-J's d_k and d_v) over the real
+roles: wall time, bytes, each role's peak memory, protect/add/open rates and the solve. Each section's result is kept in
 ``--out`` and read back by a later run with the same settings, so an interrupted run resumes.
 
 Every process measures with one math thread. On a shared machine run it alone (or under a lock) and compare
@@ -18,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = ("run the benchmarks (sessions, anchors, memory, solve, covariance, targets, backends) and write JSON and "
-        "plots")
+HELP = ("run the benchmarks (sessions, anchors, memory, solve, covariance, targets, backends; realsize when named) "
+        "and write JSON and plots")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/bench", metavar="DIR",
                    help="where each section's JSON and the plots go (default: runs/bench)")
     p.add_argument("--only", default=None, metavar="SECTIONS",
-                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but realsize, which runs "
+                        "only when named: hours and most of 24 GiB at the real sizes)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="change one setting of the preset, e.g. session_parties=3,10 session_reps=2 "
                         "target_edits=4 memory_large_parties=2 (repeatable; names: the fields of "
@@ -49,10 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from secure_collab.bench.runner import SECTIONS, BenchConfig, run_bench
+    from secure_collab.bench.runner import DEFAULT_SECTIONS, SECTIONS, BenchConfig, run_bench
     from secure_collab.cli._output import write_json
 
-    sections = tuple(s.strip() for s in args.only.split(",")) if args.only else SECTIONS
+    sections = tuple(s.strip() for s in args.only.split(",")) if args.only else DEFAULT_SECTIONS
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         print(f"bench: unknown sections {unknown}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
