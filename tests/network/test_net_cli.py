@@ -68,7 +68,7 @@ def test_role_commands_run_a_session(tmp_path, monkeypatch, capsys):
     engines = {n: SyntheticEngine(n, cfg) for n in ("a", "b", "c")}
     from parties.runner import PartyEngine
 
-    monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args: PartyEngine(
+    monkeypatch.setattr(party_cli, "engine_callbacks", lambda config, name, args, group=None: PartyEngine(
         engines[name].compute_statistics, engines[name].apply_delta, lambda result: {"edits": 3}))
     th = Threads()
     th.start("coordinator", lambda: _run(coordinator_cli, ["--config", config_path]))
