@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from coordinator.guard import PeerGuard
 from coordinator.stages import Key, Stage, Step, TagPhase, validate_contrib
 from secure_collab.config import Config, SessionConfig
-from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.ledger import Ledger, PartSink, StoredRelease, read_parts
 from secure_collab.protection import Payload, ProtectionError, PublicScheme, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
@@ -25,9 +25,11 @@ from secure_collab.protocol.messages import (
     ProtocolError,
     answer_of,
     check_tag_body,
+    part_of,
     release_of,
 )
 from secure_collab.protocol.query import ANSWER_FRAME_BYTES, QUERY_FRAME_BYTES, UNANSWERED
+from secure_collab.protocol.release import max_ciphertext_bytes, part_bytes
 
 log = logging.getLogger("coordinator")
 
@@ -64,6 +66,7 @@ class CoordinatorState(ABC):
     active: set[str]
     holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]
     releases: dict[tuple[int, int], StoredRelease]
+    incoming: dict[tuple[int, int], PartSink]  # a release's ciphertext arriving in parts, on disk
     acked: set[tuple[str, int, int]]
     abort_reason: str
 
@@ -82,9 +85,11 @@ class CoordinatorState(ABC):
     @abstractmethod
     def _hand_off(self, step: Step, key: Key) -> None: ...
     @abstractmethod
+    def _forward(self, step: Step, key: Key) -> None: ...
+    @abstractmethod
     def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None: ...
     @abstractmethod
-    def _verify_release(self, msg: Message) -> None: ...
+    def _verify_release(self, msg: Message, assembled: str | None = None) -> None: ...
 
     def _relay(self, party: str, m: Inbound) -> None:
         """Forward a solver's message to a party as received (its header and frames unchanged)."""
@@ -136,9 +141,10 @@ class Handlers(CoordinatorState):
                 self.welcomed.add("solver")
                 self._accept(m, "solver rejoined")
                 step = self.step
-                if step is not None and step.stage is Stage.SOLVING and len(step.released) < len(step.layers):
-                    for key in sorted(step.accs):  # what it may have missed while it was away
-                        self._hand_off(step, key)
+                if step is not None and step.handed and len(step.released) < len(step.layers):
+                    # the sums handed to it are gone with its old connection, and dropped here: collect the step
+                    # again under a new attempt (nothing was opened, or it refuses to open again)
+                    step.stale = True
                 forwarded = self.phase.forwarded if self.phase is not None else []
                 for msg in forwarded:  # the solver answers each the same way
                     self._send("solver", msg)
@@ -167,9 +173,7 @@ class Handlers(CoordinatorState):
         missing = [key for key in sorted(self.releases) if key not in applied]
         self.guard.grant_acks(name, len(missing))
         for key in missing:
-            rel = self.releases[key]
-            self._send_frames(name, self.routes[name], rel.frames, "release",
-                              {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt})
+            self._send_release([name], self.releases[key])
         step = self.step
         if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
             self._send(name, self._request(step))
@@ -185,6 +189,7 @@ class Handlers(CoordinatorState):
             raise ProtocolError(f"payload claims party {claimed!r} but authenticated as {m.name!r}")
         self.scheme.check_signature(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames),
                                     step.context(self.s, key, m.name), self.verify_keys[m.name], self.public)
+        before = step.accs[key].held_bytes if key in step.accs else 0
         acc = step.accumulator(key, self.scheme, self.public, self.s)
         try:
             acc.add(Payload(header=dict(m.msg.body["payload"]), frames=m.msg.frames), party=m.name)
@@ -195,10 +200,15 @@ class Handlers(CoordinatorState):
             # count as partial so the step is collected again without it.
             step.poisoned.add(m.name)
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
+        finally:  # the window's accounting: what the running sums hold now (a new sum is held even if refused)
+            step.held_bytes += acc.held_bytes - before
+            step.peak_held_bytes = max(step.peak_held_bytes, step.held_bytes)
         step.accepted.setdefault(m.name, set()).add(key)
         self._accept(m)
         if m.name in step.complete(self.s):
             log.info("round %d: statistics of %s complete", step.round, m.name)
+        if set(acc.parties) == step.expected:  # every party of the step is in this chunk's sum: to the solver
+            self._forward(step, key)
 
     def _on_release(self, m: Inbound) -> None:
         """A signed, encrypted ΔW: verified, recorded (ciphertext only) and forwarded to every party. In a served
@@ -209,24 +219,75 @@ class Handlers(CoordinatorState):
         msg, step = m.msg, _open_step(self)
         if msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
             raise ProtocolError(f"unexpected release for round {msg.round} layer {msg.layer}")
-        self._verify_release(msg)
         body = release_of(msg)
-        parties = tuple(sorted(body["parties"]))
-        rel = StoredRelease(msg.round, msg.layer, body["attempt"], body["sha256"], parties, m.raw)
-        known = self.releases.get((msg.round, msg.layer))
-        if known is not None and known.sha256 != rel.sha256:
-            raise ProtocolError(f"a second, different release of round {msg.round} layer {msg.layer}")
-        if known is None:
-            self.ledger.release(self.s.id, rel)
-            self.releases[(msg.round, msg.layer)] = rel
-        step.released[msg.layer] = m.raw
+        sink = self.incoming.pop((msg.round, msg.layer), None) if "parts" in body else None
+        try:
+            self._verify_release(msg, sink.digest() if sink is not None else None)
+            parties = tuple(sorted(body["parties"]))
+            known = self.releases.get((msg.round, msg.layer))
+            if known is not None and known.sha256 != body["sha256"]:
+                raise ProtocolError(f"a second, different release of round {msg.round} layer {msg.layer}")
+            if known is None:  # kept on disk (the ledger's release files), not in memory: re-sent from there
+                self.releases[(msg.round, msg.layer)] = self.ledger.release(
+                    self.s.id, msg.round, msg.layer, body["attempt"], body["sha256"], parties, m.raw, sink)
+                sink = None
+        finally:
+            if sink is not None:
+                sink.discard()
+        step.released[msg.layer] = body["sha256"]  # the ΔW itself is on disk only
         self._accept(m)
         log.info("round %d layer %d: %s (sha256 %s…), relayed to the parties", msg.round, msg.layer,
                  "ΔW released to the served model" if self.s.served else "ΔW released", body["sha256"][:16])
-        for name in sorted(self.routes):
-            if name != "solver":
-                self._send_frames(name, self.routes[name], m.raw, msg.type.value,
-                                  {"round_": msg.round, "layer": msg.layer, "attempt": step.attempt})
+        self._send_release(sorted(n for n in self.routes if n != "solver"), self.releases[(msg.round, msg.layer)],
+                           msg.type.value)
+
+    def _on_release_part(self, m: Inbound) -> None:
+        """A slice of a release's ciphertext that does not fit one message: appended to a file as it comes (never held
+        in memory), hashed; the RELEASE that follows must sign the whole's sha256. Parts come in order on the solver's
+        one connection; part 0 starts over."""
+        msg, step, body = m.msg, _open_step(self), part_of(m.msg)
+        if self.s.served or msg.round != step.round or msg.layer not in step.layers or msg.layer in step.released:
+            raise ProtocolError(f"unexpected release part for round {msg.round} layer {msg.layer}")
+        size = part_bytes(self.cfg.network.max_message_bytes)
+        limit = max_ciphertext_bytes(self.s.d_v, self.s.d_k, self.s.tags, self.s.max_edits_per_party)
+        frame = m.msg.frames[0] if len(m.msg.frames) == 1 else b""
+        if not frame or len(frame) > size or body["parts"] > -(-limit // 1024):
+            raise ProtocolError(f"a release part carries 1 to {size} bytes, of at most {limit} in all")
+        key = (msg.round, msg.layer)
+        sink = self.incoming.get(key)
+        if body["part"] == 0:
+            if sink is not None:
+                sink.discard()
+            for other in list(self.incoming):  # one release arrives at a time: keep one file
+                self.incoming.pop(other).discard()
+            sink = self.incoming[key] = self.ledger.part_sink(self.s.id, msg.round, msg.layer, body["sha256"],
+                                                              body["parts"], body["attempt"])
+        elif (sink is None or body["part"] != sink.received
+              or (sink.sha256, sink.parts, sink.attempt) != (body["sha256"], body["parts"], body["attempt"])):
+            raise ProtocolError(f"release part {body['part']} of round {msg.round} layer {msg.layer} is out of order")
+        if sink.nbytes + len(frame) > limit:
+            self.incoming.pop(key).discard()
+            raise ProtocolError(f"release parts exceed {limit} bytes")
+        sink.add(frame)
+        self._accept(m)
+
+    def _send_release(self, names: Sequence[str], rel: StoredRelease, mtype: str = "release") -> None:
+        """A stored release to each named party: its ciphertext's parts read from disk one at a time (each message
+        built once for every party), then the signed RELEASE."""
+        where = {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt}
+        routed = [n for n in names if n in self.routes]
+        if rel.ciphertext is not None:
+            size = part_bytes(self.cfg.network.max_message_bytes)
+            count = -(-rel.ciphertext.stat().st_size // size)
+            for i, part in enumerate(read_parts(rel.ciphertext, size)):
+                msg = self._msg(MsgType.RELEASE_PART, rel.round, rel.layer, frames=(part,), body={
+                    "attempt": rel.attempt, "part": i, "parts": count, "sha256": rel.sha256})
+                part_frames = msg.to_frames()
+                for name in routed:
+                    self._send_frames(name, self.routes[name], part_frames, msg.type.value, where)
+        frames = rel.frames()
+        for name in routed:
+            self._send_frames(name, self.routes[name], frames, mtype, where)
 
     def _on_verdict(self, m: Inbound) -> None:
         """The solver refused the step's aggregate: exclude the parties it could not authenticate and collect
@@ -255,8 +316,9 @@ class Handlers(CoordinatorState):
         reason = m.msg.body["reason"]
         if m.name == "solver":
             self._accept(m, reason)
-            if self.stage is Stage.SOLVING:
-                self.abort_reason = f"solver refused: {reason}"
+            step = self.step
+            if self.stage is Stage.SOLVING or (self.stage is Stage.COLLECTING and step is not None and step.handed):
+                self.abort_reason = f"solver refused: {reason}"  # a streamed chunk's sum, or the hand-off
         elif self.guard.record_refusal(m.name, m.nbytes):  # a party's error reports share its row window
             self._accept(m, reason)
 

@@ -30,13 +30,13 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from coordinator.guard import QUERY_WINDOW, ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
-from coordinator.stages import ACCEPTS, ROLE_OF, Stage, Step, TagPhase
+from coordinator.stages import ACCEPTS, ROLE_OF, Key, Stage, Step, TagPhase
 from coordinator.watching import WaitWatch, waiting_for
-from secure_collab.config import Config
+from secure_collab.config import STATISTICS, Config
 from secure_collab.editing.accounting import session_epsilon
 from secure_collab.editing.defences import parse_defence
 from secure_collab.keys import CurveKeyPair, load_curve_pair
-from secure_collab.ledger import Ledger, StoredRelease
+from secure_collab.ledger import Ledger, PartSink, StoredRelease
 from secure_collab.protection import Payload, ProtectionError, PublicScheme
 from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
@@ -63,7 +63,7 @@ class Solved(enum.Enum):
     """How a step's hand-off to the solver ended."""
 
     RELEASED = "released"  # every layer of the step was released (perhaps re-sent after a restart)
-    RECOLLECT = "recollect"  # the solver named parties it could not authenticate; nothing was opened
+    RECOLLECT = "recollect"  # the solver named parties it could not authenticate, or lost its hand-off; nothing opened
     FAILED = "failed"  # refused after opening, timed out or stopped: ``abort_reason`` says why
 
 
@@ -106,6 +106,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.public_sig = b""
         self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
+        self.incoming: dict[tuple[int, int], PartSink] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
         self.phase: TagPhase | None = None  # the open keyed-tag exchange, if any
@@ -121,7 +122,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
-            MsgType.RELEASE: self._on_release, MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
+            MsgType.RELEASE: self._on_release, MsgType.RELEASE_PART: self._on_release_part,
+            MsgType.VERDICT: self._on_verdict, MsgType.ACK: self._on_ack,
             MsgType.ERROR: self._on_error, MsgType.BLINDED: self._on_blinded, MsgType.TAGS: self._on_tags,
             MsgType.EVALUATED: self._on_evaluated, MsgType.DECISION: self._on_decision,
             MsgType.NOTICE: self._on_release, MsgType.QUERY: self._on_query, MsgType.ANSWER: self._on_answer,
@@ -209,6 +211,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
     def _end(self, ok: bool, reason: str) -> Outcome:
         reason = clean_text(reason, STORED_TEXT)  # may quote the solver; END carries it to every party
         self._summarise()
+        for sink in self.incoming.values():  # parts of a release that never came: their temporary file goes
+            sink.discard()
+        self.incoming.clear()
         for name, dropped in sorted(self.guard.cut_off.items()):
             if dropped.messages:
                 self.ledger.message(self.s.id, "in", name, "?", "", dropped.nbytes, "dropped",
@@ -273,19 +278,32 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             step = Step(round_, layers, attempt, frozenset(self.active))
             self.step, self.stage = step, Stage.COLLECTING
             self._summarise()
+            window = self._window(step)
+            if window < 1:
+                return False
+            step.open_window(self.s, window)
             self.ledger.stage_event(self.s.id, round_, layers, attempt, "open",
                                     json.dumps(sorted(self.active)))
-            log.info("round %d layer%s %s: collecting statistics from %s", round_, "s" * (len(layers) > 1),
-                     ",".join(map(str, layers)), ", ".join(sorted(self.active)))
+            log.info("round %d layer%s %s: collecting statistics from %s (a window of %d of its %d chunks)", round_,
+                     "s" * (len(layers) > 1), ",".join(map(str, layers)), ", ".join(sorted(self.active)),
+                     step.window, len(step.order))
             if not self._collect(step):
                 return False
+            if step.stale:  # the solver lost the sums handed to it: nothing was opened, collect them again
+                self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
+                                        "the solver rejoined after chunks were handed to it")
+                attempt += 1
+                step.move(Stage.COLLECTING)
+                continue
             complete, partial = step.complete(self.s), step.partial(self.s)
-            left_out = sorted(step.expected - set(complete))
-            if len(complete) < self.s.min_parties:
+            # a party that stopped mid-stream holds the others at the window's edge: keep those that kept up
+            keep = complete or step.kept_up()
+            left_out = sorted(step.expected - set(keep))
+            if len(keep) < self.s.min_parties:
                 self.abort_reason = (f"round {round_} layers {list(layers)}: {len(complete)} complete "
                                      f"contributions < min_parties {self.s.min_parties} (missing {left_out})")
                 return False
-            self.active = set(complete)  # a party that dropped out is left out from now on
+            self.active = set(keep)  # a party that dropped out is left out from now on
             if partial:
                 self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
                                         f"partial contributions from {partial}")
@@ -293,10 +311,12 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                 outcome = self._solve(step, left_out)
                 if outcome is not Solved.RECOLLECT:
                     return outcome is Solved.RELEASED
-                # the solver named parties it could not authenticate; nothing was opened: go on without them
+                # the solver named parties it could not authenticate, or rejoined having lost what it was handed;
+                # nothing was opened: go on without the parties it named
                 self.active -= step.excluded
                 self.ledger.stage_event(self.s.id, round_, layers, attempt, "restart",
-                                        f"solver excluded {sorted(step.excluded)}")
+                                        f"solver excluded {sorted(step.excluded)}" if step.excluded
+                                        else "the solver rejoined after chunks were handed to it")
                 if len(self.active) < self.s.min_parties:
                     self.abort_reason = (f"round {round_} layers {list(layers)}: {len(self.active)} parties left "
                                          f"after the solver excluded {sorted(step.excluded)} < min_parties "
@@ -336,46 +356,83 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.phase = None
         return True
 
+    def _window(self, step: Step) -> int:
+        """How many chunks' running sums fit ``network.coordinator_memory_bytes`` (the largest chunk's, over the
+        step's parties); below one the session ends with the reason."""
+        assert self.public is not None, "steps open after the solver's setup is in"
+        bound, parties = self.cfg.network.coordinator_memory_bytes, len(step.expected)
+        largest = max(self.scheme.sum_bytes_bound(self.public, min(self.s.chunk_values, self.s.n_values(st)), parties)
+                      for st in STATISTICS)
+        if bound < largest:
+            self.abort_reason = (f"network.coordinator_memory_bytes = {bound} holds no chunk's running sum ({largest} "
+                                 f"bytes: {self.s.chunk_values} values over {parties} parties in {self.s.mode}); raise "
+                                 "it or lower session.chunk_values")
+        return bound // largest
+
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time
         (``network.request_in_turn``: parties sharing a machine's cores then do not slow each other
-        down); each wait is bounded by ``stage_timeout_s``. False when the session aborts."""
+        down, when the whole step fits the coordinator's window: each chunk's sum needs every party's chunk);
+        each wait is bounded by ``stage_timeout_s``. False when the session aborts."""
         timeout = self.cfg.network.stage_timeout_s
-        turns = ([[n] for n in sorted(step.expected)] if self.cfg.network.request_in_turn
-                 else [sorted(step.expected)])
+        in_turn = self.cfg.network.request_in_turn and step.window >= len(step.order)
+        if self.cfg.network.request_in_turn and not in_turn:
+            log.info("round %d: the step's %d chunks exceed the coordinator's window of %d "
+                     "(network.coordinator_memory_bytes): every party is asked at once, not in turn", step.round,
+                     len(step.order), step.window)
+        turns = [[n] for n in sorted(step.expected)] if in_turn else [sorted(step.expected)]
         for turn in turns:
             step.requested.update(turn)
             for name in turn:
                 self.guard.grant_step(name, step.round, step.layers, step.attempt)
                 self._send(name, self._request(step))
+            step.announced = step.granted
             deadline = self.clock() + timeout
             while (not set(turn) - set(self.guard.cut_off) <= set(step.complete(self.s))
-                   and self.clock() < deadline):
+                   and not step.stale and self.clock() < deadline):
                 if not self._pump(deadline):
                     return False
         return True
 
+    def _forward(self, step: Step, key: Key) -> None:
+        """Every party of the step is in ``key``'s sum: hand it to the solver now, drop it, and grant the parties
+        the chunks the freed room holds (a REQUEST with the new ``upto``, once half a window is free)."""
+        step.included = tuple(sorted(step.expected))
+        self._hand_off(step, key)
+        step.handed_off(key)
+        if step.granted > step.announced and (step.granted - step.announced >= max(1, step.window // 2)
+                                              or step.granted == len(step.order)):
+            step.announced = step.granted
+            for name in sorted(step.requested - set(self.guard.cut_off)):
+                self._send(name, self._request(step))
+
     def _solve(self, step: Step, left_out: list[str]) -> Solved:
         """Hand the aggregate off and wait for the solver's releases or verdict."""
         step.included = tuple(sorted(step.expected & self.active))
+        assert not step.handed or set(step.included) == step.expected, "a streamed step lost a party: collect again"
         step.move(Stage.SOLVING)
         self.stage = Stage.SOLVING
         self.outcome.included[(step.round, step.layers)] = step.included
-        detail = json.dumps({"included": list(step.included), "left_out": left_out})
+        detail = json.dumps({"included": list(step.included), "left_out": left_out, "window_chunks": step.window,
+                             "memory_bound": self.cfg.network.coordinator_memory_bytes,
+                             "peak_held_bytes": step.peak_held_bytes})
         log.info("round %d layers %s: handing the sum over %s to the solver%s", step.round,
                  ",".join(map(str, step.layers)), ", ".join(step.included),
                  f" (left out: {', '.join(left_out)})" if left_out else "")
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "handoff", detail)
-        for key in sorted(step.accs):
+        for key in sorted(step.all_keys(self.s) - step.handed):  # streamed already, unless a party was left out
             self._hand_off(step, key)
+            step.handed_off(key)
         deadline = self.clock() + self.cfg.network.solve_timeout_s
-        while (len(step.released) < len(step.layers) and not step.excluded and not step.refused
+        while (len(step.released) < len(step.layers) and not step.excluded and not step.refused and not step.stale
                and self.clock() < deadline):
             if not self._pump(deadline):
                 return Solved.FAILED
         if len(step.released) == len(step.layers):  # released (perhaps re-sent after a restart)
             self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "released")
             return Solved.RELEASED
+        if step.stale:
+            return Solved.RECOLLECT
         if step.refused:
             self.abort_reason = step.refused
             return Solved.FAILED
@@ -536,7 +593,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                      round_=round_, layer=layer, stat=stat, body=body, frames=frames)
 
     def _request(self, step: Step) -> Message:
-        body = {"layers": list(step.layers), "attempt": step.attempt}
+        body: dict[str, Any] = {"layers": list(step.layers), "attempt": step.attempt}
+        if step.order:  # the party may send the step's chunks numbered below this, in order
+            body["upto"] = step.granted
         return self._msg(MsgType.REQUEST, step.round, body=body)
 
     def _send(self, name: str, msg: Message) -> None:
@@ -566,9 +625,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         verify(self.cfg.roster.signing_public(), signature,
                setup_bytes(self.s.id, self.cfg.digest, public, bundles), "solver setup")
 
-    def _verify_release(self, msg: Message) -> None:
+    def _verify_release(self, msg: Message, assembled: str | None = None) -> None:
         check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties,
-                      served=self.s.served)
+                      served=self.s.served, assembled=assembled)
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,

@@ -1,8 +1,17 @@
 """The coordinator's per-step state machine: stages, allowed transitions, and the running sums.
 
 A step is one aggregation: (round, layers) with one layer (sequential) or all layers (oneshot), and an
-attempt number that grows when a step is re-collected (a party left a partial contribution, or the
-coordinator restarted). Contributions bound to any other attempt are refused as stale.
+attempt number that grows when a step is re-collected (a party left a partial contribution, the solver
+rejoined after chunks were handed to it, or the coordinator restarted). Contributions bound to any other
+attempt are refused as stale.
+
+Streaming: a party sends the step's chunks in one order (``Step.order``: layers, then G, B, N, then chunks).
+The coordinator holds the running sums of at most ``Step.window`` chunks (``network.coordinator_memory_bytes``
+over one chunk's sum, ``PublicScheme.sum_bytes_bound``): a party may send the chunks numbered below
+``Step.granted``, the first chunk whose sum is not yet with the solver plus the window, and a chunk beyond it
+is refused before any crypto. Each chunk's sum goes to the solver as soon as every party of the step is in
+it, and is then dropped. The step's party set is fixed when it opens, so a party that stops mid-stream makes
+the step be collected again without it (a new attempt).
 """
 
 from __future__ import annotations
@@ -43,15 +52,15 @@ ACCEPTS: dict[Stage, frozenset[MsgType]] = {
     Stage.TAGGING: frozenset({MsgType.HELLO, MsgType.BLINDED, MsgType.TAGS, MsgType.EVALUATED, MsgType.DECISION,
                               MsgType.ACK, MsgType.ERROR}),
     Stage.COLLECTING: frozenset({MsgType.HELLO, MsgType.CONTRIB, MsgType.ACK, MsgType.ERROR}),
-    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE, MsgType.NOTICE, MsgType.VERDICT, MsgType.ACK,
-                              MsgType.ERROR}),
+    Stage.SOLVING: frozenset({MsgType.HELLO, MsgType.RELEASE_PART, MsgType.RELEASE, MsgType.NOTICE, MsgType.VERDICT,
+                              MsgType.ACK, MsgType.ERROR}),
     Stage.SERVING: frozenset({MsgType.HELLO, MsgType.QUERY, MsgType.ANSWER, MsgType.ACK, MsgType.ERROR}),
     Stage.DONE: frozenset({MsgType.HELLO, MsgType.ACK, MsgType.ERROR}),
     Stage.ABORTED: frozenset({MsgType.HELLO, MsgType.ERROR}),
 }
 ROLE_OF: dict[MsgType, str] = {
     MsgType.HELLO: "any", MsgType.CONTRIB: "party", MsgType.ACK: "party",
-    MsgType.RELEASE: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
+    MsgType.RELEASE: "solver", MsgType.RELEASE_PART: "solver", MsgType.VERDICT: "solver", MsgType.ERROR: "any",
     MsgType.BLINDED: "party", MsgType.TAGS: "party", MsgType.EVALUATED: "solver", MsgType.DECISION: "solver",
     MsgType.NOTICE: "solver", MsgType.QUERY: "party", MsgType.ANSWER: "solver",
 }
@@ -71,9 +80,36 @@ class Step:
     accepted: dict[str, set[Key]] = field(default_factory=dict)
     included: tuple[str, ...] = ()
     poisoned: set[str] = field(default_factory=set)  # parties whose payload broke an accumulator
-    released: dict[int, list[bytes]] = field(default_factory=dict)
+    released: dict[int, str] = field(default_factory=dict)  # layer -> sha256 of its released ΔW ciphertext
     excluded: set[str] = field(default_factory=set)  # parties the solver could not authenticate (not opened)
     refused: str = ""  # the solver's reason when it refused the step
+    # streaming (module docstring): the order parties send in, each chunk's place in it, the window of sums held
+    order: tuple[Key, ...] = ()
+    position: dict[Key, int] = field(default_factory=dict)
+    window: int = 0  # chunks whose running sums may be held at once
+    granted: int = 0  # parties may send the chunks numbered below this
+    announced: int = 0  # the grant last sent to the parties in a REQUEST
+    low: int = 0  # the first chunk, in order, whose sum has not gone to the solver
+    handed: set[Key] = field(default_factory=set)  # chunks whose sums went to the solver (and were dropped here)
+    held_bytes: int = 0  # bytes of the running sums held now, and at most so far
+    peak_held_bytes: int = 0
+    stale: bool = False  # the solver rejoined after sums were handed to it: collect the step again
+
+    def open_window(self, cfg: SessionConfig, window: int) -> None:
+        """Number the step's chunks in the order a party sends them and grant the first ``window``."""
+        self.order = tuple((lay, st, i) for lay in self.layers for st in STATISTICS for i in range(cfg.n_chunks(st)))
+        self.position = {key: n for n, key in enumerate(self.order)}
+        self.window = max(1, min(window, len(self.order)))
+        self.granted = self.window
+
+    def handed_off(self, key: Key) -> None:
+        """``key``'s sum is with the solver: drop it here and move the window on."""
+        acc = self.accs.pop(key, None)
+        self.held_bytes -= acc.held_bytes if acc is not None else 0
+        self.handed.add(key)
+        while self.low < len(self.order) and self.order[self.low] in self.handed:
+            self.low += 1
+        self.granted = max(self.granted, min(len(self.order), self.low + self.window))
 
     def move(self, to: Stage) -> None:
         if to not in TRANSITIONS[self.stage]:
@@ -86,6 +122,13 @@ class Step:
     def complete(self, cfg: SessionConfig) -> list[str]:
         want = self.all_keys(cfg)
         return sorted(p for p in self.expected - self.poisoned if self.accepted.get(p, set()) == want)
+
+    def kept_up(self) -> list[str]:
+        """Parties (not poisoned) that sent every chunk any of them sent. When one party stops mid-stream the
+        others wait at the window's edge and none completes: these are the ones collected again."""
+        sent = {p: keys for p, keys in self.accepted.items() if p in self.expected and p not in self.poisoned}
+        front = set().union(*sent.values()) if sent else set()
+        return sorted(p for p, keys in sent.items() if front and keys == front)
 
     def partial(self, cfg: SessionConfig) -> list[str]:
         """Parties whose chunks are in the running sums but who did not complete: the sums are unusable."""
@@ -137,4 +180,8 @@ def validate_contrib(msg: Message, party: str, step: Step, cfg: SessionConfig) -
     key = (msg.layer, msg.stat, parse_chunk_body(body, cfg.n_values(msg.stat), cfg.chunk_values))
     if key in step.accepted.get(party, set()):
         raise ProtocolError(f"duplicate: layer {msg.layer} {msg.stat} chunk {body['chunk']} already accepted")
+    if step.order and step.position[key] >= step.granted:
+        raise ProtocolError(f"layer {msg.layer} {msg.stat} chunk {body['chunk']} is beyond the coordinator's window: "
+                            f"send the step's chunks in order, below chunk {step.granted} of {len(step.order)} "
+                            "until a later REQUEST grants more (network.coordinator_memory_bytes)")
     return key

@@ -50,11 +50,13 @@ from secure_collab.protocol.messages import (
     build,
     check_tag_body,
     clean_text,
+    part_of,
     peek,
     release_of,
+    sha256_hex,
 )
 from secure_collab.protocol.plausibility import Bounds, plausibility_problems
-from secure_collab.protocol.release import check_release, split_release, verify
+from secure_collab.protocol.release import check_release, max_ciphertext_bytes, split_release, verify
 from secure_collab.protocol.statistics import chunk_body, chunk_bounds, pack_statistics
 from secure_collab.protocol.watch import ConnectionWatch
 
@@ -94,6 +96,28 @@ class PartyResult:
     seconds: float = 0.0
 
 
+@dataclass
+class _Parts:
+    """A release's ciphertext arriving in RELEASE_PARTs: (round, layer), the whole's sha256, the part count."""
+
+    key: tuple[int, int]
+    sha256: str
+    parts: int
+    received: int = 0
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Stream:
+    """A step's chunks being sent: (round, layers, attempt), their order (layer, statistic, chunk), the next one."""
+
+    key: tuple[int, tuple[int, ...], int]
+    order: tuple[tuple[int, str, int], ...]
+    where: str  # for the status file
+    stage_end: float
+    next: int = 0
+
+
 class Party:
     def __init__(self, config: Config, name: str, scheme: ProtectionScheme,
                  compute_statistics: ComputeStatistics, apply_delta: ApplyDelta, *,
@@ -119,11 +143,14 @@ class Party:
         self.public: bytes | None = None
         self.cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self.sent: set[tuple[int, tuple[int, ...], int]] = set()
+        self.stream: _Stream | None = None  # the step being sent, as far as the coordinator's window allows
+        self.parts: _Parts | None = None  # a release arriving in parts (one at a time)
         self.result = PartyResult()
         self.ended = False
         self.log = logging.getLogger(f"party.{name}")
         self.handlers = {MsgType.SETUP: self._on_setup, MsgType.REQUEST: self._on_request,
-                         MsgType.RELEASE: self._on_release, MsgType.ERROR: self._on_error,
+                         MsgType.RELEASE: self._on_release, MsgType.RELEASE_PART: self._on_release_part,
+                         MsgType.ERROR: self._on_error,
                          MsgType.TAG_OPEN: self._on_tag_open, MsgType.EVALUATED: self._on_evaluated,
                          MsgType.DECISION: self._on_decision, MsgType.NOTICE: self._on_release}
         if config.session.tags and tagger is None:
@@ -313,6 +340,10 @@ class Party:
             raise ProtocolError(f"request for round {msg.round} layers {list(layers)} is not a step")
         if (msg.round, layers, attempt) in self.sent:
             return
+        stream = self.stream
+        if stream is not None and stream.key == (msg.round, layers, attempt):  # more room in the coordinator's window
+            self._send_stream(stream, msg.body.get("upto", len(stream.order)))
+            return
         if any((msg.round, lay) in self._held() for lay in layers):
             # a released step (or any layer of it) collected again: a second opening over another party set
             # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
@@ -336,11 +367,24 @@ class Party:
                 self.cache[key] = pack_statistics(self._checked(layer, self.compute(msg.round, layer)),
                                                   self.s.d_k, self.s.d_v)
         self._pad_answer(started)
-        for layer in layers:
-            self._send_layer(msg.round, layer, attempt)
-        self.sent.add((msg.round, layers, attempt))
-        self.status.update("waiting for release", where,
-                           deadline=stage_end + self.cfg.network.solve_timeout_s,
+        order = tuple((lay, st, i) for lay in layers for st in STATISTICS
+                      for i in range(len(chunk_bounds(self.cache[(msg.round, lay)][st].size, self.s.chunk_values))))
+        self.stream = _Stream((msg.round, layers, attempt), order, where, stage_end)
+        self._send_stream(self.stream, msg.body.get("upto", len(order)))
+
+    def _send_stream(self, stream: _Stream, upto: int) -> None:
+        """Protect and send the step's chunks in order up to ``upto`` (the coordinator's window; absent: all), one
+        at a time: a party holds its statistics and the chunk in hand, never the whole protected step."""
+        round_, layers, attempt = stream.key
+        while stream.next < min(upto, len(stream.order)):
+            self._send_chunk(round_, attempt, *stream.order[stream.next])
+            stream.next += 1
+        if stream.next < len(stream.order):
+            return
+        self.stream = None
+        self.sent.add(stream.key)
+        self.status.update("waiting for release", stream.where,
+                           deadline=stream.stage_end + self.cfg.network.solve_timeout_s,
                            means="the step's collection deadline plus the solve timeout",
                            contributed=len({(r, ls) for r, ls, _ in self.sent}))
 
@@ -387,19 +431,38 @@ class Party:
                         " raise key_norm_bound / residual_norm_bound in the session configuration")
         return stats
 
-    def _send_layer(self, round_: int, layer: int, attempt: int) -> None:
+    def _send_chunk(self, round_: int, attempt: int, layer: int, stat: str, i: int) -> None:
         assert self.public is not None and self.secrets is not None, "requests are refused before setup"
         signer = self.identity.signing
         assert signer is not None
-        for stat in STATISTICS:
-            flat = self.cache[(round_, layer)][stat]
-            bounds = chunk_bounds(flat.size, self.s.chunk_values)
-            for i, (off, count) in enumerate(bounds):
-                ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
-                payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
-                body = chunk_body(attempt, i, bounds, payload.header)
-                self.result.bytes_sent += self._send(
-                    self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
+        flat = self.cache[(round_, layer)][stat]
+        bounds = chunk_bounds(flat.size, self.s.chunk_values)
+        off, count = bounds[i]
+        ctx = StatContext(self.s.id, round_, layer, stat, self.name, i, attempt)
+        payload = self.scheme.protect(flat[off:off + count], ctx, self.public, self.secrets, signer)
+        body = chunk_body(attempt, i, bounds, payload.header)
+        self.result.bytes_sent += self._send(self._msg(MsgType.CONTRIB, round_, layer, stat, body, payload.frames))
+
+    def _on_release_part(self, msg: Message) -> None:
+        """A slice of a release's ciphertext that did not fit one message, in order: gathered (one release at a time,
+        at most the largest ciphertext the session allows) until the signed RELEASE names the whole's sha256."""
+        key, b = (msg.round, msg.layer), part_of(msg)
+        if key in self._held():
+            return
+        if msg.layer not in self.s.layers or not 0 <= msg.round < self.s.rounds or len(msg.frames) != 1:
+            raise ProtocolError("a release part carries one frame of a configured round and layer")
+        inc = self.parts
+        if b["part"] == 0:
+            inc = self.parts = _Parts(key, b["sha256"], b["parts"])
+        elif inc is None or (inc.key, inc.sha256, inc.parts, inc.received) != (key, b["sha256"], b["parts"], b["part"]):
+            self.parts = None
+            raise ProtocolError(f"release part {b['part']} of round {msg.round} layer {msg.layer} is out of order")
+        limit = max_ciphertext_bytes(self.s.d_v, self.s.d_k, self.s.tags, self.s.max_edits_per_party)
+        if len(inc.data) + len(msg.frames[0]) > limit:
+            self.parts = None
+            raise ProtocolError(f"release parts exceed {limit} bytes")
+        inc.data += msg.frames[0]
+        inc.received += 1
 
     def _on_release(self, msg: Message) -> None:
         key, b = (msg.round, msg.layer), release_of(msg)
@@ -408,8 +471,14 @@ class Party:
         try:
             if msg.layer not in self.s.layers:
                 raise ProtocolError("release must carry [ΔW, signature] for a configured layer")
+            inc, assembled = self.parts, None
+            if "parts" in b and inc is not None and inc.key == key and inc.received == inc.parts:
+                assembled = sha256_hex(inc.data)
+            self.parts = None
             ciphertext = check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest,
-                                       self.cfg.roster.parties, served=self.s.served)
+                                       self.cfg.roster.parties, served=self.s.served, assembled=assembled)
+            if assembled is not None and inc is not None:
+                ciphertext = bytes(inc.data)  # its sha256 is the signed one
             if self.s.served:  # the solver keeps ΔW: the signed notice says the step is released to its model
                 self._on_notice(msg)
                 return

@@ -63,6 +63,8 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     request_in_turn = false        # ask parties for statistics one at a time (shared cores)
     recv_buffer_bytes = 268435456  # coordinator (per connection) and solver: complete messages queued, in bytes
                                    # (RCVHWM = recv_buffer_bytes // max_message_bytes, at least 1)
+    coordinator_memory_bytes = 268435456  # coordinator: running sums held at once; parties send within the window
+                                   # of chunks this holds, and each chunk's sum goes to the solver once complete
     budget_headroom = 4.0          # per-party budgets: this many times what an honest party sends
     max_refusal_rows = 64          # refusals recorded (and answered) one by one per peer and step
     welcome_burst = 3              # full re-welcomes (setup + missing releases) a party gets at once,
@@ -203,6 +205,7 @@ class NetworkConfig:
     send_timeout_s: float = 10.0
     request_in_turn: bool = False
     recv_buffer_bytes: int = 256 << 20
+    coordinator_memory_bytes: int = 256 << 20  # the coordinator's window of running sums (docs/network.md, Streaming)
     budget_headroom: float = 4.0
     max_refusal_rows: int = 64
     welcome_burst: int = 3
@@ -398,13 +401,9 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
                           f"{ELEMENT_BYTES} bytes, twice): lower session.max_edits_per_party or raise it")
     if s.chunk_values * 64 > n.max_message_bytes:
         raise ConfigError("network.max_message_bytes must allow 64 bytes per value of a chunk")
-    # a release carries one float64 ΔW and, with tags, a holders note of two bytes per decision record
-    note = 2 * min(wire.MAX_DECISION_RECORDS, wire.MAX_PARTIES * s.max_edits_per_party) if s.tags else 0
-    if s.d_v * s.d_k * 8 + note + 4096 > n.max_message_bytes:
-        raise ConfigError(f"network.max_message_bytes must hold one ΔW ({s.d_v * s.d_k * 8} bytes)"
-                          + (f" and its holders note ({note} bytes)" if note else ""))
-    positive = ("heartbeat_s", "recv_buffer_bytes", "budget_headroom", "max_refusal_rows", "welcome_burst",
-                "welcome_interval_s", "connects_per_minute", "hwm", "max_frames")
+    # a release's ΔW (and holders note) that does not fit one message travels in RELEASE_PARTs (protocol/release.py)
+    positive = ("heartbeat_s", "recv_buffer_bytes", "coordinator_memory_bytes", "budget_headroom", "max_refusal_rows",
+                "welcome_burst", "welcome_interval_s", "connects_per_minute", "hwm", "max_frames")
     for key in positive:
         if not getattr(n, key) > 0:
             raise ConfigError(f"network.{key} must be > 0")

@@ -7,19 +7,25 @@ database in WAL mode so a reader (``secure-collab ledger show``, a test) never b
 a SIGKILLed coordinator loses at most the row it was writing. ``resume_state`` rebuilds what a restarted
 coordinator needs: the solver's signed public parameters, the signed releases, the last attempt per step.
 The database (and so its -wal and -shm files) is created 0600, its directory 0700, whatever the umask; free
-text is stored through ``clean_text`` (no control characters, ``STORED_TEXT`` characters at most).
+text is stored through ``clean_text`` (no control characters, ``STORED_TEXT`` characters at most). A release's
+payload (one ΔW ciphertext: d_v · d_k · 8 bytes, 470 MB at Llama-3-8B) is not a row: it is one 0600 file,
+``<ledger>.releases/<session>/r{R}-l{L}.frames``, read when the release is re-sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secure_collab.files import private_dir, touch_private
+from secure_collab.files import child_dir, fsync_dir, private_dir, touch_private
 from secure_collab.protocol.messages import STORED_TEXT, clean_text
 
 SCHEMA = """
@@ -63,12 +69,23 @@ APPEND_ONLY = "".join(
 
 @dataclass(frozen=True)
 class StoredRelease:
+    """A release (or a served NOTICE) as the solver sent it: its header here, its payload frames (the ΔW ciphertext
+    and the signature) in one file on disk, read when it is re-sent, so no ΔW stays in the coordinator's memory."""
+
     round: int
     layer: int
     attempt: int
     sha256: str
     parties: tuple[str, ...]
-    frames: list[bytes]  # the RELEASE message exactly as the solver sent it (header + payload frames)
+    header: bytes
+    path: Path | None  # the payload frames' file; None for a row written before releases moved to disk
+    inline: tuple[bytes, ...] = ()  # such a row's payload frames
+    ciphertext: Path | None = None  # a release that came in parts: its whole ciphertext (the RELEASE's frame is empty)
+
+    def frames(self) -> list[bytes]:
+        """The RELEASE message exactly as the solver sent it (header + payload frames)."""
+        payload = list(self.inline) if self.path is None else _unpack_frames(self.path.read_bytes())
+        return [self.header, *payload]
 
 
 @dataclass(frozen=True)
@@ -132,11 +149,44 @@ class Ledger:
                          (session_id, round_, layer, stat, chunk, attempt, json.dumps(list(parties)),
                           digest, nbytes, self._clock()))
 
-    def release(self, session_id: str, rel: StoredRelease) -> None:
-        header, *payload = rel.frames
+    def release_path(self, session_id: str, round_: int, layer: int, kind: str = "frames") -> Path:
+        """``<ledger>.releases/<session>/r{R}-l{L}.{frames|ciphertext}``: the session id a checked name
+        (``files.child_dir``), round and layer non-negative integers; nothing else reaches the file system."""
+        if any(type(x) is not int or x < 0 for x in (round_, layer)) or kind not in ("frames", "ciphertext"):
+            raise ValueError(f"a release file is named by non-negative integers, not {round_!r}, {layer!r}")
+        directory = child_dir(self.path.with_name(self.path.name + ".releases"), session_id)
+        return directory / f"r{round_}-l{layer}.{kind}"
+
+    def part_sink(self, session_id: str, round_: int, layer: int, sha256: str, parts: int, attempt: int) -> PartSink:
+        """Where a release's ciphertext parts go as they arrive (a 0600 temporary file beside its release file)."""
+        return PartSink(self.release_path(session_id, round_, layer, "ciphertext"), sha256, parts, attempt)
+
+    def release(self, session_id: str, round_: int, layer: int, attempt: int, sha256: str, parties: tuple[str, ...],
+                frames: list[Any], ciphertext: PartSink | None = None) -> StoredRelease:
+        """Keep a release: its payload frames written whole to a 0600 file (0700 directory) first, atomically and
+        durably (and, when it came in parts, its assembled ciphertext moved into place), then its row (the header;
+        the frames column stays empty)."""
+        header, *payload = (bytes(f) for f in frames)
+        path = self.release_path(session_id, round_, layer)
+        kept = ciphertext.keep() if ciphertext is not None else None
+        private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for frame in payload:  # streamed: no second copy of the ΔW in memory
+                    f.write(len(frame).to_bytes(8, "big"))
+                    f.write(frame)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
         self._db.execute("INSERT INTO releases VALUES (?,?,?,?,?,?,?,?,?)",
-                         (session_id, rel.round, rel.layer, rel.attempt, rel.sha256, json.dumps(rel.parties),
-                          header, _pack_frames(payload), self._clock()))
+                         (session_id, round_, layer, attempt, sha256, json.dumps(list(parties)), header, b"",
+                          self._clock()))
+        return StoredRelease(round_, layer, attempt, sha256, tuple(parties), header, path, (), kept)
 
     def decision(self, session_id: str, round_: int, decision_id: str, kind: str) -> None:
         """A collision decision of the solver, by its public id (a hash, never a tag or a text)."""
@@ -160,8 +210,12 @@ class Ledger:
         for r, lay, att, sha, parties, header, frames in self._db.execute(
                 "SELECT round, layer, attempt, sha256, parties, header, frames FROM releases "
                 "WHERE session_id=?", (session_id,)):
-            releases[(r, lay)] = StoredRelease(r, lay, att, sha, tuple(json.loads(parties)),
-                                               [header, *_unpack_frames(frames)])
+            on_disk = not frames  # rows written before releases moved to disk hold their frames inline
+            whole = self.release_path(session_id, r, lay, "ciphertext")
+            releases[(r, lay)] = StoredRelease(r, lay, att, sha, tuple(json.loads(parties)), header,
+                                               self.release_path(session_id, r, lay) if on_disk else None,
+                                               () if on_disk else tuple(_unpack_frames(frames)),
+                                               whole if on_disk and whole.is_file() else None)
         attempts = {(r, layers): att for r, layers, att in self._db.execute(
             "SELECT round, layers, MAX(attempt) FROM stages WHERE session_id=? GROUP BY round, layers",
             (session_id,))}
@@ -209,7 +263,65 @@ def read_ledger(path: Path, tables: tuple[str, ...] = TABLES, *,
         db.close()
     if session is not None:
         out = {t: [r for r in rows if r["session_id"] == session] for t, rows in out.items()}
+    for row in out.get("releases", []):  # a release's payload lives in its files: read as if it were in the row
+        if not row["frames"]:
+            row["frames"] = _release_frames(path, row)
     return out
+
+
+def _release_frames(path: Path, row: dict[str, Any]) -> bytes:
+    """The packed payload frames of a release row whose payload is on disk (the ciphertext put back in place when the
+    release came in parts); empty when its files are gone."""
+    directory = child_dir(path.with_name(path.name + ".releases"), row["session_id"])
+    stem = f"r{int(row['round'])}-l{int(row['layer'])}"
+    frames_file, whole = directory / f"{stem}.frames", directory / f"{stem}.ciphertext"
+    if not frames_file.is_file():
+        return b""
+    frames = _unpack_frames(frames_file.read_bytes())
+    if whole.is_file() and frames and not frames[0]:
+        frames[0] = whole.read_bytes()
+    return _pack_frames(frames)
+
+
+class PartSink:
+    """A release's ciphertext arriving in RELEASE_PARTs: appended to a 0600 temporary file and hashed as it comes, so
+    the coordinator never holds it; ``keep`` moves it into place once the signed RELEASE named its sha256."""
+
+    def __init__(self, path: Path, sha256: str, parts: int, attempt: int) -> None:
+        private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+        self.file, self.tmp, self.path = os.fdopen(fd, "wb"), Path(tmp), path
+        self.hash = hashlib.sha256()
+        self.sha256, self.parts, self.attempt, self.received, self.nbytes = sha256, parts, attempt, 0, 0
+
+    def add(self, data: Any) -> None:
+        self.file.write(data)
+        self.hash.update(data)
+        self.received += 1
+        self.nbytes += len(data)
+
+    def digest(self) -> str | None:
+        """The assembled ciphertext's sha256 once every part is in; None before."""
+        return self.hash.hexdigest() if self.received == self.parts else None
+
+    def keep(self) -> Path:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_parts(path: Path, size: int) -> Iterator[bytes]:
+    """A stored ciphertext in slices of ``size`` bytes, read one at a time."""
+    with open(path, "rb") as f:
+        while part := f.read(size):
+            yield part
 
 
 def _pack_frames(frames: list[bytes]) -> bytes:

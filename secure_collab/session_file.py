@@ -91,6 +91,8 @@ COMMENTS: dict[str, str] = {
     "heartbeat_s": "seconds between keep-alive messages",
     "wait_log_s": "coordinator: while a stage waits, one log line per interval: whom, since when, the deadline",
     "request_in_turn": "ask parties for statistics one at a time (parties sharing one machine's cores)",
+    "coordinator_memory_bytes": "coordinator: bytes of running sums it holds at once (the parties send within that "
+                                "window; each chunk's sum goes to the solver as soon as every party's chunk is in)",
     "serve_timeout_s": "served: how long the solver serves queries after the last step, unless every party is done",
     # [paths]
     "keys": "this site's own secret key files (mode 0600; never copied anywhere)",
@@ -125,6 +127,8 @@ class SessionChoices:
     stage_timeout_s: float = 1800.0
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
+    chunk_values: int = 262144  # values per CONTRIB message
+    coordinator_memory_bytes: int = 256 << 20  # the coordinator's window of running sums (docs/network.md)
     defence: str = "none"  # release defences (secure_collab.editing.defences)
     release: str = "weights"  # secure_collab.config.RELEASES
     query_budget: int = 1000  # served: forward passes per party
@@ -195,7 +199,7 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
         "d_k": int(d_k), "d_v": int(d_v), "min_parties": choices.min_parties, "roster_sha256": choices.roster_sha256,
         "value_bound": choices.value_bound, "key_norm_bound": choices.key_norm_bound,
         "residual_norm_bound": choices.residual_norm_bound,
-        "chunk_values": 262144, "model": model, "weights_digest": lm.source_digest,
+        "chunk_values": choices.chunk_values, "model": model, "weights_digest": lm.source_digest,
         "template_seed": hp.template_seed, "defence": choices.defence, "release": choices.release,
         "query_budget": choices.query_budget, "hparams": table,
         "protection": {"precision_bits": choices.precision_bits} if choices.precision_bits is not None else {},
@@ -203,7 +207,8 @@ def session_document(lm: Any, model: str, choices: SessionChoices, templates: li
     network = {"coordinator_bind": choices.bind, "coordinator_endpoint": choices.endpoint,
                "join_timeout_s": choices.join_timeout_s, "stage_timeout_s": choices.stage_timeout_s,
                "solve_timeout_s": choices.solve_timeout_s, "heartbeat_s": 1.0, "wait_log_s": 30.0,
-               "request_in_turn": choices.request_in_turn, "serve_timeout_s": choices.serve_timeout_s}
+               "request_in_turn": choices.request_in_turn, "serve_timeout_s": choices.serve_timeout_s,
+               "coordinator_memory_bytes": choices.coordinator_memory_bytes}
     return {"session": session, "network": network, "paths": dict(choices.paths)}
 
 

@@ -73,7 +73,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.plausibility import CHECKS, Bounds, plausibility_problems
-from secure_collab.protocol.release import encode_delta, holders_note, split_release
+from secure_collab.protocol.release import encode_delta, holders_note, part_bytes, split_parts, split_release
 from secure_collab.protocol.statistics import chunk_bounds, parse_chunk_body, unpack_g
 from secure_collab.protocol.watch import ConnectionWatch
 from solver.serve import QueryDesk, ServedModel
@@ -144,14 +144,18 @@ class _LogCap:
 
 @dataclass
 class _Pending:
-    """Aggregate chunks of the one step and attempt being collected, checked on arrival and held unopened until
-    the step is complete."""
+    """The one step and attempt being collected: each aggregate chunk checked and authenticated on arrival, then
+    spooled to the sealed state (unopened) until the step is complete; here only what authentication gave."""
 
     round: int
     layers: tuple[int, ...]
     attempt: int
     parties: tuple[str, ...]
-    chunks: dict[tuple[int, str, int], Payload] = field(default_factory=dict)  # (layer, stat, chunk)
+    received: set[tuple[int, str, int]] = field(default_factory=set)  # (layer, stat, chunk)
+    auth: dict[tuple[int, str, int], Authenticated] = field(default_factory=dict)  # the listed parties' seeds
+    faults: set[str] = field(default_factory=set)  # parties that did not authenticate in some chunk
+    fault: str = ""  # the first such reason
+    malformed: str = ""  # a chunk that could not be authenticated at all: nobody to blame but the coordinator
 
 
 class Refusal(Exception):
@@ -183,6 +187,7 @@ class Solver:
         self.signing = signing_key or ident.signing
         self.state = SolverState(config.solver_dir, ident.sealing.private_bytes_raw(),
                                  self.s.id, config.digest)
+        self.state.drop_spool()  # chunks a stopped solver spooled belong to a hand-off nobody holds any more
         self.verify_keys = config.roster.party_verify_keys()
         # decoys:R count as edits in N: each party's bound and the expected count scale by 1 + R (a public setting)
         self.bounds = Bounds(self.s.key_norm_bound, self.s.residual_norm_bound, self.s.counted_edits)
@@ -368,26 +373,67 @@ class Solver:
                                                                      b["attempt"]))
         pend = self.pending
         if pend is None or (pend.round, pend.layers) != (msg.round, layers) or pend.attempt < b["attempt"]:
-            if pend is not None and self.logged((pend.round, pend.layers[0])):
-                # an honest coordinator hands a step off whole; this one moved on half way
-                log.warning("solver: dropped the incomplete hand-off of round %d layers %s attempt %d (%d chunks): "
-                            "a chunk of round %d layers %s attempt %d came; one step is held at a time",
-                            pend.round, list(pend.layers), pend.attempt, len(pend.chunks), msg.round, list(layers),
-                            b["attempt"])
+            if pend is not None:
+                self.state.drop_spool()
+                if self.logged((pend.round, pend.layers[0])):
+                    # a dropout mid-stream (a new attempt), or a coordinator that moved on half way
+                    log.warning("solver: dropped the incomplete hand-off of round %d layers %s attempt %d (%d chunks):"
+                                " a chunk of round %d layers %s attempt %d came; one step is held at a time",
+                                pend.round, list(pend.layers), pend.attempt, len(pend.received), msg.round,
+                                list(layers), b["attempt"])
             pend = self.pending = _Pending(msg.round, layers, b["attempt"], parties)
         chunk_key = (msg.layer, stat, b["chunk"])
-        if pend.attempt != b["attempt"] or pend.parties != parties or chunk_key in pend.chunks:
+        if pend.attempt != b["attempt"] or pend.parties != parties or chunk_key in pend.received:
             raise ProtocolError("stale, duplicate or inconsistent aggregate chunk (every chunk of a step must "
                                 "list the same parties under the same attempt)")
         self.result.chunks_received += 1
         _keep_recent(self.result.received, (msg.round, msg.layer, stat, b["chunk"], parties))
-        pend.chunks[chunk_key] = payload
-        if len(pend.chunks) == len(layers) * sum(self.s.n_chunks(st) for st in STATISTICS):
+        pend.received.add(chunk_key)
+        self._authenticate(pend, chunk_key, payload)
+        if len(pend.received) == len(layers) * sum(self.s.n_chunks(st) for st in STATISTICS):
             self.pending = None
             try:
-                self._process(msg.round, layers, pend)
+                self._process(msg.round, layers, pend)  # each chunk's record is deleted as it is opened
             except Refusal as exc:
+                self.state.drop_spool()  # before the verdict: the coordinator may collect again at once
                 self._refuse(msg.round, layers, pend.attempt, exc)
+            finally:
+                self.state.drop_spool()
+
+    def _authenticate(self, pend: _Pending, key: tuple[int, str, int], payload: Payload) -> None:
+        """Authenticate one aggregate chunk on arrival and spool it, sealed, to the state directory; nothing is
+        opened. A chunk that does not authenticate is remembered (the step is refused once complete, naming the
+        parties, as before), not kept."""
+        layer, stat, chunk = key
+        ctx = self._ctx(pend.round, layer, stat, chunk, pend.attempt)
+        try:
+            pend.auth[key] = self.scheme.authenticate(payload, self.secrets, ctx, self.verify_keys)
+        except PartyFault as exc:
+            pend.faults.update(exc.parties)
+            pend.fault = pend.fault or str(exc)
+            return
+        except ProtectionError as exc:  # malformed hand-off: nobody to blame but the coordinator
+            pend.malformed = pend.malformed or f"aggregate refused before opening: {exc}"
+            return
+        frames = [bytes(f) for f in payload.frames]
+        self.state.save(_spool_name(pend.round, pend.attempt, key),
+                        {"header": payload.header, "sizes": [len(f) for f in frames]}, b"".join(frames))
+
+    def _unspool(self, pend: _Pending, key: tuple[int, str, int]) -> Payload:
+        """A spooled chunk, read back to be opened and deleted at once: a step is opened at most once."""
+        name = _spool_name(pend.round, pend.attempt, key)
+        stored = self.state.load(name)
+        self.state.drop(name)
+        if stored is None:
+            raise Refusal(f"round {pend.round}: a spooled chunk of layer {key[0]} is missing from the solver's store",
+                          opened=True)
+        meta, blob = stored
+        frames, at = [], 0
+        view = memoryview(blob)
+        for size in meta["sizes"]:
+            frames.append(view[at:at + size])
+            at += size
+        return Payload(header=meta["header"], frames=tuple(frames))
 
     def held_bound(self) -> int:
         """S_step: the most protected bytes the solver holds while collecting, one step's aggregate chunks at
@@ -414,20 +460,11 @@ class Solver:
             raise Refusal(f"round {round_} layer {done[0]} was already opened (attempt {earlier['attempt']}, "
                           f"parties {earlier['parties']}): a step is never opened twice; its release, if any, "
                           "was sent again", opened=True)
-        auth: dict[tuple[int, str, int], Authenticated] = {}
-        faults: set[str] = set()
-        reasons = []
-        for (layer, stat, chunk), payload in sorted(pend.chunks.items()):
-            ctx = self._ctx(round_, layer, stat, chunk, pend.attempt)
-            try:
-                auth[(layer, stat, chunk)] = self.scheme.authenticate(payload, self.secrets, ctx, self.verify_keys)
-            except PartyFault as exc:
-                faults.update(exc.parties)
-                reasons.append(str(exc))
-            except ProtectionError as exc:  # malformed hand-off: nobody to blame but the coordinator
-                raise Refusal(f"aggregate refused before opening: {exc}", opened=False) from None
-        if faults:
-            raise Refusal(f"{reasons[0]} (before opening anything)", opened=False, exclude=tuple(sorted(faults)))
+        if pend.malformed:  # every chunk was authenticated on arrival (``_authenticate``): nothing is opened yet
+            raise Refusal(pend.malformed, opened=False)
+        if pend.faults:
+            raise Refusal(f"{pend.fault} (before opening anything)", opened=False, exclude=tuple(sorted(pend.faults)))
+        auth = pend.auth
         record = {"attempt": pend.attempt, "parties": list(pend.parties)}
         for layer in layers:  # write-ahead: from here on these layers are opened, whatever happens next
             if not self.state.claim_opening(round_, layer, record):  # the disk, not memory, decides
@@ -451,7 +488,7 @@ class Solver:
         try:
             for st in STATISTICS:
                 for i, (off, count) in enumerate(chunk_bounds(s.n_values(st), s.chunk_values)):
-                    payload = pend.chunks[(layer, st, i)]
+                    payload = self._unspool(pend, (layer, st, i))
                     ctx = self._ctx(round_, layer, st, i, pend.attempt)
                     total = self.scheme.open(payload, self.secrets, ctx, auth[(layer, st, i)])
                     values[st][off:off + count] = total
@@ -563,6 +600,14 @@ class Solver:
         if self.s.served:  # ΔW stays here: the signed statement (with the ciphertext's sha256) tells the step is done
             transport.send(self.sock, self._msg(MsgType.NOTICE, round_, layer, body=body, frames=(signature,)))
             return
+        size = part_bytes(self.cfg.network.max_message_bytes)
+        if len(ciphertext) > size:  # one message cannot hold it: the parts, then the RELEASE signing their sha256
+            parts = split_parts(ciphertext, size)
+            for i, part in enumerate(parts):
+                transport.send(self.sock, self._msg(MsgType.RELEASE_PART, round_, layer, frames=(part,), body={
+                    "attempt": meta["attempt"], "part": i, "parts": len(parts), "sha256": meta["sha256"]}))
+            body["parts"] = len(parts)
+            ciphertext = b""
         transport.send(self.sock, self._msg(MsgType.RELEASE, round_, layer, body=body, frames=(ciphertext, signature)))
 
     def _refuse(self, round_: int, layers: tuple[int, ...], attempt: int, exc: Refusal) -> None:
@@ -578,6 +623,13 @@ class Solver:
              frames: tuple[Frame, ...] = ()) -> Message:
         return build(mtype, session=self.s.id, sender="solver", seq=self.seq.next(), config=self.cfg.digest,
                      round_=round_, layer=layer, body=body, frames=frames)
+
+
+def _spool_name(round_: int, attempt: int, key: tuple[int, str, int]) -> str:
+    """A spooled chunk's record name, from integers the wire schema bounded and a statistic of STATISTICS only."""
+    layer, stat, chunk = key
+    assert stat in STATISTICS and all(type(x) is int and x >= 0 for x in (round_, attempt, layer, chunk))
+    return f"spool-r{round_}-a{attempt}-l{layer}-{stat.lower()}{chunk}"
 
 
 def run_solver(config: Config, scheme: ProtectionScheme, solve: SolveFn, *,

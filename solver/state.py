@@ -14,7 +14,9 @@ Records: ``setup`` (public parameters, bundles, signature, the session secrets a
 ``release-r{R}-l{L}`` (the signed, encrypted release), ``failed-r{R}-l{L}`` (opened, then refused: no release,
 ever), ``past-r{R}-l{L}`` (Σ of the ΣG of rounds 0..R of layer L, for update rules that read earlier rounds;
 written before round R's release of L, replacing ``past-r{R-1}-l{L}``), ``tags-r{R}`` (the round's OPRF
-evaluations, tags and decisions) and ``facts`` (the facts kept in earlier rounds, by tag).
+evaluations, tags and decisions) and ``facts`` (the facts kept in earlier rounds, by tag); and, while a step is
+collected, ``spool-r{R}-a{A}-l{L}-{g|b|n}{C}``: one authenticated, unopened aggregate chunk (its payload header
+and frames), dropped once the step is opened or replaced, and at start.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from secure_collab.errors import UserError
 from secure_collab.files import FILE_MODE, create_private, private_dir, write_private
 from secure_collab.protection.sealing import NONCE_BYTES, fresh_bytes, open_state, seal_state, state_key
 
-_RECORD = re.compile(r"[a-z]+(-r[0-9]+)?(-l[0-9]+)?")  # matched whole, ASCII digits: "opened-r0-l1\n" is no record
+# matched whole, ASCII digits: "opened-r0-l1\n" is no record; a spooled chunk adds its attempt and "-<g|b|n><chunk>"
+_RECORD = re.compile(r"[a-z]+(-r[0-9]+)?(-a[0-9]+)?(-l[0-9]+)?(-[gbn][0-9]+)?")
 
 
 class StateLocked(UserError, RuntimeError):
@@ -92,6 +95,13 @@ class SolverState:
     def drop(self, record: str) -> None:
         """Remove a record that a newer one replaces (missing is fine)."""
         self._path(record).unlink(missing_ok=True)
+
+    def drop_spool(self) -> int:
+        """Remove every spooled chunk (a step opened or replaced, or a solver restarted); returns how many."""
+        paths = list(self.dir.glob("spool-*.sealed"))
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return len(paths)
 
     def steps(self, kind: str) -> dict[tuple[int, int], dict[str, Any]]:
         """Every ``<kind>-r{R}-l{L}`` record's meta, by (round, layer)."""

@@ -47,6 +47,23 @@ def test_demo_session_equals_global_edit(tmp_path, capsys, mode, variant, tolera
     assert loose == {}
 
 
+def test_demo_streams_steps_larger_than_the_coordinators_memory_bound_and_equals_global_edit(tmp_path):
+    """Issue 22's acceptance on a real model: the demo's real processes on tiny-llama, 64 values a chunk and a
+    coordinator bound of 4 KiB of running sums, a few chunks' worth where each layer's statistics take dozens: it
+    completes, ΔW equals Global-Edit, and the coordinator's ledger says it never held more than the bound."""
+    out = tmp_path / "demo.json"
+    rc = main(["demo", "--model", "tiny-llama", "--mode", "shares", "--variant", "sequential", "--parties", "3",
+               "--edits-per-party", "2", "--workdir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "c"),
+               "--timeout", "600", "--json", str(out), "--quiet", "--chunk-values", "64",
+               "--coordinator-memory", "4096"])
+    _check_demo(out, rc, "shares", "sequential", 1e-9, tmp_path / "c")
+    with sqlite3.connect(json.loads(out.read_text())["ledger"]) as db:
+        windows = [json.loads(d) for e, d in db.execute("SELECT event, detail FROM stages") if e == "handoff"]
+        chunks = db.execute("SELECT MAX(chunk) FROM handoffs WHERE stat = 'G'").fetchone()[0] + 1
+    assert windows and all(0 < w["peak_held_bytes"] <= 4096 == w["memory_bound"] for w in windows)
+    assert all(w["window_chunks"] < chunks for w in windows)
+
+
 def _demo(tmp_path, mode, variant, out):
     return main(["demo", "--model", "tiny-llama", "--mode", mode, "--variant", variant, "--parties", "3",
                  "--edits-per-party", "2", "--workdir", str(tmp_path / "work"), "--cache-dir",

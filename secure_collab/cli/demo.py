@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="cache root (default: $SECURE_COLLAB_CACHE or ~/.cache)")
     p.add_argument("--allow-download", action="store_true", help="let a hub id be downloaded")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    p.add_argument("--chunk-values", type=int, default=262144, help="values per statistics message")
+    p.add_argument("--coordinator-memory", type=int, default=256 << 20, metavar="BYTES",
+                   help="running sums the coordinator holds at once; the parties stream within that window")
     add_json_option(p)
 
 
@@ -194,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         precision_bits=args.precision_bits if args.mode == "ckks" else None,
         session_id=f"demo-{secrets.token_hex(4)}", dtype=args.dtype, bind=endpoint, endpoint=endpoint,
         join_timeout_s=900.0, stage_timeout_s=max(600.0, 120.0 * args.edits_per_party),
-        request_in_turn=bool(args.in_turn), defence=args.defence, release=args.release,
+        request_in_turn=bool(args.in_turn), chunk_values=args.chunk_values,
+        coordinator_memory_bytes=args.coordinator_memory, defence=args.defence, release=args.release,
         query_budget=args.query_budget, serve_timeout_s=max(600.0, args.timeout), backend=args.backend,
         hypernet=Path(args.hypernet).resolve() if malmen else None,
         paths={"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",

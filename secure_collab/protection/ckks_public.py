@@ -60,6 +60,9 @@ class CkksPublic(PublicScheme):
             self._contexts[pub.digest] = context
         return self._contexts[pub.digest]
 
+    def _sum_frame_bytes(self, pub: _wire.Public, total: int, frames: int) -> int:
+        return frames * _ciphertext_bytes(pub.meta)  # one running ciphertext per frame of slots
+
     def accumulator(self, public: bytes, n_values: int, ctx: StatContext) -> CkksAccumulator:
         pub, context = self._session(public)
         return CkksAccumulator(pub, context, n_values, ctx)
@@ -126,8 +129,12 @@ class CkksAccumulator(RunningSum):
         return tuple(s.serialize() for s in self._sum)
 
     def _sum_bytes(self) -> int:
-        n, primes = int(self._public.meta["poly_modulus_degree"]), len(self._public.meta["coeff_mod_bit_sizes"]) - 1
-        return sum(2 * n * primes * 8 for s in self._sum if s is not None)  # 2 polys x N x primes x u64
+        return sum(_ciphertext_bytes(self._public.meta) for s in self._sum if s is not None)
+
+
+def _ciphertext_bytes(meta: dict[str, Any]) -> int:
+    """The memory of one running ciphertext: 2 polynomials x N coefficients x primes x 8 bytes."""
+    return 2 * int(meta["poly_modulus_degree"]) * (len(meta["coeff_mod_bit_sizes"]) - 1) * 8
 
 
 def _reference_parms(context: Any) -> list[int]:

@@ -57,6 +57,19 @@ class PublicScheme(abc.ABC):
         """Values per data frame."""
         return int(pub.meta["frame_values"])
 
+    def sum_bytes_bound(self, public: bytes, n_values: int, parties: int) -> int:
+        """The bytes a running sum of one chunk of ``n_values`` over ``parties`` holds once every party is in (its
+        ``held_bytes``): what the coordinator sizes its memory window with before any chunk arrives."""
+        pub = self._public(public)
+        total, per_frame = n_values + _wire.tag_values(pub.meta["limb_bits"]), self._frame_values(pub)
+        frames = _wire.n_frames(total, per_frame)
+        return self._sum_frame_bytes(pub, total, frames) + parties * (SEALED_SEED_BYTES + statements.SIGNATURE_BYTES)
+
+    def _sum_frame_bytes(self, pub: _wire.Public, total: int, frames: int) -> int:
+        """Bytes of the running sum's data for ``total`` values in ``frames`` frames (64-bit integers unless a mode
+        says otherwise)."""
+        return total * 8
+
     def frac_bits(self, public: bytes) -> int:
         """Fractional bits of the integer encoding: one encoded step is 2^-frac_bits in value units."""
         return int(self._public(public).meta["frac_bits"])

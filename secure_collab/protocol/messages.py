@@ -76,6 +76,7 @@ class MsgType(StrEnum):
     AGGREGATE = "aggregate"  # coordinator -> solver: one chunk of an aggregate (with each party's seal+signature)
     VERDICT = "verdict"  # solver -> coordinator: an aggregate refused (parties to exclude, or opened and failed)
     RELEASE = "release"  # solver -> coordinator -> parties: signed, encrypted ΔW of one layer
+    RELEASE_PART = "release_part"  # solver -> coordinator -> parties: one slice of a release's ciphertext, before it
     ACK = "ack"  # party -> coordinator: a release was applied (ok) or refused (reason)
     ERROR = "error"  # any -> peer: the message with seq `refused_seq` was refused for `reason`
     END = "end"  # coordinator -> all: session done (ok) or aborted (reason)
@@ -105,6 +106,7 @@ MAX_PARTIES = 1024
 MAX_LAYERS = 1024  # layers per session
 MAX_STEPS = 1 << 14  # (round, layer) pairs per session, so a HELLO can list what it holds
 MAX_TEXT = 4096  # a reason on the wire; longer is refused
+MAX_RELEASE_PARTS = 1 << 20  # RELEASE_PART messages of one release
 STORED_TEXT = 512  # what is kept of any free text in the ledger or echoed back (``clean_text``)
 
 _SESSION = Str(MAX_NAME, NAME_PATTERN)  # a session id becomes the solver's state directory: a name, nothing else
@@ -165,8 +167,10 @@ _CHUNKING = {"attempt": _ATTEMPT, "chunk": Int(0, MAX_VALUES - 1), "n_chunks": I
 
 # Per message type: the body's fields and their bounds. Keys not listed are refused; keys in ``optional``
 # may be left out.
+# parts: the ciphertext did not fit one message and came before in that many RELEASE_PARTs (the frame is then
+# empty); sha256 is always of the whole ciphertext, and the solver's signature covers it
 _RELEASE = MapOf({"attempt": _ATTEMPT, "shape": ListOf(Int(1, MAX_DIM), 2, min_len=2), "dtype": Str(16),
-                  "sha256": _HEX64, "parties": _PARTIES})
+                  "sha256": _HEX64, "parties": _PARTIES, "parts": Int(1, MAX_RELEASE_PARTS)}, optional=("parts",))
 BODY_SCHEMA: dict[MsgType, Field] = {
     MsgType.HELLO: MapOf({
         "role": OneOf("party", "solver"),
@@ -176,12 +180,16 @@ BODY_SCHEMA: dict[MsgType, Field] = {
     }, optional=("setup", "applied")),
     MsgType.SETUP: MapOf({"mode": OneOf(*MODES), "layers": _LAYERS, "rounds": Int(1, MAX_ROUND + 1),
                           "variant": OneOf(*VARIANTS)}),
-    MsgType.REQUEST: MapOf({"layers": _LAYERS, "attempt": _ATTEMPT}),
+    # upto: the party may send the step's chunks numbered below it, in order (layers, G/B/N, chunks), until a later
+    # REQUEST of the same attempt grants more (the coordinator's window, coordinator/stages.py); absent: all
+    MsgType.REQUEST: MapOf({"layers": _LAYERS, "attempt": _ATTEMPT, "upto": Int(1, MAX_VALUES)}, optional=("upto",)),
     MsgType.CONTRIB: MapOf(_CHUNKING),
     MsgType.AGGREGATE: MapOf({**_CHUNKING, "parties": _PARTIES, "n_values": Int(1, MAX_VALUES)}),
     MsgType.VERDICT: MapOf({"attempt": _ATTEMPT, "layers": _LAYERS, "opened": Bool(), "exclude": _PARTIES,
                             "reason": _TEXT}),
     MsgType.RELEASE: _RELEASE,
+    MsgType.RELEASE_PART: MapOf({"attempt": _ATTEMPT, "part": Int(0, MAX_RELEASE_PARTS - 1),
+                                 "parts": Int(1, MAX_RELEASE_PARTS), "sha256": _HEX64}),
     MsgType.ACK: MapOf({"ok": Bool(), "reason": _TEXT}),
     MsgType.ERROR: MapOf({"refused_seq": Int(-1, MAX_SEQ), "reason": _TEXT}),
     MsgType.END: MapOf({"ok": Bool(), "reason": _TEXT}),
@@ -225,7 +233,11 @@ class AggregateBody(ChunkBody):
     n_values: int
 
 
-class ReleaseBody(TypedDict):
+class _ReleaseParts(TypedDict, total=False):
+    parts: int  # the ciphertext came in this many RELEASE_PARTs before (the RELEASE's frame is empty)
+
+
+class ReleaseBody(_ReleaseParts):
     """A RELEASE: the encrypted ΔW's attempt, 2-D shape, dtype, sha256 and the parties it was computed from."""
 
     attempt: int
@@ -233,6 +245,15 @@ class ReleaseBody(TypedDict):
     dtype: str
     sha256: str
     parties: list[str]
+
+
+class PartBody(TypedDict):
+    """A RELEASE_PART: slice ``part`` of ``parts`` of the ciphertext whose sha256 the coming RELEASE signs."""
+
+    attempt: int
+    part: int
+    parts: int
+    sha256: str
 
 
 class AnswerBody(TypedDict):
@@ -250,6 +271,7 @@ class AnswerBody(TypedDict):
 
 BODY_TYPES: dict[MsgType, type] = {MsgType.CONTRIB: ChunkBody, MsgType.AGGREGATE: AggregateBody,
                                    MsgType.RELEASE: ReleaseBody, MsgType.NOTICE: ReleaseBody,
+                                   MsgType.RELEASE_PART: PartBody,
                                    MsgType.ANSWER: AnswerBody}  # tests keep their keys those of BODY_SCHEMA
 
 
@@ -265,6 +287,13 @@ def aggregate_of(msg: Message) -> AggregateBody:
     if msg.type is not MsgType.AGGREGATE:
         raise ProtocolError(f"a {msg.type.value} is not an aggregate")
     return cast(AggregateBody, msg.body)
+
+
+def part_of(msg: Message) -> PartBody:
+    """The body of a received RELEASE_PART (schema-checked by ``from_frames``)."""
+    if msg.type is not MsgType.RELEASE_PART:
+        raise ProtocolError(f"a {msg.type.value} is not a release part")
+    return cast(PartBody, msg.body)
 
 
 def release_of(msg: Message) -> ReleaseBody:
@@ -283,7 +312,8 @@ MAX_PAYLOAD_FRAMES: dict[MsgType, int] = {
     MsgType.CONTRIB: 1 << 16,
     MsgType.AGGREGATE: 1 << 16,
     MsgType.VERDICT: 0,
-    MsgType.RELEASE: 2,  # [encrypted ΔW, signature]
+    MsgType.RELEASE: 2,  # [encrypted ΔW (empty when it came in parts), signature]
+    MsgType.RELEASE_PART: 1,  # [a slice of the encrypted ΔW]
     MsgType.ACK: 0,
     MsgType.ERROR: 0,
     MsgType.END: 0,

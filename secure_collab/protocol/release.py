@@ -21,7 +21,15 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_collab.protection import statements
-from secure_collab.protocol.messages import Message, MsgType, ProtocolError, release_of, sha256_hex
+from secure_collab.protocol.messages import (
+    MAX_DECISION_RECORDS,
+    MAX_PARTIES,
+    Message,
+    MsgType,
+    ProtocolError,
+    release_of,
+    sha256_hex,
+)
 
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8")}
 
@@ -38,8 +46,29 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -
         raise ProtocolError(f"{what}: signature does not verify") from None
 
 
+PART_HEADROOM = 4096  # bytes of a RELEASE_PART message left for its header (about 400 in practice)
+
+
+def part_bytes(max_message_bytes: int) -> int:
+    """Ciphertext bytes per RELEASE_PART: a part and its header fit one message of ``network.max_message_bytes``."""
+    return max(1024, max_message_bytes - PART_HEADROOM)
+
+
+def max_ciphertext_bytes(d_v: int, d_k: int, tags: bool, max_edits_per_party: int) -> int:
+    """The most bytes a release's ciphertext may have: ΔW in float64, the holders note (two bytes per decision
+    record, with tags), the AEAD's nonce and tag with room to spare. What a party and the coordinator accept."""
+    note = 2 * min(MAX_DECISION_RECORDS, MAX_PARTIES * max_edits_per_party) if tags else 0
+    return d_v * d_k * 8 + note + 64
+
+
+def split_parts(ciphertext: bytes, size: int) -> list[memoryview]:
+    """The ciphertext in slices of ``size`` bytes (the last shorter), without copying it."""
+    view = memoryview(ciphertext)
+    return [view[i:i + size] for i in range(0, len(view), size)]
+
+
 def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, config: str,
-                  roster: Collection[str], *, served: bool = False) -> bytes:
+                  roster: Collection[str], *, served: bool = False, assembled: str | None = None) -> bytes:
     """The one check of a RELEASE, run by the coordinator before it records and relays it and by a party before it
     decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names (the schema has
     bounded the shape to two positive integers), the ciphertext's sha256 as the body says, and the solver's
@@ -48,7 +77,11 @@ def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, conf
 
     In a served session (``served``) the solver keeps ΔW and sends a NOTICE instead: one frame [signature] over the
     same statement, whose sha256 is of the ciphertext the solver keeps; returns b"". A RELEASE in a served session,
-    or a NOTICE in another, is refused: the release policy is in the configuration digest every statement binds."""
+    or a NOTICE in another, is refused: the release policy is in the configuration digest every statement binds.
+
+    A RELEASE whose body says ``parts`` carries an empty ciphertext frame: the ciphertext came before in that many
+    RELEASE_PARTs, which the caller assembled; ``assembled`` is their sha256 (None: none were received), which must be
+    the signed one. Returns b"" then (the caller holds the ciphertext)."""
     want = MsgType.NOTICE if served else MsgType.RELEASE
     if msg.type is not want:
         raise ProtocolError(f"a {msg.type.value} in a session whose release is {'served' if served else 'weights'}")
@@ -59,7 +92,10 @@ def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, conf
     if not all(p in roster for p in parties) or len(set(parties)) != len(parties):
         raise ProtocolError("release body: parties must be distinct roster names")
     ciphertext, signature = (b"", bytes(msg.frames[0])) if served else (bytes(f) for f in msg.frames)
-    if not served and sha256_hex(ciphertext) != b["sha256"]:
+    if "parts" in b:
+        if served or ciphertext or assembled != b["sha256"]:
+            raise ProtocolError("release: its parts are missing, or do not match the signed sha256")
+    elif not served and sha256_hex(ciphertext) != b["sha256"]:
         raise ProtocolError("release: ciphertext bytes do not match their sha256")
     verify(solver_key, signature, statements.release_bytes(session, config, msg.round, msg.layer, b["attempt"],
                                                            b["dtype"], shape, b["sha256"], parties), "release")

@@ -115,6 +115,15 @@ def reference_deltas(cfg: Config, names: Iterable[str],
     return out
 
 
+def ledger_bytes(ledger: Path) -> bytes:
+    """Every byte the coordinator stores: its ledger, the ledger's -wal and -shm, and the release files beside it
+    (``<ledger>.releases/<session>/``), for tests that no plaintext reaches them."""
+    files = []
+    for path in sorted(ledger.parent.glob(ledger.name + "*")):
+        files += [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    return b"".join(f.read_bytes() for f in files)
+
+
 def run_role_cli(module: Any, argv: list[str]) -> int:
     """A role's command (``secure_collab.cli.coordinator`` / ``solver`` / ``party``) with its own parser, as
     ``secure-collab ROLE ARGV`` runs it, in this process."""

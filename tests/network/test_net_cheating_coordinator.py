@@ -29,10 +29,12 @@ class Recording(Coordinator):
         self.payloads: dict[tuple, Payload] = {}
 
     def _on_contrib(self, m):
-        super()._on_contrib(m)
+        # kept before the honest handler runs: the last party's chunk completes a sum, which is handed off (streamed)
+        # inside it, and the cheats below rebuild that sum from the kept payloads
         b = m.msg.body
-        self.payloads[(m.name, m.msg.layer, m.msg.stat, b["chunk"], b["attempt"])] = Payload(
-            dict(b["payload"]), tuple(m.msg.frames))
+        key = (m.name, m.msg.layer, m.msg.stat, b["chunk"], b["attempt"])
+        self.payloads.setdefault(key, Payload(dict(b["payload"]), tuple(m.msg.frames)))
+        super()._on_contrib(m)
 
     def rebuild(self, step, key, parties, *, data_from=None):
         """An aggregate over ``parties``'s payloads for ``key``; ``data_from`` maps a party to the payload
@@ -75,13 +77,14 @@ class LeavingOut(Recording):
 
 
 class Swapping(Recording):
-    """Puts c's data of the next G chunk (same length) under c's seal and signature for this chunk."""
+    """Puts c's data of the previous G chunk (same length; what a streaming coordinator has when it hands this one
+    off) under c's seal and signature for this chunk."""
 
     def _aggregate(self, step, key):
         layer, stat, chunk = key
-        if stat != "G":
+        if stat != "G" or chunk == 0:
             return super()._aggregate(step, key)
-        other = (layer, stat, (chunk + 1) % self.s.n_chunks(stat))
+        other = (layer, stat, chunk - 1)
         return self.rebuild(step, key, ["a", "b", "c"], data_from={"c": self.payloads[("c", *other, step.attempt)]})
 
 

@@ -33,6 +33,7 @@ VALID_BODIES = {
                         "parties": ["a", "b"], "n_values": 2},
     MsgType.VERDICT: {"attempt": 1, "layers": [3], "opened": False, "exclude": ["c"], "reason": "bad seal"},
     MsgType.RELEASE: {"attempt": 0, "shape": [4, 6], "dtype": "<f8", "sha256": "0" * 64, "parties": ["a", "b"]},
+    MsgType.RELEASE_PART: {"attempt": 0, "part": 1, "parts": 3, "sha256": "0" * 64},
     MsgType.ACK: {"ok": True, "reason": ""},
     MsgType.ERROR: {"refused_seq": 5, "reason": "bad"},
     MsgType.END: {"ok": False, "reason": "aborted"},

@@ -15,7 +15,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from network_doubles import SyntheticEngine, Threads, ToyServedModel, closed_form_solve, make_config, reference_deltas
+from network_doubles import (
+    SyntheticEngine,
+    Threads,
+    ToyServedModel,
+    closed_form_solve,
+    ledger_bytes,
+    make_config,
+    reference_deltas,
+)
 
 from coordinator.server import Coordinator
 from parties import run_party
@@ -125,7 +133,7 @@ def test_a_served_session_keeps_dw_with_the_solver_and_answers_each_party_within
         sent = {r["type"] for r in ledger.rows("messages") if r["direction"] == "out" and r["peer"] in "abc"}
         events = [r["event"] for r in ledger.rows("stages")]
     assert "release" not in sent and "notice" in sent and "serving" in events, (sent, events)
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("ledger.sqlite*"))
+    stored = ledger_bytes(tmp_path / "ledger.sqlite")
     handled = b"".join(run.coord.handled)
     assert len(handled) > 6 * wire.QUERY_FRAME_BYTES  # it did relay them
     for text in (PROMPT, SECRET, "Emerald", f"{mass:.6f}"):

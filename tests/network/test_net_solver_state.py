@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from network_doubles import SyntheticEngine, Threads, make_config, reference_deltas, solver_process
+from network_doubles import SyntheticEngine, Threads, ledger_bytes, make_config, reference_deltas, solver_process
 
 from coordinator.server import Coordinator
 from parties import run_party
@@ -118,7 +118,7 @@ def test_solver_sigkilled_between_steps_rejoins_and_nothing_plain_reaches_the_co
 
     # no plaintext ΔW in the coordinator's ledger (main file and WAL) or in any frame it handled: search for
     # the exact bytes every party applied (its W started at zero, so W is the released ΔW bit for bit)
-    ledger = b"".join(p.read_bytes() for p in cfg.paths.ledger.parent.glob(cfg.paths.ledger.name + "*"))
+    ledger = ledger_bytes(cfg.paths.ledger)
     seen = b"".join(coordinator.frames)
     assert len(seen) > 10 * sum(d.nbytes for d in ref.values())  # it did see the whole session
     for lay in cfg.session.layers:

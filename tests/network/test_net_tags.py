@@ -13,7 +13,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from network_doubles import Watching, fact_reference, make_config, run_fact_session
+from network_doubles import Watching, fact_reference, ledger_bytes, make_config, run_fact_session
 
 from secure_collab.protection import get_scheme
 from secure_collab.protocol.messages import Message, MsgType
@@ -62,7 +62,7 @@ def test_duplicates_count_once_and_the_conflict_winner_augments(tmp_path, mode):
         rows = db.execute("SELECT round, decision_id, kind FROM decisions ORDER BY round").fetchall()
     assert [(r, k) for r, _, k in rows] == [(0, "conflict"), (1, "duplicate")]
     assert rows[0][1] == a[0][0][3]
-    ledger = b"".join(p.read_bytes() for p in cfg.paths.ledger.parent.glob(cfg.paths.ledger.name + "*"))
+    ledger = ledger_bytes(cfg.paths.ledger)
     seen = b"".join(run.extra["coordinator"].frames)
     assert seen and b"Zanzibar" not in ledger and b"Zanzibar" not in seen
     for name in "abc":

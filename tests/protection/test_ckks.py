@@ -18,6 +18,17 @@ def session():
     return make_session("ckks", 10, 8.0)
 
 
+def test_sum_bytes_bound_is_what_a_running_sum_holds(session, rng):
+    """The coordinator sizes its memory window with ``sum_bytes_bound``: one running ciphertext per frame of slots
+    (2 polynomials x N x primes x 8 bytes), plus each party's seal and signature."""
+    s = session
+    for n, parties in ((1, 2), (5000, 3)):
+        acc = s.scheme.accumulator(s.keys.public, n, CTX)
+        for i, p in enumerate(protect_all(s, [rng.uniform(-8, 8, n) for _ in range(parties)])):
+            acc.add(p, party=f"p{i}")
+        assert acc.held_bytes == s.scheme.sum_bytes_bound(s.keys.public, n, parties)
+
+
 def test_parameters_are_the_smallest_secure_ones():
     p = choose_parameters(10)
     assert p["poly_modulus_degree"] == 4096  # 2048 cannot hold 10 parties at 30 bits (54-bit limit)

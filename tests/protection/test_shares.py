@@ -115,6 +115,18 @@ def test_coordinator_holds_one_sum_whatever_the_party_count(rng):
     assert held[20] - held[2] == 18 * per_party  # only the 144 bytes per party grow
 
 
+@pytest.mark.parametrize("mode", ["shares", "plain"])
+def test_sum_bytes_bound_is_what_a_running_sum_holds(rng, mode):
+    """The coordinator sizes its memory window with ``sum_bytes_bound`` before any chunk arrives: it must be what an
+    accumulator holds once every party is in (array modes: exactly)."""
+    s = make_session(mode, 20, 1.0)
+    for n, parties in ((1, 2), (5000, 3), (4096, 20)):
+        acc = s.scheme.accumulator(s.keys.public, n, CTX)
+        for i, p in enumerate(protect_all(s, [rng.uniform(-1, 1, n) for _ in range(parties)])):
+            acc.add(p, party=f"p{i}")
+        assert acc.held_bytes == s.scheme.sum_bytes_bound(s.keys.public, n, parties)
+
+
 # a statistic is either G (symmetric d x d, sent as its triangle) or B (d_v x d_k, raveled)
 SHAPES = st.one_of(st.tuples(st.just("G"), st.integers(1, 24)),
                    st.tuples(st.just("B"), st.integers(1, 16), st.integers(1, 16)))
