@@ -272,8 +272,9 @@ class Handlers(CoordinatorState):
         self._accept(m)
 
     def _send_release(self, names: Sequence[str], rel: StoredRelease, mtype: str = "release") -> None:
-        """A stored release to each named party: its ciphertext's parts read from disk one at a time (each message
-        built once for every party), then the signed RELEASE."""
+        """A stored release to each named party: its ciphertext's parts (each message built once for every party),
+        then the signed RELEASE. Every frame is a view of the release file's one shared map, sent zero-copy, so
+        re-sending to a party that reconnects and never reads queues views, not a copy per welcome."""
         where = {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt}
         routed = [n for n in names if n in self.routes]
         if rel.ciphertext is not None:
@@ -285,7 +286,7 @@ class Handlers(CoordinatorState):
                 part_frames = msg.to_frames()
                 for name in routed:
                     self._send_frames(name, self.routes[name], part_frames, msg.type.value, where)
-        frames = rel.frames()
+        frames = rel.shared_frames()
         for name in routed:
             self._send_frames(name, self.routes[name], frames, mtype, where)
 

@@ -19,6 +19,7 @@ import contextlib
 import enum
 import json
 import logging
+import mmap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -613,7 +614,11 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                      where: dict[str, Any]) -> None:
         outcome, reason = "sent", ""
         try:  # never wait: a peer that does not read must not stall the loop for the others
-            self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
+            # a view of a stored release's shared map goes zero-copy whatever its size (pyzmq copies a frame below
+            # its copy threshold even with copy=False): a queue holds references to the one map, not copies
+            out = [zmq.Frame(f, copy=False) if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap) else f
+                   for f in frames]
+            self.sock.send_multipart([route, *out], flags=zmq.DONTWAIT, copy=False)
         except zmq.Again:  # its queue is full (network.hwm messages): drop this one and record it
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
