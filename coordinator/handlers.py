@@ -199,6 +199,7 @@ class Handlers(CoordinatorState):
             # Outside the contract: the running sum may be half-updated. Refuse, and make this party
             # count as partial so the step is collected again without it.
             step.poisoned.add(m.name)
+            step.broken.add(key)  # never handed to the solver
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
         finally:  # the window's accounting: what the running sums hold now (a new sum is held even if refused)
             step.held_bytes += acc.held_bytes - before
@@ -207,7 +208,7 @@ class Handlers(CoordinatorState):
         self._accept(m)
         if m.name in step.complete(self.s):
             log.info("round %d: statistics of %s complete", step.round, m.name)
-        if set(acc.parties) == step.expected:  # every party of the step is in this chunk's sum: to the solver
+        if set(acc.parties) == step.expected and key not in step.broken:  # every party is in this chunk's sum
             self._forward(step, key)
 
     def _on_release(self, m: Inbound) -> None:

@@ -633,6 +633,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
+        if outcome != "sent" and name == "solver" and mtype == MsgType.AGGREGATE.value and self.step is not None:
+            self.step.stale = True  # a chunk's sum the solver never got (and dropped here): collect the step again
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
                             sum(len(f) for f in frames), outcome, reason, **where)
 

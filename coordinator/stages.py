@@ -80,6 +80,7 @@ class Step:
     accepted: dict[str, set[Key]] = field(default_factory=dict)
     included: tuple[str, ...] = ()
     poisoned: set[str] = field(default_factory=set)  # parties whose payload broke an accumulator
+    broken: set[Key] = field(default_factory=set)  # chunks whose running sum such a payload may have half-updated
     released: dict[int, str] = field(default_factory=dict)  # layer -> sha256 of its released ΔW ciphertext
     excluded: set[str] = field(default_factory=set)  # parties the solver could not authenticate (not opened)
     refused: str = ""  # the solver's reason when it refused the step
@@ -199,6 +200,8 @@ def validate_contrib(msg: Message, party: str, step: Step, cfg: SessionConfig) -
         raise ProtocolError(f"stale attempt {body['attempt']} (current: {step.attempt})")
     if party not in step.expected:
         raise ProtocolError(f"party {party} is not part of this step")
+    if party in step.poisoned:  # its payload broke a running sum: nothing more of it goes in this attempt
+        raise ProtocolError(f"party {party}'s contribution was rejected in this attempt; wait for the next REQUEST")
     if msg.stat not in STATISTICS:
         raise ProtocolError(f"unknown statistic {msg.stat!r}")
     key = (msg.layer, msg.stat, parse_chunk_body(body, cfg.n_values(msg.stat), cfg.chunk_values))
