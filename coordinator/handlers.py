@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ class CoordinatorState(ABC):
 
     cfg: Config
     s: SessionConfig
+    clock: Callable[[], float]
     scheme: PublicScheme
     ledger: Ledger
     guard: PeerGuard
@@ -82,6 +83,8 @@ class CoordinatorState(ABC):
                      where: dict[str, Any]) -> None: ...
     @abstractmethod
     def _request(self, step: Step) -> Message: ...
+    @abstractmethod
+    def _grace(self) -> float: ...
     @abstractmethod
     def _hand_off(self, step: Step, key: Key) -> None: ...
     @abstractmethod
@@ -205,6 +208,7 @@ class Handlers(CoordinatorState):
             step.held_bytes += acc.held_bytes - before
             step.peak_held_bytes = max(step.peak_held_bytes, step.held_bytes)
         step.accepted.setdefault(m.name, set()).add(key)
+        step.arrived(m.name, key, self.clock(), self._grace())
         self._accept(m)
         if m.name in step.complete(self.s):
             log.info("round %d: statistics of %s complete", step.round, m.name)

@@ -99,6 +99,7 @@ class Step:
     grants: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # party -> (when, upto) per REQUEST
     deadline: float = 0.0
     cap: float = 0.0  # no grant moves the deadline past this
+    late: set[str] = field(default_factory=set)  # parties that sent a chunk more than the grace after its grant
 
     def open_window(self, cfg: SessionConfig, window: int) -> None:
         """Number the step's chunks in the order a party sends them and grant the first ``window``."""
@@ -147,7 +148,21 @@ class Step:
         def due(party: str) -> int:
             return max((upto for when, upto in self.grants.get(party, ()) if when <= now - grace), default=0)
 
-        return sorted(p for p in self.expected - self.poisoned - cut_off if self._sent_granted(p, due(p)))
+        live = self.expected - self.poisoned - cut_off
+        kept = {p for p in live if self._sent_granted(p, due(p))}
+        if kept == live and kept - self.late:
+            # nobody owes an old grant (a party held its chunks until just before each moved deadline, up to the
+            # cap): leave out the parties that held a chunk past the grace, or the step would be collected again
+            # with the same parties, and the same stall, without end
+            kept -= self.late
+        return sorted(kept)
+
+    def arrived(self, party: str, key: Key, now: float, grace: float) -> None:
+        """``party``'s chunk ``key`` was accepted at ``now``: note the party when it held it past the grace."""
+        n = self.position.get(key)
+        granted = min((when for when, upto in self.grants.get(party, ()) if n is not None and upto > n), default=now)
+        if now - granted > grace:
+            self.late.add(party)
 
     def stalled(self, cut_off: set[str]) -> bool:
         """Every live party (not poisoned, not cut off) sent every chunk granted, and a party that is not live

@@ -81,3 +81,23 @@ def test_a_hand_off_dropped_on_the_solver_s_full_queue_makes_the_step_stale(tmp_
     coordinator.sock = Full()
     coordinator._send_frames("solver", b"r", [b"h", b"x"], MsgType.AGGREGATE.value, {})
     assert step.stale
+
+
+def test_a_party_that_held_chunks_past_the_grace_is_left_out_when_nobody_owes_an_old_grant(tmp_path):
+    """The withholder repeats its trick before each moved deadline, up to the cap: nobody owes an old grant, so
+    without more every party would be collected again, and stalled again, without end."""
+    step, _ = _step(tmp_path)
+    grace = 1.0
+    for p in "abc":
+        step.granted_to(p, 0.0)
+    for p in "ab":
+        for key in step.order[:2]:
+            step.arrived(p, key, 0.1, grace)
+    step.arrived("c", step.order[1], 0.1, grace)
+    step.arrived("c", step.order[0], 5.9, grace)  # held until just before the cap
+    assert step.late == {"c"}
+    step.accepted = {"a": set(step.order[:2]), "b": set(step.order[:2]), "c": set(step.order[:3])}
+    step.granted = 4
+    for p in "abc":
+        step.granted_to(p, 5.9)
+    assert step.kept_up(6.0, grace, set()) == ["a", "b"]
