@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ class CoordinatorState(ABC):
 
     cfg: Config
     s: SessionConfig
+    clock: Callable[[], float]
     scheme: PublicScheme
     ledger: Ledger
     guard: PeerGuard
@@ -82,6 +83,8 @@ class CoordinatorState(ABC):
                      where: dict[str, Any]) -> None: ...
     @abstractmethod
     def _request(self, step: Step) -> Message: ...
+    @abstractmethod
+    def _grace(self) -> float: ...
     @abstractmethod
     def _hand_off(self, step: Step, key: Key) -> None: ...
     @abstractmethod
@@ -199,15 +202,17 @@ class Handlers(CoordinatorState):
             # Outside the contract: the running sum may be half-updated. Refuse, and make this party
             # count as partial so the step is collected again without it.
             step.poisoned.add(m.name)
+            step.broken.add(key)  # never handed to the solver
             raise ProtocolError(f"payload rejected by the accumulator ({type(exc).__name__})") from None
         finally:  # the window's accounting: what the running sums hold now (a new sum is held even if refused)
             step.held_bytes += acc.held_bytes - before
             step.peak_held_bytes = max(step.peak_held_bytes, step.held_bytes)
         step.accepted.setdefault(m.name, set()).add(key)
+        step.arrived(m.name, key, self.clock(), self._grace())
         self._accept(m)
         if m.name in step.complete(self.s):
             log.info("round %d: statistics of %s complete", step.round, m.name)
-        if set(acc.parties) == step.expected:  # every party of the step is in this chunk's sum: to the solver
+        if set(acc.parties) == step.expected and key not in step.broken:  # every party is in this chunk's sum
             self._forward(step, key)
 
     def _on_release(self, m: Inbound) -> None:
@@ -272,8 +277,9 @@ class Handlers(CoordinatorState):
         self._accept(m)
 
     def _send_release(self, names: Sequence[str], rel: StoredRelease, mtype: str = "release") -> None:
-        """A stored release to each named party: its ciphertext's parts read from disk one at a time (each message
-        built once for every party), then the signed RELEASE."""
+        """A stored release to each named party: its ciphertext's parts (each message built once for every party),
+        then the signed RELEASE. Every frame is a view of the release file's one shared map, sent zero-copy, so
+        re-sending to a party that reconnects and never reads queues views, not a copy per welcome."""
         where = {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt}
         routed = [n for n in names if n in self.routes]
         if rel.ciphertext is not None:
@@ -285,7 +291,7 @@ class Handlers(CoordinatorState):
                 part_frames = msg.to_frames()
                 for name in routed:
                     self._send_frames(name, self.routes[name], part_frames, msg.type.value, where)
-        frames = rel.frames()
+        frames = rel.shared_frames()
         for name in routed:
             self._send_frames(name, self.routes[name], frames, mtype, where)
 

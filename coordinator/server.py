@@ -19,6 +19,7 @@ import contextlib
 import enum
 import json
 import logging
+import mmap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -297,7 +298,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                 continue
             complete, partial = step.complete(self.s), step.partial(self.s)
             # a party that stopped mid-stream holds the others at the window's edge: keep those that kept up
-            keep = complete or step.kept_up()
+            keep = complete or step.kept_up(self.clock(), self._grace(), set(self.guard.cut_off))
             left_out = sorted(step.expected - set(keep))
             if len(keep) < self.s.min_parties:
                 self.abort_reason = (f"round {round_} layers {list(layers)}: {len(complete)} complete "
@@ -386,13 +387,21 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             for name in turn:
                 self.guard.grant_step(name, step.round, step.layers, step.attempt)
                 self._send(name, self._request(step))
+                step.granted_to(name, self.clock())
             step.announced = step.granted
-            deadline = self.clock() + timeout
+            # each larger grant moves the deadline on (``_forward``), up to twice the stage timeout
+            step.deadline, step.cap = self.clock() + timeout, self.clock() + 2 * timeout
             while (not set(turn) - set(self.guard.cut_off) <= set(step.complete(self.s))
-                   and not step.stale and self.clock() < deadline):
-                if not self._pump(deadline):
+                   and not step.stale and not step.stalled(set(self.guard.cut_off))
+                   and self.clock() < step.deadline):
+                if not self._pump(step.deadline):
                     return False
         return True
+
+    def _grace(self) -> float:
+        """How long a party has to send the chunks of a grant before, at the stage timeout, missing them leaves it
+        out (and how far a new grant moves the deadline)."""
+        return self.cfg.network.stage_timeout_s / 2
 
     def _forward(self, step: Step, key: Key) -> None:
         """Every party of the step is in ``key``'s sum: hand it to the solver now, drop it, and grant the parties
@@ -405,6 +414,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             step.announced = step.granted
             for name in sorted(step.requested - set(self.guard.cut_off)):
                 self._send(name, self._request(step))
+                step.granted_to(name, self.clock())
+            step.extend(self.clock(), self._grace())
 
     def _solve(self, step: Step, left_out: list[str]) -> Solved:
         """Hand the aggregate off and wait for the solver's releases or verdict."""
@@ -613,11 +624,17 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                      where: dict[str, Any]) -> None:
         outcome, reason = "sent", ""
         try:  # never wait: a peer that does not read must not stall the loop for the others
-            self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
+            # a view of a stored release's shared map goes zero-copy whatever its size (pyzmq copies a frame below
+            # its copy threshold even with copy=False): a queue holds references to the one map, not copies
+            out = [zmq.Frame(f, copy=False) if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap) else f
+                   for f in frames]
+            self.sock.send_multipart([route, *out], flags=zmq.DONTWAIT, copy=False)
         except zmq.Again:  # its queue is full (network.hwm messages): drop this one and record it
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
+        if outcome != "sent" and name == "solver" and mtype == MsgType.AGGREGATE.value and self.step is not None:
+            self.step.stale = True  # a chunk's sum the solver never got (and dropped here): collect the step again
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
                             sum(len(f) for f in frames), outcome, reason, **where)
 

@@ -80,6 +80,7 @@ class Step:
     accepted: dict[str, set[Key]] = field(default_factory=dict)
     included: tuple[str, ...] = ()
     poisoned: set[str] = field(default_factory=set)  # parties whose payload broke an accumulator
+    broken: set[Key] = field(default_factory=set)  # chunks whose running sum such a payload may have half-updated
     released: dict[int, str] = field(default_factory=dict)  # layer -> sha256 of its released ΔW ciphertext
     excluded: set[str] = field(default_factory=set)  # parties the solver could not authenticate (not opened)
     refused: str = ""  # the solver's reason when it refused the step
@@ -94,6 +95,11 @@ class Step:
     held_bytes: int = 0  # bytes of the running sums held now, and at most so far
     peak_held_bytes: int = 0
     stale: bool = False  # the solver rejoined after sums were handed to it: collect the step again
+    # the stage timeout (module docstring): when each party was granted what, and the wait's moving deadline
+    grants: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # party -> (when, upto) per REQUEST
+    deadline: float = 0.0
+    cap: float = 0.0  # no grant moves the deadline past this
+    late: set[str] = field(default_factory=set)  # parties that sent a chunk more than the grace after its grant
 
     def open_window(self, cfg: SessionConfig, window: int) -> None:
         """Number the step's chunks in the order a party sends them and grant the first ``window``."""
@@ -123,12 +129,46 @@ class Step:
         want = self.all_keys(cfg)
         return sorted(p for p in self.expected - self.poisoned if self.accepted.get(p, set()) == want)
 
-    def kept_up(self) -> list[str]:
-        """Parties (not poisoned) that sent every chunk any of them sent. When one party stops mid-stream the
-        others wait at the window's edge and none completes: these are the ones collected again."""
-        sent = {p: keys for p, keys in self.accepted.items() if p in self.expected and p not in self.poisoned}
-        front = set().union(*sent.values()) if sent else set()
-        return sorted(p for p, keys in sent.items() if front and keys == front)
+    def granted_to(self, party: str, now: float) -> None:
+        """A REQUEST with the current grant went to ``party`` at ``now``."""
+        self.grants.setdefault(party, []).append((now, self.granted))
+
+    def extend(self, now: float, grace: float) -> None:
+        """A larger grant was announced: give the parties ``grace`` to send it, up to the cap."""
+        self.deadline = min(self.cap, max(self.deadline, now + grace))
+
+    def _sent_granted(self, party: str, upto: int) -> bool:
+        return set(self.order[:upto]) <= self.accepted.get(party, set())
+
+    def kept_up(self, now: float, grace: float, cut_off: set[str]) -> list[str]:
+        """At the stage timeout, the parties (not poisoned, not cut off) that sent every chunk granted to them at
+        least ``grace`` ago: only a party missing chunks of an earlier grant stalled the window. A party merely
+        behind the newest grant is kept, so one that withholds its lowest chunk until just before the deadline
+        and then sends it with the chunk it frees (protected in advance) cannot be the only one "kept up"."""
+        def due(party: str) -> int:
+            return max((upto for when, upto in self.grants.get(party, ()) if when <= now - grace), default=0)
+
+        live = self.expected - self.poisoned - cut_off
+        kept = {p for p in live if self._sent_granted(p, due(p))}
+        if kept == live and kept - self.late:
+            # nobody owes an old grant (a party held its chunks until just before each moved deadline, up to the
+            # cap): leave out the parties that held a chunk past the grace, or the step would be collected again
+            # with the same parties, and the same stall, without end
+            kept -= self.late
+        return sorted(kept)
+
+    def arrived(self, party: str, key: Key, now: float, grace: float) -> None:
+        """``party``'s chunk ``key`` was accepted at ``now``: note the party when it held it past the grace."""
+        n = self.position.get(key)
+        granted = min((when for when, upto in self.grants.get(party, ()) if n is not None and upto > n), default=now)
+        if now - granted > grace:
+            self.late.add(party)
+
+    def stalled(self, cut_off: set[str]) -> bool:
+        """Every live party (not poisoned, not cut off) sent every chunk granted, and a party that is not live
+        holds the window: waiting on to the timeout changes nothing."""
+        live = self.expected - self.poisoned - cut_off
+        return bool(self.order) and live != self.expected and all(self._sent_granted(p, self.granted) for p in live)
 
     def partial(self, cfg: SessionConfig) -> list[str]:
         """Parties whose chunks are in the running sums but who did not complete: the sums are unusable."""
@@ -175,6 +215,8 @@ def validate_contrib(msg: Message, party: str, step: Step, cfg: SessionConfig) -
         raise ProtocolError(f"stale attempt {body['attempt']} (current: {step.attempt})")
     if party not in step.expected:
         raise ProtocolError(f"party {party} is not part of this step")
+    if party in step.poisoned:  # its payload broke a running sum: nothing more of it goes in this attempt
+        raise ProtocolError(f"party {party}'s contribution was rejected in this attempt; wait for the next REQUEST")
     if msg.stat not in STATISTICS:
         raise ProtocolError(f"unknown statistic {msg.stat!r}")
     key = (msg.layer, msg.stat, parse_chunk_body(body, cfg.n_values(msg.stat), cfg.chunk_values))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import sqlite3
 import tempfile
@@ -86,6 +87,13 @@ class StoredRelease:
         """The RELEASE message exactly as the solver sent it (header + payload frames)."""
         payload = list(self.inline) if self.path is None else _unpack_frames(self.path.read_bytes())
         return [self.header, *payload]
+
+    def shared_frames(self) -> list[bytes | memoryview]:
+        """The same, for sending: the payload frames are read-only views of one map of the file, shared by every
+        re-send (zmq holds the view, not a copy), so a party that never reads pins no new copy per welcome."""
+        if self.path is None:
+            return [self.header, *self.inline]
+        return [self.header, *_unpack_frames(mapped(self.path))]
 
 
 @dataclass(frozen=True)
@@ -317,11 +325,33 @@ class PartSink:
         self.tmp.unlink(missing_ok=True)
 
 
-def read_parts(path: Path, size: int) -> Iterator[bytes]:
-    """A stored ciphertext in slices of ``size`` bytes, read one at a time."""
-    with open(path, "rb") as f:
-        while part := f.read(size):
-            yield part
+_MAPS: dict[tuple[str, int, int, int], memoryview] = {}
+
+
+def mapped(path: Path) -> memoryview:
+    """A stored file (a release's, written once and never changed) as a read-only view of one shared map: every
+    caller gets the same memory, paged in from the file by the kernel, never a private copy. Keyed by the file's
+    identity, so a file written again under the same name is mapped afresh."""
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    view = _MAPS.get(key)
+    if view is None:
+        if st.st_size == 0:
+            view = memoryview(b"")
+        else:
+            with open(path, "rb") as f:
+                view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        for old in [k for k in _MAPS if k[0] == key[0]]:  # the file's earlier version: its views stay valid
+            del _MAPS[old]
+        _MAPS[key] = view
+    return view
+
+
+def read_parts(path: Path, size: int) -> Iterator[memoryview]:
+    """A stored ciphertext in slices of ``size`` bytes: views of its one shared map (``mapped``), not copies."""
+    whole = mapped(path)
+    for start in range(0, len(whole), size):
+        yield whole[start:start + size]
 
 
 def _pack_frames(frames: list[bytes]) -> bytes:
@@ -329,7 +359,8 @@ def _pack_frames(frames: list[bytes]) -> bytes:
     return b"".join(len(f).to_bytes(8, "big") + f for f in frames)
 
 
-def _unpack_frames(blob: bytes) -> list[bytes]:
+def _unpack_frames(blob: Any) -> list[Any]:
+    """Frames of a packed blob: bytes from bytes, views from a view (no copy)."""
     out, pos = [], 0
     while pos < len(blob):
         n = int.from_bytes(blob[pos:pos + 8], "big")
