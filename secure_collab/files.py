@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -126,12 +127,17 @@ def open_private(path: Path | str, mode: str = "wb") -> IO[Any]:
         raise
 
 
-def _private_temp(path: Path, data: bytes | str) -> str:
-    """A flushed 0600 temporary file beside ``path`` holding ``data``; the caller renames or links it."""
+def _private_temp(path: Path, data: bytes | str | Iterable[bytes]) -> str:
+    """A flushed 0600 temporary file beside ``path`` holding ``data`` (or the pieces of an iterable, written as
+    they come: no second copy of a large payload in memory); the caller renames or links it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            if isinstance(data, (bytes, bytearray, memoryview, str)):
+                f.write(data.encode() if isinstance(data, str) else data)
+            else:
+                for piece in data:
+                    f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -141,7 +147,7 @@ def _private_temp(path: Path, data: bytes | str) -> str:
     return tmp
 
 
-def write_private(path: Path | str, data: bytes | str) -> Path:
+def write_private(path: Path | str, data: bytes | str | Iterable[bytes]) -> Path:
     """Write a whole 0600 file atomically and durably (a reader sees the old file or the new one, never half
     of it, and after a crash the new one is there once this returns)."""
     path = Path(path)

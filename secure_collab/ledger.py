@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secure_collab.files import child_dir, fsync_dir, private_dir, touch_private
+from secure_collab.files import child_dir, fsync_dir, private_dir, touch_private, write_private
 from secure_collab.protocol.messages import STORED_TEXT, clean_text
 
 SCHEMA = """
@@ -178,19 +178,8 @@ class Ledger:
         path = self.release_path(session_id, round_, layer)
         kept = ciphertext.keep() if ciphertext is not None else None
         private_dir(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for frame in payload:  # streamed: no second copy of the ΔW in memory
-                    f.write(len(frame).to_bytes(8, "big"))
-                    f.write(frame)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
+        # written piece by piece (no second copy of the ΔW in memory), 0600, atomically and durably
+        write_private(path, (piece for frame in payload for piece in (len(frame).to_bytes(8, "big"), frame)))
         self._db.execute("INSERT INTO releases VALUES (?,?,?,?,?,?,?,?,?)",
                          (session_id, round_, layer, attempt, sha256, json.dumps(list(parties)), header, b"",
                           self._clock()))
