@@ -139,6 +139,9 @@ def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholdin
     ed.compute_seconds, ed.target_cache, ed.cache = 0.0, False, None
     ed.camouflage, ed.noise = None, None
     ed.decoy_ratio, ed.decoy_rng, ed.decoys = 2, random.Random(0), {}
+    from secure_collab.parallel import SINGLE
+
+    ed.shard = SINGLE  # one process (decoys are refused with several workers)
     tags = ed.tag_inputs(0)
     out = ed.compute_statistics(0, hp.layers[0])
     assert out["N"] == 9 and len(tags) == 3
