@@ -413,8 +413,13 @@ class Party:
         if g.shape != (s.d_k, s.d_k):
             raise ValueError(f"G has shape {g.shape}, want ({s.d_k}, {s.d_k})")
         n = float(stats["N"])
-        peak = max(float(np.max(np.abs(g))), float(np.max(np.abs(b))), abs(n))
-        if not np.isfinite(peak) or peak > s.value_bound:
+        # max and −min are reductions (np.abs would make a temporary as long as G: 1.6 GB at d_k 14,336); a NaN
+        # propagates through both, so each array's figure is NaN where it holds one
+        figures = [max(float(np.max(a)), -float(np.min(a))) for a in (g, b)] + [abs(n)]
+        peak = max(figures)
+        if not all(np.isfinite(figures)):
+            raise Fatal(f"layer {layer}: a statistic holds a non-finite entry; this party's statistics are broken")
+        if peak > s.value_bound:
             raise Fatal(f"layer {layer}: a statistic entry of {peak:.6g} exceeds session.value_bound="
                         f"{s.value_bound:.6g}; raise value_bound in the session configuration")
         if n > s.counted_edits:  # decoys:R counts (1 + R) edits per request

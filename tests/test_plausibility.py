@@ -116,3 +116,81 @@ def test_leverage_check_allows_the_fixed_point_error_of_the_opened_sum():
         eg = 0.5 * (eg + eg.T)
         eb = rng.uniform(-3 * q, 3 * q, size=b.shape)
         assert plausibility_problems(g + eg, b + eb, n, 3, bounds) == []
+
+
+def test_the_spectrum_and_leverage_equal_numpy_on_the_symmetrised_matrix():
+    """The in-place LAPACK path (one (d, d) buffer beside G) against numpy's eigvalsh / eigh of ½G + ½Gᵀ built the
+    plain way, and the leverage figure ‖B V diag(s)‖₂ against ‖B (G + εI)^-1/2‖₂ with the inverse root formed."""
+    from secure_collab.protocol.plausibility import _spectrum
+
+    rng = np.random.default_rng(7)
+    d = 300  # more than one row block of the symmetrisation
+    k = rng.standard_normal((40, d))
+    g = k.T @ k + np.eye(d) + 1e-9 * rng.standard_normal((d, d))  # not exactly symmetric, as a party's G may be
+    ref = 0.5 * g + 0.5 * g.T
+    vals, vecs = _spectrum(g, vectors=False)
+    assert vecs is None
+    assert np.allclose(vals, np.linalg.eigvalsh(ref), rtol=0, atol=1e-9 * np.abs(vals).max())
+    vals, vecs = _spectrum(g, vectors=True)
+    assert np.allclose(vecs @ np.diag(vals) @ vecs.T, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+    b = rng.standard_normal((20, d)) @ np.diag(rng.uniform(0, 1, d))
+    eps = 0.5
+    w, v = np.linalg.eigh(ref)
+    inv_sqrt = v @ np.diag(1 / np.sqrt(np.maximum(w + eps, eps * 1e-12))) @ v.T
+    want = np.linalg.norm(b @ inv_sqrt, 2)
+    got = np.linalg.norm((b @ vecs) / np.sqrt(np.maximum(vals + eps, eps * 1e-12)), 2)
+    assert abs(got - want) <= 1e-10 * want
+    # and the check itself decides on that figure: just above ρ√N refused, just below accepted
+    n = 4.0
+    for factor, refused in ((1.001, True), (0.999, False)):
+        bounds = Bounds(key_norm=1e6, residual_norm=want / (factor * np.sqrt(n)), max_edits=10, ridge=eps)
+        problems = plausibility_problems(ref, b, n, parties=1, bounds=Bounds(
+            bounds.key_norm, bounds.residual_norm, 10, ridge=eps), fewest=0)
+        assert ("leverage" in {p.check for p in problems}) is refused, problems
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.5])
+def test_the_check_holds_at_most_two_matrices_beside_g(ridge):
+    """At d_k 14,336 one (d, d) float64 is 1.6 GB: the check may add one such buffer (two with eigenvectors, for
+    the leverage check), not the three to four that ½G + ½Gᵀ and numpy's own LAPACK copy took (issue 22: a party's
+    peak ≤ 2× its statistics). numpy's and f2py's buffers are traced by tracemalloc."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    d = 1200  # the symmetrisation's row block (128 rows) is a small part of G, as at real size
+    k = rng.standard_normal((30, d))
+    g, b = k.T @ k, rng.standard_normal((8, 30)) @ k * 1e-3
+    one = g.nbytes
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        problems = plausibility_problems(g, b, 30.0, parties=1, bounds=Bounds(1e3, 1e3, 30, ridge=ridge), fewest=0)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert problems == []
+    budget = (1 if ridge == 0 else 2) * one + 0.3 * one  # the matrices; a row block, the isfinite mask, O(d) work
+    assert peak <= budget, f"peak {peak / one:.2f} × G"
+
+
+@pytest.mark.parametrize("where", ["G", "B"])
+def test_a_party_refuses_its_own_non_finite_statistic_in_either_matrix(where):
+    """The party's pre-send check takes max and −min per matrix (no |G| temporary): a NaN in B beside a finite G
+    must not be lost in the max over the matrices (Python's max keeps its first argument against a NaN)."""
+    from types import SimpleNamespace
+
+    from parties.client import Fatal, Party
+
+    party = Party.__new__(Party)
+    party.s = SimpleNamespace(d_k=3, d_v=2, value_bound=10.0, counted_edits=5, max_edits_per_party=5,
+                              key_norm_bound=2.0, residual_norm_bound=3.0)
+    party.noise_plan = None
+    g, b, n = stats([[2.0, 0, 0], [0, 0, 2.0]], [[3.0, 0], [0, -3.0]])
+    assert party._checked(4, {"G": g, "B": b.ravel(), "N": n})["N"] == n  # honest: passes
+    (g if where == "G" else b)[1, 1] = np.nan
+    with pytest.raises(Fatal, match="non-finite"):
+        party._checked(4, {"G": g, "B": b.ravel(), "N": n})
+    (g if where == "G" else b)[1, 1] = -11.0  # out of bound on the negative side: caught by −min
+    with pytest.raises(Fatal, match="exceeds session.value_bound"):
+        party._checked(4, {"G": g, "B": b.ravel(), "N": n})

@@ -15,21 +15,40 @@ _HEADROOM_BITS = 60
 
 
 def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
-    """Upper triangle (diagonal included), row-major, of a symmetric (d, d) matrix -> (d(d+1)/2,)."""
+    """Upper triangle (diagonal included), row-major, of a symmetric (d, d) matrix -> (d(d+1)/2,).
+
+    Row by row (the order of ``numpy.triu_indices``): fancy indexing would first build two int64 index vectors
+    as long as the triangle (1.6 GB at d 14,336, twice the packed result)."""
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ProtectionError(f"expected a square matrix, got shape {matrix.shape}")
-    rows, cols = np.triu_indices(matrix.shape[0])
-    return np.ascontiguousarray(matrix[rows, cols])
+    dim = matrix.shape[0]
+    out = np.empty(triangle_size(dim), dtype=matrix.dtype)
+    off = 0
+    for i in range(dim):
+        out[off : off + dim - i] = matrix[i, i:]
+        off += dim - i
+    return out
+
+
+_MIRROR_ROWS = 128  # rows per block when ``unpack_symmetric`` mirrors the upper triangle (cache-sized transposes)
 
 
 def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
-    """Inverse of ``pack_symmetric``: a full symmetric (dim, dim) matrix."""
+    """Inverse of ``pack_symmetric``: a full symmetric (dim, dim) matrix. The upper triangle row by row, then the
+    lower one as block transposes of it (no index vectors; no column-by-column strided writes)."""
     if packed.shape != (triangle_size(dim),):
         raise ProtectionError(f"packed triangle of dim {dim} needs {triangle_size(dim)} values")
-    out = np.zeros((dim, dim), dtype=packed.dtype)
-    rows, cols = np.triu_indices(dim)
-    out[rows, cols] = packed
-    out[cols, rows] = packed
+    out = np.empty((dim, dim), dtype=packed.dtype)
+    off = 0
+    for i in range(dim):
+        out[i, i:] = packed[off : off + dim - i]
+        off += dim - i
+    for start in range(0, dim, _MIRROR_ROWS):
+        end = min(start + _MIRROR_ROWS, dim)
+        out[start:end, :start] = out[:start, start:end].T
+        block = out[start:end, start:end]
+        lower = np.tril_indices(end - start, -1)
+        block[lower] = block.T[lower]
     return out
 
 

@@ -123,10 +123,7 @@ def _matrix_problems(g: np.ndarray, b: np.ndarray, n: int, parties: int, bounds:
         problems.append(Problem("trace", f"tr ΣG = {trace:.6g} exceeds κ² · N = {bounds.key_norm**2 * n:.6g}"))
     eigvecs = None
     try:
-        if bounds.ridge > 0:
-            eigvals, eigvecs = np.linalg.eigh(0.5 * g + 0.5 * g.T)
-        else:
-            eigvals = np.linalg.eigvalsh(0.5 * g + 0.5 * g.T)
+        eigvals, eigvecs = _spectrum(g, vectors=bounds.ridge > 0)
         lowest = float(eigvals[0])
     except np.linalg.LinAlgError:  # did not converge: nothing says ΣG is positive semi-definite
         lowest = float("nan")
@@ -147,6 +144,34 @@ def _matrix_problems(g: np.ndarray, b: np.ndarray, n: int, parties: int, bounds:
     return problems
 
 
+_SYM_ROWS = 128  # rows per step of ``_symmetrised`` (its only temporary: 128 × d values)
+
+
+def _symmetrised(g: np.ndarray) -> np.ndarray:
+    """½ G + ½ Gᵀ in one new (d, d) buffer, row block by row block: no temporary as long as G (at d_k 14,336 one
+    is 1.6 GB). Halved before adding, so that finite entries near 1e308 stay finite; exactly symmetric, since
+    float addition commutes."""
+    out: np.ndarray = np.multiply(g, 0.5)
+    for start in range(0, g.shape[0], _SYM_ROWS):
+        rows = out[start : start + _SYM_ROWS]
+        rows += 0.5 * g[:, start : start + _SYM_ROWS].T
+    return out
+
+
+def _spectrum(g: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ascending eigenvalues of ½ G + ½ Gᵀ (and its eigenvectors where ``vectors``), with one (d, d) buffer
+    beside G: LAPACK works in the symmetrised copy (overwrite_a, passed in Fortran order, which a symmetric
+    matrix already is), where numpy's eigvalsh would copy it once more. Eigenvalues alone through dsyevd (as
+    numpy's eigvalsh), vectors through dsyevr (its workspace is O(d); dsyevd's is 2 d² more)."""
+    import scipy.linalg
+
+    sym = _symmetrised(g).T  # the same matrix, Fortran-contiguous
+    if not vectors:
+        return scipy.linalg.eigh(sym, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd"), None
+    eigvals, eigvecs = scipy.linalg.eigh(sym, overwrite_a=True, check_finite=False, driver="evr")
+    return eigvals, eigvecs
+
+
 def _leverage_problems(b: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, n: int, parties: int, bounds: Bounds,
                        slack: float) -> list[Problem]:
     """‖ΣB (ΣG + εI)^-1/2‖₂ ≤ ρ √N (``plausibility_problems``), with the fixed-point error of the opened aggregate
@@ -156,8 +181,11 @@ def _leverage_problems(b: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, 
     if bounds.noise:
         return []
     eps = bounds.ridge + slack
-    inv_sqrt = eigvecs @ np.diag(1.0 / np.sqrt(np.maximum(eigvals + eps, eps * 1e-12))) @ eigvecs.T
-    figure = float(np.linalg.norm(b @ inv_sqrt, 2))
+    # (ΣG + εI)^-1/2 = V diag(s) Vᵀ, and ‖B V diag(s) Vᵀ‖₂ = ‖B V diag(s)‖₂ (Vᵀ is orthogonal): one (d_v, d_k)
+    # product instead of two (d_k, d_k) ones
+    scaled = b @ eigvecs
+    scaled *= 1.0 / np.sqrt(np.maximum(eigvals + eps, eps * 1e-12))
+    figure = float(np.linalg.norm(scaled, 2))
     limit = (bounds.residual_norm * math.sqrt(n) + parties * bounds.quantum * math.sqrt(b.size) / math.sqrt(eps))
     limit *= 1 + 1e-9
     if not np.isfinite(figure):
