@@ -106,13 +106,16 @@ def test_rows_that_cannot_fit_or_run_too_long_are_recorded_not_lost(tmp_path):
     assert all(r["exit"] is not None for r in stopped["roles"].values())  # every role reaped, none left behind
 
 
-def test_a_real_size_session_file_lets_the_coordinator_queue_two_messages_of_the_largest_size(tmp_path):
-    """One ΔW of Llama-3-8B is 470 MB, one message: with the default recv_buffer_bytes the coordinator's RCVHWM
-    comes to 1, and a session with RCVHWM 1 hangs before its first step (reproduced at d_k 64), so the bench sets
-    room for two."""
-    from secure_collab.config import load_config
+def test_a_real_size_session_file_streams_with_the_network_defaults(tmp_path):
+    """Since streaming, a bench session is a default session: one Llama-3-8B ΔW (470 MB) no longer has to fit one
+    message (it travels in RELEASE_PARTs), so the bench keeps the default message size, receive buffer (room for two
+    messages per connection: RCVHWM 1 hung a session before its first step) and the coordinator's 256 MiB window."""
+    from secure_collab.config import NetworkConfig, load_config
     from secure_collab.protocol.transport import router_rcvhwm
 
     cfg = load_config(realsize.write_session(tmp_path, 14336, 4096, 3, "shares", 16, precision_bits=48,
                                              in_turn=True, timeout=60))
-    assert cfg.network.max_message_bytes >= 8 * 4096 * 14336 and router_rcvhwm(cfg.network) >= 2
+    default = NetworkConfig()
+    for field in ("max_message_bytes", "recv_buffer_bytes", "coordinator_memory_bytes"):
+        assert getattr(cfg.network, field) == getattr(default, field), field
+    assert 8 * 4096 * 14336 > cfg.network.max_message_bytes and router_rcvhwm(cfg.network) >= 2

@@ -104,20 +104,16 @@ def write_session(work: Path, d_k: int, d_v: int, parties: int, mode: str, rank:
     names = [chr(ord("a") + i) for i in range(parties)]
     init_keys(work / "keys", names)
     endpoint = free_loopback_endpoint()
-    release = d_v * d_k * 8 + 4096  # one ΔW in one release message: the limit must hold it
     session: dict[str, Any] = {
         "id": f"realsize-{secrets.token_hex(4)}", "mode": mode, "layers": [0], "d_k": d_k, "d_v": d_v,
         "min_parties": 2, "value_bound": 2.0 * rank, "key_norm_bound": 2.0, "residual_norm_bound": 2.0,
         "max_edits_per_party": rank, "model": "synthetic", "variant": "sequential", "rounds": 1}
     if mode == "ckks":
         session["protection"] = {"precision_bits": precision_bits}
-    largest = max(64 << 20, -(-release // (1 << 20)) << 20)
-    # recv_buffer_bytes: at least two messages of the largest size per connection. With the default 256 MiB and a
-    # ΔW over 128 MiB the coordinator's RCVHWM (transport.router_rcvhwm) comes to 1, and a session then hangs
-    # before the first step (reproduced at d_k 64 with recv_buffer_bytes = max_message_bytes: BENCHMARKS.md (h))
+    # the network's defaults (64 MiB messages, a 256 MiB coordinator window): statistics stream in chunks and a
+    # release larger than one message travels in RELEASE_PARTs (docs/network.md "Streaming"), as in a real session
     network = {"coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": timeout,
-               "stage_timeout_s": timeout, "solve_timeout_s": timeout, "request_in_turn": in_turn,
-               "max_message_bytes": largest, "recv_buffer_bytes": max(256 << 20, 2 * largest), **(network or {})}
+               "stage_timeout_s": timeout, "solve_timeout_s": timeout, "request_in_turn": in_turn, **(network or {})}
     paths = {"keys": "keys", "roster": "keys/roster.toml", "ledger": "coordinator/ledger.sqlite",
              "solver_state": "solver-state"}
     path = work / "session.toml"
