@@ -5,6 +5,8 @@ is asserted (speed targets live in the bench and BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -71,10 +73,11 @@ def test_a_row_releases_the_reference_update_and_reports_every_figure(tmp_path, 
     assert row["machine_used_max_bytes"] > 0
 
 
-def test_the_section_summary_checks_the_issue_targets_and_writes_its_table(tmp_path):
+def test_the_section_summary_checks_the_issue_targets_and_writes_its_table(tmp_path, monkeypatch):
     cfg = BenchConfig(quick=True, sections=("realsize",), realsize_dk=(D_K,), realsize_dv=D_V, realsize_parties=(3,),
                       realsize_modes="plain,shares", realsize_rank=RANK, realsize_timeout_s=240.0)
-    r = run_bench(cfg, tmp_path / "bench")
+    monkeypatch.chdir(tmp_path)  # `bench --out runs/x`: a relative directory (the roles run in their own)
+    r = run_bench(cfg, Path("bench"))
     sec = r["sections"]["realsize"]
     assert set(sec["rows"]) == {f"dk{D_K}-dv{D_V}-p3-{m}-n{RANK}" for m in ("plain", "shares")}
     assert all(row["ok"] for row in sec["rows"].values())

@@ -361,6 +361,7 @@ def bench_realsize(d_ks: tuple[int, ...], d_v: int, party_counts: tuple[int, ...
     import tempfile
 
     say = progress or (lambda _m: None)
+    out = out.resolve()  # the roles run in their own working directories: every path handed to them is absolute
     (out / "rows").mkdir(parents=True, exist_ok=True)
     rows: dict[str, Any] = {}
     solves: dict[str, Any] = {}
