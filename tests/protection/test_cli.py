@@ -85,3 +85,17 @@ def test_a_window_smaller_than_one_chunk_is_refused_in_one_line(capsys):
     assert len(err.splitlines()) == 1 and "holds no chunk's running sum (976 bytes" in err
     assert main(["protection-check", "--mode", "shares", "--parties", "3", "--dim", "40", "--chunk-values", "0",
                  "-q"]) == 2
+
+
+def test_uniform_written_in_pieces_is_the_one_shot_stream():
+    """The check's random statistics, made a piece at a time, are the values of the whole AES-CTR stream at once."""
+    import numpy as np
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from secure_collab.bench.protection import uniform
+
+    n, seed, party, bound = (1 << 17) + 5, 3, 2, 2.5
+    enc = Cipher(algorithms.AES(seed.to_bytes(16, "big")), modes.CTR(party.to_bytes(16, "big"))).encryptor()
+    raw = np.frombuffer(enc.update(bytes(8 * n)), dtype=np.uint64)
+    want = (2.0 * np.ldexp((raw >> np.uint64(11)).astype(np.float64), -53) - 1.0) * bound
+    assert np.array_equal(uniform(seed, party, n, bound), want)
