@@ -54,7 +54,7 @@ from secure_collab.protocol.messages import (
     sha256_hex,
 )
 from secure_collab.protocol.release import check_release, verify
-from secure_collab.protocol.statistics import chunk_body, chunk_bounds
+from secure_collab.protocol.statistics import chunk_body, chunk_bounds, window_chunks
 
 ZAP_DOMAIN = "secure-collab"
 log = logging.getLogger("coordinator")
@@ -362,13 +362,13 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         step's parties); below one the session ends with the reason."""
         assert self.public is not None, "steps open after the solver's setup is in"
         bound, parties = self.cfg.network.coordinator_memory_bytes, len(step.expected)
-        largest = max(self.scheme.sum_bytes_bound(self.public, min(self.s.chunk_values, self.s.n_values(st)), parties)
-                      for st in STATISTICS)
-        if bound < largest:
+        window, largest = window_chunks(self.scheme, self.public, self.s.chunk_values,
+                                        (self.s.n_values(st) for st in STATISTICS), parties, bound)
+        if window < 1:
             self.abort_reason = (f"network.coordinator_memory_bytes = {bound} holds no chunk's running sum ({largest} "
                                  f"bytes: {self.s.chunk_values} values over {parties} parties in {self.s.mode}); raise "
                                  "it or lower session.chunk_values")
-        return bound // largest
+        return window
 
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time

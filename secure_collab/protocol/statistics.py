@@ -11,13 +11,16 @@ Chunk i of a statistic with n values and chunk size c covers values [i c, min(n,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from secure_collab.protection.encoding import pack_symmetric, triangle_size, unpack_symmetric
 from secure_collab.protocol.messages import ChunkBody, ProtocolError
+
+if TYPE_CHECKING:
+    from secure_collab.protection import PublicScheme
 
 
 def pack_statistics(stats: Mapping[str, np.ndarray | int], d_k: int, d_v: int) -> dict[str, np.ndarray]:
@@ -46,6 +49,16 @@ def unpack_g(flat: np.ndarray, d_k: int) -> np.ndarray:
 def chunk_bounds(n_values: int, chunk_values: int) -> list[tuple[int, int]]:
     """(offset, count) of each chunk."""
     return [(off, min(chunk_values, n_values - off)) for off in range(0, n_values, chunk_values)]
+
+
+def window_chunks(scheme: PublicScheme, public: bytes, chunk_values: int, n_values: Iterable[int], parties: int,
+                  memory_bytes: int) -> tuple[int, int]:
+    """(W, largest): how many chunks' running sums fit ``memory_bytes`` (the coordinator's window,
+    ``network.coordinator_memory_bytes``), sized by the largest chunk's running sum over ``parties``
+    (``PublicScheme.sum_bytes_bound``) among statistics of ``n_values`` values each in chunks of ``chunk_values``.
+    W < 1 means not even one chunk's sum fits: the caller refuses."""
+    largest = max(scheme.sum_bytes_bound(public, min(chunk_values, n), parties) for n in n_values)
+    return memory_bytes // largest, largest
 
 
 def chunk_body(attempt: int, index: int, bounds: Sequence[tuple[int, int]],
