@@ -9,7 +9,7 @@ from secure_collab.protocol.release import PART_HEADROOM
 
 # the process before any session data: the interpreter, numpy, pyzmq and libzmq with CurveZMQ, cryptography, SQLite
 # (measured 78-85 MB of VmRSS when the first step opens, bench realsize), with room to spare
-FIXED_BYTES = 96 << 20
+FIXED_BYTES = 88 << 20
 IN_FLIGHT_MESSAGES = 2  # beyond RCVHWM per connection: the message libzmq is decrypting (its ciphertext and the
 # plaintext it builds) and the one the loop is handling (its frames and their copy)
 

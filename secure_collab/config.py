@@ -65,7 +65,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
                                    # (RCVHWM = recv_buffer_bytes // max_message_bytes, at least 1; 2 by default)
     coordinator_memory_bytes = 67108864  # coordinator: running sums held at once; parties send within the window
                                    # of chunks this holds, and each chunk's sum goes to the solver once complete.
-                                   # The process holds about 96 MiB (itself) + this + its connections' messages
+                                   # The process holds about 88 MiB (itself) + this + its connections' messages
                                    # in flight (docs/network.md "Streaming"): with the defaults, within 256 MB
                                    # at any d_k and at 10 parties in shares or plain
     budget_headroom = 4.0          # per-party budgets: this many times what an honest party sends
@@ -192,7 +192,7 @@ class SessionConfig:
         return [(r, layers) for r in range(self.rounds) for layers in per_round]
 
 
-# the coordinator's window of running sums by default: with its fixed size (about 96 MiB) and the messages in flight
+# the coordinator's window of running sums by default: with its fixed size (about 88 MiB) and the messages in flight
 # (coordinator/memory.py) the whole process stays within 256 MB at 10 parties in shares or plain, at any d_k
 COORDINATOR_MEMORY_BYTES = 64 << 20
 
