@@ -1,5 +1,5 @@
-"""The coordinator's whole-process memory (issue 22): the estimate its defaults are sized from (``coordinator/memory.py``)
-and a release served in parts without keeping the release file's pages resident."""
+"""The coordinator's whole-process memory (issue 22): the estimate its defaults are sized from
+(``coordinator/memory.py``) and a release served in parts without keeping the release file's pages resident."""
 
 from __future__ import annotations
 
