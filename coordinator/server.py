@@ -31,13 +31,14 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from coordinator.guard import QUERY_WINDOW, ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
+from coordinator.memory import Footprint, footprint
 from coordinator.stages import ACCEPTS, ROLE_OF, Key, Stage, Step, TagPhase
 from coordinator.watching import WaitWatch, waiting_for
 from secure_collab.config import STATISTICS, Config
 from secure_collab.editing.accounting import session_epsilon
 from secure_collab.editing.defences import parse_defence
 from secure_collab.keys import CurveKeyPair, load_curve_pair
-from secure_collab.ledger import Ledger, PartSink, StoredRelease
+from secure_collab.ledger import Ledger, PartSink, StoredRelease, drop_pages
 from secure_collab.protection import Payload, ProtectionError, PublicScheme
 from secure_collab.protection.statements import setup_bytes
 from secure_collab.protocol import transport
@@ -53,10 +54,11 @@ from secure_collab.protocol.messages import (
     clean_text,
     sha256_hex,
 )
-from secure_collab.protocol.release import check_release, verify
+from secure_collab.protocol.release import check_release, max_ciphertext_bytes, part_bytes, verify
 from secure_collab.protocol.statistics import chunk_body, chunk_bounds, window_chunks
 
 ZAP_DOMAIN = "secure-collab"
+SENDING_POLL_S = 0.005  # how often the loop looks at release frames zmq is sending (their pages are dropped after)
 log = logging.getLogger("coordinator")
 
 
@@ -107,6 +109,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.public_sig = b""
         self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
+        # release frames handed to zmq as views of a release file's map, until libzmq has encrypted them: each
+        # map's pages are dropped from this process once a frame of it is (``_drop_sent_pages``)
+        self.sending: list[tuple[zmq.MessageTracker, mmap.mmap]] = []
         self.incoming: dict[tuple[int, int], PartSink] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
@@ -141,8 +146,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             stack.callback(auth.stop)
             auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys(),
                                                                   self.guard.connects))
-            self.sock = transport.router(self.ctx, self.keys, self.cfg.network)
+            self.sock = transport.router(self.ctx, self.keys, self.cfg.network, sndhwm=self._sndhwm())
             stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
+            stack.callback(self._drain_sending)  # before the close: its linger would page in what is still sent
             self.watching = WaitWatch(self.sock, self.cfg.network.wait_log_s, self.clock)
             stack.callback(self.watching.close)
             log.info("listening on %s: session %s, %s, %d parties in the roster (%s), min_parties %d",
@@ -285,9 +291,12 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             step.open_window(self.s, window)
             self.ledger.stage_event(self.s.id, round_, layers, attempt, "open",
                                     json.dumps(sorted(self.active)))
-            log.info("round %d layer%s %s: collecting statistics from %s (a window of %d of its %d chunks)", round_,
-                     "s" * (len(layers) > 1), ",".join(map(str, layers)), ", ".join(sorted(self.active)),
-                     step.window, len(step.order))
+            est = self._footprint(step)
+            log.info("round %d layer%s %s: collecting statistics from %s (a window of %d of its %d chunks; this "
+                     "process holds at most about %d MiB: itself %d, sums %d, messages in %d, release parts out %d)",
+                     round_, "s" * (len(layers) > 1), ",".join(map(str, layers)), ", ".join(sorted(self.active)),
+                     step.window, len(step.order), est.total >> 20, est.fixed >> 20, est.sums >> 20,
+                     est.inbound >> 20, est.release >> 20)
             if not self._collect(step):
                 return False
             if step.stale:  # the solver lost the sums handed to it: nothing was opened, collect them again
@@ -369,6 +378,15 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                  f"bytes: {self.s.chunk_values} values over {parties} parties in {self.s.mode}); raise "
                                  "it or lower session.chunk_values")
         return window
+
+    def _footprint(self, step: Step) -> Footprint:
+        """What this process holds at most while ``step`` is collected (``coordinator/memory.py``)."""
+        assert self.public is not None, "steps open after the solver's setup is in"
+        largest = max(self.scheme.sum_bytes_bound(self.public, min(self.s.chunk_values, self.s.n_values(st)), 1)
+                      for st in STATISTICS)  # one party's chunk, as a CONTRIB carries it
+        net = self.cfg.network
+        return footprint(self.cfg.network.coordinator_memory_bytes, len(step.expected), transport.router_rcvhwm(net),
+                         largest, part_bytes(net.max_message_bytes))
 
     def _collect(self, step: Step) -> bool:
         """Request the step's statistics from every expected party at once, or one party at a time
@@ -481,10 +499,45 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                        self.active, set(self.guard.cut_off),
                                        self.public is not None and "solver" in self.welcomed,
                                        self._querying() if self.stage is Stage.SERVING else frozenset()), deadline)
-        wait_ms = max(0, min(deadline - self.clock(), self.cfg.network.heartbeat_s)) * 1000
-        if self.sock.poll(int(wait_ms), zmq.POLLIN):
+        # while release frames are with zmq, look again soon: their pages are dropped once each is encrypted
+        wait_s = min(deadline - self.clock(), self.cfg.network.heartbeat_s, SENDING_POLL_S if self.sending else 1e9)
+        if self.sock.poll(int(max(0.0, wait_s) * 1000), zmq.POLLIN):
             self._receive()
+        self._drop_sent_pages()
         return not self.abort_reason
+
+    def _sndhwm(self) -> int:
+        """Messages the ROUTER queues per peer: ``network.hwm`` beyond every release part of the session (a party that
+        rejoins gets each release it has not applied, in parts of ``part_bytes``; queued parts are views of the
+        release files, so they hold no memory until libzmq encrypts them)."""
+        parts = -(-max_ciphertext_bytes(self.s.d_v, self.s.d_k, self.s.tags, self.s.max_edits_per_party)
+                  // part_bytes(self.cfg.network.max_message_bytes))
+        return self.cfg.network.hwm + parts * self.s.rounds * len(self.s.layers)
+
+    def _drop_sent_pages(self) -> None:
+        """Drop from this process the pages of each release file whose frames libzmq has taken (encrypted into its own
+        buffer; ``MADV_DONTNEED`` on a read-only file map: a later read pages them in again from the file, unchanged).
+        Pages a process touched through a map count in its resident memory until they are dropped: without this, serving
+        a 470 MB release would leave it all resident."""
+        if not self.sending:
+            return
+        pending, done = [], {}
+        for tracker, whole in self.sending:
+            if tracker.done:
+                done[id(whole)] = whole
+            else:
+                pending.append((tracker, whole))
+        self.sending = pending
+        for whole in done.values():
+            drop_pages(whole)
+
+    def _drain_sending(self) -> None:
+        """At the end, wait (up to ``linger_ms``) for libzmq to take the release frames still queued, dropping their
+        pages as it goes, so the socket's close does not page in the rest of a release."""
+        deadline = self.clock() + self.cfg.network.linger_ms / 1000
+        while self.sending and self.clock() < deadline:
+            time.sleep(SENDING_POLL_S)
+            self._drop_sent_pages()
 
     def _receive(self) -> None:
         frames = transport.recv_raw(self.sock)
@@ -626,8 +679,14 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         try:  # never wait: a peer that does not read must not stall the loop for the others
             # a view of a stored release's shared map goes zero-copy whatever its size (pyzmq copies a frame below
             # its copy threshold even with copy=False): a queue holds references to the one map, not copies
-            out = [zmq.Frame(f, copy=False) if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap) else f
-                   for f in frames]
+            out: list[Any] = []
+            for f in frames:
+                if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap):
+                    frame = zmq.Frame(f, copy=False, track=True)
+                    self.sending.append((frame.tracker, f.obj))  # its pages are dropped once libzmq has taken it
+                    out.append(frame)
+                else:
+                    out.append(f)
             self.sock.send_multipart([route, *out], flags=zmq.DONTWAIT, copy=False)
         except zmq.Again:  # its queue is full (network.hwm messages): drop this one and record it
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"

@@ -61,10 +61,13 @@ the meaning of every key. Its shape (every field of [session] is bound into each
     send_timeout_s = 10.0          # parties and solver: a send blocked this long counts as failed (the
                                    # coordinator never blocks: a send to a full queue is dropped and recorded)
     request_in_turn = false        # ask parties for statistics one at a time (shared cores)
-    recv_buffer_bytes = 268435456  # coordinator (per connection) and solver: complete messages queued, in bytes
-                                   # (RCVHWM = recv_buffer_bytes // max_message_bytes, at least 1)
-    coordinator_memory_bytes = 268435456  # coordinator: running sums held at once; parties send within the window
-                                   # of chunks this holds, and each chunk's sum goes to the solver once complete
+    recv_buffer_bytes = 134217728  # coordinator (per connection) and solver: complete messages queued, in bytes
+                                   # (RCVHWM = recv_buffer_bytes // max_message_bytes, at least 1; 2 by default)
+    coordinator_memory_bytes = 67108864  # coordinator: running sums held at once; parties send within the window
+                                   # of chunks this holds, and each chunk's sum goes to the solver once complete.
+                                   # The process holds about 88 MiB (itself) + this + its connections' messages
+                                   # in flight (docs/network.md "Streaming"): with the defaults, within 256 MB
+                                   # at any d_k and at 10 parties in shares or plain
     budget_headroom = 4.0          # per-party budgets: this many times what an honest party sends
     max_refusal_rows = 64          # refusals recorded (and answered) one by one per peer and step
     welcome_burst = 3              # full re-welcomes (setup + missing releases) a party gets at once,
@@ -189,6 +192,11 @@ class SessionConfig:
         return [(r, layers) for r in range(self.rounds) for layers in per_round]
 
 
+# the coordinator's window of running sums by default: with its fixed size (about 88 MiB) and the messages in flight
+# (coordinator/memory.py) the whole process stays within 256 MB at 10 parties in shares or plain, at any d_k
+COORDINATOR_MEMORY_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     coordinator_bind: str = "tcp://127.0.0.1:5555"
@@ -204,8 +212,8 @@ class NetworkConfig:
     linger_ms: int = 10000
     send_timeout_s: float = 10.0
     request_in_turn: bool = False
-    recv_buffer_bytes: int = 256 << 20
-    coordinator_memory_bytes: int = 256 << 20  # the coordinator's window of running sums (docs/network.md, Streaming)
+    recv_buffer_bytes: int = 128 << 20  # RCVHWM 2 at the default max_message_bytes (RCVHWM 1 hangs a session: 7b55659)
+    coordinator_memory_bytes: int = COORDINATOR_MEMORY_BYTES  # the window of running sums (docs/network.md, Streaming)
     budget_headroom: float = 4.0
     max_refusal_rows: int = 64
     welcome_burst: int = 3

@@ -336,11 +336,21 @@ def mapped(path: Path) -> memoryview:
     return view
 
 
+def drop_pages(whole: mmap.mmap) -> None:
+    """Drop a stored file's map's pages from this process's resident memory (``MADV_DONTNEED``): the map stays valid,
+    a later read pages them in again from the file (read-only and never rewritten, so with the same bytes)."""
+    whole.madvise(mmap.MADV_DONTNEED)
+
+
 def read_parts(path: Path, size: int) -> Iterator[memoryview]:
-    """A stored ciphertext in slices of ``size`` bytes: views of its one shared map (``mapped``), not copies."""
+    """A stored ciphertext in slices of ``size`` bytes: views of its one shared map (``mapped``), not copies. The pages
+    each slice's reader touched (hashing it for its message's header) are dropped before the next slice is read, so
+    going through a release keeps at most one slice resident."""
     whole = mapped(path)
     for start in range(0, len(whole), size):
         yield whole[start:start + size]
+        if isinstance(whole.obj, mmap.mmap):
+            drop_pages(whole.obj)
 
 
 def _pack_frames(frames: list[bytes]) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from secure_collab.config import Config, _toml_value, load_config
+from secure_collab.config import COORDINATOR_MEMORY_BYTES, Config, _toml_value, load_config
 from secure_collab.errors import ConfigError
 from secure_collab.names import NAME_RULE, is_name, shown
 
@@ -128,7 +128,7 @@ class SessionChoices:
     solve_timeout_s: float = 600.0
     request_in_turn: bool = False
     chunk_values: int = 262144  # values per CONTRIB message
-    coordinator_memory_bytes: int = 256 << 20  # the coordinator's window of running sums (docs/network.md)
+    coordinator_memory_bytes: int = COORDINATOR_MEMORY_BYTES  # the coordinator's window of running sums
     defence: str = "none"  # release defences (secure_collab.editing.defences)
     release: str = "weights"  # secure_collab.config.RELEASES
     query_budget: int = 1000  # served: forward passes per party

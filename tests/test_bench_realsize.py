@@ -112,7 +112,7 @@ def test_rows_that_cannot_fit_or_run_too_long_are_recorded_not_lost(tmp_path):
 def test_a_real_size_session_file_streams_with_the_network_defaults(tmp_path):
     """Since streaming, a bench session is a default session: one Llama-3-8B ΔW (470 MB) no longer has to fit one
     message (it travels in RELEASE_PARTs), so the bench keeps the default message size, receive buffer (room for two
-    messages per connection: RCVHWM 1 hung a session before its first step) and the coordinator's 256 MiB window."""
+    messages per connection: RCVHWM 1 hung a session before its first step) and the coordinator's window (64 MiB)."""
     from secure_collab.config import NetworkConfig, load_config
     from secure_collab.protocol.transport import router_rcvhwm
 

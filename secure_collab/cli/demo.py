@@ -43,6 +43,7 @@ METRICS = ("efficacy", "generalization", "specificity", "score")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from secure_collab.cli._output import add_json_option
     from secure_collab.cli.malmen import add_backend_arguments
+    from secure_collab.config import COORDINATOR_MEMORY_BYTES
     from secure_collab.session_file import PRECISION_BITS
 
     p.add_argument("--mode", choices=("ckks", "shares", "plain"), default="shares",
@@ -87,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-download", action="store_true", help="let a hub id be downloaded")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--chunk-values", type=int, default=262144, help="values per statistics message")
-    p.add_argument("--coordinator-memory", type=int, default=256 << 20, metavar="BYTES",
+    p.add_argument("--coordinator-memory", type=int, default=COORDINATOR_MEMORY_BYTES, metavar="BYTES",
                    help="running sums the coordinator holds at once; the parties stream within that window")
     add_json_option(p)
 

@@ -47,11 +47,15 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes, what: str) -
 
 
 PART_HEADROOM = 4096  # bytes of a RELEASE_PART message left for its header (about 400 in practice)
+RELEASE_PART_BYTES = 1 << 20  # the most ciphertext bytes per RELEASE_PART, whatever network.max_message_bytes allows
 
 
 def part_bytes(max_message_bytes: int) -> int:
-    """Ciphertext bytes per RELEASE_PART: a part and its header fit one message of ``network.max_message_bytes``."""
-    return max(1024, max_message_bytes - PART_HEADROOM)
+    """Ciphertext bytes per RELEASE_PART: at most ``RELEASE_PART_BYTES``, and a part and its header fit one message of
+    ``network.max_message_bytes``. Small on purpose: every role that handles a message holds it several times over
+    (CurveZMQ encrypts and decrypts into fresh buffers, each connection one message at a time), so the coordinator's
+    memory for a release is a few parts per party, not a few 64 MiB messages per party (docs/network.md)."""
+    return max(1024, min(RELEASE_PART_BYTES, max_message_bytes - PART_HEADROOM))
 
 
 def max_ciphertext_bytes(d_v: int, d_k: int, tags: bool, max_edits_per_party: int) -> int:

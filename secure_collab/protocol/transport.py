@@ -85,10 +85,14 @@ def _common(sock: zmq.SyncSocket, own: CurveKeyPair, net: NetworkConfig) -> None
     sock.setsockopt(zmq.RCVTIMEO, int(net.heartbeat_s * 1000))
 
 
-def router(ctx: zmq.SyncContext, own: CurveKeyPair, net: NetworkConfig, bind: str | None = None) -> zmq.SyncSocket:
+def router(ctx: zmq.SyncContext, own: CurveKeyPair, net: NetworkConfig, bind: str | None = None,
+           sndhwm: int | None = None) -> zmq.SyncSocket:
+    """``sndhwm``: messages queued per peer (default ``network.hwm``); set before binding."""
     sock = ctx.socket(zmq.ROUTER)
     try:
         _common(sock, own, net)
+        if sndhwm is not None:
+            sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.curve_server = True
         # bytes buffered per connection: RCVHWM complete messages of at most max_message_bytes, plus the one
         # being decoded and the kernel's socket buffer (libzmq bounds frames, not frames per message)

@@ -79,11 +79,13 @@ def test_a_view_of_a_release_map_goes_to_zmq_without_a_copy(tmp_path):
         coordinator.sock = a
         coordinator.s = type("S", (), {"id": "s1"})()
         coordinator.ledger = type("L", (), {"message": staticmethod(lambda *a, **k: None)})()
+        coordinator.sending = []
         seen = []
         real = a.send_multipart
         a.send_multipart = lambda frames, **k: (seen.extend(frames), real(frames, **k))  # type: ignore[method-assign]
         coordinator._send_frames("p", b"hdr", [b"h", view], "release_part", {})
         assert isinstance(seen[-1], zmq.Frame) and bytes(b.recv_multipart()[-1]) == bytes(view)
+        assert [whole for _, whole in coordinator.sending] == [view.obj]  # its pages are dropped once zmq took it
         a.close(0)
         b.close(0)
     finally:
