@@ -110,7 +110,7 @@ def write_session(work: Path, d_k: int, d_v: int, parties: int, mode: str, rank:
         "max_edits_per_party": rank, "model": "synthetic", "variant": "sequential", "rounds": 1}
     if mode == "ckks":
         session["protection"] = {"precision_bits": precision_bits}
-    # the network's defaults (64 MiB messages, a 256 MiB coordinator window): statistics stream in chunks and a
+    # the network's defaults (64 MiB messages, a 64 MiB coordinator window): statistics stream in chunks and a
     # release larger than one message travels in RELEASE_PARTs (docs/network.md "Streaming"), as in a real session
     network = {"coordinator_bind": endpoint, "coordinator_endpoint": endpoint, "join_timeout_s": timeout,
                "stage_timeout_s": timeout, "solve_timeout_s": timeout, "request_in_turn": in_turn, **(network or {})}

@@ -67,7 +67,7 @@ def test_a_step_larger_than_the_coordinators_memory_bound_streams_through(tmp_pa
 
 
 def test_the_whole_step_goes_in_one_window_when_it_fits(tmp_path):
-    """The default bound (256 MiB) holds a tiny step whole: one REQUEST per party and step, as before."""
+    """The default bound (64 MiB) holds a tiny step whole: one REQUEST per party and step, as before."""
     cfg = make_config(tmp_path, **STREAM)
     run = run_session(cfg, scheme=get_scheme("shares"))
     assert run.outcome.ok, run.outcome.reason
