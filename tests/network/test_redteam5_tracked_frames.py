@@ -1,0 +1,112 @@
+"""Red-team finding (cmem review, 2): every release frame handed to zmq is tracked in ``Coordinator.sending`` until
+libzmq has taken it, and while that list is not empty the loop polls every ``SENDING_POLL_S`` (5 ms) instead of
+``heartbeat_s`` and walks the whole list on every pass (``_drop_sent_pages``). A frame queued to a party that never
+reads is never taken, so:
+
+- one party that joins and never reads keeps the coordinator's loop waking 200 times a second, walking every part
+  queued to it, for the rest of the session (it used to sleep a heartbeat when idle);
+- a party that rejoins on fresh connections, keeping the old ones open and never reading, adds every release part of
+  the session to the list per welcome (one welcome per ``welcome_interval_s``), so the list and the walk done per
+  message handled grow without bound with the session's length: at d_k 14,336 (449 parts per release, 5 layers)
+  about 2,245 entries per welcome, 13,000 a minute.
+
+Real CurveZMQ over TCP with the coordinator's ROUTER, ZAP authenticator and HELLO handling as ``run`` sets them up;
+the party is a roster key that says it applied nothing and never reads. Both fail on main."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+import zmq
+from network_doubles import RawClient, make_config
+from zmq.auth.thread import ThreadAuthenticator
+
+from coordinator.server import ZAP_DOMAIN, Coordinator, _RosterKeys
+from secure_collab.ledger import StoredRelease, _pack_frames
+from secure_collab.protection import get_scheme
+from secure_collab.protocol import transport
+from secure_collab.protocol.messages import MsgType
+
+HELLO = {"role": "party", "public": False}
+PART = 64 << 10  # release parts of 64 KiB (max_message_bytes = PART + 4096)
+RELEASE = 4 << 20  # 64 parts
+
+
+class _Quiet:
+    def __getattr__(self, _name):
+        return lambda *a, **k: None
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A coordinator past its setup holding one release of ``RELEASE`` bytes, listening as ``run`` does."""
+    cfg = make_config(tmp_path, mode="shares", d_k=1024, d_v=512, chunk_values=64, layers=[1],
+                      network={"max_message_bytes": PART + 4096, "heartbeat_s": 1.0, "welcome_burst": 1,
+                               "welcome_interval_s": 0.05, "connects_per_minute": 600.0})
+    blob = os.urandom(RELEASE)
+    (tmp_path / "r0-l1.ciphertext").write_bytes(blob)
+    (tmp_path / "r0-l1.frames").write_bytes(_pack_frames([b"", b"s" * 64]))
+    rel = StoredRelease(0, 1, 0, hashlib.sha256(blob).hexdigest(), ("a", "b"), b"header",
+                        tmp_path / "r0-l1.frames", (), tmp_path / "r0-l1.ciphertext")
+    coordinator = Coordinator(cfg, get_scheme("shares"))
+    ctx = coordinator.ctx
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(cfg.roster.allowed_keys(), coordinator.guard.connects))
+    coordinator.sock = transport.router(ctx, coordinator.keys, cfg.network, sndhwm=coordinator._sndhwm())
+    coordinator.ledger = _Quiet()
+    coordinator.watching = _Quiet()
+    coordinator.public, coordinator.bundles, coordinator.public_sig = b"p" * 32, b"b" * 32, b"s" * 64
+    coordinator.releases = {(0, 1): rel}
+    clients: list[RawClient] = []
+
+    def deaf_join() -> None:
+        """A new connection of party c: HELLO (applied nothing), then never read; the coordinator handles it."""
+        client = RawClient(cfg, "c", ctx, options={zmq.RCVHWM: 1, zmq.RCVBUF: 4096})
+        clients.append(client)
+        client.send(client.msg(MsgType.HELLO, body=HELLO).to_frames())
+        time.sleep(0.06)  # a welcome per welcome_interval_s
+        assert coordinator.sock.poll(10000), "no HELLO reached the coordinator"
+        coordinator._receive()
+        coordinator.welcomed.discard("c")  # (its next connection's HELLO is a join again, as a new route is)
+        deadline, last = time.monotonic() + 5, -1
+        while time.monotonic() < deadline and len(coordinator.sending) != last:  # libzmq takes what the kernel's
+            last = len(coordinator.sending)  # buffers hold, then nothing more
+            time.sleep(0.2)
+            coordinator._drop_sent_pages()
+
+    try:
+        yield coordinator, deaf_join
+    finally:
+        for client in clients:
+            client.close()
+        coordinator.sock.close(0)
+        auth.stop()
+        ctx.term()
+
+
+def test_a_party_that_never_reads_does_not_keep_the_loop_spinning(served):
+    coordinator, deaf_join = served
+    deaf_join()
+    assert coordinator.sending, "parts are queued to the party that does not read"
+    pumps, cpu, start = 0, time.process_time(), time.monotonic()
+    while time.monotonic() - start < 2.0:  # nothing arrives: the loop should sleep a heartbeat (1 s) per pass
+        coordinator._pump(start + 60)
+        pumps += 1
+    cpu = time.process_time() - cpu
+    assert pumps <= 4, (f"{pumps} passes of the loop in 2 s with nothing to do ({cpu:.2f} s of CPU): "
+                        f"{len(coordinator.sending)} frames queued to a party that never reads are walked each pass")
+
+
+def test_rejoins_that_never_read_do_not_grow_the_tracked_frames_without_bound(served):
+    coordinator, deaf_join = served
+    sizes = []
+    for _ in range(6):
+        deaf_join()
+        sizes.append(len(coordinator.sending))
+    parts = RELEASE // PART + 2
+    assert sizes[-1] <= 2 * parts, (f"tracked frames after each rejoin: {sizes} (one release is {parts} frames): "
+                                    "every welcome to a connection that never reads adds a release's worth")
