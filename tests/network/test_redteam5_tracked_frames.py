@@ -8,10 +8,13 @@ reads is never taken, so:
 - a party that rejoins on fresh connections, keeping the old ones open and never reading, adds every release part of
   the session to the list per welcome (one welcome per ``welcome_interval_s``), so the list and the walk done per
   message handled grow without bound with the session's length: at d_k 14,336 (449 parts per release, 5 layers)
-  about 2,245 entries per welcome, 13,000 a minute.
+  about 2,245 entries per welcome, 13,000 a minute;
+- at exit ``run`` waits up to ``linger_ms`` for those frames, then closes the socket with ``linger_ms`` again: a peer
+  that does not read delays the exit by twice what docs/threat-model.md ("Exit") allows.
 
 Real CurveZMQ over TCP with the coordinator's ROUTER, ZAP authenticator and HELLO handling as ``run`` sets them up;
-the party is a roster key that says it applied nothing and never reads. Both fail on main."""
+the party is a roster key that says it applied nothing and never reads (its own zmq context, as its own process
+would be). All three fail on main."""
 
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def served(tmp_path):
     """A coordinator past its setup holding one release of ``RELEASE`` bytes, listening as ``run`` does."""
     cfg = make_config(tmp_path, mode="shares", d_k=1024, d_v=512, chunk_values=64, layers=[1],
                       network={"max_message_bytes": PART + 4096, "heartbeat_s": 1.0, "welcome_burst": 1,
-                               "welcome_interval_s": 0.05, "connects_per_minute": 600.0})
+                               "welcome_interval_s": 0.05, "connects_per_minute": 600.0, "linger_ms": 1000})
     blob = os.urandom(RELEASE)
     (tmp_path / "r0-l1.ciphertext").write_bytes(blob)
     (tmp_path / "r0-l1.frames").write_bytes(_pack_frames([b"", b"s" * 64]))
@@ -62,10 +65,11 @@ def served(tmp_path):
     coordinator.public, coordinator.bundles, coordinator.public_sig = b"p" * 32, b"b" * 32, b"s" * 64
     coordinator.releases = {(0, 1): rel}
     clients: list[RawClient] = []
+    peer_ctx = zmq.Context()  # the party's own process
 
     def deaf_join() -> None:
         """A new connection of party c: HELLO (applied nothing), then never read; the coordinator handles it."""
-        client = RawClient(cfg, "c", ctx, options={zmq.RCVHWM: 1, zmq.RCVBUF: 4096})
+        client = RawClient(cfg, "c", peer_ctx, options={zmq.RCVHWM: 1, zmq.RCVBUF: 4096})
         clients.append(client)
         client.send(client.msg(MsgType.HELLO, body=HELLO).to_frames())
         time.sleep(0.06)  # a welcome per welcome_interval_s
@@ -79,17 +83,18 @@ def served(tmp_path):
             coordinator._drop_sent_pages()
 
     try:
-        yield coordinator, deaf_join
+        yield coordinator, deaf_join, auth
     finally:
         for client in clients:
             client.close()
+        peer_ctx.term()
         coordinator.sock.close(0)
         auth.stop()
         ctx.term()
 
 
 def test_a_party_that_never_reads_does_not_keep_the_loop_spinning(served):
-    coordinator, deaf_join = served
+    coordinator, deaf_join, _ = served
     deaf_join()
     assert coordinator.sending, "parts are queued to the party that does not read"
     pumps, cpu, start = 0, time.process_time(), time.monotonic()
@@ -102,7 +107,7 @@ def test_a_party_that_never_reads_does_not_keep_the_loop_spinning(served):
 
 
 def test_rejoins_that_never_read_do_not_grow_the_tracked_frames_without_bound(served):
-    coordinator, deaf_join = served
+    coordinator, deaf_join, _ = served
     sizes = []
     for _ in range(6):
         deaf_join()
@@ -110,3 +115,21 @@ def test_rejoins_that_never_read_do_not_grow_the_tracked_frames_without_bound(se
     parts = RELEASE // PART + 2
     assert sizes[-1] <= 2 * parts, (f"tracked frames after each rejoin: {sizes} (one release is {parts} frames): "
                                     "every welcome to a connection that never reads adds a release's worth")
+
+
+def test_a_party_that_never_reads_delays_the_coordinator_s_exit_by_at_most_linger_ms(served):
+    """docs/threat-model.md, Exit: a peer that does not read can delay the coordinator's exit by at most
+    ``linger_ms``. ``run`` now first waits up to ``linger_ms`` for the tracked frames (``_drain_sending``: those queued
+    to a party that never reads are never taken), then closes the socket with ``linger_ms``: twice as long."""
+    coordinator, deaf_join, auth = served
+    deaf_join()
+    assert coordinator.sending
+    linger = coordinator.cfg.network.linger_ms / 1000
+    start = time.monotonic()
+    # ``run``'s ExitStack, in its order: the wait for tracked frames, the socket's close, the authenticator, the context
+    coordinator._drain_sending()
+    coordinator.sock.close(linger=coordinator.cfg.network.linger_ms)
+    auth.stop()
+    coordinator.ctx.term()
+    elapsed = time.monotonic() - start
+    assert elapsed <= linger + 0.5, f"the coordinator took {elapsed:.1f} s to exit (linger_ms = {linger:.1f} s)"
