@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +12,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from coordinator.guard import PeerGuard
+from coordinator.outbox import Outgoing
 from coordinator.stages import Key, Stage, Step, TagPhase, validate_contrib
 from secure_collab.config import Config, SessionConfig
-from secure_collab.ledger import Ledger, PartSink, StoredRelease, read_parts
+from secure_collab.ledger import Ledger, PartSink, StoredRelease, mapped
 from secure_collab.protection import Payload, ProtectionError, PublicScheme, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
@@ -25,6 +26,7 @@ from secure_collab.protocol.messages import (
     ProtocolError,
     answer_of,
     check_tag_body,
+    header_of,
     part_of,
     release_of,
 )
@@ -32,6 +34,7 @@ from secure_collab.protocol.query import ANSWER_FRAME_BYTES, QUERY_FRAME_BYTES, 
 from secure_collab.protocol.release import max_ciphertext_bytes, part_bytes
 
 log = logging.getLogger("coordinator")
+PART_HEADERS_KEPT = 64  # release parts' headers kept for the other parties (each hashes a part of up to 1 MiB)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class CoordinatorState(ABC):
     active: set[str]
     holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]
     releases: dict[tuple[int, int], StoredRelease]
+    part_headers: dict[tuple[int, int, str, int], bytes]  # the last few release parts' headers, oldest first
     incoming: dict[tuple[int, int], PartSink]  # a release's ciphertext arriving in parts, on disk
     acked: set[tuple[str, int, int]]
     abort_reason: str
@@ -81,6 +85,10 @@ class CoordinatorState(ABC):
     @abstractmethod
     def _send_frames(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str,
                      where: dict[str, Any]) -> None: ...
+    @abstractmethod
+    def _post(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str, where: dict[str, Any]) -> None: ...
+    @abstractmethod
+    def _queue(self, name: str, messages: Iterable[Outgoing]) -> None: ...
     @abstractmethod
     def _request(self, step: Step) -> Message: ...
     @abstractmethod
@@ -98,7 +106,7 @@ class CoordinatorState(ABC):
         """Forward a solver's message to a party as received (its header and frames unchanged)."""
         route = self.routes.get(party)
         if route is not None:
-            self._send_frames(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
+            self._post(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
 
 
 def _open_step(c: CoordinatorState) -> Step:
@@ -277,23 +285,48 @@ class Handlers(CoordinatorState):
         self._accept(m)
 
     def _send_release(self, names: Sequence[str], rel: StoredRelease, mtype: str = "release") -> None:
-        """A stored release to each named party: its ciphertext's parts (each message built once for every party),
-        then the signed RELEASE. Every frame is a view of the release file's one shared map, sent zero-copy, so
-        re-sending to a party that reconnects and never reads queues views, not a copy per welcome."""
+        """A stored release to each named party, paced (``coordinator/outbox.py``): its ciphertext's parts, then the
+        signed RELEASE. Every frame is a view of the release file's one shared map, sent zero-copy, so re-sending to a
+        party that reconnects and never reads queues views, not a copy per welcome."""
+        for name in names:
+            if name in self.routes:
+                self._queue(name, self._release_messages(rel, mtype))
+
+    def _release_messages(self, rel: StoredRelease, mtype: str) -> Iterator[Outgoing]:
+        """A stored release as one connection gets it, built as it goes: its ciphertext in RELEASE_PARTs of at most
+        ``part_bytes``, then the RELEASE. A release that came inline with a ciphertext over a part (kept by a ledger
+        written before the solver's RELEASEs were bounded by a part) goes in parts too, its RELEASE then built here with
+        ``parts`` and an empty ciphertext frame: the solver's signature covers the ciphertext's sha256, not the
+        message it came in, so a party checks it the same way."""
         where = {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt}
-        routed = [n for n in names if n in self.routes]
-        if rel.ciphertext is not None:
-            size = part_bytes(self.cfg.network.max_message_bytes)
-            count = -(-rel.ciphertext.stat().st_size // size)
-            for i, part in enumerate(read_parts(rel.ciphertext, size)):
-                msg = self._msg(MsgType.RELEASE_PART, rel.round, rel.layer, frames=(part,), body={
-                    "attempt": rel.attempt, "part": i, "parts": count, "sha256": rel.sha256})
-                part_frames = msg.to_frames()
-                for name in routed:
-                    self._send_frames(name, self.routes[name], part_frames, msg.type.value, where)
+        size = part_bytes(self.cfg.network.max_message_bytes)
         frames = rel.shared_frames()
-        for name in routed:
-            self._send_frames(name, self.routes[name], frames, mtype, where)
+        inline = mtype == MsgType.RELEASE.value and rel.ciphertext is None and len(frames) == 3
+        if rel.ciphertext is None and not (inline and len(frames[1]) > size):
+            yield frames, mtype, where
+            return
+        whole = mapped(rel.ciphertext) if rel.ciphertext is not None else memoryview(frames[1])
+        count = -(-len(whole) // size)
+        release = frames if rel.ciphertext is not None else self._msg(
+            MsgType.RELEASE, rel.round, rel.layer, body={**header_of(frames[0])["body"], "parts": count},
+            frames=(b"", frames[2])).to_frames()
+        for i in range(count):
+            part = whole[i * size:(i + 1) * size]
+            yield [self._part_header(rel, i, count, part), part], MsgType.RELEASE_PART.value, where
+        yield release, mtype, where
+
+    def _part_header(self, rel: StoredRelease, i: int, count: int, part: memoryview) -> bytes:
+        """The header of a release's part ``i`` (it hashes the part): made once for the parties that take the release
+        at about the same pace, the last few kept."""
+        key = (rel.round, rel.layer, rel.sha256, i)
+        header = self.part_headers.get(key)
+        if header is None:
+            msg = self._msg(MsgType.RELEASE_PART, rel.round, rel.layer, frames=(part,), body={
+                "attempt": rel.attempt, "part": i, "parts": count, "sha256": rel.sha256})
+            header = self.part_headers[key] = bytes(msg.to_frames()[0])
+            while len(self.part_headers) > PART_HEADERS_KEPT:
+                del self.part_headers[next(iter(self.part_headers))]
+        return header
 
     def _on_verdict(self, m: Inbound) -> None:
         """The solver refused the step's aggregate: exclude the parties it could not authenticate and collect

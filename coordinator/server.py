@@ -22,7 +22,7 @@ import logging
 import mmap
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.guard import QUERY_WINDOW, ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
 from coordinator.memory import Footprint, footprint
+from coordinator.outbox import POLL_S, Outbox, Outgoing
 from coordinator.stages import ACCEPTS, ROLE_OF, Key, Stage, Step, TagPhase
 from coordinator.watching import WaitWatch, waiting_for
 from secure_collab.config import STATISTICS, Config
@@ -54,11 +55,10 @@ from secure_collab.protocol.messages import (
     clean_text,
     sha256_hex,
 )
-from secure_collab.protocol.release import check_release, max_ciphertext_bytes, part_bytes, verify
+from secure_collab.protocol.release import check_release, part_bytes, verify
 from secure_collab.protocol.statistics import chunk_body, chunk_bounds, window_chunks
 
 ZAP_DOMAIN = "secure-collab"
-SENDING_POLL_S = 0.005  # how often the loop looks at release frames zmq is sending (their pages are dropped after)
 log = logging.getLogger("coordinator")
 
 
@@ -109,9 +109,12 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.public_sig = b""
         self.verify_keys = config.roster.party_verify_keys()
         self.releases: dict[tuple[int, int], StoredRelease] = {}
-        # release frames handed to zmq as views of a release file's map, until libzmq has encrypted them: each
-        # map's pages are dropped from this process once a frame of it is (``_drop_sent_pages``)
-        self.sending: list[tuple[zmq.MessageTracker, mmap.mmap]] = []
+        # release frames handed to zmq as views of a release file's map (None: of an old ledger's inline bytes), until
+        # libzmq has encrypted them: each map's pages are dropped from this process once a frame of it is
+        # (``_drop_sent_pages``); at most ``outbox.IN_FLIGHT`` per party connection (its ``Outbox``)
+        self.sending: list[tuple[zmq.MessageTracker, mmap.mmap | None]] = []
+        self.outboxes: dict[str, Outbox] = {}  # party -> what its connection still has to get, paced
+        self.part_headers: dict[tuple[int, int, str, int], bytes] = {}
         self.incoming: dict[tuple[int, int], PartSink] = {}
         self.active: set[str] = set()
         self.step: Step | None = None
@@ -147,8 +150,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             auth.configure_curve_callback(ZAP_DOMAIN, _RosterKeys(self.cfg.roster.allowed_keys(),
                                                                   self.guard.connects))
             self.sock = transport.router(self.ctx, self.keys, self.cfg.network, sndhwm=self._sndhwm())
-            stack.callback(self.sock.close, linger=self.cfg.network.linger_ms)
-            stack.callback(self._drain_sending)  # before the close: its linger would page in what is still sent
+            stack.callback(self._close_socket)
             self.watching = WaitWatch(self.sock, self.cfg.network.wait_log_s, self.clock)
             stack.callback(self.watching.close)
             log.info("listening on %s: session %s, %s, %d parties in the roster (%s), min_parties %d",
@@ -499,45 +501,107 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                        self.active, set(self.guard.cut_off),
                                        self.public is not None and "solver" in self.welcomed,
                                        self._querying() if self.stage is Stage.SERVING else frozenset()), deadline)
-        # while release frames are with zmq, look again soon: their pages are dropped once each is encrypted
-        wait_s = min(deadline - self.clock(), self.cfg.network.heartbeat_s, SENDING_POLL_S if self.sending else 1e9)
-        if self.sock.poll(int(max(0.0, wait_s) * 1000), zmq.POLLIN):
+        if self.sock.poll(int(max(0.0, min(deadline - self.clock(), self._wait_s())) * 1000), zmq.POLLIN):
             self._receive()
         self._drop_sent_pages()
         return not self.abort_reason
 
+    def _wait_s(self) -> float:
+        """How long the loop may wait for a message: a heartbeat, or while release frames are with libzmq about as long
+        as it last took one (``POLL_S`` while they are being taken, backing off to the heartbeat while none is: a peer
+        that does not read keeps no busy loop)."""
+        heartbeat = self.cfg.network.heartbeat_s
+        if not self.outboxes:
+            return heartbeat
+        since = max(box.since for box in self.outboxes.values())
+        return min(heartbeat, max(POLL_S, self.clock() - since))
+
     def _sndhwm(self) -> int:
-        """Messages the ROUTER queues per peer: ``network.hwm`` beyond every release part of the session (a party that
-        rejoins gets each release it has not applied, in parts of ``part_bytes``; queued parts are views of the
-        release files, so they hold no memory until libzmq encrypts them)."""
-        parts = -(-max_ciphertext_bytes(self.s.d_v, self.s.d_k, self.s.tags, self.s.max_edits_per_party)
-                  // part_bytes(self.cfg.network.max_message_bytes))
-        return self.cfg.network.hwm + parts * self.s.rounds * len(self.s.layers)
+        """Messages the ROUTER queues per peer: ``network.hwm``, for every connection. A release goes to a party a few
+        parts at a time (``coordinator/outbox.py``), so no raised limit is needed for the parts, and the solver's queue,
+        whose AGGREGATEs are chunk sums held in this process until libzmq sends them, stays within ``network.hwm``."""
+        return self.cfg.network.hwm
 
     def _drop_sent_pages(self) -> None:
         """Drop from this process the pages of each release file whose frames libzmq has taken (encrypted into its own
         buffer; ``MADV_DONTNEED`` on a read-only file map: a later read pages them in again from the file, unchanged).
         Pages a process touched through a map count in its resident memory until they are dropped: without this, serving
-        a 470 MB release would leave it all resident."""
-        if not self.sending:
-            return
-        pending, done = [], {}
-        for tracker, whole in self.sending:
-            if tracker.done:
-                done[id(whole)] = whole
+        a 470 MB release would leave it all resident. Then each party connection gets its next messages, as many as
+        libzmq has taken; one that took nothing for ``stage_timeout_s`` gets nothing more (its queue is dropped)."""
+        now = self.clock()
+        if self.sending:
+            pending, done = [], {}
+            for tracker, whole in self.sending:
+                if not tracker.done:
+                    pending.append((tracker, whole))
+                elif whole is not None:
+                    done[id(whole)] = whole
+            self.sending = pending
+            for whole in done.values():
+                drop_pages(whole)
+        stall = self.cfg.network.stage_timeout_s
+        for name, box in list(self.outboxes.items()):
+            box.taken(now)
+            if box.flight and now - box.since > stall:
+                self._drop_outbox(name, f"it took no release part for {stall:.0f} s (network.stage_timeout_s)")
             else:
-                pending.append((tracker, whole))
-        self.sending = pending
-        for whole in done.values():
-            drop_pages(whole)
+                self._feed(name, box)
 
-    def _drain_sending(self) -> None:
-        """At the end, wait (up to ``linger_ms``) for libzmq to take the release frames still queued, dropping their
-        pages as it goes, so the socket's close does not page in the rest of a release."""
-        deadline = self.clock() + self.cfg.network.linger_ms / 1000
-        while self.sending and self.clock() < deadline:
-            time.sleep(SENDING_POLL_S)
+    def _queue(self, name: str, messages: Iterable[Outgoing]) -> None:
+        """Messages for a party's current connection, sent in order as libzmq takes the earlier ones (``_feed``). A new
+        connection of the party replaces the old one's queue."""
+        route = self.routes.get(name)
+        if route is None:
+            return
+        box = self.outboxes.get(name)
+        if box is None or box.route != route:
+            if box is not None:
+                self._drop_outbox(name, "a new connection of the party replaced it")
+            box = self.outboxes[name] = Outbox(route, self.clock())
+        box.add(messages)
+        self._feed(name, box)
+
+    def _feed(self, name: str, box: Outbox) -> None:
+        """Hand libzmq a connection's next messages while it has fewer than ``IN_FLIGHT`` frames not yet taken."""
+        while self.outboxes.get(name) is box and (out := box.next()) is not None:
+            if not box.flight:  # a pause ends: time the next take from now
+                box.since = self.clock()
+            before = len(self.sending)
+            self._send_frames(name, box.route, *out)  # a full queue or a gone peer drops the box (``_send_frames``)
+            box.flight.extend(self.sending[before:])
+            box.sent()
+        if self.outboxes.get(name) is box and box.empty:
+            del self.outboxes[name]
+
+    def _drop_outbox(self, name: str, reason: str) -> None:
+        """Stop sending a connection its queue: what it still had to get is recorded unsent (one row), its frames with
+        libzmq are no longer tracked (at most ``IN_FLIGHT``, views of the release files)."""
+        box = self.outboxes.pop(name, None)
+        if box is None:
+            return
+        tracked = {id(tracker) for tracker, _ in box.flight}
+        self.sending = [entry for entry in self.sending if id(entry[0]) not in tracked]
+        if box.queued:
+            self.ledger.message(self.s.id, "out", name, MsgType.RELEASE_PART.value, "", 0, "unsent",
+                                f"the rest of its queue dropped: {reason}")
+            log.warning("stopped sending %s its queued messages: %s", name, reason)
+
+    def _drain_sending(self, deadline: float | None = None) -> None:
+        """At the end, until ``deadline`` (``linger_ms`` from now by default), feed the parties' connections what they
+        still have to get, dropping pages as libzmq takes them, so the last release reaches every party that reads and
+        the socket's close pages in at most ``IN_FLIGHT`` parts per connection."""
+        if deadline is None:
+            deadline = self.clock() + self.cfg.network.linger_ms / 1000
+        while (self.outboxes or self.sending) and self.clock() < deadline:
+            time.sleep(max(0.0, min(deadline - self.clock(), self._wait_s() if self.outboxes else POLL_S)))
             self._drop_sent_pages()
+
+    def _close_socket(self) -> None:
+        """At exit, one deadline of ``linger_ms`` for both the parties' queues (``_drain_sending``) and the socket's
+        close, so a peer that does not read delays the exit by at most ``linger_ms`` (docs/threat-model.md, Exit)."""
+        deadline = self.clock() + self.cfg.network.linger_ms / 1000
+        self._drain_sending(deadline)
+        self.sock.close(linger=int(max(0.0, deadline - self.clock()) * 1000))
 
     def _receive(self) -> None:
         frames = transport.recv_raw(self.sock)
@@ -568,6 +632,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.watching.seen(name, parts[0])
         if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
             self.routes[name] = route
+            self._drop_outbox(name, "a new connection of the party replaced it")
             self.welcomed.discard(name)
             self.last_seq[name] = 0
         if msg.seq <= self.last_seq[name]:  # one connection delivers in order: this was replayed
@@ -594,6 +659,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.guard.cut_off[name].messages, self.guard.cut_off[name].nbytes = 1, nbytes
         self.ledger.message(self.s.id, "in", name, "?", "", nbytes, "cut off", reason)
         self.routes.pop(name, None)
+        self._drop_outbox(name, "it was cut off")
         self.welcomed.discard(name)
         self.active.discard(name)
         step = self.step
@@ -671,19 +737,30 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                 msg.nbytes, "unsent", "peer not connected", **self._where(msg))
 
     def _send_route(self, name: str, route: bytes, msg: Message) -> None:
-        self._send_frames(name, route, msg.to_frames(), msg.type.value, self._where(msg))
+        self._post(name, route, msg.to_frames(), msg.type.value, self._where(msg))
+
+    def _post(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str, where: dict[str, Any]) -> None:
+        """Send now, or behind the release parts still queued for this connection (a party gets its messages in the
+        order they were made: a REQUEST or END never overtakes a release)."""
+        box = self.outboxes.get(name)
+        if box is not None and box.route == route and box.queued:
+            box.add([(frames, mtype, where)])
+        else:
+            self._send_frames(name, route, frames, mtype, where)
 
     def _send_frames(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str,
                      where: dict[str, Any]) -> None:
         outcome, reason = "sent", ""
         try:  # never wait: a peer that does not read must not stall the loop for the others
             # a view of a stored release's shared map goes zero-copy whatever its size (pyzmq copies a frame below
-            # its copy threshold even with copy=False): a queue holds references to the one map, not copies
+            # its copy threshold even with copy=False): a queue holds references to the one map, not copies. Such a
+            # view (or one of an old ledger's inline release) is tracked: its pages are dropped once libzmq has taken
+            # it, and the connection's next part is queued then (``_feed``)
             out: list[Any] = []
             for f in frames:
-                if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap):
+                if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap | bytes):
                     frame = zmq.Frame(f, copy=False, track=True)
-                    self.sending.append((frame.tracker, f.obj))  # its pages are dropped once libzmq has taken it
+                    self.sending.append((frame.tracker, f.obj if isinstance(f.obj, mmap.mmap) else None))
                     out.append(frame)
                 else:
                     out.append(f)
@@ -692,6 +769,10 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
+        if outcome != "sent":
+            box = self.outboxes.get(name)
+            if box is not None and box.route == route:  # the rest of its queue would fail the same way
+                self._drop_outbox(name, reason)
         if outcome != "sent" and name == "solver" and mtype == MsgType.AGGREGATE.value and self.step is not None:
             self.step.stale = True  # a chunk's sum the solver never got (and dropped here): collect the step again
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),

@@ -424,6 +424,14 @@ class Message:
         )
 
 
+def header_of(raw: Frame, limits: Limits = Limits()) -> dict[str, Any]:
+    """The checked header (its body too) of a message whose payload frames are elsewhere: a stored RELEASE that the
+    coordinator re-sends in parts. Their digests are not checked here."""
+    header = _decode_header(bytes(raw), limits)
+    _check_body(MsgType(header["type"]), header["body"])
+    return header
+
+
 def build(mtype: MsgType, *, session: str, sender: str, seq: int, config: str, round_: int = -1, layer: int = -1,
           stat: str = "", body: Mapping[str, Any] | None = None, frames: Sequence[Frame] = ()) -> Message:
     """The one way a role makes a message to send: its session, its roster name, its next sequence number and the
