@@ -784,7 +784,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
 
     def _verify_release(self, msg: Message, assembled: str | None = None) -> None:
         check_release(msg, self.cfg.roster.signing_public(), self.s.id, self.cfg.digest, self.cfg.roster.parties,
-                      served=self.s.served, assembled=assembled)
+                      served=self.s.served, assembled=assembled,
+                      inline_limit=part_bytes(self.cfg.network.max_message_bytes))
 
 
 def run_coordinator(config: Config, scheme: PublicScheme, *, stop: threading.Event | None = None,

@@ -72,7 +72,8 @@ def split_parts(ciphertext: bytes, size: int) -> list[memoryview]:
 
 
 def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, config: str,
-                  roster: Collection[str], *, served: bool = False, assembled: str | None = None) -> bytes:
+                  roster: Collection[str], *, served: bool = False, assembled: str | None = None,
+                  inline_limit: int | None = None) -> bytes:
     """The one check of a RELEASE, run by the coordinator before it records and relays it and by a party before it
     decrypts: two frames [ΔW ciphertext, signature], the included parties distinct roster names (the schema has
     bounded the shape to two positive integers), the ciphertext's sha256 as the body says, and the solver's
@@ -85,7 +86,9 @@ def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, conf
 
     A RELEASE whose body says ``parts`` carries an empty ciphertext frame: the ciphertext came before in that many
     RELEASE_PARTs, which the caller assembled; ``assembled`` is their sha256 (None: none were received), which must be
-    the signed one. Returns b"" then (the caller holds the ciphertext)."""
+    the signed one. Returns b"" then (the caller holds the ciphertext). ``inline_limit`` (the coordinator's
+    ``part_bytes``): a RELEASE without parts whose ciphertext is longer is refused, before its signature is checked; the
+    solver sends any ciphertext over one part in parts, so what the coordinator keeps and relays is in parts too."""
     want = MsgType.NOTICE if served else MsgType.RELEASE
     if msg.type is not want:
         raise ProtocolError(f"a {msg.type.value} in a session whose release is {'served' if served else 'weights'}")
@@ -99,6 +102,9 @@ def check_release(msg: Message, solver_key: Ed25519PublicKey, session: str, conf
     if "parts" in b:
         if served or ciphertext or assembled != b["sha256"]:
             raise ProtocolError("release: its parts are missing, or do not match the signed sha256")
+    elif inline_limit is not None and len(ciphertext) > inline_limit:
+        raise ProtocolError(f"release: a ciphertext of {len(ciphertext)} bytes travels in parts of at most "
+                            f"{inline_limit}, not inline")
     elif not served and sha256_hex(ciphertext) != b["sha256"]:
         raise ProtocolError("release: ciphertext bytes do not match their sha256")
     verify(solver_key, signature, statements.release_bytes(session, config, msg.round, msg.layer, b["attempt"],
