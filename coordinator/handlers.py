@@ -15,7 +15,7 @@ from coordinator.guard import PeerGuard
 from coordinator.outbox import Outgoing
 from coordinator.stages import Key, Stage, Step, TagPhase, validate_contrib
 from secure_collab.config import Config, SessionConfig
-from secure_collab.ledger import Ledger, PartSink, StoredRelease, mapped
+from secure_collab.ledger import Ledger, PartSink, StoredRelease, read_parts
 from secure_collab.protection import Payload, ProtectionError, PublicScheme, statements
 from secure_collab.protection.public import SEALED_OVERHEAD
 from secure_collab.protocol import tags as wire
@@ -300,18 +300,20 @@ class Handlers(CoordinatorState):
         message it came in, so a party checks it the same way."""
         where = {"round_": rel.round, "layer": rel.layer, "attempt": rel.attempt}
         size = part_bytes(self.cfg.network.max_message_bytes)
-        frames = rel.shared_frames()
+        frames: list[Frame] = list(rel.shared_frames())
         inline = mtype == MsgType.RELEASE.value and rel.ciphertext is None and len(frames) == 3
         if rel.ciphertext is None and not (inline and len(frames[1]) > size):
             yield frames, mtype, where
             return
-        whole = mapped(rel.ciphertext) if rel.ciphertext is not None else memoryview(frames[1])
-        count = -(-len(whole) // size)
-        release = frames if rel.ciphertext is not None else self._msg(
-            MsgType.RELEASE, rel.round, rel.layer, body={**header_of(frames[0])["body"], "parts": count},
-            frames=(b"", frames[2])).to_frames()
-        for i in range(count):
-            part = whole[i * size:(i + 1) * size]
+        if rel.ciphertext is not None:  # views of the file's one shared map
+            count, parts = -(-rel.ciphertext.stat().st_size // size), read_parts(rel.ciphertext, size)
+            release = frames
+        else:
+            whole = memoryview(frames[1])
+            count, parts = -(-len(whole) // size), (whole[i:i + size] for i in range(0, len(whole), size))
+            release = self._msg(MsgType.RELEASE, rel.round, rel.layer, frames=(b"", frames[2]),
+                                body={**header_of(frames[0])["body"], "parts": count}).to_frames()
+        for i, part in enumerate(parts):
             yield [self._part_header(rel, i, count, part), part], MsgType.RELEASE_PART.value, where
         yield release, mtype, where
 

@@ -543,7 +543,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         for name, box in list(self.outboxes.items()):
             box.taken(now)
             if box.flight and now - box.since > stall:
-                self._drop_outbox(name, f"it took no release part for {stall:.0f} s (network.stage_timeout_s)")
+                self._drop_outbox(name, f"the peer's queue is full: it took none of its {len(box.flight)} release "
+                                        f"parts with libzmq for {stall:g} s (network.stage_timeout_s)")
             else:
                 self._feed(name, box)
 
@@ -769,14 +770,14 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
-        if outcome != "sent":
-            box = self.outboxes.get(name)
-            if box is not None and box.route == route:  # the rest of its queue would fail the same way
-                self._drop_outbox(name, reason)
         if outcome != "sent" and name == "solver" and mtype == MsgType.AGGREGATE.value and self.step is not None:
             self.step.stale = True  # a chunk's sum the solver never got (and dropped here): collect the step again
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),
                             sum(len(f) for f in frames), outcome, reason, **where)
+        if outcome != "sent" and name != "solver":
+            box = self.outboxes.get(name)
+            if box is not None and box.route == route:  # the rest of its queue would fail the same way
+                self._drop_outbox(name, reason)
 
     def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None:
         verify(self.cfg.roster.signing_public(), signature,
