@@ -127,9 +127,10 @@ def open_private(path: Path | str, mode: str = "wb") -> IO[Any]:
         raise
 
 
-def _private_temp(path: Path, data: bytes | str | Iterable[bytes]) -> str:
+def _private_temp(path: Path, data: bytes | str | Iterable[bytes], durable: bool = True) -> str:
     """A flushed 0600 temporary file beside ``path`` holding ``data`` (or the pieces of an iterable, written as
-    they come: no second copy of a large payload in memory); the caller renames or links it."""
+    they come: no second copy of a large payload in memory), fsynced where ``durable``; the caller renames or
+    links it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: 0600
     try:
         with os.fdopen(fd, "wb") as f:
@@ -139,7 +140,8 @@ def _private_temp(path: Path, data: bytes | str | Iterable[bytes]) -> str:
                 for piece in data:
                     f.write(piece)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -147,17 +149,19 @@ def _private_temp(path: Path, data: bytes | str | Iterable[bytes]) -> str:
     return tmp
 
 
-def write_private(path: Path | str, data: bytes | str | Iterable[bytes]) -> Path:
+def write_private(path: Path | str, data: bytes | str | Iterable[bytes], *, durable: bool = True) -> Path:
     """Write a whole 0600 file atomically and durably (a reader sees the old file or the new one, never half
-    of it, and after a crash the new one is there once this returns)."""
+    of it, and after a crash the new one is there once this returns). ``durable=False``: atomic and 0600 but
+    not fsynced, for scratch that a restart discards anyway (the solver's spool)."""
     path = Path(path)
-    tmp = _private_temp(path, data)
+    tmp = _private_temp(path, data, durable)
     try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path
 
 

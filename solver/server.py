@@ -417,7 +417,8 @@ class Solver:
             return
         frames = [bytes(f) for f in payload.frames]
         self.state.save(_spool_name(pend.round, pend.attempt, key),
-                        {"header": payload.header, "sizes": [len(f) for f in frames]}, b"".join(frames))
+                        {"header": payload.header, "sizes": [len(f) for f in frames]}, b"".join(frames),
+                        durable=False)  # a restart drops the spool: nothing to keep across a crash
 
     def _unspool(self, pend: _Pending, key: tuple[int, str, int]) -> Payload:
         """A spooled chunk, read back to be opened and deleted at once: a step is opened at most once."""

@@ -73,8 +73,11 @@ class SolverState:
         data = struct.pack(">I", len(text)) + text + blob
         return seal_state(self._key, record.encode(), data, fresh_bytes(NONCE_BYTES))
 
-    def save(self, record: str, meta: dict[str, Any], blob: bytes = b"") -> None:
-        write_private(self._path(record), self._sealed(record, meta, blob))
+    def save(self, record: str, meta: dict[str, Any], blob: bytes = b"", *, durable: bool = True) -> None:
+        """A sealed record, written atomically (0600); ``durable=False`` skips the fsyncs, for spooled chunks, which
+        a restarted solver drops unread (``drop_spool``): two fsyncs per chunk made the solver slower than the
+        parties at real size, and the coordinator's queue of sums to it grew outside its window (issue 22)."""
+        write_private(self._path(record), self._sealed(record, meta, blob), durable=durable)
 
     def claim_opening(self, round_: int, layer: int, meta: dict[str, Any]) -> bool:
         """Record, durably and before anything is opened, that (round, layer) is being opened; False when it

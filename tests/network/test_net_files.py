@@ -77,3 +77,26 @@ def test_helpers_tighten_whatever_the_umask(tmp_path, umask):
     touch_private(deep / "h")  # an existing file is tightened too
     assert _mode(deep / "h") == 0o600 and (deep / "g").read_bytes() == b"y"
     assert not [p for p in deep.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_scratch_writes_are_atomic_and_private_but_skip_the_fsyncs(tmp_path, monkeypatch):
+    """The solver's spool (``durable=False``): 0600 whatever the umask and replaced whole, but no fsync of the file
+    or its directory (a restart drops the spool unread; two fsyncs per chunk slowed the solver below the parties'
+    pace at real size). The durable default still fsyncs."""
+    import os
+    import stat
+
+    from secure_collab.files import write_private
+
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    old = os.umask(0)
+    try:
+        path = write_private(tmp_path / "spool-x.sealed", b"a" * 1000, durable=False)
+        write_private(path, [b"b" * 10, b"c"], durable=False)
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"b" * 10 + b"c" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert calls == [] and [p.name for p in tmp_path.iterdir()] == ["spool-x.sealed"]  # no temporary left
+    write_private(tmp_path / "durable", b"d")
+    assert len(calls) == 2  # the file and its directory
