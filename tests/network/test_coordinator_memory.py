@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -132,12 +133,17 @@ def test_a_release_larger_than_the_window_is_served_intact_and_its_pages_do_not_
                 n += 1
             assert n == size // (1 << 20) and got.hexdigest() == sha, name
             del msg, frames
-        for _ in range(400):  # libzmq frees each part once both readers dropped it: then its pages go
+        # libzmq frees each part once both readers dropped it, and pyzmq's garbage-collector thread (which needs the
+        # GIL) then marks its tracker done: only then do its pages go. Wait for that with a real sleep, which lets that
+        # thread run (``zmq.select`` with no sockets returns at once: a loop of it spins, holding the GIL), up to a
+        # deadline generous enough for a loaded machine.
+        deadline = time.monotonic() + 30
+        while True:
             coordinator._drop_sent_pages()
-            if not coordinator.sending:
+            if not coordinator.sending or time.monotonic() > deadline:
                 break
-            zmq.select([], [], [], 0.01)
-        assert not coordinator.sending
+            time.sleep(0.01)
+        assert not coordinator.sending, f"{len(coordinator.sending)} release frames not taken by libzmq after 30 s"
         assert _map_rss_kb(ciphertext) == 0, "release pages stayed resident after they were sent"
     finally:
         for sock in receivers.values():
