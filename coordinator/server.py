@@ -602,6 +602,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         close, so a peer that does not read delays the exit by at most ``linger_ms`` (docs/threat-model.md, Exit)."""
         deadline = self.clock() + self.cfg.network.linger_ms / 1000
         self._drain_sending(deadline)
+        for name in sorted(self.outboxes):  # a peer that did not take all it was owed: the ledger says so
+            self._drop_outbox(name, f"the session ended before it took them (network.linger_ms = "
+                                    f"{self.cfg.network.linger_ms})")
         self.sock.close(linger=int(max(0.0, deadline - self.clock()) * 1000))
 
     def _receive(self) -> None:

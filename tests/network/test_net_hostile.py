@@ -230,8 +230,10 @@ def _ledger_bytes(cfg):
 # ---- 3. a peer that never reads ----------------------------------------------------------------------------
 def test_peer_that_never_reads_does_not_stall_the_others(tmp_path):
     """c joins and never reads: its queue (and the kernel's buffers) fill with 1 MiB releases. The coordinator
-    used to block send_timeout_s on each later send to it; now it drops them at once and records it. The
-    positive control is the same session without c."""
+    used to block send_timeout_s on each later send to it; now it never waits on c and records what c did not get:
+    release parts go out paced (at most a few in flight per connection), so what c never took is one "unsent" row
+    when its queue is dropped (a stall of stage_timeout_s, or the session's end), besides any send refused for a
+    full queue. The positive control is the same session without c."""
     def config(where):
         return make_config(where, layers=list(range(1, 9)), d_k=128, d_v=1024, chunk_values=1 << 16,
                            network={**SHORT, "join_timeout_s": 1.5, "max_message_bytes": 4 << 20, "hwm": 4,
@@ -265,7 +267,9 @@ def test_peer_that_never_reads_does_not_stall_the_others(tmp_path):
     elapsed = max(p.seconds for p in run.parties.values())  # until the honest parties had their END
     _assert_honest_result(cfg, run)
     unsent = [r for r in _rows(cfg, "c") if r["direction"] == "out" and r["outcome"] == "unsent"]
-    assert len(unsent) >= 2 and all("queue is full" in r["reason"] for r in unsent), unsent
+    assert unsent and all("queue is full" in r["reason"] or "the rest of its queue dropped" in r["reason"]
+                          for r in unsent), unsent
+    assert any(r["type"] == MsgType.RELEASE_PART.value for r in unsent), unsent  # the releases c never took
     # the old loop lost send_timeout_s per dropped send (here >= 10 s); c costs the others its stage timeout
     assert elapsed < control + cfg.network.stage_timeout_s + 2.0, (elapsed, control, len(unsent))
 

@@ -167,8 +167,8 @@ def test_the_solver_spools_each_authenticated_chunk_sealed_0600_and_deletes_it_a
     spooled: list[tuple[str, int, bytes]] = []
     save = SolverState.save
 
-    def recording_save(self, record, meta, blob=b""):
-        save(self, record, meta, blob)
+    def recording_save(self, record, meta, blob=b"", **kwargs):
+        save(self, record, meta, blob, **kwargs)
         if record.startswith("spool-"):
             path = self.dir / f"{record}.sealed"
             spooled.append((record, path.stat().st_mode & 0o777, path.read_bytes()))
