@@ -35,7 +35,7 @@ def _setup(tiny):
 
 
 def test_decoys_are_public_subjects_with_residuals_drawn_from_the_partys_own_norms(tiny, capitals):
-    from secure_collab.editing.decoys import draw_decoys, make_decoys
+    from secure_collab.editing.decoys import answer_confidence, draw_decoys, make_decoys
     from secure_collab.editing.memit import current_outputs
     from secure_collab.editing.targets import compute_targets
 
@@ -46,7 +46,8 @@ def test_decoys_are_public_subjects_with_residuals_drawn_from_the_partys_own_nor
     real = (t.z.double() - cur).norm(dim=1)
     d = make_decoys(tiny, hp, 2, random.Random(5), own, t.z)
     assert len(d) == 6 and not {r.subject for r in d.requests} & {r.subject for r in own}
-    names, prompts, which = draw_decoys(random.Random(5), 2, own)  # the same draws, in the documented order
+    names, prompts, which = draw_decoys(random.Random(5), 2, own,  # the same draws, in the documented order
+                                        score=lambda reqs: answer_confidence(tiny, reqs))
     assert [r.subject for r in d.requests] == names and [r.prompt for r in d.requests] == prompts
     assert {r.prompt for r in d.requests} <= {r.prompt for r in own}
     # the rule: ‖z*_d − h_d‖ is the drawn real residual norm, exactly (float64), and h_d is the decoy's state now
@@ -54,6 +55,45 @@ def test_decoys_are_public_subjects_with_residuals_drawn_from_the_partys_own_nor
     assert torch.allclose(d.h, current_outputs(tiny, d.requests, hp).double(), rtol=0, atol=1e-10)
     assert float(real.min()) > 0  # a real cover, not MEMIT's early-stopped zero
     assert make_decoys(tiny, hp, 3, random.Random(5), [], t.z[:0]).requests == []
+
+
+def test_the_sampler_rule_takes_sure_answers_in_draw_order_then_the_surest(capitals):
+    """draw_decoys' public rule against a score computed here: the first n candidates (in the generator's order) whose
+    score passes the floor; when fewer pass among the scanned ones, the rest are the highest-scoring of the others;
+    scoring stops once n pass."""
+    from secure_collab.editing.decoys import SCORE_BATCH, draw_decoys
+
+    own = capitals[:3]
+    scored: list[str] = []
+
+    def score(reqs):  # a public, deterministic score of each candidate
+        scored.extend(r.subject for r in reqs)
+        return [(sum(map(ord, r.subject + r.prompt)) % 97) / 96 for r in reqs]
+
+    def expected(floor, scan):
+        rng = random.Random(7)
+        from secure_collab.editing.defences import decoy_subjects
+
+        order = decoy_subjects(rng, scan * 6, exclude=[r.subject for r in own])
+        prompts = [own[rng.randrange(3)].prompt for _ in order]
+        which = [rng.randrange(3) for _ in range(6)]
+        s = [(sum(map(ord, n + p)) % 97) / 96 for n, p in zip(order, prompts, strict=True)]
+        return order, prompts, which, s
+
+    order, prompts, which, s = expected(0.9, 32)
+    names, got_prompts, got_which = draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=32)
+    want = [i for i, x in enumerate(s) if x >= 0.9][:6]
+    assert len(want) == 6 and names == [order[i] for i in want] and got_prompts == [prompts[i] for i in want]
+    assert got_which == which
+    assert len(scored) == min(len(order), -(-(want[-1] + 1) // SCORE_BATCH) * SCORE_BATCH)  # stopped once 6 passed
+    # a floor nothing passes: the six highest scores of all scanned, in draw order
+    order, prompts, which, s = expected(2.0, 2)
+    names, _, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=2.0, scan=2)
+    best = sorted(sorted(range(len(s)), key=lambda i: -s[i])[:6])
+    assert names == [order[i] for i in best]
+    # without a score: the first n drawn
+    names, _, _ = draw_decoys(random.Random(7), 2, own, scan=32)
+    assert names == expected(0.9, 32)[0][:6]
 
 
 def test_decoy_statistics_are_the_formula_in_float64(tiny, capitals):

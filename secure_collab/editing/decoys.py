@@ -3,7 +3,8 @@
 A party with n real edits in a round adds R·n decoy edits to its statistics, and nothing else:
 - subjects: ``defences.decoy_subjects`` (titles of the public covariance corpus) drawn by the party's CSPRNG, none of
   the party's own subjects; each with a prompt template drawn from the party's own requests' prompts, so a decoy's
-  key sits where a real edit of the same relation would;
+  key sits where a real edit of the same relation would; admitted by a public rule (``draw_decoys``): the model is
+  already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it;
 - target: the decoy's *current* top-1 next token on that prompt (the model as it is at the round's start). The
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
@@ -22,7 +23,7 @@ session setting, public. What they hide is measured in docs/privacy.md: only the
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,15 @@ from secure_collab.models.loading import LoadedModel
 from secure_collab.models.specs import down_weight
 
 ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the first gradient step
+# The sampler's public rule (``draw_decoys``): a decoy is a subject on whose prompt the model is already sure of its
+# answer, p(top-1) >= CONFIDENCE, so the cross-talk of the joint solve (the other edits' residuals reaching a decoy
+# through keys correlated with theirs) does not change it. Measured on SmolLM2 at decoys:9 without the rule (2
+# sessions, 540 decoys, runs/margins.py in the issue-20 notes): 14 answers changed, every one with p(top-1) <= 0.65;
+# none of the 60 with p >= 0.7. About 4 % of (title, relation prompt) pairs pass 0.9, so SCAN = 32 candidates per
+# decoy are drawn, scored until enough pass.
+CONFIDENCE = 0.9
+SCAN = 32
+SCORE_BATCH = 64
 
 
 @dataclass
@@ -52,21 +62,37 @@ class DecoyEdits:
         return len(self.requests)
 
 
-def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = ()
-                ) -> tuple[list[str], list[str], list[int]]:
+def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
+                score: Callable[[list[Request]], list[float]] | None = None, floor: float = CONFIDENCE,
+                scan: int = SCAN) -> tuple[list[str], list[str], list[int]]:
     """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
-    per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects)."""
+    per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects).
+
+    The public rule: ``scan`` × n candidates (subject, one of ``own``'s prompts) are drawn in order; with ``score``
+    (each candidate's current answer probability, ``answer_confidence``) the decoys are the first n in that order whose
+    score is at least ``floor``, and when fewer pass, the rest are the highest-scoring of the others (ties in draw
+    order). Candidates are scored in batches only until n pass. Without ``score``: the first n."""
     from secure_collab.editing.defences import decoy_subjects
 
     n = ratio * len(own)
     if n == 0:
         return [], [], []
-    names = decoy_subjects(rng, n, exclude=[*exclude, *(r.subject for r in own)])
-    if len(names) < n:
-        raise ValueError(f"{n} decoys asked, the public pool has {len(names)} subjects")
-    prompts = [own[rng.randrange(len(own))].prompt for _ in range(n)]
+    order = decoy_subjects(rng, scan * n, exclude=[*exclude, *(r.subject for r in own)])
+    if len(order) < n:
+        raise ValueError(f"{n} decoys asked, the public pool has {len(order)} subjects")
+    prompts = [own[rng.randrange(len(own))].prompt for _ in order]
     which = [rng.randrange(len(own)) for _ in range(n)]
-    return names, prompts, which
+    if score is None:
+        return order[:n], prompts[:n], which
+    scores: list[float] = []
+    while len(scores) < len(order) and sum(x >= floor for x in scores) < n:
+        part = range(len(scores), min(len(order), len(scores) + SCORE_BATCH))
+        scores += score([Request(subject=order[i], prompt=prompts[i], target_new="-") for i in part])
+    passed = [i for i, x in enumerate(scores) if x >= floor][:n]
+    if len(passed) < n:  # the rest: the most confident of those scored (a stable sort keeps the draw order in ties)
+        rest = sorted((i for i, x in enumerate(scores) if x < floor), key=lambda i: -scores[i])
+        passed = sorted(passed + rest[:n - len(passed)])
+    return [order[i] for i in passed], [prompts[i] for i in passed], which
 
 
 def _answer_logprobs(lm: LoadedModel, b, rows: torch.Tensor, layer: int, delta: torch.Tensor) -> torch.Tensor:
@@ -130,11 +156,13 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
 
 
 def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
-                z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = ()
-                ) -> DecoyEdits:
-    """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now.
+                z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = (),
+                confidence: float = CONFIDENCE) -> DecoyEdits:
+    """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now,
+    drawn by the public rule of ``draw_decoys`` with the model's answer probabilities as the score.
     ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None)."""
-    names, prompts, which = draw_decoys(rng, ratio, own, exclude)
+    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=lambda reqs: answer_confidence(lm, reqs),
+                                        floor=confidence)
     if not names:
         d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
         return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
@@ -154,12 +182,22 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
 
 
 @torch.no_grad()
-def top1(lm: LoadedModel, requests: Sequence[Request], batch: int = 32) -> list[int]:
-    """The model's top-1 next token after each request's prompt (its subject filled in), as it is now."""
-    out: list[int] = []
+def _next_token_logprobs(lm: LoadedModel, requests: Sequence[Request], batch: int = 32) -> Iterator[torch.Tensor]:
+    """(b, vocab) float64 next-token log-probabilities after each request's prompt (its subject filled in), batch by
+    batch, on the model as it is now."""
     for s in range(0, len(requests), batch):
         chunk = list(requests[s:s + batch])
         b = encode(lm.tokenizer, [r.prompt for r in chunk], [r.subject for r in chunk], lm.device)
         logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-        out += logits[torch.arange(len(chunk), device=lm.device), b.lengths - 1].argmax(-1).tolist()
-    return out
+        yield logits[torch.arange(len(chunk), device=lm.device), b.lengths - 1].double().log_softmax(-1).cpu()
+
+
+def top1(lm: LoadedModel, requests: Sequence[Request], batch: int = 32) -> list[int]:
+    """The model's top-1 next token after each request's prompt (its subject filled in), as it is now."""
+    return [int(i) for lp in _next_token_logprobs(lm, requests, batch) for i in lp.argmax(-1)]
+
+
+def answer_confidence(lm: LoadedModel, requests: Sequence[Request], batch: int = 32) -> list[float]:
+    """The probability of the model's top-1 next token after each request's prompt, as it is now (the score of the
+    decoy sampler's rule)."""
+    return [float(x) for lp in _next_token_logprobs(lm, requests, batch) for x in lp.max(-1).values.exp()]
