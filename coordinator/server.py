@@ -427,8 +427,12 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         """Every party of the step is in ``key``'s sum: hand it to the solver now, drop it, and grant the parties
         the chunks the freed room holds (a REQUEST with the new ``upto``, once half a window is free)."""
         step.included = tuple(sorted(step.expected))
-        self._hand_off(step, key)
-        step.handed_off(key)
+        step.handed_off(key, self._hand_off(step, key))
+        self._regrant(step)
+
+    def _regrant(self, step: Step) -> None:
+        """Grant the parties the chunks the window's freed room holds: a REQUEST with the new ``upto``, once half a
+        window is free (or the last chunk is granted)."""
         if step.granted > step.announced and (step.granted - step.announced >= max(1, step.window // 2)
                                               or step.granted == len(step.order)):
             step.announced = step.granted
@@ -452,8 +456,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                  f" (left out: {', '.join(left_out)})" if left_out else "")
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "handoff", detail)
         for key in sorted(step.all_keys(self.s) - step.handed):  # streamed already, unless a party was left out
-            self._hand_off(step, key)
-            step.handed_off(key)
+            step.handed_off(key, self._hand_off(step, key))
         deadline = self.clock() + self.cfg.network.solve_timeout_s
         while (len(step.released) < len(step.layers) and not step.excluded and not step.refused and not step.stale
                and self.clock() < deadline):
@@ -479,7 +482,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         assert set(acc.parties) == set(step.included), "a partial party reached a hand-off"
         return acc.aggregate()
 
-    def _hand_off(self, step: Step, key: tuple[int, str, int]) -> None:
+    def _hand_off(self, step: Step, key: tuple[int, str, int]) -> list[zmq.MessageTracker]:
+        """Send the solver ``key``'s sum; returns the trackers of its frames (done once libzmq has taken them)."""
         layer, stat, chunk = key
         agg = self._aggregate(step, key)
         n_values = self.s.n_values(stat)
@@ -487,9 +491,15 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                             agg.header),
                                "parties": list(agg.header["parties"]), "n_values": n_values}
         msg = self._msg(MsgType.AGGREGATE, step.round, layer, stat, body, agg.frames)
-        self._send("solver", msg)
+        route = self.routes.get("solver")
+        trackers: list[zmq.MessageTracker] = []
+        if route is None:
+            self._send("solver", msg)  # recorded unsent; the solver's rejoin makes the step be collected again
+        else:
+            trackers = self._send_frames("solver", route, msg.to_frames(), msg.type.value, self._where(msg), track=True)
         self.ledger.handoff(self.s.id, step.round, layer, stat, chunk, step.attempt, step.included,
                             sha256_hex(msg.to_frames()[0]), agg.nbytes)
+        return trackers
 
     # ---- receiving ----------------------------------------------------------------------------------
     def _pump(self, deadline: float) -> bool:
@@ -504,6 +514,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         if self.sock.poll(int(max(0.0, min(deadline - self.clock(), self._wait_s())) * 1000), zmq.POLLIN):
             self._receive()
         self._drop_sent_pages()
+        step = self.step
+        if step is not None and step.unsent and step.taken() and step.stage is Stage.COLLECTING:
+            self._regrant(step)
         return not self.abort_reason
 
     def _wait_s(self) -> float:
@@ -511,6 +524,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         as it last took one (``POLL_S`` while they are being taken, backing off to the heartbeat while none is: a peer
         that does not read keeps no busy loop)."""
         heartbeat = self.cfg.network.heartbeat_s
+        if self.step is not None and self.step.unsent:  # sums with libzmq for the solver: look again soon
+            return min(heartbeat, POLL_S)
         if not self.outboxes:
             return heartbeat
         since = max(box.since for box in self.outboxes.values())
@@ -753,8 +768,11 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             self._send_frames(name, route, frames, mtype, where)
 
     def _send_frames(self, name: str, route: bytes, frames: Sequence[Frame], mtype: str,
-                     where: dict[str, Any]) -> None:
+                     where: dict[str, Any], track: bool = False) -> list[zmq.MessageTracker]:
+        """Send one message without waiting. ``track``: every frame goes zero-copy with a tracker, returned (done once
+        libzmq has taken the frame; none when the send failed)."""
         outcome, reason = "sent", ""
+        trackers: list[zmq.MessageTracker] = []
         try:  # never wait: a peer that does not read must not stall the loop for the others
             # a view of a stored release's shared map goes zero-copy whatever its size (pyzmq copies a frame below
             # its copy threshold even with copy=False): a queue holds references to the one map, not copies. Such a
@@ -765,6 +783,10 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                 if isinstance(f, memoryview) and isinstance(f.obj, mmap.mmap | bytes):
                     frame = zmq.Frame(f, copy=False, track=True)
                     self.sending.append((frame.tracker, f.obj if isinstance(f.obj, mmap.mmap) else None))
+                    out.append(frame)
+                elif track:
+                    frame = zmq.Frame(f, copy=False, track=True)
+                    trackers.append(frame.tracker)
                     out.append(frame)
                 else:
                     out.append(f)
@@ -781,6 +803,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             box = self.outboxes.get(name)
             if box is not None and box.route == route:  # the rest of its queue would fail the same way
                 self._drop_outbox(name, reason)
+        return trackers if outcome == "sent" else []
 
     def _verify_setup(self, public: bytes, bundles: bytes, signature: bytes) -> None:
         verify(self.cfg.roster.signing_public(), signature,

@@ -10,14 +10,18 @@ The coordinator holds the running sums of at most ``Step.window`` chunks (``netw
 over one chunk's sum, ``PublicScheme.sum_bytes_bound``): a party may send the chunks numbered below
 ``Step.granted``, the first chunk whose sum is not yet with the solver plus the window, and a chunk beyond it
 is refused before any crypto. Each chunk's sum goes to the solver as soon as every party of the step is in
-it, and is then dropped. The step's party set is fixed when it opens, so a party that stops mid-stream makes
-the step be collected again without it (a new attempt).
+it, and is then dropped; it counts in the window until libzmq has taken it from its queue to the solver (tracked),
+so a solver that reads slower than the parties send holds the parties back, not memory here. The step's party set
+is fixed when it opens, so a party that stops mid-stream makes the step be collected again without it (a new
+attempt).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from secure_collab.config import STATISTICS, SessionConfig
 from secure_collab.protection import Accumulator, PublicScheme, StatContext
@@ -92,6 +96,9 @@ class Step:
     announced: int = 0  # the grant last sent to the parties in a REQUEST
     low: int = 0  # the first chunk, in order, whose sum has not gone to the solver
     handed: set[Key] = field(default_factory=set)  # chunks whose sums went to the solver (and were dropped here)
+    # handed sums libzmq has not taken yet (its queue to the solver holds them, this process's memory): they stay in the
+    # window until it has, so a solver slower than the parties back-pressures them instead of growing that queue
+    unsent: dict[Key, tuple[Any, int]] = field(default_factory=dict)  # key -> (zmq trackers of its frames, its bytes)
     held_bytes: int = 0  # bytes of the running sums held now, and at most so far
     peak_held_bytes: int = 0
     stale: bool = False  # the solver rejoined after sums were handed to it: collect the step again
@@ -108,12 +115,30 @@ class Step:
         self.window = max(1, min(window, len(self.order)))
         self.granted = self.window
 
-    def handed_off(self, key: Key) -> None:
-        """``key``'s sum is with the solver: drop it here and move the window on."""
+    def handed_off(self, key: Key, trackers: Sequence[Any] = ()) -> None:
+        """``key``'s sum went to the solver: drop it here; it leaves the window once libzmq has taken every frame of it
+        (``trackers``, zmq.MessageTracker: none, or all done, means taken)."""
         acc = self.accs.pop(key, None)
-        self.held_bytes -= acc.held_bytes if acc is not None else 0
+        nbytes = acc.held_bytes if acc is not None else 0
         self.handed.add(key)
-        while self.low < len(self.order) and self.order[self.low] in self.handed:
+        if any(not t.done for t in trackers):
+            self.unsent[key] = (tuple(trackers), nbytes)
+        else:
+            self.held_bytes -= nbytes
+        self._advance()
+
+    def taken(self) -> bool:
+        """Forget the handed sums libzmq has taken since; True when the window moved (a larger grant may be due)."""
+        done = [key for key, (trackers, _) in self.unsent.items() if all(t.done for t in trackers)]
+        for key in done:
+            self.held_bytes -= self.unsent.pop(key)[1]
+        before = self.granted
+        self._advance()
+        return self.granted > before
+
+    def _advance(self) -> None:
+        while self.low < len(self.order) and self.order[self.low] in self.handed and self.order[self.low] not in \
+                self.unsent:
             self.low += 1
         self.granted = max(self.granted, min(len(self.order), self.low + self.window))
 

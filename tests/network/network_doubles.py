@@ -473,9 +473,10 @@ def _watching() -> type:
             self.frames.extend(m.raw)
             super()._check(m)
 
-        def _send_frames(self, name: str, route: bytes, frames: Any, mtype: str, where: dict) -> None:
+        def _send_frames(self, name: str, route: bytes, frames: Any, mtype: str, where: dict,
+                         track: bool = False) -> list:
             self.frames.extend(bytes(f) for f in frames)
-            super()._send_frames(name, route, frames, mtype, where)
+            return super()._send_frames(name, route, frames, mtype, where, track)
 
     return Watching
 

@@ -41,9 +41,9 @@ class Watching(Coordinator):
         self.frames.extend(m.raw)
         super()._check(m)
 
-    def _send_frames(self, name, route, frames, mtype, where):
+    def _send_frames(self, name, route, frames, mtype, where, track=False):
         self.frames.extend(bytes(f) for f in frames)
-        super()._send_frames(name, route, frames, mtype, where)
+        return super()._send_frames(name, route, frames, mtype, where, track)
 
 
 def _released_layers(ledger_path) -> set[int]:

@@ -73,8 +73,8 @@ def test_a_stored_inline_release_over_one_part_is_relayed_in_parts_that_a_party_
     sent: list[tuple[str, list[bytes]]] = []
     try:
         coordinator.routes["a"] = b"a-route"
-        coordinator._send_frames = lambda name, route, frames, mtype, where: sent.append(  # type: ignore[method-assign]
-            (mtype, [bytes(f) for f in frames]))
+        coordinator._send_frames = lambda name, route, frames, mtype, where, track=False: sent.append(  # type: ignore[method-assign]
+            (mtype, [bytes(f) for f in frames])) or []
         coordinator._send_release(["a"], rel)
     finally:
         coordinator.ctx.term()
