@@ -284,6 +284,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
 
     def _run_step(self, round_: int, layers: tuple[int, ...], attempt: int) -> bool:
         while True:
+            if not self._drain_solver_queue(self.step):
+                return False
             step = Step(round_, layers, attempt, frozenset(self.active))
             self.step, self.stage = step, Stage.COLLECTING
             self._summarise()
@@ -413,10 +415,42 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             step.deadline, step.cap = self.clock() + timeout, self.clock() + 2 * timeout
             while (not set(turn) - set(self.guard.cut_off) <= set(step.complete(self.s))
                    and not step.stale and not step.stalled(set(self.guard.cut_off))
-                   and self.clock() < step.deadline):
-                if not self._pump(step.deadline):
+                   and self.clock() < self._wait_until(step)):
+                if not self._pump(self._wait_until(step)):
                     return False
+            if self._solver_stuck(step):
+                return False
         return True
+
+    def _wait_until(self, step: Step) -> float:
+        """The collection's deadline: the parties' (``Step.deadline``), or while sums wait for the solver to take them
+        (they hold the window, so the parties cannot be behind) ``stage_timeout_s`` after it last took one."""
+        if step.unsent:
+            return max(step.deadline, step.solver_seen + self.cfg.network.stage_timeout_s)
+        return step.deadline
+
+    def _solver_stuck(self, step: Step) -> bool:
+        """True, with the abort reason, when sums handed to the solver have waited ``stage_timeout_s`` without libzmq
+        taking any: the solver stopped reading. Neither the parties' fault nor a reason to collect them again (the
+        sums would only queue behind the ones waiting)."""
+        timeout = self.cfg.network.stage_timeout_s
+        if step.unsent and self.clock() >= step.solver_seen + timeout:
+            self.abort_reason = (f"round {step.round} layers {list(step.layers)}: the solver took none of the "
+                                 f"{len(step.unsent)} chunk sums handed to it for {timeout:g} s "
+                                 "(network.stage_timeout_s)")
+            return True
+        return False
+
+    def _drain_solver_queue(self, step: Step | None) -> bool:
+        """Before a new attempt, wait until libzmq has taken the sums an earlier attempt handed to the solver (they
+        are still in this process), so attempts do not stack windows in its queue. False when the solver is stuck."""
+        if step is None or not step.unsent:
+            return True
+        while step.unsent and self.clock() < step.solver_seen + self.cfg.network.stage_timeout_s:
+            if not self._pump(step.solver_seen + self.cfg.network.stage_timeout_s):
+                return False
+            step.taken(self.clock())
+        return not self._solver_stuck(step)
 
     def _grace(self) -> float:
         """How long a party has to send the chunks of a grant before, at the stage timeout, missing them leaves it
@@ -427,7 +461,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         """Every party of the step is in ``key``'s sum: hand it to the solver now, drop it, and grant the parties
         the chunks the freed room holds (a REQUEST with the new ``upto``, once half a window is free)."""
         step.included = tuple(sorted(step.expected))
-        step.handed_off(key, self._hand_off(step, key))
+        step.handed_off(key, self._hand_off(step, key), self.clock())
         self._regrant(step)
 
     def _regrant(self, step: Step) -> None:
@@ -456,7 +490,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                  f" (left out: {', '.join(left_out)})" if left_out else "")
         self.ledger.stage_event(self.s.id, step.round, step.layers, step.attempt, "handoff", detail)
         for key in sorted(step.all_keys(self.s) - step.handed):  # streamed already, unless a party was left out
-            step.handed_off(key, self._hand_off(step, key))
+            step.handed_off(key, self._hand_off(step, key), self.clock())
         deadline = self.clock() + self.cfg.network.solve_timeout_s
         while (len(step.released) < len(step.layers) and not step.excluded and not step.refused and not step.stale
                and self.clock() < deadline):
@@ -515,7 +549,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             self._receive()
         self._drop_sent_pages()
         step = self.step
-        if step is not None and step.unsent and step.taken() and step.stage is Stage.COLLECTING:
+        if step is not None and step.unsent and step.taken(self.clock()) and step.stage is Stage.COLLECTING:
             self._regrant(step)
         return not self.abort_reason
 
@@ -524,8 +558,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         as it last took one (``POLL_S`` while they are being taken, backing off to the heartbeat while none is: a peer
         that does not read keeps no busy loop)."""
         heartbeat = self.cfg.network.heartbeat_s
-        if self.step is not None and self.step.unsent:  # sums with libzmq for the solver: look again soon
-            return min(heartbeat, POLL_S)
+        if self.step is not None and self.step.unsent:  # sums with libzmq for the solver: look again soon, backing
+            # off while it takes none (as for the parties' release parts)
+            return min(heartbeat, max(POLL_S, self.clock() - self.step.solver_seen))
         if not self.outboxes:
             return heartbeat
         since = max(box.since for box in self.outboxes.values())

@@ -94,11 +94,12 @@ class Step:
     window: int = 0  # chunks whose running sums may be held at once
     granted: int = 0  # parties may send the chunks numbered below this
     announced: int = 0  # the grant last sent to the parties in a REQUEST
-    low: int = 0  # the first chunk, in order, whose sum has not gone to the solver
+    low: int = 0  # the first chunk, in order, whose sum libzmq has not taken for the solver (not handed, or unsent)
     handed: set[Key] = field(default_factory=set)  # chunks whose sums went to the solver (and were dropped here)
     # handed sums libzmq has not taken yet (its queue to the solver holds them, this process's memory): they stay in the
     # window until it has, so a solver slower than the parties back-pressures them instead of growing that queue
     unsent: dict[Key, tuple[Any, int]] = field(default_factory=dict)  # key -> (zmq trackers of its frames, its bytes)
+    solver_seen: float = 0.0  # when libzmq last took a sum for the solver, or a sum went unsent while none was
     held_bytes: int = 0  # bytes of the running sums held now, and at most so far
     peak_held_bytes: int = 0
     stale: bool = False  # the solver rejoined after sums were handed to it: collect the step again
@@ -115,21 +116,25 @@ class Step:
         self.window = max(1, min(window, len(self.order)))
         self.granted = self.window
 
-    def handed_off(self, key: Key, trackers: Sequence[Any] = ()) -> None:
+    def handed_off(self, key: Key, trackers: Sequence[Any] = (), now: float = 0.0) -> None:
         """``key``'s sum went to the solver: drop it here; it leaves the window once libzmq has taken every frame of it
         (``trackers``, zmq.MessageTracker: none, or all done, means taken)."""
         acc = self.accs.pop(key, None)
         nbytes = acc.held_bytes if acc is not None else 0
         self.handed.add(key)
         if any(not t.done for t in trackers):
+            if not self.unsent:
+                self.solver_seen = now  # the solver's wait starts now
             self.unsent[key] = (tuple(trackers), nbytes)
         else:
             self.held_bytes -= nbytes
         self._advance()
 
-    def taken(self) -> bool:
+    def taken(self, now: float = 0.0) -> bool:
         """Forget the handed sums libzmq has taken since; True when the window moved (a larger grant may be due)."""
         done = [key for key, (trackers, _) in self.unsent.items() if all(t.done for t in trackers)]
+        if done:
+            self.solver_seen = now
         for key in done:
             self.held_bytes -= self.unsent.pop(key)[1]
         before = self.granted

@@ -18,7 +18,7 @@ import zmq
 from network_doubles import make_config
 
 from coordinator.server import Coordinator
-from coordinator.stages import Step
+from coordinator.stages import Stage, Step
 from secure_collab.protection import get_scheme
 from secure_collab.protocol import transport
 from secure_collab.protocol.messages import MsgType
@@ -83,13 +83,73 @@ def test_sums_the_solver_has_not_taken_hold_the_window(tmp_path):
         hand_off_what_is_granted()
         assert sent == window + 2
 
+        end = time.monotonic() + 30
         while sent < len(step.order) or step.unsent:  # a solver that reads: the step runs to its end
+            assert time.monotonic() < end, "a solver that reads did not get the whole step"
             while solver.poll(0):
                 solver.recv_multipart()
             _wait_taken(step, step.low + 1, 0.05)
             hand_off_what_is_granted()
         assert step.low == len(step.order) and not step.unsent
     finally:
+        if solver is not None:
+            solver.close(0)
+        coordinator.sock.close(0)
+        ctx.term()
+
+
+def test_the_loop_regrants_when_the_solver_takes_and_aborts_when_it_takes_none(tmp_path):
+    """The server's wiring: ``_pump`` notices the solver took sums and calls ``_regrant`` (without it every windowed
+    step stalls at its first window); while sums wait, the collection's deadline follows the solver, not the parties;
+    a solver that takes nothing for ``stage_timeout_s`` ends the session with that reason (re-collecting from the
+    parties would only queue more sums behind the waiting ones)."""
+    cfg = make_config(tmp_path, mode="shares", d_k=64, d_v=32, chunk_values=64, layers=[1])
+    coordinator = Coordinator(cfg, get_scheme("shares"))
+    ctx = coordinator.ctx
+    coordinator.ledger = type("L", (), {"message": staticmethod(lambda *a, **k: None)})()
+    solver = None
+    step = Step(0, (1,), 0, frozenset({"a", "b"}))
+    step.open_window(cfg.session, 3)
+    regrants: list[int] = []
+    coordinator._regrant = lambda s: regrants.append(s.granted)  # type: ignore[method-assign]
+    try:
+        coordinator.sock = transport.router(ctx, coordinator.keys, cfg.network, bind="inproc://coordinator2",
+                                            sndhwm=coordinator._sndhwm())
+        solver = ctx.socket(zmq.DEALER)
+        solver.setsockopt(zmq.IDENTITY, b"solver-route")
+        solver.connect("inproc://coordinator2")
+        solver.send(b"hello")
+        assert coordinator.sock.poll(5000)
+        coordinator.sock.recv_multipart()
+        coordinator.step, coordinator.stage = step, Stage.COLLECTING
+        from coordinator.watching import WaitWatch
+
+        coordinator.watching = WaitWatch(coordinator.sock, cfg.network.wait_log_s, coordinator.clock)
+        t0 = coordinator.clock()
+        for i in range(3):
+            trackers = coordinator._send_frames("solver", b"solver-route", [b"h", i.to_bytes(8, "big") * 4096],
+                                                MsgType.AGGREGATE.value, {}, track=True)
+            step.handed_off(step.order[i], trackers, t0)
+        step.deadline = t0 + 1.0
+        timeout = cfg.network.stage_timeout_s
+        assert coordinator._wait_until(step) == max(step.deadline, t0 + timeout)
+        assert not coordinator._solver_stuck(step)
+
+        assert solver.poll(5000)
+        solver.recv_multipart()  # the solver takes one
+        end = time.monotonic() + 5
+        while not regrants and time.monotonic() < end:
+            coordinator._pump(coordinator.clock() + 0.05)
+        assert regrants == [4], "the loop did not move the window after the solver took a sum"
+        assert step.solver_seen > t0
+
+        real = coordinator.clock
+        coordinator.clock = lambda: real() + timeout + 1  # type: ignore[method-assign]
+        assert coordinator._solver_stuck(step)
+        assert "the solver took none of the 2 chunk sums handed to it" in coordinator.abort_reason
+    finally:
+        if getattr(coordinator, "watching", None) is not None:
+            coordinator.watching.close()
         if solver is not None:
             solver.close(0)
         coordinator.sock.close(0)
