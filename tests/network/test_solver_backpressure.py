@@ -36,6 +36,19 @@ def _wait_taken(step: Step, low: int, timeout: float = 5.0) -> bool:
     return False
 
 
+def _connect_solver(coordinator: Coordinator, endpoint: str) -> zmq.Socket:
+    """The coordinator's own ROUTER bound at ``endpoint`` and a solver DEALER (route ``solver-route``) joined to it."""
+    coordinator.sock = transport.router(coordinator.ctx, coordinator.keys, coordinator.cfg.network, bind=endpoint,
+                                        sndhwm=coordinator._sndhwm())
+    solver = coordinator.ctx.socket(zmq.DEALER)
+    solver.setsockopt(zmq.IDENTITY, b"solver-route")
+    solver.connect(endpoint)
+    solver.send(b"hello")
+    assert coordinator.sock.poll(5000)
+    coordinator.sock.recv_multipart()
+    return solver
+
+
 def test_sums_the_solver_has_not_taken_hold_the_window(tmp_path):
     cfg = make_config(tmp_path, mode="shares", d_k=64, d_v=32, chunk_values=64, layers=[1])
     coordinator = Coordinator(cfg, get_scheme("shares"))
@@ -47,14 +60,7 @@ def test_sums_the_solver_has_not_taken_hold_the_window(tmp_path):
     step.open_window(cfg.session, window)
     assert len(step.order) >= 10 * window
     try:
-        coordinator.sock = transport.router(ctx, coordinator.keys, cfg.network, bind="inproc://coordinator",
-                                            sndhwm=coordinator._sndhwm())
-        solver = ctx.socket(zmq.DEALER)
-        solver.setsockopt(zmq.IDENTITY, b"solver-route")
-        solver.connect("inproc://coordinator")
-        solver.send(b"hello")
-        assert coordinator.sock.poll(5000)
-        coordinator.sock.recv_multipart()
+        solver = _connect_solver(coordinator, "inproc://coordinator")
         coordinator.step = step
 
         sent = 0
@@ -113,14 +119,7 @@ def test_the_loop_regrants_when_the_solver_takes_and_aborts_when_it_takes_none(t
     regrants: list[int] = []
     coordinator._regrant = lambda s: regrants.append(s.granted)  # type: ignore[method-assign]
     try:
-        coordinator.sock = transport.router(ctx, coordinator.keys, cfg.network, bind="inproc://coordinator2",
-                                            sndhwm=coordinator._sndhwm())
-        solver = ctx.socket(zmq.DEALER)
-        solver.setsockopt(zmq.IDENTITY, b"solver-route")
-        solver.connect("inproc://coordinator2")
-        solver.send(b"hello")
-        assert coordinator.sock.poll(5000)
-        coordinator.sock.recv_multipart()
+        solver = _connect_solver(coordinator, "inproc://coordinator2")
         coordinator.step, coordinator.stage = step, Stage.COLLECTING
         from coordinator.watching import WaitWatch
 
