@@ -40,7 +40,7 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # The sampler's public rule (``draw_decoys``): a decoy is a subject on whose prompt the model is already sure of its
 # answer, p(top-1) >= CONFIDENCE, so the cross-talk of the joint solve (the other edits' residuals reaching a decoy
 # through keys correlated with theirs) does not change it. Measured on SmolLM2 at decoys:9 without the rule (2
-# sessions, 540 decoys, runs/margins.py in the issue-20 notes): 14 answers changed, every one with p(top-1) <= 0.65;
+# sessions, 540 decoys, by a one-off script over the sweep's sessions 0 and 3): 14 answers changed, each with p <= 0.65;
 # none of the 60 with p >= 0.7. About 4 % of (title, relation prompt) pairs pass 0.9, so SCAN = 32 candidates per
 # decoy are drawn, scored until enough pass.
 CONFIDENCE = 0.9
