@@ -447,9 +447,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         if step is None or not step.unsent:
             return True
         while step.unsent and self.clock() < step.solver_seen + self.cfg.network.stage_timeout_s:
-            if not self._pump(step.solver_seen + self.cfg.network.stage_timeout_s):
+            if not self._pump(step.solver_seen + self.cfg.network.stage_timeout_s):  # it notes what was taken
                 return False
-            step.taken(self.clock())
         return not self._solver_stuck(step)
 
     def _grace(self) -> float:
