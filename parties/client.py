@@ -322,6 +322,7 @@ class Party:
             self.secrets = self.scheme.join(public, bundles, self.name, self.identity.sealing.private_bytes_raw())
         except (ProtocolError, ProtectionError) as exc:
             raise Fatal(str(exc)) from None
+        self.scheme.warm()  # the MAC's compiled kernels, before the first chunk
         if self.noise_plan is not None and self.scheme.frac_bits(public) < self.noise_plan.grid_bits:
             raise Fatal(f"setup: the encoding step 2^-{self.scheme.frac_bits(public)} is coarser than the noise grid "
                         f"2^-{self.noise_plan.grid_bits}: the noise would be rounded, not added as accounted")

@@ -264,6 +264,7 @@ class Solver:
         with contextlib.ExitStack() as stack:
             stack.callback(self.state.close)  # a restarted solver may take the state directory
             public, bundles, signature = self._setup()
+            self.scheme.warm()  # the MAC's compiled kernels, before the first chunk arrives
             self._serve_desk()
             hello = {"role": "solver", "public": True}
             if self._own_ctx:

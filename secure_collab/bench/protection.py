@@ -82,6 +82,7 @@ def measure_mode(mode: str, parties: int, n_values: int, values: Callable[[int],
     params = ProtectionParams(mode, max_parties=parties, bound=bound, min_parties=min(min_parties, parties),
                               extra=dict(extra or {}))
     scheme = get_scheme(mode)
+    scheme.warm()  # as a session's roles do at their start: not timed
     names = [f"party-{p}" for p in range(parties)]
     signing = {name: Ed25519PrivateKey.generate() for name in names}  # each party's long-term keys
     sealing = {name: X25519PrivateKey.generate() for name in names}

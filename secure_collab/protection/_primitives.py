@@ -22,7 +22,7 @@ from .statements import verify as ed25519_verify  # signature checks live in sta
 
 # 1 MiB: large enough to amortise the per-call overhead, small enough to stay in cache.
 KEYSTREAM_CHUNK = 1 << 20
-_ZEROS = bytes(KEYSTREAM_CHUNK)
+_ZEROS = memoryview(bytes(KEYSTREAM_CHUNK))  # sliced without a copy
 _AEAD_NONCE = bytes(12)  # every single-use AEAD key (derived from an ephemeral DH) takes this one nonce
 NONCE_BYTES = 12
 
@@ -73,10 +73,15 @@ def x25519_public(private: bytes) -> bytes:
 
 def x25519(private: bytes, peer_public: bytes) -> bytes:
     """RFC 7748 X25519(private, peer). Refuses a low-order peer (all-zero shared secret)."""
+    return x25519_with_public(private, peer_public)[1]
+
+
+def x25519_with_public(private: bytes, peer_public: bytes) -> tuple[bytes, bytes]:
+    """(``x25519_public(private)``, ``x25519(private, peer)``) from one loaded key: loading a private key computes
+    its public key, so sealing a seed per chunk costs two scalar multiplications, not three."""
+    key = X25519PrivateKey.from_private_bytes(private)
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        return key.public_key().public_bytes_raw(), key.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # wrong length or a low-order point
         raise AuthenticationFailed() from exc
 

@@ -59,6 +59,22 @@ def triangle_size(dim: int) -> int:
 
 def check_values(values: np.ndarray, bound: float, ctx: StatContext, n_values: int | None = None) -> None:
     """Refuse anything but a flat, finite float64 vector whose entries are within ``bound``."""
+    check_shape(values, ctx, n_values)
+    # max and min are reductions (no temporary as long as the vector); NaN propagates through both
+    peak = max(float(np.max(values)), -float(np.min(values)))
+    where = f"statistic {ctx.statistic!r} of layer {ctx.layer}"
+    if not math.isfinite(peak):
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ProtectionError(f"{where}: non-finite value {values[bad]} at index {bad}")
+    if peak > bound:
+        at = int(np.argmax(np.abs(values)))
+        raise ProtectionError(
+            f"{where}: |value| {peak:.6g} at index {at} exceeds the declared bound {bound:.6g}"
+        )
+
+
+def check_shape(values: np.ndarray, ctx: StatContext, n_values: int | None = None) -> None:
+    """Refuse anything but a non-empty flat float64 vector (of ``n_values`` values when given)."""
     where = f"statistic {ctx.statistic!r} of layer {ctx.layer}"
     if not isinstance(values, np.ndarray):
         raise ProtectionError(f"{where}: expected a numpy array, got {type(values).__name__}")
@@ -70,16 +86,6 @@ def check_values(values: np.ndarray, bound: float, ctx: StatContext, n_values: i
         raise ProtectionError(f"{where}: expected {n_values} values, got {values.shape[0]}")
     if values.size == 0:
         raise ProtectionError(f"{where}: empty statistic")
-    # max and min are reductions (no temporary as long as the vector); NaN propagates through both
-    peak = max(float(np.max(values)), -float(np.min(values)))
-    if not math.isfinite(peak):
-        bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise ProtectionError(f"{where}: non-finite value {values[bad]} at index {bad}")
-    if peak > bound:
-        at = int(np.argmax(np.abs(values)))
-        raise ProtectionError(
-            f"{where}: |value| {peak:.6g} at index {at} exceeds the declared bound {bound:.6g}"
-        )
 
 
 def check_bound(bound: float, max_parties: int, min_parties: int) -> None:

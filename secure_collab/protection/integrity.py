@@ -12,6 +12,8 @@ Pure functions: keys and labels in, integers out.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
 from . import _primitives as hazmat
@@ -23,16 +25,15 @@ _ALPHA_INFO = b"secure-collab/v2/mac-alpha|"
 _PAD_INFO = b"secure-collab/v2/tag-pad|"
 TAG_KEY_INFO = b"secure-collab/v2/tag-key|"
 _Q = np.uint64(Q)
-_I31 = np.int64((1 << 31) - 1)
-_S31 = np.int64(31)
 
 
 # Values per step of the piecewise kernels (MAC, encoding, masks, decoding). Small enough that one protect's
-# or open's scratch (~10 buffers) stays near the core's caches and, above all, below glibc's heap trim
-# threshold: a session calls protect once per 262,144-value chunk, and scratch of 2^16-value pieces (~7.5 MB
-# with the payload) was handed back to the kernel and page-faulted in again on every call (84 k faults and
-# twice the time for 16 chunks; docs/protection.md). Large enough that numpy's per-call cost stays small.
-PIECE_VALUES = 1 << 14
+# or open's scratch (α of both tags, mask words, the encoded piece: 1 MiB at 2^15) stays near the core's caches
+# and below glibc's heap trim threshold: a session calls protect once per 262,144-value chunk, and the numpy
+# kernels' scratch of 2^16-value pieces (~7.5 MB with the payload) was handed back to the kernel and
+# page-faulted in again on every call (84 k faults and twice the time for 16 chunks; docs/protection.md).
+# Large enough that the per-piece Python cost (three keystream fills, one compiled call) stays small.
+PIECE_VALUES = 1 << 15
 
 
 def _alpha_key(mac_key: bytes, label: bytes, j: int) -> bytes:
@@ -53,71 +54,61 @@ def tag_pad(tag_key: bytes, j: int) -> int:
     return int.from_bytes(raw, "little") & Q
 
 
-class _DotKernel:
-    """Exact Σ a_i·u_i (a Python int, not reduced) of uint64 a in [0, q] and int64 u with |u| < 2^60, through
-    reused buffers of ``size`` values: no allocation proportional to the vector, and no 128-bit integers.
+def _kernels() -> ModuleType:
+    """The compiled kernels, imported on first use: by the roles that compute tags (parties, solver), never the
+    coordinator (numba's import is ~55 MB of its memory bound)."""
+    from . import _kernels
 
-    With a = a1·2^31 + a0 and u = u1·2^31 + u0 (a0, u0 in [0, 2^31), a1 in [0, 2^30), u1 = u >> 31 signed in
-    [−2^29, 2^29)): a·u = h·2^62 + m·2^31 + l with h = a1·u1, m = a1·u0 + a0·u1, l = a0·u0, all within int64.
-    The bits of l above 31 are carried into m and those of m into h, and h is split at bit 31, so every summed
-    array holds values below 2^31 in magnitude: exact int64 sums for any chunk under 2^32 values."""
-
-    def __init__(self, size: int) -> None:
-        self.u0, self.u1, self.a0, self.a1, self.h, self.m, self.t = (
-            np.empty(size, dtype=np.int64) for _ in range(7))
-
-    def split_u(self, u: np.ndarray) -> None:
-        """Once per chunk of u (shared by every α)."""
-        k = u.shape[0]
-        np.bitwise_and(u, _I31, out=self.u0[:k])
-        np.right_shift(u, _S31, out=self.u1[:k])  # arithmetic: the sign stays in u1
-
-    def dot(self, a: np.ndarray) -> int:
-        """Σ a_i·u_i over the chunk last given to ``split_u`` (a: the same length, values in [0, q])."""
-        k = a.shape[0]
-        u0, u1, a0, a1, h, m, t = (b[:k] for b in (self.u0, self.u1, self.a0, self.a1, self.h, self.m, self.t))
-        ai = a.view(np.int64)  # a <= q < 2^63: the same non-negative integers
-        np.bitwise_and(ai, _I31, out=a0)
-        np.right_shift(ai, _S31, out=a1)
-        np.multiply(a1, u1, out=h)  # |h| < 2^59
-        np.multiply(a1, u0, out=m)
-        np.multiply(a0, u1, out=t)
-        np.add(m, t, out=m)  # m in (−2^60, 2^61 + 2^60)
-        np.multiply(a0, u0, out=t)  # l in [0, 2^62)
-        np.right_shift(t, _S31, out=a1)  # carry l's high bits into m (a1 is free now)
-        np.add(m, a1, out=m)
-        np.bitwise_and(t, _I31, out=t)
-        low = int(np.add.reduce(t))
-        np.right_shift(m, _S31, out=a1)  # and m's into h
-        np.add(h, a1, out=h)
-        np.bitwise_and(m, _I31, out=m)
-        mid = int(np.add.reduce(m))
-        np.right_shift(h, _S31, out=a1)
-        np.bitwise_and(h, _I31, out=h)
-        return ((int(np.add.reduce(a1)) << 93) + (int(np.add.reduce(h)) << 62) + (mid << 31) + low)
+    return _kernels
 
 
 class TagStream:
     """⟨α_j, u⟩ mod q for every tag j of one chunk label, over a vector fed in pieces of at most ``size``
     values (each α_j's keystream continues across pieces): what ``tags`` and ``verify`` compute, in bounded
-    memory, without ever holding α_j or a temporary as long as the vector."""
+    memory, without ever holding α_j or a temporary as long as the vector. The dot product is one compiled
+    pass over each piece (``_kernels.limb_sums``: exact int64 limbs, combined into Python integers here)."""
 
     def __init__(self, mac_key: bytes, label: bytes, size: int = PIECE_VALUES) -> None:
         self._streams = [hazmat.Keystream(_alpha_key(mac_key, label, j), bytes(16)) for j in range(TAGS)]
         self._sums = [0] * TAGS
         self._size = size
-        self._alpha = np.empty(size, dtype=np.uint64)
-        self._kernel = _DotKernel(size)
+        self._alpha = np.empty(TAGS * size, dtype=np.uint64)  # raw keystream words; the kernel masks them to q
+        self._limbs = np.empty((TAGS, 4), dtype=np.int64)
+        self._mask = np.empty(size, dtype=np.uint64)  # protect's scratch: mask words and the encoded piece
+        self._u = np.empty(size, dtype=np.int64)
+        self._k = _kernels()
 
     def update(self, u: np.ndarray) -> None:
         """The next int64 piece of u (|u| < 2^60), at most ``size`` values."""
-        k = u.shape[0]
-        self._kernel.split_u(u)
-        a = self._alpha[:k]
+        self._k.limb_sums(self._next_alpha(u.shape[0]), np.ascontiguousarray(u, dtype=np.int64), self._limbs)
+        self._add_limbs()
+
+    def protect(self, x: np.ndarray, frac_bits: int, out: np.ndarray, mask: hazmat.Keystream | None = None) -> float:
+        """A party's pass over the next float64 piece x: u = round(x · 2^frac_bits) (``encoding.encode_fixed``) fed
+        to the stream as by ``update``, and ``out`` (uint64, as long as x) = u − the next words of ``mask`` mod 2^64
+        (``shares``), or u without one: one compiled call while the piece is in cache. Returns the piece's largest
+        magnitude (NaN if it holds a NaN): the caller must refuse everything unless it is within the bound, since
+        out and the stream mean nothing then."""
+        k = x.shape[0]
+        words = self._mask[:k] if mask is not None else self._mask[:0]
+        if mask is not None:
+            mask.fill(words.data)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        peak = self._k.protect_piece(x, x.view(np.uint64), 2.0**frac_bits, self._next_alpha(k), words,
+                                     self._u[:k], out, self._limbs)
+        self._add_limbs()
+        return float(np.array([peak], dtype=np.uint64).view(np.float64)[0])
+
+    def _next_alpha(self, k: int) -> np.ndarray:
+        """(TAGS, k): the next k raw keystream words of each α_j (the kernels mask them to [0, q])."""
+        a = self._alpha[: TAGS * k].reshape(TAGS, k)  # contiguous whatever k
         for j, stream in enumerate(self._streams):
-            stream.fill(a.data)
-            np.bitwise_and(a, _Q, out=a)
-            self._sums[j] += self._kernel.dot(a)
+            stream.fill(a[j].data)
+        return a
+
+    def _add_limbs(self) -> None:
+        for j, total in enumerate(self._k.combine(self._limbs)):
+            self._sums[j] += total
 
     def update_all(self, u: np.ndarray) -> None:
         """All of u, in pieces of this stream's size."""
@@ -129,13 +120,21 @@ class TagStream:
         return [s % Q for s in self._sums]
 
 
+def warm() -> None:
+    """Load the compiled kernels now (compiled once per machine, then read from numba's cache: ~0.5 s), so the
+    first chunk a party protects or the solver opens does not pay for it."""
+    TagStream(bytes(32), b"warm", 1).protect(np.zeros(1), 0, np.empty(1, dtype=np.uint64))
+    dot_mod_q(np.zeros(1, dtype=np.uint64), np.zeros(1, dtype=np.int64))
+
+
 def dot_mod_q(a: np.ndarray, u: np.ndarray) -> int:
-    """⟨a, u⟩ mod q for a in [0, q] (uint64) and signed int64 u with |u| < 2^60, chunk by chunk."""
+    """⟨a, u⟩ mod q for a in [0, q] (uint64) and signed int64 u with |u| < 2^60, piece by piece."""
     a, u = np.asarray(a, dtype=np.uint64), np.asarray(u, dtype=np.int64)
-    kernel, total = _DotKernel(min(PIECE_VALUES, max(u.shape[0], 1))), 0
+    k, total, limbs = _kernels(), 0, np.empty((1, 4), dtype=np.int64)
     for start in range(0, u.shape[0], PIECE_VALUES):
-        kernel.split_u(u[start : start + PIECE_VALUES])
-        total += kernel.dot(a[start : start + PIECE_VALUES])
+        k.limb_sums(np.ascontiguousarray(a[None, start : start + PIECE_VALUES]),
+                    np.ascontiguousarray(u[start : start + PIECE_VALUES]), limbs)
+        total += k.combine(limbs)[0]
     return total % Q
 
 

@@ -34,9 +34,9 @@ from .base import (
 from .encoding import (
     aggregate_bound,
     check_bound,
+    check_shape,
     check_values,
     decode_fixed_in_place,
-    encode_fixed_into,
     fixed_point_bits,
 )
 from .public import EXTRA_FRAMES, SEALED_SEED_BYTES, SEED_BYTES, PublicScheme
@@ -61,8 +61,13 @@ class ProtectionScheme(PublicScheme):
 
     @abc.abstractmethod
     def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        """Party side: the int64 vector (data, then tag limbs) as this mode's data frames. The vector is a fresh
-        buffer of ``protect``: a mode may hide it in place and hand out views of it."""
+        """Party side: the int64 vector (data, then tag limbs; already minus ``_mask``'s words) as this mode's data
+        frames. The vector is a fresh buffer of ``protect``: a mode may hide it in place and hand out views of it."""
+
+    def _mask(self, seed: bytes, ctx: StatContext) -> hazmat.Keystream | None:
+        """Party side: a keystream whose words the encoding subtracts mod 2^64 in the same pass (``shares``), or
+        None."""
+        return None
 
     @abc.abstractmethod
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
@@ -124,6 +129,10 @@ class ProtectionScheme(PublicScheme):
             raise ProtectionError(f"setup bundle of party {party!r}: authentication failed") from None
         return PartySecrets(plain[:32], plain[32:])
 
+    def warm(self) -> None:
+        """Load what protect and open compile (the MAC's kernels) before the first chunk (parties, solver)."""
+        integrity.warm()
+
     # ---- party ------------------------------------------------------------------------------------
     def protect(self, values: np.ndarray, ctx: StatContext, public: bytes, secrets: PartySecrets,
                 signer: Ed25519PrivateKey) -> Payload:
@@ -137,9 +146,11 @@ class ProtectionScheme(PublicScheme):
             raise ProtectionError("protect() needs the party's context (ctx.party is empty)")
         if len(seed) != SEED_BYTES:
             raise ProtectionError(f"a seed has {SEED_BYTES} bytes")
-        check_values(values, pub.meta["bound"], ctx)
+        check_shape(values, ctx)
         tag_key = hazmat.hkdf_sha256(seed, None, integrity.TAG_KEY_INFO + ctx.label(), 32)
-        vector = encode_with_tags(values, pub, secrets.mac_key, ctx.aggregate().label(), tag_key)
+        # the range is checked in the same pass as the encoding, before anything leaves this call
+        vector = encode_with_tags(values, pub, secrets.mac_key, ctx.aggregate().label(), tag_key, ctx,
+                                  self._mask(seed, ctx))
         frames = self._hide(vector, seed, ctx, pub)
         sealed = sealing.seal_to(bytes.fromhex(pub.meta["solver_x25519"]), seed, sealing.SEED_INFO, ctx.label(),
                                  ephemeral)
@@ -244,23 +255,38 @@ class ProtectionScheme(PublicScheme):
         return aggregate_bound(pub.meta["bound"], parties, pub.meta["frac_bits"])
 
 
-def encode_with_tags(values: np.ndarray, pub: _wire.Public, mac_key: bytes, label: bytes,
-                     tag_key: bytes) -> np.ndarray:
-    """A party's int64 vector: round(x · 2^f) of its values, then its tags' limbs (``integrity``).
+def encode_with_tags(values: np.ndarray, pub: _wire.Public, mac_key: bytes, label: bytes, tag_key: bytes,
+                     ctx: StatContext, mask: hazmat.Keystream | None = None) -> np.ndarray:
+    """A party's int64 vector: round(x · 2^f) of its (shape-checked) values, then its tags' limbs
+    (``integrity``), all minus ``mask``'s words mod 2^64 when a mode masks (``shares``); ProtectionError if a
+    value is not finite or exceeds the bound (``encoding.check_values``'s message).
 
-    One pass, piece by piece: each piece is encoded into its place in the result and fed to the MAC while it
-    is still in cache; the only buffer as long as the vector is the result itself."""
+    One pass, piece by piece: each piece is range-checked, encoded, tagged and masked into its place in the
+    result while it is in cache (``integrity.TagStream.protect``); the only buffer as long as the vector is the
+    result itself."""
     n, limb_bits = values.shape[0], pub.meta["limb_bits"]
     out = np.empty(n + integrity.tag_values(limb_bits), dtype=np.int64)
+    words = out.view(np.uint64)
     step = min(integrity.PIECE_VALUES, n)
-    scratch = np.empty(step, dtype=np.float64)
-    stream = integrity.TagStream(mac_key, label, step)
+    stream, bound = integrity.TagStream(mac_key, label, step), pub.meta["bound"]
     for start in range(0, n, step):
-        part = out[start : min(start + step, n)]
-        encode_fixed_into(values[start : start + step], pub.meta["frac_bits"], part, scratch[: part.shape[0]])
-        stream.update(part)
+        end = min(start + step, n)
+        peak = stream.protect(values[start:end], pub.meta["frac_bits"], words[start:end], mask)
+        if not peak <= bound:  # NaN, infinite or beyond the bound
+            refuse_range(values, bound, ctx)
     out[n:] = integrity.to_limbs(integrity.finish_tags(stream, tag_key), limb_bits)
+    if mask is not None:  # the mask continues over the tags' limbs
+        tail = np.empty(out.shape[0] - n, dtype=np.uint64)
+        mask.fill(tail.data)
+        np.subtract(words[n:], tail, out=words[n:])
     return out
+
+
+def refuse_range(values: np.ndarray, bound: float, ctx: StatContext) -> None:
+    """Refuse ``values``, one of whose pieces had a largest magnitude that is NaN, infinite or beyond ``bound``:
+    with ``encoding.check_values``'s message, which names the first offending value."""
+    check_values(values, bound, ctx)
+    raise ProtectionError(f"statistic {ctx.statistic!r} of layer {ctx.layer}: a value exceeds the bound {bound:.6g}")
 
 
 class ArrayScheme(ArrayPublic, ProtectionScheme):

@@ -42,9 +42,8 @@ def fresh_bytes(n: int) -> bytes:
 
 def seal_to(recipient_public: bytes, plaintext: bytes, purpose: bytes, ad: bytes, ephemeral: bytes) -> bytes:
     """Seal ``plaintext`` to an X25519 public key; ``ephemeral`` is a fresh 32-byte X25519 private key."""
-    eph_public = hazmat.x25519_public(ephemeral)
     try:
-        shared = hazmat.x25519(ephemeral, recipient_public)
+        eph_public, shared = hazmat.x25519_with_public(ephemeral, recipient_public)
     except hazmat.AuthenticationFailed as exc:
         raise ProtectionError("the recipient's public key is not a valid X25519 key") from exc
     key = hazmat.hkdf_sha256(shared, eph_public + recipient_public, purpose + ad, 32)
@@ -57,8 +56,7 @@ def open_sealed(sealed: bytes, recipient_private: bytes, purpose: bytes, ad: byt
     if len(sealed) != SEALED_OVERHEAD + size:
         raise hazmat.AuthenticationFailed()
     eph_public = bytes(sealed[:32])
-    recipient_public = hazmat.x25519_public(recipient_private)
-    shared = hazmat.x25519(recipient_private, eph_public)
+    recipient_public, shared = hazmat.x25519_with_public(recipient_private, eph_public)
     key = hazmat.hkdf_sha256(shared, eph_public + recipient_public, purpose + ad, 32)
     return hazmat.aead_open(key, bytes(sealed[32:]), ad)
 

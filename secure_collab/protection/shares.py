@@ -20,7 +20,7 @@ import numpy as np
 from . import _primitives as hazmat
 from . import _wire
 from ._array import FRAME_VALUES
-from .base import Authenticated, Buffer, Payload, ProtectionError, SolverKeys, StatContext
+from .base import Authenticated, Payload, ProtectionError, SolverKeys, StatContext
 from .integrity import PIECE_VALUES
 from .scheme import ArrayScheme
 
@@ -51,10 +51,10 @@ def mask_vector(encoded: np.ndarray, seed: bytes, ctx: StatContext, sign: int) -
 class SharesScheme(ArrayScheme):
     mode = "shares"
 
-    def _hide(self, vector: np.ndarray, seed: bytes, ctx: StatContext, pub: _wire.Public) -> tuple[Buffer, ...]:
-        masked = vector.view(np.uint64)  # protect's fresh buffer, masked in place
-        mask_vector(masked, seed, ctx, sign=-1)
-        return _wire.split_frames(masked, FRAME_VALUES)
+    def _mask(self, seed: bytes, ctx: StatContext) -> hazmat.Keystream:
+        """masked = v − PRG(seed): subtracted as the vector is encoded (``scheme.encode_with_tags``); the frames
+        are then the plain mode's views of it."""
+        return mask_stream(seed, ctx)
 
     def _unhide(self, aggregate: Payload, keys: SolverKeys, ctx: StatContext, auth: Authenticated,
                 pub: _wire.Public) -> np.ndarray:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from secure_collab.protection import IntegrityError, PartyFault, Payload, StatContext
 from secure_collab.protection import integrity as mac
+from secure_collab.protection.encoding import encode_fixed
 from secure_collab.protection.sealing import SEED_INFO, seal_to
 
 from .conftest import CTX, Session, accumulate, make_session, protect_all
@@ -32,6 +33,40 @@ def test_dot_mod_q_equals_python_integers(pairs):
     a = np.array([p[0] for p in pairs], dtype=np.uint64)
     u = np.array([p[1] for p in pairs], dtype=np.int64)
     assert mac.dot_mod_q(a, u) == sum(x * y for x, y in pairs) % Q
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3000), st.integers(0, 2**32), st.integers(0, 58), st.sampled_from([1, 7, 64, 4096]),
+       st.booleans())
+def test_tag_stream_protect_is_encode_fixed_then_tags_then_mask(n, seed, frac_bits, size, masked):
+    """The compiled protect pass gives numpy's encoding (``encode_fixed``: x · 2^f rounded half to even) minus the
+    mask's AES-CTR words mod 2^64, and the tags of the unmasked integers as Python integers compute them: ties,
+    signs, the bound's edge (|x · 2^f| up to 2^58), values below one step, pieces of any size."""
+    from secure_collab.protection import _primitives as hazmat
+
+    rng = np.random.default_rng(seed)
+    top = 2.0 ** (58 - frac_bits)
+    x = rng.uniform(-top, top, n) * rng.choice([1.0, 1e-3, 1e-12, 2.0 ** -(frac_bits + 1)], n)
+    x[rng.integers(0, n, 3)] = rng.choice([0.5, -0.5, 1.5, -2.5, 0.0, -0.0, top, -top], 3) * 2.0**-frac_bits
+    key = bytes(range(32))
+    out, stream = np.empty(n, dtype=np.uint64), mac.TagStream(b"k" * 32, b"label", size)
+    mask = hazmat.Keystream(key, bytes(16)) if masked else None
+    peak = 0.0
+    for start in range(0, n, size):
+        peak = max(peak, stream.protect(x[start : start + size], frac_bits, out[start : start + size], mask))
+    want = encode_fixed(x, frac_bits)
+    assert [int(v) for v in want[:4]] == [round(float(v) * 2**frac_bits) for v in x[:4]]  # Python's: half to even
+    words = np.frombuffer(hazmat.aes_ctr_keystream(key, bytes(16), 8 * n), dtype=np.uint64)
+    assert np.array_equal(out, want.view(np.uint64) - words if masked else want.view(np.uint64))
+    assert peak == float(np.max(np.abs(x)))
+    alphas = [[int(a) for a in mac.alpha(b"k" * 32, b"label", j, n)] for j in range(mac.TAGS)]
+    assert stream.digests() == [sum(a * int(u) for a, u in zip(al, want, strict=True)) % Q for al in alphas]
+
+
+def test_tag_stream_protect_reports_a_nan_wherever_it_is():
+    x = np.zeros(100)
+    x[57] = np.nan
+    assert np.isnan(mac.TagStream(b"k" * 32, b"label", 100).protect(x, 10, np.empty(100, dtype=np.uint64)))
 
 
 def test_dot_mod_q_at_the_extremes():

@@ -121,7 +121,7 @@ def test_redteam_one_party_over_its_value_bound_opens_while_the_sum_stays_in_bou
     hostile = rng.uniform(-1, 1, 300)
     hostile[0] = 120.0  # 2.4 β
     with monkeypatch.context() as m:  # the hostile party's own code, altered: no bound check, honest tags
-        m.setattr(scheme_module, "check_values", lambda *a, **k: None)
+        m.setattr(scheme_module, "refuse_range", lambda *a, **k: None)
         payloads.append(s.protect(hostile, CTX.for_party("p2")))
     opened = s.open(accumulate(s, payloads, (0, 1, 2)))
     assert opened[0] > 100  # 2.4 β from one party: opened, and handed to the plausibility checks
