@@ -33,7 +33,7 @@ from parties.queries import QueryChannel
 from parties.status import StatusFile
 from parties.tags import PartyTags, Tagger
 from secure_collab.config import STATISTICS, Config
-from secure_collab.editing.defences import parse_defence
+from secure_collab.editing.defences import DefenceError, parse_defence
 from secure_collab.editing.noise import session_noise_plan
 from secure_collab.keys import CurveKeyPair, load_identity
 from secure_collab.protection import PartySecrets, ProtectionError, ProtectionScheme, StatContext
@@ -364,9 +364,12 @@ class Party:
         for layer in layers:
             key = (msg.round, layer)
             if key not in self.cache:
+                try:
+                    stats = self.compute(msg.round, layer)
+                except DefenceError as exc:  # e.g. too few sure decoys for decoys:R: this party cannot take part
+                    raise Fatal(f"{where}: {exc}") from None
                 # checked as computed, then packed once (upper triangle of G): never unpacked here
-                self.cache[key] = pack_statistics(self._checked(layer, self.compute(msg.round, layer)),
-                                                  self.s.d_k, self.s.d_v)
+                self.cache[key] = pack_statistics(self._checked(layer, stats), self.s.d_k, self.s.d_v)
         self._pad_answer(started)
         order = tuple((lay, st, i) for lay in layers for st in STATISTICS
                       for i in range(len(chunk_bounds(self.cache[(msg.round, lay)][st].size, self.s.chunk_values))))

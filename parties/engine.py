@@ -97,11 +97,12 @@ class PartyEditor:
             self.log(f"noise on: keys clipped to ‖k‖ ≤ {plan.key_norm:g}, residuals to ‖r‖ ≤ {plan.residual_norm:g}; "
                      f"each value gets a discrete Gaussian of σ = {plan.sigma:.4g} (grid {plan.grid:.3g})")
         self.camouflage = self._camouflage(defence.camouflage, defence_rng)
-        self.decoy_ratio = defence.decoys
+        self.decoy_ratio, self.decoy_floor = defence.decoys, defence.decoy_floor
         self.decoys: dict[int, Any] = {}  # round -> decoys.DecoyEdits (this party's secret)
         self.decoy_rng = defence_rng or random.SystemRandom()
         if self.decoy_ratio:
-            self.log(f"decoys on: {self.decoy_ratio} secret public decoy edits per edit, counted in N")
+            self.log(f"decoys on: {self.decoy_ratio} secret public decoy edits per edit, counted in N, each a subject "
+                     f"whose answer the model gives with p >= {self.decoy_floor:g}")
         self.targets: dict[int, TargetResult] = {}
         self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
         self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
@@ -260,7 +261,8 @@ class PartyEditor:
             from secure_collab.editing.decoys import make_decoys
 
             self.decoys[round_] = make_decoys(self.lm, self.hp, self.decoy_ratio, self.decoy_rng, reqs,
-                                              self.targets[round_].z, cur, exclude=[r.subject for r in self.requests])
+                                              self.targets[round_].z, cur, exclude=[r.subject for r in self.requests],
+                                              confidence=self.decoy_floor)
             self.log(f"round {round_}: {len(self.decoys[round_])} decoy edits added to the statistics")
         return self.decoys[round_]
 

@@ -32,7 +32,7 @@ the meaning of every key. Its shape (every field of [session] is bound into each
                                  # default roster order)
     known_residual = 0.0         # > 0: a party withholds a request with ‖z*−h‖/‖h‖ <= this (the model knows it)
     augment = 2                  # paraphrased requests a conflict winner adds (exempt from dedupe)
-    defence = "none"             # none | camouflage:S | decoys:R (parties) | rank:K (solver) | noise:Z (parties;
+    defence = "none"             # none | camouflage:S | decoys:R[@P] (parties) | rank:K (solver) | noise:Z (parties;
                                  # clips to key_norm_bound, residual_norm_bound) [delta:D], joined with '+'
                                  # (secure_collab.editing.defences; docs/privacy.md, docs/dp.md)
     release = "weights"          # weights: every party receives ΔW | served: only the solver's host applies it and

@@ -19,7 +19,11 @@ def test_decoys_parse_combine_and_count_as_edits():
     assert both == Defence(2.0, 5, decoys=9) and parse_defence(both.spec()) == both
     assert both.spec() == "camouflage:2+decoys:9+rank:5"
     assert Defence().edit_factor == 1
-    for bad in ("decoys", "decoys:0", "decoys:-1", "decoys:1.5", "decoys:101", "decoys:2+decoys:3"):
+    sure = parse_defence("decoys:3@0.5")  # the floor of the sampler's rule, public like R
+    assert sure == Defence(decoys=3, decoy_floor=0.5) and sure.spec() == "decoys:3@0.5"
+    assert parse_defence("decoys:3@0.9") == d
+    for bad in ("decoys", "decoys:0", "decoys:-1", "decoys:1.5", "decoys:101", "decoys:2+decoys:3", "decoys:2@",
+                "decoys:2@1.5", "decoys:2@-0.1", "decoys:2@x", "decoys:@0.5", "decoys:2@nan"):
         with pytest.raises(DefenceError, match="bad defence"):
             parse_defence(bad)
 
@@ -44,24 +48,24 @@ def test_decoys_are_public_subjects_with_residuals_drawn_from_the_partys_own_nor
     t = compute_targets(tiny, own, hp, templates)
     cur = current_outputs(tiny, own, hp).double()
     real = (t.z.double() - cur).norm(dim=1)
-    d = make_decoys(tiny, hp, 2, random.Random(5), own, t.z)
+    d = make_decoys(tiny, hp, 2, random.Random(5), own, t.z, confidence=0.0)  # a tiny random model is never sure
     assert len(d) == 6 and not {r.subject for r in d.requests} & {r.subject for r in own}
     names, prompts, which = draw_decoys(random.Random(5), 2, own,  # the same draws, in the documented order
-                                        score=lambda reqs: answer_confidence(tiny, reqs))
+                                        score=lambda reqs: answer_confidence(tiny, reqs), floor=0.0)
     assert [r.subject for r in d.requests] == names and [r.prompt for r in d.requests] == prompts
     assert {r.prompt for r in d.requests} <= {r.prompt for r in own}
     # the rule: ‖z*_d − h_d‖ is the drawn real residual norm, exactly (float64), and h_d is the decoy's state now
     assert torch.allclose((d.z - d.h).norm(dim=1), real[which], rtol=1e-10, atol=0)
     assert torch.allclose(d.h, current_outputs(tiny, d.requests, hp).double(), rtol=0, atol=1e-10)
     assert float(real.min()) > 0  # a real cover, not MEMIT's early-stopped zero
-    assert make_decoys(tiny, hp, 3, random.Random(5), [], t.z[:0]).requests == []
+    assert make_decoys(tiny, hp, 3, random.Random(5), [], t.z[:0], confidence=0.0).requests == []
 
 
-def test_the_sampler_rule_takes_sure_answers_in_draw_order_then_the_surest(capitals):
+def test_the_sampler_rule_takes_sure_answers_in_draw_order_and_nothing_less_sure(capitals):
     """draw_decoys' public rule against a score computed here: the first n candidates (in the generator's order) whose
-    score passes the floor; when fewer pass among the scanned ones, the rest are the highest-scoring of the others;
-    scoring stops once n pass."""
-    from secure_collab.editing.decoys import SCORE_BATCH, draw_decoys
+    score passes the floor; scoring stops once n pass; when fewer pass among the scanned ones, the round is refused
+    (a less sure decoy's answer could change)."""
+    from secure_collab.editing.decoys import SCORE_BATCH, DecoyError, draw_decoys
 
     own = capitals[:3]
     scored: list[str] = []
@@ -86,11 +90,13 @@ def test_the_sampler_rule_takes_sure_answers_in_draw_order_then_the_surest(capit
     assert len(want) == 6 and names == [order[i] for i in want] and got_prompts == [prompts[i] for i in want]
     assert got_which == which
     assert len(scored) == min(len(order), -(-(want[-1] + 1) // SCORE_BATCH) * SCORE_BATCH)  # stopped once 6 passed
-    # a floor nothing passes: the six highest scores of all scanned, in draw order
-    order, prompts, which, s = expected(2.0, 2)
-    names, _, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=2.0, scan=2)
-    best = sorted(sorted(range(len(s)), key=lambda i: -s[i])[:6])
-    assert names == [order[i] for i in best]
+    # too few pass among the scanned candidates: refused, after scoring every one of them
+    order, _, _, s = expected(0.9, 2)
+    assert 0 < sum(x >= 0.9 for x in s) < 6
+    scored.clear()
+    with pytest.raises(DecoyError, match=r"of the 12 public subjects drawn .* the round needs 6"):
+        draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=2)
+    assert scored == order
     # without a score: the first n drawn
     names, _, _ = draw_decoys(random.Random(7), 2, own, scan=32)
     assert names == expected(0.9, 32)[0][:6]
@@ -107,7 +113,7 @@ def test_decoy_statistics_are_the_formula_in_float64(tiny, capitals):
     hp, templates = _setup(tiny)
     own = capitals[:2]
     t = compute_targets(tiny, own, hp, templates)
-    d = make_decoys(tiny, hp, 3, random.Random(1), own, t.z)
+    d = make_decoys(tiny, hp, 3, random.Random(1), own, t.z, confidence=0.0)
     w = torch.tensor([0.5, 1.0], dtype=torch.float64)
     for i, layer in enumerate(hp.layers):
         got = party_layer_stats(tiny, own, t.z, layer, hp, templates, weights=w, decoys=d)
@@ -135,7 +141,7 @@ def test_no_decoy_answer_changes_under_its_target_nor_after_a_session_of_decoys(
     hp, templates = _setup(tiny)
     parties = split_parties(capitals[:6], 3)
     t = compute_targets(tiny, parties[0], hp, templates)
-    d = make_decoys(tiny, hp, 3, random.Random(0), parties[0], t.z)
+    d = make_decoys(tiny, hp, 3, random.Random(0), parties[0], t.z, confidence=0.0)
     b = encode(tiny.tokenizer, [r.prompt for r in d.requests], [r.subject for r in d.requests], tiny.device)
     rows = torch.arange(len(d))
     after = _answer_logprobs(tiny, b, rows, hp.layers[-1], d.z - d.h)
@@ -152,7 +158,7 @@ def test_no_decoy_answer_changes_under_its_target_nor_after_a_session_of_decoys(
         still.append(TargetResult(h, h, [0.0] * len(p), [0.0] * len(p), [0] * len(p)))
     saved = snapshot(tiny, hp.layers)
     try:
-        out = run_edit(tiny, parties, hp, covs, "collab", templates, targets=still, defence=parse_defence("decoys:3"),
+        out = run_edit(tiny, parties, hp, covs, "collab", templates, targets=still, defence=parse_defence("decoys:3@0"),
                        rngs=[random.Random(i) for i in range(3)])
         decoys = [r for x in out.decoys for r in x.requests]
         want = [a for x in out.decoys for a in x.answers]
@@ -178,7 +184,7 @@ def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholdin
     ed.plan, ed.withheld, ed.targets, ed.weights, ed.oneshot_cur, ed.verdicts = {}, {}, {}, {}, {}, {}
     ed.compute_seconds, ed.target_cache, ed.cache = 0.0, False, None
     ed.camouflage, ed.noise = None, None
-    ed.decoy_ratio, ed.decoy_rng, ed.decoys = 2, random.Random(0), {}
+    ed.decoy_ratio, ed.decoy_floor, ed.decoy_rng, ed.decoys = 2, 0.0, random.Random(0), {}
     from secure_collab.parallel import SINGLE
 
     ed.shard = SINGLE  # one process (decoys are refused with several workers)

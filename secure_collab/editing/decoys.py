@@ -4,7 +4,9 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
 - subjects: ``defences.decoy_subjects`` (titles of the public covariance corpus) drawn by the party's CSPRNG, none of
   the party's own subjects; each with a prompt template drawn from the party's own requests' prompts, so a decoy's
   key sits where a real edit of the same relation would; admitted by a public rule (``draw_decoys``): the model is
-  already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it;
+  already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it (no
+  exception: a round for which the drawn candidates hold too few such subjects is refused, never filled with
+  less sure ones);
 - target: the decoy's *current* top-1 next token on that prompt (the model as it is at the round's start). The
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from secure_collab.data.requests import Request
+from secure_collab.editing.defences import DECOY_CONFIDENCE, DefenceError
 from secure_collab.editing.hparams import MemitHParams
 from secure_collab.editing.keys import block_outputs
 from secure_collab.editing.tokens import encode
@@ -41,11 +44,18 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # answer, p(top-1) >= CONFIDENCE, so the cross-talk of the joint solve (the other edits' residuals reaching a decoy
 # through keys correlated with theirs) does not change it. Measured on SmolLM2 at decoys:9 without the rule (2
 # sessions, 540 decoys, by a one-off script over the sweep's sessions 0 and 3): 14 answers changed, each with p <= 0.65;
-# none of the 60 with p >= 0.7. About 4 % of (title, relation prompt) pairs pass 0.9, so SCAN = 32 candidates per
-# decoy are drawn, scored until enough pass.
-CONFIDENCE = 0.9
-SCAN = 32
+# none of the 60 with p >= 0.7. With the rule but a fallback to the surest of 32n candidates when fewer passed, 7 of
+# 1,890 decoy answers still changed at decoys:9: the two inspected (session 6) had p 0.69 and 0.83, both fallbacks
+# (the session's decoys had median p 0.69: on relation prompts such as "{} premieres on" well under 4 % of titles
+# pass). So there is no fallback, and SCAN = 256 candidates per decoy are drawn (capped by the pool), scored in
+# batches only until enough pass.
+CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
+SCAN = 256
 SCORE_BATCH = 64
+
+
+class DecoyError(DefenceError):
+    """Too few public subjects pass the decoy rule for the decoys a round needs (a setting to lower, not a fault)."""
 
 
 @dataclass
@@ -68,10 +78,11 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
     """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
     per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects).
 
-    The public rule: ``scan`` × n candidates (subject, one of ``own``'s prompts) are drawn in order; with ``score``
-    (each candidate's current answer probability, ``answer_confidence``) the decoys are the first n in that order whose
-    score is at least ``floor``, and when fewer pass, the rest are the highest-scoring of the others (ties in draw
-    order). Candidates are scored in batches only until n pass. Without ``score``: the first n."""
+    The public rule: ``scan`` × n candidates (subject, one of ``own``'s prompts) are drawn in order (at most the whole
+    public pool); with ``score`` (each candidate's current answer probability, ``answer_confidence``) the decoys are
+    the first n in that order whose score is at least ``floor``, scored in batches only until n pass; DecoyError if
+    fewer than n of the candidates pass (never a less sure decoy: its answer could change). Without ``score``: the
+    first n."""
     from secure_collab.editing.defences import decoy_subjects
 
     n = ratio * len(own)
@@ -79,7 +90,7 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
         return [], [], []
     order = decoy_subjects(rng, scan * n, exclude=[*exclude, *(r.subject for r in own)])
     if len(order) < n:
-        raise ValueError(f"{n} decoys asked, the public pool has {len(order)} subjects")
+        raise DecoyError(f"{n} decoys asked, the public pool has {len(order)} subjects")
     prompts = [own[rng.randrange(len(own))].prompt for _ in order]
     which = [rng.randrange(len(own)) for _ in range(n)]
     if score is None:
@@ -89,9 +100,10 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
         part = range(len(scores), min(len(order), len(scores) + SCORE_BATCH))
         scores += score([Request(subject=order[i], prompt=prompts[i], target_new="-") for i in part])
     passed = [i for i, x in enumerate(scores) if x >= floor][:n]
-    if len(passed) < n:  # the rest: the most confident of those scored (a stable sort keeps the draw order in ties)
-        rest = sorted((i for i, x in enumerate(scores) if x < floor), key=lambda i: -scores[i])
-        passed = sorted(passed + rest[:n - len(passed)])
+    if len(passed) < n:
+        raise DecoyError(f"decoys: {len(passed)} of the {len(order)} public subjects drawn have an answer the model "
+                         f"is sure of (p >= {floor}) on this party's prompts, and the round needs {n} "
+                         f"({ratio} per edit): lower decoys:R or send fewer edits per round")
     return [order[i] for i in passed], [prompts[i] for i in passed], which
 
 
@@ -157,12 +169,12 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
 
 def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
                 z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = (),
-                confidence: float = CONFIDENCE) -> DecoyEdits:
+                confidence: float | None = None) -> DecoyEdits:
     """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now,
     drawn by the public rule of ``draw_decoys`` with the model's answer probabilities as the score.
     ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None)."""
     names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=lambda reqs: answer_confidence(lm, reqs),
-                                        floor=confidence)
+                                        floor=CONFIDENCE if confidence is None else confidence)
     if not names:
         d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
         return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),

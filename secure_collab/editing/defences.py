@@ -22,9 +22,10 @@ session setting (``session.defence`` in the session file, ``--defence`` in the s
   given at (default ``DEFAULT_DELTA`` = 1e-6). ``editing/noise.py`` has the mechanism, ``editing/accounting.py``
   the (ε, δ), docs/dp.md both.
 
-- ``decoys:R`` (party side, ``editing/decoys.py``): R public decoy subjects per real edit, each edited toward its
-  current answer with a residual as large as one of the party's real ones; they enter only G and B (and the edit
-  count N, which becomes (1 + R)·n: the solver's expected count and bounds scale by ``edit_factor``).
+- ``decoys:R[@P]`` (party side, ``editing/decoys.py``): R public decoy subjects per real edit, each one whose
+  current answer the model gives with p >= P (default ``DECOY_CONFIDENCE`` = 0.9), edited toward that answer with
+  a residual as large as one of the party's real ones; they enter only G and B (and the edit count N, which
+  becomes (1 + R)·n: the solver's expected count and bounds scale by ``edit_factor``).
 
 All combine (``camouflage:3+decoys:3+rank:20+noise:1``; decoys are added to the party's keys and residuals before
 camouflage, camouflage before clipping). What is not built yet is refused by name (``NOT_BUILT``), not silently
@@ -49,10 +50,14 @@ if TYPE_CHECKING:
 
 CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
 NOT_BUILT: tuple[str, ...] = ()
-FORMS = ("none | camouflage:S (S > 0) | decoys:R (R >= 1) | rank:K (K >= 1) | noise:Z (Z > 0) [delta:D (0 < D < 1)], "
-         "joined with '+'")
+FORMS = ("none | camouflage:S (S > 0) | decoys:R[@P] (R >= 1; P in [0, 1], the least answer probability of a decoy, "
+         "default 0.9) | rank:K (K >= 1) | noise:Z (Z > 0) [delta:D (0 < D < 1)], joined with '+'")
 DEFAULT_DELTA = 1e-6  # the edit count is private, unknown at setup: 1/1000², i.e. 1/n² up to n = 1000 edits
 MAX_DECOYS = 100  # decoys per real edit: a party's statistics time grows with 1 + R
+# The decoy sampler's public floor (``decoys.draw_decoys``): a decoy is a subject whose current answer the model gives
+# with p(top-1) >= this (why 0.9: secure_collab/editing/decoys.py). ``decoys:R@P`` sets another (0 admits any
+# subject: only for models that are never sure, such as the tests' tiny random ones).
+DECOY_CONFIDENCE = 0.9
 MAX_SPEC = 100  # characters of a setting's text: it comes from a session file
 
 
@@ -67,6 +72,7 @@ class Defence:
     noise: float = 0.0  # Z: σ_total = Z Δ₂ (editing.noise); 0: off
     delta: float = DEFAULT_DELTA  # δ of the session's (ε, δ) (with noise only)
     decoys: int = 0  # R: decoy edits per real edit at each party; 0: off
+    decoy_floor: float = DECOY_CONFIDENCE  # P: the least current-answer probability of a decoy subject
 
     @property
     def none(self) -> bool:
@@ -80,7 +86,8 @@ class Defence:
     def spec(self) -> str:
         """The canonical text of this setting (what the session file and the results carry)."""
         parts = ([f"camouflage:{self.camouflage:g}"] if self.camouflage else []) + (
-            [f"decoys:{self.decoys}"] if self.decoys else []) + (
+            [f"decoys:{self.decoys}" + (f"@{self.decoy_floor:g}" if self.decoy_floor != DECOY_CONFIDENCE else "")]
+            if self.decoys else []) + (
             [f"rank:{self.rank}"] if self.rank else []) + ([f"noise:{self.noise:g}"] if self.noise else []) + (
             [f"delta:{self.delta:g}"] if self.noise and self.delta != DEFAULT_DELTA else [])
         return "+".join(parts) or "none"
@@ -94,7 +101,7 @@ def parse_defence(text: str) -> Defence:
         raise DefenceError(f"defence setting of {len(text)} characters (at most {MAX_SPEC}): use {FORMS}")
     if text in ("", "none"):
         return Defence()
-    camouflage, rank, noise, delta, decoys = 0.0, 0, 0.0, 0.0, 0
+    camouflage, rank, noise, delta, decoys, floor = 0.0, 0, 0.0, 0.0, 0, DECOY_CONFIDENCE
     for part in text.split("+"):
         name, _, value = part.strip().partition(":")
         if name == "served":
@@ -109,8 +116,9 @@ def parse_defence(text: str) -> Defence:
                     raise ValueError
                 continue
             if name == "decoys" and not decoys:
-                decoys = int(value)
-                if not 1 <= decoys <= MAX_DECOYS:
+                count, at, least = value.partition("@")
+                decoys, floor = int(count), float(least) if at else DECOY_CONFIDENCE
+                if not (1 <= decoys <= MAX_DECOYS and 0 <= floor <= 1):
                     raise ValueError
                 continue
             if name == "rank" and not rank:
@@ -133,7 +141,7 @@ def parse_defence(text: str) -> Defence:
         raise DefenceError(f"bad defence {part.strip()!r} in {text!r}: use {FORMS}")
     if delta and not noise:
         raise DefenceError(f"delta:D is the δ of noise:Z's (ε, δ): it needs noise in {text!r}; use {FORMS}")
-    return Defence(camouflage, rank, noise, delta or DEFAULT_DELTA, decoys)
+    return Defence(camouflage, rank, noise, delta or DEFAULT_DELTA, decoys, floor)
 
 
 # --------------------------------------------------------------------------------------------- camouflage

@@ -193,7 +193,7 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             from secure_collab.editing.decoys import make_decoys
 
             say(f"decoys: {defence.decoys} per edit at each party")
-            out.decoys = [make_decoys(lm, hp, defence.decoys, gens[k], reqs, z)
+            out.decoys = [make_decoys(lm, hp, defence.decoys, gens[k], reqs, z, confidence=defence.decoy_floor)
                           for k, (reqs, z) in enumerate(zip(parties, zs, strict=True))]
         out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams,
                                  defence.rank if defence is not None else 0, noises, out.decoys or None)

@@ -52,7 +52,7 @@ def test_a_defence_that_is_not_built_or_not_a_form_is_refused_at_load_in_one_lin
         load_config(path)
     message = str(exc.value)
     assert "\n" not in message and "session.defence" in message and why in message
-    assert "camouflage:S (S > 0) | decoys:R (R >= 1) | rank:K (K >= 1)" in message  # it names the forms
+    assert "camouflage:S (S > 0) | decoys:R[@P] (R >= 1; P in [0, 1]" in message  # it names the forms
     assert main(["session", "show", "--config", str(path)]) == 2  # every role loads the file the same way
     assert "session.defence" in _one_line_error(capsys, "session")
 
@@ -101,7 +101,7 @@ def test_session_init_writes_the_defence_and_the_file_loads(tmp_path, capsys):
 
 @pytest.mark.parametrize(("variant", "setting"), [("sequential", "camouflage:2+rank:2"),
                                                   ("oneshot", "camouflage:2+rank:2"),
-                                                  ("sequential", "camouflage:2+decoys:2+rank:2")])
+                                                  ("sequential", "camouflage:2+decoys:2@0+rank:2")])
 def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_rank(tmp_path, capitals, capsys,
                                                                                    variant, setting):
     """camouflage:2+rank:2 (and with decoys:2) over real sockets, shares mode: each party camouflages (and draws its
@@ -305,7 +305,7 @@ def test_with_tags_the_solver_expects_the_decoys_in_n_and_the_session_completes(
 
     cache = tmp_path / "cache"
     cfg = make_config(tmp_path, mode="shares", model="tiny-llama", d_k=96, d_v=64, layers=[1, 2], chunk_values=8192,
-                      defence="decoys:2", dedupe=True, max_edits_per_party=4, value_bound=1e5, key_norm_bound=1e4,
+                      defence="decoys:2@0", dedupe=True, max_edits_per_party=4, value_bound=1e5, key_norm_bound=1e4,
                       residual_norm_bound=1e4, hparams=HP,
                       network={"max_message_bytes": 1 << 20, "stage_timeout_s": 120.0, "solve_timeout_s": 120.0,
                                "join_timeout_s": 60.0})

@@ -20,14 +20,14 @@ FIELDS = {"view", "attack", "defence", "sessions", "m", "recall_m", "recall_m_ci
 def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_release(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["defences", "--model", "tiny-llama", "--requests", "bundled", "--limit", "12", "--sessions", "2",
-            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1,noise:2,decoys:1",
+            "--parties", "2", "--per-party", "3", "--grid", "none,camouflage:2,rank:1,noise:2,decoys:1@0",
             "--out", str(out),
             "--damage-subjects", "20", "--key-norm-bound", "30", "--residual-norm-bound", "5", "--model-floor", "-q",
             "--json", str(tmp_path / "r.json")]
     assert main(argv, entry_points=EPS) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
     rows = doc["results"]
-    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1", "noise:2", "decoys:1"}
+    assert {r["defence"] for r in rows} == {"none", "camouflage:2", "rank:1", "noise:2", "decoys:1@0"}
     assert all(FIELDS <= set(r) and r["sessions"] == 2 and r["m"] == 6 for r in rows)
     assert all((r["epsilon"] is None) == (r["defence"] != "noise:2") and 0 <= r["recall_m"] <= 1 for r in rows)
     # noise:2's ε is the accountant's for these sessions: 2 parties (min_parties), 3 edits each, κ = 30, ρ = 5, the
@@ -49,9 +49,9 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     assert by["none"]["flops_per_candidate"] < next(r for r in rows if r["attack"] == "subspace-all")[
         "flops_per_candidate"]
     # decoys:1: 6 decoys per session (one per edit), their answer changes counted; the answer check costs queries
-    dec = {r["attack"]: r for r in rows if r["defence"] == "decoys:1"}
+    dec = {r["attack"]: r for r in rows if r["defence"] == "decoys:1@0"}
     assert dec["norm-all"]["decoys"] == 6 and 0 <= dec["norm-all"]["decoys_changed"] <= 6
-    assert by["decoys:1"]["damage_kl_decoys"] > 0 and "decoys" not in by["none"]
+    assert by["decoys:1@0"]["damage_kl_decoys"] > 0 and "decoys" not in by["none"]
     check = dec["answer-check"]
     assert check["queries_per_checked_candidate"] >= 2 and 0 < check["queries_per_candidate"] < 2 * 6
     assert check["flops_per_candidate"] > dec["norm-all"]["flops_per_candidate"]
