@@ -364,17 +364,22 @@ class Party:
         for layer in layers:
             key = (msg.round, layer)
             if key not in self.cache:
-                try:
-                    stats = self.compute(msg.round, layer)
-                except DefenceError as exc:  # e.g. too few sure decoys for decoys:R: this party cannot take part
-                    raise Fatal(f"{where}: {exc}") from None
                 # checked as computed, then packed once (upper triangle of G): never unpacked here
-                self.cache[key] = pack_statistics(self._checked(layer, stats), self.s.d_k, self.s.d_v)
+                self.cache[key] = pack_statistics(self._checked(layer, self._compute(msg.round, layer, where)),
+                                                  self.s.d_k, self.s.d_v)
         self._pad_answer(started)
         order = tuple((lay, st, i) for lay in layers for st in STATISTICS
                       for i in range(len(chunk_bounds(self.cache[(msg.round, lay)][st].size, self.s.chunk_values))))
         self.stream = _Stream((msg.round, layers, attempt), order, where, stage_end)
         self._send_stream(self.stream, msg.body.get("upto", len(order)))
+
+    def _compute(self, round_: int, layer: int, where: str) -> Mapping[str, np.ndarray]:
+        """This party's statistics of one layer; a defence setting it cannot meet (too few sure subjects for
+        decoys:R, ``DefenceError``) stops the party with that one-line reason: the session goes on without it."""
+        try:
+            return self.compute(round_, layer)
+        except DefenceError as exc:
+            raise Fatal(f"{where}: {exc}") from None
 
     def _send_stream(self, stream: _Stream, upto: int) -> None:
         """Protect and send the step's chunks in order up to ``upto`` (the coordinator's window; absent: all), one

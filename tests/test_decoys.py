@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_spd
@@ -198,3 +199,24 @@ def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholdin
     assert not any(n in text for n in names)
     again = ed.compute_statistics(0, hp.layers[-1])  # the round's decoys are drawn once
     assert again["N"] == 9 and ed.decoys[0] is made
+
+
+def test_a_party_that_cannot_draw_its_decoys_stops_with_the_reason_and_nothing_else_is_caught():
+    """Too few sure public subjects for decoys:R (``DecoyError``) stops that party with a one-line reason (the
+    session goes on without it); any other error is not turned into that refusal."""
+    from parties.client import Fatal, Party
+    from secure_collab.editing.decoys import DecoyError
+
+    party = Party.__new__(Party)
+
+    def refuse(round_, layer):
+        raise DecoyError("decoys: 3 of the 768 public subjects drawn have an answer the model is sure of")
+
+    party.compute = refuse
+    with pytest.raises(Fatal, match=r"^round 0 layer 4: decoys: 3 of the 768"):
+        party._compute(0, 4, "round 0 layer 4")
+    party.compute = lambda round_, layer: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        party._compute(0, 4, "round 0 layer 4")
+    party.compute = lambda round_, layer: {"N": np.array([3.0])}
+    assert party._compute(0, 4, "round 0 layer 4")["N"][0] == 3.0
