@@ -62,10 +62,10 @@ def test_decoys_are_public_subjects_with_residuals_drawn_from_the_partys_own_nor
     assert make_decoys(tiny, hp, 3, random.Random(5), [], t.z[:0], confidence=0.0).requests == []
 
 
-def test_the_sampler_rule_takes_sure_answers_in_draw_order_and_nothing_less_sure(capitals):
+def test_the_sampler_rule_takes_sure_answers_in_draw_order_then_the_surest(capitals):
     """draw_decoys' public rule against a score computed here: the first n candidates (in the generator's order) whose
-    score passes the floor; scoring stops once n pass; when fewer pass among the scanned ones, the round is refused
-    (a less sure decoy's answer could change)."""
+    score passes the floor; scoring stops once n pass; when fewer pass among the scanned ones, the rest are the
+    highest-scoring of the others."""
     from secure_collab.editing.decoys import SCORE_BATCH, DecoyError, draw_decoys
 
     own = capitals[:3]
@@ -91,13 +91,17 @@ def test_the_sampler_rule_takes_sure_answers_in_draw_order_and_nothing_less_sure
     assert len(want) == 6 and names == [order[i] for i in want] and got_prompts == [prompts[i] for i in want]
     assert got_which == which
     assert len(scored) == min(len(order), -(-(want[-1] + 1) // SCORE_BATCH) * SCORE_BATCH)  # stopped once 6 passed
-    # too few pass among the scanned candidates: refused, after scoring every one of them
+    # too few pass among the scanned candidates: those that pass, then the surest of the rest, in draw order, after
+    # scoring every one of them
     order, _, _, s = expected(0.9, 2)
     assert 0 < sum(x >= 0.9 for x in s) < 6
     scored.clear()
-    with pytest.raises(DecoyError, match=r"of the 12 public subjects drawn .* the round needs 6"):
-        draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=2)
+    names, _, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=2)
     assert scored == order
+    assert names == [order[i] for i in sorted(sorted(range(len(s)), key=lambda i: -s[i])[:6])]
+    # a pool smaller than the decoys asked: refused
+    with pytest.raises(DecoyError, match="the public pool has"):
+        draw_decoys(random.Random(7), 10**6, own, score=score)
     # without a score: the first n drawn
     names, _, _ = draw_decoys(random.Random(7), 2, own, scan=32)
     assert names == expected(0.9, 32)[0][:6]
@@ -202,18 +206,18 @@ def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholdin
 
 
 def test_a_party_that_cannot_draw_its_decoys_stops_with_the_reason_and_nothing_else_is_caught():
-    """Too few sure public subjects for decoys:R (``DecoyError``) stops that party with a one-line reason (the
-    session goes on without it); any other error is not turned into that refusal."""
+    """A pool too small for decoys:R (``DecoyError``) stops that party with a one-line reason (the session goes on
+    without it); any other error is not turned into that refusal."""
     from parties.client import Fatal, Party
     from secure_collab.editing.decoys import DecoyError
 
     party = Party.__new__(Party)
 
     def refuse(round_, layer):
-        raise DecoyError("decoys: 3 of the 768 public subjects drawn have an answer the model is sure of")
+        raise DecoyError("2700 decoys asked, the public pool has 10031 subjects")
 
     party.compute = refuse
-    with pytest.raises(Fatal, match=r"^round 0 layer 4: decoys: 3 of the 768"):
+    with pytest.raises(Fatal, match=r"^round 0 layer 4: 2700 decoys asked, the public pool has 10031"):
         party._compute(0, 4, "round 0 layer 4")
     party.compute = lambda round_, layer: 1 / 0
     with pytest.raises(ZeroDivisionError):

@@ -4,9 +4,8 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
 - subjects: ``defences.decoy_subjects`` (titles of the public covariance corpus) drawn by the party's CSPRNG, none of
   the party's own subjects; each with a prompt template drawn from the party's own requests' prompts, so a decoy's
   key sits where a real edit of the same relation would; admitted by a public rule (``draw_decoys``): the model is
-  already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it (no
-  exception: a round for which the drawn candidates hold too few such subjects is refused, never filled with
-  less sure ones);
+  already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it (where
+  the drawn candidates hold too few such subjects, the surest of the others: some relation prompts have none);
 - target: the decoy's *current* top-1 next token on that prompt (the model as it is at the round's start). The
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
@@ -44,18 +43,19 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # answer, p(top-1) >= CONFIDENCE, so the cross-talk of the joint solve (the other edits' residuals reaching a decoy
 # through keys correlated with theirs) does not change it. Measured on SmolLM2 at decoys:9 without the rule (2
 # sessions, 540 decoys, by a one-off script over the sweep's sessions 0 and 3): 14 answers changed, each with p <= 0.65;
-# none of the 60 with p >= 0.7. With the rule but a fallback to the surest of 32n candidates when fewer passed, 7 of
-# 1,890 decoy answers still changed at decoys:9: the two inspected (session 6) had p 0.69 and 0.83, both fallbacks
-# (the session's decoys had median p 0.69: on relation prompts such as "{} premieres on" well under 4 % of titles
-# pass). So there is no fallback, and SCAN = 256 candidates per decoy are drawn (capped by the pool), scored in
-# batches only until enough pass.
+# none of the 60 with p >= 0.7. With the rule and a scan of 32n candidates, 8 of 2,700 decoy answers still changed
+# at decoys:9: the two inspected (session 6) had p 0.69 and 0.83, both fallbacks to the surest (that session's decoys
+# had median p 0.69: on relation prompts such as "{} premieres on" far fewer than 4 % of titles pass). So SCAN = 256
+# candidates per decoy are drawn (capped by the pool), scored in batches only until enough pass. A strict rule (no
+# fallback) was tried and is not usable: for one party of the sweep's session 0, 0 of 6,912 titles passed p >= 0.9 on
+# its three prompts, so it could never take part with decoys.
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
 SCAN = 256
 SCORE_BATCH = 64
 
 
 class DecoyError(DefenceError):
-    """Too few public subjects pass the decoy rule for the decoys a round needs (a setting to lower, not a fault)."""
+    """The public pool holds fewer subjects than the decoys a round needs (a setting to lower, not a fault)."""
 
 
 @dataclass
@@ -80,9 +80,9 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
 
     The public rule: ``scan`` × n candidates (subject, one of ``own``'s prompts) are drawn in order (at most the whole
     public pool); with ``score`` (each candidate's current answer probability, ``answer_confidence``) the decoys are
-    the first n in that order whose score is at least ``floor``, scored in batches only until n pass; DecoyError if
-    fewer than n of the candidates pass (never a less sure decoy: its answer could change). Without ``score``: the
-    first n."""
+    the first n in that order whose score is at least ``floor``, scored in batches only until n pass; when fewer
+    pass, the rest are the highest-scoring of the others (ties in draw order): a less sure decoy's answer may
+    change. Without ``score``: the first n."""
     from secure_collab.editing.defences import decoy_subjects
 
     n = ratio * len(own)
@@ -100,10 +100,9 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
         part = range(len(scores), min(len(order), len(scores) + SCORE_BATCH))
         scores += score([Request(subject=order[i], prompt=prompts[i], target_new="-") for i in part])
     passed = [i for i, x in enumerate(scores) if x >= floor][:n]
-    if len(passed) < n:
-        raise DecoyError(f"decoys: {len(passed)} of the {len(order)} public subjects drawn have an answer the model "
-                         f"is sure of (p >= {floor}) on this party's prompts, and the round needs {n} "
-                         f"({ratio} per edit): lower decoys:R or send fewer edits per round")
+    if len(passed) < n:  # the rest: the most confident of those scored (a stable sort keeps the draw order in ties)
+        rest = sorted((i for i, x in enumerate(scores) if x < floor), key=lambda i: -scores[i])
+        passed = sorted(passed + rest[:n - len(passed)])
     return [order[i] for i in passed], [prompts[i] for i in passed], which
 
 
