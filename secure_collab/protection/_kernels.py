@@ -44,7 +44,16 @@ def _product_limbs_py(a: Any, u0: Any, u1: Any) -> tuple[Any, Any, Any, Any]:  #
     return lo & _I31, m & _I31, h & _I31, h >> 31
 
 
-_product_limbs = numba.njit(inline="always", cache=True)(_product_limbs_py)
+def _jit(fn: Callable[..., Any], **options: Any) -> Any:
+    """numba.njit with its on-disk cache, or without it where no cache location is writable (numba refuses
+    ``cache=True`` then: each process compiles the kernels once instead, ~1-2 s)."""
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:
+        return numba.njit(**options)(fn)
+
+
+_product_limbs = _jit(_product_limbs_py, inline="always")
 
 
 def _limb_sums_py(alpha: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
@@ -69,7 +78,7 @@ def _limb_sums_py(alpha: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
 
 
 limb_sums = cast(Callable[[np.ndarray, np.ndarray, np.ndarray], None],
-                 numba.njit(cache=True, nogil=True, boundscheck=False)(_limb_sums_py))
+                 _jit(_limb_sums_py, nogil=True, boundscheck=False))
 
 
 def _encode_py(x: np.ndarray, x_bits: np.ndarray, scale: float, u: np.ndarray) -> Any:
@@ -84,7 +93,7 @@ def _encode_py(x: np.ndarray, x_bits: np.ndarray, scale: float, u: np.ndarray) -
     return peak
 
 
-_encode = numba.njit(inline="always", cache=True)(_encode_py)
+_encode = _jit(_encode_py, inline="always")
 
 
 def _protect_piece_py(x: np.ndarray, x_bits: np.ndarray, scale: float, alpha: np.ndarray, mask: np.ndarray,
@@ -105,7 +114,7 @@ def _protect_piece_py(x: np.ndarray, x_bits: np.ndarray, scale: float, alpha: np
     return peak
 
 
-protect_piece = cast(Callable[..., np.uint64], numba.njit(cache=True, nogil=True, boundscheck=False)(_protect_piece_py))
+protect_piece = cast(Callable[..., np.uint64], _jit(_protect_piece_py, nogil=True, boundscheck=False))
 
 
 def combine(sums: np.ndarray) -> list[int]:
