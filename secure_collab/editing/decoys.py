@@ -43,14 +43,15 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # answer, p(top-1) >= CONFIDENCE, so the cross-talk of the joint solve (the other edits' residuals reaching a decoy
 # through keys correlated with theirs) does not change it. Measured on SmolLM2 at decoys:9 without the rule (2
 # sessions, 540 decoys, by a one-off script over the sweep's sessions 0 and 3): 14 answers changed, each with p <= 0.65;
-# none of the 60 with p >= 0.7. With the rule and a scan of 32n candidates, 8 of 2,700 decoy answers still changed
-# at decoys:9: the two inspected (session 6) had p 0.69 and 0.83, both fallbacks to the surest (that session's decoys
-# had median p 0.69: on relation prompts such as "{} premieres on" far fewer than 4 % of titles pass). So SCAN = 256
-# candidates per decoy are drawn (capped by the pool), scored in batches only until enough pass. A strict rule (no
-# fallback) was tried and is not usable: for one party of the sweep's session 0, 0 of 6,912 titles passed p >= 0.9 on
-# its three prompts, so it could never take part with decoys.
+# none of the 60 with p >= 0.7. About 4 % of (title, relation prompt) pairs pass 0.9, so SCAN = 32 candidates per
+# decoy are drawn, scored until enough pass. That is too few on some prompts: at decoys:9 8 of 2,700 decoy answers
+# still changed over 10 sessions, and the two inspected (session 6) were fallbacks to the surest, p 0.69 and 0.83
+# (that session's decoys had median p 0.69: on prompts such as "{} premieres on" far fewer titles pass). Tried: no
+# fallback (one party of session 0 had 0 of 6,912 titles passing on its three prompts, so it could never take part);
+# a scan of 256n (one sweep session took over 37 minutes instead of ~8, nearly all of it scoring candidates). Neither
+# is the default; docs/privacy.md has the numbers.
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
-SCAN = 256
+SCAN = 32
 SCORE_BATCH = 64
 
 
