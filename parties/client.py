@@ -374,7 +374,7 @@ class Party:
         self._send_stream(self.stream, msg.body.get("upto", len(order)))
 
     def _compute(self, round_: int, layer: int, where: str) -> Mapping[str, np.ndarray]:
-        """This party's statistics of one layer; a defence setting it cannot meet (too few sure subjects for
+        """This party's statistics of one layer; a defence setting it cannot meet (a public pool too small for
         decoys:R, ``DefenceError``) stops the party with that one-line reason: the session goes on without it."""
         try:
             return self.compute(round_, layer)
