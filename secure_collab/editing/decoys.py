@@ -48,8 +48,8 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # still changed over 10 sessions, and the two inspected (session 6) were fallbacks to the surest, p 0.69 and 0.83
 # (that session's decoys had median p 0.69: on prompts such as "{} premieres on" far fewer titles pass). Tried: no
 # fallback (one party of session 0 had 0 of 6,912 titles passing on its three prompts, so it could never take part);
-# a scan of 256n (one sweep session took over 37 minutes instead of ~8, nearly all of it scoring candidates). Neither
-# is the default; docs/privacy.md has the numbers.
+# a scan of 256n (one sweep session ran over 37 minutes on a shared core, 8-15 before, nearly all of it scoring).
+# Neither is the default; docs/privacy.md has the numbers.
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
 SCAN = 32
 SCORE_BATCH = 64
