@@ -19,7 +19,8 @@ class OverBound(SharesScheme):
     def _hide(self, vector, seed, ctx, pub):
         if ctx.statistic == "G" and ctx.chunk == 0:
             vector = vector.copy()
-            vector[0] += 2**61
+            # the vector is already masked (uniform words): add mod 2^64, as the mask does, not in checked int64
+            vector.view(np.uint64)[:1] += np.uint64(2**61)
         return super()._hide(vector, seed, ctx, pub)
 
 
