@@ -18,14 +18,20 @@ def test_fuzzed_frames_do_not_stop_the_coordinator(tmp_path):
     assert report.roster_key.messages == 10_000 and set(report.roster_key.by_kind) == set(MUTATIONS)
     assert report.unknown_key.messages >= 1_000 and report.raw_tcp.messages >= 90
     # positive control: the honest session (c honest after its fuzzing) completes with the reference ΔW
+    with Ledger(cfg.paths.ledger) as ledger:
+        rows = ledger.rows("messages")
+    # on a failure, what the coordinator recorded of c besides the fuzz's refusals (its joins, chunks, releases,
+    # drops) and the session's stages: a rare CI failure (c: "send timed out" after the session ended) was not
+    # reproduced in 42 local runs, with and without two busy cores beside it
+    c_rows = [(r["direction"], r["type"], r["outcome"], r["reason"][:80]) for r in rows
+              if r["peer"] in ("c", "solver") and r["outcome"] != "refused"]
     assert report.outcome.ok, report.outcome.reason
-    assert all(p.ok for p in report.parties.values()), {n: p.reason for n, p in report.parties.items()}
+    assert all(p.ok for p in report.parties.values()), (
+        {n: (p.reason, p.seconds) for n, p in report.parties.items()}, report.fuzz_seconds, c_rows[-40:])
     ref = reference_deltas(cfg, ["a", "b", "c"])
     assert set(report.solver.releases) == set(ref)
     for key, delta in ref.items():
         np.testing.assert_allclose(report.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
-    with Ledger(cfg.paths.ledger) as ledger:
-        rows = ledger.rows("messages")
     assert {r["peer"] for r in rows} <= {"a", "b", "c", "solver"}  # nothing from the unknown key or raw TCP
     assert not [r for r in rows if r["reason"].startswith("internal error")]  # every refusal was a check
     refused = [r for r in rows if r["outcome"] == "refused"]
