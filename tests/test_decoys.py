@@ -91,14 +91,43 @@ def test_the_sampler_rule_takes_sure_answers_in_draw_order_then_the_surest(capit
     assert len(want) == 6 and names == [order[i] for i in want] and got_prompts == [prompts[i] for i in want]
     assert got_which == which
     assert len(scored) == min(len(order), -(-(want[-1] + 1) // SCORE_BATCH) * SCORE_BATCH)  # stopped once 6 passed
-    # too few pass among the scanned candidates: those that pass, then the surest of the rest, in draw order, after
-    # scoring every one of them
-    order, _, _, s = expected(0.9, 2)
+    # too few pass among the scanned candidates, and no second stage (no sure prompts): those that pass, then the
+    # surest of the rest, in draw order, after scoring every one of them
+    order, prompts, _, s = expected(0.9, 2)
     assert 0 < sum(x >= 0.9 for x in s) < 6
     scored.clear()
-    names, _, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=2)
+    names, _, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=2, sure=())
     assert scored == order
     assert names == [order[i] for i in sorted(sorted(range(len(s)), key=lambda i: -s[i])[:6])]
+    # the second stage: the subjects that did not pass, in draw order, each on the sure prompts in order; the first
+    # prompt at the floor takes the subject; scoring stops once enough pass
+    sure = ("{} is", "{} was", "{} has", "{} had", "{} will")
+    order, prompts, _, s = expected(0.9, 4)
+
+    def h(name, prompt):
+        return (sum(map(ord, name + prompt)) % 97) / 96
+
+    first = [i for i, x in enumerate(s) if x >= 0.9]
+    want = {i: prompts[i] for i in first}
+    for i in range(len(order)):
+        for p in sure:
+            if i not in want and len(want) < 6 and h(order[i], p) >= 0.9:
+                want[i] = p
+    assert len(want) == 6 and len(want) > len(first)
+    scored.clear()
+    names, got_prompts, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=0.9, scan=4, sure=sure)
+    assert names == [order[i] for i in sorted(want)] and got_prompts == [want[i] for i in sorted(want)]
+    assert set(got_prompts) - {r.prompt for r in own} <= set(sure)
+    pairs = [(i, p) for i in range(len(order)) if i not in first for p in sure]
+    last = max(i for i in want if i not in first)  # the pair that filled the sixth place, then no more scoring
+    filled = pairs.index((last, want[last])) + 1
+    assert len(scored) == len(order) + min(-(-filled // SCORE_BATCH) * SCORE_BATCH, len(pairs))
+    # a floor nothing reaches, on any prompt: the surest of every scored pair, one per subject, with its prompt
+    names, got_prompts, _ = draw_decoys(random.Random(7), 2, own, score=score, floor=1.01, scan=4, sure=sure)
+    best = {i: max([(s[i], prompts[i])] + [(h(order[i], p), p) for p in sure], key=lambda t: t[0])
+            for i in range(len(order))}  # max keeps the first of equal scores: the own prompt, then sure's order
+    top = sorted(sorted(best, key=lambda i: -best[i][0])[:6])
+    assert names == [order[i] for i in top] and got_prompts == [best[i][1] for i in top]
     # a pool smaller than the decoys asked: refused
     with pytest.raises(DecoyError, match="the public pool has"):
         draw_decoys(random.Random(7), 10**6, own, score=score)

@@ -5,7 +5,9 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
   the party's own subjects; each with a prompt template drawn from the party's own requests' prompts, so a decoy's
   key sits where a real edit of the same relation would; admitted by a public rule (``draw_decoys``): the model is
   already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it (where
-  the drawn candidates hold too few such subjects, the surest of the others: some relation prompts have none);
+  the drawn candidates hold too few such subjects on the party's prompts, as some relation prompts have almost
+  none, the same subjects on public subject-first prompts on which the model is often sure, ``SURE_PROMPTS``; only
+  where even those fall short, the surest of the others);
 - target: the decoy's *current* top-1 next token on that prompt (the model as it is at the round's start). The
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
@@ -49,10 +51,18 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # (that session's decoys had median p 0.69: on prompts such as "{} premieres on" far fewer titles pass). Tried: no
 # fallback (one party of session 0 had 0 of 6,912 titles passing on its three prompts, so it could never take part);
 # a scan of 256n (one sweep session ran over 37 minutes on a shared core, 8-15 before, nearly all of it scoring).
-# Neither is the default; docs/privacy.md has the numbers.
+# Neither is the default; docs/privacy.md has the numbers. What the rule does instead where the scan runs short:
+# the scanned subjects again, each on the public ``SURE_PROMPTS`` (a second stage, below).
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
 SCAN = 32
 SCORE_BATCH = 64
+# The second stage's public relation prompts, all with the subject first: a causal model's key at the subject's last
+# token is computed before any word of the prompt after it, so on any of these a decoy's keys (what the span attacks
+# see) are exactly those it has on a subject-first prompt of the party's own; only its residual's direction (toward
+# the answer the model already gives) differs. Chosen as the three of CounterFact's subject-first relation templates
+# on which SmolLM2 is most often sure (300 public titles, one pass each: p(top-1) >= 0.9 for 20 %, 26 % and 0.7 %
+# of titles, >= 0.7 for 91 %, 56 % and 64 %; 0-1 % on the other 22 measured: python benchmarks/decoy_prompts.py).
+SURE_PROMPTS = ("{}, which has the capital city", "{} plays the instrument", "{} works as")
 
 
 class DecoyError(DefenceError):
@@ -75,15 +85,19 @@ class DecoyEdits:
 
 def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
                 score: Callable[[list[Request]], list[float]] | None = None, floor: float = CONFIDENCE,
-                scan: int = SCAN) -> tuple[list[str], list[str], list[int]]:
+                scan: int = SCAN, sure: Sequence[str] = SURE_PROMPTS) -> tuple[list[str], list[str], list[int]]:
     """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
     per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects).
 
     The public rule: ``scan`` × n candidates (subject, one of ``own``'s prompts) are drawn in order (at most the whole
     public pool); with ``score`` (each candidate's current answer probability, ``answer_confidence``) the decoys are
-    the first n in that order whose score is at least ``floor``, scored in batches only until n pass; when fewer
-    pass, the rest are the highest-scoring of the others (ties in draw order): a less sure decoy's answer may
-    change. Without ``score``: the first n."""
+    the first n in that order whose score is at least ``floor``, scored in batches only until n pass. When fewer
+    pass, a second stage: the scanned subjects that did not, in draw order, each on ``sure`` (the public
+    ``SURE_PROMPTS``) in order, the first (subject, prompt) that reaches ``floor`` taking the subject (scored in
+    batches only until enough pass); and if still short, the highest-scoring of all the other scored pairs, one per
+    subject (ties in draw order): only such a decoy, below the floor, may see its answer change. The generator is
+    used in the first stage only, so where it fills the n decoys the second changes nothing. Without ``score``: the
+    first n."""
     from secure_collab.editing.defences import decoy_subjects
 
     n = ratio * len(own)
@@ -101,10 +115,28 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
         part = range(len(scores), min(len(order), len(scores) + SCORE_BATCH))
         scores += score([Request(subject=order[i], prompt=prompts[i], target_new="-") for i in part])
     passed = [i for i, x in enumerate(scores) if x >= floor][:n]
-    if len(passed) < n:  # the rest: the most confident of those scored (a stable sort keeps the draw order in ties)
-        rest = sorted((i for i, x in enumerate(scores) if x < floor), key=lambda i: -scores[i])
-        passed = sorted(passed + rest[:n - len(passed)])
-    return [order[i] for i in passed], [prompts[i] for i in passed], which
+    if len(passed) == n:
+        return [order[i] for i in passed], [prompts[i] for i in passed], which
+    # second stage: the subjects that did not pass, each on the public sure prompts (pairs in draw order)
+    chosen = {i: prompts[i] for i in passed}
+    pairs = [(i, p) for i in range(len(order)) if i not in chosen for p in sure]
+    second: list[float] = []
+    found = 0
+    while len(second) < len(pairs) and len(chosen) + found < n:
+        batch = pairs[len(second):len(second) + SCORE_BATCH]
+        second += score([Request(subject=order[c], prompt=q, target_new="-") for c, q in batch])
+        found = len({pairs[j][0] for j, x in enumerate(second) if x >= floor})
+    best: dict[int, tuple[float, str]] = {i: (scores[i], prompts[i]) for i in range(len(scores)) if i not in chosen}
+    for (i, p), x in zip(pairs, second, strict=False):
+        if x >= floor and (i not in chosen) and len(chosen) < n:
+            chosen[i] = p  # the first sure prompt of the first subjects that have one, in draw order
+        elif i not in chosen and x > best.get(i, (-1.0, ""))[0]:
+            best[i] = (x, p)
+    if len(chosen) < n:  # the rest: the surest of the others (a stable sort keeps the draw order in ties)
+        rest = sorted((i for i in best if i not in chosen), key=lambda i: -best[i][0])
+        chosen.update({i: best[i][1] for i in rest[:n - len(chosen)]})
+    keep = sorted(chosen)
+    return [order[i] for i in keep], [chosen[i] for i in keep], which
 
 
 def _answer_logprobs(lm: LoadedModel, b, rows: torch.Tensor, layer: int, delta: torch.Tensor) -> torch.Tensor:
