@@ -253,3 +253,24 @@ def test_a_party_that_cannot_draw_its_decoys_stops_with_the_reason_and_nothing_e
         party._compute(0, 4, "round 0 layer 4")
     party.compute = lambda round_, layer: {"N": np.array([3.0])}
     assert party._compute(0, 4, "round 0 layer 4")["N"][0] == 3.0
+
+
+def test_a_subject_first_prompt_leaves_a_decoys_keys_unchanged(tiny, capitals):
+    """The second stage of the rule moves a decoy to one of SURE_PROMPTS: on the subject-first prompts its keys at
+    every edited layer are the same floats (computed before any word after the subject); a prompt with words before
+    the subject gives other keys (so the claim is not vacuous)."""
+    from secure_collab.data.requests import Request
+    from secure_collab.editing.decoys import SURE_PROMPTS
+    from secure_collab.editing.keys import compute_keys
+
+    hp, templates = _setup(tiny)
+    assert all(p.startswith("{}") for p in SURE_PROMPTS)
+    subjects = [r.subject for r in capitals[:3]]
+    for layer in hp.layers:
+        keys = [compute_keys(tiny, [Request(subject=s, prompt=p, target_new="-") for s in subjects], layer, templates)
+                for p in (*SURE_PROMPTS, "{} is the home of")]
+        for k in keys[1:]:
+            assert torch.equal(k, keys[0])
+        other = compute_keys(tiny, [Request(subject=s, prompt="The capital of {} is", target_new="-")
+                                    for s in subjects], layer, templates)
+        assert not torch.allclose(other, keys[0])
