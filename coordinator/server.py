@@ -78,6 +78,19 @@ class Outcome:
     included: dict[tuple[int, tuple[int, ...]], tuple[str, ...]] = field(default_factory=dict)
 
 
+def superseded(route: bytes, current: bytes | None) -> bool:
+    """Whether ``route`` names a connection older than ``current``, the peer's latest: libzmq's ROUTER names each
+    connection 0x00 and a 32-bit counter, big-endian, one more per connection (from a random start, so compared as
+    serial numbers, RFC 1982: a counter that wrapped is still newer). A message of an older connection can be read
+    after the newer one's (each connection has its own queue here, read in turn), and taking it as the peer's would
+    point the peer's route at a closed connection: what the coordinator sends next (a release, END) would be lost.
+    Other names (a peer that chose its own routing id) are never taken as older."""
+    if current is None or route == current or len(route) != 5 or len(current) != 5 or route[0] or current[0]:
+        return False
+    behind = (int.from_bytes(current[1:], "big") - int.from_bytes(route[1:], "big")) % (1 << 32)
+    return 0 < behind < 1 << 31
+
+
 class _RosterKeys:
     """ZAP credentials provider: admit a CURVE client only if its public key is in the roster, is not cut
     off, and has not opened more than its share of connections (``network.connects_per_minute``)."""
@@ -681,6 +694,10 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         except Exception as exc:  # a parser bug must not end the session for everyone
             log.exception("coordinator: internal error parsing a message from %s", name)
             self._refuse(name, route, None, f"internal error ({type(exc).__name__})", digest, nbytes)
+            return
+        if superseded(route, self.routes.get(name)):
+            self._refuse(name, route, msg, "from a connection of this peer that a newer one has replaced (its "
+                         "messages still queued here are not read as the peer's)", digest, nbytes)
             return
         self.watching.seen(name, parts[0])
         if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
