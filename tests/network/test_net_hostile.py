@@ -353,7 +353,9 @@ def test_a_party_cut_off_before_a_restart_stays_out(tmp_path):
     from solver.server import run_solver
 
     here = Path(__file__).parent
-    cfg = make_config(tmp_path, network={"stage_timeout_s": 30.0, "join_timeout_s": 1.0})
+    # join_timeout_s: how long the first coordinator waits for c (never there) before it starts with a and b, and how
+    # long a and b, started beside its process, wait for it to listen: 1 s was less than its start on a loaded machine
+    cfg = make_config(tmp_path, network={"stage_timeout_s": 30.0, "join_timeout_s": 5.0})
     config_path = next(tmp_path.glob("config-*.toml"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent.parent), str(here)]))
 
