@@ -36,6 +36,7 @@ def relation_prompts(path: str) -> list[str]:
 
 
 def main() -> None:
+    from secure_collab.cli._output import write_json
     from secure_collab.data.requests import Request
     from secure_collab.editing.decoys import CONFIDENCE, SURE_PROMPTS, _next_token_logprobs
     from secure_collab.editing.defences import decoy_subjects
@@ -73,11 +74,7 @@ def main() -> None:
            "any_sure_prompt_at_floor": float((best >= CONFIDENCE).double().mean())}
     print(f"titles with a SURE_PROMPTS answer at p >= {CONFIDENCE}: {out['any_sure_prompt_at_floor']:.3f}",
           file=sys.stderr)
-    if args.json == "-":
-        json.dump(out, sys.stdout, indent=1)
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args, out)
 
 
 if __name__ == "__main__":

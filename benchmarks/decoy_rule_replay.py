@@ -14,7 +14,6 @@ are listed (how many decoys each party took from the second stage, and from belo
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 
@@ -24,6 +23,7 @@ import torch
 def main() -> None:
     from attacks.experiment import load_report_set
     from attacks.views import split
+    from secure_collab.cli._output import write_json
     from secure_collab.editing.decoys import CONFIDENCE, answer_confidence, draw_decoys
     from secure_collab.models import load_model
 
@@ -76,11 +76,7 @@ def main() -> None:
                                  "below_floor_before": sum(x["below_floor_before"] for x in rows if x["ratio"] == r),
                                  "below_floor_now": sum(x["below_floor_now"] for x in rows if x["ratio"] == r)}
                           for r in args.ratios}}
-    if args.json == "-":
-        json.dump(out, sys.stdout, indent=1)
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args, out)
 
 
 if __name__ == "__main__":
