@@ -60,8 +60,10 @@ SCORE_BATCH = 64
 # token is computed before any word of the prompt after it, so on any of these a decoy's keys (what the span attacks
 # see) are exactly those it has on a subject-first prompt of the party's own; only its residual's direction (toward
 # the answer the model already gives) differs. Chosen as the three of CounterFact's subject-first relation templates
-# on which SmolLM2 is most often sure (300 public titles, one pass each: p(top-1) >= 0.9 for 20 %, 26 % and 0.7 %
-# of titles, >= 0.7 for 91 %, 56 % and 64 %; 0-1 % on the other 22 measured: python benchmarks/decoy_prompts.py).
+# on which SmolLM2 is most often sure (300 public titles, --seed 7: p(top-1) >= 0.9 for 20 %, 26 % and 0.7 % of
+# titles, >= 0.7 for 91 %, 56 % and 64 %; 0-1 % on the other 22 measured; on 300 other titles, --seed 11: 17.7 %,
+# 22.0 % and 0.7 %, and 35.3 % of titles pass on at least one: python benchmarks/decoy_prompts.py). What the model is
+# sure of there is a function word (" of", " a"), not a fact: such a decoy keeps its answer by construction.
 SURE_PROMPTS = ("{}, which has the capital city", "{} plays the instrument", "{} works as")
 
 
