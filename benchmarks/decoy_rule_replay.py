@@ -1,14 +1,14 @@
-"""Which decoy draws of the `defences` sweep a change of the decoy rule's second stage changes: a replay.
+"""How many of the `defences` sweep's decoys fall below the floor, with and without the tried second stage: a replay.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/decoy_rule_replay.py --ratios 1 3 9 --sessions 10 \
         --json benchmarks/results/decoy_rule_replay.json
 
 For each session and party of a `secure-collab defences` sweep (its defaults: the report set's records split into
 10 parties × 3 edits per session, each party's generator ``random.Random(f"{seed}/{session}/{party}")``, draws on the
-public model as it is at the round's start), ``decoys.draw_decoys`` is run twice on the same scores: with the public
-``SURE_PROMPTS`` (the rule now) and without them (the rule before, the surest of the scanned candidates where too few
-pass). Where the two give the same decoys, the sweep's runs of that ratio are the same under either rule; the others
-are listed (how many decoys each party took from the second stage, and from below the floor under either rule).
+public model as it is at the round's start), ``decoys.draw_decoys`` is run twice on the same scores: as the rule is
+(the surest of the scanned candidates where too few pass the floor) and with the tried second stage on the public
+``SURE_PROMPTS`` (not the default: secure_collab/editing/decoys.py says why). Per party: whether the two draw the
+same decoys, how many decoys the second stage took, and how many are below the floor under each.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     from attacks.experiment import load_report_set
     from attacks.views import split
     from secure_collab.cli._output import write_json
-    from secure_collab.editing.decoys import CONFIDENCE, answer_confidence, draw_decoys
+    from secure_collab.editing.decoys import CONFIDENCE, SURE_PROMPTS, answer_confidence, draw_decoys
     from secure_collab.models import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -56,25 +56,29 @@ def main() -> None:
         for s in range(args.sessions):
             for k, own in enumerate(split(list(records[s * m:(s + 1) * m]), args.parties)):
                 gen = f"{args.seed}/{s}/{k}"
-                now = draw_decoys(random.Random(gen), ratio, own, score=score, floor=CONFIDENCE)
-                before = draw_decoys(random.Random(gen), ratio, own, score=score, floor=CONFIDENCE, sure=())
+                staged = draw_decoys(random.Random(gen), ratio, own, score=score, floor=CONFIDENCE, sure=SURE_PROMPTS)
+                rule = draw_decoys(random.Random(gen), ratio, own, score=score, floor=CONFIDENCE)
                 own_prompts = {r.prompt for r in own}
-                below_now = sum(memo[(n, p)] < CONFIDENCE for n, p in zip(now[0], now[1], strict=True))
-                below_before = sum(memo[(n, p)] < CONFIDENCE for n, p in zip(before[0], before[1], strict=True))
-                rows.append({"ratio": ratio, "session": s, "party": k, "same": now == before,
-                             "second_stage": sum(p not in own_prompts for p in now[1]),
-                             "below_floor_now": below_now, "below_floor_before": below_before})
+
+                def below(drawn):
+                    return sum(memo[(n, p)] < CONFIDENCE for n, p in zip(drawn[0], drawn[1], strict=True))
+
+                rows.append({"ratio": ratio, "session": s, "party": k, "same": staged == rule,
+                             "second_stage": sum(p not in own_prompts for p in staged[1]),
+                             "below_floor_second_stage": below(staged), "below_floor_rule": below(rule)})
             done = [r for r in rows if r["ratio"] == ratio and r["session"] == s]
             print(f"decoys:{ratio} session {s}: {sum(not r['same'] for r in done)} of {len(done)} parties draw "
-                  f"otherwise; below the floor {sum(r['below_floor_before'] for r in done)} before, "
-                  f"{sum(r['below_floor_now'] for r in done)} now", file=sys.stderr, flush=True)
+                  f"otherwise; below the floor {sum(r['below_floor_rule'] for r in done)} by the rule, "
+                  f"{sum(r['below_floor_second_stage'] for r in done)} with the second stage", file=sys.stderr,
+                  flush=True)
     out = {"model": args.model, "requests": args.requests, "seed": args.seed, "floor": CONFIDENCE, "rows": rows,
            "by_ratio": {str(r): {"parties": sum(x["ratio"] == r for x in rows),
                                  "drawn_otherwise": sum(x["ratio"] == r and not x["same"] for x in rows),
                                  "sessions_changed": sorted({x["session"] for x in rows
                                                              if x["ratio"] == r and not x["same"]}),
-                                 "below_floor_before": sum(x["below_floor_before"] for x in rows if x["ratio"] == r),
-                                 "below_floor_now": sum(x["below_floor_now"] for x in rows if x["ratio"] == r)}
+                                 "below_floor_rule": sum(x["below_floor_rule"] for x in rows if x["ratio"] == r),
+                                 "below_floor_second_stage": sum(x["below_floor_second_stage"] for x in rows
+                                                                 if x["ratio"] == r)}
                           for r in args.ratios}}
     write_json(args, out)
 

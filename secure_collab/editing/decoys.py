@@ -5,9 +5,7 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
   the party's own subjects; each with a prompt template drawn from the party's own requests' prompts, so a decoy's
   key sits where a real edit of the same relation would; admitted by a public rule (``draw_decoys``): the model is
   already sure of the answer, p(top-1) >= ``CONFIDENCE``, so the other edits' cross-talk does not change it (where
-  the drawn candidates hold too few such subjects on the party's prompts, as some relation prompts have almost
-  none, the same subjects on public subject-first prompts on which the model is often sure, ``SURE_PROMPTS``; only
-  where even those fall short, the surest of the others);
+  the drawn candidates hold too few such subjects, the surest of the others: some relation prompts have none);
 - target: the decoy's *current* top-1 next token on that prompt (the model as it is at the round's start). The
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
@@ -51,12 +49,15 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # (that session's decoys had median p 0.69: on prompts such as "{} premieres on" far fewer titles pass). Tried: no
 # fallback (one party of session 0 had 0 of 6,912 titles passing on its three prompts, so it could never take part);
 # a scan of 256n (one sweep session ran over 37 minutes on a shared core, 8-15 before, nearly all of it scoring).
-# Neither is the default; docs/privacy.md has the numbers. What the rule does instead where the scan runs short:
-# the scanned subjects again, each on the public ``SURE_PROMPTS`` (a second stage, below).
+# Neither is the default; docs/privacy.md has the numbers. Tried too, and not the default: a second stage on the
+# public ``SURE_PROMPTS`` (below; ``draw_decoys(..., sure=SURE_PROMPTS)``). It removed the draws below the floor (at
+# decoys:1 212 of the sweep's 300 decoys had been below it: python benchmarks/decoy_rule_replay.py --ratios 1) but
+# in the two sweep sessions run with it at decoys:9 (0 and 5) 0 and 6 decoy answers changed (1 and 1 with the rule
+# as it is) and the damage on unedited public subjects rose to KL 0.77 and 0.83 (0.67 and 0.57).
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
 SCAN = 32
 SCORE_BATCH = 64
-# The second stage's public relation prompts, all with the subject first: a causal model's key at the subject's last
+# The tried second stage's public relation prompts, all subject-first: a causal model's key at the subject's last
 # token is computed before any word of the prompt after it, so on any of these a decoy's keys (what the span attacks
 # see) are exactly those it has on a subject-first prompt of the party's own; only its residual's direction (toward
 # the answer the model already gives) differs. Chosen as the three of CounterFact's subject-first relation templates
@@ -87,19 +88,19 @@ class DecoyEdits:
 
 def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
                 score: Callable[[list[Request]], list[float]] | None = None, floor: float = CONFIDENCE,
-                scan: int = SCAN, sure: Sequence[str] = SURE_PROMPTS) -> tuple[list[str], list[str], list[int]]:
+                scan: int = SCAN, sure: Sequence[str] = ()) -> tuple[list[str], list[str], list[int]]:
     """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
     per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects).
 
     The public rule: ``scan`` × n candidates (subject, one of ``own``'s prompts) are drawn in order (at most the whole
     public pool); with ``score`` (each candidate's current answer probability, ``answer_confidence``) the decoys are
     the first n in that order whose score is at least ``floor``, scored in batches only until n pass. When fewer
-    pass, a second stage: the scanned subjects that did not, in draw order, each on ``sure`` (the public
-    ``SURE_PROMPTS``) in order, the first (subject, prompt) that reaches ``floor`` taking the subject (scored in
-    batches only until enough pass); and if still short, the highest-scoring of all the other scored pairs, one per
-    subject (ties in draw order): only such a decoy, below the floor, may see its answer change. The generator is
-    used in the first stage only, so where it fills the n decoys the second changes nothing. Without ``score``: the
-    first n."""
+    pass, with ``sure`` (public prompts; default none, the tried ``SURE_PROMPTS`` is not the default: see above) a
+    second stage: the scanned subjects that did not, in draw order, each on ``sure`` in order, the first (subject,
+    prompt) that reaches ``floor`` taking the subject (scored in batches only until enough pass); and if still
+    short, the highest-scoring of all the other scored pairs, one per subject (ties in draw order): a less sure
+    decoy's answer may change. The generator is used in the first stage only, so where it fills the n decoys the
+    second changes nothing. Without ``score``: the first n."""
     from secure_collab.editing.defences import decoy_subjects
 
     n = ratio * len(own)
