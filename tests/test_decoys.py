@@ -220,6 +220,10 @@ def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholdin
     ed.compute_seconds, ed.target_cache, ed.cache = 0.0, False, None
     ed.camouflage, ed.noise = None, None
     ed.decoy_ratio, ed.decoy_floor, ed.decoy_rng, ed.decoys = 2, 0.0, random.Random(0), {}
+    from secure_collab.models.specs import down_weight
+
+    dk = down_weight(tiny.model, tiny.spec, hp.layers[0]).shape[1]
+    ed._covs = {layer: random_spd(dk, layer) for layer in hp.layers}  # the public C (a random SPD here)
     from secure_collab.parallel import SINGLE
 
     ed.shard = SINGLE  # one process (decoys are refused with several workers)
@@ -275,3 +279,70 @@ def test_a_subject_first_prompt_leaves_a_decoys_keys_unchanged(tiny, capitals):
         other = compute_keys(tiny, [Request(subject=s, prompt="The capital of {} is", target_new="-")
                                     for s in subjects], layer, templates)
         assert not torch.allclose(other, keys[0])
+
+
+def test_the_hold_replaces_decoys_weak_under_the_partys_own_edit_and_keeps_the_rest(tiny, capitals):
+    """make_decoys(alone=...): a decoy whose answer probability after the party's own edit is below the hold is
+    replaced by a new draw (never a subject drawn before, never the party's own), the others stay bit for bit, and
+    the checks stop after ``passes`` replacements."""
+    from secure_collab.editing.decoys import make_decoys
+    from secure_collab.editing.memit import current_outputs
+    from secure_collab.editing.targets import compute_targets
+
+    hp, templates = _setup(tiny)
+    own = capitals[:2]
+    t = compute_targets(tiny, own, hp, templates)
+    real = (t.z.double() - current_outputs(tiny, own, hp).double()).norm(dim=1)
+    plain = make_decoys(tiny, hp, 3, random.Random(9), own, t.z, confidence=0.0)
+    seen: list[list[str]] = []
+
+    def alone(d):  # the first check finds decoys 1 and 4 weak, the second none
+        seen.append([r.subject for r in d.requests])
+        return [0.5 if len(seen) == 1 and i in (1, 4) else 0.999 for i in range(len(d))]
+
+    held = make_decoys(tiny, hp, 3, random.Random(9), own, t.z, confidence=0.0, alone=alone)
+    before, after = [r.subject for r in plain.requests], [r.subject for r in held.requests]
+    assert len(seen) == 2 and seen[0] == before and seen[1] == after and held.held == [0.999] * 6
+    assert [after[i] for i in (0, 2, 3, 5)] == [before[i] for i in (0, 2, 3, 5)]
+    assert after[1] not in before and after[4] not in before and after[1] != after[4]
+    assert not set(after) & {r.subject for r in own}
+    keep = [0, 2, 3, 5]
+    assert torch.equal(held.z[keep], plain.z[keep]) and torch.equal(held.h[keep], plain.h[keep])
+    assert torch.allclose((held.z - held.h).norm(dim=1), torch.tensor(held.norms, dtype=torch.float64), rtol=1e-10)
+    assert all(any(abs(n - float(x)) < 1e-9 for x in real) for n in held.norms)  # one of the party's own norms
+
+    calls = []
+    never = make_decoys(tiny, hp, 1, random.Random(9), own, t.z, confidence=0.0,
+                        alone=lambda d: calls.append(1) or [0.0] * len(d), passes=2)
+    assert len(calls) == 3 and len(never) == 2 and never.held == [0.0, 0.0]  # 2 replacements, checked after each
+
+
+def test_the_holds_own_edit_is_the_partys_collab_edit_with_its_decoys_as_requests(tiny, capitals):
+    """own_edit_answers: the decoys' answer probabilities after the party's edit alone equal those after run_edit
+    (collab, the party alone) with the decoys given as ordinary requests toward their z*; the model is restored."""
+    from secure_collab.editing.decoys import _next_token_logprobs, make_decoys, own_edit_answers
+    from secure_collab.editing.memit import restore, run_edit, snapshot
+    from secure_collab.editing.targets import TargetResult, compute_targets
+    from secure_collab.models.specs import down_weight
+
+    hp, templates = _setup(tiny)
+    own = capitals[:2]
+    t = compute_targets(tiny, own, hp, templates)
+    d = make_decoys(tiny, hp, 2, random.Random(3), own, t.z, confidence=0.0)
+    dk = down_weight(tiny.model, tiny.spec, hp.layers[0]).shape[1]
+    covs = {layer: random_spd(dk, layer + 7) for layer in hp.layers}
+    saved = snapshot(tiny, hp.layers)
+    got = own_edit_answers(tiny, hp, covs, templates, own, t.z, d)
+    assert all(torch.equal(down_weight(tiny.model, tiny.spec, la), w) for la, w in saved.items())
+    z = torch.cat([t.z.double(), d.z])
+    n = len(own) + len(d)
+    try:
+        run_edit(tiny, [[*own, *d.requests]], hp, covs, "collab", templates,
+                 targets=[TargetResult(z, z, [0.0] * n, [0.0] * n, [0] * n)])
+        lps = torch.cat(list(_next_token_logprobs(tiny, d.requests)))
+    finally:
+        restore(tiny, saved)
+    want = [float(lp[a].exp()) for lp, a in zip(lps, d.answers, strict=True)]
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-9)
+    unedited = torch.cat(list(_next_token_logprobs(tiny, d.requests)))
+    assert not np.allclose(got, [float(lp[a].exp()) for lp, a in zip(unedited, d.answers, strict=True)])

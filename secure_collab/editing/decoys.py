@@ -55,6 +55,13 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # in the two sweep sessions run with it at decoys:9 (0 and 5) 0 and 6 decoy answers changed (1 and 1 with the rule
 # as it is) and the damage on unedited public subjects rose to KL 0.77 and 0.83 (0.67 and 0.57).
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
+# The hold (``make_decoys(alone=...)``): after the party's own edit alone, a decoy's answer must keep p >= HOLD, or it
+# is replaced by the rule's next draw (at most HOLD_PASSES checks). Chosen on the sweep's session 6 at decoys:9
+# (python benchmarks/decoy_answers.py): its own decoy edit makes a decoy very sure (median p 0.9989 after the party's
+# edit alone), and the 6 of 270 decoys whose answer fell below 0.5 in the joint release (2 changed) all had p < 0.99
+# alone (67 did); one of the two changed already under its party's edit alone (p 0.07).
+HOLD = 0.99
+HOLD_PASSES = 3
 SCAN = 32
 SCORE_BATCH = 64
 # The tried second stage's public relation prompts, all subject-first: a causal model's key at the subject's last
@@ -81,6 +88,7 @@ class DecoyEdits:
     h: torch.Tensor  # (n_d, d_v) h_d: the decoy's state at the last edited layer when drawn
     norms: list[float]  # c_d: the real residual norm each decoy's step was given
     answers: list[int]  # the current top-1 token id of each decoy's prompt (what its edit pushes toward)
+    held: list[float] | None = None  # p(answer) after the party's own edit alone (the hold), where it was checked
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -88,7 +96,8 @@ class DecoyEdits:
 
 def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
                 score: Callable[[list[Request]], list[float]] | None = None, floor: float = CONFIDENCE,
-                scan: int = SCAN, sure: Sequence[str] = ()) -> tuple[list[str], list[str], list[int]]:
+                scan: int = SCAN, sure: Sequence[str] = (), count: int | None = None
+                ) -> tuple[list[str], list[str], list[int]]:
     """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
     per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects).
 
@@ -100,10 +109,11 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
     prompt) that reaches ``floor`` taking the subject (scored in batches only until enough pass); and if still
     short, the highest-scoring of all the other scored pairs, one per subject (ties in draw order): a less sure
     decoy's answer may change. The generator is used in the first stage only, so where it fills the n decoys the
-    second changes nothing. Without ``score``: the first n."""
+    second changes nothing. Without ``score``: the first n. ``count``: n itself (replacements, ``make_decoys``'s
+    hold), instead of ``ratio`` × len(own)."""
     from secure_collab.editing.defences import decoy_subjects
 
-    n = ratio * len(own)
+    n = ratio * len(own) if count is None else count
     if n == 0:
         return [], [], []
     order = decoy_subjects(rng, scan * n, exclude=[*exclude, *(r.subject for r in own)])
@@ -204,12 +214,23 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
 
 def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
                 z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = (),
-                confidence: float | None = None) -> DecoyEdits:
+                confidence: float | None = None, alone: Callable[[DecoyEdits], list[float]] | None = None,
+                hold: float = HOLD, passes: int = HOLD_PASSES) -> DecoyEdits:
     """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now,
     drawn by the public rule of ``draw_decoys`` with the model's answer probabilities as the score.
-    ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None)."""
-    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=lambda reqs: answer_confidence(lm, reqs),
-                                        floor=CONFIDENCE if confidence is None else confidence)
+    ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None).
+
+    ``alone`` (``own_edit_answers``, bound to the party's requests, targets, C and templates): the hold. Each decoy's
+    answer probability after the party's own edit alone (its real edits and these decoys, on the model as it is
+    now: what it can compute before it sends anything); a decoy below ``hold`` is replaced by the rule's next draw
+    from the same generator (never a subject drawn before), and the set is checked again, at most ``passes`` times.
+    What is still below ``hold`` after the last pass stays (``DecoyEdits.held`` says how sure each decoy is)."""
+    floor = CONFIDENCE if confidence is None else confidence
+
+    def score(reqs: list[Request]) -> list[float]:
+        return answer_confidence(lm, reqs)
+
+    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=score, floor=floor)
     if not names:
         d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
         return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
@@ -217,7 +238,33 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
     if cur_own is None:
         cur_own = block_outputs(lm, list(own), hp.layers[-1], hp.request_batch)
     real = (z_own.double().cpu() - cur_own.double().cpu()).norm(dim=1)  # (n,) the party's own residual norms
-    norms = [float(real[j]) for j in which]
+    made = _decoy_targets(lm, hp, names, prompts, [float(real[j]) for j in which])
+    if alone is None:
+        return made
+    drawn = set(names)
+    for _ in range(passes):
+        made.held = alone(made)
+        weak = [i for i, p in enumerate(made.held) if p < hold]
+        if not weak:
+            break
+        names, prompts, which = draw_decoys(rng, 1, own, [*exclude, *drawn], score=score, floor=floor,
+                                            count=len(weak))
+        if len(names) < len(weak):
+            break  # the public pool ran out: keep what there is
+        drawn.update(names)
+        new = _decoy_targets(lm, hp, names, prompts, [float(real[j]) for j in which])
+        for slot, i in enumerate(weak):
+            made.requests[i], made.norms[i], made.answers[i] = new.requests[slot], new.norms[slot], new.answers[slot]
+            made.z[i], made.h[i] = new.z[slot], new.h[slot]
+    else:
+        made.held = alone(made)
+    return made
+
+
+def _decoy_targets(lm: LoadedModel, hp: MemitHParams, names: Sequence[str], prompts: Sequence[str],
+                   norms: list[float]) -> DecoyEdits:
+    """The decoys' targets z*_d = h_d + δ_d (``answer_steps``, ‖δ_d‖ = ``norms[d]``) toward each prompt's current
+    answer; each decoy's is computed on its own row, so it does not depend on the others drawn with it."""
     reqs = [Request(subject=n, prompt=p, target_new="-") for n, p in zip(names, prompts, strict=True)]
     c = torch.tensor(norms, dtype=torch.float64)
     step, answers = answer_steps(lm, reqs, hp.layers[-1], c)
@@ -225,7 +272,23 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
     reqs = [Request(subject=r.subject, prompt=r.prompt, target_new=tok.decode([a]).strip() or "-")
             for r, a in zip(reqs, answers, strict=True)]
     h = block_outputs(lm, reqs, hp.layers[-1], hp.request_batch).double().cpu()  # (n_d, d_v)
-    return DecoyEdits(reqs, h + step, h, norms, answers)
+    return DecoyEdits(reqs, h + step, h, list(norms), answers)
+
+
+def own_edit_answers(lm: LoadedModel, hp: MemitHParams, covs: dict[int, torch.Tensor], templates: list[str],
+                     own: Sequence[Request], z_own: torch.Tensor, decoys: DecoyEdits) -> list[float]:
+    """p(answer) of each decoy on its prompt after the party's own edit alone (``own`` toward ``z_own`` and
+    ``decoys``, solved with the public C and λ as the session's solver would solve them if no other party sent
+    anything), on the model as it is now; the model is restored before it returns."""
+    from secure_collab.editing.memit import edit_layers, restore, snapshot
+
+    saved = snapshot(lm, hp.layers)
+    try:
+        edit_layers(lm, [list(own)], [z_own], hp, covs, templates, "collab", lambda _m: None, decoys=[decoys])
+        lps = torch.cat(list(_next_token_logprobs(lm, decoys.requests)))
+    finally:
+        restore(lm, saved)
+    return [float(lp[a].exp()) for lp, a in zip(lps, decoys.answers, strict=True)]
 
 
 @torch.no_grad()

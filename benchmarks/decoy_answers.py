@@ -1,0 +1,122 @@
+"""Which decoys change their answer, and why: each decoy of a `defences` sweep session, under its party's edit alone
+and under the joint release.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/decoy_answers.py --ratio 9 --sessions 0 5 6 \
+        --json benchmarks/results/decoy_answers.json
+
+For each session (the sweep's defaults: the report set's records split into 10 parties × 3 edits per session, each
+party's generator ``random.Random(f"{seed}/{session}/{party}")``), the collaborative edit with ``decoys:R`` is run
+as ``secure-collab defences`` runs it (``attacks.views.delta_view``). Then, per party, its own edit alone (its real
+edits and its decoys, the same draws, the public C and λ: what a party can compute before it sends anything) on the
+unedited model. Per decoy: the answer probability it was drawn with, and its top-1 answer and that answer's
+probability after its party's edit alone and after the joint release; whether it changed in either. Results are
+cached per session beside --json (a rerun skips sessions on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    from attacks.experiment import load_report_set
+    from attacks.session_views import _load
+    from attacks.views import delta_view, public_setup, split, targets_for
+    from secure_collab.cli._output import write_json
+    from secure_collab.editing.decoys import CONFIDENCE, _next_token_logprobs
+    from secure_collab.editing.defences import parse_defence
+    from secure_collab.editing.memit import edit_layers, restore, snapshot
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help="public model")
+    ap.add_argument("--requests", default="benchmarks/results/defences/requests.json", help="the sweep's report set")
+    ap.add_argument("--limit", type=int, default=300, help="the sweep's --limit")
+    ap.add_argument("--ratio", type=int, default=9, help="decoys per real edit")
+    ap.add_argument("--defence", default=None, help="the defence to run (default: decoys:RATIO)")
+    ap.add_argument("--sessions", type=int, nargs="+", default=[0], help="sessions to run")
+    ap.add_argument("--parties", type=int, default=10, help="parties per session")
+    ap.add_argument("--per-party", type=int, default=3, help="edits per party")
+    ap.add_argument("--seed", type=int, default=0, help="the sweep's --seed")
+    ap.add_argument("--json", default="-", help="write the result here ('-': stdout)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    spec = args.defence or f"decoys:{args.ratio}"
+    defence = parse_defence(spec)
+    setup = public_setup(args.model)
+    lm, hp = setup.lm, setup.hp
+    m = args.parties * args.per_party
+    records = load_report_set(args.requests, 0, args.limit)
+    cache = Path(args.json).with_suffix("") if args.json != "-" else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def answers(reqs, ids):
+        """(top-1 id, p(top-1), p(ids)) of each request's prompt on the model as it is now."""
+        out = []
+        lps = torch.cat(list(_next_token_logprobs(lm, reqs)))
+        for lp, a in zip(lps, ids, strict=True):
+            out.append((int(lp.argmax()), float(lp.max().exp()), float(lp[a].exp())))
+        return out
+
+    sessions = []
+    for s in args.sessions:
+        path = cache / f"session-{s}-{spec.replace(':', '_').replace('@', '-')}.json" if cache else None
+        if path is not None and path.is_file():
+            sessions.append(json.loads(path.read_text()))
+            continue
+        t0 = time.time()
+        parties = split(list(records[s * m:(s + 1) * m]), args.parties)
+        targets = [targets_for(setup, p, lambda _m: None) for p in parties]
+        rngs = [random.Random(f"{args.seed}/{s}/{k}") for k in range(args.parties)]
+        dv = delta_view(setup, parties, targets, defence, rngs)
+        flat = [(k, r, a) for k, d in enumerate(dv.decoys) for r, a in zip(d.requests, d.answers, strict=True)]
+        reqs, ids = [r for _, r, _ in flat], [a for _, _, a in flat]
+        before = answers(reqs, ids)
+        saved = snapshot(lm, hp.layers)
+        _load(lm, dv.edited)
+        try:
+            joint = answers(reqs, ids)
+        finally:
+            restore(lm, saved)
+        alone: list[tuple[int, float, float]] = []
+        for k, (reqs_k, t, dec) in enumerate(zip(parties, targets, dv.decoys, strict=True)):
+            try:
+                edit_layers(lm, [reqs_k], [t.z], hp, setup.covs(), setup.templates, "collab", lambda _m: None,
+                            decoys=[dec])
+                alone += answers(dec.requests, dec.answers)
+            finally:
+                restore(lm, saved)
+        rows = []
+        for (k, r, a), b, j, o in zip(flat, before, joint, alone, strict=True):
+            rows.append({"party": k, "subject": r.subject, "prompt": r.prompt, "answer": r.target_new,
+                         "p_drawn": b[2], "below_floor": b[2] < CONFIDENCE,
+                         "alone_top1_same": o[0] == a, "p_alone": o[2],
+                         "joint_top1_same": j[0] == a, "p_joint": j[2],
+                         "joint_top1": lm.tokenizer.decode([j[0]]) if j[0] != a else None})
+        own_prompts = [sorted({r.prompt for r in p}) for p in parties]
+        result = {"session": s, "defence": spec, "decoys": len(rows),
+                  "below_floor": sum(r["below_floor"] for r in rows),
+                  "changed_alone": sum(not r["alone_top1_same"] for r in rows),
+                  "changed_joint": sum(not r["joint_top1_same"] for r in rows),
+                  "own_prompts": own_prompts, "rows": rows, "seconds": round(time.time() - t0, 1)}
+        print(f"{spec} session {s}: {result['decoys']} decoys, {result['below_floor']} below the floor, "
+              f"changed alone {result['changed_alone']}, jointly {result['changed_joint']} "
+              f"({result['seconds']} s)", file=sys.stderr, flush=True)
+        if path is not None:
+            path.write_text(json.dumps(result, indent=1))
+        sessions.append(result)
+    keys = ("decoys", "below_floor", "changed_alone", "changed_joint")
+    write_json(args, {"model": args.model, "defence": spec, "floor": CONFIDENCE, "sessions": sessions,
+                      "total": {k: sum(x[k] for x in sessions) for k in keys}})
+
+
+if __name__ == "__main__":
+    main()
