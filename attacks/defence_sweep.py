@@ -475,6 +475,8 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                 row["decoys"] = sum(r.get("decoys", 0) for r in runs) / len(runs)
                 row["decoys_changed"] = sum(r.get("decoys_changed", 0) for r in runs) / len(runs)
                 row["decoys_changed_total"] = sum(r.get("decoys_changed", 0) for r in runs)
+                held = [r["decoys_below_hold"] for r in runs if r.get("decoys_below_hold") is not None]
+                row["decoys_below_hold_total"] = sum(held) if len(held) == len(runs) else None  # older runs: none
             found = [_budgets(r).get(attack) for r in runs if attack in r["attacks"]]
             budgets = [b for b in found if b is not None]
             if budgets and len(budgets) == len(found):

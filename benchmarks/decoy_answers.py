@@ -87,7 +87,7 @@ def main() -> None:
         finally:
             restore(lm, saved)
         alone: list[tuple[int, float, float]] = []
-        for k, (reqs_k, t, dec) in enumerate(zip(parties, targets, dv.decoys, strict=True)):
+        for reqs_k, t, dec in zip(parties, targets, dv.decoys, strict=True):
             try:
                 edit_layers(lm, [reqs_k], [t.z], hp, setup.covs(), setup.templates, "collab", lambda _m: None,
                             decoys=[dec])
