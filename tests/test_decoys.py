@@ -281,11 +281,11 @@ def test_a_subject_first_prompt_leaves_a_decoys_keys_unchanged(tiny, capitals):
         assert not torch.allclose(other, keys[0])
 
 
-def test_the_hold_replaces_decoys_weak_under_the_partys_own_edit_and_keeps_the_rest(tiny, capitals):
-    """make_decoys(alone=...): a decoy whose answer probability after the party's own edit is below the hold is
-    replaced by a new draw (never a subject drawn before, never the party's own), the others stay bit for bit, and
-    the checks stop after ``passes`` replacements."""
-    from secure_collab.editing.decoys import make_decoys
+def test_the_hold_keeps_the_decoys_surest_under_the_partys_own_edit_and_replaces_weak_ones(tiny, capitals):
+    """make_decoys(alone=...): 2n decoys are drawn and the n surest after the party's own edit stay (in draw order,
+    their targets bit for bit); one still below the hold is replaced by a new draw (never a subject drawn before,
+    never the party's own) and the set is checked again; the checks stop after ``passes`` replacements."""
+    from secure_collab.editing.decoys import _decoy_targets, answer_confidence, draw_decoys, make_decoys
     from secure_collab.editing.memit import current_outputs
     from secure_collab.editing.targets import compute_targets
 
@@ -293,28 +293,35 @@ def test_the_hold_replaces_decoys_weak_under_the_partys_own_edit_and_keeps_the_r
     own = capitals[:2]
     t = compute_targets(tiny, own, hp, templates)
     real = (t.z.double() - current_outputs(tiny, own, hp).double()).norm(dim=1)
-    plain = make_decoys(tiny, hp, 3, random.Random(9), own, t.z, confidence=0.0)
+    names, prompts, which = draw_decoys(random.Random(9), 3, own, score=lambda r: answer_confidence(tiny, r),
+                                        floor=0.0, count=12)
+    every = _decoy_targets(tiny, hp, names, prompts, [float(real[j]) for j in which])
+    keep = [0, 2, 3, 5, 7, 11]
     seen: list[list[str]] = []
 
-    def alone(d):  # the first check finds decoys 1 and 4 weak, the second none
+    def alone(d):  # the first check ranks the 12, the second finds two of the 6 kept weak, the third none
         seen.append([r.subject for r in d.requests])
-        return [0.5 if len(seen) == 1 and i in (1, 4) else 0.999 for i in range(len(d))]
+        if len(seen) == 1:
+            return [0.9995 if i in keep else 0.5 + 0.01 * i for i in range(len(d))]
+        return [0.5 if len(seen) == 2 and i in (1, 4) else 0.9995 for i in range(len(d))]
 
     held = make_decoys(tiny, hp, 3, random.Random(9), own, t.z, confidence=0.0, alone=alone)
-    before, after = [r.subject for r in plain.requests], [r.subject for r in held.requests]
-    assert len(seen) == 2 and seen[0] == before and seen[1] == after and held.held == [0.999] * 6
-    assert [after[i] for i in (0, 2, 3, 5)] == [before[i] for i in (0, 2, 3, 5)]
-    assert after[1] not in before and after[4] not in before and after[1] != after[4]
+    after = [r.subject for r in held.requests]
+    assert len(seen) == 3 and seen[0] == names and seen[1] == [names[i] for i in keep] and seen[2] == after
+    assert held.held == [0.9995] * 6
+    stay = [0, 2, 3, 5]  # the kept decoys the second check did not find weak
+    assert [after[i] for i in stay] == [names[keep[i]] for i in stay]
+    assert after[1] not in names and after[4] not in names and after[1] != after[4]
     assert not set(after) & {r.subject for r in own}
-    keep = [0, 2, 3, 5]
-    assert torch.equal(held.z[keep], plain.z[keep]) and torch.equal(held.h[keep], plain.h[keep])
+    rows = [keep[i] for i in stay]
+    assert torch.equal(held.z[stay], every.z[rows]) and torch.equal(held.h[stay], every.h[rows])
     assert torch.allclose((held.z - held.h).norm(dim=1), torch.tensor(held.norms, dtype=torch.float64), rtol=1e-10)
     assert all(any(abs(n - float(x)) < 1e-9 for x in real) for n in held.norms)  # one of the party's own norms
 
     calls = []
     never = make_decoys(tiny, hp, 1, random.Random(9), own, t.z, confidence=0.0,
-                        alone=lambda d: calls.append(1) or [0.0] * len(d), passes=2)
-    assert len(calls) == 3 and len(never) == 2 and never.held == [0.0, 0.0]  # 2 replacements, checked after each
+                        alone=lambda d: calls.append(len(d)) or [0.0] * len(d), passes=2)
+    assert calls == [4, 2, 2, 2] and len(never) == 2 and never.held == [0.0, 0.0]  # rank, then 2 replacements
 
 
 def test_the_holds_own_edit_is_the_partys_collab_edit_with_its_decoys_as_requests(tiny, capitals):

@@ -55,13 +55,15 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # in the two sweep sessions run with it at decoys:9 (0 and 5) 0 and 6 decoy answers changed (1 and 1 with the rule
 # as it is) and the damage on unedited public subjects rose to KL 0.77 and 0.83 (0.67 and 0.57).
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
-# The hold (``make_decoys(alone=...)``): after the party's own edit alone, a decoy's answer must keep p >= HOLD, or it
-# is replaced by the rule's next draw (at most HOLD_PASSES checks). Chosen on the sweep's session 6 at decoys:9
-# (python benchmarks/decoy_answers.py): its own decoy edit makes a decoy very sure (median p 0.9989 after the party's
-# edit alone), and the 6 of 270 decoys whose answer fell below 0.5 in the joint release (2 changed) all had p < 0.99
-# alone (67 did); one of the two changed already under its party's edit alone (p 0.07).
-HOLD = 0.99
-HOLD_PASSES = 3
+# The hold (``make_decoys(alone=...)``): a party draws HOLD_OVERDRAW × n decoys, solves its own edit alone with them
+# and keeps the n whose answers are surest after it; a decoy still below p = HOLD is replaced by the rule's next draw
+# (at most HOLD_PASSES more checks). Chosen on the sweep's sessions 0, 5 and 6 at decoys:9 without the hold
+# (python benchmarks/decoy_answers.py, benchmarks/results/decoy_answers/): a decoy's own edit makes it very sure
+# (median p 0.9989 after the party's edit alone), and the 4 decoys whose answer changed in the joint release had p
+# 0.07, 0.93, 0.96 and 0.994 alone (about half of all decoys are below 0.999, a quarter below 0.99).
+HOLD = 0.999
+HOLD_OVERDRAW = 2
+HOLD_PASSES = 2
 SCAN = 32
 SCORE_BATCH = 64
 # The tried second stage's public relation prompts, all subject-first: a causal model's key at the subject's last
@@ -92,6 +94,13 @@ class DecoyEdits:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    def subset(self, rows: Sequence[int]) -> DecoyEdits:
+        """These decoys at ``rows`` only (in that order)."""
+        idx = torch.tensor(list(rows), dtype=torch.long)
+        return DecoyEdits([self.requests[i] for i in rows], self.z[idx], self.h[idx], [self.norms[i] for i in rows],
+                          [self.answers[i] for i in rows],
+                          None if self.held is None else [self.held[i] for i in rows])
 
 
 def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
@@ -215,22 +224,25 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
 def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
                 z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = (),
                 confidence: float | None = None, alone: Callable[[DecoyEdits], list[float]] | None = None,
-                hold: float = HOLD, passes: int = HOLD_PASSES) -> DecoyEdits:
+                hold: float = HOLD, passes: int = HOLD_PASSES, overdraw: int = HOLD_OVERDRAW) -> DecoyEdits:
     """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now,
     drawn by the public rule of ``draw_decoys`` with the model's answer probabilities as the score.
     ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None).
 
-    ``alone`` (``own_edit_answers``, bound to the party's requests, targets, C and templates): the hold. Each decoy's
-    answer probability after the party's own edit alone (its real edits and these decoys, on the model as it is
-    now: what it can compute before it sends anything); a decoy below ``hold`` is replaced by the rule's next draw
-    from the same generator (never a subject drawn before), and the set is checked again, at most ``passes`` times.
-    What is still below ``hold`` after the last pass stays (``DecoyEdits.held`` says how sure each decoy is)."""
+    ``alone`` (``own_edit_answers``, bound to the party's requests, targets, C and templates): the hold. The rule
+    draws ``overdraw`` times as many decoys; each one's answer probability after the party's own edit alone (its real
+    edits and these decoys, on the model as it is now: what it can compute before it sends anything) ranks them, and
+    the surest n stay (in draw order); then a decoy still below ``hold`` is replaced by the rule's next draw from the
+    same generator (never a subject drawn before) and the set is checked again, at most ``passes`` times. What is
+    still below ``hold`` after the last check stays (``DecoyEdits.held`` says how sure each decoy is)."""
     floor = CONFIDENCE if confidence is None else confidence
 
     def score(reqs: list[Request]) -> list[float]:
         return answer_confidence(lm, reqs)
 
-    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=score, floor=floor)
+    n = ratio * len(own)
+    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=score, floor=floor,
+                                        count=None if alone is None else overdraw * n)
     if not names:
         d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
         return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
@@ -242,9 +254,12 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
     if alone is None:
         return made
     drawn = set(names)
+    if len(made) > n:  # the surest n under the party's own edit, in draw order (ties: the earlier draw)
+        p = alone(made)
+        made = made.subset(sorted(sorted(range(len(made)), key=lambda i: -p[i])[:n]))
     for _ in range(passes):
         made.held = alone(made)
-        weak = [i for i, p in enumerate(made.held) if p < hold]
+        weak = [i for i, x in enumerate(made.held) if x < hold]
         if not weak:
             break
         names, prompts, which = draw_decoys(rng, 1, own, [*exclude, *drawn], score=score, floor=floor,
