@@ -10,7 +10,11 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
   gives, so the decoy's top-1 stays (tested on a tiny model; the sweep counts the decoys whose answer changed);
-- the step's length c_d is one of the party's own real residual norms ‖z*_j − h_j‖, drawn by the same generator.
+- the step's length c_d is one of the party's own real residual norms ‖z*_j − h_j‖, drawn by the same generator;
+- the hold: 2n are drawn, the party solves its own edit alone with them (its real edits and the decoys, the solver's
+  public C and λ, on its own copy of the model) and keeps the n whose answers are surest after it; one still below
+  p = ``HOLD`` is replaced by the rule's next draw and checked again (``own_edit_answers``). The other parties' edits
+  it cannot see: what they still change is measured (docs/privacy.md).
   MEMIT's target optimisation would stop a decoy at once (its loss is already below the early stop) with a residual
   near zero, which gives no cover; with c_d drawn from the real norms a decoy's residual is as large as an edit's.
 
