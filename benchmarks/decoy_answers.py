@@ -26,6 +26,7 @@ import torch
 
 
 def main() -> None:
+    from attacks.cli.defences import add_layout_arguments
     from attacks.experiment import load_report_set
     from attacks.session_views import _load
     from attacks.views import delta_view, public_setup, split, targets_for
@@ -36,15 +37,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="public model")
-    ap.add_argument("--requests", default="benchmarks/results/defences/requests.json", help="the sweep's report set")
-    ap.add_argument("--limit", type=int, default=300, help="the sweep's --limit")
+    add_layout_arguments(ap)  # the sweep's sessions
     ap.add_argument("--ratio", type=int, default=9, help="decoys per real edit")
     ap.add_argument("--defence", default=None, help="the defence to run (default: decoys:RATIO)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[0], help="sessions to run")
-    ap.add_argument("--parties", type=int, default=10, help="parties per session")
-    ap.add_argument("--per-party", type=int, default=3, help="edits per party")
-    ap.add_argument("--seed", type=int, default=0, help="the sweep's --seed")
     ap.add_argument("--json", default="-", help="write the result here ('-': stdout)")
     args = ap.parse_args()
     torch.set_num_threads(1)

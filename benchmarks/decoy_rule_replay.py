@@ -21,6 +21,7 @@ import torch
 
 
 def main() -> None:
+    from attacks.cli.defences import add_layout_arguments
     from attacks.experiment import load_report_set
     from attacks.views import split
     from secure_collab.cli._output import write_json
@@ -29,14 +30,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="public model")
-    ap.add_argument("--requests", default="benchmarks/results/defences/requests.json", help="the sweep's report set")
-    ap.add_argument("--limit", type=int, default=300, help="the sweep's --limit")
+    add_layout_arguments(ap)  # the sweep's sessions
     ap.add_argument("--ratios", type=int, nargs="+", default=[1, 3, 9], help="decoys per real edit")
     ap.add_argument("--sessions", type=int, default=10, help="sessions")
-    ap.add_argument("--parties", type=int, default=10, help="parties per session")
-    ap.add_argument("--per-party", type=int, default=3, help="edits per party")
-    ap.add_argument("--seed", type=int, default=0, help="the sweep's --seed")
     ap.add_argument("--json", default=None, help="write the result here ('-': stdout)")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -35,20 +35,27 @@ def _grid(text: str) -> list[str]:
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from secure_collab.cli._output import add_json_option
-
+def add_layout_arguments(p: argparse.ArgumentParser) -> None:
+    """The sweep's sessions: model, report set, parties, edits per party and seed (also for the scripts in
+    benchmarks/ that replay its sessions)."""
     p.add_argument("--model", default="smollm2-135m", help="public model (default: %(default)s)")
     p.add_argument("--requests", default="benchmarks/results/defences/requests.json",
                    help="report set; session s edits records [s*m, (s+1)*m) (default: %(default)s)")
-    p.add_argument("--offset", type=int, default=0, help="skip this many records (default: %(default)s)")
     p.add_argument("--limit", type=int, default=300, help="records in the report set (default: %(default)s)")
+    p.add_argument("--parties", type=int, default=10, help="parties per session (default: %(default)s)")
+    p.add_argument("--per-party", type=int, default=3, help="edits per party (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates and decoy draws (default: %(default)s)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from secure_collab.cli._output import add_json_option
+
+    add_layout_arguments(p)
+    p.add_argument("--offset", type=int, default=0, help="skip this many records (default: %(default)s)")
     p.add_argument("--sessions", type=int, default=10, help="independent sessions (default: %(default)s)")
     p.add_argument("--first-session", type=int, default=0,
                    help="run sessions from this one on (another process may run the ones before it; the summary "
                         "holds every session of --sessions on disk) (default: %(default)s)")
-    p.add_argument("--parties", type=int, default=10, help="parties per session (default: %(default)s)")
-    p.add_argument("--per-party", type=int, default=3, help="edits per party (default: %(default)s)")
     p.add_argument("--grid", type=_grid, default=["none", "camouflage:1", "camouflage:3", "rank:20"],
                    help="comma-separated defences (default: none,camouflage:1,camouflage:3,rank:20)")
     p.add_argument("--variant", choices=("sequential", "oneshot"), default="sequential",
@@ -76,7 +83,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--damage-subjects", type=int, default=200,
                    help="public titles the damage KL is measured on (default: %(default)s)")
     p.add_argument("--out", required=True, help="directory for the per-session results (resumable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the candidates and decoy draws (default: 0)")
     p.add_argument("--cache-dir", default=None, help="model and covariance cache (default: ~/.cache/secure-collab)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--cached-only", action="store_true",
