@@ -48,8 +48,7 @@ except for ``minus-own``), the cost per candidate (queries to the model and forw
 utility: efficacy, generalization, specificity (CounterFact's), damage_kl (mean next-token KL, edited vs
 unedited, over ``--damage-subjects`` public titles under "{}" and "{} is") and damage_kl_decoys (the same over
 the parties' decoy subjects: camouflage answers their keys, decoys:R edits them); with decoys:R, ``decoys`` (their
-number), ``decoys_changed`` (how many decoy subjects' top-1 answer on their own prompt changed) and
-``decoys_below_hold`` (how many stayed below the hold's p after their party's own edit alone, ``decoys.HOLD``).
+number) and ``decoys_changed`` (how many decoy subjects' top-1 answer on their own prompt changed).
 """
 
 from __future__ import annotations
@@ -297,10 +296,6 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
         finally:
             restore(lm, saved)
         out["decoys"] = len(decoy_edits)
-        from secure_collab.editing.decoys import HOLD
-
-        held = [p for d in dv.decoys for p in (d.held or [])]
-        out["decoys_below_hold"] = sum(p < HOLD for p in held) if held else None  # after the hold's last check
         out["decoys_changed"] = sum(a != b for a, b in zip(now, (a for d in dv.decoys for a in d.answers),
                                                             strict=True))
     targets_idx = [exp.index(r.subject) for r in flat]
@@ -475,8 +470,6 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                 row["decoys"] = sum(r.get("decoys", 0) for r in runs) / len(runs)
                 row["decoys_changed"] = sum(r.get("decoys_changed", 0) for r in runs) / len(runs)
                 row["decoys_changed_total"] = sum(r.get("decoys_changed", 0) for r in runs)
-                held = [r["decoys_below_hold"] for r in runs if r.get("decoys_below_hold") is not None]
-                row["decoys_below_hold_total"] = sum(held) if len(held) == len(runs) else None  # older runs: none
             found = [_budgets(r).get(attack) for r in runs if attack in r["attacks"]]
             budgets = [b for b in found if b is not None]
             if budgets and len(budgets) == len(found):

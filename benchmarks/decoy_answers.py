@@ -31,9 +31,9 @@ def main() -> None:
     from attacks.session_views import _load
     from attacks.views import delta_view, public_setup, split, targets_for
     from secure_collab.cli._output import write_json
-    from secure_collab.editing.decoys import CONFIDENCE, _next_token_logprobs
+    from secure_collab.editing.decoys import CONFIDENCE, _next_token_logprobs, own_edit_logprobs
     from secure_collab.editing.defences import parse_defence
-    from secure_collab.editing.memit import edit_layers, restore, snapshot
+    from secure_collab.editing.memit import restore, snapshot
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -83,13 +83,10 @@ def main() -> None:
         finally:
             restore(lm, saved)
         alone: list[tuple[int, float, float]] = []
-        for reqs_k, t, dec in zip(parties, targets, dv.decoys, strict=True):
-            try:
-                edit_layers(lm, [reqs_k], [t.z], hp, setup.covs(), setup.templates, "collab", lambda _m: None,
-                            decoys=[dec])
-                alone += answers(dec.requests, dec.answers)
-            finally:
-                restore(lm, saved)
+        for reqs_k, t, dec in zip(parties, targets, dv.decoys, strict=True):  # what each party can check alone
+            lps = own_edit_logprobs(lm, hp, setup.covs(), setup.templates, reqs_k, t.z, dec)
+            alone += [(int(lp.argmax()), float(lp.max().exp()), float(lp[a].exp()))
+                      for lp, a in zip(lps, dec.answers, strict=True)]
         rows = []
         for (k, r, a), b, j, o in zip(flat, before, joint, alone, strict=True):
             rows.append({"party": k, "subject": r.subject, "prompt": r.prompt, "answer": r.target_new,

@@ -43,8 +43,6 @@ def main() -> None:
             dec = "-" if r["damage_kl_decoys"] is None else f"{r['damage_kl_decoys']:.3f}"
             changed = (f"{r['decoys_changed_total']} of {round(r['decoys'] * r['sessions'])}"
                        if r.get("decoys") else "-")
-            if r.get("decoys_below_hold_total") is not None:
-                changed += f" ({r['decoys_below_hold_total']} below the hold)"
             print(f"| {r['defence']} | {r['sessions']} | {_ci(r, 'efficacy')} | {_ci(r, 'generalization')} | "
                   f"{_ci(r, 'specificity')} | {_ci(r, 'damage_kl')} | {dec} | {changed} |")
         print("\n| defence | attack | recall@m [95 % CI over sessions] | recall@5m | FLOPs per candidate | queries |")

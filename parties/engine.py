@@ -103,7 +103,6 @@ class PartyEditor:
         if self.decoy_ratio:
             self.log(f"decoys on: {self.decoy_ratio} secret public decoy edits per edit, counted in N, each a subject "
                      f"whose answer the model gives with p >= {self.decoy_floor:g}")
-            self._public_covs()  # the hold's own-edit check solves with the solver's C: taken before any ΔW
         self.targets: dict[int, TargetResult] = {}
         self.plan: dict[int, list] = {}  # round -> the requests this party contributes (targets in self.targets)
         self.withheld: dict[int, list[str]] = {}  # round -> case ids withheld (known to the model, or repeated)
@@ -114,23 +113,16 @@ class PartyEditor:
         self.compute_seconds = 0.0
         self.pre: Any = evaluate(self.lm, requests) if shard.rank == 0 else None  # worker 0 reports
 
-    def _public_covs(self) -> dict[int, torch.Tensor]:
-        """C of each edited layer, the solver's (the unedited model over the public corpus, keyed by the base weights'
-        digest in the cache, which a solver on the same host shares); taken once, before any ΔW is applied."""
-        if not hasattr(self, "_covs"):
-            from secure_collab.covariance import layer_covariances
-
-            self._covs = layer_covariances(self.lm, self.hp.layers, tokens=self.hp.mom2_tokens,
-                                           max_seq_len=self.hp.mom2_max_len, cache=self.cache, progress=self.progress)
-        return self._covs
-
     def _camouflage(self, scale: float, rng: random.Random | None) -> PartyCamouflage | None:
         """The session's camouflage for this party, or None. Made here, before any ΔW is applied: λC is the
         solver's (C of the unedited model over the public corpus, keyed by the base weights' digest in the cache,
         which a solver on the same host shares), and the decoy subjects are drawn once, none of this party's own."""
         if not scale:
             return None
-        covs = self._public_covs()
+        from secure_collab.covariance import layer_covariances
+
+        covs = layer_covariances(self.lm, self.hp.layers, tokens=self.hp.mom2_tokens,
+                                 max_seq_len=self.hp.mom2_max_len, cache=self.cache, progress=self.progress)
         lam_covs = {layer: self.hp.mom2_update_weight * covs[layer] for layer in self.hp.layers}
         cam = PartyCamouflage(scale, lam_covs, rng or random.SystemRandom(), [r.subject for r in self.requests])
         self.log(f"camouflage on: each key is sent mixed with secret public decoy keys, ‖n‖ = {scale:g}‖k‖")
@@ -266,19 +258,12 @@ class PartyEditor:
         if not self.decoy_ratio:
             return None
         if round_ not in self.decoys:
-            from functools import partial
+            from secure_collab.editing.decoys import make_decoys
 
-            from secure_collab.editing.decoys import HOLD, make_decoys, own_edit_answers
-
-            covs = self._public_covs()
-            z = self.targets[round_].z
-            made = make_decoys(self.lm, self.hp, self.decoy_ratio, self.decoy_rng, reqs, z, cur,
-                               exclude=[r.subject for r in self.requests], confidence=self.decoy_floor,
-                               alone=partial(own_edit_answers, self.lm, self.hp, covs, self.templates, reqs, z))
-            self.decoys[round_] = made
-            weak = sum(p < HOLD for p in made.held or [])
-            self.log(f"round {round_}: {len(made)} decoy edits added to the statistics"
-                     + (f" ({weak} below the hold p >= {HOLD:g} after this party's own edit alone)" if weak else ""))
+            self.decoys[round_] = make_decoys(self.lm, self.hp, self.decoy_ratio, self.decoy_rng, reqs,
+                                              self.targets[round_].z, cur, exclude=[r.subject for r in self.requests],
+                                              confidence=self.decoy_floor)
+            self.log(f"round {round_}: {len(self.decoys[round_])} decoy edits added to the statistics")
         return self.decoys[round_]
 
     def apply_delta(self, layer: int, delta: np.ndarray) -> None:

@@ -10,11 +10,8 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
   target vector is z*_d = h_d + c_d · g_d/‖g_d‖, with h_d the output of the last edited layer at the subject's last
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
   gives, so the decoy's top-1 stays (tested on a tiny model; the sweep counts the decoys whose answer changed);
-- the step's length c_d is one of the party's own real residual norms ‖z*_j − h_j‖, drawn by the same generator;
-- the hold: 2n are drawn, the party solves its own edit alone with them (its real edits and the decoys, the solver's
-  public C and λ, on its own copy of the model) and keeps the n whose answers are surest after it; one still below
-  p = ``HOLD`` is replaced by the rule's next draw and checked again (``own_edit_answers``). The other parties' edits
-  it cannot see: what they still change is measured (docs/privacy.md).
+- the step's length c_d is one of the party's own real residual norms ‖z*_j − h_j‖, drawn by the same generator.
+
   MEMIT's target optimisation would stop a decoy at once (its loss is already below the early stop) with a residual
   near zero, which gives no cover; with c_d drawn from the real norms a decoy's residual is as large as an edit's.
 
@@ -57,17 +54,14 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # public ``SURE_PROMPTS`` (below; ``draw_decoys(..., sure=SURE_PROMPTS)``). It removed the draws below the floor (at
 # decoys:1 212 of the sweep's 300 decoys had been below it: python benchmarks/decoy_rule_replay.py --ratios 1) but
 # in the two sweep sessions run with it at decoys:9 (0 and 5) 0 and 6 decoy answers changed (1 and 1 with the rule
-# as it is) and the damage on unedited public subjects rose to KL 0.77 and 0.83 (0.67 and 0.57).
+# as it is) and the damage on unedited public subjects rose to KL 0.77 and 0.83 (0.67 and 0.57). Tried last, and not
+# kept: a hold, where the party solves its own edit alone with its decoys (``own_edit_logprobs``) and keeps the 2n
+# drawn decoys surest after it, replacing those below p 0.999. In the sweep's sessions 0, 5 and 6 the 4 decoys the
+# joint release changed had p 0.07-0.994 under their party's edit alone; with the hold, session 1's 2 changed decoys
+# had p 0.9997 and 0.9998 alone (python benchmarks/decoy_answers.py; benchmarks/results/decoy_answers/): what
+# changes a decoy is the other parties' edits, which no party sees. Every changed decoy inspected (8) was one the rule
+# took below its floor (p 0.54-0.83 when drawn).
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
-# The hold (``make_decoys(alone=...)``): a party draws HOLD_OVERDRAW × n decoys, solves its own edit alone with them
-# and keeps the n whose answers are surest after it; a decoy still below p = HOLD is replaced by the rule's next draw
-# (at most HOLD_PASSES more checks). Chosen on the sweep's sessions 0, 5 and 6 at decoys:9 without the hold
-# (python benchmarks/decoy_answers.py, benchmarks/results/decoy_answers/): a decoy's own edit makes it very sure
-# (median p 0.9989 after the party's edit alone), and the 4 decoys whose answer changed in the joint release had p
-# 0.07, 0.93, 0.96 and 0.994 alone (about half of all decoys are below 0.999, a quarter below 0.99).
-HOLD = 0.999
-HOLD_OVERDRAW = 2
-HOLD_PASSES = 2
 SCAN = 32
 SCORE_BATCH = 64
 # The tried second stage's public relation prompts, all subject-first: a causal model's key at the subject's last
@@ -94,23 +88,14 @@ class DecoyEdits:
     h: torch.Tensor  # (n_d, d_v) h_d: the decoy's state at the last edited layer when drawn
     norms: list[float]  # c_d: the real residual norm each decoy's step was given
     answers: list[int]  # the current top-1 token id of each decoy's prompt (what its edit pushes toward)
-    held: list[float] | None = None  # p(answer) after the party's own edit alone (the hold), where it was checked
 
     def __len__(self) -> int:
         return len(self.requests)
 
-    def subset(self, rows: Sequence[int]) -> DecoyEdits:
-        """These decoys at ``rows`` only (in that order)."""
-        idx = torch.tensor(list(rows), dtype=torch.long)
-        return DecoyEdits([self.requests[i] for i in rows], self.z[idx], self.h[idx], [self.norms[i] for i in rows],
-                          [self.answers[i] for i in rows],
-                          None if self.held is None else [self.held[i] for i in rows])
-
 
 def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
                 score: Callable[[list[Request]], list[float]] | None = None, floor: float = CONFIDENCE,
-                scan: int = SCAN, sure: Sequence[str] = (), count: int | None = None
-                ) -> tuple[list[str], list[str], list[int]]:
+                scan: int = SCAN, sure: Sequence[str] = ()) -> tuple[list[str], list[str], list[int]]:
     """(subjects, prompt templates, indices of the real edit whose residual norm each decoy takes): ``ratio`` decoys
     per request of ``own``, all drawn by ``rng``; subjects never one of ``exclude`` (the party's own subjects).
 
@@ -122,11 +107,10 @@ def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude:
     prompt) that reaches ``floor`` taking the subject (scored in batches only until enough pass); and if still
     short, the highest-scoring of all the other scored pairs, one per subject (ties in draw order): a less sure
     decoy's answer may change. The generator is used in the first stage only, so where it fills the n decoys the
-    second changes nothing. Without ``score``: the first n. ``count``: n itself (replacements, ``make_decoys``'s
-    hold), instead of ``ratio`` × len(own)."""
+    second changes nothing. Without ``score``: the first n."""
     from secure_collab.editing.defences import decoy_subjects
 
-    n = ratio * len(own) if count is None else count
+    n = ratio * len(own)
     if n == 0:
         return [], [], []
     order = decoy_subjects(rng, scan * n, exclude=[*exclude, *(r.subject for r in own)])
@@ -227,26 +211,12 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
 
 def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
                 z_own: torch.Tensor, cur_own: torch.Tensor | None = None, exclude: Sequence[str] = (),
-                confidence: float | None = None, alone: Callable[[DecoyEdits], list[float]] | None = None,
-                hold: float = HOLD, passes: int = HOLD_PASSES, overdraw: int = HOLD_OVERDRAW) -> DecoyEdits:
+                confidence: float | None = None) -> DecoyEdits:
     """``ratio`` decoys per request of ``own`` (whose targets are ``z_own``, (n, d_v)) on the model as it is now,
     drawn by the public rule of ``draw_decoys`` with the model's answer probabilities as the score.
-    ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None).
-
-    ``alone`` (``own_edit_answers``, bound to the party's requests, targets, C and templates): the hold. The rule
-    draws ``overdraw`` times as many decoys; each one's answer probability after the party's own edit alone (its real
-    edits and these decoys, on the model as it is now: what it can compute before it sends anything) ranks them, and
-    the surest n stay (in draw order); then a decoy still below ``hold`` is replaced by the rule's next draw from the
-    same generator (never a subject drawn before) and the set is checked again, at most ``passes`` times. What is
-    still below ``hold`` after the last check stays (``DecoyEdits.held`` says how sure each decoy is)."""
-    floor = CONFIDENCE if confidence is None else confidence
-
-    def score(reqs: list[Request]) -> list[float]:
-        return answer_confidence(lm, reqs)
-
-    n = ratio * len(own)
-    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=score, floor=floor,
-                                        count=None if alone is None else overdraw * n)
+    ``cur_own``: h_j of ``own`` at the last edited layer now (``memit.current_outputs``; computed if None)."""
+    names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=lambda reqs: answer_confidence(lm, reqs),
+                                        floor=CONFIDENCE if confidence is None else confidence)
     if not names:
         d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
         return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
@@ -254,30 +224,7 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
     if cur_own is None:
         cur_own = block_outputs(lm, list(own), hp.layers[-1], hp.request_batch)
     real = (z_own.double().cpu() - cur_own.double().cpu()).norm(dim=1)  # (n,) the party's own residual norms
-    made = _decoy_targets(lm, hp, names, prompts, [float(real[j]) for j in which])
-    if alone is None:
-        return made
-    drawn = set(names)
-    if len(made) > n:  # the surest n under the party's own edit, in draw order (ties: the earlier draw)
-        p = alone(made)
-        made = made.subset(sorted(sorted(range(len(made)), key=lambda i: -p[i])[:n]))
-    for _ in range(passes):
-        made.held = alone(made)
-        weak = [i for i, x in enumerate(made.held) if x < hold]
-        if not weak:
-            break
-        names, prompts, which = draw_decoys(rng, 1, own, [*exclude, *drawn], score=score, floor=floor,
-                                            count=len(weak))
-        if len(names) < len(weak):
-            break  # the public pool ran out: keep what there is
-        drawn.update(names)
-        new = _decoy_targets(lm, hp, names, prompts, [float(real[j]) for j in which])
-        for slot, i in enumerate(weak):
-            made.requests[i], made.norms[i], made.answers[i] = new.requests[slot], new.norms[slot], new.answers[slot]
-            made.z[i], made.h[i] = new.z[slot], new.h[slot]
-    else:
-        made.held = alone(made)
-    return made
+    return _decoy_targets(lm, hp, names, prompts, [float(real[j]) for j in which])
 
 
 def _decoy_targets(lm: LoadedModel, hp: MemitHParams, names: Sequence[str], prompts: Sequence[str],
@@ -294,20 +241,21 @@ def _decoy_targets(lm: LoadedModel, hp: MemitHParams, names: Sequence[str], prom
     return DecoyEdits(reqs, h + step, h, list(norms), answers)
 
 
-def own_edit_answers(lm: LoadedModel, hp: MemitHParams, covs: dict[int, torch.Tensor], templates: list[str],
-                     own: Sequence[Request], z_own: torch.Tensor, decoys: DecoyEdits) -> list[float]:
-    """p(answer) of each decoy on its prompt after the party's own edit alone (``own`` toward ``z_own`` and
-    ``decoys``, solved with the public C and λ as the session's solver would solve them if no other party sent
-    anything), on the model as it is now; the model is restored before it returns."""
+def own_edit_logprobs(lm: LoadedModel, hp: MemitHParams, covs: dict[int, torch.Tensor], templates: list[str],
+                      own: Sequence[Request], z_own: torch.Tensor, decoys: DecoyEdits) -> torch.Tensor:
+    """(n_d, vocab) float64 next-token log-probabilities on each decoy's prompt after the party's own edit alone
+    (``own`` toward ``z_own`` and ``decoys``, solved with the public C and λ as the solver would solve them if no
+    other party sent anything), on the model as it is now; the model is restored before it returns. What a party
+    could check before it sends anything (``benchmarks/decoy_answers.py``: it does not predict which decoys the
+    joint release changes)."""
     from secure_collab.editing.memit import edit_layers, restore, snapshot
 
     saved = snapshot(lm, hp.layers)
     try:
         edit_layers(lm, [list(own)], [z_own], hp, covs, templates, "collab", lambda _m: None, decoys=[decoys])
-        lps = torch.cat(list(_next_token_logprobs(lm, decoys.requests)))
+        return torch.cat(list(_next_token_logprobs(lm, decoys.requests)))
     finally:
         restore(lm, saved)
-    return [float(lp[a].exp()) for lp, a in zip(lps, decoys.answers, strict=True)]
 
 
 @torch.no_grad()

@@ -190,13 +190,10 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             cams = [PartyCamouflage(defence.camouflage, lam_covs, gens[k], [r.subject for r in reqs])
                     for k, reqs in enumerate(parties)]
         if defence is not None and defence.decoys:
-            from functools import partial
-
-            from secure_collab.editing.decoys import make_decoys, own_edit_answers
+            from secure_collab.editing.decoys import make_decoys
 
             say(f"decoys: {defence.decoys} per edit at each party")
-            out.decoys = [make_decoys(lm, hp, defence.decoys, gens[k], reqs, z, confidence=defence.decoy_floor,
-                                      alone=partial(own_edit_answers, lm, hp, covs, templates, reqs, z))
+            out.decoys = [make_decoys(lm, hp, defence.decoys, gens[k], reqs, z, confidence=defence.decoy_floor)
                           for k, (reqs, z) in enumerate(zip(parties, zs, strict=True))]
         out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams,
                                  defence.rank if defence is not None else 0, noises, out.decoys or None)
