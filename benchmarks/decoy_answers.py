@@ -31,9 +31,9 @@ def main() -> None:
     from attacks.session_views import _load
     from attacks.views import delta_view, public_setup, split, targets_for
     from secure_collab.cli._output import write_json
-    from secure_collab.editing.decoys import CONFIDENCE, _next_token_logprobs, own_edit_logprobs
+    from secure_collab.editing.decoys import CONFIDENCE, _next_token_logprobs
     from secure_collab.editing.defences import parse_defence
-    from secure_collab.editing.memit import restore, snapshot
+    from secure_collab.editing.memit import own_edit_logprobs, restore, snapshot
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

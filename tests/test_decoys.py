@@ -281,8 +281,8 @@ def test_a_partys_own_edit_with_its_decoys_is_its_collab_edit_with_the_decoys_as
     """own_edit_logprobs (what benchmarks/decoy_answers.py compares with the joint release): the decoys' answer
     probabilities after the party's edit alone equal those after run_edit (collab, the party alone) with the decoys
     given as ordinary requests toward their z*; the model is restored."""
-    from secure_collab.editing.decoys import _next_token_logprobs, make_decoys, own_edit_logprobs
-    from secure_collab.editing.memit import restore, run_edit, snapshot
+    from secure_collab.editing.decoys import _next_token_logprobs, make_decoys
+    from secure_collab.editing.memit import own_edit_logprobs, restore, run_edit, snapshot
     from secure_collab.editing.targets import TargetResult, compute_targets
     from secure_collab.models.specs import down_weight
 

@@ -55,7 +55,7 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # decoys:1 212 of the sweep's 300 decoys had been below it: python benchmarks/decoy_rule_replay.py --ratios 1) but
 # in the two sweep sessions run with it at decoys:9 (0 and 5) 0 and 6 decoy answers changed (1 and 1 with the rule
 # as it is) and the damage on unedited public subjects rose to KL 0.77 and 0.83 (0.67 and 0.57). Tried last, and not
-# kept: a hold, where the party solves its own edit alone with its decoys (``own_edit_logprobs``) and keeps the 2n
+# kept: a hold, where the party solves its own edit alone with its decoys (``memit.own_edit_logprobs``) and keeps the 2n
 # drawn decoys surest after it, replacing those below p 0.999. In the sweep's sessions 0, 5 and 6 the 4 decoys the
 # joint release changed had p 0.07-0.994 under their party's edit alone; with the hold, session 1's 2 changed decoys
 # had p 0.9997 and 0.9998 alone (python benchmarks/decoy_answers.py; benchmarks/results/decoy_answers/): what
@@ -239,23 +239,6 @@ def _decoy_targets(lm: LoadedModel, hp: MemitHParams, names: Sequence[str], prom
             for r, a in zip(reqs, answers, strict=True)]
     h = block_outputs(lm, reqs, hp.layers[-1], hp.request_batch).double().cpu()  # (n_d, d_v)
     return DecoyEdits(reqs, h + step, h, list(norms), answers)
-
-
-def own_edit_logprobs(lm: LoadedModel, hp: MemitHParams, covs: dict[int, torch.Tensor], templates: list[str],
-                      own: Sequence[Request], z_own: torch.Tensor, decoys: DecoyEdits) -> torch.Tensor:
-    """(n_d, vocab) float64 next-token log-probabilities on each decoy's prompt after the party's own edit alone
-    (``own`` toward ``z_own`` and ``decoys``, solved with the public C and λ as the solver would solve them if no
-    other party sent anything), on the model as it is now; the model is restored before it returns. What a party
-    could check before it sends anything (``benchmarks/decoy_answers.py``: it does not predict which decoys the
-    joint release changes)."""
-    from secure_collab.editing.memit import edit_layers, restore, snapshot
-
-    saved = snapshot(lm, hp.layers)
-    try:
-        edit_layers(lm, [list(own)], [z_own], hp, covs, templates, "collab", lambda _m: None, decoys=[decoys])
-        return torch.cat(list(_next_token_logprobs(lm, decoys.requests)))
-    finally:
-        restore(lm, saved)
 
 
 @torch.no_grad()

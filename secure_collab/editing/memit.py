@@ -17,7 +17,7 @@ Methods (``METHODS``):
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -232,6 +232,23 @@ def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Te
         for layer, delta in deltas.items():
             add_to_down_weight(lm.model, lm.spec, layer, delta)
     return deltas
+
+
+def own_edit_logprobs(lm: LoadedModel, hp: MemitHParams, covs: dict[int, torch.Tensor], templates: list[str],
+                      own: Sequence[Request], z_own: torch.Tensor, decoys: Any) -> torch.Tensor:
+    """(n_d, vocab) float64 next-token log-probabilities on each decoy's prompt after the party's own edit alone
+    (``own`` toward ``z_own`` and ``decoys``, solved with the public C and λ as the solver would solve them if no
+    other party sent anything), on the model as it is now; the model is restored before it returns. What a party
+    could check before it sends anything (``benchmarks/decoy_answers.py``: it does not predict which decoys the
+    joint release changes). ``decoys``: the party's ``decoys.DecoyEdits``."""
+    from secure_collab.editing.decoys import _next_token_logprobs
+
+    saved = snapshot(lm, hp.layers)
+    try:
+        edit_layers(lm, [list(own)], [z_own], hp, covs, templates, "collab", lambda _m: None, decoys=[decoys])
+        return torch.cat(list(_next_token_logprobs(lm, decoys.requests)))
+    finally:
+        restore(lm, saved)
 
 
 def rel_diff_per_layer(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> dict[int, float]:
