@@ -11,7 +11,6 @@ A party with n real edits in a round adds R·n decoy edits to its statistics, an
   token and g_d the gradient of log p(current answer) with respect to h_d: a step toward the answer the model already
   gives, so the decoy's top-1 stays (tested on a tiny model; the sweep counts the decoys whose answer changed);
 - the step's length c_d is one of the party's own real residual norms ‖z*_j − h_j‖, drawn by the same generator.
-
   MEMIT's target optimisation would stop a decoy at once (its loss is already below the early stop) with a residual
   near zero, which gives no cover; with c_d drawn from the real norms a decoy's residual is as large as an edit's.
 
