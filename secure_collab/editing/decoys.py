@@ -59,7 +59,7 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # joint release changed had p 0.07-0.994 under their party's edit alone; with the hold, session 1's 2 changed decoys
 # had p 0.9997 and 0.9998 alone (python benchmarks/decoy_answers.py; benchmarks/results/decoy_answers/): what
 # changes a decoy is the other parties' edits, which no party sees. Every changed decoy inspected (6) was one the rule
-# took below its floor (p 0.54-0.83 when drawn).
+# took below its floor (p 0.54-0.83 when drawn), as were 76 % of all decoys there: weak evidence.
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
 SCAN = 32
 SCORE_BATCH = 64
