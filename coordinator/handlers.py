@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from coordinator.connections import Connection, Connections
 from coordinator.guard import PeerGuard
 from coordinator.outbox import Outgoing
 from coordinator.stages import Key, Stage, Step, TagPhase, validate_contrib
@@ -34,6 +36,7 @@ from secure_collab.protocol.query import ANSWER_FRAME_BYTES, QUERY_FRAME_BYTES, 
 from secure_collab.protocol.release import max_ciphertext_bytes, part_bytes
 
 log = logging.getLogger("coordinator")
+ASKED_KEPT = 64  # unanswered queries whose connection is kept per party (``QueryHandlers.asked``)
 PART_HEADERS_KEPT = 64  # release parts' headers kept for the other parties (each hashes a part of up to 1 MiB)
 
 
@@ -45,6 +48,7 @@ class Inbound:
     raw: list[bytes]  # header + payload frames exactly as received
     nbytes: int
     digest: str  # sha256 of the header frame, which commits to every payload frame
+    conn: Connection = field(default_factory=lambda: Connection(b""))  # the connection it was read on
 
 
 class CoordinatorState(ABC):
@@ -65,10 +69,10 @@ class CoordinatorState(ABC):
     public: bytes | None  # the solver's signed setup: public parameters, sealed bundles, signature
     bundles: bytes
     public_sig: bytes
-    routes: dict[str, bytes]  # peer name -> its ROUTER identity on the current connection
-    welcomed: set[str]
+    conns: Connections  # each peer's connections (``connections.py``)
+    routes: dict[str, bytes]  # peer name -> its ROUTER identity on its route (a welcomed connection)
     active: set[str]
-    holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]
+    holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]]  # what each party's route said it holds
     releases: dict[tuple[int, int], StoredRelease]
     part_headers: dict[tuple[int, int, str, int], bytes]  # the last few release parts' headers, oldest first
     incoming: dict[tuple[int, int], PartSink]  # a release's ciphertext arriving in parts, on disk
@@ -77,6 +81,8 @@ class CoordinatorState(ABC):
 
     @abstractmethod
     def _accept(self, m: Inbound, reason: str = "") -> None: ...
+    @abstractmethod
+    def _adopt(self, m: Inbound) -> None: ...
     @abstractmethod
     def _msg(self, mtype: MsgType, round_: int = -1, layer: int = -1, stat: str = "",
              body: Mapping[str, Any] | None = None, frames: tuple[Frame, ...] = ()) -> Message: ...
@@ -119,20 +125,23 @@ class Handlers(CoordinatorState):
     """Handlers of ``Coordinator`` for joining, contributions, releases and errors: state lives there."""
 
     def _on_hello(self, m: Inbound) -> None:
-        """First HELLO on a connection joins (or rejoins after a restart); later ones are heartbeats.
-        Welcomes are rate-limited per party (``guard.may_welcome``): a refused HELLO is simply sent again
-        by the party's next heartbeat."""
+        """First HELLO on a connection joins (or rejoins after a restart) and makes it the party's route; later ones
+        are heartbeats, which say what the party holds now. Welcomes are rate-limited per party
+        (``guard.may_welcome``): a refused HELLO is simply sent again by the party's next heartbeat."""
         if m.name == "solver":
             self._solver_hello(m)
-        elif m.msg.body["role"] != "party" or m.msg.frames:
+            return
+        if m.msg.body["role"] != "party" or m.msg.frames:
             raise ProtocolError("a party HELLO carries role 'party' and no payload")
-        elif m.name not in self.welcomed:
+        body = m.msg.body
+        holdings = (bool(body.get("setup", False)), frozenset((r, lay) for r, lay in body.get("applied", [])))
+        if m.conn.welcomed:
+            self.conns.heard(m.name, m.conn, holdings)
+        else:
             if not self.guard.may_welcome(m.name):
                 raise ProtocolError("too many re-joins: welcome deferred to a later HELLO")
-            body = m.msg.body
-            self.holdings[m.name] = (body.get("setup", False),
-                                     frozenset((r, lay) for r, lay in body.get("applied", [])))
-            self.welcomed.add(m.name)
+            m.conn.holdings = holdings
+            self._adopt(m)
             self._accept(m, "joined")
             log.info("party %s joined", m.name)
             if self.stage is Stage.JOINING:
@@ -148,28 +157,33 @@ class Handlers(CoordinatorState):
         if self.public is not None:
             if public != self.public or bundles != self.bundles:
                 raise ProtocolError("solver setup differs from this session's")
-            if "solver" not in self.welcomed:
-                self.welcomed.add("solver")
+            if not m.conn.welcomed:
+                self._adopt(m)
                 self._accept(m, "solver rejoined")
-                step = self.step
-                if step is not None and step.handed and len(step.released) < len(step.layers):
-                    # the sums handed to it are gone with its old connection, and dropped here: collect the step
-                    # again under a new attempt (nothing was opened, or it refuses to open again)
-                    step.stale = True
-                forwarded = self.phase.forwarded if self.phase is not None else []
-                for msg in forwarded:  # the solver answers each the same way
-                    self._send("solver", msg)
+                self._solver_back()
             return
         self._verify_setup(public, bundles, signature)
         self.public, self.bundles, self.public_sig = public, bundles, signature
-        self.welcomed.add("solver")
+        self._adopt(m)
         roster = self.cfg.roster
         curves = {"solver": roster.solver.curve, **{n: i.curve for n, i in roster.parties.items()}}
         self.ledger.open_session(self.s.id, self.cfg.digest, self.s.mode, public, bundles, signature, curves)
         self._accept(m, "solver public parameters")
         log.info("solver joined; its public parameters are signed")
-        for name in sorted(self.welcomed - {"solver"}):
+        for name in sorted(n for n in self.routes if n != "solver"):
             self._welcome(name)
+
+    def _solver_back(self) -> None:
+        """The solver's route is a connection other than the one the step's sums and the tag exchange's messages went
+        to (it rejoined, or its route fell back from a closed one): those are collected or sent again."""
+        step = self.step
+        if step is not None and step.handed and len(step.released) < len(step.layers):
+            # the sums handed to it are gone with its old connection, and dropped here: collect the step
+            # again under a new attempt (nothing was opened, or it refuses to open again)
+            step.stale = True
+        forwarded = self.phase.forwarded if self.phase is not None else []
+        for msg in forwarded:  # the solver answers each the same way
+            self._send("solver", msg)
 
     def _welcome(self, name: str) -> None:
         """Send what the party's HELLO said it lacks: the setup, the releases so far that it has not applied,
@@ -371,11 +385,19 @@ class QueryHandlers(CoordinatorState):
 
     queries_used: dict[str, int]  # party -> budget used, as the solver's last answer said
     queries_done: set[str]  # parties that said they ask nothing more
+    # party -> counter -> the connection its query came on (a party asks on a connection of its own, which sends no
+    # HELLO and so is not its route: parties/queries.py), at most ASKED_KEPT per party, the oldest dropped
+    asked: dict[str, OrderedDict[int, bytes]]
 
     def _on_query(self, m: Inbound) -> None:
         frames = m.msg.frames
         if m.msg.body["party"] or len(frames) != 1 or len(frames[0]) != QUERY_FRAME_BYTES:
             raise ProtocolError(f"a query carries one encrypted frame of {QUERY_FRAME_BYTES} bytes and no party name")
+        asked = self.asked.setdefault(m.name, OrderedDict())
+        asked[m.msg.body["counter"]] = m.route
+        asked.move_to_end(m.msg.body["counter"])
+        while len(asked) > ASKED_KEPT:
+            asked.popitem(last=False)
         self._accept(m)
         self._send("solver", self._msg(MsgType.QUERY, body={"party": m.name, "counter": m.msg.body["counter"]},
                                        frames=(bytes(frames[0]),)))
@@ -397,7 +419,9 @@ class QueryHandlers(CoordinatorState):
         if body["accepted"] and body["kind"] == "done":
             self.queries_done.add(party)
         self.guard.grant_queries(party, 1)  # the answer frees a place in the party's window
-        self._relay(party, m)
+        route = self.asked.get(party, OrderedDict()).pop(body["counter"], None) or self.routes.get(party)
+        if route is not None:  # to the connection that asked (else to the party's route)
+            self._post(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
 
 
 class TagHandlers(CoordinatorState):

@@ -22,6 +22,7 @@ import logging
 import mmap
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from coordinator.connections import Connections
 from coordinator.guard import QUERY_WINDOW, ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
 from coordinator.memory import Footprint, footprint
@@ -59,7 +61,6 @@ from secure_collab.protocol.release import check_release, part_bytes, verify
 from secure_collab.protocol.statistics import chunk_body, chunk_bounds, window_chunks
 
 ZAP_DOMAIN = "secure-collab"
-RECENT_ROUTES = 4  # connections per peer that END is sent to (``Coordinator._end_to_older``)
 SETTLE_HEARTBEATS = 3  # the longest END waits for the last releases' acknowledgements (``Coordinator._settle``)
 log = logging.getLogger("coordinator")
 
@@ -105,9 +106,11 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.ctx = ctx or zmq.Context()
         self.limits = transport.limits_for(config.network)
         self.seq = Sequencer()
-        self.routes: dict[str, bytes] = {}
-        # each peer's last RECENT_ROUTES connections: END goes to all of them (``_end``)
-        self.recent_routes: dict[str, list[bytes]] = {}
+        # each peer's connections; its route (where its messages go) and what its route's HELLO says it holds
+        self.conns = Connections()
+        self.routes, self.holdings = self.conns.routes, self.conns.holdings
+        self.fallen: set[str] = set()  # parties whose route fell back to an earlier connection: welcome it again
+        self.end: Message | None = None  # END, once the session ended (a connection the route falls back to gets it)
         self.public: bytes | None = None
         self.bundles = b""
         self.public_sig = b""
@@ -126,12 +129,10 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.stage = Stage.JOINING
         self.abort_reason = ""
         self.outcome = Outcome(False, "")
-        self.welcomed: set[str] = set()  # peers whose current connection has been welcomed
-        self.last_seq: dict[str, int] = {}  # highest sequence number seen on each peer's connection
-        self.holdings: dict[str, tuple[bool, frozenset[tuple[int, int]]]] = {}  # what a HELLO said it holds
         self.acked: set[tuple[str, int, int]] = set()  # (party, round, layer) releases acknowledged
         self.queries_used: dict[str, int] = {}  # served release: party -> budget used, as the solver answered
         self.queries_done: set[str] = set()
+        self.asked: dict[str, OrderedDict[int, bytes]] = {}
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
@@ -196,9 +197,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
     def _settle(self) -> None:
         """Before END, for at most ``SETTLE_HEARTBEATS`` heartbeats: until every connected party (not cut off) has
         acknowledged every release or said in its HELLO that it holds it. A release sent while a party's route
-        pointed at an older connection of it (``_end_to_older``) was lost; the newer connection's next heartbeat
-        rejoins, and its welcome sends what it lacks. Without this, END could follow at once and the party end short
-        of a release. A party that left or never reads costs the session's end those heartbeats, once."""
+        gone to a connection that closed is sent again to the party's earlier connection (``_welcome_fallen``), and the
+        party's acknowledgements take a moment. Without this, END could follow at once and the party end short of a
+        release. A party that left or never reads costs the session's end those heartbeats, once."""
         deadline = self.clock() + SETTLE_HEARTBEATS * self.cfg.network.heartbeat_s
         while self.clock() < deadline:
             if not any(self._owed(name) for name in self.routes if name in self.cfg.roster.parties
@@ -254,31 +255,61 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         if self.step is not None and self.step.stage not in (Stage.DONE, Stage.ABORTED):
             self.step.move(self.stage)
         self.ledger.stage_event(self.s.id, -1, (), -1, "done" if ok else "aborted", reason)
-        end = self._msg(MsgType.END, body={"ok": ok, "reason": reason})
+        self.end = end = self._msg(MsgType.END, body={"ok": ok, "reason": reason})
         for name in sorted(self.routes):
-            self._send(name, end)
-            self._end_to_older(name, end)
+            self._send_end(name, end)
         (log.info if ok else log.error)("session %s %s: %s; told %s", self.s.id, "done" if ok else "ABORTED",
                                         reason, ", ".join(sorted(self.routes)) or "nobody (no peer connected)")
         self.outcome.ok, self.outcome.reason = ok, reason
         self.outcome.releases = {k: r.sha256 for k, r in self.releases.items()}
         return self.outcome
 
-    def _end_to_older(self, name: str, end: Message) -> None:
-        """END also to the peer's other recent connections. The coordinator reads each connection's queue in turn, so a
-        message still queued from an older connection of a party (a restarted party's old process, the fuzz test's
-        connections) can be read after the newer one's and make the older one the party's route: END sent only
-        there was lost, and the party waited on (a CI failure of test_net_fuzz; test_redteam6_older_connection.py).
-        Ordering connections by libzmq's routing ids would not do: a peer may choose its own id, and refusing by
-        order would tell it where libzmq's counter stands. A closed connection's copy fails at once (not recorded:
-        the party's END row is the one above); END says only what every party is told."""
+    def _send_end(self, name: str, end: Message) -> None:
+        """END to the peer's route (if that connection turns out closed, to the one its route falls back to), and to
+        its other welcomed connections not known closed: a party whose newer connection closed with END queued there
+        still hears it. A closed connection's copy fails at once (not recorded: the party's END row is the route's);
+        END says only what every party is told."""
+        tried: set[bytes] = set()
+        while (route := self.routes.get(name)) is not None and route not in tried:
+            tried.add(route)
+            self._send_route(name, route, end)
         frames = end.to_frames()
-        for route in self.recent_routes.get(name, []):
-            if route != self.routes.get(name):
-                try:
-                    self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
-                except zmq.ZMQError:
-                    pass
+        for route in self.conns.others(name):
+            try:
+                self.sock.send_multipart([route, *frames], flags=zmq.DONTWAIT, copy=False)
+            except zmq.ZMQError:
+                pass
+
+    def _adopt(self, m: Inbound) -> None:
+        """A HELLO of a connection not welcomed before was welcomed: it is the peer's route now (``connections.py``)."""
+        if self.conns.adopt(m.name, m.conn) is not None:
+            self._drop_outbox(m.name, "a new connection of the party replaced it")
+
+    def _connection_closed(self, name: str, route: bytes) -> None:
+        """libzmq says ``route`` is closed (a send failed: Host unreachable). A party's route falls back to its most
+        recently welcomed connection still open, which is welcomed again (``_welcome_fallen``)."""
+        was_route = self.routes.get(name) == route
+        back = self.conns.closed(name, route)
+        if back is not None:
+            self.fallen.add(name)
+            log.info("%s's connection closed; its earlier connection is its route again and gets what it lacks", name)
+        elif was_route and back is None:
+            log.info("%s's connection closed; nothing goes to it until it connects again", name)
+
+    def _welcome_fallen(self) -> None:
+        """Welcome again each party whose route fell back to an earlier connection (``_connection_closed``): what was
+        sent to the closed one is sent there, as to a rejoining party, and END if the session has ended. A party gets
+        at most one such welcome per connection of it that was welcomed (and so rate-limited) and then closed."""
+        while self.fallen:
+            name = self.fallen.pop()
+            if name not in self.routes or self.public is None:
+                continue
+            if name == "solver":
+                self._solver_back()
+                continue
+            self._welcome(name)
+            if self.end is not None and name in self.routes:
+                self._send_end(name, self.end)
 
     # ---- phases -----------------------------------------------------------------------------------
     def _join(self) -> bool:
@@ -304,7 +335,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                                             "hypernet_digest": self.s.hypernet_digest or None}))
 
         def solver_ready() -> bool:  # after a restart the public params come from the ledger: wait anyway
-            return self.public is not None and "solver" in self.welcomed
+            return self.public is not None and "solver" in self.routes
 
         shown = None
         while not (solver_ready() and self.active >= parties - set(self.guard.cut_off)) and self.clock() < deadline:
@@ -582,11 +613,12 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             return False
         self.watching.tick(waiting_for(self.s, self.stage, self.step, self.phase, set(self.cfg.roster.parties),
                                        self.active, set(self.guard.cut_off),
-                                       self.public is not None and "solver" in self.welcomed,
+                                       self.public is not None and "solver" in self.routes,
                                        self._querying() if self.stage is Stage.SERVING else frozenset()), deadline)
         if self.sock.poll(int(max(0.0, min(deadline - self.clock(), self._wait_s())) * 1000), zmq.POLLIN):
             self._receive()
         self._drop_sent_pages()
+        self._welcome_fallen()
         step = self.step
         if step is not None and step.unsent and step.taken(self.clock()) and step.stage is Stage.COLLECTING:
             self._regrant(step)
@@ -685,6 +717,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         while (self.outboxes or self.sending) and self.clock() < deadline:
             time.sleep(max(0.0, min(deadline - self.clock(), self._wait_s() if self.outboxes else POLL_S)))
             self._drop_sent_pages()
+            self._welcome_fallen()
 
     def _close_socket(self) -> None:
         """At exit, one deadline of ``linger_ms`` for both the parties' queues (``_drain_sending``) and the socket's
@@ -722,22 +755,19 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             log.exception("coordinator: internal error parsing a message from %s", name)
             self._refuse(name, route, None, f"internal error ({type(exc).__name__})", digest, nbytes)
             return
+        if (owner := self.conns.owner(route)) not in (None, name):  # a route of a closed connection, taken again
+            self._connection_closed(owner, route)
+        conn = self.conns.see(name, route)
+        if conn is None:  # read after libzmq said this connection closed: nothing to answer, and it moves nothing
+            self._refuse(name, route, msg, "its connection has closed", digest, nbytes, answer=False)
+            return
         self.watching.seen(name, parts[0])
-        if self.routes.get(name) != route:  # a new connection: (re)join on its next HELLO
-            self.routes[name] = route
-            recent = self.recent_routes.setdefault(name, [])
-            if route not in recent:
-                recent.append(route)
-                del recent[:-RECENT_ROUTES]
-            self._drop_outbox(name, "a new connection of the party replaced it")
-            self.welcomed.discard(name)
-            self.last_seq[name] = 0
-        if msg.seq <= self.last_seq[name]:  # one connection delivers in order: this was replayed
-            self._refuse(name, route, msg, f"sequence number {msg.seq} is not above {self.last_seq[name]} "
+        if msg.seq <= conn.last_seq:  # one connection delivers in order: this was replayed
+            self._refuse(name, route, msg, f"sequence number {msg.seq} is not above {conn.last_seq} "
                          "(replayed or reordered)", digest, nbytes)
             return
-        self.last_seq[name] = msg.seq
-        inbound = Inbound(msg, name, route, raw, nbytes, digest)
+        conn.last_seq = msg.seq
+        inbound = Inbound(msg, name, route, raw, nbytes, digest, conn)
         try:
             self._check(inbound)
             self.handlers[msg.type](inbound)
@@ -755,9 +785,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         reason = self.guard.cut(name)
         self.guard.cut_off[name].messages, self.guard.cut_off[name].nbytes = 1, nbytes
         self.ledger.message(self.s.id, "in", name, "?", "", nbytes, "cut off", reason)
-        self.routes.pop(name, None)
+        self.conns.forget(name)
         self._drop_outbox(name, "it was cut off")
-        self.welcomed.discard(name)
         self.active.discard(name)
         step = self.step
         if step is not None and step.stage is Stage.COLLECTING and step.accepted.get(name):
@@ -790,7 +819,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             raise ProtocolError(f"late or unexpected {msg.type.value} in stage {stage.value}")
 
     def _refuse(self, name: str, route: bytes, msg: Message | None, reason: str, digest: str,
-                nbytes: int) -> None:
+                nbytes: int, answer: bool = True) -> None:
         if not self.guard.record_refusal(name, nbytes):
             return  # over the per-step row limit: counted for one summary row, not answered
         reason = clean_text(reason, STORED_TEXT)
@@ -798,8 +827,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.ledger.message(self.s.id, "in", name, msg.type.value if msg else "?", digest, nbytes,
                             "refused", reason, **kw)
         log.warning("refused %s from %s: %s", msg.type.value if msg else "a message", name, reason[:200])
-        error = self._msg(MsgType.ERROR, body={"refused_seq": msg.seq if msg else -1, "reason": reason})
-        self._send_route(name, route, error)
+        if answer:
+            error = self._msg(MsgType.ERROR, body={"refused_seq": msg.seq if msg else -1, "reason": reason})
+            self._send_route(name, route, error)
 
     @staticmethod
     def _where(msg: Message | None) -> dict[str, Any]:
@@ -873,6 +903,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             outcome, reason = "unsent", "dropped: the peer's queue is full (it is not reading)"
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._connection_closed(name, route)
         if outcome != "sent" and name == "solver" and mtype == MsgType.AGGREGATE.value and self.step is not None:
             self.step.stale = True  # a chunk's sum the solver never got (and dropped here): collect the step again
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),

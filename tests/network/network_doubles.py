@@ -215,8 +215,9 @@ class SessionRun:
 
 def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
                 extra: dict[str, Callable[[], Any]] | None = None, timeout: float = 40.0,
-                scheme: ProtectionScheme | None = None) -> SessionRun:
-    """Solver, coordinator and honest parties in threads (each with its own zmq context), plus extras."""
+                scheme: ProtectionScheme | None = None, coordinator: Callable[[], Any] | None = None) -> SessionRun:
+    """Solver, coordinator and honest parties in threads (each with its own zmq context), plus extras.
+    ``coordinator`` replaces the in-thread coordinator (a callable returning its outcome)."""
     from coordinator.server import run_coordinator
     from parties import run_party
     from solver.server import run_solver
@@ -225,7 +226,7 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     engines = {n: SyntheticEngine(n, cfg) for n in honest}
     th = Threads()
     th.start("solver", lambda: run_solver(cfg, scheme, closed_form_solve))
-    th.start("coordinator", lambda: run_coordinator(cfg, scheme))
+    th.start("coordinator", coordinator or (lambda: run_coordinator(cfg, scheme)))
     for n, e in engines.items():
         th.start(n, lambda n=n, e=e: run_party(cfg, n, scheme, e.compute_statistics, e.apply_delta))
     for name, fn in (extra or {}).items():

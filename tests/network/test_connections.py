@@ -1,0 +1,44 @@
+"""coordinator/connections.py: which connection is a peer's route, and where it falls back when one closes."""
+
+from __future__ import annotations
+
+from coordinator.connections import MAX_CONNECTIONS, Connections
+
+
+def test_only_a_welcome_makes_a_connection_the_route_and_a_closed_route_falls_back_to_the_latest_welcomed():
+    c = Connections()
+    old, new, junk = (c.see("c", r) for r in (b"old", b"new", b"junk"))
+    assert old and new and junk and "c" not in c.routes  # seen, not welcomed: no route
+    assert c.adopt("c", old) is None and c.routes["c"] == b"old"
+    old.holdings = (True, frozenset({(0, 1)}))
+    c.heard("c", old, old.holdings)
+    assert c.adopt("c", new) == b"old" and c.routes["c"] == b"new"
+    assert c.holdings["c"] == (False, frozenset())  # what the new connection's HELLO said, not the old one's
+    assert c.see("c", b"old") is old  # a message of the older connection read now moves nothing
+    assert c.routes["c"] == b"new" and c.others("c") == [b"old"]
+    assert c.closed("c", b"junk") is None and c.routes["c"] == b"new"  # not the route: nothing moves
+    back = c.closed("c", b"new")
+    assert back is old and c.routes["c"] == b"old" and c.holdings["c"] == (True, frozenset({(0, 1)}))
+    assert c.see("c", b"new") is None and c.is_closed("c", b"new")  # closed for good
+    assert c.closed("c", b"old") is None and "c" not in c.routes  # no welcomed connection left: no route
+
+
+def test_a_route_read_from_another_peer_is_a_closed_connection_of_the_first():
+    c = Connections()
+    c.adopt("a", c.see("a", b"r1"))  # type: ignore[arg-type]
+    assert c.owner(b"r1") == "a"
+    assert c.closed("a", b"r1") is None and "a" not in c.routes
+    assert c.owner(b"r1") is None
+    assert c.see("b", b"r1") is not None and c.owner(b"r1") == "b"  # b may take the id; a's closure stays a's
+    assert c.is_closed("a", b"r1") and not c.is_closed("b", b"r1")
+
+
+def test_connections_kept_per_peer_are_bounded_and_the_route_is_never_the_one_dropped():
+    c = Connections()
+    c.adopt("c", c.see("c", b"route"))  # type: ignore[arg-type]
+    for i in range(3 * MAX_CONNECTIONS):
+        c.see("c", f"r{i}".encode())
+    kept = [r for r in (b"route", *(f"r{i}".encode() for i in range(3 * MAX_CONNECTIONS))) if c.owner(r) == "c"]
+    assert len(kept) == MAX_CONNECTIONS and b"route" in kept and c.routes["c"] == b"route"
+    c.forget("c")
+    assert "c" not in c.routes and c.owner(b"route") is None
