@@ -109,9 +109,10 @@ class Connections:
         return (name, route) in self._closed
 
     def others(self, name: str) -> list[bytes]:
-        """The peer's welcomed connections other than its route, not known closed (END goes to them too)."""
+        """The peer's kept connections other than its route, not known closed (END goes to them too: a DEALER that
+        reconnected on its own may not have said HELLO yet)."""
         route = self.routes.get(name)
-        return [r for r, c in self._peers.get(name, {}).items() if c.welcomed and r != route]
+        return [r for r in self._peers.get(name, {}) if r != route]
 
     def forget(self, name: str) -> None:
         """The peer is cut off: no route, no connection kept."""

@@ -77,6 +77,7 @@ class CoordinatorState(ABC):
     part_headers: dict[tuple[int, int, str, int], bytes]  # the last few release parts' headers, oldest first
     incoming: dict[tuple[int, int], PartSink]  # a release's ciphertext arriving in parts, on disk
     acked: set[tuple[str, int, int]]
+    step_pairs: frozenset[tuple[int, int]]  # the session's (round, layer) pairs
     abort_reason: str
 
     @abstractmethod
@@ -134,7 +135,9 @@ class Handlers(CoordinatorState):
         if m.msg.body["role"] != "party" or m.msg.frames:
             raise ProtocolError("a party HELLO carries role 'party' and no payload")
         body = m.msg.body
-        holdings = (bool(body.get("setup", False)), frozenset((r, lay) for r, lay in body.get("applied", [])))
+        # only the session's own steps are kept (a HELLO may list 16,384 pairs, and each connection keeps its own)
+        holdings = (bool(body.get("setup", False)),
+                    frozenset(p for r, lay in body.get("applied", []) if (p := (r, lay)) in self.step_pairs))
         if m.conn.welcomed:
             self.conns.heard(m.name, m.conn, holdings)
         else:
@@ -419,9 +422,12 @@ class QueryHandlers(CoordinatorState):
         if body["accepted"] and body["kind"] == "done":
             self.queries_done.add(party)
         self.guard.grant_queries(party, 1)  # the answer frees a place in the party's window
-        route = self.asked.get(party, OrderedDict()).pop(body["counter"], None) or self.routes.get(party)
-        if route is not None:  # to the connection that asked (else to the party's route)
-            self._post(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})
+        asked = self.asked.get(party, OrderedDict()).pop(body["counter"], None)
+        if asked is not None and not self.conns.is_closed(party, asked):  # to the connection that asked
+            self._post(party, asked, m.raw, m.msg.type.value, {"round_": m.msg.round})
+        route = self.routes.get(party)
+        if (asked is None or self.conns.is_closed(party, asked)) and route is not None and route != asked:
+            self._post(party, route, m.raw, m.msg.type.value, {"round_": m.msg.round})  # else (or closed) its route
 
 
 class TagHandlers(CoordinatorState):

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from coordinator.connections import Connections
+from coordinator.connections import MAX_CONNECTIONS, Connections
 from coordinator.guard import QUERY_WINDOW, ConnectLimiter, PeerGuard
 from coordinator.handlers import Handlers, Inbound, QueryHandlers, TagHandlers
 from coordinator.memory import Footprint, footprint
@@ -133,6 +133,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.queries_used: dict[str, int] = {}  # served release: party -> budget used, as the solver answered
         self.queries_done: set[str] = set()
         self.asked: dict[str, OrderedDict[int, bytes]] = {}
+        self.step_pairs = frozenset((r, lay) for r, layers in self.s.steps() for lay in layers)
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {
             MsgType.HELLO: self._on_hello, MsgType.CONTRIB: self._on_contrib,
@@ -202,7 +203,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         release. A party that left or never reads costs the session's end those heartbeats, once."""
         deadline = self.clock() + SETTLE_HEARTBEATS * self.cfg.network.heartbeat_s
         while self.clock() < deadline:
-            if not any(self._owed(name) for name in self.routes if name in self.cfg.roster.parties
+            # every party that joined, with a route or not: one whose connection closed is owed what it lacks until
+            # its next connection's HELLO is welcomed
+            if not any(self._owed(name) for name in self.holdings if name in self.cfg.roster.parties
                        and name not in self.guard.cut_off):
                 return
             if not self._pump(deadline):
@@ -269,10 +272,16 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         its other welcomed connections not known closed: a party whose newer connection closed with END queued there
         still hears it. A closed connection's copy fails at once (not recorded: the party's END row is the route's);
         END says only what every party is told."""
-        tried: set[bytes] = set()
-        while (route := self.routes.get(name)) is not None and route not in tried:
-            tried.add(route)
+        for _ in range(MAX_CONNECTIONS + 1):
+            route = self.routes.get(name)
+            if route is None:
+                break
             self._send_route(name, route, end)
+            if self.routes.get(name) == route:  # sent, or queued behind what that connection still has to get
+                break
+            if name in self.fallen:  # it closed and the route fell back: what the earlier connection lacks first
+                self.fallen.discard(name)
+                self._welcome_again(name)
         frames = end.to_frames()
         for route in self.conns.others(name):
             try:
@@ -285,9 +294,16 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         if self.conns.adopt(m.name, m.conn) is not None:
             self._drop_outbox(m.name, "a new connection of the party replaced it")
 
-    def _connection_closed(self, name: str, route: bytes) -> None:
-        """libzmq says ``route`` is closed (a send failed: Host unreachable). A party's route falls back to its most
-        recently welcomed connection still open, which is welcomed again (``_welcome_fallen``)."""
+    def _connection_closed(self, name: str, route: bytes, reason: str) -> None:
+        """``route`` is closed (a send to it failed: Host unreachable; or another peer uses its id now). What was queued
+        for it or asked on it goes nowhere else; a peer's route falls back to its most recently welcomed connection
+        still open, which is welcomed again (``_welcome_fallen``)."""
+        box = self.outboxes.get(name)
+        if box is not None and box.route == route:
+            self._drop_outbox(name, reason)
+        asked = self.asked.get(name, OrderedDict())
+        for counter in [c for c, r in asked.items() if r == route]:
+            del asked[counter]  # (its ANSWER goes to the party's route)
         was_route = self.routes.get(name) == route
         back = self.conns.closed(name, route)
         if back is not None:
@@ -302,14 +318,19 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         at most one such welcome per connection of it that was welcomed (and so rate-limited) and then closed."""
         while self.fallen:
             name = self.fallen.pop()
-            if name not in self.routes or self.public is None:
-                continue
-            if name == "solver":
-                self._solver_back()
-                continue
-            self._welcome(name)
-            if self.end is not None and name in self.routes:
+            self._welcome_again(name)
+            if self.end is not None and name != "solver" and name in self.routes:
                 self._send_end(name, self.end)
+
+    def _welcome_again(self, name: str) -> None:
+        """The peer's route fell back to an earlier connection: send it what it lacks (the solver: the step's sums
+        and the tag exchange's messages again)."""
+        if name not in self.routes or self.public is None:
+            return
+        if name == "solver":
+            self._solver_back()
+        else:
+            self._welcome(name)
 
     # ---- phases -----------------------------------------------------------------------------------
     def _join(self) -> bool:
@@ -723,6 +744,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         """At exit, one deadline of ``linger_ms`` for both the parties' queues (``_drain_sending``) and the socket's
         close, so a peer that does not read delays the exit by at most ``linger_ms`` (docs/threat-model.md, Exit)."""
         deadline = self.clock() + self.cfg.network.linger_ms / 1000
+        self._welcome_fallen()  # a route that fell back at the very end: its connection gets what it lacks, and END
         self._drain_sending(deadline)
         for name in sorted(self.outboxes):  # a peer that did not take all it was owed: the ledger says so
             self._drop_outbox(name, f"the session ended before it took them (network.linger_ms = "
@@ -756,7 +778,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             self._refuse(name, route, None, f"internal error ({type(exc).__name__})", digest, nbytes)
             return
         if (owner := self.conns.owner(route)) not in (None, name):  # a route of a closed connection, taken again
-            self._connection_closed(owner, route)
+            self._connection_closed(owner, route, "its connection closed (another peer has its id now)")
         conn = self.conns.see(name, route)
         if conn is None:  # read after libzmq said this connection closed: nothing to answer, and it moves nothing
             self._refuse(name, route, msg, "its connection has closed", digest, nbytes, answer=False)
@@ -904,7 +926,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY)
             outcome, reason = "unsent", exc.strerror or type(exc).__name__
             if exc.errno == zmq.EHOSTUNREACH:
-                self._connection_closed(name, route)
+                self._connection_closed(name, route, reason)
         if outcome != "sent" and name == "solver" and mtype == MsgType.AGGREGATE.value and self.step is not None:
             self.step.stale = True  # a chunk's sum the solver never got (and dropped here): collect the step again
         self.ledger.message(self.s.id, "out", name, mtype, sha256_hex(frames[0]),

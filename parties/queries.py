@@ -5,8 +5,8 @@ keys in the pinned roster (``sealing.channel_key``), a counter that never repeat
 ``<[paths] party_status>/queries-<party>.json``, so the party process and any number of `secure-collab query` runs
 share it), and ``ask``: send one QUERY on a socket to the coordinator and wait for its ANSWER. The party's network
 loop (``parties.client.Party``) asks on its own connection once every step is released; ``QueryClient`` opens one
-of its own (the `query` command), after the party process ended: the coordinator routes a party's answers to its
-newest connection.
+of its own (the `query` command), after the party process ended: the coordinator sends each ANSWER to the connection
+its QUERY came on (``coordinator/connections.py``).
 """
 
 from __future__ import annotations
