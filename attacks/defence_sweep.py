@@ -41,7 +41,9 @@ candidates; the best is what counts):
   KL(edited ‖ unedited) of the next token over the templates, one query per template per candidate;
   ``model-cascade`` (with both): the 2-prompt score screens every candidate and the templates rescore its
   ``answer_shortlist`` × m best (2 + T × shortlist / N queries per candidate). Their query budget curves are in
-  ``query_budgets``.
+  ``query_budgets``. ``model-outside-pool``, ``model-cascade-outside-pool`` (and ``model-templates-outside-pool``):
+  the same with the decoy pool's candidates ranked last, the screen's shortlist taken outside the pool (adaptive
+  against camouflage and decoys, whose pool subjects the edited model also answers differently).
 
 Per row: recall@m and @5m of the edited subjects (m = all edits; the attacking party's own 3 are among them
 except for ``minus-own``), the cost per candidate (queries to the model and forward FLOPs), and the session's
@@ -349,6 +351,7 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
 
         screen = model_scores(exp, dv.edited)
         att["model"] = _rank_hits(screen, targets_idx, m)
+        att["model-outside-pool"] = _rank_hits(screen - in_pool.double() * 1e6, targets_idx, m)
         out["query_budget"] = budget_curve(screen, targets_idx, m, len(MODEL_PROMPTS), seed=sw.seed + s)
     if sw.floor_templates:
         from attacks.floor import TemplateFloor, cascade
@@ -365,13 +368,19 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
                                                                     seed=sw.seed + s)}
             out["subject_kl"] = {"edited": [float(best[i]) for i in targets_idx],
                                  "candidates_median": float(best.median())}
+            att["model-templates-outside-pool"] = _rank_hits(best - in_pool.double() * 1e6, targets_idx, m)
             if screen is not None:
                 att["model-cascade"] = _rank_hits(cascade(screen, best, shortlist), targets_idx, m)
-        elif screen is not None:  # the templates on the screen's shortlist only: the cascade, at its own cost
-            rows = torch.argsort(screen, descending=True)[:shortlist].tolist()
+                outside = screen - in_pool.double() * 1e6
+                att["model-cascade-outside-pool"] = _rank_hits(cascade(outside, best, shortlist), targets_idx, m)
+        elif screen is not None:  # the templates on the screen's shortlists only: the cascades, at their own cost
+            outside = screen - in_pool.double() * 1e6
+            rows = sorted({*torch.argsort(screen, descending=True)[:shortlist].tolist(),
+                           *torch.argsort(outside, descending=True)[:shortlist].tolist()})
             best = torch.full_like(screen, float("-inf"))
             best[rows] = floor.scores(dv.edited, rows).double().max(1).values
             att["model-cascade"] = _rank_hits(cascade(screen, best, shortlist), targets_idx, m)
+            att["model-cascade-outside-pool"] = _rank_hits(cascade(outside, best, shortlist), targets_idx, m)
         else:
             raise ValueError("the cascade alone (floor_full=False) needs the 2-prompt screen (model_floor)")
     return out
@@ -418,14 +427,17 @@ def costs(sw: Sweep) -> dict[str, dict[str, float]]:
     out.update({name: {"queries_per_candidate": 0, "flops_per_candidate": every}
                 for name in ("subspace-all", "norm-all", "subspace-all-outside-pool", "norm-all-outside-pool")})
     out["model"] = {"queries_per_candidate": len(MODEL_PROMPTS), "flops_per_candidate": full}
+    out["model-outside-pool"] = dict(out["model"])
     if sw.floor_templates:
         t = len(sw.floor_templates)
         per_t = forward_flops(lm, _tokens(lm, [p.format(n) for n in sample for p in sw.floor_templates]), None)
         out["model-templates"] = {"queries_per_candidate": t, "flops_per_candidate": t * per_t}
         out["model-templates-sum"] = dict(out["model-templates"])
+        out["model-templates-outside-pool"] = dict(out["model-templates"])
         checked = t * sw.answer_shortlist * sw.m / sw.exp.n
         out["model-cascade"] = {"queries_per_candidate": len(MODEL_PROMPTS) + checked,
                                 "flops_per_candidate": full + checked * per_t}
+        out["model-cascade-outside-pool"] = dict(out["model-cascade"])
     # answer-check: the keys of every layer for all, then one full forward per (checked candidate, relation prompt,
     # model); ``summarise`` scales the query count by the sessions' checked fraction
     relation = [r.prompt for r in sw.exp.requests[:200]]

@@ -157,7 +157,7 @@ class Party:
             raise ValueError("this session exchanges tags (dedupe or conflict_policy): the engine must give a tagger")
         net = config.network
         # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
-        self.idle_limit = net.join_timeout_s + net.stage_timeout_s * len(config.roster.parties) + net.solve_timeout_s
+        self.idle_limit = net.idle_limit_s(len(config.roster.parties))
         self.status = StatusFile(config, name, self.log)
         # noise:Z: what this party's engine adds (the same plan on every role), so the checks below allow for it
         self.noise_plan = session_noise_plan(parse_defence(config.session.defence), config.session)
@@ -174,7 +174,7 @@ class Party:
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             self.watch = ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, self.log,
-                                         self.cfg.network.join_timeout_s).start()
+                                         self.cfg.network.join_timeout_s, idle_s=self.idle_limit).start()
             stack.callback(self.watch.stop)
             self.status.update("joining", deadline=time.time() + self.cfg.network.join_timeout_s,
                                means="this party gives up unless it reaches the coordinator")

@@ -221,6 +221,12 @@ class NetworkConfig:
     connects_per_minute: float = 30.0
     serve_timeout_s: float = 600.0  # served release: the longest the model is served after the last step
 
+    def idle_limit_s(self, parties: int, served: bool = False) -> float:
+        """The longest a live coordinator can stay silent towards a party or the solver: every party's turn, then the
+        solve (and a served release's serving, for the solver, whose queries may be few and far between)."""
+        return (self.join_timeout_s + self.stage_timeout_s * parties + self.solve_timeout_s
+                + (self.serve_timeout_s if served else 0.0))
+
 
 @dataclass(frozen=True)
 class PathsConfig:

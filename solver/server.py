@@ -276,7 +276,8 @@ class Solver:
             # after END nothing we still queue matters (the coordinator is gone): do not wait for it
             stack.callback(lambda: self.sock.close(linger=0 if self.ended else self.cfg.network.linger_ms))
             self.watch = ConnectionWatch(self.sock, self.cfg.network.coordinator_endpoint, log,
-                                         self.cfg.network.join_timeout_s).start()
+                                         self.cfg.network.join_timeout_s, idle_s=self.cfg.network.idle_limit_s(
+                                             len(self.cfg.roster.parties), self.s.served)).start()
             stack.callback(self.watch.stop)
             stack.callback(self.logged.summary)
             self._loop(lambda: self._msg(MsgType.HELLO, body=hello, frames=(public, bundles, signature)))
@@ -284,10 +285,7 @@ class Solver:
 
     def _loop(self, hello: Any) -> None:
         net = self.cfg.network
-        # the longest a live coordinator can stay silent towards us: every party's turn, then the solve
-        idle_limit = net.join_timeout_s + net.stage_timeout_s * len(self.cfg.roster.parties) + net.solve_timeout_s
-        if self.s.served:  # then it serves queries, which may be few and far between
-            idle_limit += net.serve_timeout_s
+        idle_limit = net.idle_limit_s(len(self.cfg.roster.parties), self.s.served)
         transport.send(self.sock, hello())
         last = time.monotonic()
         limits = transport.limits_for(net)

@@ -40,9 +40,12 @@ class ConnectionWatch:
     """Log the connection events of ``sock`` (a connected DEALER) until ``stop()``."""
 
     def __init__(self, sock: zmq.SyncSocket, endpoint: str, logger: logging.Logger, deadline_s: float,
-                 warn_after_s: float = 5.0, repeat_s: float = 30.0, grace_s: float = 2.0) -> None:
+                 warn_after_s: float = 5.0, repeat_s: float = 30.0, grace_s: float = 2.0,
+                 idle_s: float | None = None) -> None:
+        """``deadline_s``: how long the role tries to reach the coordinator at first; ``idle_s``: once it has, how
+        long it goes on without a word from it (what the retry lines say after a lost connection)."""
         self.endpoint, self.log, self.warn_after_s = endpoint, logger, warn_after_s
-        self.repeat_s, self.grace_s = repeat_s, grace_s
+        self.repeat_s, self.grace_s, self.idle_s = repeat_s, grace_s, idle_s
         self._ended = threading.Event()
         self._last_said = 0.0  # monotonic time of the last retry line
         self._pending: list[tuple[float, str, tuple[Any, ...]]] = []  # (due, format, args): warnings held back
@@ -78,6 +81,13 @@ class ConnectionWatch:
 
     def _warn_later(self, fmt: str, *args: Any) -> None:
         self._pending.append((time.monotonic() + self.grace_s, fmt, args))
+
+    def _until(self) -> str:
+        """Until when the role retries: the first deadline, or after a lost connection its idle limit (the first
+        deadline has passed by then, and quoting it would say the role stops when it does not)."""
+        if self.ever_connected and self.idle_s is not None:
+            return f"for up to {self.idle_s:.0f} s since the coordinator was last heard"
+        return f"until {self.until}"
 
     def _flush(self) -> None:
         if self._ended.is_set():
@@ -117,11 +127,11 @@ class ConnectionWatch:
                 self._last_interval, self._last_said = value, now
                 self._warned = True
                 say("cannot reach the coordinator at %s (connection refused or no route); retrying in %.2g s, "
-                    "until %s", self.endpoint, value / 1000, self.until)
+                    "%s", self.endpoint, value / 1000, self._until())
             elif now - self._last_said >= self.repeat_s:  # at the cap: still trying, say so now and then
                 self._last_said = now
-                say("still cannot reach the coordinator at %s; retrying every %.2g s until %s (then this role "
-                    "stops)", self.endpoint, value / 1000, self.until)
+                say("still cannot reach the coordinator at %s; retrying every %.2g s %s (then this role "
+                    "stops)", self.endpoint, value / 1000, self._until())
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._last_interval = -1
             self.log.info("%s the coordinator at %s", "reconnected to" if self.ever_connected else "connected to",

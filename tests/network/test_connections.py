@@ -15,7 +15,7 @@ def test_only_a_welcome_makes_a_connection_the_route_and_a_closed_route_falls_ba
     assert c.adopt("c", new) == b"old" and c.routes["c"] == b"new"
     assert c.holdings["c"] == (False, frozenset())  # what the new connection's HELLO said, not the old one's
     assert c.see("c", b"old") is old  # a message of the older connection read now moves nothing
-    assert c.routes["c"] == b"new" and c.others("c") == [b"old"]
+    assert c.routes["c"] == b"new" and c.others("c") == [b"old", b"junk"]  # END goes to every open one
     assert c.closed("c", b"junk") is None and c.routes["c"] == b"new"  # not the route: nothing moves
     back = c.closed("c", b"new")
     assert back is old and c.routes["c"] == b"old" and c.holdings["c"] == (True, frozenset({(0, 1)}))

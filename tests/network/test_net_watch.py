@@ -42,6 +42,28 @@ def test_a_back_off_at_its_cap_keeps_saying_it_retries_and_until_when(caplog):
         ctx.destroy(linger=0)  # the socket and the watch's monitor
 
 
+def test_after_a_lost_connection_the_retry_lines_say_the_idle_limit_not_the_passed_join_deadline(caplog):
+    """A CI log showed "retrying every 8 s until 12:35:35 (then this role stops)" at 12:35:57: after the first
+    connection the role stops on its idle limit, which the lines now say."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        watch = ConnectionWatch(sock, "tcp://127.0.0.1:9", logging.getLogger("party.t"), 600, repeat_s=0.0,
+                                grace_s=0.0, idle_s=1234)
+        watch._on(zmq.EVENT_HANDSHAKE_SUCCEEDED, 0)
+        watch._on(zmq.EVENT_DISCONNECTED, 0)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                watch._on(zmq.EVENT_CONNECT_RETRIED, RETRY_MAX_MS)
+            watch._flush()
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 4 and "lost the connection" in lines[0], lines
+        assert all("up to 1234 s since the coordinator was last heard" in ln and watch.until not in ln
+                   for ln in lines[1:]), lines
+    finally:
+        ctx.destroy(linger=0)
+
+
 class _Stopped(Exception):
     """Party c's operator pressed Ctrl-C while it computed its statistics."""
 

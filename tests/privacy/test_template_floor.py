@@ -137,6 +137,8 @@ def test_the_sweep_reports_the_template_floor_with_its_cost_and_budget(tmp_path)
     assert main(argv_only, entry_points=EPS) == 0
     rows_only = {r["attack"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
     assert "model-templates" not in rows_only
-    assert rows_only["model-cascade"]["recall_m"] == rows["model-cascade"]["recall_m"]
-    assert rows_only["model-cascade"]["recall_5m"] == rows["model-cascade"]["recall_5m"]
+    for name in ("model-cascade", "model-cascade-outside-pool"):  # (the pool-aware one screens outside the pool)
+        assert rows_only[name]["recall_m"] == rows[name]["recall_m"]
+        assert rows_only[name]["recall_5m"] == rows[name]["recall_5m"]
+    assert {"model-outside-pool", "model-templates-outside-pool"} <= set(rows)
     assert main([a for a in argv if a != "--model-floor"] + ["--floor-cascade-only"], entry_points=EPS) == 2
