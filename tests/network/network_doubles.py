@@ -241,6 +241,19 @@ def run_session(cfg: Config, honest: Iterable[str] = ("a", "b", "c"), *,
     return run
 
 
+def assert_extra_party_complete(cfg: Config, run: SessionRun, name: str, honest: Iterable[str]) -> Any:
+    """The session ended well, the extra party ``name`` (a real Party run by a test's own thread) heard the end with
+    every release applied, and the releases are the reference ΔW over ``honest`` (which includes it). Returns its
+    result."""
+    party = run.extra[name]
+    assert run.outcome.ok, run.outcome.reason
+    assert party is not None and party.ok, party.reason if party else f"{name} did not finish"
+    assert set(party.applied) == set(run.outcome.releases)
+    for key, delta in reference_deltas(cfg, list(honest)).items():
+        np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
+    return party
+
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import zmq
-from network_doubles import RawClient, SyntheticEngine, make_config, reference_deltas, run_session
+from network_doubles import RawClient, SyntheticEngine, assert_extra_party_complete, make_config, run_session
 
 from coordinator.server import Coordinator
 from parties import run_party
@@ -83,13 +82,7 @@ def test_closed_connections_queued_messages_do_not_take_the_party_s_route(tmp_pa
 
     run = run_session(cfg, ["a", "b"], extra={"c": c_after_closed_connections}, timeout=90.0,
                       coordinator=lambda: GatedCoordinator(cfg, scheme, gate=gate).run())
-    c = run.extra["c"]
-    assert run.outcome.ok, run.outcome.reason
-    assert c is not None and c.ok, c.reason if c else "c did not finish"
-    assert set(c.applied) == set(run.outcome.releases)
-    ref = reference_deltas(cfg, ["a", "b", "c"])
-    for key, delta in ref.items():
-        np.testing.assert_allclose(run.solver.releases[key], delta, rtol=1e-12, atol=1e-12)
+    assert_extra_party_complete(cfg, run, "c", ["a", "b", "c"])
     with Ledger(cfg.paths.ledger) as ledger:
         rows = ledger.rows("messages")
     c_in = [r for r in rows if r["peer"] == "c" and r["direction"] == "in"]
