@@ -78,6 +78,7 @@ class CoordinatorState(ABC):
     incoming: dict[tuple[int, int], PartSink]  # a release's ciphertext arriving in parts, on disk
     acked: set[tuple[str, int, int]]
     step_pairs: frozenset[tuple[int, int]]  # the session's (round, layer) pairs
+    decisions: dict[str, tuple[int, list[bytes]]]  # party -> its last relayed DECISION (round, frames as received)
     abort_reason: str
 
     @abstractmethod
@@ -189,8 +190,9 @@ class Handlers(CoordinatorState):
             self._send("solver", msg)
 
     def _welcome(self, name: str) -> None:
-        """Send what the party's HELLO said it lacks: the setup, the releases so far that it has not applied,
-        and an open request."""
+        """Send what the party's HELLO said it lacks: the setup, the releases so far that it has not applied, its
+        round's DECISION if one was relayed (a party contributes to a tagged round only with it; it ignores a second
+        copy), and an open request."""
         assert self.public is not None, "a party is welcomed once the solver's setup is in"
         has_setup, applied = self.holdings.get(name, (False, frozenset()))
         if not has_setup:
@@ -203,10 +205,16 @@ class Handlers(CoordinatorState):
         for key in missing:
             self._send_release([name], self.releases[key])
         step = self.step
+        decided = self.decisions.get(name)
+        round_ = step.round if step is not None else self.phase.round if self.phase is not None else None
+        route = self.routes.get(name)
+        if decided is not None and decided[0] == round_ and route is not None:
+            self._post(name, route, decided[1], MsgType.DECISION.value, {"round_": round_})
         if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
             self._send(name, self._request(step))
-        if self.phase is not None and name in self.phase.expected:  # rejoined during a tag exchange
-            self._send(name, self._msg(MsgType.TAG_OPEN, self.phase.round, body={"attempt": 0}))
+        phase = self.phase
+        if phase is not None and name in phase.expected and name not in phase.decided:  # rejoined during tagging
+            self._send(name, self._msg(MsgType.TAG_OPEN, phase.round, body={"attempt": 0}))
 
     def _on_contrib(self, m: Inbound) -> None:
         step = _open_step(self)
@@ -497,6 +505,7 @@ class TagHandlers(CoordinatorState):
                 self.ledger.decision(self.s.id, phase.round, did, kind)
             phase.logged = True
         phase.decided.add(party)
+        self.decisions[party] = (phase.round, m.raw)  # sent again if the party is welcomed again this round
         self._relay(party, m)
 
     def _verify_party(self, party: str, signature: bytes, statement: bytes) -> None:

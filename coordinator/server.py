@@ -133,6 +133,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         self.queries_used: dict[str, int] = {}  # served release: party -> budget used, as the solver answered
         self.queries_done: set[str] = set()
         self.asked: dict[str, OrderedDict[int, bytes]] = {}
+        self.decisions: dict[str, tuple[int, list[bytes]]] = {}
         self.step_pairs = frozenset((r, lay) for r, layers in self.s.steps() for lay in layers)
         self.guard = PeerGuard(config, clock)
         self.handlers: dict[MsgType, Callable[[Inbound], None]] = {

@@ -42,3 +42,34 @@ def test_connections_kept_per_peer_are_bounded_and_the_route_is_never_the_one_dr
     assert len(kept) == MAX_CONNECTIONS and b"route" in kept and c.routes["c"] == b"route"
     c.forget("c")
     assert "c" not in c.routes and c.owner(b"route") is None
+
+
+def test_a_party_welcomed_again_after_its_decision_gets_the_decision_not_a_new_tag_exchange(tmp_path):
+    """A route that falls back (or a rejoin) after the round's DECISION was relayed: the DECISION went to a closed
+    connection, and a party contributes to a tagged round only with it. The welcome sends it again (as received); a
+    party not yet decided gets TAG_OPEN, as before."""
+    from network_doubles import make_config
+
+    from coordinator.server import Coordinator
+    from coordinator.stages import TagPhase
+    from secure_collab.protection import get_scheme
+
+    cfg = make_config(tmp_path)
+    coordinator = Coordinator(cfg, get_scheme(cfg.session.mode))
+    try:
+        coordinator.public = b"p"
+        for name in ("b", "c"):
+            coordinator.routes[name] = name.encode()
+            coordinator.holdings[name] = (True, frozenset())
+        coordinator.phase = TagPhase(0, frozenset({"b", "c"}), decided={"c"})
+        decision = [b"decision header", b"sealed", b"signature"]
+        coordinator.decisions["c"] = (0, decision)
+        sent: list[tuple[str, str, list]] = []
+        coordinator._send_frames = lambda name, route, frames, mtype, where, track=False: sent.append(  # type: ignore
+            (name, mtype, list(frames)))
+        coordinator._welcome("c")
+        coordinator._welcome("b")
+    finally:
+        coordinator.ctx.term()
+    assert [(n, t) for n, t, _ in sent] == [("c", "decision"), ("b", "tag-open")]
+    assert sent[0][2] == decision
