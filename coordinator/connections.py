@@ -114,6 +114,10 @@ class Connections:
         route = self.routes.get(name)
         return [r for r in self._peers.get(name, {}) if r != route]
 
+    def peers(self) -> set[str]:
+        """Every peer with a route or a kept connection."""
+        return set(self.routes) | {name for name, conns in self._peers.items() if conns}
+
     def forget(self, name: str) -> None:
         """The peer is cut off: no route, no connection kept."""
         self.routes.pop(name, None)

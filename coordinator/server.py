@@ -260,7 +260,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
             self.step.move(self.stage)
         self.ledger.stage_event(self.s.id, -1, (), -1, "done" if ok else "aborted", reason)
         self.end = end = self._msg(MsgType.END, body={"ok": ok, "reason": reason})
-        for name in sorted(self.routes):
+        for name in sorted(self.conns.peers()):  # (a party whose route closed: its open connections, if any)
             self._send_end(name, end)
         (log.info if ok else log.error)("session %s %s: %s; told %s", self.s.id, "done" if ok else "ABORTED",
                                         reason, ", ".join(sorted(self.routes)) or "nobody (no peer connected)")

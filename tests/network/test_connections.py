@@ -73,3 +73,12 @@ def test_a_party_welcomed_again_after_its_decision_gets_the_decision_not_a_new_t
         coordinator.ctx.term()
     assert [(n, t) for n, t, _ in sent] == [("c", "decision"), ("b", "tag-open")]
     assert sent[0][2] == decision
+
+
+def test_peers_are_those_with_a_route_or_an_open_connection():
+    c = Connections()
+    c.adopt("a", c.see("a", b"a1"))  # type: ignore[arg-type]
+    c.see("b", b"b1")
+    c.adopt("d", c.see("d", b"d1"))  # type: ignore[arg-type]
+    c.closed("d", b"d1")
+    assert c.peers() == {"a", "b"}  # d's only connection closed: nothing can reach it
