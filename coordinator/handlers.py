@@ -79,6 +79,7 @@ class CoordinatorState(ABC):
     acked: set[tuple[str, int, int]]
     step_pairs: frozenset[tuple[int, int]]  # the session's (round, layer) pairs
     decisions: dict[str, tuple[int, list[bytes]]]  # party -> its last relayed DECISION (round, frames as received)
+    end: Message | None  # END, once the session ended
     abort_reason: str
 
     @abstractmethod
@@ -180,6 +181,8 @@ class Handlers(CoordinatorState):
     def _solver_back(self) -> None:
         """The solver's route is a connection other than the one the step's sums and the tag exchange's messages went
         to (it rejoined, or its route fell back from a closed one): those are collected or sent again."""
+        if self.end is not None:  # the session has ended: nothing more to ask of it
+            return
         step = self.step
         if step is not None and step.handed and len(step.released) < len(step.layers):
             # the sums handed to it are gone with its old connection, and dropped here: collect the step
@@ -210,6 +213,8 @@ class Handlers(CoordinatorState):
         route = self.routes.get(name)
         if decided is not None and decided[0] == round_ and route is not None:
             self._post(name, route, decided[1], MsgType.DECISION.value, {"round_": round_})
+        if self.end is not None:  # the session has ended: nothing more to ask of it
+            return
         if step is not None and step.stage is Stage.COLLECTING and name in step.requested:
             self._send(name, self._request(step))
         phase = self.phase

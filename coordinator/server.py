@@ -204,13 +204,17 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         release. A party that left or never reads costs the session's end those heartbeats, once."""
         deadline = self.clock() + SETTLE_HEARTBEATS * self.cfg.network.heartbeat_s
         while self.clock() < deadline:
-            # every party that joined, with a route or not: one whose connection closed is owed what it lacks until
-            # its next connection's HELLO is welcomed
-            if not any(self._owed(name) for name in self.holdings if name in self.cfg.roster.parties
-                       and name not in self.guard.cut_off):
+            if not self._awaited():
                 return
             if not self._pump(deadline):
                 return
+
+    def _awaited(self) -> list[str]:
+        """The parties ``_settle`` waits for: every party that joined and is not cut off, with a route or not (one
+        whose connection closed is owed what it lacks until its next connection's HELLO is welcomed), that has
+        neither acknowledged nor said it holds every release."""
+        return sorted(name for name in self.holdings if name in self.cfg.roster.parties
+                      and name not in self.guard.cut_off and self._owed(name))
 
     def _owed(self, name: str) -> bool:
         held = self.holdings.get(name, (False, frozenset()))[1]
@@ -274,15 +278,16 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         still hears it. A closed connection's copy fails at once (not recorded: the party's END row is the route's);
         END says only what every party is told."""
         for _ in range(MAX_CONNECTIONS + 1):
+            while name in self.fallen and name in self.routes:  # the route fell back: what that connection lacks
+                self.fallen.discard(name)  # first (its welcome may find it closed too, and fall back again)
+                self._welcome_again(name)
             route = self.routes.get(name)
             if route is None:
                 break
             self._send_route(name, route, end)
-            if self.routes.get(name) == route:  # sent, or queued behind what that connection still has to get
+            if self.routes.get(name) == route and name not in self.fallen:  # sent, or queued behind what it lacks
                 break
-            if name in self.fallen:  # it closed and the route fell back: what the earlier connection lacks first
-                self.fallen.discard(name)
-                self._welcome_again(name)
+        self.fallen.discard(name)
         frames = end.to_frames()
         for route in self.conns.others(name):
             try:
@@ -319,9 +324,11 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         at most one such welcome per connection of it that was welcomed (and so rate-limited) and then closed."""
         while self.fallen:
             name = self.fallen.pop()
-            self._welcome_again(name)
-            if self.end is not None and name != "solver" and name in self.routes:
-                self._send_end(name, self.end)
+            if self.end is not None and name != "solver":
+                self.fallen.add(name)
+                self._send_end(name, self.end)  # the fall-back connection's welcome first, then END
+            else:
+                self._welcome_again(name)
 
     def _welcome_again(self, name: str) -> None:
         """The peer's route fell back to an earlier connection: send it what it lacks (the solver: the step's sums
@@ -745,12 +752,14 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         """At exit, one deadline of ``linger_ms`` for both the parties' queues (``_drain_sending``) and the socket's
         close, so a peer that does not read delays the exit by at most ``linger_ms`` (docs/threat-model.md, Exit)."""
         deadline = self.clock() + self.cfg.network.linger_ms / 1000
-        self._welcome_fallen()  # a route that fell back at the very end: its connection gets what it lacks, and END
-        self._drain_sending(deadline)
-        for name in sorted(self.outboxes):  # a peer that did not take all it was owed: the ledger says so
-            self._drop_outbox(name, f"the session ended before it took them (network.linger_ms = "
-                                    f"{self.cfg.network.linger_ms})")
-        self.sock.close(linger=int(max(0.0, deadline - self.clock()) * 1000))
+        try:  # whatever fails here, the socket closes (else the context's term would wait on it for ever)
+            self._welcome_fallen()  # a route that fell back at the very end: what its connection lacks, and END
+            self._drain_sending(deadline)
+            for name in sorted(self.outboxes):  # a peer that did not take all it was owed: the ledger says so
+                self._drop_outbox(name, f"the session ended before it took them (network.linger_ms = "
+                                        f"{self.cfg.network.linger_ms})")
+        finally:
+            self.sock.close(linger=int(max(0.0, deadline - self.clock()) * 1000))
 
     def _receive(self) -> None:
         frames = transport.recv_raw(self.sock)

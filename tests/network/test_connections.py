@@ -82,3 +82,81 @@ def test_peers_are_those_with_a_route_or_an_open_connection():
     c.adopt("d", c.see("d", b"d1"))  # type: ignore[arg-type]
     c.closed("d", b"d1")
     assert c.peers() == {"a", "b"}  # d's only connection closed: nothing can reach it
+
+
+class _FakeSocket:
+    """A ROUTER that knows which routes are closed (a send to one fails: Host unreachable) and records the rest."""
+
+    def __init__(self, closed: set[bytes]) -> None:
+        self.closed, self.sent = closed, []
+
+    def send_multipart(self, frames, flags=0, copy=True):
+        import zmq
+
+        from secure_collab.protocol.messages import Message
+
+        route = bytes(frames[0])
+        if route in self.closed:
+            raise zmq.ZMQError(zmq.EHOSTUNREACH)
+        self.sent.append((route, Message.from_frames([bytes(f) for f in frames[1:]]).type.value))
+
+
+def _coordinator(tmp_path, closed: set[bytes]):
+    from network_doubles import make_config
+
+    from coordinator.server import Coordinator
+    from secure_collab.protection import get_scheme
+
+    cfg = make_config(tmp_path)
+    coordinator = Coordinator(cfg, get_scheme(cfg.session.mode))
+    coordinator.public = b"p"
+    coordinator.sock = _FakeSocket(closed)  # type: ignore[assignment]
+    return coordinator
+
+
+def test_end_reaches_the_connection_a_closing_route_falls_back_to_after_what_it_lacks_and_once(tmp_path):
+    """Party c's route (C) and its welcomed connection before it (B) have closed; A, welcomed first, is open and
+    lacks the setup. END to c must reach A after A's setup, once (an outside review found [end, setup, end])."""
+    from secure_collab.ledger import Ledger
+    from secure_collab.protocol.messages import MsgType
+
+    coordinator = _coordinator(tmp_path, {b"B", b"C"})
+    try:
+        with Ledger(coordinator.cfg.paths.ledger) as ledger:
+            coordinator.ledger = ledger
+            for route, has_setup in ((b"A", False), (b"B", False), (b"C", True)):
+                conn = coordinator.conns.see("c", route)
+                assert conn is not None
+                conn.holdings = (has_setup, frozenset())
+                coordinator.conns.adopt("c", conn)
+            coordinator.end = end = coordinator._msg(MsgType.END, body={"ok": True, "reason": "done"})
+            coordinator._send_end("c", end)
+            coordinator._welcome_fallen()
+    finally:
+        coordinator.ctx.term()
+    assert coordinator.sock.sent == [(b"A", "setup"), (b"A", "end")]
+    assert coordinator.routes["c"] == b"A" and not coordinator.fallen
+
+
+def test_settle_waits_for_a_joined_party_whose_route_closed_and_a_closed_route_keeps_nothing(tmp_path):
+    from collections import OrderedDict
+
+    from secure_collab.ledger import Ledger
+
+    coordinator = _coordinator(tmp_path, {b"C"})
+    try:
+        with Ledger(coordinator.cfg.paths.ledger) as ledger:
+            coordinator.ledger = ledger
+            coordinator.releases = {(0, 1): None}  # type: ignore[dict-item]  (only its key is read here)
+            for name in ("a", "c"):
+                conn = coordinator.conns.see(name, name.upper().encode())
+                assert conn is not None
+                coordinator.conns.adopt(name, conn)
+            coordinator.acked.add(("a", 0, 1))
+            coordinator.asked["c"] = OrderedDict({7: b"C", 8: b"other"})
+            coordinator._connection_closed("c", b"C", "Host unreachable")
+            assert "c" not in coordinator.routes  # no welcomed connection of c is left
+            assert coordinator._awaited() == ["c"]  # but it joined and lacks the release: settle waits for it
+            assert coordinator.asked["c"] == OrderedDict({8: b"other"})  # its answer will go to c's next route
+    finally:
+        coordinator.ctx.term()
