@@ -197,9 +197,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         return self._end(True, "session complete")
 
     def _settle(self) -> None:
-        """Before END, for at most ``SETTLE_HEARTBEATS`` heartbeats: until every connected party (not cut off) has
-        acknowledged every release or said in its HELLO that it holds it. A release sent while a party's route
-        gone to a connection that closed is sent again to the party's earlier connection (``_welcome_fallen``), and the
+        """Before END, for at most ``SETTLE_HEARTBEATS`` heartbeats: until every party that joined (not cut off) has
+        acknowledged every release or said in its HELLO that it holds it (``_awaited``). A release gone to a
+        connection that closed is sent again to the party's earlier connection (``_welcome_fallen``), and the
         party's acknowledgements take a moment. Without this, END could follow at once and the party end short of a
         release. A party that left or never reads costs the session's end those heartbeats, once."""
         deadline = self.clock() + SETTLE_HEARTBEATS * self.cfg.network.heartbeat_s
@@ -273,10 +273,10 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         return self.outcome
 
     def _send_end(self, name: str, end: Message) -> None:
-        """END to the peer's route (if that connection turns out closed, to the one its route falls back to), and to
-        its other welcomed connections not known closed: a party whose newer connection closed with END queued there
-        still hears it. A closed connection's copy fails at once (not recorded: the party's END row is the route's);
-        END says only what every party is told."""
+        """END to the peer's route (if that connection turns out closed, to the one its route falls back to, after what
+        that one lacks), and to its other kept connections not known closed (``Connections.others``: one that has not
+        said HELLO yet, a DEALER that reconnected on its own, hears it too). A closed connection's copy fails at once
+        (not recorded: the party's END row is the route's); END says only what every party is told."""
         for _ in range(MAX_CONNECTIONS + 1):
             while name in self.fallen and name in self.routes:  # the route fell back: what that connection lacks
                 self.fallen.discard(name)  # first (its welcome may find it closed too, and fall back again)
@@ -315,7 +315,7 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         if back is not None:
             self.fallen.add(name)
             log.info("%s's connection closed; its earlier connection is its route again and gets what it lacks", name)
-        elif was_route and back is None:
+        elif was_route:
             log.info("%s's connection closed; nothing goes to it until it connects again", name)
 
     def _welcome_fallen(self) -> None:
