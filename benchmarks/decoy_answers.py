@@ -34,6 +34,7 @@ def main() -> None:
     from secure_collab.editing.decoys import CONFIDENCE, _next_token_logprobs
     from secure_collab.editing.defences import parse_defence
     from secure_collab.editing.memit import own_edit_logprobs, restore, snapshot
+    from secure_collab.evaluation import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -41,10 +42,27 @@ def main() -> None:
     ap.add_argument("--ratio", type=int, default=9, help="decoys per real edit")
     ap.add_argument("--defence", default=None, help="the defence to run (default: decoys:RATIO)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[0], help="sessions to run")
+    ap.add_argument("--decoy-weight", type=float, default=1.0,
+                    help="each decoy row's weight in G and B (a diagnostic: 1 is what the defence does)")
+    ap.add_argument("--joint-only", action="store_true",
+                    help="skip each party's own edit alone (the joint release only: about half the time)")
     ap.add_argument("--json", default="-", help="write the result here ('-': stdout)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = args.defence or f"decoys:{args.ratio}"
+    if args.decoy_weight != 1.0:  # every party's decoys weighted (decoys.make_decoys is looked up at each edit)
+        import secure_collab.editing.decoys as decoys_module
+
+        make = decoys_module.make_decoys
+
+        def weighted(*a, **kw):
+            out = make(*a, **kw)
+            out.weight = args.decoy_weight
+            return out
+
+        decoys_module.make_decoys = weighted
+    label = spec + (f"-w{args.decoy_weight:g}" if args.decoy_weight != 1.0 else "") + \
+        ("-joint" if args.joint_only else "")
     defence = parse_defence(spec)
     setup = public_setup(args.model)
     lm, hp = setup.lm, setup.hp
@@ -64,7 +82,7 @@ def main() -> None:
 
     sessions = []
     for s in args.sessions:
-        path = cache / f"session-{s}-{spec.replace(':', '_').replace('@', '-')}.json" if cache else None
+        path = cache / f"session-{s}-{label.replace(':', '_').replace('@', '-')}.json" if cache else None
         if path is not None and path.is_file():
             sessions.append(json.loads(path.read_text()))
             continue
@@ -80,10 +98,14 @@ def main() -> None:
         _load(lm, dv.edited)
         try:
             joint = answers(reqs, ids)
+            ev = evaluate(lm, [r for p in parties for r in p]).summary()  # the real edits' utility
         finally:
             restore(lm, saved)
         alone: list[tuple[int, float, float]] = []
         for reqs_k, t, dec in zip(parties, targets, dv.decoys, strict=True):  # what each party can check alone
+            if args.joint_only:
+                alone += [(-1, float("nan"), float("nan"))] * len(dec)
+                continue
             lps = own_edit_logprobs(lm, hp, setup.covs(), setup.templates, reqs_k, t.z, dec)
             alone += [(int(lp.argmax()), float(lp.max().exp()), float(lp[a].exp()))
                       for lp, a in zip(lps, dec.answers, strict=True)]
@@ -91,14 +113,15 @@ def main() -> None:
         for (k, r, a), b, j, o in zip(flat, before, joint, alone, strict=True):
             rows.append({"party": k, "subject": r.subject, "prompt": r.prompt, "answer": r.target_new,
                          "p_drawn": b[2], "below_floor": b[2] < CONFIDENCE,
-                         "alone_top1_same": o[0] == a, "p_alone": o[2],
+                         "alone_top1_same": None if o[0] < 0 else o[0] == a, "p_alone": o[2],
                          "joint_top1_same": j[0] == a, "p_joint": j[2],
                          "joint_top1": lm.tokenizer.decode([j[0]]) if j[0] != a else None})
         own_prompts = [sorted({r.prompt for r in p}) for p in parties]
-        result = {"session": s, "defence": spec, "decoys": len(rows),
+        result = {"session": s, "defence": spec, "decoy_weight": args.decoy_weight, "decoys": len(rows),
                   "below_floor": sum(r["below_floor"] for r in rows),
-                  "changed_alone": sum(not r["alone_top1_same"] for r in rows),
+                  "changed_alone": None if args.joint_only else sum(not r["alone_top1_same"] for r in rows),
                   "changed_joint": sum(not r["joint_top1_same"] for r in rows),
+                  **{k: ev[k] for k in ("efficacy", "generalization", "specificity")},
                   "own_prompts": own_prompts, "rows": rows, "seconds": round(time.time() - t0, 1)}
         print(f"{spec} session {s}: {result['decoys']} decoys, {result['below_floor']} below the floor, "
               f"changed alone {result['changed_alone']}, jointly {result['changed_joint']} "
@@ -106,8 +129,9 @@ def main() -> None:
         if path is not None:
             path.write_text(json.dumps(result, indent=1))
         sessions.append(result)
-    keys = ("decoys", "below_floor", "changed_alone", "changed_joint")
-    write_json(args, {"model": args.model, "defence": spec, "floor": CONFIDENCE, "sessions": sessions,
+    keys = ("decoys", "below_floor", "changed_joint") + (() if args.joint_only else ("changed_alone",))
+    write_json(args, {"model": args.model, "defence": spec, "decoy_weight": args.decoy_weight, "floor": CONFIDENCE,
+                      "sessions": sessions,
                       "total": {k: sum(x[k] for x in sessions) for k in keys}})
 
 

@@ -87,6 +87,7 @@ class DecoyEdits:
     h: torch.Tensor  # (n_d, d_v) h_d: the decoy's state at the last edited layer when drawn
     norms: list[float]  # c_d: the real residual norm each decoy's step was given
     answers: list[int]  # the current top-1 token id of each decoy's prompt (what its edit pushes toward)
+    weight: float = 1.0  # each decoy row's weight in G and B (1: a request like the others; see party_layer_stats)
 
     def __len__(self) -> int:
         return len(self.requests)
