@@ -42,27 +42,13 @@ def main() -> None:
     ap.add_argument("--ratio", type=int, default=9, help="decoys per real edit")
     ap.add_argument("--defence", default=None, help="the defence to run (default: decoys:RATIO)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[0], help="sessions to run")
-    ap.add_argument("--decoy-weight", type=float, default=1.0,
-                    help="each decoy row's weight in G and B (a diagnostic: 1 is what the defence does)")
     ap.add_argument("--joint-only", action="store_true",
                     help="skip each party's own edit alone (the joint release only: about half the time)")
     ap.add_argument("--json", default="-", help="write the result here ('-': stdout)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = args.defence or f"decoys:{args.ratio}"
-    if args.decoy_weight != 1.0:  # every party's decoys weighted (decoys.make_decoys is looked up at each edit)
-        import secure_collab.editing.decoys as decoys_module
-
-        make = decoys_module.make_decoys
-
-        def weighted(*a, **kw):
-            out = make(*a, **kw)
-            out.weight = args.decoy_weight
-            return out
-
-        decoys_module.make_decoys = weighted
-    label = spec + (f"-w{args.decoy_weight:g}" if args.decoy_weight != 1.0 else "") + \
-        ("-joint" if args.joint_only else "")
+    label = spec + ("-joint" if args.joint_only else "")
     defence = parse_defence(spec)
     setup = public_setup(args.model)
     lm, hp = setup.lm, setup.hp
@@ -117,7 +103,7 @@ def main() -> None:
                          "joint_top1_same": j[0] == a, "p_joint": j[2],
                          "joint_top1": lm.tokenizer.decode([j[0]]) if j[0] != a else None})
         own_prompts = [sorted({r.prompt for r in p}) for p in parties]
-        result = {"session": s, "defence": spec, "decoy_weight": args.decoy_weight, "decoys": len(rows),
+        result = {"session": s, "defence": spec, "decoys": len(rows),
                   "below_floor": sum(r["below_floor"] for r in rows),
                   "changed_alone": None if args.joint_only else sum(not r["alone_top1_same"] for r in rows),
                   "changed_joint": sum(not r["joint_top1_same"] for r in rows),
@@ -130,7 +116,7 @@ def main() -> None:
             path.write_text(json.dumps(result, indent=1))
         sessions.append(result)
     keys = ("decoys", "below_floor", "changed_joint") + (() if args.joint_only else ("changed_alone",))
-    write_json(args, {"model": args.model, "defence": spec, "decoy_weight": args.decoy_weight, "floor": CONFIDENCE,
+    write_json(args, {"model": args.model, "defence": spec, "floor": CONFIDENCE,
                       "sessions": sessions,
                       "total": {k: sum(x[k] for x in sessions) for k in keys}})
 

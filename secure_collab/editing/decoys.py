@@ -59,7 +59,9 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # joint release changed had p 0.07-0.994 under their party's edit alone; with the hold, session 1's 2 changed decoys
 # had p 0.9997 and 0.9998 alone (python benchmarks/decoy_answers.py; benchmarks/results/decoy_answers/): what
 # changes a decoy is the other parties' edits, which no party sees. Every changed decoy inspected (6) was one the rule
-# took below its floor (p 0.54-0.83 when drawn), as were 76 % of all decoys there: weak evidence.
+# took below its floor (p 0.54-0.83 when drawn), as were 76 % of all decoys there: weak evidence. Tried too (commit
+# f36b0e0, reverted): decoy rows weighted 4× in G and B; session 6 at decoys:9 changed 3 (2 at weight 1), the same
+# two plus one: the other parties' edits of the same relation move a prompt's function-word answer, not the decoy's fit.
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
 SCAN = 32
 SCORE_BATCH = 64
@@ -87,7 +89,6 @@ class DecoyEdits:
     h: torch.Tensor  # (n_d, d_v) h_d: the decoy's state at the last edited layer when drawn
     norms: list[float]  # c_d: the real residual norm each decoy's step was given
     answers: list[int]  # the current top-1 token id of each decoy's prompt (what its edit pushes toward)
-    weight: float = 1.0  # each decoy row's weight in G and B (1: a request like the others; see party_layer_stats)
 
     def __len__(self) -> int:
         return len(self.requests)

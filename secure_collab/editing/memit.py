@@ -56,8 +56,7 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     ``defences.PartyCamouflage`` (keys and residuals are camouflaged before G and B are formed), or None.
     ``noise``: the party's ``noise.PartyNoise``: keys and residuals (camouflaged, if so) are clipped to the declared
     bounds, and G and B get the party's discrete Gaussian for (``round_``, ``layer``); or None. ``decoys``: the
-    party's ``decoys.DecoyEdits`` of the round (each row of weight ``decoys.weight``, 1 by default), added as
-    requests before camouflage and noise, or None.
+    party's ``decoys.DecoyEdits`` of the round (weight 1 each), added as requests before camouflage and noise, or None.
     ``reduce``: applied to (G, B) before the noise (a party over several workers: ``requests`` are this worker's
     share and ``reduce`` adds the workers' sums, ``parallel.Shard.sum``), or None.
     """
@@ -80,9 +79,6 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     if noise is not None:
         keys, resid = noise.clip(keys, resid)
     stats = layer_statistics(keys, resid, weights)
-    if decoys is not None and len(decoys) and decoys.weight != 1.0:  # the decoy rows' weight beyond the 1 above
-        extra = layer_statistics(keys[-len(decoys):], resid[-len(decoys):])
-        stats = LayerStats(stats.g + (decoys.weight - 1.0) * extra.g, stats.b + (decoys.weight - 1.0) * extra.b)
     if reduce is not None:
         stats = reduce(stats)
     return stats if noise is None else noise(stats, round_, layer)
