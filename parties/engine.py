@@ -266,6 +266,20 @@ class PartyEditor:
             self.log(f"round {round_}: {len(self.decoys[round_])} decoy edits added to the statistics")
         return self.decoys[round_]
 
+    def decoy_check(self) -> dict[str, int]:
+        """This party's decoys on the model as it is now (after the session): how many decoy subjects' top-1 answer
+        on their prompt is no longer the one they were drawn with and edited toward. Only the joint edit's cross-talk
+        changes one (the other parties' edits of the same relations; docs/privacy.md measures how often); a party can
+        see it only after the release, so it is reported, not prevented. Counts only: the subjects stay secret."""
+        from secure_collab.editing.decoys import top1
+
+        reqs = [r for d in self.decoys.values() for r in d.requests]
+        drawn = [a for d in self.decoys.values() for a in d.answers]
+        changed = sum(a != b for a, b in zip(top1(self.lm, reqs), drawn, strict=True))
+        self.log(f"decoys: {changed} of {len(reqs)} decoy subjects' top-1 answer changed by the joint edit"
+                 + (" (cross-talk of the other parties' edits: docs/privacy.md)" if changed else ""))
+        return {"edits": len(reqs), "answer_changed": changed}
+
     def apply_delta(self, layer: int, delta: np.ndarray) -> None:
         key = (sum(1 for _, lay in self.applied if lay == layer), layer)  # releases arrive round by round
         add_to_down_weight(self.lm.model, self.lm.spec, layer, torch.from_numpy(np.ascontiguousarray(delta)))
@@ -311,6 +325,8 @@ class PartyEditor:
                   "withheld": {str(r): ids for r, ids in self.withheld.items() if ids},
                   "decisions": {str(r): [list(v) for v in vs] for r, vs in self.verdicts.items()},
                   "target_loss": [x for t in self.targets.values() for x in t.loss]}
+        if self.decoys:
+            report["decoys"] = self.decoy_check()
         info = {"method": "collab", **{k: getattr(self.s, k, "") for k in ("variant", "id", "mode")}}
         deltas = {k: torch.from_numpy(np.ascontiguousarray(d)) for k, d in self.applied.items()}
         if patch is not None:

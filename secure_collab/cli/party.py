@@ -236,6 +236,11 @@ def show(args: argparse.Namespace, report: dict) -> None:
               f"{size(report['bytes_sent'])} sent in {report['seconds']:.1f} s", markup=False)
     if report.get("model"):
         out.print(f"  model: {report['model']}", markup=False)
+    if report.get("decoys"):
+        d = report["decoys"]
+        out.print(f"  decoys: {d['answer_changed']} of {d['edits']} secret decoy subjects' top-1 answer changed by "
+                  "the joint edit" + (" (cross-talk of other parties' edits; docs/privacy.md)" if d["answer_changed"]
+                                      else ""), markup=False)
     written = [f"{what}: {report[key]}" for what, key in (("patch", "patch"), ("edited model", "saved_model"))
                if report.get(key)]
     if written:

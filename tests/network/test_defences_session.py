@@ -155,6 +155,14 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     diffs = rel_diff_per_layer(got, out.deltas)
     assert max(diffs.values()) < 1e-9, diffs
     assert all(int(np.linalg.matrix_rank(released[(0, layer)])) == 2 for layer in s.layers)
+    if "decoys" in setting:  # each party's report counts its decoys whose answer the joint edit changed
+        from secure_collab.editing.decoys import top1
+
+        for (n, ed), d in zip(editors.items(), out.decoys, strict=True):  # on the simulation's edited model
+            want = sum(a != b for a, b in zip(top1(lm, d.requests), d.answers, strict=True))
+            assert ed.finish()["decoys"] == {"edits": 4, "answer_changed": want}
+            assert any(line.startswith(f"decoys: {want} of 4 decoy subjects' top-1 answer changed")
+                       for line in logs[n]), logs[n]
     # control: without the camouflage (same targets, same rank) the release would be another one
     restore(lm, unedited)
     bare = run_edit(lm, split, hp, covs, "collab", templates, targets=out.targets, defence=Defence(0.0, 2))
