@@ -48,6 +48,7 @@ class MalmenPartyEditor(PartyEditor):
         self.requests = requests
         self.rounds = rounds if rounds is not None else requests_by_round([requests], session.rounds)
         self.noise, self.camouflage = None, None  # refused with MALMEN at load (config._validate_backend)
+        self.decoys: dict[int, Any] = {}  # decoys too
         self.targets = {}
         self.plan: dict[int, list] = {}
         self.withheld: dict[int, list[str]] = {}
