@@ -80,7 +80,7 @@ class PeerGuard:
     def __init__(self, config: Config, clock: Callable[[], float]) -> None:
         self.cfg, self.s, self.net, self.clock = config, config.session, config.network, clock
         self.headroom = self.net.budget_headroom
-        steps = self.s.rounds * len(self.s.layers)
+        steps = self.s.protocol_rounds * len(self.s.layers)
         # an honest control message: a HELLO listing every (round, layer) held is the largest
         self.control_bytes = 2048 + 16 * steps
         self.control_burst = self.headroom * (16 + len(self.s.layers))

@@ -200,7 +200,7 @@ class Handlers(CoordinatorState):
         has_setup, applied = self.holdings.get(name, (False, frozenset()))
         if not has_setup:
             setup = self._msg(MsgType.SETUP, body={"mode": self.s.mode, "layers": list(self.s.layers),
-                                                   "rounds": self.s.rounds, "variant": self.s.variant},
+                                                   "rounds": self.s.protocol_rounds, "variant": self.s.variant},
                               frames=(self.public, self.bundles, self.public_sig))
             self._send(name, setup)
         missing = [key for key in sorted(self.releases) if key not in applied]

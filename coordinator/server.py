@@ -184,7 +184,8 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
         for round_, layers in self.s.steps():
             if all((round_, lay) in self.releases for lay in layers):
                 continue
-            if self.s.tags and round_ not in tagged:  # the round opens with its keyed-tag exchange
+            if self.s.tags and round_ not in tagged and round_ != self.s.repair_round:  # the round opens with its
+                # keyed-tag exchange (the decoys' repair round has no requests to tag)
                 tagged.add(round_)
                 if not self._run_tags(round_):
                     return self._end(False, self.abort_reason)

@@ -350,7 +350,7 @@ class Party:
             # would give a party's statistics away, so an honest party never contributes twice (beside the solver)
             raise ProtocolError(f"round {msg.round} layers {list(layers)} were already released: not contributing "
                                 "to a step twice")
-        if self.fact_tags is not None and not self.fact_tags.decided(msg.round):
+        if self.fact_tags is not None and msg.round != self.s.repair_round and not self.fact_tags.decided(msg.round):
             raise ProtocolError(f"request for round {msg.round} before the solver's signed decision on its tags: "
                                 "nothing is sent")
         earlier = self.s.steps()[: self.s.steps().index((msg.round, layers))]
@@ -463,7 +463,7 @@ class Party:
         key, b = (msg.round, msg.layer), part_of(msg)
         if key in self._held():
             return
-        if msg.layer not in self.s.layers or not 0 <= msg.round < self.s.rounds or len(msg.frames) != 1:
+        if msg.layer not in self.s.layers or not 0 <= msg.round < self.s.protocol_rounds or len(msg.frames) != 1:
             raise ProtocolError("a release part carries one frame of a configured round and layer")
         inc = self.parts
         if b["part"] == 0:

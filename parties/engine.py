@@ -99,6 +99,7 @@ class PartyEditor:
         self.camouflage = self._camouflage(defence.camouflage, defence_rng)
         self.decoy_ratio, self.decoy_floor = defence.decoys, defence.decoy_floor
         self.decoys: dict[int, Any] = {}  # round -> decoys.DecoyEdits (this party's secret)
+        self.repairs: Any = None  # the repair round's decoys.DecoyEdits, once taken
         self.decoy_rng = defence_rng or random.SystemRandom()
         if self.decoy_ratio:
             self.log(f"decoys on: {self.decoy_ratio} secret public decoy edits per edit, counted in N, each a subject "
@@ -201,6 +202,10 @@ class PartyEditor:
     def compute_statistics(self, round_: int, layer: int) -> dict[str, Any]:
         """{"G": K Kᵀ (d_k, d_k), "B": R Kᵀ (d_v, d_k)} float64 and "N": the edit count, for this party only."""
         t = time.perf_counter()
+        if round_ == self.s.repair_round:
+            out = self._repair_statistics(round_, layer)
+            self.compute_seconds += time.perf_counter() - t
+            return out
         reqs = self._round_plan(round_)
         if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
             # unless session.answer_pad_s hides it)
@@ -266,11 +271,29 @@ class PartyEditor:
             self.log(f"round {round_}: {len(self.decoys[round_])} decoy edits added to the statistics")
         return self.decoys[round_]
 
+    def _repair_statistics(self, round_: int, layer: int) -> dict[str, Any]:
+        """The decoys' repair round (``session.repair_round``): this party's decoys of every round that the
+        releases weakened (``decoys.repairs``, taken at the round's first statistics, before any of its ΔW is
+        applied), pushed back toward their drawn answers; zeros (and the noise) when none. Camouflaged like any
+        statistics; N counts them."""
+        from secure_collab.editing.decoys import DecoyEdits, repairs
+
+        if self.repairs is None:
+            mine = DecoyEdits.join([self.decoys[r] for r in sorted(self.decoys)], self.s.d_v)
+            self.repairs = repairs(self.lm, self.hp, mine)
+            self.log(f"decoys: the repair round pushes back {len(self.repairs)} of {len(mine)} decoy answers the "
+                     "release weakened")
+        stats = party_layer_stats(self.lm, [], torch.zeros(0, self.s.d_v, dtype=torch.float64), layer, self.hp,
+                                  self.templates, camouflage=self.camouflage, noise=self.noise, round_=round_,
+                                  decoys=self.repairs)
+        return {"G": stats.g.cpu().numpy(), "B": stats.b.cpu().numpy(), "N": len(self.repairs)}
+
     def decoy_check(self) -> dict[str, int]:
         """This party's decoys on the model as it is now (after the session): how many decoy subjects' top-1 answer
-        on their prompt is no longer the one they were drawn with and edited toward. Only the joint edit's cross-talk
-        changes one (the other parties' edits of the same relations; docs/privacy.md measures how often); a party can
-        see it only after the release, so it is reported, not prevented. Counts only: the subjects stay secret."""
+        on their prompt is no longer the one they were drawn with and edited toward, after the repair round (which
+        pushed back the ones the release weakened, "repaired"). Only the joint edit's cross-talk changes one (the other
+        parties' edits of the same relations; docs/privacy.md measures how often). Counts only: the subjects stay
+        secret."""
         from secure_collab.editing.decoys import top1
 
         reqs = [r for d in self.decoys.values() for r in d.requests]
@@ -278,7 +301,8 @@ class PartyEditor:
         changed = sum(a != b for a, b in zip(top1(self.lm, reqs), drawn, strict=True))
         self.log(f"decoys: {changed} of {len(reqs)} decoy subjects' top-1 answer changed by the joint edit"
                  + (" (cross-talk of the other parties' edits: docs/privacy.md)" if changed else ""))
-        return {"edits": len(reqs), "answer_changed": changed}
+        return {"edits": len(reqs), "answer_changed": changed,
+                "repaired": 0 if self.repairs is None else len(self.repairs)}
 
     def apply_delta(self, layer: int, delta: np.ndarray) -> None:
         key = (sum(1 for _, lay in self.applied if lay == layer), layer)  # releases arrive round by round

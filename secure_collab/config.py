@@ -182,6 +182,20 @@ class SessionConfig:
         return self.max_edits_per_party * parse_defence(self.defence).edit_factor
 
     @property
+    def repair_round(self) -> int | None:
+        """The index of the closing round of ``decoys:R`` (``rounds``), or None: with decoys on and the weights
+        released, every party then pushes back its decoys the release weakened (``editing.decoys.repairs``; zeros
+        when none), solved against the earlier rounds' ΣG. No tags, no verdicts, no targets of its own."""
+        from secure_collab.editing.defences import parse_defence
+
+        return self.rounds if parse_defence(self.defence).repair_rounds(self.served) else None
+
+    @property
+    def protocol_rounds(self) -> int:
+        """Rounds of aggregation the session runs: ``rounds``, and the decoys' repair round when there is one."""
+        return self.rounds + (self.repair_round is not None)
+
+    @property
     def tag_slots(self) -> int:
         """Blinded elements (and tags) per party and round: two per request, padded to the declared maximum."""
         return 2 * self.max_edits_per_party
@@ -189,7 +203,7 @@ class SessionConfig:
     def steps(self) -> list[tuple[int, tuple[int, ...]]]:
         """(round, layers) aggregated together: one layer per step (sequential) or all (oneshot)."""
         per_round = [(lay,) for lay in self.layers] if self.variant == "sequential" else [self.layers]
-        return [(r, layers) for r in range(self.rounds) for layers in per_round]
+        return [(r, layers) for r in range(self.protocol_rounds) for layers in per_round]
 
 
 # the coordinator's window of running sums by default: with its fixed size (about 88 MiB) and the messages in flight
@@ -393,6 +407,9 @@ def _validate(s: SessionConfig, n: NetworkConfig) -> None:
         raise ConfigError(f"session.defence: {exc}") from None
     if s.release not in RELEASES:
         raise ConfigError(f"session.release must be one of {RELEASES}, got {s.release!r}")
+    if s.protocol_rounds > wire.MAX_ROUND + 1 or s.protocol_rounds * len(s.layers) > wire.MAX_STEPS:
+        raise ConfigError(f"session.rounds must be <= {wire.MAX_ROUND} with decoys (their repair round is one more) "
+                          f"and (rounds + 1) * len(layers) <= {wire.MAX_STEPS}")
     if not 0 <= s.query_budget <= MAX_QUERY_BUDGET:
         raise ConfigError(f"session.query_budget must be between 0 and {MAX_QUERY_BUDGET}")
     if s.served and (s.variant != "oneshot" or s.rounds != 1):

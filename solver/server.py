@@ -507,7 +507,8 @@ class Solver:
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
-        if self.fact_tags is not None:  # the edit count must be what the round's decisions leave (× (1 + R))
+        if self.fact_tags is not None and round_ != s.repair_round:  # the edit count must be what the round's
+            # decisions leave (× (1 + R)); the decoys' repair round has no decisions, only the per-party bound
             try:
                 want = self.fact_tags.expected_edits(round_, pend.parties) * self.edit_factor
             except ValueError as exc:
@@ -539,7 +540,8 @@ class Solver:
 
     # ---- cross-round state: Σ of the earlier rounds' ΣG per layer, sealed on disk ---------------------
     def _uses_past(self) -> bool:
-        return uses_past(self.s.update_rule, self.s.rounds)
+        """Whether ΣG is kept across rounds: for an update rule that reads it, or for the decoys' repair round."""
+        return uses_past(self.s.update_rule, self.s.rounds) or self.s.repair_round is not None
 
     def _past(self, round_: int, layer: int) -> np.ndarray | None:
         """Σ_{r < round_} ΣG_r of ``layer``, packed, from the sealed record of the previous round (None in round 0)."""
@@ -558,7 +560,7 @@ class Solver:
         ΣG_r is the opened aggregate as the parties sent it: with the session's camouflage on, a sum of
         camouflaged keys' K Kᵀ (the solver never sees a true key), and untouched by the rank truncation, which
         changes only the released ΔW (``solver.solve``)."""
-        if not self._uses_past() or round_ == self.s.rounds - 1:
+        if not self._uses_past() or round_ == self.s.protocol_rounds - 1:
             return
         total = g_packed if past_packed is None else past_packed + g_packed
         self.state.save(f"past-r{round_}-l{layer}", {"round": round_, "layer": layer},
@@ -569,7 +571,8 @@ class Solver:
     def _release(self, round_: int, layer: int, pend: _Pending, delta: np.ndarray) -> None:
         s = self.s
         raw, dtype, shape = encode_delta(delta)
-        if self.fact_tags is not None:  # how many holders of each shared fact this step has (signed, encrypted)
+        if self.fact_tags is not None and round_ != s.repair_round:  # how many holders of each shared fact this
+            # step has (signed, encrypted); the repair round has none
             missing = self.fact_tags.missing_holders(round_, pend.parties)
             raw += holders_note(missing)
             short = sum(j > 0 for j in missing)

@@ -51,7 +51,7 @@ class SessionSolve:
             # cast as the parties and the single-machine edit cast it (the model's dtype), so e^{λ_l} is theirs
             net = session_hypernet(session, hypernet, next(lm.model.parameters()).dtype, model_digest=lm.source_digest)
             self.ridges = {layer: net.ridge(layer) for layer in session.layers}  # e^{λ_l}
-            self.lm, self.rank, self.noised = None, 0, False
+            self.lm, self.rank, self.noised, self.repair_round = None, 0, False, None
             return
         self.hp = session_hparams(session.model, n_layers(lm.model, lm.spec), session.layers, session.variant,
                                   session.template_seed, session.hparams, 0, session.update_rule)
@@ -62,6 +62,7 @@ class SessionSolve:
         defence = parse_defence(session.defence)
         self.rank = defence.rank  # 0: ΔW released as the rule solves it
         self.noised = bool(defence.noise)
+        self.repair_round = session.repair_round
         self.bases = {layer: self.rule.basis(self.covs[layer]) for layer in self.hp.layers}
 
     def __call__(self, round_: int, layer: int, g_sum: np.ndarray, b_sum: np.ndarray,
@@ -77,7 +78,12 @@ class SessionSolve:
         if self.noised:
             g = psd_part(g)
             past = None if past is None else psd_part(past)
-        delta = self.rule.solve(b, g, self.covs[layer], past_g=past, basis=self.bases[layer])  # (d_v, d_k)
+        if round_ == self.repair_round:  # decoys:R's closing round, against the earlier rounds' ΣG
+            from secure_collab.editing.decoys import repair_update
+
+            delta = repair_update(b, g, self.covs[layer], self.rule.lam, past)
+        else:
+            delta = self.rule.solve(b, g, self.covs[layer], past_g=past, basis=self.bases[layer])  # (d_v, d_k)
         if self.rank:
             delta = truncate_rank(delta, self.covs[layer], self.rank)
         return delta.numpy()

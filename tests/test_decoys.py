@@ -213,7 +213,7 @@ def test_a_networked_partys_decoys_count_in_n_and_never_reach_tags_or_withholdin
 
     hp, templates = _setup(tiny)
     ed = engine.PartyEditor.__new__(engine.PartyEditor)
-    ed.s = SimpleNamespace(known_residual=0.0, dedupe=True, d_k=1, d_v=1, variant="sequential")
+    ed.s = SimpleNamespace(known_residual=0.0, dedupe=True, d_k=1, d_v=1, variant="sequential", repair_round=1)
     ed.lm, ed.hp, ed.templates, ed.log, ed.progress = tiny, hp, templates, lambda _m: None, False
     ed.rounds, ed.requests = [capitals[:3]], capitals[:3]
     ed.plan, ed.withheld, ed.targets, ed.weights, ed.oneshot_cur, ed.verdicts = {}, {}, {}, {}, {}, {}
@@ -308,3 +308,80 @@ def test_a_partys_own_edit_with_its_decoys_is_its_collab_edit_with_the_decoys_as
     assert np.allclose(got, want, rtol=1e-6, atol=1e-9)
     unedited = torch.cat(list(_next_token_logprobs(tiny, d.requests)))
     assert not np.allclose(got, [float(lp[a].exp()) for lp, a in zip(unedited, d.answers, strict=True)])
+
+
+
+def test_the_repair_round_is_the_formula_on_the_decoys_the_release_weakened(tiny, capitals):
+    """decoys:R's closing round (the simulation; the networked one is compared with it in
+    tests/network/test_defences_session.py), oneshot: each party's repairs are exactly its decoys whose drawn answer
+    is less likely after the first round than when drawn, and the repair round's ΔW at every layer is
+    R Kᵀ (λC + K Kᵀ + ΣG₀)⁻¹ over the repair rows (keys at that layer and residuals (z − h)/(L − i) on the model the
+    first round left; ΣG₀ the first round's keys, real and decoy, on the unedited model), recomputed here in float64
+    with a general solve. (Whether a repair restores an answer is measured on SmolLM2: on a tiny random model the
+    cross-talk between repairs is as large as the pushes.)"""
+    from secure_collab.editing.decoys import _answer_probs, repairs
+    from secure_collab.editing.keys import block_outputs, compute_keys
+    from secure_collab.editing.memit import restore, run_edit, snapshot, split_parties
+    from secure_collab.models.specs import add_to_down_weight, down_weight
+
+    hp, templates = _setup(tiny)
+    hp = hp.with_(variant="oneshot")
+    parties = split_parties(capitals[:6], 3)
+    dk = down_weight(tiny.model, tiny.spec, hp.layers[0]).shape[1]
+    covs = {layer: random_spd(dk, layer) for layer in hp.layers}
+    lam = hp.mom2_update_weight
+    saved = snapshot(tiny, hp.layers)
+    try:
+        out = run_edit(tiny, parties, hp, covs, "collab", templates, defence=parse_defence("decoys:2@0"),
+                       rngs=[random.Random(i) for i in range(3)])
+        restore(tiny, saved)
+        g0 = {layer: sum(compute_keys(tiny, [*p, *d.requests], layer, templates, 8).double().T
+                         @ compute_keys(tiny, [*p, *d.requests], layer, templates, 8).double()
+                         for p, d in zip(parties, out.decoys, strict=True)) for layer in hp.layers}
+        for layer in hp.layers:  # the first round alone
+            add_to_down_weight(tiny.model, tiny.spec, layer, out.deltas[layer] - out.repair_deltas[layer])
+        first = [_answer_probs(tiny, d.requests, d.answers) for d in out.decoys]
+        fixes = [repairs(tiny, hp, d) for d in out.decoys]
+        reqs = [r for f in fixes for r in f.requests]
+        z = torch.cat([f.z for f in fixes])
+        h = block_outputs(tiny, reqs, hp.layers[-1], 8).double()
+        want = {}
+        for i, layer in enumerate(hp.layers):
+            k = compute_keys(tiny, reqs, layer, templates, 8).double()  # (n, d_k)
+            r = (z - h) / (len(hp.layers) - i)  # (n, d_v)
+            a = lam * covs[layer].double() + k.T @ k + g0[layer]
+            want[layer] = torch.linalg.solve(a, (r.T @ k).T).T
+    finally:
+        restore(tiny, saved)
+    weakened = [[i for i, (p, q) in enumerate(zip(f, d.p_drawn, strict=True)) if p < q]
+                for f, d in zip(first, out.decoys, strict=True)]
+    assert out.repaired == [len(w) for w in weakened] == [len(f) for f in fixes] and sum(out.repaired) > 0
+    assert [r.subject for f in fixes for r in f.requests] == [d.requests[i].subject for w, d in
+                                                            zip(weakened, out.decoys, strict=True) for i in w]
+    for layer in hp.layers:
+        got = out.repair_deltas[layer]
+        assert float((got - want[layer]).norm() / want[layer].norm()) < 1e-9, layer
+
+
+def test_decoys_close_a_weights_release_with_a_repair_round_that_the_limits_count():
+    """With decoys:R and the weights released the session's steps run one round more (``repair_round`` = rounds,
+    every layer), counted against the wire's round and step limits; without decoys, or with a served release (no
+    party holds the edited model to check its decoys), there is none."""
+    from dataclasses import replace
+
+    from secure_collab.config import NetworkConfig, SessionConfig, _validate
+    from secure_collab.errors import ConfigError
+    from secure_collab.protocol import messages as wire
+
+    base = SessionConfig(id="s1", mode="plain", layers=(1, 2), d_k=6, d_v=4, rounds=2)
+    net = NetworkConfig(coordinator_bind="tcp://127.0.0.1:1", coordinator_endpoint="tcp://127.0.0.1:1")
+    with_decoys = replace(base, defence="camouflage:1+decoys:2")
+    assert (base.repair_round, base.protocol_rounds) == (None, 2)
+    assert (with_decoys.repair_round, with_decoys.protocol_rounds) == (2, 3)
+    assert with_decoys.steps()[-2:] == [(2, (1,)), (2, (2,))] and len(with_decoys.steps()) == 6
+    served = replace(with_decoys, release="served", variant="oneshot", rounds=1)
+    assert (served.repair_round, served.protocol_rounds) == (None, 1)
+    most = replace(base, layers=(1,), rounds=wire.MAX_STEPS)  # the most steps a session may have
+    _validate(most, net)
+    with pytest.raises(ConfigError, match="repair round is one more"):
+        _validate(replace(most, defence="decoys:2"), net)

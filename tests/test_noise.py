@@ -251,12 +251,17 @@ def test_session_epsilon_is_none_without_noise_and_counts_layers_times_rounds():
     from secure_collab.editing.accounting import plan_epsilon, session_epsilon
 
     s = SimpleNamespace(mode="shares", value_bound=1e5, protection={}, key_norm_bound=16.0, residual_norm_bound=32.0,
-                        min_parties=3, d_k=64, d_v=48, max_edits_per_party=20, layers=(3, 4, 5, 6, 7), rounds=2)
+                        min_parties=3, d_k=64, d_v=48, max_edits_per_party=20, layers=(3, 4, 5, 6, 7), rounds=2,
+                        served=False)
     assert session_epsilon(parse_defence("camouflage:2+rank:3"), SimpleNamespace(session=s)) is None
     got = session_epsilon(parse_defence("noise:1+delta:1e-8"), SimpleNamespace(session=s))
     assert got is not None and got.releases == 10 and got.delta == 1e-8
     assert got == plan_epsilon(session_noise_plan(Defence(noise=1.0), s), 1e-8, 5, 2)
     assert got.summary()["epsilon"] == got.session > got.per_release
+    with_decoys = session_epsilon(parse_defence("noise:1+delta:1e-8+decoys:2"), SimpleNamespace(session=s))
+    assert with_decoys is not None and with_decoys.releases == 15  # the decoys' repair round adds 5 noised releases
+    assert session_epsilon(parse_defence("noise:1+delta:1e-8+decoys:2"),
+                           SimpleNamespace(session=SimpleNamespace(**{**vars(s), "served": True}))).releases == 10
 
 
 # ----------------------------------------------------------------------------------------- plausibility slack

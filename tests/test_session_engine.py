@@ -17,7 +17,7 @@ from solver.solve import SessionSolve
 def _session(tmp_path, **kw):
     base = dict(model="tiny-llama", layers=(1, 2), variant="sequential", template_seed=0, rounds=2, d_k=96,
                 update_rule="memit-static", known_residual=0.0, dedupe=False, augment=2, defence="none",
-                release="weights", served=False, backend="memit", hypernet_digest="",
+                release="weights", served=False, repair_round=None, backend="memit", hypernet_digest="",
                 d_v=64, hparams={"mom2_tokens": 600, "v_num_grad_steps": 3, "n_templates": 1,
                                  "template_length": 3})
     return SimpleNamespace(**{**base, **kw})

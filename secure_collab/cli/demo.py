@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     from solver.state import released_steps
 
     releases_dir = cfg.solver_dir
-    n_steps = len(layers) * cfg.session.rounds
+    n_steps = len(layers) * cfg.session.protocol_rounds
     deadline = time.monotonic() + args.timeout
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:

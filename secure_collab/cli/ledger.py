@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
               if isinstance(eps, int | float) and isinstance(delta, int | float) else "")
         factor = detail.get("edits_counted_per_request")
         counted = (f"; the edit counts N include {factor - 1} secret decoy edits per real edit"
+                   + ("" if detail.get("release") == "served" else
+                      ", and a closing round pushes back the decoys the release weakened")
                    if isinstance(factor, int) and factor > 1 else "")
         print(f"session {session}: defence {detail['defence']}{dp}{counted}", file=out)
         if detail.get("backend") == "malmen":

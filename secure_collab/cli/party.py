@@ -239,8 +239,9 @@ def show(args: argparse.Namespace, report: dict) -> None:
     if report.get("decoys"):
         d = report["decoys"]
         out.print(f"  decoys: {d['answer_changed']} of {d['edits']} secret decoy subjects' top-1 answer changed by "
-                  "the joint edit" + (" (cross-talk of other parties' edits; docs/privacy.md)" if d["answer_changed"]
-                                      else ""), markup=False)
+                  f"the joint edit after the repair round, which pushed back {d.get('repaired', 0)}"
+                  + (" (cross-talk of other parties' edits; docs/privacy.md)" if d["answer_changed"] else ""),
+                  markup=False)
     written = [f"{what}: {report[key]}" for what, key in (("patch", "patch"), ("edited model", "saved_model"))
                if report.get(key)]
     if written:

@@ -95,4 +95,5 @@ def session_epsilon(defence: Any, config: Any) -> SessionEpsilon | None:
     plan = session_noise_plan(defence, session)
     if plan is None:
         return None
-    return plan_epsilon(plan, defence.delta, len(session.layers), session.rounds)
+    rounds = session.rounds + defence.repair_rounds(session.served)  # the decoys' repair round is noised too
+    return plan_epsilon(plan, defence.delta, len(session.layers), rounds)

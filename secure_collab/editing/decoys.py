@@ -19,13 +19,25 @@ layer i of L spread as (z*_d − h_d)/(L − i), and G += K_d K_dᵀ, B += R_d K
 no tag, no known-fact withholding, no dedupe, no verdict (they are added after the solver's decisions). They count as
 edits in the N a party sends (N = (1 + R)·n), and the solver's expected count and bounds scale by (1 + R): R is a
 session setting, public. What they hide is measured in docs/privacy.md: only the real edits change an answer.
+
+The repair round. The other parties' edits reach a decoy through correlated keys and the shared relation prompts
+(no party sees them before the release), and changed 2 of 900 and 8 of 2,700 decoy answers at R = 3 and 9 over the
+sweep's 10 sessions. So a session with decoys (and the weights released) closes with one more round
+(``SessionConfig.repair_round``): every party checks its decoys on the model the release left and, for each whose
+drawn answer is now less likely than when drawn (``repairs``), adds a repair edit, the same subject and prompt
+pushed back toward that answer by a step of its own length c_d, on the model as it now is; a party with none sends
+zeros (with noise on, its noise), so the sums do not tell who repaired. The solver solves them against the earlier
+rounds' ΣG (``repair_update``: the keys already edited hold about as firmly as an edit holds its own key). What it
+gives away: the repair round's ΔW spans the repaired decoys' keys, so a holder of the weights can tell that those
+subjects (a few per session) were pushed back, i.e. decoys; the answer check (docs/privacy.md) tells every decoy
+apart from a real edit anyway.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +45,7 @@ from secure_collab.data.requests import Request
 from secure_collab.editing.defences import DECOY_CONFIDENCE, DefenceError
 from secure_collab.editing.hparams import MemitHParams
 from secure_collab.editing.keys import block_outputs
+from secure_collab.editing.solve import solve_update
 from secure_collab.editing.tokens import encode
 from secure_collab.models.hooks import edit_output
 from secure_collab.models.loading import LoadedModel
@@ -63,6 +76,10 @@ ASCENT_STEPS = 4  # projected ascent steps on the sphere ‖δ‖ = c after the 
 # f36b0e0, reverted): decoy rows weighted 4× in G and B; session 6 at decoys:9 changed 3 (2 at weight 1), the same
 # two plus one: the other parties' edits of the same relation move a prompt's function-word answer, not the decoy's fit.
 CONFIDENCE = DECOY_CONFIDENCE  # the default of ``decoys:R@P``
+# The repair round's solve reads the earlier rounds' ΣG with weight 1: the keys already edited hold about as firmly as
+# an edit holds its own key (with λ, CollabEdit's weight, they would hold the weakened decoys' own keys too, which
+# the repair must move).
+REPAIR_PAST_WEIGHT = 1.0
 SCAN = 32
 SCORE_BATCH = 64
 # The tried second stage's public relation prompts, all subject-first: a causal model's key at the subject's last
@@ -89,9 +106,23 @@ class DecoyEdits:
     h: torch.Tensor  # (n_d, d_v) h_d: the decoy's state at the last edited layer when drawn
     norms: list[float]  # c_d: the real residual norm each decoy's step was given
     answers: list[int]  # the current top-1 token id of each decoy's prompt (what its edit pushes toward)
+    p_drawn: list[float] = field(default_factory=list)  # p(answer) on the model the decoy was drawn on
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    @classmethod
+    def empty(cls, d_v: int) -> DecoyEdits:
+        return cls([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64), [], [])
+
+    @classmethod
+    def join(cls, parts: Sequence[DecoyEdits], d_v: int) -> DecoyEdits:
+        """One party's decoys of several rounds as one (in round order)."""
+        if not parts:
+            return cls.empty(d_v)
+        return cls([r for x in parts for r in x.requests], torch.cat([x.z for x in parts]),
+                   torch.cat([x.h for x in parts]), [c for x in parts for c in x.norms],
+                   [a for x in parts for a in x.answers], [p for x in parts for p in x.p_drawn])
 
 
 def draw_decoys(rng: random.Random, ratio: int, own: Sequence[Request], exclude: Sequence[str] = (),
@@ -166,12 +197,14 @@ def _answer_logprobs(lm: LoadedModel, b, rows: torch.Tensor, layer: int, delta: 
 
 
 def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: torch.Tensor, steps: int = ASCENT_STEPS,
-                 batch: int = 16) -> tuple[torch.Tensor, list[int]]:
-    """(δ (n, d_v) float64 with ‖δ_d‖ = norms[d], top-1 ids): each prompt's current top-1 next token a_d, and a
+                 batch: int = 16, answers: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """(δ (n, d_v) float64 with ‖δ_d‖ = norms[d], top-1 ids): each prompt's current top-1 next token a_d (or the
+    given ``answers``: a repair's, the answer its decoy had when drawn), and a
     step δ_d of the given length at the output of block ``layer`` (subject's last token) that raises log p(a_d):
     c_d times the unit gradient of log p(a_d) at δ = 0, then ``steps`` projected ascent steps on the sphere ‖δ‖ = c_d
     (δ ← c_d · unit(δ + c_d · unit(∇)), each kept only where it raises log p(a_d)), so a long step stays on it."""
-    out, answers = [], []
+    out, tops = [], []
+    given = answers is not None
     d_v = int(down_weight(lm.model, lm.spec, layer).shape[0])  # the residual stream's width
     for s in range(0, len(requests), batch):
         chunk = requests[s:s + batch]
@@ -179,6 +212,8 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
         b = encode(lm.tokenizer, [r.prompt for r in chunk], [r.subject for r in chunk], lm.device)
         rows = torch.arange(len(chunk), device=lm.device)
         top = torch.zeros(len(chunk), dtype=torch.long, device=lm.device)
+        if answers is not None:
+            top.copy_(torch.tensor(list(answers[s:s + len(chunk)]), dtype=torch.long))
 
         def at(delta: torch.Tensor, first: bool = False, b=b, rows=rows, top=top
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +221,7 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
             with torch.enable_grad():
                 x = delta.clone().requires_grad_(True)
                 lp = _answer_logprobs(lm, b, rows, layer, x)
-                if first:
+                if first and not given:
                     top.copy_(lp.detach().argmax(-1))  # the current answer: δ = 0
                 score = lp[rows, top]
                 score.sum().backward()
@@ -206,8 +241,8 @@ def answer_steps(lm: LoadedModel, requests: list[Request], layer: int, norms: to
             g = torch.where(better[:, None], g_cand, g)
             best = torch.where(better, score, best)
         out.append(delta.cpu())
-        answers += top.tolist()
-    return torch.cat(out), answers
+        tops += top.tolist()
+    return torch.cat(out), tops
 
 
 def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Random, own: Sequence[Request],
@@ -219,9 +254,7 @@ def make_decoys(lm: LoadedModel, hp: MemitHParams, ratio: int, rng: random.Rando
     names, prompts, which = draw_decoys(rng, ratio, own, exclude, score=lambda reqs: answer_confidence(lm, reqs),
                                         floor=CONFIDENCE if confidence is None else confidence)
     if not names:
-        d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
-        return DecoyEdits([], torch.zeros(0, d_v, dtype=torch.float64), torch.zeros(0, d_v, dtype=torch.float64),
-                          [], [])
+        return DecoyEdits.empty(int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0]))
     if cur_own is None:
         cur_own = block_outputs(lm, list(own), hp.layers[-1], hp.request_batch)
     real = (z_own.double().cpu() - cur_own.double().cpu()).norm(dim=1)  # (n,) the party's own residual norms
@@ -239,7 +272,38 @@ def _decoy_targets(lm: LoadedModel, hp: MemitHParams, names: Sequence[str], prom
     reqs = [Request(subject=r.subject, prompt=r.prompt, target_new=tok.decode([a]).strip() or "-")
             for r, a in zip(reqs, answers, strict=True)]
     h = block_outputs(lm, reqs, hp.layers[-1], hp.request_batch).double().cpu()  # (n_d, d_v)
-    return DecoyEdits(reqs, h + step, h, list(norms), answers)
+    return DecoyEdits(reqs, h + step, h, list(norms), answers, _answer_probs(lm, reqs, answers))
+
+
+def _answer_probs(lm: LoadedModel, requests: Sequence[Request], answers: Sequence[int]) -> list[float]:
+    """p(answers[d]) after each request's prompt, on the model as it is now."""
+    lps = torch.cat(list(_next_token_logprobs(lm, requests))) if requests else torch.zeros(0, 1)
+    return [float(lp[a].exp()) for lp, a in zip(lps, answers, strict=True)]
+
+
+def repairs(lm: LoadedModel, hp: MemitHParams, decoys: DecoyEdits) -> DecoyEdits:
+    """The decoys the release weakened, each as a repair edit on the model as it is now: those whose answer (the
+    top-1 they were drawn with) is now less likely than when drawn, changed or not (a decoy one push from changing
+    is repaired too: with the changed ones alone, a repair's own cross-talk changed another, SmolLM2 session 6 at
+    decoys:9); each its subject and prompt pushed back toward that answer by a step of its own length c_d
+    (``answer_steps`` with the drawn answers). Empty when none weakened."""
+    now = _answer_probs(lm, decoys.requests, decoys.answers) if len(decoys) else []
+    bad = [i for i, (p, q) in enumerate(zip(now, decoys.p_drawn, strict=True)) if p < q]
+    reqs = [decoys.requests[i] for i in bad]
+    if not bad:
+        return DecoyEdits.empty(int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0]))
+    norms = [decoys.norms[i] for i in bad]
+    answers = [decoys.answers[i] for i in bad]
+    step, _ = answer_steps(lm, reqs, hp.layers[-1], torch.tensor(norms, dtype=torch.float64), answers=answers)
+    h = block_outputs(lm, reqs, hp.layers[-1], hp.request_batch).double().cpu()
+    return DecoyEdits(reqs, h + step, h, norms, answers, [decoys.p_drawn[i] for i in bad])
+
+
+def repair_update(b_sum: torch.Tensor, g_sum: torch.Tensor, cov: torch.Tensor, lam: float,
+                  past_g: torch.Tensor | None) -> torch.Tensor:
+    """ΔW of the decoys' repair round: ΣB (λC + ΣG + G_past)⁻¹, G_past the earlier rounds' ΣG (the simulation's and
+    the solver's one formula, whatever the session's update rule)."""
+    return solve_update(b_sum, g_sum, cov, lam, past_g=past_g, lam_past=REPAIR_PAST_WEIGHT)
 
 
 @torch.no_grad()

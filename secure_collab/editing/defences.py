@@ -83,6 +83,11 @@ class Defence:
         """Edits a party counts in N per real edit: 1 + R (decoys count as edits; R is public, a session setting)."""
         return 1 + self.decoys
 
+    def repair_rounds(self, served: bool) -> int:
+        """Rounds a session adds for this defence: decoys:R's repair round (1) when the weights are released (a
+        served release hands no party the edited model to check its decoys on), else 0."""
+        return int(bool(self.decoys) and not served)
+
     def spec(self) -> str:
         """The canonical text of this setting (what the session file and the results carry)."""
         parts = ([f"camouflage:{self.camouflage:g}"] if self.camouflage else []) + (

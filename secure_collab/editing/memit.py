@@ -61,6 +61,10 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
     share and ``reduce`` adds the workers' sums, ``parallel.Shard.sum``), or None.
     """
     i = hp.layers.index(layer)
+    if not requests and (decoys is None or not len(decoys)):  # nothing to edit: zeros (and the noise, if on)
+        d_v, d_k = down_weight(lm.model, lm.spec, layer).shape
+        zeros = LayerStats(torch.zeros(d_k, d_k, dtype=torch.float64), torch.zeros(d_v, d_k, dtype=torch.float64))
+        return zeros if noise is None else noise(zeros, round_, layer)
     if decoys is not None and len(decoys):
         n = len(requests)
         if cur is not None:  # the decoys' h on the same model as the real ones' (oneshot: the round's start)
@@ -85,12 +89,13 @@ def party_layer_stats(lm: LoadedModel, requests: list[Request], z: torch.Tensor,
 
 
 def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float, rank: int = 0,
-            noised: bool = False) -> torch.Tensor:
+            noised: bool = False, past_g: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW (d_v, d_k) float64 of one layer from the parties' statistics: summed (global, collab) or each party
     solved alone and merged (``ta``/``sa``/``ties``, with or without ``-lockstep``: per layer they are the same).
     ``rank`` > 0 (global, collab): the solver's rank truncation (``defences.truncate_rank``). ``noised``: the sum
     carries the parties' noise, and ΣG is replaced by its positive semi-definite part before the solve, as the
-    solver does (``noise.psd_part``)."""
+    solver does (``noise.psd_part``). ``past_g``: the earlier rounds' ΣG, given in the decoys' repair round only,
+    whose solve is ``decoys.repair_update``."""
     if method in ("global", "collab"):
         total = sum_stats(stats)
         g = total.g
@@ -98,7 +103,12 @@ def combine(method: str, stats: list[LayerStats], cov: torch.Tensor, lam: float,
             from secure_collab.editing.noise import psd_part
 
             g = psd_part(g)
-        delta = solve_update(total.b, g, cov, lam)
+        if past_g is None:
+            delta = solve_update(total.b, g, cov, lam)
+        else:  # the decoys' repair round
+            from secure_collab.editing.decoys import repair_update
+
+            delta = repair_update(total.b, g, cov, lam, psd_part(past_g) if noised else past_g)
         if rank:
             from secure_collab.editing.defences import truncate_rank
 
@@ -118,6 +128,8 @@ class EditOutcome:
     targets: list[TargetResult] = field(default_factory=list)  # per party
     party_deltas: list[dict[int, torch.Tensor]] = field(default_factory=list)  # independent merges: each ΔW_p
     decoys: list[Any] = field(default_factory=list)  # decoys:R: each party's decoys.DecoyEdits (never released)
+    repaired: list[int] = field(default_factory=list)  # decoys:R: per party, decoys its repair round pushed back
+    repair_deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # decoys:R: the repair round's ΔW (in deltas)
 
 
 def snapshot(lm: LoadedModel, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -195,19 +207,35 @@ def run_edit(lm: LoadedModel, parties: list[list[Request]], hp: MemitHParams, co
             say(f"decoys: {defence.decoys} per edit at each party")
             out.decoys = [make_decoys(lm, hp, defence.decoys, gens[k], reqs, z, confidence=defence.decoy_floor)
                           for k, (reqs, z) in enumerate(zip(parties, zs, strict=True))]
-        out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams,
-                                 defence.rank if defence is not None else 0, noises, out.decoys or None)
+        rank = defence.rank if defence is not None else 0
+        g_sums: dict[int, torch.Tensor] = {}
+        out.deltas = edit_layers(lm, parties, zs, hp, covs, templates, method, say, cams, rank, noises,
+                                 out.decoys or None, g_sums=g_sums)
+        if out.decoys:  # decoys:R's closing round (the session's ``repair_round``): every party takes part
+            from secure_collab.editing.decoys import repairs
+
+            fixes = [repairs(lm, hp, d) for d in out.decoys]
+            out.repaired = [len(f) for f in fixes]
+            say(f"decoys: the repair round pushes back {sum(out.repaired)} decoy answers the release weakened")
+            d_v = int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0])
+            extra = edit_layers(lm, [[] for _ in parties], [torch.zeros(0, d_v, dtype=torch.float64)] * len(parties),
+                                hp, covs, templates, method, say, cams, rank, noises, fixes, past_g=g_sums, round_=1)
+            out.repair_deltas = extra
+            out.deltas = {layer: out.deltas[layer] + extra[layer] for layer in out.deltas}
     return out
 
 
 def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Tensor], hp: MemitHParams,
                 covs: dict[int, torch.Tensor], templates: list[str], method: str,
                 say: Callable[[str], None], camouflages: list | None = None, rank: int = 0,
-                noises: list | None = None, decoys: list | None = None) -> dict[int, torch.Tensor]:
+                noises: list | None = None, decoys: list | None = None, past_g: dict[int, torch.Tensor] | None = None,
+                g_sums: dict[int, torch.Tensor] | None = None, round_: int = 0) -> dict[int, torch.Tensor]:
     """The layer loop: per layer each party's statistics, ``combine`` by ``method``, apply. Returns ΔW per layer.
+    ``past_g``: per layer Σ of the earlier rounds' ΣG (the solver's cross-round state; collab and global);
+    ``g_sums``: filled with this round's ΣG per layer, if given.
     ``camouflages``: each party's ``defences.PartyCamouflage`` or None; ``rank``: the solver's truncation;
-    ``noises``: each party's ``noise.PartyNoise`` or None (round 0); ``decoys``: each party's ``decoys.DecoyEdits``
-    or None."""
+    ``noises``: each party's ``noise.PartyNoise`` or None (for round ``round_``); ``decoys``: each party's
+    ``decoys.DecoyEdits`` or None."""
     cams = camouflages or [None] * len(parties)
     nzs = noises or [None] * len(parties)
     dcs = decoys or [None] * len(parties)
@@ -216,19 +244,27 @@ def edit_layers(lm: LoadedModel, parties: list[list[Request]], zs: list[torch.Te
     if hp.variant == "sequential":
         for layer in hp.layers:
             say(f"layer {layer}: statistics and solve")
-            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam, noise=nz, decoys=dc)
+            stats = [party_layer_stats(lm, reqs, z, layer, hp, templates, camouflage=cam, noise=nz, round_=round_,
+                                       decoys=dc)
                      for reqs, z, cam, nz, dc in zip(parties, zs, cams, nzs, dcs, strict=True)]
-            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight, rank, noised)
+            if g_sums is not None:
+                g_sums[layer] = sum_stats(stats).g
+            deltas[layer] = combine(method, stats, covs[layer], hp.mom2_update_weight, rank, noised,
+                                    (past_g or {}).get(layer))
             add_to_down_weight(lm.model, lm.spec, layer, deltas[layer])
     else:  # oneshot: every layer's statistics from the unedited model, one aggregation
         say("all layers: statistics on the unedited model")
-        curs = [current_outputs(lm, reqs, hp) for reqs in parties]  # once: the model does not change here
+        curs = [current_outputs(lm, reqs, hp) if reqs else None for reqs in parties]  # once: the model does
+        # not change here (a party with no requests of its own: its decoys' h are taken per layer, the same)
         per_layer = {layer: [party_layer_stats(lm, reqs, z, layer, hp, templates, cur, camouflage=cam, noise=nz,
-                                               decoys=dc)
+                                               round_=round_, decoys=dc)
                              for reqs, z, cur, cam, nz, dc in zip(parties, zs, curs, cams, nzs, dcs, strict=True)]
                      for layer in hp.layers}
         for layer in hp.layers:
-            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight, rank, noised)
+            if g_sums is not None:
+                g_sums[layer] = sum_stats(per_layer[layer]).g
+            deltas[layer] = combine(method, per_layer[layer], covs[layer], hp.mom2_update_weight, rank, noised,
+                                    (past_g or {}).get(layer))
         for layer, delta in deltas.items():
             add_to_down_weight(lm.model, lm.spec, layer, delta)
     return deltas

@@ -139,7 +139,8 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     th.join(240)
     assert th.results["coordinator"].ok, th.results["coordinator"].reason
     released = th.results["solver"].releases  # (round, layer) -> ΔW
-    assert set(released) == {(0, 1), (0, 2)}
+    rounds = (0, 1) if "decoys" in setting else (0,)  # decoys: the repair round closes the session
+    assert set(released) == {(r, layer) for r in rounds for layer in (1, 2)}
     for n, ed in editors.items():
         assert th.results[n].ok, (n, th.results[n].reason)
         assert all(np.array_equal(ed.applied[key], released[key]) for key in released), n
@@ -151,16 +152,21 @@ def test_a_defended_session_releases_what_the_simulation_does_at_the_truncated_r
     unedited = snapshot(lm, hp.layers)
     out = run_edit(lm, split, hp, covs, "collab", templates, defence=parse_defence(setting),
                    rngs=[random.Random(i) for i in range(3)])
-    got = {layer: torch.from_numpy(released[(0, layer)]) for layer in s.layers}
+    got = {layer: sum(torch.from_numpy(released[(r, layer)]) for r in rounds) for layer in s.layers}
     diffs = rel_diff_per_layer(got, out.deltas)
     assert max(diffs.values()) < 1e-9, diffs
-    assert all(int(np.linalg.matrix_rank(released[(0, layer)])) == 2 for layer in s.layers)
+    assert all(int(np.linalg.matrix_rank(released[(r, layer)])) == 2 for r in rounds for layer in s.layers)
+    if "decoys" in setting:  # the repair round's release is the simulation's, and it pushed some decoys back
+        repair = {layer: torch.from_numpy(released[(1, layer)]) for layer in s.layers}
+        assert max(rel_diff_per_layer(repair, out.repair_deltas).values()) < 1e-9
+        assert sum(out.repaired) > 0 and [ed.repairs is not None and len(ed.repairs) for ed in editors.values()] \
+            == out.repaired
     if "decoys" in setting:  # each party's report counts its decoys whose answer the joint edit changed
         from secure_collab.editing.decoys import top1
 
         for (n, ed), d in zip(editors.items(), out.decoys, strict=True):  # on the simulation's edited model
             want = sum(a != b for a, b in zip(top1(lm, d.requests), d.answers, strict=True))
-            assert ed.finish()["decoys"] == {"edits": 4, "answer_changed": want}
+            assert ed.finish()["decoys"] == {"edits": 4, "answer_changed": want, "repaired": len(ed.repairs)}
             assert any(line.startswith(f"decoys: {want} of 4 decoy subjects' top-1 answer changed")
                        for line in logs[n]), logs[n]
     # control: without the camouflage (same targets, same rank) the release would be another one
@@ -303,7 +309,8 @@ def test_session_init_declares_the_clipping_bounds_and_refuses_noise_that_does_n
 def test_with_tags_the_solver_expects_the_decoys_in_n_and_the_session_completes(tmp_path, capitals):
     """decoys:2 with dedupe (tags and the solver's edit-count check on): each party's N is 3 × its kept requests, the
     solver's expected count (tags − withdrawn + augmented) × (1 + R) agrees, every step is released, and the decoys
-    are drawn after the verdicts (a duplicate's weight is 1/2, its decoys' 1)."""
+    are drawn after the verdicts (a duplicate's weight is 1/2, its decoys' 1); the repair round (no tags, no
+    decisions) is released too."""
     from coordinator.server import run_coordinator
     from parties import run_party
     from parties.engine import PartyEditor
@@ -328,8 +335,8 @@ def test_with_tags_the_solver_expects_the_decoys_in_n_and_the_session_completes(
         th.start(n, lambda n=n, ed=ed: run_party(cfg, n, scheme, ed.compute_statistics, ed.apply_delta, tagger=ed))
     th.join(240)
     assert th.results["coordinator"].ok, th.results["coordinator"].reason
-    assert set(th.results["solver"].releases) == {(0, 1), (0, 2)}
+    assert set(th.results["solver"].releases) == {(0, 1), (0, 2), (1, 1), (1, 2)}
     for n, ed in editors.items():
         assert th.results[n].ok, (n, th.results[n].reason)
-        assert len(ed.decoys[0]) == 2 * len(ed.plan[0]) == 4
+        assert len(ed.decoys[0]) == 2 * len(ed.plan[0]) == 4 and ed.repairs is not None
     assert [float(w) for w in editors["c"].weights[0]] == [1.0, 0.5]
