@@ -50,7 +50,8 @@ except for ``minus-own``), the cost per candidate (queries to the model and forw
 utility: efficacy, generalization, specificity (CounterFact's), damage_kl (mean next-token KL, edited vs
 unedited, over ``--damage-subjects`` public titles under "{}" and "{} is") and damage_kl_decoys (the same over
 the parties' decoy subjects: camouflage answers their keys, decoys:R edits them); with decoys:R, ``decoys`` (their
-number) and ``decoys_changed`` (how many decoy subjects' top-1 answer on their own prompt changed).
+number), ``decoys_changed`` (how many decoy subjects' top-1 answer on their own prompt changed, after the repair
+round) and ``decoys_repaired`` (how many the repair round pushed back).
 """
 
 from __future__ import annotations
@@ -300,6 +301,7 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
         out["decoys"] = len(decoy_edits)
         out["decoys_changed"] = sum(a != b for a, b in zip(now, (a for d in dv.decoys for a in d.answers),
                                                             strict=True))
+        out["decoys_repaired"] = sum(dv.repaired)
     targets_idx = [exp.index(r.subject) for r in flat]
     m = len(flat)
     first = hp.layers[0]
@@ -482,6 +484,8 @@ def summarise(results: list[dict[str, Any]], cost: dict[str, dict[str, float]], 
                 row["decoys"] = sum(r.get("decoys", 0) for r in runs) / len(runs)
                 row["decoys_changed"] = sum(r.get("decoys_changed", 0) for r in runs) / len(runs)
                 row["decoys_changed_total"] = sum(r.get("decoys_changed", 0) for r in runs)
+                if all("decoys_repaired" in r for r in runs):  # runs from before the repair round have none
+                    row["decoys_repaired_total"] = sum(r["decoys_repaired"] for r in runs)
             found = [_budgets(r).get(attack) for r in runs if attack in r["attacks"]]
             budgets = [b for b in found if b is not None]
             if budgets and len(budgets) == len(found):

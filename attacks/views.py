@@ -107,6 +107,8 @@ class DeltaView:
     parties: list[list[Request]]
     edited: dict[int, torch.Tensor]  # layer -> edited down-projection weights (for the `model` view)
     decoys: list = field(default_factory=list)  # decoys:R: each party's decoys.DecoyEdits (the parties' secret)
+    repaired: list[int] = field(default_factory=list)  # decoys:R: per party, the decoys its repair round pushed back
+    repair_deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # decoys:R: the repair round's ΔW (in deltas)
 
 
 def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[TargetResult], defence: Any = None,
@@ -130,7 +132,8 @@ def delta_view(setup: PublicSetup, parties: list[list[Request]], targets: list[T
 
         restore(lm, saved)
     lam = hp.mom2_update_weight
-    return DeltaView(out.deltas, {la: lam * setup.covs()[la] for la in hp.layers}, parties, edited, out.decoys)
+    return DeltaView(out.deltas, {la: lam * setup.covs()[la] for la in hp.layers}, parties, edited, out.decoys,
+                     out.repaired, out.repair_deltas)
 
 
 def split(requests: list[Request], n_parties: int) -> list[list[Request]]:

@@ -107,6 +107,7 @@ def main() -> None:
                   "below_floor": sum(r["below_floor"] for r in rows),
                   "changed_alone": None if args.joint_only else sum(not r["alone_top1_same"] for r in rows),
                   "changed_joint": sum(not r["joint_top1_same"] for r in rows),
+                  "repaired": sum(dv.repaired),  # pushed back by the repair round (in the joint release)
                   **{k: ev[k] for k in ("efficacy", "generalization", "specificity")},
                   "own_prompts": own_prompts, "rows": rows, "seconds": round(time.time() - t0, 1)}
         print(f"{spec} session {s}: {result['decoys']} decoys, {result['below_floor']} below the floor, "
