@@ -507,8 +507,15 @@ class Solver:
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "
                           + "; ".join(sorted({CHECKS[p.check] for p in problems})), opened=True)
-        if self.fact_tags is not None and round_ != s.repair_round:  # the edit count must be what the round's
-            # decisions leave (× (1 + R)); the decoys' repair round has no decisions, only the per-party bound
+        if self.fact_tags is not None and round_ == s.repair_round:  # repairs are decoys of the earlier rounds: at
+            # most R per real edit their decisions left (a party cannot use the round to add edits nobody tagged)
+            most = sum(self.fact_tags.decided_edits(r, pend.parties) for r in range(s.rounds)) * (self.edit_factor - 1)
+            if n > most + 0.5:  # the figures stay here, as below
+                log.warning("solver: round %d layer %d: %g repairs contributed, the decoys allow %d", round_, layer,
+                            n, most)
+                raise Refusal(f"round {round_} layer {layer}: the parties' repair count exceeds the decoys their "
+                              "earlier rounds' decisions allow", opened=True)
+        elif self.fact_tags is not None:  # the edit count must be what the round's decisions leave (× (1 + R))
             try:
                 want = self.fact_tags.expected_edits(round_, pend.parties) * self.edit_factor
             except ValueError as exc:

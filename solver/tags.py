@@ -190,5 +190,13 @@ class TagDesk:
         missing = [p for p in parties if decided is None or p not in decided["counts"]]
         if missing:
             raise ValueError(f"parties {missing} have no decision for round {round_}")
+        return self.decided_edits(round_, parties)
+
+    def decided_edits(self, round_: int, parties: tuple[str, ...]) -> int:
+        """Σ over those of ``parties`` the round has a decision for of (tagged − withdrawn + augment × won): the
+        real edits they may count (the decoys' repair round bounds its count by R times the earlier rounds')."""
+        decided = self._round(round_)["decided"]
+        if decided is None:
+            return 0
         return sum(c["tagged"] - c["withdrawn"] + self.s.augment * c["won"]
                    for p, c in decided["counts"].items() if p in parties)

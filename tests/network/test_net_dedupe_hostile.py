@@ -90,3 +90,41 @@ def test_a_party_lying_in_tags_count_and_statistics_removes_nobody(tmp_path, pad
         got = run.solver.releases[key]
         assert np.linalg.norm(got - delta) <= 1e-9 * np.linalg.norm(delta), key
     assert all(run.parties[n].ok for n in "ac")
+
+
+class Decoyed(FactEngine):
+    """decoys:1 as the solver counts it: one decoy per kept fact in N (its statistics a public fact of this party's
+    own), and in the repair round ``repairs`` push-backs (a fact each) with N = ``repairs``."""
+
+    repairs = 1
+
+    def compute_statistics(self, round_, layer):
+        self.compute_calls.append((round_, layer))
+        decoy = [((f"Decoy-{self.name}-{j}", P, "Obj-d"), -1) for j in range(8)]
+        if round_ == self.s.repair_round:
+            return {**fact_statistics(self.s, decoy[:self.repairs], layer, self.w), "N": self.repairs}
+        kept = self.kept[round_]
+        return {**fact_statistics(self.s, kept + decoy[:len(kept)], layer, self.w), "N": 2 * len(kept)}
+
+
+class Padder(Decoyed):
+    """b uses the repair round (no tags, no decisions) to add edits: more push-backs than it has decoys."""
+
+    repairs = 3
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_the_repair_round_admits_no_more_edits_than_the_decoys_the_decisions_allow(tmp_path, hostile):
+    """With decoys:1 and dedupe, the repair round has no tags; the solver still bounds its count by R × the real
+    edits the earlier rounds' decisions left (here 3): three honest push-backs are released, b's five are refused
+    with the reason and nothing of that round is released."""
+    cfg = make_config(tmp_path, mode="shares", dedupe=True, defence="decoys:1@0", max_edits_per_party=4)
+    facts = {"a": {0: [FA]}, "b": {0: [FB]}, "c": {0: [FC]}}
+    run = run_fact_session(cfg, facts, engine={"a": Decoyed, "b": Padder if hostile else Decoyed, "c": Decoyed})
+    assert set(k for k in run.solver.releases if k[0] == 0) == {(0, 1), (0, 2)}
+    if hostile:
+        assert not run.outcome.ok and "repair count exceeds the decoys" in run.outcome.reason
+        assert not any(k[0] == 1 for k in run.solver.releases)
+        return
+    assert run.outcome.ok, run.outcome.reason
+    assert set(run.solver.releases) == {(0, 1), (0, 2), (1, 1), (1, 2)}
