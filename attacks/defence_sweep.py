@@ -155,13 +155,15 @@ class Sweep:
                           encoding_frac_bits("shares", bound, MAX_PARTIES), self.per_party, bound)
 
     def epsilon(self, defence: Defence) -> float | None:
-        """ε at the defence's δ over the edited layers (one round), or None without noise."""
+        """ε at the defence's δ over the edited layers (one round, and the decoys' noised repair round), or None
+        without noise."""
         plan = self.noise_plan(defence)
         if plan is None:
             return None
         from secure_collab.editing.accounting import plan_epsilon
 
-        return plan_epsilon(plan, defence.delta, len(self.exp.setup.hp.layers), 1).session
+        return plan_epsilon(plan, defence.delta, len(self.exp.setup.hp.layers),
+                            1 + defence.repair_rounds(False)).session
 
 
 def forward_flops(lm, tokens: float, upto_layer: int | None = None) -> float:

@@ -92,6 +92,10 @@ class _RosterKeys:
         return domain == ZAP_DOMAIN and key in self.allowed and self.limiter.admit(key)
 
 
+REPAIR_SKIPPED = ("session complete: every edit round was released; the decoys' repair round was not, so some decoy "
+                  "answers may stay changed")
+
+
 class Coordinator(Handlers, TagHandlers, QueryHandlers):
     def __init__(self, config: Config, scheme: PublicScheme, *, ctx: zmq.SyncContext | None = None,
                  keys: CurveKeyPair | None = None, stop: threading.Event | None = None,
@@ -191,6 +195,9 @@ class Coordinator(Handlers, TagHandlers, QueryHandlers):
                     return self._end(False, self.abort_reason)
             attempt = attempts.get((round_, json.dumps(list(layers))), -1) + 1
             if not self._run_step(round_, layers, attempt):
+                if round_ == self.s.repair_round:  # every edit round is released and applied: the repair is a
+                    # nicety, so one party's refusal must not take the joint edit from the others
+                    return self._end(True, f"{REPAIR_SKIPPED} ({self.abort_reason})")
                 return self._end(False, self.abort_reason)
         if self.s.served:
             return self._end(True, self._serve())

@@ -226,7 +226,13 @@ class Party:
                 self.watch.session_ended()  # the coordinator closing its socket next is no news
                 self.result.ok, self.result.reason = msg.body["ok"], msg.body["reason"]
                 missing = self._missing()
-                if self.result.ok and missing:  # END is the coordinator's word, not the solver's signature
+                if self.result.ok and missing and {r for r, _ in missing} == {self.s.repair_round}:
+                    # every edit round applied; the decoys' repair round (or its later layers) never came: the
+                    # session is complete without it (a party's refusal there must not cost the others the edit)
+                    self.result.reason = (f"every edit round was applied; the decoys' repair round was not "
+                                          f"released for (round, layer) {missing}, so some decoy answers may stay "
+                                          f"changed ({msg.body['reason']})")
+                elif self.result.ok and missing:  # END is the coordinator's word, not the solver's signature
                     self.result.ok = False
                     self.result.reason = (f"the coordinator ended the session as complete, but the solver-signed "
                                           f"releases of (round, layer) {missing} never arrived: the model is "

@@ -280,7 +280,7 @@ class PartyEditor:
 
         if self.repairs is None:
             mine = DecoyEdits.join([self.decoys[r] for r in sorted(self.decoys)], self.s.d_v)
-            self.repairs = repairs(self.lm, self.hp, mine)
+            self.repairs = repairs(self.lm, self.hp, mine, most=self.s.counted_edits)  # N within the declared bound
             self.log(f"decoys: the repair round pushes back {len(self.repairs)} of {len(mine)} decoy answers the "
                      "release weakened")
         stats = party_layer_stats(self.lm, [], torch.zeros(0, self.s.d_v, dtype=torch.float64), layer, self.hp,

@@ -502,7 +502,8 @@ class Solver:
         ridges = getattr(self.solve, "ridges", None)  # MALMEN: ΔW = ΣB (ΣG + e^{λ_l} I)⁻¹, the leverage check
         bounds = Bounds(self.bounds.key_norm, self.bounds.residual_norm, self.bounds.max_edits, quantum,
                         self.noise, ridges[layer] if ridges else 0.0)
-        problems = plausibility_problems(g, b, n, len(pend.parties), bounds)
+        problems = plausibility_problems(g, b, n, len(pend.parties), bounds,
+                                         fewest=0 if round_ == s.repair_round else 1)  # nothing to repair: ΔW = 0
         if problems:  # the figures stay here: they would give other parties' counts and traces away
             log.warning("solver: round %d layer %d implausible: %s", round_, layer, "; ".join(map(str, problems)))
             raise Refusal(f"round {round_} layer {layer}: implausible aggregate of {len(pend.parties)} parties: "

@@ -342,6 +342,10 @@ def test_the_repair_round_is_the_formula_on_the_decoys_the_release_weakened(tiny
             add_to_down_weight(tiny.model, tiny.spec, layer, out.deltas[layer] - out.repair_deltas[layer])
         first = [_answer_probs(tiny, d.requests, d.answers) for d in out.decoys]
         fixes = [repairs(tiny, hp, d) for d in out.decoys]
+        k = max(range(len(fixes)), key=lambda j: len(fixes[j]))  # a party's cap (its N's bound): the most weakened
+        capped = repairs(tiny, hp, out.decoys[k], most=1)
+        worst = min(range(len(first[k])), key=lambda i: first[k][i] / out.decoys[k].p_drawn[i])
+        assert len(fixes[k]) > 1 and [r.subject for r in capped.requests] == [out.decoys[k].requests[worst].subject]
         reqs = [r for f in fixes for r in f.requests]
         z = torch.cat([f.z for f in fixes])
         h = block_outputs(tiny, reqs, hp.layers[-1], 8).double()

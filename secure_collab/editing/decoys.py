@@ -281,14 +281,17 @@ def _answer_probs(lm: LoadedModel, requests: Sequence[Request], answers: Sequenc
     return [float(lp[a].exp()) for lp, a in zip(lps, answers, strict=True)]
 
 
-def repairs(lm: LoadedModel, hp: MemitHParams, decoys: DecoyEdits) -> DecoyEdits:
+def repairs(lm: LoadedModel, hp: MemitHParams, decoys: DecoyEdits, most: int | None = None) -> DecoyEdits:
     """The decoys the release weakened, each as a repair edit on the model as it is now: those whose answer (the
     top-1 they were drawn with) is now less likely than when drawn, changed or not (a decoy one push from changing
     is repaired too: with the changed ones alone, a repair's own cross-talk changed another, SmolLM2 session 6 at
     decoys:9); each its subject and prompt pushed back toward that answer by a step of its own length c_d
-    (``answer_steps`` with the drawn answers). Empty when none weakened."""
+    (``answer_steps`` with the drawn answers). Empty when none weakened. ``most``: at most this many, the most
+    weakened (smallest p now / p drawn; a networked party's N may not pass its declared bound), in their order."""
     now = _answer_probs(lm, decoys.requests, decoys.answers) if len(decoys) else []
     bad = [i for i, (p, q) in enumerate(zip(now, decoys.p_drawn, strict=True)) if p < q]
+    if most is not None and len(bad) > most:
+        bad = sorted(sorted(bad, key=lambda i: now[i] / decoys.p_drawn[i])[:most])
     reqs = [decoys.requests[i] for i in bad]
     if not bad:
         return DecoyEdits.empty(int(down_weight(lm.model, lm.spec, hp.layers[-1]).shape[0]))

@@ -103,8 +103,12 @@ class Decoyed(FactEngine):
         decoy = [((f"Decoy-{self.name}-{j}", P, "Obj-d"), -1) for j in range(8)]
         if round_ == self.s.repair_round:
             return {**fact_statistics(self.s, decoy[:self.repairs], layer, self.w), "N": self.repairs}
-        kept = self.kept[round_]
+        kept = self.kept.get(round_, [(f, -1) for f in self.facts.get(round_, [])])
         return {**fact_statistics(self.s, kept + decoy[:len(kept)], layer, self.w), "N": 2 * len(kept)}
+
+
+class NoRepairs(Decoyed):
+    repairs = 0
 
 
 class Padder(Decoyed):
@@ -116,15 +120,32 @@ class Padder(Decoyed):
 @pytest.mark.parametrize("hostile", [False, True])
 def test_the_repair_round_admits_no_more_edits_than_the_decoys_the_decisions_allow(tmp_path, hostile):
     """With decoys:1 and dedupe, the repair round has no tags; the solver still bounds its count by R × the real
-    edits the earlier rounds' decisions left (here 3): three honest push-backs are released, b's five are refused
-    with the reason and nothing of that round is released."""
+    edits the earlier rounds' decisions left (here 3): three honest push-backs are released; b's five are refused
+    with the reason and nothing of that round is released, but the session still completes for everyone: every
+    edit round was released and applied, so b's refusal costs the others the repair, not the joint edit."""
     cfg = make_config(tmp_path, mode="shares", dedupe=True, defence="decoys:1@0", max_edits_per_party=4)
     facts = {"a": {0: [FA]}, "b": {0: [FB]}, "c": {0: [FC]}}
     run = run_fact_session(cfg, facts, engine={"a": Decoyed, "b": Padder if hostile else Decoyed, "c": Decoyed})
+    assert run.outcome.ok, run.outcome.reason
     assert set(k for k in run.solver.releases if k[0] == 0) == {(0, 1), (0, 2)}
     if hostile:
-        assert not run.outcome.ok and "repair count exceeds the decoys" in run.outcome.reason
+        assert "repair round was not" in run.outcome.reason and "repair count exceeds the decoys" in run.outcome.reason
         assert not any(k[0] == 1 for k in run.solver.releases)
+        for name in "ac":  # complete (they save their model), and told the repair is missing
+            assert run.parties[name].ok and "repair round was not released" in run.parties[name].reason
+            assert set(run.parties[name].applied) == {(0, 1), (0, 2)}
         return
-    assert run.outcome.ok, run.outcome.reason
     assert set(run.solver.releases) == {(0, 1), (0, 2), (1, 1), (1, 2)}
+    assert all(run.parties[n].ok and len(run.parties[n].applied) == 4 for n in "abc")
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_a_repair_round_with_nothing_to_repair_releases_zero_and_completes(tmp_path, dedupe):
+    """Every party sends zeros (N = 0) when no decoy was weakened: plausible for this round, ΔW = 0 released and
+    applied (an empty edit round would be refused: nothing to release)."""
+    cfg = make_config(tmp_path, mode="shares", dedupe=dedupe, defence="decoys:1@0", max_edits_per_party=4)
+    facts = {"a": {0: [FA]}, "b": {0: [FB]}, "c": {0: [FC]}}
+    run = run_fact_session(cfg, facts, engine=dict.fromkeys("abc", NoRepairs))
+    assert run.outcome.ok and run.outcome.reason == "session complete", run.outcome.reason
+    assert all(not run.solver.releases[(1, layer)].any() for layer in (1, 2))
+    assert all(run.parties[n].ok and len(run.parties[n].applied) == 4 for n in "abc")
