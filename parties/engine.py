@@ -299,10 +299,11 @@ class PartyEditor:
         reqs = [r for d in self.decoys.values() for r in d.requests]
         drawn = [a for d in self.decoys.values() for a in d.answers]
         changed = sum(a != b for a, b in zip(top1(self.lm, reqs), drawn, strict=True))
-        self.log(f"decoys: {changed} of {len(reqs)} decoy subjects' top-1 answer changed by the joint edit"
+        repaired = 0 if self.repairs is None else len(self.repairs)
+        self.log(f"decoys: {changed} of {len(reqs)} decoy subjects' top-1 answer changed by the joint edit, "
+                 f"{repaired} pushed back by the repair round"
                  + (" (cross-talk of the other parties' edits: docs/privacy.md)" if changed else ""))
-        return {"edits": len(reqs), "answer_changed": changed,
-                "repaired": 0 if self.repairs is None else len(self.repairs)}
+        return {"edits": len(reqs), "answer_changed": changed, "repaired": repaired}
 
     def apply_delta(self, layer: int, delta: np.ndarray) -> None:
         key = (sum(1 for _, lay in self.applied if lay == layer), layer)  # releases arrive round by round
