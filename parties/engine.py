@@ -209,10 +209,9 @@ class PartyEditor:
         reqs = self._round_plan(round_)
         if not reqs:  # nothing to edit this round: contribute zeros (the sums cannot tell; the answer time can,
             # unless session.answer_pad_s hides it)
-            d_v, d_k = self.s.d_v, self.s.d_k
-            zeros = LayerStats(torch.zeros(d_k, d_k, dtype=torch.float64), torch.zeros(d_v, d_k, dtype=torch.float64))
-            if self.noise is not None:  # the noise is counted on: a party with nothing to edit adds it all the same
-                zeros = self.noise(zeros, round_, layer)
+            # (and the noise, which is counted on: a party with nothing to edit adds it all the same)
+            zeros = party_layer_stats(self.lm, [], torch.zeros(0, self.s.d_v, dtype=torch.float64), layer, self.hp,
+                                      self.templates, noise=self.noise, round_=round_)
             out = {"G": zeros.g.numpy(), "B": zeros.b.numpy(), "N": 0}
         elif not self.shard.single:
             stats = self._shard_statistics(round_, layer, reqs)
