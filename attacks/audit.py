@@ -195,8 +195,8 @@ DOC_AGGREGATE = ("93 % of 30 edited subjects named from the sum over 10 parties,
 DOC_DELTA = ("93 % of the other parties' 27 edited subjects named from ΔW, chance 0.8 %; black-box use of the "
              "edited model names 47 % (docs/privacy.md, views 'delta' and 'model')")
 
-DOC_DEFENCES = ("with camouflage or rank truncation of ΔW, adaptive attacks still name most edited subjects "
-                "(docs/privacy.md, 'Defences of the release')")
+DOC_DEFENCES = ("with camouflage, decoy edits or rank truncation of ΔW, adaptive attacks still name most edited "
+                "subjects, and noise that hides them destroys the edits (docs/privacy.md, 'Defences of the release')")
 DOC_SERVED = ("the black box under a query budget: docs/privacy.md, 'Defences of the release', the served "
               "release's budget table")
 
