@@ -25,6 +25,7 @@ from secure_collab.config import Config
 from secure_collab.protection import Payload, StatContext, get_scheme
 from secure_collab.protocol.messages import Message, sha256_hex
 
+LINGER_MS = 10_000  # a fuzz connection closed after its batch still sends what it queued, for up to this long
 EXTREMES = [0, -1, 1, 2**31 - 1, 2**31, 2**32, 2**53, 2**53 - 1, 2**63 - 1, 2**63, 2**64 - 1, -(2**31),
             -(2**63)]
 WRONG = [None, True, 1.5, float("nan"), float("inf"), "", "x", b"\x00\xff", [], [1, [2, [3]]], {}, {"a": {"b": 1}},
@@ -258,8 +259,8 @@ def fuzz_roster_key(cfg: Config, name: str, seed: int, count: int, deadline: flo
     try:
         while stats.messages < count and time.monotonic() < deadline:
             if stats.messages % reconnect_every == 0:
-                if client is not None:
-                    client.close()
+                if client is not None:  # what it still queues reaches the coordinator (the context sends it on):
+                    client.close(linger_ms=LINGER_MS)  # dropping it would make the count that arrives depend on load
                 client = RawClient(cfg, name, ctx)
                 mutator.seq = 0
             kind, frames = mutator.frames()
@@ -280,8 +281,8 @@ def fuzz_roster_key(cfg: Config, name: str, seed: int, count: int, deadline: flo
                 client.sock.recv_multipart()
     finally:
         if client is not None:
-            client.close()
-        ctx.term()
+            client.close(linger_ms=LINGER_MS)
+        ctx.term()  # waits until every connection's queue is sent (at most LINGER_MS each)
     return stats
 
 

@@ -379,11 +379,12 @@ class RawClient:
             if want is None or msg.type is want:
                 return msg
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """``linger_ms``: how long the context keeps sending what is still queued (0: drop it)."""
         if self.monitor is not None:
             self.sock.disable_monitor()
             self.monitor.close(linger=0)
-        self.sock.close(linger=0)
+        self.sock.close(linger=linger_ms)
 
 
 Fact = tuple[str, str, str]  # (subject, relation, object)
