@@ -68,7 +68,16 @@ import torch
 from attacks import metrics, spectral, subspace
 from attacks.bounds import KEY_NORM_BOUND, RESIDUAL_NORM_BOUND
 from attacks.runner import Experiment
-from attacks.session_views import MODEL_PROMPTS, _load, subject_shifts
+from attacks.session_views import (
+    MODEL_PROMPTS,
+    _load,
+    _next_token_kl,
+    _tokens,
+    damage_probes,
+    forward_flops,
+    release_utility,
+    view_costs,
+)
 from attacks.views import delta_view, keys_view, split, targets_for
 from secure_collab.editing.defences import Defence, decoy_subjects
 from secure_collab.editing.memit import restore, snapshot
@@ -123,8 +132,7 @@ class Sweep:
 
     def probes(self) -> list[str]:
         if not self._probes:
-            self._probes = decoy_subjects(random.Random(self.seed + 4242), self.damage_subjects,
-                                          exclude=[r.subject for r in self.exp.requests])
+            self._probes = damage_probes(self.exp, self.seed, self.damage_subjects)
         return self._probes
 
     def session(self, s: int) -> list[list]:
@@ -166,23 +174,6 @@ class Sweep:
                             1 + defence.repair_rounds(False)).session
 
 
-def forward_flops(lm, tokens: float, upto_layer: int | None = None) -> float:
-    """2 × parameters used × tokens for one sequence: blocks 0..upto_layer (None: every block and the LM head)."""
-    from secure_collab.models.specs import get_module, n_layers
-
-    depth = n_layers(lm.model, lm.spec)
-    per_block = [sum(p.numel() for p in get_module(lm.model, lm.spec.block_name(i)).parameters()) for i in range(depth)]
-    used = sum(per_block[:(depth if upto_layer is None else upto_layer + 1)])
-    if upto_layer is None:
-        head = lm.model.get_output_embeddings()
-        used += head.weight.numel()
-    return 2.0 * used * tokens
-
-
-def _tokens(lm, texts: Sequence[str]) -> float:
-    return sum(len(lm.tokenizer(t)["input_ids"]) for t in texts) / max(1, len(texts))
-
-
 def _z(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / x.std().clamp_min(1e-300)
 
@@ -201,10 +192,6 @@ def _project_out(basis: torch.Tensor, directions: torch.Tensor) -> tuple[torch.T
     u, s, _ = torch.linalg.svd(rest, full_matrices=False)
     keep = int((s > 1e-6 * s.max()).sum())
     return u[:, :keep], d
-
-
-def _next_token_kl(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str]) -> float:
-    return float(subject_shifts(lm, edited, subjects).mean())
 
 
 def answer_changed(sw: Sweep, edited: dict[int, torch.Tensor], names: Sequence[str], prompts: Sequence[str]
@@ -266,8 +253,6 @@ def relation_prompts(sw: Sweep, s: int, flat: Sequence[Any], decoys: Sequence[An
 
 def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
     """One session under one defence: utility, damage, and every attack's recall and cost."""
-    from secure_collab.evaluation import evaluate
-
     exp, setup = sw.exp, sw.exp.setup
     lm, hp = setup.lm, setup.hp
     parties = sw.session(s)
@@ -276,20 +261,13 @@ def run_session(sw: Sweep, s: int, defence: Defence) -> dict[str, Any]:
     sw.say(f"session {s}, defence {defence.spec()}: collaborative edit of {sw.parties} × {sw.per_party}")
     dv = delta_view(setup, parties, targets, defence, sw.rngs(s), sw.noise_plan(defence))
     saved = snapshot(lm, hp.layers)
-    _load(lm, dv.edited)
-    try:
-        ev = evaluate(lm, flat).summary()
-    finally:
-        restore(lm, saved)
     decoys = [n for k, p in enumerate(parties)
               for n in decoy_subjects(sw.rngs(s)[k], 64, exclude=[r.subject for r in p])] if defence.camouflage else []
     decoy_edits = [r for d in dv.decoys for r in d.requests]
     if decoy_edits:  # the decoy edits' subjects are the ones the release now answers
         decoys = [r.subject for r in decoy_edits]
     out: dict[str, Any] = {"session": s, "defence": defence.spec(), "m": len(flat),
-                           "efficacy": ev["efficacy"], "generalization": ev["generalization"],
-                           "specificity": ev["specificity"], "score": ev["score"],
-                           "damage_kl": _next_token_kl(lm, dv.edited, sw.probes()),
+                           **release_utility(exp, dv.edited, flat, sw.probes()),
                            "damage_kl_decoys": _next_token_kl(lm, dv.edited, decoys[:200]) if decoys else None,
                            "attacks": {}}
     if decoy_edits:
@@ -416,15 +394,10 @@ def budget_curve(scores: torch.Tensor, targets: list[int], m: int, per_candidate
 
 def costs(sw: Sweep) -> dict[str, dict[str, float]]:
     """Queries and forward FLOPs per candidate of each attack (keys: one sequence per context template)."""
-    setup = sw.exp.setup
-    lm, hp = setup.lm, setup.hp
+    lm = sw.exp.setup.lm
     sample = sw.exp.candidates[:200]
-    key_texts = [t.format(n) for n in sample for t in setup.templates]
-    key_tokens = _tokens(lm, key_texts) * len(setup.templates)
-    first = forward_flops(lm, key_tokens, hp.layers[0])
-    every = forward_flops(lm, key_tokens, hp.layers[-1])
-    model_tokens = _tokens(lm, [p.format(n) for n in sample for p in MODEL_PROMPTS]) * len(MODEL_PROMPTS)
-    full = forward_flops(lm, model_tokens, None)
+    base = view_costs(sw.exp)
+    first, every, full = (base[k]["flops_per_candidate"] for k in ("first", "every", "model"))
     out = {name: {"queries_per_candidate": 0, "flops_per_candidate": first}
            for name in ("subspace@first", "norm@first", "minus-own", "deflate", "deflate-norm",
                         "subspace@first-outside-pool", "norm@first-outside-pool")}

@@ -7,7 +7,9 @@ session releases the same ΔW: tests/test_demo.py compares it with Global-Edit).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -16,6 +18,7 @@ from attacks.runner import Experiment, draw_trials, subspace_row, target_rows
 from attacks.target import next_token_logprobs, residual_from_stats
 from attacks.views import aggregate_gram_view, delta_view, keys_view, split, targets_for
 from secure_collab.data.requests import Request
+from secure_collab.editing.defences import decoy_subjects
 from secure_collab.editing.memit import restore, snapshot
 from secure_collab.editing.statistics import sum_stats
 
@@ -55,8 +58,6 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
     flat = [r for p in parties for r in p]
     targets = [targets_for(setup, p, exp.say) for p in parties]
     exp.say(f"delta: collaborative edit of {len(parties)} parties × {len(parties[0])} edits")
-    import random
-
     rngs = [random.Random(f"{exp.seed}/{k}") for k in range(len(parties))]
     dv = delta_view(setup, parties, targets, defence, rngs)
     first = setup.hp.layers[0]
@@ -73,8 +74,14 @@ def delta_rows(exp: Experiment, parties: list[list[Request]], objects: Sequence[
                             parties=len(parties)))
     rows.extend(model_rows(exp, dv.edited, flat, objects, parties=len(parties)))
     spec = "none" if defence is None else defence.spec()
+    utility = release_utility(exp, dv.edited, flat, damage_probes(exp, exp.seed))
+    cost = view_costs(exp)
     for row in rows:
-        row["defence"] = spec
+        # what the release cost the model, and what each attack costs per candidate subject (the object attack
+        # ranks objects of subjects it is given: no per-candidate-subject cost; ε: noise is not run here)
+        row.update({"defence": spec, **utility, "epsilon": None})
+        row.update({"queries_per_candidate": None, "flops_per_candidate": None} if row["attack"] == "target"
+                   else cost["model"] if row["view"] == "model" else cost["first"])
     return rows, {"deltas": dv.deltas}
 
 
@@ -186,3 +193,64 @@ def stats_rows(exp: Experiment, pool: list[Request], ms: Sequence[int], objects:
         rows.append(_ranking_row("stats", "subspace", m, exp.n, ranks))
         rows.append(target_rows(exp, "stats", res, edited, [r.subject for r in edited], objects, m))
     return rows
+
+
+def forward_flops(lm, tokens: float, upto_layer: int | None = None) -> float:
+    """2 × parameters used × tokens for one sequence: blocks 0..upto_layer (None: every block and the LM head)."""
+    from secure_collab.models.specs import get_module, n_layers
+
+    depth = n_layers(lm.model, lm.spec)
+    per_block = [sum(p.numel() for p in get_module(lm.model, lm.spec.block_name(i)).parameters()) for i in range(depth)]
+    used = sum(per_block[:(depth if upto_layer is None else upto_layer + 1)])
+    if upto_layer is None:
+        head = lm.model.get_output_embeddings()
+        used += head.weight.numel()
+    return 2.0 * used * tokens
+
+
+def _tokens(lm, texts: Sequence[str]) -> float:
+    return sum(len(lm.tokenizer(t)["input_ids"]) for t in texts) / max(1, len(texts))
+
+
+def _next_token_kl(lm, edited: dict[int, torch.Tensor], subjects: Sequence[str]) -> float:
+    return float(subject_shifts(lm, edited, subjects).mean())
+
+
+def damage_probes(exp: Experiment, seed: int, n: int = 200) -> list[str]:
+    """The public titles the damage KL is measured on: ``n`` drawn by ``seed`` from the corpus, none of them a
+    subject of the report set (so never edited)."""
+    return decoy_subjects(random.Random(seed + 4242), n, exclude=[r.subject for r in exp.requests])
+
+
+def release_utility(exp: Experiment, edited: dict[int, torch.Tensor], requests: Sequence[Any],
+                    probes: Sequence[str]) -> dict[str, float]:
+    """What a release costs the model: CounterFact's efficacy, generalization, specificity and score of
+    ``requests`` on the model with ``edited`` loaded, and the damage KL (mean next-token KL, edited ‖ unedited, of
+    ``probes`` under ``MODEL_PROMPTS``)."""
+    from secure_collab.evaluation import evaluate
+
+    lm, hp = exp.setup.lm, exp.setup.hp
+    saved = snapshot(lm, hp.layers)
+    _load(lm, edited)
+    try:
+        ev = evaluate(lm, list(requests)).summary()
+    finally:
+        restore(lm, saved)
+    return {"efficacy": ev["efficacy"], "generalization": ev["generalization"], "specificity": ev["specificity"],
+            "score": ev["score"], "damage_kl": _next_token_kl(lm, edited, probes)}
+
+
+def view_costs(exp: Experiment) -> dict[str, dict[str, float]]:
+    """Queries and forward FLOPs per candidate (averaged over the first 200) of the white-box attacks that compute
+    each candidate's keys (one sequence per context template) up to the first edited layer (``first``) or the last
+    (``every``), and of the 2-prompt black box (``model``: one full forward per prompt)."""
+    setup = exp.setup
+    lm, hp = setup.lm, setup.hp
+    sample = exp.candidates[:200]
+    key_tokens = _tokens(lm, [t.format(n) for n in sample for t in setup.templates]) * len(setup.templates)
+    model_tokens = _tokens(lm, [p.format(n) for n in sample for p in MODEL_PROMPTS]) * len(MODEL_PROMPTS)
+    return {"first": {"queries_per_candidate": 0, "flops_per_candidate": forward_flops(lm, key_tokens, hp.layers[0])},
+            "every": {"queries_per_candidate": 0,
+                      "flops_per_candidate": forward_flops(lm, key_tokens, hp.layers[-1])},
+            "model": {"queries_per_candidate": len(MODEL_PROMPTS),
+                      "flops_per_candidate": forward_flops(lm, model_tokens, None)}}

@@ -27,6 +27,16 @@ def test_the_setting_text_round_trips_and_refuses_what_is_not_a_defence():
     for served in ("served", "served:100", "rank:2+served:5"):  # a release policy: its home is session.release
         with pytest.raises(DefenceError, match='release = "served"'):
             parse_defence(served)
+    # `default` is what a session gets when its file names no defence, the demo's and `session init`'s too
+    from dataclasses import fields
+
+    from secure_collab.config import SessionConfig
+    from secure_collab.editing.defences import DEFAULT_DEFENCE
+    from secure_collab.session_file import SessionChoices
+
+    assert parse_defence("default") == parse_defence(DEFAULT_DEFENCE) == Defence()
+    assert {f.default for f in fields(SessionConfig) if f.name == "defence"} == {DEFAULT_DEFENCE}
+    assert {f.default for f in fields(SessionChoices) if f.name == "defence"} == {DEFAULT_DEFENCE}
 
 
 def _solve(k: torch.Tensor, r: torch.Tensor, lam_cov: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:

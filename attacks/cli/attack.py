@@ -83,9 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-dir", default=None,
                    help="wire: where the sessions' work directories go (default: a new temporary directory)")
     p.add_argument("--defence", type=_defence, default=None,
-                   help="delta / model: the session's release defence, none | camouflage:S | decoys:R[@P] | "
-                   "rank:K | A+B (default: none; noise:Z and a served release are measured by `secure-collab "
-                   "defences`, which sweeps them over sessions)")
+                   help="delta / model: the session's release defence, none | default | camouflage:S | "
+                   "decoys:R[@P] | rank:K | A+B; each row then carries the defence, efficacy, generalization, "
+                   "specificity, damage_kl, epsilon and the attack's queries and FLOPs per candidate (default: "
+                   "none; noise:Z and a served release are measured by `secure-collab defences`, which sweeps "
+                   "them over sessions)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trial draws (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="model and covariance cache (default: ~/.cache/secure-collab)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")

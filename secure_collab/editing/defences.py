@@ -52,6 +52,7 @@ CAMOUFLAGE_MIX = 8  # public decoy keys mixed into one camouflage direction
 NOT_BUILT: tuple[str, ...] = ()
 FORMS = ("none | camouflage:S (S > 0) | decoys:R[@P] (R >= 1; P in [0, 1], the least answer probability of a decoy, "
          "default 0.9) | rank:K (K >= 1) | noise:Z (Z > 0) [delta:D (0 < D < 1)], joined with '+'")
+DEFAULT_DEFENCE = "none"  # `default`: the session setting's default (config.SessionConfig.defence; tested equal)
 DEFAULT_DELTA = 1e-6  # the edit count is private, unknown at setup: 1/1000², i.e. 1/n² up to n = 1000 edits
 MAX_DECOYS = 100  # decoys per real edit: a party's statistics time grows with 1 + R
 # The decoy sampler's public floor (``decoys.draw_decoys``): a decoy is a subject whose current answer the model gives
@@ -99,11 +100,13 @@ class Defence:
 
 
 def parse_defence(text: str) -> Defence:
-    """``none`` | ``camouflage:S`` | ``decoys:R`` | ``rank:K`` | ``noise:Z`` [``delta:D``] | ``A+B``: a ``Defence``, or
-    ``DefenceError`` saying what is wrong."""
+    """``none`` (or ``default``) | ``camouflage:S`` | ``decoys:R`` | ``rank:K`` | ``noise:Z`` [``delta:D``] | ``A+B``: a
+    ``Defence``, or ``DefenceError`` saying what is wrong."""
     text = str(text).strip()
     if len(text) > MAX_SPEC:
         raise DefenceError(f"defence setting of {len(text)} characters (at most {MAX_SPEC}): use {FORMS}")
+    if text == "default":  # what `session init` and the demo set: none (docs/privacy.md measured none worth its cost)
+        text = DEFAULT_DEFENCE
     if text in ("", "none"):
         return Defence()
     camouflage, rank, noise, delta, decoys, floor = 0.0, 0, 0.0, 0.0, 0, DECOY_CONFIDENCE

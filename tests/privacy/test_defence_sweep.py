@@ -77,6 +77,31 @@ def test_the_sweep_writes_every_field_resumes_and_the_defences_change_the_releas
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("session-*.json")}
 
 
+def test_attack_rows_carry_the_defence_its_cost_to_the_model_and_each_attacks_cost(tmp_path):
+    """`attack --view delta --defence D`: one session's rows name the defence, what the release cost the model
+    (CounterFact's metrics, the damage KL on public titles), ε (null: no noise here) and each attack's cost per
+    candidate: the span attack's keys up to the first edited layer, the black box's 2 full queries."""
+    def run(defence: str) -> list[dict]:
+        out = tmp_path / f"{defence.replace(':', '_')}.json"
+        assert main(["attack", "--model", "tiny-llama", "--requests", "bundled", "--limit", "12", "--view", "delta",
+                     "--m", "4", "--parties", "2", "--defence", defence, "--cache-dir", str(tmp_path / "cache"),
+                     "--json", str(out), "-q"], entry_points=EPS) == 0
+        return json.loads(out.read_text())["results"]
+
+    plain, camo = run("default"), run("camouflage:2")
+    for rows, spec in ((plain, "none"), (camo, "camouflage:2")):
+        assert {r["defence"] for r in rows} == {spec} and all(r["epsilon"] is None for r in rows)
+        assert all(0 <= r[k] <= 1 for r in rows for k in ("efficacy", "generalization", "specificity"))
+        assert len({(r["efficacy"], r["damage_kl"]) for r in rows}) == 1 and rows[0]["damage_kl"] >= 0
+        by = {(r["view"], r["attack"]): r for r in rows}
+        span, floor = by[("delta", "subspace")], by[("model", "kl-shift")]
+        assert span["queries_per_candidate"] == 0 and floor["queries_per_candidate"] == 2
+        assert span["flops_per_candidate"] > 0 and floor["flops_per_candidate"] > 0
+        assert by[("delta", "target")]["flops_per_candidate"] is None  # ranks objects, not candidate subjects
+    # the camouflaged release answers decoy keys too: it moves unedited public subjects more
+    assert camo[0]["damage_kl"] > plain[0]["damage_kl"]
+
+
 def test_forward_flops_count_the_blocks_used_by_hand():
     from attacks.defence_sweep import forward_flops
     from secure_collab.models import load_model
